@@ -1,0 +1,3 @@
+from tether.main import main
+
+main()

@@ -1,0 +1,37 @@
+"""How the agent runs an action: validate arguments against the declaration, call the handler.
+
+Handlers live in `tether.agent.actions`; each returns the declared result model. Every exception
+becomes a failed status with a message, never a dead connection (GRR's boundary rule).
+"""
+
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel, ValidationError
+
+from tether.protocol import ACTIONS, JobRequest, JobStatus
+
+Handler = Callable[[BaseModel], Awaitable[BaseModel]]
+
+
+async def run_action(job: JobRequest, handlers: dict[str, Handler]) -> JobStatus:
+    spec = ACTIONS.get(job.action)
+    handler = handlers.get(job.action)
+    if spec is None or handler is None:
+        return JobStatus(
+            job_id=job.job_id,
+            state="failed",
+            error=f"This agent does not know the action {job.action!r}.",
+        )
+    try:
+        args = spec.args.model_validate(job.args)
+    except ValidationError as exc:
+        return JobStatus(
+            job_id=job.job_id,
+            state="failed",
+            error=f"Invalid arguments for {job.action}: {exc.errors()[0]['msg']}.",
+        )
+    try:
+        result = await handler(args)
+    except Exception as exc:
+        return JobStatus(job_id=job.job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+    return JobStatus(job_id=job.job_id, state="succeeded", result=result.model_dump(mode="json"))

@@ -1,0 +1,76 @@
+"""`tether agent enroll` and `tether agent run`."""
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tether.agent.state import default_state_dir
+
+agent_app = typer.Typer(help="Run the endpoint agent.", no_args_is_help=True)
+StateOpt = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="Where the agent keeps its identity (default per OS)."),
+]
+
+# Exit status when reconnecting cannot help (revoked, unknown certificate, wrong protocol);
+# the systemd unit lists it in RestartPreventExitStatus so the agent does not spin.
+EXIT_REFUSED = 78
+
+
+@agent_app.command("enroll")
+def enroll(
+    server: Annotated[
+        str | None, typer.Option(help="Ignored unless it disagrees with the token.")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="The enrollment token.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Read the token from a file.")] = None,
+    state_dir: StateOpt = None,
+    hostname: Annotated[str | None, typer.Option(help="Override the reported hostname.")] = None,
+) -> None:
+    """Create this endpoint's key, send a CSR with the token, store the certificate."""
+    from tether.agent.enroll import enroll as do_enroll
+    from tether.agent.errors import EnrollmentFailed
+    from tether.agent.state import StateDir
+    from tether.protocol import EnrollmentToken
+
+    if token_file is not None:
+        token = token_file.read_text().strip()
+    if not token:
+        raise EnrollmentFailed("Give the enrollment token with --token or --token-file.")
+    decoded = EnrollmentToken.decode(token)
+    if server is not None and server.rstrip("/") != decoded.server_url:
+        raise EnrollmentFailed(
+            f"--server {server} disagrees with the token, which names {decoded.server_url}."
+        )
+    identity = do_enroll(token, StateDir(state_dir or default_state_dir()), hostname)
+    typer.echo(f"Enrolled as host {identity.host_id}; start it with 'tether agent run'.")
+
+
+@agent_app.command("run")
+def run(
+    state_dir: StateOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Connect to the platform and stay connected, reconnecting with backoff."""
+    from tether.agent.connection import AgentConnection
+    from tether.agent.errors import AgentRefused
+    from tether.agent.state import StateDir
+    from tether.logs import configure
+
+    configure(log_level)
+    connection = AgentConnection(StateDir(state_dir or default_state_dir()))
+    try:
+        if sys.platform != "win32":
+            import uvloop
+
+            uvloop.run(connection.run_forever())
+        else:
+            asyncio.run(connection.run_forever())
+    except AgentRefused as exc:
+        typer.echo(f"tether agent: {exc}", err=True)
+        raise typer.Exit(EXIT_REFUSED) from exc
+    except KeyboardInterrupt:
+        typer.echo("tether agent: stopped.", err=True)

@@ -1,0 +1,182 @@
+"""The agent's one WebSocket to the platform: hello, heartbeats, jobs, reconnect with backoff."""
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from tether.agent import sysinfo
+from tether.agent.action import Handler, run_action
+from tether.agent.actions import HANDLERS
+from tether.agent.errors import AgentRefused
+from tether.agent.state import StateDir
+from tether.protocol import (
+    MAX_FRAME_BYTES,
+    CloseCode,
+    Heartbeat,
+    Hello,
+    JobRequest,
+    ProtocolError,
+    Welcome,
+    parse_platform_message,
+)
+
+log = logging.getLogger("tether.agent")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter, so a restarted platform is not hit all at once."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        ceiling = min(self.maximum, self.initial * self.factor ** max(attempt, 0))
+        return ceiling * (0.5 + rng() / 2)
+
+
+def client_ssl_context(state: StateDir) -> ssl.SSLContext:
+    """Trust only the pinned platform CA, present this endpoint's certificate."""
+    context = ssl.create_default_context(cafile=str(state.ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(state.cert), str(state.key))
+    return context
+
+
+_CERTIFICATE_ALERTS = ("CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED", "UNKNOWN_CA", "BAD_CERTIFICATE")
+
+
+class AgentConnection:
+    """Keeps the agent connected until stopped or refused for good."""
+
+    def __init__(
+        self,
+        state: StateDir,
+        *,
+        hello: Callable[[], Hello] = sysinfo.hello,
+        handlers: dict[str, Handler] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._state = state
+        self._identity = state.identity()
+        self._hello = hello
+        self._handlers = HANDLERS if handlers is None else handlers
+        self._backoff = backoff or Backoff()
+        self._ssl = client_ssl_context(state)
+        self.connected = asyncio.Event()
+
+    async def run_forever(self) -> None:
+        """Connect, serve, reconnect; returns only by raising AgentRefused or being cancelled."""
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+                attempt = 0
+            except AgentRefused:
+                raise
+            except ssl.SSLError as exc:
+                if any(alert in exc.reason or "" for alert in _CERTIFICATE_ALERTS):
+                    raise AgentRefused(
+                        f"The platform refused this agent's certificate in the TLS handshake "
+                        f"({exc.reason}); re-enroll the agent."
+                    ) from exc
+                log.warning("TLS failure talking to %s: %s", self._identity.agent_url, exc)
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed, ProtocolError) as exc:
+                log.warning("Connection to %s lost: %s", self._identity.agent_url, exc or type(exc).__name__)
+            self.connected.clear()
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            log.info("Reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        try:
+            websocket = await connect(
+                self._identity.agent_url,
+                ssl=self._ssl,
+                compression=None,
+                max_size=MAX_FRAME_BYTES,
+                # The library's pings detect a dead platform and close the socket; the text
+                # heartbeats below are what the platform counts as "last seen".
+                ping_interval=120,
+                ping_timeout=30,
+                open_timeout=15,
+                close_timeout=2,
+                proxy=None,
+                user_agent_header=None,
+            )
+        except InvalidURI as exc:
+            raise AgentRefused(f"The platform address {self._identity.agent_url} is not valid.") from exc
+        async with websocket:
+            await websocket.send(self._hello().model_dump_json())
+            welcome = await self._welcome(websocket)
+            log.info("Connected to %s as host %s", self._identity.agent_url, welcome.host_id)
+            self.connected.set()
+            beats = asyncio.create_task(self._heartbeats(websocket, welcome.heartbeat_seconds))
+            try:
+                await self._serve(websocket)
+            finally:
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beats
+
+    async def _welcome(self, websocket: ClientConnection) -> Welcome:
+        try:
+            async with asyncio.timeout(15):
+                frame = await websocket.recv()
+        except ConnectionClosed as exc:
+            self._raise_if_final(exc)
+            raise
+        message = parse_platform_message(frame)
+        if not isinstance(message, Welcome):
+            raise ProtocolError("The platform did not answer the hello with a welcome.")
+        return message
+
+    @staticmethod
+    def _raise_if_final(exc: ConnectionClosed) -> None:
+        received = exc.rcvd
+        if received is None:
+            return
+        try:
+            code = CloseCode(received.code)
+        except ValueError:
+            return
+        if code.is_final:
+            raise AgentRefused(f"The platform refused this agent: {received.reason}") from exc
+
+    async def _heartbeats(self, websocket: ClientConnection, interval: int) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ConnectionClosed):
+                await websocket.send(Heartbeat().model_dump_json())
+
+    async def _serve(self, websocket: ClientConnection) -> None:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    frame = await websocket.recv()
+                except ConnectionClosed as exc:
+                    self._raise_if_final(exc)
+                    raise
+                message = parse_platform_message(frame)
+                if isinstance(message, JobRequest):
+                    task = asyncio.create_task(self._run_job(websocket, message))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run_job(self, websocket: ClientConnection, job: JobRequest) -> None:
+        status = await run_action(job, self._handlers)
+        with contextlib.suppress(ConnectionClosed):
+            await websocket.send(status.model_dump_json())

@@ -1,0 +1,19 @@
+"""Errors of the agent; each message is shown to the operator as it is."""
+
+from tether.errors import TetherError
+
+
+class AgentError(TetherError):
+    """Base for everything the agent reports on purpose."""
+
+
+class EnrollmentFailed(AgentError):
+    """Enrollment did not complete; nothing was written to the state directory."""
+
+
+class NotEnrolled(AgentError):
+    """The state directory holds no identity."""
+
+
+class AgentRefused(AgentError):
+    """The platform refuses this agent for a reason reconnecting cannot fix."""

@@ -1,0 +1,86 @@
+"""Where the agent keeps its identity, per operating system, and how it reads and writes it."""
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tether.agent.errors import NotEnrolled
+
+
+def default_state_dir() -> Path:
+    """`/var/lib/tether-agent` on Linux, `%ProgramData%\\Tether\\agent` on Windows."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "Tether" / "agent"
+    return Path("/var/lib/tether-agent")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What enrollment produced: who this endpoint is and where its platform lives."""
+
+    host_id: str
+    server_url: str
+    agent_url: str
+
+
+class StateDir:
+    """The files of one agent identity."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def key(self) -> Path:
+        return self.root / "agent.key"
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "agent.pem"
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.root / "identity.json"
+
+    def is_enrolled(self) -> bool:
+        return self.identity_file.is_file()
+
+    def identity(self) -> Identity:
+        try:
+            data = json.loads(self.identity_file.read_text())
+            return Identity(
+                host_id=str(data["host_id"]),
+                server_url=str(data["server_url"]),
+                agent_url=str(data["agent_url"]),
+            )
+        except FileNotFoundError as exc:
+            raise NotEnrolled(
+                f"{self.root} holds no agent identity; run 'tether agent enroll' first."
+            ) from exc
+        except (OSError, ValueError, KeyError) as exc:
+            raise NotEnrolled(f"{self.identity_file} is damaged; enroll this agent again.") from exc
+
+    def write_private(self, path: Path, data: bytes) -> None:
+        """Write a file only the agent's account can read (mode 0600 on POSIX).
+
+        On Windows the state directory's ACL (SYSTEM and Administrators only, set by the
+        installer) protects it; the mode bits below are ignored there.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        if sys.platform != "win32":
+            os.chmod(self.root, 0o700)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def write_identity(self, identity: Identity) -> None:
+        self.write_private(self.identity_file, json.dumps(identity.__dict__, indent=2).encode())

@@ -1,0 +1,72 @@
+"""An HTTPS client for the REST API that trusts only the pinned platform CA."""
+
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from tether.cli import profile
+from tether.cli.errors import CliError
+
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+def _problem(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, str) and detail:
+        return detail
+    return f"The platform answered HTTP {response.status_code}."
+
+
+class Api:
+    """Thin wrapper: raises CliError with the platform's one-sentence reason on any failure."""
+
+    def __init__(self, server: str, ca_pem: str, token: str | None = None) -> None:
+        self.server = server.rstrip("/")
+        context = ssl.create_default_context(cadata=ca_pem)
+        headers = {"user-agent": "tether-cli"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=f"{self.server}/api/v1", verify=context, headers=headers, timeout=TIMEOUT
+        )
+
+    @classmethod
+    def from_profile(cls) -> "Api":
+        current = profile.load()
+        if not current.token:
+            raise CliError("Not logged in; run 'tether login' first.")
+        return cls(current.server, current.ca_pem, current.token)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"Cannot reach the platform at {self.server}: {exc}.") from exc
+        if response.status_code == 401:
+            raise CliError(f"{_problem(response)} (run 'tether login')")
+        if response.status_code >= 400:
+            raise CliError(_problem(response))
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def stream_lines(self, path: str) -> Iterator[str]:
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise CliError(_problem(response))
+                yield from response.iter_lines()
+        except httpx.HTTPError as exc:
+            raise CliError(f"Cannot reach the platform at {self.server}: {exc}.") from exc
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)

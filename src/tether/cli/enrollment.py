@@ -1,0 +1,66 @@
+"""`tether enroll-token create|list`."""
+
+import re
+from typing import Annotated
+
+import typer
+
+from tether.cli.client import Api
+from tether.cli.errors import CliError
+from tether.cli.output import emit_json, table
+
+token_app = typer.Typer(help="Enrollment tokens for new endpoints.", no_args_is_help=True)
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '24h', '7d' as seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise CliError(f"{text!r} is not a duration like 30m, 24h or 7d.")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+@token_app.command("create")
+def create(
+    segment: Annotated[str, typer.Option(help="Device segment the new hosts join.")] = "default",
+    uses: Annotated[int, typer.Option(help="How many endpoints may enroll with it.")] = 1,
+    expires: Annotated[str, typer.Option(help="Lifetime: 30m, 24h, 7d.")] = "24h",
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print a token that carries everything an endpoint needs to enroll."""
+    created = Api.from_profile().post(
+        "/enrollment-tokens",
+        json={"segment": segment, "uses": uses, "expires_in_seconds": parse_duration(expires)},
+    )
+    if json_output:
+        emit_json(created)
+    else:
+        # The token alone on stdout, so `$(tether enroll-token create)` works in scripts.
+        print(created["token"])
+        typer.echo(
+            f"segment {created['segment']}, {created['uses']} use(s), "
+            f"expires {created['expires_at']}",
+            err=True,
+        )
+
+
+@token_app.command("list")
+def list_tokens(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List enrollment tokens and how many uses they have left."""
+    tokens = Api.from_profile().get("/enrollment-tokens")
+    if json_output:
+        emit_json(tokens)
+    else:
+        table(
+            tokens,
+            [
+                ("id", "ID"),
+                ("segment", "Segment"),
+                ("uses", "Used"),
+                ("max_uses", "Of"),
+                ("expires_at", "Expires"),
+                ("created_by", "By"),
+            ],
+        )

@@ -1,0 +1,79 @@
+"""`tether hosts`, `tether host show|revoke`, `tether hosts ping`."""
+
+from typing import Annotated
+
+import typer
+
+from tether.cli.client import Api
+from tether.cli.output import console, emit_json, table
+
+HOST_COLUMNS = [
+    ("id", "ID"),
+    ("hostname", "Hostname"),
+    ("os", "OS"),
+    ("addresses", "Addresses"),
+    ("segment", "Segment"),
+    ("online", "Online"),
+    ("last_seen", "Last seen"),
+    ("agent_version", "Agent"),
+]
+
+host_app = typer.Typer(help="One host: show or revoke.", no_args_is_help=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _row(host: dict[str, object]) -> dict[str, object]:
+    state = "revoked" if host["revoked"] else host["online"]
+    return {**host, "os": f"{host['os_name']} {host['os_version']}".strip(), "online": state}
+
+
+def list_hosts(json_output: JsonOpt = False) -> None:
+    """List enrolled hosts: id, hostname, OS, addresses, segment, online, last seen, agent."""
+    hosts = Api.from_profile().get("/hosts")
+    if json_output:
+        emit_json(hosts)
+    else:
+        table([_row(h) for h in hosts], HOST_COLUMNS)
+
+
+@host_app.command("show")
+def show(host: str, json_output: JsonOpt = False) -> None:
+    """Show one host by id or hostname."""
+    found = Api.from_profile().get(f"/hosts/{host}")
+    if json_output:
+        emit_json(found)
+    else:
+        for key, value in found.items():
+            console.print(f"{key:15} {value}", markup=False)
+
+
+@host_app.command("revoke")
+def revoke(host: str, json_output: JsonOpt = False) -> None:
+    """Refuse the host's certificate from now on and close its live connection."""
+    found = Api.from_profile().post(f"/hosts/{host}/revoke")
+    if json_output:
+        emit_json(found)
+    else:
+        console.print(f"Revoked {found['hostname']} ({found['id']}).", markup=False)
+
+
+def ping(
+    hosts: Annotated[list[str] | None, typer.Argument(help="Hosts (default: all online).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for answers.")] = 10.0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Round-trip a no-op to hosts and report who answered."""
+    report = Api.from_profile().post(
+        "/hosts/ping", json={"hosts": hosts or None, "timeout_seconds": timeout}
+    )
+    if json_output:
+        emit_json(report)
+    else:
+        console.print(
+            f"{report['answered']} of {report['asked']} answered in {report['seconds']:.2f} s.",
+            markup=False,
+        )
+        for host, reason in report["failed"].items():
+            console.print(f"  {host}: {reason}", markup=False)
+    if report["failed"]:
+        raise typer.Exit(1)

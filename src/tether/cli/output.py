@@ -1,0 +1,36 @@
+"""Printing: rich tables for people, `--json` for scripts."""
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    """Rows as a table; values are printed as plain text (markup off, endpoint data is hostile)."""
+    out = Table(show_header=True, header_style="bold")
+    for _key, title in columns:
+        out.add_column(title, overflow="fold")
+    for row in rows:
+        out.add_row(*(_cell(row.get(key)) for key, _ in columns))
+    console.print(out)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)

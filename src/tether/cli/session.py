@@ -1,0 +1,98 @@
+"""`tether login`, `tether logout`, `tether whoami`."""
+
+import hashlib
+import ssl
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tether.cli import profile
+from tether.cli.client import Api
+from tether.cli.errors import CliError
+from tether.cli.output import console, emit_json
+
+
+def _fetch_pinned_ca(server: str, fingerprint: str) -> str:
+    try:
+        response = httpx.get(f"{server}/api/v1/enroll/ca", verify=False, timeout=10.0)  # noqa: S501
+        der = x509.load_pem_x509_certificate(response.content).public_bytes(
+            serialization.Encoding.DER
+        )
+    except (httpx.HTTPError, ValueError) as exc:
+        raise CliError(f"Cannot fetch the platform CA from {server}: {exc}.") from exc
+    if hashlib.sha256(der).hexdigest() != fingerprint.lower().replace(":", ""):
+        raise CliError("The platform's CA does not match the fingerprint you gave; not logging in.")
+    return response.text
+
+
+def _read_ca(path: Path) -> str:
+    try:
+        pem = path.read_text()
+        ssl.create_default_context(cadata=pem)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise CliError(f"{path} is not a readable PEM CA certificate.") from exc
+    return pem
+
+
+def login(
+    server: Annotated[str | None, typer.Option(help="Platform URL, e.g. https://tether:8443.")] = None,
+    ca: Annotated[Path | None, typer.Option(help="The platform CA certificate (PEM).")] = None,
+    ca_fingerprint: Annotated[
+        str | None, typer.Option(help="SHA-256 of the platform CA, instead of --ca.")
+    ] = None,
+    username: Annotated[str | None, typer.Option("--username", "-u")] = None,
+    password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
+) -> None:
+    """Log in and keep the session in the config folder."""
+    try:
+        known: profile.Profile | None = profile.load()
+    except CliError:
+        known = None
+    url = (server or (known.server if known else "")).rstrip("/")
+    if not url:
+        raise CliError("Give the platform address with --server https://HOST:PORT.")
+    if not url.startswith("https://"):
+        raise CliError("The platform address must start with https://.")
+    if ca is not None:
+        ca_pem = _read_ca(ca)
+    elif ca_fingerprint:
+        ca_pem = _fetch_pinned_ca(url, ca_fingerprint)
+    elif known is not None and known.server == url:
+        ca_pem = known.ca_pem
+    else:
+        raise CliError("Give the platform CA with --ca FILE or --ca-fingerprint SHA256.")
+    name = username or (known.username if known else None) or typer.prompt("Username")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True)
+    answer = Api(url, ca_pem).post(
+        "/auth/login", json={"username": name, "password": password, "client": "cli"}
+    )
+    profile.save(profile.Profile(server=url, ca_pem=ca_pem, token=answer["token"], username=name))
+    console.print(f"Logged in to {url} as {answer['username']}.", markup=False)
+
+
+def logout() -> None:
+    """End the session on the platform and forget it here."""
+    current = profile.load()
+    if current.token:
+        try:
+            Api(current.server, current.ca_pem, current.token).post("/auth/logout")
+        finally:
+            profile.save(profile.Profile(current.server, current.ca_pem, None, current.username))
+    console.print("Logged out.")
+
+
+def whoami(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show who this config folder is logged in as."""
+    me = Api.from_profile().get("/auth/whoami")
+    if json_output:
+        emit_json(me)
+    else:
+        console.print(f"{me['username']} (roles: {', '.join(me['roles']) or 'none'})", markup=False)

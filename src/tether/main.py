@@ -1,0 +1,64 @@
+"""The `tether` command: one entry point, groups for the analyst, the operator and the endpoint.
+
+This module is the composition root. The analyst commands (`tether.cli`) import the protocol
+only; `server` and `agent` commands import their heavy packages inside the command bodies.
+"""
+
+import sys
+from typing import NoReturn
+
+import typer
+
+from tether.agent.commands import agent_app
+from tether.cli import hosts, session
+from tether.cli.audit import audit_app
+from tether.cli.enrollment import token_app
+from tether.errors import TetherError
+from tether.quickstart import up
+from tether.server.commands import server_app
+
+app = typer.Typer(
+    help="Tether: audited live response on your endpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(up)
+app.command()(session.login)
+app.command()(session.logout)
+app.command()(session.whoami)
+app.command("hosts")(hosts.list_hosts)
+app.command("ping")(hosts.ping)
+app.add_typer(hosts.host_app, name="host")
+app.add_typer(token_app, name="enroll-token")
+app.add_typer(audit_app, name="audit")
+app.add_typer(server_app, name="server")
+app.add_typer(agent_app, name="agent")
+
+
+def main() -> NoReturn:
+    """Run the command; any TetherError becomes one line on stderr and exit status 1."""
+    try:
+        app(standalone_mode=False)
+    except TetherError as exc:
+        typer.echo(f"tether: {exc}", err=True)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("tether: aborted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

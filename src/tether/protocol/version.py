@@ -1,0 +1,9 @@
+"""Protocol version and the hard limits both sides enforce."""
+
+# Bumped whenever a message changes incompatibly; the platform refuses any other version with a
+# reason the agent can print.
+PROTOCOL_VERSION = 1
+
+# Control frames are small JSON documents; file data arrives in later issues as binary chunks of at
+# most this size too. Anything larger is refused by the WebSocket layer before it is buffered.
+MAX_FRAME_BYTES = 1024 * 1024

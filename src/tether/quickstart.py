@@ -1,0 +1,146 @@
+"""`tether up`: a platform on embedded SQLite plus a local agent enrolled into it.
+
+It runs the same commands an operator would (`server init`, `server run`, an enrollment token,
+`agent enroll`, `agent run`) as child processes, so what works here works in a real deployment.
+Running it again resumes the same data directory.
+"""
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from tether.agent.enroll import enroll
+from tether.agent.state import StateDir
+from tether.cli import profile
+from tether.cli.client import Api
+from tether.errors import TetherError
+
+
+class QuickstartError(TetherError):
+    """The quickstart could not bring the platform or the agent up."""
+
+
+def _default_data() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tether" / "quickstart"
+
+
+def _tether(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tether", *args]
+
+
+def _wait_healthy(url: str, ca_pem: str, child: subprocess.Popen[bytes], timeout: float) -> None:
+    context = ssl.create_default_context(cadata=ca_pem)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise QuickstartError(f"The platform exited with status {child.returncode}; see above.")
+        try:
+            if httpx.get(f"{url}/healthz", verify=context, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise QuickstartError(f"The platform did not answer at {url} within {timeout:.0f} s.")
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in reversed(children):  # the agent first, then the platform
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM if sys.platform != "win32" else signal.CTRL_BREAK_EVENT)
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def up(
+    data: Annotated[Path | None, typer.Option("--data", help="Data directory to create or reuse.")] = None,
+    listen: Annotated[str, typer.Option(help="Analyst port HOST:PORT.")] = "127.0.0.1:8443",
+    agent_listen: Annotated[str, typer.Option(help="Agent port HOST:PORT.")] = "127.0.0.1:8444",
+) -> None:
+    """Start a platform on embedded SQLite plus a local agent; Ctrl-C stops both."""
+    data = (data or _default_data()).resolve()
+    password_file = data / "admin-password"
+    first_run = not (data / "config.json").exists()
+    if first_run:
+        subprocess.run(
+            _tether(
+                "server", "init", "--data", str(data), "--hostname", "localhost",
+                "--listen", listen, "--agent-listen", agent_listen,
+                "--admin-password-file", str(password_file),
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    ca_pem = (data / "ca.pem").read_text()
+    host, _, port = listen.rpartition(":")
+    url = f"https://{host}:{port}"
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        server = subprocess.Popen(
+            _tether("server", "run", "--data", str(data), "--listen", listen,
+                    "--agent-listen", agent_listen),
+            start_new_session=True,
+        )
+        children.append(server)
+        _wait_healthy(url, ca_pem, server, timeout=60)
+        agent_state = StateDir(data / "agent")
+        password = password_file.read_text().strip() if password_file.exists() else None
+        if not agent_state.is_enrolled():
+            if password is None:
+                raise QuickstartError(f"{password_file} is gone, so the local agent cannot enroll.")
+            api = Api(url, ca_pem)
+            session = api.post("/auth/login", json={"username": "admin", "password": password, "client": "cli"})
+            token = Api(url, ca_pem, session["token"]).post(
+                "/enrollment-tokens", json={"segment": "default", "uses": 1, "expires_in_seconds": 600}
+            )["token"]
+            enroll(token, agent_state)
+        agent = subprocess.Popen(
+            _tether("agent", "run", "--state-dir", str(agent_state.root)), start_new_session=True
+        )
+        children.append(agent)
+        _print_banner(url, data, password if first_run else None, password_file)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        stopped = next(c for c in children if c.poll() is not None)
+        name = "platform" if stopped is server else "agent"
+        raise QuickstartError(f"The {name} exited with status {stopped.returncode}; stopping.")
+    except KeyboardInterrupt:
+        typer.echo("\nStopping the agent and the platform...", err=True)
+    finally:
+        _stop(children)
+    typer.echo("Stopped. Run 'tether up' again to resume with the same data.", err=True)
+
+
+def _print_banner(url: str, data: Path, password: str | None, password_file: Path) -> None:
+    try:
+        profile.load()
+        has_profile = True
+    except TetherError:
+        has_profile = False
+    login = f"tether login --server {url} --ca {data / 'ca.pem'} --username admin"
+    lines = [
+        "",
+        "Tether is running.",
+        f"  API and UI:     {url}/api/v1  (OpenAPI: {url}/api/v1/docs)",
+        f"  Agent port:     local agent enrolled, state in {data / 'agent'}",
+        f"  Data:           {data}",
+    ]
+    if password is not None:
+        lines.append(f"  Admin password: {password}   (shown once; also in {password_file}, mode 0600)")
+    else:
+        lines.append(f"  Admin password: in {password_file}")
+    lines += [f"  Log in:         {login}", "  Then try:       tether hosts", "Press Ctrl-C to stop."]
+    if not has_profile:
+        lines.insert(-1, f"  (CLI config:    {profile.config_dir()})")
+    typer.echo("\n".join(lines))

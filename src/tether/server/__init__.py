@@ -1,0 +1,1 @@
+"""The Tether platform: analyst API, agent gateway, services and store."""

@@ -1,0 +1,65 @@
+"""Request dependencies: the platform, the caller's identity and permission checks.
+
+Authentication is applied to the whole protected router (see `tether.server.app`); a route is
+public only by being placed on the public router, which is short and reviewed.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from tether.protocol import Permission
+from tether.server.errors import Forbidden, Unauthenticated
+from tether.server.services.platform import Platform
+from tether.server.services.users import User
+
+SESSION_COOKIE = "tether_session"
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def source_of(request: Request) -> str:
+    """Who is calling, for the audit log: address and client software."""
+    address = request.client.host if request.client else "unknown"
+    agent = request.headers.get("user-agent", "")[:60]
+    return f"{address} {agent}".strip()
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return token.strip()
+    # Reserved for the web UI: HttpOnly, Secure, SameSite=Strict (DESIGN.md section 2).
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return cookie
+    raise Unauthenticated("Log in first: this request carries no session.")
+
+
+async def current_user(
+    request: Request, platform: Annotated[Platform, Depends(get_platform)]
+) -> User:
+    user = await platform.users.authenticate(bearer_token(request))
+    request.state.user = user
+    return user
+
+
+def require(permission: Permission) -> Callable[..., Awaitable[User]]:
+    """A dependency that admits only users holding `permission`."""
+
+    async def check(user: Annotated[User, Depends(current_user)]) -> User:
+        if permission not in user.permissions:
+            raise Forbidden(f"You need the {permission.value} permission for this.")
+        return user
+
+    check.permission = permission  # type: ignore[attr-defined]
+    return check
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+UserDep = Annotated[User, Depends(current_user)]

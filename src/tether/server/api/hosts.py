@@ -1,0 +1,65 @@
+"""The host inventory, revocation, and reachability checks."""
+
+import statistics
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from tether.protocol import Permission
+from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.schemas import HostOut, PingOut, PingRequest
+from tether.server.services.users import User
+
+router = APIRouter(tags=["hosts"])
+
+
+@router.get("/hosts", response_model=list[HostOut])
+async def list_hosts(
+    platform: PlatformDep, _user: Annotated[User, Depends(require(Permission.HOSTS_READ))]
+) -> list[HostOut]:
+    return [HostOut(**h.__dict__) for h in await platform.hosts.list()]
+
+
+@router.get("/hosts/{ref}", response_model=HostOut)
+async def get_host(
+    ref: str,
+    platform: PlatformDep,
+    _user: Annotated[User, Depends(require(Permission.HOSTS_READ))],
+) -> HostOut:
+    return HostOut(**(await platform.hosts.get(ref)).__dict__)
+
+
+@router.post("/hosts/{ref}/revoke", response_model=HostOut)
+async def revoke_host(
+    ref: str,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.HOSTS_MANAGE))],
+) -> HostOut:
+    host = await platform.hosts.revoke(ref, actor=user.username, source=source_of(request))
+    return HostOut(**host.__dict__)
+
+
+@router.post("/hosts/ping", response_model=PingOut)
+async def ping_hosts(
+    body: PingRequest,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.HOSTS_MANAGE))],
+) -> PingOut:
+    """Round trip to each named host (all online hosts when none are named)."""
+    ids = None
+    if body.hosts is not None:
+        ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
+    report = await platform.reachability.ping(
+        ids, timeout=body.timeout_seconds, actor=user.username, source=source_of(request)
+    )
+    trips = report.round_trips_ms
+    return PingOut(
+        asked=report.asked,
+        answered=report.answered,
+        failed=report.failed,
+        seconds=report.seconds,
+        round_trip_ms_p50=statistics.median(trips) if trips else None,
+        round_trip_ms_max=max(trips) if trips else None,
+    )

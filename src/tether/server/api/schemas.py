@@ -1,0 +1,112 @@
+"""Request and response bodies of the REST API (what the OpenAPI document shows)."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(_In):
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    client: Literal["cli", "ui", "api"] = "api"
+
+
+class LoginResponse(BaseModel):
+    token: str
+    username: str
+    roles: list[str]
+    expires_at: datetime
+
+
+class WhoAmI(BaseModel):
+    username: str
+    roles: list[str]
+    permissions: list[str]
+
+
+class TokenCreate(_In):
+    segment: Annotated[str, Field(min_length=1, max_length=64)] = "default"
+    uses: Annotated[int, Field(ge=1, le=100_000)] = 1
+    expires_in_seconds: Annotated[int, Field(ge=60, le=365 * 86400)] = 86400
+
+
+class TokenCreated(BaseModel):
+    id: int
+    token: str
+    segment: str
+    uses: int
+    expires_at: datetime
+
+
+class TokenOut(BaseModel):
+    id: int
+    segment: str
+    max_uses: int
+    uses: int
+    expires_at: datetime
+    created_by: str
+    created_at: datetime
+
+
+class HostOut(BaseModel):
+    id: str
+    hostname: str
+    os_family: str
+    os_name: str
+    os_version: str
+    addresses: list[str]
+    segment: str
+    online: bool
+    last_seen: datetime | None
+    agent_version: str
+    enrolled_at: datetime
+    boot_time: datetime | None
+    revoked: bool
+
+
+class PingRequest(_In):
+    hosts: Annotated[list[Annotated[str, Field(max_length=255)]], Field(max_length=100_000)] | None = (
+        None
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+
+class PingOut(BaseModel):
+    asked: int
+    answered: int
+    failed: dict[str, str]
+    seconds: float
+    round_trip_ms_p50: float | None
+    round_trip_ms_max: float | None
+
+
+class AuditRecordOut(BaseModel):
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    source: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class VerifyOut(BaseModel):
+    intact: bool
+    records: int
+    head_seq: int
+    head_hash: str
+    checkpoint_seq: int | None
+    first_bad_seq: int | None
+    problem: str
+
+
+class Problem(BaseModel):
+    detail: str

@@ -1,0 +1,81 @@
+"""The analyst-port application: REST API under /api/v1, its OpenAPI document, /metrics."""
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from tether import __version__
+from tether.server.api import audit, auth, enrollment, hosts
+from tether.server.api.deps import current_user
+from tether.server.errors import PlatformError
+from tether.server.services.platform import Platform
+
+API_PREFIX = "/api/v1"
+
+# The only routes that answer without a session. Everything else sits behind `current_user`.
+PUBLIC_PATHS = frozenset(
+    {
+        f"{API_PREFIX}/auth/login",
+        f"{API_PREFIX}/enroll",
+        f"{API_PREFIX}/enroll/ca",
+        f"{API_PREFIX}/openapi.json",
+        f"{API_PREFIX}/docs",
+        f"{API_PREFIX}/docs/oauth2-redirect",
+        "/metrics",
+        "/healthz",
+    }
+)
+
+
+def _first_problem(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "The request is not valid."
+    err = errors[0]
+    where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+    return f"Invalid {where}: {err.get('msg', 'not valid')}."
+
+
+def create_app(platform: Platform) -> FastAPI:
+    app = FastAPI(
+        title="Tether",
+        version=__version__,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.platform = platform
+
+    public = APIRouter()
+    public.include_router(auth.public)
+    public.include_router(enrollment.public)
+    protected = APIRouter(dependencies=[Depends(current_user)])
+    for module in (auth, enrollment, hosts, audit):
+        protected.include_router(module.router)
+    app.include_router(public, prefix=API_PREFIX)
+    app.include_router(protected, prefix=API_PREFIX)
+
+    registry = CollectorRegistry()
+    Gauge(
+        "tether_agents_connected", "Agents connected to this process", registry=registry
+    ).set_function(lambda: platform.presence.count)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _first_problem(exc)}, status_code=422)
+
+    return app

@@ -1,0 +1,65 @@
+"""`tether server init` and `tether server run`: the operator's side of the platform.
+
+Heavy imports happen inside the commands, so the analyst CLI stays fast to start.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+server_app = typer.Typer(help="Create and run a Tether platform.", no_args_is_help=True)
+DataOpt = Annotated[Path, typer.Option("--data", help="The platform's data directory.")]
+
+
+@server_app.command("init")
+def init(
+    data: DataOpt,
+    hostname: Annotated[str, typer.Option(help="Name agents and analysts use to reach it.")],
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="Extra address for the cert.")] = None,
+    listen: Annotated[str, typer.Option(help="Analyst port HOST:PORT.")] = "127.0.0.1:8443",
+    agent_listen: Annotated[str, typer.Option(help="Agent port HOST:PORT.")] = "127.0.0.1:8444",
+    database_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL URL (default: SQLite in the data directory).")
+    ] = None,
+    admin_password_file: Annotated[
+        Path | None, typer.Option(help="Write the admin password here (mode 0600).")
+    ] = None,
+) -> None:
+    """Create the CA, the server certificate, the database and the first admin user."""
+    from tether.server.config import Settings
+    from tether.server.services.bootstrap import initialise
+    from tether.server.services.pki import write_private
+
+    settings = Settings(
+        data_dir=data.resolve(),
+        hostname=hostname,
+        listen=listen,
+        agent_listen=agent_listen,
+        database_url=database_url or "",
+    )
+    result = initialise(settings, ip or [])
+    typer.echo(f"Platform created in {settings.data_dir}")
+    typer.echo(f"CA fingerprint (SHA-256): {result.ca_sha256}")
+    if admin_password_file is not None:
+        write_private(admin_password_file, (result.admin_password + "\n").encode())
+        typer.echo(f"Admin user {result.admin_username!r}; password written to {admin_password_file}")
+    else:
+        typer.echo(f"Admin user {result.admin_username!r}, password: {result.admin_password}")
+        typer.echo("This password is shown once; store it now.")
+
+
+@server_app.command("run")
+def run(
+    data: DataOpt,
+    listen: Annotated[str | None, typer.Option(help="Analyst port HOST:PORT.")] = None,
+    agent_listen: Annotated[str | None, typer.Option(help="Agent port HOST:PORT.")] = None,
+) -> None:
+    """Serve the analyst port and the agent port until interrupted."""
+    from tether.logs import configure
+    from tether.server import runner
+    from tether.server.config import load_settings
+
+    settings = load_settings(data.resolve(), listen=listen, agent_listen=agent_listen)
+    configure(settings.log_level)
+    runner.run(settings)

@@ -1,0 +1,122 @@
+"""One typed settings object for the platform, validated at start and passed down.
+
+Sources, strongest first: command-line options, `TETHER_*` environment variables, then
+`config.json` in the data directory (written by `tether server init`).
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tether.server.errors import ConfigurationError
+from tether.server.store.db import sqlite_url
+
+
+class Settings(BaseSettings):
+    """Everything the platform process needs to know; nothing else is read at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="TETHER_", extra="forbid")
+
+    data_dir: Path
+    database_url: str = ""
+    hostname: str = "localhost"
+    listen: str = "127.0.0.1:8443"
+    agent_listen: str = "127.0.0.1:8444"
+    # Addresses printed into enrollment tokens; default to the listen addresses.
+    public_url: str = ""
+    agent_public_url: str = ""
+    heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
+    hello_timeout_seconds: float = Field(default=10.0, gt=0)
+    last_seen_flush_seconds: float = Field(default=5.0, gt=0)
+    session_idle_minutes: int = Field(default=30, ge=1)
+    session_lifetime_hours: int = Field(default=12, ge=1)
+    log_level: str = "info"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or sqlite_url(str(self.data_dir / "tether.db"))
+
+    @property
+    def analyst_url(self) -> str:
+        return self.public_url or f"https://{_public_host(self.listen, self.hostname)}"
+
+    @property
+    def agent_url(self) -> str:
+        return self.agent_public_url or f"wss://{_public_host(self.agent_listen, self.hostname)}"
+
+    # Files inside the data directory.
+    @property
+    def ca_cert(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.data_dir / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.data_dir / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.data_dir / "server.key"
+
+    @property
+    def audit_key(self) -> Path:
+        return self.data_dir / "audit-signing.key"
+
+    @property
+    def audit_anchor(self) -> Path:
+        return self.data_dir / "audit-anchor.json"
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """Parse HOST:PORT (or [v6]:PORT) with a clear error."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"{value!r} is not HOST:PORT.")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _public_host(listen: str, hostname: str) -> str:
+    host, port = split_hostport(listen)
+    shown = hostname if host in {"0.0.0.0", "::", ""} else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"{shown}:{port}"
+
+
+CONFIG_FILE = "config.json"
+
+
+def load_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for the platform whose data lives in `data_dir`."""
+    path = data_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigurationError(
+            f"{data_dir} is not a Tether data directory; run 'tether server init' first."
+        )
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"Cannot read {path}: {exc}.") from exc
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        # Environment variables beat the file, options beat both: pydantic-settings gives init
+        # arguments priority, so the file's values go in only where no variable is set.
+        env_settings = Settings(data_dir=data_dir, **given)
+        merged = {**stored, **env_settings.model_dump(exclude_unset=True), **given}
+        merged["data_dir"] = data_dir
+        return Settings(**merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigurationError(f"Setting {err['loc'][0]}: {err['msg']}.") from exc
+
+
+def save_settings(settings: Settings, keys: list[str]) -> None:
+    """Persist the chosen settings in the data directory's config file."""
+    data = settings.model_dump(mode="json", include=set(keys))
+    (settings.data_dir / CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,33 @@
+"""Errors of the platform layers; the API turns each into one HTTP status and one sentence."""
+
+from tether.errors import TetherError
+
+
+class PlatformError(TetherError):
+    """Base for everything the platform refuses on purpose."""
+
+    status_code = 400
+
+
+class NotFound(PlatformError):
+    status_code = 404
+
+
+class Conflict(PlatformError):
+    status_code = 409
+
+
+class Unauthenticated(PlatformError):
+    status_code = 401
+
+
+class Forbidden(PlatformError):
+    status_code = 403
+
+
+class Invalid(PlatformError):
+    status_code = 422
+
+
+class ConfigurationError(PlatformError):
+    """The data directory or settings cannot be used as they are."""

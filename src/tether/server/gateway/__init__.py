@@ -1,0 +1,1 @@
+"""The agent port: mutual-TLS WebSocket connections, one per enrolled endpoint."""

@@ -1,0 +1,59 @@
+"""One admitted agent connection: sends jobs, matches their acknowledgements."""
+
+import asyncio
+import itertools
+from datetime import datetime
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+from tether.protocol import CloseCode, JobRequest, JobStatus
+from tether.server.errors import PlatformError
+from tether.server.store.db import utcnow
+
+_ids = itertools.count(1)
+
+
+class ActionFailed(PlatformError):
+    """The agent ran the action and reported failure."""
+
+
+class AgentConnection:
+    """The gateway's side of one agent's WebSocket (an `AgentLink` for the services)."""
+
+    def __init__(self, host_id: str, websocket: ServerConnection) -> None:
+        self.host_id = host_id
+        self.connected_at: datetime = utcnow()
+        self._ws = websocket
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        job_id = f"c{next(_ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[job_id] = future
+        try:
+            await self._ws.send(
+                JobRequest(job_id=job_id, action=action, args=args).model_dump_json()
+            )
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            self._waiting.pop(job_id, None)
+
+    def resolve(self, status: JobStatus) -> None:
+        """Hand a final status to whoever waits for it; unknown job ids are ignored."""
+        future = self._waiting.get(status.job_id)
+        if future is None or future.done():
+            return
+        if status.state == "succeeded":
+            future.set_result(status.result or {})
+        elif status.state == "failed":
+            future.set_exception(ActionFailed(status.error or "The agent reported a failure."))
+
+    def fail_pending(self, reason: str) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ActionFailed(reason))
+
+    async def disconnect(self, code: CloseCode, reason: str) -> None:
+        await self._ws.close(int(code), reason)

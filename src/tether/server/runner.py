@@ -1,0 +1,105 @@
+"""One platform process: analyst port (uvicorn) and agent port (websockets) on one uvloop loop."""
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+from tether.server.app import create_app
+from tether.server.config import Settings, split_hostport
+from tether.server.gateway.server import AgentGateway, agent_ssl_context
+from tether.server.services.platform import Platform
+from tether.server.store.migrate import upgrade
+from tether.protocol import CloseCode
+
+log = logging.getLogger("tether.server")
+
+
+def _log_tls_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Handshake failures never reach the gateway; log them here with the peer address."""
+    exc = context.get("exception")
+    if isinstance(exc, ssl.SSLError | ConnectionResetError):
+        transport = context.get("transport")
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        log.warning("TLS handshake refused from %s: %s", peer or "unknown peer", exc)
+        return
+    loop.default_exception_handler(context)
+
+
+async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> None:
+    """Run until cancelled or signalled; agents are told the platform is going away."""
+    upgrade(settings.db_url)
+    platform = Platform.build(settings)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_log_tls_failures)
+
+    gateway = AgentGateway(
+        hosts=platform.hosts,
+        presence=platform.presence,
+        audit=platform.audit,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        hello_timeout=settings.hello_timeout_seconds,
+    )
+    agent_host, agent_port = split_hostport(settings.agent_listen)
+    agent_server = await gateway.start(
+        agent_host,
+        agent_port,
+        agent_ssl_context(str(settings.ca_cert), str(settings.server_cert), str(settings.server_key)),
+    )
+    api_host, api_port = split_hostport(settings.listen)
+    config = uvicorn.Config(
+        create_app(platform),
+        host=api_host,
+        port=api_port,
+        ssl_certfile=str(settings.server_cert),
+        ssl_keyfile=str(settings.server_key),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    api_server = uvicorn.Server(config)
+    api_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    flusher = asyncio.create_task(platform.presence.run_flusher(settings.last_seen_flush_seconds))
+    api_task = asyncio.create_task(api_server.serve())
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows has no add_signal_handler
+            loop.add_signal_handler(sig, stop.set)
+    while not api_server.started and not api_task.done():
+        await asyncio.sleep(0.02)
+    if api_task.done():
+        api_task.result()
+    log.info("Analyst port https://%s:%d, agent port %s:%d", api_host, api_port, agent_host, agent_port)
+    if ready is not None:
+        ready()
+    try:
+        await stop.wait()
+    finally:
+        api_server.should_exit = True
+        agent_server.close(close_connections=False)
+        await platform.presence.disconnect_all(CloseCode.GOING_AWAY, "The platform is restarting.")
+        await agent_server.wait_closed()
+        with contextlib.suppress(Exception):
+            await api_task
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await platform.close()
+
+
+def run(settings: Settings, ready: Callable[[], None] | None = None) -> None:
+    """Blocking entry point used by `tether server run`."""
+    if sys.platform != "win32":
+        import uvloop
+
+        uvloop.run(serve(settings, ready))
+    else:
+        asyncio.run(serve(settings, ready))

@@ -1,0 +1,329 @@
+"""The append-only, hash-chained audit log and its signed checkpoints (DESIGN.md section 7).
+
+Each record carries the SHA-256 of the previous one over a canonical encoding, so editing or
+deleting any record breaks the chain at that point. A chain cannot show its newest records cut off,
+nor a chain recomputed end to end by someone who can write the database; so after every append
+the platform signs the new head (sequence number and hash) with an Ed25519 key kept in the data
+directory, outside the database, and `verify` checks the chain against that signed checkpoint.
+"""
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.server.errors import ConfigurationError
+from tether.server.services.pki import write_private
+from tether.server.store.db import utcnow
+from tether.server.store.tables import audit_head, audit_records
+
+GENESIS_HASH = "0" * 64
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One record as stored; `hash` covers every other field."""
+
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    source: str
+    details: str
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The record for export: details decoded back into an object."""
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "outcome": self.outcome,
+            "source": self.source,
+            "details": json.loads(self.details),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def canonical_details(details: dict[str, Any] | None) -> str:
+    return json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_hash(
+    *,
+    seq: int,
+    ts: str,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str,
+    source: str,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """SHA-256 over the canonical JSON encoding of every field but the hash itself."""
+    body = json.dumps(
+        {
+            "seq": seq,
+            "ts": ts,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "outcome": outcome,
+            "source": source,
+            "details": details,
+            "prev_hash": prev_hash,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement: the chain had `seq` records and ended with `hash`."""
+
+    seq: int
+    hash: str
+    signed_at: str
+    signature: str
+
+    def message(self) -> bytes:
+        return f"tether-audit-checkpoint-v1\n{self.seq}\n{self.hash}\n{self.signed_at}".encode()
+
+
+class CheckpointSigner:
+    """Signs chain heads with the Ed25519 key and keeps the newest checkpoint in a file."""
+
+    def __init__(self, key_path: Path, anchor_path: Path) -> None:
+        self._anchor_path = anchor_path
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"Cannot load the audit signing key {key_path}.") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigurationError(f"The audit signing key {key_path} is not an Ed25519 key.")
+        self._key = key
+
+    @staticmethod
+    def create_key(key_path: Path) -> None:
+        key = Ed25519PrivateKey.generate()
+        write_private(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def sign(self, seq: int, head_hash: str, now: datetime) -> Checkpoint:
+        unsigned = Checkpoint(seq=seq, hash=head_hash, signed_at=now.isoformat(), signature="")
+        signature = base64.b64encode(self._key.sign(unsigned.message())).decode()
+        checkpoint = Checkpoint(seq, head_hash, unsigned.signed_at, signature)
+        tmp = self._anchor_path.with_name(self._anchor_path.name + ".tmp")
+        tmp.write_text(json.dumps(checkpoint.__dict__) + "\n")
+        tmp.replace(self._anchor_path)
+        return checkpoint
+
+    def latest(self) -> Checkpoint | None:
+        try:
+            data = json.loads(self._anchor_path.read_text())
+            return Checkpoint(
+                seq=int(data["seq"]),
+                hash=str(data["hash"]),
+                signed_at=str(data["signed_at"]),
+                signature=str(data["signature"]),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return Checkpoint(seq=-1, hash="", signed_at="", signature="")
+
+    def is_genuine(self, checkpoint: Checkpoint) -> bool:
+        try:
+            self.public_key.verify(base64.b64decode(checkpoint.signature), checkpoint.message())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of walking the whole chain."""
+
+    intact: bool
+    records: int
+    head_seq: int
+    head_hash: str
+    checkpoint_seq: int | None
+    first_bad_seq: int | None
+    problem: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class AuditLog:
+    """Appends records to the chain and verifies it."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        signer: CheckpointSigner,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._signer = signer
+        self._clock = clock
+        # SQLite cannot upgrade a read transaction to a write one under contention; serialise
+        # appends in this process, and let PostgreSQL's row lock serialise across processes.
+        self._lock = asyncio.Lock()
+        self._for_update = engine.dialect.name == "postgresql"
+
+    async def record(
+        self,
+        action: str,
+        *,
+        actor: str,
+        target: str = "",
+        outcome: str = "success",
+        source: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> AuditRecord:
+        """Append one record and sign the new head; returns the stored record."""
+        async with self._lock:
+            async with self._engine.begin() as conn:
+                query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+                if self._for_update:
+                    query = query.with_for_update()
+                head = (await conn.execute(query)).one()
+                fields: dict[str, Any] = {
+                    "seq": int(head.seq) + 1,
+                    "ts": self._clock().isoformat(),
+                    "actor": actor[:128],
+                    "action": action[:64],
+                    "target": target[:255],
+                    "outcome": outcome[:16],
+                    "source": source[:128],
+                    "details": canonical_details(details),
+                    "prev_hash": head.hash,
+                }
+                stored = AuditRecord(**fields, hash=record_hash(**fields))
+                await conn.execute(insert(audit_records).values(**stored.__dict__))
+                await conn.execute(
+                    update(audit_head)
+                    .where(audit_head.c.id == 1)
+                    .values(seq=stored.seq, hash=stored.hash)
+                )
+            self._signer.sign(stored.seq, stored.hash, self._clock())
+        return stored
+
+    async def iter_records(
+        self, after_seq: int = 0, limit: int | None = None
+    ) -> AsyncIterator[AuditRecord]:
+        """Records in chain order, read page by page so memory stays flat."""
+        seen = 0
+        cursor = after_seq
+        while limit is None or seen < limit:
+            page = _PAGE if limit is None else min(_PAGE, limit - seen)
+            async with self._engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(audit_records)
+                        .where(audit_records.c.seq > cursor)
+                        .order_by(audit_records.c.seq)
+                        .limit(page)
+                    )
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield AuditRecord(**row._asdict())
+            seen += len(rows)
+            cursor = int(rows[-1].seq)
+
+    async def verify(self) -> VerifyReport:
+        """Walk the chain from the first record and check it against the signed checkpoint."""
+        prev = GENESIS_HASH
+        expected = 1
+        count = 0
+        hash_at: dict[int, str] = {}
+        checkpoint = self._signer.latest()
+
+        def broken(seq: int | None, problem: str) -> VerifyReport:
+            return VerifyReport(
+                intact=False,
+                records=count,
+                head_seq=expected - 1,
+                head_hash=prev,
+                checkpoint_seq=checkpoint.seq if checkpoint else None,
+                first_bad_seq=seq,
+                problem=problem,
+            )
+
+        async for rec in self.iter_records():
+            if rec.seq != expected:
+                return broken(expected, f"Record {expected} is missing: it was deleted.")
+            if rec.prev_hash != prev:
+                return broken(rec.seq, f"Record {rec.seq} does not follow record {rec.seq - 1}.")
+            fields = {k: v for k, v in rec.__dict__.items() if k != "hash"}
+            if record_hash(**fields) != rec.hash:
+                return broken(rec.seq, f"Record {rec.seq} was altered after it was written.")
+            if checkpoint is not None and rec.seq == checkpoint.seq:
+                hash_at[rec.seq] = rec.hash
+            prev = rec.hash
+            expected += 1
+            count += 1
+
+        head_seq = expected - 1
+        if checkpoint is None:
+            if head_seq > 0:
+                return broken(None, "There is no signed checkpoint to check the newest records.")
+        elif not self._signer.is_genuine(checkpoint):
+            return broken(None, "The signed checkpoint is damaged or its signature does not match.")
+        elif checkpoint.seq > head_seq:
+            return broken(
+                head_seq + 1,
+                f"The newest records were cut off: the signed checkpoint covers record "
+                f"{checkpoint.seq} but the log ends at record {head_seq}.",
+            )
+        elif hash_at.get(checkpoint.seq, GENESIS_HASH) != checkpoint.hash:
+            return broken(
+                checkpoint.seq,
+                f"The chain was rewritten: record {checkpoint.seq} does not match the signed "
+                "checkpoint.",
+            )
+        return VerifyReport(
+            intact=True,
+            records=count,
+            head_seq=head_seq,
+            head_hash=prev,
+            checkpoint_seq=checkpoint.seq if checkpoint else None,
+            first_bad_seq=None,
+            problem="",
+        )

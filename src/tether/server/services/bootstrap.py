@@ -1,0 +1,74 @@
+"""`tether server init`: a new data directory with CA, server certificate, database and admin."""
+
+import asyncio
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+from tether.protocol import Role
+from tether.server.auth.passwords import generate_password
+from tether.server.config import CONFIG_FILE, Settings, save_settings
+from tether.server.errors import ConfigurationError
+from tether.server.services.audit import AuditLog, CheckpointSigner
+from tether.server.services.pki import CertificateAuthority, save_keypair
+from tether.server.services.segments import DEFAULT_SEGMENT, ensure_segment
+from tether.server.services.users import SessionPolicy, Users
+from tether.server.store.db import create_engine
+from tether.server.store.migrate import upgrade
+
+ADMIN_USERNAME = "admin"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    admin_username: str
+    admin_password: str
+    ca_sha256: str
+
+
+def initialise(settings: Settings, ips: list[str]) -> InitResult:
+    """Create everything a platform needs in `settings.data_dir`; refuses an existing one."""
+    data = settings.data_dir
+    if (data / CONFIG_FILE).exists():
+        raise ConfigurationError(f"{data} already holds a Tether platform; nothing was changed.")
+    data.mkdir(parents=True, exist_ok=True)
+    os.chmod(data, 0o700)
+    ca = CertificateAuthority.create(settings.hostname)
+    # Local clients (the quickstart agent, the CLI on the same machine) always reach loopback.
+    addresses = list(dict.fromkeys([*ips, "127.0.0.1", "::1"]))
+    cert, key = ca.issue_server(settings.hostname, addresses)
+    ca.save(settings.ca_cert, settings.ca_key)
+    save_keypair(cert, key, settings.server_cert, settings.server_key)
+    CheckpointSigner.create_key(settings.audit_key)
+    upgrade(settings.db_url)
+    password = generate_password()
+    asyncio.run(_seed(settings, password, ca.sha256))
+    # Written last: its presence marks a complete data directory.
+    save_settings(
+        settings,
+        ["hostname", "listen", "agent_listen", "public_url", "agent_public_url", "database_url"],
+    )
+    return InitResult(ADMIN_USERNAME, password, ca.sha256)
+
+
+async def _seed(settings: Settings, password: str, ca_sha256: str) -> None:
+    engine = create_engine(settings.db_url)
+    try:
+        audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
+        async with engine.begin() as conn:
+            await ensure_segment(conn, DEFAULT_SEGMENT)
+        policy = SessionPolicy(
+            idle=timedelta(minutes=settings.session_idle_minutes),
+            lifetime=timedelta(hours=settings.session_lifetime_hours),
+        )
+        users = Users(engine, audit, policy)
+        await users.create(ADMIN_USERNAME, password, {Role.ADMIN})
+        await audit.record(
+            "platform.init",
+            actor="system",
+            target=settings.hostname,
+            details={"admin": ADMIN_USERNAME, "ca_sha256": ca_sha256},
+        )
+    finally:
+        await engine.dispose()
+

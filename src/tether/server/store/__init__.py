@@ -1,0 +1,1 @@
+"""Persistence: the database schema and engine, migrations, and (later) the blob store."""

@@ -1,0 +1,122 @@
+"""The database schema, as SQLAlchemy Core tables; Alembic migrations create exactly this.
+
+Timestamps are stored timezone-aware where the database supports it; SQLite hands them back naive,
+so readers go through `tether.server.store.db.as_utc`.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("active_response", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+user_roles = Table(
+    "user_roles",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(32), primary_key=True),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    # Only the SHA-256 of the bearer token is stored: a database reader cannot log in with it.
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("client", String(16), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("segment_id", Integer, ForeignKey("segments.id"), nullable=False),
+    Column("max_uses", Integer, nullable=False),
+    Column("uses", Integer, nullable=False, default=0),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("hostname", String(255), nullable=False, index=True),
+    Column("os_family", String(16), nullable=False, default=""),
+    Column("os_name", String(128), nullable=False, default=""),
+    Column("os_version", String(128), nullable=False, default=""),
+    Column("addresses", Text, nullable=False, default="[]"),
+    Column("segment_id", Integer, ForeignKey("segments.id"), nullable=False),
+    Column("cert_serial", String(64), nullable=False, unique=True),
+    Column("cert_sha256", String(64), nullable=False),
+    Column("agent_version", String(64), nullable=False, default=""),
+    Column("protocol_version", Integer, nullable=True),
+    Column("boot_time", DateTime(timezone=True), nullable=True),
+    Column("enrolled_at", DateTime(timezone=True), nullable=False),
+    Column("enrollment_token_id", Integer, ForeignKey("enrollment_tokens.id"), nullable=True),
+    Column("last_seen", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    # Stored as the exact ISO-8601 text that was hashed, so no database can re-render it.
+    Column("ts", String(40), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(255), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("hash", name="uq_audit_records_hash"),
+)
+
+# One row: the chain head. Appenders lock it (SELECT ... FOR UPDATE on PostgreSQL) so that two
+# platform processes can never both extend the chain from the same record.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
