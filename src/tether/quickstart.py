@@ -6,7 +6,6 @@ Running it again resumes the same data directory.
 """
 
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -55,7 +54,7 @@ def _wait_healthy(url: str, ca_pem: str, child: subprocess.Popen[bytes], timeout
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in reversed(children):  # the agent first, then the platform
         if child.poll() is None:
-            child.send_signal(signal.SIGTERM if sys.platform != "win32" else signal.CTRL_BREAK_EVENT)
+            child.terminate()
             try:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -64,7 +63,9 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
 
 
 def up(
-    data: Annotated[Path | None, typer.Option("--data", help="Data directory to create or reuse.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Data directory to create or reuse.")
+    ] = None,
     listen: Annotated[str, typer.Option(help="Analyst port HOST:PORT.")] = "127.0.0.1:8443",
     agent_listen: Annotated[str, typer.Option(help="Agent port HOST:PORT.")] = "127.0.0.1:8444",
 ) -> None:
@@ -75,9 +76,18 @@ def up(
     if first_run:
         subprocess.run(
             _tether(
-                "server", "init", "--data", str(data), "--hostname", "localhost",
-                "--listen", listen, "--agent-listen", agent_listen,
-                "--admin-password-file", str(password_file),
+                "server",
+                "init",
+                "--data",
+                str(data),
+                "--hostname",
+                "localhost",
+                "--listen",
+                listen,
+                "--agent-listen",
+                agent_listen,
+                "--admin-password-file",
+                str(password_file),
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -88,8 +98,16 @@ def up(
     children: list[subprocess.Popen[bytes]] = []
     try:
         server = subprocess.Popen(
-            _tether("server", "run", "--data", str(data), "--listen", listen,
-                    "--agent-listen", agent_listen),
+            _tether(
+                "server",
+                "run",
+                "--data",
+                str(data),
+                "--listen",
+                listen,
+                "--agent-listen",
+                agent_listen,
+            ),
             start_new_session=True,
         )
         children.append(server)
@@ -100,9 +118,12 @@ def up(
             if password is None:
                 raise QuickstartError(f"{password_file} is gone, so the local agent cannot enroll.")
             api = Api(url, ca_pem)
-            session = api.post("/auth/login", json={"username": "admin", "password": password, "client": "cli"})
+            session = api.post(
+                "/auth/login", json={"username": "admin", "password": password, "client": "cli"}
+            )
             token = Api(url, ca_pem, session["token"]).post(
-                "/enrollment-tokens", json={"segment": "default", "uses": 1, "expires_in_seconds": 600}
+                "/enrollment-tokens",
+                json={"segment": "default", "uses": 1, "expires_in_seconds": 600},
             )["token"]
             enroll(token, agent_state)
         agent = subprocess.Popen(
@@ -137,10 +158,16 @@ def _print_banner(url: str, data: Path, password: str | None, password_file: Pat
         f"  Data:           {data}",
     ]
     if password is not None:
-        lines.append(f"  Admin password: {password}   (shown once; also in {password_file}, mode 0600)")
+        lines.append(
+            f"  Admin password: {password}   (shown once; also in {password_file}, mode 0600)"
+        )
     else:
         lines.append(f"  Admin password: in {password_file}")
-    lines += [f"  Log in:         {login}", "  Then try:       tether hosts", "Press Ctrl-C to stop."]
+    lines += [
+        f"  Log in:         {login}",
+        "  Then try:       tether hosts",
+        "Press Ctrl-C to stop.",
+    ]
     if not has_profile:
         lines.insert(-1, f"  (CLI config:    {profile.config_dir()})")
     typer.echo("\n".join(lines))

@@ -51,7 +51,12 @@ def client_ssl_context(state: StateDir) -> ssl.SSLContext:
     return context
 
 
-_CERTIFICATE_ALERTS = ("CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED", "UNKNOWN_CA", "BAD_CERTIFICATE")
+_CERTIFICATE_ALERTS = (
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_EXPIRED",
+    "UNKNOWN_CA",
+    "BAD_CERTIFICATE",
+)
 
 
 class AgentConnection:
@@ -89,8 +94,16 @@ class AgentConnection:
                         f"({exc.reason}); re-enroll the agent."
                     ) from exc
                 log.warning("TLS failure talking to %s: %s", self._identity.agent_url, exc)
-            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed, ProtocolError) as exc:
-                log.warning("Connection to %s lost: %s", self._identity.agent_url, exc or type(exc).__name__)
+            except (
+                OSError,
+                InvalidHandshake,
+                TimeoutError,
+                ConnectionClosed,
+                ProtocolError,
+            ) as exc:
+                log.warning(
+                    "Connection to %s lost: %s", self._identity.agent_url, exc or type(exc).__name__
+                )
             self.connected.clear()
             delay = self._backoff.delay(attempt)
             attempt += 1
@@ -114,7 +127,9 @@ class AgentConnection:
                 user_agent_header=None,
             )
         except InvalidURI as exc:
-            raise AgentRefused(f"The platform address {self._identity.agent_url} is not valid.") from exc
+            raise AgentRefused(
+                f"The platform address {self._identity.agent_url} is not valid."
+            ) from exc
         async with websocket:
             await websocket.send(self._hello().model_dump_json())
             welcome = await self._welcome(websocket)

@@ -12,7 +12,7 @@ from tether.agent.errors import NotEnrolled
 def default_state_dir() -> Path:
     """`/var/lib/tether-agent` on Linux, `%ProgramData%\\Tether\\agent` on Windows."""
     if sys.platform == "win32":
-        return Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "Tether" / "agent"
+        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "Tether" / "agent"
     return Path("/var/lib/tether-agent")
 
 

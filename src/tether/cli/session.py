@@ -40,7 +40,9 @@ def _read_ca(path: Path) -> str:
 
 
 def login(
-    server: Annotated[str | None, typer.Option(help="Platform URL, e.g. https://tether:8443.")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Platform URL, e.g. https://tether:8443.")
+    ] = None,
     ca: Annotated[Path | None, typer.Option(help="The platform CA certificate (PEM).")] = None,
     ca_fingerprint: Annotated[
         str | None, typer.Option(help="SHA-256 of the platform CA, instead of --ca.")

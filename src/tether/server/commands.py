@@ -16,7 +16,9 @@ DataOpt = Annotated[Path, typer.Option("--data", help="The platform's data direc
 def init(
     data: DataOpt,
     hostname: Annotated[str, typer.Option(help="Name agents and analysts use to reach it.")],
-    ip: Annotated[list[str] | None, typer.Option("--ip", help="Extra address for the cert.")] = None,
+    ip: Annotated[
+        list[str] | None, typer.Option("--ip", help="Extra address for the cert.")
+    ] = None,
     listen: Annotated[str, typer.Option(help="Analyst port HOST:PORT.")] = "127.0.0.1:8443",
     agent_listen: Annotated[str, typer.Option(help="Agent port HOST:PORT.")] = "127.0.0.1:8444",
     database_url: Annotated[
@@ -43,7 +45,9 @@ def init(
     typer.echo(f"CA fingerprint (SHA-256): {result.ca_sha256}")
     if admin_password_file is not None:
         write_private(admin_password_file, (result.admin_password + "\n").encode())
-        typer.echo(f"Admin user {result.admin_username!r}; password written to {admin_password_file}")
+        typer.echo(
+            f"Admin user {result.admin_username!r}; password written to {admin_password_file}"
+        )
     else:
         typer.echo(f"Admin user {result.admin_username!r}, password: {result.admin_password}")
         typer.echo("This password is shown once; store it now.")

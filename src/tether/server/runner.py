@@ -4,21 +4,39 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
+from tether.protocol import CloseCode
 from tether.server.app import create_app
 from tether.server.config import Settings, split_hostport
+from tether.server.errors import ConfigurationError
 from tether.server.gateway.server import AgentGateway, agent_ssl_context
 from tether.server.services.platform import Platform
 from tether.server.store.migrate import upgrade
-from tether.protocol import CloseCode
 
 log = logging.getLogger("tether.server")
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this process owns SIGINT and SIGTERM."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
 
 
 def _log_tls_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -32,7 +50,7 @@ def _log_tls_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
     loop.default_exception_handler(context)
 
 
-async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> None:
+async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
     """Run until cancelled or signalled; agents are told the platform is going away."""
     upgrade(settings.db_url)
     platform = Platform.build(settings)
@@ -50,7 +68,9 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
     agent_server = await gateway.start(
         agent_host,
         agent_port,
-        agent_ssl_context(str(settings.ca_cert), str(settings.server_cert), str(settings.server_key)),
+        agent_ssl_context(
+            str(settings.ca_cert), str(settings.server_cert), str(settings.server_key)
+        ),
     )
     api_host, api_port = split_hostport(settings.listen)
     config = uvicorn.Config(
@@ -64,8 +84,7 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
         lifespan="off",
         server_header=False,
     )
-    api_server = uvicorn.Server(config)
-    api_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    api_server = _ApiServer(config)
     flusher = asyncio.create_task(platform.presence.run_flusher(settings.last_seen_flush_seconds))
     api_task = asyncio.create_task(api_server.serve())
 
@@ -73,13 +92,17 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows has no add_signal_handler
             loop.add_signal_handler(sig, stop.set)
-    while not api_server.started and not api_task.done():
-        await asyncio.sleep(0.02)
+    ready = asyncio.create_task(api_server.ready.wait())
+    await asyncio.wait({ready, api_task}, return_when=asyncio.FIRST_COMPLETED)
     if api_task.done():
+        ready.cancel()
         api_task.result()
-    log.info("Analyst port https://%s:%d, agent port %s:%d", api_host, api_port, agent_host, agent_port)
-    if ready is not None:
-        ready()
+        raise ConfigurationError(f"The analyst port {settings.listen} could not be opened.")
+    log.info(
+        "Analyst port https://%s:%d, agent port %s:%d", api_host, api_port, agent_host, agent_port
+    )
+    if on_ready is not None:
+        on_ready()
     try:
         await stop.wait()
     finally:
@@ -95,11 +118,11 @@ async def serve(settings: Settings, ready: Callable[[], None] | None = None) -> 
         await platform.close()
 
 
-def run(settings: Settings, ready: Callable[[], None] | None = None) -> None:
+def run(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
     """Blocking entry point used by `tether server run`."""
     if sys.platform != "win32":
         import uvloop
 
-        uvloop.run(serve(settings, ready))
+        uvloop.run(serve(settings, on_ready))
     else:
-        asyncio.run(serve(settings, ready))
+        asyncio.run(serve(settings, on_ready))

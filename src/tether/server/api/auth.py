@@ -26,7 +26,10 @@ async def login(body: LoginRequest, request: Request, platform: PlatformDep) -> 
 
 @router.post("/auth/logout", status_code=204)
 async def logout(
-    request: Request, user: UserDep, platform: PlatformDep, token: Annotated[str, Depends(bearer_token)]
+    request: Request,
+    user: UserDep,
+    platform: PlatformDep,
+    token: Annotated[str, Depends(bearer_token)],
 ) -> None:
     await platform.users.logout(token, user, source=source_of(request))
 

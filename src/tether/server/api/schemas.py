@@ -70,9 +70,9 @@ class HostOut(BaseModel):
 
 
 class PingRequest(_In):
-    hosts: Annotated[list[Annotated[str, Field(max_length=255)]], Field(max_length=100_000)] | None = (
-        None
-    )
+    hosts: (
+        Annotated[list[Annotated[str, Field(max_length=255)]], Field(max_length=100_000)] | None
+    ) = None
     timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 

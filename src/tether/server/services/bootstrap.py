@@ -71,4 +71,3 @@ async def _seed(settings: Settings, password: str, ca_sha256: str) -> None:
         )
     finally:
         await engine.dispose()
-

@@ -85,7 +85,10 @@ class Enrollment:
             token_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         if created:
             await self._audit.record(
-                "segment.create", actor=actor, target=segment, source=source,
+                "segment.create",
+                actor=actor,
+                target=segment,
+                source=source,
                 details={"active_response": False, "reason": "first enrollment token"},
             )
         await self._audit.record(

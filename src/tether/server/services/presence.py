@@ -81,9 +81,7 @@ class Presence:
             return 0
         batch, self._dirty = self._dirty, {}
         statement = (
-            update(hosts)
-            .where(hosts.c.id == bindparam("host"))
-            .values(last_seen=bindparam("seen"))
+            update(hosts).where(hosts.c.id == bindparam("host")).values(last_seen=bindparam("seen"))
         )
         try:
             async with self._engine.begin() as conn:

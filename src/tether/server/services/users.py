@@ -141,12 +141,15 @@ class Users:
         now = utcnow()
         digest = token_hash(token)
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(sessions).where(sessions.c.token_hash == digest))).first()
+            row = (
+                await conn.execute(select(sessions).where(sessions.c.token_hash == digest))
+            ).first()
         if row is None or row.revoked_at is not None:
             raise Unauthenticated("Your session is not valid; log in again.")
         last_used = as_utc(row.last_used_at)
         expires = as_utc(row.expires_at)
-        assert last_used is not None and expires is not None
+        if last_used is None or expires is None:
+            raise Unauthenticated("Your session is not valid; log in again.")
         if now >= expires or now - last_used >= self._policy.idle:
             raise Unauthenticated("Your session has expired; log in again.")
         user = await self._load(int(row.user_id))

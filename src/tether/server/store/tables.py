@@ -51,7 +51,9 @@ sessions = Table(
     metadata,
     # Only the SHA-256 of the bearer token is stored: a database reader cannot log in with it.
     Column("token_hash", String(64), primary_key=True),
-    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column(
+        "user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
     Column("client", String(16), nullable=False),
     Column("source", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
