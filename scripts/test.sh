@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: install into .venv, then lint, type-check, check import rules, run pytest.
+# PostgreSQL tests use TETHER_TEST_POSTGRES (default: postgres@127.0.0.1:5432/test) and are skipped
+# with the reason when it is unreachable, except under CI=true, where they must run.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/bootstrap.sh
+echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy (strict)"; .venv/bin/mypy
+echo "== import rules"; .venv/bin/lint-imports
+echo "== pytest"; .venv/bin/pytest "$@"
