@@ -88,7 +88,7 @@ class AgentConnection:
             except AgentRefused:
                 raise
             except ssl.SSLError as exc:
-                if any(alert in exc.reason or "" for alert in _CERTIFICATE_ALERTS):
+                if any(alert in (exc.reason or "") for alert in _CERTIFICATE_ALERTS):
                     raise AgentRefused(
                         f"The platform refused this agent's certificate in the TLS handshake "
                         f"({exc.reason}); re-enroll the agent."
@@ -104,7 +104,10 @@ class AgentConnection:
                 log.warning(
                     "Connection to %s lost: %s", self._identity.agent_url, exc or type(exc).__name__
                 )
-            self.connected.clear()
+            if self.connected.is_set():
+                # The session had reached welcome: start the backoff over.
+                attempt = 0
+                self.connected.clear()
             delay = self._backoff.delay(attempt)
             attempt += 1
             log.info("Reconnecting in %.1f s", delay)
