@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from tether.cli.client import Api
-from tether.cli.output import console, emit_json, table
+from tether.cli.output import console, emit_json, plain, table
 
 HOST_COLUMNS = [
     ("id", "ID"),
@@ -44,7 +44,7 @@ def show(host: str, json_output: JsonOpt = False) -> None:
         emit_json(found)
     else:
         for key, value in found.items():
-            console.print(f"{key:15} {value}", markup=False)
+            console.print(f"{key:15} {plain(value)}", markup=False)
 
 
 @host_app.command("revoke")
@@ -54,7 +54,7 @@ def revoke(host: str, json_output: JsonOpt = False) -> None:
     if json_output:
         emit_json(found)
     else:
-        console.print(f"Revoked {found['hostname']} ({found['id']}).", markup=False)
+        console.print(f"Revoked {plain(found['hostname'])} ({found['id']}).", markup=False)
 
 
 def ping(
@@ -74,6 +74,6 @@ def ping(
             markup=False,
         )
         for host, reason in report["failed"].items():
-            console.print(f"  {host}: {reason}", markup=False)
+            console.print(f"  {plain(host)}: {plain(reason)}", markup=False)
     if report["failed"]:
         raise typer.Exit(1)

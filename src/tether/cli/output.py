@@ -26,11 +26,19 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
     console.print(out)
 
 
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
+
+
+def plain(value: object) -> str:
+    """Text safe for a terminal: control characters (escape sequences) become '?'."""
+    return str(value).translate(_CONTROL)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
+        return ", ".join(plain(v) for v in value)
+    return plain(value)

@@ -63,7 +63,7 @@ class EnrollRequest(BaseModel):
 
     secret: Annotated[str, Field(min_length=32, max_length=128)]
     csr_pem: Annotated[str, Field(min_length=100, max_length=8192)]
-    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    hostname: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class EnrollResponse(BaseModel):

@@ -11,8 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from tether.protocol.errors import ProtocolError
 
-Name = Annotated[str, Field(min_length=1, max_length=255)]
-Address = Annotated[str, Field(min_length=2, max_length=64)]
+# Text an endpoint reports ends up in terminals and web pages: no control characters, ever.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Name = Annotated[str, Field(min_length=1, max_length=255, pattern=PRINTABLE)]
+Label = Annotated[str, Field(max_length=128, pattern=PRINTABLE)]
+Address = Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[0-9A-Fa-f:.]+$")]
 
 
 class _Message(BaseModel):
@@ -23,8 +26,8 @@ class OsInfo(_Message):
     """What an endpoint says about its operating system (informational, never trusted)."""
 
     family: Literal["linux", "windows", "darwin", "other"]
-    name: Annotated[str, Field(max_length=128)]
-    version: Annotated[str, Field(max_length=128)]
+    name: Label
+    version: Label
 
 
 class Hello(_Message):
@@ -32,7 +35,7 @@ class Hello(_Message):
 
     type: Literal["hello"] = "hello"
     protocol_version: int
-    agent_version: Annotated[str, Field(max_length=64)]
+    agent_version: Annotated[str, Field(max_length=64, pattern=PRINTABLE)]
     hostname: Name
     os: OsInfo
     addresses: Annotated[list[Address], Field(max_length=64)]
