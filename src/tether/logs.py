@@ -1,10 +1,40 @@
-"""Log setup shared by the agent and the platform processes: plain lines on stderr."""
+"""Log setup shared by the agent and the platform processes.
+
+Everything goes through the standard `logging` module (so library messages are included) and is
+rendered by structlog: readable lines on a terminal, one JSON object per line otherwise
+(`TETHER_LOG_FORMAT=json|text` forces either), ready for a log shipper.
+"""
 
 import logging
+import os
+import sys
+
+import structlog
 
 
 def configure(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    chosen = os.environ.get("TETHER_LOG_FORMAT", "").lower()
+    as_json = chosen == "json" or (chosen != "text" and not sys.stderr.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.stdlib.ExtraAdder(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
