@@ -5,12 +5,15 @@ becomes a failed status with a message, never a dead connection (GRR's boundary 
 """
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from tether.protocol import ACTIONS, JobRequest, JobStatus
 
-Handler = Callable[[BaseModel], Awaitable[BaseModel]]
+# A handler receives an instance of its action's declared argument model (validated here first)
+# and returns an instance of the declared result model.
+Handler = Callable[[Any], Awaitable[BaseModel]]
 
 
 async def run_action(job: JobRequest, handlers: dict[str, Handler]) -> JobStatus:
@@ -34,4 +37,10 @@ async def run_action(job: JobRequest, handlers: dict[str, Handler]) -> JobStatus
         result = await handler(args)
     except Exception as exc:
         return JobStatus(job_id=job.job_id, state="failed", error=f"{type(exc).__name__}: {exc}")
+    if not isinstance(result, spec.result):
+        return JobStatus(
+            job_id=job.job_id,
+            state="failed",
+            error=f"The {job.action} handler returned {type(result).__name__}, not its declared result.",
+        )
     return JobStatus(job_id=job.job_id, state="succeeded", result=result.model_dump(mode="json"))

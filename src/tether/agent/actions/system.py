@@ -1,10 +1,8 @@
 """Actions about the agent itself."""
 
-from pydantic import BaseModel
-
 from tether.protocol import NoopArgs, NoopResult
 
 
-async def noop(args: BaseModel) -> BaseModel:
-    assert isinstance(args, NoopArgs)
+async def noop(args: NoopArgs) -> NoopResult:
+    """Touch nothing; echo the token back so the caller can match the answer."""
     return NoopResult(echo=args.echo)
