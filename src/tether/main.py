@@ -39,7 +39,9 @@ app.add_typer(agent_app, name="agent")
 def main() -> NoReturn:
     """Run the command; any TetherError becomes one line on stderr and exit status 1."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click hands back the status of a `typer.Exit` instead of
+        # raising it: pass it on, or `tether ping` and `tether audit verify` would exit 0.
+        status = app(standalone_mode=False)
     except TetherError as exc:
         typer.echo(f"tether: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))
@@ -57,7 +59,7 @@ def main() -> NoReturn:
             exc.show()
             sys.exit(exc.exit_code)
         raise
-    sys.exit(0)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":
