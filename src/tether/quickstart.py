@@ -121,10 +121,14 @@ def up(
             session = api.post(
                 "/auth/login", json={"username": "admin", "password": password, "client": "cli"}
             )
-            token = Api(url, ca_pem, session["token"]).post(
+            api.close()
+            admin = Api(url, ca_pem, session["token"])
+            token = admin.post(
                 "/enrollment-tokens",
                 json={"segment": "default", "uses": 1, "expires_in_seconds": 600},
             )["token"]
+            # An idle keep-alive connection would make the platform wait for it when it stops.
+            admin.close()
             enroll(token, agent_state)
         agent = subprocess.Popen(
             _tether("agent", "run", "--state-dir", str(agent_state.root)), start_new_session=True

@@ -39,7 +39,11 @@ class Backoff:
     factor: float = 2.0
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        ceiling = min(self.maximum, self.initial * self.factor ** max(attempt, 0))
+        try:
+            ceiling = min(self.maximum, self.initial * self.factor ** max(attempt, 0))
+        except OverflowError:
+            # After ~1000 failed attempts (hours of outage) the power leaves the float range.
+            ceiling = self.maximum
         return ceiling * (0.5 + rng() / 2)
 
 

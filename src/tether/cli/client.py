@@ -42,6 +42,10 @@ class Api:
             raise CliError("Not logged in; run 'tether login' first.")
         return cls(current.server, current.ca_pem, current.token)
 
+    def close(self) -> None:
+        """Close the kept-alive connection to the platform."""
+        self._http.close()
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)

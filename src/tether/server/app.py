@@ -43,6 +43,9 @@ def create_app(platform: Platform) -> FastAPI:
         version=__version__,
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
+        # FastAPI's default (/docs/oauth2-redirect) would sit outside the API prefix and outside
+        # PUBLIC_PATHS: keep it where the list says.
+        swagger_ui_oauth2_redirect_url=f"{API_PREFIX}/docs/oauth2-redirect",
         redoc_url=None,
     )
     app.state.platform = platform

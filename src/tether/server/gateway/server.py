@@ -1,14 +1,14 @@
 """Admits agents on the agent port and runs each connection's read loop.
 
 Chain verification happens in the TLS handshake (a certificate from another CA, an expired one or
-none at all never reaches this code); revocation and unknown serials are decided here, against
-the hosts table, and audited.
+none at all never reaches the handler; it is logged with the peer address); revocation and unknown
+serials are decided here, against the hosts table, and audited.
 """
 
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -41,7 +41,113 @@ def agent_ssl_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLCon
     context.load_cert_chain(cert_file, key_file)
     context.load_verify_locations(cafile=ca_file)
     context.verify_mode = ssl.CERT_REQUIRED
+    # Agents never resume a TLS session (every connection is a full handshake with the client
+    # certificate), so TLS 1.3 session tickets would be pure cost: with OpenSSL 3.0, issuing the
+    # two default tickets took as much CPU as the rest of the server's handshake
+    # (docs/performance.md).
+    context.num_tickets = 0
     return context
+
+
+class _TlsServerConnection(ServerConnection):
+    """A WebSocket connection that runs its own TLS handshake, so a refusal is logged.
+
+    When the event loop's server does TLS (`create_server(ssl=...)`), uvloop and asyncio drop a
+    failed handshake without a word: an `ssl.SSLError` is an `OSError`, which they report only in
+    debug mode, and never to the loop's exception handler. Accepting plain TCP and upgrading with
+    `loop.start_tls` runs the same TLS code but hands the failure, with the peer address, to us.
+    """
+
+    tls_context: ssl.SSLContext
+    tls_timeout: float
+    tls_shutdown_timeout: float
+
+    _raw: asyncio.Transport
+    _early: bytearray
+    _upgrade: "asyncio.Task[None] | None" = None
+    _upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = cast(asyncio.Transport, transport)
+        self._early = bytearray()
+        self._upgrade = self.loop.create_task(self._start_tls())
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            super().data_received(data)
+            return
+        # uvloop starts reading as soon as connection_made returns, before start_tls has taken
+        # the transport over: keep what arrived (the ClientHello) for the TLS layer, stop reading.
+        self._early += data
+        self._raw.pause_reading()
+
+    def eof_received(self) -> None:
+        if self._upgraded:
+            super().eof_received()
+        # Before the upgrade, returning None lets the transport close itself.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._upgraded:
+            super().connection_lost(exc)
+
+    def _hand_early_bytes_to_tls(self) -> None:
+        """Give the bytes read before the upgrade to the TLS protocol, ahead of the handshake."""
+        tls_protocol = self._raw.get_protocol()
+        if tls_protocol is self:  # start_tls has not taken the transport yet
+            self.loop.call_soon(self._hand_early_bytes_to_tls)
+            return
+        # uvloop's SSLProtocol is a buffered protocol without subclassing asyncio's class.
+        tls_protocol = cast(asyncio.BufferedProtocol, tls_protocol)
+        pending = memoryview(bytes(self._early))
+        self._early.clear()
+        while pending:
+            buffer = memoryview(tls_protocol.get_buffer(len(pending)))
+            size = min(len(buffer), len(pending))
+            buffer[:size] = pending[:size]
+            tls_protocol.buffer_updated(size)
+            pending = pending[size:]
+
+    async def _start_tls(self) -> None:
+        raw = self._raw
+        address = raw.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if address else "unknown peer"
+        try:
+            if raw.is_closing():
+                raise ConnectionResetError("closed before the TLS handshake")
+            # start_tls swaps the transport's protocol before it first yields, and schedules the
+            # handshake start with call_soon: this callback runs after the swap, before the
+            # handshake reads, so the early bytes are the first the TLS layer sees.
+            self.loop.call_soon(self._hand_early_bytes_to_tls)
+            tls = await self.loop.start_tls(
+                raw,
+                self,
+                self.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.tls_timeout,
+                ssl_shutdown_timeout=self.tls_shutdown_timeout,
+            )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.warning("TLS handshake refused from %s: %s", peer, exc or type(exc).__name__)
+            raw.abort()
+            return
+        finally:
+            self._upgrade = None
+        if tls is None or tls.is_closing() or not self.server.is_serving():
+            log.info("Connection from %s closed during the TLS handshake", peer)
+            raw.abort()
+            return
+        self._upgraded = True
+        super().connection_made(tls)
+
+
+def _tls_connection_class(
+    context: ssl.SSLContext, timeout: float, shutdown_timeout: float
+) -> type[ServerConnection]:
+    return type(
+        "TlsServerConnection",
+        (_TlsServerConnection,),
+        {"tls_context": context, "tls_timeout": timeout, "tls_shutdown_timeout": shutdown_timeout},
+    )
 
 
 def _peer(ws: ServerConnection) -> str:
@@ -80,7 +186,8 @@ class AgentGateway:
             self.handle,
             host,
             port,
-            ssl=context,
+            # TLS is done per connection (see _TlsServerConnection), not by the listening socket.
+            create_connection=_tls_connection_class(context, timeout=15, shutdown_timeout=2),
             compression=None,  # deflate made bulk transfer 20x slower (DESIGN.md section 4)
             max_size=MAX_FRAME_BYTES,
             max_queue=16,

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.server.errors import ConfigurationError
 from tether.server.services.pki import write_private
@@ -29,6 +30,7 @@ from tether.server.store.db import utcnow
 from tether.server.store.tables import audit_head, audit_records
 
 GENESIS_HASH = "0" * 64
+log = logging.getLogger(__name__)
 _PAGE = 1000
 
 
@@ -217,11 +219,13 @@ class AuditLog:
     ) -> AuditRecord:
         """Append one record and sign the new head; returns the stored record."""
         async with self._lock:
+            checkpoint = self._signer.latest()
             async with self._engine.begin() as conn:
                 query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
                 if self._for_update:
                     query = query.with_for_update()
                 head = (await conn.execute(query)).one()
+                extends = await self._extends_checkpoint(conn, checkpoint, int(head.seq))
                 fields: dict[str, Any] = {
                     "seq": int(head.seq) + 1,
                     "ts": self._clock().isoformat(),
@@ -240,8 +244,32 @@ class AuditLog:
                     .where(audit_head.c.id == 1)
                     .values(seq=stored.seq, hash=stored.hash)
                 )
-            self._signer.sign(stored.seq, stored.hash, self._clock())
+            if extends:
+                self._signer.sign(stored.seq, stored.hash, self._clock())
+            else:
+                # Signing now would bless a chain that was cut off or rewritten (or whose anchor
+                # was removed) and erase the evidence: keep the old checkpoint for `verify`.
+                log.error(
+                    "The audit chain no longer extends the signed checkpoint; not signing "
+                    "record %d. Run 'tether audit verify'.",
+                    stored.seq,
+                )
         return stored
+
+    async def _extends_checkpoint(
+        self, conn: AsyncConnection, checkpoint: Checkpoint | None, head_seq: int
+    ) -> bool:
+        """True when the chain in the database still contains the last signed head."""
+        if checkpoint is None:
+            return head_seq == 0
+        if checkpoint.seq > head_seq or not self._signer.is_genuine(checkpoint):
+            return False
+        signed = (
+            await conn.execute(
+                select(audit_records.c.hash).where(audit_records.c.seq == checkpoint.seq)
+            )
+        ).scalar()
+        return signed == checkpoint.hash
 
     async def iter_records(
         self, after_seq: int = 0, limit: int | None = None

@@ -1,11 +1,13 @@
 """The host inventory: what each enrolled endpoint is, where it sits, and whether it is online."""
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import CloseCode, Hello
@@ -44,6 +46,54 @@ class CertificateStatus:
     revoked: bool
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Serials looked up in one statement at most (SQLite's and PostgreSQL's parameter limits are far
+# above this).
+_LOOKUP_CHUNK = 500
+
+
+class _Coalesced(Generic[T, R]):
+    """One statement for every caller that arrived while the previous one ran (group commit).
+
+    A reconnect storm brings thousands of agents within seconds, each needing its certificate
+    looked up and its hello stored: two database round trips per connection, on the one event
+    loop that also does every TLS handshake (DESIGN.md section 9, 10,000 agents back within
+    30 s). Each caller still awaits the statement that covered its own item, so nothing is
+    admitted before its lookup and nothing is reported stored early.
+    """
+
+    def __init__(self, run: Callable[[dict[str, T]], Awaitable[R]]) -> None:
+        self._run = run
+        self._queued: dict[str, T] = {}
+        self._result: asyncio.Future[R] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, key: str, item: T) -> R:
+        self._queued[key] = item
+        if self._result is None:
+            self._result = asyncio.get_running_loop().create_future()
+        result = self._result
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        # Shielded: a caller that goes away must not cancel the statement the others wait for.
+        return await asyncio.shield(result)
+
+    async def _drain(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, {}
+            result, self._result = self._result, None
+            assert result is not None
+            try:
+                value = await self._run(batch)
+            except Exception as exc:
+                result.set_exception(exc)
+                result.exception()  # every waiter sees it; none is obliged to
+            else:
+                result.set_result(value)
+
+
 class Hosts:
     """Reads and changes the inventory."""
 
@@ -51,6 +101,10 @@ class Hosts:
         self._engine = engine
         self._audit = audit
         self._presence = presence
+        self._lookups: _Coalesced[None, dict[str, CertificateStatus]] = _Coalesced(
+            self._look_up_serials
+        )
+        self._hellos: _Coalesced[dict[str, Any], None] = _Coalesced(self._store_hellos)
 
     def _view(self, row: Any) -> HostView:
         pending = self._presence.pending_last_seen(row.id)
@@ -100,36 +154,64 @@ class Hosts:
         return self._view(rows[0])
 
     async def certificate_status(self, serial: str) -> CertificateStatus | None:
+        """The host holding this certificate serial, read when asked (batched with others)."""
+        return (await self._lookups.submit(serial, None)).get(serial)
+
+    async def _look_up_serials(self, serials: dict[str, None]) -> dict[str, CertificateStatus]:
+        wanted = list(serials)
+        found: dict[str, CertificateStatus] = {}
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(hosts.c.id, hosts.c.hostname, hosts.c.revoked_at).where(
-                        hosts.c.cert_serial == serial
-                    )
+            for start in range(0, len(wanted), _LOOKUP_CHUNK):
+                rows = await conn.execute(
+                    select(
+                        hosts.c.cert_serial, hosts.c.id, hosts.c.hostname, hosts.c.revoked_at
+                    ).where(hosts.c.cert_serial.in_(wanted[start : start + _LOOKUP_CHUNK]))
                 )
-            ).first()
-        if row is None:
-            return None
-        return CertificateStatus(row.id, row.hostname, row.revoked_at is not None)
+                for row in rows:
+                    found[row.cert_serial] = CertificateStatus(
+                        row.id, row.hostname, row.revoked_at is not None
+                    )
+        return found
 
     async def record_hello(self, host_id: str, hello: Hello) -> None:
-        """Store what the agent reported about itself (informational; identity is the cert)."""
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(hosts)
-                .where(hosts.c.id == host_id)
-                .values(
-                    hostname=hello.hostname,
-                    os_family=hello.os.family,
-                    os_name=hello.os.name,
-                    os_version=hello.os.version,
-                    addresses=json.dumps(hello.addresses),
-                    agent_version=hello.agent_version,
-                    protocol_version=hello.protocol_version,
-                    boot_time=hello.boot_time,
-                    last_seen=utcnow(),
-                )
+        """Store what the agent reported about itself (informational; identity is the cert).
+
+        Returns once stored; hellos arriving together are stored in one statement.
+        """
+        await self._hellos.submit(
+            host_id,
+            {
+                "b_id": host_id,
+                "b_hostname": hello.hostname,
+                "b_os_family": hello.os.family,
+                "b_os_name": hello.os.name,
+                "b_os_version": hello.os.version,
+                "b_addresses": json.dumps(hello.addresses),
+                "b_agent_version": hello.agent_version,
+                "b_protocol_version": hello.protocol_version,
+                "b_boot_time": hello.boot_time,
+                "b_last_seen": utcnow(),
+            },
+        )
+
+    async def _store_hellos(self, batch: dict[str, dict[str, Any]]) -> None:
+        statement = (
+            update(hosts)
+            .where(hosts.c.id == bindparam("b_id"))
+            .values(
+                hostname=bindparam("b_hostname"),
+                os_family=bindparam("b_os_family"),
+                os_name=bindparam("b_os_name"),
+                os_version=bindparam("b_os_version"),
+                addresses=bindparam("b_addresses"),
+                agent_version=bindparam("b_agent_version"),
+                protocol_version=bindparam("b_protocol_version"),
+                boot_time=bindparam("b_boot_time"),
+                last_seen=bindparam("b_last_seen"),
             )
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(statement, list(batch.values()))
 
     async def revoke(self, ref: str, *, actor: str, source: str) -> HostView:
         """Refuse the host's certificate from now on and close its live connection."""

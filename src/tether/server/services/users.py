@@ -1,6 +1,7 @@
 """Users, their roles, and server-side sessions."""
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,10 +51,17 @@ class SessionPolicy:
 class Users:
     """Accounts and sessions; every login attempt goes to the audit log."""
 
-    def __init__(self, engine: AsyncEngine, audit: AuditLog, policy: SessionPolicy) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        audit: AuditLog,
+        policy: SessionPolicy,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self._engine = engine
         self._audit = audit
         self._policy = policy
+        self._clock = clock
 
     async def create(self, username: str, password: str, roles: set[Role]) -> User:
         if not USERNAME.match(username):
@@ -70,7 +78,7 @@ class Users:
                         username=username,
                         password_hash=hash_password(password),
                         disabled=False,
-                        created_at=utcnow(),
+                        created_at=self._clock(),
                     )
                 )
                 user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -114,7 +122,7 @@ class Users:
         user = await self._load(int(row.id))
         assert user is not None
         token = new_token()
-        now = utcnow()
+        now = self._clock()
         expires = now + self._policy.lifetime
         async with self._engine.begin() as conn:
             await conn.execute(
@@ -138,7 +146,7 @@ class Users:
 
     async def authenticate(self, token: str) -> User:
         """The user behind a bearer token, refreshing its idle timer; Unauthenticated if none."""
-        now = utcnow()
+        now = self._clock()
         digest = token_hash(token)
         async with self._engine.connect() as conn:
             row = (
@@ -168,10 +176,10 @@ class Users:
             await conn.execute(
                 update(sessions)
                 .where(sessions.c.token_hash == token_hash(token))
-                .values(revoked_at=utcnow())
+                .values(revoked_at=self._clock())
             )
         await self._audit.record("auth.logout", actor=user.username, source=source)
 
     async def purge_expired_sessions(self) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(delete(sessions).where(sessions.c.expires_at < utcnow()))
+            await conn.execute(delete(sessions).where(sessions.c.expires_at < self._clock()))
