@@ -1,0 +1,386 @@
+"""Real processes for the end-to-end tests: a platform, CLI identities and agents over loopback.
+
+Every child is started in its own process group and registered with `Children`, which kills the
+group and every descendant at teardown, whatever the test did.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+
+T = TypeVar("T")
+
+# Short intervals so the tests see presence changes quickly; the settings read TETHER_* variables.
+PLATFORM_ENV = {
+    "TETHER_HEARTBEAT_SECONDS": "5",
+    "TETHER_LAST_SEEN_FLUSH_SECONDS": "0.5",
+    "TETHER_LOG_FORMAT": "json",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def tether_command() -> list[str]:
+    """The installed `tether` script next to this interpreter, else `python -m tether`."""
+    script = Path(sys.executable).with_name("tether")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tether"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any TETHER_* variable, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env.update(PLATFORM_ENV)
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "the condition",
+) -> T:
+    """Poll until `condition` returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = condition()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"Timed out after {timeout:.1f} s waiting for {what}.")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    """One child process whose stdout and stderr go to a log file."""
+
+    name: str
+    popen: "subprocess.Popen[bytes]"
+    log: Path
+    descendants: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def remember_descendants(self) -> set[int]:
+        """Record the current descendants, so teardown can reach those in other sessions."""
+        try:
+            found = {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            found = set()
+        self.descendants |= found
+        return found
+
+
+class Children:
+    """Every process a test started; `kill_all` leaves none behind."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[Proc] = []
+        self._count = 0
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Proc:
+        self._count += 1
+        log = self.logs / f"{self._count:02d}-{name}.log"
+        with log.open("wb") as handle:
+            popen = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in reversed(self.procs):
+            pids = proc.descendants | proc.remember_descendants()
+            if proc.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=10)
+        self.procs.clear()
+
+
+@dataclass
+class Cli:
+    """One analyst identity: its own config folder."""
+
+    config_dir: Path
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, stdin: str | None = None, timeout: float = 60
+    ) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run(
+            [*tether_command(), *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            # Wide enough that rich does not shorten the readable tables.
+            env={**self.env, "TETHER_CONFIG_DIR": str(self.config_dir), "COLUMNS": "250"},
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        """Run a command that must succeed; returns its stdout."""
+        result = self.run(*args, stdin=stdin)
+        assert result.returncode == 0, (
+            f"tether {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}"
+        )
+        return result.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+    def profile(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.config_dir / "profile.json").read_text())
+        return data
+
+    def api(self) -> httpx.Client:
+        """A direct API client with this identity's session, for fast polling."""
+        current = self.profile()
+        return httpx.Client(
+            base_url=f"{current['server']}/api/v1",
+            verify=ssl.create_default_context(cadata=current["ca_pem"]),
+            headers={"authorization": f"Bearer {current['token']}"},
+            timeout=10.0,
+        )
+
+
+class Platform:
+    """One platform data directory and its `tether server run` process."""
+
+    def __init__(self, root: Path, children: Children) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.children = children
+        self.api_port = free_port()
+        self.agent_port = free_port()
+        self.env = clean_env()
+        self.password_file = root / "admin-password"
+        self.proc: Proc | None = None
+        self.runs = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.data / "ca.pem"
+
+    @property
+    def db(self) -> Path:
+        return self.data / "tether.db"
+
+    @property
+    def admin_password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def init(self) -> None:
+        result = subprocess.run(
+            [
+                *tether_command(),
+                "server",
+                "init",
+                "--data",
+                str(self.data),
+                "--hostname",
+                "localhost",
+                "--admin-password-file",
+                str(self.password_file),
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert self.password_file.stat().st_mode & 0o077 == 0
+
+    def healthy(self) -> bool:
+        try:
+            response = httpx.get(f"{self.url}/healthz", verify=self.ssl_context(), timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and response.json() == {"status": "ok"}
+
+    def start(self, timeout: float = 30) -> Proc:
+        assert self.proc is None or not self.proc.alive(), "the platform is already running"
+        self.runs += 1
+        self.proc = self.children.spawn(
+            f"platform-run{self.runs}",
+            [
+                *tether_command(),
+                "server",
+                "run",
+                "--data",
+                str(self.data),
+                "--listen",
+                f"127.0.0.1:{self.api_port}",
+                "--agent-listen",
+                f"127.0.0.1:{self.agent_port}",
+            ],
+            self.env,
+        )
+        proc = self.proc
+
+        def up() -> bool:
+            assert proc.alive(), f"the platform exited early:\n{proc.output()}"
+            return self.healthy()
+
+        wait_for(up, timeout=timeout, interval=0.1, what="the platform's /healthz")
+        return proc
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.alive():
+            self.proc.popen.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        """Everything every run of this platform logged."""
+        return "".join(p.output() for p in self.children.procs if p.name.startswith("platform-run"))
+
+    def login(self, config_dir: Path) -> Cli:
+        cli = Cli(config_dir, self.env)
+        out = cli.ok(
+            "login",
+            "--server",
+            self.url,
+            "--ca",
+            str(self.ca),
+            "-u",
+            "admin",
+            "--password-stdin",
+            stdin=self.admin_password + "\n",
+        )
+        assert f"Logged in to {self.url} as admin." in out
+        return cli
+
+
+@dataclass
+class Agent:
+    """One endpoint identity (a state directory) and, once started, its agent process."""
+
+    state_dir: Path
+    children: Children
+    env: dict[str, str]
+    proc: Proc | None = None
+
+    @property
+    def host_id(self) -> str:
+        data: dict[str, str] = json.loads((self.state_dir / "identity.json").read_text())
+        return data["host_id"]
+
+    @property
+    def cert(self) -> Path:
+        return self.state_dir / "agent.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.state_dir / "agent.key"
+
+    def enroll(self, token: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run(
+            [
+                *tether_command(),
+                "agent",
+                "enroll",
+                "--token",
+                token,
+                "--state-dir",
+                str(self.state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            check=False,
+        )
+
+    def start(self) -> Proc:
+        self.proc = self.children.spawn(
+            f"agent-{self.state_dir.name}",
+            [*tether_command(), "agent", "run", "--state-dir", str(self.state_dir)],
+            self.env,
+        )
+        return self.proc
+
+
+def host_by_id(api: httpx.Client, host_id: str) -> dict[str, Any] | None:
+    response = api.get("/hosts")
+    response.raise_for_status()
+    hosts: list[dict[str, Any]] = response.json()
+    return next((h for h in hosts if h["id"] == host_id), None)
+
+
+def wait_online(api: httpx.Client, host_id: str, *, online: bool = True, timeout: float) -> float:
+    """Wait until the host's presence is `online`; returns the seconds it took."""
+    start = time.monotonic()
+
+    def check() -> bool:
+        host = host_by_id(api, host_id)
+        return host is not None and host["online"] is online
+
+    wait_for(check, timeout=timeout, interval=0.05, what=f"host {host_id} online={online}")
+    return time.monotonic() - start
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process (other lines are skipped)."""
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events

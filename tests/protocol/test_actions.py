@@ -1,0 +1,30 @@
+import pytest
+from pydantic import ValidationError
+
+from tether.protocol import ACTIONS, NoopArgs, Permission, action
+
+
+def test_every_declaration_is_filed_under_its_name() -> None:
+    assert ACTIONS
+    for name, spec in ACTIONS.items():
+        assert spec.name == name
+        assert spec.timeout_seconds > 0
+        assert isinstance(spec.permission, Permission)
+        assert spec.description
+
+
+def test_argument_and_result_models_forbid_unknown_fields() -> None:
+    for spec in ACTIONS.values():
+        assert spec.args.model_config.get("extra") == "forbid", spec.name
+        assert spec.result.model_config.get("extra") == "forbid", spec.name
+
+
+def test_lookup() -> None:
+    assert action("system.noop").args is NoopArgs
+    with pytest.raises(KeyError):
+        action("system.format_c")
+
+
+def test_noop_args_are_bounded() -> None:
+    with pytest.raises(ValidationError):
+        NoopArgs(echo="x" * 257)

@@ -1,0 +1,49 @@
+"""The public surface of `tether.protocol`: the agent, the platform and the CLI all build on it."""
+
+import tether.protocol
+
+EXPECTED = [
+    "ACTIONS",
+    "MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "ROLE_PERMISSIONS",
+    "ActionSpec",
+    "AgentMessage",
+    "CloseCode",
+    "EnrollRequest",
+    "EnrollResponse",
+    "EnrollmentToken",
+    "Heartbeat",
+    "Hello",
+    "InvalidEnrollmentToken",
+    "JobRequest",
+    "JobStatus",
+    "NoopArgs",
+    "NoopResult",
+    "OsInfo",
+    "Permission",
+    "PlatformMessage",
+    "ProtocolError",
+    "Role",
+    "Welcome",
+    "action",
+    "parse_agent_message",
+    "parse_platform_message",
+    "permissions_of",
+]
+
+
+def test_public_surface_is_pinned() -> None:
+    # A change here is a protocol change: update this list on purpose, with docs/protocol.md.
+    assert sorted(tether.protocol.__all__) == sorted(EXPECTED)
+    assert len(set(tether.protocol.__all__)) == len(tether.protocol.__all__)
+
+
+def test_every_exported_name_exists() -> None:
+    for name in tether.protocol.__all__:
+        assert hasattr(tether.protocol, name), name
+
+
+def test_version_and_limits() -> None:
+    assert tether.protocol.PROTOCOL_VERSION == 1
+    assert tether.protocol.MAX_FRAME_BYTES == 1024 * 1024

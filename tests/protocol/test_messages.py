@@ -1,0 +1,146 @@
+import json
+from typing import Any
+
+import pytest
+
+from tether.protocol import (
+    PROTOCOL_VERSION,
+    Heartbeat,
+    Hello,
+    JobRequest,
+    JobStatus,
+    ProtocolError,
+    Welcome,
+    parse_agent_message,
+    parse_platform_message,
+)
+
+
+def hello_dict(**changes: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "type": "hello",
+        "protocol_version": PROTOCOL_VERSION,
+        "agent_version": "0.1.0",
+        "hostname": "ws-042.corp.example",
+        "os": {"family": "linux", "name": "Linux", "version": "6.1.0-18-amd64"},
+        "addresses": ["10.0.0.5", "fe80::1"],
+        "boot_time": "2030-01-01T00:00:00Z",
+    }
+    message.update(changes)
+    return message
+
+
+def test_valid_hello_is_parsed() -> None:
+    message = parse_agent_message(json.dumps(hello_dict()))
+    assert isinstance(message, Hello)
+    assert message.hostname == "ws-042.corp.example"
+    assert message.os.family == "linux"
+    assert message.addresses == ["10.0.0.5", "fe80::1"]
+    assert message.boot_time.tzinfo is not None
+
+
+def test_hello_round_trips_through_its_json() -> None:
+    message = parse_agent_message(json.dumps(hello_dict()))
+    assert parse_agent_message(message.model_dump_json()) == message
+
+
+def test_heartbeat_and_job_status_are_parsed() -> None:
+    assert isinstance(parse_agent_message('{"type":"heartbeat"}'), Heartbeat)
+    status = parse_agent_message(
+        json.dumps({"type": "job.status", "job_id": "j1", "state": "succeeded", "result": {}})
+    )
+    assert isinstance(status, JobStatus)
+    assert status.state == "succeeded"
+
+
+def test_unknown_field_is_refused_and_named() -> None:
+    with pytest.raises(ProtocolError, match="sneaky"):
+        parse_agent_message(json.dumps(hello_dict(sneaky=True)))
+
+
+def test_unknown_field_in_nested_model_is_refused() -> None:
+    os_info = {"family": "linux", "name": "Linux", "version": "6", "kernel": "x"}
+    with pytest.raises(ProtocolError, match="kernel"):
+        parse_agent_message(json.dumps(hello_dict(os=os_info)))
+
+
+def test_oversize_address_list_is_refused() -> None:
+    parse_agent_message(json.dumps(hello_dict(addresses=["10.0.0.1"] * 64)))
+    with pytest.raises(ProtocolError, match="addresses"):
+        parse_agent_message(json.dumps(hello_dict(addresses=["10.0.0.1"] * 65)))
+
+
+def test_oversize_hostname_is_refused() -> None:
+    parse_agent_message(json.dumps(hello_dict(hostname="h" * 255)))
+    with pytest.raises(ProtocolError, match="hostname"):
+        parse_agent_message(json.dumps(hello_dict(hostname="h" * 256)))
+
+
+@pytest.mark.parametrize("hostname", ["evil\x1b[31m", "line\nbreak", "nul\x00", "del\x7f", ""])
+def test_hostname_with_control_characters_or_empty_is_refused(hostname: str) -> None:
+    with pytest.raises(ProtocolError, match="hostname"):
+        parse_agent_message(json.dumps(hello_dict(hostname=hostname)))
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1; rm -rf /", "x", "a" * 65])
+def test_address_that_is_not_an_address_is_refused(address: str) -> None:
+    with pytest.raises(ProtocolError, match="addresses"):
+        parse_agent_message(json.dumps(hello_dict(addresses=[address])))
+
+
+def test_oversize_job_error_is_refused() -> None:
+    frame = {"type": "job.status", "job_id": "j1", "state": "failed", "error": "e" * 4097}
+    with pytest.raises(ProtocolError, match="error"):
+        parse_agent_message(json.dumps(frame))
+
+
+def test_binary_frame_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="binary frame"):
+        parse_agent_message(json.dumps(hello_dict()).encode())
+    with pytest.raises(ProtocolError, match="binary frame"):
+        parse_platform_message(b'{"type":"welcome"}')
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"nonsense"}',
+        '{"type":"welcome","host_id":"h","server_time":"2030-01-01T00:00:00Z","heartbeat_seconds":5}',
+        '{"protocol_version":1}',
+        '["hello"]',
+        "not json at all",
+        "",
+    ],
+)
+def test_wrong_or_missing_type_is_refused(frame: str) -> None:
+    with pytest.raises(ProtocolError, match=r"^Malformed agent message \(.+\)\.$"):
+        parse_agent_message(frame)
+
+
+def test_wrong_value_type_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="protocol_version"):
+        parse_agent_message(json.dumps(hello_dict(protocol_version="one")))
+
+
+def test_platform_messages_are_parsed() -> None:
+    welcome = parse_platform_message(
+        '{"type":"welcome","host_id":"h1","server_time":"2030-01-01T00:00:00Z","heartbeat_seconds":60}'
+    )
+    assert isinstance(welcome, Welcome)
+    assert welcome.heartbeat_seconds == 60
+    job = parse_platform_message(
+        JobRequest(job_id="c1", action="system.noop", args={"echo": "x"}).model_dump_json()
+    )
+    assert isinstance(job, JobRequest)
+    assert job.args == {"echo": "x"}
+
+
+def test_platform_message_from_the_agent_side_is_refused() -> None:
+    with pytest.raises(ProtocolError, match=r"^Malformed platform message"):
+        parse_platform_message('{"type":"heartbeat"}')
+
+
+def test_messages_are_immutable() -> None:
+    message = parse_agent_message('{"type":"heartbeat"}')
+    with pytest.raises(ValueError, match="frozen"):
+        message.type = "hello"  # type: ignore[misc]

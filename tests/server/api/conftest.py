@@ -1,0 +1,85 @@
+"""The analyst API in process: a platform built on a fresh data directory, an httpx client."""
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.server.app import create_app
+from tether.server.config import Settings
+from tether.server.services.bootstrap import initialise
+from tether.server.services.platform import Platform
+
+from ..conftest import use_fast_hashing
+
+
+@dataclass(frozen=True)
+class Template:
+    data_dir: Path
+    admin_password: str
+
+
+def _clean_settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, hostname="tether.test")
+
+
+@pytest.fixture(scope="session")
+def platform_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    """One initialised data directory (CA, database, admin); each test gets a copy."""
+    data_dir = tmp_path_factory.mktemp("template") / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("TETHER_"):
+                mp.delenv(name)
+        use_fast_hashing(mp)
+        # initialise() runs its own event loop: this fixture is synchronous on purpose.
+        result = initialise(_clean_settings(data_dir), ips=[])
+    return Template(data_dir, result.admin_password)
+
+
+@pytest.fixture
+async def platform(
+    platform_template: Template, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Platform]:
+    for name in list(os.environ):
+        if name.startswith("TETHER_"):
+            monkeypatch.delenv(name)
+    data_dir = tmp_path / "data"
+    await asyncio.to_thread(shutil.copytree, platform_template.data_dir, data_dir)
+    built = Platform.build(_clean_settings(data_dir))
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+@pytest.fixture
+async def client(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(platform))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tether.test") as http:
+        yield http
+
+
+@pytest.fixture
+def admin_password(platform_template: Template) -> str:
+    return platform_template.admin_password
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> dict[str, str]:
+    """Log in and return the authorization header for the session."""
+    response = await client.post(
+        "/api/v1/auth/login", json={"username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return {"authorization": f"Bearer {response.json()['token']}"}
+
+
+@pytest.fixture
+async def admin(client: httpx.AsyncClient, admin_password: str) -> dict[str, str]:
+    """Headers of a logged-in admin."""
+    return await login(client, "admin", admin_password)
