@@ -6,6 +6,7 @@ EXPECTED = [
     "ACTIONS",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
+    "MFA_REQUIRED_ROLES",
     "ROLE_PERMISSIONS",
     "ActionSpec",
     "AgentMessage",

@@ -25,12 +25,19 @@ from tether.protocol.messages import (
     parse_agent_message,
     parse_platform_message,
 )
-from tether.protocol.permissions import ROLE_PERMISSIONS, Permission, Role, permissions_of
+from tether.protocol.permissions import (
+    MFA_REQUIRED_ROLES,
+    ROLE_PERMISSIONS,
+    Permission,
+    Role,
+    permissions_of,
+)
 from tether.protocol.version import MAX_FRAME_BYTES, PROTOCOL_VERSION
 
 __all__ = [
     "ACTIONS",
     "MAX_FRAME_BYTES",
+    "MFA_REQUIRED_ROLES",
     "PROTOCOL_VERSION",
     "ROLE_PERMISSIONS",
     "ActionSpec",

@@ -1,7 +1,8 @@
 """Roles and the permissions they grant: the one table every layer reads.
 
-The access-control issue fills in `analyst` and `responder` and the MFA rules; until then only
-`admin` exists, and every route already names the permission it needs.
+`responder` is the Active Response role. Holding it is necessary but never sufficient for a
+response action: the host's segment must have Active Response enabled and the session must have
+passed the second factor (see `tether.server.services.access`).
 """
 
 from enum import StrEnum
@@ -12,7 +13,11 @@ class Permission(StrEnum):
 
     HOSTS_READ = "hosts.read"
     HOSTS_MANAGE = "hosts.manage"
+    RESULTS_READ = "results.read"
     ENROLLMENT_MANAGE = "enrollment.manage"
+    SEGMENTS_MANAGE = "segments.manage"
+    USERS_MANAGE = "users.manage"
+    SETTINGS_MANAGE = "settings.manage"
     AUDIT_READ = "audit.read"
     ACTIVE_RESPONSE = "active_response"
 
@@ -21,6 +26,8 @@ class Role(StrEnum):
     """Roles a user can hold; a user may hold several."""
 
     ADMIN = "admin"
+    ANALYST = "analyst"
+    RESPONDER = "responder"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -29,10 +36,26 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.HOSTS_READ,
             Permission.HOSTS_MANAGE,
             Permission.ENROLLMENT_MANAGE,
+            Permission.SEGMENTS_MANAGE,
+            Permission.USERS_MANAGE,
+            Permission.SETTINGS_MANAGE,
+            # The access-control issue moves audit reading to the responder role alone.
+            Permission.AUDIT_READ,
+        }
+    ),
+    Role.ANALYST: frozenset({Permission.HOSTS_READ, Permission.RESULTS_READ}),
+    Role.RESPONDER: frozenset(
+        {
+            Permission.HOSTS_READ,
+            Permission.RESULTS_READ,
+            Permission.ACTIVE_RESPONSE,
             Permission.AUDIT_READ,
         }
     ),
 }
+
+# Whoever holds one of these roles must use a second factor, whatever the platform setting says.
+MFA_REQUIRED_ROLES: frozenset[Role] = frozenset({Role.RESPONDER})
 
 
 def permissions_of(roles: set[str]) -> frozenset[Permission]:

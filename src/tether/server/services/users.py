@@ -29,6 +29,8 @@ class User:
     username: str
     roles: frozenset[str]
     disabled: bool
+    # True once this session has passed the second factor; response actions require it.
+    mfa_verified: bool = False
 
     @property
     def permissions(self) -> frozenset[Permission]:
