@@ -242,6 +242,29 @@ def tls_attempt(platform: Platform, cert: Path | None, key: Path | None) -> int:
     return local_port
 
 
+def test_an_agent_whose_certificate_expired_stops_with_the_reason_instead_of_spinning(
+    platform: Platform, admin: Cli, children: Children, tmp_path: Path
+) -> None:
+    agent = enrolled_agent(platform, admin, children, tmp_path / "stale")
+    now = datetime.now(UTC)
+    cert, key, _ = certs.client_cert(
+        certs.load_ca(platform.data),
+        tmp_path,
+        "stale",
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
+    agent.cert.write_bytes(cert.read_bytes())
+    agent.key.write_bytes(key.read_bytes())
+
+    proc = agent.start()
+    assert proc.wait(timeout=30) == EXIT_REFUSED
+    output = proc.output()
+    assert "The agent certificate expired on" in output
+    assert "enroll the agent again" in output
+    assert "Reconnecting in" not in output
+
+
 def refused_handshake_logged(platform: Platform, local_port: int, reason: str) -> bool:
     return any(
         f"TLS handshake refused from 127.0.0.1:{local_port}: " in message and reason in message

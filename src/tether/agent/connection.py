@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from tether.agent import sysinfo
 from tether.agent.action import Handler, run_action
 from tether.agent.actions import HANDLERS
+from tether.agent.certificate import check_validity
 from tether.agent.errors import AgentRefused
 from tether.agent.state import StateDir
 from tether.protocol import (
@@ -86,6 +87,8 @@ class AgentConnection:
         """Connect, serve, reconnect; returns only by raising AgentRefused or being cancelled."""
         attempt = 0
         while True:
+            # Checked before every attempt: a long-running agent can outlive its certificate.
+            check_validity(self._state.cert)
             try:
                 await self._session()
                 attempt = 0
