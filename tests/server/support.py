@@ -82,9 +82,13 @@ class FakeLink:
         self.host_id = host_id
         self.connected_at = utcnow()
         self.closed: list[tuple[CloseCode, str]] = []
+        self.aborted = False
 
     async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         return {}
 
     async def disconnect(self, code: CloseCode, reason: str) -> None:
         self.closed.append((code, reason))
+
+    def abort(self) -> None:
+        self.aborted = True

@@ -1,5 +1,6 @@
 """Presence: live links in memory, last-seen times written in one batched statement."""
 
+import asyncio
 from datetime import datetime
 from typing import Any, cast
 
@@ -124,5 +125,30 @@ async def test_disconnect_all(engine: AsyncEngine) -> None:
     links = [FakeLink(f"h{i}") for i in range(3)]
     for link in links:
         presence.attach(link)
-    await presence.disconnect_all(CloseCode.GOING_AWAY, "restart")
+    dropped = await presence.disconnect_all(CloseCode.GOING_AWAY, "restart", grace=1)
+    assert dropped == 0
     assert all(link.closed == [(CloseCode.GOING_AWAY, "restart")] for link in links)
+    assert not any(link.aborted for link in links)
+
+
+class StuckLink(FakeLink):
+    """A peer that never answers the close handshake."""
+
+    async def disconnect(self, code: CloseCode, reason: str) -> None:
+        self.closed.append((code, reason))
+        await asyncio.Event().wait()
+
+
+async def test_disconnect_all_drops_whoever_has_not_closed_within_the_grace(
+    engine: AsyncEngine,
+) -> None:
+    presence = Presence(engine)
+    prompt, stuck = FakeLink("prompt"), StuckLink("stuck")
+    presence.attach(prompt)
+    presence.attach(stuck)
+    async with asyncio.timeout(5):
+        dropped = await presence.disconnect_all(CloseCode.GOING_AWAY, "restart", grace=0.05)
+    assert dropped == 1
+    assert stuck.closed == [(CloseCode.GOING_AWAY, "restart")]  # the close frame was still sent
+    assert stuck.aborted
+    assert not prompt.aborted

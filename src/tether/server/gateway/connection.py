@@ -57,3 +57,6 @@ class AgentConnection:
 
     async def disconnect(self, code: CloseCode, reason: str) -> None:
         await self._ws.close(int(code), reason)
+
+    def abort(self) -> None:
+        self._ws.transport.abort()

@@ -34,6 +34,10 @@ class AgentLink(Protocol):
         """Close the connection with a reason the agent can show."""
         ...
 
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        ...
+
 
 class Presence:
     """The registry of live agent connections in this platform process."""
@@ -103,6 +107,24 @@ class Presence:
             except Exception:
                 log.exception("Could not persist last-seen times; will retry.")
 
-    async def disconnect_all(self, code: CloseCode, reason: str) -> None:
+    async def disconnect_all(self, code: CloseCode, reason: str, grace: float) -> int:
+        """Close every connection with `reason`; drop those still open after `grace` seconds.
+
+        A clean close costs a close handshake and a TLS close_notify per agent: with 10,000 agents
+        on a busy core that took 17-23 s, all of it downtime before a restarted platform can
+        listen again. The close frames go out first; whoever has not finished within the grace
+        period is dropped, and the agent reconnects either way. Returns how many were dropped.
+        """
         links = list(self._links.values())
-        await asyncio.gather(*(link.disconnect(code, reason) for link in links))
+        if not links:
+            return 0
+        closing = {asyncio.ensure_future(link.disconnect(code, reason)): link for link in links}
+        _, late = await asyncio.wait(closing, timeout=grace)
+        for task in late:
+            closing[task].abort()
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for task in closing.keys() - late:
+            if not task.cancelled() and task.exception() is not None:
+                log.info("Closing %s failed: %s", closing[task].host_id, task.exception())
+        return len(late)
