@@ -18,12 +18,13 @@ from tether.server.services.policy import PolicyDelivery
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import enrollment_tokens, hosts, segments
 
-SEGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+SEGMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 DEFAULT_SEGMENT = "default"
 
 
 def check_segment_name(name: str) -> str:
-    if not SEGMENT_NAME.match(name):
+    # fullmatch: with match and "$", a trailing newline would slip into a name shown in terminals.
+    if not SEGMENT_NAME.fullmatch(name):
         raise Invalid(
             "A segment name is 1 to 64 letters, digits, spaces, dots, dashes or underscores."
         )
