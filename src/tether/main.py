@@ -54,12 +54,14 @@ def main() -> NoReturn:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors
+    except Exception as exc:  # usage errors
         import click
 
-        if isinstance(exc, click.ClickException):
+        # Typer 0.29 parses with its own copy of click, whose exceptions derive from
+        # TyperException and not from click's: check both, or a mistyped option is a traceback.
+        if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     sys.exit(status if isinstance(status, int) else 0)
 

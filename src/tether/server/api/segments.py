@@ -49,7 +49,7 @@ async def change_segment(
         raise Invalid("Give a new name, an Active Response setting, or both.")
     source = source_of(request)
     current = await platform.segments.get(name)
-    if body.name is not None and body.name != current.name:
+    if body.name is not None:
         current = await platform.segments.rename(
             name, body.name, actor=user.username, source=source
         )
