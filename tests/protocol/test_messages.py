@@ -176,3 +176,9 @@ def test_policy_round_trips_and_is_bounded() -> None:
     ):
         with pytest.raises(ProtocolError):
             parse_platform_message(json.dumps(bad))
+
+
+def test_an_agent_cannot_send_a_policy() -> None:
+    frame = Policy(segment="lab", active_response=True).model_dump_json()
+    with pytest.raises(ProtocolError, match="Malformed agent message"):
+        parse_agent_message(frame)

@@ -217,5 +217,8 @@ class AgentConnection:
 
     async def _run_job(self, websocket: ClientConnection, job: JobRequest) -> None:
         status = await run_action(job, self._handlers, self.gate)
+        if status.state == "failed":
+            # Refusals included: the endpoint's own log shows what it would not run, and why.
+            log.warning("Job %s (%s) failed: %s", job.job_id, job.action, status.error)
         with contextlib.suppress(ConnectionClosed):
             await websocket.send(status.model_dump_json())

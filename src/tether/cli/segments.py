@@ -25,8 +25,12 @@ def segment_path(name: str) -> str:
     return f"/segments/{quote(name, safe='')}"
 
 
+def _on_off(enabled: object) -> str:
+    return "on" if enabled else "off"
+
+
 def _describe(segment: dict[str, object]) -> str:
-    switch = "on" if segment["active_response"] else "off"
+    switch = _on_off(segment["active_response"])
     return (
         f"Segment {plain(segment['name'])}: Active Response {switch}, {segment['hosts']} host(s)."
     )
@@ -57,8 +61,9 @@ def list_segments(json_output: JsonOpt = False) -> None:
     if json_output:
         emit_json(segments)
     else:
+        rows = [{**s, "active_response": _on_off(s["active_response"])} for s in segments]
         table(
-            segments,
+            rows,
             [
                 ("name", "Segment"),
                 ("active_response", "Active Response"),
