@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import Policy
-from tether.server.errors import Conflict, Invalid, NotFound
+from tether.protocol import EnrollmentToken, EnrollRequest, Policy
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.pki import CertificateAuthority
@@ -18,7 +18,7 @@ from tether.server.services.presence import Presence
 from tether.server.services.segments import Segments
 from tether.server.store.tables import enrollment_tokens, hosts
 
-from ..support import FakeLink, add_host
+from ..support import FakeLink, add_host, make_csr
 
 
 @pytest.fixture
@@ -188,6 +188,13 @@ async def test_delete_takes_the_segments_enrollment_tokens_with_it(
             "enrollment_tokens_deleted": [issued.id],
         },
     )
+    # The token had a use left: it must not enroll a host into a segment that no longer exists.
+    csr, _ = make_csr("late")
+    request = EnrollRequest(
+        secret=EnrollmentToken.decode(issued.token).secret, csr_pem=csr, hostname="late"
+    )
+    with pytest.raises(Forbidden, match="unknown, used up or expired"):
+        await enrollment.enroll(request, source="s")
 
 
 async def test_move_host_is_audited_and_tells_the_agent_its_new_policy(
