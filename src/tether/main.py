@@ -13,6 +13,7 @@ from tether.agent.commands import agent_app
 from tether.cli import hosts, session
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
+from tether.cli.segments import segment_app
 from tether.errors import TetherError
 from tether.quickstart import up
 from tether.server.commands import server_app
@@ -30,6 +31,7 @@ app.command()(session.whoami)
 app.command("hosts")(hosts.list_hosts)
 app.command("ping")(hosts.ping)
 app.add_typer(hosts.host_app, name="host")
+app.add_typer(segment_app, name="segment")
 app.add_typer(token_app, name="enroll-token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(server_app, name="server")
@@ -52,12 +54,14 @@ def main() -> NoReturn:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors
+    except Exception as exc:  # usage errors
         import click
 
-        if isinstance(exc, click.ClickException):
+        # Typer 0.29 parses with its own copy of click, whose exceptions derive from
+        # TyperException and not from click's: check both, or a mistyped option is a traceback.
+        if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     sys.exit(status if isinstance(status, int) else 0)
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from tether.protocol import ACTIONS, NoopArgs, Permission, action
+from tether.protocol import ACTIONS, ActionSpec, NoopArgs, NoopResult, Permission, action
 
 
 def test_every_declaration_is_filed_under_its_name() -> None:
@@ -28,3 +28,16 @@ def test_lookup() -> None:
 def test_noop_args_are_bounded() -> None:
     with pytest.raises(ValidationError):
         NoopArgs(echo="x" * 257)
+
+
+def test_noop_is_not_a_response_action_and_new_actions_are_unless_declared() -> None:
+    assert action("system.noop").response is False
+    declared = ActionSpec(
+        name="files.get",
+        args=NoopArgs,
+        result=NoopResult,
+        permission=Permission.ACTIVE_RESPONSE,
+        timeout_seconds=1.0,
+        description="x",
+    )
+    assert declared.response is True

@@ -24,6 +24,7 @@ EXPECTED = [
     "OsInfo",
     "Permission",
     "PlatformMessage",
+    "Policy",
     "ProtocolError",
     "Role",
     "Welcome",

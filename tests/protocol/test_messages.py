@@ -9,6 +9,7 @@ from tether.protocol import (
     Hello,
     JobRequest,
     JobStatus,
+    Policy,
     ProtocolError,
     Welcome,
     parse_agent_message,
@@ -144,3 +145,40 @@ def test_messages_are_immutable() -> None:
     message = parse_agent_message('{"type":"heartbeat"}')
     with pytest.raises(ValueError, match="frozen"):
         message.type = "hello"  # type: ignore[misc]
+
+
+def test_hello_reports_the_local_response_switch_only_as_a_strict_boolean() -> None:
+    assert parse_agent_message(json.dumps(hello_dict())).response_disabled_locally is False  # type: ignore[union-attr]
+    message = parse_agent_message(json.dumps(hello_dict(response_disabled_locally=True)))
+    assert isinstance(message, Hello)
+    assert message.response_disabled_locally is True
+    # A compromised endpoint does not get a string or a number read as a switch position.
+    for fuzzy in ("true", "no", 1, 0, None, [True]):
+        with pytest.raises(ProtocolError, match="response_disabled_locally"):
+            parse_agent_message(json.dumps(hello_dict(response_disabled_locally=fuzzy)))
+
+
+def test_policy_round_trips_and_is_bounded() -> None:
+    sent = Policy(segment="lab net", active_response=True)
+    received = parse_platform_message(sent.model_dump_json())
+    assert received == sent
+    assert json.loads(sent.model_dump_json()) == {
+        "type": "policy",
+        "segment": "lab net",
+        "active_response": True,
+    }
+    for bad in (
+        {"type": "policy", "segment": "lab", "active_response": "yes"},
+        {"type": "policy", "segment": "", "active_response": False},
+        {"type": "policy", "segment": "a\x1b[31m", "active_response": False},
+        {"type": "policy", "segment": "lab", "active_response": False, "extra": 1},
+        {"type": "policy", "segment": "lab"},
+    ):
+        with pytest.raises(ProtocolError):
+            parse_platform_message(json.dumps(bad))
+
+
+def test_an_agent_cannot_send_a_policy() -> None:
+    frame = Policy(segment="lab", active_response=True).model_dump_json()
+    with pytest.raises(ProtocolError, match="Malformed agent message"):
+        parse_agent_message(frame)

@@ -11,7 +11,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import CloseCode
+from tether.protocol import CloseCode, Policy
 from tether.server.services.segments import ensure_segment
 from tether.server.store.db import utcnow
 from tether.server.store.tables import hosts
@@ -83,9 +83,13 @@ class FakeLink:
         self.connected_at = utcnow()
         self.closed: list[tuple[CloseCode, str]] = []
         self.aborted = False
+        self.policies: list[Policy] = []
 
     async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         return {}
+
+    async def send_policy(self, policy: Policy) -> None:
+        self.policies.append(policy)
 
     async def disconnect(self, code: CloseCode, reason: str) -> None:
         self.closed.append((code, reason))

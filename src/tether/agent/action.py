@@ -4,20 +4,27 @@ Handlers live in `tether.agent.actions`; each returns the declared result model.
 becomes a failed status with a message, never a dead connection (GRR's boundary rule).
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tether.protocol import ACTIONS, JobRequest, JobStatus
+from tether.agent.gate import ResponseGate
+from tether.protocol import ACTIONS, ActionSpec, JobRequest, JobStatus
 
 # A handler receives an instance of its action's declared argument model (validated here first)
 # and returns an instance of the declared result model.
 Handler = Callable[[Any], Awaitable[BaseModel]]
 
 
-async def run_action(job: JobRequest, handlers: dict[str, Handler]) -> JobStatus:
-    spec = ACTIONS.get(job.action)
+async def run_action(
+    job: JobRequest,
+    handlers: dict[str, Handler],
+    gate: ResponseGate | None = None,
+    actions: Mapping[str, ActionSpec] = ACTIONS,
+) -> JobStatus:
+    """Run one job; a response action is refused unless `gate` allows it (no gate: refused)."""
+    spec = actions.get(job.action)
     handler = handlers.get(job.action)
     if spec is None or handler is None:
         return JobStatus(
@@ -25,6 +32,9 @@ async def run_action(job: JobRequest, handlers: dict[str, Handler]) -> JobStatus
             state="failed",
             error=f"This agent does not know the action {job.action!r}.",
         )
+    refusal = (gate or ResponseGate()).refusal(spec)
+    if refusal is not None:
+        return JobStatus(job_id=job.job_id, state="failed", error=refusal)
     try:
         args = spec.args.model_validate(job.args)
     except ValidationError as exc:

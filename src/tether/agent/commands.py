@@ -53,6 +53,14 @@ def enroll(
 def run(
     state_dir: StateOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    no_active_response: Annotated[
+        bool,
+        typer.Option(
+            "--no-active-response",
+            help="Refuse response actions whatever the platform allows (as does the file "
+            "disable-active-response in the state directory).",
+        ),
+    ] = False,
 ) -> None:
     """Connect to the platform and stay connected, reconnecting with backoff."""
     from tether.agent.connection import AgentConnection
@@ -61,7 +69,9 @@ def run(
     from tether.logs import configure
 
     configure(log_level)
-    connection = AgentConnection(StateDir(state_dir or default_state_dir()))
+    connection = AgentConnection(
+        StateDir(state_dir or default_state_dir()), disable_response=no_active_response
+    )
     try:
         if sys.platform != "win32":
             import uvloop

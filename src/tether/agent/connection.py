@@ -16,6 +16,7 @@ from tether.agent.action import Handler, run_action
 from tether.agent.actions import HANDLERS
 from tether.agent.certificate import check_validity
 from tether.agent.errors import AgentRefused
+from tether.agent.gate import ResponseGate
 from tether.agent.state import StateDir
 from tether.protocol import (
     MAX_FRAME_BYTES,
@@ -23,6 +24,7 @@ from tether.protocol import (
     Heartbeat,
     Hello,
     JobRequest,
+    Policy,
     ProtocolError,
     Welcome,
     parse_platform_message,
@@ -74,11 +76,14 @@ class AgentConnection:
         hello: Callable[[], Hello] = sysinfo.hello,
         handlers: dict[str, Handler] | None = None,
         backoff: Backoff | None = None,
+        disable_response: bool = False,
     ) -> None:
         self._state = state
         self._identity = state.identity()
         self._hello = hello
         self._handlers = HANDLERS if handlers is None else handlers
+        # Off by the command-line flag or by the file in the state directory, whichever is set.
+        self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
         self._backoff = backoff or Backoff()
         self._ssl = client_ssl_context(state)
         self.connected = asyncio.Event()
@@ -141,7 +146,12 @@ class AgentConnection:
                 f"The platform address {self._identity.agent_url} is not valid."
             ) from exc
         async with websocket:
-            await websocket.send(self._hello().model_dump_json())
+            self.gate.reset()
+            disabled = self.gate.disabled_locally()
+            if disabled:
+                log.info("Response actions are switched off locally on this endpoint")
+            hello = self._hello().model_copy(update={"response_disabled_locally": disabled})
+            await websocket.send(hello.model_dump_json())
             welcome = await self._welcome(websocket)
             log.info("Connected to %s as host %s", self._identity.agent_url, welcome.host_id)
             self.connected.set()
@@ -193,7 +203,14 @@ class AgentConnection:
                     self._raise_if_final(exc)
                     raise
                 message = parse_platform_message(frame)
-                if isinstance(message, JobRequest):
+                if isinstance(message, Policy):
+                    self.gate.apply(message)
+                    log.info(
+                        "Policy from the platform: segment %s, Active Response %s",
+                        message.segment,
+                        "on" if message.active_response else "off",
+                    )
+                elif isinstance(message, JobRequest):
                     task = asyncio.create_task(self._run_job(websocket, message))
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -202,6 +219,9 @@ class AgentConnection:
                 task.cancel()
 
     async def _run_job(self, websocket: ClientConnection, job: JobRequest) -> None:
-        status = await run_action(job, self._handlers)
+        status = await run_action(job, self._handlers, self.gate)
+        if status.state == "failed":
+            # Refusals included: the endpoint's own log shows what it would not run, and why.
+            log.warning("Job %s (%s) failed: %s", job.job_id, job.action, status.error)
         with contextlib.suppress(ConnectionClosed):
             await websocket.send(status.model_dump_json())

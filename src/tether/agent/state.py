@@ -47,6 +47,18 @@ class StateDir:
     def identity_file(self) -> Path:
         return self.root / "identity.json"
 
+    @property
+    def response_switch(self) -> Path:
+        """While this file exists, the agent refuses response actions (docs/adr/0009).
+
+        The endpoint owner creates it (`touch`) to switch response actions off on this machine
+        whatever the platform says, and removes it to hand the decision back to the platform.
+        """
+        return self.root / "disable-active-response"
+
+    def response_disabled_locally(self) -> bool:
+        return self.response_switch.exists()
+
     def is_enrolled(self) -> bool:
         return self.identity_file.is_file()
 

@@ -1,6 +1,7 @@
-"""`tether hosts`, `tether host show|revoke`, `tether hosts ping`."""
+"""`tether hosts`, `tether host show|revoke|move|access`, `tether ping`."""
 
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -16,9 +17,12 @@ HOST_COLUMNS = [
     ("online", "Online"),
     ("last_seen", "Last seen"),
     ("agent_version", "Agent"),
+    ("response_disabled_locally", "Response off locally"),
 ]
 
-host_app = typer.Typer(help="One host: show or revoke.", no_args_is_help=True)
+host_app = typer.Typer(
+    help="One host: show, revoke, move to a segment, check response access.", no_args_is_help=True
+)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -28,7 +32,8 @@ def _row(host: dict[str, object]) -> dict[str, object]:
 
 
 def list_hosts(json_output: JsonOpt = False) -> None:
-    """List enrolled hosts: id, hostname, OS, addresses, segment, online, last seen, agent."""
+    """List enrolled hosts: id, hostname, OS, addresses, segment, online, last seen, agent,
+    and whether the endpoint switched response actions off locally."""
     hosts = Api.from_profile().get("/hosts")
     if json_output:
         emit_json(hosts)
@@ -55,6 +60,30 @@ def revoke(host: str, json_output: JsonOpt = False) -> None:
         emit_json(found)
     else:
         console.print(f"Revoked {plain(found['hostname'])} ({found['id']}).", markup=False)
+
+
+@host_app.command("move")
+def move(host: str, segment: str, json_output: JsonOpt = False) -> None:
+    """Put a host into another segment; its agent gets that segment's Active Response switch."""
+    found = Api.from_profile().post(
+        f"/hosts/{quote(host, safe='')}/move", json={"segment": segment}
+    )
+    if json_output:
+        emit_json(found)
+    else:
+        console.print(
+            f"Host {plain(found['hostname'])} ({found['id']}) is in segment "
+            f"{plain(found['segment'])}.",
+            markup=False,
+        )
+
+
+@host_app.command("access")
+def access(host: str) -> None:
+    """Say whether you may run response actions on the host now, and why not if not."""
+    api = Api.from_profile()
+    api.get(f"/hosts/{quote(host, safe='')}/response-access")
+    console.print(f"You may run response actions on {plain(host)} now.", markup=False)
 
 
 def ping(

@@ -25,6 +25,10 @@ class ActionSpec:
     permission: Permission
     timeout_seconds: float
     description: str
+    # A response action changes or reads endpoint content. It needs the Active Response role and
+    # a segment with Active Response on, and the agent refuses it unless its policy allows it.
+    # True unless declared otherwise, so a new action forgetting the flag fails closed.
+    response: bool = True
 
 
 class NoopArgs(_Model):
@@ -49,6 +53,7 @@ ACTIONS: dict[str, ActionSpec] = {
             permission=Permission.HOSTS_MANAGE,
             timeout_seconds=30.0,
             description="Round trip to the agent and back; touches nothing on the endpoint.",
+            response=False,
         ),
     )
 }

@@ -7,7 +7,7 @@ and the platform must be able to reject what it sends without guessing.
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from tether.protocol.errors import ProtocolError
 
@@ -40,6 +40,9 @@ class Hello(_Message):
     os: OsInfo
     addresses: Annotated[list[Address], Field(max_length=64)]
     boot_time: datetime
+    # The endpoint owner switched response actions off on this machine (docs/adr/0009). Strict:
+    # a JSON true or false only, never "yes" or 1 coerced into a switch position.
+    response_disabled_locally: StrictBool = False
 
 
 class Heartbeat(_Message):
@@ -67,6 +70,18 @@ class Welcome(_Message):
     heartbeat_seconds: int
 
 
+class Policy(_Message):
+    """What the platform allows on this endpoint: sent after welcome and whenever it changes.
+
+    The agent refuses response actions until the first policy of a connection arrives and while
+    the latest one says Active Response is off (docs/adr/0008).
+    """
+
+    type: Literal["policy"] = "policy"
+    segment: Name
+    active_response: StrictBool
+
+
 class JobRequest(_Message):
     """A job for the agent to run; the action names one of `tether.protocol.ACTIONS`."""
 
@@ -77,10 +92,10 @@ class JobRequest(_Message):
 
 
 AgentMessage = Annotated[Hello | Heartbeat | JobStatus, Field(discriminator="type")]
-PlatformMessage = Annotated[Welcome | JobRequest, Field(discriminator="type")]
+PlatformMessage = Annotated[Welcome | Policy | JobRequest, Field(discriminator="type")]
 
 _agent_adapter: TypeAdapter[Hello | Heartbeat | JobStatus] = TypeAdapter(AgentMessage)
-_platform_adapter: TypeAdapter[Welcome | JobRequest] = TypeAdapter(PlatformMessage)
+_platform_adapter: TypeAdapter[Welcome | Policy | JobRequest] = TypeAdapter(PlatformMessage)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -99,7 +114,7 @@ def parse_agent_message(frame: str | bytes) -> Hello | Heartbeat | JobStatus:
         raise ProtocolError(f"Malformed agent message ({_first_error(exc)}).") from exc
 
 
-def parse_platform_message(frame: str | bytes) -> Welcome | JobRequest:
+def parse_platform_message(frame: str | bytes) -> Welcome | Policy | JobRequest:
     """Validate one text frame from the platform, raising ProtocolError with the first problem."""
     if isinstance(frame, bytes):
         raise ProtocolError("A binary frame arrived where a JSON control message was expected.")

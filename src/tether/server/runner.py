@@ -61,6 +61,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     gateway = AgentGateway(
         hosts=platform.hosts,
         presence=platform.presence,
+        policies=platform.policies,
         audit=platform.audit,
         heartbeat_seconds=settings.heartbeat_seconds,
         hello_timeout=settings.hello_timeout_seconds,

@@ -1,5 +1,6 @@
 """The host inventory: lookups, revocation (audited, closes the live link), hello facts."""
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -122,3 +123,33 @@ async def test_record_hello_stores_what_the_agent_reports(
     async with engine.connect() as conn:
         stored = (await conn.execute(select(hosts_table.c.addresses))).scalar_one()
     assert json.loads(stored) == ["10.0.0.7", "2001:db8::7"]
+
+
+async def test_record_hello_stores_the_local_response_switch_in_the_batched_write(
+    inventory: Hosts, engine: AsyncEngine
+) -> None:
+    off = await add_host(engine, "switched-off")
+    on = await add_host(engine, "left-alone")
+    assert (await inventory.get(off)).response_disabled_locally is False
+
+    def hello(name: str, disabled: bool) -> Hello:
+        return Hello(
+            protocol_version=1,
+            agent_version="1",
+            hostname=name,
+            os=OsInfo(family="linux", name="Linux", version="6"),
+            addresses=[],
+            boot_time=datetime(2030, 1, 1, tzinfo=UTC),
+            response_disabled_locally=disabled,
+        )
+
+    # Submitted together, so both land in one statement of the batch.
+    await asyncio.gather(
+        inventory.record_hello(off, hello("switched-off", True)),
+        inventory.record_hello(on, hello("left-alone", False)),
+    )
+    assert (await inventory.get(off)).response_disabled_locally is True
+    assert (await inventory.get(on)).response_disabled_locally is False
+    # The agent's next hello is the truth: the endpoint owner removed the switch.
+    await inventory.record_hello(off, hello("switched-off", False))
+    assert (await inventory.get(off)).response_disabled_locally is False

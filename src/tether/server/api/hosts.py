@@ -1,4 +1,4 @@
-"""The host inventory, revocation, and reachability checks."""
+"""The host inventory, revocation, moves between segments, response access, reachability."""
 
 import statistics
 from typing import Annotated
@@ -7,7 +7,13 @@ from fastapi import APIRouter, Depends, Request
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, require, source_of
-from tether.server.api.schemas import HostOut, PingOut, PingRequest
+from tether.server.api.schemas import (
+    HostMove,
+    HostOut,
+    PingOut,
+    PingRequest,
+    ResponseAccessOut,
+)
 from tether.server.services.users import User
 
 router = APIRouter(tags=["hosts"])
@@ -38,6 +44,34 @@ async def revoke_host(
 ) -> HostOut:
     host = await platform.hosts.revoke(ref, actor=user.username, source=source_of(request))
     return HostOut(**host.__dict__)
+
+
+@router.post("/hosts/{ref}/move", response_model=HostOut)
+async def move_host(
+    ref: str,
+    body: HostMove,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.HOSTS_MANAGE))],
+) -> HostOut:
+    """Put the host into another segment; its agent is told the new segment's switch at once."""
+    host = await platform.hosts.get(ref)
+    await platform.segments.move_host(
+        host.id, body.segment, actor=user.username, source=source_of(request)
+    )
+    return HostOut(**(await platform.hosts.get(host.id)).__dict__)
+
+
+@router.get("/hosts/{ref}/response-access", response_model=ResponseAccessOut)
+async def response_access(
+    ref: str,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.HOSTS_READ))],
+) -> ResponseAccessOut:
+    """Whether the caller may run response actions on the host now; 403 with the reason if not."""
+    host = await platform.hosts.get(ref)
+    await platform.access.authorize_response(user, host.id)
+    return ResponseAccessOut(allowed=True)
 
 
 @router.post("/hosts/ping", response_model=PingOut)

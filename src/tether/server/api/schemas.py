@@ -67,6 +67,37 @@ class HostOut(BaseModel):
     enrolled_at: datetime
     boot_time: datetime | None
     revoked: bool
+    response_disabled_locally: bool
+
+
+SegmentName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class SegmentCreate(_In):
+    name: SegmentName
+    active_response: bool = False
+
+
+class SegmentChange(_In):
+    """Rename, switch Active Response, or both; at least one is given."""
+
+    name: SegmentName | None = None
+    active_response: bool | None = None
+
+
+class SegmentOut(BaseModel):
+    name: str
+    active_response: bool
+    hosts: int
+    created_at: datetime
+
+
+class HostMove(_In):
+    segment: SegmentName
+
+
+class ResponseAccessOut(BaseModel):
+    allowed: bool
 
 
 class PingRequest(_In):

@@ -1,13 +1,15 @@
 """One admitted agent connection: sends jobs, matches their acknowledgements."""
 
 import asyncio
+import contextlib
 import itertools
 from datetime import datetime
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
-from tether.protocol import CloseCode, JobRequest, JobStatus
+from tether.protocol import CloseCode, JobRequest, JobStatus, Policy
 from tether.server.errors import PlatformError
 from tether.server.store.db import utcnow
 
@@ -39,6 +41,11 @@ class AgentConnection:
                 return await future
         finally:
             self._waiting.pop(job_id, None)
+
+    async def send_policy(self, policy: Policy) -> None:
+        # A closed connection needs no policy: the agent gets a fresh one when it reconnects.
+        with contextlib.suppress(ConnectionClosed):
+            await self._ws.send(policy.model_dump_json())
 
     def resolve(self, status: JobStatus) -> None:
         """Hand a final status to whoever waits for it; unknown job ids are ignored."""

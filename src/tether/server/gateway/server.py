@@ -28,6 +28,7 @@ from tether.protocol import (
 from tether.server.gateway.connection import AgentConnection
 from tether.server.services.audit import AuditLog
 from tether.server.services.hosts import CertificateStatus, Hosts
+from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
 from tether.server.store.db import utcnow
 
@@ -171,12 +172,14 @@ class AgentGateway:
         *,
         hosts: Hosts,
         presence: Presence,
+        policies: PolicyDelivery,
         audit: AuditLog,
         heartbeat_seconds: int,
         hello_timeout: float,
     ) -> None:
         self._hosts = hosts
         self._presence = presence
+        self._policies = policies
         self._audit = audit
         self._heartbeat = heartbeat_seconds
         self._hello_timeout = hello_timeout
@@ -244,10 +247,9 @@ class AgentGateway:
             return
         await self._hosts.record_hello(status.host_id, hello)
         link = AgentConnection(status.host_id, ws)
-        replaced = self._presence.attach(link)
-        if replaced is not None:
-            await replaced.disconnect(CloseCode.REPLACED, "A newer connection from this host.")
         try:
+            # Welcome goes out before the link is registered: a policy change published in
+            # between must not reach the agent ahead of its welcome.
             await ws.send(
                 Welcome(
                     host_id=status.host_id,
@@ -255,6 +257,12 @@ class AgentGateway:
                     heartbeat_seconds=self._heartbeat,
                 ).model_dump_json()
             )
+            replaced = self._presence.attach(link)
+            if replaced is not None:
+                await replaced.disconnect(CloseCode.REPLACED, "A newer connection from this host.")
+            # Read after attaching: a change committed from here on is published to this link
+            # too, and one committed before is in this read (see PolicyDelivery).
+            await self._policies.deliver(link)
             log.info("Agent %s (%s) connected from %s", hello.hostname, status.host_id, _peer(ws))
             await self._read_loop(ws, link, status)
         except ConnectionClosed:

@@ -1,11 +1,9 @@
 """The host inventory: what each enrolled endpoint is, where it sits, and whether it is online."""
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -13,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.protocol import CloseCode, Hello
 from tether.server.errors import Conflict, NotFound
 from tether.server.services.audit import AuditLog
+from tether.server.services.batching import Coalesced
 from tether.server.services.presence import Presence
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import hosts, segments
@@ -35,6 +34,8 @@ class HostView:
     enrolled_at: datetime
     boot_time: datetime | None
     revoked: bool
+    # The agent said the endpoint owner switched response actions off (its word, shown as such).
+    response_disabled_locally: bool
 
 
 @dataclass(frozen=True)
@@ -46,52 +47,9 @@ class CertificateStatus:
     revoked: bool
 
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 # Serials looked up in one statement at most (SQLite's and PostgreSQL's parameter limits are far
 # above this).
 _LOOKUP_CHUNK = 500
-
-
-class _Coalesced(Generic[T, R]):
-    """One statement for every caller that arrived while the previous one ran (group commit).
-
-    A reconnect storm brings thousands of agents within seconds, each needing its certificate
-    looked up and its hello stored: two database round trips per connection, on the one event
-    loop that also does every TLS handshake (DESIGN.md section 9, 10,000 agents back within
-    30 s). Each caller still awaits the statement that covered its own item, so nothing is
-    admitted before its lookup and nothing is reported stored early.
-    """
-
-    def __init__(self, run: Callable[[dict[str, T]], Awaitable[R]]) -> None:
-        self._run = run
-        self._queued: dict[str, T] = {}
-        self._result: asyncio.Future[R] | None = None
-        self._worker: asyncio.Task[None] | None = None
-
-    async def submit(self, key: str, item: T) -> R:
-        self._queued[key] = item
-        if self._result is None:
-            self._result = asyncio.get_running_loop().create_future()
-        result = self._result
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
-        # Shielded: a caller that goes away must not cancel the statement the others wait for.
-        return await asyncio.shield(result)
-
-    async def _drain(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued, {}
-            result, self._result = self._result, None
-            assert result is not None
-            try:
-                value = await self._run(batch)
-            except Exception as exc:
-                result.set_exception(exc)
-                result.exception()  # every waiter sees it; none is obliged to
-            else:
-                result.set_result(value)
 
 
 class Hosts:
@@ -101,10 +59,10 @@ class Hosts:
         self._engine = engine
         self._audit = audit
         self._presence = presence
-        self._lookups: _Coalesced[None, dict[str, CertificateStatus]] = _Coalesced(
+        self._lookups: Coalesced[None, dict[str, CertificateStatus]] = Coalesced(
             self._look_up_serials
         )
-        self._hellos: _Coalesced[dict[str, Any], None] = _Coalesced(self._store_hellos)
+        self._hellos: Coalesced[dict[str, Any], None] = Coalesced(self._store_hellos)
 
     def _view(self, row: Any) -> HostView:
         pending = self._presence.pending_last_seen(row.id)
@@ -124,6 +82,7 @@ class Hosts:
             enrolled_at=as_utc(row.enrolled_at),  # type: ignore[arg-type]
             boot_time=as_utc(row.boot_time),
             revoked=row.revoked_at is not None,
+            response_disabled_locally=bool(row.response_disabled_locally),
         )
 
     def _query(self) -> Any:
@@ -190,6 +149,7 @@ class Hosts:
                 "b_agent_version": hello.agent_version,
                 "b_protocol_version": hello.protocol_version,
                 "b_boot_time": hello.boot_time,
+                "b_response_disabled_locally": hello.response_disabled_locally,
                 "b_last_seen": utcnow(),
             },
         )
@@ -207,6 +167,7 @@ class Hosts:
                 agent_version=bindparam("b_agent_version"),
                 protocol_version=bindparam("b_protocol_version"),
                 boot_time=bindparam("b_boot_time"),
+                response_disabled_locally=bindparam("b_response_disabled_locally"),
                 last_seen=bindparam("b_last_seen"),
             )
         )

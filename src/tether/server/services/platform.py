@@ -6,12 +6,15 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.config import Settings
+from tether.server.services.access import ResponseAccess
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.hosts import Hosts
 from tether.server.services.pki import CertificateAuthority
+from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
+from tether.server.services.segments import Segments
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.db import create_engine
 
@@ -29,6 +32,9 @@ class Platform:
     presence: Presence
     hosts: Hosts
     reachability: Reachability
+    policies: PolicyDelivery
+    segments: Segments
+    access: ResponseAccess
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -36,6 +42,7 @@ class Platform:
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
         presence = Presence(engine)
+        policies = PolicyDelivery(engine, presence)
         return cls(
             settings=settings,
             engine=engine,
@@ -53,6 +60,9 @@ class Platform:
             presence=presence,
             hosts=Hosts(engine, audit, presence),
             reachability=Reachability(presence, audit),
+            policies=policies,
+            segments=Segments(engine, audit, policies),
+            access=ResponseAccess(engine),
         )
 
     async def close(self) -> None:

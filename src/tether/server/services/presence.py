@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import CloseCode
+from tether.protocol import CloseCode, Policy
 from tether.server.store.db import utcnow
 from tether.server.store.tables import hosts
 
@@ -28,6 +28,10 @@ class AgentLink(Protocol):
 
     async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Run an action on the agent and return its result."""
+        ...
+
+    async def send_policy(self, policy: Policy) -> None:
+        """Tell the agent what its segment allows; a closed connection is not an error."""
         ...
 
     async def disconnect(self, code: CloseCode, reason: str) -> None:

@@ -1,29 +1,38 @@
-"""Device segments: groups of hosts that share a response policy.
+"""Device segments: groups of hosts that share a response policy, and moving hosts between them.
 
-The access-control issue adds create/rename/delete and the Active Response switch to the API;
-here a segment is created on first use by an enrollment token, audited, switch off.
+Every segment has an Active Response switch, off until an admin turns it on. Changes are audited
+with the state before and after, and the hosts they affect are told at once (PolicyDelivery).
 """
 
 import re
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.server.errors import Invalid
-from tether.server.store.db import utcnow
-from tether.server.store.tables import segments
+from tether.server.errors import Conflict, Invalid, NotFound
+from tether.server.services.audit import AuditLog
+from tether.server.services.policy import PolicyDelivery
+from tether.server.store.db import as_utc, utcnow
+from tether.server.store.tables import enrollment_tokens, hosts, segments
 
-SEGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+SEGMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 DEFAULT_SEGMENT = "default"
 
 
 def check_segment_name(name: str) -> str:
-    if not SEGMENT_NAME.match(name):
+    # fullmatch: with match and "$", a trailing newline would slip into a name shown in terminals.
+    if not SEGMENT_NAME.fullmatch(name):
         raise Invalid(
             "A segment name is 1 to 64 letters, digits, spaces, dots, dashes or underscores."
         )
     return name
+
+
+def _on_off(enabled: bool) -> str:
+    return "on" if enabled else "off"
 
 
 async def ensure_segment(conn: AsyncConnection, name: str) -> tuple[int, bool]:
@@ -41,3 +50,229 @@ async def ensure_segment(conn: AsyncConnection, name: str) -> tuple[int, bool]:
     except IntegrityError:
         found = (await conn.execute(select(segments.c.id).where(segments.c.name == name))).scalar()
         return int(found), False  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SegmentView:
+    """One segment as the API shows it."""
+
+    name: str
+    active_response: bool
+    hosts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    name: str
+    active_response: bool
+
+
+async def _locked(conn: AsyncConnection, name: str) -> _Row:
+    """Segment `name`, row-locked until the transaction ends (PostgreSQL; SQLite locks it all)."""
+    row = (
+        await conn.execute(
+            select(segments.c.id, segments.c.name, segments.c.active_response)
+            .where(segments.c.name == name)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"No segment is named {name!r}.")
+    return _Row(int(row.id), row.name, bool(row.active_response))
+
+
+class Segments:
+    """Creates, renames, switches and deletes segments; moves hosts between them."""
+
+    def __init__(self, engine: AsyncEngine, audit: AuditLog, policies: PolicyDelivery) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._policies = policies
+
+    async def list(self) -> list[SegmentView]:
+        """Every segment with its switch and how many hosts (revoked ones too) it holds."""
+        count = (
+            select(func.count(hosts.c.id))
+            .where(hosts.c.segment_id == segments.c.id)
+            .scalar_subquery()
+        )
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(select(segments, count.label("hosts")).order_by(segments.c.name))
+            ).all()
+        return [
+            SegmentView(
+                name=r.name,
+                active_response=bool(r.active_response),
+                hosts=int(r.hosts),
+                created_at=as_utc(r.created_at),  # type: ignore[arg-type]
+            )
+            for r in rows
+        ]
+
+    async def get(self, name: str) -> SegmentView:
+        for view in await self.list():
+            if view.name == name:
+                return view
+        raise NotFound(f"No segment is named {name!r}.")
+
+    async def create(
+        self, name: str, *, active_response: bool = False, actor: str, source: str
+    ) -> SegmentView:
+        check_segment_name(name)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(segments).values(
+                        name=name, active_response=active_response, created_at=utcnow()
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"A segment named {name!r} already exists.") from exc
+        await self._audit.record(
+            "segment.create",
+            actor=actor,
+            target=f"segment:{name}",
+            source=source,
+            details={"name": name, "active_response": active_response},
+        )
+        return await self.get(name)
+
+    async def rename(self, name: str, new_name: str, *, actor: str, source: str) -> SegmentView:
+        check_segment_name(new_name)
+        if new_name == name:
+            raise Invalid(f"Segment {name!r} already has that name.")
+        try:
+            async with self._engine.begin() as conn:
+                row = await _locked(conn, name)
+                await conn.execute(
+                    update(segments).where(segments.c.id == row.id).values(name=new_name)
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"A segment named {new_name!r} already exists.") from exc
+        await self._audit.record(
+            "segment.rename",
+            actor=actor,
+            target=f"segment:{new_name}",
+            source=source,
+            details={"before": {"name": name}, "after": {"name": new_name}},
+        )
+        # The policy names the segment, so its agents hear about the new name.
+        await self._policies.publish_to_segment(row.id)
+        return await self.get(new_name)
+
+    async def set_active_response(
+        self, name: str, enabled: bool, *, actor: str, source: str
+    ) -> SegmentView:
+        """Switch Active Response on or off; setting the position it already has changes nothing."""
+        async with self._engine.begin() as conn:
+            row = await _locked(conn, name)
+            if row.active_response != enabled:
+                await conn.execute(
+                    update(segments).where(segments.c.id == row.id).values(active_response=enabled)
+                )
+        if row.active_response == enabled:
+            return await self.get(name)
+        await self._audit.record(
+            "segment.active_response",
+            actor=actor,
+            target=f"segment:{name}",
+            source=source,
+            details={
+                "before": {"active_response": row.active_response},
+                "after": {"active_response": enabled},
+            },
+        )
+        await self._policies.publish_to_segment(row.id)
+        return await self.get(name)
+
+    async def delete(self, name: str, *, actor: str, source: str) -> None:
+        """Delete an empty segment and the enrollment tokens that would put hosts into it."""
+        async with self._engine.begin() as conn:
+            row = await _locked(conn, name)
+            count = (
+                await conn.execute(
+                    select(func.count(hosts.c.id)).where(hosts.c.segment_id == row.id)
+                )
+            ).scalar_one()
+            if count:
+                noun = "host" if count == 1 else "hosts"
+                raise Conflict(
+                    f"Segment {name!r} still holds {count} {noun}; "
+                    "move them to another segment before deleting it."
+                )
+            token_ids = list(
+                (
+                    await conn.execute(
+                        select(enrollment_tokens.c.id).where(
+                            enrollment_tokens.c.segment_id == row.id
+                        )
+                    )
+                ).scalars()
+            )
+            if token_ids:
+                # A token of a deleted segment must never enroll anything, so it goes too. Hosts
+                # it enrolled earlier (since moved elsewhere) lose the link to it; the audit log
+                # keeps which token enrolled them (agent.enroll records).
+                await conn.execute(
+                    update(hosts)
+                    .where(hosts.c.enrollment_token_id.in_(token_ids))
+                    .values(enrollment_token_id=None)
+                )
+                await conn.execute(
+                    delete(enrollment_tokens).where(enrollment_tokens.c.id.in_(token_ids))
+                )
+            await conn.execute(delete(segments).where(segments.c.id == row.id))
+        await self._audit.record(
+            "segment.delete",
+            actor=actor,
+            target=f"segment:{name}",
+            source=source,
+            details={
+                "before": {"name": name, "active_response": row.active_response},
+                "enrollment_tokens_deleted": token_ids,
+            },
+        )
+
+    async def move_host(
+        self, host_id: str, segment: str, *, actor: str, source: str
+    ) -> tuple[str, str]:
+        """Put the host into `segment`; returns (segment before, segment after).
+
+        Moving a host to the segment it is in changes nothing and is not audited.
+        """
+        async with self._engine.begin() as conn:
+            target = await _locked(conn, segment)
+            current = (
+                await conn.execute(
+                    select(hosts.c.hostname, segments.c.name, segments.c.active_response)
+                    .join(segments, segments.c.id == hosts.c.segment_id)
+                    .where(hosts.c.id == host_id)
+                )
+            ).first()
+            if current is None:
+                raise NotFound(f"No host has the id {host_id!r}.")
+            if current.name != target.name:
+                await conn.execute(
+                    update(hosts).where(hosts.c.id == host_id).values(segment_id=target.id)
+                )
+        if current.name == target.name:
+            return current.name, target.name
+        await self._audit.record(
+            "host.move",
+            actor=actor,
+            target=f"host:{host_id}",
+            source=source,
+            details={
+                "hostname": current.hostname,
+                "before": {
+                    "segment": current.name,
+                    "active_response": bool(current.active_response),
+                },
+                "after": {"segment": target.name, "active_response": target.active_response},
+            },
+        )
+        await self._policies.publish_to_hosts([host_id])
+        return current.name, target.name

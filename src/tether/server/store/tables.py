@@ -84,7 +84,8 @@ hosts = Table(
     Column("os_name", String(128), nullable=False, default=""),
     Column("os_version", String(128), nullable=False, default=""),
     Column("addresses", Text, nullable=False, default="[]"),
-    Column("segment_id", Integer, ForeignKey("segments.id"), nullable=False),
+    # Indexed: segment listings count hosts and policy changes find a segment's hosts.
+    Column("segment_id", Integer, ForeignKey("segments.id"), nullable=False, index=True),
     Column("cert_serial", String(64), nullable=False, unique=True),
     Column("cert_sha256", String(64), nullable=False),
     Column("agent_version", String(64), nullable=False, default=""),
@@ -94,6 +95,8 @@ hosts = Table(
     Column("enrollment_token_id", Integer, ForeignKey("enrollment_tokens.id"), nullable=True),
     Column("last_seen", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # What the agent last said in its hello: the endpoint owner switched response actions off.
+    Column("response_disabled_locally", Boolean, nullable=False, default=False),
 )
 
 audit_records = Table(

@@ -1,0 +1,108 @@
+"""`tether segment create|list|set|rename|delete`."""
+
+from enum import StrEnum
+from typing import Annotated
+from urllib.parse import quote
+
+import typer
+
+from tether.cli.client import Api
+from tether.cli.output import console, emit_json, plain, table
+
+segment_app = typer.Typer(
+    help="Device segments and their Active Response switch.", no_args_is_help=True
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class Switch(StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+def segment_path(name: str) -> str:
+    # Names may hold spaces and dots; nothing in them may be read as path structure.
+    return f"/segments/{quote(name, safe='')}"
+
+
+def _on_off(enabled: object) -> str:
+    return "on" if enabled else "off"
+
+
+def _describe(segment: dict[str, object]) -> str:
+    switch = _on_off(segment["active_response"])
+    return (
+        f"Segment {plain(segment['name'])}: Active Response {switch}, {segment['hosts']} host(s)."
+    )
+
+
+@segment_app.command("create")
+def create(
+    name: str,
+    active_response: Annotated[
+        Switch, typer.Option("--active-response", help="Start with Active Response on or off.")
+    ] = Switch.OFF,
+    json_output: JsonOpt = False,
+) -> None:
+    """Create a segment (Active Response off unless asked)."""
+    created = Api.from_profile().post(
+        "/segments", json={"name": name, "active_response": active_response is Switch.ON}
+    )
+    if json_output:
+        emit_json(created)
+    else:
+        console.print(f"Created. {_describe(created)}", markup=False)
+
+
+@segment_app.command("list")
+def list_segments(json_output: JsonOpt = False) -> None:
+    """List segments with their Active Response switch and host count."""
+    segments = Api.from_profile().get("/segments")
+    if json_output:
+        emit_json(segments)
+    else:
+        rows = [{**s, "active_response": _on_off(s["active_response"])} for s in segments]
+        table(
+            rows,
+            [
+                ("name", "Segment"),
+                ("active_response", "Active Response"),
+                ("hosts", "Hosts"),
+                ("created_at", "Created"),
+            ],
+        )
+
+
+@segment_app.command("set")
+def set_switch(
+    name: str,
+    active_response: Annotated[
+        Switch, typer.Option("--active-response", help="Switch Active Response on or off.")
+    ],
+    json_output: JsonOpt = False,
+) -> None:
+    """Switch Active Response on or off for every host of the segment."""
+    changed = Api.from_profile().patch(
+        segment_path(name), json={"active_response": active_response is Switch.ON}
+    )
+    if json_output:
+        emit_json(changed)
+    else:
+        console.print(_describe(changed), markup=False)
+
+
+@segment_app.command("rename")
+def rename(old: str, new: str, json_output: JsonOpt = False) -> None:
+    """Give a segment a new name; its hosts stay in it."""
+    changed = Api.from_profile().patch(segment_path(old), json={"name": new})
+    if json_output:
+        emit_json(changed)
+    else:
+        console.print(f"Renamed. {_describe(changed)}", markup=False)
+
+
+@segment_app.command("delete")
+def delete(name: str) -> None:
+    """Delete an empty segment (and its enrollment tokens)."""
+    Api.from_profile().delete(segment_path(name))
+    console.print(f"Deleted segment {plain(name)}.", markup=False)

@@ -1,0 +1,71 @@
+"""Device segments: listed by anyone who can see hosts, changed by admins only."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from tether.protocol import Permission
+from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.schemas import SegmentChange, SegmentCreate, SegmentOut
+from tether.server.errors import Invalid
+from tether.server.services.users import User
+
+router = APIRouter(tags=["segments"])
+
+
+@router.get("/segments", response_model=list[SegmentOut])
+async def list_segments(
+    platform: PlatformDep, _user: Annotated[User, Depends(require(Permission.HOSTS_READ))]
+) -> list[SegmentOut]:
+    return [SegmentOut(**s.__dict__) for s in await platform.segments.list()]
+
+
+@router.post("/segments", response_model=SegmentOut, status_code=201)
+async def create_segment(
+    body: SegmentCreate,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.SEGMENTS_MANAGE))],
+) -> SegmentOut:
+    created = await platform.segments.create(
+        body.name,
+        active_response=body.active_response,
+        actor=user.username,
+        source=source_of(request),
+    )
+    return SegmentOut(**created.__dict__)
+
+
+@router.patch("/segments/{name}", response_model=SegmentOut)
+async def change_segment(
+    name: str,
+    body: SegmentChange,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.SEGMENTS_MANAGE))],
+) -> SegmentOut:
+    """Rename the segment and/or switch its Active Response on or off."""
+    if body.name is None and body.active_response is None:
+        raise Invalid("Give a new name, an Active Response setting, or both.")
+    source = source_of(request)
+    current = await platform.segments.get(name)
+    if body.name is not None:
+        current = await platform.segments.rename(
+            name, body.name, actor=user.username, source=source
+        )
+    if body.active_response is not None:
+        current = await platform.segments.set_active_response(
+            current.name, body.active_response, actor=user.username, source=source
+        )
+    return SegmentOut(**current.__dict__)
+
+
+@router.delete("/segments/{name}", status_code=204, response_class=Response)
+async def delete_segment(
+    name: str,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.SEGMENTS_MANAGE))],
+) -> Response:
+    await platform.segments.delete(name, actor=user.username, source=source_of(request))
+    return Response(status_code=204)

@@ -1,0 +1,102 @@
+"""Telling connected agents what their segment allows: after welcome and whenever it changes.
+
+Every delivery reads the host's segment and switch from the database and sends the answer while
+holding that connection's lock. So, per connection, each policy sent was read after the one sent
+before it, and a change committed before a delivery started is in that delivery: whatever order
+concurrent changes and reconnects happen in, the last policy an agent receives is the current one.
+Reads from many deliveries at once (a switch flipped on a segment of 10,000 hosts, a reconnect
+storm) are one batched statement.
+
+One platform process: changes made in this process reach the agents connected to it. With
+several processes, the others' agents learn a change at their next reconnect; fanning it out over
+the bus is left for the scale-out issue (docs/adr/0008).
+"""
+
+import asyncio
+import logging
+import weakref
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.protocol import CloseCode, Policy
+from tether.server.services.batching import Coalesced
+from tether.server.services.presence import AgentLink, Presence
+from tether.server.store.tables import hosts, segments
+
+log = logging.getLogger(__name__)
+
+# Host ids read in one statement at most.
+_READ_CHUNK = 500
+
+
+class PolicyDelivery:
+    """Sends each connected agent the Active Response switch of its segment."""
+
+    def __init__(self, engine: AsyncEngine, presence: Presence, send_timeout: float = 5.0) -> None:
+        self._engine = engine
+        self._presence = presence
+        self._send_timeout = send_timeout
+        self._locks: weakref.WeakKeyDictionary[AgentLink, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._reads: Coalesced[None, dict[str, Policy]] = Coalesced(self._read_policies)
+
+    async def policy_of(self, host_id: str) -> Policy | None:
+        """The policy host `host_id` is under now, or None when no such host exists."""
+        return (await self._reads.submit(host_id, None)).get(host_id)
+
+    async def _read_policies(self, batch: dict[str, None]) -> dict[str, Policy]:
+        wanted = list(batch)
+        found: dict[str, Policy] = {}
+        async with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _READ_CHUNK):
+                rows = await conn.execute(
+                    select(hosts.c.id, segments.c.name, segments.c.active_response)
+                    .join(segments, segments.c.id == hosts.c.segment_id)
+                    .where(hosts.c.id.in_(wanted[start : start + _READ_CHUNK]))
+                )
+                for row in rows:
+                    found[row.id] = Policy(
+                        segment=row.name, active_response=bool(row.active_response)
+                    )
+        return found
+
+    async def deliver(self, link: AgentLink) -> None:
+        """Read the host's policy now and send it over `link`."""
+        lock = self._locks.setdefault(link, asyncio.Lock())
+        async with lock:
+            policy = await self.policy_of(link.host_id)
+            if policy is None:
+                return
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await link.send_policy(policy)
+            except TimeoutError:
+                # An agent that cannot take a small frame may be holding a stale switch: make it
+                # reconnect, which delivers the current one.
+                log.warning("Policy for host %s not delivered in time; closing", link.host_id)
+                await link.disconnect(
+                    CloseCode.IDLE, "The policy could not be delivered; reconnect."
+                )
+
+    async def publish_to_hosts(self, host_ids: list[str]) -> int:
+        """Deliver the current policy to those of `host_ids` connected here; returns how many."""
+        links = [link for h in host_ids if (link := self._presence.link(h)) is not None]
+        results = await asyncio.gather(
+            *(self.deliver(link) for link in links), return_exceptions=True
+        )
+        for link, result in zip(links, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("Policy for host %s not delivered: %s", link.host_id, result)
+        return len(links)
+
+    async def publish_to_segment(self, segment_id: int) -> int:
+        """Deliver the current policy to every connected host of the segment."""
+        async with self._engine.connect() as conn:
+            ids = list(
+                (await conn.execute(select(hosts.c.id).where(hosts.c.segment_id == segment_id)))
+                .scalars()
+                .all()
+            )
+        return await self.publish_to_hosts(ids)
