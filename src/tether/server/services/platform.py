@@ -6,14 +6,23 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.config import Settings
+from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.hosts import Hosts
+from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.db import create_engine
+
+
+def session_policy(settings: Settings) -> SessionPolicy:
+    return SessionPolicy(
+        idle=timedelta(minutes=settings.session_idle_minutes),
+        lifetime=timedelta(hours=settings.session_lifetime_hours),
+    )
 
 
 @dataclass
@@ -25,6 +34,7 @@ class Platform:
     ca: CertificateAuthority
     audit: AuditLog
     users: Users
+    access_settings: AccessSettingsStore
     enrollment: Enrollment
     presence: Presence
     hosts: Hosts
@@ -36,19 +46,14 @@ class Platform:
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
         presence = Presence(engine)
+        users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
         return cls(
             settings=settings,
             engine=engine,
             ca=ca,
             audit=audit,
-            users=Users(
-                engine,
-                audit,
-                SessionPolicy(
-                    idle=timedelta(minutes=settings.session_idle_minutes),
-                    lifetime=timedelta(hours=settings.session_lifetime_hours),
-                ),
-            ),
+            users=users,
+            access_settings=AccessSettingsStore(engine, audit, users.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
             hosts=Hosts(engine, audit, presence),
