@@ -105,7 +105,8 @@ async def login(
     assert response.status_code == 200, response.text
     body = response.json()
     if body["stage"] == "second_factor":
-        assert platform is not None and secret is not None, f"{username} needs a second factor"
+        assert platform is not None, f"{username} needs a second factor"
+        assert secret is not None, f"{username} needs a second factor"
         response = await client.post(
             "/api/v1/auth/login/mfa",
             json={"token": body["token"], "code": await unused_code(platform, username, secret)},

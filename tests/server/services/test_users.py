@@ -27,7 +27,9 @@ async def test_create_user(users: Users, engine: AsyncEngine) -> None:
     user = await users.create("alice", PASSWORD, {Role.ADMIN})
     assert user.username == "alice"
     assert user.roles == frozenset({"admin"})
-    assert Permission.AUDIT_READ in user.permissions
+    assert Permission.USERS_MANAGE in user.permissions
+    # The audit log is for the Active Response role alone.
+    assert Permission.AUDIT_READ not in user.permissions
     async with engine.connect() as conn:
         stored = (await conn.execute(select(users_table.c.password_hash))).scalar_one()
     assert stored.startswith("$argon2id$")
@@ -71,7 +73,7 @@ async def test_login_opens_a_session_and_is_audited(
         "success",
         "10.0.0.1 cli",
     )
-    assert last.to_json()["details"] == {"client": "cli", "factor": "password"}
+    assert last.to_json()["details"] == {"client": "cli", "factor": "password", "next": "full"}
 
 
 async def test_every_login_failure_gives_the_same_answer_and_is_audited(
