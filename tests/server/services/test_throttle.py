@@ -36,7 +36,8 @@ async def test_delays_grow_after_five_failures_and_reset_on_success(
         with pytest.raises(Throttled) as caught:
             await users.login("alice", PASSWORD, source="10.0.0.1 x", client="api")
         assert caught.value.retry_after == expected_wait
-        assert str(caught.value) == f"Too many failed logins; try again in {expected_wait} seconds."
+        unit = "second" if expected_wait == 1 else "seconds"
+        assert str(caught.value) == f"Too many failed logins; try again in {expected_wait} {unit}."
         clock.advance(timedelta(seconds=expected_wait))
         assert await fail(users) == LOGIN_REFUSED
     clock.advance(timedelta(seconds=16))

@@ -399,7 +399,8 @@ class Users:
                 source=source,
                 details={"client": client, "reason": "throttled", "factor": factor, "wait": wait},
             )
-            raise Throttled(f"Too many failed logins; try again in {wait} seconds.", wait)
+            unit = "second" if wait == 1 else "seconds"
+            raise Throttled(f"Too many failed logins; try again in {wait} {unit}.", wait)
 
     async def login(self, username: str, password: str, *, source: str, client: str) -> Session:
         """Check the password; open a session, a pending second step or an enrollment-only
