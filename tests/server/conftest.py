@@ -11,6 +11,7 @@ from tether.server.auth import passwords
 from tether.server.auth.sealing import Sealer, new_key
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.pki import CertificateAuthority
+from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 
 from .support import FakeClock, TickingClock
@@ -64,3 +65,8 @@ def sealer() -> Sealer:
 @pytest.fixture
 def users(engine: AsyncEngine, audit: AuditLog, clock: FakeClock, sealer: Sealer) -> Users:
     return Users(engine, audit, POLICY, clock=clock, sealer=sealer)
+
+
+@pytest.fixture
+def team(engine: AsyncEngine, audit: AuditLog, users: Users) -> Team:
+    return Team(engine, audit, users)

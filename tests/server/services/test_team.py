@@ -9,6 +9,7 @@ from tether.protocol import Permission, Role
 from tether.server.errors import Conflict, Invalid, NotFound, Unauthenticated
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog
+from tether.server.services.team import Team
 from tether.server.services.users import LOGIN_REFUSED, Stage, Users
 
 from ..support import FakeClock
@@ -34,8 +35,8 @@ def lost(users: Users) -> Recorder:
 
 
 @pytest.fixture
-def settings(engine: AsyncEngine, audit: AuditLog, users: Users) -> AccessSettingsStore:
-    return AccessSettingsStore(engine, audit, users.end_external_access)
+def settings(engine: AsyncEngine, audit: AuditLog, team: Team) -> AccessSettingsStore:
+    return AccessSettingsStore(engine, audit, team.end_external_access)
 
 
 async def test_responder_without_mfa_gets_an_enrollment_only_session(users: Users) -> None:
@@ -64,62 +65,64 @@ async def test_mfa_for_everyone_setting_limits_other_users_too(
     assert change.to_json()["details"] == {"mfa_required_for_everyone": True}
 
 
-async def test_grant_and_revoke_roles_are_audited(users: Users, audit: AuditLog) -> None:
+async def test_grant_and_revoke_roles_are_audited(
+    users: Users, team: Team, audit: AuditLog
+) -> None:
     await users.create("bob", PASSWORD, {Role.ANALYST})
-    info = await users.grant_role("bob", Role.RESPONDER, actor="admin", source="s")
+    info = await team.grant_role("bob", Role.RESPONDER, actor="admin", source="s")
     assert info.roles == ["analyst", "responder"]
-    info = await users.revoke_role("bob", Role.ANALYST, actor="admin", source="s")
+    info = await team.revoke_role("bob", Role.ANALYST, actor="admin", source="s")
     assert info.roles == ["responder"]
     actions = [
         (r.action, r.target) async for r in audit.iter_records() if r.action.startswith("role.")
     ]
     assert actions == [("role.grant", "bob"), ("role.revoke", "bob")]
     with pytest.raises(NotFound, match="no user named 'ghost'"):
-        await users.grant_role("ghost", Role.ADMIN, actor="admin", source="s")
+        await team.grant_role("ghost", Role.ADMIN, actor="admin", source="s")
 
 
 async def test_removing_the_responder_role_ends_sessions_at_once(
-    users: Users, lost: Recorder
+    users: Users, team: Team, lost: Recorder
 ) -> None:
     rita = await users.create("rita", PASSWORD, {Role.RESPONDER, Role.ANALYST})
     session = await users.login("rita", PASSWORD, source="s", client="cli")
-    await users.revoke_role("rita", Role.RESPONDER, actor="admin", source="s")
+    await team.revoke_role("rita", Role.RESPONDER, actor="admin", source="s")
     with pytest.raises(Unauthenticated, match="not valid"):
         await users.authenticate(session.token)
     assert lost.calls == [(rita.id, "active response role removed")]
     # Removing another role does not end anything.
     fresh = await users.login("rita", PASSWORD, source="s", client="cli")
-    await users.revoke_role("rita", Role.ANALYST, actor="admin", source="s")
+    await team.revoke_role("rita", Role.ANALYST, actor="admin", source="s")
     await users.authenticate(fresh.token)
     assert len(lost.calls) == 1
 
 
 async def test_disabling_ends_sessions_and_enabling_lets_them_log_in(
-    users: Users, lost: Recorder
+    users: Users, team: Team, lost: Recorder
 ) -> None:
     await users.create("root", PASSWORD, {Role.ADMIN})
     bob = await users.create("bob", PASSWORD, {Role.ANALYST})
     session = await users.login("bob", PASSWORD, source="s", client="cli")
-    await users.set_disabled("bob", True, actor="root", source="s")
+    await team.set_disabled("bob", True, actor="root", source="s")
     with pytest.raises(Unauthenticated):
         await users.authenticate(session.token)
     assert lost.calls == [(bob.id, "disabled")]
     with pytest.raises(Unauthenticated, match=LOGIN_REFUSED):
         await users.login("bob", PASSWORD, source="s", client="cli")
-    await users.set_disabled("bob", False, actor="root", source="s")
+    await team.set_disabled("bob", False, actor="root", source="s")
     await users.login("bob", PASSWORD, source="s", client="cli")
 
 
-async def test_the_last_admin_cannot_be_disabled_or_demoted(users: Users) -> None:
+async def test_the_last_admin_cannot_be_disabled_or_demoted(users: Users, team: Team) -> None:
     await users.create("root", PASSWORD, {Role.ADMIN})
     with pytest.raises(Conflict, match="'root' is the last enabled admin; make another admin"):
-        await users.set_disabled("root", True, actor="root", source="s")
+        await team.set_disabled("root", True, actor="root", source="s")
     with pytest.raises(Conflict, match="last enabled admin"):
-        await users.revoke_role("root", Role.ADMIN, actor="root", source="s")
+        await team.revoke_role("root", Role.ADMIN, actor="root", source="s")
     await users.create("second", PASSWORD, {Role.ADMIN})
-    await users.revoke_role("root", Role.ADMIN, actor="second", source="s")
+    await team.revoke_role("root", Role.ADMIN, actor="second", source="s")
     with pytest.raises(Conflict, match="'second' is the last enabled admin"):
-        await users.set_disabled("second", True, actor="second", source="s")
+        await team.set_disabled("second", True, actor="second", source="s")
 
 
 async def test_external_users_expire_and_carry_their_organisation(
@@ -170,13 +173,13 @@ async def test_suspending_external_access_ends_their_sessions_only(
     await users.login("mdr1", PASSWORD, source="s", client="cli")
 
 
-async def test_marking_external_needs_an_organisation(users: Users) -> None:
+async def test_marking_external_needs_an_organisation(users: Users, team: Team) -> None:
     await users.create("bob", PASSWORD, set())
     with pytest.raises(Invalid, match="needs the name of their organisation"):
-        await users.set_external(
+        await team.set_external(
             "bob", external=True, organisation=" ", access_expires_at=None, actor="a", source="s"
         )
-    info = await users.set_external(
+    info = await team.set_external(
         "bob", external=True, organisation="Acme", access_expires_at=None, actor="a", source="s"
     )
     assert (info.external, info.organisation) == (True, "Acme")

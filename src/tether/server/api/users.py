@@ -18,7 +18,8 @@ from tether.server.api.user_schemas import (
     UserCreate,
     UserOut,
 )
-from tether.server.services.users import User, UserInfo
+from tether.server.services.team import UserInfo
+from tether.server.services.users import User
 
 router = APIRouter(tags=["team"])
 Admin = Annotated[User, Depends(require(Permission.USERS_MANAGE))]
@@ -38,7 +39,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 @router.get("/users", response_model=list[UserOut])
 async def list_users(platform: PlatformDep, _user: Admin) -> list[UserOut]:
-    return [_out(u) for u in await platform.users.list()]
+    return [_out(u) for u in await platform.team.list()]
 
 
 @router.post("/users", response_model=UserOut, status_code=201)
@@ -55,7 +56,7 @@ async def create_user(
         actor=user.actor,
         source=source_of(request),
     )
-    return _out(await platform.users.get(body.username))
+    return _out(await platform.team.get(body.username))
 
 
 @router.post("/users/{username}/disable", response_model=UserOut)
@@ -64,7 +65,7 @@ async def disable_user(
 ) -> UserOut:
     """Disable the account; its sessions and live response sessions end at once."""
     return _out(
-        await platform.users.set_disabled(
+        await platform.team.set_disabled(
             username, True, actor=user.actor, source=source_of(request)
         )
     )
@@ -75,7 +76,7 @@ async def enable_user(
     username: str, request: Request, platform: PlatformDep, user: Admin
 ) -> UserOut:
     return _out(
-        await platform.users.set_disabled(
+        await platform.team.set_disabled(
             username, False, actor=user.actor, source=source_of(request)
         )
     )
@@ -86,7 +87,7 @@ async def grant_role(
     username: str, role: Role, request: Request, platform: PlatformDep, user: Admin
 ) -> UserOut:
     return _out(
-        await platform.users.grant_role(username, role, actor=user.actor, source=source_of(request))
+        await platform.team.grant_role(username, role, actor=user.actor, source=source_of(request))
     )
 
 
@@ -96,9 +97,7 @@ async def revoke_role(
 ) -> UserOut:
     """Remove a role; removing responder ends the user's sessions at once."""
     return _out(
-        await platform.users.revoke_role(
-            username, role, actor=user.actor, source=source_of(request)
-        )
+        await platform.team.revoke_role(username, role, actor=user.actor, source=source_of(request))
     )
 
 
@@ -108,7 +107,7 @@ async def set_external(
 ) -> UserOut:
     """Mark a user as MDR provider staff (organisation, access expiry), or as internal."""
     return _out(
-        await platform.users.set_external(
+        await platform.team.set_external(
             username,
             external=body.external,
             organisation=body.organisation,

@@ -14,6 +14,7 @@ from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
+from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.db import create_engine
 
@@ -34,6 +35,7 @@ class Platform:
     ca: CertificateAuthority
     audit: AuditLog
     users: Users
+    team: Team
     access_settings: AccessSettingsStore
     enrollment: Enrollment
     presence: Presence
@@ -47,13 +49,15 @@ class Platform:
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
         presence = Presence(engine)
         users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
+        team = Team(engine, audit, users)
         return cls(
             settings=settings,
             engine=engine,
             ca=ca,
             audit=audit,
             users=users,
-            access_settings=AccessSettingsStore(engine, audit, users.end_external_access),
+            team=team,
+            access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
             hosts=Hosts(engine, audit, presence),

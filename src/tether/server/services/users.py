@@ -7,7 +7,7 @@ either step, goes to the audit log and to the throttle.
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -19,7 +19,7 @@ from tether.protocol import MFA_REQUIRED_ROLES, Permission, Role, permissions_of
 from tether.server.auth.passwords import MIN_LENGTH, hash_password, verify_password
 from tether.server.auth.sealing import Sealer
 from tether.server.auth.tokens import new_token, token_hash
-from tether.server.errors import Conflict, Invalid, NotFound, Throttled, Unauthenticated
+from tether.server.errors import Conflict, Invalid, Throttled, Unauthenticated
 from tether.server.services.access_settings import AccessSettings, read_access_settings
 from tether.server.services.audit import AuditLog
 from tether.server.services.mfa import CodeCheck, Mfa
@@ -87,20 +87,6 @@ class SessionPolicy:
     lifetime: timedelta
 
 
-@dataclass(frozen=True)
-class UserInfo:
-    """A user as the Team page lists them."""
-
-    username: str
-    roles: list[str]
-    disabled: bool
-    external: bool
-    organisation: str | None
-    access_expires_at: datetime | None
-    mfa_enabled: bool
-    created_at: datetime
-
-
 def mfa_required(roles: frozenset[str], settings: AccessSettings) -> bool:
     return settings.mfa_required_for_everyone or any(
         r in {m.value for m in MFA_REQUIRED_ROLES} for r in roles
@@ -146,7 +132,11 @@ class Users:
         response sessions can be closed at once."""
         self._listeners.access_lost.append(listener)
 
-    async def _access_lost(self, user_id: int, reason: str) -> None:
+    def now(self) -> datetime:
+        return self._clock()
+
+    async def end_access(self, user_id: int, reason: str) -> None:
+        """End the user's sessions now and tell the access-lost listeners."""
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(sessions)
@@ -177,7 +167,7 @@ class Users:
             )
         if len(password) < MIN_LENGTH:
             raise Invalid(f"A password needs at least {MIN_LENGTH} characters.")
-        _check_external(external, organisation)
+        check_external(external, organisation)
         try:
             async with self._engine.begin() as conn:
                 result = await conn.execute(
@@ -238,151 +228,6 @@ class Users:
             access_expires_at=as_utc(row.access_expires_at),
             mfa_enabled=row.mfa_secret is not None,
         )
-
-    async def _id_of(self, conn: AsyncConnection, username: str) -> int:
-        found = (
-            await conn.execute(select(users.c.id).where(users.c.username == username))
-        ).scalar()
-        if found is None:
-            raise NotFound(f"There is no user named {username!r}.")
-        return int(found)
-
-    async def list(self) -> list[UserInfo]:
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(users).order_by(users.c.username))).all()
-            role_rows = (await conn.execute(select(user_roles))).all()
-        roles: dict[int, list[str]] = {}
-        for r in role_rows:
-            roles.setdefault(r.user_id, []).append(r.role)
-        return [
-            UserInfo(
-                username=row.username,
-                roles=sorted(roles.get(row.id, [])),
-                disabled=bool(row.disabled),
-                external=bool(row.external),
-                organisation=row.organisation,
-                access_expires_at=as_utc(row.access_expires_at),
-                mfa_enabled=row.mfa_secret is not None,
-                created_at=as_utc(row.created_at),  # type: ignore[arg-type]
-            )
-            for row in rows
-        ]
-
-    async def get(self, username: str) -> UserInfo:
-        for info in await self.list():
-            if info.username == username:
-                return info
-        raise NotFound(f"There is no user named {username!r}.")
-
-    async def _enabled_admins(self, conn: AsyncConnection) -> set[int]:
-        rows = await conn.execute(
-            select(users.c.id)
-            .join(user_roles, user_roles.c.user_id == users.c.id)
-            .where(user_roles.c.role == Role.ADMIN.value, users.c.disabled.is_(False))
-        )
-        return {int(i) for i in rows.scalars()}
-
-    async def set_disabled(
-        self, username: str, disabled: bool, *, actor: str, source: str
-    ) -> UserInfo:
-        async with self._engine.begin() as conn:
-            user_id = await self._id_of(conn, username)
-            if disabled and await self._enabled_admins(conn) == {user_id}:
-                raise Conflict(f"{username!r} is the last enabled admin; make another admin first.")
-            await conn.execute(update(users).where(users.c.id == user_id).values(disabled=disabled))
-        await self._audit.record(
-            "user.disable" if disabled else "user.enable",
-            actor=actor,
-            target=username,
-            source=source,
-        )
-        if disabled:
-            await self._access_lost(user_id, "disabled")
-        return await self.get(username)
-
-    async def grant_role(self, username: str, role: Role, *, actor: str, source: str) -> UserInfo:
-        async with self._engine.begin() as conn:
-            user_id = await self._id_of(conn, username)
-            held = (
-                await conn.execute(
-                    select(user_roles.c.role).where(
-                        user_roles.c.user_id == user_id, user_roles.c.role == role.value
-                    )
-                )
-            ).first()
-            if held is None:
-                await conn.execute(insert(user_roles).values(user_id=user_id, role=role.value))
-        if held is None:
-            await self._audit.record(
-                "role.grant", actor=actor, target=username, source=source, details={"role": role}
-            )
-        return await self.get(username)
-
-    async def revoke_role(self, username: str, role: Role, *, actor: str, source: str) -> UserInfo:
-        async with self._engine.begin() as conn:
-            user_id = await self._id_of(conn, username)
-            if role is Role.ADMIN and await self._enabled_admins(conn) == {user_id}:
-                raise Conflict(f"{username!r} is the last enabled admin; make another admin first.")
-            result = await conn.execute(
-                delete(user_roles).where(
-                    user_roles.c.user_id == user_id, user_roles.c.role == role.value
-                )
-            )
-        if result.rowcount:
-            await self._audit.record(
-                "role.revoke", actor=actor, target=username, source=source, details={"role": role}
-            )
-            if role is Role.RESPONDER:
-                await self._access_lost(user_id, "active response role removed")
-        return await self.get(username)
-
-    async def set_external(
-        self,
-        username: str,
-        *,
-        external: bool,
-        organisation: str | None,
-        access_expires_at: datetime | None,
-        actor: str,
-        source: str,
-    ) -> UserInfo:
-        _check_external(external, organisation)
-        async with self._engine.begin() as conn:
-            user_id = await self._id_of(conn, username)
-            await conn.execute(
-                update(users)
-                .where(users.c.id == user_id)
-                .values(
-                    external=external,
-                    organisation=organisation if external else None,
-                    access_expires_at=access_expires_at if external else None,
-                )
-            )
-        await self._audit.record(
-            "user.external",
-            actor=actor,
-            target=username,
-            source=source,
-            details={
-                "external": external,
-                "organisation": organisation,
-                "access_expires_at": access_expires_at.isoformat() if access_expires_at else None,
-            },
-        )
-        if external and access_expires_at is not None and access_expires_at <= self._clock():
-            await self._access_lost(user_id, "external access expired")
-        return await self.get(username)
-
-    async def end_external_access(self, actor: str, source: str) -> None:
-        """External access was suspended: end every external user's sessions now."""
-        async with self._engine.connect() as conn:
-            ids = (
-                (await conn.execute(select(users.c.id).where(users.c.external.is_(True))))
-                .scalars()
-                .all()
-            )
-        for user_id in ids:
-            await self._access_lost(int(user_id), "external access suspended")
 
     # -- login ---------------------------------------------------------------------------------
 
@@ -544,7 +389,7 @@ class Users:
             source=source,
             details={"client": client, "factor": factor},
         )
-        user = User(**{**user.__dict__, "mfa_verified": True})
+        user = replace(user, mfa_verified=True)
         return Session(token=token, user=user, expires_at=lifetime, stage=Stage.FULL)
 
     # -- sessions ------------------------------------------------------------------------------
@@ -587,7 +432,7 @@ class Users:
                 await conn.execute(
                     update(sessions).where(sessions.c.token_hash == digest).values(last_used_at=now)
                 )
-        return User(**{**user.__dict__, "mfa_verified": verified, "enrollment_only": limited})
+        return replace(user, mfa_verified=verified, enrollment_only=limited)
 
     async def logout(self, token: str, user: User, *, source: str) -> None:
         async with self._engine.begin() as conn:
@@ -605,7 +450,7 @@ class Users:
             await self._throttle.purge(conn, now)
 
 
-def _check_external(external: bool, organisation: str | None) -> None:
+def check_external(external: bool, organisation: str | None) -> None:
     if external and not (organisation and organisation.strip()):
         raise Invalid("An external user needs the name of their organisation.")
 
