@@ -80,7 +80,7 @@ def login(
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True)
-    api = Api(url, ca_pem)
+    api = Api(url, ca_pem, login_hint=False)
     try:
         answer = api.post(
             "/auth/login", json={"username": name, "password": password, "client": "cli"}
