@@ -3,6 +3,8 @@
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import Role
 from tether.server.auth.sealing import Sealer, new_key
@@ -10,6 +12,7 @@ from tether.server.errors import Throttled, Unauthenticated
 from tether.server.services.audit import AuditLog
 from tether.server.services.throttle import ThrottlePolicy
 from tether.server.services.users import LOGIN_REFUSED, Users
+from tether.server.store.tables import login_attempts
 
 from ..conftest import POLICY
 from ..support import FakeClock
@@ -117,3 +120,18 @@ async def test_every_attempt_is_audited_with_address_and_client(
     assert [r.to_json()["details"]["reason"] for r in records] == ["password"] * 5 + ["throttled"]
     assert all(r.source == "10.0.0.1 curl" for r in records)
     assert all(r.to_json()["details"]["client"] == "api" for r in records)
+
+
+async def test_old_attempts_are_purged(users: Users, clock: FakeClock, engine: AsyncEngine) -> None:
+    for _ in range(3):
+        await fail(users)
+    clock.advance(timedelta(minutes=59))
+    await fail(users, name="bob")
+    await users.purge_expired_sessions()
+    async with engine.connect() as conn:
+        assert len((await conn.execute(select(login_attempts))).all()) == 4
+    clock.advance(timedelta(minutes=2))
+    await users.purge_expired_sessions()
+    async with engine.connect() as conn:
+        left = (await conn.execute(select(login_attempts.c.username))).scalars().all()
+    assert left == ["bob"]

@@ -5,6 +5,8 @@ must use a second factor but has none gets a session limited to enrolling one. E
 either step, goes to the audit log and to the throttle.
 """
 
+import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -12,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.protocol import MFA_REQUIRED_ROLES, Permission, Role, permissions_of
@@ -27,6 +29,7 @@ from tether.server.services.throttle import LoginThrottle, ThrottlePolicy
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import sessions, user_roles, users
 
+log = logging.getLogger(__name__)
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 # Every failed login gets this one sentence, whether the user exists, is disabled or typed the
 # wrong password: the answer must not reveal which.
@@ -442,6 +445,16 @@ class Users:
                 .values(revoked_at=self._clock())
             )
         await self._audit.record("auth.logout", actor=user.actor, source=source)
+
+    async def run_purger(self, interval_seconds: float) -> None:
+        """Purge expired sessions and old login attempts every `interval_seconds`, forever."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await self.purge_expired_sessions()
+            except SQLAlchemyError:
+                # A busy or briefly unreachable database: the next round purges the same rows.
+                log.warning("Purging expired sessions failed; retrying later.", exc_info=True)
 
     async def purge_expired_sessions(self) -> None:
         now = self._clock()

@@ -19,22 +19,28 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    # batch mode: SQLite cannot add NOT NULL columns with ALTER TABLE alone.
-    with op.batch_alter_table("users") as batch:
-        batch.add_column(
-            sa.Column("external", sa.Boolean, nullable=False, server_default=sa.false())
-        )
-        batch.add_column(sa.Column("organisation", sa.String(128), nullable=True))
-        batch.add_column(sa.Column("access_expires_at", TS, nullable=True))
-        batch.add_column(sa.Column("mfa_secret", sa.Text, nullable=True))
-        batch.add_column(sa.Column("mfa_pending_secret", sa.Text, nullable=True))
-        batch.add_column(sa.Column("mfa_last_step", sa.BigInteger, nullable=True))
-    with op.batch_alter_table("sessions") as batch:
-        batch.add_column(sa.Column("stage", sa.String(16), nullable=False, server_default="full"))
-        batch.add_column(
-            sa.Column("mfa_verified", sa.Boolean, nullable=False, server_default=sa.false())
-        )
-        batch.add_column(sa.Column("failed_codes", sa.Integer, nullable=False, server_default="0"))
+    # Plain ADD COLUMN, never batch mode: on SQLite batch mode copies the table and drops the
+    # old one, and with foreign keys on, dropping `users` cascades into `user_roles` and
+    # `sessions`, wiping every role. NOT NULL columns carry a server default so existing rows
+    # (and SQLite's ADD COLUMN) accept them.
+    op.add_column(
+        "users", sa.Column("external", sa.Boolean, nullable=False, server_default=sa.false())
+    )
+    op.add_column("users", sa.Column("organisation", sa.String(128), nullable=True))
+    op.add_column("users", sa.Column("access_expires_at", TS, nullable=True))
+    op.add_column("users", sa.Column("mfa_secret", sa.Text, nullable=True))
+    op.add_column("users", sa.Column("mfa_pending_secret", sa.Text, nullable=True))
+    op.add_column("users", sa.Column("mfa_last_step", sa.BigInteger, nullable=True))
+    op.add_column(
+        "sessions", sa.Column("stage", sa.String(16), nullable=False, server_default="full")
+    )
+    op.add_column(
+        "sessions",
+        sa.Column("mfa_verified", sa.Boolean, nullable=False, server_default=sa.false()),
+    )
+    op.add_column(
+        "sessions", sa.Column("failed_codes", sa.Integer, nullable=False, server_default="0")
+    )
     op.create_table(
         "recovery_codes",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -67,16 +73,15 @@ def downgrade() -> None:
     op.drop_table("platform_settings")
     op.drop_table("login_attempts")
     op.drop_table("recovery_codes")
-    with op.batch_alter_table("sessions") as batch:
-        for name in ("failed_codes", "mfa_verified", "stage"):
-            batch.drop_column(name)
-    with op.batch_alter_table("users") as batch:
-        for name in (
-            "mfa_last_step",
-            "mfa_pending_secret",
-            "mfa_secret",
-            "access_expires_at",
-            "organisation",
-            "external",
-        ):
-            batch.drop_column(name)
+    # ALTER TABLE DROP COLUMN (SQLite 3.35+), not batch mode: see upgrade().
+    for name in ("failed_codes", "mfa_verified", "stage"):
+        op.drop_column("sessions", name)
+    for name in (
+        "mfa_last_step",
+        "mfa_pending_secret",
+        "mfa_secret",
+        "access_expires_at",
+        "organisation",
+        "external",
+    ):
+        op.drop_column("users", name)
