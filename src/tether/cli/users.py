@@ -1,4 +1,4 @@
-"""`tether user add|list|disable|enable|external` and `tether role grant|revoke` (admins)."""
+"""`tether user add|list|disable|enable|reset-mfa|external` and `tether role grant|revoke` (admins)."""
 
 import sys
 from datetime import UTC, datetime
@@ -104,6 +104,16 @@ def disable(name: str, json_output: JsonOpt = False) -> None:
 def enable(name: str, json_output: JsonOpt = False) -> None:
     """Let a disabled user log in again."""
     _show(Api.from_profile().post(f"/users/{name}/enable"), json_output, "Enabled")
+
+
+@user_app.command("reset-mfa")
+def reset_mfa(name: str, json_output: JsonOpt = False) -> None:
+    """Forget a user's second factor (lost phone); they enroll a new one at the next login."""
+    _show(
+        Api.from_profile().post(f"/users/{name}/mfa/reset"),
+        json_output,
+        "Reset the second factor of",
+    )
 
 
 @user_app.command("external")

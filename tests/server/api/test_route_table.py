@@ -92,6 +92,7 @@ ROWS = [
     Row("POST", "/api/v1/users/{username}/enable", ADMINS_404, url="/api/v1/users/ghost/enable"),
     Row("PUT", "/api/v1/users/{username}/roles/{role}", ADMINS_404, url="/api/v1/users/ghost/roles/analyst"),
     Row("DELETE", "/api/v1/users/{username}/roles/{role}", ADMINS_404, url="/api/v1/users/ghost/roles/analyst"),
+    Row("POST", "/api/v1/users/{username}/mfa/reset", ADMINS_404, url="/api/v1/users/ghost/mfa/reset"),
     Row("PUT", "/api/v1/users/{username}/external", ADMINS_404, url="/api/v1/users/ghost/external", body={"external": False}),
     Row("GET", "/api/v1/settings", ADMINS),
     Row("PATCH", "/api/v1/settings", ADMINS, body={}),

@@ -183,3 +183,32 @@ async def test_marking_external_needs_an_organisation(users: Users, team: Team) 
         "bob", external=True, organisation="Acme", access_expires_at=None, actor="a", source="s"
     )
     assert (info.external, info.organisation) == (True, "Acme")
+
+
+async def test_resetting_the_second_factor_ends_sessions_and_forces_enrollment(
+    users: Users, team: Team, lost: Recorder, audit: AuditLog
+) -> None:
+    rita = await users.create("rita", PASSWORD, {Role.RESPONDER})
+    await users.mfa.enroll_directly(rita.id, b"12345678901234567890")
+    pending = await users.login("rita", PASSWORD, source="s", client="cli")
+    assert pending.stage is Stage.SECOND_FACTOR
+    info = await team.reset_mfa("rita", actor="admin", source="s")
+    assert info.mfa_enabled is False
+    assert lost.calls == [(rita.id, "second factor reset")]
+    assert await users.mfa.recovery_codes_left(rita.id) == 0
+    again = await users.login("rita", PASSWORD, source="s", client="cli")
+    assert again.stage is Stage.ENROLL
+    resets = [r.target async for r in audit.iter_records() if r.action == "mfa.reset"]
+    assert resets == ["rita"]
+
+
+async def test_disabling_between_the_two_login_steps_kills_the_pending_login(
+    users: Users, team: Team
+) -> None:
+    await users.create("root", PASSWORD, {Role.ADMIN})
+    rita = await users.create("rita", PASSWORD, {Role.RESPONDER})
+    await users.mfa.enroll_directly(rita.id, b"12345678901234567890")
+    pending = await users.login("rita", PASSWORD, source="s", client="cli")
+    await team.set_disabled("rita", True, actor="root", source="s")
+    with pytest.raises(Unauthenticated, match="start again with your password"):
+        await users.second_factor(pending.token, code="123456", source="s", client="cli")

@@ -132,3 +132,11 @@ async def update_settings(
         changes, actor=user.actor, source=source_of(request)
     )
     return SettingsOut(**updated.__dict__)
+
+
+@router.post("/users/{username}/mfa/reset", response_model=UserOut)
+async def reset_mfa(username: str, request: Request, platform: PlatformDep, user: Admin) -> UserOut:
+    """Forget the user's second factor (a lost phone); they enroll again at the next login."""
+    return _out(
+        await platform.team.reset_mfa(username, actor=user.actor, source=source_of(request))
+    )

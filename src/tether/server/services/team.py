@@ -16,7 +16,7 @@ from tether.server.errors import Conflict, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.users import Users, check_external
 from tether.server.store.db import as_utc
-from tether.server.store.tables import user_roles, users
+from tether.server.store.tables import recovery_codes, user_roles, users
 
 
 @dataclass(frozen=True)
@@ -183,3 +183,18 @@ class Team:
             )
         for user_id in ids:
             await self._users.end_access(int(user_id), "external access suspended")
+
+    async def reset_mfa(self, username: str, *, actor: str, source: str) -> UserInfo:
+        """Forget a user's second factor and recovery codes (a lost phone); their sessions end,
+        and at the next login they enroll a new one if their role or the settings require it."""
+        async with self._engine.begin() as conn:
+            user_id = await self._id_of(conn, username)
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(mfa_secret=None, mfa_pending_secret=None, mfa_last_step=None)
+            )
+            await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
+        await self._audit.record("mfa.reset", actor=actor, target=username, source=source)
+        await self._users.end_access(user_id, "second factor reset")
+        return await self.get(username)

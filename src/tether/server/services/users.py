@@ -345,8 +345,15 @@ class Users:
                 )
             ).first()
             user = await self._load(conn, int(row.user_id)) if row is not None else None
+            settings = await read_access_settings(conn)
         expires = as_utc(row.expires_at) if row is not None else None
-        if user is None or expires is None or now >= expires:
+        # Disabled, suspended or expired between the two steps: as dead as a timed-out step.
+        if (
+            user is None
+            or expires is None
+            or now >= expires
+            or _refusal(user, True, settings, now) is not None
+        ):
             raise Unauthenticated("This login has expired; start again with your password.")
         async with self._engine.begin() as conn:
             await self._refuse_if_throttled(conn, user.username, source, client, factor)
