@@ -4,6 +4,7 @@ settings, audit refusals recorded, and throttled logins answered with 429 and Re
 from datetime import timedelta
 
 import httpx
+from sqlalchemy import select
 
 from tether.protocol import Role
 from tether.protocol.totp import from_base32, totp
@@ -11,6 +12,7 @@ from tether.server.api.deps import ENROLL_FIRST
 from tether.server.services.mfa import load_sealer
 from tether.server.services.platform import Platform, session_policy
 from tether.server.services.users import Users
+from tether.server.store.tables import users
 
 from ..support import FakeClock
 from .conftest import login
@@ -147,3 +149,17 @@ async def test_throttled_login_is_429_with_retry_after(
     assert throttled.json() == {"detail": "Too many failed logins; try again in 1 second."}
     clock.advance(timedelta(seconds=1))
     assert (await client.post("/api/v1/auth/login", json=body)).status_code == 401
+
+
+async def test_init_seals_the_admin_secret_with_a_private_key_file(
+    platform: Platform, admin_secret: str
+) -> None:
+    key = platform.settings.mfa_key
+    assert key.stat().st_mode & 0o777 == 0o600
+    async with platform.engine.connect() as conn:
+        stored = (
+            await conn.execute(select(users.c.mfa_secret).where(users.c.username == "admin"))
+        ).scalar_one()
+    assert stored.startswith("v1:")
+    assert admin_secret not in stored
+    assert from_base32(admin_secret).hex() not in stored
