@@ -69,6 +69,7 @@ def test_responder_enrolls_then_reads_the_audit_log_and_loses_access_when_revoke
     assert one_line(wrong.stderr) == "tether: That code was already used; wait for the next one."
     login(platform, rita, "rita", "--recovery-code", recovery[0])
     assert rita.json("whoami")["mfa_verified"] is True
+    assert "rita (roles: responder; second factor passed)" in rita.ok("whoami")
 
     users = {u["username"]: u for u in admin.json("user", "list")}
     assert users["rita"]["mfa_enabled"] is True

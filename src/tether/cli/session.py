@@ -131,4 +131,8 @@ def whoami(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
     if json_output:
         emit_json(me)
     else:
-        console.print(f"{me['username']} (roles: {', '.join(me['roles']) or 'none'})", markup=False)
+        mfa = "second factor passed" if me.get("mfa_verified") else "no second factor"
+        if me.get("enrollment_only"):
+            mfa = "must enroll a second factor ('tether mfa enroll')"
+        who = me["username"] + (f" of {me['organisation']}" if me.get("external") else "")
+        console.print(f"{who} (roles: {', '.join(me['roles']) or 'none'}; {mfa})", markup=False)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tether.server.store.db import as_utc
@@ -93,11 +93,18 @@ class LoginThrottle:
 
     async def record(
         self, conn: AsyncConnection, username: str, address: str, now: datetime, *, success: bool
-    ) -> None:
-        await conn.execute(
+    ) -> int:
+        result = await conn.execute(
             insert(login_attempts).values(
                 username=username[:64], address=address[:64], at=now, success=success
             )
+        )
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    async def mark_success(self, conn: AsyncConnection, attempt_id: int) -> None:
+        """An attempt recorded as failed up front turned out to succeed."""
+        await conn.execute(
+            update(login_attempts).where(login_attempts.c.id == attempt_id).values(success=True)
         )
 
     async def purge(self, conn: AsyncConnection, now: datetime) -> None:

@@ -256,18 +256,23 @@ class Users:
         now = self._clock()
         async with self._engine.begin() as conn:
             await self._refuse_if_throttled(conn, username, source, client, "password")
+            attempt = await self._throttle.record(
+                conn, username, address_of(source), now, success=False
+            )
+        async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
                     select(users.c.id, users.c.password_hash).where(users.c.username == username)
                 )
             ).first()
-            ok = verify_password(row.password_hash if row else None, password)
             user = await self._load(conn, int(row.id)) if row is not None else None
             settings = await read_access_settings(conn)
-            reason = _refusal(user, ok, settings, now)
-            await self._throttle.record(
-                conn, username, address_of(source), now, success=reason is None
-            )
+        # Outside any transaction: Argon2id takes a while and must not hold a connection's locks.
+        ok = verify_password(row.password_hash if row else None, password)
+        reason = _refusal(user, ok, settings, now)
+        if reason is None:
+            async with self._engine.begin() as conn:
+                await self._throttle.mark_success(conn, attempt)
         if reason is not None or user is None:
             await self._audit.record(
                 "auth.login",
@@ -357,23 +362,31 @@ class Users:
             raise Unauthenticated("This login has expired; start again with your password.")
         async with self._engine.begin() as conn:
             await self._refuse_if_throttled(conn, user.username, source, client, factor)
+            attempt = await self._throttle.record(
+                conn, user.username, address_of(source), now, success=False
+            )
         if recovery_code:
             check = await self.mfa.use_recovery_code(user.id, recovery_code)
         else:
             check = await self.mfa.check_code(user.id, code or "")
         async with self._engine.begin() as conn:
-            await self._throttle.record(
-                conn, user.username, address_of(source), now, success=check is CodeCheck.OK
-            )
-            if check is not CodeCheck.OK:
-                tries = int(row.failed_codes) + 1  # type: ignore[union-attr]
+            if check is CodeCheck.OK:
+                await self._throttle.mark_success(conn, attempt)
+            else:
+                # Counted in the database, not from the row read above: parallel wrong codes
+                # must all count towards the limit.
                 await conn.execute(
                     update(sessions)
                     .where(sessions.c.token_hash == digest)
-                    .values(
-                        failed_codes=tries,
-                        revoked_at=now if tries >= SECOND_STEP_TRIES else None,
+                    .values(failed_codes=sessions.c.failed_codes + 1)
+                )
+                await conn.execute(
+                    update(sessions)
+                    .where(
+                        sessions.c.token_hash == digest,
+                        sessions.c.failed_codes >= SECOND_STEP_TRIES,
                     )
+                    .values(revoked_at=now)
                 )
         if check is not CodeCheck.OK:
             await self._audit.record(
