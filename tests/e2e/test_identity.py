@@ -108,3 +108,18 @@ def test_analyst_is_refused_the_audit_log_in_one_sentence(
         ]
         is False
     )
+
+
+def test_login_prompts_for_the_code_after_the_password(platform: Platform, tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "prompted", platform.env)
+    args = ["login", "--server", platform.url, "--ca", str(platform.ca), "-u", "admin"]
+    bad = cli.run(*args, "--password-stdin", stdin=platform.admin_password + "\n12345\n")
+    assert bad.returncode == 1
+    assert one_line(bad.stderr) == (
+        "tether: An authentication code is the 6 digits your authenticator app shows."
+    )
+    out = cli.ok(
+        *args, "--password-stdin", stdin=f"{platform.admin_password}\n{platform.admin_code()}\n"
+    )
+    assert "Authentication code" in out
+    assert f"Logged in to {platform.url} as admin." in out
