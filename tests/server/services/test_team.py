@@ -212,3 +212,18 @@ async def test_disabling_between_the_two_login_steps_kills_the_pending_login(
     await team.set_disabled("rita", True, actor="root", source="s")
     with pytest.raises(Unauthenticated, match="start again with your password"):
         await users.second_factor(pending.token, code="123456", source="s", client="cli")
+
+
+async def test_a_failing_listener_does_not_stop_the_others(
+    users: Users, team: Team, lost: Recorder
+) -> None:
+    async def broken(user_id: int, reason: str) -> None:
+        raise RuntimeError("live session registry down")
+
+    after = Recorder()
+    users.on_access_lost(broken)
+    users.on_access_lost(after)
+    await users.create("root", PASSWORD, {Role.ADMIN})
+    bob = await users.create("bob", PASSWORD, {Role.ANALYST})
+    await team.set_disabled("bob", True, actor="root", source="s")
+    assert lost.calls == after.calls == [(bob.id, "disabled")]

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -101,11 +101,6 @@ def address_of(source: str) -> str:
     return source.partition(" ")[0] or "unknown"
 
 
-@dataclass
-class _Listeners:
-    access_lost: list[AccessLostListener] = field(default_factory=list)
-
-
 class Users:
     """Accounts and sessions; every login attempt goes to the audit log."""
 
@@ -124,7 +119,7 @@ class Users:
         self._policy = policy
         self._clock = clock
         self._throttle = LoginThrottle(throttle or ThrottlePolicy())
-        self._listeners = _Listeners()
+        self._access_lost: list[AccessLostListener] = []
         self.mfa = Mfa(engine, audit, sealer, clock)
 
     # -- access lost ---------------------------------------------------------------------------
@@ -133,7 +128,7 @@ class Users:
         """Call `listener(user_id, reason)` whenever a user's access ends before its time
         (disabled, Active Response role removed, external access suspended or ended), so live
         response sessions can be closed at once."""
-        self._listeners.access_lost.append(listener)
+        self._access_lost.append(listener)
 
     def now(self) -> datetime:
         return self._clock()
@@ -146,8 +141,13 @@ class Users:
                 .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock())
             )
-        for listener in list(self._listeners.access_lost):
-            await listener(user_id, reason)
+        for listener in list(self._access_lost):
+            try:
+                await listener(user_id, reason)
+            except Exception:
+                # The sessions are revoked already; one broken listener must not keep the
+                # others (or the admin's request) from finishing.
+                log.exception("An access-lost listener failed for user %d.", user_id)
 
     # -- accounts ------------------------------------------------------------------------------
 
