@@ -13,7 +13,10 @@ from tether.agent.commands import agent_app
 from tether.cli import hosts, session
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
+from tether.cli.mfa import mfa_app
 from tether.cli.segments import segment_app
+from tether.cli.settings import settings_app
+from tether.cli.users import role_app, user_app
 from tether.errors import TetherError
 from tether.quickstart import up
 from tether.server.commands import server_app
@@ -34,6 +37,10 @@ app.add_typer(hosts.host_app, name="host")
 app.add_typer(segment_app, name="segment")
 app.add_typer(token_app, name="enroll-token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(user_app, name="user")
+app.add_typer(role_app, name="role")
+app.add_typer(mfa_app, name="mfa")
+app.add_typer(settings_app, name="settings")
 app.add_typer(server_app, name="server")
 app.add_typer(agent_app, name="agent")
 

@@ -5,6 +5,7 @@ It runs the same commands an operator would (`server init`, `server run`, an enr
 Running it again resumes the same data directory.
 """
 
+import json
 import os
 import ssl
 import subprocess
@@ -20,7 +21,9 @@ from tether.agent.enroll import enroll
 from tether.agent.state import StateDir
 from tether.cli import profile
 from tether.cli.client import Api
+from tether.cli.mfa import terminal_qr
 from tether.errors import TetherError
+from tether.protocol.totp import from_base32, totp
 
 
 class QuickstartError(TetherError):
@@ -51,6 +54,30 @@ def _wait_healthy(url: str, ca_pem: str, child: subprocess.Popen[bytes], timeout
     raise QuickstartError(f"The platform did not answer at {url} within {timeout:.0f} s.")
 
 
+def _admin_session(url: str, ca_pem: str, password: str, mfa_file: Path) -> str:
+    """Log the admin in, computing the second-factor code from the secret `server init` wrote."""
+    api = Api(url, ca_pem)
+    try:
+        answer = api.post(
+            "/auth/login", json={"username": "admin", "password": password, "client": "cli"}
+        )
+        if answer["stage"] == "second_factor":
+            try:
+                secret = from_base32(json.loads(mfa_file.read_text())["secret"])
+            except (OSError, ValueError, KeyError) as exc:
+                raise QuickstartError(
+                    f"{mfa_file} is gone or damaged, so the local agent cannot enroll."
+                ) from exc
+            answer = api.post(
+                "/auth/login/mfa",
+                json={"token": answer["token"], "code": totp(secret, time.time()), "client": "cli"},
+            )
+    finally:
+        api.close()
+    token: str = answer["token"]
+    return token
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in reversed(children):  # the agent first, then the platform
         if child.poll() is None:
@@ -72,6 +99,7 @@ def up(
     """Start a platform on embedded SQLite plus a local agent; Ctrl-C stops both."""
     data = (data or _default_data()).resolve()
     password_file = data / "admin-password"
+    mfa_file = data / "admin-password.mfa.json"
     first_run = not (data / "config.json").exists()
     if first_run:
         subprocess.run(
@@ -117,12 +145,7 @@ def up(
         if not agent_state.is_enrolled():
             if password is None:
                 raise QuickstartError(f"{password_file} is gone, so the local agent cannot enroll.")
-            api = Api(url, ca_pem)
-            session = api.post(
-                "/auth/login", json={"username": "admin", "password": password, "client": "cli"}
-            )
-            api.close()
-            admin = Api(url, ca_pem, session["token"])
+            admin = Api(url, ca_pem, _admin_session(url, ca_pem, password, mfa_file))
             token = admin.post(
                 "/enrollment-tokens",
                 json={"segment": "default", "uses": 1, "expires_in_seconds": 600},
@@ -134,7 +157,7 @@ def up(
             _tether("agent", "run", "--state-dir", str(agent_state.root)), start_new_session=True
         )
         children.append(agent)
-        _print_banner(url, data, password if first_run else None, password_file)
+        _print_banner(url, data, password if first_run else None, password_file, mfa_file)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         stopped = next(c for c in children if c.poll() is not None)
@@ -147,12 +170,15 @@ def up(
     typer.echo("Stopped. Run 'tether up' again to resume with the same data.", err=True)
 
 
-def _print_banner(url: str, data: Path, password: str | None, password_file: Path) -> None:
+def _print_banner(
+    url: str, data: Path, password: str | None, password_file: Path, mfa_file: Path
+) -> None:
     try:
         profile.load()
         has_profile = True
     except TetherError:
         has_profile = False
+    # The CLI prompts for the authenticator code after the password.
     login = f"tether login --server {url} --ca {data / 'ca.pem'} --username admin"
     lines = [
         "",
@@ -162,11 +188,19 @@ def _print_banner(url: str, data: Path, password: str | None, password_file: Pat
         f"  Data:           {data}",
     ]
     if password is not None:
-        lines.append(
-            f"  Admin password: {password}   (shown once; also in {password_file}, mode 0600)"
-        )
+        uri = json.loads(mfa_file.read_text())["uri"]
+        lines = [
+            "",
+            "The admin's second factor: scan this into an authenticator app (or add the URI).",
+            terminal_qr(uri),
+            *lines,
+            f"  Admin password: {password}   (shown once; also in {password_file}, mode 0600)",
+            f"  Admin TOTP:     {uri}",
+            f"                  (secret and recovery codes in {mfa_file}, mode 0600)",
+        ]
     else:
         lines.append(f"  Admin password: in {password_file}")
+        lines.append(f"  Admin TOTP:     secret and recovery codes in {mfa_file}")
     lines += [
         f"  Log in:         {login}",
         "  Then try:       tether hosts",

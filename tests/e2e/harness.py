@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
+from tether.protocol.totp import from_base32, time_step, totp
+
 T = TypeVar("T")
 
 # Short intervals so the tests see presence changes quickly; the settings read TETHER_* variables.
@@ -200,8 +202,11 @@ class Platform:
         self.agent_port = free_port()
         self.env = clean_env()
         self.password_file = root / "admin-password"
+        # Written by `server init` next to the password: the admin's TOTP secret and URI.
+        self.mfa_file = root / "admin-password.mfa.json"
         self.proc: Proc | None = None
         self.runs = 0
+        self._last_step: int | None = None
 
     @property
     def url(self) -> str:
@@ -218,6 +223,23 @@ class Platform:
     @property
     def admin_password(self) -> str:
         return self.password_file.read_text().strip()
+
+    @property
+    def admin_mfa(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.mfa_file.read_text())
+        return data
+
+    def admin_code(self) -> str:
+        """An admin TOTP code the platform has not accepted yet (each is accepted once): this
+        step's, or the next one's (one step of drift is allowed) when this one was used."""
+        current = time_step(time.time())
+        step = current if self._last_step is None or self._last_step < current else current + 1
+        if self._last_step is not None and step <= self._last_step:
+            # Both used: wait for the clock to reach the next step (rare: three logins in 30 s).
+            time.sleep(30 - time.time() % 30 + 0.1)
+            return self.admin_code()
+        self._last_step = step
+        return totp(from_base32(self.admin_mfa["secret"]), step * 30)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
@@ -243,6 +265,7 @@ class Platform:
         )
         assert result.returncode == 0, result.stderr
         assert self.password_file.stat().st_mode & 0o077 == 0
+        assert self.mfa_file.stat().st_mode & 0o077 == 0
 
     def healthy(self) -> bool:
         try:
@@ -299,6 +322,8 @@ class Platform:
             "-u",
             "admin",
             "--password-stdin",
+            "--code",
+            self.admin_code(),
             stdin=self.admin_password + "\n",
         )
         assert f"Logged in to {self.url} as admin." in out

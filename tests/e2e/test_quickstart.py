@@ -3,11 +3,14 @@
 import json
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tether.protocol.totp import from_base32, totp
 
 from .harness import (
     Children,
@@ -86,8 +89,15 @@ def test_up_runs_stops_cleanly_and_resumes(up_children: Children, tmp_path: Path
     assert match is not None, banner
     password = match.group(1)
     assert (data / "admin-password").read_text().strip() == password
+    mfa = json.loads((data / "admin-password.mfa.json").read_text())
+    assert f"Admin TOTP:     {mfa['uri']}" in banner
+    assert mfa["uri"].startswith("otpauth://totp/Tether:admin?secret=" + mfa["secret"])
+    assert "\u2580" in banner or "\u2584" in banner or "\u2588" in banner  # the terminal QR
 
     cli = Cli(tmp_path / "analyst", env)
+    # The quickstart used this step's code to enroll its agent; each code is accepted once, so
+    # log in with the next step's (one step of drift is allowed).
+    code = totp(from_base32(mfa["secret"]), time.time() + 30)
     cli.ok(
         "login",
         "--server",
@@ -97,6 +107,8 @@ def test_up_runs_stops_cleanly_and_resumes(up_children: Children, tmp_path: Path
         "-u",
         "admin",
         "--password-stdin",
+        "--code",
+        code,
         stdin=password + "\n",
     )
     host_id = str(json.loads((data / "agent" / "identity.json").read_text())["host_id"])

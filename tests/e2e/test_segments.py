@@ -68,18 +68,23 @@ def test_switch_move_rename_and_delete_reach_the_agent(
     assert (switched["name"], switched["active_response"], switched["hosts"]) == ("lab", True, 1)
     wait_policy(agent, "Policy from the platform: segment lab, Active Response on")
 
-    # The admin holds no Active Response role: the reason comes back in one sentence.
-    refused = admin.run("host", "access", agent.host_id)
-    assert refused.returncode == 1
-    assert refused.stderr.strip() == (
-        "tether: You need the Active Response role (the active_response permission) "
-        "to run response actions."
-    )
+    # The first admin also holds the Active Response role and logged in with its second factor:
+    # with the switch on it may act on the host.
+    allowed = admin.run("host", "access", agent.host_id)
+    assert allowed.returncode == 0, allowed.stderr
+    assert f"You may run response actions on {agent.host_id} now." in allowed.stdout
 
     admin.ok("segment", "create", "quarantine")
     moved = admin.json("host", "move", agent.host_id, "quarantine")
     assert moved["segment"] == "quarantine"
     wait_policy(agent, "Policy from the platform: segment quarantine, Active Response off")
+
+    # Moved into a segment whose switch is off, the same user is refused, with the reason.
+    refused = admin.run("host", "access", agent.host_id)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().startswith(
+        "tether: Active Response is off in segment quarantine, so response actions on "
+    )
 
     refused = admin.run("segment", "delete", "quarantine")
     assert refused.returncode == 1

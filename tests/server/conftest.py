@@ -8,8 +8,10 @@ from argon2 import PasswordHasher
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.auth import passwords
+from tether.server.auth.sealing import Sealer, new_key
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.pki import CertificateAuthority
+from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 
 from .support import FakeClock, TickingClock
@@ -56,5 +58,15 @@ POLICY = SessionPolicy(idle=timedelta(minutes=30), lifetime=timedelta(hours=12))
 
 
 @pytest.fixture
-def users(engine: AsyncEngine, audit: AuditLog, clock: FakeClock) -> Users:
-    return Users(engine, audit, POLICY, clock=clock)
+def sealer() -> Sealer:
+    return Sealer(new_key())
+
+
+@pytest.fixture
+def users(engine: AsyncEngine, audit: AuditLog, clock: FakeClock, sealer: Sealer) -> Users:
+    return Users(engine, audit, POLICY, clock=clock, sealer=sealer)
+
+
+@pytest.fixture
+def team(engine: AsyncEngine, audit: AuditLog, users: Users) -> Team:
+    return Team(engine, audit, users)

@@ -12,6 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import CloseCode, Policy
+from tether.protocol.totp import from_base32, time_step, totp
 from tether.server.services.segments import ensure_segment
 from tether.server.store.db import utcnow
 from tether.server.store.tables import hosts
@@ -96,3 +97,13 @@ class FakeLink:
 
     def abort(self) -> None:
         self.aborted = True
+
+
+def code_after(secret: str, last_step: int | None, now: datetime | None = None) -> tuple[str, int]:
+    """A TOTP code (and its step) the platform has not accepted yet: the current step, or the
+    next one (within the allowed drift) when the current one was used already."""
+    current = time_step((now or datetime.now(UTC)).timestamp())
+    step = current if last_step is None or last_step < current else last_step + 1
+    if step > current + 1:
+        raise AssertionError("three logins in one 30-second step: no unused code is valid yet")
+    return totp(from_base32(secret), step * 30), step

@@ -25,8 +25,12 @@ def _problem(response: httpx.Response) -> str:
 class Api:
     """Thin wrapper: raises CliError with the platform's one-sentence reason on any failure."""
 
-    def __init__(self, server: str, ca_pem: str, token: str | None = None) -> None:
+    def __init__(
+        self, server: str, ca_pem: str, token: str | None = None, *, login_hint: bool = True
+    ) -> None:
         self.server = server.rstrip("/")
+        # Off for `tether login` itself, where "run 'tether login'" would be no help.
+        self._login_hint = login_hint
         context = ssl.create_default_context(cadata=ca_pem)
         headers = {"user-agent": "tether-cli"}
         if token:
@@ -51,7 +55,7 @@ class Api:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise CliError(f"Cannot reach the platform at {self.server}: {exc}.") from exc
-        if response.status_code == 401:
+        if response.status_code == 401 and self._login_hint:
             raise CliError(f"{_problem(response)} (run 'tether login')")
         if response.status_code >= 400:
             raise CliError(_problem(response))
@@ -74,6 +78,9 @@ class Api:
 
     def post(self, path: str, **kwargs: Any) -> Any:
         return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PUT", path, **kwargs)
 
     def patch(self, path: str, **kwargs: Any) -> Any:
         return self.request("PATCH", path, **kwargs)

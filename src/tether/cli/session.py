@@ -49,8 +49,15 @@ def login(
     ] = None,
     username: Annotated[str | None, typer.Option("--username", "-u")] = None,
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
+    code: Annotated[
+        str | None, typer.Option(help="The authenticator code, instead of a prompt.")
+    ] = None,
+    recovery_code: Annotated[
+        str | None, typer.Option(help="A one-time recovery code instead of the TOTP code.")
+    ] = None,
 ) -> None:
-    """Log in and keep the session in the config folder."""
+    """Log in (password, then the second factor when the account has one) and keep the
+    session in the config folder."""
     try:
         known: profile.Profile | None = profile.load()
     except CliError:
@@ -73,11 +80,38 @@ def login(
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True)
-    answer = Api(url, ca_pem).post(
-        "/auth/login", json={"username": name, "password": password, "client": "cli"}
-    )
+    api = Api(url, ca_pem, login_hint=False)
+    try:
+        answer = api.post(
+            "/auth/login", json={"username": name, "password": password, "client": "cli"}
+        )
+        if answer["stage"] == "second_factor":
+            answer = api.post("/auth/login/mfa", json=_second_factor(answer, code, recovery_code))
+    finally:
+        api.close()
     profile.save(profile.Profile(server=url, ca_pem=ca_pem, token=answer["token"], username=name))
     console.print(f"Logged in to {url} as {answer['username']}.", markup=False)
+    if answer["stage"] == "enroll":
+        console.print(
+            "Your role requires a second factor: run 'tether mfa enroll', then "
+            "'tether mfa confirm --code CODE'; until then nothing else is allowed.",
+            markup=False,
+        )
+
+
+def _second_factor(
+    answer: dict[str, str], code: str | None, recovery_code: str | None
+) -> dict[str, str]:
+    body = {"token": answer["token"], "client": "cli"}
+    if recovery_code:
+        body["recovery_code"] = recovery_code.strip()
+        return body
+    typed = code or typer.prompt("Authentication code")
+    typed = typed.strip().replace(" ", "")
+    if not (len(typed) == 6 and typed.isdigit()):
+        raise CliError("An authentication code is the 6 digits your authenticator app shows.")
+    body["code"] = typed
+    return body
 
 
 def logout() -> None:
@@ -97,4 +131,8 @@ def whoami(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
     if json_output:
         emit_json(me)
     else:
-        console.print(f"{me['username']} (roles: {', '.join(me['roles']) or 'none'})", markup=False)
+        mfa = "second factor passed" if me.get("mfa_verified") else "no second factor"
+        if me.get("enrollment_only"):
+            mfa = "must enroll a second factor ('tether mfa enroll')"
+        who = me["username"] + (f" of {me['organisation']}" if me.get("external") else "")
+        console.print(f"{who} (roles: {', '.join(me['roles']) or 'none'}; {mfa})", markup=False)

@@ -39,8 +39,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.SEGMENTS_MANAGE,
             Permission.USERS_MANAGE,
             Permission.SETTINGS_MANAGE,
-            # The access-control issue moves audit reading to the responder role alone.
-            Permission.AUDIT_READ,
+            # No AUDIT_READ: the audit log ("Session History") is for the Active Response role
+            # alone. The first admin also holds responder (see `tether server init`).
         }
     ),
     Role.ANALYST: frozenset({Permission.HOSTS_READ, Permission.RESULTS_READ}),

@@ -6,9 +6,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from tether import __version__
-from tether.server.api import audit, auth, enrollment, hosts, segments
+from tether.server.api import audit, auth, enrollment, hosts, segments, users
 from tether.server.api.deps import current_user
-from tether.server.errors import PlatformError
+from tether.server.errors import PlatformError, Throttled
 from tether.server.services.platform import Platform
 
 API_PREFIX = "/api/v1"
@@ -17,6 +17,8 @@ API_PREFIX = "/api/v1"
 PUBLIC_PATHS = frozenset(
     {
         f"{API_PREFIX}/auth/login",
+        # The second login step: the pending token from the first step travels in the body.
+        f"{API_PREFIX}/auth/login/mfa",
         f"{API_PREFIX}/enroll",
         f"{API_PREFIX}/enroll/ca",
         f"{API_PREFIX}/openapi.json",
@@ -54,7 +56,7 @@ def create_app(platform: Platform) -> FastAPI:
     public.include_router(auth.public)
     public.include_router(enrollment.public)
     protected = APIRouter(dependencies=[Depends(current_user)])
-    for module in (auth, enrollment, hosts, segments, audit):
+    for module in (auth, enrollment, hosts, segments, audit, users):
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)
     app.include_router(protected, prefix=API_PREFIX)
@@ -75,6 +77,8 @@ def create_app(platform: Platform) -> FastAPI:
     @app.exception_handler(PlatformError)
     async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if isinstance(exc, Throttled):
+            headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -12,6 +12,11 @@ server_app = typer.Typer(help="Create and run a Tether platform.", no_args_is_he
 DataOpt = Annotated[Path, typer.Option("--data", help="The platform's data directory.")]
 
 
+def mfa_file_for(password_file: Path) -> Path:
+    """Where init writes the admin's second factor: next to the password file."""
+    return password_file.with_name(password_file.name + ".mfa.json")
+
+
 @server_app.command("init")
 def init(
     data: DataOpt,
@@ -25,10 +30,16 @@ def init(
         str | None, typer.Option(help="PostgreSQL URL (default: SQLite in the data directory).")
     ] = None,
     admin_password_file: Annotated[
-        Path | None, typer.Option(help="Write the admin password here (mode 0600).")
+        Path | None,
+        typer.Option(
+            help="Write the admin password here and its second factor (TOTP secret, URI, "
+            "recovery codes) to FILE.mfa.json, both mode 0600."
+        ),
     ] = None,
 ) -> None:
     """Create the CA, the server certificate, the database and the first admin user."""
+    import json
+
     from tether.server.config import Settings
     from tether.server.services.bootstrap import initialise
     from tether.server.services.pki import write_private
@@ -43,14 +54,25 @@ def init(
     result = initialise(settings, ip or [])
     typer.echo(f"Platform created in {settings.data_dir}")
     typer.echo(f"CA fingerprint (SHA-256): {result.ca_sha256}")
+    mfa = {
+        "username": result.admin_username,
+        "secret": result.mfa_secret,
+        "uri": result.mfa_uri,
+        "recovery_codes": result.recovery_codes,
+    }
     if admin_password_file is not None:
+        mfa_file = mfa_file_for(admin_password_file)
         write_private(admin_password_file, (result.admin_password + "\n").encode())
+        write_private(mfa_file, (json.dumps(mfa, indent=2) + "\n").encode())
         typer.echo(
-            f"Admin user {result.admin_username!r}; password written to {admin_password_file}"
+            f"Admin user {result.admin_username!r}; password written to {admin_password_file}, "
+            f"second factor (TOTP) to {mfa_file}"
         )
     else:
         typer.echo(f"Admin user {result.admin_username!r}, password: {result.admin_password}")
-        typer.echo("This password is shown once; store it now.")
+        typer.echo(f"Second factor (add to an authenticator app): {result.mfa_uri}")
+        typer.echo(f"Recovery codes (each works once): {' '.join(result.recovery_codes)}")
+        typer.echo("The password, secret and codes are shown once; store them now.")
 
 
 @server_app.command("run")

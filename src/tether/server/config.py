@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     def audit_anchor(self) -> Path:
         return self.data_dir / "audit-anchor.json"
 
+    @property
+    def mfa_key(self) -> Path:
+        """AES-GCM key that seals TOTP secrets in the database."""
+        return self.data_dir / "mfa-sealing.key"
+
 
 def split_hostport(value: str) -> tuple[str, int]:
     """Parse HOST:PORT (or [v6]:PORT) with a clear error."""

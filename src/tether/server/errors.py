@@ -31,3 +31,13 @@ class Invalid(PlatformError):
 
 class ConfigurationError(PlatformError):
     """The data directory or settings cannot be used as they are."""
+
+
+class Throttled(PlatformError):
+    """Too many attempts: the caller must wait `retry_after` seconds (sent as Retry-After)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

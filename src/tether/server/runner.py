@@ -92,6 +92,8 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     api_server = _ApiServer(config)
     flusher = asyncio.create_task(platform.presence.run_flusher(settings.last_seen_flush_seconds))
     api_task = asyncio.create_task(api_server.serve())
+    # Expired sessions and login attempts older than the throttle windows.
+    purger = asyncio.create_task(platform.users.run_purger(600))
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,8 +130,11 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         with contextlib.suppress(Exception):
             await api_task
         flusher.cancel()
+        purger.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
         await platform.close()
 
 

@@ -9,19 +9,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tether.server.app import create_app
 from tether.server.config import Settings
 from tether.server.services.bootstrap import initialise
 from tether.server.services.platform import Platform
+from tether.server.store.tables import users
 
 from ..conftest import use_fast_hashing
+from ..support import code_after
 
 
 @dataclass(frozen=True)
 class Template:
     data_dir: Path
     admin_password: str
+    admin_mfa_secret: str
+    recovery_codes: list[str]
 
 
 def _clean_settings(data_dir: Path) -> Settings:
@@ -39,7 +44,7 @@ def platform_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
         use_fast_hashing(mp)
         # initialise() runs its own event loop: this fixture is synchronous on purpose.
         result = initialise(_clean_settings(data_dir), ips=[])
-    return Template(data_dir, result.admin_password)
+    return Template(data_dir, result.admin_password, result.mfa_secret, result.recovery_codes)
 
 
 @pytest.fixture
@@ -70,16 +75,50 @@ def admin_password(platform_template: Template) -> str:
     return platform_template.admin_password
 
 
-async def login(client: httpx.AsyncClient, username: str, password: str) -> dict[str, str]:
-    """Log in and return the authorization header for the session."""
+@pytest.fixture
+def admin_secret(platform_template: Template) -> str:
+    return platform_template.admin_mfa_secret
+
+
+async def unused_code(platform: Platform, username: str, secret: str) -> str:
+    """A TOTP code for `username` that the platform has not accepted yet."""
+    async with platform.engine.connect() as conn:
+        last = (
+            await conn.execute(select(users.c.mfa_last_step).where(users.c.username == username))
+        ).scalar()
+    code, _ = code_after(secret, last)
+    return code
+
+
+async def login(
+    client: httpx.AsyncClient,
+    username: str,
+    password: str,
+    *,
+    platform: Platform | None = None,
+    secret: str | None = None,
+) -> dict[str, str]:
+    """Log in (both steps when `secret` is given) and return the session's header."""
     response = await client.post(
         "/api/v1/auth/login", json={"username": username, "password": password}
     )
     assert response.status_code == 200, response.text
-    return {"authorization": f"Bearer {response.json()['token']}"}
+    body = response.json()
+    if body["stage"] == "second_factor":
+        assert platform is not None, f"{username} needs a second factor"
+        assert secret is not None, f"{username} needs a second factor"
+        response = await client.post(
+            "/api/v1/auth/login/mfa",
+            json={"token": body["token"], "code": await unused_code(platform, username, secret)},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+    return {"authorization": f"Bearer {body['token']}"}
 
 
 @pytest.fixture
-async def admin(client: httpx.AsyncClient, admin_password: str) -> dict[str, str]:
-    """Headers of a logged-in admin."""
-    return await login(client, "admin", admin_password)
+async def admin(
+    client: httpx.AsyncClient, platform: Platform, admin_password: str, admin_secret: str
+) -> dict[str, str]:
+    """Headers of the logged-in first admin (admin and responder, second factor passed)."""
+    return await login(client, "admin", admin_password, platform=platform, secret=admin_secret)

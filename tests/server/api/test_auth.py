@@ -3,24 +3,46 @@ import httpx
 from tether.server.services.platform import Platform
 from tether.server.services.users import LOGIN_REFUSED
 
-from .conftest import login
+from .conftest import unused_code
 
 
-async def test_login_and_whoami(client: httpx.AsyncClient, admin_password: str) -> None:
+async def test_login_takes_two_steps_for_the_first_admin(
+    client: httpx.AsyncClient, platform: Platform, admin_password: str, admin_secret: str
+) -> None:
     response = await client.post(
         "/api/v1/auth/login",
         json={"username": "admin", "password": admin_password, "client": "cli"},
     )
     assert response.status_code == 200
     body = response.json()
-    assert (body["username"], body["roles"]) == ("admin", ["admin"])
-    assert len(body["token"]) >= 40
+    assert (body["username"], body["roles"]) == ("admin", ["admin", "responder"])
+    assert (body["stage"], body["mfa_verified"]) == ("second_factor", False)
+    pending = {"authorization": f"Bearer {body['token']}"}
+    # The pending token is no session: it opens nothing but the second step.
+    refused = await client.get("/api/v1/auth/whoami", headers=pending)
+    assert refused.status_code == 401
+    assert refused.json() == {"detail": "Finish logging in: send your second-factor code first."}
+    code = await unused_code(platform, "admin", admin_secret)
+    response = await client.post(
+        "/api/v1/auth/login/mfa", json={"token": body["token"], "code": code, "client": "cli"}
+    )
+    assert response.status_code == 200, response.text
+    full = response.json()
+    assert (full["stage"], full["mfa_verified"]) == ("full", True)
+    assert full["token"] != body["token"]
     me = await client.get(
-        "/api/v1/auth/whoami", headers={"authorization": f"Bearer {body['token']}"}
+        "/api/v1/auth/whoami", headers={"authorization": f"Bearer {full['token']}"}
     )
     assert me.status_code == 200
     assert me.json()["username"] == "admin"
+    assert me.json()["mfa_verified"] is True
     assert "audit.read" in me.json()["permissions"]
+    steps = [
+        (r.outcome, r.to_json()["details"]["factor"])
+        async for r in platform.audit.iter_records()
+        if r.action == "auth.login"
+    ]
+    assert steps == [("success", "password"), ("success", "totp")]
 
 
 async def test_bad_logins_get_one_answer(
@@ -41,8 +63,8 @@ async def test_bad_logins_get_one_answer(
     assert all(r.source.startswith("127.0.0.1") for r in failures)
 
 
-async def test_logout_ends_the_session(client: httpx.AsyncClient, admin_password: str) -> None:
-    headers = await login(client, "admin", admin_password)
+async def test_logout_ends_the_session(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    headers = admin
     response = await client.post("/api/v1/auth/logout", headers=headers)
     assert response.status_code == 204
     response = await client.get("/api/v1/auth/whoami", headers=headers)
@@ -50,8 +72,8 @@ async def test_logout_ends_the_session(client: httpx.AsyncClient, admin_password
     assert response.json() == {"detail": "Your session is not valid; log in again."}
 
 
-async def test_session_cookie_is_accepted(client: httpx.AsyncClient, admin_password: str) -> None:
-    headers = await login(client, "admin", admin_password)
+async def test_session_cookie_is_accepted(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    headers = admin
     token = headers["authorization"].removeprefix("Bearer ")
     response = await client.get(
         "/api/v1/auth/whoami", headers={"cookie": f"tether_session={token}"}

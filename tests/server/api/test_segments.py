@@ -1,16 +1,13 @@
 """Segment routes, host moves and response access over HTTP: allowed, refused and not found."""
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from tether.protocol import Role
-from tether.server.api.deps import current_user
-from tether.server.app import create_app
-from tether.server.services.access import NO_PERMISSION, NO_SECOND_FACTOR
+from tether.protocol.totp import new_secret, to_base32
+from tether.server.api.deps import ENROLL_FIRST
+from tether.server.services.access import NO_PERMISSION
 from tether.server.services.platform import Platform
-from tether.server.services.users import User
 
 from ..support import add_host
 from .conftest import login
@@ -145,8 +142,9 @@ async def test_move_host(
     [
         ((Role.ANALYST,), NO_PERMISSION),
         ((Role.ADMIN,), NO_PERMISSION),
-        ((Role.RESPONDER,), NO_SECOND_FACTOR),
-        ((Role.ADMIN, Role.RESPONDER), NO_SECOND_FACTOR),
+        # A responder who has not enrolled a second factor may do nothing but enroll one.
+        ((Role.RESPONDER,), ENROLL_FIRST),
+        ((Role.ADMIN, Role.RESPONDER), ENROLL_FIRST),
     ],
 )
 async def test_response_access_refuses_with_the_reason(
@@ -161,19 +159,14 @@ async def test_response_access_refuses_with_the_reason(
 
 
 @pytest.fixture
-async def verified_responder(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
-    """A client whose caller is a responder past the second factor.
-
-    Logging in with a second factor belongs to the identity half of the access-control issue;
-    here the session lookup alone is replaced, every permission check still runs.
-    """
-    app = create_app(platform)
-    app.dependency_overrides[current_user] = lambda: User(
-        99, "resp", frozenset({Role.RESPONDER.value}), False, mfa_verified=True
-    )
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tether.test") as http:
-        yield http
+async def verified_responder(platform: Platform, client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """A client logged in as a responder who passed the second factor, both steps for real."""
+    user = await platform.users.create("resp", PASSWORD, roles={Role.RESPONDER})
+    secret = new_secret()
+    await platform.users.mfa.enroll_directly(user.id, secret)
+    headers = await login(client, "resp", PASSWORD, platform=platform, secret=to_base32(secret))
+    client.headers.update(headers)
+    return client
 
 
 async def test_response_access_follows_the_segment_switch(

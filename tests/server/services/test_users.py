@@ -27,7 +27,9 @@ async def test_create_user(users: Users, engine: AsyncEngine) -> None:
     user = await users.create("alice", PASSWORD, {Role.ADMIN})
     assert user.username == "alice"
     assert user.roles == frozenset({"admin"})
-    assert Permission.AUDIT_READ in user.permissions
+    assert Permission.USERS_MANAGE in user.permissions
+    # The audit log is for the Active Response role alone.
+    assert Permission.AUDIT_READ not in user.permissions
     async with engine.connect() as conn:
         stored = (await conn.execute(select(users_table.c.password_hash))).scalar_one()
     assert stored.startswith("$argon2id$")
@@ -35,7 +37,8 @@ async def test_create_user(users: Users, engine: AsyncEngine) -> None:
 
 
 @pytest.mark.parametrize(
-    "username", ["", "-leading-dash", ".dot", "has space", "a" * 65, "semi;colon", "ünï"]
+    "username",
+    ["", "-leading-dash", ".dot", "has space", "a" * 65, "semi;colon", "ünï", "trailing-newline\n"],
 )
 async def test_bad_username_is_refused(users: Users, username: str) -> None:
     with pytest.raises(Invalid, match="A username is 1 to 64"):
@@ -71,7 +74,7 @@ async def test_login_opens_a_session_and_is_audited(
         "success",
         "10.0.0.1 cli",
     )
-    assert last.to_json()["details"] == {"client": "cli", "factor": "password"}
+    assert last.to_json()["details"] == {"client": "cli", "factor": "password", "next": "full"}
 
 
 async def test_every_login_failure_gives_the_same_answer_and_is_audited(

@@ -17,7 +17,7 @@ def test_downgrade_and_upgrade_again_on_sqlite(tmp_path: Path) -> None:
         with engine.begin() as conn:
             config = alembic_config(url)
             config.attributes["connection"] = conn
-            command.downgrade(config, "0001")
+            command.downgrade(config, "0002_identity")
             columns = {c["name"] for c in inspect(conn).get_columns("hosts")}
             assert "response_disabled_locally" not in columns
             command.upgrade(config, "head")

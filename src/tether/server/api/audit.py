@@ -13,7 +13,10 @@ from tether.server.api.schemas import AuditRecordOut, VerifyOut
 from tether.server.services.users import User
 
 router = APIRouter(tags=["audit"])
-AuditReader = Annotated[User, Depends(require(Permission.AUDIT_READ))]
+# A refusal here is itself audited: who tried to read the Session History matters.
+AuditReader = Annotated[
+    User, Depends(require(Permission.AUDIT_READ, audit_refusal="audit.read_denied"))
+]
 
 
 @router.get("/audit", response_model=list[AuditRecordOut])

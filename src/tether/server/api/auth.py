@@ -1,27 +1,55 @@
-"""Login, logout and the caller's identity."""
+"""Login (password, then second factor), logout, the caller's identity, MFA enrollment."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
 from tether.server.api.deps import PlatformDep, UserDep, bearer_token, source_of
-from tether.server.api.schemas import LoginRequest, LoginResponse, WhoAmI
+from tether.server.api.schemas import LoginRequest, LoginResponse, SecondFactorRequest, WhoAmI
+from tether.server.api.user_schemas import MfaConfirm, MfaEnrollment, RecoveryCodes
+from tether.server.auth.tokens import token_hash
+from tether.server.errors import Invalid
+from tether.server.services.users import Session
 
 public = APIRouter(tags=["auth"])
 router = APIRouter(tags=["auth"])
 
 
-@public.post("/auth/login", response_model=LoginResponse)
-async def login(body: LoginRequest, request: Request, platform: PlatformDep) -> LoginResponse:
-    session = await platform.users.login(
-        body.username, body.password, source=source_of(request), client=body.client
-    )
+def _answer(session: Session) -> LoginResponse:
     return LoginResponse(
         token=session.token,
         username=session.user.username,
         roles=sorted(session.user.roles),
         expires_at=session.expires_at,
+        stage=session.stage.value,
+        mfa_verified=session.user.mfa_verified,
     )
+
+
+@public.post("/auth/login", response_model=LoginResponse)
+async def login(body: LoginRequest, request: Request, platform: PlatformDep) -> LoginResponse:
+    """The password step. The answer's `stage` says what comes next."""
+    session = await platform.users.login(
+        body.username, body.password, source=source_of(request), client=body.client
+    )
+    return _answer(session)
+
+
+@public.post("/auth/login/mfa", response_model=LoginResponse)
+async def login_second_factor(
+    body: SecondFactorRequest, request: Request, platform: PlatformDep
+) -> LoginResponse:
+    """The second step: the token from the password step plus a TOTP or recovery code."""
+    if (body.code is None) == (body.recovery_code is None):
+        raise Invalid("Send either a code or a recovery code.")
+    session = await platform.users.second_factor(
+        body.token,
+        code=body.code,
+        recovery_code=body.recovery_code,
+        source=source_of(request),
+        client=body.client,
+    )
+    return _answer(session)
 
 
 @router.post("/auth/logout", status_code=204)
@@ -40,4 +68,37 @@ async def whoami(user: UserDep) -> WhoAmI:
         username=user.username,
         roles=sorted(user.roles),
         permissions=sorted(p.value for p in user.permissions),
+        mfa_enabled=user.mfa_enabled,
+        mfa_verified=user.mfa_verified,
+        enrollment_only=user.enrollment_only,
+        external=user.external,
+        organisation=user.organisation,
     )
+
+
+@router.post("/auth/mfa/enroll", response_model=MfaEnrollment)
+async def mfa_enroll(request: Request, user: UserDep, platform: PlatformDep) -> MfaEnrollment:
+    """A new TOTP secret for the caller, pending until confirmed with a code."""
+    started = await platform.users.mfa.start_enrollment(
+        user.id,
+        user.username,
+        enrolled=user.mfa_enabled,
+        verified=user.mfa_verified,
+        source=source_of(request),
+    )
+    return MfaEnrollment(secret=started.secret, uri=started.uri, qr_svg=started.qr_svg)
+
+
+@router.post("/auth/mfa/confirm", response_model=RecoveryCodes)
+async def mfa_confirm(
+    body: MfaConfirm,
+    request: Request,
+    user: UserDep,
+    platform: PlatformDep,
+    token: Annotated[str, Depends(bearer_token)],
+) -> RecoveryCodes:
+    """Activate the pending secret; this session counts as having passed the second factor."""
+    codes = await platform.users.mfa.confirm_enrollment(
+        user.id, user.actor, body.code, session_hash=token_hash(token), source=source_of(request)
+    )
+    return RecoveryCodes(recovery_codes=codes)

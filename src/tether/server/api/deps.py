@@ -16,6 +16,21 @@ from tether.server.services.users import User
 
 SESSION_COOKIE = "tether_session"
 
+# What a session limited to setting up a second factor may still do.
+ENROLLMENT_PATHS = frozenset(
+    {
+        "/api/v1/auth/mfa/enroll",
+        "/api/v1/auth/mfa/confirm",
+        "/api/v1/auth/logout",
+        "/api/v1/auth/whoami",
+    }
+)
+ENROLL_FIRST = (
+    "Enroll a second factor first: your role requires one "
+    "(run 'tether mfa enroll', then 'tether mfa confirm --code CODE')."
+)
+VERIFY_FIRST = "Log in again with your second factor: this session has not passed it."
+
 
 def get_platform(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
@@ -46,14 +61,32 @@ async def current_user(
 ) -> User:
     user = await platform.users.authenticate(bearer_token(request))
     request.state.user = user
+    if user.enrollment_only and request.url.path not in ENROLLMENT_PATHS:
+        raise Forbidden(VERIFY_FIRST if user.mfa_enabled else ENROLL_FIRST)
     return user
 
 
-def require(permission: Permission) -> Callable[..., Awaitable[User]]:
-    """A dependency that admits only users holding `permission`."""
+def require(
+    permission: Permission, *, audit_refusal: str | None = None
+) -> Callable[..., Awaitable[User]]:
+    """A dependency that admits only users holding `permission`; with `audit_refusal`, each
+    refusal is also recorded in the audit log under that action."""
 
-    async def check(user: Annotated[User, Depends(current_user)]) -> User:
+    async def check(
+        request: Request,
+        user: Annotated[User, Depends(current_user)],
+        platform: Annotated[Platform, Depends(get_platform)],
+    ) -> User:
         if permission not in user.permissions:
+            if audit_refusal is not None:
+                await platform.audit.record(
+                    audit_refusal,
+                    actor=user.actor,
+                    target=request.url.path,
+                    outcome="failure",
+                    source=source_of(request),
+                    details={"method": request.method, "permission": permission.value},
+                )
             raise Forbidden(f"You need the {permission.value} permission for this.")
         return user
 

@@ -37,7 +37,7 @@ async def create_token(
         segment=body.segment,
         uses=body.uses,
         lifetime=timedelta(seconds=body.expires_in_seconds),
-        actor=user.username,
+        actor=user.actor,
         source=source_of(request),
     )
     return TokenCreated(

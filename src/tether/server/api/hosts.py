@@ -42,7 +42,7 @@ async def revoke_host(
     platform: PlatformDep,
     user: Annotated[User, Depends(require(Permission.HOSTS_MANAGE))],
 ) -> HostOut:
-    host = await platform.hosts.revoke(ref, actor=user.username, source=source_of(request))
+    host = await platform.hosts.revoke(ref, actor=user.actor, source=source_of(request))
     return HostOut(**host.__dict__)
 
 
@@ -86,7 +86,7 @@ async def ping_hosts(
     if body.hosts is not None:
         ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
     report = await platform.reachability.ping(
-        ids, timeout=body.timeout_seconds, actor=user.username, source=source_of(request)
+        ids, timeout=body.timeout_seconds, actor=user.actor, source=source_of(request)
     )
     trips = report.round_trips_ms
     return PingOut(

@@ -17,16 +17,33 @@ class LoginRequest(_In):
 
 
 class LoginResponse(BaseModel):
+    # With stage "second_factor" the token is good only for POST /auth/login/mfa; with "enroll"
+    # only for setting up a second factor (and logout, whoami).
     token: str
     username: str
     roles: list[str]
     expires_at: datetime
+    stage: Literal["full", "second_factor", "enroll"] = "full"
+    mfa_verified: bool = False
+
+
+class SecondFactorRequest(_In):
+    token: Annotated[str, Field(min_length=1, max_length=128)]
+    code: Annotated[str | None, Field(pattern=r"^[0-9]{6}$")] = None
+    recovery_code: Annotated[str | None, Field(min_length=8, max_length=32)] = None
+    client: Literal["cli", "ui", "api"] = "api"
 
 
 class WhoAmI(BaseModel):
     username: str
     roles: list[str]
     permissions: list[str]
+    mfa_enabled: bool = False
+    mfa_verified: bool = False
+    # True while the session may only set up a second factor.
+    enrollment_only: bool = False
+    external: bool = False
+    organisation: str | None = None
 
 
 class TokenCreate(_In):

@@ -1,18 +1,25 @@
-"""`tether server init`: a new data directory with CA, server certificate, database and admin."""
+"""`tether server init`: a new data directory with CA, server certificate, database and admin.
+
+The first admin also holds the Active Response role (someone must be able to read the audit log
+and, later, grant the role to others), so it must use a second factor from its first login: init
+enrolls one and hands the secret back, to be shown or written next to the password.
+"""
 
 import asyncio
 import os
 from dataclasses import dataclass
-from datetime import timedelta
 
 from tether.protocol import Role
+from tether.protocol.totp import new_secret, provisioning_uri, to_base32
 from tether.server.auth.passwords import generate_password
 from tether.server.config import CONFIG_FILE, Settings, save_settings
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner
+from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority, save_keypair
+from tether.server.services.platform import session_policy
 from tether.server.services.segments import DEFAULT_SEGMENT, ensure_segment
-from tether.server.services.users import SessionPolicy, Users
+from tether.server.services.users import Users
 from tether.server.store.db import create_engine
 from tether.server.store.migrate import upgrade
 
@@ -24,6 +31,10 @@ class InitResult:
     admin_username: str
     admin_password: str
     ca_sha256: str
+    # The admin's TOTP secret (base32), its otpauth:// URI, and one-time recovery codes.
+    mfa_secret: str
+    mfa_uri: str
+    recovery_codes: list[str]
 
 
 def initialise(settings: Settings, ips: list[str]) -> InitResult:
@@ -40,34 +51,45 @@ def initialise(settings: Settings, ips: list[str]) -> InitResult:
     ca.save(settings.ca_cert, settings.ca_key)
     save_keypair(cert, key, settings.server_cert, settings.server_key)
     CheckpointSigner.create_key(settings.audit_key)
+    load_sealer(settings.mfa_key)  # creates the key file
     upgrade(settings.db_url)
     password = generate_password()
-    asyncio.run(_seed(settings, password, ca.sha256))
+    secret = new_secret()
+    codes = asyncio.run(_seed(settings, password, secret, ca.sha256))
     # Written last: its presence marks a complete data directory.
     save_settings(
         settings,
         ["hostname", "listen", "agent_listen", "public_url", "agent_public_url", "database_url"],
     )
-    return InitResult(ADMIN_USERNAME, password, ca.sha256)
+    return InitResult(
+        ADMIN_USERNAME,
+        password,
+        ca.sha256,
+        mfa_secret=to_base32(secret),
+        mfa_uri=provisioning_uri(ADMIN_USERNAME, secret),
+        recovery_codes=codes,
+    )
 
 
-async def _seed(settings: Settings, password: str, ca_sha256: str) -> None:
+async def _seed(settings: Settings, password: str, secret: bytes, ca_sha256: str) -> list[str]:
     engine = create_engine(settings.db_url)
     try:
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
         async with engine.begin() as conn:
             await ensure_segment(conn, DEFAULT_SEGMENT)
-        policy = SessionPolicy(
-            idle=timedelta(minutes=settings.session_idle_minutes),
-            lifetime=timedelta(hours=settings.session_lifetime_hours),
-        )
-        users = Users(engine, audit, policy)
-        await users.create(ADMIN_USERNAME, password, {Role.ADMIN})
+        users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
+        admin = await users.create(ADMIN_USERNAME, password, {Role.ADMIN, Role.RESPONDER})
+        codes = await users.mfa.enroll_directly(admin.id, secret)
         await audit.record(
             "platform.init",
             actor="system",
             target=settings.hostname,
-            details={"admin": ADMIN_USERNAME, "ca_sha256": ca_sha256},
+            details={
+                "admin": ADMIN_USERNAME,
+                "roles": ["admin", "responder"],
+                "ca_sha256": ca_sha256,
+            },
         )
+        return codes
     finally:
         await engine.dispose()

@@ -78,7 +78,7 @@ class Enrollment:
                     max_uses=uses,
                     uses=0,
                     expires_at=expires,
-                    created_by=actor,
+                    created_by=actor[:64],
                     created_at=now,
                 )
             )

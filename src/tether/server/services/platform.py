@@ -7,16 +7,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.config import Settings
 from tether.server.services.access import ResponseAccess
+from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.hosts import Hosts
+from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
 from tether.server.services.segments import Segments
+from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.db import create_engine
+
+
+def session_policy(settings: Settings) -> SessionPolicy:
+    return SessionPolicy(
+        idle=timedelta(minutes=settings.session_idle_minutes),
+        lifetime=timedelta(hours=settings.session_lifetime_hours),
+    )
 
 
 @dataclass
@@ -28,6 +38,8 @@ class Platform:
     ca: CertificateAuthority
     audit: AuditLog
     users: Users
+    team: Team
+    access_settings: AccessSettingsStore
     enrollment: Enrollment
     presence: Presence
     hosts: Hosts
@@ -43,19 +55,16 @@ class Platform:
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
         presence = Presence(engine)
         policies = PolicyDelivery(engine, presence)
+        users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
+        team = Team(engine, audit, users)
         return cls(
             settings=settings,
             engine=engine,
             ca=ca,
             audit=audit,
-            users=Users(
-                engine,
-                audit,
-                SessionPolicy(
-                    idle=timedelta(minutes=settings.session_idle_minutes),
-                    lifetime=timedelta(hours=settings.session_lifetime_hours),
-                ),
-            ),
+            users=users,
+            team=team,
+            access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
             hosts=Hosts(engine, audit, presence),

@@ -37,6 +37,15 @@ users = Table(
     Column("password_hash", String(255), nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # MDR provider staff: marked external, with their organisation and an access expiry.
+    Column("external", Boolean, nullable=False, default=False),
+    Column("organisation", String(128), nullable=True),
+    Column("access_expires_at", DateTime(timezone=True), nullable=True),
+    # TOTP secrets are sealed (AES-GCM, key file in the data directory), never stored plain.
+    Column("mfa_secret", Text, nullable=True),
+    Column("mfa_pending_secret", Text, nullable=True),
+    # The last accepted TOTP time step: a code for this step or an earlier one is a replay.
+    Column("mfa_last_step", BigInteger, nullable=True),
 )
 
 user_roles = Table(
@@ -60,6 +69,44 @@ sessions = Table(
     Column("last_used_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # "full", "second_factor" (password passed, the code is still owed: only the second login
+    # step accepts it) or "enroll" (limited to setting up a second factor).
+    Column("stage", String(16), nullable=False, default="full"),
+    Column("mfa_verified", Boolean, nullable=False, default=False),
+    # Wrong codes tried with a second_factor token; it dies after a few.
+    Column("failed_codes", Integer, nullable=False, default=0),
+)
+
+recovery_codes = Table(
+    "recovery_codes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    # SHA-256 of a 50-bit random code: enough entropy that a fast hash is not a weakness.
+    Column("code_hash", String(64), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+# Every password and second-factor attempt, kept for an hour or so: the throttles count these,
+# so they hold across platform processes sharing one database.
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, index=True),
+    Column("address", String(64), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("success", Boolean, nullable=False),
+)
+
+# Platform-wide switches an admin sets at run time (MFA for everyone, external suspension).
+platform_settings = Table(
+    "platform_settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )
 
 enrollment_tokens = Table(

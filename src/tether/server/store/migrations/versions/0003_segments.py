@@ -1,12 +1,8 @@
 """Segments you can manage: the local Active Response switch of each host, hosts by segment.
 
 Revision ID: 0003_segments
-Revises: 0001
+Revises: 0002_identity
 Create Date: 2026-11-28
-
-Written beside 0002_identity (access-control issue, identity half), which also revises 0001.
-When both branches meet, set down_revision here to "0002_identity" so the chain stays linear;
-neither migration touches the other's tables, so the order between them does not matter.
 """
 
 from collections.abc import Sequence
@@ -15,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_segments"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_identity"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,55 @@
+"""`tether mfa enroll|confirm`: set up the second factor (TOTP) for the logged-in user."""
+
+import io
+from typing import Annotated
+
+import segno
+import typer
+
+from tether.cli.client import Api
+from tether.cli.errors import CliError
+from tether.cli.output import console, emit_json
+
+mfa_app = typer.Typer(help="Your second factor (TOTP authenticator app).", no_args_is_help=True)
+
+
+def terminal_qr(uri: str) -> str:
+    """The URI as a QR code drawn with block characters, for scanning off the terminal."""
+    out = io.StringIO()
+    segno.make(uri, error="m").terminal(out=out, compact=True)
+    return out.getvalue()
+
+
+@mfa_app.command("enroll")
+def enroll(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Start enrollment: prints the secret, the otpauth:// URI and a QR code to scan."""
+    started = Api.from_profile().post("/auth/mfa/enroll")
+    if json_output:
+        emit_json(started)
+        return
+    console.print(terminal_qr(started["uri"]), markup=False, highlight=False)
+    console.print(f"Secret: {started['secret']}", markup=False)
+    console.print(f"URI:    {started['uri']}", markup=False)
+    console.print(
+        "Scan the code or type the secret into your authenticator app, then run "
+        "'tether mfa confirm --code CODE' with the code it shows.",
+        markup=False,
+    )
+
+
+@mfa_app.command("confirm")
+def confirm(
+    code: Annotated[str, typer.Option(help="The 6-digit code the app shows now.")],
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Finish enrollment with a code; prints the one-time recovery codes (shown once)."""
+    code = code.strip().replace(" ", "")
+    if not (len(code) == 6 and code.isdigit()):
+        raise CliError("An authentication code is the 6 digits your authenticator app shows.")
+    answer = Api.from_profile().post("/auth/mfa/confirm", json={"code": code})
+    if json_output:
+        emit_json(answer)
+        return
+    console.print("Second factor enabled. Recovery codes (each works once; shown once):")
+    for recovery in answer["recovery_codes"]:
+        console.print(f"  {recovery}", markup=False)

@@ -1,0 +1,62 @@
+"""Bodies of the team (users), second-factor and settings routes."""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from tether.protocol import Role
+from tether.server.api.schemas import _In
+
+Organisation = Annotated[str, Field(min_length=1, max_length=60)]
+
+
+class MfaEnrollment(BaseModel):
+    secret: str
+    uri: str
+    qr_svg: str
+
+
+class MfaConfirm(_In):
+    code: Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+
+
+class RecoveryCodes(BaseModel):
+    # Shown once: only their hashes are kept.
+    recovery_codes: list[str]
+
+
+class UserCreate(_In):
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    roles: Annotated[list[Role], Field(max_length=len(Role))] = []
+    external: bool = False
+    organisation: Organisation | None = None
+    access_expires_at: datetime | None = None
+
+
+class ExternalUpdate(_In):
+    external: bool
+    organisation: Organisation | None = None
+    access_expires_at: datetime | None = None
+
+
+class UserOut(BaseModel):
+    username: str
+    roles: list[str]
+    disabled: bool
+    external: bool
+    organisation: str | None
+    access_expires_at: datetime | None
+    mfa_enabled: bool
+    created_at: datetime
+
+
+class SettingsOut(BaseModel):
+    mfa_required_for_everyone: bool
+    external_access_suspended: bool
+
+
+class SettingsUpdate(_In):
+    mfa_required_for_everyone: bool | None = None
+    external_access_suspended: bool | None = None

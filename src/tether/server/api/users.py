@@ -1,0 +1,142 @@
+"""The team (users and their roles) and the platform-wide access settings: admins only.
+
+Granting and removing roles, the Active Response role included, needs `users.manage`, which only
+the admin role holds (`tether.protocol.permissions`).
+"""
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from tether.protocol import Permission, Role
+from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.user_schemas import (
+    ExternalUpdate,
+    SettingsOut,
+    SettingsUpdate,
+    UserCreate,
+    UserOut,
+)
+from tether.server.services.team import UserInfo
+from tether.server.services.users import User
+
+router = APIRouter(tags=["team"])
+Admin = Annotated[User, Depends(require(Permission.USERS_MANAGE))]
+SettingsAdmin = Annotated[User, Depends(require(Permission.SETTINGS_MANAGE))]
+
+
+def _out(info: UserInfo) -> UserOut:
+    return UserOut(**info.__dict__)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Dates without a zone are taken as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+@router.get("/users", response_model=list[UserOut])
+async def list_users(platform: PlatformDep, _user: Admin) -> list[UserOut]:
+    return [_out(u) for u in await platform.team.list()]
+
+
+@router.post("/users", response_model=UserOut, status_code=201)
+async def create_user(
+    body: UserCreate, request: Request, platform: PlatformDep, user: Admin
+) -> UserOut:
+    await platform.users.create(
+        body.username,
+        body.password,
+        set(body.roles),
+        external=body.external,
+        organisation=body.organisation,
+        access_expires_at=_utc(body.access_expires_at),
+        actor=user.actor,
+        source=source_of(request),
+    )
+    return _out(await platform.team.get(body.username))
+
+
+@router.post("/users/{username}/disable", response_model=UserOut)
+async def disable_user(
+    username: str, request: Request, platform: PlatformDep, user: Admin
+) -> UserOut:
+    """Disable the account; its sessions and live response sessions end at once."""
+    return _out(
+        await platform.team.set_disabled(
+            username, True, actor=user.actor, source=source_of(request)
+        )
+    )
+
+
+@router.post("/users/{username}/enable", response_model=UserOut)
+async def enable_user(
+    username: str, request: Request, platform: PlatformDep, user: Admin
+) -> UserOut:
+    return _out(
+        await platform.team.set_disabled(
+            username, False, actor=user.actor, source=source_of(request)
+        )
+    )
+
+
+@router.put("/users/{username}/roles/{role}", response_model=UserOut)
+async def grant_role(
+    username: str, role: Role, request: Request, platform: PlatformDep, user: Admin
+) -> UserOut:
+    return _out(
+        await platform.team.grant_role(username, role, actor=user.actor, source=source_of(request))
+    )
+
+
+@router.delete("/users/{username}/roles/{role}", response_model=UserOut)
+async def revoke_role(
+    username: str, role: Role, request: Request, platform: PlatformDep, user: Admin
+) -> UserOut:
+    """Remove a role; removing responder ends the user's sessions at once."""
+    return _out(
+        await platform.team.revoke_role(username, role, actor=user.actor, source=source_of(request))
+    )
+
+
+@router.put("/users/{username}/external", response_model=UserOut)
+async def set_external(
+    username: str, body: ExternalUpdate, request: Request, platform: PlatformDep, user: Admin
+) -> UserOut:
+    """Mark a user as MDR provider staff (organisation, access expiry), or as internal."""
+    return _out(
+        await platform.team.set_external(
+            username,
+            external=body.external,
+            organisation=body.organisation,
+            access_expires_at=_utc(body.access_expires_at),
+            actor=user.actor,
+            source=source_of(request),
+        )
+    )
+
+
+@router.get("/settings", response_model=SettingsOut)
+async def get_settings(platform: PlatformDep, _user: SettingsAdmin) -> SettingsOut:
+    return SettingsOut(**(await platform.access_settings.get()).__dict__)
+
+
+@router.patch("/settings", response_model=SettingsOut)
+async def update_settings(
+    body: SettingsUpdate, request: Request, platform: PlatformDep, user: SettingsAdmin
+) -> SettingsOut:
+    changes = body.model_dump(exclude_none=True)
+    updated = await platform.access_settings.update(
+        changes, actor=user.actor, source=source_of(request)
+    )
+    return SettingsOut(**updated.__dict__)
+
+
+@router.post("/users/{username}/mfa/reset", response_model=UserOut)
+async def reset_mfa(username: str, request: Request, platform: PlatformDep, user: Admin) -> UserOut:
+    """Forget the user's second factor (a lost phone); they enroll again at the next login."""
+    return _out(
+        await platform.team.reset_mfa(username, actor=user.actor, source=source_of(request))
+    )

@@ -1,0 +1,200 @@
+"""The team: listing users, roles, disabling, marking MDR provider staff external. Admins only.
+
+Whatever takes access away (disabling, removing the Active Response role, suspending or ending
+external access) ends the user's sessions at once through `Users.end_access`, which also tells
+the listeners registered for live response sessions.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.protocol import Role
+from tether.server.errors import Conflict, NotFound
+from tether.server.services.audit import AuditLog
+from tether.server.services.users import Users, check_external
+from tether.server.store.db import as_utc
+from tether.server.store.tables import recovery_codes, user_roles, users
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user as the Team page lists them."""
+
+    username: str
+    roles: list[str]
+    disabled: bool
+    external: bool
+    organisation: str | None
+    access_expires_at: datetime | None
+    mfa_enabled: bool
+    created_at: datetime
+
+
+class Team:
+    def __init__(self, engine: AsyncEngine, audit: AuditLog, accounts: Users) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._users = accounts
+
+    async def _id_of(self, conn: AsyncConnection, username: str) -> int:
+        found = (
+            await conn.execute(select(users.c.id).where(users.c.username == username))
+        ).scalar()
+        if found is None:
+            raise NotFound(f"There is no user named {username!r}.")
+        return int(found)
+
+    async def list(self) -> list[UserInfo]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(users).order_by(users.c.username))).all()
+            role_rows = (await conn.execute(select(user_roles))).all()
+        roles: dict[int, list[str]] = {}
+        for r in role_rows:
+            roles.setdefault(r.user_id, []).append(r.role)
+        return [
+            UserInfo(
+                username=row.username,
+                roles=sorted(roles.get(row.id, [])),
+                disabled=bool(row.disabled),
+                external=bool(row.external),
+                organisation=row.organisation,
+                access_expires_at=as_utc(row.access_expires_at),
+                mfa_enabled=row.mfa_secret is not None,
+                created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+            )
+            for row in rows
+        ]
+
+    async def get(self, username: str) -> UserInfo:
+        for info in await self.list():
+            if info.username == username:
+                return info
+        raise NotFound(f"There is no user named {username!r}.")
+
+    async def _enabled_admins(self, conn: AsyncConnection) -> set[int]:
+        rows = await conn.execute(
+            select(users.c.id)
+            .join(user_roles, user_roles.c.user_id == users.c.id)
+            .where(user_roles.c.role == Role.ADMIN.value, users.c.disabled.is_(False))
+        )
+        return {int(i) for i in rows.scalars()}
+
+    async def set_disabled(
+        self, username: str, disabled: bool, *, actor: str, source: str
+    ) -> UserInfo:
+        async with self._engine.begin() as conn:
+            user_id = await self._id_of(conn, username)
+            if disabled and await self._enabled_admins(conn) == {user_id}:
+                raise Conflict(f"{username!r} is the last enabled admin; make another admin first.")
+            await conn.execute(update(users).where(users.c.id == user_id).values(disabled=disabled))
+        await self._audit.record(
+            "user.disable" if disabled else "user.enable",
+            actor=actor,
+            target=username,
+            source=source,
+        )
+        if disabled:
+            await self._users.end_access(user_id, "disabled")
+        return await self.get(username)
+
+    async def grant_role(self, username: str, role: Role, *, actor: str, source: str) -> UserInfo:
+        async with self._engine.begin() as conn:
+            user_id = await self._id_of(conn, username)
+            held = (
+                await conn.execute(
+                    select(user_roles.c.role).where(
+                        user_roles.c.user_id == user_id, user_roles.c.role == role.value
+                    )
+                )
+            ).first()
+            if held is None:
+                await conn.execute(insert(user_roles).values(user_id=user_id, role=role.value))
+        if held is None:
+            await self._audit.record(
+                "role.grant", actor=actor, target=username, source=source, details={"role": role}
+            )
+        return await self.get(username)
+
+    async def revoke_role(self, username: str, role: Role, *, actor: str, source: str) -> UserInfo:
+        async with self._engine.begin() as conn:
+            user_id = await self._id_of(conn, username)
+            if role is Role.ADMIN and await self._enabled_admins(conn) == {user_id}:
+                raise Conflict(f"{username!r} is the last enabled admin; make another admin first.")
+            result = await conn.execute(
+                delete(user_roles).where(
+                    user_roles.c.user_id == user_id, user_roles.c.role == role.value
+                )
+            )
+        if result.rowcount:
+            await self._audit.record(
+                "role.revoke", actor=actor, target=username, source=source, details={"role": role}
+            )
+            if role is Role.RESPONDER:
+                await self._users.end_access(user_id, "active response role removed")
+        return await self.get(username)
+
+    async def set_external(
+        self,
+        username: str,
+        *,
+        external: bool,
+        organisation: str | None,
+        access_expires_at: datetime | None,
+        actor: str,
+        source: str,
+    ) -> UserInfo:
+        check_external(external, organisation)
+        async with self._engine.begin() as conn:
+            user_id = await self._id_of(conn, username)
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(
+                    external=external,
+                    organisation=organisation if external else None,
+                    access_expires_at=access_expires_at if external else None,
+                )
+            )
+        await self._audit.record(
+            "user.external",
+            actor=actor,
+            target=username,
+            source=source,
+            details={
+                "external": external,
+                "organisation": organisation,
+                "access_expires_at": access_expires_at.isoformat() if access_expires_at else None,
+            },
+        )
+        if external and access_expires_at is not None and access_expires_at <= self._users.now():
+            await self._users.end_access(user_id, "external access expired")
+        return await self.get(username)
+
+    async def end_external_access(self, actor: str, source: str) -> None:
+        """External access was suspended: end every external user's sessions now."""
+        async with self._engine.connect() as conn:
+            ids = (
+                (await conn.execute(select(users.c.id).where(users.c.external.is_(True))))
+                .scalars()
+                .all()
+            )
+        for user_id in ids:
+            await self._users.end_access(int(user_id), "external access suspended")
+
+    async def reset_mfa(self, username: str, *, actor: str, source: str) -> UserInfo:
+        """Forget a user's second factor and recovery codes (a lost phone); their sessions end,
+        and at the next login they enroll a new one if their role or the settings require it."""
+        async with self._engine.begin() as conn:
+            user_id = await self._id_of(conn, username)
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(mfa_secret=None, mfa_pending_secret=None, mfa_last_step=None)
+            )
+            await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
+        await self._audit.record("mfa.reset", actor=actor, target=username, source=source)
+        await self._users.end_access(user_id, "second factor reset")
+        return await self.get(username)

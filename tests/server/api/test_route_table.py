@@ -1,0 +1,183 @@
+"""Every API route x every kind of caller x the host's segment Active Response on and off.
+
+One row per (method, path) with the exact status each caller gets. A route without a row fails
+`test_every_route_has_a_row` by name; adding a route means adding one line here.
+
+Requests that would change state aim at things that do not exist (404) or carry a body the
+service refuses after the permission check (422), so every cell can run against one platform.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from tether.protocol import Role
+from tether.protocol.totp import new_secret, to_base32
+from tether.server.app import create_app
+from tether.server.services.platform import Platform
+from tether.server.store.tables import segments
+
+from ..support import add_host
+from .conftest import login
+from .test_routes import http_routes
+
+PASSWORD = "a long enough password"
+# The callers, in the order of each row's statuses:
+#   anonymous         no session
+#   analyst           role analyst
+#   responder         role responder, second factor passed
+#   responder_no_mfa  role responder, no second factor yet: the session may only enroll one
+#   admin             role admin (no second factor: the platform setting is off)
+#   admin_responder   the first admin: admin and responder, second factor passed
+CALLERS = ("anonymous", "analyst", "responder", "responder_no_mfa", "admin", "admin_responder")
+Statuses = tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    path: str
+    expect: Statuses
+    # When the host's segment has Active Response off, if that changes anything.
+    when_off: Statuses | None = None
+    # The URL to call when `path` has parameters; "{host}" is the test host's id.
+    url: str | None = None
+    body: Any = None
+    # Routes that end the session get a fresh one for each call.
+    own_session: bool = False
+
+
+ALL_200 = (200, 200, 200, 200, 200, 200)
+SIGNED_IN = (401, 200, 200, 200, 200, 200)
+READERS = (401, 200, 200, 403, 200, 200)
+ADMINS = (401, 403, 403, 403, 200, 200)
+ADMINS_404 = (401, 403, 403, 403, 404, 404)
+RESPONDERS = (401, 403, 200, 403, 403, 200)
+
+ROWS = [
+    # Public.
+    Row("GET", "/healthz", ALL_200),
+    Row("GET", "/metrics", ALL_200),
+    Row("GET", "/api/v1/openapi.json", ALL_200),
+    Row("GET", "/api/v1/docs", ALL_200),
+    Row("GET", "/api/v1/docs/oauth2-redirect", ALL_200),
+    Row("GET", "/api/v1/enroll/ca", ALL_200),
+    Row("POST", "/api/v1/enroll", (422,) * 6, body={}),
+    Row("POST", "/api/v1/auth/login", ALL_200, body={"username": "analyst", "password": PASSWORD}),
+    Row("POST", "/api/v1/auth/login/mfa", (401,) * 6, body={"token": "x", "code": "123456"}),
+    # The caller's own session and second factor.
+    Row("GET", "/api/v1/auth/whoami", SIGNED_IN),
+    Row("POST", "/api/v1/auth/logout", (401, 204, 204, 204, 204, 204), own_session=True),
+    Row("POST", "/api/v1/auth/mfa/enroll", SIGNED_IN),
+    Row("POST", "/api/v1/auth/mfa/confirm", (401, 422, 422, 422, 422, 422), body={"code": "x"}),
+    # Inventory.
+    Row("GET", "/api/v1/hosts", READERS),
+    Row("GET", "/api/v1/hosts/{ref}", READERS, url="/api/v1/hosts/{host}"),
+    Row("POST", "/api/v1/hosts/{ref}/revoke", ADMINS_404, url="/api/v1/hosts/ghost/revoke"),
+    Row("POST", "/api/v1/hosts/ping", ADMINS, body={"hosts": [], "timeout_seconds": 1}),
+    Row("POST", "/api/v1/hosts/{ref}/move", ADMINS_404, url="/api/v1/hosts/ghost/move", body={"segment": "matrix"}),
+    Row("GET", "/api/v1/hosts/{ref}/response-access", RESPONDERS, when_off=(401, 403, 403, 403, 403, 403), url="/api/v1/hosts/{host}/response-access"),
+    # Segments.
+    Row("GET", "/api/v1/segments", READERS),
+    Row("POST", "/api/v1/segments", (401, 403, 403, 403, 422, 422), body={"name": "bad/name"}),
+    Row("PATCH", "/api/v1/segments/{name}", ADMINS_404, url="/api/v1/segments/ghost", body={"active_response": True}),
+    Row("DELETE", "/api/v1/segments/{name}", ADMINS_404, url="/api/v1/segments/ghost"),
+    # Enrollment tokens.
+    Row("GET", "/api/v1/enrollment-tokens", ADMINS),
+    Row("POST", "/api/v1/enrollment-tokens", (401, 403, 403, 403, 201, 201), body={"segment": "matrix"}),
+    # Session History: the Active Response role alone.
+    Row("GET", "/api/v1/audit", RESPONDERS),
+    Row("GET", "/api/v1/audit/verify", RESPONDERS),
+    Row("GET", "/api/v1/audit/export", RESPONDERS),
+    # The team and the settings.
+    Row("GET", "/api/v1/users", ADMINS),
+    Row("POST", "/api/v1/users", (401, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),
+    Row("POST", "/api/v1/users/{username}/disable", ADMINS_404, url="/api/v1/users/ghost/disable"),
+    Row("POST", "/api/v1/users/{username}/enable", ADMINS_404, url="/api/v1/users/ghost/enable"),
+    Row("PUT", "/api/v1/users/{username}/roles/{role}", ADMINS_404, url="/api/v1/users/ghost/roles/analyst"),
+    Row("DELETE", "/api/v1/users/{username}/roles/{role}", ADMINS_404, url="/api/v1/users/ghost/roles/analyst"),
+    Row("POST", "/api/v1/users/{username}/mfa/reset", ADMINS_404, url="/api/v1/users/ghost/mfa/reset"),
+    Row("PUT", "/api/v1/users/{username}/external", ADMINS_404, url="/api/v1/users/ghost/external", body={"external": False}),
+    Row("GET", "/api/v1/settings", ADMINS),
+    Row("PATCH", "/api/v1/settings", ADMINS, body={}),
+]  # fmt: skip
+
+
+def test_every_route_has_a_row(platform: Platform) -> None:
+    routes = {(method, path) for method, path, _ in http_routes(create_app(platform))}
+    rows = [(r.method, r.path) for r in ROWS]
+    assert len(rows) == len(set(rows)), "a route has two rows"
+    missing = sorted(routes - set(rows))
+    assert not missing, f"routes without a row in ROWS: {missing}"
+    stale = sorted(set(rows) - routes)
+    assert not stale, f"rows for routes that do not exist: {stale}"
+
+
+async def _login_as(
+    caller: str,
+    platform: Platform,
+    client: httpx.AsyncClient,
+    secrets: dict[str, str],
+) -> dict[str, str]:
+    if caller == "anonymous":
+        return {}
+    name, secret = {
+        "analyst": ("analyst", None),
+        "responder": ("responder", secrets["responder"]),
+        "responder_no_mfa": ("fresh-responder", None),
+        "admin": ("plain-admin", None),
+        "admin_responder": ("admin", secrets["admin"]),
+    }[caller]
+    password = secrets["admin_password"] if name == "admin" else PASSWORD
+    return await login(client, name, password, platform=platform, secret=secret)
+
+
+@pytest.mark.parametrize("active_response", [True, False], ids=["ar-on", "ar-off"])
+async def test_route_matrix(
+    platform: Platform,
+    client: httpx.AsyncClient,
+    admin_password: str,
+    admin_secret: str,
+    active_response: bool,
+) -> None:
+    users = platform.users
+    await users.create("analyst", PASSWORD, {Role.ANALYST})
+    responder = await users.create("responder", PASSWORD, {Role.RESPONDER})
+    await users.create("fresh-responder", PASSWORD, {Role.RESPONDER})
+    await users.create("plain-admin", PASSWORD, {Role.ADMIN})
+    responder_secret = new_secret()
+    await users.mfa.enroll_directly(responder.id, responder_secret)
+    secrets = {
+        "responder": to_base32(responder_secret),
+        "admin": admin_secret,
+        "admin_password": admin_password,
+    }
+    host = await add_host(platform.engine, "matrix-host", segment="matrix")
+    async with platform.engine.begin() as conn:
+        await conn.execute(
+            update(segments)
+            .where(segments.c.name == "matrix")
+            .values(active_response=active_response)
+        )
+    headers = {c: await _login_as(c, platform, client, secrets) for c in CALLERS}
+
+    wrong: list[str] = []
+    for row in ROWS:
+        expected = row.expect if active_response or row.when_off is None else row.when_off
+        url = (row.url or row.path).replace("{host}", host)
+        for caller, status in zip(CALLERS, expected, strict=True):
+            auth = headers[caller]
+            if row.own_session and caller != "anonymous":
+                auth = await _login_as(caller, platform, client, secrets)
+            response = await client.request(
+                row.method, url, headers=auth, json=row.body if row.body is not None else None
+            )
+            if response.status_code != status:
+                wrong.append(
+                    f"{row.method} {row.path} as {caller}: {response.status_code}, "
+                    f"expected {status} ({response.text[:120]})"
+                )
+    assert not wrong, "\n".join(wrong)
