@@ -38,3 +38,10 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # The WebSocket library logs every connection opened and closed at info; our gateway and
+    # agent already log each with the host it belongs to, and at 10,000 agents a restart would
+    # otherwise write 20,000 lines that say less. Shown again at debug.
+    library = logging.getLogger("websockets")
+    library.setLevel(
+        max(root.level, logging.WARNING) if root.level > logging.DEBUG else logging.NOTSET
+    )
