@@ -4,6 +4,8 @@ import tether.protocol
 
 EXPECTED = [
     "ACTIONS",
+    "FINAL_AGENT_STATES",
+    "MAX_OUTPUT_TEXT",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "MFA_REQUIRED_ROLES",
@@ -17,6 +19,9 @@ EXPECTED = [
     "Heartbeat",
     "Hello",
     "InvalidEnrollmentToken",
+    "JobAck",
+    "JobCancel",
+    "JobOutput",
     "JobRequest",
     "JobStatus",
     "NoopArgs",

@@ -85,6 +85,10 @@ class FakeLink:
         self.closed: list[tuple[CloseCode, str]] = []
         self.aborted = False
         self.policies: list[Policy] = []
+        self.sent: list[str] = []
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(text)
 
     async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         return {}

@@ -5,24 +5,29 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from tether.agent import sysinfo
-from tether.agent.action import Handler, run_action
+from tether.agent.action import Handler
 from tether.agent.actions import HANDLERS
 from tether.agent.certificate import check_validity
 from tether.agent.errors import AgentRefused
 from tether.agent.gate import ResponseGate
+from tether.agent.jobs import JobRunner
+from tether.agent.journal import Journal
 from tether.agent.state import StateDir
 from tether.protocol import (
     MAX_FRAME_BYTES,
     CloseCode,
     Heartbeat,
     Hello,
+    JobAck,
+    JobCancel,
     JobRequest,
     Policy,
     ProtocolError,
@@ -77,6 +82,7 @@ class AgentConnection:
         handlers: dict[str, Handler] | None = None,
         backoff: Backoff | None = None,
         disable_response: bool = False,
+        journal: Journal | None = None,
     ) -> None:
         self._state = state
         self._identity = state.identity()
@@ -84,12 +90,19 @@ class AgentConnection:
         self._handlers = HANDLERS if handlers is None else handlers
         # Off by the command-line flag or by the file in the state directory, whichever is set.
         self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
+        self.jobs = JobRunner(journal or Journal(state.journal), self._handlers, self.gate)
         self._backoff = backoff or Backoff()
         self._ssl = client_ssl_context(state)
         self.connected = asyncio.Event()
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only by raising AgentRefused or being cancelled."""
+        try:
+            await self._reconnect_forever()
+        finally:
+            await self.jobs.stop()
+
+    async def _reconnect_forever(self) -> None:
         attempt = 0
         while True:
             # Checked before every attempt: a long-running agent can outlive its certificate.
@@ -156,9 +169,16 @@ class AgentConnection:
             log.info("Connected to %s as host %s", self._identity.agent_url, welcome.host_id)
             self.connected.set()
             beats = asyncio.create_task(self._heartbeats(websocket, welcome.heartbeat_seconds))
+
+            async def send(text: str) -> None:
+                with contextlib.suppress(ConnectionClosed):
+                    await websocket.send(text)
+
             try:
+                await self.jobs.attach(send)
                 await self._serve(websocket)
             finally:
+                self.jobs.detach()
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beats
@@ -194,34 +214,31 @@ class AgentConnection:
                 await websocket.send(Heartbeat().model_dump_json())
 
     async def _serve(self, websocket: ClientConnection) -> None:
-        running: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                try:
-                    frame = await websocket.recv()
-                except ConnectionClosed as exc:
-                    self._raise_if_final(exc)
-                    raise
-                message = parse_platform_message(frame)
-                if isinstance(message, Policy):
-                    self.gate.apply(message)
-                    log.info(
-                        "Policy from the platform: segment %s, Active Response %s",
-                        message.segment,
-                        "on" if message.active_response else "off",
-                    )
-                elif isinstance(message, JobRequest):
-                    task = asyncio.create_task(self._run_job(websocket, message))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-        finally:
-            for task in running:
-                task.cancel()
+        # Handling a job message may wait on the journal and on sends; the read loop must not.
+        handling: set[asyncio.Task[None]] = set()
 
-    async def _run_job(self, websocket: ClientConnection, job: JobRequest) -> None:
-        status = await run_action(job, self._handlers, self.gate)
-        if status.state == "failed":
-            # Refusals included: the endpoint's own log shows what it would not run, and why.
-            log.warning("Job %s (%s) failed: %s", job.job_id, job.action, status.error)
-        with contextlib.suppress(ConnectionClosed):
-            await websocket.send(status.model_dump_json())
+        def spawn(work: Coroutine[Any, Any, None]) -> None:
+            task = asyncio.create_task(work)
+            handling.add(task)
+            task.add_done_callback(handling.discard)
+
+        while True:
+            try:
+                frame = await websocket.recv()
+            except ConnectionClosed as exc:
+                self._raise_if_final(exc)
+                raise
+            message = parse_platform_message(frame)
+            if isinstance(message, Policy):
+                self.gate.apply(message)
+                log.info(
+                    "Policy from the platform: segment %s, Active Response %s",
+                    message.segment,
+                    "on" if message.active_response else "off",
+                )
+            elif isinstance(message, JobRequest):
+                spawn(self.jobs.on_job(message))
+            elif isinstance(message, JobCancel):
+                spawn(self.jobs.on_cancel(message))
+            elif isinstance(message, JobAck):
+                self.jobs.on_ack(message)

@@ -48,6 +48,11 @@ class StateDir:
         return self.root / "identity.json"
 
     @property
+    def journal(self) -> Path:
+        """The jobs this agent was given and the results it still owes (tether.agent.journal)."""
+        return self.root / "journal.db"
+
+    @property
     def response_switch(self) -> Path:
         """While this file exists, the agent refuses response actions (docs/adr/0009).
 

@@ -14,9 +14,14 @@ from tether.protocol.enrollment import (
 )
 from tether.protocol.errors import ProtocolError
 from tether.protocol.messages import (
+    FINAL_AGENT_STATES,
+    MAX_OUTPUT_TEXT,
     AgentMessage,
     Heartbeat,
     Hello,
+    JobAck,
+    JobCancel,
+    JobOutput,
     JobRequest,
     JobStatus,
     OsInfo,
@@ -37,7 +42,9 @@ from tether.protocol.version import MAX_FRAME_BYTES, PROTOCOL_VERSION
 
 __all__ = [
     "ACTIONS",
+    "FINAL_AGENT_STATES",
     "MAX_FRAME_BYTES",
+    "MAX_OUTPUT_TEXT",
     "MFA_REQUIRED_ROLES",
     "PROTOCOL_VERSION",
     "ROLE_PERMISSIONS",
@@ -50,6 +57,9 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "InvalidEnrollmentToken",
+    "JobAck",
+    "JobCancel",
+    "JobOutput",
     "JobRequest",
     "JobStatus",
     "NoopArgs",

@@ -51,14 +51,44 @@ class Heartbeat(_Message):
     type: Literal["heartbeat"] = "heartbeat"
 
 
+JobId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+# What an agent may report about a job. `expired` and a `cancelled` while queued are decided by
+# the platform alone: the agent never saw those jobs.
+AgentJobState = Literal["delivered", "running", "succeeded", "failed", "timed_out", "cancelled"]
+FINAL_AGENT_STATES: frozenset[str] = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+
+
 class JobStatus(_Message):
     """The agent's acknowledgement of a job's state change, with the result once it has one."""
 
     type: Literal["job.status"] = "job.status"
-    job_id: Annotated[str, Field(min_length=1, max_length=64)]
-    state: Literal["delivered", "running", "succeeded", "failed"]
+    job_id: JobId
+    state: AgentJobState
     result: dict[str, Any] | None = None
     error: Annotated[str, Field(max_length=4096)] | None = None
+
+
+# Structured result rows from scripts: flat, bounded, scalar values only, so the platform can
+# store, show and export them as CSV without interpreting anything an endpoint sent.
+RowKey = Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
+RowValue = Annotated[str, Field(max_length=4096)] | int | float | bool | None
+OutputStream = Literal["stdout", "stderr", "log", "notice", "row"]
+MAX_OUTPUT_TEXT = 64 * 1024
+
+
+class JobOutput(_Message):
+    """One piece of a running job's output, numbered so a resend after a reconnect is harmless.
+
+    `text` carries stdout, stderr, log and notice chunks; `fields` carries one result row.
+    """
+
+    type: Literal["job.output"] = "job.output"
+    job_id: JobId
+    seq: Annotated[int, Field(ge=0, le=10_000_000)]
+    stream: OutputStream
+    text: Annotated[str, Field(max_length=MAX_OUTPUT_TEXT)] | None = None
+    fields: Annotated[dict[RowKey, RowValue], Field(max_length=64)] | None = None
 
 
 class Welcome(_Message):
@@ -83,19 +113,46 @@ class Policy(_Message):
 
 
 class JobRequest(_Message):
-    """A job for the agent to run; the action names one of `tether.protocol.ACTIONS`."""
+    """A job for the agent to run; the action names one of `tether.protocol.ACTIONS`.
+
+    Sent again after a reconnect while the platform has no final state for it: the agent answers
+    a job id it already holds with the state it has, and never runs it twice.
+    """
 
     type: Literal["job"] = "job"
-    job_id: Annotated[str, Field(min_length=1, max_length=64)]
+    job_id: JobId
     action: Annotated[str, Field(min_length=1, max_length=64)]
     args: dict[str, Any]
+    timeout_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+    # Past this moment the agent refuses to start the job: a stale destructive action must not
+    # run days later because a host came back.
+    not_after: datetime | None = None
+    # A round trip with no job record on the platform (reachability pings): the agent runs it
+    # without journaling. Only actions that are not response actions may be sent this way.
+    ephemeral: StrictBool = False
 
 
-AgentMessage = Annotated[Hello | Heartbeat | JobStatus, Field(discriminator="type")]
-PlatformMessage = Annotated[Welcome | Policy | JobRequest, Field(discriminator="type")]
+class JobCancel(_Message):
+    """Stop a job the agent holds; it answers with the job's final state."""
 
-_agent_adapter: TypeAdapter[Hello | Heartbeat | JobStatus] = TypeAdapter(AgentMessage)
-_platform_adapter: TypeAdapter[Welcome | Policy | JobRequest] = TypeAdapter(PlatformMessage)
+    type: Literal["job.cancel"] = "job.cancel"
+    job_id: JobId
+
+
+class JobAck(_Message):
+    """The platform has stored these jobs' final states: the agent may forget their results."""
+
+    type: Literal["job.ack"] = "job.ack"
+    job_ids: Annotated[list[JobId], Field(min_length=1, max_length=1000)]
+
+
+AnyAgentMessage = Hello | Heartbeat | JobStatus | JobOutput
+AnyPlatformMessage = Welcome | Policy | JobRequest | JobCancel | JobAck
+AgentMessage = Annotated[AnyAgentMessage, Field(discriminator="type")]
+PlatformMessage = Annotated[AnyPlatformMessage, Field(discriminator="type")]
+
+_agent_adapter: TypeAdapter[AnyAgentMessage] = TypeAdapter(AgentMessage)
+_platform_adapter: TypeAdapter[AnyPlatformMessage] = TypeAdapter(PlatformMessage)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -104,7 +161,7 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def parse_agent_message(frame: str | bytes) -> Hello | Heartbeat | JobStatus:
+def parse_agent_message(frame: str | bytes) -> AnyAgentMessage:
     """Validate one text frame from an agent, raising ProtocolError with the first problem."""
     if isinstance(frame, bytes):
         raise ProtocolError("A binary frame arrived where a JSON control message was expected.")
@@ -114,7 +171,7 @@ def parse_agent_message(frame: str | bytes) -> Hello | Heartbeat | JobStatus:
         raise ProtocolError(f"Malformed agent message ({_first_error(exc)}).") from exc
 
 
-def parse_platform_message(frame: str | bytes) -> Welcome | Policy | JobRequest:
+def parse_platform_message(frame: str | bytes) -> AnyPlatformMessage:
     """Validate one text frame from the platform, raising ProtocolError with the first problem."""
     if isinstance(frame, bytes):
         raise ProtocolError("A binary frame arrived where a JSON control message was expected.")

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
     hello_timeout_seconds: float = Field(default=10.0, gt=0)
     last_seen_flush_seconds: float = Field(default=5.0, gt=0)
+    # How often queued jobs are checked for expiry and for hosts another process woke.
+    job_sweep_seconds: float = Field(default=5.0, gt=0)
     session_idle_minutes: int = Field(default=30, ge=1)
     session_lifetime_hours: int = Field(default=12, ge=1)
     log_level: str = "info"

@@ -62,6 +62,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         hosts=platform.hosts,
         presence=platform.presence,
         policies=platform.policies,
+        dispatcher=platform.dispatcher,
         audit=platform.audit,
         heartbeat_seconds=settings.heartbeat_seconds,
         hello_timeout=settings.hello_timeout_seconds,
@@ -94,6 +95,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     api_task = asyncio.create_task(api_server.serve())
     # Expired sessions and login attempts older than the throttle windows.
     purger = asyncio.create_task(platform.users.run_purger(600))
+    sweeper = asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds))
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,12 +131,10 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
                 await agent_server.wait_closed()
         with contextlib.suppress(Exception):
             await api_task
-        flusher.cancel()
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        for task in (flusher, purger, sweeper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await platform.close()
 
 

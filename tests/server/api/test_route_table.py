@@ -7,6 +7,7 @@ Requests that would change state aim at things that do not exist (404) or carry 
 service refuses after the permission check (422), so every cell can run against one platform.
 """
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,8 @@ READERS = (401, 200, 200, 403, 200, 200)
 ADMINS = (401, 403, 403, 403, 200, 200)
 ADMINS_404 = (401, 403, 403, 403, 404, 404)
 RESPONDERS = (401, 403, 200, 403, 403, 200)
+RESULTS = (401, 200, 200, 403, 403, 200)
+RESULTS_404 = (401, 404, 404, 403, 403, 404)
 
 ROWS = [
     # Public.
@@ -80,6 +83,14 @@ ROWS = [
     Row("POST", "/api/v1/hosts/ping", ADMINS, body={"hosts": [], "timeout_seconds": 1}),
     Row("POST", "/api/v1/hosts/{ref}/move", ADMINS_404, url="/api/v1/hosts/ghost/move", body={"segment": "matrix"}),
     Row("GET", "/api/v1/hosts/{ref}/response-access", RESPONDERS, when_off=(401, 403, 403, 403, 403, 403), url="/api/v1/hosts/{host}/response-access"),
+    # Jobs. The no-op is not a response action: it needs hosts.manage, which admins hold.
+    Row("GET", "/api/v1/actions", RESULTS),
+    Row("POST", "/api/v1/jobs", (401, 403, 403, 403, 201, 201), body={"action": "system.noop", "hosts": ["{host}"]}),
+    Row("GET", "/api/v1/jobs", RESULTS),
+    Row("GET", "/api/v1/jobs/{job_id}", RESULTS_404, url="/api/v1/jobs/ghost"),
+    Row("GET", "/api/v1/jobs/{job_id}/output", RESULTS_404, url="/api/v1/jobs/ghost/output"),
+    Row("POST", "/api/v1/jobs/{job_id}/cancel", (401, 403, 404, 403, 403, 404), url="/api/v1/jobs/ghost/cancel"),
+    Row("GET", "/api/v1/batches/{batch_id}", RESULTS_404, url="/api/v1/batches/ghost"),
     # Segments.
     Row("GET", "/api/v1/segments", READERS),
     Row("POST", "/api/v1/segments", (401, 403, 403, 403, 422, 422), body={"name": "bad/name"}),
@@ -172,9 +183,8 @@ async def test_route_matrix(
             auth = headers[caller]
             if row.own_session and caller != "anonymous":
                 auth = await _login_as(caller, platform, client, secrets)
-            response = await client.request(
-                row.method, url, headers=auth, json=row.body if row.body is not None else None
-            )
+            body = json.loads(json.dumps(row.body).replace("{host}", host))
+            response = await client.request(row.method, url, headers=auth, json=body)
             if response.status_code != status:
                 wrong.append(
                     f"{row.method} {row.path} as {caller}: {response.status_code}, "

@@ -14,6 +14,8 @@ from tether.server.errors import PlatformError
 from tether.server.store.db import utcnow
 
 _ids = itertools.count(1)
+# Calls (round trips with no job record) are numbered apart from jobs, whose ids are UUID hex.
+CALL_PREFIX = "call-"
 
 
 class ActionFailed(PlatformError):
@@ -30,32 +32,41 @@ class AgentConnection:
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        job_id = f"c{next(_ids)}"
+        job_id = f"{CALL_PREFIX}{next(_ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[job_id] = future
         try:
             await self._ws.send(
-                JobRequest(job_id=job_id, action=action, args=args).model_dump_json()
+                JobRequest(
+                    job_id=job_id, action=action, args=args, ephemeral=True
+                ).model_dump_json()
             )
             async with asyncio.timeout(timeout):
                 return await future
         finally:
             self._waiting.pop(job_id, None)
 
+    async def send_text(self, text: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._ws.send(text)
+
     async def send_policy(self, policy: Policy) -> None:
         # A closed connection needs no policy: the agent gets a fresh one when it reconnects.
         with contextlib.suppress(ConnectionClosed):
             await self._ws.send(policy.model_dump_json())
 
-    def resolve(self, status: JobStatus) -> None:
-        """Hand a final status to whoever waits for it; unknown job ids are ignored."""
+    def resolve(self, status: JobStatus) -> bool:
+        """Hand a final status of a call to whoever waits for it; False if it is no call's."""
         future = self._waiting.get(status.job_id)
-        if future is None or future.done():
-            return
+        if future is None:
+            return False
+        if future.done():
+            return True
         if status.state == "succeeded":
             future.set_result(status.result or {})
         elif status.state == "failed":
             future.set_exception(ActionFailed(status.error or "The agent reported a failure."))
+        return True
 
     def fail_pending(self, reason: str) -> None:
         for future in self._waiting.values():

@@ -20,13 +20,15 @@ from tether.protocol import (
     CloseCode,
     Heartbeat,
     Hello,
+    JobOutput,
     JobStatus,
     ProtocolError,
     Welcome,
     parse_agent_message,
 )
-from tether.server.gateway.connection import AgentConnection
+from tether.server.gateway.connection import CALL_PREFIX, AgentConnection
 from tether.server.services.audit import AuditLog
+from tether.server.services.dispatch import Dispatcher
 from tether.server.services.hosts import CertificateStatus, Hosts
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
@@ -173,6 +175,7 @@ class AgentGateway:
         hosts: Hosts,
         presence: Presence,
         policies: PolicyDelivery,
+        dispatcher: Dispatcher,
         audit: AuditLog,
         heartbeat_seconds: int,
         hello_timeout: float,
@@ -180,6 +183,7 @@ class AgentGateway:
         self._hosts = hosts
         self._presence = presence
         self._policies = policies
+        self._dispatcher = dispatcher
         self._audit = audit
         self._heartbeat = heartbeat_seconds
         self._hello_timeout = hello_timeout
@@ -263,6 +267,8 @@ class AgentGateway:
             # Read after attaching: a change committed from here on is published to this link
             # too, and one committed before is in this read (see PolicyDelivery).
             await self._policies.deliver(link)
+            # After the policy: the agent refuses response actions until it has one.
+            await self._dispatcher.host_connected(link)
             log.info("Agent %s (%s) connected from %s", hello.hostname, status.host_id, _peer(ws))
             await self._read_loop(ws, link, status)
         except ConnectionClosed:
@@ -330,8 +336,8 @@ class AgentGateway:
                 )
                 return
             self._presence.touch(status.host_id)
-            if isinstance(message, JobStatus):
-                link.resolve(message)
+            if isinstance(message, JobStatus | JobOutput):
+                await self._job_message(link, message)
             elif isinstance(message, Heartbeat):
                 continue
             else:
@@ -343,6 +349,21 @@ class AgentGateway:
                     details={},
                 )
                 return
+
+    async def _job_message(self, link: AgentConnection, message: JobStatus | JobOutput) -> None:
+        if message.job_id.startswith(CALL_PREFIX):
+            if isinstance(message, JobStatus):
+                link.resolve(message)
+            return
+        try:
+            if isinstance(message, JobStatus):
+                await self._dispatcher.on_status(link.host_id, message)
+            else:
+                await self._dispatcher.on_output(link.host_id, message)
+        except Exception:
+            # The agent keeps what it sent until the platform acknowledges it, and sends it
+            # again after its next connect: log and carry on rather than drop the connection.
+            log.exception("Could not record %s from host %s", message.type, link.host_id)
 
     async def _audit_bad_close(self, ws: ServerConnection, status: CertificateStatus) -> None:
         """Record connections the WebSocket layer itself closed for a protocol violation."""

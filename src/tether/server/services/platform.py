@@ -9,8 +9,11 @@ from tether.server.config import Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
+from tether.server.services.dispatch import Dispatcher
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.hosts import Hosts
+from tether.server.services.job_events import JobEvents
+from tether.server.services.jobs import Jobs
 from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
@@ -47,6 +50,8 @@ class Platform:
     policies: PolicyDelivery
     segments: Segments
     access: ResponseAccess
+    dispatcher: Dispatcher
+    jobs: Jobs
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -57,6 +62,9 @@ class Platform:
         policies = PolicyDelivery(engine, presence)
         users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
         team = Team(engine, audit, users)
+        access = ResponseAccess(engine)
+        events = JobEvents()
+        dispatcher = Dispatcher(engine, presence, access, events)
         return cls(
             settings=settings,
             engine=engine,
@@ -71,7 +79,9 @@ class Platform:
             reachability=Reachability(presence, audit),
             policies=policies,
             segments=Segments(engine, audit, policies),
-            access=ResponseAccess(engine),
+            access=access,
+            dispatcher=dispatcher,
+            jobs=Jobs(engine, audit, access, dispatcher, events),
         )
 
     async def close(self) -> None:

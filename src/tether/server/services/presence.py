@@ -30,6 +30,11 @@ class AgentLink(Protocol):
         """Run an action on the agent and return its result."""
         ...
 
+    async def send_text(self, text: str) -> None:
+        """Send one control message; a closed connection is not an error (the database still
+        holds whatever it was about, and the next connection gets it)."""
+        ...
+
     async def send_policy(self, policy: Policy) -> None:
         """Tell the agent what its segment allows; a closed connection is not an error."""
         ...

@@ -9,7 +9,9 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -171,4 +173,66 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# One submission of an action to a selection of hosts; its jobs share the one progress view.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("action", String(64), nullable=False),
+    # The validated arguments as canonical JSON, whole (a script's full text included).
+    Column("args", Text, nullable=False),
+    # What was asked for: "hosts", "segment:NAME" or "all".
+    Column("selection", String(128), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# One action for one host (DESIGN.md section 3). The agent acknowledges every state after queued.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("batch_id", String(36), ForeignKey("batches.id"), nullable=False, index=True),
+    Column("host_id", String(36), ForeignKey("hosts.id"), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    # A queued job not delivered by then expires; `not_after` also stops a delivered one from
+    # starting late on the endpoint.
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=True),
+    Column("timeout_seconds", Float, nullable=False),
+    # Set when the job was last sent: a cancel after that must go through the agent.
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("cancel_requested_by", String(128), nullable=True),
+    Column("result", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("output_bytes", BigInteger, nullable=False, default=0),
+    Column("output_count", Integer, nullable=False, default=0),
+    # The dispatcher reads a host's unfinished jobs at every connect.
+    Index("ix_jobs_host_state", "host_id", "state"),
+    Index("ix_jobs_state_expires", "state", "expires_at"),
+)
+
+# Streamed output and result rows of a job, in the order the platform stored them.
+job_output = Table(
+    "job_output",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("job_id", String(36), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    # The agent's numbering: a piece sent again after a reconnect is recognised and ignored.
+    Column("seq", Integer, nullable=False),
+    Column("stream", String(8), nullable=False),
+    Column("text", Text, nullable=True),
+    Column("fields", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("job_id", "seq", name="uq_job_output_job_seq"),
 )

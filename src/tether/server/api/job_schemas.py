@@ -1,0 +1,93 @@
+"""Request and response bodies of the jobs API."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class JobSubmit(BaseModel):
+    """An action for named hosts, a segment, or every host (exactly one of the three)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Annotated[str, Field(min_length=1, max_length=64)]
+    args: dict[str, Any] = Field(default_factory=dict)
+    hosts: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=255)]], Field(max_length=10_000)
+        ]
+        | None
+    ) = None
+    segment: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    all: bool = False
+    # How long a job waits for an offline host (default 7 days).
+    ttl_seconds: Annotated[int, Field(ge=1, le=30 * 24 * 3600)] | None = None
+    # Never start after this moment, even if the host comes back before the job expires.
+    not_after: datetime | None = None
+    timeout_seconds: Annotated[float, Field(ge=1, le=24 * 3600)] | None = None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "JobSubmit":
+        chosen = sum((self.hosts is not None, self.segment is not None, self.all))
+        if chosen != 1:
+            raise ValueError("name hosts, a segment, or all hosts: exactly one of them")
+        return self
+
+
+class JobOut(BaseModel):
+    id: str
+    batch_id: str
+    host_id: str
+    hostname: str
+    action: str
+    state: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    not_after: datetime | None
+    timeout_seconds: float
+    delivered_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_by: str | None
+    error: str | None
+    result: dict[str, Any] | None = None
+    args: dict[str, Any] | None = None
+
+
+class BatchOut(BaseModel):
+    id: str
+    action: str
+    selection: str
+    created_by: str
+    created_at: datetime
+    # Jobs of the batch by state: the one progress view of a batch.
+    counts: dict[str, int]
+    jobs: list[JobOut]
+    # Hosts left out at submission, with the reason (segment switch off, revoked, ...).
+    refused: dict[str, str] = Field(default_factory=dict)
+
+
+class OutputPieceOut(BaseModel):
+    id: int
+    seq: int
+    stream: str
+    text: str | None
+    fields: dict[str, Any] | None
+
+
+class JobFollowOut(BaseModel):
+    job: JobOut
+    output: list[OutputPieceOut]
+    # Pass as `after` to get only what came next.
+    cursor: int
+
+
+class ActionOut(BaseModel):
+    name: str
+    description: str
+    permission: str
+    response: bool
+    timeout_seconds: float
+    args_schema: dict[str, Any]

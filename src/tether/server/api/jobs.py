@@ -1,0 +1,143 @@
+"""Jobs: submit an action to hosts, a segment or the estate; follow, list and cancel."""
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from tether.protocol import ACTIONS, Permission
+from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.job_schemas import (
+    ActionOut,
+    BatchOut,
+    JobFollowOut,
+    JobOut,
+    JobSubmit,
+    OutputPieceOut,
+)
+from tether.server.services.jobs import BatchView, JobView, Selection
+from tether.server.services.users import User
+
+router = APIRouter(tags=["jobs"])
+
+Reader = Annotated[User, Depends(require(Permission.RESULTS_READ))]
+JobState = Literal[
+    "queued", "delivered", "running", "succeeded", "failed", "timed_out", "cancelled", "expired"
+]
+
+
+def _job(view: JobView) -> JobOut:
+    return JobOut(**view.__dict__)
+
+
+def _batch(view: BatchView) -> BatchOut:
+    return BatchOut(
+        id=view.id,
+        action=view.action,
+        selection=view.selection,
+        created_by=view.created_by,
+        created_at=view.created_at,
+        counts=view.counts,
+        jobs=[_job(j) for j in view.jobs],
+        refused=view.refused,
+    )
+
+
+@router.get("/actions", response_model=list[ActionOut])
+async def list_actions(_user: Reader) -> list[ActionOut]:
+    """Every action an agent can run, with its argument schema (declared in tether.protocol)."""
+    return [
+        ActionOut(
+            name=spec.name,
+            description=spec.description,
+            permission=spec.permission.value,
+            response=spec.response,
+            timeout_seconds=spec.timeout_seconds,
+            args_schema=spec.args.model_json_schema(),
+        )
+        for spec in ACTIONS.values()
+    ]
+
+
+@router.post("/jobs", response_model=BatchOut, status_code=201)
+async def submit_job(
+    body: JobSubmit,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.HOSTS_READ))],
+) -> BatchOut:
+    """Queue the action for each selected host; online hosts get it at once.
+
+    Seeing hosts is the least a caller needs; the rest depends on the action (its declared
+    permission; for a response action the Active Response role, a passed second factor and a
+    segment with Active Response on) and is checked by the service.
+    """
+    host_ids = None
+    if body.hosts is not None:
+        host_ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
+    batch = await platform.jobs.submit(
+        user,
+        body.action,
+        body.args,
+        Selection(host_ids=host_ids, segment=body.segment, everything=body.all),
+        ttl=timedelta(seconds=body.ttl_seconds) if body.ttl_seconds is not None else None,
+        not_after=body.not_after,
+        timeout_seconds=body.timeout_seconds,
+        source=source_of(request),
+    )
+    return _batch(batch)
+
+
+@router.get("/jobs", response_model=list[JobOut])
+async def list_jobs(
+    platform: PlatformDep,
+    _user: Reader,
+    state: Annotated[list[JobState] | None, Query()] = None,
+    host: str | None = None,
+    batch: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> list[JobOut]:
+    host_id = (await platform.hosts.get(host)).id if host is not None else None
+    views = await platform.jobs.find(
+        states=list(state) if state else None, host_id=host_id, batch_id=batch, limit=limit
+    )
+    return [_job(v) for v in views]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+async def get_job(job_id: str, platform: PlatformDep, _user: Reader) -> JobOut:
+    return _job(await platform.jobs.get(job_id))
+
+
+@router.get("/jobs/{job_id}/output", response_model=JobFollowOut)
+async def follow_job(
+    job_id: str,
+    platform: PlatformDep,
+    _user: Reader,
+    after: Annotated[int, Query(ge=0)] = 0,
+    wait: Annotated[float, Query(ge=0, le=30)] = 0,
+) -> JobFollowOut:
+    """Output stored after `after`; with `wait`, hold the answer until there is some or the
+    job ends (long poll, at most 30 s)."""
+    job, pieces = await platform.jobs.follow(job_id, after=after, wait=wait)
+    return JobFollowOut(
+        job=_job(job),
+        output=[OutputPieceOut(**p.__dict__) for p in pieces],
+        cursor=pieces[-1].id if pieces else after,
+    )
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut)
+async def cancel_job(
+    job_id: str,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.ACTIVE_RESPONSE))],
+) -> JobOut:
+    """Cancel a pending job at once, or ask the agent to stop a delivered or running one."""
+    return _job(await platform.jobs.cancel(job_id, user, source=source_of(request)))
+
+
+@router.get("/batches/{batch_id}", response_model=BatchOut)
+async def get_batch(batch_id: str, platform: PlatformDep, _user: Reader) -> BatchOut:
+    return _batch(await platform.jobs.batch(batch_id))

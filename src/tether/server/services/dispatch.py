@@ -1,0 +1,443 @@
+"""The agent's side of jobs on the platform: send, re-send, record acknowledgements and output.
+
+The database is the truth: a job is sent only after an update marked it sent, and its state moves
+only on what its own host's agent acknowledges, in lifecycle order (DESIGN.md section 3). Every
+host-side condition is checked again right before sending (`ResponseAccess.dispatch_refusals`): a
+queued job whose host left an Active Response segment fails with that reason and is never sent.
+"""
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.protocol import (
+    ACTIONS,
+    FINAL_AGENT_STATES,
+    JobAck,
+    JobCancel,
+    JobOutput,
+    JobRequest,
+    JobStatus,
+)
+from tether.server.services.access import ResponseAccess
+from tether.server.services.batching import Coalesced
+from tether.server.services.job_events import JobEvents
+from tether.server.services.presence import AgentLink, Presence
+from tether.server.store.db import as_utc, insert_ignoring_duplicates, utcnow
+from tether.server.store.tables import batches, job_output, jobs
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset(FINAL_AGENT_STATES | {"expired"})
+UNFINISHED = ("queued", "delivered", "running")
+_RANK = {"queued": 0, "delivered": 1, "running": 2}
+# After its time limit, how long a delivered job may stay silent before the platform gives up.
+REPORT_GRACE = timedelta(minutes=10)
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """What the platform keeps of one job's output, whatever the agent sends."""
+
+    max_bytes: int = 16 * 1024 * 1024
+    max_pieces: int = 100_000
+
+
+def _expired_reason(row: Any, now: datetime) -> str | None:
+    not_after = as_utc(row.not_after)
+    if not_after is not None and not_after < now:
+        return (
+            f"The job was not delivered before its not-after time ({not_after:%Y-%m-%d %H:%M} UTC)."
+        )
+    expires = as_utc(row.expires_at)
+    if expires is not None and expires < now:
+        return (
+            f"The host did not come online before the job expired ({expires:%Y-%m-%d %H:%M} UTC)."
+        )
+    return None
+
+
+def job_request(row: Any) -> JobRequest:
+    """The frame for a stored job; the agent refuses to start it after its expiry or not-after."""
+    stops = [t for t in (as_utc(row.not_after), as_utc(row.expires_at)) if t is not None]
+    return JobRequest(
+        job_id=row.id,
+        action=row.action,
+        args=json.loads(row.args),
+        timeout_seconds=row.timeout_seconds,
+        not_after=min(stops) if stops else None,
+    )
+
+
+class Dispatcher:
+    """Sends jobs to connected agents and records what they acknowledge."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        presence: Presence,
+        access: ResponseAccess,
+        events: JobEvents,
+        limits: OutputLimits | None = None,
+    ) -> None:
+        self._engine = engine
+        self._presence = presence
+        self._access = access
+        self._events = events
+        self._limits = limits or OutputLimits()
+        # A reconnect storm brings thousands of hosts at once: one read covers all of them.
+        self._unfinished: Coalesced[None, dict[str, list[Any]]] = Coalesced(self._read_unfinished)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def host_connected(self, link: AgentLink) -> None:
+        """Send a reconnected host everything it is owed: queued jobs, resends, cancels."""
+        rows = (await self._unfinished.submit(link.host_id, None)).get(link.host_id, [])
+        if rows:
+            await self._send(rows)
+
+    async def dispatch(self, job_ids: list[str]) -> None:
+        """Send freshly queued jobs to those of their hosts that are online in this process."""
+        rows: list[Any] = []
+        async with self._engine.connect() as conn:
+            for start in range(0, len(job_ids), _CHUNK):
+                chunk = job_ids[start : start + _CHUNK]
+                rows += (
+                    await conn.execute(
+                        self._job_query().where(jobs.c.id.in_(chunk), jobs.c.state == "queued")
+                    )
+                ).all()
+        await self._send([r for r in rows if self._presence.is_online(r.host_id)])
+
+    async def dispatch_waiting(self) -> None:
+        """Send queued jobs of hosts online here that no wake-up reached (another process
+        queued them, or a wake-up was lost)."""
+        online = self._presence.online_ids()
+        if not online:
+            return
+        rows: list[Any] = []
+        async with self._engine.connect() as conn:
+            for start in range(0, len(online), _CHUNK):
+                rows += (
+                    await conn.execute(
+                        self._job_query().where(
+                            jobs.c.state == "queued",
+                            jobs.c.sent_at.is_(None),
+                            jobs.c.host_id.in_(online[start : start + _CHUNK]),
+                        )
+                    )
+                ).all()
+        if rows:
+            await self._send(rows)
+
+    @staticmethod
+    def _job_query() -> Any:
+        return select(
+            jobs.c.id,
+            jobs.c.host_id,
+            jobs.c.action,
+            jobs.c.state,
+            jobs.c.expires_at,
+            jobs.c.not_after,
+            jobs.c.timeout_seconds,
+            jobs.c.sent_at,
+            jobs.c.cancel_requested_by,
+            batches.c.args,
+        ).join(batches, batches.c.id == jobs.c.batch_id)
+
+    async def _read_unfinished(self, hosts: dict[str, None]) -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = {}
+        wanted = list(hosts)
+        async with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                rows = await conn.execute(
+                    self._job_query()
+                    .where(
+                        jobs.c.host_id.in_(wanted[start : start + _CHUNK]),
+                        jobs.c.state.in_(UNFINISHED),
+                    )
+                    .order_by(jobs.c.created_at)
+                )
+                for row in rows:
+                    found.setdefault(row.host_id, []).append(row)
+        return found
+
+    async def _send(self, rows: list[Any]) -> None:
+        now = utcnow()
+        queued = [r for r in rows if r.state == "queued" and r.cancel_requested_by is None]
+        ended: dict[str, tuple[str, str]] = {}
+        for row in queued:
+            reason = _expired_reason(row, now)
+            if reason is not None:
+                ended[row.id] = ("expired", reason)
+        response_hosts = sorted(
+            {r.host_id for r in queued if r.id not in ended and _is_response(r.action)}
+        )
+        refusals = await self._access.dispatch_refusals(response_hosts) if response_hosts else {}
+        for row in queued:
+            if row.id not in ended and _is_response(row.action) and row.host_id in refusals:
+                ended[row.id] = ("failed", f"Not sent: {refusals[row.host_id]}")
+        if ended:
+            await self._end_queued(ended, now)
+        to_send = [r for r in queued if r.id not in ended]
+        sent = await self._mark_sent([r.id for r in to_send], now) if to_send else set()
+        for row in rows:
+            link = self._presence.link(row.host_id)
+            if link is None:
+                continue
+            if row.id in sent or (row.state != "queued" and row.id not in ended):
+                # Unfinished jobs are sent again: the agent answers with the state it holds.
+                await link.send_text(job_request(row).model_dump_json())
+            if row.cancel_requested_by is not None:
+                await link.send_text(JobCancel(job_id=row.id).model_dump_json())
+
+    async def _end_queued(self, ended: dict[str, tuple[str, str]], now: datetime) -> None:
+        statement = (
+            update(jobs)
+            .where(jobs.c.id == bindparam("job"), jobs.c.state == "queued")
+            .values(state=bindparam("new_state"), error=bindparam("reason"), finished_at=now)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                statement,
+                [{"job": j, "new_state": s, "reason": r} for j, (s, r) in ended.items()],
+            )
+        for job_id in ended:
+            self._events.notify(job_id)
+
+    async def _mark_sent(self, job_ids: list[str], now: datetime) -> set[str]:
+        """Mark jobs sent, only those still queued: a cancel that won the race keeps its job."""
+        sent: set[str] = set()
+        async with self._engine.begin() as conn:
+            for start in range(0, len(job_ids), _CHUNK):
+                result = await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(job_ids[start : start + _CHUNK]), jobs.c.state == "queued")
+                    .values(sent_at=now)
+                    .returning(jobs.c.id)
+                )
+                sent.update(result.scalars())
+        return sent
+
+    async def send_cancel(self, host_id: str, job_id: str) -> bool:
+        """Ask the agent to stop a job; False when the host is not connected here."""
+        link = self._presence.link(host_id)
+        if link is None:
+            return False
+        await link.send_text(JobCancel(job_id=job_id).model_dump_json())
+        return True
+
+    # -- what agents report --------------------------------------------------------------------
+
+    async def on_status(self, host_id: str, status: JobStatus) -> None:
+        """Record an acknowledgement from `host_id`'s agent and confirm final states to it."""
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.host_id, jobs.c.action, jobs.c.state, jobs.c.sent_at).where(
+                        jobs.c.id == status.job_id
+                    )
+                )
+            ).one_or_none()
+            if row is None or row.host_id != host_id:
+                # Only the agent a job was sent to may report on it.
+                log.warning(
+                    "Host %s reported on job %s, not one of its jobs", host_id, status.job_id
+                )
+                return
+            changes = _transition(row, status)
+            if changes:
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == status.job_id, jobs.c.state.in_(UNFINISHED))
+                    .values(**changes)
+                )
+        if changes:
+            self._events.notify(status.job_id)
+        if status.state in FINAL_AGENT_STATES:
+            link = self._presence.link(host_id)
+            if link is not None:
+                await link.send_text(JobAck(job_ids=[status.job_id]).model_dump_json())
+
+    async def on_output(self, host_id: str, message: JobOutput) -> None:
+        """Store one piece of output from `host_id`'s agent, within the job's limits."""
+        text = message.text
+        fields = json.dumps(message.fields, separators=(",", ":")) if message.fields else None
+        size = len(text or "") + len(fields or "")
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs.c.host_id, jobs.c.output_bytes, jobs.c.output_count).where(
+                        jobs.c.id == message.job_id
+                    )
+                )
+            ).one_or_none()
+            if row is None or row.host_id != host_id:
+                log.warning(
+                    "Host %s sent output for job %s, not one of its jobs", host_id, message.job_id
+                )
+                return
+            if (
+                row.output_bytes + size > self._limits.max_bytes
+                or row.output_count >= self._limits.max_pieces
+            ):
+                await self._note_dropped(conn, message.job_id, now)
+                return
+            stored = await conn.execute(
+                insert_ignoring_duplicates(conn, job_output).values(
+                    job_id=message.job_id,
+                    seq=message.seq,
+                    stream=message.stream,
+                    text=text,
+                    fields=fields,
+                    created_at=now,
+                )
+            )
+            if stored.rowcount:
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == message.job_id)
+                    .values(
+                        output_bytes=jobs.c.output_bytes + size,
+                        output_count=jobs.c.output_count + 1,
+                    )
+                )
+        self._events.notify(message.job_id)
+
+    async def _note_dropped(self, conn: AsyncConnection, job_id: str, now: datetime) -> None:
+        # Sequence -1 is the platform's own notice, stored once per job.
+        await conn.execute(
+            insert_ignoring_duplicates(conn, job_output).values(
+                job_id=job_id,
+                seq=-1,
+                stream="notice",
+                text=(
+                    f"The platform keeps at most {self._limits.max_bytes} bytes and "
+                    f"{self._limits.max_pieces} pieces of output per job; the rest was dropped."
+                ),
+                fields=None,
+                created_at=now,
+            )
+        )
+
+    # -- time ----------------------------------------------------------------------------------
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Expire, fail the silent, and pick up jobs queued by other processes, forever."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+                await self.dispatch_waiting()
+            except Exception:
+                log.exception("The job sweeper failed; it will try again.")
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        """Expire queued jobs past their time and fail delivered ones silent past their limit."""
+        now = now or utcnow()
+        ended: dict[str, tuple[str, str]] = {}
+        async with self._engine.connect() as conn:
+            stale = await conn.execute(
+                select(jobs.c.id, jobs.c.expires_at, jobs.c.not_after).where(
+                    jobs.c.state == "queued",
+                    or_(
+                        jobs.c.expires_at < now,
+                        and_(jobs.c.not_after.is_not(None), jobs.c.not_after < now),
+                    ),
+                )
+            )
+            for queued in stale:
+                reason = _expired_reason(queued, now)
+                if reason is not None:
+                    ended[queued.id] = ("expired", reason)
+            silent = await conn.execute(
+                select(
+                    jobs.c.id,
+                    jobs.c.state,
+                    jobs.c.timeout_seconds,
+                    jobs.c.delivered_at,
+                    jobs.c.started_at,
+                    jobs.c.sent_at,
+                ).where(jobs.c.state.in_(("delivered", "running")))
+            )
+            silent_ended: dict[str, tuple[str, str]] = {}
+            for row in silent:
+                since = as_utc(row.started_at) or as_utc(row.delivered_at) or as_utc(row.sent_at)
+                if since is None:
+                    continue
+                if since + timedelta(seconds=row.timeout_seconds) + REPORT_GRACE < now:
+                    silent_ended[row.id] = (
+                        "failed",
+                        "The agent reported no result within the job's time limit "
+                        f"({row.timeout_seconds:g} s) and {int(REPORT_GRACE.total_seconds() // 60)} "
+                        "more minutes; it may have gone away.",
+                    )
+        if ended:
+            await self._end_queued(ended, now)
+        if silent_ended:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == bindparam("job"), jobs.c.state.in_(("delivered", "running"))
+                    )
+                    .values(
+                        state=bindparam("new_state"), error=bindparam("reason"), finished_at=now
+                    ),
+                    [{"job": j, "new_state": s, "reason": r} for j, (s, r) in silent_ended.items()],
+                )
+            for job_id in silent_ended:
+                self._events.notify(job_id)
+        return len(ended) + len(silent_ended)
+
+
+def _is_response(action: str) -> bool:
+    spec = ACTIONS.get(action)
+    # An action this platform does not declare is treated as one: fail closed.
+    return spec is None or spec.response
+
+
+def _transition(row: Any, status: JobStatus) -> dict[str, Any]:
+    """The column changes an acknowledgement makes, or nothing when it is stale or invalid."""
+    current = row.state
+    if current in FINAL_STATES:
+        return {}
+    if current == "queued" and row.sent_at is None:
+        return {}  # never sent: nothing the agent says about it can be true
+    now = utcnow()
+    if status.state in _RANK:
+        if _RANK[status.state] <= _RANK[current]:
+            return {}
+        changes: dict[str, Any] = {"state": status.state}
+        if current == "queued":
+            changes["delivered_at"] = now
+        if status.state == "running":
+            changes["started_at"] = now
+        return changes
+    changes = {"state": status.state, "finished_at": now, "error": status.error}
+    if current == "queued":
+        changes["delivered_at"] = now
+    if status.state == "succeeded":
+        spec = ACTIONS.get(row.action)
+        try:
+            if spec is None:
+                raise ValueError("no such action")
+            result = spec.result.model_validate(status.result or {})
+        except (ValidationError, ValueError) as exc:
+            problem = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            changes.update(
+                state="failed",
+                error=f"The agent's result for {row.action} is not valid ({problem}), so it was discarded.",
+            )
+        else:
+            changes["result"] = result.model_dump_json()
+    return changes

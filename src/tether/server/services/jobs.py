@@ -1,0 +1,406 @@
+"""The analyst's side of jobs: submit an action to a selection, follow it, cancel it.
+
+A submission is checked (the action's permission; for a response action the Active Response role,
+the second factor and each host's segment), persisted as one batch of per-host jobs and audited
+with its full arguments before the analyst gets an answer; only then are jobs sent to the hosts
+that are online (DESIGN.md section 3).
+"""
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.protocol import ACTIONS, ActionSpec
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
+from tether.server.services.access import ResponseAccess, host_refusal, user_refusal
+from tether.server.services.audit import AuditLog
+from tether.server.services.dispatch import FINAL_STATES, Dispatcher
+from tether.server.services.job_events import JobEvents
+from tether.server.services.users import User
+from tether.server.store.db import as_utc, utcnow
+from tether.server.store.tables import batches, hosts, job_output, jobs, segments
+
+DEFAULT_TTL = timedelta(days=7)
+MAX_TTL = timedelta(days=30)
+MAX_TIMEOUT_SECONDS = 24 * 3600
+# Host ids written into a batch's audit record; beyond this the record names the count.
+_AUDITED_HOSTS = 1000
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which hosts a submission is for: named hosts, a segment, or every host."""
+
+    host_ids: list[str] | None = None
+    segment: str | None = None
+    everything: bool = False
+
+    def describe(self) -> str:
+        if self.everything:
+            return "all"
+        if self.segment is not None:
+            return f"segment:{self.segment}"[:128]
+        return "hosts"
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    batch_id: str
+    host_id: str
+    hostname: str
+    action: str
+    state: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    not_after: datetime | None
+    timeout_seconds: float
+    delivered_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_by: str | None
+    error: str | None
+    result: dict[str, Any] | None = None
+    args: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class OutputPiece:
+    id: int
+    seq: int
+    stream: str
+    text: str | None
+    fields: dict[str, Any] | None
+
+
+@dataclass
+class BatchView:
+    id: str
+    action: str
+    selection: str
+    created_by: str
+    created_at: datetime
+    counts: dict[str, int]
+    jobs: list[JobView] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def validate_args(spec: ActionSpec, args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments checked against the action's declared model, in canonical form."""
+    try:
+        model = spec.args.model_validate(args)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "args"
+        raise Invalid(f"Invalid arguments for {spec.name} ({where}): {err['msg']}.") from exc
+    dumped: dict[str, Any] = model.model_dump(mode="json")
+    return dumped
+
+
+def _job_view(row: Any, *, full: bool = False) -> JobView:
+    return JobView(
+        id=row.id,
+        batch_id=row.batch_id,
+        host_id=row.host_id,
+        hostname=row.hostname,
+        action=row.action,
+        state=row.state,
+        created_by=row.created_by,
+        created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+        expires_at=as_utc(row.expires_at),  # type: ignore[arg-type]
+        not_after=as_utc(row.not_after),
+        timeout_seconds=row.timeout_seconds,
+        delivered_at=as_utc(row.delivered_at),
+        started_at=as_utc(row.started_at),
+        finished_at=as_utc(row.finished_at),
+        cancel_requested_by=row.cancel_requested_by,
+        error=row.error,
+        result=json.loads(row.result) if full and row.result else None,
+        args=json.loads(row.args) if full else None,
+    )
+
+
+def _job_query() -> Any:
+    return (
+        select(jobs, hosts.c.hostname, batches.c.args)
+        .join(hosts, hosts.c.id == jobs.c.host_id)
+        .join(batches, batches.c.id == jobs.c.batch_id)
+    )
+
+
+class Jobs:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        audit: AuditLog,
+        access: ResponseAccess,
+        dispatcher: Dispatcher,
+        events: JobEvents,
+    ) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._access = access
+        self._dispatcher = dispatcher
+        self._events = events
+
+    async def _resolve(self, selection: Selection) -> list[str]:
+        if selection.host_ids is not None:
+            if not selection.host_ids:
+                raise Invalid("Name at least one host, a segment, or all hosts.")
+            return list(dict.fromkeys(selection.host_ids))
+        query = select(hosts.c.id).where(hosts.c.revoked_at.is_(None)).order_by(hosts.c.hostname)
+        if selection.segment is not None:
+            async with self._engine.connect() as conn:
+                found = (
+                    await conn.execute(
+                        select(segments.c.id).where(segments.c.name == selection.segment)
+                    )
+                ).scalar_one_or_none()
+                if found is None:
+                    raise NotFound(f"No segment is named {selection.segment!r}.")
+            query = query.where(hosts.c.segment_id == found)
+        elif not selection.everything:
+            raise Invalid("Name at least one host, a segment, or all hosts.")
+        async with self._engine.connect() as conn:
+            ids = list((await conn.execute(query)).scalars())
+        if not ids:
+            raise Invalid("The selection holds no hosts.")
+        return ids
+
+    async def submit(
+        self,
+        user: User,
+        action: str,
+        args: dict[str, Any],
+        selection: Selection,
+        *,
+        ttl: timedelta | None = None,
+        not_after: datetime | None = None,
+        timeout_seconds: float | None = None,
+        source: str,
+    ) -> BatchView:
+        """Check, persist, audit, then send to online hosts; returns the batch."""
+        spec = ACTIONS.get(action)
+        if spec is None:
+            raise NotFound(f"There is no action named {action!r}; 'tether actions' lists them.")
+        if spec.permission not in user.permissions:
+            raise Forbidden(f"You need the {spec.permission.value} permission to run {action}.")
+        if spec.response and (refusal := user_refusal(user)) is not None:
+            raise Forbidden(refusal)
+        clean_args = validate_args(spec, args)
+        ttl = ttl if ttl is not None else DEFAULT_TTL
+        if not timedelta(seconds=1) <= ttl <= MAX_TTL:
+            raise Invalid("The time to live must be between 1 second and 30 days.")
+        now = utcnow()
+        if not_after is not None:
+            if not_after.tzinfo is None:
+                raise Invalid(
+                    "The not-after time needs a time zone (for example 2026-12-01T08:00Z)."
+                )
+            if not_after <= now:
+                raise Invalid("The not-after time is already past.")
+        timeout = timeout_seconds if timeout_seconds is not None else spec.timeout_seconds
+        if not 1 <= timeout <= MAX_TIMEOUT_SECONDS:
+            raise Invalid("The time limit must be between 1 second and 24 hours.")
+
+        host_ids = await self._resolve(selection)
+        states = await self._access.states_of(host_ids)
+        refused: dict[str, str] = {}
+        for host_id in host_ids:
+            state = states.get(host_id)
+            if state is None:
+                raise NotFound(f"No host has the id {host_id!r}.")
+            if spec.response and (reason := host_refusal(state)) is not None:
+                refused[host_id] = reason
+        accepted = [h for h in host_ids if h not in refused]
+        if not accepted:
+            raise Forbidden(next(iter(refused.values())))
+
+        batch_id = uuid.uuid4().hex
+        job_ids = {host_id: uuid.uuid4().hex for host_id in accepted}
+        args_text = json.dumps(clean_args, sort_keys=True, separators=(",", ":"))
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                batches.insert().values(
+                    id=batch_id,
+                    action=action,
+                    args=args_text,
+                    selection=selection.describe(),
+                    created_by=user.actor,
+                    created_at=now,
+                )
+            )
+            rows = [
+                {
+                    "id": job_ids[h],
+                    "batch_id": batch_id,
+                    "host_id": h,
+                    "action": action,
+                    "state": "queued",
+                    "created_by": user.actor,
+                    "created_at": now,
+                    "expires_at": now + ttl,
+                    "not_after": not_after,
+                    "timeout_seconds": float(timeout),
+                    "output_bytes": 0,
+                    "output_count": 0,
+                }
+                for h in accepted
+            ]
+            for start in range(0, len(rows), _CHUNK):
+                await conn.execute(jobs.insert(), rows[start : start + _CHUNK])
+        await self._audit.record(
+            "job.submit",
+            actor=user.actor,
+            target=f"batch:{batch_id}",
+            source=source,
+            details={
+                "action": action,
+                "args": clean_args,
+                "selection": selection.describe(),
+                "hosts": accepted if len(accepted) <= _AUDITED_HOSTS else len(accepted),
+                "jobs": len(accepted),
+                "refused": refused if len(refused) <= _AUDITED_HOSTS else len(refused),
+                "ttl_seconds": int(ttl.total_seconds()),
+                "not_after": not_after.isoformat() if not_after else None,
+                "timeout_seconds": timeout,
+            },
+        )
+        await self._dispatcher.dispatch(list(job_ids.values()))
+        view = await self.batch(batch_id)
+        view.refused = refused
+        return view
+
+    async def get(self, job_id: str) -> JobView:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_job_query().where(jobs.c.id == job_id))).one_or_none()
+        if row is None:
+            raise NotFound(f"No job has the id {job_id!r}.")
+        return _job_view(row, full=True)
+
+    async def find(
+        self,
+        *,
+        states: list[str] | None = None,
+        host_id: str | None = None,
+        batch_id: str | None = None,
+        limit: int = 100,
+    ) -> list[JobView]:
+        query = _job_query().order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        if states:
+            query = query.where(jobs.c.state.in_(states))
+        if host_id is not None:
+            query = query.where(jobs.c.host_id == host_id)
+        if batch_id is not None:
+            query = query.where(jobs.c.batch_id == batch_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_job_view(r) for r in rows]
+
+    async def batch(self, batch_id: str, *, limit: int = 1000) -> BatchView:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(batches).where(batches.c.id == batch_id))
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"No batch has the id {batch_id!r}.")
+            counts = {
+                state: count
+                for state, count in await conn.execute(
+                    select(jobs.c.state, func.count())
+                    .where(jobs.c.batch_id == batch_id)
+                    .group_by(jobs.c.state)
+                )
+            }
+        return BatchView(
+            id=row.id,
+            action=row.action,
+            selection=row.selection,
+            created_by=row.created_by,
+            created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+            counts=counts,
+            jobs=await self.find(batch_id=batch_id, limit=limit),
+        )
+
+    async def output(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[OutputPiece]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(job_output)
+                    .where(job_output.c.job_id == job_id, job_output.c.id > after)
+                    .order_by(job_output.c.id)
+                    .limit(limit)
+                )
+            ).all()
+        return [
+            OutputPiece(
+                id=r.id,
+                seq=r.seq,
+                stream=r.stream,
+                text=r.text,
+                fields=json.loads(r.fields) if r.fields else None,
+            )
+            for r in rows
+        ]
+
+    async def follow(
+        self, job_id: str, *, after: int, wait: float
+    ) -> tuple[JobView, list[OutputPiece]]:
+        """New output after `after`, waiting up to `wait` seconds for some or for the end."""
+        deadline = utcnow() + timedelta(seconds=wait)
+        while True:
+            job = await self.get(job_id)
+            pieces = await self.output(job_id, after=after)
+            remaining = (deadline - utcnow()).total_seconds()
+            if pieces or job.state in FINAL_STATES or remaining <= 0:
+                return job, pieces
+            # Re-read at least every second: the change may happen in another platform process.
+            await self._events.wait([job_id], min(remaining, 1.0))
+
+    async def cancel(self, job_id: str, user: User, *, source: str) -> JobView:
+        """Cancel a pending job at once; ask the agent to stop one it already has."""
+        job = await self.get(job_id)
+        response = job.action not in ACTIONS or ACTIONS[job.action].response
+        if response and (refusal := user_refusal(user)) is not None:
+            raise Forbidden(refusal)
+        if job.state in FINAL_STATES:
+            raise Conflict(f"Job {job_id} already ended ({job.state}); there is nothing to cancel.")
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            withdrawn = await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == "queued", jobs.c.sent_at.is_(None))
+                .values(
+                    state="cancelled",
+                    finished_at=now,
+                    cancel_requested_by=user.actor,
+                    error=f"Cancelled by {user.actor} before it was delivered.",
+                )
+            )
+            if not withdrawn.rowcount:
+                await conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_id, jobs.c.state.in_(("queued", "delivered", "running"))
+                    )
+                    .values(cancel_requested_by=user.actor)
+                )
+        await self._audit.record(
+            "job.cancel",
+            actor=user.actor,
+            target=f"job:{job_id}",
+            source=source,
+            details={"host": job.host_id, "action": job.action, "state": job.state},
+        )
+        self._events.notify(job_id)
+        if not withdrawn.rowcount:
+            await self._dispatcher.send_cancel(job.host_id, job_id)
+        return await self.get(job_id)
