@@ -191,10 +191,10 @@ class Jobs:
         spec = ACTIONS.get(action)
         if spec is None:
             raise NotFound(f"There is no action named {action!r}; 'tether actions' lists them.")
-        if spec.permission not in user.permissions:
-            raise Forbidden(f"You need the {spec.permission.value} permission to run {action}.")
         if spec.response and (refusal := user_refusal(user)) is not None:
             raise Forbidden(refusal)
+        if spec.permission not in user.permissions:
+            raise Forbidden(f"You need the {spec.permission.value} permission to run {action}.")
         clean_args = validate_args(spec, args)
         ttl = ttl if ttl is not None else DEFAULT_TTL
         if not timedelta(seconds=1) <= ttl <= MAX_TTL:
