@@ -24,6 +24,7 @@ OnOutput = Callable[[Stream, str], Awaitable[None]]
 
 CHUNK_BYTES = 64 * 1024
 TRACK_INTERVAL_SECONDS = 0.5
+EXIT_POLL_SECONDS = 0.02
 
 
 async def spawn(
@@ -49,6 +50,26 @@ async def spawn(
         cwd=cwd,
         start_new_session=True,
     )
+
+
+async def exit_code(process: asyncio.subprocess.Process) -> int:
+    """The child's exit code, as soon as it has exited.
+
+    Not `process.wait()`: that also waits for the output pipes to close, and a process the script
+    left behind can hold them open.
+    """
+    # asyncio signals the exit only through wait(); returncode is set the moment it happens.
+    while process.returncode is None:  # noqa: ASYNC110
+        await asyncio.sleep(EXIT_POLL_SECONDS)
+    return process.returncode
+
+
+def close_pipes(process: asyncio.subprocess.Process) -> None:
+    """Release the child's pipes even if a process that escaped the kill still holds them."""
+    # asyncio offers no public way to close a subprocess transport; the transport is the owner.
+    transport = getattr(process, "_transport", None)
+    if transport is not None:
+        transport.close()
 
 
 class ProcessTree:

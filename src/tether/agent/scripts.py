@@ -228,7 +228,9 @@ async def run_script(
     `tether.script` go to `on_row` and `on_log`; upload and download go to `services`. The time
     limit, the `cancel` event and cancelling this coroutine all kill the script's whole process
     tree; when the script exits by itself, whatever it left running in its process group is
-    killed too, so a run never leaves processes behind. The script's working directory is
+    killed too. Only a process the script deliberately started in a session of its own (a
+    service it launches) outlives a clean run; the run still returns within DRAIN_SECONDS even if
+    that process holds the output pipes. The script's working directory is
     `workdir`, or the run's private directory (removed afterwards). An exception raised by
     `on_output` stops the script and propagates.
     """
@@ -294,7 +296,7 @@ async def run_script(
             tree.kill_all()
         else:
             tree.kill_group()
-        exit_code = await process.wait()
+        exit_code = await script_process.exit_code(process)
         done, _ = await asyncio.wait(pumps, timeout=DRAIN_SECONDS)
         for pump in done:
             if pump.exception() is not None:
@@ -311,12 +313,14 @@ async def run_script(
         if process is not None and process.returncode is None and tree is not None:
             tree.kill_all()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(process.wait()), 5.0)
+                await asyncio.wait_for(script_process.exit_code(process), 5.0)
         for task in background:
             task.cancel()
         for task in background:
             with contextlib.suppress(BaseException):
                 await task
+        if process is not None:
+            script_process.close_pipes(process)
         await server.close()
         shutil.rmtree(private_dir, ignore_errors=True)
 
@@ -331,7 +335,7 @@ async def _wait(
     """Wait for the process to exit; (timed out, cancelled). A failing pump raises."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    exited = asyncio.create_task(process.wait())
+    exited = asyncio.create_task(script_process.exit_code(process))
     background.append(exited)
     pending: set[asyncio.Future[Any]] = {exited, *pumps}
     stopper: asyncio.Task[Any] | None = None
