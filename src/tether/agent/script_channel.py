@@ -23,6 +23,7 @@ Method = Callable[[dict[str, Any]], Awaitable[Any]]
 # A script that connects and says nothing holds a slot until this runs out.
 HELLO_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 16
+DISCARD_SECONDS = 1.0
 
 
 class CallRefused(Exception):
@@ -116,6 +117,7 @@ class ChannelServer:
                     None,
                     error=f"A request is longer than {channel.MAX_LINE_BYTES} bytes; the channel is closed.",
                 )
+                await _discard_until_closed(reader, writer)
                 return
             if not line:
                 return
@@ -146,6 +148,19 @@ class ChannelServer:
                 "Script call %s failed: %s: %s", request.get("method"), type(exc).__name__, exc
             )
             return request_id, {"error": str(exc) or type(exc).__name__}
+
+
+async def _discard_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read and drop what the peer still sends (for a second at most).
+
+    Closing with unread data resets the connection, and the peer would lose the error reply.
+    """
+    if writer.can_write_eof():
+        writer.write_eof()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DISCARD_SECONDS):
+            while await reader.read(64 * 1024):
+                pass
 
 
 async def _reply(
