@@ -58,7 +58,7 @@ def test_outside_an_agent_every_channel_call_says_so(call: object) -> None:
         call()
 
 
-def test_a_plain_python_process_gets_the_sentence_not_a_traceback_of_internals() -> None:
+def test_a_plain_python_process_gets_the_sentence() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_SCRIPT")}
     result = subprocess.run(
         [sys.executable, "-c", "import tether.script\nprint(tether.script.params)"],
@@ -68,7 +68,7 @@ def test_a_plain_python_process_gets_the_sentence_not_a_traceback_of_internals()
         timeout=30,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().endswith(f"tether.script.client.ScriptError: {NOT_IN_AGENT}")
+    assert result.stderr.strip().endswith(f"tether.script.ScriptError: {NOT_IN_AGENT}")
 
 
 @pytest.mark.usefixtures("outside_an_agent")

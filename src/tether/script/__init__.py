@@ -14,6 +14,7 @@ script's own process (with the agent's privileges), never through the agent.
 """
 
 import os
+import time
 from typing import Any
 
 import psutil
@@ -31,6 +32,9 @@ __all__ = [
     "row",
     "upload",
 ]
+
+# Tracebacks in a script's output name it where scripts import it from.
+ScriptError.__module__ = __name__
 
 _params: dict[str, Any] | None = None
 
@@ -137,5 +141,29 @@ def kill(pid: int, tree: bool = False) -> list[int]:
         except psutil.AccessDenied as exc:
             raise ScriptError(f"Not allowed to kill process {victim.pid}.") from exc
         killed.append(victim.pid)
-    psutil.wait_procs(victims, timeout=5)
+    _wait_exited([victim for victim in victims if victim.pid in killed])
     return sorted(killed)
+
+
+def _exited(process: psutil.Process) -> bool:
+    try:
+        process.wait(timeout=0)  # reaps it when it is this script's own child
+        return True
+    except psutil.TimeoutExpired:
+        pass
+    except psutil.NoSuchProcess:
+        return True
+    try:
+        # Someone else's child stays a zombie until its parent reaps it: it is dead all the same.
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_exited(processes: list[psutil.Process], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    pending = processes
+    while pending and time.monotonic() < deadline:
+        pending = [process for process in pending if not _exited(process)]
+        if pending:
+            time.sleep(0.01)

@@ -8,6 +8,8 @@ import fnmatch
 import hashlib
 import re
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import psutil
@@ -118,6 +120,16 @@ def describe(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def settled_status(process: psutil.Process, settled: Callable[[str], bool]) -> str:
+    """The status once the signal has taken effect (delivery is not instant), within a second."""
+    deadline = time.monotonic() + 1.0
+    status = process.status()
+    while not settled(status) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        status = process.status()
+    return status
+
+
 def act(action: str, pid: int, tree: bool) -> tuple[str, str | None]:
     """Do `action` to `pid`; returns (outcome, status after), outcome "failed: ..." on error."""
     try:
@@ -127,13 +139,15 @@ def act(action: str, pid: int, tree: bool) -> tuple[str, str | None]:
         process = psutil.Process(pid)
         if action == "suspend":
             process.suspend()
-            outcome = "suspended"
-        elif action == "resume":
+            return "suspended", settled_status(
+                process, lambda status: status == psutil.STATUS_STOPPED
+            )
+        if action == "resume":
             process.resume()
-            outcome = "resumed"
-        else:
-            outcome = "listed"
-        return outcome, process.status()
+            return "resumed", settled_status(
+                process, lambda status: status != psutil.STATUS_STOPPED
+            )
+        return "listed", process.status()
     except ScriptError as exc:
         return f"failed: {exc}", None
     except psutil.NoSuchProcess:
