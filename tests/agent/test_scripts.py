@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -228,7 +229,10 @@ async def test_what_a_script_leaves_running_is_killed_when_it_exits() -> None:
     assert await wait_gone(int(recorder.text("stdout")))
 
 
-async def test_a_detached_process_holding_stdout_does_not_hold_up_the_run() -> None:
+async def test_a_detached_process_holding_stdout_does_not_hold_up_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tether.agent.scripts, "DRAIN_SECONDS", 0.5)
     recorder = Recorder()
     source = (
         "import subprocess\n"
@@ -301,6 +305,37 @@ async def test_rows_past_the_limit_are_refused() -> None:
     assert outcome.rows_truncated
     assert outcome.error == "Row limit of 3 rows reached; further rows dropped."
     assert recorder.text("stdout") == "2 Row limit of 3 rows reached; further rows dropped.\n"
+
+
+async def test_the_runs_channel_refuses_a_connection_with_a_wrong_secret() -> None:
+    recorder = Recorder()
+    source = (
+        "import json, os, socket\n"
+        "from tether.script import channel\n"
+        "kind, where = channel.parse_address(os.environ[channel.ENV_ADDRESS])\n"
+        "sock = socket.socket(socket.AF_UNIX)\n"
+        "sock.connect(where)\n"
+        'sock.sendall(b\'{"id": 1, "method": "hello", "args": {"secret": "\' + b\'0\' * 64 + b\'"}}\\n\')\n'
+        "reader = sock.makefile('rb')\n"
+        "print(json.loads(reader.readline()))\n"
+        "print(reader.readline())\n"
+        "from tether.script import row\n"
+        "row(still='works')\n"
+    )
+    outcome = await recorder.run(source)
+    assert outcome.exit_code == 0, recorder.text("stderr")
+    assert recorder.text("stdout") == ("{'id': 1, 'error': 'The channel secret is wrong.'}\nb''\n")
+    # The refused connection changed nothing for the script's own, authenticated one.
+    assert recorder.rows == [{"still": "works"}]
+
+
+async def test_a_missing_interpreter_is_a_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    outcome = await Recorder().run("pass\n")
+    assert outcome.exit_code is None
+    assert outcome.error == (
+        "The agent could not start Python for the script: No such file or directory."
+    )
 
 
 async def test_upload_and_download_go_to_the_services_with_absolute_paths(tmp_path: Path) -> None:

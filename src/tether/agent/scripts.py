@@ -272,9 +272,14 @@ async def run_script(
             _tether_root(),
             str(script_path),
         ]
-        process = await script_process.spawn(
-            argv, _child_env(address, secret), workdir or private_dir
-        )
+        try:
+            process = await script_process.spawn(
+                argv, _child_env(address, secret), workdir or private_dir
+            )
+        except OSError as exc:
+            return _refused(
+                f"The agent could not start Python for the script: {exc.strerror or exc}."
+            )
         tree = script_process.ProcessTree(process.pid)
         background.append(asyncio.create_task(tree.track()))
         budget = script_process.OutputBudget(limits.max_output_bytes)
