@@ -11,6 +11,7 @@ wait for pydantic to load.
 
 import json
 import math
+import re
 from typing import Any
 
 # Where the child finds its agent, and what it must say first. Set by the agent per run.
@@ -34,12 +35,16 @@ SERVICE_CALLS: dict[str, tuple[str, ...]] = {
 }
 MAX_ARG_CHARS = 4096
 
-MAX_ROW_FIELDS = 100
-MAX_FIELD_NAME_CHARS = 128
-MAX_FIELD_VALUE_CHARS = 8192
+# The same bounds as the row model on the wire (tether.protocol's JobOutput fields), so a row
+# the agent accepts here is one it can send on; restated because this module must not load pydantic.
+MAX_ROW_FIELDS = 64
+MAX_FIELD_NAME_CHARS = 64
+MAX_FIELD_VALUE_CHARS = 4096
 MAX_LOG_CHARS = 64 * 1024
 # Rows end up in databases and spreadsheets: integers stay within 64 bits.
 _INT_BOUND = 2**63
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Scalar = str | int | float | bool | None
 
@@ -80,9 +85,13 @@ def check_row(fields: object) -> dict[str, Scalar]:
     if len(fields) > MAX_ROW_FIELDS:
         raise ChannelFormatError(f"A row has at most {MAX_ROW_FIELDS} fields.")
     for name, value in fields.items():
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_FIELD_NAME_CHARS:
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= MAX_FIELD_NAME_CHARS
+            or _CONTROL.search(name)
+        ):
             raise ChannelFormatError(
-                f"Row field names are strings of 1 to {MAX_FIELD_NAME_CHARS} characters."
+                f"Row field names are 1 to {MAX_FIELD_NAME_CHARS} printable characters."
             )
         if value is None or isinstance(value, bool):
             continue

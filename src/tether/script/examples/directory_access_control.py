@@ -35,6 +35,7 @@ else:
 # Well-known SIDs, so the commands work whatever the system's language.
 SYSTEM_SID = "*S-1-5-18"
 ADMINISTRATORS_SID = "*S-1-5-32-544"
+MAX_TEXT = 4096
 
 
 def fail(sentence: str) -> NoReturn:
@@ -260,6 +261,16 @@ def handle(action: str, path: str, folder: str) -> dict[str, Any]:
     return {"path": path, "outcome": "deleted"}
 
 
+def emit(fields: dict[str, Any]) -> None:
+    """One row; text is clipped to what a row field holds (an error naming a long path)."""
+    row(
+        **{
+            key: value[:MAX_TEXT] if isinstance(value, str) else value
+            for key, value in fields.items()
+        }
+    )
+
+
 def main() -> None:
     wanted = read_params()
     action, folder = wanted["action"], wanted["quarantine_dir"]
@@ -270,9 +281,9 @@ def main() -> None:
             if done >= wanted["max_files"]:
                 break
             try:
-                row(**restore(item, manifest, folder))
+                emit(restore(item, manifest, folder))
             except (OSError, subprocess.CalledProcessError) as exc:
-                row(path=manifest["original_path"], outcome=f"failed: {exc}")
+                emit({"path": manifest["original_path"], "outcome": f"failed: {exc}"})
             done += 1
     else:
         for path in files_at(wanted["path"], wanted["pattern"], wanted["recursive"]):
@@ -280,9 +291,9 @@ def main() -> None:
                 tether.script.log(f"Stopped at max_files={wanted['max_files']}; more files match.")
                 break
             try:
-                row(**handle(action, path, folder))
+                emit(handle(action, path, folder))
             except (OSError, ScriptError, subprocess.CalledProcessError) as exc:
-                row(path=path, outcome=f"failed: {exc}")
+                emit({"path": path, "outcome": f"failed: {exc}"})
             done += 1
     print(f"{action}: {done} file(s).")
 

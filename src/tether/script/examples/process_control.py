@@ -19,7 +19,7 @@ from tether.script import ScriptError, row
 
 ACTIONS = ("list", "kill", "suspend", "resume")
 SELECTORS = ("name", "pid", "user", "sha256")
-MAX_CMDLINE_CHARS = 4096
+MAX_TEXT = 4096  # what one row field holds
 
 
 def fail(sentence: str) -> NoReturn:
@@ -116,7 +116,7 @@ def describe(info: dict[str, Any]) -> dict[str, Any]:
         "name": info["name"],
         "username": info["username"],
         "exe": info["exe"],
-        "cmdline": cmdline[:MAX_CMDLINE_CHARS],
+        "cmdline": cmdline[:MAX_TEXT],
     }
 
 
@@ -167,7 +167,7 @@ def main() -> None:
         if info["pid"] in spared or not matches(info, wanted, hashes):
             continue
         outcome, status = act(wanted["action"], info["pid"], wanted["tree"])
-        row(action=wanted["action"], outcome=outcome, status=status, **describe(info))
+        row(action=wanted["action"], outcome=outcome[:MAX_TEXT], status=status, **describe(info))
         acted += 1
     tether.script.log(f"{wanted['action']}: {acted} matching process(es).")
     print(f"{acted} process(es) matched.")
