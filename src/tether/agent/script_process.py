@@ -1,0 +1,176 @@
+"""The child process of a script run: starting it, streaming its output, killing its whole tree.
+
+POSIX: the child leads a new session, so its process group holds everything it starts unless a
+descendant deliberately leaves it; those are caught by the psutil descendant walk (a snapshot
+taken every half second and once more just before the kill). Windows: a new process group plus
+the same psutil walk.
+"""
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+Stream = Literal["stdout", "stderr"]
+OnOutput = Callable[[Stream, str], Awaitable[None]]
+
+CHUNK_BYTES = 64 * 1024
+TRACK_INTERVAL_SECONDS = 0.5
+EXIT_POLL_SECONDS = 0.02
+
+
+async def spawn(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path
+) -> asyncio.subprocess.Process:
+    """Start the child with pipes for stdout and stderr, nothing on stdin, in its own group."""
+    if sys.platform == "win32":
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            cwd=cwd,
+            creationflags=subprocess.CREATE_NEW_PROCESS_GROUP,
+        )
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+async def exit_code(process: asyncio.subprocess.Process) -> int:
+    """The child's exit code, as soon as it has exited.
+
+    Not `process.wait()`: that also waits for the output pipes to close, and a process the script
+    left behind can hold them open.
+    """
+    # asyncio signals the exit only through wait(); returncode is set the moment it happens.
+    while process.returncode is None:  # noqa: ASYNC110
+        await asyncio.sleep(EXIT_POLL_SECONDS)
+    return process.returncode
+
+
+def close_pipes(process: asyncio.subprocess.Process) -> None:
+    """Release the child's pipes even if a process that escaped the kill still holds them."""
+    # asyncio offers no public way to close a subprocess transport; the transport is the owner.
+    transport = getattr(process, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
+class ProcessTree:
+    """Everything a script started, remembered by (pid, create time) so a reused pid is spared."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self._seen: dict[int, float] = {}
+
+    def snapshot(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.root_pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    self._seen[child.pid] = child.create_time()
+
+    async def track(self) -> None:
+        """Snapshot the descendants until cancelled."""
+        while True:
+            await asyncio.to_thread(self.snapshot)
+            await asyncio.sleep(TRACK_INTERVAL_SECONDS)
+
+    def _known_alive(self) -> list[psutil.Process]:
+        alive = []
+        for pid, created in self._seen.items():
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if process.create_time() == created:
+                    alive.append(process)
+        return alive
+
+    def kill_group(self) -> None:
+        """Kill whatever is left in the child's process group (POSIX; no-op on Windows)."""
+        if sys.platform != "win32":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.root_pid, signal.SIGKILL)
+
+    def kill_all(self) -> None:
+        """Kill the child, its process group and every descendant ever seen."""
+        if sys.platform != "win32":
+            # Freeze the group first so nobody forks a new child between the walk and the kill.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.root_pid, signal.SIGSTOP)
+        self.snapshot()
+        victims = self._known_alive()
+        with contextlib.suppress(psutil.Error):
+            victims.insert(0, psutil.Process(self.root_pid))
+        if sys.platform == "win32":
+            for victim in victims:
+                with contextlib.suppress(psutil.Error):
+                    victim.suspend()
+        self.kill_group()
+        for victim in victims:
+            with contextlib.suppress(psutil.Error):
+                victim.kill()
+
+
+class OutputBudget:
+    """stdout and stderr together may forward at most `limit` bytes; the rest is drained."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 0)
+        self.used = 0
+        self.truncated = False
+        self._notice_sent = False
+
+    def take(self, size: int) -> int:
+        allowed = min(size, self.limit - self.used)
+        self.used += allowed
+        if allowed < size:
+            self.truncated = True
+        return allowed
+
+    def notice_due(self) -> bool:
+        if self.truncated and not self._notice_sent:
+            self._notice_sent = True
+            return True
+        return False
+
+
+def limit_notice(limit: int) -> str:
+    return f"Output limit of {limit} bytes reached; further output dropped."
+
+
+async def pump_output(
+    stream: asyncio.StreamReader, name: Stream, budget: OutputBudget, on_output: OnOutput
+) -> None:
+    """Forward `stream` in chunks as they arrive, decoded as UTF-8, until end of file."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        data = await stream.read(CHUNK_BYTES)
+        if not data:
+            break
+        allowed = budget.take(len(data))
+        if allowed:
+            text = decoder.decode(data[:allowed])
+            if text:
+                await on_output(name, text)
+        if budget.notice_due():
+            # Bytes cut mid-character must not turn into a stray replacement character.
+            decoder.reset()
+            await on_output("stderr", "\n" + limit_notice(budget.limit) + "\n")
+    rest = decoder.decode(b"", final=True)
+    if rest and not budget.truncated:
+        await on_output(name, rest)
