@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tether.cli import scripts
+from tether.cli.client import Api
 from tether.cli.errors import CliError
 from tether.cli.scripts import read_parameters, read_source, script_app, script_path, terminal_safe
 
@@ -46,7 +46,7 @@ class FakeApi:
 def run(monkeypatch: pytest.MonkeyPatch) -> Any:
     def invoke(answer: Any, *args: str) -> tuple[FakeApi, str]:
         api = FakeApi(answer)
-        monkeypatch.setattr(scripts.Api, "from_profile", classmethod(lambda cls: api))
+        monkeypatch.setattr(Api, "from_profile", classmethod(lambda cls: api))
         result = CliRunner().invoke(script_app, list(args))
         assert result.exit_code == 0, result.output
         return api, result.output
