@@ -1,5 +1,6 @@
 """The script library: versions, identical saves, refusals, soft delete, audit, run parameters."""
 
+import asyncio
 import hashlib
 import re
 from typing import Any
@@ -9,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import Role
-from tether.server.errors import Forbidden, Invalid, NotFound
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.scripts import (
     EDIT_NO_PERMISSION,
@@ -373,3 +374,15 @@ async def test_run_args_refusals(library: ScriptLibrary) -> None:
         await library.run_args(responder, "script.run", "kill", None, {})
     with pytest.raises(NotFound):
         await library.run_args(responder, "script.run", "ghost", None, {})
+
+
+async def test_concurrent_saves_of_a_new_name_get_distinct_versions(
+    library: ScriptLibrary,
+) -> None:
+    outcomes = await asyncio.gather(
+        *(save(library, source=f"print({i})\n") for i in range(4)), return_exceptions=True
+    )
+    versions = sorted(o[0] for o in outcomes if isinstance(o, tuple))
+    assert versions == list(range(1, len(versions) + 1))
+    assert [v.version for v in await library.history("kill")] == versions
+    assert all(isinstance(o, tuple | Conflict) for o in outcomes), outcomes
