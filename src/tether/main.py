@@ -14,6 +14,7 @@ from tether.cli import hosts, session
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
+from tether.cli.scripts import script_app
 from tether.cli.segments import segment_app
 from tether.cli.settings import settings_app
 from tether.cli.users import role_app, user_app
@@ -35,6 +36,7 @@ app.command("hosts")(hosts.list_hosts)
 app.command("ping")(hosts.ping)
 app.add_typer(hosts.host_app, name="host")
 app.add_typer(segment_app, name="segment")
+app.add_typer(script_app, name="script")
 app.add_typer(token_app, name="enroll-token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(user_app, name="user")

@@ -19,6 +19,7 @@ from tether.server.config import Settings, split_hostport
 from tether.server.errors import ConfigurationError
 from tether.server.gateway.server import AgentGateway, agent_ssl_context
 from tether.server.services.platform import Platform
+from tether.server.services.script_examples import load_examples, shipped_examples
 from tether.server.store.migrate import upgrade
 
 log = logging.getLogger("tether.server")
@@ -55,6 +56,11 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     """Run until cancelled or signalled; agents are told the platform is going away."""
     upgrade(settings.db_url)
     platform = Platform.build(settings)
+    examples = shipped_examples()
+    if examples is not None:
+        loaded = await load_examples(platform.scripts, examples)
+        if loaded:
+            log.info("Example scripts added to the library: %s", ", ".join(loaded))
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_tls_failures)
 

@@ -91,6 +91,13 @@ ROWS = [
     Row("GET", "/api/v1/jobs/{job_id}/output", RESULTS_404, url="/api/v1/jobs/ghost/output"),
     Row("POST", "/api/v1/jobs/{job_id}/cancel", (401, 403, 404, 403, 403, 404), url="/api/v1/jobs/ghost/cancel"),
     Row("GET", "/api/v1/batches/{batch_id}", RESULTS_404, url="/api/v1/batches/ghost"),
+    # The script library: read with results.read, changed by responders with a second factor.
+    Row("GET", "/api/v1/scripts", RESULTS),
+    Row("GET", "/api/v1/scripts/{name}", RESULTS_404, url="/api/v1/scripts/ghost"),
+    Row("GET", "/api/v1/scripts/{name}/versions", RESULTS_404, url="/api/v1/scripts/ghost/versions"),
+    Row("GET", "/api/v1/scripts/{name}/versions/{version}", RESULTS_404, url="/api/v1/scripts/ghost/versions/1"),
+    Row("PUT", "/api/v1/scripts/{name}", (401, 403, 422, 403, 403, 422), url="/api/v1/scripts/matrix", body={"source": "def (:", "description": ""}),
+    Row("DELETE", "/api/v1/scripts/{name}", (401, 403, 404, 403, 403, 404), url="/api/v1/scripts/ghost"),
     # Segments.
     Row("GET", "/api/v1/segments", READERS),
     Row("POST", "/api/v1/segments", (401, 403, 403, 403, 422, 422), body={"name": "bad/name"}),

@@ -6,6 +6,15 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class ScriptRef(BaseModel):
+    """A library script to run, by name; without a version, the latest one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    version: Annotated[int, Field(ge=1)] | None = None
+
+
 class JobSubmit(BaseModel):
     """An action for named hosts, a segment, or every host (exactly one of the three)."""
 
@@ -26,6 +35,9 @@ class JobSubmit(BaseModel):
     # Never start after this moment, even if the host comes back before the job expires.
     not_after: datetime | None = None
     timeout_seconds: Annotated[float, Field(ge=1, le=24 * 3600)] | None = None
+    # With action script.run: run this library script; args.params are checked against its
+    # schema and the platform fills in args.source and args.name.
+    script: ScriptRef | None = None
 
     @model_validator(mode="after")
     def _one_selection(self) -> "JobSubmit":

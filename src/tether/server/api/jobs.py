@@ -75,10 +75,15 @@ async def submit_job(
     host_ids = None
     if body.hosts is not None:
         host_ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
+    args = body.args
+    if body.script is not None:
+        # Resolved now, so the submission's audit record holds the library text that will run.
+        chosen = body.script
+        args = await platform.scripts.run_args(user, body.action, chosen.name, chosen.version, args)
     batch = await platform.jobs.submit(
         user,
         body.action,
-        body.args,
+        args,
         Selection(host_ids=host_ids, segment=body.segment, everything=body.all),
         ttl=timedelta(seconds=body.ttl_seconds) if body.ttl_seconds is not None else None,
         not_after=body.not_after,

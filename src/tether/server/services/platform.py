@@ -19,6 +19,7 @@ from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
+from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
 from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
@@ -52,6 +53,7 @@ class Platform:
     access: ResponseAccess
     dispatcher: Dispatcher
     jobs: Jobs
+    scripts: ScriptLibrary
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -82,6 +84,7 @@ class Platform:
             access=access,
             dispatcher=dispatcher,
             jobs=Jobs(engine, audit, access, dispatcher, events),
+            scripts=ScriptLibrary(engine, audit),
         )
 
     async def close(self) -> None:

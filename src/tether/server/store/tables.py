@@ -236,3 +236,33 @@ job_output = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("job_id", "seq", name="uq_job_output_job_seq"),
 )
+
+# The script library (docs/adr/0011). A deleted script keeps its row (deleted_at set) and its
+# versions, so the name stays taken and the history stays readable in the database.
+scripts = Table(
+    "scripts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
+)
+
+# Versions are written once and never changed; the unique pair makes two concurrent saves of one
+# script unable to claim the same number.
+script_versions = Table(
+    "script_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("script_id", Integer, ForeignKey("scripts.id", ondelete="CASCADE"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("description", String(2000), nullable=False),
+    # The parameter schema as canonical JSON text.
+    Column("parameters", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("script_id", "version", name="uq_script_versions_script_version"),
+)
