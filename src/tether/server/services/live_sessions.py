@@ -234,7 +234,7 @@ class LiveSessions:
                 job.id, PLATFORM_ACTOR, source=source, reason="The live session had ended."
             )
             raise Conflict(_ended_message(await self.get(session_id)))
-        return job
+        return await self._jobs.get(job.id)
 
     async def stop(
         self, session_id: str, user: User, reason: str = "stopped by the user", *, source: str
