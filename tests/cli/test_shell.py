@@ -304,3 +304,17 @@ def test_params_and_one_liners() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(source, "<test>", "exec"), namespace)  # the statement form runs without error
     assert namespace["_code"] == "import os; os.getpid()"
+
+
+async def test_a_refused_start_is_one_sentence_and_no_session(setup: Setup) -> None:
+    async with setup.platform.engine.begin() as conn:
+        await conn.execute(
+            update(segments).where(segments.c.name == "ir").values(active_response=False)
+        )
+    result = await setup.shell("ps")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, CliError)
+    assert str(result.exception) == (
+        "Active Response is off in segment ir, so response actions on web-1 are refused."
+    )
+    assert await setup.platform.live_sessions.find(include_ended=True) == []

@@ -22,6 +22,7 @@ from tether.server.services.team import Team
 from tether.server.services.users import User, Users
 from tether.server.store.db import utcnow
 from tether.server.store.tables import audit_records, jobs, live_sessions, segments
+from tether.server.store.tables import users as users_table
 
 from ..support import FakeClock, FakeLink, add_host
 
@@ -260,6 +261,7 @@ async def test_stop_records_the_reason_and_the_number_of_commands(h: Harness) ->
     )
     # The running command is stopped through its agent, the finished one left alone.
     assert [f["job_id"] for f in sent(link, "job.cancel")] == [running.id]
+    assert (await h.jobs.get(running.id)).cancel_requested_by == "rita"
     assert (await h.jobs.get(done.id)).state == "succeeded"
     with pytest.raises(Conflict, match="has ended"):
         await h.sessions.stop(session.id, rita, source="t")
@@ -344,3 +346,30 @@ async def test_find_lists_open_sessions_or_all(h: Harness) -> None:
     live = await h.sessions.start(rob, host, source="t")
     assert [s.id for s in await h.sessions.find()] == [live.id]
     assert [s.id for s in await h.sessions.find(include_ended=True)] == [live.id, ended.id]
+
+
+async def test_the_sweep_ends_sessions_of_external_users_whose_access_expired(
+    h: Harness, engine: AsyncEngine
+) -> None:
+    host = await h.host("web-1")
+    created = await h.users.create(
+        "mdr",
+        PASSWORD,
+        {Role.RESPONDER},
+        external=True,
+        organisation="Acme MDR",
+        access_expires_at=h.clock.now + timedelta(days=1),
+    )
+    session = await h.sessions.start(replace(created, mfa_verified=True), host, source="t")
+    assert session.actor == "mdr (Acme MDR)"
+    h.clock.advance(timedelta(minutes=1))
+    assert await h.sessions.sweep() == 0
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(users_table)
+            .where(users_table.c.id == created.id)
+            .values(access_expires_at=h.clock.now - timedelta(seconds=1))
+        )
+    assert await h.sessions.sweep() == 1
+    ended = await h.sessions.get(session.id)
+    assert ended.end_reason == "the user's external access expired"

@@ -20,7 +20,8 @@ class LiveCommand(BaseModel):
 
     action: Annotated[str, Field(min_length=1, max_length=64)]
     args: dict[str, Any] = Field(default_factory=dict)
-    # The client's working directory after this command, kept on the session for other views.
+    # The client's working directory when it sent this command, kept on the session so other
+    # views (the web console) can show where the shell is.
     cwd: Annotated[str, Field(max_length=4096)] | None = None
     timeout_seconds: Annotated[float, Field(ge=1, le=24 * 3600)] | None = None
 

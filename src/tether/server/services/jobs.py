@@ -384,8 +384,9 @@ class Jobs:
     async def cancel_for_platform(
         self, job_id: str, actor: str, *, source: str, reason: str
     ) -> JobView | None:
-        """Cancel a job on the platform's own decision, without a caller to check (a live
-        session ended because its user lost access); None when the job had ended already."""
+        """Cancel a job without checking a caller, for the platform's own decisions (a live
+        session ending: idle, stopped, or its user lost access); `actor` is recorded as the one
+        who cancelled. None when the job had ended already."""
         job = await self.get(job_id)
         if job.state in FINAL_STATES:
             return None

@@ -367,7 +367,7 @@ class LiveSessions:
                     ended.append(session_id)
         for session_id in ended:
             session = await self.get(session_id)
-            cancelled = await self._cancel_commands(session, reason)
+            cancelled = await self._cancel_commands(session, reason, actor=actor, source=source)
             await self._audit.record(
                 "live_session.stop",
                 actor=actor,
@@ -385,7 +385,9 @@ class LiveSessions:
             )
         return ended
 
-    async def _cancel_commands(self, session: LiveSessionView, reason: str) -> list[str]:
+    async def _cancel_commands(
+        self, session: LiveSessionView, reason: str, *, actor: str, source: str
+    ) -> list[str]:
         async with self._engine.connect() as conn:
             unfinished = list(
                 (
@@ -401,8 +403,8 @@ class LiveSessions:
             try:
                 view = await self._jobs.cancel_for_platform(
                     job_id,
-                    PLATFORM_ACTOR,
-                    source="platform",
+                    actor,
+                    source=source,
                     reason=f"Live session {session.id} ended: {reason}",
                 )
             except Exception:
