@@ -10,7 +10,7 @@ from typing import NoReturn
 import typer
 
 from tether.agent.commands import agent_app
-from tether.cli import hosts, session
+from tether.cli import hosts, session, shell
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
@@ -34,6 +34,7 @@ app.command()(session.logout)
 app.command()(session.whoami)
 app.command("hosts")(hosts.list_hosts)
 app.command("ping")(hosts.ping)
+app.command("shell")(shell.shell)
 app.add_typer(hosts.host_app, name="host")
 app.add_typer(segment_app, name="segment")
 app.add_typer(script_app, name="script")

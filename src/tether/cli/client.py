@@ -26,7 +26,13 @@ class Api:
     """Thin wrapper: raises CliError with the platform's one-sentence reason on any failure."""
 
     def __init__(
-        self, server: str, ca_pem: str, token: str | None = None, *, login_hint: bool = True
+        self,
+        server: str,
+        ca_pem: str,
+        token: str | None = None,
+        *,
+        login_hint: bool = True,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         # Off for `tether login` itself, where "run 'tether login'" would be no help.
@@ -36,7 +42,12 @@ class Api:
         if token:
             headers["authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=f"{self.server}/api/v1", verify=context, headers=headers, timeout=TIMEOUT
+            base_url=f"{self.server}/api/v1",
+            verify=context,
+            headers=headers,
+            timeout=TIMEOUT,
+            # Tests hand in an in-process platform; everyone else talks TLS to the real one.
+            transport=transport,
         )
 
     @classmethod
@@ -62,6 +73,21 @@ class Api:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    def get_optional(self, path: str, **kwargs: Any) -> Any:
+        """Like `get`, but None when the platform answers 404 (no such thing, or no such
+        route on this platform version)."""
+        try:
+            response = self._http.request("GET", path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"Cannot reach the platform at {self.server}: {exc}.") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code == 401 and self._login_hint:
+            raise CliError(f"{_problem(response)} (run 'tether login')")
+        if response.status_code >= 400:
+            raise CliError(_problem(response))
+        return response.json() if response.content else None
 
     def stream_lines(self, path: str) -> Iterator[str]:
         try:

@@ -1,6 +1,7 @@
 """Printing: rich tables for people, `--json` for scripts."""
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,23 @@ _CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
 def plain(value: object) -> str:
     """Text safe for a terminal: control characters (escape sequences) become '?'."""
     return str(value).translate(_CONTROL)
+
+
+# Escape sequences whole (CSI, OSC up to its terminator, two-byte ESC x), then any other C0/C1
+# control character but newline and tab.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+    r"|\x1b[\x20-\x7e]?"
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe_text(text: str) -> str:
+    """Untrusted endpoint text made safe to print as it streams: terminal escape sequences,
+    carriage returns and C0/C1 control characters are removed; newlines and tabs stay."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 def _cell(value: Any) -> str:

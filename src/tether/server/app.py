@@ -6,7 +6,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from tether import __version__
-from tether.server.api import audit, auth, enrollment, hosts, jobs, scripts, segments, users
+from tether.server.api import (
+    audit,
+    auth,
+    enrollment,
+    hosts,
+    jobs,
+    live_sessions,
+    scripts,
+    segments,
+    users,
+)
 from tether.server.api.deps import current_user
 from tether.server.errors import PlatformError, Throttled
 from tether.server.services.platform import Platform
@@ -56,7 +66,7 @@ def create_app(platform: Platform) -> FastAPI:
     public.include_router(auth.public)
     public.include_router(enrollment.public)
     protected = APIRouter(dependencies=[Depends(current_user)])
-    for module in (auth, enrollment, hosts, segments, audit, users, jobs, scripts):
+    for module in (auth, enrollment, hosts, segments, audit, users, jobs, scripts, live_sessions):
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)
     app.include_router(protected, prefix=API_PREFIX)

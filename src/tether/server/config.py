@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     job_sweep_seconds: float = Field(default=5.0, gt=0)
     session_idle_minutes: int = Field(default=30, ge=1)
     session_lifetime_hours: int = Field(default=12, ge=1)
+    # A live response session (`tether shell`) with no command for this long is ended.
+    live_session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    live_session_sweep_seconds: float = Field(default=30.0, gt=0)
     log_level: str = "info"
 
     @property

@@ -102,6 +102,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     # Expired sessions and login attempts older than the throttle windows.
     purger = asyncio.create_task(platform.users.run_purger(600))
     sweeper = asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds))
+    live_sweeper = asyncio.create_task(
+        platform.live_sessions.run_sweeper(settings.live_session_sweep_seconds)
+    )
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -137,7 +140,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
                 await agent_server.wait_closed()
         with contextlib.suppress(Exception):
             await api_task
-        for task in (flusher, purger, sweeper):
+        for task in (flusher, purger, sweeper, live_sweeper):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

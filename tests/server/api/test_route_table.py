@@ -57,6 +57,7 @@ READERS = (401, 200, 200, 403, 200, 200)
 ADMINS = (401, 403, 403, 403, 200, 200)
 ADMINS_404 = (401, 403, 403, 403, 404, 404)
 RESPONDERS = (401, 403, 200, 403, 403, 200)
+RESPONDERS_404 = (401, 403, 404, 403, 403, 404)
 RESULTS = (401, 200, 200, 403, 403, 200)
 RESULTS_404 = (401, 404, 404, 403, 403, 404)
 
@@ -98,6 +99,13 @@ ROWS = [
     Row("GET", "/api/v1/scripts/{name}/versions/{version}", RESULTS_404, url="/api/v1/scripts/ghost/versions/1"),
     Row("PUT", "/api/v1/scripts/{name}", (401, 403, 422, 403, 403, 422), url="/api/v1/scripts/matrix", body={"source": "def (:", "description": ""}),
     Row("DELETE", "/api/v1/scripts/{name}", (401, 403, 404, 403, 403, 404), url="/api/v1/scripts/ghost"),
+    # Live response sessions: the Active Response role with its second factor; starting one also
+    # needs the host's segment to have Active Response on.
+    Row("POST", "/api/v1/sessions", (401, 403, 201, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403), body={"host": "{host}"}),
+    Row("GET", "/api/v1/sessions", RESPONDERS),
+    Row("GET", "/api/v1/sessions/{session_id}", RESPONDERS_404, url="/api/v1/sessions/ghost"),
+    Row("POST", "/api/v1/sessions/{session_id}/commands", RESPONDERS_404, url="/api/v1/sessions/ghost/commands", body={"action": "system.noop"}),
+    Row("DELETE", "/api/v1/sessions/{session_id}", RESPONDERS_404, url="/api/v1/sessions/ghost"),
     # Segments.
     Row("GET", "/api/v1/segments", READERS),
     Row("POST", "/api/v1/segments", (401, 403, 403, 403, 422, 422), body={"name": "bad/name"}),

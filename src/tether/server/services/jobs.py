@@ -186,8 +186,12 @@ class Jobs:
         not_after: datetime | None = None,
         timeout_seconds: float | None = None,
         source: str,
+        session_id: str | None = None,
     ) -> BatchView:
-        """Check, persist, audit, then send to online hosts; returns the batch."""
+        """Check, persist, audit, then send to online hosts; returns the batch.
+
+        `session_id` links the jobs to the live response session they are a command of.
+        """
         spec = ACTIONS.get(action)
         if spec is None:
             raise NotFound(f"There is no action named {action!r}; 'tether actions' lists them.")
@@ -252,6 +256,7 @@ class Jobs:
                     "timeout_seconds": float(timeout),
                     "output_bytes": 0,
                     "output_count": 0,
+                    "session_id": session_id,
                 }
                 for h in accepted
             ]
@@ -272,6 +277,7 @@ class Jobs:
                 "ttl_seconds": int(ttl.total_seconds()),
                 "not_after": not_after.isoformat() if not_after else None,
                 "timeout_seconds": timeout,
+                **({"session": session_id} if session_id is not None else {}),
             },
         )
         await self._dispatcher.dispatch(list(job_ids.values()))
@@ -373,6 +379,23 @@ class Jobs:
             raise Forbidden(refusal)
         if job.state in FINAL_STATES:
             raise Conflict(f"Job {job_id} already ended ({job.state}); there is nothing to cancel.")
+        return await self._cancel(job, user.actor, source=source)
+
+    async def cancel_for_platform(
+        self, job_id: str, actor: str, *, source: str, reason: str
+    ) -> JobView | None:
+        """Cancel a job without checking a caller, for the platform's own decisions (a live
+        session ending: idle, stopped, or its user lost access); `actor` is recorded as the one
+        who cancelled. None when the job had ended already."""
+        job = await self.get(job_id)
+        if job.state in FINAL_STATES:
+            return None
+        return await self._cancel(job, actor, source=source, reason=reason)
+
+    async def _cancel(
+        self, job: JobView, actor: str, *, source: str, reason: str | None = None
+    ) -> JobView:
+        job_id = job.id
         now = utcnow()
         async with self._engine.begin() as conn:
             withdrawn = await conn.execute(
@@ -381,8 +404,8 @@ class Jobs:
                 .values(
                     state="cancelled",
                     finished_at=now,
-                    cancel_requested_by=user.actor,
-                    error=f"Cancelled by {user.actor} before it was delivered.",
+                    cancel_requested_by=actor,
+                    error=f"Cancelled by {actor} before it was delivered.",
                 )
             )
             if not withdrawn.rowcount:
@@ -391,14 +414,13 @@ class Jobs:
                     .where(
                         jobs.c.id == job_id, jobs.c.state.in_(("queued", "delivered", "running"))
                     )
-                    .values(cancel_requested_by=user.actor)
+                    .values(cancel_requested_by=actor)
                 )
+        details: dict[str, Any] = {"host": job.host_id, "action": job.action, "state": job.state}
+        if reason is not None:
+            details["reason"] = reason
         await self._audit.record(
-            "job.cancel",
-            actor=user.actor,
-            target=f"job:{job_id}",
-            source=source,
-            details={"host": job.host_id, "action": job.action, "state": job.state},
+            "job.cancel", actor=actor, target=f"job:{job_id}", source=source, details=details
         )
         self._events.notify(job_id)
         if not withdrawn.rowcount:

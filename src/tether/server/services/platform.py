@@ -14,6 +14,7 @@ from tether.server.services.enrollment import Enrollment
 from tether.server.services.hosts import Hosts
 from tether.server.services.job_events import JobEvents
 from tether.server.services.jobs import Jobs
+from tether.server.services.live_sessions import LiveSessions
 from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
@@ -54,6 +55,7 @@ class Platform:
     dispatcher: Dispatcher
     jobs: Jobs
     scripts: ScriptLibrary
+    live_sessions: LiveSessions
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -67,6 +69,16 @@ class Platform:
         access = ResponseAccess(engine)
         events = JobEvents()
         dispatcher = Dispatcher(engine, presence, access, events)
+        jobs = Jobs(engine, audit, access, dispatcher, events)
+        live_sessions = LiveSessions(
+            engine,
+            audit,
+            access,
+            jobs,
+            idle=timedelta(minutes=settings.live_session_idle_minutes),
+        )
+        # Disabling a user or taking their Active Response role ends their live sessions at once.
+        users.on_access_lost(live_sessions.end_for_user)
         return cls(
             settings=settings,
             engine=engine,
@@ -83,8 +95,9 @@ class Platform:
             segments=Segments(engine, audit, policies),
             access=access,
             dispatcher=dispatcher,
-            jobs=Jobs(engine, audit, access, dispatcher, events),
             scripts=ScriptLibrary(engine, audit),
+            jobs=jobs,
+            live_sessions=live_sessions,
         )
 
     async def close(self) -> None:

@@ -215,6 +215,8 @@ jobs = Table(
     Column("error", Text, nullable=True),
     Column("output_bytes", BigInteger, nullable=False, default=0),
     Column("output_count", Integer, nullable=False, default=0),
+    # The live response session this job is a command of, if any (docs/adr/0012).
+    Column("session_id", String(36), nullable=True, index=True),
     # The dispatcher reads a host's unfinished jobs at every connect.
     Index("ix_jobs_host_state", "host_id", "state"),
     Index("ix_jobs_state_expires", "state", "expires_at"),
@@ -265,4 +267,25 @@ script_versions = Table(
     Column("created_by", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("script_id", "version", name="uq_script_versions_script_version"),
+)
+
+# A live response session (`tether shell HOST`): who, on which host, from when to when and why it
+# ended. Each command is a job carrying the session's id (docs/adr/0012).
+live_sessions = Table(
+    "live_sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("host_id", String(36), ForeignKey("hosts.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # The user as the audit log names them, kept for when the account is gone.
+    Column("actor", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_activity_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("end_reason", Text, nullable=True),
+    # The working directory the client last reported (the shell keeps it; the UI may share it).
+    Column("cwd", Text, nullable=True),
+    # Ending a user's sessions and the idle sweep both look for open sessions.
+    Index("ix_live_sessions_user_ended", "user_id", "ended_at"),
+    Index("ix_live_sessions_ended_activity", "ended_at", "last_activity_at"),
 )
