@@ -221,16 +221,23 @@ def test_a_forking_tree_leaves_no_survivor(spawn: Callable[..., subprocess.Popen
     marker = f"{os.getpid() % 1000}7.25"
     shell = spawn("sh", "-c", f"while true; do sleep {marker} & sleep 0.01; done")
     time.sleep(0.3)
-    result = kill_process(shell.pid, tree=True)
-    assert len(result.processes) > 5
-    assert {p.outcome for p in result.processes} <= {"killed", "gone"}
-    time.sleep(0.2)
-    alive = [
-        proc.pid
-        for proc in psutil.process_iter(["cmdline"], ad_value=None)
-        if proc.info["cmdline"] == ["sleep", marker] and not ended(proc.pid)
-    ]
-    assert alive == []
+
+    def marked() -> list[int]:
+        return [
+            proc.pid
+            for proc in psutil.process_iter(["cmdline"], ad_value=None)
+            if proc.info["cmdline"] == ["sleep", marker] and not ended(proc.pid)
+        ]
+
+    try:
+        result = kill_process(shell.pid, tree=True)
+        assert len(result.processes) > 5
+        assert {p.outcome for p in result.processes} <= {"killed", "gone"}
+        time.sleep(0.2)
+        assert marked() == []
+    finally:
+        for escaped in marked():
+            os.kill(escaped, signal.SIGKILL)
 
 
 def test_kill_without_tree_leaves_children_alone(

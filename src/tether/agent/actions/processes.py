@@ -226,13 +226,14 @@ def _send_kill(proc: psutil.Process) -> KillOutcome | None:
 
 
 def _describe_failure(
-    pid: int, name: str | None, outcome: KillOutcome, others: int, killed: int
+    pid: int, name: str | None, outcome: KillOutcome, waited: float, descendants: list[KillOutcome]
 ) -> str:
     who = f"process {pid} ({name})" if name else f"process {pid}"
-    rest = f"; {killed} of its {others} descendants were killed" if others else ""
+    killed = descendants.count("killed") + descendants.count("gone")
+    rest = f"; {killed} of its {len(descendants)} descendants ended" if descendants else ""
     if outcome == "denied":
         return f"The endpoint denied the agent killing {who}{rest}."
-    return f"The agent sent {who} a kill signal but it still runs after {KILL_WAIT_SECONDS:g} seconds{rest}."
+    return f"The agent sent {who} a kill signal but it still runs after {waited:g} seconds{rest}."
 
 
 def kill_process(
@@ -275,11 +276,7 @@ def kill_process(
                 proc.resume()
     if final[pid] in ("denied", "survived"):
         descendants = [final[proc.pid] for proc in victims[1:]]
-        raise ActionError(
-            _describe_failure(
-                pid, names[pid], final[pid], len(descendants), descendants.count("killed")
-            )
-        )
+        raise ActionError(_describe_failure(pid, names[pid], final[pid], wait_seconds, descendants))
     budget = ResultBudget(budget_bytes)
     reported: list[KilledProcess] = []
     truncated = False
