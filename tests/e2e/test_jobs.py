@@ -49,7 +49,7 @@ def wait_state(api: httpx.Client, job_id: str, state: str, timeout: float = 20) 
 
     def reached() -> bool:
         seen.update(api.get(f"/jobs/{job_id}").json())
-        return seen["state"] == state
+        return bool(seen["state"] == state)
 
     wait_for(reached, timeout=timeout, interval=0.05, what=f"job {job_id} {state} (saw {seen})")
     return seen
