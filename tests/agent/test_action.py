@@ -1,8 +1,12 @@
+import asyncio
+import threading
+import time
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
-from tether.agent.action import MAX_ERROR_CHARS, Handler, ResultBudget, run_action
+from tether.agent.action import MAX_ERROR_CHARS, Handler, ResultBudget, run_action, run_blocking
 from tether.agent.actions import HANDLERS
 from tether.agent.errors import ActionError
 from tether.protocol import (
@@ -131,3 +135,30 @@ def test_result_budget_counts_json_bytes_and_stays_spent() -> None:
     assert budget.remaining == 0
     assert not budget.fits(NoopResult(echo=""))
     assert not ResultBudget(limit=size - 1).fits(entry)
+
+
+async def test_blocking_work_runs_in_a_thread_and_hears_a_cancel() -> None:
+    seen: dict[str, Any] = {}
+    started = threading.Event()
+
+    def work(stop: threading.Event) -> str:
+        seen["thread"] = threading.current_thread()
+        started.set()
+        began = time.monotonic()
+        seen["stopped"] = stop.wait(timeout=10)
+        seen["waited"] = time.monotonic() - began
+        return "done"
+
+    assert await run_blocking(lambda stop: "quick") == "quick"
+    task = asyncio.create_task(run_blocking(work))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if "waited" in seen:
+            break
+        await asyncio.sleep(0.02)
+    assert seen["thread"] is not threading.main_thread()
+    assert seen["stopped"] is True
+    assert seen["waited"] < 5

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.agent.hashing import CHUNK_BYTES, NotRegularFile, digest, open_regular_file
+from tether.agent.hashing import CHUNK_BYTES, NotRegularFile, Stopped, digest, open_regular_file
 
 
 def test_digests_match_hashlib_over_several_chunks(tmp_path: Path) -> None:
@@ -63,3 +63,19 @@ def test_device_is_refused() -> None:
 def test_missing_file_raises_the_system_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         open_regular_file(str(tmp_path / "nope"))
+
+
+def test_reading_ends_at_the_next_chunk_once_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(b"\0" * (4 * CHUNK_BYTES))
+    stop = threading.Event()
+    stop.set()
+    file, _ = open_regular_file(str(path))
+    with file, pytest.raises(Stopped):
+        digest(file, ["sha256"], stop)
+    assert file.closed
+    reread, _ = open_regular_file(str(path))
+    with reread:
+        reread.read(1)
+        stop_later = threading.Event()
+        assert digest(reread, ["md5"], stop_later)[1] == 4 * CHUNK_BYTES - 1

@@ -5,8 +5,10 @@ becomes a failed status with a message, never a dead connection (GRR's boundary 
 ActionError's sentence as it is, anything else prefixed with its type name so a bug reads as one.
 """
 
+import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -50,6 +52,22 @@ class ResultBudget:
             return False
         self.remaining -= size
         return True
+
+
+T = TypeVar("T")
+
+
+async def run_blocking(work: Callable[[threading.Event], T]) -> T:
+    """Run `work(stop)` in a worker thread so the connection keeps serving meanwhile.
+
+    `stop` is set once the awaiting task is done, also when the job is cancelled or times out:
+    a thread cannot be cancelled, so long work checks `stop` and ends instead of running unseen.
+    """
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(work, stop)
+    finally:
+        stop.set()
 
 
 def _failed(job: JobRequest, error: str) -> JobStatus:

@@ -1,12 +1,14 @@
 """Hashing files on the endpoint in fixed-size chunks, so memory does not grow with file size.
 
-Blocking: callers run these in a worker thread (asyncio.to_thread).
+Blocking: callers run these in a worker thread (`tether.agent.action.run_blocking`), whose stop
+event ends the reading early when the job is cancelled or times out.
 """
 
 import hashlib
 import io
 import os
 import stat
+import threading
 from collections.abc import Iterable
 
 CHUNK_BYTES = 1024 * 1024
@@ -18,6 +20,10 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY
 
 class NotRegularFile(Exception):
     """The path names a FIFO, socket, device or other non-regular file."""
+
+
+class Stopped(Exception):
+    """The job that asked for the work was cancelled or timed out; nobody waits for it now."""
 
 
 def open_regular_file(path: str) -> tuple[io.FileIO, os.stat_result]:
@@ -39,9 +45,14 @@ def open_regular_file(path: str) -> tuple[io.FileIO, os.stat_result]:
         raise
 
 
-def digest(file: io.FileIO, algorithms: Iterable[str]) -> tuple[dict[str, str], int]:
+def digest(
+    file: io.FileIO, algorithms: Iterable[str], stop: threading.Event | None = None
+) -> tuple[dict[str, str], int]:
     """Hex digests of the rest of `file` for each of `algorithms`, read once in CHUNK_BYTES,
     and how many bytes they cover (a file still being written may have grown since its stat).
+
+    Raises Stopped at the next chunk once `stop` is set: a thread cannot be cancelled, so a
+    cancelled job would otherwise keep reading a 3 GB file to the end.
     """
     # Not for security: these identify files, as DFIR tools and threat feeds name them.
     hashers = {name: hashlib.new(name, usedforsecurity=False) for name in algorithms}
@@ -49,6 +60,8 @@ def digest(file: io.FileIO, algorithms: Iterable[str]) -> tuple[dict[str, str], 
     view = memoryview(buffer)
     total = 0
     while count := file.readinto(buffer):
+        if stop is not None and stop.is_set():
+            raise Stopped
         total += count
         for hasher in hashers.values():
             hasher.update(view[:count])

@@ -299,9 +299,9 @@ async def test_handlers_run_off_the_event_loop_thread(
     threads: list[threading.Thread] = []
     original = files.hash_path
 
-    def recording(path: str, algorithms: list[str]) -> FileHash:
+    def recording(path: str, algorithms: list[str], stop: threading.Event) -> FileHash:
         threads.append(threading.current_thread())
-        return original(path, algorithms)  # type: ignore[arg-type]
+        return original(path, algorithms, stop)  # type: ignore[arg-type]
 
     monkeypatch.setattr(files, "hash_path", recording)
     result = await files.hash_file(FileHashArgs(path=str(sample / "notes.txt")))

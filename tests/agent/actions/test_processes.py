@@ -18,7 +18,7 @@ from tether.agent.actions import HANDLERS, processes
 from tether.agent.actions.processes import _ExecutableHashes, collect_processes, kill_process
 from tether.agent.errors import ActionError
 from tether.agent.gate import ResponseGate
-from tether.agent.hashing import digest
+from tether.agent.hashing import Stopped, digest
 from tether.protocol import (
     MAX_COMMAND_LINE,
     TRUNCATION_MARKER,
@@ -142,9 +142,9 @@ def test_executables_are_hashed_once_per_file(
     reads: list[object] = []
     original = digest
 
-    def counting(file: Any, algorithms: Any) -> tuple[dict[str, str], int]:
+    def counting(file: Any, algorithms: Any, stop: Any) -> tuple[dict[str, str], int]:
         reads.append(file)
-        return original(file, algorithms)
+        return original(file, algorithms, stop)
 
     monkeypatch.setattr("tether.agent.actions.processes.digest", counting)
     hashes = _ExecutableHashes()
@@ -152,6 +152,13 @@ def test_executables_are_hashed_once_per_file(
     assert hashes.of(first.pid, exe) == hashes.of(second.pid, exe)
     assert hashes.of(first.pid, exe)[0] is not None
     assert len(reads) == 1
+
+
+def test_a_stopped_listing_ends_early() -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped):
+        collect_processes(ProcessListArgs(hashes=True), stop=stop)
 
 
 def test_why_an_executable_has_no_hash() -> None:

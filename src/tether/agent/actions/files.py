@@ -5,13 +5,13 @@ keeps serving heartbeats and other jobs meanwhile. What the endpoint refuses bec
 ActionError with one sentence naming the path.
 """
 
-import asyncio
 import os
 import stat
 import sys
+import threading
 from datetime import UTC, datetime
 
-from tether.agent.action import ResultBudget
+from tether.agent.action import ResultBudget, run_blocking
 from tether.agent.errors import ActionError
 from tether.agent.hashing import NotRegularFile, digest, open_regular_file
 from tether.protocol import (
@@ -199,10 +199,13 @@ def list_directory(path: str, limit: int, budget_bytes: int = MAX_RESULT_BYTES) 
     return FileList(path=safe_text(path, MAX_PATH), entries=listed, truncated=truncated)
 
 
-def hash_path(path: str, algorithms: list[HashAlgorithm]) -> FileHash:
+def hash_path(
+    path: str, algorithms: list[HashAlgorithm], stop: threading.Event | None = None
+) -> FileHash:
     """Digests of the regular file at `path` (links followed), read in 1 MiB chunks. Blocking.
 
-    Raises ActionError for a relative path, a directory, a FIFO or device, or a refused path.
+    Raises ActionError for a relative path, a directory, a FIFO or device, or a refused path,
+    and Stopped once `stop` is set.
     """
     _require_absolute(path)
     try:
@@ -211,7 +214,7 @@ def hash_path(path: str, algorithms: list[HashAlgorithm]) -> FileHash:
             raise ActionError(f"{quoted(path)} is a directory; files.hash hashes one file.")
         file, status = open_regular_file(path)
         with file:
-            digests, size = digest(file, algorithms)
+            digests, size = digest(file, algorithms, stop)
     except NotRegularFile as exc:
         raise ActionError(
             f"{quoted(path)} is not a regular file (a FIFO, socket or device), so the agent does not read it."
@@ -230,9 +233,10 @@ def hash_path(path: str, algorithms: list[HashAlgorithm]) -> FileHash:
 
 async def list_files(args: FileListArgs) -> FileList:
     """Handler of `files.list`."""
-    return await asyncio.to_thread(list_directory, args.path, args.limit)
+    return await run_blocking(lambda stop: list_directory(args.path, args.limit))
 
 
 async def hash_file(args: FileHashArgs) -> FileHash:
     """Handler of `files.hash`."""
-    return await asyncio.to_thread(hash_path, args.path, list(args.algorithms))
+    algorithms = list(args.algorithms)
+    return await run_blocking(lambda stop: hash_path(args.path, algorithms, stop))

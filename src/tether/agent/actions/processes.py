@@ -5,19 +5,19 @@ it is read is skipped or listed with nulls: a listing never fails because one pr
 The blocking work runs in a worker thread so the agent's connection keeps serving.
 """
 
-import asyncio
 import contextlib
 import os
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import psutil
 
-from tether.agent.action import ResultBudget
+from tether.agent.action import ResultBudget, run_blocking
 from tether.agent.errors import ActionError
-from tether.agent.hashing import NotRegularFile, digest, open_regular_file
+from tether.agent.hashing import NotRegularFile, Stopped, digest, open_regular_file
 from tether.protocol import (
     MAX_COMMAND_LINE,
     MAX_PATH,
@@ -46,8 +46,9 @@ _FREEZE_ROUNDS = 5
 class _ExecutableHashes:
     """SHA-256 of executables for one listing: each distinct file is read once."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: threading.Event | None = None) -> None:
         self._known: dict[tuple[str, int, int, int, int], str] = {}
+        self._stop = stop
 
     def of(self, pid: int, executable: str | None) -> tuple[str | None, HashUnavailable | None]:
         """The digest of the file process `pid` runs, or None and why there is none."""
@@ -72,7 +73,7 @@ class _ExecutableHashes:
             if known is not None:
                 return known, None
             try:
-                digests, _ = digest(file, ["sha256"])
+                digests, _ = digest(file, ["sha256"], self._stop)
             except OSError:
                 return None, "read failed"
         self._known[key] = digests["sha256"]
@@ -125,8 +126,12 @@ def collect_processes(
     args: ProcessListArgs,
     budget_bytes: int = MAX_RESULT_BYTES,
     max_entries: int = MAX_PROCESSES,
+    stop: threading.Event | None = None,
 ) -> ProcessList:
-    """The processes matching `args`, by pid, within `max_entries` and `budget_bytes`. Blocking."""
+    """The processes matching `args`, by pid, within `max_entries` and `budget_bytes`. Blocking.
+
+    Raises Stopped once `stop` is set (the job was cancelled or timed out).
+    """
     # process_iter skips processes that end while they are read; ad_value nulls what is refused.
     matched = [
         proc.info
@@ -134,11 +139,13 @@ def collect_processes(
         if _matches(proc.info, args)
     ]
     matched.sort(key=lambda info: int(info["pid"]))
-    hashes = _ExecutableHashes() if args.hashes else None
+    hashes = _ExecutableHashes(stop) if args.hashes else None
     budget = ResultBudget(budget_bytes)
     listed: list[ProcessInfo] = []
     truncated = False
     for info in matched:
+        if stop is not None and stop.is_set():
+            raise Stopped
         if len(listed) == max_entries:
             truncated = True
             break
@@ -292,9 +299,10 @@ def kill_process(
 
 async def list_processes(args: ProcessListArgs) -> ProcessList:
     """Handler of `processes.list`."""
-    return await asyncio.to_thread(collect_processes, args)
+    return await run_blocking(lambda stop: collect_processes(args, stop=stop))
 
 
 async def kill_processes(args: ProcessKillArgs) -> ProcessKillResult:
     """Handler of `processes.kill`."""
-    return await asyncio.to_thread(kill_process, args.pid, args.tree)
+    # Not stoppable: a kill half done is worse than one that finishes its short wait.
+    return await run_blocking(lambda stop: kill_process(args.pid, args.tree))
