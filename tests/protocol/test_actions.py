@@ -1,7 +1,22 @@
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from tether.protocol import ACTIONS, ActionSpec, NoopArgs, NoopResult, Permission, action
+from tether.protocol import (
+    ACTIONS,
+    ActionSpec,
+    FileHash,
+    FileHashArgs,
+    FileList,
+    FileListArgs,
+    NoopArgs,
+    NoopResult,
+    Permission,
+    ProcessKillArgs,
+    ProcessKillResult,
+    ProcessList,
+    ProcessListArgs,
+    action,
+)
 
 
 def test_every_declaration_is_filed_under_its_name() -> None:
@@ -41,3 +56,27 @@ def test_noop_is_not_a_response_action_and_new_actions_are_unless_declared() -> 
         description="x",
     )
     assert declared.response is True
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "result"),
+    [
+        ("processes.list", ProcessListArgs, ProcessList),
+        ("processes.kill", ProcessKillArgs, ProcessKillResult),
+        ("files.list", FileListArgs, FileList),
+        ("files.hash", FileHashArgs, FileHash),
+    ],
+)
+def test_inspection_actions_are_response_actions(
+    name: str, args: type[BaseModel], result: type[BaseModel]
+) -> None:
+    spec = action(name)
+    assert (spec.args, spec.result) == (args, result)
+    assert spec.response is True
+    assert spec.permission is Permission.ACTIVE_RESPONSE
+
+
+def test_argument_and_result_models_are_frozen() -> None:
+    for spec in ACTIONS.values():
+        assert spec.args.model_config.get("frozen") is True, spec.name
+        assert spec.result.model_config.get("frozen") is True, spec.name

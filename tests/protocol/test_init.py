@@ -37,6 +37,32 @@ EXPECTED = [
     "parse_agent_message",
     "parse_platform_message",
     "permissions_of",
+    "DEFAULT_LIST_LIMIT",
+    "MAX_LIST_LIMIT",
+    "MAX_PATH",
+    "FileEntry",
+    "FileHash",
+    "FileHashArgs",
+    "FileList",
+    "FileListArgs",
+    "MAX_COMMAND_LINE",
+    "MAX_PROCESSES",
+    "KilledProcess",
+    "ProcessInfo",
+    "ProcessKillArgs",
+    "ProcessKillResult",
+    "ProcessList",
+    "ProcessListArgs",
+    "ENDPOINT_TEXT",
+    "TRUNCATION_MARKER",
+    "clip",
+    "escape_text",
+    "safe_text",
+    "MAX_RESULT_BYTES",
+    "EntryType",
+    "HashAlgorithm",
+    "HashUnavailable",
+    "KillOutcome",
 ]
 
 
@@ -54,3 +80,4 @@ def test_every_exported_name_exists() -> None:
 def test_version_and_limits() -> None:
     assert tether.protocol.PROTOCOL_VERSION == 1
     assert tether.protocol.MAX_FRAME_BYTES == 1024 * 1024
+    assert tether.protocol.MAX_RESULT_BYTES < tether.protocol.MAX_FRAME_BYTES

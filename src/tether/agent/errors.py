@@ -17,3 +17,11 @@ class NotEnrolled(AgentError):
 
 class AgentRefused(AgentError):
     """The platform refuses this agent for a reason reconnecting cannot fix."""
+
+
+class ActionError(AgentError):
+    """An action could not do what was asked, for a reason the analyst can act on.
+
+    The message is one plain sentence and becomes the job's error as it is, without the type
+    name that unexpected exceptions carry.
+    """

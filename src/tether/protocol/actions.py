@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether.protocol.filesystem import FileHash, FileHashArgs, FileList, FileListArgs
 from tether.protocol.permissions import Permission
+from tether.protocol.processes import (
+    ProcessKillArgs,
+    ProcessKillResult,
+    ProcessList,
+    ProcessListArgs,
+)
 
 
 class _Model(BaseModel):
@@ -54,6 +61,40 @@ ACTIONS: dict[str, ActionSpec] = {
             timeout_seconds=30.0,
             description="Round trip to the agent and back; touches nothing on the endpoint.",
             response=False,
+        ),
+        ActionSpec(
+            name="processes.list",
+            args=ProcessListArgs,
+            result=ProcessList,
+            permission=Permission.ACTIVE_RESPONSE,
+            # Hashing every executable of a busy server reads a few hundred files.
+            timeout_seconds=120.0,
+            description="List the endpoint's processes, optionally filtered and with the SHA-256 of each executable.",
+        ),
+        ActionSpec(
+            name="processes.kill",
+            args=ProcessKillArgs,
+            result=ProcessKillResult,
+            permission=Permission.ACTIVE_RESPONSE,
+            timeout_seconds=30.0,
+            description="Kill a process, or a process and all its descendants; never init or the agent itself.",
+        ),
+        ActionSpec(
+            name="files.list",
+            args=FileListArgs,
+            result=FileList,
+            permission=Permission.ACTIVE_RESPONSE,
+            timeout_seconds=60.0,
+            description="List a directory's entries with type, size, mode, owner and times; links are not followed.",
+        ),
+        ActionSpec(
+            name="files.hash",
+            args=FileHashArgs,
+            result=FileHash,
+            permission=Permission.ACTIVE_RESPONSE,
+            # Sized for the 3 GB files the platform transfers, read from a slow disk.
+            timeout_seconds=600.0,
+            description="Hash one file on the endpoint with SHA-256, SHA-1 and/or MD5.",
         ),
     )
 }

@@ -7,3 +7,7 @@ PROTOCOL_VERSION = 1
 # Control frames are small JSON documents; file data arrives in later issues as binary chunks of at
 # most this size too. Anything larger is refused by the WebSocket layer before it is buffered.
 MAX_FRAME_BYTES = 1024 * 1024
+
+# A result an agent sends stays this far under the frame limit: listings stop adding entries at
+# this many bytes of JSON and say they were truncated, leaving room for the status around them.
+MAX_RESULT_BYTES = 768 * 1024

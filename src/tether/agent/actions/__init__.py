@@ -1,8 +1,12 @@
 """Action handlers, by the name declared in `tether.protocol.ACTIONS`."""
 
 from tether.agent.action import Handler
-from tether.agent.actions import system
+from tether.agent.actions import files, processes, system
 
 HANDLERS: dict[str, Handler] = {
     "system.noop": system.noop,
+    "processes.list": processes.list_processes,
+    "processes.kill": processes.kill_processes,
+    "files.list": files.list_files,
+    "files.hash": files.hash_file,
 }

@@ -1,0 +1,127 @@
+"""Arguments and results of the file-system actions: `files.list` and `files.hash`.
+
+Names, owners and link targets come from the endpoint: the agent escapes them
+(`tether.protocol.text`) and the platform validates them here against ENDPOINT_TEXT.
+"""
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+)
+
+from tether.protocol.text import ENDPOINT_TEXT
+
+MAX_PATH = 4096
+DEFAULT_LIST_LIMIT = 10_000
+MAX_LIST_LIMIT = 50_000
+
+# POSIX `/...`, Windows `C:\...` or `C:/...`, and UNC `\\server\share`: the endpoint decides
+# which of these it can open; the platform only refuses what is relative on every system.
+_ABSOLUTE = re.compile(r"^(?:/|[A-Za-z]:[\\/]|\\\\)")
+
+
+def _absolute_path(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("the path must not contain a NUL character")
+    if not _ABSOLUTE.match(path):
+        raise ValueError("the path must be absolute, such as /var/log or C:\\Windows")
+    return path
+
+
+# A path an analyst asks about: absolute, as the endpoint spells it.
+AbsolutePath = Annotated[
+    str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_absolute_path)
+]
+# A path or name the endpoint reports, escaped and bounded.
+EndpointPath = Annotated[str, Field(max_length=MAX_PATH, pattern=ENDPOINT_TEXT)]
+EntryName = Annotated[str, Field(min_length=1, max_length=1024, pattern=ENDPOINT_TEXT)]
+AccountName = Annotated[str, Field(min_length=1, max_length=256, pattern=ENDPOINT_TEXT)]
+
+HashAlgorithm = Literal["sha256", "sha1", "md5"]
+EntryType = Literal["file", "dir", "symlink", "other"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileListArgs(_Model):
+    """Arguments of `files.list`."""
+
+    path: AbsolutePath
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT
+
+
+class FileEntry(_Model):
+    """One directory entry, as it is (a symbolic link is described, not followed).
+
+    A field the agent could not read (the entry vanished or access was refused) is null. Times
+    are UTC; `ctime` is the inode change time on POSIX and the creation time on Windows.
+    """
+
+    name: EntryName
+    type: EntryType
+    size: Annotated[StrictInt, Field(ge=0)] | None
+    # Permission bits, including setuid, setgid and sticky, as four octal digits: "0755".
+    mode: Annotated[str, Field(pattern=r"^[0-7]{4}$")] | None
+    # The user and group names, or their numeric ids when the endpoint has no name for them.
+    owner: AccountName | None
+    group: AccountName | None
+    mtime: AwareDatetime | None
+    atime: AwareDatetime | None
+    ctime: AwareDatetime | None
+    # Where a symbolic link points, as stored in the link.
+    target: EndpointPath | None = None
+    # The name or target held characters a terminal would act on, shown as `\xNN` escapes: the
+    # name on disk differs from `name`, which is itself worth a look.
+    escaped: StrictBool = False
+
+
+class FileList(_Model):
+    """Result of `files.list`: entries ordered by name."""
+
+    path: EndpointPath
+    entries: Annotated[list[FileEntry], Field(max_length=MAX_LIST_LIMIT)]
+    # More entries exist than are listed: the limit or the result's byte budget was hit.
+    truncated: StrictBool
+
+
+def _unique(algorithms: list[HashAlgorithm]) -> list[HashAlgorithm]:
+    if len(set(algorithms)) != len(algorithms):
+        raise ValueError("each algorithm may be named once")
+    return algorithms
+
+
+def _sha256_only() -> list[HashAlgorithm]:
+    return ["sha256"]
+
+
+class FileHashArgs(_Model):
+    """Arguments of `files.hash`."""
+
+    path: AbsolutePath
+    algorithms: Annotated[
+        list[HashAlgorithm], Field(min_length=1, max_length=3), AfterValidator(_unique)
+    ] = Field(default_factory=_sha256_only)
+
+
+class FileHash(_Model):
+    """Result of `files.hash`: the digests asked for, the others null.
+
+    `size` is the number of bytes hashed; `mtime` is null when the file's time is out of range.
+    """
+
+    path: EndpointPath
+    size: Annotated[StrictInt, Field(ge=0)]
+    mtime: AwareDatetime | None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    sha1: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
+    md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
