@@ -62,6 +62,7 @@ from tether.protocol.processes import (
     ProcessList,
     ProcessListArgs,
 )
+from tether.protocol.scripts import MAX_SCRIPT_BYTES, ScriptRunArgs, ScriptRunResult
 from tether.protocol.text import ENDPOINT_TEXT, TRUNCATION_MARKER, clip, escape_text, safe_text
 from tether.protocol.version import MAX_FRAME_BYTES, MAX_RESULT_BYTES, PROTOCOL_VERSION
 
@@ -77,6 +78,7 @@ __all__ = [
     "MAX_PATH",
     "MAX_PROCESSES",
     "MAX_RESULT_BYTES",
+    "MAX_SCRIPT_BYTES",
     "MFA_REQUIRED_ROLES",
     "PROTOCOL_VERSION",
     "ROLE_PERMISSIONS",
@@ -118,6 +120,8 @@ __all__ = [
     "ProcessListArgs",
     "ProtocolError",
     "Role",
+    "ScriptRunArgs",
+    "ScriptRunResult",
     "Welcome",
     "action",
     "clip",

@@ -16,6 +16,7 @@ from tether.protocol.processes import (
     ProcessList,
     ProcessListArgs,
 )
+from tether.protocol.scripts import ScriptRunArgs, ScriptRunResult
 
 
 class _Model(BaseModel):
@@ -95,6 +96,17 @@ ACTIONS: dict[str, ActionSpec] = {
             # Sized for the 3 GB files the platform transfers, read from a slow disk.
             timeout_seconds=600.0,
             description="Hash one file on the endpoint with SHA-256, SHA-1 and/or MD5.",
+        ),
+        ActionSpec(
+            name="script.run",
+            args=ScriptRunArgs,
+            result=ScriptRunResult,
+            permission=Permission.ACTIVE_RESPONSE,
+            timeout_seconds=600.0,
+            description=(
+                "Run a Python script with the agent's privileges; stdout, stderr and result "
+                "rows stream back as it runs."
+            ),
         ),
     )
 }

@@ -7,7 +7,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import update
 
-from tether.protocol import ACTIONS, ActionSpec, NoopResult, Permission, Role
+from tether.protocol import Role
 from tether.server.services.platform import Platform
 from tether.server.store.tables import segments
 
@@ -166,23 +166,6 @@ class _RunArgs(BaseModel):
     name: str = ""
 
 
-@pytest.fixture
-def script_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    if "script.run" not in ACTIONS:
-        monkeypatch.setitem(
-            ACTIONS,
-            "script.run",
-            ActionSpec(
-                name="script.run",
-                args=_RunArgs,
-                result=NoopResult,
-                permission=Permission.ACTIVE_RESPONSE,
-                timeout_seconds=600,
-                description="Run a Python script (test stand-in).",
-            ),
-        )
-
-
 async def _host_in_enabled_segment(platform: Platform) -> str:
     host = await add_host(platform.engine, "ws-1", segment="lab")
     async with platform.engine.begin() as conn:
@@ -192,7 +175,6 @@ async def _host_in_enabled_segment(platform: Platform) -> str:
     return host
 
 
-@pytest.mark.usefixtures("script_run")
 async def test_running_by_name_submits_the_library_source(
     client: httpx.AsyncClient, admin: dict[str, str], platform: Platform
 ) -> None:
@@ -212,10 +194,13 @@ async def test_running_by_name_submits_the_library_source(
     assert submitted.status_code == 201, submitted.text
     (job,) = submitted.json()["jobs"]
     stored = (await client.get(f"/api/v1/jobs/{job['id']}", headers=admin)).json()
+    # The declared model fills in the output limits it defaults.
     assert stored["args"] == {
         "source": SOURCE,
         "params": {"pid": 4242, "signal": "TERM"},
         "name": "kill v1",
+        "max_output_bytes": 8 * 1024 * 1024,
+        "max_rows": 10_000,
     }
     (record,) = [r async for r in platform.audit.iter_records() if r.action == "job.submit"]
     assert record.to_json()["details"]["args"]["source"] == SOURCE
@@ -235,7 +220,6 @@ async def test_running_by_name_submits_the_library_source(
     assert (stored["args"]["source"], stored["args"]["name"]) == ("print(2)\n", "kill v2")
 
 
-@pytest.mark.usefixtures("script_run")
 @pytest.mark.parametrize(
     ("submission", "status", "detail"),
     [
@@ -265,7 +249,6 @@ async def test_running_by_name_refusals(
     assert (await client.get("/api/v1/jobs", headers=admin)).json() == []
 
 
-@pytest.mark.usefixtures("script_run")
 async def test_an_analyst_cannot_run_a_library_script(
     client: httpx.AsyncClient, admin: dict[str, str], platform: Platform
 ) -> None:

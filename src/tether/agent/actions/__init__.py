@@ -1,7 +1,7 @@
 """Action handlers, by the name declared in `tether.protocol.ACTIONS`."""
 
 from tether.agent.action import Handler
-from tether.agent.actions import files, processes, system
+from tether.agent.actions import files, processes, scripts, system
 
 HANDLERS: dict[str, Handler] = {
     "system.noop": system.noop,
@@ -9,4 +9,5 @@ HANDLERS: dict[str, Handler] = {
     "processes.kill": processes.kill_processes,
     "files.list": files.list_files,
     "files.hash": files.hash_file,
+    "script.run": scripts.run,
 }
