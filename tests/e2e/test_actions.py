@@ -1,0 +1,202 @@
+"""Response actions end to end on a real agent: scripts with parameters and rows, processes,
+files, and a script whose agent is killed mid-run."""
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import running_agent
+from .harness import Agent, Children, Cli, Platform, wait_for, wait_online
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = """
+import os
+from tether import script
+
+script.log("starting")
+for name in script.params["names"]:
+    script.row(name=name, length=len(name), pid=os.getpid())
+print("greeting", script.params["greeting"], flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, Cli, Children]]:
+    root = tmp_path_factory.mktemp("actions-platform")
+    children = Children(root / "logs")
+    try:
+        platform = Platform(root, children)
+        platform.init()
+        platform.start()
+        admin = platform.login(root / "admin-cli")
+        admin.ok("segment", "create", "ir")
+        admin.ok("segment", "set", "ir", "--active-response", "on")
+        yield platform, admin, children
+    finally:
+        children.kill_all()
+
+
+@pytest.fixture(scope="module")
+def endpoint(
+    own: tuple[Platform, Cli, Children], tmp_path_factory: pytest.TempPathFactory
+) -> Agent:
+    platform, admin, children = own
+    return running_agent(platform, admin, children, tmp_path_factory.mktemp("ep"), segment="ir")
+
+
+def run(api: httpx.Client, host_id: str, action: str, args: dict[str, Any], **extra: Any) -> str:
+    response = api.post("/jobs", json={"action": action, "args": args, "hosts": [host_id], **extra})
+    assert response.status_code == 201, response.text
+    job_id: str = response.json()["jobs"][0]["id"]
+    return job_id
+
+
+def finished(api: httpx.Client, job_id: str, timeout: float = 30) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def done() -> bool:
+        seen.update(api.get(f"/jobs/{job_id}").json())
+        return seen["state"] not in {"queued", "delivered", "running"}
+
+    wait_for(done, timeout=timeout, interval=0.1, what=f"job {job_id} to end (saw {seen})")
+    return seen
+
+
+def output(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    pieces: list[dict[str, Any]] = api.get(f"/jobs/{job_id}/output").json()["output"]
+    return pieces
+
+
+def test_a_script_with_parameters_streams_output_and_rows(
+    own: tuple[Platform, Cli, Children], endpoint: Agent
+) -> None:
+    _, admin, _ = own
+    with admin.api() as api:
+        job_id = run(
+            api,
+            endpoint.host_id,
+            "script.run",
+            {"source": SCRIPT, "params": {"names": ["alpha", "beta"], "greeting": "hello"}},
+        )
+        job = finished(api, job_id)
+        assert job["state"] == "succeeded", job
+        assert job["result"]["exit_code"] == 0
+        pieces = output(api, job_id)
+        rows = [p["fields"] for p in pieces if p["stream"] == "row"]
+        assert [(r["name"], r["length"]) for r in rows] == [("alpha", 5), ("beta", 4)]
+        # The script ran in a child process, never inside the agent.
+        assert endpoint.proc is not None
+        assert rows[0]["pid"] != endpoint.proc.pid
+        stdout = "".join(p["text"] for p in pieces if p["stream"] == "stdout")
+        assert stdout == "greeting hello\n"
+        assert [p["text"] for p in pieces if p["stream"] == "log"] == ["starting\n"]
+        # The whole script text is in the audit log with the submission.
+        records = api.get("/audit", params={"limit": 1000}).json()
+        submitted = [r for r in records if r["action"] == "job.submit"]
+        assert any(r["details"]["args"]["source"] == SCRIPT for r in submitted)
+
+
+def test_a_failing_script_and_a_syntax_error_fail_the_job_with_a_reason(
+    own: tuple[Platform, Cli, Children], endpoint: Agent
+) -> None:
+    _, admin, _ = own
+    with admin.api() as api:
+        bad = finished(api, run(api, endpoint.host_id, "script.run", {"source": "def (:\n"}))
+        assert bad["state"] == "failed"
+        assert bad["error"].startswith("The script has a syntax error on line 1")
+        raising = run(api, endpoint.host_id, "script.run", {"source": "raise SystemExit(3)\n"})
+        failed = finished(api, raising)
+        assert failed["state"] == "failed"
+        assert "3" in failed["error"]
+
+
+def test_processes_listed_and_one_killed(
+    own: tuple[Platform, Cli, Children], endpoint: Agent
+) -> None:
+    _, admin, _ = own
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        with admin.api() as api:
+            listing = finished(
+                api, run(api, endpoint.host_id, "processes.list", {"pid": victim.pid})
+            )
+            assert listing["state"] == "succeeded", listing
+            (found,) = listing["result"]["processes"]
+            assert found["pid"] == victim.pid
+            assert "time.sleep(300)" in found["command_line"]
+            killed = finished(
+                api, run(api, endpoint.host_id, "processes.kill", {"pid": victim.pid})
+            )
+            assert killed["state"] == "succeeded", killed
+            assert victim.wait(10) is not None
+            gone = finished(api, run(api, endpoint.host_id, "processes.kill", {"pid": victim.pid}))
+            assert gone["state"] == "failed"
+            assert f"No process has the pid {victim.pid}" in gone["error"]
+    finally:
+        victim.kill()
+
+
+def test_files_listed_and_hashed(
+    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    _, admin, _ = own
+    (tmp_path / "evidence.bin").write_bytes(b"x" * 5000)
+    with admin.api() as api:
+        listing = finished(api, run(api, endpoint.host_id, "files.list", {"path": str(tmp_path)}))
+        assert listing["state"] == "succeeded", listing
+        names = {e["name"]: e for e in listing["result"]["entries"]}
+        assert names["evidence.bin"]["size"] == 5000
+        hashed = finished(
+            api,
+            run(api, endpoint.host_id, "files.hash", {"path": str(tmp_path / "evidence.bin")}),
+        )
+        assert hashed["result"]["sha256"] == hashlib.sha256(b"x" * 5000).hexdigest()
+        missing = finished(
+            api, run(api, endpoint.host_id, "files.list", {"path": str(tmp_path / "nope")})
+        )
+        assert missing["state"] == "failed"
+        assert missing["error"].endswith(".")
+        assert "Traceback" not in missing["error"]
+
+
+def test_a_script_whose_agent_is_killed_mid_run_fails_with_that_reason(
+    own: tuple[Platform, Cli, Children], tmp_path: Path
+) -> None:
+    platform, admin, children = own
+    agent = running_agent(platform, admin, children, tmp_path / "victim", segment="ir")
+    with admin.api() as api:
+        job_id = run(
+            api,
+            agent.host_id,
+            "script.run",
+            {"source": "import time\nprint('up', flush=True)\ntime.sleep(300)\n"},
+        )
+        wait_for(
+            lambda: "up\n" in "".join(p["text"] or "" for p in output(api, job_id)),
+            timeout=20,
+            what="the script's first output",
+        )
+        assert agent.proc is not None
+        agent.proc.popen.send_signal(signal.SIGKILL)
+        agent.proc.wait(10)
+        wait_online(api, agent.host_id, online=False, timeout=30)
+        agent.start()
+        job = finished(api, job_id)
+        assert job["state"] == "failed"
+        assert (
+            job["error"] == "The agent restarted while this job was running, so it did not finish."
+        )
+        # What the script printed before the agent died was kept.
+        assert "".join(p["text"] for p in output(api, job_id) if p["stream"] == "stdout") == "up\n"
+        # Not run again after the restart.
+        time.sleep(1)
+        assert api.get(f"/jobs/{job_id}").json()["state"] == "failed"
