@@ -85,12 +85,13 @@ class Link:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> "Link":
+        # Both ends are attached before any frame is read, as the connections do after welcome.
+        await self.platform.attach(self.to_agent)
+        await self.agent.attach(self.to_platform)
         self._tasks = [
             asyncio.create_task(self._deliver(self.to_platform, self.platform)),
             asyncio.create_task(self._deliver(self.to_agent, self.agent)),
         ]
-        await self.platform.attach(self.to_agent)
-        await self.agent.attach(self.to_platform)
         return self
 
     def check_open(self) -> None:
