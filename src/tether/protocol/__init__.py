@@ -33,6 +33,21 @@ from tether.protocol.permissions import (
     Role,
     permissions_of,
 )
+from tether.protocol.transfer import (
+    ChunkHeader,
+    TransferAbort,
+    TransferAccept,
+    TransferAck,
+    TransferDone,
+    TransferEnd,
+    TransferFailed,
+    TransferMessage,
+    TransferOpen,
+    decode_chunk,
+    encode_chunk,
+    parse_transfer_message,
+    transfer_id_for,
+)
 from tether.protocol.version import MAX_FRAME_BYTES, PROTOCOL_VERSION
 
 __all__ = [
@@ -43,6 +58,7 @@ __all__ = [
     "ROLE_PERMISSIONS",
     "ActionSpec",
     "AgentMessage",
+    "ChunkHeader",
     "CloseCode",
     "EnrollRequest",
     "EnrollResponse",
@@ -60,9 +76,21 @@ __all__ = [
     "Policy",
     "ProtocolError",
     "Role",
+    "TransferAbort",
+    "TransferAccept",
+    "TransferAck",
+    "TransferDone",
+    "TransferEnd",
+    "TransferFailed",
+    "TransferMessage",
+    "TransferOpen",
     "Welcome",
     "action",
+    "decode_chunk",
+    "encode_chunk",
     "parse_agent_message",
     "parse_platform_message",
+    "parse_transfer_message",
     "permissions_of",
+    "transfer_id_for",
 ]
