@@ -25,11 +25,17 @@ from pathlib import Path
 from typing import Protocol
 
 from tether.agent.transfer import AgentTransfers
-from tether.protocol.transfer import AnyTransferMessage, parse_transfer_message, transfer_id_for
+from tether.protocol.transfer import (
+    DEFAULT_CHUNK_BYTES,
+    AnyTransferMessage,
+    parse_transfer_message,
+    transfer_id_for,
+)
 from tether.server.services.transfers import HostTransfers
 from tether.server.store.blobs import BlobStore
 
 MiB = 1024 * 1024
+CHUNK = [DEFAULT_CHUNK_BYTES]  # set from --chunk-kib
 
 
 class Engine(Protocol):
@@ -113,7 +119,7 @@ def copy_and_hash(source: Path, target: Path) -> float:
 
 
 async def measure_get(source: Path, store: BlobStore, sha: str, run: int) -> float:
-    agent, platform = AgentTransfers(), HostTransfers(store)
+    agent, platform = AgentTransfers(chunk_bytes=CHUNK[0]), HostTransfers(store)
     tid = transfer_id_for(f"bench-get-{run}")
 
     async def work() -> None:
@@ -130,7 +136,7 @@ async def measure_get(source: Path, store: BlobStore, sha: str, run: int) -> flo
 
 
 async def measure_put(store: BlobStore, sha: str, size: int, target: Path, run: int) -> float:
-    agent, platform = AgentTransfers(), HostTransfers(store)
+    agent, platform = AgentTransfers(), HostTransfers(store, chunk_bytes=CHUNK[0])
     tid = transfer_id_for(f"bench-put-{run}")
 
     async def work() -> None:
@@ -179,7 +185,10 @@ async def main_async(args: argparse.Namespace, directory: Path) -> None:
     get = statistics.median(gets)
     put = statistics.median(puts)
     print()
-    print(f"size {args.size_mib} MiB, median of {args.runs}, event loop {args.loop}")
+    print(
+        f"size {args.size_mib} MiB, chunks of {args.chunk_kib} KiB, median of {args.runs}, "
+        f"event loop {args.loop}"
+    )
     print(f"copy + sha256 baseline : {base:7.0f} MB/s")
     print(f"files.get (agent->blob): {get:7.0f} MB/s  ({get / base:.2f}x baseline)")
     print(f"files.put (blob->agent): {put:7.0f} MB/s  ({put / base:.2f}x baseline)")
@@ -191,7 +200,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where the files go (a disk)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--chunk-kib", type=int, default=DEFAULT_CHUNK_BYTES // 1024)
     args = parser.parse_args()
+    CHUNK[0] = args.chunk_kib * 1024
     directory = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.dir))
     try:
         if args.loop == "uvloop" and sys.platform != "win32":

@@ -69,6 +69,30 @@ class ReceivedFile:
     sha256: str
 
 
+def _read_at(fd: int, length: int, offset: int) -> bytes:
+    """Up to `length` bytes at `offset` (fewer only at the end of the file)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, length, offset)
+    # Windows: no pread. Each descriptor is used by one thread at a time (ThreadWork), so the
+    # shared file position is safe to move.
+    os.lseek(fd, offset, os.SEEK_SET)
+    parts = []
+    while length > 0:
+        part = os.read(fd, length)
+        if not part:
+            break
+        parts.append(part)
+        length -= len(part)
+    return b"".join(parts)
+
+
+def _write_at(fd: int, data: memoryview, offset: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.write(fd, data)
+
+
 async def _send(transport: Transport | None, text: str) -> None:
     if transport is None:
         return
@@ -189,7 +213,7 @@ class _FileSender:
     def _hash_range(self, hasher: "hashlib._Hash", start: int, end: int) -> None:
         position = start
         while position < end:
-            block = os.pread(self._fd, min(HASH_CHUNK_BYTES, end - position), position)
+            block = _read_at(self._fd, min(HASH_CHUNK_BYTES, end - position), position)
             if not block:
                 raise TransferFailed(self._changed())
             hasher.update(block)
@@ -212,7 +236,7 @@ class _FileSender:
     ) -> tuple[bytes, "hashlib._Hash"]:
         # Hashes into a copy: if the pump is cancelled meanwhile, the running hash stays at the
         # last chunk actually sent, and each state kept as a checkpoint is never changed again.
-        data = os.pread(self._fd, length, offset)
+        data = _read_at(self._fd, length, offset)
         if len(data) != length:
             raise TransferFailed(self._changed())
         self._check_unchanged()
@@ -337,7 +361,7 @@ class _FileReceiver:
             self._hasher = hashlib.sha256()
             position = 0
             while position < held:
-                block = os.pread(self._fd, min(HASH_CHUNK_BYTES, held - position), position)
+                block = _read_at(self._fd, min(HASH_CHUNK_BYTES, held - position), position)
                 if not block:
                     break
                 self._hasher.update(block)
@@ -370,7 +394,7 @@ class _FileReceiver:
     def _write(self, offset: int, data: memoryview) -> None:
         view = data
         while view:
-            written = os.pwrite(self._fd, view, offset)
+            written = _write_at(self._fd, view, offset)
             view = view[written:]
             offset += written
         self._hasher.update(data)
@@ -435,11 +459,12 @@ class _FileReceiver:
         os.close(self._fd)
         self._fd = -1
         os.replace(self.temp_path, self.destination)
-        directory = os.open(self.destination.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        if os.name == "posix":  # the rename itself must survive a crash; Windows has no dir fsync
+            directory = os.open(self.destination.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
     def on_abort(self, message: TransferAbort) -> None:
         if self.flow.finished:
