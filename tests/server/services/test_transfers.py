@@ -187,6 +187,48 @@ async def test_put_resumes_after_the_link_is_cut(tmp_path: Path, store: BlobStor
     assert second.chunk_bytes < len(data)
 
 
+async def test_put_finishes_from_a_restarted_platform(tmp_path: Path, store: BlobStore) -> None:
+    data = os.urandom(12 * MiB)
+    blob = await store_blob(store, data)
+    destination = tmp_path / "out.bin"
+    agent = AgentTransfers()
+    tid = transfer_id_for("job-put-restart")
+    dead_platform = HostTransfers(store)
+    first = await Link(agent, dead_platform, cut_after=6 * MiB).start()
+    dead_sending = asyncio.create_task(dead_platform.send_blob(tid, "job-put-restart", blob.sha256))
+    receiving = asyncio.create_task(
+        agent.receive_file(tid, "job-put-restart", destination, size=len(data), sha256=blob.sha256)
+    )
+    await first.cut_event.wait()
+    await first.close()
+    restarted = HostTransfers(BlobStore(store.root))
+    second = await Link(agent, restarted).start()
+    done = await restarted.send_blob(tid, "job-put-restart", blob.sha256)
+    received = await receiving
+    await second.close()
+    dead_sending.cancel()
+    assert done.sha256 == received.sha256 == blob.sha256
+    assert destination.read_bytes() == data
+    assert second.chunk_bytes < len(data)
+
+
+async def test_a_sender_that_missed_the_done_hears_it_again(store: BlobStore) -> None:
+    platform, _, task = await opened(store, 3)
+    await platform.on_chunk(encode_chunk(TID, 0, b"abc"))
+    sha = hashlib.sha256(b"abc").hexdigest()
+    await platform.on_message(TransferEnd(transfer_id=TID, size=3, sha256=sha))
+    blob = await task
+    assert blob.sha256 == sha
+    # The link fell before the done arrived; the agent re-opens on its next connection.
+    platform.detach()
+    again = Recorder()
+    await platform.attach(again)
+    await platform.on_message(
+        TransferOpen(transfer_id=TID, job_id="job-x", direction="get", size=3)
+    )
+    assert again.messages() == [TransferDone(transfer_id=TID, size=3, sha256=sha)]
+
+
 async def test_memory_stays_flat_for_200_mib(tmp_path: Path, store: BlobStore) -> None:
     source = tmp_path / "big.bin"
     size = 200 * MiB
