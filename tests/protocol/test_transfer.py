@@ -230,6 +230,8 @@ def test_receiver_checks_offsets_sizes_and_the_window() -> None:
         flow.chunk(ChunkHeader(TID, 20), 10)
     with pytest.raises(TransferFailed, match="more than the 100 bytes it declared"):
         flow.chunk(ChunkHeader(TID, 10), 91)
+    with pytest.raises(ProtocolError, match="empty chunk"):
+        flow.chunk(ChunkHeader(TID, 10), 0)
 
 
 def test_receiver_refuses_a_sender_beyond_its_window() -> None:

@@ -452,6 +452,9 @@ class ReceiverFlow:
     def chunk(self, header: ChunkHeader, length: int) -> None:
         """Validate a chunk before it is written (ProtocolError or TransferFailed)."""
         self._expect(ReceiveState.RECEIVING, doing="a chunk")
+        if length == 0:
+            # A sender never needs one; a stream of them would cost a disk write each for nothing.
+            raise ProtocolError(f"Transfer {self.transfer_id}: an empty chunk.")
         if header.offset != self.received:
             raise ProtocolError(
                 f"Transfer {self.transfer_id}: chunk at offset {header.offset}, expected "
