@@ -218,3 +218,47 @@ async def test_the_platform_sending_out_of_turn_is_a_protocol_error() -> None:
         await agent.on_message(
             TransferOpen(transfer_id=uuid.uuid4(), job_id="j", direction="put", size=1)
         )
+
+
+async def test_a_restarted_agent_rehashes_what_the_platform_holds(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    source = tmp_path / "f"
+    sha = write_random_file(source, 10 * MiB)
+    platform = HostTransfers(store)
+    tid = transfer_id_for("job-agent-restart")
+    dead_agent = AgentTransfers()
+    first = await Link(dead_agent, platform, cut_after=4 * MiB).start()
+    receiving = asyncio.create_task(platform.receive_file(tid, "job-agent-restart"))
+    dead_sending = asyncio.create_task(dead_agent.send_file(tid, "job-agent-restart", source))
+    await first.cut_event.wait()
+    await first.close()
+    # A new agent process: no hash state, only the file; the platform says where to go on from.
+    agent = AgentTransfers()
+    second = await Link(agent, platform).start()
+    done = await agent.send_file(tid, "job-agent-restart", source)
+    blob = await receiving
+    await second.close()
+    dead_sending.cancel()
+    assert blob.sha256 == done.sha256 == sha
+    assert 0 < second.chunk_bytes < 10 * MiB
+
+
+async def test_a_put_over_the_agents_cap_is_refused(tmp_path: Path, store: BlobStore) -> None:
+    blob = await store_blob(store, os.urandom(2 * MiB))
+    agent, platform = AgentTransfers(max_put_bytes=1 * MiB), HostTransfers(store)
+    link = await Link(agent, platform).start()
+    tid = transfer_id_for("job-cap")
+    destination = tmp_path / "big"
+    results = await asyncio.gather(
+        platform.send_blob(tid, "job-cap", blob.sha256),
+        agent.receive_file(tid, "job-cap", destination, size=2 * MiB, sha256=blob.sha256),
+        return_exceptions=True,
+    )
+    await link.close()
+    assert str(results[1]) == (
+        "The file is 2.0 MiB, over the 1.0 MiB limit for files sent to an endpoint."
+    )
+    assert isinstance(results[0], TransferFailed)
+    assert not destination.exists()
+    assert leftovers(tmp_path) == []
