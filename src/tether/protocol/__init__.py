@@ -64,6 +64,21 @@ from tether.protocol.processes import (
 )
 from tether.protocol.scripts import MAX_SCRIPT_BYTES, ScriptRunArgs, ScriptRunResult
 from tether.protocol.text import ENDPOINT_TEXT, TRUNCATION_MARKER, clip, escape_text, safe_text
+from tether.protocol.transfer import (
+    ChunkHeader,
+    TransferAbort,
+    TransferAccept,
+    TransferAck,
+    TransferDone,
+    TransferEnd,
+    TransferFailed,
+    TransferMessage,
+    TransferOpen,
+    decode_chunk,
+    encode_chunk,
+    parse_transfer_message,
+    transfer_id_for,
+)
 from tether.protocol.version import MAX_FRAME_BYTES, MAX_RESULT_BYTES, PROTOCOL_VERSION
 
 __all__ = [
@@ -85,6 +100,7 @@ __all__ = [
     "TRUNCATION_MARKER",
     "ActionSpec",
     "AgentMessage",
+    "ChunkHeader",
     "CloseCode",
     "EnrollRequest",
     "EnrollResponse",
@@ -122,12 +138,24 @@ __all__ = [
     "Role",
     "ScriptRunArgs",
     "ScriptRunResult",
+    "TransferAbort",
+    "TransferAccept",
+    "TransferAck",
+    "TransferDone",
+    "TransferEnd",
+    "TransferFailed",
+    "TransferMessage",
+    "TransferOpen",
     "Welcome",
     "action",
     "clip",
+    "decode_chunk",
+    "encode_chunk",
     "escape_text",
     "parse_agent_message",
     "parse_platform_message",
+    "parse_transfer_message",
     "permissions_of",
     "safe_text",
+    "transfer_id_for",
 ]

@@ -1,0 +1,264 @@
+"""The agent's transfer engine: sending files it can trust to be stable, writing files so the
+destination is either untouched or complete. The platform's engine plays the other end."""
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tether.agent.transfer import AgentTransfers
+from tether.protocol import ProtocolError
+from tether.protocol.transfer import (
+    TransferFailed,
+    TransferOpen,
+    encode_chunk,
+    transfer_id_for,
+)
+from tether.server.services.transfers import HostTransfers
+from tether.server.store.blobs import Blob, BlobStore
+
+from ..transfer_link import Link, small_tmpfs, write_random_file
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    return BlobStore(tmp_path / "platform")
+
+
+async def store_blob(store: BlobStore, data: bytes) -> Blob:
+    partial = await store.open_partial(uuid.uuid4())
+    await partial.write(0, data)
+    return await partial.commit(hashlib.sha256(data).hexdigest(), len(data))
+
+
+async def put(store: BlobStore, data: bytes, destination: Path, job: str = "job-put") -> None:
+    """Send `data` from the platform's library to `destination` on the agent."""
+    blob = await store_blob(store, data)
+    agent, platform = AgentTransfers(), HostTransfers(store)
+    link = await Link(agent, platform).start()
+    tid = transfer_id_for(job)
+    try:
+        results = await asyncio.gather(
+            platform.send_blob(tid, job, blob.sha256),
+            agent.receive_file(tid, job, destination, size=len(data), sha256=blob.sha256),
+            return_exceptions=True,
+        )
+    finally:
+        await link.close()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".tether-"))
+
+
+async def test_put_replaces_an_existing_file_whole(tmp_path: Path, store: BlobStore) -> None:
+    destination = tmp_path / "hosts"
+    destination.write_bytes(b"old content")
+    data = os.urandom(3 * MiB)
+    await put(store, data, destination)
+    assert destination.read_bytes() == data
+    assert leftovers(tmp_path) == []
+
+
+async def test_put_of_an_empty_file(tmp_path: Path, store: BlobStore) -> None:
+    await put(store, b"", tmp_path / "empty")
+    assert (tmp_path / "empty").read_bytes() == b""
+
+
+async def test_put_into_a_missing_folder_fails_clearly(tmp_path: Path, store: BlobStore) -> None:
+    with pytest.raises(
+        TransferFailed, match=r"The folder .*/nowhere does not exist on the endpoint\."
+    ):
+        await put(store, b"data", tmp_path / "nowhere" / "file")
+    assert not (tmp_path / "nowhere").exists()
+
+
+async def test_put_onto_a_folder_fails_and_leaves_it(tmp_path: Path, store: BlobStore) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside").write_text("keep")
+    with pytest.raises(
+        TransferFailed, match="is a folder on the endpoint; give the path of a file"
+    ):
+        await put(store, b"data", tmp_path / "dir")
+    assert (tmp_path / "dir" / "inside").read_text() == "keep"
+    assert leftovers(tmp_path) == []
+
+
+async def test_put_under_a_file_used_as_a_folder_fails(tmp_path: Path, store: BlobStore) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    with pytest.raises(TransferFailed, match="is not a folder on the endpoint"):
+        await put(store, b"data", tmp_path / "plain" / "file")
+    assert (tmp_path / "plain").read_text() == "not a folder"
+
+
+async def test_put_where_even_root_may_not_write_fails(store: BlobStore) -> None:
+    # /sys refuses new files to root too: the permission case a test running as root can meet.
+    with pytest.raises(
+        TransferFailed, match=r"The agent failed creating a file in /sys: Permission denied\."
+    ):
+        await put(store, b"data", Path("/sys/tether-test-file"))
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "tiny") as directory:
+        yield directory
+
+
+async def test_put_on_a_full_disk_leaves_nothing(full_disk: Path, store: BlobStore) -> None:
+    with pytest.raises(TransferFailed, match="The endpoint's disk is full"):
+        await put(store, os.urandom(3 * MiB), full_disk / "big")
+    assert os.listdir(full_disk) == []
+
+
+async def test_put_of_corrupted_library_bytes_is_caught(tmp_path: Path, store: BlobStore) -> None:
+    data = os.urandom(2 * MiB)
+    blob = await store_blob(store, data)
+    os.chmod(blob.path, 0o600)
+    blob.path.write_bytes(b"\0" * len(data))  # bit rot in the library, same length
+    destination = tmp_path / "tool"
+    destination.write_bytes(b"previous")
+    agent, platform = AgentTransfers(), HostTransfers(store)
+    link = await Link(agent, platform).start()
+    tid = transfer_id_for("job-rot")
+    sending = platform.send_blob(tid, "job-rot", blob.sha256)
+    receiving = agent.receive_file(tid, "job-rot", destination, size=len(data), sha256=blob.sha256)
+    results = await asyncio.gather(sending, receiving, return_exceptions=True)
+    await link.close()
+    assert all(isinstance(r, TransferFailed) for r in results)
+    assert "does not match" in str(results[1])
+    assert destination.read_bytes() == b"previous"
+    assert leftovers(tmp_path) == []
+
+
+async def test_get_of_a_missing_file_or_a_folder_fails_before_sending(tmp_path: Path) -> None:
+    agent = AgentTransfers()
+    with pytest.raises(TransferFailed, match="does not exist on the endpoint"):
+        await agent.send_file(uuid.uuid4(), "j", tmp_path / "missing")
+    with pytest.raises(TransferFailed, match="folder"):
+        await agent.send_file(uuid.uuid4(), "j", tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(TransferFailed, match="not a regular file"):
+        await agent.send_file(uuid.uuid4(), "j", fifo)
+
+
+async def test_get_of_a_file_changing_underneath_fails_clearly(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    source = tmp_path / "growing.log"
+    write_random_file(source, 8 * MiB)
+    agent, platform = AgentTransfers(), HostTransfers(store)
+    tid = transfer_id_for("job-change")
+    first = await Link(agent, platform, cut_after=3 * MiB).start()
+    receiving = asyncio.create_task(platform.receive_file(tid, "job-change"))
+    sending = asyncio.create_task(agent.send_file(tid, "job-change", source))
+    await first.cut_event.wait()
+    await first.close()
+    with source.open("ab") as log:
+        log.write(b"a new line\n")
+    second = await Link(agent, platform).start()
+    results = await asyncio.gather(receiving, sending, return_exceptions=True)
+    await second.close()
+    assert all(isinstance(r, TransferFailed) for r in results), results
+    assert "changed on the endpoint while it was being sent" in str(results[1])
+    assert list((store.root / "partial").iterdir()) == []
+
+
+async def test_a_disconnect_pauses_the_agent_and_a_new_link_resumes(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    source = tmp_path / "f"
+    sha = write_random_file(source, 10 * MiB)
+    agent, platform = AgentTransfers(), HostTransfers(store)
+    tid = transfer_id_for("job-pause")
+    links = [await Link(agent, platform, cut_after=2 * MiB).start()]
+    receiving = asyncio.create_task(platform.receive_file(tid, "job-pause"))
+    sending = asyncio.create_task(agent.send_file(tid, "job-pause", source))
+    for cut_after in (5 * MiB, 3 * MiB):  # two more cuts before it gets through
+        await links[-1].cut_event.wait()
+        await links[-1].close()
+        links.append(await Link(agent, platform, cut_after=cut_after).start())
+    await links[-1].cut_event.wait()
+    await links[-1].close()
+    last = await Link(agent, platform).start()
+    blob, done = await asyncio.gather(receiving, sending)
+    await last.close()
+    assert blob.sha256 == done.sha256 == sha
+
+
+async def test_the_platform_sending_out_of_turn_is_a_protocol_error() -> None:
+    agent = AgentTransfers()
+
+    class Silent:
+        async def send_text(self, text: str) -> None:
+            pass
+
+        async def send_binary(self, frame: bytes) -> None:
+            pass
+
+    await agent.attach(Silent())
+    with pytest.raises(ProtocolError, match="unknown transfer"):
+        await agent.on_chunk(encode_chunk(uuid.uuid4(), 0, b"x"))
+    # An open before its job registered the transfer waits (bounded) instead of failing.
+    await agent.on_message(
+        TransferOpen(transfer_id=uuid.uuid4(), job_id="j", direction="put", size=1)
+    )
+    agent.detach()
+    with pytest.raises(ProtocolError, match="detached"):
+        await agent.on_message(
+            TransferOpen(transfer_id=uuid.uuid4(), job_id="j", direction="put", size=1)
+        )
+
+
+async def test_a_restarted_agent_rehashes_what_the_platform_holds(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    source = tmp_path / "f"
+    sha = write_random_file(source, 10 * MiB)
+    platform = HostTransfers(store)
+    tid = transfer_id_for("job-agent-restart")
+    dead_agent = AgentTransfers()
+    first = await Link(dead_agent, platform, cut_after=4 * MiB).start()
+    receiving = asyncio.create_task(platform.receive_file(tid, "job-agent-restart"))
+    dead_sending = asyncio.create_task(dead_agent.send_file(tid, "job-agent-restart", source))
+    await first.cut_event.wait()
+    await first.close()
+    # A new agent process: no hash state, only the file; the platform says where to go on from.
+    agent = AgentTransfers()
+    second = await Link(agent, platform).start()
+    done = await agent.send_file(tid, "job-agent-restart", source)
+    blob = await receiving
+    await second.close()
+    dead_sending.cancel()
+    assert blob.sha256 == done.sha256 == sha
+    assert 0 < second.chunk_bytes < 10 * MiB
+
+
+async def test_a_put_over_the_agents_cap_is_refused(tmp_path: Path, store: BlobStore) -> None:
+    blob = await store_blob(store, os.urandom(2 * MiB))
+    agent, platform = AgentTransfers(max_put_bytes=1 * MiB), HostTransfers(store)
+    link = await Link(agent, platform).start()
+    tid = transfer_id_for("job-cap")
+    destination = tmp_path / "big"
+    results = await asyncio.gather(
+        platform.send_blob(tid, "job-cap", blob.sha256),
+        agent.receive_file(tid, "job-cap", destination, size=2 * MiB, sha256=blob.sha256),
+        return_exceptions=True,
+    )
+    await link.close()
+    assert str(results[1]) == (
+        "The file is 2.0 MiB, over the 1.0 MiB limit for files sent to an endpoint."
+    )
+    assert isinstance(results[0], TransferFailed)
+    assert not destination.exists()
+    assert leftovers(tmp_path) == []
