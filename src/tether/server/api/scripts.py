@@ -1,7 +1,7 @@
 """The script library: read by analysts and responders, changed by responders only.
 
 Library scripts run as root on endpoints, so changing one needs what running one needs: the
-Active Response role and a session that passed the second factor (docs/adr/0011).
+Active Response role and a session that passed the second factor (docs/adr/0015).
 """
 
 from typing import Annotated

@@ -3,7 +3,7 @@
 Versions are immutable: a save that changes the source, the description or the schema adds the
 next version; saving what the latest version already holds adds nothing. Deleting hides the
 script (its row and versions stay), and saving the name again brings it back with a new version.
-Every change is audited, a save with the whole source text (docs/adr/0011).
+Every change is audited, a save with the whole source text (docs/adr/0015).
 
 Sources are compiled with `compile()` to refuse syntax errors early; nothing here ever runs them.
 """

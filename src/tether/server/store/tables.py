@@ -239,7 +239,7 @@ job_output = Table(
     UniqueConstraint("job_id", "seq", name="uq_job_output_job_seq"),
 )
 
-# The script library (docs/adr/0011). A deleted script keeps its row (deleted_at set) and its
+# The script library (docs/adr/0015). A deleted script keeps its row (deleted_at set) and its
 # versions, so the name stays taken and the history stays readable in the database.
 scripts = Table(
     "scripts",
