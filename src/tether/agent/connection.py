@@ -21,6 +21,7 @@ from tether.agent.gate import ResponseGate
 from tether.agent.jobs import JobRunner
 from tether.agent.journal import Journal
 from tether.agent.state import StateDir
+from tether.agent.transfer import AgentTransfers
 from tether.protocol import (
     MAX_FRAME_BYTES,
     CloseCode,
@@ -34,6 +35,7 @@ from tether.protocol import (
     Welcome,
     parse_platform_message,
 )
+from tether.protocol.transfer import AnyTransferMessage
 
 log = logging.getLogger("tether.agent")
 
@@ -71,6 +73,25 @@ _CERTIFICATE_ALERTS = (
 )
 
 
+class _TransferLink:
+    """The connection as the transfer engine sees it: a send on a closed link is an error."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self._ws = websocket
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:
+            raise ConnectionResetError("The connection to the platform closed.") from exc
+
+    async def send_binary(self, frame: bytes) -> None:
+        try:
+            await self._ws.send(frame)
+        except ConnectionClosed as exc:
+            raise ConnectionResetError("The connection to the platform closed.") from exc
+
+
 class AgentConnection:
     """Keeps the agent connected until stopped or refused for good."""
 
@@ -90,7 +111,10 @@ class AgentConnection:
         self._handlers = HANDLERS if handlers is None else handlers
         # Off by the command-line flag or by the file in the state directory, whichever is set.
         self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
-        self.jobs = JobRunner(journal or Journal(state.journal), self._handlers, self.gate)
+        self.transfers = AgentTransfers()
+        self.jobs = JobRunner(
+            journal or Journal(state.journal), self._handlers, self.gate, transfers=self.transfers
+        )
         self._backoff = backoff or Backoff()
         self._ssl = client_ssl_context(state)
         self.connected = asyncio.Event()
@@ -176,8 +200,10 @@ class AgentConnection:
 
             try:
                 await self.jobs.attach(send)
+                await self.transfers.attach(_TransferLink(websocket))
                 await self._serve(websocket)
             finally:
+                self.transfers.detach()
                 self.jobs.detach()
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -228,8 +254,14 @@ class AgentConnection:
             except ConnectionClosed as exc:
                 self._raise_if_final(exc)
                 raise
+            if isinstance(frame, bytes):
+                # File data: awaited here, in order, which is also the back-pressure.
+                await self.transfers.on_chunk(frame)
+                continue
             message = parse_platform_message(frame)
-            if isinstance(message, Policy):
+            if isinstance(message, AnyTransferMessage):
+                await self.transfers.on_message(message)
+            elif isinstance(message, Policy):
                 self.gate.apply(message)
                 log.info(
                     "Policy from the platform: segment %s, Active Response %s",

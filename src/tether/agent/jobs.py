@@ -16,6 +16,7 @@ from tether.agent.action import Handler, run_action
 from tether.agent.context import JobContext, current_job
 from tether.agent.gate import ResponseGate
 from tether.agent.journal import Journal
+from tether.agent.transfer import AgentTransfers
 from tether.protocol import (
     ACTIONS,
     ActionSpec,
@@ -51,8 +52,10 @@ class JobRunner:
         handlers: Mapping[str, Handler],
         gate: ResponseGate,
         actions: Mapping[str, ActionSpec] = ACTIONS,
+        transfers: AgentTransfers | None = None,
     ) -> None:
         self._journal = journal
+        self._transfers = transfers
         self._handlers = dict(handlers)
         self._gate = gate
         self._actions = actions
@@ -119,7 +122,7 @@ class JobRunner:
             )
             await self._status(self._journal.finish(stale))
             return
-        context = JobContext(job.job_id, self._emit)
+        context = JobContext(job.job_id, self._emit, self._transfers)
         self._contexts[job.job_id] = context
         task = asyncio.create_task(self._execute(job, context), name=f"job {job.job_id}")
         self._tasks[job.job_id] = task

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether.protocol.filesystem import FileHash, FileHashArgs, FileList, FileListArgs
+from tether.protocol.filesystem import (
+    FileGetArgs,
+    FileGetResult,
+    FileHash,
+    FileHashArgs,
+    FileList,
+    FileListArgs,
+    FilePutArgs,
+    FilePutResult,
+)
 from tether.protocol.permissions import Permission
 from tether.protocol.processes import (
     ProcessKillArgs,
@@ -96,6 +105,29 @@ ACTIONS: dict[str, ActionSpec] = {
             # Sized for the 3 GB files the platform transfers, read from a slow disk.
             timeout_seconds=600.0,
             description="Hash one file on the endpoint with SHA-256, SHA-1 and/or MD5.",
+        ),
+        ActionSpec(
+            name="files.get",
+            args=FileGetArgs,
+            result=FileGetResult,
+            permission=Permission.ACTIVE_RESPONSE,
+            # A 4 GiB file over a slow link; the transfer resumes across reconnects meanwhile.
+            timeout_seconds=6 * 3600.0,
+            description=(
+                "Retrieve a file from the endpoint: chunked, resumable, SHA-256 verified, kept "
+                "in the platform's file library with its chain of custody."
+            ),
+        ),
+        ActionSpec(
+            name="files.put",
+            args=FilePutArgs,
+            result=FilePutResult,
+            permission=Permission.ACTIVE_RESPONSE,
+            timeout_seconds=6 * 3600.0,
+            description=(
+                "Write a file from the library to an endpoint path: received into a temporary "
+                "file, verified, then renamed into place."
+            ),
         ),
         ActionSpec(
             name="script.run",

@@ -125,3 +125,45 @@ class FileHash(_Model):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     sha1: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
     md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = None
+
+
+class FileGetArgs(_Model):
+    """Arguments of `files.get`: retrieve one regular file from the endpoint to the platform.
+
+    The bytes travel as a transfer whose id is `transfer_id_for(job_id)`: both sides derive it,
+    so a retry after a reconnect or a platform restart resumes the same partial file.
+    """
+
+    path: AbsolutePath
+    # The endpoint refuses a file larger than this before sending a byte (the platform's own
+    # cap applies too).
+    max_bytes: Annotated[StrictInt, Field(ge=1, le=64 * 1024**3)] = 4 * 1024**3
+
+
+class FileGetResult(_Model):
+    """What the endpoint says of the file it sent; the platform verified size and SHA-256."""
+
+    path: EndpointPath
+    size: Annotated[StrictInt, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    mtime: AwareDatetime | None
+    owner: AccountName | None
+    mode: Annotated[str, Field(pattern=r"^[0-7]{4}$")] | None
+
+
+class FilePutArgs(_Model):
+    """Arguments of `files.put`: write a library file (by SHA-256) to an endpoint path."""
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[StrictInt, Field(ge=0)]
+    path: AbsolutePath
+    # Replacing an existing file is a deliberate choice of the analyst.
+    overwrite: StrictBool = False
+
+
+class FilePutResult(_Model):
+    """Where the file now is, verified on the endpoint before it was renamed into place."""
+
+    path: EndpointPath
+    size: Annotated[StrictInt, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

@@ -10,6 +10,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from tether.protocol.errors import ProtocolError
+from tether.protocol.transfer import (
+    TransferAbort,
+    TransferAccept,
+    TransferAck,
+    TransferDone,
+    TransferEnd,
+    TransferOpen,
+)
 
 # Text an endpoint reports ends up in terminals and web pages: no control characters, ever.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -146,8 +154,32 @@ class JobAck(_Message):
     job_ids: Annotated[list[JobId], Field(min_length=1, max_length=1000)]
 
 
-AnyAgentMessage = Hello | Heartbeat | JobStatus | JobOutput
-AnyPlatformMessage = Welcome | Policy | JobRequest | JobCancel | JobAck
+# Either side may send or receive a file, so both unions take every transfer message.
+AnyAgentMessage = (
+    Hello
+    | Heartbeat
+    | JobStatus
+    | JobOutput
+    | TransferOpen
+    | TransferAccept
+    | TransferAck
+    | TransferEnd
+    | TransferDone
+    | TransferAbort
+)
+AnyPlatformMessage = (
+    Welcome
+    | Policy
+    | JobRequest
+    | JobCancel
+    | JobAck
+    | TransferOpen
+    | TransferAccept
+    | TransferAck
+    | TransferEnd
+    | TransferDone
+    | TransferAbort
+)
 AgentMessage = Annotated[AnyAgentMessage, Field(discriminator="type")]
 PlatformMessage = Annotated[AnyPlatformMessage, Field(discriminator="type")]
 

@@ -1,7 +1,7 @@
 """Action handlers, by the name declared in `tether.protocol.ACTIONS`."""
 
 from tether.agent.action import Handler
-from tether.agent.actions import files, processes, scripts, system
+from tether.agent.actions import files, processes, scripts, system, transfers
 
 HANDLERS: dict[str, Handler] = {
     "system.noop": system.noop,
@@ -9,5 +9,7 @@ HANDLERS: dict[str, Handler] = {
     "processes.kill": processes.kill_processes,
     "files.list": files.list_files,
     "files.hash": files.hash_file,
+    "files.get": transfers.get_file,
+    "files.put": transfers.put_file,
     "script.run": scripts.run,
 }

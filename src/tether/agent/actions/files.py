@@ -59,7 +59,7 @@ def describe_os_error(exc: OSError, path: str) -> ActionError:
     return ActionError(f"The endpoint could not read {where}: {reason}.")
 
 
-def _require_absolute(path: str) -> None:
+def require_absolute(path: str) -> None:
     # The platform checks the form; whether it is absolute here depends on this endpoint's
     # system (C:\x is relative on Linux).
     if not os.path.isabs(path):
@@ -76,7 +76,7 @@ def utc_time(timestamp: float) -> datetime | None:
         return None
 
 
-class _Accounts:
+class Accounts:
     """User and group names by id, looked up once per listing."""
 
     def __init__(self) -> None:
@@ -137,7 +137,7 @@ def _guess_type(entry: os.DirEntry[str]) -> EntryType:
     return "other"
 
 
-def _describe(entry: os.DirEntry[str], accounts: _Accounts) -> FileEntry:
+def _describe(entry: os.DirEntry[str], accounts: Accounts) -> FileEntry:
     name, name_escaped = escape_text(entry.name)
     try:
         status: os.stat_result | None = entry.stat(follow_symlinks=False)
@@ -172,12 +172,12 @@ def list_directory(path: str, limit: int, budget_bytes: int = MAX_RESULT_BYTES) 
 
     Blocking. Raises ActionError when the path is relative, missing, refused or not a directory.
     """
-    _require_absolute(path)
+    require_absolute(path)
     try:
         # Follows a link given as the path itself: listing /var/run means listing /run.
         if not stat.S_ISDIR(os.stat(path).st_mode):
             raise ActionError(f"{quoted(path)} is not a directory; files.list lists directories.")
-        accounts = _Accounts()
+        accounts = Accounts()
         found: list[FileEntry] = []
         truncated = False
         with os.scandir(path) as directory:
@@ -207,7 +207,7 @@ def hash_path(
     Raises ActionError for a relative path, a directory, a FIFO or device, or a refused path,
     and Stopped once `stop` is set.
     """
-    _require_absolute(path)
+    require_absolute(path)
     try:
         # Checked first for the message: opening a directory fails differently on each system.
         if stat.S_ISDIR(os.stat(path).st_mode):
