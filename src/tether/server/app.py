@@ -10,6 +10,7 @@ from tether.server.api import (
     audit,
     auth,
     enrollment,
+    files,
     hosts,
     jobs,
     live_sessions,
@@ -66,7 +67,18 @@ def create_app(platform: Platform) -> FastAPI:
     public.include_router(auth.public)
     public.include_router(enrollment.public)
     protected = APIRouter(dependencies=[Depends(current_user)])
-    for module in (auth, enrollment, hosts, segments, audit, users, jobs, scripts, live_sessions):
+    for module in (
+        auth,
+        enrollment,
+        hosts,
+        segments,
+        audit,
+        users,
+        jobs,
+        scripts,
+        live_sessions,
+        files,
+    ):
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)
     app.include_router(protected, prefix=API_PREFIX)

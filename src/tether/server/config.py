@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     last_seen_flush_seconds: float = Field(default=5.0, gt=0)
     # How often queued jobs are checked for expiry and for hosts another process woke.
     job_sweep_seconds: float = Field(default=5.0, gt=0)
+    # The largest file retrieved from an endpoint or uploaded to the library (4 GiB default).
+    max_file_bytes: int = Field(default=4 * 1024**3, ge=1024)
     session_idle_minutes: int = Field(default=30, ge=1)
     session_lifetime_hours: int = Field(default=12, ge=1)
     # A live response session (`tether shell`) with no command for this long is ended.
@@ -76,6 +78,11 @@ class Settings(BaseSettings):
     @property
     def audit_anchor(self) -> Path:
         return self.data_dir / "audit-anchor.json"
+
+    @property
+    def file_store(self) -> Path:
+        """Retrieved and uploaded files, content-addressed (tether.server.store.blobs)."""
+        return self.data_dir / "files"
 
     @property
     def mfa_key(self) -> Path:

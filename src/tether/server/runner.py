@@ -69,6 +69,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         presence=platform.presence,
         policies=platform.policies,
         dispatcher=platform.dispatcher,
+        transfers=platform.transfers,
         audit=platform.audit,
         heartbeat_seconds=settings.heartbeat_seconds,
         hello_timeout=settings.hello_timeout_seconds,

@@ -106,6 +106,11 @@ ROWS = [
     Row("GET", "/api/v1/sessions/{session_id}", RESPONDERS_404, url="/api/v1/sessions/ghost"),
     Row("POST", "/api/v1/sessions/{session_id}/commands", RESPONDERS_404, url="/api/v1/sessions/ghost/commands", body={"action": "system.noop"}),
     Row("DELETE", "/api/v1/sessions/{session_id}", RESPONDERS_404, url="/api/v1/sessions/ghost"),
+    # The file library: listed by readers; uploads and downloads by responders with MFA.
+    Row("GET", "/api/v1/files", RESULTS),
+    Row("GET", "/api/v1/files/{ref}", RESULTS_404, url="/api/v1/files/ghost"),
+    Row("GET", "/api/v1/files/{ref}/content", (401, 403, 404, 403, 403, 404), url="/api/v1/files/ghost/content"),
+    Row("POST", "/api/v1/files", (401, 403, 422, 403, 403, 422), url="/api/v1/files?name=bad%2Fname"),
     # Segments.
     Row("GET", "/api/v1/segments", READERS),
     Row("POST", "/api/v1/segments", (401, 403, 403, 403, 422, 422), body={"name": "bad/name"}),

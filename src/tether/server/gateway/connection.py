@@ -78,3 +78,22 @@ class AgentConnection:
 
     def abort(self) -> None:
         self._ws.transport.abort()
+
+
+class TransferLink:
+    """An agent's connection as the transfer engine sees it: a send on a closed link raises."""
+
+    def __init__(self, websocket: ServerConnection) -> None:
+        self._ws = websocket
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:
+            raise ConnectionResetError("The agent's connection closed.") from exc
+
+    async def send_binary(self, frame: bytes) -> None:
+        try:
+            await self._ws.send(frame)
+        except ConnectionClosed as exc:
+            raise ConnectionResetError("The agent's connection closed.") from exc

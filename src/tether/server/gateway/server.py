@@ -26,9 +26,11 @@ from tether.protocol import (
     Welcome,
     parse_agent_message,
 )
-from tether.server.gateway.connection import CALL_PREFIX, AgentConnection
+from tether.protocol.transfer import AnyTransferMessage
+from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, TransferLink
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
+from tether.server.services.file_transfers import FileTransfers
 from tether.server.services.hosts import CertificateStatus, Hosts
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
@@ -176,6 +178,7 @@ class AgentGateway:
         presence: Presence,
         policies: PolicyDelivery,
         dispatcher: Dispatcher,
+        transfers: FileTransfers,
         audit: AuditLog,
         heartbeat_seconds: int,
         hello_timeout: float,
@@ -184,6 +187,7 @@ class AgentGateway:
         self._presence = presence
         self._policies = policies
         self._dispatcher = dispatcher
+        self._transfers = transfers
         self._audit = audit
         self._heartbeat = heartbeat_seconds
         self._hello_timeout = hello_timeout
@@ -251,6 +255,7 @@ class AgentGateway:
             return
         await self._hosts.record_hello(status.host_id, hello)
         link = AgentConnection(status.host_id, ws)
+        transfer_link = TransferLink(ws)
         try:
             # Welcome goes out before the link is registered: a policy change published in
             # between must not reach the agent ahead of its welcome.
@@ -267,6 +272,7 @@ class AgentGateway:
             # Read after attaching: a change committed from here on is published to this link
             # too, and one committed before is in this read (see PolicyDelivery).
             await self._policies.deliver(link)
+            await self._transfers.connected(status.host_id, transfer_link)
             # After the policy: the agent refuses response actions until it has one.
             await self._dispatcher.host_connected(link)
             log.info("Agent %s (%s) connected from %s", hello.hostname, status.host_id, _peer(ws))
@@ -275,6 +281,7 @@ class AgentGateway:
             pass
         finally:
             self._presence.detach(link)
+            self._transfers.disconnected(status.host_id, transfer_link)
             link.fail_pending("The agent disconnected before answering.")
         await self._audit_bad_close(ws, status)
 
@@ -329,7 +336,14 @@ class AgentGateway:
                 await ws.close(int(CloseCode.IDLE), "No heartbeat; reconnect.")
                 return
             try:
+                if isinstance(frame, bytes):
+                    # File data, in order; awaiting it is the back-pressure on the agent.
+                    await self._transfers.on_chunk(status.host_id, frame)
+                    continue
                 message = parse_agent_message(frame)
+                if isinstance(message, AnyTransferMessage):
+                    await self._transfers.on_message(status.host_id, message)
+                    continue
             except ProtocolError as exc:
                 await self._refuse(
                     ws, CloseCode.BAD_FRAME, str(exc), target=f"host:{status.host_id}", details={}

@@ -9,6 +9,7 @@ queued job whose host left an Active Response segment fails with that reason and
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from tether.protocol import (
 )
 from tether.server.services.access import ResponseAccess
 from tether.server.services.batching import Coalesced
+from tether.server.services.file_transfers import FileTransfers, FinishedJob
 from tether.server.services.job_events import JobEvents
 from tether.server.services.presence import AgentLink, Presence
 from tether.server.store.db import as_utc, insert_ignoring_duplicates, utcnow
@@ -87,14 +89,28 @@ class Dispatcher:
         access: ResponseAccess,
         events: JobEvents,
         limits: OutputLimits | None = None,
+        transfers: FileTransfers | None = None,
     ) -> None:
         self._engine = engine
+        self._transfers = transfers
+        self._finished: list[Callable[[FinishedJob], Awaitable[None]]] = []
         self._presence = presence
         self._access = access
         self._events = events
         self._limits = limits or OutputLimits()
         # A reconnect storm brings thousands of hosts at once: one read covers all of them.
         self._unfinished: Coalesced[None, dict[str, list[Any]]] = Coalesced(self._read_unfinished)
+
+    def on_finished(self, listener: Callable[[FinishedJob], Awaitable[None]]) -> None:
+        """Call `listener` with every job an agent (or the sweeper) brings to a final state."""
+        self._finished.append(listener)
+
+    async def _announce(self, job: FinishedJob) -> None:
+        for listener in self._finished:
+            try:
+                await listener(job)
+            except Exception:
+                log.exception("A listener failed on job %s ending %s", job.job_id, job.state)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -194,6 +210,11 @@ class Dispatcher:
             if link is None:
                 continue
             if row.id in sent or (row.state != "queued" and row.id not in ended):
+                if self._transfers is not None:
+                    # Ready for the file before the agent can start sending it.
+                    await self._transfers.start_for_job(
+                        row.host_id, row.id, row.action, json.loads(row.args)
+                    )
                 # Unfinished jobs are sent again: the agent answers with the state it holds.
                 await link.send_text(job_request(row).model_dump_json())
             if row.cancel_requested_by is not None:
@@ -242,9 +263,13 @@ class Dispatcher:
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(jobs.c.host_id, jobs.c.action, jobs.c.state, jobs.c.sent_at).where(
-                        jobs.c.id == status.job_id
-                    )
+                    select(
+                        jobs.c.host_id,
+                        jobs.c.action,
+                        jobs.c.state,
+                        jobs.c.sent_at,
+                        jobs.c.created_by,
+                    ).where(jobs.c.id == status.job_id)
                 )
             ).one_or_none()
             if row is None or row.host_id != host_id:
@@ -262,6 +287,19 @@ class Dispatcher:
                 )
         if changes:
             self._events.notify(status.job_id)
+            if changes["state"] in FINAL_STATES:
+                result = changes.get("result")
+                await self._announce(
+                    FinishedJob(
+                        job_id=status.job_id,
+                        host_id=host_id,
+                        action=row.action,
+                        state=changes["state"],
+                        result=json.loads(result) if result else None,
+                        error=changes.get("error"),
+                        created_by=row.created_by,
+                    )
+                )
         if status.state in FINAL_AGENT_STATES:
             link = self._presence.link(host_id)
             if link is not None:
@@ -367,14 +405,19 @@ class Dispatcher:
                     jobs.c.delivered_at,
                     jobs.c.started_at,
                     jobs.c.sent_at,
+                    jobs.c.host_id,
+                    jobs.c.action,
+                    jobs.c.created_by,
                 ).where(jobs.c.state.in_(("delivered", "running")))
             )
             silent_ended: dict[str, tuple[str, str]] = {}
+            silent_rows: dict[str, Any] = {}
             for row in silent:
                 since = as_utc(row.started_at) or as_utc(row.delivered_at) or as_utc(row.sent_at)
                 if since is None:
                     continue
                 if since + timedelta(seconds=row.timeout_seconds) + REPORT_GRACE < now:
+                    silent_rows[row.id] = row
                     silent_ended[row.id] = (
                         "failed",
                         "The agent reported no result within the job's time limit "
@@ -395,8 +438,20 @@ class Dispatcher:
                     ),
                     [{"job": j, "new_state": s, "reason": r} for j, (s, r) in silent_ended.items()],
                 )
-            for job_id in silent_ended:
+            for job_id, (state, reason) in silent_ended.items():
                 self._events.notify(job_id)
+                row = silent_rows[job_id]
+                await self._announce(
+                    FinishedJob(
+                        job_id=job_id,
+                        host_id=row.host_id,
+                        action=row.action,
+                        state=state,
+                        result=None,
+                        error=reason,
+                        created_by=row.created_by,
+                    )
+                )
         return len(ended) + len(silent_ended)
 
 

@@ -8,6 +8,7 @@ that are online (DESIGN.md section 3).
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -150,6 +151,14 @@ class Jobs:
         self._access = access
         self._dispatcher = dispatcher
         self._events = events
+        # Checks an action's arguments need beyond their model (a deployed file must exist).
+        self._argument_checks: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
+
+    def check_arguments(
+        self, action: str, check: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Run `check` on the validated arguments of every submission of `action`."""
+        self._argument_checks[action] = check
 
     async def _resolve(self, selection: Selection) -> list[str]:
         if selection.host_ids is not None:
@@ -200,6 +209,8 @@ class Jobs:
         if spec.permission not in user.permissions:
             raise Forbidden(f"You need the {spec.permission.value} permission to run {action}.")
         clean_args = validate_args(spec, args)
+        if (check := self._argument_checks.get(action)) is not None:
+            await check(clean_args)
         ttl = ttl if ttl is not None else DEFAULT_TTL
         if not timedelta(seconds=1) <= ttl <= MAX_TTL:
             raise Invalid("The time to live must be between 1 second and 30 days.")

@@ -11,6 +11,8 @@ from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.enrollment import Enrollment
+from tether.server.services.file_transfers import FileTransfers
+from tether.server.services.files import FileLibrary
 from tether.server.services.hosts import Hosts
 from tether.server.services.job_events import JobEvents
 from tether.server.services.jobs import Jobs
@@ -24,6 +26,7 @@ from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
 from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
+from tether.server.store.blobs import BlobStore
 from tether.server.store.db import create_engine
 
 
@@ -56,6 +59,8 @@ class Platform:
     jobs: Jobs
     scripts: ScriptLibrary
     live_sessions: LiveSessions
+    files: FileLibrary
+    transfers: FileTransfers
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -68,8 +73,14 @@ class Platform:
         team = Team(engine, audit, users)
         access = ResponseAccess(engine)
         events = JobEvents()
-        dispatcher = Dispatcher(engine, presence, access, events)
+        blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
+        transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
+        files = FileLibrary(engine, audit, blobs)
+        dispatcher = Dispatcher(engine, presence, access, events, transfers=transfers)
+        dispatcher.on_finished(transfers.job_finished)
+        dispatcher.on_finished(files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
+        jobs.check_arguments("files.put", files.check_put)
         live_sessions = LiveSessions(
             engine,
             audit,
@@ -98,8 +109,11 @@ class Platform:
             scripts=ScriptLibrary(engine, audit),
             jobs=jobs,
             live_sessions=live_sessions,
+            files=files,
+            transfers=transfers,
         )
 
     async def close(self) -> None:
+        await self.transfers.close()
         await self.presence.flush()
         await self.engine.dispose()

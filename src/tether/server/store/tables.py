@@ -289,3 +289,25 @@ live_sessions = Table(
     Index("ix_live_sessions_user_ended", "user_id", "ended_at"),
     Index("ix_live_sessions_ended_activity", "ended_at", "last_activity_at"),
 )
+
+# The file library: tools and remediation files analysts uploaded, and files retrieved from
+# endpoints with their chain of custody. The bytes live in the blob store, named by SHA-256.
+library_files = Table(
+    "library_files",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # "upload" (analyst to library) or "retrieved" (endpoint to platform).
+    Column("kind", String(16), nullable=False),
+    Column("name", String(255), nullable=False, index=True),
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("size", BigInteger, nullable=False),
+    # Chain of custody of a retrieved file: where it came from, as the endpoint described it.
+    Column("host_id", String(36), ForeignKey("hosts.id"), nullable=True),
+    Column("source_path", Text, nullable=True),
+    Column("file_mtime", DateTime(timezone=True), nullable=True),
+    Column("file_owner", String(128), nullable=True),
+    Column("file_mode", String(16), nullable=True),
+    Column("job_id", String(36), ForeignKey("jobs.id"), nullable=True, unique=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)

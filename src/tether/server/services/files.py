@@ -1,0 +1,304 @@
+"""The file library: what analysts upload for deployment and what was retrieved from endpoints.
+
+The bytes live once in the content-addressed blob store; each library entry says what they are.
+A retrieved file keeps its chain of custody (host, path, size, SHA-256, file time, owner and mode
+as the endpoint reported them, the job, who asked and when); every upload, retrieval and
+download is audited with the hash.
+"""
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tether.server.errors import Invalid, NotFound
+from tether.server.services.audit import AuditLog
+from tether.server.services.file_transfers import FinishedJob
+from tether.server.store.blobs import BlobReader, BlobStore
+from tether.server.store.db import as_utc, utcnow
+from tether.server.store.tables import hosts, library_files
+
+log = logging.getLogger(__name__)
+
+# A library name is a file name: no directories, nothing a terminal or a shell would interpret.
+_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
+
+
+def check_name(name: str) -> str:
+    """The name, or Invalid with the reason."""
+    if not _NAME.fullmatch(name) or name in {".", ".."} or name.strip() != name:
+        raise Invalid(
+            f"{name[:80]!r} is not a valid library name: use 1-255 characters without "
+            "slashes, backslashes, control characters or surrounding spaces."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class LibraryFile:
+    id: str
+    kind: str
+    name: str
+    sha256: str
+    size: int
+    host_id: str | None
+    hostname: str | None
+    source_path: str | None
+    file_mtime: datetime | None
+    file_owner: str | None
+    file_mode: str | None
+    job_id: str | None
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What an endpoint reported about a file it sent, with the job that asked for it."""
+
+    job_id: str
+    host_id: str
+    path: str
+    size: int
+    sha256: str
+    mtime: datetime | None
+    owner: str | None
+    mode: str | None
+    requested_by: str
+
+
+def _view(row: Any) -> LibraryFile:
+    return LibraryFile(
+        id=row.id,
+        kind=row.kind,
+        name=row.name,
+        sha256=row.sha256,
+        size=row.size,
+        host_id=row.host_id,
+        hostname=row.hostname,
+        source_path=row.source_path,
+        file_mtime=as_utc(row.file_mtime),
+        file_owner=row.file_owner,
+        file_mode=row.file_mode,
+        job_id=row.job_id,
+        created_by=row.created_by,
+        created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+    )
+
+
+def _query() -> Any:
+    return select(library_files, hosts.c.hostname).outerjoin(
+        hosts, hosts.c.id == library_files.c.host_id
+    )
+
+
+class FileLibrary:
+    def __init__(self, engine: AsyncEngine, audit: AuditLog, blobs: BlobStore) -> None:
+        self._engine = engine
+        self._audit = audit
+        self.blobs = blobs
+
+    async def upload(
+        self, name: str, chunks: AsyncIterator[bytes], *, actor: str, source: str
+    ) -> LibraryFile:
+        """Store an analyst's file; nothing is kept if the upload breaks off or is too large."""
+        check_name(name)
+        partial = await self.blobs.open_partial(uuid.uuid4())
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    await partial.write(partial.size, chunk)
+            blob = await partial.commit(partial.sha256_so_far(), partial.size)
+        except BaseException:
+            await partial.discard()
+            raise
+        file_id = uuid.uuid4().hex
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                library_files.insert().values(
+                    id=file_id,
+                    kind="upload",
+                    name=name,
+                    sha256=blob.sha256,
+                    size=blob.size,
+                    created_by=actor,
+                    created_at=utcnow(),
+                )
+            )
+        await self._audit.record(
+            "file.upload",
+            actor=actor,
+            target=f"file:{file_id}",
+            source=source,
+            details={"name": name, "sha256": blob.sha256, "size": blob.size},
+        )
+        return await self.get(file_id)
+
+    async def record_retrieved(self, retrieved: Retrieved) -> LibraryFile:
+        """Add a file an endpoint sent (already verified into the blob store) to the library."""
+        name = check_name_from_path(retrieved.path)
+        file_id = uuid.uuid4().hex
+        async with self._engine.begin() as conn:
+            existing = (
+                await conn.execute(
+                    select(library_files.c.id).where(library_files.c.job_id == retrieved.job_id)
+                )
+            ).scalar_one_or_none()
+            if existing is not None:
+                return await self.get(existing)
+            await conn.execute(
+                library_files.insert().values(
+                    id=file_id,
+                    kind="retrieved",
+                    name=name,
+                    sha256=retrieved.sha256,
+                    size=retrieved.size,
+                    host_id=retrieved.host_id,
+                    source_path=retrieved.path,
+                    file_mtime=retrieved.mtime,
+                    file_owner=retrieved.owner,
+                    file_mode=retrieved.mode,
+                    job_id=retrieved.job_id,
+                    created_by=retrieved.requested_by,
+                    created_at=utcnow(),
+                )
+            )
+        await self._audit.record(
+            "file.retrieve",
+            actor=retrieved.requested_by,
+            target=f"host:{retrieved.host_id}",
+            source="endpoint",
+            details={
+                "path": retrieved.path,
+                "size": retrieved.size,
+                "sha256": retrieved.sha256,
+                "job": retrieved.job_id,
+                "file": file_id,
+            },
+        )
+        return await self.get(file_id)
+
+    async def find(self, *, kind: str | None = None, limit: int = 500) -> list[LibraryFile]:
+        query = _query().order_by(library_files.c.created_at.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(library_files.c.kind == kind)
+        async with self._engine.connect() as conn:
+            return [_view(r) for r in (await conn.execute(query)).all()]
+
+    async def get(self, ref: str) -> LibraryFile:
+        """A library file by id, or an uploaded file by name (the newest with that name)."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    _query()
+                    .where(
+                        or_(
+                            library_files.c.id == ref,
+                            (library_files.c.name == ref) & (library_files.c.kind == "upload"),
+                        )
+                    )
+                    .order_by(library_files.c.created_at.desc())
+                    .limit(2)
+                )
+            ).all()
+        by_id = [r for r in rows if r.id == ref]
+        if by_id or rows:
+            return _view((by_id or rows)[0])
+        raise NotFound(f"The library holds no file with the id or name {ref!r}.")
+
+    async def by_sha256(self, sha256: str) -> LibraryFile:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    _query()
+                    .where(library_files.c.sha256 == sha256)
+                    .order_by(library_files.c.created_at.desc())
+                    .limit(1)
+                )
+            ).one_or_none()
+        if row is None or not await self.blobs.exists(sha256):
+            raise NotFound(f"The library holds no file with SHA-256 {sha256}.")
+        return _view(row)
+
+    async def check_put(self, args: dict[str, Any]) -> None:
+        """At submission of `files.put`: the library must hold that exact file."""
+        entry = await self.by_sha256(str(args["sha256"]))
+        if entry.size != args["size"]:
+            raise Invalid(
+                f"The library file with SHA-256 {entry.sha256} is {entry.size} bytes, "
+                f"not {args['size']}."
+            )
+
+    async def job_finished(self, job: FinishedJob) -> None:
+        """Record a retrieval in the library, or a deployment in the audit log."""
+        if job.state != "succeeded" or job.result is None:
+            return
+        if job.action == "files.get":
+            sha256 = str(job.result["sha256"])
+            if not await self.blobs.exists(sha256):
+                # The endpoint claims a file the platform never verified: say so, keep nothing.
+                log.warning("Job %s reported a file the platform never received", job.job_id)
+                await self._audit.record(
+                    "file.retrieve",
+                    actor=job.created_by,
+                    target=f"host:{job.host_id}",
+                    outcome="failure",
+                    source="endpoint",
+                    details={"job": job.job_id, "reason": "reported file never received"},
+                )
+                return
+            mtime = job.result.get("mtime")
+            await self.record_retrieved(
+                Retrieved(
+                    job_id=job.job_id,
+                    host_id=job.host_id,
+                    path=str(job.result["path"]),
+                    size=int(job.result["size"]),
+                    sha256=sha256,
+                    mtime=datetime.fromisoformat(mtime) if mtime else None,
+                    owner=job.result.get("owner"),
+                    mode=job.result.get("mode"),
+                    requested_by=job.created_by,
+                )
+            )
+        elif job.action == "files.put":
+            await self._audit.record(
+                "file.deploy",
+                actor=job.created_by,
+                target=f"host:{job.host_id}",
+                source="endpoint",
+                details={
+                    "path": job.result["path"],
+                    "size": job.result["size"],
+                    "sha256": job.result["sha256"],
+                    "job": job.job_id,
+                },
+            )
+
+    async def open(self, ref: str, *, actor: str, source: str) -> tuple[LibraryFile, BlobReader]:
+        """Open a library file for download; the download is audited with the hash."""
+        entry = await self.get(ref)
+        reader = await self.blobs.open_read(entry.sha256)
+        await self._audit.record(
+            "file.download",
+            actor=actor,
+            target=f"file:{entry.id}",
+            source=source,
+            details={"name": entry.name, "sha256": entry.sha256, "size": entry.size},
+        )
+        return entry, reader
+
+
+def check_name_from_path(path: str) -> str:
+    """A library name for a file retrieved from `path` (its last component, made safe)."""
+    base = re.split(r"[/\\]", path.rstrip("/\\"))[-1] or "file"
+    cleaned = re.sub(r"[\x00-\x1f\x7f]", "_", base).strip() or "file"
+    if cleaned in {".", ".."}:
+        cleaned = "file"
+    return cleaned[:255]
