@@ -1,6 +1,6 @@
 import pytest
 
-from tether.cli.enrollment import parse_duration
+from tether.cli.times import parse_duration
 from tether.cli.errors import CliError
 
 

@@ -7,9 +7,11 @@ from typing import Any
 import httpx
 
 from tether.cli import profile
-from tether.cli.errors import CliError
+from tether.cli.errors import ApiError, CliError, Unreachable
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# A proxy in front of a restarting platform answers these: the request may well work again.
+_TRANSIENT = {502, 503, 504}
 
 
 def _problem(response: httpx.Response) -> str:
@@ -26,7 +28,13 @@ class Api:
     """Thin wrapper: raises CliError with the platform's one-sentence reason on any failure."""
 
     def __init__(
-        self, server: str, ca_pem: str, token: str | None = None, *, login_hint: bool = True
+        self,
+        server: str,
+        ca_pem: str,
+        token: str | None = None,
+        *,
+        login_hint: bool = True,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         # Off for `tether login` itself, where "run 'tether login'" would be no help.
@@ -35,8 +43,13 @@ class Api:
         headers = {"user-agent": "tether-cli"}
         if token:
             headers["authorization"] = f"Bearer {token}"
+        # `transport` swaps the network for an in-memory one in tests.
         self._http = httpx.Client(
-            base_url=f"{self.server}/api/v1", verify=context, headers=headers, timeout=TIMEOUT
+            base_url=f"{self.server}/api/v1",
+            verify=context,
+            headers=headers,
+            timeout=TIMEOUT,
+            transport=transport,
         )
 
     @classmethod
@@ -54,11 +67,13 @@ class Api:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise CliError(f"Cannot reach the platform at {self.server}: {exc}.") from exc
+            raise Unreachable(f"Cannot reach the platform at {self.server}: {exc}.") from exc
         if response.status_code == 401 and self._login_hint:
-            raise CliError(f"{_problem(response)} (run 'tether login')")
+            raise ApiError(f"{_problem(response)} (run 'tether login')", 401)
+        if response.status_code in _TRANSIENT:
+            raise Unreachable(_problem(response))
         if response.status_code >= 400:
-            raise CliError(_problem(response))
+            raise ApiError(_problem(response), response.status_code)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()

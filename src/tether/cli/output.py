@@ -1,12 +1,19 @@
-"""Printing: rich tables for people, `--json` for scripts."""
+"""Printing: rich tables for people, `--json` for scripts.
+
+Anything an endpoint sent (process names, command lines, output, errors, row values) is hostile:
+it passes through `plain` (one line) or `terminal_text` (streamed text) before it reaches a
+terminal, so it cannot retitle the window, clear the screen, move the cursor or plant links.
+"""
 
 import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
@@ -16,22 +23,57 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
-    """Rows as a table; values are printed as plain text (markup off, endpoint data is hostile)."""
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    truncate: Collection[str] = (),
+) -> None:
+    """Rows as a table; values are plain text (no markup, no control characters).
+
+    Columns named in `truncate` stay on one line, cut with an ellipsis to fit the terminal.
+    """
     out = Table(show_header=True, header_style="bold")
-    for _key, title in columns:
-        out.add_column(title, overflow="fold")
+    for key, title in columns:
+        if key in truncate:
+            out.add_column(title, overflow="ellipsis", no_wrap=True)
+        else:
+            out.add_column(title, overflow="fold")
     for row in rows:
-        out.add_row(*(_cell(row.get(key)) for key, _ in columns))
+        # Text, not str: a str cell is read as console markup, and "[link=...]" in a process
+        # name would become a hyperlink.
+        out.add_row(*(Text(_cell(row.get(key))) for key, _ in columns))
     console.print(out)
 
 
-_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
+# C0 controls, DEL and the C1 controls (0x9b alone is a CSI on some terminals).
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")
+_STREAM_CONTROL = {c: r for c, r in _CONTROL.items() if chr(c) not in "\n\t"} | {ord("\r"): ""}
+# Whole escape sequences, dropped rather than shown piecemeal: CSI (ESC [ or 0x9b ... final),
+# OSC/DCS/APC/PM/SOS strings (up to BEL or ST), and two-character escapes.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
 
 
 def plain(value: object) -> str:
-    """Text safe for a terminal: control characters (escape sequences) become '?'."""
+    """Text safe for a terminal on one line: control characters (escape sequences, newlines)
+    become '?'."""
     return str(value).translate(_CONTROL)
+
+
+def terminal_text(text: str) -> str:
+    """Streamed text safe for a terminal: escape sequences are removed, carriage returns
+    dropped, other control characters become '?'; newlines and tabs stay."""
+    return _ESCAPE.sub("", text).translate(_STREAM_CONTROL)
+
+
+def one_line(value: object, width: int = 200) -> str:
+    """Endpoint text squeezed into one short line (for errors in tables and summaries)."""
+    text = " ".join(terminal_text(str(value)).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _cell(value: Any) -> str:
@@ -41,4 +83,6 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, list):
         return ", ".join(plain(v) for v in value)
+    if isinstance(value, dict):
+        return plain(json.dumps(value, ensure_ascii=False, sort_keys=True))
     return plain(value)
