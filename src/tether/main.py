@@ -10,7 +10,7 @@ from typing import NoReturn
 import typer
 
 from tether.agent.commands import agent_app
-from tether.cli import hosts, session
+from tether.cli import hosts, jobs, processes, run, session
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
@@ -34,6 +34,12 @@ app.command()(session.whoami)
 app.command("hosts")(hosts.list_hosts)
 app.command("ping")(hosts.ping)
 app.add_typer(hosts.host_app, name="host")
+app.command("jobs")(jobs.list_jobs)
+app.add_typer(jobs.job_app, name="job")
+app.command("actions")(jobs.list_actions)
+app.command("run")(run.run)
+app.command("ps")(processes.ps)
+app.command("kill")(processes.kill)
 app.add_typer(segment_app, name="segment")
 app.add_typer(token_app, name="enroll-token")
 app.add_typer(audit_app, name="audit")
