@@ -53,7 +53,7 @@ def _row(job: dict[str, Any]) -> dict[str, Any]:
         "id": job["id"][:SHORT_ID],
         "created_at": short_time(job.get("created_at")),
         "finished_at": short_time(job.get("finished_at")),
-        "error": one_line(job["error"]) if job.get("error") else None,
+        "error": one_line(job["error"], 60) if job.get("error") else None,
     }
 
 
