@@ -22,7 +22,9 @@ from tether.protocol import ACTIONS, ActionSpec, JobOutput, JobStatus, Permissio
 from tether.server.app import create_app
 from tether.server.services.platform import Platform
 
-from ..server.api.conftest import (  # noqa: F401 (fixtures)
+# The platform fixtures of the API tests, re-exported so pytest finds them here (pytest names a
+# fixture by the attribute, so they keep their names and the fixtures below take them: F811).
+from ..server.api.conftest import (  # noqa: F401
     admin,
     admin_password,
     admin_secret,
@@ -49,7 +51,9 @@ class LoopTransport(httpx.BaseTransport):
         body = request.read()
 
         async def send() -> tuple[int, httpx.Headers, bytes]:
-            inner = httpx.Request(request.method, request.url, headers=request.headers, content=body)
+            inner = httpx.Request(
+                request.method, request.url, headers=request.headers, content=body
+            )
             response = await self._app.handle_async_request(inner)
             raw = b"".join([chunk async for chunk in response.aiter_raw()])
             return response.status_code, response.headers, raw
@@ -93,7 +97,11 @@ class Cli:
 
 
 @pytest.fixture
-async def cli(platform: Platform, admin: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+async def cli(
+    platform: Platform,  # noqa: F811
+    admin: dict[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> Cli:
     """`await cli("jobs", "--json")` runs the command as the logged-in first admin."""
     transport = LoopTransport(create_app(platform), asyncio.get_running_loop())
     token = admin["authorization"].removeprefix("Bearer ")
@@ -191,13 +199,15 @@ class Hosts:
         if state != "running":
             await dispatcher.on_status(
                 host_id,
-                JobStatus(job_id=job_id, state=state, result=result, error=error),  # type: ignore[arg-type]
+                JobStatus(job_id=job_id, state=state, result=result, error=error),
             )
 
 
 @pytest.fixture
 async def hosts(
-    platform: Platform, client: httpx.AsyncClient, admin: dict[str, str]
+    platform: Platform,  # noqa: F811
+    client: httpx.AsyncClient,  # noqa: F811
+    admin: dict[str, str],  # noqa: F811
 ) -> Hosts:
     """ws-1 and ws-2 in segment lab (Active Response on), ws-off in default (off)."""
     ids = {

@@ -35,8 +35,10 @@ async def test_jobs_lists_with_short_ids_and_json_with_full_ones(
 
     shown = await cli("jobs")
     assert shown.code == 0
-    assert done[:12] in shown.stdout and done not in shown.stdout
-    assert "script.run" in shown.stdout and "admin" in shown.stdout
+    assert done[:12] in shown.stdout
+    assert done not in shown.stdout
+    assert "script.run" in shown.stdout
+    assert "admin" in shown.stdout
     assert "The script failed with" in shown.stdout  # one line in the table
     assert "\x1b" not in shown.stdout
 
@@ -81,13 +83,20 @@ async def test_job_show_prints_fields_result_output_and_rows(
     shown = await cli("job", "show", job_id[:12])
     assert shown.code == 0, shown.stderr
     out = shown.stdout
-    assert job_id in out and "succeeded" in out and "ws-1" in out
-    assert '"exit_code": 0' in out and '"note": "done"' in out  # the result, pretty
+    assert job_id in out
+    assert "succeeded" in out
+    assert "ws-1" in out
+    assert '"exit_code": 0' in out
+    assert '"note": "done"' in out
     assert "Write-Output hello" in out  # the arguments
-    assert "hello world" in out and "pwned" not in out.replace("hello world", "")
-    assert "\x1b" not in out and "\x07" not in out
-    assert "stderr: a warning" in out and "notice: almost out of room" in out
-    assert "C:\\y.exe" in out and "signed" in out  # rows as a table
+    assert "hello world" in out
+    assert "pwned" not in out.replace("hello world", "")
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "stderr: a warning" in out
+    assert "notice: almost out of room" in out
+    assert "C:\\y.exe" in out
+    assert "signed" in out
 
     as_json = json.loads((await cli("job", "show", job_id, "--json")).stdout)
     assert as_json["job"]["result"] == {"exit_code": 0, "note": "done"}

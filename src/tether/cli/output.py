@@ -31,19 +31,33 @@ def table(
 ) -> None:
     """Rows as a table; values are plain text (no markup, no control characters).
 
-    Columns named in `truncate` stay on one line, cut with an ellipsis to fit the terminal.
+    Values of the columns named in `truncate` are cut with an ellipsis to what the terminal
+    has left beside the other columns, instead of folding over many lines.
     """
+    cells = [{key: _cell(row.get(key)) for key, _ in columns} for row in rows]
+    if truncate and cells:
+        others = sum(
+            max(len(title), *(len(c[key]) for c in cells))
+            for key, title in columns
+            if key not in truncate
+        )
+        # Each column costs three characters of border and padding, the table one more.
+        room = max(_MIN_TRUNCATED, console.width - others - 3 * len(columns) - 1)
+        for c in cells:
+            for key in truncate:
+                if len(c[key]) > room:
+                    c[key] = c[key][: room - 1] + "…"
     out = Table(show_header=True, header_style="bold")
-    for key, title in columns:
-        if key in truncate:
-            out.add_column(title, overflow="ellipsis", no_wrap=True)
-        else:
-            out.add_column(title, overflow="fold")
-    for row in rows:
+    for _key, title in columns:
+        out.add_column(title, overflow="fold")
+    for c in cells:
         # Text, not str: a str cell is read as console markup, and "[link=...]" in a process
         # name would become a hyperlink.
-        out.add_row(*(Text(_cell(row.get(key))) for key, _ in columns))
+        out.add_row(*(Text(c[key]) for key, _ in columns))
     console.print(out)
+
+
+_MIN_TRUNCATED = 16
 
 
 # C0 controls, DEL and the C1 controls (0x9b alone is a CSI on some terminals).
