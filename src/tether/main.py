@@ -10,7 +10,7 @@ from typing import NoReturn
 import typer
 
 from tether.agent.commands import agent_app
-from tether.cli import hosts, session, shell
+from tether.cli import files, hosts, jobs, processes, run, session, shell
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
@@ -36,6 +36,15 @@ app.command("hosts")(hosts.list_hosts)
 app.command("ping")(hosts.ping)
 app.command("shell")(shell.shell)
 app.add_typer(hosts.host_app, name="host")
+app.command("jobs")(jobs.list_jobs)
+app.add_typer(jobs.job_app, name="job")
+app.command("actions")(jobs.list_actions)
+app.command("run")(run.run)
+app.command("ps")(processes.ps)
+app.command("kill")(processes.kill)
+app.command("get")(files.get)
+app.command("put")(files.put)
+app.add_typer(files.files_app, name="files")
 app.add_typer(segment_app, name="segment")
 app.add_typer(script_app, name="script")
 app.add_typer(token_app, name="enroll-token")

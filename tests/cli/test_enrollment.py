@@ -1,7 +1,7 @@
 import pytest
 
-from tether.cli.enrollment import parse_duration
 from tether.cli.errors import CliError
+from tether.cli.times import parse_duration
 
 
 @pytest.mark.parametrize(

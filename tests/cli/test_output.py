@@ -1,7 +1,34 @@
-from tether.cli.output import plain
+import pytest
+
+from tether.cli.output import one_line, plain, table, terminal_text
 
 
 def test_plain_neutralises_terminal_escapes() -> None:
     assert plain("evil\x1b]0;pwned\x07name\r\n") == "evil?]0;pwned?name??"
     assert plain("ws-01.corp") == "ws-01.corp"
     assert plain(42) == "42"
+
+
+def test_terminal_text_drops_escape_sequences_and_keeps_lines() -> None:
+    assert terminal_text("a\x1b]0;pwned\x07b") == "ab"
+    assert terminal_text("a\x1b[2Jb") == "ab"
+    assert terminal_text("a\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\") == "alink"
+    assert terminal_text("one\r\ntwo\tcol\n") == "one\ntwo\tcol\n"
+    assert terminal_text("c1\x9b2Jx \x85nel \x00nul \x7fdel") == "c1x ?nel ?nul ?del"
+    assert terminal_text("cut\x1b") == "cut"  # a sequence split across pieces leaves no ESC
+
+
+def test_plain_covers_c1_controls() -> None:
+    assert plain("a\x9b2Jb") == "a?2Jb"
+
+
+def test_one_line_squeezes_and_cuts() -> None:
+    assert one_line("failed\n\x1b[2J  twice") == "failed twice"
+    assert one_line("x" * 50, 10) == "x" * 9 + "…"
+
+
+def test_table_cells_are_not_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    table([{"name": "[link=http://evil]x[/link] [bold]b"}], [("name", "Name")])
+    out = capsys.readouterr().out
+    assert "[link=http://evil]x[/link] [bold]b" in out
+    assert "\x1b" not in out

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from tether.cli.client import Api
 from tether.cli.errors import CliError
-from tether.cli.output import safe_text
+from tether.cli.output import terminal_text
 from tether.cli.shell import Shell, parse_params, python_command, render_result
 from tether.main import app
 from tether.protocol import ACTIONS, ActionSpec, JobOutput, JobStatus, Permission
@@ -245,10 +245,10 @@ async def test_a_failed_command_keeps_the_directory_and_makes_the_status_1(
     assert [job["args"] for job in setup.agent.jobs] == [{"path": "/nope"}, {"path": "/"}]
 
 
-async def test_put_and_run_say_what_is_missing_in_one_sentence(setup: Setup) -> None:
+async def test_put_and_run_refusals_are_one_sentence(setup: Setup) -> None:
     result = await setup.shell("put ./evidence.bin /tmp/evidence.bin", "run triage")
     assert result.exit_code == 1
-    assert "put is not available in the shell yet; use 'tether put'." in result.stderr
+    assert "Cannot read evidence.bin: No such file or directory." in result.stderr
     assert "The library has no script named 'triage'" in result.stderr
     assert setup.agent.jobs == []
 
@@ -267,10 +267,11 @@ async def test_an_idle_expired_session_ends_the_shell_with_one_sentence(setup: S
     assert [job["action"] for job in setup.agent.jobs] == ["processes.list"]
 
 
-def test_safe_text_strips_terminal_controls_but_keeps_lines_and_tabs() -> None:
+def test_terminal_text_strips_escapes_but_keeps_lines_and_tabs() -> None:
     hostile = "a\x1b[2J\x1b]0;owned\x07b\rc\x00d\x9be\tf\x7fg\x1bPq\x1b\\h\n"
-    assert safe_text(hostile) == "abcde\tfgh\n"
-    assert safe_text("plain text\n") == "plain text\n"
+    # Whole escape sequences go (\x9b is a one-byte CSI, ended by 'e'); other controls show '?'.
+    assert terminal_text(hostile) == "abc?d\tf?gh\n"
+    assert terminal_text("plain text\n") == "plain text\n"
 
 
 def test_paths_resolve_against_the_directory() -> None:

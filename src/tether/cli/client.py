@@ -1,15 +1,17 @@
 """An HTTPS client for the REST API that trusts only the pinned platform CA."""
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
 from tether.cli import profile
-from tether.cli.errors import CliError
+from tether.cli.errors import ApiError, CliError, Unreachable
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# A proxy in front of a restarting platform answers these: the request may well work again.
+_TRANSIENT = {502, 503, 504}
 
 
 def _problem(response: httpx.Response) -> str:
@@ -41,6 +43,7 @@ class Api:
         headers = {"user-agent": "tether-cli"}
         if token:
             headers["authorization"] = f"Bearer {token}"
+        # `transport` swaps the network for an in-memory one in tests.
         self._http = httpx.Client(
             base_url=f"{self.server}/api/v1",
             verify=context,
@@ -65,11 +68,13 @@ class Api:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise CliError(f"Cannot reach the platform at {self.server}: {exc}.") from exc
+            raise Unreachable(f"Cannot reach the platform at {self.server}: {exc}.") from exc
         if response.status_code == 401 and self._login_hint:
-            raise CliError(f"{_problem(response)} (run 'tether login')")
+            raise ApiError(f"{_problem(response)} (run 'tether login')", 401)
+        if response.status_code in _TRANSIENT:
+            raise Unreachable(_problem(response))
         if response.status_code >= 400:
-            raise CliError(_problem(response))
+            raise ApiError(_problem(response), response.status_code)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -98,6 +103,19 @@ class Api:
                 yield from response.iter_lines()
         except httpx.HTTPError as exc:
             raise CliError(f"Cannot reach the platform at {self.server}: {exc}.") from exc
+
+    def download(self, path: str, sink: Callable[[bytes], None]) -> httpx.Headers:
+        """Stream a response body into `sink` chunk by chunk; returns the response headers."""
+        try:
+            with self._http.stream("GET", path, timeout=httpx.Timeout(60.0, connect=10.0)) as got:
+                if got.status_code >= 400:
+                    got.read()
+                    raise ApiError(_problem(got), got.status_code)
+                for chunk in got.iter_bytes(1024 * 1024):
+                    sink(chunk)
+                return got.headers
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"Cannot reach the platform at {self.server}: {exc}.") from exc
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

@@ -1,25 +1,14 @@
 """`tether enroll-token create|list`."""
 
-import re
 from typing import Annotated
 
 import typer
 
 from tether.cli.client import Api
-from tether.cli.errors import CliError
 from tether.cli.output import emit_json, table
+from tether.cli.times import parse_duration
 
 token_app = typer.Typer(help="Enrollment tokens for new endpoints.", no_args_is_help=True)
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """'90s', '15m', '24h', '7d' as seconds."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise CliError(f"{text!r} is not a duration like 30m, 24h or 7d.")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 @token_app.command("create")

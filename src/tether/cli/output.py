@@ -1,13 +1,19 @@
-"""Printing: rich tables for people, `--json` for scripts."""
+"""Printing: rich tables for people, `--json` for scripts.
+
+Anything an endpoint sent (process names, command lines, output, errors, row values) is hostile:
+it passes through `plain` (one line) or `terminal_text` (streamed text) before it reaches a
+terminal, so it cannot retitle the window, clear the screen, move the cursor or plant links.
+"""
 
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
@@ -17,39 +23,71 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
-    """Rows as a table; values are printed as plain text (markup off, endpoint data is hostile)."""
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    *,
+    truncate: Collection[str] = (),
+) -> None:
+    """Rows as a table; values are plain text (no markup, no control characters).
+
+    Values of the columns named in `truncate` are cut with an ellipsis to what the terminal
+    has left beside the other columns, instead of folding over many lines.
+    """
+    cells = [{key: _cell(row.get(key)) for key, _ in columns} for row in rows]
+    if truncate and cells:
+        others = sum(
+            max(len(title), *(len(c[key]) for c in cells))
+            for key, title in columns
+            if key not in truncate
+        )
+        # Each column costs three characters of border and padding, the table one more.
+        room = max(_MIN_TRUNCATED, console.width - others - 3 * len(columns) - 1)
+        for c in cells:
+            for key in truncate:
+                if len(c[key]) > room:
+                    c[key] = c[key][: room - 1] + "…"
     out = Table(show_header=True, header_style="bold")
     for _key, title in columns:
         out.add_column(title, overflow="fold")
-    for row in rows:
-        out.add_row(*(_cell(row.get(key)) for key, _ in columns))
+    for c in cells:
+        # Text, not str: a str cell is read as console markup, and "[link=...]" in a process
+        # name would become a hyperlink.
+        out.add_row(*(Text(c[key]) for key, _ in columns))
     console.print(out)
 
 
-_CONTROL = dict.fromkeys([*range(0x20), 0x7F], "?")
+_MIN_TRUNCATED = 16
+
+
+# C0 controls, DEL and the C1 controls (0x9b alone is a CSI on some terminals).
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")
+_STREAM_CONTROL = {c: r for c, r in _CONTROL.items() if chr(c) not in "\n\t"} | {ord("\r"): ""}
+# Whole escape sequences, dropped rather than shown piecemeal: CSI (ESC [ or 0x9b ... final),
+# OSC/DCS/APC/PM/SOS strings (up to BEL or ST), and two-character escapes.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
 
 
 def plain(value: object) -> str:
-    """Text safe for a terminal: control characters (escape sequences) become '?'."""
+    """Text safe for a terminal on one line: control characters (escape sequences, newlines)
+    become '?'."""
     return str(value).translate(_CONTROL)
 
 
-# Escape sequences whole (CSI, OSC up to its terminator, two-byte ESC x), then any other C0/C1
-# control character but newline and tab.
-_ESCAPES = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
-    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
-    r"|\x1b[\x20-\x7e]?"
-)
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+def terminal_text(text: str) -> str:
+    """Streamed text safe for a terminal: escape sequences are removed, carriage returns
+    dropped, other control characters become '?'; newlines and tabs stay."""
+    return _ESCAPE.sub("", text).translate(_STREAM_CONTROL)
 
 
-def safe_text(text: str) -> str:
-    """Untrusted endpoint text made safe to print as it streams: terminal escape sequences,
-    carriage returns and C0/C1 control characters are removed; newlines and tabs stay."""
-    return _CONTROLS.sub("", _ESCAPES.sub("", text))
+def one_line(value: object, width: int = 200) -> str:
+    """Endpoint text squeezed into one short line (for errors in tables and summaries)."""
+    text = " ".join(terminal_text(str(value)).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _cell(value: Any) -> str:
@@ -59,4 +97,6 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, list):
         return ", ".join(plain(v) for v in value)
+    if isinstance(value, dict):
+        return plain(json.dumps(value, ensure_ascii=False, sort_keys=True))
     return plain(value)

@@ -3,7 +3,7 @@
 Each line becomes one command of the session (a job on the host, `POST /sessions/{id}/commands`)
 whose output is followed with the long poll and printed as it arrives. The working directory is
 the client's: `cd` checks the directory exists on the endpoint, every path is resolved against it
-before it is sent. Everything the endpoint sends is untrusted and passes through `safe_text` (or
+before it is sent. Everything the endpoint sends is untrusted and passes through `terminal_text` (or
 the table printer) before it reaches the terminal.
 """
 
@@ -15,14 +15,16 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
+from tether.cli import files
 from tether.cli.client import Api
 from tether.cli.errors import CliError
-from tether.cli.output import console, errors, plain, safe_text, table
+from tether.cli.output import console, errors, plain, table, terminal_text
 
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired"})
 # How long one long poll for output may wait (the platform allows 30 s; the client's read
@@ -140,7 +142,9 @@ def render_result(result: dict[str, Any] | None) -> None:
                 console.print(f"(no {plain(lists[0])})", markup=False, highlight=False)
         return
     console.print(
-        safe_text(json.dumps(result, indent=2, ensure_ascii=False)), markup=False, highlight=False
+        terminal_text(json.dumps(result, indent=2, ensure_ascii=False)),
+        markup=False,
+        highlight=False,
     )
 
 
@@ -171,7 +175,7 @@ class Shell:
     def start(self) -> None:
         session = self._api.post("/sessions", json={"host": self._host_ref})
         self.session_id = str(session["id"])
-        self.hostname = safe_text(str(session["hostname"]))
+        self.hostname = terminal_text(str(session["hostname"]))
         host = self._api.get(f"/hosts/{quote(str(session['host_id']), safe='')}")
         self._windows = host.get("os_family") == "windows"
         self.cwd = "C:\\" if self._windows else "/"
@@ -194,7 +198,7 @@ class Shell:
 
     @property
     def prompt(self) -> str:
-        return f"tether {self.hostname}:{safe_text(self.cwd)}> "
+        return f"tether {self.hostname}:{terminal_text(self.cwd)}> "
 
     # -- one line --------------------------------------------------------------------------------
 
@@ -261,23 +265,22 @@ class Shell:
     def _get(self, words: list[str]) -> Outcome:
         _arity(words, 1, 2, "get PATH [LOCAL]")
         outcome = self._execute(Command("files.get", {"path": self.resolve(words[0])}))
-        if outcome.ok and len(words) == 2:
-            errors.print(
-                f"The file is kept on the platform; saving it to {words[1]} from the shell "
-                "is not available yet.",
-                markup=False,
-                highlight=False,
-            )
+        if outcome.ok and len(words) == 2 and outcome.job is not None:
+            entry = files.retrieved_by(self._api, str(outcome.job["id"]))
+            saved = files.download(self._api, entry, Path(words[1]))
+            console.print(f"Saved {saved}.", markup=False, highlight=False)
         return outcome
 
     def _put(self, words: list[str]) -> Outcome:
-        _arity(words, 2, 2, "put LOCAL PATH")
-        if self._api.get_optional("/files") is None:
-            raise CliError("put is not available in the shell yet; use 'tether put'.")
-        raise CliError(
-            "The shell cannot upload to this platform's file library yet; "
-            "upload with 'tether put', then deploy from there."
-        )
+        _arity(words, 2, 3, "put LOCAL PATH [--overwrite]")
+        entry = files.upload(self._api, Path(words[0]))
+        args = {
+            "sha256": entry["sha256"],
+            "size": entry["size"],
+            "path": self.resolve(words[1]),
+            "overwrite": words[2:] == ["--overwrite"],
+        }
+        return self._execute(Command("files.put", args))
 
     def _ps(self, words: list[str]) -> Outcome:
         _arity(words, 0, 0, "ps")
@@ -326,7 +329,7 @@ class Shell:
     def _raise_if_ended(self) -> None:
         session = self._api.get(f"/sessions/{self.session_id}")
         if not session.get("open", False):
-            reason = safe_text(str(session.get("end_reason") or "ended"))
+            reason = terminal_text(str(session.get("end_reason") or "ended"))
             raise SessionEnded(
                 f"The live session ended ({reason}); run 'tether shell {self._host_ref}' "
                 "to start a new one."
@@ -357,13 +360,13 @@ class Shell:
             if ok and show_result:
                 render_result(job.get("result"))
         if not ok:
-            reason = safe_text(str(job.get("error") or "no reason given"))
+            reason = terminal_text(str(job.get("error") or "no reason given"))
             errors.print(f"{job['state']}: {reason}", markup=False, highlight=False)
         return Outcome(ok=ok, job=job, rows=rows)
 
 
 def _print_piece(stream: str, text: str) -> None:
-    clean = safe_text(text)
+    clean = terminal_text(text)
     if stream == "stdout":
         sys.stdout.write(clean)
         sys.stdout.flush()

@@ -55,9 +55,11 @@ async def list_files(
     platform: PlatformDep,
     _user: Annotated[User, Depends(require(Permission.RESULTS_READ))],
     kind: Literal["upload", "retrieved"] | None = None,
+    job: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> list[LibraryFileOut]:
-    return [_out(f) for f in await platform.files.find(kind=kind, limit=limit)]
+    """Library files, newest first; `job` finds the file a files.get job retrieved."""
+    return [_out(f) for f in await platform.files.find(kind=kind, job_id=job, limit=limit)]
 
 
 @router.get("/files/{ref}", response_model=LibraryFileOut)

@@ -184,10 +184,14 @@ class FileLibrary:
         )
         return await self.get(file_id)
 
-    async def find(self, *, kind: str | None = None, limit: int = 500) -> list[LibraryFile]:
+    async def find(
+        self, *, kind: str | None = None, job_id: str | None = None, limit: int = 500
+    ) -> list[LibraryFile]:
         query = _query().order_by(library_files.c.created_at.desc()).limit(limit)
         if kind is not None:
             query = query.where(library_files.c.kind == kind)
+        if job_id is not None:
+            query = query.where(library_files.c.job_id == job_id)
         async with self._engine.connect() as conn:
             return [_view(r) for r in (await conn.execute(query)).all()]
 

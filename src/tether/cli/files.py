@@ -1,0 +1,230 @@
+"""Files: retrieve from and deploy to endpoints, and the platform's file library.
+
+`tether get` runs `files.get` and downloads what the platform verified; `tether put` uploads to
+the library (once per content) and runs `files.put`. Downloads land in a temporary file next to
+the destination, are checked against the library's SHA-256, then renamed into place.
+"""
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from tether.cli.client import Api
+from tether.cli.errors import CliError, UsageError
+from tether.cli.follow import submit, wait_for_job
+from tether.cli.output import console, emit_json, errors, one_line, table
+
+files_app = typer.Typer(help="The file library: uploaded tools and retrieved files.")
+
+CHUNK = 1024 * 1024
+
+
+def _progress(label: str, total: int | None) -> Progress:
+    # On a terminal only: scripts reading stdout or stderr get no bar drawn over their lines.
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=errors,
+        disable=not errors.is_terminal,
+        transient=True,
+    )
+
+
+def upload(api: Api, local: Path, name: str | None = None) -> dict[str, Any]:
+    """Put a local file into the library (streamed); returns the library entry."""
+    try:
+        size = local.stat().st_size
+        handle = local.open("rb")
+    except OSError as exc:
+        raise CliError(f"Cannot read {local}: {exc.strerror or exc}.") from exc
+    with handle, _progress(f"upload {local.name}", size) as bar:
+        task = bar.add_task(f"upload {local.name}", total=size)
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := handle.read(CHUNK):
+                bar.advance(task, len(chunk))
+                yield chunk
+
+        entry: dict[str, Any] = api.post(
+            "/files", params={"name": name or local.name}, content=chunks()
+        )
+    return entry
+
+
+def download(api: Api, entry: dict[str, Any], dest: Path) -> Path:
+    """Save a library file at `dest` (a directory means its library name inside it), verified
+    against the library's SHA-256; nothing is left behind if anything fails."""
+    target = dest / str(entry["name"]) if dest.is_dir() else dest
+    directory = target.parent
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    except OSError as exc:
+        raise CliError(f"Cannot write in {directory}: {exc.strerror or exc}.") from exc
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, _progress("download", int(entry["size"])) as bar:
+            task = bar.add_task(f"download {target.name}", total=int(entry["size"]))
+
+            def sink(chunk: bytes) -> None:
+                out.write(chunk)
+                digest.update(chunk)
+                bar.advance(task, len(chunk))
+
+            api.download(f"/files/{quote(str(entry['id']), safe='')}/content", sink)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != entry["sha256"]:
+            raise CliError(
+                f"The download's SHA-256 ({digest.hexdigest()}) does not match the library's "
+                f"({entry['sha256']}); nothing was saved."
+            )
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def retrieved_by(api: Api, job_id: str) -> dict[str, Any]:
+    """The library entry a succeeded files.get job produced."""
+    found = api.get("/files", params={"job": job_id, "kind": "retrieved"})
+    if not found:
+        raise CliError(f"Job {job_id} left no file in the library.")
+    entry: dict[str, Any] = found[0]
+    return entry
+
+
+def _finished(api: Api, job_id: str, what: str) -> dict[str, Any]:
+    job = wait_for_job(api, job_id)
+    if job["state"] != "succeeded":
+        raise CliError(f"{what} {job['state']}: {one_line(job.get('error') or 'no reason given')}")
+    return dict(job)
+
+
+def get(
+    host: Annotated[str, typer.Argument(help="Host id or hostname.")],
+    path: Annotated[str, typer.Argument(help="Absolute path of the file on the endpoint.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Local file or directory.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Retrieve a file from an endpoint: verified, kept in the library, saved locally."""
+    api = Api.from_profile()
+    batch = submit(api, "files.get", {"path": path}, hosts=[host])
+    job = _finished(api, batch["jobs"][0]["id"], "The retrieval")
+    entry = retrieved_by(api, job["id"])
+    saved = download(api, entry, output or Path.cwd())
+    if json_output:
+        emit_json({"file": entry, "saved": str(saved)})
+        return
+    console.print(
+        f"Retrieved {one_line(entry['source_path'])} from {one_line(job['hostname'])}: "
+        f"{entry['size']} bytes, SHA-256 {entry['sha256']}, saved to {saved}.",
+        markup=False,
+        highlight=False,
+    )
+
+
+def put(
+    host: Annotated[str, typer.Argument(help="Host id or hostname.")],
+    local: Annotated[Path, typer.Argument(help="Local file to deploy.")],
+    path: Annotated[str, typer.Argument(help="Absolute destination path on the endpoint.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Deploy a local file to an endpoint path through the library (verified, then renamed)."""
+    api = Api.from_profile()
+    entry = upload(api, local)
+    args = {"sha256": entry["sha256"], "size": entry["size"], "path": path, "overwrite": overwrite}
+    batch = submit(api, "files.put", args, hosts=[host])
+    job = _finished(api, batch["jobs"][0]["id"], "The deployment")
+    if json_output:
+        emit_json({"file": entry, "job": job})
+        return
+    console.print(
+        f"Deployed {local.name} to {path} on {one_line(job['hostname'])}: {entry['size']} bytes, "
+        f"SHA-256 {entry['sha256']}.",
+        markup=False,
+        highlight=False,
+    )
+
+
+@files_app.command("upload")
+def upload_command(
+    local: Annotated[Path, typer.Argument(help="Local file to add to the library.")],
+    name: Annotated[str | None, typer.Option(help="Library name (default: the file's).")] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Add a tool or remediation file to the library."""
+    entry = upload(Api.from_profile(), local, name)
+    if json_output:
+        emit_json(entry)
+        return
+    console.print(
+        f"Uploaded {entry['name']}: {entry['size']} bytes, SHA-256 {entry['sha256']}.",
+        markup=False,
+        highlight=False,
+    )
+
+
+@files_app.command("list")
+def list_command(
+    kind: Annotated[str | None, typer.Option(help="upload or retrieved.")] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Library files, newest first, with the chain of custody of retrieved ones."""
+    if kind not in (None, "upload", "retrieved"):
+        raise UsageError("--kind is upload or retrieved.")
+    params = {"kind": kind} if kind else {}
+    entries: list[dict[str, Any]] = Api.from_profile().get("/files", params=params)
+    if json_output:
+        emit_json(entries)
+        return
+    rows = [
+        {
+            **e,
+            "id": e["id"][:12],
+            "sha256": e["sha256"][:16],
+            "origin": f"{e['hostname']}:{e['source_path']}" if e["kind"] == "retrieved" else "",
+            "created_at": e["created_at"][:19],
+        }
+        for e in entries
+    ]
+    table(
+        rows,
+        [
+            ("id", "ID"),
+            ("kind", "Kind"),
+            ("name", "Name"),
+            ("size", "Size"),
+            ("sha256", "SHA-256"),
+            ("origin", "From"),
+            ("created_by", "By"),
+            ("created_at", "When"),
+        ],
+        truncate=("origin",),
+    )
+
+
+@files_app.command("download")
+def download_command(
+    ref: Annotated[str, typer.Argument(help="Library file id, or an uploaded file's name.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Local file or directory.")
+    ] = None,
+) -> None:
+    """Save a library file locally, verified against its SHA-256."""
+    api = Api.from_profile()
+    entry: dict[str, Any] = api.get(f"/files/{quote(ref, safe='')}")
+    saved = download(api, entry, output or Path.cwd())
+    console.print(f"Saved {saved} (SHA-256 {entry['sha256']}).", markup=False, highlight=False)

@@ -1,0 +1,208 @@
+"""`tether jobs`, `tether job show|cancel`, `tether actions`."""
+
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from tether.cli.client import Api
+from tether.cli.errors import CliError
+from tether.cli.follow import FINAL_STATES, job_path
+from tether.cli.output import console, emit_json, one_line, plain, table, terminal_text
+from tether.cli.times import short_time
+
+job_app = typer.Typer(help="One job: show it with its output, cancel it.", no_args_is_help=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+SHORT_ID = 12
+# Job ids are 32 hex digits; a shorter hex prefix is looked up among the latest jobs.
+_FULL_ID = re.compile(r"^[0-9a-f]{32}$")
+_PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
+_PREFIX_SCAN = 1000
+_OUTPUT_PAGE_LIMIT = 1000
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+JOB_COLUMNS = [
+    ("id", "ID"),
+    ("hostname", "Host"),
+    ("action", "Action"),
+    ("state", "State"),
+    ("created_by", "Created by"),
+    ("created_at", "Created"),
+    ("finished_at", "Finished"),
+    ("error", "Error"),
+]
+
+
+def _row(job: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **job,
+        "id": job["id"][:SHORT_ID],
+        "created_at": short_time(job.get("created_at")),
+        "finished_at": short_time(job.get("finished_at")),
+        "error": one_line(job["error"], 60) if job.get("error") else None,
+    }
+
+
+def resolve_job_id(api: Api, ref: str) -> str:
+    """The full id of a job given in full or by a prefix as the `tether jobs` table shows it."""
+    ref = ref.strip().lower()
+    if _FULL_ID.match(ref) or not _PREFIX.match(ref):
+        return ref
+    recent = api.get("/jobs", params={"limit": _PREFIX_SCAN})
+    found = [j["id"] for j in recent if j["id"].startswith(ref)]
+    if not found:
+        raise CliError(
+            f"No job among the latest {_PREFIX_SCAN} has an id starting with {ref}; "
+            "give the full id ('tether jobs --json' shows it)."
+        )
+    if len(found) > 1:
+        raise CliError(f"{len(found)} jobs have an id starting with {ref}; give more of it.")
+    return str(found[0])
+
+
+def list_jobs(
+    pending: Annotated[bool, typer.Option("--pending", help="Only jobs still queued.")] = False,
+    state: Annotated[
+        list[State] | None, typer.Option("--state", help="Only jobs in this state (repeatable).")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Only jobs of this host.")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only jobs of this batch.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most N.")] = 100,
+    json_output: JsonOpt = False,
+) -> None:
+    """List jobs, newest first: id, host, action, state, who created it, when, error."""
+    states = [s.value for s in state or []]
+    if pending and State.QUEUED.value not in states:
+        states.append(State.QUEUED.value)
+    params: dict[str, Any] = {"limit": limit}
+    if states:
+        params["state"] = states
+    if host is not None:
+        params["host"] = host
+    if batch is not None:
+        params["batch"] = batch
+    jobs = Api.from_profile().get("/jobs", params=params)
+    if json_output:
+        emit_json(jobs)
+    else:
+        table([_row(j) for j in jobs], JOB_COLUMNS, truncate={"error"})
+
+
+def read_output(api: Api, job_id: str) -> list[dict[str, Any]]:
+    """Every stored piece of a job's output, in order."""
+    pieces: list[dict[str, Any]] = []
+    cursor = 0
+    while True:
+        answer = api.get(f"{job_path(job_id)}/output", params={"after": cursor})
+        pieces += answer["output"]
+        if len(answer["output"]) < _OUTPUT_PAGE_LIMIT or answer["cursor"] == cursor:
+            return pieces
+        cursor = answer["cursor"]
+
+
+def print_rows(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    """Result rows as one table whose columns are every key seen, in order of appearance."""
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    if title:
+        console.print(title, markup=False)
+    table(rows, [(k, plain(k)) for k in keys])
+
+
+def pretty(value: Any) -> str:
+    """JSON from an endpoint, indented and safe for a terminal."""
+    return terminal_text(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+def _print_text(pieces: list[dict[str, Any]]) -> None:
+    for piece in pieces:
+        text = terminal_text(piece.get("text") or "")
+        if piece["stream"] == "stdout":
+            console.out(text, end="", highlight=False)
+        else:
+            # Everything but stdout is labelled line by line, so it stands out from the data.
+            for line in text.splitlines():
+                console.out(f"{piece['stream']}: {line}", highlight=False)
+    if pieces and not (pieces[-1].get("text") or "").endswith("\n"):
+        console.out("", highlight=False)
+
+
+@job_app.command("show")
+def show(
+    job_id: Annotated[str, typer.Argument(metavar="ID")], json_output: JsonOpt = False
+) -> None:
+    """Show one job: every field, its result, then its stored output."""
+    api = Api.from_profile()
+    job_id = resolve_job_id(api, job_id)
+    job = api.get(job_path(job_id))
+    pieces = read_output(api, job_id)
+    if json_output:
+        emit_json({"job": job, "output": pieces})
+        return
+    for key, value in job.items():
+        if key in ("result", "args"):
+            continue
+        shown = one_line(value, 1000) if key == "error" and value else plain(value)
+        console.print(f"{key:20} {shown}", markup=False, highlight=False)
+    for key in ("args", "result"):
+        if job.get(key) is not None:
+            console.print(f"{key}:", markup=False)
+            console.out(pretty(job[key]), highlight=False)
+    text = [p for p in pieces if p["stream"] != "row"]
+    rows = [p.get("fields") or {} for p in pieces if p["stream"] == "row"]
+    if text:
+        console.print("output:", markup=False)
+        _print_text(text)
+    print_rows(rows, "rows:")
+    if not pieces:
+        console.print("output: none stored", markup=False)
+
+
+@job_app.command("cancel")
+def cancel(
+    job_id: Annotated[str, typer.Argument(metavar="ID")], json_output: JsonOpt = False
+) -> None:
+    """Cancel a pending job at once, or ask the agent to stop a delivered or running one."""
+    api = Api.from_profile()
+    job = api.post(f"{job_path(resolve_job_id(api, job_id))}/cancel")
+    if json_output:
+        emit_json(job)
+    elif job["state"] in FINAL_STATES:
+        console.print(f"Job {job['id']} is {job['state']}.", markup=False)
+    else:
+        console.print(
+            f"Job {job['id']} is {job['state']}; its agent was asked to stop it.", markup=False
+        )
+
+
+def list_actions(json_output: JsonOpt = False) -> None:
+    """List the actions agents can run, with the permission each needs."""
+    actions = Api.from_profile().get("/actions")
+    if json_output:
+        emit_json(actions)
+    else:
+        table(
+            actions,
+            [
+                ("name", "Action"),
+                ("response", "Response action"),
+                ("permission", "Permission"),
+                ("timeout_seconds", "Time limit (s)"),
+                ("description", "Description"),
+            ],
+        )

@@ -1,0 +1,145 @@
+"""`tether jobs`, `tether job show|cancel`, `tether actions` against a platform in process."""
+
+import json
+from pathlib import Path
+
+from .conftest import Cli, Hosts
+
+SCRIPT = "Write-Output hello\n"
+
+
+async def submit(cli: Cli, tmp_path: Path, *hostnames: str) -> dict[str, object]:
+    script = tmp_path / "probe.ps1"
+    script.write_text(SCRIPT)
+    done = await cli("run", *hostnames, str(script), "--detach", "--json")
+    assert done.code == 0, done.stderr
+    batch: dict[str, object] = json.loads(done.stdout)
+    return batch
+
+
+async def test_jobs_lists_with_short_ids_and_json_with_full_ones(
+    cli: Cli, hosts: Hosts, tmp_path: Path
+) -> None:
+    hosts.online("ws-1")
+    await submit(cli, tmp_path, "ws-1", "ws-2")
+    [done] = await hosts.jobs_of("ws-1")
+    await hosts.agent_runs(
+        "ws-1", done, state="failed", error="The script failed\nwith\x1b[2J two lines."
+    )
+
+    listed = await cli("jobs", "--json")
+    assert listed.code == 0, listed.stderr
+    jobs = json.loads(listed.stdout)
+    assert {j["hostname"]: j["state"] for j in jobs} == {"ws-1": "failed", "ws-2": "queued"}
+    assert all(len(j["id"]) == 32 for j in jobs)
+
+    shown = await cli("jobs")
+    assert shown.code == 0
+    assert done[:12] in shown.stdout
+    assert done not in shown.stdout
+    assert "script.run" in shown.stdout
+    assert "admin" in shown.stdout
+    assert "The script failed with" in shown.stdout  # one line in the table
+    assert "\x1b" not in shown.stdout
+
+    pending = json.loads((await cli("jobs", "--pending", "--json")).stdout)
+    assert [j["hostname"] for j in pending] == ["ws-2"]
+    failed = json.loads((await cli("jobs", "--state", "failed", "--host", "ws-1", "--json")).stdout)
+    assert [j["id"] for j in failed] == [done]
+
+
+async def test_jobs_of_one_batch(cli: Cli, hosts: Hosts, tmp_path: Path) -> None:
+    first = await submit(cli, tmp_path, "ws-1")
+    await submit(cli, tmp_path, "ws-2")
+    listed = json.loads((await cli("jobs", "--batch", str(first["id"]), "--json")).stdout)
+    assert [j["hostname"] for j in listed] == ["ws-1"]
+
+
+async def test_bad_state_is_a_usage_error(cli: Cli, hosts: Hosts) -> None:
+    refused = await cli("jobs", "--state", "sleeping")
+    assert refused.code == 2
+    assert "sleeping" in refused.stderr
+
+
+async def test_job_show_prints_fields_result_output_and_rows(
+    cli: Cli, hosts: Hosts, tmp_path: Path
+) -> None:
+    hosts.online("ws-1")
+    await submit(cli, tmp_path, "ws-1")
+    [job_id] = await hosts.jobs_of("ws-1")
+    await hosts.agent_runs(
+        "ws-1",
+        job_id,
+        [
+            ("stdout", "hello\x1b]0;pwned\x07 world\n"),
+            ("stderr", "a warning\n"),
+            ("row", {"path": "C:\\x.exe", "size": 10}),
+            ("row", {"path": "C:\\y.exe", "size": 20, "signed": True}),
+            ("notice", "almost out of room"),
+        ],
+        result={"exit_code": 0, "note": "done"},
+    )
+
+    shown = await cli("job", "show", job_id[:12])
+    assert shown.code == 0, shown.stderr
+    out = shown.stdout
+    assert job_id in out
+    assert "succeeded" in out
+    assert "ws-1" in out
+    assert '"exit_code": 0' in out
+    assert '"note": "done"' in out
+    assert "Write-Output hello" in out  # the arguments
+    assert "hello world" in out
+    assert "pwned" not in out.replace("hello world", "")
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "stderr: a warning" in out
+    assert "notice: almost out of room" in out
+    assert "C:\\y.exe" in out
+    assert "signed" in out
+
+    as_json = json.loads((await cli("job", "show", job_id, "--json")).stdout)
+    assert as_json["job"]["result"] == {"exit_code": 0, "note": "done"}
+    assert [p["stream"] for p in as_json["output"]] == ["stdout", "stderr", "row", "row", "notice"]
+
+
+async def test_job_show_unknown_id_is_one_sentence(cli: Cli, hosts: Hosts) -> None:
+    missing = await cli("job", "show", "0" * 32)
+    assert missing.code == 1
+    assert missing.stderr == f"tether: No job has the id '{'0' * 32}'.\n"
+    prefix = await cli("job", "show", "abcdef12")
+    assert prefix.code == 1
+    assert "No job among the latest 1000 has an id starting with abcdef12" in prefix.stderr
+
+
+async def test_cancel_a_pending_job_then_again(cli: Cli, hosts: Hosts, tmp_path: Path) -> None:
+    await submit(cli, tmp_path, "ws-2")  # offline: the job waits
+    [job_id] = await hosts.jobs_of("ws-2")
+
+    cancelled = await cli("job", "cancel", job_id)
+    assert cancelled.code == 0, cancelled.stderr
+    assert cancelled.stdout == f"Job {job_id} is cancelled.\n"
+
+    again = await cli("job", "cancel", job_id)
+    assert again.code == 1
+    assert again.stderr == (
+        f"tether: Job {job_id} already ended (cancelled); there is nothing to cancel.\n"
+    )
+
+
+async def test_cancel_a_running_job_asks_the_agent(cli: Cli, hosts: Hosts, tmp_path: Path) -> None:
+    link = hosts.online("ws-1")
+    await submit(cli, tmp_path, "ws-1")
+    [job_id] = await hosts.jobs_of("ws-1")
+    await hosts.agent_runs("ws-1", job_id, state="running")
+    asked = await cli("job", "cancel", job_id)
+    assert asked.code == 0, asked.stderr
+    assert asked.stdout == f"Job {job_id} is running; its agent was asked to stop it.\n"
+    assert any('"job.cancel"' in sent for sent in link.sent)
+
+
+async def test_actions_lists_declarations(cli: Cli, hosts: Hosts) -> None:
+    listed = await cli("actions", "--json")
+    assert listed.code == 0
+    assert {"system.noop", "script.run"} <= {a["name"] for a in json.loads(listed.stdout)}
+    assert "system.noop" in (await cli("actions")).stdout

@@ -1,0 +1,89 @@
+"""`tether ps` and `tether kill` against a platform in process."""
+
+import asyncio
+import json
+
+from .conftest import Cli, Hosts
+
+PROCESSES = {
+    "processes": [
+        {
+            "pid": 812,
+            "ppid": 4,
+            "name": "evil\x1b]0;pwned\x07.exe",
+            "user": "SYSTEM",
+            "cmdline": ["C:\\evil.exe", "--flag", "x" * 300],
+            "started_at": "2030-01-01T10:00:00+00:00",
+            "exe": "C:\\evil.exe",
+            "exe_sha256": "ab" * 32,
+        },
+        {"pid": 4, "ppid": 0, "name": "[bold]System[/bold]", "user": "SYSTEM", "cmdline": None},
+    ],
+    "truncated": True,
+    "collector": "toolhelp",
+}
+
+
+async def test_ps_prints_a_table_of_processes(cli: Cli, hosts: Hosts) -> None:
+    hosts.online("ws-1")
+    running = asyncio.create_task(cli("ps", "ws-1", "--hashes", "--name", "evil", columns=120))
+    [job_id] = await hosts.jobs_of("ws-1")
+    assert (await hosts.platform.jobs.get(job_id)).args == {"hashes": True, "name": "evil"}
+    await hosts.agent_runs("ws-1", job_id, result=PROCESSES)
+    done = await running
+    assert done.code == 0, done.stderr
+    out = done.stdout
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "evil?]0;pwned?.exe" in out
+    assert "[bold]System[/bold]" in out  # shown as typed, never read as markup
+    assert "x" * 300 not in out
+    assert "…" in out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert out.index("│ 4 ") < out.index("│ 812 ")  # by pid
+    assert "collector: toolhelp" in out  # what the table does not know is still shown
+    assert "only part of the processes" in done.stderr
+
+    as_json = json.loads((await cli("job", "show", job_id, "--json")).stdout)
+    assert as_json["job"]["result"]["truncated"] is True
+
+
+async def test_ps_json_is_the_result(cli: Cli, hosts: Hosts) -> None:
+    hosts.online("ws-1")
+    running = asyncio.create_task(cli("ps", "ws-1", "--json"))
+    [job_id] = await hosts.jobs_of("ws-1")
+    await hosts.agent_runs("ws-1", job_id, result=PROCESSES)
+    done = await running
+    assert done.code == 0
+    assert json.loads(done.stdout) == PROCESSES
+    assert (await hosts.platform.jobs.get(job_id)).args == {"hashes": False}
+
+
+async def test_ps_failure_is_one_sentence(cli: Cli, hosts: Hosts) -> None:
+    hosts.online("ws-1")
+    running = asyncio.create_task(cli("ps", "ws-1"))
+    [job_id] = await hosts.jobs_of("ws-1")
+    await hosts.agent_runs("ws-1", job_id, state="failed", error="Access denied.")
+    done = await running
+    assert done.code == 1
+    assert done.stderr == "tether: processes.list on ws-1 ended failed: Access denied.\n"
+
+
+async def test_kill_prints_the_outcomes(cli: Cli, hosts: Hosts) -> None:
+    hosts.online("ws-1")
+    running = asyncio.create_task(cli("kill", "ws-1", "812", "--tree"))
+    [job_id] = await hosts.jobs_of("ws-1")
+    assert (await hosts.platform.jobs.get(job_id)).args == {"pid": 812, "tree": True}
+    await hosts.agent_runs(
+        "ws-1", job_id, result={"outcomes": {"812": "killed", "813": "gone"}, "note": "ok"}
+    )
+    done = await running
+    assert done.code == 0, done.stderr
+    assert '"812": "killed"' in done.stdout
+    assert "note: ok" in done.stdout
+
+
+async def test_kill_refuses_a_bad_pid(cli: Cli, hosts: Hosts) -> None:
+    done = await cli("kill", "ws-1", "zero")
+    assert done.code == 2
+    assert await hosts.platform.jobs.find() == []
