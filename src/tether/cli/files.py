@@ -7,6 +7,7 @@ the destination, are checked against the library's SHA-256, then renamed into pl
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,10 +61,21 @@ def upload(api: Api, local: Path, name: str | None = None) -> dict[str, Any]:
     return entry
 
 
-def download(api: Api, entry: dict[str, Any], dest: Path) -> Path:
-    """Save a library file at `dest` (a directory means its library name inside it), verified
-    against the library's SHA-256; nothing is left behind if anything fails."""
-    target = dest / str(entry["name"]) if dest.is_dir() else dest
+def local_name(name: str, sha256: str) -> str:
+    """A file name safe to create here from a name an endpoint chose: its last component,
+    never hidden, never a drive or stream reference; otherwise one made from the hash."""
+    base = re.split(r"[/\\]", name)[-1]
+    if not base or base.startswith(".") or ":" in base or not base.isprintable():
+        return f"retrieved-{sha256[:16]}"
+    return base
+
+
+def download(api: Api, entry: dict[str, Any], dest: Path, name: str | None = None) -> Path:
+    """Save a library file at `dest` (a directory means `name`, or the library's, inside it),
+    verified against the library's SHA-256. An existing file is never replaced, and nothing is
+    left behind if anything fails."""
+    chosen = local_name(name or str(entry["name"]), str(entry["sha256"]))
+    target = dest / chosen if dest.is_dir() else dest
     directory = target.parent
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
@@ -87,10 +99,15 @@ def download(api: Api, entry: dict[str, Any], dest: Path) -> Path:
                 f"The download's SHA-256 ({digest.hexdigest()}) does not match the library's "
                 f"({entry['sha256']}); nothing was saved."
             )
-        os.replace(temporary, target)
-    except BaseException:
+        try:
+            # A link, not a rename: it fails instead of replacing a file that exists.
+            os.link(temporary, target)
+        except FileExistsError as exc:
+            raise CliError(
+                f"{target} already exists; remove it or choose another --output."
+            ) from exc
+    finally:
         Path(temporary).unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -123,7 +140,8 @@ def get(
     batch = submit(api, "files.get", {"path": path}, hosts=[host])
     job = _finished(api, batch["jobs"][0]["id"], "The retrieval")
     entry = retrieved_by(api, job["id"])
-    saved = download(api, entry, output or Path.cwd())
+    # Named after the path the analyst asked for, never after what the endpoint reported.
+    saved = download(api, entry, output or Path.cwd(), name=path)
     if json_output:
         emit_json({"file": entry, "saved": str(saved)})
         return

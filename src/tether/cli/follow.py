@@ -166,6 +166,10 @@ def follow_jobs(
                 answers.put((job_id, poll(api, job_id, cursor, wait)))
             except CliError as exc:
                 answers.put((job_id, exc))
+            except Exception as exc:
+                # A follower that died silently would leave its job unanswered and this
+                # command waiting for ever: every failure comes back as an answer.
+                answers.put((job_id, CliError(f"Following job {job_id} failed: {exc}.")))
 
     for _ in range(min(len(job_ids), MAX_FOLLOWERS)):
         threading.Thread(target=follower, name="tether-follow", daemon=True).start()

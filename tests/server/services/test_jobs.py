@@ -380,3 +380,39 @@ async def test_batches_over_a_segment_show_one_progress_view(h: Harness) -> None
     assert view.counts == {"delivered": 1, "queued": 1}
     with pytest.raises(NotFound, match="No segment is named"):
         await h.jobs.submit(RESPONDER, "test.respond", {}, Selection(segment="nope"), source="t")
+
+
+async def test_a_user_losing_access_has_their_pending_response_jobs_withdrawn(h: Harness) -> None:
+    host = await h.host("web-1")
+    mine = (await h.submit([host])).jobs[0].id
+    other = (
+        (
+            await h.submit(
+                [host], user=User(9, "olga", frozenset({"responder"}), False, mfa_verified=True)
+            )
+        )
+        .jobs[0]
+        .id
+    )
+    await h.jobs.withdraw_for_user(RESPONDER.id, "disabled")
+    withdrawn = await h.jobs.get(mine)
+    assert withdrawn.state == "cancelled"
+    assert withdrawn.error is not None
+    assert "lost access (disabled)" in withdrawn.error
+    assert (await h.jobs.get(other)).state == "queued"
+    link = await h.connect(host)
+    assert [f["job_id"] for f in frames(link, "job")] == [other]
+
+
+async def test_only_the_platform_names_a_library_script(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = await h.host("web-1")
+    with pytest.raises(Invalid, match="library name is set by the platform"):
+        await h.submit(
+            [host], action="script.run", args={"source": "print(1)", "name": "Process Control v3"}
+        )
+    batch = await h.submit(
+        [host], action="script.run", args={"source": "print(1)", "name": "X v1"}, from_library=True
+    )
+    assert batch.jobs[0].state == "queued"

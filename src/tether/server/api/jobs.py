@@ -88,6 +88,7 @@ async def submit_job(
         ttl=timedelta(seconds=body.ttl_seconds) if body.ttl_seconds is not None else None,
         not_after=body.not_after,
         timeout_seconds=body.timeout_seconds,
+        from_library=body.script is not None,
         source=source_of(request),
     )
     return _batch(batch)

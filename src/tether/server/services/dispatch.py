@@ -269,7 +269,10 @@ class Dispatcher:
                         jobs.c.state,
                         jobs.c.sent_at,
                         jobs.c.created_by,
-                    ).where(jobs.c.id == status.job_id)
+                        batches.c.args,
+                    )
+                    .join(batches, batches.c.id == jobs.c.batch_id)
+                    .where(jobs.c.id == status.job_id)
                 )
             ).one_or_none()
             if row is None or row.host_id != host_id:
@@ -298,6 +301,7 @@ class Dispatcher:
                         result=json.loads(result) if result else None,
                         error=changes.get("error"),
                         created_by=row.created_by,
+                        args=json.loads(row.args),
                     )
                 )
         if status.state in FINAL_AGENT_STATES:
@@ -408,7 +412,10 @@ class Dispatcher:
                     jobs.c.host_id,
                     jobs.c.action,
                     jobs.c.created_by,
-                ).where(jobs.c.state.in_(("delivered", "running")))
+                    batches.c.args,
+                )
+                .join(batches, batches.c.id == jobs.c.batch_id)
+                .where(jobs.c.state.in_(("delivered", "running")))
             )
             silent_ended: dict[str, tuple[str, str]] = {}
             silent_rows: dict[str, Any] = {}
@@ -450,6 +457,7 @@ class Dispatcher:
                         result=None,
                         error=reason,
                         created_by=row.created_by,
+                        args=json.loads(row.args),
                     )
                 )
         return len(ended) + len(silent_ended)

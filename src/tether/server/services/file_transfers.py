@@ -20,7 +20,7 @@ from tether.protocol.transfer import (
     transfer_id_for,
 )
 from tether.server.services.transfers import HostTransfers
-from tether.server.store.blobs import BlobError, BlobStore
+from tether.server.store.blobs import Blob, BlobError, BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class FinishedJob:
     result: dict[str, Any] | None
     error: str | None
     created_by: str
+    # The arguments the job was submitted with (what was asked, as opposed to what was said).
+    args: dict[str, Any]
 
 
 class FileTransfers:
@@ -47,6 +49,13 @@ class FileTransfers:
         self._engines: dict[str, HostTransfers] = {}
         self._links: dict[str, Transport] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        # What this platform itself received and verified, by job: the only file a files.get
+        # job may be credited with, whatever its agent reports.
+        self._verified: dict[str, Blob] = {}
+
+    def verified(self, job_id: str) -> Blob | None:
+        """The blob this process verified for the job's retrieval, taken once."""
+        return self._verified.pop(job_id, None)
 
     def _engine(self, host_id: str) -> HostTransfers:
         engine = self._engines.get(host_id)
@@ -93,7 +102,9 @@ class FileTransfers:
             return
         engine = await self._attached_engine(host_id)
         if action == "files.get":
-            work: Any = engine.receive_file(transfer_id, job_id, max_bytes=self._max)
+            # The job's own cap, not only the platform's: the endpoint sends what it likes.
+            cap = min(int(args.get("max_bytes", self._max)), self._max)
+            work: Any = engine.receive_file(transfer_id, job_id, max_bytes=cap)
         else:
             work = engine.send_blob(
                 transfer_id, job_id, str(args["sha256"]), path=str(args["path"])
@@ -102,27 +113,32 @@ class FileTransfers:
         self._tasks[transfer_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(transfer_id, None))
 
-    @staticmethod
-    async def _run(work: Any, job_id: str) -> None:
+    async def _run(self, work: Any, job_id: str) -> None:
         try:
-            await work
+            received = await work
         except (TransferFailed, BlobError) as exc:
             # The agent reports the job failed with its side of the story; this is the log's.
             log.info("The transfer of job %s ended without a file: %s", job_id, exc)
+            return
+        if isinstance(received, Blob):
+            self._verified[job_id] = received
 
     async def job_finished(self, job: FinishedJob) -> None:
-        """A transfer job ended: give up its transfer unless it succeeded (partials removed)."""
-        if job.action not in TRANSFER_ACTIONS or job.state == "succeeded":
+        """A transfer job ended: give up whatever of its transfer is still open, and its
+        partial file, even when the agent says it succeeded (it may not have sent a thing)."""
+        if job.action not in TRANSFER_ACTIONS:
             return
         transfer_id = transfer_id_for(job.job_id)
-        engine = self._engines.get(job.host_id)
-        if engine is not None:
-            await engine.abort(transfer_id, job.error or f"The job ended {job.state}.")
         task = self._tasks.pop(transfer_id, None)
+        engine = self._engines.get(job.host_id)
+        if task is not None and engine is not None:
+            await engine.abort(transfer_id, job.error or f"The job ended {job.state}.")
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # A partial left by a run of the platform that never saw this host again.
+        await asyncio.to_thread(self.store.discard_partial, transfer_id)
 
     async def close(self) -> None:
         """Stop waiting for transfers (partials stay on disk for the next start to resume)."""

@@ -9,20 +9,20 @@ download is audited with the hash.
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.errors import Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.file_transfers import FinishedJob
-from tether.server.store.blobs import BlobReader, BlobStore
+from tether.server.store.blobs import Blob, BlobReader, BlobStore
 from tether.server.store.db import as_utc, utcnow
-from tether.server.store.tables import hosts, library_files
+from tether.server.store.tables import hosts, jobs, library_files
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,18 @@ def _query() -> Any:
 
 
 class FileLibrary:
-    def __init__(self, engine: AsyncEngine, audit: AuditLog, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        audit: AuditLog,
+        blobs: BlobStore,
+        verified: Callable[[str], Blob | None],
+    ) -> None:
         self._engine = engine
         self._audit = audit
         self.blobs = blobs
+        # What the platform's own transfer verified for a job (FileTransfers.verified).
+        self._verified = verified
 
     async def upload(
         self, name: str, chunks: AsyncIterator[bytes], *, actor: str, source: str
@@ -240,37 +248,15 @@ class FileLibrary:
             )
 
     async def job_finished(self, job: FinishedJob) -> None:
-        """Record a retrieval in the library, or a deployment in the audit log."""
+        """Record a retrieval in the library, or a deployment in the audit log.
+
+        What is recorded is what was asked (the job's arguments) and what the platform itself
+        verified; the agent's own report is believed only where it matches.
+        """
         if job.state != "succeeded" or job.result is None:
             return
         if job.action == "files.get":
-            sha256 = str(job.result["sha256"])
-            if not await self.blobs.exists(sha256):
-                # The endpoint claims a file the platform never verified: say so, keep nothing.
-                log.warning("Job %s reported a file the platform never received", job.job_id)
-                await self._audit.record(
-                    "file.retrieve",
-                    actor=job.created_by,
-                    target=f"host:{job.host_id}",
-                    outcome="failure",
-                    source="endpoint",
-                    details={"job": job.job_id, "reason": "reported file never received"},
-                )
-                return
-            mtime = job.result.get("mtime")
-            await self.record_retrieved(
-                Retrieved(
-                    job_id=job.job_id,
-                    host_id=job.host_id,
-                    path=str(job.result["path"]),
-                    size=int(job.result["size"]),
-                    sha256=sha256,
-                    mtime=datetime.fromisoformat(mtime) if mtime else None,
-                    owner=job.result.get("owner"),
-                    mode=job.result.get("mode"),
-                    requested_by=job.created_by,
-                )
-            )
+            await self._retrieved(job, job.result)
         elif job.action == "files.put":
             await self._audit.record(
                 "file.deploy",
@@ -278,12 +264,51 @@ class FileLibrary:
                 target=f"host:{job.host_id}",
                 source="endpoint",
                 details={
-                    "path": job.result["path"],
-                    "size": job.result["size"],
-                    "sha256": job.result["sha256"],
+                    "path": job.args["path"],
+                    "size": job.args["size"],
+                    "sha256": job.args["sha256"],
                     "job": job.job_id,
                 },
             )
+
+    async def _retrieved(self, job: FinishedJob, result: dict[str, Any]) -> None:
+        blob = self._verified(job.job_id)
+        reported = (str(result.get("sha256")), result.get("size"))
+        if blob is None or reported != (blob.sha256, blob.size):
+            # The endpoint claims a file this platform did not receive and verify for this job.
+            reason = (
+                "The endpoint reported a file the platform did not receive and verify for this "
+                "job, so nothing was kept."
+            )
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job.job_id, jobs.c.state == "succeeded")
+                    .values(state="failed", error=reason, result=None)
+                )
+            await self._audit.record(
+                "file.retrieve",
+                actor=job.created_by,
+                target=f"host:{job.host_id}",
+                outcome="failure",
+                source="endpoint",
+                details={"job": job.job_id, "path": job.args.get("path"), "reason": reason},
+            )
+            return
+        mtime = result.get("mtime")
+        await self.record_retrieved(
+            Retrieved(
+                job_id=job.job_id,
+                host_id=job.host_id,
+                path=str(job.args["path"]),
+                size=blob.size,
+                sha256=blob.sha256,
+                mtime=datetime.fromisoformat(mtime) if mtime else None,
+                owner=result.get("owner"),
+                mode=result.get("mode"),
+                requested_by=job.created_by,
+            )
+        )
 
     async def open(self, ref: str, *, actor: str, source: str) -> tuple[LibraryFile, BlobReader]:
         """Open a library file for download; the download is audited with the hash."""

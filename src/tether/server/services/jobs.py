@@ -195,6 +195,7 @@ class Jobs:
         not_after: datetime | None = None,
         timeout_seconds: float | None = None,
         source: str,
+        from_library: bool = False,
         session_id: str | None = None,
     ) -> BatchView:
         """Check, persist, audit, then send to online hosts; returns the batch.
@@ -209,6 +210,13 @@ class Jobs:
         if spec.permission not in user.permissions:
             raise Forbidden(f"You need the {spec.permission.value} permission to run {action}.")
         clean_args = validate_args(spec, args)
+        if action == "script.run" and clean_args.get("name") and not from_library:
+            # The name says "this is library script X, version N" in the audit log and on the
+            # endpoint: only the platform may write it, after resolving the library script.
+            raise Invalid(
+                "A script's library name is set by the platform; run a library script with the "
+                "script field instead of args.name."
+            )
         if (check := self._argument_checks.get(action)) is not None:
             await check(clean_args)
         ttl = ttl if ttl is not None else DEFAULT_TTL
@@ -261,6 +269,7 @@ class Jobs:
                     "action": action,
                     "state": "queued",
                     "created_by": user.actor,
+                    "user_id": user.id,
                     "created_at": now,
                     "expires_at": now + ttl,
                     "not_after": not_after,
@@ -391,6 +400,29 @@ class Jobs:
         if job.state in FINAL_STATES:
             raise Conflict(f"Job {job_id} already ended ({job.state}); there is nothing to cancel.")
         return await self._cancel(job, user.actor, source=source)
+
+    async def withdraw_for_user(self, user_id: int, reason: str) -> None:
+        """The user's access ended: their response jobs not yet finished are cancelled (unsent
+        ones at once, the others through their agents), so nothing they queued runs later.
+        The `Users.on_access_lost` listener."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(jobs.c.id, jobs.c.action).where(
+                        jobs.c.user_id == user_id,
+                        jobs.c.state.in_(("queued", "delivered", "running")),
+                    )
+                )
+            ).all()
+        for row in rows:
+            if row.action in ACTIONS and not ACTIONS[row.action].response:
+                continue
+            await self.cancel_for_platform(
+                row.id,
+                "platform",
+                source="platform",
+                reason=f"its submitter lost access ({reason})",
+            )
 
     async def cancel_for_platform(
         self, job_id: str, actor: str, *, source: str, reason: str

@@ -75,7 +75,7 @@ class Platform:
         events = JobEvents()
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
-        files = FileLibrary(engine, audit, blobs)
+        files = FileLibrary(engine, audit, blobs, transfers.verified)
         dispatcher = Dispatcher(engine, presence, access, events, transfers=transfers)
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
@@ -90,6 +90,8 @@ class Platform:
         )
         # Disabling a user or taking their Active Response role ends their live sessions at once.
         users.on_access_lost(live_sessions.end_for_user)
+        # ...and withdraws the response jobs they queued, so none runs after they lost access.
+        users.on_access_lost(jobs.withdraw_for_user)
         return cls(
             settings=settings,
             engine=engine,

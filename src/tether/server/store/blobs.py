@@ -123,6 +123,10 @@ class BlobStore:
             raise self.too_large(declared_size)
         return await asyncio.to_thread(self._open_partial, transfer_id)
 
+    def discard_partial(self, transfer_id: UUID) -> None:
+        """Remove the partial upload of `transfer_id` if one is on disk (blocking)."""
+        (self._partials / str(transfer_id)).unlink(missing_ok=True)
+
     def _open_partial(self, transfer_id: UUID) -> "PartialBlob":
         self._partials.mkdir(parents=True, exist_ok=True)
         path = self._partials / str(transfer_id)

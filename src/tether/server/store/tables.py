@@ -199,6 +199,8 @@ jobs = Table(
     Column("action", String(64), nullable=False),
     Column("state", String(16), nullable=False),
     Column("created_by", String(128), nullable=False),
+    # The submitting user's id: their queued jobs are withdrawn when their access ends.
+    Column("user_id", Integer, nullable=True, index=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     # A queued job not delivered by then expires; `not_after` also stops a delivered one from
     # starting late on the endpoint.

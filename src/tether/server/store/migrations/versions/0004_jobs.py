@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("action", sa.String(64), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("created_by", sa.String(128), nullable=False),
+        sa.Column("user_id", sa.Integer, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("not_after", sa.DateTime(timezone=True), nullable=True),
@@ -51,6 +52,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_jobs_batch_id", "jobs", ["batch_id"])
     op.create_index("ix_jobs_created_at", "jobs", ["created_at"])
+    op.create_index("ix_jobs_user_id", "jobs", ["user_id"])
     op.create_index("ix_jobs_host_state", "jobs", ["host_id", "state"])
     op.create_index("ix_jobs_state_expires", "jobs", ["state", "expires_at"])
     op.create_table(
