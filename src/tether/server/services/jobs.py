@@ -448,7 +448,10 @@ class Jobs:
                     state="cancelled",
                     finished_at=now,
                     cancel_requested_by=actor,
-                    error=f"Cancelled by {actor} before it was delivered.",
+                    error=(
+                        f"Cancelled by {actor} before it was delivered"
+                        + (f": {reason}." if reason else ".")
+                    ),
                 )
             )
             if not withdrawn.rowcount:
