@@ -2,6 +2,7 @@
 files, and a script whose agent is killed mid-run."""
 
 import hashlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,3 +201,38 @@ def test_a_script_whose_agent_is_killed_mid_run_fails_with_that_reason(
         # Not run again after the restart.
         time.sleep(1)
         assert api.get(f"/jobs/{job_id}").json()["state"] == "failed"
+
+
+def test_the_shipped_process_control_script_kills_by_name_through_the_cli(
+    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    _, admin, _ = own
+    assert "Process Control" in [s["name"] for s in admin.json("script", "list")]
+    # A copy of sleep under a name of its own, so only this process can match.
+    marker = "tthr-victim"
+    binary = tmp_path / marker
+    shutil.copy("/bin/sleep", binary)
+    victim = subprocess.Popen([str(binary), "300"])
+    try:
+        out = admin.run(
+            "run",
+            endpoint.host_id,
+            "--script",
+            "Process Control",
+            "--param",
+            "action=kill",
+            "--param",
+            f"name={marker}",
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert str(victim.pid) in out.stdout
+        assert victim.wait(10) is not None
+        refused = admin.run(
+            "run", endpoint.host_id, "--script", "Process Control", "--param", "action=explode"
+        )
+        assert refused.returncode == 1
+        assert "action" in refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
+    finally:
+        victim.kill()

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.protocol import Role
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.audit import AuditLog
+from tether.server.services.script_params import check_params, check_schema
 from tether.server.services.scripts import (
     EDIT_NO_PERMISSION,
     EDIT_NO_SECOND_FACTOR,
@@ -142,8 +143,16 @@ async def test_compiling_never_runs_the_source(library: ScriptLibrary, tmp_path:
             "Parameter 'a' is an array, so it needs",
         ),
         (
-            {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}},
-            "Parameter 'a' uses 'pattern', which the library does not check",
+            {"type": "object", "properties": {"a": {"type": "string", "format": "x"}}},
+            "Parameter 'a' uses 'format', which the library does not check",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": "integer", "pattern": "x"}}},
+            "Parameter 'a' uses pattern, which applies to strings only.",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}},
+            "The pattern of parameter 'a' is not a valid regular expression.",
         ),
         (
             {"type": "object", "properties": {"a": {"type": "integer", "enum": ["x"]}}},
@@ -386,3 +395,30 @@ async def test_concurrent_saves_of_a_new_name_get_distinct_versions(
     assert versions == list(range(1, len(versions) + 1))
     assert [v.version for v in await library.history("kill")] == versions
     assert all(isinstance(o, tuple | Conflict) for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"name": ""}, "Parameter 'name' must be at least 1 characters."),
+        ({"name": "x" * 9}, "Parameter 'name' must be at most 8 characters."),
+        ({"sha": "zz"}, "Parameter 'sha' does not have the expected form."),
+        ({"pid": 0}, "Parameter 'pid' must be at least 1."),
+        ({"pid": 70000}, "Parameter 'pid' must be at most 65535."),
+    ],
+)
+def test_bounds_are_checked(params: dict[str, object], message: str) -> None:
+    schema = check_schema(
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 8},
+                "sha": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "pid": {"type": "integer", "minimum": 1, "maximum": 65535},
+            },
+        }
+    )
+    with pytest.raises(Invalid) as caught:
+        check_params(schema, params)
+    assert str(caught.value) == message
+    assert check_params(schema, {"name": "sshd", "pid": 22}) == {"name": "sshd", "pid": 22}

@@ -8,6 +8,7 @@ saved, rather than silently left unchecked when it runs.
 
 import json
 import math
+import re
 from typing import Any
 
 from tether.server.errors import Invalid
@@ -17,7 +18,29 @@ TYPES = ("string", "integer", "number", "boolean", "array")
 _OBJECT_KEYS = frozenset(
     {"$schema", "title", "description", "type", "properties", "required", "additionalProperties"}
 )
-_PROPERTY_KEYS = frozenset({"type", "description", "title", "enum", "default", "items"})
+_PROPERTY_KEYS = frozenset(
+    {
+        "type",
+        "description",
+        "title",
+        "enum",
+        "default",
+        "items",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minimum",
+        "maximum",
+    }
+)
+# Which bounds apply to which type.
+_BOUNDS = {
+    "minLength": "string",
+    "maxLength": "string",
+    "pattern": "string",
+    "minimum": "number",
+    "maximum": "number",
+}
 _MUST_BE = {
     "string": "a string",
     "integer": "an integer",
@@ -59,7 +82,8 @@ def _check_property(name: Any, spec: Any) -> None:
     if unknown:
         raise Invalid(
             f"Parameter {name!r} uses {unknown[0]!r}, which the library does not check; "
-            "use type, enum, default, items, title and description."
+            "use type, enum, default, items, title, description, minLength, maxLength, "
+            "pattern, minimum and maximum."
         )
     kind = spec.get("type")
     if kind not in TYPES:
@@ -76,6 +100,23 @@ def _check_property(name: Any, spec: Any) -> None:
     for key in ("description", "title"):
         if key in spec and not isinstance(spec[key], str):
             raise Invalid(f"The {key} of parameter {name!r} must be a string.")
+    for key, applies in _BOUNDS.items():
+        if key not in spec:
+            continue
+        if applies == "string" and kind != "string":
+            raise Invalid(f"Parameter {name!r} uses {key}, which applies to strings only.")
+        if applies == "number" and kind not in ("integer", "number"):
+            raise Invalid(f"Parameter {name!r} uses {key}, which applies to numbers only.")
+        bound = spec[key]
+        if key == "pattern":
+            try:
+                re.compile(bound)
+            except (re.error, TypeError) as exc:
+                raise Invalid(
+                    f"The pattern of parameter {name!r} is not a valid regular expression."
+                ) from exc
+        elif not _fits("number", bound):
+            raise Invalid(f"The {key} of parameter {name!r} must be a number.")
     if "enum" in spec:
         enum = spec["enum"]
         if not isinstance(enum, list) or not enum:
@@ -128,6 +169,18 @@ def _check_value(name: str, spec: dict[str, Any], value: Any) -> Any:
     if enum is not None and value not in enum:
         shown = ", ".join(json.dumps(choice) for choice in enum)
         raise Invalid(f"Parameter {name!r} must be one of {shown}.")
+    if kind == "string":
+        if len(value) < spec.get("minLength", 0):
+            raise Invalid(f"Parameter {name!r} must be at least {spec['minLength']} characters.")
+        if "maxLength" in spec and len(value) > spec["maxLength"]:
+            raise Invalid(f"Parameter {name!r} must be at most {spec['maxLength']} characters.")
+        if "pattern" in spec and re.search(spec["pattern"], value) is None:
+            raise Invalid(f"Parameter {name!r} does not have the expected form.")
+    if kind in ("integer", "number"):
+        if "minimum" in spec and value < spec["minimum"]:
+            raise Invalid(f"Parameter {name!r} must be at least {spec['minimum']}.")
+        if "maximum" in spec and value > spec["maximum"]:
+            raise Invalid(f"Parameter {name!r} must be at most {spec['maximum']}.")
     return value
 
 
