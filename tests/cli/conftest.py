@@ -188,6 +188,14 @@ class Hosts:
         """Report a job as the agent would: delivered, running, its output, its end."""
         host_id = self.ids[hostname]
         dispatcher = self.platform.dispatcher
+        # The platform ignores what an agent says about a job it has not sent yet; the command
+        # submits in another thread, so wait for the send as a real agent would.
+        for _ in range(400):
+            if (await self.platform.jobs.get(job_id)).sent_at is not None:
+                break
+            await asyncio.sleep(0.025)
+        else:
+            raise AssertionError(f"job {job_id} was never sent to {hostname}")
         await dispatcher.on_status(host_id, JobStatus(job_id=job_id, state="delivered"))
         await dispatcher.on_status(host_id, JobStatus(job_id=job_id, state="running"))
         for seq, (stream, content) in enumerate(output):

@@ -59,3 +59,31 @@ def running_agent(
     with admin.api() as api:
         wait_online(api, agent.host_id, timeout=20)
     return agent
+
+
+@pytest.fixture(scope="module")
+def responding(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Platform, Cli, Children]]:
+    """A platform of the module's own, with segment "ir" where Active Response is on."""
+    root = tmp_path_factory.mktemp("responding-platform")
+    children = Children(root / "logs")
+    try:
+        platform = Platform(root, children)
+        platform.init()
+        platform.start()
+        admin = platform.login(root / "admin-cli")
+        admin.ok("segment", "create", "ir")
+        admin.ok("segment", "set", "ir", "--active-response", "on")
+        yield platform, admin, children
+    finally:
+        children.kill_all()
+
+
+@pytest.fixture(scope="module")
+def endpoint(
+    responding: tuple[Platform, Cli, Children], tmp_path_factory: pytest.TempPathFactory
+) -> Agent:
+    """A running agent in segment "ir" of the module's `responding` platform."""
+    platform, admin, children = responding
+    return running_agent(platform, admin, children, tmp_path_factory.mktemp("ep"), segment="ir")

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +27,6 @@ for name in script.params["names"]:
     script.row(name=name, length=len(name), pid=os.getpid())
 print("greeting", script.params["greeting"], flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, Cli, Children]]:
-    root = tmp_path_factory.mktemp("actions-platform")
-    children = Children(root / "logs")
-    try:
-        platform = Platform(root, children)
-        platform.init()
-        platform.start()
-        admin = platform.login(root / "admin-cli")
-        admin.ok("segment", "create", "ir")
-        admin.ok("segment", "set", "ir", "--active-response", "on")
-        yield platform, admin, children
-    finally:
-        children.kill_all()
-
-
-@pytest.fixture(scope="module")
-def endpoint(
-    own: tuple[Platform, Cli, Children], tmp_path_factory: pytest.TempPathFactory
-) -> Agent:
-    platform, admin, children = own
-    return running_agent(platform, admin, children, tmp_path_factory.mktemp("ep"), segment="ir")
 
 
 def run(api: httpx.Client, host_id: str, action: str, args: dict[str, Any], **extra: Any) -> str:
@@ -78,9 +53,9 @@ def output(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_script_with_parameters_streams_output_and_rows(
-    own: tuple[Platform, Cli, Children], endpoint: Agent
+    responding: tuple[Platform, Cli, Children], endpoint: Agent
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     with admin.api() as api:
         job_id = run(
             api,
@@ -107,9 +82,9 @@ def test_a_script_with_parameters_streams_output_and_rows(
 
 
 def test_a_failing_script_and_a_syntax_error_fail_the_job_with_a_reason(
-    own: tuple[Platform, Cli, Children], endpoint: Agent
+    responding: tuple[Platform, Cli, Children], endpoint: Agent
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     with admin.api() as api:
         bad = finished(api, run(api, endpoint.host_id, "script.run", {"source": "def (:\n"}))
         assert bad["state"] == "failed"
@@ -121,9 +96,9 @@ def test_a_failing_script_and_a_syntax_error_fail_the_job_with_a_reason(
 
 
 def test_processes_listed_and_one_killed(
-    own: tuple[Platform, Cli, Children], endpoint: Agent
+    responding: tuple[Platform, Cli, Children], endpoint: Agent
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:
         with admin.api() as api:
@@ -147,9 +122,9 @@ def test_processes_listed_and_one_killed(
 
 
 def test_files_listed_and_hashed(
-    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     (tmp_path / "evidence.bin").write_bytes(b"x" * 5000)
     with admin.api() as api:
         listing = finished(api, run(api, endpoint.host_id, "files.list", {"path": str(tmp_path)}))
@@ -170,9 +145,9 @@ def test_files_listed_and_hashed(
 
 
 def test_a_script_whose_agent_is_killed_mid_run_fails_with_that_reason(
-    own: tuple[Platform, Cli, Children], tmp_path: Path
+    responding: tuple[Platform, Cli, Children], tmp_path: Path
 ) -> None:
-    platform, admin, children = own
+    platform, admin, children = responding
     agent = running_agent(platform, admin, children, tmp_path / "victim", segment="ir")
     with admin.api() as api:
         job_id = run(
@@ -204,9 +179,9 @@ def test_a_script_whose_agent_is_killed_mid_run_fails_with_that_reason(
 
 
 def test_the_shipped_process_control_script_kills_by_name_through_the_cli(
-    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     assert "Process Control" in [s["name"] for s in admin.json("script", "list")]
     # A copy of sleep under a name of its own, so only this process can match.
     marker = "tthr-victim"

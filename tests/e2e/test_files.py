@@ -5,40 +5,14 @@ import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import running_agent
 from .harness import Agent, Children, Cli, Platform, wait_for, wait_online
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, Cli, Children]]:
-    root = tmp_path_factory.mktemp("files-platform")
-    children = Children(root / "logs")
-    try:
-        platform = Platform(root, children)
-        platform.init()
-        platform.start()
-        admin = platform.login(root / "admin-cli")
-        admin.ok("segment", "create", "ir")
-        admin.ok("segment", "set", "ir", "--active-response", "on")
-        yield platform, admin, children
-    finally:
-        children.kill_all()
-
-
-@pytest.fixture(scope="module")
-def endpoint(
-    own: tuple[Platform, Cli, Children], tmp_path_factory: pytest.TempPathFactory
-) -> Agent:
-    platform, admin, children = own
-    return running_agent(platform, admin, children, tmp_path_factory.mktemp("ep"), segment="ir")
 
 
 def sha256_of(path: Path) -> str:
@@ -50,9 +24,9 @@ def sha256_of(path: Path) -> str:
 
 
 def test_get_and_put_through_the_cli_with_hash_checks(
-    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     evidence = tmp_path / "suspicious.bin"
     evidence.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
     out = tmp_path / "out"
@@ -98,9 +72,9 @@ def test_get_and_put_through_the_cli_with_hash_checks(
 
 
 def test_bad_paths_and_names_are_one_sentence(
-    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     cases: list[tuple[tuple[str, ...], str]] = [
         (("get", endpoint.host_id, str(tmp_path / "nope")), "Nothing exists at"),
         (("get", endpoint.host_id, str(tmp_path)), "is a directory; give the path of a file."),
@@ -127,9 +101,9 @@ def test_bad_paths_and_names_are_one_sentence(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_on_the_endpoint_leaves_nothing_half_written(
-    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
 ) -> None:
-    _, admin, _ = own
+    _, admin, _ = responding
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
@@ -145,9 +119,9 @@ def test_a_full_disk_on_the_endpoint_leaves_nothing_half_written(
 
 
 def test_a_1_gib_retrieval_survives_a_platform_sigkill(
-    own: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
 ) -> None:
-    platform, admin, _ = own
+    platform, admin, _ = responding
     big = tmp_path / "memory.dmp"
     with big.open("wb") as handle:
         block = os.urandom(1024 * 1024)

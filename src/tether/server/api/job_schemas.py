@@ -59,6 +59,7 @@ class JobOut(BaseModel):
     expires_at: datetime
     not_after: datetime | None
     timeout_seconds: float
+    sent_at: datetime | None
     delivered_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None

@@ -64,6 +64,8 @@ class JobView:
     expires_at: datetime
     not_after: datetime | None
     timeout_seconds: float
+    # When the platform last sent it to the agent (None while it waits for its host).
+    sent_at: datetime | None
     delivered_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -119,6 +121,7 @@ def _job_view(row: Any, *, full: bool = False) -> JobView:
         expires_at=as_utc(row.expires_at),  # type: ignore[arg-type]
         not_after=as_utc(row.not_after),
         timeout_seconds=row.timeout_seconds,
+        sent_at=as_utc(row.sent_at),
         delivered_at=as_utc(row.delivered_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
