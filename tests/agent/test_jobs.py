@@ -15,7 +15,7 @@ from tether.agent.context import job_context
 from tether.agent.gate import ResponseGate
 from tether.agent.jobs import JobRunner
 from tether.agent.journal import RESTARTED, Journal
-from tether.protocol import ActionSpec, JobAck, JobCancel, JobRequest, Permission
+from tether.protocol import ActionSpec, JobAck, JobCancel, JobRequest, JobStatus, Permission
 
 
 class Args(BaseModel):
@@ -260,3 +260,17 @@ async def test_unrecorded_calls_are_not_journaled(tmp_path: Path) -> None:
     await jobs.on_job(job("call-1", action="test.stubborn", ephemeral=True))
     assert wire.states("call-1") == ["succeeded"]
     assert journal.get("call-1") is None
+
+
+def test_acknowledged_ids_are_forgotten_only_after_the_retention(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    journal.receive("old", "test.work")
+    journal.finish(JobStatus(job_id="old", state="succeeded", result={"ran": 1}))
+    journal.receive("owed", "test.work")
+    journal.finish(JobStatus(job_id="owed", state="succeeded", result={"ran": 2}))
+    journal.acknowledge(["old"])
+    assert journal.purge(timedelta(days=31)) == 0
+    assert journal.purge(timedelta(0)) == 1
+    assert journal.get("old") is None
+    # A result the platform has not confirmed is never dropped.
+    assert journal.get("owed") is not None

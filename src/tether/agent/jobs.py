@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from tether.agent.action import Handler, run_action
 from tether.agent.context import JobContext, current_job
@@ -37,6 +37,8 @@ MAX_CONCURRENT_JOBS = 8
 CANCEL_GRACE_SECONDS = 5.0
 
 CANCELLED = "Cancelled at an analyst's request."
+# Longer than the platform's longest time to live for a pending job (30 days).
+JOURNAL_RETENTION = timedelta(days=31)
 
 
 def _timed_out(seconds: float) -> str:
@@ -63,6 +65,9 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, JobContext] = {}
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_JOBS)
+        # Acknowledged job ids are kept only as long as the platform could send a job again
+        # (its longest time to live); after that they are forgotten.
+        journal.purge(JOURNAL_RETENTION)
         interrupted = journal.fail_interrupted()
         if interrupted:
             log.warning("%d jobs were interrupted by the last agent restart", interrupted)

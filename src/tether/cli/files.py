@@ -27,7 +27,7 @@ files_app = typer.Typer(help="The file library: uploaded tools and retrieved fil
 CHUNK = 1024 * 1024
 
 
-def _progress(label: str, total: int | None) -> Progress:
+def _progress() -> Progress:
     # On a terminal only: scripts reading stdout or stderr get no bar drawn over their lines.
     return Progress(
         "[progress.description]{task.description}",
@@ -47,7 +47,7 @@ def upload(api: Api, local: Path, name: str | None = None) -> dict[str, Any]:
         handle = local.open("rb")
     except OSError as exc:
         raise CliError(f"Cannot read {local}: {exc.strerror or exc}.") from exc
-    with handle, _progress(f"upload {local.name}", size) as bar:
+    with handle, _progress() as bar:
         task = bar.add_task(f"upload {local.name}", total=size)
 
         def chunks() -> Iterator[bytes]:
@@ -83,7 +83,7 @@ def download(api: Api, entry: dict[str, Any], dest: Path, name: str | None = Non
         raise CliError(f"Cannot write in {directory}: {exc.strerror or exc}.") from exc
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, _progress("download", int(entry["size"])) as bar:
+        with os.fdopen(fd, "wb") as out, _progress() as bar:
             task = bar.add_task(f"download {target.name}", total=int(entry["size"]))
 
             def sink(chunk: bytes) -> None:

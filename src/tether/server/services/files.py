@@ -150,7 +150,7 @@ class FileLibrary:
 
     async def record_retrieved(self, retrieved: Retrieved) -> LibraryFile:
         """Add a file an endpoint sent (already verified into the blob store) to the library."""
-        name = check_name_from_path(retrieved.path)
+        name = name_from_path(retrieved.path)
         file_id = uuid.uuid4().hex
         async with self._engine.begin() as conn:
             existing = (
@@ -324,7 +324,7 @@ class FileLibrary:
         return entry, reader
 
 
-def check_name_from_path(path: str) -> str:
+def name_from_path(path: str) -> str:
     """A library name for a file retrieved from `path` (its last component, made safe)."""
     base = re.split(r"[/\\]", path.rstrip("/\\"))[-1] or "file"
     cleaned = re.sub(r"[\x00-\x1f\x7f]", "_", base).strip() or "file"
