@@ -13,6 +13,7 @@ Outside an agent every call raises ScriptError. Processes are read and killed wi
 script's own process (with the agent's privileges), never through the agent.
 """
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -154,10 +155,15 @@ def _exited(process: psutil.Process) -> bool:
     except psutil.NoSuchProcess:
         return True
     try:
-        # Someone else's child stays a zombie until its parent reaps it: it is dead all the same.
-        return process.status() == psutil.STATUS_ZOMBIE
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return False
     except psutil.NoSuchProcess:
         return True
+    # It died between the two looks. Reap it if it is this script's own child; someone else's
+    # child stays a zombie until its parent reaps it, and is dead all the same.
+    with contextlib.suppress(psutil.TimeoutExpired, psutil.NoSuchProcess):
+        process.wait(timeout=0)
+    return True
 
 
 def _wait_exited(processes: list[psutil.Process], seconds: float = 5.0) -> None:
