@@ -18,6 +18,7 @@ from tether.protocol.filesystem import (
     FilePutArgs,
     FilePutResult,
 )
+from tether.protocol.isolation import IsolateArgs, IsolationStatus, ReleaseArgs
 from tether.protocol.permissions import Permission
 from tether.protocol.processes import (
     ProcessKillArgs,
@@ -139,6 +140,36 @@ ACTIONS: dict[str, ActionSpec] = {
                 "Run a Python script with the agent's privileges; stdout, stderr and result "
                 "rows stream back as it runs."
             ),
+        ),
+        ActionSpec(
+            name="isolation.isolate",
+            args=IsolateArgs,
+            result=IsolationStatus,
+            permission=Permission.ACTIVE_RESPONSE,
+            # Applying rules and testing the platform link through them takes seconds.
+            timeout_seconds=60.0,
+            description=(
+                "Isolate the host: outbound traffic blocked except to the platform and the "
+                "allowlist (full mode blocks new inbound connections too); rolled back when the "
+                "platform is unreachable through the new rules."
+            ),
+        ),
+        ActionSpec(
+            name="isolation.release",
+            args=ReleaseArgs,
+            result=IsolationStatus,
+            permission=Permission.ACTIVE_RESPONSE,
+            timeout_seconds=60.0,
+            description="Release the host from isolation: the isolation rules are removed whole.",
+        ),
+        ActionSpec(
+            name="isolation.status",
+            args=ReleaseArgs,
+            result=IsolationStatus,
+            permission=Permission.HOSTS_READ,
+            timeout_seconds=30.0,
+            description="Report what the host's firewall holds for isolation; changes nothing.",
+            response=False,
         ),
     )
 }
