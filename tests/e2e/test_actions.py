@@ -211,3 +211,104 @@ def test_the_shipped_process_control_script_kills_by_name_through_the_cli(
         assert refused.stderr.count("\n") == 1, refused.stderr
     finally:
         victim.kill()
+
+
+MOVER = """
+from tether import script
+
+sent = script.upload(script.params["evidence"])
+script.row(way="up", sha256=sent["sha256"], size=sent["size"])
+got = script.download(script.params["tool"], script.params["dest"])
+script.row(way="down", sha256=got["sha256"], size=got["size"])
+for name, dest in (("no-such-tool", script.params["dest"] + ".x"), (script.params["tool"], script.params["dest"])):
+    try:
+        script.download(name, dest)
+    except script.ScriptError as exc:
+        print("refused:", exc, flush=True)
+"""
+
+
+def test_a_script_uploads_and_downloads_files_through_the_library(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    _, admin, _ = responding
+    evidence = tmp_path / "evidence.bin"
+    evidence.write_bytes(b"\x00stolen\xff" * 200_000)
+    tool = b"#!/bin/sh\necho remediated\n"
+    dest = tmp_path / "deployed" / "remediate.sh"
+    dest.parent.mkdir()
+    with admin.api() as api:
+        uploaded = api.post("/files", params={"name": "remediate-e2e.sh"}, content=tool)
+        assert uploaded.status_code == 201, uploaded.text
+        job_id = run(
+            api,
+            endpoint.host_id,
+            "script.run",
+            {
+                "source": MOVER,
+                "params": {
+                    "evidence": str(evidence),
+                    "tool": "remediate-e2e.sh",
+                    "dest": str(dest),
+                },
+            },
+        )
+        job = finished(api, job_id, timeout=60)
+        assert job["state"] == "succeeded", job
+        pieces = output(api, job_id)
+        rows = {p["fields"]["way"]: p["fields"] for p in pieces if p["stream"] == "row"}
+        evidence_sha = hashlib.sha256(evidence.read_bytes()).hexdigest()
+        assert (rows["up"]["sha256"], rows["up"]["size"]) == (evidence_sha, evidence.stat().st_size)
+        assert rows["down"]["sha256"] == hashlib.sha256(tool).hexdigest()
+        # Written through a temporary file and renamed: the tool alone, whole.
+        assert dest.read_bytes() == tool
+        assert [p.name for p in dest.parent.iterdir()] == ["remediate.sh"]
+        stdout = "".join(p["text"] for p in pieces if p["stream"] == "stdout")
+        assert "refused: The file library holds no file named 'no-such-tool'." in stdout
+        assert "already exists on the endpoint; a script's download never replaces a file" in stdout
+
+        # The upload is in the library with its chain of custody, credited to the submitter.
+        kept = api.get("/files", params={"job": job_id}).json()
+        assert [(f["kind"], f["sha256"], f["source_path"], f["host_id"]) for f in kept] == [
+            ("retrieved", evidence_sha, str(evidence), endpoint.host_id)
+        ]
+        content = api.get(f"/files/{kept[0]['id']}/content")
+        assert hashlib.sha256(content.content).hexdigest() == evidence_sha
+
+        records = api.get("/audit", params={"limit": 1000}).json()
+        by_job = [r for r in records if r["details"].get("job") == job_id]
+        assert {(r["action"], r["details"]["via"], r["details"]["sha256"]) for r in by_job} == {
+            ("file.retrieve", "script", evidence_sha),
+            ("file.deploy", "script", hashlib.sha256(tool).hexdigest()),
+        }
+
+
+def test_the_shipped_directory_access_control_script_retrieves_a_directory(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    _, admin, _ = responding
+    folder = tmp_path / "case"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"dropped-{index}.dll").write_bytes(f"payload {index}".encode() * 1000)
+    out = admin.run(
+        "run",
+        endpoint.host_id,
+        "--script",
+        "Directory Access Control",
+        "--param",
+        "action=retrieve",
+        "--param",
+        f"path={folder}",
+        "--json",
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    retrieved = {
+        f["source_path"]: f["sha256"]
+        for f in admin.json("files", "list", "--kind", "retrieved")
+        if f["source_path"] and f["source_path"].startswith(str(folder))
+    }
+    assert retrieved == {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.iterdir()
+    }

@@ -35,7 +35,7 @@ from tether.protocol import (
     Welcome,
     parse_platform_message,
 )
-from tether.protocol.transfer import AnyTransferMessage
+from tether.protocol.transfer import AnyTransferMessage, TransferGrant
 
 log = logging.getLogger("tether.agent")
 
@@ -261,6 +261,8 @@ class AgentConnection:
             message = parse_platform_message(frame)
             if isinstance(message, AnyTransferMessage):
                 await self.transfers.on_message(message)
+            elif isinstance(message, TransferGrant):
+                self.transfers.requests.on_grant(message)
             elif isinstance(message, Policy):
                 self.gate.apply(message)
                 log.info(

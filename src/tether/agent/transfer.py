@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+from tether.agent.transfer_requests import TransferRequests
 from tether.protocol.errors import ProtocolError
 from tether.protocol.transfer import (
     DEFAULT_CHUNK_BYTES,
@@ -544,6 +545,8 @@ class AgentTransfers:
         # Opens that came before their job registered the transfer (the job and the open travel
         # in that order, but the job's handler runs in its own task). Bounded.
         self._stashed: OrderedDict[UUID, TransferOpen] = OrderedDict()
+        # What running scripts asked to move (tether.script upload and download).
+        self.requests = TransferRequests()
 
     def _check_new(self, transfer_id: UUID) -> None:
         if transfer_id in self._senders or transfer_id in self._receivers:
@@ -607,6 +610,7 @@ class AgentTransfers:
         """A new connection is up (after its welcome): resume what this agent was sending."""
         self.detach()
         self._transport = transport
+        await self.requests.attach(transport)
         for sender in list(self._senders.values()):
             if not sender.flow.finished:
                 await sender.start(transport)
@@ -614,6 +618,7 @@ class AgentTransfers:
     def detach(self) -> None:
         """The connection is lost: pause every transfer until the next `attach`."""
         self._transport = None
+        self.requests.detach()
         self._stashed.clear()
         for sender in self._senders.values():
             sender.pause()

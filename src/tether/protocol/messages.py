@@ -16,7 +16,9 @@ from tether.protocol.transfer import (
     TransferAck,
     TransferDone,
     TransferEnd,
+    TransferGrant,
     TransferOpen,
+    TransferRequest,
 )
 
 # Text an endpoint reports ends up in terminals and web pages: no control characters, ever.
@@ -166,6 +168,7 @@ AnyAgentMessage = (
     | TransferEnd
     | TransferDone
     | TransferAbort
+    | TransferRequest
 )
 AnyPlatformMessage = (
     Welcome
@@ -179,6 +182,7 @@ AnyPlatformMessage = (
     | TransferEnd
     | TransferDone
     | TransferAbort
+    | TransferGrant
 )
 AgentMessage = Annotated[AnyAgentMessage, Field(discriminator="type")]
 PlatformMessage = Annotated[AnyPlatformMessage, Field(discriminator="type")]

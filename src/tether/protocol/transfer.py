@@ -104,9 +104,10 @@ def decode_chunk(frame: bytes | bytearray | memoryview) -> tuple[ChunkHeader, me
 _TRANSFER_NAMESPACE = UUID("6f1d3c52-8e0b-4f44-9a55-2b1f3f0c7e10")
 
 
-def transfer_id_for(job_id: str) -> UUID:
-    """The platform's stable transfer id for a job: the same after any restart of either side."""
-    return uuid.uuid5(_TRANSFER_NAMESPACE, job_id)
+def transfer_id_for(job_id: str, seq: int | None = None) -> UUID:
+    """The stable transfer id of a job's file (of a script's `seq`th file): the same after any
+    restart of either side, so a transfer resumes from the partial file."""
+    return uuid.uuid5(_TRANSFER_NAMESPACE, job_id if seq is None else f"{job_id}/{seq}")
 
 
 def format_size(size: int) -> str:
@@ -187,11 +188,53 @@ class TransferAbort(_Message):
     reason: Reason
 
 
+# A running script may move at most this many files (tether.script upload and download): enough
+# for the shipped Directory Access Control's default of 1000 files, bounded for the platform.
+MAX_SCRIPT_TRANSFERS = 1000
+LibraryName = Annotated[str, Field(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class TransferRequest(_Message):
+    """Agent -> platform: a running script asks to move a file (docs/adr/0011).
+
+    `get` sends endpoint file `path` (of `size` bytes) to the platform; `put` writes library file
+    `name` to endpoint path `path`. `seq` numbers the script's requests from 0; a request is sent
+    again after every reconnect until its transfer ends, and the platform answers a repeat with
+    the same grant.
+    """
+
+    type: Literal["transfer.request"] = "transfer.request"
+    job_id: JobId
+    seq: Annotated[int, Strict(), Field(ge=0, lt=MAX_SCRIPT_TRANSFERS)]
+    direction: Direction
+    path: Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$")]
+    name: LibraryName = ""
+    size: Size = 0
+
+
+class TransferGrant(_Message):
+    """Platform -> agent: the answer to a request; `transfer_id` to use, or `error` why not.
+
+    For `put`, the size and SHA-256 of the library file, which the agent verifies it received.
+    """
+
+    type: Literal["transfer.grant"] = "transfer.grant"
+    job_id: JobId
+    seq: Annotated[int, Strict(), Field(ge=0, lt=MAX_SCRIPT_TRANSFERS)]
+    transfer_id: UUID | None = None
+    size: Size = 0
+    sha256: Sha256 | None = None
+    error: Reason | None = None
+
+
 TransferMessage = Annotated[
     TransferOpen | TransferAccept | TransferAck | TransferEnd | TransferDone | TransferAbort,
     Field(discriminator="type"),
 ]
-"""The control messages of a transfer; both the agent's and the platform's unions take them all."""
+"""The control messages of a transfer; both the agent's and the platform's unions take them all.
+
+`transfer.request` and `transfer.grant` are not among them: they start a transfer, one way each.
+"""
 
 AnyTransferMessage = (
     TransferOpen | TransferAccept | TransferAck | TransferEnd | TransferDone | TransferAbort

@@ -12,6 +12,7 @@ from tether.server.api import (
     enrollment,
     files,
     hosts,
+    isolation,
     jobs,
     live_sessions,
     scripts,
@@ -78,6 +79,7 @@ def create_app(platform: Platform) -> FastAPI:
         scripts,
         live_sessions,
         files,
+        isolation,
     ):
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)

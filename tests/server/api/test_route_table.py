@@ -111,6 +111,11 @@ ROWS = [
     Row("GET", "/api/v1/files/{ref}", RESULTS_404, url="/api/v1/files/ghost"),
     Row("GET", "/api/v1/files/{ref}/content", (401, 403, 404, 403, 403, 404), url="/api/v1/files/ghost/content"),
     Row("POST", "/api/v1/files", (401, 403, 422, 403, 403, 422), url="/api/v1/files?name=bad%2Fname"),
+    # Isolation: a response action like any other; the allowlist is the admins' to change.
+    Row("POST", "/api/v1/isolation/isolate", (401, 403, 201, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403), body={"hosts": ["{host}"]}),
+    Row("POST", "/api/v1/isolation/release", (401, 403, 201, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403), body={"hosts": ["{host}"], "mode": "full"}),
+    Row("GET", "/api/v1/isolation/allowlist", READERS),
+    Row("PUT", "/api/v1/isolation/allowlist", ADMINS, body={"rules": [{"cidr": "10.0.0.0/8"}]}),
     # Segments.
     Row("GET", "/api/v1/segments", READERS),
     Row("POST", "/api/v1/segments", (401, 403, 403, 403, 422, 422), body={"name": "bad/name"}),

@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from tether.agent.context import job_context
 from tether.agent.errors import ActionError
+from tether.agent.script_files import ScriptFiles
 from tether.agent.scripts import ScriptLimits, ScriptServices, run_script
 from tether.protocol import ScriptRunArgs, ScriptRunResult
 
@@ -20,18 +21,20 @@ class AgentScriptServices:
 
     async def upload(self, path: str) -> dict[str, Any]:
         if self._services is None:
-            raise ActionError("This agent cannot send files to the platform from a script yet.")
+            raise ActionError("This agent has no file transfer channel to the platform.")
         return await self._services.upload(path)
 
     async def download(self, name: str, dest: str) -> dict[str, Any]:
         if self._services is None:
-            raise ActionError("This agent cannot fetch library files from a script yet.")
+            raise ActionError("This agent has no file transfer channel to the platform.")
         return await self._services.download(name, dest)
 
 
 async def run(args: ScriptRunArgs, services: ScriptServices | None = None) -> ScriptRunResult:
     """Run the script; a syntax error or a non-zero exit fails the job with one sentence."""
     context = job_context()
+    if services is None and context.transfers is not None:
+        services = ScriptFiles(context.job_id, context.transfers)
 
     async def on_output(stream: Literal["stdout", "stderr"], text: str) -> None:
         await context.output(stream, text)

@@ -30,7 +30,7 @@ def _job(view: JobView) -> JobOut:
     return JobOut(**view.__dict__)
 
 
-def _batch(view: BatchView) -> BatchOut:
+def batch_out(view: BatchView) -> BatchOut:
     return BatchOut(
         id=view.id,
         action=view.action,
@@ -91,7 +91,7 @@ async def submit_job(
         from_library=body.script is not None,
         source=source_of(request),
     )
-    return _batch(batch)
+    return batch_out(batch)
 
 
 @router.get("/jobs", response_model=list[JobOut])
@@ -146,4 +146,4 @@ async def cancel_job(
 
 @router.get("/batches/{batch_id}", response_model=BatchOut)
 async def get_batch(batch_id: str, platform: PlatformDep, _user: Reader) -> BatchOut:
-    return _batch(await platform.jobs.batch(batch_id))
+    return batch_out(await platform.jobs.batch(batch_id))

@@ -5,6 +5,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether.server.api.isolation_schemas import IsolationOut
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -85,6 +87,7 @@ class HostOut(BaseModel):
     boot_time: datetime | None
     revoked: bool
     response_disabled_locally: bool
+    isolation: IsolationOut
 
 
 SegmentName = Annotated[str, Field(min_length=1, max_length=64)]

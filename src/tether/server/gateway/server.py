@@ -26,7 +26,7 @@ from tether.protocol import (
     Welcome,
     parse_agent_message,
 )
-from tether.protocol.transfer import AnyTransferMessage
+from tether.protocol.transfer import AnyTransferMessage, TransferRequest
 from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, TransferLink
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
@@ -343,6 +343,9 @@ class AgentGateway:
                 message = parse_agent_message(frame)
                 if isinstance(message, AnyTransferMessage):
                     await self._transfers.on_message(status.host_id, message)
+                    continue
+                if isinstance(message, TransferRequest):
+                    await self._transfers.on_request(status.host_id, message)
                     continue
             except ProtocolError as exc:
                 await self._refuse(

@@ -9,13 +9,18 @@ the transfer id is derived from the job id, so a retrieval resumes from the part
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from tether.protocol.transfer import (
+    MAX_SCRIPT_TRANSFERS,
     AnyTransferMessage,
+    TransferDone,
     TransferFailed,
+    TransferGrant,
+    TransferRequest,
     Transport,
     transfer_id_for,
 )
@@ -25,6 +30,8 @@ from tether.server.store.blobs import Blob, BlobError, BlobStore
 log = logging.getLogger(__name__)
 
 TRANSFER_ACTIONS = frozenset({"files.get", "files.put"})
+# Scripts move files through tether.script upload and download (services.script_files).
+SCRIPT_ACTION = "script.run"
 
 
 @dataclass(frozen=True)
@@ -42,13 +49,21 @@ class FinishedJob:
     args: dict[str, Any]
 
 
+RequestHandler = Callable[[str, TransferRequest], Awaitable[TransferGrant]]
+Finished = Callable[[Any], Awaitable[None]]
+
+
 class FileTransfers:
     def __init__(self, store: BlobStore, *, max_file_bytes: int) -> None:
         self.store = store
-        self._max = max_file_bytes
+        self.max_file_bytes = max_file_bytes
         self._engines: dict[str, HostTransfers] = {}
         self._links: dict[str, Transport] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
+        # The transfers of each job still running: a script may move several files.
+        self._by_job: dict[str, set[UUID]] = {}
+        # Answers a running script's transfer.request (tether.server.services.script_files).
+        self.on_request_handler: RequestHandler | None = None
         # What this platform itself received and verified, by job: the only file a files.get
         # job may be credited with, whatever its agent reports.
         self._verified: dict[str, Blob] = {}
@@ -88,6 +103,21 @@ class FileTransfers:
         """A transfer message from the host's agent (ProtocolError when it breaks the rules)."""
         await (await self._attached_engine(host_id)).on_message(message)
 
+    async def on_request(self, host_id: str, message: TransferRequest) -> None:
+        """A running script of the host asks to move a file: answer with a grant."""
+        if self.on_request_handler is None:
+            grant = TransferGrant(
+                job_id=message.job_id,
+                seq=message.seq,
+                error="This platform does not move files for scripts.",
+            )
+        else:
+            grant = await self.on_request_handler(host_id, message)
+        link = self._links.get(host_id)
+        if link is not None:
+            with contextlib.suppress(ConnectionError):
+                await link.send_text(grant.model_dump_json())
+
     async def on_chunk(self, host_id: str, frame: bytes) -> None:
         await (await self._attached_engine(host_id)).on_chunk(frame)
 
@@ -98,47 +128,94 @@ class FileTransfers:
         if action not in TRANSFER_ACTIONS:
             return
         transfer_id = transfer_id_for(job_id)
+        if action == "files.get":
+            # The job's own cap, not only the platform's: the endpoint sends what it likes.
+            cap = min(int(args.get("max_bytes", self.max_file_bytes)), self.max_file_bytes)
+            await self.receive(host_id, job_id, transfer_id, max_bytes=cap, on_done=None)
+        else:
+            await self.send(
+                host_id, job_id, transfer_id, str(args["sha256"]), str(args["path"]), on_done=None
+            )
+
+    async def receive(
+        self,
+        host_id: str,
+        job_id: str,
+        transfer_id: UUID,
+        *,
+        max_bytes: int,
+        on_done: Callable[[Blob], Awaitable[None]] | None,
+    ) -> None:
+        """Wait for the host to send transfer `transfer_id` (once); `on_done` gets the blob,
+        or without it the blob is kept for `verified(job_id)`."""
         if transfer_id in self._tasks:
             return
         engine = await self._attached_engine(host_id)
-        if action == "files.get":
-            # The job's own cap, not only the platform's: the endpoint sends what it likes.
-            cap = min(int(args.get("max_bytes", self._max)), self._max)
-            work: Any = engine.receive_file(transfer_id, job_id, max_bytes=cap)
-        else:
-            work = engine.send_blob(
-                transfer_id, job_id, str(args["sha256"]), path=str(args["path"])
-            )
-        task = asyncio.create_task(self._run(work, job_id), name=f"transfer {job_id}")
+        work = engine.receive_file(transfer_id, job_id, max_bytes=max_bytes)
+        self._track(job_id, transfer_id, self._run(work, job_id, on_done))
+
+    async def send(
+        self,
+        host_id: str,
+        job_id: str,
+        transfer_id: UUID,
+        sha256: str,
+        path: str,
+        *,
+        on_done: Callable[[TransferDone], Awaitable[None]] | None,
+    ) -> None:
+        """Send library blob `sha256` to the host as transfer `transfer_id` (once)."""
+        if transfer_id in self._tasks:
+            return
+        engine = await self._attached_engine(host_id)
+        work = engine.send_blob(transfer_id, job_id, sha256, path=path)
+        self._track(job_id, transfer_id, self._run(work, job_id, on_done))
+
+    def _track(self, job_id: str, transfer_id: UUID, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"transfer {job_id}")
         self._tasks[transfer_id] = task
+        self._by_job.setdefault(job_id, set()).add(transfer_id)
         task.add_done_callback(lambda _t: self._tasks.pop(transfer_id, None))
 
-    async def _run(self, work: Any, job_id: str) -> None:
+    async def _run(self, work: Awaitable[Any], job_id: str, on_done: Finished | None) -> None:
         try:
-            received = await work
+            outcome = await work
         except (TransferFailed, BlobError) as exc:
             # The agent reports the job failed with its side of the story; this is the log's.
             log.info("The transfer of job %s ended without a file: %s", job_id, exc)
             return
-        if isinstance(received, Blob):
-            self._verified[job_id] = received
+        if on_done is not None:
+            await on_done(outcome)
+        elif isinstance(outcome, Blob):
+            self._verified[job_id] = outcome
 
     async def job_finished(self, job: FinishedJob) -> None:
-        """A transfer job ended: give up whatever of its transfer is still open, and its
-        partial file, even when the agent says it succeeded (it may not have sent a thing)."""
-        if job.action not in TRANSFER_ACTIONS:
+        """A job that moves files ended: give up whatever of its transfers is still open, and
+        their partial files, even when the agent says it succeeded (it may not have sent a
+        thing)."""
+        if job.action in TRANSFER_ACTIONS:
+            possible = {transfer_id_for(job.job_id)}
+        elif job.action == SCRIPT_ACTION:
+            possible = {transfer_id_for(job.job_id, seq) for seq in range(MAX_SCRIPT_TRANSFERS)}
+        else:
             return
-        transfer_id = transfer_id_for(job.job_id)
-        task = self._tasks.pop(transfer_id, None)
+        tracked = self._by_job.pop(job.job_id, set())
         engine = self._engines.get(job.host_id)
-        if task is not None and engine is not None:
-            await engine.abort(transfer_id, job.error or f"The job ended {job.state}.")
-        if task is not None:
+        for transfer_id in tracked:
+            task = self._tasks.pop(transfer_id, None)
+            if task is None:
+                continue
+            if engine is not None:
+                await engine.abort(transfer_id, job.error or f"The job ended {job.state}.")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # A partial left by a run of the platform that never saw this host again.
-        await asyncio.to_thread(self.store.discard_partial, transfer_id)
+        # Partials, including those of a run of the platform that never saw this host again.
+        await asyncio.to_thread(self._discard_partials, possible | tracked)
+
+    def _discard_partials(self, transfer_ids: set[UUID]) -> None:
+        for transfer_id in transfer_ids:
+            self.store.discard_partial(transfer_id)
 
     async def close(self) -> None:
         """Stop waiting for transfers (partials stay on disk for the next start to resume)."""

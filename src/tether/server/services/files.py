@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.protocol.transfer import transfer_id_for
 from tether.server.errors import Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.file_transfers import FinishedJob
@@ -71,6 +72,9 @@ class Retrieved:
     owner: str | None
     mode: str | None
     requested_by: str
+    transfer_id: str
+    # "files.get", or "script" for a script's tether.script.upload.
+    via: str = "files.get"
 
 
 def _view(row: Any) -> LibraryFile:
@@ -155,7 +159,9 @@ class FileLibrary:
         async with self._engine.begin() as conn:
             existing = (
                 await conn.execute(
-                    select(library_files.c.id).where(library_files.c.job_id == retrieved.job_id)
+                    select(library_files.c.id).where(
+                        library_files.c.transfer_id == retrieved.transfer_id
+                    )
                 )
             ).scalar_one_or_none()
             if existing is not None:
@@ -173,6 +179,7 @@ class FileLibrary:
                     file_owner=retrieved.owner,
                     file_mode=retrieved.mode,
                     job_id=retrieved.job_id,
+                    transfer_id=retrieved.transfer_id,
                     created_by=retrieved.requested_by,
                     created_at=utcnow(),
                 )
@@ -188,6 +195,7 @@ class FileLibrary:
                 "sha256": retrieved.sha256,
                 "job": retrieved.job_id,
                 "file": file_id,
+                "via": retrieved.via,
             },
         )
         return await self.get(file_id)
@@ -307,6 +315,7 @@ class FileLibrary:
                 owner=result.get("owner"),
                 mode=result.get("mode"),
                 requested_by=job.created_by,
+                transfer_id=str(transfer_id_for(job.job_id)),
             )
         )
 

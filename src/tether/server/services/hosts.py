@@ -12,6 +12,7 @@ from tether.protocol import CloseCode, Hello
 from tether.server.errors import Conflict, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.batching import Coalesced
+from tether.server.services.isolation import NOT_ISOLATED, IsolationView, isolation_views
 from tether.server.services.presence import Presence
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import hosts, segments
@@ -36,6 +37,7 @@ class HostView:
     revoked: bool
     # The agent said the endpoint owner switched response actions off (its word, shown as such).
     response_disabled_locally: bool
+    isolation: IsolationView = NOT_ISOLATED
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Hosts:
         )
         self._hellos: Coalesced[dict[str, Any], None] = Coalesced(self._store_hellos)
 
-    def _view(self, row: Any) -> HostView:
+    def _view(self, row: Any, isolation: IsolationView = NOT_ISOLATED) -> HostView:
         pending = self._presence.pending_last_seen(row.id)
         stored = as_utc(row.last_seen)
         last_seen = max(filter(None, (pending, stored)), default=None)
@@ -83,6 +85,7 @@ class Hosts:
             boot_time=as_utc(row.boot_time),
             revoked=row.revoked_at is not None,
             response_disabled_locally=bool(row.response_disabled_locally),
+            isolation=isolation,
         )
 
     def _query(self) -> Any:
@@ -93,7 +96,8 @@ class Hosts:
     async def list(self) -> list[HostView]:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(self._query().order_by(hosts.c.hostname, hosts.c.id))).all()
-        return [self._view(r) for r in rows]
+            isolation = await isolation_views(conn)
+        return [self._view(r, isolation.get(r.id, NOT_ISOLATED)) for r in rows]
 
     async def get(self, ref: str) -> HostView:
         """A host by id, or by hostname when exactly one host has it."""
@@ -103,14 +107,14 @@ class Hosts:
                     self._query().where(or_(hosts.c.id == ref, hosts.c.hostname == ref)).limit(3)
                 )
             ).all()
-        by_id = [r for r in rows if r.id == ref]
-        if by_id:
-            return self._view(by_id[0])
-        if not rows:
-            raise NotFound(f"No host has the id or hostname {ref!r}.")
-        if len(rows) > 1:
-            raise Conflict(f"Several hosts are named {ref!r}; use the host id instead.")
-        return self._view(rows[0])
+            by_id = [r for r in rows if r.id == ref]
+            if not by_id and len(rows) > 1:
+                raise Conflict(f"Several hosts are named {ref!r}; use the host id instead.")
+            if not rows:
+                raise NotFound(f"No host has the id or hostname {ref!r}.")
+            row = (by_id or rows)[0]
+            isolation = await isolation_views(conn, [row.id])
+        return self._view(row, isolation.get(row.id, NOT_ISOLATED))
 
     async def certificate_status(self, serial: str) -> CertificateStatus | None:
         """The host holding this certificate serial, read when asked (batched with others)."""

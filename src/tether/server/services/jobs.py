@@ -156,6 +156,13 @@ class Jobs:
         self._events = events
         # Checks an action's arguments need beyond their model (a deployed file must exist).
         self._argument_checks: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
+        # Actions only a service may submit (isolation applies the platform's allowlist), with
+        # the sentence that says where to go instead.
+        self._reserved: dict[str, str] = {}
+
+    def reserve(self, action: str, sentence: str) -> None:
+        """Only submissions with `reserved=True` may run `action`; others are told `sentence`."""
+        self._reserved[action] = sentence
 
     def check_arguments(
         self, action: str, check: Callable[[dict[str, Any]], Awaitable[None]]
@@ -200,6 +207,7 @@ class Jobs:
         source: str,
         from_library: bool = False,
         session_id: str | None = None,
+        reserved: bool = False,
     ) -> BatchView:
         """Check, persist, audit, then send to online hosts; returns the batch.
 
@@ -212,6 +220,8 @@ class Jobs:
             raise Forbidden(refusal)
         if spec.permission not in user.permissions:
             raise Forbidden(f"You need the {spec.permission.value} permission to run {action}.")
+        if action in self._reserved and not reserved:
+            raise Invalid(self._reserved[action])
         clean_args = validate_args(spec, args)
         if action == "script.run" and clean_args.get("name") and not from_library:
             # The name says "this is library script X, version N" in the audit log and on the

@@ -14,6 +14,7 @@ from tether.server.services.enrollment import Enrollment
 from tether.server.services.file_transfers import FileTransfers
 from tether.server.services.files import FileLibrary
 from tether.server.services.hosts import Hosts
+from tether.server.services.isolation import Isolation
 from tether.server.services.job_events import JobEvents
 from tether.server.services.jobs import Jobs
 from tether.server.services.live_sessions import LiveSessions
@@ -22,6 +23,7 @@ from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
+from tether.server.services.script_files import ScriptFiles
 from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
 from tether.server.services.team import Team
@@ -61,6 +63,7 @@ class Platform:
     live_sessions: LiveSessions
     files: FileLibrary
     transfers: FileTransfers
+    isolation: Isolation
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -79,8 +82,12 @@ class Platform:
         dispatcher = Dispatcher(engine, presence, access, events, transfers=transfers)
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
+        script_files = ScriptFiles(engine, audit, transfers, files)
+        transfers.on_request_handler = script_files.on_request
+        dispatcher.on_finished(script_files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
         jobs.check_arguments("files.put", files.check_put)
+        isolation = Isolation(engine, audit, jobs)
         live_sessions = LiveSessions(
             engine,
             audit,
@@ -113,6 +120,7 @@ class Platform:
             live_sessions=live_sessions,
             files=files,
             transfers=transfers,
+            isolation=isolation,
         )
 
     async def close(self) -> None:

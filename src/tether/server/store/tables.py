@@ -222,6 +222,8 @@ jobs = Table(
     # The dispatcher reads a host's unfinished jobs at every connect.
     Index("ix_jobs_host_state", "host_id", "state"),
     Index("ix_jobs_state_expires", "state", "expires_at"),
+    # A host's isolation state is read from its isolation jobs (tether.server.services.isolation).
+    Index("ix_jobs_action_host", "action", "host_id"),
 )
 
 # Streamed output and result rows of a job, in the order the platform stored them.
@@ -309,7 +311,10 @@ library_files = Table(
     Column("file_mtime", DateTime(timezone=True), nullable=True),
     Column("file_owner", String(128), nullable=True),
     Column("file_mode", String(16), nullable=True),
-    Column("job_id", String(36), ForeignKey("jobs.id"), nullable=True, unique=True),
+    # The job that retrieved it; a script may retrieve several files in one job.
+    Column("job_id", String(36), ForeignKey("jobs.id"), nullable=True, index=True),
+    # The transfer that brought it: recording a retrieval twice keeps one entry.
+    Column("transfer_id", String(36), nullable=True, unique=True),
     Column("created_by", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
 )

@@ -55,6 +55,7 @@ def upgrade() -> None:
     op.create_index("ix_jobs_user_id", "jobs", ["user_id"])
     op.create_index("ix_jobs_host_state", "jobs", ["host_id", "state"])
     op.create_index("ix_jobs_state_expires", "jobs", ["state", "expires_at"])
+    op.create_index("ix_jobs_action_host", "jobs", ["action", "host_id"])
     op.create_table(
         "job_output",
         sa.Column(

@@ -29,7 +29,8 @@ def upgrade() -> None:
         sa.Column("file_mtime", sa.DateTime(timezone=True), nullable=True),
         sa.Column("file_owner", sa.String(128), nullable=True),
         sa.Column("file_mode", sa.String(16), nullable=True),
-        sa.Column("job_id", sa.String(36), sa.ForeignKey("jobs.id"), nullable=True, unique=True),
+        sa.Column("job_id", sa.String(36), sa.ForeignKey("jobs.id"), nullable=True, index=True),
+        sa.Column("transfer_id", sa.String(36), nullable=True, unique=True),
         sa.Column("created_by", sa.String(128), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )

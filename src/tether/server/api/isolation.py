@@ -1,0 +1,80 @@
+"""Isolation: isolate and release hosts, and the allowlist every isolation keeps open."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from tether.protocol import Permission
+from tether.protocol.isolation import AllowRule
+from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.isolation_schemas import AllowlistIn, IsolationRequest
+from tether.server.api.job_schemas import BatchOut
+from tether.server.api.jobs import batch_out
+from tether.server.services.jobs import Selection
+from tether.server.services.platform import Platform
+from tether.server.services.users import User
+
+router = APIRouter(tags=["isolation"])
+
+
+async def _selection(platform: Platform, body: IsolationRequest) -> Selection:
+    host_ids = None
+    if body.hosts is not None:
+        host_ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
+    return Selection(host_ids=host_ids, segment=body.segment, everything=body.all)
+
+
+@router.post("/isolation/isolate", response_model=BatchOut, status_code=201)
+async def isolate(
+    body: IsolationRequest,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.HOSTS_READ))],
+) -> BatchOut:
+    """Isolate the hosts; offline ones are `isolation pending` until they return.
+
+    The service checks the Active Response role, the second factor and each host's segment.
+    """
+    batch = await platform.isolation.isolate(
+        user,
+        await _selection(platform, body),
+        body.mode,
+        source=source_of(request),
+        not_after=body.not_after,
+    )
+    return batch_out(batch)
+
+
+@router.post("/isolation/release", response_model=BatchOut, status_code=201)
+async def release(
+    body: IsolationRequest,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.HOSTS_READ))],
+) -> BatchOut:
+    """Release the hosts from isolation; offline ones are `unisolation pending` meanwhile."""
+    batch = await platform.isolation.release(
+        user, await _selection(platform, body), source=source_of(request), not_after=body.not_after
+    )
+    return batch_out(batch)
+
+
+@router.get("/isolation/allowlist", response_model=list[AllowRule])
+async def get_allowlist(
+    platform: PlatformDep, _user: Annotated[User, Depends(require(Permission.HOSTS_READ))]
+) -> list[AllowRule]:
+    """What every isolation keeps reachable besides the platform and loopback."""
+    return await platform.isolation.allowlist()
+
+
+@router.put("/isolation/allowlist", response_model=list[AllowRule])
+async def put_allowlist(
+    body: AllowlistIn,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.SETTINGS_MANAGE))],
+) -> list[AllowRule]:
+    """Replace the allowlist; isolations requested from now on use it."""
+    return await platform.isolation.set_allowlist(
+        body.rules, actor=user.actor, source=source_of(request)
+    )

@@ -1,0 +1,248 @@
+"""Host isolation on the platform: requests, the admin-set allowlist, and each host's state.
+
+Isolating is a job (`isolation.isolate`, `isolation.release`): it waits as pending for an offline
+host like any job and is checked like any response action. A host's isolation state is read
+from its isolation jobs, never stored beside them, so it cannot disagree with what the agents
+reported (docs/adr/0017):
+
+- the newest isolation job that succeeded says whether the host is isolated, in which mode,
+  since when and on whose request;
+- a newer one still unfinished makes it `isolation pending` or `unisolation pending`;
+- a newer one that failed is shown with its reason beside the state that still holds (a failed
+  isolation leaves the host as it was: the agent rolls back).
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import TypeAdapter
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule, IsolationMode
+from tether.server.errors import Invalid
+from tether.server.services.audit import AuditLog
+from tether.server.services.jobs import MAX_TTL, BatchView, Jobs, Selection
+from tether.server.services.users import User
+from tether.server.store.db import as_utc
+from tether.server.store.tables import batches, jobs, platform_settings
+
+ISOLATE = "isolation.isolate"
+RELEASE = "isolation.release"
+ACTIONS = (ISOLATE, RELEASE)
+_UNFINISHED = ("queued", "delivered", "running")
+_ALLOWLIST_KEY = "isolation_allowlist"
+_rules: TypeAdapter[list[AllowRule]] = TypeAdapter(list[AllowRule])
+
+RESERVED_SENTENCE = (
+    "Isolate and release hosts with 'tether isolate' and 'tether unisolate' "
+    "(POST /api/v1/isolation/isolate and /release), which apply the platform's allowlist."
+)
+
+
+@dataclass(frozen=True)
+class IsolationView:
+    """A host's isolation as the inventory shows it."""
+
+    # "not isolated", "isolated", "isolation pending" or "unisolation pending".
+    state: str
+    mode: str | None = None
+    since: datetime | None = None
+    by: str | None = None
+    # The newest request's failure, when it failed; the state above still holds.
+    failed: str | None = None
+    job_id: str | None = None
+
+
+NOT_ISOLATED = IsolationView(state="not isolated")
+
+
+def _mode(args_text: str) -> str | None:
+    try:
+        mode = json.loads(args_text).get("mode")
+    except (ValueError, AttributeError):
+        return None
+    return str(mode) if mode is not None else None
+
+
+def _view(history: list[Any]) -> IsolationView:
+    """The state one host's isolation jobs, oldest first, add up to."""
+    held = NOT_ISOLATED
+    for row in history:
+        if row.state == "succeeded":
+            if row.action == ISOLATE:
+                held = IsolationView(
+                    state="isolated",
+                    mode=_mode(row.args),
+                    since=as_utc(row.finished_at),
+                    by=row.created_by,
+                    job_id=row.id,
+                )
+            else:
+                held = IsolationView(state="not isolated", job_id=row.id)
+    if not history:
+        return held
+    newest = history[-1]
+    if newest.state == "succeeded":
+        return held
+    if newest.state in _UNFINISHED:
+        pending = "isolation pending" if newest.action == ISOLATE else "unisolation pending"
+        return IsolationView(
+            state=pending,
+            mode=_mode(newest.args) if newest.action == ISOLATE else held.mode,
+            since=held.since,
+            by=newest.created_by,
+            job_id=newest.id,
+        )
+    doing = "isolate" if newest.action == ISOLATE else "release"
+    reason = newest.error or f"the job ended {newest.state}"
+    return IsolationView(
+        state=held.state,
+        mode=held.mode,
+        since=held.since,
+        by=held.by,
+        failed=f"The request to {doing} the host failed: {reason}",
+        job_id=newest.id,
+    )
+
+
+async def isolation_views(
+    conn: AsyncConnection, host_ids: Sequence[str] | None = None
+) -> dict[str, IsolationView]:
+    """The isolation of each host that ever had an isolation job (the rest: NOT_ISOLATED)."""
+    query = (
+        select(
+            jobs.c.id,
+            jobs.c.host_id,
+            jobs.c.action,
+            jobs.c.state,
+            jobs.c.created_by,
+            jobs.c.finished_at,
+            jobs.c.error,
+            batches.c.args,
+        )
+        .join(batches, batches.c.id == jobs.c.batch_id)
+        .where(jobs.c.action.in_(ACTIONS))
+        .order_by(jobs.c.created_at, jobs.c.id)
+    )
+    if host_ids is not None:
+        query = query.where(jobs.c.host_id.in_(list(host_ids)))
+    histories: dict[str, list[Any]] = {}
+    for row in (await conn.execute(query)).all():
+        histories.setdefault(row.host_id, []).append(row)
+    return {host_id: _view(history) for host_id, history in histories.items()}
+
+
+class Isolation:
+    def __init__(self, engine: AsyncEngine, audit: AuditLog, jobs: Jobs) -> None:
+        self._engine = engine
+        self._audit = audit
+        self._jobs = jobs
+        for action in ACTIONS:
+            jobs.reserve(action, RESERVED_SENTENCE)
+
+    async def allowlist(self) -> list[AllowRule]:
+        async with self._engine.connect() as conn:
+            value = (
+                await conn.execute(
+                    select(platform_settings.c.value).where(
+                        platform_settings.c.key == _ALLOWLIST_KEY
+                    )
+                )
+            ).scalar_one_or_none()
+        return _rules.validate_json(value) if value is not None else []
+
+    async def set_allowlist(
+        self, rules: list[AllowRule], *, actor: str, source: str
+    ) -> list[AllowRule]:
+        """Replace the allowlist; it applies to isolations requested from now on."""
+        if len(rules) > MAX_ALLOW_RULES:
+            raise Invalid(f"The allowlist holds at most {MAX_ALLOW_RULES} entries.")
+        before = await self.allowlist()
+        rules = list(dict.fromkeys(rules))
+        value = _rules.dump_json(rules).decode()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(platform_settings).where(platform_settings.c.key == _ALLOWLIST_KEY)
+            )
+            await conn.execute(insert(platform_settings).values(key=_ALLOWLIST_KEY, value=value))
+        await self._audit.record(
+            "isolation.allowlist",
+            actor=actor,
+            target="settings",
+            source=source,
+            details={
+                "before": [r.model_dump(mode="json") for r in before],
+                "after": [r.model_dump(mode="json") for r in rules],
+            },
+        )
+        return rules
+
+    async def isolate(
+        self,
+        user: User,
+        selection: Selection,
+        mode: IsolationMode,
+        *,
+        source: str,
+        not_after: datetime | None = None,
+    ) -> BatchView:
+        allow = [r.model_dump(mode="json") for r in await self.allowlist()]
+        return await self._request(
+            user, ISOLATE, {"mode": mode.value, "allow": allow}, selection, source, not_after
+        )
+
+    async def release(
+        self, user: User, selection: Selection, *, source: str, not_after: datetime | None = None
+    ) -> BatchView:
+        return await self._request(user, RELEASE, {}, selection, source, not_after)
+
+    async def _request(
+        self,
+        user: User,
+        action: str,
+        args: dict[str, Any],
+        selection: Selection,
+        source: str,
+        not_after: datetime | None,
+    ) -> BatchView:
+        # Pending until the host returns: as long as a job may wait.
+        batch = await self._jobs.submit(
+            user,
+            action,
+            args,
+            selection,
+            ttl=MAX_TTL,
+            not_after=not_after,
+            source=source,
+            reserved=True,
+        )
+        await self._withdraw_older(batch, user)
+        return batch
+
+    async def _withdraw_older(self, batch: BatchView, user: User) -> None:
+        """An older request still waiting for its host is withdrawn: the newest one decides, and
+        an isolate and a release delivered together could run in either order."""
+        in_batch = select(jobs.c.host_id).where(jobs.c.batch_id == batch.id)
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.action.in_(ACTIONS),
+                        jobs.c.state == "queued",
+                        jobs.c.sent_at.is_(None),
+                        jobs.c.batch_id != batch.id,
+                        jobs.c.host_id.in_(in_batch.scalar_subquery()),
+                    )
+                )
+            ).all()
+        for row in rows:
+            await self._jobs.cancel_for_platform(
+                row.id,
+                user.actor,
+                source="platform",
+                reason=f"a newer isolation request (batch {batch.id}) replaced it",
+            )
