@@ -10,7 +10,7 @@ from typing import NoReturn
 import typer
 
 from tether.agent.commands import agent_app
-from tether.cli import files, hosts, jobs, processes, run, session, shell
+from tether.cli import files, hosts, isolation, jobs, processes, run, session, shell
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
@@ -42,6 +42,9 @@ app.command("actions")(jobs.list_actions)
 app.command("run")(run.run)
 app.command("ps")(processes.ps)
 app.command("kill")(processes.kill)
+app.command("isolate")(isolation.isolate)
+app.command("unisolate")(isolation.unisolate)
+app.add_typer(isolation.isolation_app, name="isolation")
 app.command("get")(files.get)
 app.command("put")(files.put)
 app.add_typer(files.files_app, name="files")

@@ -1,12 +1,13 @@
 """`tether hosts`, `tether host show|revoke|move|access`, `tether ping`."""
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
 from tether.cli.client import Api
-from tether.cli.output import console, emit_json, plain, table
+from tether.cli.isolation import isolation_column
+from tether.cli.output import console, emit_json, one_line, plain, table
 
 HOST_COLUMNS = [
     ("id", "ID"),
@@ -18,6 +19,7 @@ HOST_COLUMNS = [
     ("last_seen", "Last seen"),
     ("agent_version", "Agent"),
     ("response_disabled_locally", "Response off locally"),
+    ("isolation", "Isolation"),
 ]
 
 host_app = typer.Typer(
@@ -26,9 +28,14 @@ host_app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _row(host: dict[str, object]) -> dict[str, object]:
+def _row(host: dict[str, Any]) -> dict[str, Any]:
     state = "revoked" if host["revoked"] else host["online"]
-    return {**host, "os": f"{host['os_name']} {host['os_version']}".strip(), "online": state}
+    return {
+        **host,
+        "os": f"{host['os_name']} {host['os_version']}".strip(),
+        "online": state,
+        "isolation": isolation_column(host),
+    }
 
 
 def list_hosts(json_output: JsonOpt = False) -> None:
@@ -49,7 +56,12 @@ def show(host: str, json_output: JsonOpt = False) -> None:
         emit_json(found)
     else:
         for key, value in found.items():
+            if key == "isolation":
+                value = isolation_column(found)
             console.print(f"{key:15} {plain(value)}", markup=False)
+        failed = (found.get("isolation") or {}).get("failed")
+        if failed:
+            console.print(f"{'':15} {one_line(failed)}", markup=False)
 
 
 @host_app.command("revoke")
