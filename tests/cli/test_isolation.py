@@ -81,7 +81,9 @@ async def test_the_allowlist_is_set_shown_and_sent_with_isolations(cli: Cli, hos
     ]
     await cli("isolate", "ws-2", "--no-wait")
     (job_id,) = await hosts.jobs_of("ws-2")
-    assert (await hosts.platform.jobs.get(job_id)).args["allow"] == shown
+    args = (await hosts.platform.jobs.get(job_id)).args
+    assert args is not None
+    assert args["allow"] == shown
     bad = await cli("isolation", "allowlist", "set", "10.0.0.300/8")
     assert bad.code == 1
     assert "is not an IPv4 or IPv6 network" in bad.stderr

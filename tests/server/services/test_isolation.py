@@ -111,6 +111,7 @@ async def test_the_allowlist_goes_with_each_isolation_and_changes_are_audited(
         RESPONDER, Selection(host_ids=[host]), IsolationMode.OUTBOUND, source="test"
     )
     job = await w.jobs.get(batch.jobs[0].id)
+    assert job.args is not None
     assert job.args["allow"] == [
         {"cidr": "10.1.0.0/16", "ports": []},
         {"cidr": "2001:db8::/32", "ports": [53, 443]},
