@@ -14,11 +14,10 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from pydantic import BaseModel, ConfigDict, Field
 
 from tether.cli.client import Api
 from tether.main import main
-from tether.protocol import ACTIONS, ActionSpec, JobOutput, JobStatus, Permission
+from tether.protocol import JobOutput, JobStatus
 from tether.server.app import create_app
 from tether.server.services.platform import Platform
 
@@ -112,45 +111,6 @@ async def cli(
 
     monkeypatch.setattr(Api, "from_profile", classmethod(from_profile))
     return Cli(transport)
-
-
-# -- actions the agent side is still building, declared here as the tests need them ----------
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ScriptArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = None
-
-
-class ScriptResult(_Open):
-    exit_code: int
-
-
-@pytest.fixture(autouse=True)
-def test_actions(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, args, result in (
-        ("script.run", ScriptArgs, ScriptResult),
-        ("processes.list", _Open, _Open),
-        ("processes.kill", _Open, _Open),
-    ):
-        monkeypatch.setitem(
-            ACTIONS,
-            name,
-            ActionSpec(
-                name=name,
-                args=args,
-                result=result,
-                permission=Permission.ACTIVE_RESPONSE,
-                timeout_seconds=60.0,
-                description=f"{name} (test declaration)",
-            ),
-        )
 
 
 # -- hosts and a fake agent ------------------------------------------------------------------

@@ -77,7 +77,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
             ("row", {"path": "C:\\y.exe", "size": 20, "signed": True}),
             ("notice", "almost out of room"),
         ],
-        result={"exit_code": 0, "note": "done"},
+        result={"exit_code": 0, "output_truncated": True},
     )
 
     shown = await cli("job", "show", job_id[:12])
@@ -87,7 +87,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
     assert "succeeded" in out
     assert "ws-1" in out
     assert '"exit_code": 0' in out
-    assert '"note": "done"' in out
+    assert '"output_truncated": true' in out
     assert "Write-Output hello" in out  # the arguments
     assert "hello world" in out
     assert "pwned" not in out.replace("hello world", "")
@@ -99,7 +99,14 @@ async def test_job_show_prints_fields_result_output_and_rows(
     assert "signed" in out
 
     as_json = json.loads((await cli("job", "show", job_id, "--json")).stdout)
-    assert as_json["job"]["result"] == {"exit_code": 0, "note": "done"}
+    assert as_json["job"]["result"] == {
+        "exit_code": 0,
+        "timed_out": False,
+        "cancelled": False,
+        "output_truncated": True,
+        "rows_truncated": False,
+        "error": None,
+    }
     assert [p["stream"] for p in as_json["output"]] == ["stdout", "stderr", "row", "row", "notice"]
 
 

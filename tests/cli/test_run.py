@@ -54,7 +54,13 @@ async def test_detach_submits_and_returns(cli: Cli, hosts: Hosts, script: str) -
     assert sorted(line.split()[2] for line in lines[1:]) == ["ws-1", "ws-2"]
     [job_id] = await hosts.jobs_of("ws-1")
     job = await hosts.platform.jobs.get(job_id)
-    assert job.args == {"source": "Get-Process\n", "params": {"n": 3, "who": "me"}, "name": None}
+    assert job.args == {
+        "source": "Get-Process\n",
+        "params": {"n": 3, "who": "me"},
+        "name": None,
+        "max_output_bytes": 8 * 1024 * 1024,
+        "max_rows": 10_000,
+    }
     assert job.timeout_seconds == 90
     assert job.not_after is not None
     assert job.not_after.year == 2099

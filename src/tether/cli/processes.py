@@ -4,7 +4,6 @@ The result shapes come from the actions' declarations; whatever this module does
 is still shown (as JSON), so a small change in a result never hides it.
 """
 
-import shlex
 import sys
 from typing import Annotated, Any
 
@@ -48,12 +47,6 @@ def run_on_host(api: Api, action: str, args: dict[str, Any], host: str) -> Job:
     return job
 
 
-def _command_line(value: object) -> str:
-    if isinstance(value, list):
-        return shlex.join(str(v) for v in value)
-    return "" if value is None else str(value)
-
-
 def print_processes(result: dict[str, Any], *, hashes: bool) -> None:
     """The process table of a processes.list result, then anything else it holds."""
     processes = result.get("processes")
@@ -61,8 +54,8 @@ def print_processes(result: dict[str, Any], *, hashes: bool) -> None:
         rows = [
             {
                 **p,
-                "started_at": short_time(p.get("started_at")),
-                "cmdline": _command_line(p.get("cmdline")),
+                "started": short_time(p.get("started")),
+                "sha256": p.get("sha256") or p.get("hash_unavailable") or "",
             }
             for p in sorted(processes, key=_pid_order)
         ]
@@ -71,17 +64,29 @@ def print_processes(result: dict[str, Any], *, hashes: bool) -> None:
             ("ppid", "PPID"),
             ("user", "User"),
             ("name", "Name"),
-            ("started_at", "Started"),
-            ("cmdline", "Command line"),
+            ("started", "Started"),
+            ("command_line", "Command line"),
         ]
         if hashes:
-            columns.append(("exe_sha256", "Exe SHA-256"))
-        table(rows, columns, truncate={"cmdline"})
+            columns.append(("sha256", "Exe SHA-256"))
+        table(rows, columns, truncate={"command_line"})
     else:
         print_generic({"processes": processes})
     if result.get("truncated"):
         sys.stderr.write("The agent listed only part of the processes (it hit its limit).\n")
     print_generic({k: v for k, v in result.items() if k not in _PROCESS_KEYS})
+
+
+def print_kill(result: dict[str, Any]) -> None:
+    """What happened to each process of a processes.kill result, then anything else it holds."""
+    processes = result.get("processes")
+    if isinstance(processes, list) and all(isinstance(p, dict) for p in processes):
+        table(processes, [("pid", "PID"), ("name", "Name"), ("outcome", "Outcome")])
+    else:
+        print_generic({"processes": processes})
+    if result.get("truncated"):
+        sys.stderr.write("Some descendants were killed but are not listed (result too large).\n")
+    print_generic({k: v for k, v in result.items() if k not in {"pid", *_PROCESS_KEYS}})
 
 
 def _pid_order(process: dict[str, Any]) -> tuple[int, str]:
@@ -133,4 +138,4 @@ def kill(
     if json_output:
         emit_json(result)
     else:
-        print_generic(result)
+        print_kill(result)
