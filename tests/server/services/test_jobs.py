@@ -416,3 +416,31 @@ async def test_only_the_platform_names_a_library_script(
         [host], action="script.run", args={"source": "print(1)", "name": "X v1"}, from_library=True
     )
     assert batch.jobs[0].state == "queued"
+
+
+async def test_a_submission_is_audited_before_its_jobs_exist(
+    h: Harness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = await h.host("web-1")
+
+    class Broken:
+        def insert(self) -> Any:
+            raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+        patched.setattr("tether.server.services.jobs.batches", Broken())
+        await h.submit([host])
+    async with engine.connect() as conn:
+        records = (
+            await conn.execute(
+                select(audit_records.c.action, audit_records.c.outcome).order_by(
+                    audit_records.c.seq
+                )
+            )
+        ).all()
+    # The intent is on record, and so is its failure; no job exists to run unrecorded.
+    assert [tuple(r) for r in records if r.action == "job.submit"] == [
+        ("job.submit", "success"),
+        ("job.submit", "failure"),
+    ]
+    assert await h.jobs.find() == []

@@ -263,38 +263,8 @@ class Jobs:
         batch_id = uuid.uuid4().hex
         job_ids = {host_id: uuid.uuid4().hex for host_id in accepted}
         args_text = json.dumps(clean_args, sort_keys=True, separators=(",", ":"))
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                batches.insert().values(
-                    id=batch_id,
-                    action=action,
-                    args=args_text,
-                    selection=selection.describe(),
-                    created_by=user.actor,
-                    created_at=now,
-                )
-            )
-            rows = [
-                {
-                    "id": job_ids[h],
-                    "batch_id": batch_id,
-                    "host_id": h,
-                    "action": action,
-                    "state": "queued",
-                    "created_by": user.actor,
-                    "user_id": user.id,
-                    "created_at": now,
-                    "expires_at": now + ttl,
-                    "not_after": not_after,
-                    "timeout_seconds": float(timeout),
-                    "output_bytes": 0,
-                    "output_count": 0,
-                    "session_id": session_id,
-                }
-                for h in accepted
-            ]
-            for start in range(0, len(rows), _CHUNK):
-                await conn.execute(jobs.insert(), rows[start : start + _CHUNK])
+        # Audited before the jobs exist: a crash in between leaves a record of a submission that
+        # never ran, never a job that runs unrecorded.
         await self._audit.record(
             "job.submit",
             actor=user.actor,
@@ -313,6 +283,49 @@ class Jobs:
                 **({"session": session_id} if session_id is not None else {}),
             },
         )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    batches.insert().values(
+                        id=batch_id,
+                        action=action,
+                        args=args_text,
+                        selection=selection.describe(),
+                        created_by=user.actor,
+                        created_at=now,
+                    )
+                )
+                rows = [
+                    {
+                        "id": job_ids[h],
+                        "batch_id": batch_id,
+                        "host_id": h,
+                        "action": action,
+                        "state": "queued",
+                        "created_by": user.actor,
+                        "user_id": user.id,
+                        "created_at": now,
+                        "expires_at": now + ttl,
+                        "not_after": not_after,
+                        "timeout_seconds": float(timeout),
+                        "output_bytes": 0,
+                        "output_count": 0,
+                        "session_id": session_id,
+                    }
+                    for h in accepted
+                ]
+                for start in range(0, len(rows), _CHUNK):
+                    await conn.execute(jobs.insert(), rows[start : start + _CHUNK])
+        except Exception:
+            await self._audit.record(
+                "job.submit",
+                actor=user.actor,
+                target=f"batch:{batch_id}",
+                outcome="failure",
+                source=source,
+                details={"action": action, "reason": "The jobs could not be stored."},
+            )
+            raise
         await self._dispatcher.dispatch(list(job_ids.values()))
         view = await self.batch(batch_id)
         view.refused = refused
