@@ -28,6 +28,7 @@ from tether.protocol import (
 )
 from tether.protocol.transfer import AnyTransferMessage, TransferRequest
 from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, TransferLink
+from tether.server.gateway.pacing import Pacing
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.file_transfers import FileTransfers
@@ -328,6 +329,7 @@ class AgentGateway:
     ) -> None:
         # Three missed heartbeats and the agent is considered gone.
         silence = self._heartbeat * 3 + 5
+        pacing = Pacing()
         while True:
             try:
                 async with asyncio.timeout(silence):
@@ -340,6 +342,7 @@ class AgentGateway:
                     # File data, in order; awaiting it is the back-pressure on the agent.
                     await self._transfers.on_chunk(status.host_id, frame)
                     continue
+                await pacing.spend(asyncio.sleep)
                 message = parse_agent_message(frame)
                 if isinstance(message, AnyTransferMessage):
                     await self._transfers.on_message(status.host_id, message)
