@@ -427,9 +427,10 @@ async def test_a_submission_is_audited_before_its_jobs_exist(
         def insert(self) -> Any:
             raise RuntimeError("the database went away")
 
-    with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+    with monkeypatch.context() as patched:
         patched.setattr("tether.server.services.jobs.batches", Broken())
-        await h.submit([host])
+        with pytest.raises(RuntimeError):
+            await h.submit([host])
     async with engine.connect() as conn:
         records = (
             await conn.execute(
