@@ -215,6 +215,8 @@ def isolation_column(host: dict[str, Any]) -> str:
         state = f"isolated ({isolation.get('mode')}, since {since}, by {isolation.get('by')})"
     elif state == "isolation pending" and isolation.get("mode"):
         state = f"isolation pending ({isolation.get('mode')})"
+    if isolation.get("reported_by_endpoint"):
+        state += " (as the endpoint reports)"
     if isolation.get("failed"):
         state += "; last request failed"
     return state

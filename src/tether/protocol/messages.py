@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from tether.protocol.errors import ProtocolError
+from tether.protocol.isolation import IsolationStatus
 from tether.protocol.transfer import (
     TransferAbort,
     TransferAccept,
@@ -53,6 +54,9 @@ class Hello(_Message):
     # The endpoint owner switched response actions off on this machine (docs/adr/0009). Strict:
     # a JSON true or false only, never "yes" or 1 coerced into a switch position.
     response_disabled_locally: StrictBool = False
+    # What the endpoint's firewall holds for isolation now (docs/adr/0017); the inventory shows
+    # it when it differs from what the isolation jobs say (a script or the endpoint owner).
+    isolation: IsolationStatus | None = None
 
 
 class Heartbeat(_Message):
@@ -142,6 +146,17 @@ class JobRequest(_Message):
     ephemeral: StrictBool = False
 
 
+class IsolationReport(_Message):
+    """The endpoint's isolation changed outside an isolation job: a script isolated or released
+    it (`job_id` names the script's job), the endpoint owner released it locally, or re-asserting
+    it at start or later failed."""
+
+    type: Literal["isolation.report"] = "isolation.report"
+    status: IsolationStatus
+    cause: Literal["script", "local", "reassert"]
+    job_id: JobId | None = None
+
+
 class JobCancel(_Message):
     """Stop a job the agent holds; it answers with the job's final state."""
 
@@ -169,6 +184,7 @@ AnyAgentMessage = (
     | TransferDone
     | TransferAbort
     | TransferRequest
+    | IsolationReport
 )
 AnyPlatformMessage = (
     Welcome

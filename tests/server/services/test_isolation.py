@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import JobStatus
-from tether.protocol.isolation import AllowRule, IsolationMode
+from tether.protocol import IsolationReport, JobStatus
+from tether.protocol.isolation import AllowRule, IsolationMode, IsolationStatus
 from tether.server.errors import Forbidden, Invalid
 from tether.server.services.audit import AuditLog
 from tether.server.services.hosts import Hosts
@@ -139,3 +139,35 @@ async def test_isolation_is_refused_without_the_role_or_through_the_generic_rout
         await w.isolation.isolate(
             RESPONDER, Selection(host_ids=[disabled]), IsolationMode.OUTBOUND, source="test"
         )
+
+
+async def test_what_the_endpoint_reports_after_the_last_job_is_shown(w: World) -> None:
+    host = await w.host("web-1")
+    await w.connect(host)
+    first = await w.isolation.isolate(
+        RESPONDER, Selection(host_ids=[host]), IsolationMode.OUTBOUND, source="test"
+    )
+    await w.report(host, first.jobs[0].id, "succeeded", result=result("outbound"))
+    # The endpoint owner released it locally: the agent says so, and the inventory believes it.
+    await w.hosts.record_isolation(
+        host,
+        IsolationReport(status=IsolationStatus(isolated=False), cause="local"),
+    )
+    shown = await w.state(host)
+    assert (shown.state, shown.reported_by_endpoint) == ("not isolated", True)
+    # A script isolated it again, in full mode.
+    await w.hosts.record_isolation(
+        host,
+        IsolationReport(
+            status=IsolationStatus(isolated=True, mode=IsolationMode.FULL, backend="nftables"),
+            cause="script",
+            job_id="j1",
+        ),
+    )
+    shown = await w.state(host)
+    assert (shown.state, shown.mode, shown.by) == ("isolated", "full", "endpoint")
+    # A report that agrees with the jobs changes nothing; a newer job decides again.
+    release = await w.isolation.release(RESPONDER, Selection(host_ids=[host]), source="test")
+    await w.report(host, release.jobs[0].id, "succeeded", result={"isolated": False})
+    shown = await w.state(host)
+    assert (shown.state, shown.reported_by_endpoint) == ("not isolated", False)

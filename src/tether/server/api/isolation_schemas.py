@@ -20,6 +20,9 @@ class IsolationOut(BaseModel):
     by: str | None
     failed: str | None
     job_id: str | None
+    # The state is the agent's own report, newer than the isolation jobs and different from
+    # them: a script or the endpoint owner changed it, or re-asserting it failed.
+    reported_by_endpoint: bool
 
 
 class IsolationRequest(BaseModel):

@@ -20,6 +20,7 @@ from tether.protocol import (
     CloseCode,
     Heartbeat,
     Hello,
+    IsolationReport,
     JobOutput,
     JobStatus,
     ProtocolError,
@@ -360,6 +361,8 @@ class AgentGateway:
                 await self._job_message(link, message)
             elif isinstance(message, Heartbeat):
                 continue
+            elif isinstance(message, IsolationReport):
+                await self._isolation_report(status.host_id, message)
             else:
                 await self._refuse(
                     ws,
@@ -369,6 +372,24 @@ class AgentGateway:
                     details={},
                 )
                 return
+
+    async def _isolation_report(self, host_id: str, report: IsolationReport) -> None:
+        """Keep what the agent says its isolation is now, and put the change on record (as the
+        endpoint's word: the job it names is its claim, shown as such)."""
+        await self._hosts.record_isolation(host_id, report)
+        status = report.status
+        await self._audit.record(
+            "isolation.reported",
+            actor="endpoint",
+            target=f"host:{host_id}",
+            source="endpoint",
+            details={
+                "cause": report.cause,
+                "isolated": status.isolated,
+                "mode": status.mode.value if status.mode is not None else None,
+                "job": report.job_id,
+            },
+        )
 
     async def _job_message(self, link: AgentConnection, message: JobStatus | JobOutput) -> None:
         if message.job_id.startswith(CALL_PREFIX):

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import CloseCode, Hello
+from tether.protocol import CloseCode, Hello, IsolationReport
 from tether.server.errors import Conflict, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.batching import Coalesced
@@ -155,6 +155,9 @@ class Hosts:
                 "b_boot_time": hello.boot_time,
                 "b_response_disabled_locally": hello.response_disabled_locally,
                 "b_last_seen": utcnow(),
+                "b_isolation": (
+                    hello.isolation.model_dump_json() if hello.isolation is not None else None
+                ),
             },
         )
 
@@ -173,10 +176,24 @@ class Hosts:
                 boot_time=bindparam("b_boot_time"),
                 response_disabled_locally=bindparam("b_response_disabled_locally"),
                 last_seen=bindparam("b_last_seen"),
+                isolation_reported=bindparam("b_isolation"),
+                isolation_reported_at=bindparam("b_last_seen"),
             )
         )
         async with self._engine.begin() as conn:
             await conn.execute(statement, list(batch.values()))
+
+    async def record_isolation(self, host_id: str, report: IsolationReport) -> None:
+        """The agent's isolation changed outside an isolation job: keep what it says now."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(hosts)
+                .where(hosts.c.id == host_id)
+                .values(
+                    isolation_reported=report.status.model_dump_json(),
+                    isolation_reported_at=utcnow(),
+                )
+            )
 
     async def revoke(self, ref: str, *, actor: str, source: str) -> HostView:
         """Refuse the host's certificate from now on and close its live connection."""

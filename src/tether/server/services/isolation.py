@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule, IsolationMode
+from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule, IsolationMode, IsolationStatus
 from tether.server.errors import Invalid
 from tether.server.services.audit import AuditLog
 from tether.server.services.jobs import MAX_TTL, BatchView, Jobs, Selection
 from tether.server.services.users import User
 from tether.server.store.db import as_utc
-from tether.server.store.tables import batches, jobs, platform_settings
+from tether.server.store.tables import batches, hosts, jobs, platform_settings
 
 ISOLATE = "isolation.isolate"
 RELEASE = "isolation.release"
@@ -55,6 +55,9 @@ class IsolationView:
     # The newest request's failure, when it failed; the state above still holds.
     failed: str | None = None
     job_id: str | None = None
+    # The state comes from the agent's own report, newer than any isolation job and different
+    # from what they say: a script or the endpoint owner changed it, or re-asserting it failed.
+    reported_by_endpoint: bool = False
 
 
 NOT_ISOLATED = IsolationView(state="not isolated")
@@ -68,8 +71,40 @@ def _mode(args_text: str) -> str | None:
     return str(mode) if mode is not None else None
 
 
-def _view(history: list[Any]) -> IsolationView:
-    """The state one host's isolation jobs, oldest first, add up to."""
+@dataclass(frozen=True)
+class Reported:
+    """What the agent last said its firewall holds, and when the platform heard it."""
+
+    status: IsolationStatus
+    at: datetime
+
+
+def _endpoint_says(
+    held: IsolationView, reported: Reported | None, history: list[Any]
+) -> IsolationView:
+    """`held` unless the agent reported something else after the last isolation job ended."""
+    if reported is None:
+        return held
+    ends = [as_utc(row.finished_at) for row in history if row.finished_at is not None]
+    if ends and max(e for e in ends if e is not None) >= reported.at:
+        return held
+    status = reported.status
+    mode = status.mode.value if status.mode is not None else None
+    if status.isolated == (held.state == "isolated") and (not status.isolated or mode == held.mode):
+        return held
+    if status.isolated:
+        return IsolationView(
+            state="isolated",
+            mode=mode,
+            since=status.since,
+            by="endpoint",
+            reported_by_endpoint=True,
+        )
+    return IsolationView(state="not isolated", reported_by_endpoint=True)
+
+
+def _view(history: list[Any], reported: Reported | None = None) -> IsolationView:
+    """The state one host's isolation jobs, oldest first, and its agent's report add up to."""
     held = NOT_ISOLATED
     for row in history:
         if row.state == "succeeded":
@@ -83,6 +118,7 @@ def _view(history: list[Any]) -> IsolationView:
                 )
             else:
                 held = IsolationView(state="not isolated", job_id=row.id)
+    held = _endpoint_says(held, reported, history)
     if not history:
         return held
     newest = history[-1]
@@ -106,6 +142,7 @@ def _view(history: list[Any]) -> IsolationView:
         by=held.by,
         failed=f"The request to {doing} the host failed: {reason}",
         job_id=newest.id,
+        reported_by_endpoint=held.reported_by_endpoint,
     )
 
 
@@ -133,7 +170,24 @@ async def isolation_views(
     histories: dict[str, list[Any]] = {}
     for row in (await conn.execute(query)).all():
         histories.setdefault(row.host_id, []).append(row)
-    return {host_id: _view(history) for host_id, history in histories.items()}
+    reports = select(hosts.c.id, hosts.c.isolation_reported, hosts.c.isolation_reported_at).where(
+        hosts.c.isolation_reported.is_not(None)
+    )
+    if host_ids is not None:
+        reports = reports.where(hosts.c.id.in_(list(host_ids)))
+    reported: dict[str, Reported] = {}
+    for report in (await conn.execute(reports)).all():
+        at = as_utc(report.isolation_reported_at)
+        try:
+            status = IsolationStatus.model_validate_json(report.isolation_reported)
+        except ValidationError:
+            continue  # validated when received; a row this old version cannot read is ignored
+        if at is not None:
+            reported[report.id] = Reported(status, at)
+    return {
+        host_id: _view(histories.get(host_id, []), reported.get(host_id))
+        for host_id in histories.keys() | reported.keys()
+    }
 
 
 class Isolation:

@@ -146,6 +146,10 @@ hosts = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     # What the agent last said in its hello: the endpoint owner switched response actions off.
     Column("response_disabled_locally", Boolean, nullable=False, default=False),
+    # What the agent last reported its firewall holds for isolation (IsolationStatus JSON), and
+    # when: in its hello, or when a script or the endpoint owner changed it.
+    Column("isolation_reported", Text, nullable=True),
+    Column("isolation_reported_at", DateTime(timezone=True), nullable=True),
 )
 
 audit_records = Table(
