@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from tether.protocol.errors import ProtocolError
-from tether.protocol.isolation import IsolationStatus
+from tether.protocol.isolation import AllowList, IsolationStatus
 from tether.protocol.transfer import (
     TransferAbort,
     TransferAccept,
@@ -124,6 +124,9 @@ class Policy(_Message):
     type: Literal["policy"] = "policy"
     segment: Name
     active_response: StrictBool
+    # The admin-set isolation allowlist, for isolation a script asks for (tether.script.isolate);
+    # isolation jobs carry their own copy, taken when they were requested.
+    isolation_allow: AllowList = ()
 
 
 class JobRequest(_Message):

@@ -15,6 +15,7 @@ from tether.server.services.audit import AuditLog
 from tether.server.services.hosts import Hosts
 from tether.server.services.isolation import Isolation
 from tether.server.services.jobs import Selection
+from tether.server.services.policy import PolicyDelivery
 from tether.server.store.tables import audit_records
 
 from .test_jobs import ANALYST, RESPONDER, Harness, frames
@@ -23,7 +24,7 @@ from .test_jobs import ANALYST, RESPONDER, Harness, frames
 class World(Harness):
     def __init__(self, engine: AsyncEngine, audit: AuditLog) -> None:
         super().__init__(engine, audit)
-        self.isolation = Isolation(engine, audit, self.jobs)
+        self.isolation = Isolation(engine, audit, self.jobs, PolicyDelivery(engine, self.presence))
         self.hosts = Hosts(engine, audit, self.presence)
 
     async def state(self, host_id: str) -> Any:
@@ -104,9 +105,12 @@ async def test_the_allowlist_goes_with_each_isolation_and_changes_are_audited(
     w: World, engine: AsyncEngine
 ) -> None:
     rules = [AllowRule(cidr="10.1.0.0/16"), AllowRule(cidr="2001:db8::/32", ports=(443, 53))]
+    host = await w.host("web-1")
+    link = await w.connect(host)
     await w.isolation.set_allowlist(rules, actor="adam", source="test")
     assert await w.isolation.allowlist() == rules
-    host = await w.host("web-1")
+    # Connected agents are told at once, for the isolation their scripts may ask for.
+    assert link.policies[-1].isolation_allow == tuple(rules)
     batch = await w.isolation.isolate(
         RESPONDER, Selection(host_ids=[host]), IsolationMode.OUTBOUND, source="test"
     )

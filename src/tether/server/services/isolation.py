@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule, IsolationMode, IsolationStatus
 from tether.server.errors import Invalid
 from tether.server.services.audit import AuditLog
+from tether.server.services.isolation_allowlist import ALLOWLIST_KEY, RULES, read_allowlist
 from tether.server.services.jobs import MAX_TTL, BatchView, Jobs, Selection
+from tether.server.services.policy import PolicyDelivery
 from tether.server.services.users import User
 from tether.server.store.db import as_utc
 from tether.server.store.tables import batches, hosts, jobs, platform_settings
@@ -34,8 +36,6 @@ ISOLATE = "isolation.isolate"
 RELEASE = "isolation.release"
 ACTIONS = (ISOLATE, RELEASE)
 _UNFINISHED = ("queued", "delivered", "running")
-_ALLOWLIST_KEY = "isolation_allowlist"
-_rules: TypeAdapter[list[AllowRule]] = TypeAdapter(list[AllowRule])
 
 RESERVED_SENTENCE = (
     "Isolate and release hosts with 'tether isolate' and 'tether unisolate' "
@@ -191,23 +191,19 @@ async def isolation_views(
 
 
 class Isolation:
-    def __init__(self, engine: AsyncEngine, audit: AuditLog, jobs: Jobs) -> None:
+    def __init__(
+        self, engine: AsyncEngine, audit: AuditLog, jobs: Jobs, policies: PolicyDelivery
+    ) -> None:
         self._engine = engine
         self._audit = audit
         self._jobs = jobs
+        self._policies = policies
         for action in ACTIONS:
             jobs.reserve(action, RESERVED_SENTENCE)
 
     async def allowlist(self) -> list[AllowRule]:
         async with self._engine.connect() as conn:
-            value = (
-                await conn.execute(
-                    select(platform_settings.c.value).where(
-                        platform_settings.c.key == _ALLOWLIST_KEY
-                    )
-                )
-            ).scalar_one_or_none()
-        return _rules.validate_json(value) if value is not None else []
+            return await read_allowlist(conn)
 
     async def set_allowlist(
         self, rules: list[AllowRule], *, actor: str, source: str
@@ -217,12 +213,12 @@ class Isolation:
             raise Invalid(f"The allowlist holds at most {MAX_ALLOW_RULES} entries.")
         before = await self.allowlist()
         rules = list(dict.fromkeys(rules))
-        value = _rules.dump_json(rules).decode()
+        value = RULES.dump_json(rules).decode()
         async with self._engine.begin() as conn:
             await conn.execute(
-                delete(platform_settings).where(platform_settings.c.key == _ALLOWLIST_KEY)
+                delete(platform_settings).where(platform_settings.c.key == ALLOWLIST_KEY)
             )
-            await conn.execute(insert(platform_settings).values(key=_ALLOWLIST_KEY, value=value))
+            await conn.execute(insert(platform_settings).values(key=ALLOWLIST_KEY, value=value))
         await self._audit.record(
             "isolation.allowlist",
             actor=actor,
@@ -233,6 +229,8 @@ class Isolation:
                 "after": [r.model_dump(mode="json") for r in rules],
             },
         )
+        # Connected agents get it at once, for the isolation their scripts may ask for.
+        await self._policies.publish_to_all()
         return rules
 
     async def isolate(

@@ -87,7 +87,7 @@ class Platform:
         dispatcher.on_finished(script_files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
         jobs.check_arguments("files.put", files.check_put)
-        isolation = Isolation(engine, audit, jobs)
+        isolation = Isolation(engine, audit, jobs, policies)
         live_sessions = LiveSessions(
             engine,
             audit,

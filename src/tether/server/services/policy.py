@@ -1,4 +1,5 @@
-"""Telling connected agents what their segment allows: after welcome and whenever it changes.
+"""Telling connected agents what their segment allows (and the isolation allowlist): after
+welcome and whenever it changes.
 
 Every delivery reads the host's segment and switch from the database and sends the answer while
 holding that connection's lock. So, per connection, each policy sent was read after the one sent
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import CloseCode, Policy
 from tether.server.services.batching import Coalesced
+from tether.server.services.isolation_allowlist import read_allowlist
 from tether.server.services.presence import AgentLink, Presence
 from tether.server.store.tables import hosts, segments
 
@@ -50,6 +52,7 @@ class PolicyDelivery:
         wanted = list(batch)
         found: dict[str, Policy] = {}
         async with self._engine.connect() as conn:
+            allow = tuple(await read_allowlist(conn))
             for start in range(0, len(wanted), _READ_CHUNK):
                 rows = await conn.execute(
                     select(hosts.c.id, segments.c.name, segments.c.active_response)
@@ -58,7 +61,9 @@ class PolicyDelivery:
                 )
                 for row in rows:
                     found[row.id] = Policy(
-                        segment=row.name, active_response=bool(row.active_response)
+                        segment=row.name,
+                        active_response=bool(row.active_response),
+                        isolation_allow=allow,
                     )
         return found
 
@@ -90,6 +95,10 @@ class PolicyDelivery:
             if isinstance(result, Exception):
                 log.warning("Policy for host %s not delivered: %s", link.host_id, result)
         return len(links)
+
+    async def publish_to_all(self) -> int:
+        """Deliver the current policy to every host connected here."""
+        return await self.publish_to_hosts(self._presence.online_ids())
 
     async def publish_to_segment(self, segment_id: int) -> int:
         """Deliver the current policy to every connected host of the segment."""

@@ -1,0 +1,21 @@
+"""Where the admin-set isolation allowlist is kept: one platform setting, read by the isolation
+service (for isolation jobs) and by policy delivery (for isolation scripts ask for)."""
+
+from pydantic import TypeAdapter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tether.protocol.isolation import AllowRule
+from tether.server.store.tables import platform_settings
+
+ALLOWLIST_KEY = "isolation_allowlist"
+RULES: TypeAdapter[list[AllowRule]] = TypeAdapter(list[AllowRule])
+
+
+async def read_allowlist(conn: AsyncConnection) -> list[AllowRule]:
+    value = (
+        await conn.execute(
+            select(platform_settings.c.value).where(platform_settings.c.key == ALLOWLIST_KEY)
+        )
+    ).scalar_one_or_none()
+    return RULES.validate_json(value) if value is not None else []
