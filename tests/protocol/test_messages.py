@@ -166,6 +166,7 @@ def test_policy_round_trips_and_is_bounded() -> None:
         "type": "policy",
         "segment": "lab net",
         "active_response": True,
+        "isolation_allow": [],
     }
     for bad in (
         {"type": "policy", "segment": "lab", "active_response": "yes"},
@@ -173,6 +174,12 @@ def test_policy_round_trips_and_is_bounded() -> None:
         {"type": "policy", "segment": "a\x1b[31m", "active_response": False},
         {"type": "policy", "segment": "lab", "active_response": False, "extra": 1},
         {"type": "policy", "segment": "lab"},
+        {
+            "type": "policy",
+            "segment": "lab",
+            "active_response": False,
+            "isolation_allow": [{"cidr": "x"}],
+        },
     ):
         with pytest.raises(ProtocolError):
             parse_platform_message(json.dumps(bad))
