@@ -1,0 +1,269 @@
+"""Isolation as Windows Firewall block rules in the group "Tether Isolation".
+
+Windows Firewall lets a block rule beat every allow rule, so isolation is block rules only, and
+it leaves the host's own rules and profiles alone. What must stay reachable (the platform on its
+port, the allowlist, loopback) is cut out of the address space; the rules block TCP, UDP, ICMPv4
+and ICMPv6 to what is left:
+
+- the address space is split into ranges that each allow one set of ports (or everything), so
+  overlapping allowlist entries add up instead of blocking each other's ports;
+- per protocol, one rule per distinct set of allowed ports: RemoteAddress the ranges, RemotePort
+  (LocalPort for inbound) the complement of the ports;
+- UDP from/to the DHCP client ports (68, 546) is never blocked, so the lease renews; ICMPv6 to
+  link-local and multicast addresses is never blocked, so neighbour discovery works.
+
+Outbound mode blocks outbound only: Windows Firewall is stateful, so replies to inbound
+connections are part of an allowed flow. Full mode adds the same shape inbound (without the
+platform, whose traffic is replies to the agent's own connection).
+
+Nothing here has run on Windows (docs/adr/0017): the commands are generated and unit-tested.
+"""
+
+import ipaddress
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from tether.agent.errors import IsolationFailed
+from tether.agent.isolation.backend import first_error_line, run_command
+from tether.agent.isolation.policy import DHCP4_CLIENT, DHCP6_CLIENT, IsolationPolicy
+from tether.protocol.isolation import Backend
+
+GROUP = "Tether Isolation"
+NAME_PREFIX = "TetherIsolation"
+ANY = None  # an address range where every protocol and port is allowed
+DHCP_CLIENT_PORTS = frozenset({DHCP4_CLIENT, DHCP6_CLIENT})
+# ICMPv6 here is neighbour discovery, router discovery and MLD (link-local and multicast).
+ICMPV6_LINK = (ipaddress.ip_network("fe80::/10"), ipaddress.ip_network("ff00::/8"))
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+Ports = frozenset[int]
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What one entry lets through: every protocol (`tcp` ANY) or these TCP and UDP ports."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    tcp: Ports | None
+    udp: Ports | None
+
+
+@dataclass(frozen=True)
+class Span:
+    """A range of addresses [first, last] of one family and what it allows."""
+
+    version: int
+    first: int
+    last: int
+    tcp: Ports | None
+    udp: Ports | None
+
+    def text(self) -> str:
+        make = ipaddress.IPv4Address if self.version == 4 else ipaddress.IPv6Address
+        first, last = make(self.first), make(self.last)
+        return str(first) if self.first == self.last else f"{first}-{last}"
+
+
+def spans(entries: Sequence[Allowed]) -> list[Span]:
+    """Both address spaces cut into ranges, each with the union of what its entries allow."""
+    result: list[Span] = []
+    for version, top in ((4, 2**32), (6, 2**128)):
+        mine = [e for e in entries if e.network.version == version]
+        cuts = {0, top}
+        for entry in mine:
+            cuts.add(int(entry.network.network_address))
+            cuts.add(int(entry.network.broadcast_address) + 1)
+        ordered = sorted(cuts)
+        for first, after in itertools.pairwise(ordered):
+            covering = [
+                e
+                for e in mine
+                if int(e.network.network_address) <= first <= int(e.network.broadcast_address)
+            ]
+            tcp: Ports | None = frozenset()
+            udp: Ports | None = frozenset()
+            for entry in covering:
+                tcp = None if tcp is None or entry.tcp is None else tcp | entry.tcp
+                udp = None if udp is None or entry.udp is None else udp | entry.udp
+            span = Span(version, first, after - 1, tcp, udp)
+            # Neighbouring ranges that allow the same merge, to keep the rules short.
+            if (
+                result
+                and result[-1].version == version
+                and result[-1].last + 1 == first
+                and (
+                    result[-1].tcp,
+                    result[-1].udp,
+                )
+                == (tcp, udp)
+            ):
+                span = Span(version, result[-1].first, after - 1, tcp, udp)
+                result[-1] = span
+            else:
+                result.append(span)
+    return result
+
+
+def port_ranges_except(allowed: Iterable[int]) -> list[str]:
+    """Ports 1-65535 without `allowed`, as Windows Firewall port ranges."""
+    ranges = []
+    start = 1
+    for port in sorted(set(allowed)):
+        if port > start:
+            ranges.append(f"{start}-{port - 1}" if port - 1 > start else str(start))
+        start = port + 1
+    if start <= 65535:
+        ranges.append(f"{start}-65535" if start < 65535 else "65535")
+    return ranges
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ",".join("'" + value.replace("'", "''") + "'" for value in values)
+
+
+@dataclass(frozen=True)
+class BlockRule:
+    """One New-NetFirewallRule with action Block."""
+
+    direction: str  # "Outbound" or "Inbound"
+    protocol: str  # "TCP", "UDP", "ICMPv4", "ICMPv6"
+    addresses: tuple[str, ...]
+    remote_ports: tuple[str, ...] = ()
+    local_ports: tuple[str, ...] = ()
+
+    def command(self, name: str) -> str:
+        parts = [
+            "New-NetFirewallRule",
+            f"-Name '{name}'",
+            f"-DisplayName 'Tether isolation: block {self.direction.lower()} {self.protocol}'",
+            f"-Group '{GROUP}'",
+            f"-Direction {self.direction}",
+            "-Action Block",
+            f"-Protocol {self.protocol}",
+            f"-RemoteAddress {_quoted(self.addresses)}",
+        ]
+        if self.remote_ports:
+            parts.append(f"-RemotePort {_quoted(self.remote_ports)}")
+        if self.local_ports:
+            parts.append(f"-LocalPort {_quoted(self.local_ports)}")
+        parts += ["-Profile Any", "-Enabled True", "| Out-Null"]
+        return " ".join(parts)
+
+
+def _entries(policy: IsolationPolicy, inbound: bool) -> list[Allowed]:
+    entries = [Allowed(network, ANY, ANY) for network in LOOPBACK]
+    if not inbound:
+        entries += [
+            Allowed(ipaddress.ip_network(address), frozenset({policy.platform_port}), frozenset())
+            for address in policy.platform
+        ]
+    for rule in policy.allow:
+        ports = frozenset(rule.ports) if rule.ports else ANY
+        entries.append(Allowed(rule.network(), ports, ports))
+    return entries
+
+
+def _port_rules(direction: str, protocol: str, blocked: list[Span], attr: str) -> list[BlockRule]:
+    inbound = direction == "Inbound"
+    groups: dict[Ports, list[str]] = {}
+    for span in blocked:
+        ports = getattr(span, attr)
+        if ports is not ANY:
+            groups.setdefault(ports, []).append(span.text())
+    rules = []
+    for ports, addresses in sorted(groups.items(), key=lambda item: sorted(item[0])):
+        exempt = ports | DHCP_CLIENT_PORTS if (protocol == "UDP" and inbound) else ports
+        service = tuple(port_ranges_except(exempt)) if exempt else ()
+        remote, local = ((), service) if inbound else (service, ())
+        if protocol == "UDP" and not inbound:
+            # The DHCP client's own port: its renewals go out from it.
+            local = tuple(port_ranges_except(DHCP_CLIENT_PORTS))
+        rules.append(BlockRule(direction, protocol, tuple(addresses), remote, local))
+    return rules
+
+
+def block_rules(policy: IsolationPolicy) -> list[BlockRule]:
+    """Every block rule for `policy`, in the order they are created."""
+    rules: list[BlockRule] = []
+    directions = ["Outbound"] if policy.inbound_open else ["Outbound", "Inbound"]
+    for direction in directions:
+        entries = _entries(policy, inbound=direction == "Inbound")
+        cut = spans(entries)
+        rules += _port_rules(direction, "TCP", cut, "tcp")
+        rules += _port_rules(direction, "UDP", cut, "udp")
+        v4 = [s.text() for s in cut if s.version == 4 and s.tcp is not ANY]
+        if v4:
+            rules.append(BlockRule(direction, "ICMPv4", tuple(v4)))
+        link = [Allowed(network, ANY, ANY) for network in ICMPV6_LINK]
+        v6 = [s.text() for s in spans(entries + link) if s.version == 6 and s.tcp is not ANY]
+        if v6:
+            rules.append(BlockRule(direction, "ICMPv6", tuple(v6)))
+    return rules
+
+
+def apply_script(policy: IsolationPolicy, generation: str) -> str:
+    """PowerShell that adds this generation's rules, then removes every older one.
+
+    New before old: for a moment both sets block (stricter, never looser), and the host is
+    never without rules. A failure stops the script (ErrorActionPreference Stop) with the old
+    rules still in place, and the Isolator rolls back.
+    """
+    prefix = f"{NAME_PREFIX}-{generation}"
+    lines = ["$ErrorActionPreference = 'Stop'"]
+    lines += [rule.command(f"{prefix}-{n}") for n, rule in enumerate(block_rules(policy), 1)]
+    lines.append(
+        f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | "
+        f"Where-Object {{ $_.Name -notlike '{prefix}-*' }} | Remove-NetFirewallRule"
+    )
+    return "\n".join(lines) + "\n"
+
+
+REMOVE_SCRIPT = (
+    "$ErrorActionPreference = 'Stop'\n"
+    f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | Remove-NetFirewallRule\n"
+)
+COUNT_SCRIPT = (
+    "$ErrorActionPreference = 'Stop'\n"
+    f"@(Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue).Count\n"
+)
+POWERSHELL = [
+    "powershell.exe",
+    "-NoProfile",
+    "-NonInteractive",
+    "-ExecutionPolicy",
+    "Bypass",
+    "-Command",
+    "-",
+]
+
+
+class WindowsFirewallBackend:
+    """Isolation as the Windows Firewall rule group "Tether Isolation"."""
+
+    name: Backend = "windows-firewall"
+
+    async def _run(self, script: str, doing: str) -> str:
+        result = await run_command(POWERSHELL, stdin=script)
+        if result.returncode != 0:
+            raise IsolationFailed(
+                f"Windows Firewall refused to {doing}: {first_error_line(result.stderr or result.stdout)}."
+            )
+        return result.stdout
+
+    async def apply(self, policy: IsolationPolicy) -> None:
+        generation = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        await self._run(apply_script(policy, generation), "apply the isolation rules")
+
+    async def remove(self) -> None:
+        await self._run(REMOVE_SCRIPT, "remove the isolation rules")
+
+    async def installed(self) -> bool:
+        output = await self._run(COUNT_SCRIPT, "list the isolation rules")
+        try:
+            return int(output.strip() or "0") > 0
+        except ValueError as exc:
+            raise IsolationFailed(
+                "Windows Firewall answered the rule count with something else."
+            ) from exc
