@@ -107,7 +107,7 @@ def chain_rules(policy: IsolationPolicy, version: int) -> list[str]:
             f"-A {IN} -p tcp ! --syn -m conntrack --ctstate NEW -j DROP",
             f"-A {IN} -m conntrack --ctdir ORIGINAL -j ACCEPT",
             f"-A {OUT} -m conntrack --ctdir REPLY -j ACCEPT",
-            f"-A {FWD} -m conntrack --ctstatus DNAT -j ACCEPT",
+            f"-A {FWD} -m conntrack --ctstate DNAT -j ACCEPT",
         ]
     rules += [f"-A {chain} -j DROP" for chain in (IN, OUT, FWD)]
     return rules

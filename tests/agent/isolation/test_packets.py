@@ -1,0 +1,373 @@
+"""Isolation with real packets: the Isolator in an endpoint namespace, sockets everywhere.
+
+Each test builds the namespaces of tests/netns.py (the platform listens in the root namespace)
+and drives an Isolator running inside the endpoint namespace (driver.py). Skipped with the
+reason without root, `ip netns` or nft; CI runs them as root.
+"""
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import netns
+from tests.netns import IPAddress, Topology
+
+ROOT = Path(__file__).resolve().parents[3]
+PLATFORM_NAME = "platform.test"
+TABLE_LINE = "table inet tether_isolation"
+
+
+class Driver:
+    """The Isolator process inside the endpoint namespace."""
+
+    def __init__(self, net: Topology, state_dir: Path, port: int, backend: str) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.agent.isolation.driver",
+            "--state-dir",
+            str(state_dir),
+            "--agent-url",
+            f"wss://{PLATFORM_NAME}:{port}/agent",
+            "--backend",
+            backend,
+        ]
+        self.process = subprocess.Popen(
+            net.exec_argv(net.endpoint, argv),
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def call(self, op: str, **args: Any) -> Any:
+        """The result of `op`; AssertionError carrying the Isolator's sentence when it failed."""
+        answer = self.ask(op, **args)
+        assert answer["ok"], answer["error"]
+        return answer["result"]
+
+    def ask(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the isolation driver died (exit status {self.process.poll()})"
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def serve(listener: socket.socket, greeting: bytes = b"hello") -> None:
+    """Accept on `listener` until it closes, greeting each connection (a thread)."""
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _peer = listener.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(greeting)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def greeted(net: Topology, namespace: str | None, address: IPAddress, port: int) -> bool:
+    """Whether a connection from `namespace` opens and the greeting comes back."""
+    try:
+        with net.connect(namespace, address, port, timeout=0.5) as client:
+            return client.recv(16) == b"hello"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def net() -> Iterator[Topology]:
+    netns.skip_unless_available()
+    with netns.topology() as built:
+        yield built
+
+
+class Scene:
+    """The namespaces with listeners: the platform (root), outside, and one on the endpoint."""
+
+    def __init__(self, net: Topology, tmp_path: Path) -> None:
+        self.net = net
+        self.state_dir = tmp_path / "state"
+        platform = net.listen(None, net.platform_v4)
+        self.port = platform.getsockname()[1]
+        serve(platform)
+        serve(net.listen(None, net.platform_v6, self.port))
+        outside = net.listen(net.outside, net.outside_v4)
+        self.outside_port = outside.getsockname()[1]
+        serve(outside)
+        serve(net.listen(net.outside, net.outside_v6, self.outside_port))
+        inbound = net.listen(net.endpoint, net.endpoint_outside_v4)
+        self.endpoint_port = inbound.getsockname()[1]
+        serve(inbound)
+        self.resolve_to(net.platform_v4, net.platform_v6)
+
+    def resolve_to(self, *addresses: IPAddress) -> None:
+        lines = ["127.0.0.1 localhost", *(f"{a} {PLATFORM_NAME}" for a in addresses)]
+        self.net.write_hosts(self.net.endpoint, "\n".join(lines) + "\n")
+
+    def driver(self, backend: str = "nftables") -> Driver:
+        return Driver(self.net, self.state_dir, self.port, backend)
+
+    def reaches_platform(self) -> bool:
+        net = self.net
+        return greeted(net, net.endpoint, net.platform_v4, self.port) and greeted(
+            net, net.endpoint, net.platform_v6, self.port
+        )
+
+    def reaches_outside(self, v6: bool = False) -> bool:
+        net = self.net
+        return greeted(
+            net, net.endpoint, net.outside_v6 if v6 else net.outside_v4, self.outside_port
+        )
+
+    def reached_from_outside(self) -> bool:
+        net = self.net
+        return greeted(net, net.outside, net.endpoint_outside_v4, self.endpoint_port)
+
+    def table(self) -> bool:
+        return TABLE_LINE in self.net.nft_ruleset(self.net.endpoint)
+
+
+@pytest.fixture
+def scene(net: Topology, tmp_path: Path) -> Scene:
+    built = Scene(net, tmp_path)
+    return built
+
+
+@pytest.fixture
+def driver(scene: Scene) -> Iterator[Driver]:
+    started = scene.driver()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def test_outbound_mode_keeps_the_platform_and_inbound_connections_and_blocks_the_rest(
+    scene: Scene, driver: Driver
+) -> None:
+    assert scene.reaches_outside()
+    assert scene.reaches_outside(v6=True)
+    status = driver.call("isolate", mode="outbound")
+    assert status["isolated"] is True
+    assert status["mode"] == "outbound"
+    assert status["backend"] == "nftables"
+    assert status["platform"] == [str(scene.net.platform_v4), str(scene.net.platform_v6)]
+    assert scene.table()
+    assert scene.reaches_platform()
+    assert not scene.reaches_outside()
+    assert not scene.reaches_outside(v6=True)
+    # An investigator's connection in, and its reply out.
+    assert scene.reached_from_outside()
+    assert driver.call("status")["isolated"] is True
+
+    assert driver.call("release") == {
+        "isolated": False,
+        "mode": None,
+        "since": None,
+        "backend": None,
+        "platform": [],
+        "allow": [],
+    }
+    assert not scene.table()
+    assert scene.reaches_outside()
+    assert scene.reaches_outside(v6=True)
+    assert scene.reaches_platform()
+    # Releasing again changes nothing and does not fail.
+    assert driver.call("release")["isolated"] is False
+
+
+def test_full_mode_also_refuses_inbound_connections(scene: Scene, driver: Driver) -> None:
+    driver.call("isolate", mode="full")
+    assert scene.reaches_platform()
+    assert not scene.reaches_outside()
+    assert not scene.reached_from_outside()
+    # Switching to outbound mode replaces the rules in place: inbound works again.
+    status = driver.call("isolate", mode="outbound")
+    assert status["mode"] == "outbound"
+    assert scene.reached_from_outside()
+    assert not scene.reaches_outside()
+
+
+def test_the_allowlist_opens_only_its_network_and_ports(scene: Scene, driver: Driver) -> None:
+    net = scene.net
+    other = net.listen(net.outside, net.outside_v4)
+    serve(other)
+    other_port = other.getsockname()[1]
+    allow = [{"cidr": f"{net.outside_v4}/32", "ports": [scene.outside_port]}]
+    status = driver.call("isolate", mode="full", allow=allow)
+    assert status["allow"] == [{"cidr": f"{net.outside_v4}/32", "ports": [scene.outside_port]}]
+    assert scene.reaches_outside()
+    assert not greeted(net, net.endpoint, net.outside_v4, other_port)
+    assert not scene.reaches_outside(v6=True)
+
+
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracked", "untracked"])
+def test_an_outbound_connection_opened_before_isolation_is_cut(
+    scene: Scene, driver: Driver, tracked: bool
+) -> None:
+    net = scene.net
+    if tracked:
+        # Connection tracking already running, as on most hosts (any stateful firewall).
+        net.run(
+            net.endpoint,
+            "nft",
+            "add table inet pre; add chain inet pre c { type filter hook output priority 0; }; "
+            "add rule inet pre c ct state new accept",
+        )
+    c2_listener = net.listen(net.outside, net.outside_v4)
+    port = c2_listener.getsockname()[1]
+    c2_listener.settimeout(2)
+    implant = net.connect(net.endpoint, net.outside_v4, port)
+    c2, _peer = c2_listener.accept()
+    with implant, c2:
+        implant.sendall(b"ping")
+        assert c2.recv(4) == b"ping"
+
+        driver.call("isolate", mode="outbound")
+
+        c2.settimeout(0.5)
+        implant.settimeout(0.5)
+        implant.sendall(b"data")
+        with pytest.raises(TimeoutError):
+            c2.recv(4)
+        c2.sendall(b"cmd!")
+        with pytest.raises(TimeoutError):
+            implant.recv(4)
+
+
+def test_an_inbound_session_opened_before_outbound_isolation_keeps_working(
+    scene: Scene, driver: Driver
+) -> None:
+    net = scene.net
+    # Tracked from its first packet (most hosts run connection tracking already).
+    net.run(
+        net.endpoint,
+        "nft",
+        "add table inet pre; add chain inet pre c { type filter hook input priority 0; }; "
+        "add rule inet pre c ct state new accept",
+    )
+    listener = net.listen(net.endpoint, net.endpoint_outside_v4)
+    listener.settimeout(2)
+    investigator = net.connect(net.outside, net.endpoint_outside_v4, listener.getsockname()[1])
+    shell, _peer = listener.accept()
+    with investigator, shell:
+        driver.call("isolate", mode="outbound")
+        investigator.settimeout(1.0)
+        shell.settimeout(1.0)
+        investigator.sendall(b"ls\n")
+        assert shell.recv(3) == b"ls\n"
+        shell.sendall(b"out")
+        assert investigator.recv(3) == b"out"
+
+
+def test_a_platform_that_resolves_wrong_rolls_back_and_changes_nothing(
+    scene: Scene, driver: Driver
+) -> None:
+    net = scene.net
+    scene.resolve_to(net.outside_v4)  # nothing listens on the platform port there
+    answer = driver.ask("isolate", mode="outbound")
+    assert answer == {
+        "ok": False,
+        "error": (
+            f"The platform ({net.outside_v4} port {scene.port}) was unreachable through the new "
+            "isolation rules, so they were rolled back and nothing changed."
+        ),
+    }
+    assert not scene.table()
+    assert scene.reaches_outside()
+    assert driver.call("status")["isolated"] is False
+
+    # Already isolated: a failed change keeps the rules in force, exactly.
+    scene.resolve_to(net.platform_v4, net.platform_v6)
+    driver.call("isolate", mode="full")
+    before = net.nft_ruleset(net.endpoint)
+    scene.resolve_to(net.outside_v4)
+    assert driver.ask("isolate", mode="outbound")["ok"] is False
+    assert net.nft_ruleset(net.endpoint) == before
+    assert scene.reaches_platform()
+    assert not scene.reached_from_outside()
+    assert driver.call("status")["mode"] == "full"
+
+
+def test_reassert_restores_lost_rules_and_follows_the_platform(
+    scene: Scene, driver: Driver
+) -> None:
+    net = scene.net
+    assert driver.call("reassert") == "not isolated"
+    scene.resolve_to(net.platform_v4)
+    driver.call("isolate", mode="outbound")
+    assert driver.call("reassert") == "in place"
+
+    # Someone flushed the firewall (or the host rebooted).
+    net.run(net.endpoint, "nft", "delete table inet tether_isolation")
+    assert scene.reaches_outside()
+    assert driver.call("reassert") == "restored"
+    assert not scene.reaches_outside()
+
+    # The platform moved to another address.
+    scene.resolve_to(net.platform_v6)
+    assert driver.call("reassert") == "re-applied"
+    assert driver.call("status")["platform"] == [str(net.platform_v6)]
+    assert greeted(net, net.endpoint, net.platform_v6, scene.port)
+    assert not greeted(net, net.endpoint, net.platform_v4, scene.port)
+
+    # It "moved" somewhere that does not answer: the rules that work stay.
+    scene.resolve_to(net.outside_v4)
+    assert driver.call("reassert") == "kept previous rules"
+    assert driver.call("status")["platform"] == [str(net.platform_v6)]
+    assert greeted(net, net.endpoint, net.platform_v6, scene.port)
+
+    # Its name no longer resolves (DNS blocked under isolation): the last addresses stay.
+    scene.resolve_to()
+    assert driver.call("reassert") == "in place"
+
+
+def test_the_iptables_fallback_isolates_and_releases(scene: Scene) -> None:
+    net = scene.net
+    iptables = scene.driver("iptables")
+    try:
+        status = iptables.call("isolate", mode="outbound")
+        assert status["backend"] == "iptables"
+        assert not scene.table()
+        assert scene.reaches_platform()
+        assert not scene.reaches_outside()
+        assert not scene.reaches_outside(v6=True)
+        assert scene.reached_from_outside()
+        # Applying again replaces the chains: still one jump each.
+        iptables.call("isolate", mode="full")
+        saved = net.run(net.endpoint, "iptables-save", "-t", "filter").stdout
+        assert saved.count("-A INPUT -j TETHER-ISO-IN") == 1
+        assert not scene.reached_from_outside()
+        assert scene.reaches_platform()
+
+        iptables.call("release")
+        for tool in ("iptables-save", "ip6tables-save"):
+            assert "TETHER-ISO" not in net.run(net.endpoint, tool, "-t", "filter").stdout
+        assert scene.reaches_outside()
+        assert scene.reached_from_outside()
+    finally:
+        iptables.close()
