@@ -47,7 +47,9 @@ class AllowRule(_Model):
         try:
             return str(ipaddress.ip_network(value, strict=False))
         except ValueError as exc:
-            raise ValueError(f"{value!r} is not an IPv4 or IPv6 network such as 10.0.0.0/8.") from exc
+            raise ValueError(
+                f"{value!r} is not an IPv4 or IPv6 network such as 10.0.0.0/8."
+            ) from exc
 
     @field_validator("ports")
     @classmethod

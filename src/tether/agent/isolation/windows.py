@@ -9,8 +9,8 @@ and ICMPv6 to what is left:
   overlapping allowlist entries add up instead of blocking each other's ports;
 - per protocol, one rule per distinct set of allowed ports: RemoteAddress the ranges, RemotePort
   (LocalPort for inbound) the complement of the ports;
-- UDP from/to the DHCP client ports (68, 546) is never blocked, so the lease renews; ICMPv6 to
-  link-local and multicast addresses is never blocked, so neighbour discovery works.
+- UDP from/to the DHCP client ports (68, 546) is never blocked, so the lease renews; the ICMP
+  types of neighbour discovery and path MTU discovery are never blocked.
 
 Outbound mode blocks outbound only: Windows Firewall is stateful, so replies to inbound
 connections are part of an allowed flow. Full mode adds the same shape inbound (without the
@@ -34,8 +34,12 @@ GROUP = "Tether Isolation"
 NAME_PREFIX = "TetherIsolation"
 ANY = None  # an address range where every protocol and port is allowed
 DHCP_CLIENT_PORTS = frozenset({DHCP4_CLIENT, DHCP6_CLIENT})
-# ICMPv6 here is neighbour discovery, router discovery and MLD (link-local and multicast).
-ICMPV6_LINK = (ipaddress.ip_network("fe80::/10"), ipaddress.ip_network("ff00::/8"))
+# ICMP types never blocked: IPv4 destination unreachable (path MTU discovery needs "fragmentation
+# needed"); IPv6 packet too big, MLD reports, router and neighbour discovery. Neighbour discovery
+# also runs between global addresses (unreachability probes), so it is exempt by type, not by
+# address. Every other type is blocked to the blocked addresses.
+ICMPV4_EXEMPT = frozenset({3})
+ICMPV6_EXEMPT = frozenset({2, 131, 133, 134, 135, 136, 137, 143})
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 Ports = frozenset[int]
@@ -132,6 +136,7 @@ class BlockRule:
     addresses: tuple[str, ...]
     remote_ports: tuple[str, ...] = ()
     local_ports: tuple[str, ...] = ()
+    icmp_types: tuple[str, ...] = ()
 
     def command(self, name: str) -> str:
         parts = [
@@ -148,6 +153,8 @@ class BlockRule:
             parts.append(f"-RemotePort {_quoted(self.remote_ports)}")
         if self.local_ports:
             parts.append(f"-LocalPort {_quoted(self.local_ports)}")
+        if self.icmp_types:
+            parts.append(f"-IcmpType {_quoted(self.icmp_types)}")
         parts += ["-Profile Any", "-Enabled True", "| Out-Null"]
         return " ".join(parts)
 
@@ -193,13 +200,14 @@ def block_rules(policy: IsolationPolicy) -> list[BlockRule]:
         cut = spans(entries)
         rules += _port_rules(direction, "TCP", cut, "tcp")
         rules += _port_rules(direction, "UDP", cut, "udp")
-        v4 = [s.text() for s in cut if s.version == 4 and s.tcp is not ANY]
-        if v4:
-            rules.append(BlockRule(direction, "ICMPv4", tuple(v4)))
-        link = [Allowed(network, ANY, ANY) for network in ICMPV6_LINK]
-        v6 = [s.text() for s in spans(entries + link) if s.version == 6 and s.tcp is not ANY]
-        if v6:
-            rules.append(BlockRule(direction, "ICMPv6", tuple(v6)))
+        for version, protocol, exempt in (
+            (4, "ICMPv4", ICMPV4_EXEMPT),
+            (6, "ICMPv6", ICMPV6_EXEMPT),
+        ):
+            blocked = [s.text() for s in cut if s.version == version and s.tcp is not ANY]
+            if blocked:
+                types = tuple(str(t) for t in range(256) if t not in exempt)
+                rules.append(BlockRule(direction, protocol, tuple(blocked), icmp_types=types))
     return rules
 
 
