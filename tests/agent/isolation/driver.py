@@ -21,6 +21,7 @@ from typing import Any
 from tether.agent.errors import IsolationFailed
 from tether.agent.isolation import IptablesBackend, Isolator, NftablesBackend
 from tether.agent.isolation.backend import FirewallBackend
+from tether.agent.isolation.iptables import LEGACY_IPV4, LEGACY_IPV6
 from tether.agent.state import StateDir
 from tether.protocol.isolation import IsolateArgs
 
@@ -56,12 +57,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--agent-url", required=True)
-    parser.add_argument("--backend", choices=["nftables", "iptables"], default="nftables")
+    parser.add_argument(
+        "--backend", choices=["nftables", "iptables", "iptables-legacy"], default="nftables"
+    )
     parser.add_argument("--probe-timeout", type=float, default=1.0)
     options = parser.parse_args()
-    backend: FirewallBackend = (
-        NftablesBackend() if options.backend == "nftables" else IptablesBackend()
-    )
+    backends: dict[str, FirewallBackend] = {
+        "nftables": NftablesBackend(),
+        "iptables": IptablesBackend(),
+        "iptables-legacy": IptablesBackend(LEGACY_IPV4, LEGACY_IPV6),
+    }
+    backend = backends[options.backend]
     isolator = Isolator(
         StateDir(options.state_dir),
         options.agent_url,

@@ -4,6 +4,7 @@ What the rules do to packets is tested in test_packets.py with the real firewall
 backend is a recorder, because the question is which rules the Isolator asks for, and when.
 """
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -298,3 +299,18 @@ async def test_without_root_nothing_is_touched(
     ):
         await isolator.isolate(IsolationMode.OUTBOUND)
     assert backend.calls == []
+
+
+async def test_a_second_process_waits_for_the_change_in_progress(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    agent = make(tmp_path, backend, probe)
+    owner = make(tmp_path, backend, probe)  # another Isolator: its own asyncio lock
+    await agent.isolate(IsolationMode.OUTBOUND)
+    async with agent.store.exclusive():
+        release = asyncio.create_task(owner.release())
+        await asyncio.sleep(0.2)
+        assert not release.done()
+        assert backend.rules is not None
+    assert (await release).isolated is False
+    assert backend.rules is None

@@ -7,6 +7,7 @@ reason without root, `ip netns` or nft; CI runs them as root.
 
 import contextlib
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,7 +76,13 @@ class Driver:
 
 
 def serve(listener: socket.socket, greeting: bytes = b"hello") -> None:
-    """Accept on `listener` until it closes, greeting each connection (a thread)."""
+    """Accept on `listener` until it closes: greet each connection, then echo what it sends."""
+
+    def echo(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(greeting)
+            while data := conn.recv(4096):
+                conn.sendall(data)
 
     def loop() -> None:
         while True:
@@ -83,8 +90,7 @@ def serve(listener: socket.socket, greeting: bytes = b"hello") -> None:
                 conn, _peer = listener.accept()
             except OSError:
                 return
-            with conn, contextlib.suppress(OSError):
-                conn.sendall(greeting)
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
 
     threading.Thread(target=loop, daemon=True).start()
 
@@ -183,6 +189,10 @@ def test_outbound_mode_keeps_the_platform_and_inbound_connections_and_blocks_the
     # An investigator's connection in, and its reply out.
     assert scene.reached_from_outside()
     assert driver.call("status")["isolated"] is True
+    # IPv6 neighbour discovery passes: with the neighbour cache emptied, the platform's IPv6
+    # address is found again through the rules.
+    scene.net.run(scene.net.endpoint, "ip", "-6", "neigh", "flush", "all")
+    assert greeted(scene.net, scene.net.endpoint, scene.net.platform_v6, scene.port)
 
     assert driver.call("release") == {
         "isolated": False,
@@ -346,12 +356,21 @@ def test_reassert_restores_lost_rules_and_follows_the_platform(
     assert driver.call("reassert") == "in place"
 
 
-def test_the_iptables_fallback_isolates_and_releases(scene: Scene) -> None:
+@pytest.mark.parametrize("variant", ["iptables", "iptables-legacy"])
+def test_the_iptables_fallback_isolates_and_releases(scene: Scene, variant: str) -> None:
     net = scene.net
-    iptables = scene.driver("iptables")
+    if shutil.which(f"{variant}-restore") is None:
+        pytest.skip(f"{variant}-restore is not installed")
+    save4, save6 = (
+        ("iptables-save", "ip6tables-save")
+        if variant == "iptables"
+        else ("iptables-legacy-save", "ip6tables-legacy-save")
+    )
+    iptables = scene.driver(variant)
     try:
         status = iptables.call("isolate", mode="outbound")
         assert status["backend"] == "iptables"
+        assert "TETHER-ISO-OUT" in net.run(net.endpoint, save6, "-t", "filter").stdout
         assert not scene.table()
         assert scene.reaches_platform()
         assert not scene.reaches_outside()
@@ -359,15 +378,58 @@ def test_the_iptables_fallback_isolates_and_releases(scene: Scene) -> None:
         assert scene.reached_from_outside()
         # Applying again replaces the chains: still one jump each.
         iptables.call("isolate", mode="full")
-        saved = net.run(net.endpoint, "iptables-save", "-t", "filter").stdout
+        saved = net.run(net.endpoint, save4, "-t", "filter").stdout
         assert saved.count("-A INPUT -j TETHER-ISO-IN") == 1
         assert not scene.reached_from_outside()
         assert scene.reaches_platform()
 
         iptables.call("release")
-        for tool in ("iptables-save", "ip6tables-save"):
+        for tool in (save4, save6):
             assert "TETHER-ISO" not in net.run(net.endpoint, tool, "-t", "filter").stdout
         assert scene.reaches_outside()
         assert scene.reached_from_outside()
     finally:
         iptables.close()
+
+
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracked", "untracked"])
+def test_the_agents_established_platform_link_survives_isolation(
+    scene: Scene, driver: Driver, tracked: bool
+) -> None:
+    net = scene.net
+    if tracked:
+        net.run(
+            net.endpoint,
+            "nft",
+            "add table inet pre; add chain inet pre c { type filter hook output priority 0; }; "
+            "add rule inet pre c ct state new accept",
+        )
+    # The agent's WebSocket is open before the analyst isolates the host.
+    live = net.connect(net.endpoint, net.platform_v4, scene.port)
+    with live:
+        assert live.recv(5) == b"hello"
+        driver.call("isolate", mode="full")
+        live.settimeout(1.0)
+        live.sendall(b"job?")
+        assert live.recv(4) == b"job?"
+
+
+def test_the_owner_releases_locally_with_the_agent_command(scene: Scene, driver: Driver) -> None:
+    net = scene.net
+    identity = {
+        "host_id": "host-1",
+        "server_url": "https://platform.test:8443",
+        "agent_url": f"wss://{PLATFORM_NAME}:{scene.port}/agent",
+    }
+    driver.call("isolate", mode="full")
+    (scene.state_dir / "identity.json").write_text(json.dumps(identity))
+    command = [sys.executable, "-m", "tether", "agent", "isolation"]
+    shown = net.run(net.endpoint, *command, "status", "--state-dir", str(scene.state_dir))
+    assert shown.stdout.splitlines()[0].startswith("Isolated (full mode) since ")
+    released = net.run(net.endpoint, *command, "release", "--state-dir", str(scene.state_dir))
+    assert released.stdout.splitlines()[0] == "Not isolated."
+    assert not scene.table()
+    assert scene.reached_from_outside()
+    # The agent's next check reads the owner's decision and leaves the host alone.
+    assert driver.call("reassert") == "not isolated"
+    assert not scene.table()

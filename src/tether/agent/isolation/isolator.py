@@ -220,7 +220,7 @@ class Isolator:
         IsolationFailed, with the firewall as it was, when the rules cannot be applied or the
         platform cannot be reached through them.
         """
-        async with self._lock:
+        async with self._lock, self.store.exclusive():
             backend = self.backend()
             desired = self._load_for_change()
             previous_policy = desired.policy()
@@ -254,7 +254,7 @@ class Isolator:
 
     async def release(self) -> IsolationStatus:
         """Remove the isolation rules whole and remember that; harmless when not isolated."""
-        async with self._lock:
+        async with self._lock, self.store.exclusive():
             backend = self.backend()
             await backend.remove()
             self.store.save(DesiredIsolation())
@@ -263,7 +263,7 @@ class Isolator:
 
     async def status(self) -> IsolationStatus:
         """What the firewall holds now, with the mode and allowlist that were asked for."""
-        async with self._lock:
+        async with self._lock, self.store.exclusive():
             backend = self.backend()
             desired = self.store.load()
             return desired.status(installed=await backend.installed())
@@ -275,15 +275,15 @@ class Isolator:
         logs) what it did. An isolated host stays isolated: when new rules fail their test, or
         the platform does not answer after a reboot, the last applied rules stay in force.
         """
-        async with self._lock:
-            try:
+        try:
+            async with self._lock, self.store.exclusive():
                 return await self._reassert()
-            except IsolationFailed as exc:
-                log.error("Isolation could not be re-asserted: %s", exc)
-                return f"failed: {exc}"
-            except Exception:
-                log.exception("Isolation could not be re-asserted")
-                return "failed"
+        except IsolationFailed as exc:
+            log.error("Isolation could not be re-asserted: %s", exc)
+            return f"failed: {exc}"
+        except Exception:
+            log.exception("Isolation could not be re-asserted")
+            return "failed"
 
     async def _reassert(self) -> str:
         desired = self.store.load()

@@ -5,8 +5,13 @@ restarts and reboots: the firewall forgets its rules at a reboot, this file does
 atomically with mode 0600 (`StateDir.write_private`); only root / SYSTEM may change it.
 """
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
+import sys
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +26,9 @@ from tether.protocol.isolation import AllowList, Backend, IsolationMode, Isolati
 log = logging.getLogger("tether.agent.isolation")
 
 FILE_NAME = "isolation.json"
+LOCK_NAME = "isolation.lock"
+# How often a waiting process looks whether the other one has finished its change.
+LOCK_POLL_SECONDS = 0.05
 
 
 class DesiredIsolation(BaseModel):
@@ -102,3 +110,31 @@ class IsolationStore:
 
     def save(self, desired: DesiredIsolation) -> None:
         self._state.write_private(self.path, desired.model_dump_json(indent=2).encode())
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the isolation lock of this state directory, shared with other processes.
+
+        The agent and the owner's `tether agent isolation release` are two processes: without
+        this, a release could land between the agent's apply and its write, and be undone.
+        Polled with a non-blocking flock, so a cancelled wait leaves no thread holding a lock.
+        On Windows (no flock) only the agent's own lock applies.
+        """
+        if sys.platform == "win32":
+            yield
+            return
+        import fcntl
+
+        self._state.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self._state.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL_SECONDS)
+            yield
+        finally:
+            # Closing the descriptor releases the lock.
+            os.close(fd)
