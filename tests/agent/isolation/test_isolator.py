@@ -18,10 +18,14 @@ import pytest
 from tether.agent.actions import HANDLERS
 from tether.agent.context import JobContext, current_job
 from tether.agent.errors import ActionError, IsolationFailed
+from tether.agent.gate import ResponseGate
 from tether.agent.isolation import IsolationPolicy, Isolator, check_seconds_from_environment
 from tether.agent.isolation.isolator import choose_backend, platform_endpoint
 from tether.agent.isolation.policy import IPAddress
+from tether.agent.jobs import JobRunner
+from tether.agent.journal import Journal
 from tether.agent.state import StateDir
+from tether.protocol import JobRequest
 from tether.protocol.isolation import AllowRule, Backend, IsolateArgs, IsolationMode, ReleaseArgs
 
 NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -314,3 +318,42 @@ async def test_a_second_process_waits_for_the_change_in_progress(
         assert backend.rules is not None
     assert (await release).isolated is False
     assert backend.rules is None
+
+
+async def test_an_ephemeral_status_call_reaches_the_agents_isolator(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    isolator = make(tmp_path, backend, probe)
+    await isolator.isolate(IsolationMode.FULL)
+    jobs = JobRunner(Journal(tmp_path / "journal.db"), HANDLERS, ResponseGate(), isolator=isolator)
+    sent: list[dict[str, object]] = []
+
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
+
+    await jobs.attach(send)
+    await jobs.on_job(JobRequest(job_id="s1", action="isolation.status", args={}, ephemeral=True))
+    assert sent[-1]["state"] == "succeeded"
+    result = sent[-1]["result"]
+    assert isinstance(result, dict)
+    assert (result["isolated"], result["mode"]) == (True, "full")
+    # The context was the call's only: none is left behind in this task.
+    assert current_job.get() is None
+
+
+def test_the_public_surface() -> None:
+    import tether.agent.isolation as package
+
+    assert sorted(package.__all__) == [
+        "DesiredIsolation",
+        "FirewallBackend",
+        "IptablesBackend",
+        "IsolationPolicy",
+        "IsolationStore",
+        "Isolator",
+        "NftablesBackend",
+        "WindowsFirewallBackend",
+        "check_seconds_from_environment",
+        "choose_backend",
+        "tcp_probe",
+    ]
