@@ -357,3 +357,14 @@ def test_the_public_surface() -> None:
         "choose_backend",
         "tcp_probe",
     ]
+
+
+async def test_reassert_follows_a_new_platform_port(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    await make(tmp_path, backend, probe).isolate(IsolationMode.OUTBOUND)
+    moved = make(tmp_path, backend, probe, url="wss://127.0.0.1:9444/agent")
+    assert await moved.reassert() == "re-applied"
+    assert backend.rules is not None
+    assert backend.rules.platform_port == 9444
+    assert probe.asked[-1] == ((V4,), 9444)

@@ -292,7 +292,8 @@ class Isolator:
             return "not isolated"
         backend = self.backend()
         addresses = await self._addresses(policy.platform)
-        wanted = dataclasses.replace(policy, platform=addresses)
+        # The agent URL's port too: re-enrolling with another platform port moves the platform.
+        wanted = dataclasses.replace(policy, platform=addresses, platform_port=self._port)
         installed = await backend.installed()
         if wanted == policy and installed:
             return "in place"
@@ -308,9 +309,11 @@ class Isolator:
             )
             return "restored, platform unreachable"
         log.warning(
-            "The platform's addresses changed from %s to %s; applying new isolation rules.",
+            "The platform moved from %s port %d to %s port %d; applying new isolation rules.",
             ", ".join(str(a) for a in policy.platform),
+            policy.platform_port,
             ", ".join(str(a) for a in addresses),
+            self._port,
         )
         try:
             await self._apply_tested(backend, wanted, previous=policy)
