@@ -7,18 +7,22 @@ reason without root, `ip netns` or nft; CI runs them as root.
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from tests import netns
+from tests.e2e.certs import client_cert, new_ca
 from tests.netns import IPAddress, Topology
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -433,3 +437,74 @@ def test_the_owner_releases_locally_with_the_agent_command(scene: Scene, driver:
     # The agent's next check reads the owner's decision and leaves the host alone.
     assert driver.call("reassert") == "not isolated"
     assert not scene.table()
+
+
+def enrolled_state(scene: Scene) -> Path:
+    """A state directory an agent can start from (identity, CA, certificate), isolated outbound."""
+    state = scene.state_dir
+    ca = new_ca("test platform CA")
+    cert, key, _serial = client_cert(ca, state, "agent")
+    (state / "ca.pem").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    assert (cert, key) == (state / "agent.pem", state / "agent.key")
+    identity = {
+        "host_id": "host-1",
+        "server_url": f"https://{PLATFORM_NAME}:8443",
+        "agent_url": f"wss://{PLATFORM_NAME}:{scene.port}/agent",
+    }
+    (state / "identity.json").write_text(json.dumps(identity))
+    return state
+
+
+def test_the_agent_reasserts_isolation_at_start_and_while_it_runs(
+    scene: Scene, driver: Driver
+) -> None:
+    net = scene.net
+    state = enrolled_state(scene)
+    driver.call("isolate", mode="outbound")
+    driver.close()
+    # A reboot: the firewall forgot the rules, the state directory did not.
+    net.run(net.endpoint, "nft", "delete table inet tether_isolation")
+    assert scene.reaches_outside()
+
+    argv = [sys.executable, "-m", "tether", "agent", "run", "--state-dir", str(state)]
+    env = {**os.environ, "TETHER_ISOLATION_CHECK_SECONDS": "0.2"}
+    agent = subprocess.Popen(
+        net.exec_argv(net.endpoint, argv),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(scene.table), "the agent did not restore the isolation rules at start"
+        assert not scene.reaches_outside()
+        # Someone flushes the firewall while the agent runs: the next check puts it back.
+        net.run(net.endpoint, "nft", "flush ruleset")
+        assert wait_for(scene.table), "the running agent did not restore the isolation rules"
+        assert not scene.reaches_outside()
+    finally:
+        agent.terminate()
+        _out, log = agent.communicate(timeout=10)
+    # Re-asserted before the first attempt to reach the platform (the listener here does not
+    # speak TLS, so every attempt fails and is logged).
+    lines = log.splitlines()
+    started = next(i for i, line in enumerate(lines) if "Isolation at start: restored" in line)
+    first_attempt = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if any(w in line for w in ("TLS failure", "lost", "Reconnecting"))
+        ),
+        len(lines),
+    )
+    assert started < first_attempt, log
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
