@@ -6,6 +6,10 @@
            |
     outside namespace (anywhere else on the network)
 
+`topology(guest=True)` adds a "guest" namespace routed through the endpoint, as a container or a
+VM on it would be. Addresses: `platform_v4/v6` (root side), `endpoint_v4/v6` (endpoint, platform
+link), `endpoint_outside_v4/v6` and `outside_v4/v6` (the outside link), `guest_v4/v6`.
+
 `topology()` builds it and always tears it down, also when the test fails. Names and the
 root-side subnets are unique per process and topology (pid-based), so two test runs on one
 machine never collide; the root namespace's firewall is never touched, and its only change is
@@ -47,6 +51,8 @@ CLONE_NEWNET = 0x40000000
 ROOT_POOL = ipaddress.IPv4Network("100.64.0.0/10")
 OUTSIDE_V4 = ipaddress.IPv4Network("198.51.100.0/24")
 OUTSIDE_V6 = ipaddress.IPv6Network("2001:db8:1::/64")
+GUEST_V4 = ipaddress.IPv4Network("192.168.77.0/24")
+GUEST_V6 = ipaddress.IPv6Network("2001:db8:2::/64")
 _serial = count()
 
 
@@ -121,6 +127,11 @@ class Topology:
     outside_v6: ipaddress.IPv6Address
     # The root-side interface (deleted at teardown).
     root_link: str
+    # With topology(guest=True): a namespace routed through the endpoint, as a container or VM
+    # on it would be (the endpoint forwards; "outside" routes the guest's subnets back to it).
+    guest: str | None = None
+    guest_v4: ipaddress.IPv4Address | None = None
+    guest_v6: ipaddress.IPv6Address | None = None
     _sockets: list[socket.socket] = field(default_factory=list)
 
     def exec_argv(self, namespace: str | None, argv: Sequence[str]) -> list[str]:
@@ -239,8 +250,9 @@ def _in_namespace(namespace: str, work: Callable[[], T]) -> T:
 
 
 @contextlib.contextmanager
-def topology() -> Iterator[Topology]:
-    """Build the endpoint, outside and platform sides; tear everything down afterwards."""
+def topology(guest: bool = False) -> Iterator[Topology]:
+    """Build the endpoint, outside and platform sides (and a guest behind the endpoint when
+    asked); tear everything down afterwards."""
     pid = os.getpid()
     serial = next(_serial)
     tag = f"{pid:x}{serial:x}"
@@ -263,9 +275,12 @@ def topology() -> Iterator[Topology]:
         outside_v6=OUTSIDE_V6[2],
         root_link=root_link,
     )
+    if guest:
+        net.guest = f"tether-{pid}-{serial}-guest"
+        net.guest_v4, net.guest_v6 = GUEST_V4[2], GUEST_V6[2]
     try:
-        _ip("netns", "add", endpoint)
-        _ip("netns", "add", outside)
+        for namespace in (endpoint, outside):
+            _add_namespace(net, namespace)
         _ip("link", "add", root_link, "type", "veth", "peer", "name", "plat0", "netns", endpoint)
         _ip(
             "link",
@@ -293,11 +308,13 @@ def topology() -> Iterator[Topology]:
             _ip("-n", namespace, "-6", "addr", "add", v6_address, "dev", link, "nodad")
             _ip("-n", namespace, "link", "set", link, "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
+        if net.guest is not None:
+            _add_guest(net)
         yield net
     finally:
         for sock in net._sockets:
             sock.close()
-        for namespace in (endpoint, outside):
+        for namespace in (endpoint, outside, *([net.guest] if net.guest else [])):
             # Only processes this test started can be in these namespaces.
             for process in net.pids(namespace):
                 with contextlib.suppress(ProcessLookupError):
@@ -305,3 +322,43 @@ def topology() -> Iterator[Topology]:
             _ip("netns", "del", namespace, check=False)
             shutil.rmtree(Path("/etc/netns") / namespace, ignore_errors=True)
         _ip("link", "del", root_link, check=False)
+
+
+def _add_guest(net: Topology) -> None:
+    guest = net.guest
+    if guest is None:
+        return
+    _add_namespace(net, guest)
+    _ip(
+        "link",
+        "add",
+        "guest0",
+        "netns",
+        net.endpoint,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "guest0",
+        "netns",
+        guest,
+    )
+    for namespace, index in ((net.endpoint, 1), (guest, 2)):
+        _ip("-n", namespace, "addr", "add", f"{GUEST_V4[index]}/24", "dev", "guest0")
+        _ip("-n", namespace, "-6", "addr", "add", f"{GUEST_V6[index]}/64", "dev", "guest0", "nodad")
+        _ip("-n", namespace, "link", "set", "guest0", "up")
+    _ip("-n", guest, "link", "set", "lo", "up")
+    _ip("-n", guest, "route", "add", "default", "via", str(GUEST_V4[1]))
+    _ip("-n", guest, "-6", "route", "add", "default", "via", str(GUEST_V6[1]))
+    _ip("-n", net.outside, "route", "add", str(GUEST_V4), "via", str(net.endpoint_outside_v4))
+    _ip("-n", net.outside, "-6", "route", "add", str(GUEST_V6), "via", str(net.endpoint_outside_v6))
+    for setting in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+        net.run(net.endpoint, "sysctl", "-q", "-w", setting)
+
+
+def _add_namespace(net: Topology, namespace: str) -> None:
+    _ip("netns", "add", namespace)
+    # No duplicate address detection on links created here (link-local addresses included):
+    # a tentative address cannot be used for a second or two, which made first packets flaky.
+    for setting in ("net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"):
+        net.run(namespace, "sysctl", "-q", "-w", setting)

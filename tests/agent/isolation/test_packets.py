@@ -508,3 +508,22 @@ def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_guests_routed_through_the_host_lose_the_network_too(tmp_path: Path) -> None:
+    netns.skip_unless_available()
+    with netns.topology(guest=True) as net:
+        scene = Scene(net, tmp_path)
+        assert net.guest is not None
+        assert net.guest_v4 is not None
+        container = scene.driver()
+        try:
+            for address in (net.outside_v4, net.outside_v6):
+                assert greeted(net, net.guest, address, scene.outside_port)
+            container.call("isolate", mode="outbound")
+            for address in (net.outside_v4, net.outside_v6):
+                assert not greeted(net, net.guest, address, scene.outside_port)
+            container.call("release")
+            assert greeted(net, net.guest, net.outside_v4, scene.outside_port)
+        finally:
+            container.close()
