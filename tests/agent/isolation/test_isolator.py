@@ -368,3 +368,16 @@ async def test_reassert_follows_a_new_platform_port(
     assert backend.rules is not None
     assert backend.rules.platform_port == 9444
     assert probe.asked[-1] == ((V4,), 9444)
+
+
+async def test_a_state_file_with_a_bad_address_is_damaged(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    (tmp_path / "isolation.json").write_text(
+        json.dumps({"isolated": True, "mode": "full", "platform": ["not-an-address"]})
+    )
+    isolator = make(tmp_path, backend, probe)
+    assert (await isolator.reassert()).endswith(
+        "is damaged, so the agent does not know whether this host should be isolated."
+    )
+    assert backend.calls == []

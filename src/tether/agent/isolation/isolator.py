@@ -36,6 +36,9 @@ CHECK_SECONDS_ENV = "TETHER_ISOLATION_CHECK_SECONDS"
 DEFAULT_CHECK_SECONDS = 60.0
 # How long the self-test waits for the platform's port to answer through the new rules.
 PROBE_TIMEOUT_SECONDS = 5.0
+# IsolationStatus reports at most this many platform addresses; a name with more is unusual
+# enough that the first ones (IPv4 first, in order) are the ones the rules allow.
+MAX_PLATFORM_ADDRESSES = 64
 # A name that does not resolve within this long is treated as unresolvable (DNS is usually
 # blocked under isolation, and a blocked resolver only times out).
 RESOLVE_TIMEOUT_SECONDS = 10.0
@@ -191,7 +194,7 @@ class Isolator:
             raise IsolationFailed(
                 f"The platform's name {self._host} resolved to no usable address."
             )
-        return sorted_addresses(addresses)
+        return sorted_addresses(addresses)[:MAX_PLATFORM_ADDRESSES]
 
     async def _addresses(self, last_known: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
         try:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tether.agent.errors import IsolationFailed
 from tether.agent.isolation.policy import IPAddress, IsolationPolicy, sorted_addresses
@@ -45,6 +45,14 @@ class DesiredIsolation(BaseModel):
     platform: tuple[str, ...] = ()
     platform_port: Annotated[int, Field(ge=0, le=65535)] = 0
     backend: Backend | None = None
+
+    @field_validator("platform")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # A hand-edited file with a bad address is damaged, not a crash at the next check.
+        for address in value:
+            ipaddress.ip_address(address)
+        return value
 
     @classmethod
     def isolated_by(
