@@ -1,16 +1,25 @@
 """Windows Firewall rules, as generated here; nothing in this file runs on Windows."""
 
 import ipaddress
+import os
+from pathlib import Path
+
+import pytest
 
 from tests.agent.isolation.policies import policy
+from tether.agent.errors import IsolationFailed
 from tether.agent.isolation.windows import (
     ANY,
+    COUNT_SCRIPT,
+    REMOVE_SCRIPT,
     Allowed,
     BlockRule,
     Span,
+    WindowsFirewallBackend,
     apply_script,
     block_rules,
     port_ranges_except,
+    powershell,
     spans,
 )
 from tether.protocol.isolation import AllowRule, IsolationMode
@@ -137,23 +146,86 @@ def test_full_mode_blocks_inbound_too_except_the_allowlist_service_ports() -> No
 
 def test_the_script_adds_the_new_generation_before_removing_older_ones() -> None:
     script = apply_script(policy(IsolationMode.OUTBOUND, v6=False), "G7").splitlines()
-    assert script[0] == "$ErrorActionPreference = 'Stop'"
-    assert script[1] == (
-        "New-NetFirewallRule -Name 'TetherIsolation-G7-1' "
+    assert script[:2] == ["$ErrorActionPreference = 'Stop'", "try {"]
+    assert script[2] == (
+        "    New-NetFirewallRule -Name 'TetherIsolation-G7-1' "
         "-DisplayName 'Tether isolation: block outbound TCP' -Group 'Tether Isolation' "
         "-Direction Outbound -Action Block -Protocol TCP "
         "-RemoteAddress '0.0.0.0-126.255.255.255','128.0.0.0-192.0.2.9',"
         "'192.0.2.11-255.255.255.255','::','::2-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff' "
         "-Profile Any -Enabled True | Out-Null"
     )
-    assert script[2] == (
-        "New-NetFirewallRule -Name 'TetherIsolation-G7-2' "
+    assert script[3] == (
+        "    New-NetFirewallRule -Name 'TetherIsolation-G7-2' "
         "-DisplayName 'Tether isolation: block outbound TCP' -Group 'Tether Isolation' "
         "-Direction Outbound -Action Block -Protocol TCP -RemoteAddress '192.0.2.10' "
         "-RemotePort '1-8443','8445-65535' -Profile Any -Enabled True | Out-Null"
     )
-    assert len(script) == 7
-    assert script[-1] == (
-        "Get-NetFirewallRule -Group 'Tether Isolation' -ErrorAction SilentlyContinue | "
-        "Where-Object { $_.Name -notlike 'TetherIsolation-G7-*' } | Remove-NetFirewallRule"
+    assert script[4].startswith("    New-NetFirewallRule -Name 'TetherIsolation-G7-3' ")
+    assert " -Protocol UDP " in script[4]
+    assert script[6].startswith("    New-NetFirewallRule -Name 'TetherIsolation-G7-5' ")
+    assert " -Protocol ICMPv6 " in script[6]
+    assert f" -IcmpType {','.join(repr(t) for t in ICMPV6_TYPES)} " in script[6]
+    assert script[7:] == [
+        "    Get-NetFirewallRule -Group 'Tether Isolation' -ErrorAction SilentlyContinue | "
+        "Where-Object { $_.Name -notlike 'TetherIsolation-G7-*' } | Remove-NetFirewallRule",
+        "} catch {",
+        "    [Console]::Error.WriteLine($_.Exception.Message)",
+        "    exit 1",
+        "}",
+    ]
+
+
+def test_removal_and_count_scripts() -> None:
+    assert REMOVE_SCRIPT.splitlines()[2] == (
+        "    Get-NetFirewallRule -Group 'Tether Isolation' -ErrorAction SilentlyContinue | Remove-NetFirewallRule"
     )
+    assert COUNT_SCRIPT.splitlines()[2] == (
+        "    @(Get-NetFirewallRule -Group 'Tether Isolation' -ErrorAction SilentlyContinue).Count"
+    )
+    assert powershell(Path("C:/ProgramData/Tether/agent/isolation-x.ps1"))[-2:] == [
+        "-File",
+        "C:/ProgramData/Tether/agent/isolation-x.ps1",
+    ]
+
+
+async def test_scripts_run_from_a_file_that_is_removed_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in for powershell.exe that keeps what it was given: the plumbing, not Windows.
+    bin_dir, scripts = tmp_path / "bin", tmp_path / "scripts"
+    bin_dir.mkdir()
+    scripts.mkdir()
+    stand_in = bin_dir / "powershell.exe"
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        "for last; do :; done\n"
+        f'cp "$last" {tmp_path}/seen.ps1\n'
+        f'echo "$@" > {tmp_path}/argv\n'
+        'if grep -q "Get-NetFirewallRule -Group .* | Remove-NetFirewallRule$" "$last"; then\n'
+        '  echo "Access is denied." >&2; exit 1\n'
+        "fi\n"
+        "echo 13\n"
+    )
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    backend = WindowsFirewallBackend(script_dir=scripts)
+
+    assert await backend.installed() is True
+    assert (tmp_path / "seen.ps1").read_text(encoding="utf-8-sig") == COUNT_SCRIPT
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[:6] == [
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-File",
+        argv[5],
+    ]
+    assert Path(argv[5]).parent == scripts
+    with pytest.raises(
+        IsolationFailed,
+        match=r"^Windows Firewall refused to remove the isolation rules: Access is denied\.$",
+    ):
+        await backend.remove()
+    assert list(scripts.iterdir()) == []

@@ -52,6 +52,8 @@ def first_error_line(text: str) -> str:
     It goes inside a one-line sentence the analyst reads, so it may not break that line.
     """
     line = next((candidate.strip() for candidate in text.splitlines() if candidate.strip()), "")
+    # The caller ends the sentence.
+    line = line.rstrip(".")
     escaped = line.encode("unicode_escape").decode("ascii")
     if len(escaped) > MAX_TOOL_ERROR_CHARS:
         escaped = escaped[: MAX_TOOL_ERROR_CHARS - 3] + "..."

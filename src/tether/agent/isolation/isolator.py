@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from tether.agent.errors import IsolationFailed
@@ -89,14 +90,14 @@ def check_seconds_from_environment() -> float:
     return seconds
 
 
-def choose_backend(forced: str | None = None) -> FirewallBackend:
+def choose_backend(forced: str | None = None, state_dir: Path | None = None) -> FirewallBackend:
     """The firewall backend for this endpoint: Windows Firewall, else nftables, else iptables.
 
     `forced` ("nftables" or "iptables"; TETHER_ISOLATION_BACKEND when the agent starts) picks one
     of the Linux backends even when the other is there, for tests and odd hosts.
     """
     if sys.platform == "win32":
-        return WindowsFirewallBackend()
+        return WindowsFirewallBackend(script_dir=state_dir)
     if forced not in (None, "", "nftables", "iptables"):
         raise IsolationFailed(f"{BACKEND_ENV} must be nftables or iptables, not {forced!r}.")
     if forced in (None, "", "nftables") and tool_available("nft"):
@@ -154,6 +155,7 @@ class Isolator:
         """`backend` None: chosen at first use (choose_backend with TETHER_ISOLATION_BACKEND),
         so an agent that is never isolated never looks for firewall tools."""
         self.store = IsolationStore(state)
+        self._state_root = state.root
         self._host, self._port = platform_endpoint(agent_url)
         self._backend = backend
         self._probe = probe
@@ -167,7 +169,7 @@ class Isolator:
         if self._require_privileges:
             check_privileges()
         if self._backend is None:
-            self._backend = choose_backend(os.environ.get(BACKEND_ENV))
+            self._backend = choose_backend(os.environ.get(BACKEND_ENV), self._state_root)
         return self._backend
 
     async def resolve_platform(self) -> tuple[IPAddress, ...]:

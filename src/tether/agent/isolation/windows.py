@@ -16,14 +16,19 @@ Outbound mode blocks outbound only: Windows Firewall is stateful, so replies to 
 connections are part of an allowed flow. Full mode adds the same shape inbound (without the
 platform, whose traffic is replies to the agent's own connection).
 
+The scripts run with `powershell.exe -File` from a file in the agent's state directory.
+
 Nothing here has run on Windows (docs/adr/0017): the commands are generated and unit-tested.
 """
 
 import ipaddress
 import itertools
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from tether.agent.errors import IsolationFailed
 from tether.agent.isolation.backend import first_error_line, run_command
@@ -211,40 +216,61 @@ def block_rules(policy: IsolationPolicy) -> list[BlockRule]:
     return rules
 
 
+def script(*body: str) -> str:
+    """A PowerShell script that runs `body` and stops at the first error with exit status 1.
+
+    Run as a file (`-File`), not piped to `-Command -`: piped lines run one by one, as typed,
+    and a failing line would not stop the next ones.
+    """
+    lines = ["$ErrorActionPreference = 'Stop'", "try {"]
+    lines += [f"    {line}" for line in body]
+    lines += [
+        "} catch {",
+        "    [Console]::Error.WriteLine($_.Exception.Message)",
+        "    exit 1",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def apply_script(policy: IsolationPolicy, generation: str) -> str:
     """PowerShell that adds this generation's rules, then removes every older one.
 
     New before old: for a moment both sets block (stricter, never looser), and the host is
-    never without rules. A failure stops the script (ErrorActionPreference Stop) with the old
-    rules still in place, and the Isolator rolls back.
+    never without rules. A failure stops the script with the old rules still in place (and
+    perhaps some new ones), and the Isolator rolls back.
     """
     prefix = f"{NAME_PREFIX}-{generation}"
-    lines = ["$ErrorActionPreference = 'Stop'"]
-    lines += [rule.command(f"{prefix}-{n}") for n, rule in enumerate(block_rules(policy), 1)]
-    lines.append(
+    commands = [rule.command(f"{prefix}-{n}") for n, rule in enumerate(block_rules(policy), 1)]
+    commands.append(
         f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | "
         f"Where-Object {{ $_.Name -notlike '{prefix}-*' }} | Remove-NetFirewallRule"
     )
-    return "\n".join(lines) + "\n"
+    return script(*commands)
 
 
-REMOVE_SCRIPT = (
-    "$ErrorActionPreference = 'Stop'\n"
-    f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | Remove-NetFirewallRule\n"
+REMOVE_SCRIPT = script(
+    f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | Remove-NetFirewallRule"
 )
-COUNT_SCRIPT = (
-    "$ErrorActionPreference = 'Stop'\n"
-    f"@(Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue).Count\n"
+COUNT_SCRIPT = script(
+    f"@(Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue).Count"
 )
-POWERSHELL = [
-    "powershell.exe",
-    "-NoProfile",
-    "-NonInteractive",
-    "-ExecutionPolicy",
-    "Bypass",
-    "-Command",
-    "-",
-]
+
+
+def _delete(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def powershell(path: Path) -> list[str]:
+    return [
+        "powershell.exe",
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-File",
+        str(path),
+    ]
 
 
 class WindowsFirewallBackend:
@@ -252,8 +278,24 @@ class WindowsFirewallBackend:
 
     name: Backend = "windows-firewall"
 
-    async def _run(self, script: str, doing: str) -> str:
-        result = await run_command(POWERSHELL, stdin=script)
+    def __init__(self, script_dir: Path | None = None) -> None:
+        # The agent's state directory (SYSTEM and Administrators only), so nobody else can
+        # swap the script between writing and running it; the temp directory otherwise.
+        self._script_dir = script_dir
+
+    def _write(self, text: str) -> Path:
+        # A few kilobytes on local disk: not worth a thread.
+        handle, name = tempfile.mkstemp(prefix="isolation-", suffix=".ps1", dir=self._script_dir)
+        with os.fdopen(handle, "w", encoding="utf-8-sig") as file:
+            file.write(text)
+        return Path(name)
+
+    async def _run(self, text: str, doing: str) -> str:
+        path = self._write(text)
+        try:
+            result = await run_command(powershell(path))
+        finally:
+            _delete(path)
         if result.returncode != 0:
             raise IsolationFailed(
                 f"Windows Firewall refused to {doing}: {first_error_line(result.stderr or result.stdout)}."
