@@ -5,88 +5,26 @@ backend is a recorder, because the question is which rules the Isolator asks for
 """
 
 import asyncio
-import ipaddress
 import json
 import os
 import stat
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.agent.isolation.recording import NOW, V4, Reachability, Recorder, make
 from tether.agent.actions import HANDLERS
-from tether.agent.context import JobContext, current_job
-from tether.agent.errors import ActionError, IsolationFailed
+from tether.agent.context import current_job
+from tether.agent.errors import IsolationFailed
 from tether.agent.gate import ResponseGate
-from tether.agent.isolation import IsolationPolicy, Isolator, check_seconds_from_environment
+from tether.agent.isolation import Isolator, check_seconds_from_environment
 from tether.agent.isolation.isolator import choose_backend, platform_endpoint
-from tether.agent.isolation.policy import IPAddress
 from tether.agent.jobs import JobRunner
 from tether.agent.journal import Journal
 from tether.agent.state import StateDir
 from tether.protocol import JobRequest
-from tether.protocol.isolation import AllowRule, Backend, IsolateArgs, IsolationMode, ReleaseArgs
-
-NOW = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
-V4 = ipaddress.IPv4Address("127.0.0.1")
-
-
-class Recorder:
-    """A backend that records what it was asked and holds "rules" as the last policy applied."""
-
-    name: Backend = "nftables"
-
-    def __init__(self) -> None:
-        self.rules: IsolationPolicy | None = None
-        self.calls: list[str] = []
-        self.fail_apply = False
-
-    async def apply(self, policy: IsolationPolicy) -> None:
-        self.calls.append(f"apply {policy.mode.value} {','.join(map(str, policy.platform))}")
-        if self.fail_apply:
-            raise IsolationFailed("nft refused to apply the isolation rules: boom.")
-        self.rules = policy
-
-    async def remove(self) -> None:
-        self.calls.append("remove")
-        self.rules = None
-
-    async def installed(self) -> bool:
-        return self.rules is not None
-
-
-class Reachability:
-    def __init__(self) -> None:
-        self.up = True
-        self.asked: list[tuple[tuple[IPAddress, ...], int]] = []
-
-    async def __call__(self, addresses: Sequence[IPAddress], port: int, timeout: float) -> bool:
-        self.asked.append((tuple(addresses), port))
-        return self.up
-
-
-@pytest.fixture
-def backend() -> Recorder:
-    return Recorder()
-
-
-@pytest.fixture
-def probe() -> Reachability:
-    return Reachability()
-
-
-def make(
-    tmp_path: Path, backend: Recorder, probe: Reachability, url: str = "wss://127.0.0.1:8444/agent"
-) -> Isolator:
-    return Isolator(
-        StateDir(tmp_path),
-        url,
-        backend=backend,
-        probe=probe,
-        require_privileges=False,
-        clock=lambda: NOW,
-    )
+from tether.protocol.isolation import AllowRule, IsolationMode
 
 
 async def test_isolate_applies_tests_and_remembers(
@@ -266,30 +204,6 @@ def test_check_interval_and_backend_choice_are_validated(monkeypatch: pytest.Mon
         match=r"^Neither nft nor iptables is installed on this endpoint, so it cannot be isolated\.$",
     ):
         choose_backend()
-
-
-async def test_handlers_reach_the_isolator_through_the_job_context(
-    tmp_path: Path, backend: Recorder, probe: Reachability
-) -> None:
-    async def drop(_message: object) -> None:
-        return None
-
-    token = current_job.set(JobContext("j1", drop, None, make(tmp_path, backend, probe)))
-    try:
-        status = await HANDLERS["isolation.isolate"](IsolateArgs(mode=IsolationMode.FULL))
-        assert status.model_dump()["isolated"] is True
-        assert (await HANDLERS["isolation.status"](ReleaseArgs())).model_dump()["mode"] == "full"
-        assert (await HANDLERS["isolation.release"](ReleaseArgs())).model_dump()[
-            "isolated"
-        ] is False
-    finally:
-        current_job.reset(token)
-    token = current_job.set(JobContext("j2", drop))
-    try:
-        with pytest.raises(ActionError, match=r"^Isolation is not available in this agent\.$"):
-            await HANDLERS["isolation.status"](ReleaseArgs())
-    finally:
-        current_job.reset(token)
 
 
 async def test_without_root_nothing_is_touched(
