@@ -108,6 +108,24 @@ def greeted(net: Topology, namespace: str | None, address: IPAddress, port: int)
         return False
 
 
+def datagram_arrives(net: Topology, address: IPAddress, port: int) -> bool:
+    """Whether a UDP datagram from the endpoint reaches `address`:`port` in "outside"."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    receiver = net.socket_in(net.outside, family, socket.SOCK_DGRAM)
+    receiver.bind((str(address), port))
+    receiver.settimeout(0.5)
+    sender = net.socket_in(net.endpoint, family, socket.SOCK_DGRAM)
+    try:
+        # A datagram the local firewall drops on output fails the send itself (EPERM).
+        sender.sendto(b"query", (str(address), port))
+        return receiver.recv(16) == b"query"
+    except (PermissionError, TimeoutError):
+        return False
+    finally:
+        receiver.close()
+        sender.close()
+
+
 @pytest.fixture
 def net() -> Iterator[Topology]:
     netns.skip_unless_available()
@@ -190,6 +208,9 @@ def test_outbound_mode_keeps_the_platform_and_inbound_connections_and_blocks_the
     assert scene.reaches_platform()
     assert not scene.reaches_outside()
     assert not scene.reaches_outside(v6=True)
+    # DNS (or any UDP) to anywhere but the allowlist is an exfiltration channel: shut.
+    assert not datagram_arrives(scene.net, scene.net.outside_v4, 53)
+    assert not datagram_arrives(scene.net, scene.net.outside_v6, 53)
     # An investigator's connection in, and its reply out.
     assert scene.reached_from_outside()
     assert driver.call("status")["isolated"] is True
@@ -237,6 +258,9 @@ def test_the_allowlist_opens_only_its_network_and_ports(scene: Scene, driver: Dr
     assert scene.reaches_outside()
     assert not greeted(net, net.endpoint, net.outside_v4, other_port)
     assert not scene.reaches_outside(v6=True)
+    # The ports hold for UDP too (a resolver on the allowlist, say); other ports stay shut.
+    assert datagram_arrives(net, net.outside_v4, scene.outside_port)
+    assert not datagram_arrives(net, net.outside_v4, other_port)
 
 
 @pytest.mark.parametrize("tracked", [True, False], ids=["tracked", "untracked"])
