@@ -42,6 +42,9 @@ class Recorder:
     async def installed(self) -> bool:
         return self.rules is not None
 
+    async def listing(self) -> str | None:
+        return None if self.rules is None else repr(self.rules)
+
 
 class Reachability:
     def __init__(self) -> None:

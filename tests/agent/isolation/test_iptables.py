@@ -1,6 +1,7 @@
 from tests.agent.isolation.policies import policy
 from tether.agent.isolation.iptables import (
     IN,
+    Saved,
     apply_script,
     chain_rules,
     parse_save,
@@ -41,12 +42,21 @@ COMMIT
 
 def test_ipv4_outbound_script_declares_fills_and_jumps_to_the_chains() -> None:
     allow = (AllowRule(cidr="10.0.0.0/8"), AllowRule(cidr="fd00::/8", ports=(53,)))
-    assert apply_script(policy(IsolationMode.OUTBOUND, *allow), 4, set()) == V4_OUTBOUND
+    assert apply_script(policy(IsolationMode.OUTBOUND, *allow), 4, Saved()) == V4_OUTBOUND
 
 
-def test_jumps_already_there_are_not_added_twice() -> None:
-    script = apply_script(policy(), 4, {"TETHER-ISO-IN", "TETHER-ISO-OUT", "TETHER-ISO-FWD"})
-    assert "-I " not in script
+def test_jumps_already_first_are_left_and_others_moved_to_the_top() -> None:
+    saved = parse_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n:TETHER-ISO-IN - [0:0]\n:TETHER-ISO-OUT - [0:0]\n"
+        "-A INPUT -j TETHER-ISO-IN\n-A OUTPUT -j ACCEPT\n-A OUTPUT -j TETHER-ISO-OUT\nCOMMIT\n"
+    )
+    assert saved.leading == {"TETHER-ISO-IN"}
+    script = apply_script(policy(), 4, saved).splitlines()
+    assert [line for line in script if line.startswith(("-I ", "-D "))] == [
+        "-D OUTPUT -j TETHER-ISO-OUT",
+        "-I OUTPUT 1 -j TETHER-ISO-OUT",
+        "-I FORWARD 1 -j TETHER-ISO-FWD",
+    ]
 
 
 def test_ipv6_rules_keep_neighbour_discovery_and_use_the_ipv6_platform_only() -> None:
@@ -86,15 +96,19 @@ def test_more_ports_than_one_multiport_match_takes_become_several_rules() -> Non
 
 
 def test_removal_undoes_only_what_is_there() -> None:
-    saved = (
+    saved = parse_save(
         "*filter\n:INPUT ACCEPT [0:0]\n:TETHER-ISO-IN - [0:0]\n:TETHER-ISO-OUT - [0:0]\n"
-        "-A INPUT -j TETHER-ISO-IN\n-A INPUT -j OTHER\n-A TETHER-ISO-IN -j DROP\nCOMMIT\n"
+        "-A INPUT -j OTHER\n-A INPUT -j TETHER-ISO-IN\n-A TETHER-ISO-IN -j DROP\nCOMMIT\n"
     )
-    chains, jumps = parse_save(saved)
-    assert chains == {"TETHER-ISO-IN", "TETHER-ISO-OUT"}
-    assert jumps == {"TETHER-ISO-IN"}
-    assert remove_script(chains, jumps) == (
+    assert saved.chains == {"TETHER-ISO-IN", "TETHER-ISO-OUT"}
+    assert saved.jumps == {"TETHER-ISO-IN"}
+    assert saved.leading == frozenset()
+    assert saved.listing() == (
+        ":TETHER-ISO-IN - [0:0]\n:TETHER-ISO-OUT - [0:0]\n"
+        "-A INPUT -j TETHER-ISO-IN (first: False)\n-A TETHER-ISO-IN -j DROP"
+    )
+    assert remove_script(saved) == (
         "*filter\n-D INPUT -j TETHER-ISO-IN\n-F TETHER-ISO-IN\n-X TETHER-ISO-IN\n"
         "-F TETHER-ISO-OUT\n-X TETHER-ISO-OUT\nCOMMIT\n"
     )
-    assert remove_script(set(), set()) is None
+    assert remove_script(Saved()) is None

@@ -5,6 +5,7 @@ backend is a recorder, because the question is which rules the Isolator asks for
 """
 
 import asyncio
+import dataclasses
 import json
 import os
 import stat
@@ -295,3 +296,28 @@ async def test_a_state_file_with_a_bad_address_is_damaged(
         "is damaged, so the agent does not know whether this host should be isolated."
     )
     assert backend.calls == []
+
+
+async def test_rules_changed_behind_the_agents_back_are_repaired(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    isolator = make(tmp_path, backend, probe)
+    await isolator.isolate(IsolationMode.FULL)
+    applied = backend.rules
+    assert applied is not None
+    backend.rules = dataclasses.replace(applied, mode=IsolationMode.OUTBOUND)  # tampered
+    assert await isolator.reassert() == "repaired"
+    assert backend.rules == applied
+
+
+async def test_a_new_agent_process_takes_rules_that_match_as_in_place(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    await make(tmp_path, backend, probe).isolate(IsolationMode.FULL)
+    asked = len(probe.asked)
+    restarted = make(tmp_path, backend, probe)
+    assert await restarted.reassert() == "in place"
+    # Re-applied once to know the rules are exactly the recorded ones; no probe needed.
+    assert backend.calls[-1] == "apply full 127.0.0.1"
+    assert len(probe.asked) == asked
+    assert await restarted.reassert() == "in place"

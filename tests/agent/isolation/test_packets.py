@@ -360,6 +360,14 @@ def test_reassert_restores_lost_rules_and_follows_the_platform(
     driver.call("isolate", mode="outbound")
     assert driver.call("reassert") == "in place"
 
+    # Someone slipped an accept into the isolation table: the next check puts the rules back.
+    for chain in ("input", "output"):
+        net.run(net.endpoint, "nft", f"insert rule inet tether_isolation {chain} accept")
+    assert scene.reaches_outside()
+    assert driver.call("reassert") == "repaired"
+    assert not scene.reaches_outside()
+    assert driver.call("reassert") == "in place"
+
     # Someone flushed the firewall (or the host rebooted).
     net.run(net.endpoint, "nft", "delete table inet tether_isolation")
     assert scene.reaches_outside()
@@ -410,6 +418,22 @@ def test_the_iptables_fallback_isolates_and_releases(scene: Scene, variant: str)
         assert saved.count("-A INPUT -j TETHER-ISO-IN") == 1
         assert not scene.reached_from_outside()
         assert scene.reaches_platform()
+
+        # An accept inserted ahead of the isolation jump would let everything out: the next
+        # check moves the jump back to the top.
+        restore = "iptables-restore" if variant == "iptables" else "iptables-legacy-restore"
+        net.run(
+            net.endpoint,
+            "sh",
+            "-c",
+            f"printf '*filter\\n-I OUTPUT 1 -j ACCEPT\\n-I INPUT 1 -j ACCEPT\\nCOMMIT\\n' | {restore} --noflush",
+        )
+        assert scene.reaches_outside(), "the accept rules should have opened the host"
+        assert iptables.call("reassert") == "repaired"
+        assert not scene.reaches_outside()
+        assert scene.reaches_platform()
+        saved = net.run(net.endpoint, save4, "-t", "filter").stdout
+        assert "-A OUTPUT -j TETHER-ISO-OUT\n-A OUTPUT -j ACCEPT" in saved
 
         iptables.call("release")
         for tool in (save4, save6):

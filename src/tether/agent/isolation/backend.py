@@ -2,7 +2,7 @@
 
 A backend owns one thing on the endpoint's firewall, its isolation rules, and offers three
 operations on it: replace them atomically with a policy's rules, remove them whole, and say
-whether they are there. The implementations sit beside this module: `nftables`, `iptables`,
+whether (and how) they are there. The implementations sit beside this module: `nftables`, `iptables`,
 `windows`.
 """
 
@@ -36,6 +36,14 @@ class FirewallBackend(Protocol):
 
     async def installed(self) -> bool:
         """Whether the firewall holds isolation rules now."""
+        ...
+
+    async def listing(self) -> str | None:
+        """The isolation rules as the firewall lists them now; None when there are none.
+
+        Two listings are equal exactly when the rules are, so the Isolator notices rules that
+        someone changed (an accept slipped in) as well as rules that are gone.
+        """
         ...
 
 

@@ -113,46 +113,75 @@ def chain_rules(policy: IsolationPolicy, version: int) -> list[str]:
     return rules
 
 
-def apply_script(policy: IsolationPolicy, version: int, jumps_present: set[str]) -> str:
+@dataclass(frozen=True)
+class Saved:
+    """What iptables-save shows of the isolation in one family's filter table."""
+
+    chains: frozenset[str] = frozenset()  # our chains that exist
+    jumps: frozenset[str] = frozenset()  # our chains a built-in chain jumps to
+    leading: frozenset[str] = frozenset()  # ... with that jump as its first rule
+    lines: tuple[str, ...] = ()  # our chains' declarations and rules, and the jumps' places
+
+    def listing(self) -> str:
+        return "\n".join(self.lines)
+
+
+def apply_script(policy: IsolationPolicy, version: int, saved: Saved = Saved()) -> str:
     """iptables-restore --noflush input that replaces the chains' contents in one commit.
 
-    Declaring a chain that exists flushes it; a jump is added only when missing, so applying
-    twice never stacks two jumps.
+    Declaring a chain that exists flushes it. Each jump ends up as the first rule of its
+    built-in chain, where nothing inserted before it can accept around isolation, and only
+    once: a missing jump is inserted, one further down is moved up.
     """
     lines = ["*filter", *(f":{chain} - [0:0]" for chain in CHAINS.values())]
     lines += chain_rules(policy, version)
     for builtin, chain in CHAINS.items():
-        if chain not in jumps_present:
-            lines.append(f"-I {builtin} 1 -j {chain}")
+        if chain in saved.leading:
+            continue
+        if chain in saved.jumps:
+            lines.append(f"-D {builtin} -j {chain}")
+        lines.append(f"-I {builtin} 1 -j {chain}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
 
-def remove_script(chains_present: set[str], jumps_present: set[str]) -> str | None:
+def remove_script(saved: Saved) -> str | None:
     """iptables-restore --noflush input that removes what exists of the chains; None: nothing."""
     lines = ["*filter"]
     for builtin, chain in CHAINS.items():
-        if chain in jumps_present:
+        if chain in saved.jumps:
             lines.append(f"-D {builtin} -j {chain}")
     for chain in CHAINS.values():
-        if chain in chains_present:
+        if chain in saved.chains:
             lines += [f"-F {chain}", f"-X {chain}"]
     if len(lines) == 1:
         return None
     return "\n".join([*lines, "COMMIT"]) + "\n"
 
 
-def parse_save(text: str) -> tuple[set[str], set[str]]:
-    """From iptables-save output of the filter table: our chains present, and those jumped to."""
+def parse_save(text: str) -> Saved:
+    """From iptables-save output of the filter table: what of the isolation is there."""
     chains: set[str] = set()
     jumps: set[str] = set()
+    leading: set[str] = set()
+    lines: list[str] = []
+    seen_rule: set[str] = set()  # built-in chains whose first rule has gone by
+    ours = tuple(CHAINS.values())
     for line in text.splitlines():
         for builtin, chain in CHAINS.items():
-            if line.startswith(f":{chain} "):
-                chains.add(chain)
-            elif line == f"-A {builtin} -j {chain}":
+            if line == f"-A {builtin} -j {chain}":
                 jumps.add(chain)
-    return chains, jumps
+                if builtin not in seen_rule:
+                    leading.add(chain)
+                lines.append(f"{line} (first: {builtin not in seen_rule})")
+            if line.startswith(f"-A {builtin} "):
+                seen_rule.add(builtin)
+        if line.startswith(tuple(f":{chain} " for chain in ours)):
+            chains.add(line.split()[0][1:])
+            lines.append(line)
+        elif line.startswith(tuple(f"-A {chain} " for chain in ours)):
+            lines.append(line)
+    return Saved(frozenset(chains), frozenset(jumps), frozenset(leading), tuple(lines))
 
 
 class IptablesBackend:
@@ -163,7 +192,7 @@ class IptablesBackend:
     def __init__(self, ipv4: Tools = IPV4, ipv6: Tools = IPV6) -> None:
         self._families = ((4, ipv4), (6, ipv6))
 
-    async def _present(self, tools: Tools) -> tuple[set[str], set[str]]:
+    async def _present(self, tools: Tools) -> Saved:
         result = await run_command([tools.save, "-t", "filter"])
         if result.returncode != 0:
             raise IsolationFailed(
@@ -180,20 +209,24 @@ class IptablesBackend:
 
     async def apply(self, policy: IsolationPolicy) -> None:
         for version, tools in self._families:
-            _chains, jumps = await self._present(tools)
+            saved = await self._present(tools)
             await self._restore(
-                tools, apply_script(policy, version, jumps), "apply the isolation rules"
+                tools, apply_script(policy, version, saved), "apply the isolation rules"
             )
 
     async def remove(self) -> None:
         for _version, tools in self._families:
-            script = remove_script(*await self._present(tools))
+            script = remove_script(await self._present(tools))
             if script is not None:
                 await self._restore(tools, script, "remove the isolation rules")
 
     async def installed(self) -> bool:
-        for _version, tools in self._families:
-            chains, _jumps = await self._present(tools)
-            if chains:
-                return True
-        return False
+        return await self.listing() is not None
+
+    async def listing(self) -> str | None:
+        parts = []
+        for version, tools in self._families:
+            saved = await self._present(tools)
+            if saved.chains:
+                parts.append(f"IPv{version}\n{saved.listing()}")
+        return "\n".join(parts) if parts else None

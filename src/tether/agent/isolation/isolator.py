@@ -163,6 +163,9 @@ class Isolator:
         self._require_privileges = require_privileges
         self._clock = clock
         self._lock = asyncio.Lock()
+        # How the firewall listed the rules right after this process last applied them: a
+        # different listing later means someone changed them.
+        self._applied_listing: str | None = None
 
     def backend(self) -> FirewallBackend:
         """The backend in use; IsolationFailed when this endpoint cannot be isolated."""
@@ -262,6 +265,7 @@ class Isolator:
         async with self._lock, self.store.exclusive():
             backend = self.backend()
             await backend.remove()
+            self._applied_listing = None
             self.store.save(DesiredIsolation())
             log.info("Released from isolation (%s)", backend.name)
             return IsolationStatus(isolated=False)
@@ -299,18 +303,27 @@ class Isolator:
         addresses = await self._addresses(policy.platform)
         # The agent URL's port too: re-enrolling with another platform port moves the platform.
         wanted = dataclasses.replace(policy, platform=addresses, platform_port=self._port)
-        installed = await backend.installed()
-        if wanted == policy and installed:
-            return "in place"
+        listing = await backend.listing()
         if wanted == policy:
+            if listing is not None and listing == self._applied_listing:
+                return "in place"
             await backend.apply(policy)
+            self._applied_listing = await backend.listing()
+            if (
+                listing is not None
+                and self._applied_listing is not None
+                and listing == self._applied_listing
+            ):
+                # First look by this agent process: the rules were already exactly these.
+                return "in place"
+            what = "missing" if listing is None else "changed by someone else"
             if await self._reachable(policy):
-                log.warning("Isolation rules were missing and are restored.")
-                return "restored"
+                log.warning("Isolation rules were %s and are restored.", what)
+                return "restored" if listing is None else "repaired"
             # After a reboot the network or the platform may not be up yet; the rules that
             # held when isolation was decided stay, and the next check resolves again.
             log.warning(
-                "Isolation rules were missing and are restored; the platform does not answer yet."
+                "Isolation rules were %s and are restored; the platform does not answer yet.", what
             )
             return "restored, platform unreachable"
         log.warning(
@@ -351,6 +364,7 @@ class Isolator:
             await self._roll_back(backend, previous)
             raise
         if await self._reachable(policy):
+            self._applied_listing = await backend.listing()
             return
         await self._roll_back(backend, previous)
         shown = ", ".join(str(a) for a in policy.platform)
@@ -365,6 +379,7 @@ class Isolator:
                 await backend.remove()
             else:
                 await backend.apply(previous)
+            self._applied_listing = await backend.listing()
             return
         except Exception:
             log.exception("Restoring the previous isolation rules failed; removing them all")

@@ -184,3 +184,14 @@ class NftablesBackend:
                 f"nft could not list the firewall tables: {first_error_line(result.stderr)}."
             )
         return f"table {FAMILY} {TABLE}" in result.stdout.splitlines()
+
+    async def listing(self) -> str | None:
+        if not await self.installed():
+            return None
+        # No counters in these rules, so the listing changes only when the rules do.
+        result = await run_command([self._nft, "list", "table", FAMILY, TABLE])
+        if result.returncode != 0:
+            raise IsolationFailed(
+                f"nft could not list the isolation rules: {first_error_line(result.stderr)}."
+            )
+        return result.stdout

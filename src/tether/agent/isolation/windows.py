@@ -255,6 +255,12 @@ REMOVE_SCRIPT = script(
 COUNT_SCRIPT = script(
     f"@(Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue).Count"
 )
+# Names carry the generation, so a listing changes when the rules were replaced or one was
+# disabled, turned into an allow rule or deleted; a rule's addresses are not compared.
+LIST_SCRIPT = script(
+    f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | Sort-Object Name | "
+    'ForEach-Object { "$($_.Name) $($_.Enabled) $($_.Action) $($_.Direction)" }'
+)
 
 
 def _delete(path: Path) -> None:
@@ -308,6 +314,10 @@ class WindowsFirewallBackend:
 
     async def remove(self) -> None:
         await self._run(REMOVE_SCRIPT, "remove the isolation rules")
+
+    async def listing(self) -> str | None:
+        output = (await self._run(LIST_SCRIPT, "list the isolation rules")).strip()
+        return output or None
 
     async def installed(self) -> bool:
         output = await self._run(COUNT_SCRIPT, "list the isolation rules")
