@@ -11,6 +11,7 @@ from tether.agent.errors import IsolationFailed
 from tether.agent.isolation.windows import (
     ANY,
     COUNT_SCRIPT,
+    LIST_SCRIPT,
     REMOVE_SCRIPT,
     Allowed,
     BlockRule,
@@ -229,3 +230,11 @@ async def test_scripts_run_from_a_file_that_is_removed_afterwards(
     ):
         await backend.remove()
     assert list(scripts.iterdir()) == []
+
+
+def test_the_listing_names_each_rule_with_its_state() -> None:
+    assert LIST_SCRIPT.splitlines()[2] == (
+        "    Get-NetFirewallRule -Group 'Tether Isolation' -ErrorAction SilentlyContinue | "
+        "Sort-Object Name | ForEach-Object "
+        '{ "$($_.Name) $($_.Enabled) $($_.Action) $($_.Direction)" }'
+    )
