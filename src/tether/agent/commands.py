@@ -3,11 +3,15 @@
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tether.agent.state import default_state_dir
+
+if TYPE_CHECKING:
+    from tether.agent.isolation import Isolator
+    from tether.protocol.isolation import IsolationStatus
 
 agent_app = typer.Typer(help="Run the endpoint agent.", no_args_is_help=True)
 StateOpt = Annotated[
@@ -65,12 +69,20 @@ def run(
     """Connect to the platform and stay connected, reconnecting with backoff."""
     from tether.agent.connection import AgentConnection
     from tether.agent.errors import AgentRefused
+    from tether.agent.isolation import check_seconds_from_environment
     from tether.agent.state import StateDir
     from tether.logs import configure
 
     configure(log_level)
+    try:
+        check_seconds = check_seconds_from_environment()
+    except ValueError as exc:
+        typer.echo(f"tether agent: {exc}", err=True)
+        raise typer.Exit(2) from exc
     connection = AgentConnection(
-        StateDir(state_dir or default_state_dir()), disable_response=no_active_response
+        StateDir(state_dir or default_state_dir()),
+        disable_response=no_active_response,
+        isolation_check_seconds=check_seconds,
     )
     try:
         if sys.platform != "win32":
@@ -84,3 +96,48 @@ def run(
         raise typer.Exit(EXIT_REFUSED) from exc
     except KeyboardInterrupt:
         typer.echo("tether agent: stopped.", err=True)
+
+
+isolation_app = typer.Typer(
+    help="This endpoint's network isolation, for its owner: see it, or end it locally.",
+    no_args_is_help=True,
+)
+agent_app.add_typer(isolation_app, name="isolation")
+
+
+def _print_isolation(status: "IsolationStatus") -> None:
+    if not status.isolated:
+        typer.echo("Not isolated.")
+        return
+    since = status.since.isoformat(timespec="seconds") if status.since else "unknown"
+    typer.echo(f"Isolated ({status.mode or 'unknown'} mode) since {since} by {status.backend}.")
+    typer.echo(f"Platform: {', '.join(status.platform) or 'unknown'}")
+    for entry in status.allow:
+        ports = ",".join(str(p) for p in entry.ports) or "all ports"
+        typer.echo(f"Allowed: {entry.cidr} ({ports})")
+
+
+def _isolator(state_dir: Path | None) -> "Isolator":
+    from tether.agent.isolation import Isolator
+    from tether.agent.state import StateDir
+
+    state = StateDir(state_dir or default_state_dir())
+    return Isolator(state, state.identity().agent_url)
+
+
+@isolation_app.command("status")
+def isolation_status(state_dir: StateOpt = None) -> None:
+    """Show whether the firewall holds the isolation rules, and which."""
+    _print_isolation(asyncio.run(_isolator(state_dir).status()))
+
+
+@isolation_app.command("release")
+def isolation_release(state_dir: StateOpt = None) -> None:
+    """Remove the isolation rules now and for good (the break-glass for the endpoint owner).
+
+    Works whatever the platform or the local response switch says; the running agent reads the
+    state directory at its next check and does not put the rules back. The platform learns it
+    at its next isolation status request.
+    """
+    _print_isolation(asyncio.run(_isolator(state_dir).release()))
+    typer.echo("Released locally; tell the analysts, whose platform still shows the last status.")

@@ -18,6 +18,8 @@ from tether.agent.actions import HANDLERS
 from tether.agent.certificate import check_validity
 from tether.agent.errors import AgentRefused
 from tether.agent.gate import ResponseGate
+from tether.agent.isolation import Isolator
+from tether.agent.isolation.isolator import DEFAULT_CHECK_SECONDS
 from tether.agent.jobs import JobRunner
 from tether.agent.journal import Journal
 from tether.agent.state import StateDir
@@ -104,6 +106,8 @@ class AgentConnection:
         backoff: Backoff | None = None,
         disable_response: bool = False,
         journal: Journal | None = None,
+        isolator: Isolator | None = None,
+        isolation_check_seconds: float = DEFAULT_CHECK_SECONDS,
     ) -> None:
         self._state = state
         self._identity = state.identity()
@@ -112,8 +116,14 @@ class AgentConnection:
         # Off by the command-line flag or by the file in the state directory, whichever is set.
         self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
         self.transfers = AgentTransfers()
+        self.isolator = isolator or Isolator(state, self._identity.agent_url)
+        self._isolation_check_seconds = isolation_check_seconds
         self.jobs = JobRunner(
-            journal or Journal(state.journal), self._handlers, self.gate, transfers=self.transfers
+            journal or Journal(state.journal),
+            self._handlers,
+            self.gate,
+            transfers=self.transfers,
+            isolator=self.isolator,
         )
         self._backoff = backoff or Backoff()
         self._ssl = client_ssl_context(state)
@@ -121,9 +131,18 @@ class AgentConnection:
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only by raising AgentRefused or being cancelled."""
+        # Before the first connection: an isolated host that rebooted gets its rules back
+        # before anything on it talks to the network through this agent (DESIGN.md section 5).
+        outcome = await self.isolator.reassert()
+        if outcome != "not isolated":
+            log.info("Isolation at start: %s", outcome)
+        checks = asyncio.create_task(self.isolator.keep_asserted(self._isolation_check_seconds))
         try:
             await self._reconnect_forever()
         finally:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
             await self.jobs.stop()
 
     async def _reconnect_forever(self) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+from tether.agent.isolation import Isolator
 from tether.agent.transfer import AgentTransfers
 from tether.protocol import MAX_OUTPUT_TEXT, JobOutput
 from tether.protocol.messages import OutputStream
@@ -19,10 +20,18 @@ Emit = Callable[[JobOutput], Awaitable[None]]
 class JobContext:
     """One running job: numbered output, rows, and the analyst's request to stop."""
 
-    def __init__(self, job_id: str, emit: Emit, transfers: AgentTransfers | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        emit: Emit,
+        transfers: AgentTransfers | None = None,
+        isolator: Isolator | None = None,
+    ) -> None:
         self.job_id = job_id
         # The agent's file transfers, for the actions that move files (None in unit tests).
         self.transfers = transfers
+        # The agent's isolation, for the isolation actions (None in unit tests).
+        self.isolator = isolator
         self.cancel = asyncio.Event()
         self._emit = emit
         self._seq = 0

@@ -25,3 +25,7 @@ class ActionError(AgentError):
     The message is one plain sentence and becomes the job's error as it is, without the type
     name that unexpected exceptions carry.
     """
+
+
+class IsolationFailed(ActionError):
+    """Isolation could not be changed; the firewall holds what it held before, unless said."""

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from tether.agent.action import Handler, run_action
 from tether.agent.context import JobContext, current_job
 from tether.agent.gate import ResponseGate
+from tether.agent.isolation import Isolator
 from tether.agent.journal import Journal
 from tether.agent.transfer import AgentTransfers
 from tether.protocol import (
@@ -55,9 +56,11 @@ class JobRunner:
         gate: ResponseGate,
         actions: Mapping[str, ActionSpec] = ACTIONS,
         transfers: AgentTransfers | None = None,
+        isolator: Isolator | None = None,
     ) -> None:
         self._journal = journal
         self._transfers = transfers
+        self._isolator = isolator
         self._handlers = dict(handlers)
         self._gate = gate
         self._actions = actions
@@ -127,7 +130,7 @@ class JobRunner:
             )
             await self._status(self._journal.finish(stale))
             return
-        context = JobContext(job.job_id, self._emit, self._transfers)
+        context = JobContext(job.job_id, self._emit, self._transfers, self._isolator)
         self._contexts[job.job_id] = context
         task = asyncio.create_task(self._execute(job, context), name=f"job {job.job_id}")
         self._tasks[job.job_id] = task
@@ -146,7 +149,16 @@ class JobRunner:
                 error=f"{job.action} is a response action and only runs as a recorded job.",
             )
         else:
-            status = await run_action(job, self._handlers, self._gate, self._actions)
+            # Ephemeral jobs report only their status: output they might emit is dropped.
+            async def drop(_message: JobOutput) -> None:
+                return None
+
+            context = JobContext(job.job_id, drop, self._transfers, self._isolator)
+            token = current_job.set(context)
+            try:
+                status = await run_action(job, self._handlers, self._gate, self._actions)
+            finally:
+                current_job.reset(token)
         await self._status(status)
 
     def _timeout_of(self, job: JobRequest) -> float:

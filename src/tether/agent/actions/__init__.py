@@ -1,7 +1,7 @@
 """Action handlers, by the name declared in `tether.protocol.ACTIONS`."""
 
 from tether.agent.action import Handler
-from tether.agent.actions import files, processes, scripts, system, transfers
+from tether.agent.actions import files, isolation, processes, scripts, system, transfers
 
 HANDLERS: dict[str, Handler] = {
     "system.noop": system.noop,
@@ -12,4 +12,7 @@ HANDLERS: dict[str, Handler] = {
     "files.get": transfers.get_file,
     "files.put": transfers.put_file,
     "script.run": scripts.run,
+    "isolation.isolate": isolation.isolate,
+    "isolation.release": isolation.release,
+    "isolation.status": isolation.status,
 }
