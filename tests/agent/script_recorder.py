@@ -15,7 +15,8 @@ QUICK = ScriptLimits(timeout_seconds=20.0)
 
 
 class FakeServices:
-    """Stands in for the agent's file transfers: records each call, fails on demand."""
+    """Stands in for the agent's file transfers and isolation: records each call, fails on
+    demand."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[str, ...]]] = []
@@ -31,6 +32,20 @@ class FakeServices:
         if name == "missing":
             raise LookupError("The library has no file named missing.")
         return {"sha256": "cd" * 32, "size": 5, "path": dest}
+
+    async def isolate(self, mode: str) -> dict[str, Any]:
+        self.calls.append(("isolate", (mode,)))
+        if mode not in ("outbound", "full"):
+            raise ValueError("The isolation mode is 'outbound' or 'full'.")
+        return {"isolated": True, "mode": mode}
+
+    async def unisolate(self) -> dict[str, Any]:
+        self.calls.append(("unisolate", ()))
+        return {"isolated": False}
+
+    async def isolation_status(self) -> dict[str, Any]:
+        self.calls.append(("isolation_status", ()))
+        return {"isolated": False}
 
 
 @dataclass

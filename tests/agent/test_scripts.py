@@ -393,3 +393,23 @@ async def test_a_script_can_fork_and_use_the_channel_from_the_child() -> None:
 
 def test_is_gone_sees_a_live_process() -> None:
     assert not is_gone(os.getpid())
+
+
+async def test_isolation_calls_go_to_the_services() -> None:
+    recorder = Recorder()
+    source = (
+        "from tether.script import isolate, unisolate, isolation_status, ScriptError\n"
+        "print(isolate('full')['mode'], isolation_status()['isolated'], unisolate()['isolated'])\n"
+        "try:\n    isolate('sideways')\nexcept ScriptError as e:\n    print(e)\n"
+    )
+    outcome = await recorder.run(source)
+    assert outcome.exit_code == 0, recorder.text("stderr")
+    assert recorder.text("stdout") == (
+        "full False False\nThe isolation mode is 'outbound' or 'full'.\n"
+    )
+    assert [call[0] for call in recorder.services.calls] == [
+        "isolate",
+        "isolation_status",
+        "unisolate",
+        "isolate",
+    ]

@@ -21,11 +21,14 @@ def test_the_public_surface() -> None:
     assert sorted(tether.script.__all__) == [
         "ScriptError",
         "download",
+        "isolate",
+        "isolation_status",
         "kill",
         "log",
         "params",
         "processes",
         "row",
+        "unisolate",
         "upload",
     ]
 

@@ -20,6 +20,7 @@ from tether.agent.errors import AgentRefused
 from tether.agent.gate import ResponseGate
 from tether.agent.isolation import Isolator
 from tether.agent.isolation.isolator import DEFAULT_CHECK_SECONDS
+from tether.agent.isolation_watch import IsolationWatch
 from tether.agent.jobs import JobRunner
 from tether.agent.journal import Journal
 from tether.agent.state import StateDir
@@ -117,6 +118,7 @@ class AgentConnection:
         self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
         self.transfers = AgentTransfers()
         self.isolator = isolator or Isolator(state, self._identity.agent_url)
+        self.isolation = IsolationWatch(self.isolator)
         self._isolation_check_seconds = isolation_check_seconds
         self.jobs = JobRunner(
             journal or Journal(state.journal),
@@ -136,7 +138,7 @@ class AgentConnection:
         outcome = await self.isolator.reassert()
         if outcome != "not isolated":
             log.info("Isolation at start: %s", outcome)
-        checks = asyncio.create_task(self.isolator.keep_asserted(self._isolation_check_seconds))
+        checks = asyncio.create_task(self._keep_isolation())
         try:
             await self._reconnect_forever()
         finally:
@@ -144,6 +146,15 @@ class AgentConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await checks
             await self.jobs.stop()
+
+    async def _keep_isolation(self) -> None:
+        """Re-assert isolation periodically; tell the platform when what holds has changed."""
+        while True:
+            await asyncio.sleep(self._isolation_check_seconds)
+            outcome = await self.isolator.reassert()
+            if outcome not in ("not isolated", "in place"):
+                log.info("Isolation check: %s", outcome)
+            await self.isolation.check()
 
     async def _reconnect_forever(self) -> None:
         attempt = 0
@@ -206,7 +217,12 @@ class AgentConnection:
             disabled = self.gate.disabled_locally()
             if disabled:
                 log.info("Response actions are switched off locally on this endpoint")
-            hello = self._hello().model_copy(update={"response_disabled_locally": disabled})
+            hello = self._hello().model_copy(
+                update={
+                    "response_disabled_locally": disabled,
+                    "isolation": await self.isolation.for_hello(),
+                }
+            )
             await websocket.send(hello.model_dump_json())
             welcome = await self._welcome(websocket)
             log.info("Connected to %s as host %s", self._identity.agent_url, welcome.host_id)
@@ -220,8 +236,10 @@ class AgentConnection:
             try:
                 await self.jobs.attach(send)
                 await self.transfers.attach(_TransferLink(websocket))
+                self.isolation.attach(send)
                 await self._serve(websocket)
             finally:
+                self.isolation.detach()
                 self.transfers.detach()
                 self.jobs.detach()
                 beats.cancel()
@@ -284,6 +302,7 @@ class AgentConnection:
                 self.transfers.requests.on_grant(message)
             elif isinstance(message, Policy):
                 self.gate.apply(message)
+                self.isolator.default_allow = message.isolation_allow
                 log.info(
                     "Policy from the platform: segment %s, Active Response %s",
                     message.segment,

@@ -62,6 +62,18 @@ class ScriptServices(Protocol):
         """Write platform library file `name` to endpoint path `dest`; returns its details."""
         ...
 
+    async def isolate(self, mode: str) -> dict[str, Any]:
+        """Isolate the endpoint (`outbound` or `full`); returns the isolation status."""
+        ...
+
+    async def unisolate(self) -> dict[str, Any]:
+        """Release the endpoint from isolation; returns the isolation status."""
+        ...
+
+    async def isolation_status(self) -> dict[str, Any]:
+        """What the endpoint's firewall holds for isolation."""
+        ...
+
 
 @dataclass(frozen=True)
 class ScriptOutcome:

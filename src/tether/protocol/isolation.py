@@ -76,6 +76,10 @@ class ReleaseArgs(_Model):
 
 Backend = Literal["nftables", "iptables", "windows-firewall"]
 
+# Why an agent reports its isolation on its own (`isolation.report`): a script changed it, the
+# endpoint owner released it locally, or re-asserting it failed.
+ReportCause = Literal["script", "local", "reassert"]
+
 
 class IsolationStatus(_Model):
     """What the endpoint's firewall holds now, as the agent found it."""

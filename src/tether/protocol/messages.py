@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from tether.protocol.errors import ProtocolError
-from tether.protocol.isolation import AllowList, IsolationStatus
+from tether.protocol.isolation import AllowList, IsolationStatus, ReportCause
 from tether.protocol.transfer import (
     TransferAbort,
     TransferAccept,
@@ -156,7 +156,7 @@ class IsolationReport(_Message):
 
     type: Literal["isolation.report"] = "isolation.report"
     status: IsolationStatus
-    cause: Literal["script", "local", "reassert"]
+    cause: ReportCause
     job_id: JobId | None = None
 
 

@@ -1,4 +1,4 @@
-"""The helper module investigation scripts import: parameters, result rows, files, processes.
+"""The helper module investigation scripts import: parameters, rows, files, processes, isolation.
 
 A script run by a Tether agent talks to that agent over a local channel authenticated with a
 per-run secret; everything here is synchronous, so scripts stay plain Python::
@@ -26,11 +26,14 @@ from tether.script.client import ScriptError
 __all__ = [
     "ScriptError",
     "download",
+    "isolate",
+    "isolation_status",
     "kill",
     "log",
     "params",  # loaded from the agent on first use, see __getattr__
     "processes",
     "row",
+    "unisolate",
     "upload",
 ]
 
@@ -85,6 +88,30 @@ def upload(path: str | os.PathLike[str]) -> dict[str, Any]:
 def download(name: str, dest: str | os.PathLike[str]) -> dict[str, Any]:
     """Fetch the platform library file `name` to `dest` on this endpoint; returns its details."""
     result = client.call("download", {"name": str(name), "dest": _path_arg(dest)})
+    return dict(result) if isinstance(result, dict) else {}
+
+
+def isolate(mode: str = "outbound") -> dict[str, Any]:
+    """Isolate this endpoint: `outbound` blocks outbound traffic except to the platform and the
+    platform's allowlist, keeping inbound; `full` blocks new inbound connections too.
+
+    Rolled back (and ScriptError raised) when the platform is unreachable through the new rules.
+    Returns the isolation status: {"isolated", "mode", "since", "backend", "platform", "allow"}.
+    """
+    return _dict(client.call("isolate", {"mode": str(mode)}))
+
+
+def unisolate() -> dict[str, Any]:
+    """Release this endpoint from isolation; returns the isolation status."""
+    return _dict(client.call("unisolate", {}))
+
+
+def isolation_status() -> dict[str, Any]:
+    """What this endpoint's firewall holds for isolation, changing nothing."""
+    return _dict(client.call("isolation_status", {}))
+
+
+def _dict(result: Any) -> dict[str, Any]:
     return dict(result) if isinstance(result, dict) else {}
 
 

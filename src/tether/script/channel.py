@@ -32,6 +32,9 @@ LOG = "log"
 SERVICE_CALLS: dict[str, tuple[str, ...]] = {
     "upload": ("path",),
     "download": ("name", "dest"),
+    "isolate": ("mode",),
+    "unisolate": (),
+    "isolation_status": (),
 }
 MAX_ARG_CHARS = 4096
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from tether.agent.errors import IsolationFailed
@@ -138,6 +139,11 @@ def platform_endpoint(agent_url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+# Why the isolation changed: an isolation job (its result tells the platform) or a script.
+ChangeCause = Literal["job", "script"]
+OnChange = Callable[[IsolationStatus, ChangeCause, str | None], Awaitable[None]]
+
+
 class Isolator:
     """This endpoint's isolation: one change at a time, tested, rolled back, remembered."""
 
@@ -163,6 +169,12 @@ class Isolator:
         self._require_privileges = require_privileges
         self._clock = clock
         self._lock = asyncio.Lock()
+        # Told of every change this process makes, with its cause: the agent reports the ones
+        # no isolation job reports (tether.agent.isolation_watch).
+        self.on_change: OnChange | None = None
+        # The platform's allowlist as its latest policy said: for isolation a script asks for
+        # (isolation jobs carry their own copy).
+        self.default_allow: tuple[AllowRule, ...] = ()
         # How the firewall listed the rules right after this process last applied them: a
         # different listing later means someone changed them.
         self._applied_listing: str | None = None
@@ -221,13 +233,23 @@ class Isolator:
             return DesiredIsolation()
 
     async def isolate(
-        self, mode: IsolationMode, allow: tuple[AllowRule, ...] = ()
+        self,
+        mode: IsolationMode,
+        allow: tuple[AllowRule, ...] = (),
+        *,
+        cause: ChangeCause = "job",
+        job_id: str | None = None,
     ) -> IsolationStatus:
         """Isolate the host (or replace its isolation), test the platform link, remember it.
 
         IsolationFailed, with the firewall as it was, when the rules cannot be applied or the
         platform cannot be reached through them.
         """
+        status = await self._isolate(mode, allow)
+        await self._changed(status, cause, job_id)
+        return status
+
+    async def _isolate(self, mode: IsolationMode, allow: tuple[AllowRule, ...]) -> IsolationStatus:
         async with self._lock, self.store.exclusive():
             backend = self.backend()
             desired = self._load_for_change()
@@ -260,7 +282,9 @@ class Isolator:
             )
             return new.status(installed=True)
 
-    async def release(self) -> IsolationStatus:
+    async def release(
+        self, *, cause: ChangeCause = "job", job_id: str | None = None
+    ) -> IsolationStatus:
         """Remove the isolation rules whole and remember that; harmless when not isolated."""
         async with self._lock, self.store.exclusive():
             backend = self.backend()
@@ -268,7 +292,15 @@ class Isolator:
             self._applied_listing = None
             self.store.save(DesiredIsolation())
             log.info("Released from isolation (%s)", backend.name)
-            return IsolationStatus(isolated=False)
+            status = IsolationStatus(isolated=False)
+        await self._changed(status, cause, job_id)
+        return status
+
+    async def _changed(
+        self, status: IsolationStatus, cause: ChangeCause, job_id: str | None
+    ) -> None:
+        if self.on_change is not None:
+            await self.on_change(status, cause, job_id)
 
     async def status(self) -> IsolationStatus:
         """What the firewall holds now, with the mode and allowlist that were asked for."""
@@ -342,14 +374,6 @@ class Isolator:
             DesiredIsolation.isolated_by(wanted, desired.since or self._clock(), backend.name)
         )
         return "re-applied"
-
-    async def keep_asserted(self, interval: float) -> None:
-        """Re-assert every `interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
-            outcome = await self.reassert()
-            if outcome not in ("not isolated", "in place"):
-                log.info("Isolation check: %s", outcome)
 
     async def _reachable(self, policy: IsolationPolicy) -> bool:
         return await self._probe(policy.platform, policy.platform_port, self._probe_timeout)
