@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable
 # results and outputs at once.
 MESSAGES_PER_SECOND = 500.0
 BURST = 5000.0
+# Isolation reports an agent may send a minute (each becomes an audit record); a real endpoint
+# sends one per change, and changes come from people and scripts, not loops.
+REPORTS_PER_MINUTE = 10.0
 
 
 class Pacing:

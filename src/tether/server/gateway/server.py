@@ -29,7 +29,7 @@ from tether.protocol import (
 )
 from tether.protocol.transfer import AnyTransferMessage, TransferRequest
 from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, TransferLink
-from tether.server.gateway.pacing import Pacing
+from tether.server.gateway.pacing import REPORTS_PER_MINUTE, Pacing
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.file_transfers import FileTransfers
@@ -331,6 +331,8 @@ class AgentGateway:
         # Three missed heartbeats and the agent is considered gone.
         silence = self._heartbeat * 3 + 5
         pacing = Pacing()
+        # Each isolation report is an audit record: an endpoint gets a few, not a flood.
+        reports = Pacing(rate=REPORTS_PER_MINUTE / 60, burst=REPORTS_PER_MINUTE)
         while True:
             try:
                 async with asyncio.timeout(silence):
@@ -362,6 +364,11 @@ class AgentGateway:
             elif isinstance(message, Heartbeat):
                 continue
             elif isinstance(message, IsolationReport):
+                if reports.delay() > 0:
+                    log.warning(
+                        "Host %s sends isolation reports too often; dropped", status.host_id
+                    )
+                    continue
                 await self._isolation_report(status.host_id, message)
             else:
                 await self._refuse(
