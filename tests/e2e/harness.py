@@ -207,10 +207,14 @@ class Platform:
         self.proc: Proc | None = None
         self.runs = 0
         self._last_step: int | None = None
+        # Where both ports listen, the name in the certificate, and extra addresses for it.
+        self.listen_host = "127.0.0.1"
+        self.hostname = "localhost"
+        self.cert_ips: list[str] = []
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.listen_host}:{self.api_port}"
 
     @property
     def ca(self) -> Path:
@@ -253,7 +257,8 @@ class Platform:
                 "--data",
                 str(self.data),
                 "--hostname",
-                "localhost",
+                self.hostname,
+                *(arg for ip in self.cert_ips for arg in ("--ip", ip)),
                 "--admin-password-file",
                 str(self.password_file),
             ],
@@ -286,9 +291,9 @@ class Platform:
                 "--data",
                 str(self.data),
                 "--listen",
-                f"127.0.0.1:{self.api_port}",
+                f"{self.listen_host}:{self.api_port}",
                 "--agent-listen",
-                f"127.0.0.1:{self.agent_port}",
+                f"{self.listen_host}:{self.agent_port}",
             ],
             self.env,
         )

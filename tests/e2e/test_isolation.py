@@ -18,7 +18,7 @@ import pytest
 
 from tests import netns
 
-from .harness import Children, Cli, Platform, free_port, tether_command, wait_for, wait_online
+from .harness import Children, Cli, Platform, tether_command, wait_for, wait_online
 
 pytestmark = pytest.mark.e2e
 
@@ -31,65 +31,14 @@ class NamespacedPlatform(Platform):
 
     def __init__(self, root: Path, children: Children, net: netns.Topology) -> None:
         super().__init__(root, children)
-        self.net = net
-        self.name = f"tether-platform-{os.getpid()}"
-        self.api_port = free_port()
-        self.agent_port = free_port()
+        self.listen_host = str(net.platform_v4)
+        self.hostname = f"tether-platform-{os.getpid()}"
+        self.cert_ips = [str(net.platform_v4)]
         self.env = {
             **self.env,
-            "TETHER_AGENT_PUBLIC_URL": f"wss://{self.name}:{self.agent_port}",
+            "TETHER_AGENT_PUBLIC_URL": f"wss://{self.hostname}:{self.agent_port}",
             "TETHER_PUBLIC_URL": f"https://{net.platform_v4}:{self.api_port}",
         }
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.net.platform_v4}:{self.api_port}"
-
-    def init(self) -> None:
-        result = self.children.spawn(
-            "platform-init",
-            [
-                *tether_command(),
-                "server",
-                "init",
-                "--data",
-                str(self.data),
-                "--hostname",
-                self.name,
-                "--ip",
-                str(self.net.platform_v4),
-                "--admin-password-file",
-                str(self.password_file),
-            ],
-            self.env,
-        )
-        assert result.wait(60) == 0, result.output()
-
-    def start(self, timeout: float = 30) -> Any:
-        self.runs += 1
-        self.proc = self.children.spawn(
-            f"platform-run{self.runs}",
-            [
-                *tether_command(),
-                "server",
-                "run",
-                "--data",
-                str(self.data),
-                "--listen",
-                f"{self.net.platform_v4}:{self.api_port}",
-                "--agent-listen",
-                f"{self.net.platform_v4}:{self.agent_port}",
-            ],
-            self.env,
-        )
-        proc = self.proc
-
-        def up() -> bool:
-            assert proc.alive(), f"the platform exited early:\n{proc.output()}"
-            return self.healthy()
-
-        wait_for(up, timeout=timeout, interval=0.1, what="the platform's /healthz")
-        return proc
 
 
 class World:
@@ -104,7 +53,7 @@ class World:
 
     def point_name_at(self, address: object) -> None:
         self.net.write_hosts(
-            self.net.endpoint, f"127.0.0.1 localhost\n{address} {self.platform.name}\n"
+            self.net.endpoint, f"127.0.0.1 localhost\n{address} {self.platform.hostname}\n"
         )
 
     def enroll(self, state_dir: Path) -> None:

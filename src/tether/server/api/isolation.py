@@ -9,19 +9,10 @@ from tether.protocol.isolation import AllowRule
 from tether.server.api.deps import PlatformDep, require, source_of
 from tether.server.api.isolation_schemas import AllowlistIn, IsolationRequest
 from tether.server.api.job_schemas import BatchOut
-from tether.server.api.jobs import batch_out
-from tether.server.services.jobs import Selection
-from tether.server.services.platform import Platform
+from tether.server.api.jobs import batch_out, selection_of
 from tether.server.services.users import User
 
 router = APIRouter(tags=["isolation"])
-
-
-async def _selection(platform: Platform, body: IsolationRequest) -> Selection:
-    host_ids = None
-    if body.hosts is not None:
-        host_ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
-    return Selection(host_ids=host_ids, segment=body.segment, everything=body.all)
 
 
 @router.post("/isolation/isolate", response_model=BatchOut, status_code=201)
@@ -37,7 +28,7 @@ async def isolate(
     """
     batch = await platform.isolation.isolate(
         user,
-        await _selection(platform, body),
+        await selection_of(platform, body),
         body.mode,
         source=source_of(request),
         not_after=body.not_after,
@@ -54,7 +45,10 @@ async def release(
 ) -> BatchOut:
     """Release the hosts from isolation; offline ones are `unisolation pending` meanwhile."""
     batch = await platform.isolation.release(
-        user, await _selection(platform, body), source=source_of(request), not_after=body.not_after
+        user,
+        await selection_of(platform, body),
+        source=source_of(request),
+        not_after=body.not_after,
     )
     return batch_out(batch)
 

@@ -3,9 +3,10 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule, IsolationMode
+from tether.server.api.job_schemas import HostSelection
 
 
 class IsolationOut(BaseModel):
@@ -25,30 +26,13 @@ class IsolationOut(BaseModel):
     reported_by_endpoint: bool
 
 
-class IsolationRequest(BaseModel):
+class IsolationRequest(HostSelection):
     """Named hosts, a segment, or every host (exactly one of the three)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    hosts: (
-        Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=255)]], Field(max_length=10_000)
-        ]
-        | None
-    ) = None
-    segment: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    all: bool = False
     # Ignored by release. `outbound` keeps inbound connections; `full` blocks them too.
     mode: IsolationMode = IsolationMode.OUTBOUND
     # Never applied after this moment, even if the host comes back before.
     not_after: datetime | None = None
-
-    @model_validator(mode="after")
-    def _one_selection(self) -> "IsolationRequest":
-        chosen = sum((self.hosts is not None, self.segment is not None, self.all))
-        if chosen != 1:
-            raise ValueError("name hosts, a segment, or all hosts: exactly one of them")
-        return self
 
 
 class AllowlistIn(BaseModel):

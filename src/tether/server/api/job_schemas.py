@@ -15,13 +15,11 @@ class ScriptRef(BaseModel):
     version: Annotated[int, Field(ge=1)] | None = None
 
 
-class JobSubmit(BaseModel):
-    """An action for named hosts, a segment, or every host (exactly one of the three)."""
+class HostSelection(BaseModel):
+    """Named hosts, a segment, or every host (exactly one of the three)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Annotated[str, Field(min_length=1, max_length=64)]
-    args: dict[str, Any] = Field(default_factory=dict)
     hosts: (
         Annotated[
             list[Annotated[str, Field(min_length=1, max_length=255)]], Field(max_length=10_000)
@@ -30,6 +28,20 @@ class JobSubmit(BaseModel):
     ) = None
     segment: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     all: bool = False
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "HostSelection":
+        chosen = sum((self.hosts is not None, self.segment is not None, self.all))
+        if chosen != 1:
+            raise ValueError("name hosts, a segment, or all hosts: exactly one of them")
+        return self
+
+
+class JobSubmit(HostSelection):
+    """An action for named hosts, a segment, or every host (exactly one of the three)."""
+
+    action: Annotated[str, Field(min_length=1, max_length=64)]
+    args: dict[str, Any] = Field(default_factory=dict)
     # How long a job waits for an offline host (default 7 days).
     ttl_seconds: Annotated[int, Field(ge=1, le=30 * 24 * 3600)] | None = None
     # Never start after this moment, even if the host comes back before the job expires.
@@ -38,13 +50,6 @@ class JobSubmit(BaseModel):
     # With action script.run: run this library script; args.params are checked against its
     # schema and the platform fills in args.source and args.name.
     script: ScriptRef | None = None
-
-    @model_validator(mode="after")
-    def _one_selection(self) -> "JobSubmit":
-        chosen = sum((self.hosts is not None, self.segment is not None, self.all))
-        if chosen != 1:
-            raise ValueError("name hosts, a segment, or all hosts: exactly one of them")
-        return self
 
 
 class JobOut(BaseModel):

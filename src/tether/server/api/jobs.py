@@ -10,12 +10,14 @@ from tether.server.api.deps import PlatformDep, require, source_of
 from tether.server.api.job_schemas import (
     ActionOut,
     BatchOut,
+    HostSelection,
     JobFollowOut,
     JobOut,
     JobSubmit,
     OutputPieceOut,
 )
 from tether.server.services.jobs import BatchView, JobView, Selection
+from tether.server.services.platform import Platform
 from tether.server.services.users import User
 
 router = APIRouter(tags=["jobs"])
@@ -28,6 +30,14 @@ JobState = Literal[
 
 def _job(view: JobView) -> JobOut:
     return JobOut(**view.__dict__)
+
+
+async def selection_of(platform: Platform, body: HostSelection) -> Selection:
+    """The service's selection for a request's hosts (by id or hostname), segment or all."""
+    host_ids = None
+    if body.hosts is not None:
+        host_ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
+    return Selection(host_ids=host_ids, segment=body.segment, everything=body.all)
 
 
 def batch_out(view: BatchView) -> BatchOut:
@@ -72,9 +82,6 @@ async def submit_job(
     permission; for a response action the Active Response role, a passed second factor and a
     segment with Active Response on) and is checked by the service.
     """
-    host_ids = None
-    if body.hosts is not None:
-        host_ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
     args = body.args
     if body.script is not None:
         # Resolved now, so the submission's audit record holds the library text that will run.
@@ -84,7 +91,7 @@ async def submit_job(
         user,
         body.action,
         args,
-        Selection(host_ids=host_ids, segment=body.segment, everything=body.all),
+        await selection_of(platform, body),
         ttl=timedelta(seconds=body.ttl_seconds) if body.ttl_seconds is not None else None,
         not_after=body.not_after,
         timeout_seconds=body.timeout_seconds,
