@@ -1,4 +1,5 @@
-"""Network namespaces for tests that need real packets: an endpoint, the outside, the platform.
+"""Tests that need root: real packets in network namespaces. This module builds the
+namespaces: an endpoint, the outside, the platform.
 
     endpoint namespace --veth-- root namespace (the "platform" side: a platform process runs here)
            |

@@ -4,7 +4,7 @@ The real-packet tests start it inside the endpoint namespace (`ip netns exec`), 
 changes that namespace's firewall and resolves names through its /etc/hosts, exactly as an
 agent there would:
 
-    python -m tests.agent.isolation.driver --state-dir DIR --agent-url URL [--backend iptables]
+    python -m tests.netns.driver --state-dir DIR --agent-url URL [--backend iptables]
     > {"op": "isolate", "mode": "outbound", "allow": [{"cidr": "10.0.0.0/8"}]}
     < {"ok": true, "result": {"isolated": true, ...}}
     > {"op": "reassert"}

@@ -1,6 +1,6 @@
 """Isolation with real packets: the Isolator in an endpoint namespace, sockets everywhere.
 
-Each test builds the namespaces of tests/netns.py (the platform listens in the root namespace)
+Each test builds the namespaces of tests/netns/__init__.py (the platform listens in the root namespace)
 and drives an Isolator running inside the endpoint namespace (driver.py). Skipped with the
 reason without root, `ip netns` or nft; CI runs them as root.
 """
@@ -25,7 +25,7 @@ from tests import netns
 from tests.e2e.certs import client_cert, new_ca
 from tests.netns import IPAddress, Topology
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 PLATFORM_NAME = "platform.test"
 TABLE_LINE = "table inet tether_isolation"
 
@@ -37,7 +37,7 @@ class Driver:
         argv = [
             sys.executable,
             "-m",
-            "tests.agent.isolation.driver",
+            "tests.netns.driver",
             "--state-dir",
             str(state_dir),
             "--agent-url",

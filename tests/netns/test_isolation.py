@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from tests import netns
-
-from .harness import Children, Cli, Platform, tether_command, wait_for, wait_online
+from tests.e2e.harness import Children, Cli, Platform, tether_command, wait_for, wait_online
 
 pytestmark = pytest.mark.e2e
 
