@@ -262,3 +262,43 @@ async def test_a_put_over_the_agents_cap_is_refused(tmp_path: Path, store: BlobS
     assert isinstance(results[0], TransferFailed)
     assert not destination.exists()
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="hard links and FIFOs as planted files are POSIX")
+@pytest.mark.parametrize("planted", ["hard link", "fifo"])
+async def test_a_temporary_file_planted_by_someone_else_is_never_written(
+    tmp_path: Path, store: BlobStore, planted: str
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    temp = tmp_path / f".tether-{transfer_id_for('job-planted')}.part"
+    if planted == "hard link":
+        os.link(victim, temp)  # writing through it would overwrite the victim as root
+    else:
+        os.mkfifo(temp)
+    with pytest.raises(TransferFailed, match="is not a file this agent created"):
+        await put(store, b"payload", tmp_path / "tool", job="job-planted")
+    assert victim.read_bytes() == b"keep me"
+    assert not (tmp_path / "tool").exists()
+
+
+async def test_a_temporary_file_swapped_before_the_rename_is_not_installed(
+    tmp_path: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    destination = tmp_path / "tool"
+    real_fsync = os.fsync
+    swapped: list[Path] = []
+
+    def fsync_then_swap(fd: int) -> None:
+        real_fsync(fd)
+        temp = next(tmp_path.glob(".tether-*.part"), None)
+        if temp is not None and not swapped:
+            # Someone with write access to the folder replaces the verified file by name.
+            temp.unlink()
+            temp.write_bytes(b"evil")
+            swapped.append(temp)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_swap)
+    with pytest.raises(TransferFailed, match="was replaced while the file was received"):
+        await put(store, b"payload", destination, job="job-swapped")
+    assert not destination.exists()

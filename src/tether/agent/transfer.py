@@ -94,6 +94,13 @@ def _write_at(fd: int, data: memoryview, offset: int) -> int:
     return os.write(fd, data)
 
 
+def _own_private_file(info: os.stat_result) -> bool:
+    """A regular file with one name, owned by this process's user (on POSIX)."""
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        return False
+    return os.name != "posix" or info.st_uid == os.geteuid()
+
+
 async def _send(transport: Transport | None, text: str) -> None:
     if transport is None:
         return
@@ -355,7 +362,16 @@ class _FileReceiver:
                 self._fd = os.open(self.temp_path, flags, 0o600)
             except OSError as exc:
                 raise TransferFailed(_os_sentence(exc, f"creating a file in {parent}")) from exc
-            held = os.fstat(self._fd).st_size
+            info = os.fstat(self._fd)
+            if not _own_private_file(info):
+                # Someone else put it there (a FIFO, a hard link to another file, a file of
+                # another user in a shared folder): writing through it as root would harm.
+                os.close(self._fd)
+                self._fd = -1
+                raise TransferFailed(
+                    f"{self.temp_path} is not a file this agent created, so nothing was written."
+                )
+            held = info.st_size
             if held > size:
                 os.ftruncate(self._fd, 0)
                 held = 0
@@ -456,6 +472,18 @@ class _FileReceiver:
         if self.destination.is_dir():
             raise TransferFailed(
                 f"{self.destination} is a folder on the endpoint; give the path of a file."
+            )
+        # The rename goes by name: check the name still holds the file written and verified,
+        # not one swapped in by someone who can write to that folder.
+        written = os.fstat(self._fd)
+        try:
+            named = os.lstat(self.temp_path)
+        except OSError:
+            named = None
+        if named is None or (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino):
+            raise TransferFailed(
+                f"{self.temp_path} was replaced while the file was received, so it was not "
+                "installed."
             )
         os.close(self._fd)
         self._fd = -1
