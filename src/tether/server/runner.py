@@ -61,6 +61,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         loaded = await load_examples(platform.scripts, examples)
         if loaded:
             log.info("Example scripts added to the library: %s", ", ".join(loaded))
+    swept = await platform.transfers.sweep_partials(platform.engine)
+    if swept:
+        log.info("Removed %d partial files no unfinished job can resume", swept)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_tls_failures)
 

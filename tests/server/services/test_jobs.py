@@ -2,7 +2,9 @@
 
 import asyncio
 import json
+import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,14 +20,17 @@ from tether.protocol import (
     NoopResult,
     Permission,
 )
+from tether.protocol.transfer import transfer_id_for
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import ResponseAccess
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher, OutputLimits
+from tether.server.services.file_transfers import FileTransfers
 from tether.server.services.job_events import JobEvents
 from tether.server.services.jobs import Jobs, Selection
 from tether.server.services.presence import Presence
 from tether.server.services.users import User
+from tether.server.store.blobs import BlobStore
 from tether.server.store.db import utcnow
 from tether.server.store.tables import audit_records, job_output, segments
 
@@ -445,3 +450,22 @@ async def test_a_submission_is_audited_before_its_jobs_exist(
         ("job.submit", "failure"),
     ]
     assert await h.jobs.find() == []
+
+
+async def test_at_start_only_partials_an_unfinished_job_can_resume_are_kept(
+    h: Harness, tmp_path: Path
+) -> None:
+    host = await h.host("web-1")
+    store = BlobStore(tmp_path / "files", max_bytes=1 << 20)
+    transfers = FileTransfers(store, max_file_bytes=1 << 20)
+    waiting = (await h.submit([host], "files.get", args={"path": "/var/log/syslog"})).jobs[0]
+    ended = (await h.submit([host], "files.get", args={"path": "/etc/hosts"})).jobs[0]
+    await h.jobs.cancel(ended.id, RESPONDER, source="test")
+    for transfer_id in (transfer_id_for(waiting.id), transfer_id_for(ended.id), uuid.uuid4()):
+        partial = await store.open_partial(transfer_id)
+        await partial.write(0, b"some bytes")
+    (tmp_path / "files" / "partial" / "not-a-transfer").write_bytes(b"x")
+    assert await transfers.sweep_partials(h.engine) == 3
+    assert sorted(p.name for p in (tmp_path / "files" / "partial").iterdir()) == [
+        str(transfer_id_for(waiting.id))
+    ]

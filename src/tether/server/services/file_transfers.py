@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from tether.protocol.transfer import (
     MAX_SCRIPT_TRANSFERS,
     AnyTransferMessage,
@@ -26,6 +29,7 @@ from tether.protocol.transfer import (
 )
 from tether.server.services.transfers import HostTransfers
 from tether.server.store.blobs import Blob, BlobError, BlobStore
+from tether.server.store.tables import jobs
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +220,26 @@ class FileTransfers:
     def _discard_partials(self, transfer_ids: set[UUID]) -> None:
         for transfer_id in transfer_ids:
             self.store.discard_partial(transfer_id)
+
+    async def sweep_partials(self, engine: AsyncEngine) -> int:
+        """At start: remove partial files no unfinished job can resume (a library upload cut
+        off by a crash, a transfer whose job ended while this platform was down); how many."""
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(jobs.c.id, jobs.c.action).where(
+                        jobs.c.action.in_([*TRANSFER_ACTIONS, SCRIPT_ACTION]),
+                        jobs.c.state.in_(("queued", "delivered", "running")),
+                    )
+                )
+            ).all()
+        keep: set[UUID] = set()
+        for row in rows:
+            if row.action == SCRIPT_ACTION:
+                keep.update(transfer_id_for(row.id, seq) for seq in range(MAX_SCRIPT_TRANSFERS))
+            else:
+                keep.add(transfer_id_for(row.id))
+        return await asyncio.to_thread(self.store.discard_partials_except, keep)
 
     async def close(self) -> None:
         """Stop waiting for transfers (partials stay on disk for the next start to resume)."""

@@ -127,6 +127,21 @@ class BlobStore:
         """Remove the partial upload of `transfer_id` if one is on disk (blocking)."""
         (self._partials / str(transfer_id)).unlink(missing_ok=True)
 
+    def discard_partials_except(self, keep: set[UUID]) -> int:
+        """Remove every partial upload not named in `keep` (blocking); returns how many."""
+        if not self._partials.is_dir():
+            return 0
+        removed = 0
+        for path in self._partials.iterdir():
+            try:
+                wanted = UUID(path.name) in keep
+            except ValueError:
+                wanted = False  # not a name this store writes
+            if not wanted and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def _open_partial(self, transfer_id: UUID) -> "PartialBlob":
         self._partials.mkdir(parents=True, exist_ok=True)
         path = self._partials / str(transfer_id)
