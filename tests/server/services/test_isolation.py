@@ -175,3 +175,13 @@ async def test_what_the_endpoint_reports_after_the_last_job_is_shown(w: World) -
     await w.report(host, release.jobs[0].id, "succeeded", result={"isolated": False})
     shown = await w.state(host)
     assert (shown.state, shown.reported_by_endpoint) == ("not isolated", False)
+
+
+async def test_a_request_cancelled_before_it_was_sent_leaves_the_state_as_it_was(w: World) -> None:
+    host = await w.host("web-1")
+    batch = await w.isolation.isolate(
+        RESPONDER, Selection(host_ids=[host]), IsolationMode.OUTBOUND, source="test"
+    )
+    await w.jobs.cancel(batch.jobs[0].id, RESPONDER, source="test")
+    shown = await w.state(host)
+    assert (shown.state, shown.failed) == ("not isolated", None)

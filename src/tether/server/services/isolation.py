@@ -3,7 +3,7 @@
 Isolating is a job (`isolation.isolate`, `isolation.release`): it waits as pending for an offline
 host like any job and is checked like any response action. A host's isolation state is read
 from its isolation jobs, never stored beside them, so it cannot disagree with what the agents
-reported (docs/adr/0017):
+reported (docs/adr/0018):
 
 - the newest isolation job that succeeded says whether the host is isolated, in which mode,
   since when and on whose request;
@@ -122,7 +122,10 @@ def _view(history: list[Any], reported: Reported | None = None) -> IsolationView
     if not history:
         return held
     newest = history[-1]
-    if newest.state == "succeeded":
+    if newest.state == "succeeded" or (
+        newest.state == "cancelled" and newest.error and newest.error.startswith("Cancelled by")
+    ):
+        # Done, or withdrawn by someone before it was sent: what held before still holds.
         return held
     if newest.state in _UNFINISHED:
         pending = "isolation pending" if newest.action == ISOLATE else "unisolation pending"
