@@ -151,10 +151,14 @@ class AgentConnection:
         """Re-assert isolation periodically; tell the platform when what holds has changed."""
         while True:
             await asyncio.sleep(self._isolation_check_seconds)
-            outcome = await self.isolator.reassert()
-            if outcome not in ("not isolated", "in place"):
-                log.info("Isolation check: %s", outcome)
-            await self.isolation.check()
+            try:
+                outcome = await self.isolator.reassert()
+                if outcome not in ("not isolated", "in place"):
+                    log.info("Isolation check: %s", outcome)
+                await self.isolation.check()
+            except Exception:
+                # A bug here must not end the checks for the rest of the agent's life.
+                log.exception("The isolation check failed")
 
     async def _reconnect_forever(self) -> None:
         attempt = 0
