@@ -42,7 +42,8 @@ async def test_a_local_release_is_found_by_the_check_and_reported_once(tmp_path:
     await isolator.isolate(IsolationMode.OUTBOUND)
     watch = IsolationWatch(isolator)
     hello = await watch.for_hello()
-    assert hello is not None and hello.isolated
+    assert hello is not None
+    assert hello.isolated
     sent = Sent()
     watch.attach(sent)
     # The endpoint owner's local command, another process: rules gone, state file says released.
@@ -59,4 +60,5 @@ async def test_nothing_is_sent_while_detached_and_the_next_hello_carries_it(tmp_
     await watch.for_hello()
     await isolator.isolate(IsolationMode.FULL, cause="script", job_id="j")
     hello = await watch.for_hello()
-    assert hello is not None and (hello.isolated, hello.mode) == (True, IsolationMode.FULL)
+    assert hello is not None
+    assert (hello.isolated, hello.mode) == (True, IsolationMode.FULL)
