@@ -614,7 +614,7 @@ async def run_platform(
 
                 if await wait_for(one_in, 60, 0.1) is None:
                     raise RuntimeError("The single agent did not connect; see the logs.")
-                figures.load["round trip, 1 agent"] = os.getloadavg()[0]
+                figures.load["round trip (1 agent)"] = os.getloadavg()[0]
                 await round_trips(
                     plat, target, args.round_trips, figures.rtt_alone_ms, figures.rtt_alone_hop_ms
                 )
@@ -668,7 +668,7 @@ async def run_platform(
         log(f"platform: idle CPU {figures.idle_cpu * 100:.2f}% of a core")
 
         if args.round_trips:
-            figures.load["round trip, N agents"] = os.getloadavg()[0]
+            figures.load["round trip (N agents)"] = os.getloadavg()[0]
             await round_trips(
                 plat, target, args.round_trips, figures.rtt_fleet_ms, figures.rtt_fleet_hop_ms
             )
