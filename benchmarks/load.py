@@ -438,6 +438,9 @@ class Figures:
     rtt_alone_hop_ms: list[float] = dataclasses.field(default_factory=list)
     rtt_fleet_ms: list[float] = dataclasses.field(default_factory=list)
     rtt_fleet_hop_ms: list[float] = dataclasses.field(default_factory=list)
+    # The same kept-alive client, N agents connected: requests that do parts of the round trip's
+    # work, ms at the client (name -> samples).
+    rtt_parts_ms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     # 1-minute load average of the machine at each phase: it is shared, and it shows.
     load: dict[str, float] = dataclasses.field(default_factory=dict)
     date: str = dataclasses.field(
@@ -492,6 +495,37 @@ async def round_trips(
         client, hop = await plat.ping_one(host_id)
         client_ms.append(client)
         hop_ms.append(hop)
+
+
+# Requests doing parts of the round trip's work, to see where its time goes.
+ROUND_TRIP_PARTS = (
+    ("GET /healthz", "HTTPS alone: no authentication, no database"),
+    ("GET /api/v1/hosts/ID", "authentication and the host lookup"),
+    ("POST /api/v1/hosts/ping, hosts []", "authentication and the audit record, no agent"),
+)
+
+
+async def round_trip_parts(plat: Platform, host_id: str, count: int) -> dict[str, list[float]]:
+    """`count` sequential requests of each of ROUND_TRIP_PARTS; ms at the client."""
+
+    async def healthz() -> httpx.Response:
+        return await plat.http.get("/healthz")
+
+    async def host() -> httpx.Response:
+        return await plat.http.get(f"/api/v1/hosts/{host_id}")
+
+    async def empty_ping() -> httpx.Response:
+        return await plat.http.post("/api/v1/hosts/ping", json={"hosts": [], "timeout_seconds": 5})
+
+    parts: dict[str, list[float]] = {}
+    for (name, _), call in zip(ROUND_TRIP_PARTS, (healthz, host, empty_ping), strict=True):
+        samples = parts[name] = []
+        for n in range(count + 5):
+            started = time.perf_counter()
+            (await call()).raise_for_status()
+            if n >= 5:  # the first five warm up
+                samples.append((time.perf_counter() - started) * 1000)
+    return parts
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -673,6 +707,9 @@ async def run_platform(
                 plat, target, args.round_trips, figures.rtt_fleet_ms, figures.rtt_fleet_hop_ms
             )
             log(f"round trip, {n} agents connected: {_rtt_summary(figures.rtt_fleet_ms)}")
+            figures.rtt_parts_ms = await round_trip_parts(plat, target, args.round_trips)
+            for name, samples in figures.rtt_parts_ms.items():
+                log(f"round trip part, {name}: {_rtt_summary(samples)}")
 
         for run in range(args.fanout_runs):
             cpu0 = plat.proc.cpu()
@@ -942,7 +979,17 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
         f"agent's answer, inside the platform): median {_fmt(percentile(f.rtt_fleet_hop_ms, 0.5), '.2f')} ms "
         f"with {f.agents} agents, {_fmt(percentile(f.rtt_alone_hop_ms, 0.5), '.2f')} ms with one; the "
         "rest of the client's figure is HTTPS, authentication, the host lookup and the audit record "
-        "(peer figure 0.23 ms p50 for a single hop).",
+        "(peer figure 0.23 ms p50 for a single hop). Parts of that work alone, same client, "
+        f"{f.agents} agents connected, right after the round trips: "
+        + (
+            "; ".join(
+                f"{name} ({what}): {_rtt_summary(f.rtt_parts_ms.get(name, []))}"
+                for name, what in ROUND_TRIP_PARTS
+            )
+            if f.rtt_parts_ms
+            else "not measured in this run"
+        )
+        + ".",
         "",
         "### What was measured, and how",
         "",
