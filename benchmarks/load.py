@@ -9,8 +9,10 @@ Steps (all on 127.0.0.1, every process started here is stopped here):
      today.
   3. Platform: `tether server run` as one subprocess; RSS with 0 and N agents connected, idle
      CPU over a window, fan-out of `system.noop` to all N (POST /api/v1/hosts/ping, repeated),
-     then a reconnect storm (SIGTERM, start again, time until all N are back).
-  4. The figures are printed and written to docs/performance.md.
+     then a reconnect storm (SIGTERM, start again, time until all N are back). Round trips of a
+     trivial action to one host (POST /api/v1/hosts/ping naming it, sequential, timed at the
+     client) with only that agent connected, and again after the idle phase with all N.
+  4. The figures are printed and written to their section of docs/performance.md (sections.py).
 """
 
 import argparse
@@ -43,6 +45,7 @@ import httpx
 import psutil
 
 import fleet
+import sections
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -347,6 +350,19 @@ class Platform:
         result: dict[str, Any] = response.json()
         return result
 
+    async def ping_one(self, host_id: str) -> tuple[float, float]:
+        """One trivial round trip to one host: (ms at this client, ms the platform reports)."""
+        started = time.perf_counter()
+        response = await self.http.post(
+            "/api/v1/hosts/ping", json={"hosts": [host_id], "timeout_seconds": 5}
+        )
+        client_ms = (time.perf_counter() - started) * 1000
+        response.raise_for_status()
+        answer = response.json()
+        if answer["answered"] != 1:
+            raise RuntimeError(f"The round trip to {host_id} failed: {answer['failed']}")
+        return client_ms, float(answer["round_trip_ms_p50"])
+
     async def stop(self) -> float:
         # An idle keep-alive HTTPS connection holds up the platform's exit for 30 s (uvloop's
         # TLS shutdown timeout: nobody answers its close_notify); close ours first.
@@ -416,6 +432,15 @@ class Figures:
     storm_gave_up: int = 0
     storm_cpu_s: float = math.nan
     rss_after_storm: int = 0
+    # Sequential single-host round trips, ms at the client (and the platform's own hop figure):
+    # with only the target agent connected, and with all N connected.
+    rtt_alone_ms: list[float] = dataclasses.field(default_factory=list)
+    rtt_alone_hop_ms: list[float] = dataclasses.field(default_factory=list)
+    rtt_fleet_ms: list[float] = dataclasses.field(default_factory=list)
+    rtt_fleet_hop_ms: list[float] = dataclasses.field(default_factory=list)
+    # The same kept-alive client, N agents connected: requests that do parts of the round trip's
+    # work, ms at the client (name -> samples).
+    rtt_parts_ms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     # 1-minute load average of the machine at each phase: it is shared, and it shows.
     load: dict[str, float] = dataclasses.field(default_factory=dict)
     date: str = dataclasses.field(
@@ -458,6 +483,69 @@ async def sample_rss(child: Child, samples: int = 5, interval: float = 0.5) -> i
         values.append(child.rss())
         await asyncio.sleep(interval)
     return int(statistics.median(values))
+
+
+async def round_trips(
+    plat: Platform, host_id: str, count: int, client_ms: list[float], hop_ms: list[float]
+) -> None:
+    """`count` sequential round trips to one host over the client's kept-alive connection."""
+    for _ in range(5):  # warm-up, not counted: first use of the route and the connection
+        await plat.ping_one(host_id)
+    for _ in range(count):
+        client, hop = await plat.ping_one(host_id)
+        client_ms.append(client)
+        hop_ms.append(hop)
+
+
+# Requests doing parts of the round trip's work, to see where its time goes.
+ROUND_TRIP_PARTS = (
+    ("GET /healthz", "HTTPS alone: no authentication, no database"),
+    ("GET /api/v1/hosts/ID", "authentication and the host lookup"),
+    ("POST /api/v1/hosts/ping, hosts []", "authentication and the audit record, no agent"),
+)
+
+
+async def round_trip_parts(plat: Platform, host_id: str, count: int) -> dict[str, list[float]]:
+    """`count` sequential requests of each of ROUND_TRIP_PARTS; ms at the client."""
+
+    async def healthz() -> httpx.Response:
+        return await plat.http.get("/healthz")
+
+    async def host() -> httpx.Response:
+        return await plat.http.get(f"/api/v1/hosts/{host_id}")
+
+    async def empty_ping() -> httpx.Response:
+        return await plat.http.post("/api/v1/hosts/ping", json={"hosts": [], "timeout_seconds": 5})
+
+    parts: dict[str, list[float]] = {}
+    for (name, _), call in zip(ROUND_TRIP_PARTS, (healthz, host, empty_ping), strict=True):
+        samples = parts[name] = []
+        for n in range(count + 5):
+            started = time.perf_counter()
+            (await call()).raise_for_status()
+            if n >= 5:  # the first five warm up
+                samples.append((time.perf_counter() - started) * 1000)
+    return parts
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def _rtt_summary(values: list[float]) -> str:
+    return (
+        f"p50 {_fmt(percentile(values, 0.5), '.2f')}, p90 {_fmt(percentile(values, 0.9), '.2f')}, "
+        f"p99 {_fmt(percentile(values, 0.99), '.2f')}, max {_fmt(max(values, default=math.nan), '.2f')} ms"
+    )
+
+
+def _host_id(fleet_dir: Path, index: int) -> str:
+    identity = json.loads(fleet.state(fleet_dir, index).identity_file.read_text())
+    return str(identity["host_id"])
 
 
 async def run_baseline(
@@ -540,6 +628,39 @@ async def run_platform(
         figures.rss0 = await sample_rss(plat.proc)
         log(f"platform: RSS with 0 agents {figures.rss0 / 2**20:.0f} MiB")
 
+        # Same-run comparison for the round trip: only the target agent connected.
+        target = _host_id(fleet_dir, 0)
+        if args.round_trips:
+            alone = Simulators()
+            try:
+                await alone.start(
+                    fleet_dir=fleet_dir,
+                    agents=1,
+                    processes=1,
+                    url=f"wss://127.0.0.1:{ports.agent}",
+                    mode="tether",
+                    gate=0,
+                    logfile=logs / "sim-alone.log",
+                )
+
+                async def one_in() -> bool:
+                    return alone.total("connected") >= 1 and await plat.connected() >= 1
+
+                if await wait_for(one_in, 60, 0.1) is None:
+                    raise RuntimeError("The single agent did not connect; see the logs.")
+                figures.load["round trip (1 agent)"] = os.getloadavg()[0]
+                await round_trips(
+                    plat, target, args.round_trips, figures.rtt_alone_ms, figures.rtt_alone_hop_ms
+                )
+                log(f"round trip, 1 agent connected: {_rtt_summary(figures.rtt_alone_ms)}")
+            finally:
+                await alone.stop()
+
+            async def none_left() -> bool:
+                return await plat.connected() == 0
+
+            await wait_for(none_left, 30, 0.1)
+
         started = time.perf_counter()
         await sims.start(
             fleet_dir=fleet_dir,
@@ -579,6 +700,16 @@ async def run_platform(
         figures.idle_seconds = wall1 - wall0
         figures.idle_cpu = (cpu1 - cpu0) / (wall1 - wall0)
         log(f"platform: idle CPU {figures.idle_cpu * 100:.2f}% of a core")
+
+        if args.round_trips:
+            figures.load["round trip (N agents)"] = os.getloadavg()[0]
+            await round_trips(
+                plat, target, args.round_trips, figures.rtt_fleet_ms, figures.rtt_fleet_hop_ms
+            )
+            log(f"round trip, {n} agents connected: {_rtt_summary(figures.rtt_fleet_ms)}")
+            figures.rtt_parts_ms = await round_trip_parts(plat, target, args.round_trips)
+            for name, samples in figures.rtt_parts_ms.items():
+                log(f"round trip part, {name}: {_rtt_summary(samples)}")
 
         for run in range(args.fanout_runs):
             cpu0 = plat.proc.cpu()
@@ -707,7 +838,22 @@ def rows(f: Figures) -> list[tuple[str, str, str, str, str]]:
     def verdict(ok: bool) -> str:
         return "pass" if ok else "**MISS**"
 
-    return [
+    rtt_p50 = percentile(f.rtt_fleet_ms, 0.5)
+    rtt_p99 = percentile(f.rtt_fleet_ms, 0.99)
+    alone_p50 = percentile(f.rtt_alone_ms, 0.5)
+    alone_p99 = percentile(f.rtt_alone_ms, 0.99)
+    round_trip = (
+        f"Round trip of a trivial action, {f.agents} agents connected (analyst -> platform -> "
+        f"agent -> analyst: POST /api/v1/hosts/ping naming one host, {len(f.rtt_fleet_ms)} "
+        "sequential, at the client)",
+        "p50 <= 2 ms, p99 <= 10 ms",
+        _rtt_summary(f.rtt_fleet_ms),
+        f"p50 {_fmt(rtt_p50 / 2, '.2f')}, p99 {_fmt(rtt_p99 / 10, '.2f')} of budget; "
+        f"{_fmt(rtt_p50 / alone_p50, '.2f')}x (p50), {_fmt(rtt_p99 / alone_p99, '.2f')}x (p99) "
+        f"same-run with only that agent connected ({_rtt_summary(f.rtt_alone_ms)})",
+        verdict(rtt_p50 <= 2 and rtt_p99 <= 10),
+    )
+    measured_rows = [
         (
             f"Platform RSS, {f.agents} idle agents",
             "<= 1 GiB",
@@ -755,6 +901,7 @@ def rows(f: Figures) -> list[tuple[str, str, str, str, str]]:
             f"{_fmt(fan_median / 2, '.2f')} of budget",
             verdict(fan_median <= 2 and all_answered),
         ),
+        round_trip,
         (
             f"Idle platform CPU, {f.agents} agents, 60 s heartbeat",
             "<= 5% of a core",
@@ -763,6 +910,8 @@ def rows(f: Figures) -> list[tuple[str, str, str, str, str]]:
             verdict(f.idle_cpu <= 0.05),
         ),
     ]
+    # Runs from before the round-trip phase existed have no figures for it.
+    return [r for r in measured_rows if r is not round_trip or f.rtt_fleet_ms]
 
 
 def report(args: argparse.Namespace, f: Figures, command: str) -> str:
@@ -774,10 +923,9 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
         statistics.median(f.fanout_cpu_s) / f.agents * 1e6 if f.fanout_cpu_s else math.nan
     )
     lines = [
-        "# Performance",
+        f"## {f.agents} agents on one platform process",
         "",
-        "Written by `benchmarks/load.py`; the figures below are from its latest real run. "
-        "Targets are the budget in DESIGN.md section 9.",
+        "Written by `benchmarks/load.py` from its latest real run.",
         "",
         f"- Date: {f.date} (start of the run)",
         f"- Machine: {info['cpus']} CPUs ({info['cpu']}), {info['memory']} memory, "
@@ -799,7 +947,7 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows(f)]
     lines += [
         "",
-        "## More figures from the same run",
+        "### More figures from the same run",
         "",
         f"- Bare websockets-on-uvloop mTLS server (`benchmarks/baseline_server.py`), same "
         f"simulators and certificates: {f.baseline_kib:.1f} KiB per connection "
@@ -827,8 +975,23 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
         f"trip p50 {_fmt(rtt_median, '.0f')} ms (includes queueing behind the other "
         f"{f.agents - 1} sends); platform CPU {_fmt(cpu_per_agent, '.0f')} us per agent "
         "(peer figure ~125 us).",
+        f"- Round trip, the platform's own figure for its hop (send of `system.noop` to the "
+        f"agent's answer, inside the platform): median {_fmt(percentile(f.rtt_fleet_hop_ms, 0.5), '.2f')} ms "
+        f"with {f.agents} agents, {_fmt(percentile(f.rtt_alone_hop_ms, 0.5), '.2f')} ms with one; the "
+        "rest of the client's figure is HTTPS, authentication, the host lookup and the audit record "
+        "(peer figure 0.23 ms p50 for a single hop). Parts of that work alone, same client, "
+        f"{f.agents} agents connected, right after the round trips: "
+        + (
+            "; ".join(
+                f"{name} ({what}): {_rtt_summary(f.rtt_parts_ms.get(name, []))}"
+                for name, what in ROUND_TRIP_PARTS
+            )
+            if f.rtt_parts_ms
+            else "not measured in this run"
+        )
+        + ".",
         "",
-        "## What was measured, and how",
+        "### What was measured, and how",
         "",
         "- One platform process, `tether server run`, SQLite in its data directory, default "
         "settings: heartbeat 60 s (agents send a JSON heartbeat each interval; their WebSocket "
@@ -858,6 +1021,14 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
         "new process answered).",
         "- The bare server holds connections with exactly the platform's TLS and WebSocket "
         "settings and nothing else; it is the same-run ceiling the ratios compare against.",
+        "- Round trip: POST /api/v1/hosts/ping with `hosts` naming one agent (timeout 5 s), the "
+        "closest real trivial action: it authenticates the analyst's token, looks the host up, "
+        "sends `system.noop` over the agent's WebSocket, waits for its answer, writes the audit "
+        "record and answers. Sequential requests over one kept-alive HTTPS connection (httpx), "
+        "timed at the client from request to parsed answer, after 5 unmeasured warm-up requests; "
+        "nearest-rank percentiles. Measured twice in the same run: on the fresh platform with "
+        "only that agent connected (its own simulator process), and after the idle phase with all "
+        "N connected and idle (heartbeats only).",
         "",
     ]
     findings = HERE / "findings.md"
@@ -895,6 +1066,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=10.0)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--fanout-runs", type=int, default=5)
+    parser.add_argument(
+        "--round-trips", type=int, default=500, help="sequential one-host round trips (0: skip)"
+    )
     parser.add_argument("--connect-timeout", type=float, default=180.0)
     parser.add_argument("--storm-timeout", type=float, default=120.0)
     parser.add_argument("--skip-baseline", action="store_true")
@@ -927,8 +1101,7 @@ def main() -> None:
         saved.write_text(json.dumps({**dataclasses.asdict(figures), "command": command}))
     for name, target, measured, ratio, verdict in rows(figures):
         print(f"- {name}: {measured} (target {target}; {ratio}) {verdict}")
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(report(args, figures, command))
+    sections.write_section(args.report, "load", report(args, figures, command))
     log(f"report written to {args.report}")
 
 
