@@ -42,6 +42,8 @@ PUBLIC_PATHS = frozenset(
         # The web UI's static files (CSS, vendored htmx) and its login steps; every other page
         # needs a session and sends a browser without one to /login.
         "/static",
+        # Sends the browser on to /active-response, which asks for the session.
+        "/",
         "/login",
         "/login/code",
     }

@@ -19,7 +19,12 @@ from tether.server.web.templating import render
 router = APIRouter()
 Reader = Annotated[User, Depends(page_require(Permission.HOSTS_READ))]
 ISOLATION_STATES = ("not isolated", "isolated", "isolation pending", "unisolation pending")
-ACTIONS = {"isolate-outbound", "isolate-full", "unisolate"}
+# What each Actions button asks for, as the confirmation names it.
+ACTIONS = {
+    "isolate-outbound": "Isolation (outbound)",
+    "isolate-full": "Isolation (full)",
+    "unisolate": "Unisolation",
+}
 PICK_HOSTS = "Select at least one host first."
 
 
@@ -90,7 +95,7 @@ async def _table(
 async def page(request: Request, platform: PlatformDep, _user: Reader) -> Response:
     filters, selected, _ = await _read(request)
     table = await _table(request, platform, filters, selected)
-    return render(request, "active_response.html", outcome=None, error=None, **table)
+    return render(request, "active_response.html", outcome=None, requested="", error=None, **table)
 
 
 @router.get("/active-response/hosts")
@@ -128,4 +133,12 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
         except PlatformError as e:
             error, status = str(e), e.status_code
     table = await _table(request, platform, filters, selected if error else set())
-    return render(request, "active_response.html", status, outcome=outcome, error=error, **table)
+    return render(
+        request,
+        "active_response.html",
+        status,
+        outcome=outcome,
+        requested=ACTIONS.get(action, ""),
+        error=error,
+        **table,
+    )
