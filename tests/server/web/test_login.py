@@ -38,6 +38,15 @@ async def test_a_page_without_a_session_sends_the_browser_to_login(
         assert response.headers["location"] == expected, path
 
 
+async def test_a_poll_after_the_session_ended_moves_the_whole_page_to_login(
+    browser: httpx.AsyncClient,
+) -> None:
+    response = await browser.get("/active-response/hosts", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert response.headers["hx-redirect"] == "/login"
+    assert response.text == ""
+
+
 async def test_password_then_code_opens_a_session_and_both_steps_are_audited(
     browser: httpx.AsyncClient, platform: Platform, admin_password: str, admin_secret: str
 ) -> None:

@@ -36,6 +36,14 @@ def _cache_control(path: str) -> str:
     return PAGE_CACHE
 
 
+def _send_to(request: Request, url: str) -> Response:
+    """Send the browser to `url`. An htmx request (the table's poll) would follow a redirect and
+    swap the login page into the table; told by a header, htmx moves the whole page instead."""
+    if request.headers.get("HX-Request") == "true":
+        return Response(status_code=200, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
 def install(app: FastAPI, *, api_prefix: str) -> None:
     """Add the pages, /static and the headers to `app`."""
     app.include_router(login.public)
@@ -62,12 +70,12 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
         return response
 
     @app.exception_handler(LoginRequired)
-    async def to_login(_request: Request, _exc: LoginRequired) -> Response:
-        return RedirectResponse("/login", status_code=303)
+    async def to_login(request: Request, _exc: LoginRequired) -> Response:
+        return _send_to(request, "/login")
 
     @app.exception_handler(EnrollmentRequired)
-    async def to_enrollment(_request: Request, _exc: EnrollmentRequired) -> Response:
-        return RedirectResponse("/mfa/enroll", status_code=303)
+    async def to_enrollment(request: Request, _exc: EnrollmentRequired) -> Response:
+        return _send_to(request, "/mfa/enroll")
 
     @app.exception_handler(PageForbidden)
     async def forbidden(request: Request, exc: PageForbidden) -> Response:
