@@ -62,7 +62,7 @@ def test_responder_logs_in_and_sees_the_host_as_text(
         first = page.locator("table.audit tbody tr").first
         expect(first).to_contain_text("auth.login")
         first.locator("summary").click()
-        expect(first.locator("dl.record")).to_contain_text("web")
+        expect(first.locator("dl.record")).to_contain_text("ui")
         page.get_by_role("button", name="Verify chain").click()
         expect(page.locator("#verify-result")).to_contain_text("Chain intact")
         screenshot(page, "session-history")

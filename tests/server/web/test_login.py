@@ -58,8 +58,8 @@ async def test_password_then_code_opens_a_session_and_both_steps_are_audited(
     assert "Active Response" in page.text
     steps = [(a, o, d.get("factor"), d.get("client")) for a, o, d in await _logins(platform)]
     assert steps[-2:] == [
-        ("admin", "success", "password", "web"),
-        ("admin", "success", "totp", "web"),
+        ("admin", "success", "password", "ui"),
+        ("admin", "success", "totp", "ui"),
     ]
 
 
@@ -87,6 +87,28 @@ async def test_a_wrong_password_or_code_is_one_plain_sentence_and_audited(
     assert outcomes[-1] == ("failure", "totp")
     # The pending login is not a session.
     assert (await browser.get("/active-response")).headers["location"] == "/login"
+
+
+async def test_malformed_input_is_refused_in_one_sentence(
+    browser: httpx.AsyncClient, platform: Platform, admin_password: str
+) -> None:
+    page = await browser.get("/login")
+    response = await browser.post(
+        "/login", data={"username": "a" * 65, "password": "x", "csrf_token": csrf_of(page.text)}
+    )
+    assert response.status_code == 422
+    assert "Enter your username (at most 64 characters) and your password." in response.text
+    page = await browser.get("/login")
+    await browser.post(
+        "/login",
+        data={"username": "admin", "password": admin_password, "csrf_token": csrf_of(page.text)},
+    )
+    page = await browser.get("/login/code")
+    response = await browser.post(
+        "/login/code", data={"code": "12345x", "csrf_token": csrf_of(page.text)}
+    )
+    assert response.status_code == 422
+    assert "Enter the 6-digit code your authenticator app shows now." in response.text
 
 
 async def test_logins_are_throttled_as_in_the_api(

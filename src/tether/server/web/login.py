@@ -4,6 +4,7 @@ The same service calls as the API's /auth routes, so throttling and the audit of
 are the same; the web only keeps the tokens in HttpOnly cookies instead of handing them out.
 """
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -28,8 +29,14 @@ from tether.server.web.templating import render
 
 public = APIRouter()
 router = APIRouter()
-CLIENT = "web"
+# The API already names this client kind for the audit log ("cli", "ui", "api").
+CLIENT = "ui"
 HOME = "/active-response"
+# The API's request models refuse these before the service sees them; so do the pages.
+MAX_USERNAME, MAX_PASSWORD = 64, 1024
+CODE = re.compile(r"[0-9]{6}")
+FILL_IN = "Enter your username (at most 64 characters) and your password."
+SIX_DIGITS = "Enter the 6-digit code your authenticator app shows now."
 PASSWORD_AGAIN = "Start again with your password: this login has expired."
 
 
@@ -84,12 +91,16 @@ async def login_page(request: Request) -> Response:
 async def login_password(
     request: Request,
     platform: PlatformDep,
-    username: Annotated[str, Form(max_length=64)] = "",
-    password: Annotated[str, Form(max_length=1024)] = "",
-    csrf_token: Annotated[str, Form(max_length=128)] = "",
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
     if not tokens_match(request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
         return _password_form(request, error="This form has expired; try again.", status_code=403)
+    if not 0 < len(username) <= MAX_USERNAME or not 0 < len(password) <= MAX_PASSWORD:
+        return _password_form(
+            request, error=FILL_IN, username=username[:MAX_USERNAME], status_code=422
+        )
     try:
         session = await platform.users.login(
             username, password, source=source_of(request), client=CLIENT
@@ -115,8 +126,8 @@ async def login_code_page(request: Request) -> Response:
 async def login_code(
     request: Request,
     platform: PlatformDep,
-    code: Annotated[str, Form(max_length=16)] = "",
-    csrf_token: Annotated[str, Form(max_length=128)] = "",
+    code: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
     pending = request.cookies.get(PENDING_COOKIE)
     if not pending:
@@ -125,6 +136,8 @@ async def login_code(
         return _code_form(
             request, pending, error="This form has expired; try again.", status_code=403
         )
+    if not CODE.fullmatch(code.strip()):
+        return _code_form(request, pending, error=SIX_DIGITS, status_code=422)
     try:
         session = await platform.users.second_factor(
             pending, code=code.strip(), source=source_of(request), client=CLIENT
@@ -174,7 +187,7 @@ async def enroll_confirm(
     request: Request,
     user: WebUserDep,
     platform: PlatformDep,
-    code: Annotated[str, Form(max_length=16)] = "",
+    code: Annotated[str, Form()] = "",
 ) -> Response:
     try:
         codes = await platform.users.mfa.confirm_enrollment(
