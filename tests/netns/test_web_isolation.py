@@ -33,7 +33,7 @@ def test_isolate_from_the_actions_button_pending_then_isolated_live(endpoint: Wo
         expect(state).to_have_text("not isolated")
 
         _act(page, w.host_id, "Isolate (full)")
-        expect(page.get_by_role("status")).to_contain_text("Isolation (full) requested")
+        expect(page.get_by_role("status")).to_contain_text("Isolation requested for 1 host(s)")
         expect(state).to_have_text("isolation pending")
         screenshot(page, "active-response-pending")
         assert w.outbound_works(port)

@@ -71,10 +71,19 @@ async def test_isolating_an_offline_host_leaves_it_pending(
     page = await admin_browser.get("/active-response")
     response = await admin_browser.post(
         "/active-response/actions",
-        data={"host": host, "action": "isolate-full", "csrf_token": csrf_of(page.text)},
+        data={
+            "host": host,
+            "action": "isolate-full",
+            "q": "web-offline",
+            "csrf_token": csrf_of(page.text),
+        },
     )
-    assert response.status_code == 200, response.text
-    assert "Isolation (full) requested for 1 host(s)" in response.text
+    # Post/redirect/get, with the filters kept: a reload does not ask again.
+    assert response.status_code == 303, response.text
+    location = response.headers["location"]
+    assert location.startswith("/active-response?q=web-offline&batch=")
+    shown = await admin_browser.get(location)
+    assert "Isolation requested for 1 host(s)" in shown.text
     view = (await platform.hosts.get(host)).isolation
     assert view.state == "isolation pending"
     assert view.mode == "full"

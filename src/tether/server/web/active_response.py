@@ -2,15 +2,17 @@
 
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 
 from tether.protocol import Permission
 from tether.protocol.isolation import IsolationMode
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import PlatformError
+from tether.server.errors import NotFound, PlatformError
 from tether.server.services.hosts import HostView
+from tether.server.services.isolation import ISOLATE, RELEASE
 from tether.server.services.jobs import BatchView, Selection
 from tether.server.services.users import User
 from tether.server.web.access import page_require
@@ -25,6 +27,8 @@ ACTIONS = {
     "isolate-full": "Isolation (full)",
     "unisolate": "Unisolation",
 }
+# What the confirmation after the redirect names each kind of request.
+REQUESTED = {ISOLATE: "Isolation", RELEASE: "Unisolation"}
 PICK_HOSTS = "Select at least one host first."
 
 
@@ -91,11 +95,28 @@ async def _table(
     }
 
 
+async def _own_request(platform: PlatformDep, user: User, batch_id: str) -> BatchView | None:
+    """The isolation request the user just made (after the redirect from the action)."""
+    if not batch_id:
+        return None
+    try:
+        batch = await platform.jobs.batch(batch_id[:64])
+    except NotFound:
+        return None
+    if batch.action not in REQUESTED or batch.created_by != user.actor:
+        return None
+    return batch
+
+
 @router.get("/active-response")
-async def page(request: Request, platform: PlatformDep, _user: Reader) -> Response:
+async def page(request: Request, platform: PlatformDep, user: Reader) -> Response:
     filters, selected, _ = await _read(request)
     table = await _table(request, platform, filters, selected)
-    return render(request, "active_response.html", outcome=None, requested="", error=None, **table)
+    outcome = await _own_request(platform, user, request.query_params.get("batch", ""))
+    requested = REQUESTED[outcome.action] if outcome else ""
+    return render(
+        request, "active_response.html", outcome=outcome, requested=requested, error=None, **table
+    )
 
 
 @router.get("/active-response/hosts")
@@ -132,6 +153,10 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
                 )
         except PlatformError as e:
             error, status = str(e), e.status_code
+    if outcome is not None and not outcome.refused:
+        # Post/redirect/get: reloading the page must not send the request again.
+        query = {k: v for k, v in vars(filters).items() if v} | {"batch": outcome.id}
+        return RedirectResponse(f"/active-response?{urlencode(query)}", status_code=303)
     table = await _table(request, platform, filters, selected if error else set())
     return render(
         request,
