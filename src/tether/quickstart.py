@@ -183,7 +183,8 @@ def _print_banner(
     lines = [
         "",
         "Tether is running.",
-        f"  API and UI:     {url}/api/v1  (OpenAPI: {url}/api/v1/docs)",
+        f"  Web UI:         {url}/  (log in as admin; the browser must trust {data / 'ca.pem'})",
+        f"  API:            {url}/api/v1  (OpenAPI: {url}/api/v1/docs)",
         f"  Agent port:     local agent enrolled, state in {data / 'agent'}",
         f"  Data:           {data}",
     ]

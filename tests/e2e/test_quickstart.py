@@ -84,7 +84,8 @@ def test_up_runs_stops_cleanly_and_resumes(up_children: Children, tmp_path: Path
 
     first = start_up(up_children, data, api_port, agent_port, env)
     banner = first.output()
-    assert f"API and UI:     {url}/api/v1" in banner
+    assert f"API:            {url}/api/v1" in banner
+    assert f"Web UI:         {url}/ " in banner
     match = re.search(r"Admin password: (\S+)\s+\(shown once", banner)
     assert match is not None, banner
     password = match.group(1)

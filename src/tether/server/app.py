@@ -22,6 +22,7 @@ from tether.server.api import (
 from tether.server.api.deps import current_user
 from tether.server.errors import PlatformError, Throttled
 from tether.server.services.platform import Platform
+from tether.server.web import install as install_web
 
 API_PREFIX = "/api/v1"
 
@@ -38,6 +39,13 @@ PUBLIC_PATHS = frozenset(
         f"{API_PREFIX}/docs/oauth2-redirect",
         "/metrics",
         "/healthz",
+        # The web UI's static files (CSS, vendored htmx) and its login steps; every other page
+        # needs a session and sends a browser without one to /login.
+        "/static",
+        # Sends the browser on to /active-response, which asks for the session.
+        "/",
+        "/login",
+        "/login/code",
     }
 )
 
@@ -84,6 +92,8 @@ def create_app(platform: Platform) -> FastAPI:
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)
     app.include_router(protected, prefix=API_PREFIX)
+
+    install_web(app, api_prefix=API_PREFIX)
 
     registry = CollectorRegistry()
     Gauge(

@@ -175,6 +175,18 @@ class CheckpointSigner:
 
 
 @dataclass(frozen=True)
+class AuditSearch:
+    """What to look for in the log; empty fields match everything. `actor` and `target` match
+    anywhere in the field, `action` at its start (so "auth." finds every login record)."""
+
+    actor: str = ""
+    target: str = ""
+    action: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     """The outcome of walking the whole chain."""
 
@@ -294,6 +306,23 @@ class AuditLog:
                 yield AuditRecord(**row._asdict())
             seen += len(rows)
             cursor = int(rows[-1].seq)
+
+    async def newest(self, search: "AuditSearch", limit: int = 200) -> list[AuditRecord]:
+        """Records matching `search`, newest first (the Session History view)."""
+        query = select(audit_records).order_by(audit_records.c.seq.desc()).limit(limit)
+        if search.actor:
+            query = query.where(audit_records.c.actor.contains(search.actor, autoescape=True))
+        if search.target:
+            query = query.where(audit_records.c.target.contains(search.target, autoescape=True))
+        if search.action:
+            query = query.where(audit_records.c.action.startswith(search.action, autoescape=True))
+        if search.since is not None:
+            query = query.where(audit_records.c.ts >= search.since.isoformat())
+        if search.until is not None:
+            query = query.where(audit_records.c.ts < search.until.isoformat())
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [AuditRecord(**row._asdict()) for row in rows]
 
     async def verify(self) -> VerifyReport:
         """Walk the chain from the first record and check it against the signed checkpoint."""

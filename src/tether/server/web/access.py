@@ -1,0 +1,91 @@
+"""Who is asking, for the pages: the session behind the cookie, permissions, CSRF on changes.
+
+The checks are the API's (`Users.authenticate`, the role -> permission table); what differs is the
+answer: a browser is sent to the login page or the enrollment page, or shown a 403 page.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from tether.protocol import Permission
+from tether.server.api.deps import PlatformDep, bearer_token, source_of
+from tether.server.errors import Unauthenticated
+from tether.server.services.users import User
+from tether.server.web.security import CSRF_REFUSED, csrf_token_for, sent_csrf, tokens_match
+
+# Pages a session limited to enrolling a second factor may open.
+ENROLLMENT_PAGES = frozenset({"/mfa/enroll", "/mfa/confirm", "/logout"})
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class LoginRequired(Exception):
+    """No valid session: the browser goes to the login page."""
+
+
+class EnrollmentRequired(Exception):
+    """The session may only enroll a second factor: the browser goes to the enrollment page."""
+
+
+class PageForbidden(Exception):
+    """The user may not see this page; shown as a 403 page with this sentence."""
+
+
+class CsrfRefused(Exception):
+    """A state-changing request without the session's CSRF token."""
+
+    def __init__(self) -> None:
+        super().__init__(CSRF_REFUSED)
+
+
+async def web_user(request: Request, platform: PlatformDep) -> User:
+    """The signed-in user; checks the CSRF token of every state-changing request."""
+    try:
+        token = bearer_token(request)
+        user = await platform.users.authenticate(token)
+    except Unauthenticated as e:
+        raise LoginRequired() from e
+    if user.enrollment_only and request.url.path not in ENROLLMENT_PAGES:
+        if user.mfa_enabled:
+            # A second factor exists but this session never passed it: log in again.
+            raise LoginRequired()
+        raise EnrollmentRequired()
+    request.state.user = user
+    request.state.csrf_token = csrf_token_for(token)
+    if request.method in STATE_CHANGING and not tokens_match(
+        request.state.csrf_token, await sent_csrf(request)
+    ):
+        raise CsrfRefused()
+    return user
+
+
+def page_require(
+    permission: Permission, *, audit_refusal: str | None = None
+) -> Callable[..., Awaitable[User]]:
+    """Admit only users holding `permission`; with `audit_refusal`, record each refusal in the
+    audit log under that action, as the API's `require` does."""
+
+    async def check(
+        request: Request,
+        user: Annotated[User, Depends(web_user)],
+        platform: PlatformDep,
+    ) -> User:
+        if permission not in user.permissions:
+            if audit_refusal is not None:
+                await platform.audit.record(
+                    audit_refusal,
+                    actor=user.actor,
+                    target=request.url.path,
+                    outcome="failure",
+                    source=source_of(request),
+                    details={"method": request.method, "permission": permission.value},
+                )
+            raise PageForbidden(f"You need the {permission.value} permission for this page.")
+        return user
+
+    check.permission = permission  # type: ignore[attr-defined]
+    return check
+
+
+WebUserDep = Annotated[User, Depends(web_user)]

@@ -1,0 +1,169 @@
+"""The Active Response page: the hosts table with filters, selection, and isolation actions."""
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+
+from tether.protocol import Permission
+from tether.protocol.isolation import IsolationMode
+from tether.server.api.deps import PlatformDep, source_of
+from tether.server.errors import NotFound, PlatformError
+from tether.server.services.hosts import HostView
+from tether.server.services.isolation import ISOLATE, RELEASE
+from tether.server.services.jobs import BatchView, Selection
+from tether.server.services.users import User
+from tether.server.web.access import page_require
+from tether.server.web.templating import render
+
+router = APIRouter()
+Reader = Annotated[User, Depends(page_require(Permission.HOSTS_READ))]
+ISOLATION_STATES = ("not isolated", "isolated", "isolation pending", "unisolation pending")
+# What each Actions button asks for, as the confirmation names it.
+ACTIONS = {
+    "isolate-outbound": "Isolation (outbound)",
+    "isolate-full": "Isolation (full)",
+    "unisolate": "Unisolation",
+}
+# What the confirmation after the redirect names each kind of request.
+REQUESTED = {ISOLATE: "Isolation", RELEASE: "Unisolation"}
+PICK_HOSTS = "Select at least one host first."
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the responder narrowed the table to; empty means any."""
+
+    segment: str = ""
+    os: str = ""
+    online: str = ""
+    state: str = ""
+    q: str = ""
+
+    def admits(self, host: HostView) -> bool:
+        if self.segment and host.segment != self.segment:
+            return False
+        if self.os and host.os_family != self.os:
+            return False
+        if self.online and host.online != (self.online == "yes"):
+            return False
+        if self.state and host.isolation.state != self.state:
+            return False
+        needle = self.q.strip().lower()
+        searched = (host.hostname, host.id, host.os_name, *host.addresses)
+        return not needle or any(needle in text.lower() for text in searched)
+
+
+def _field(values: dict[str, str], name: str) -> str:
+    return values.get(name, "")[:200]
+
+
+async def _read(request: Request) -> tuple[Filters, set[str], str]:
+    """Filters, selected hosts and the chosen action from the query string or the form."""
+    if request.method == "POST":
+        form = await request.form()
+        pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    else:
+        pairs = list(request.query_params.multi_items())
+    values = dict(pairs)
+    filters = Filters(
+        segment=_field(values, "segment"),
+        os=_field(values, "os"),
+        online=_field(values, "online"),
+        state=_field(values, "state"),
+        q=_field(values, "q"),
+    )
+    selected = {v for k, v in pairs if k == "host"}
+    return filters, selected, _field(values, "action")
+
+
+async def _table(
+    request: Request, platform: PlatformDep, filters: Filters, selected: set[str]
+) -> dict[str, Any]:
+    hosts = await platform.hosts.list()
+    shown = [h for h in hosts if not h.revoked and filters.admits(h)]
+    return {
+        "hosts": shown,
+        "total": len([h for h in hosts if not h.revoked]),
+        "selected": selected,
+        "filters": filters,
+        "segments": sorted({h.segment for h in hosts}),
+        "oses": sorted({h.os_family for h in hosts}),
+        "states": ISOLATION_STATES,
+    }
+
+
+async def _own_request(platform: PlatformDep, user: User, batch_id: str) -> BatchView | None:
+    """The isolation request the user just made (after the redirect from the action)."""
+    if not batch_id:
+        return None
+    try:
+        batch = await platform.jobs.batch(batch_id[:64])
+    except NotFound:
+        return None
+    if batch.action not in REQUESTED or batch.created_by != user.actor:
+        return None
+    return batch
+
+
+@router.get("/active-response")
+async def page(request: Request, platform: PlatformDep, user: Reader) -> Response:
+    filters, selected, _ = await _read(request)
+    table = await _table(request, platform, filters, selected)
+    outcome = await _own_request(platform, user, request.query_params.get("batch", ""))
+    requested = REQUESTED[outcome.action] if outcome else ""
+    return render(
+        request, "active_response.html", outcome=outcome, requested=requested, error=None, **table
+    )
+
+
+@router.get("/active-response/hosts")
+async def hosts_fragment(request: Request, platform: PlatformDep, _user: Reader) -> Response:
+    """The table's rows alone, polled by the page so pending states change without a reload."""
+    filters, selected, _ = await _read(request)
+    table = await _table(request, platform, filters, selected)
+    return render(request, "hosts_rows.html", **table)
+
+
+@router.post("/active-response/actions")
+async def act(request: Request, platform: PlatformDep, user: Reader) -> Response:
+    """Isolate or release the selected hosts; the service decides who may, and says why not."""
+    filters, selected, action = await _read(request)
+    error: str | None = None
+    outcome: BatchView | None = None
+    status = 200
+    if action not in ACTIONS:
+        error, status = "Choose Isolate or Unisolate.", 422
+    elif not selected:
+        error, status = PICK_HOSTS, 422
+    else:
+        try:
+            ids = [(await platform.hosts.get(ref)).id for ref in sorted(selected)]
+            selection = Selection(host_ids=ids)
+            if action == "unisolate":
+                outcome = await platform.isolation.release(
+                    user, selection, source=source_of(request)
+                )
+            else:
+                mode = IsolationMode.FULL if action == "isolate-full" else IsolationMode.OUTBOUND
+                outcome = await platform.isolation.isolate(
+                    user, selection, mode, source=source_of(request)
+                )
+        except PlatformError as e:
+            error, status = str(e), e.status_code
+    if outcome is not None and not outcome.refused:
+        # Post/redirect/get: reloading the page must not send the request again.
+        query = {k: v for k, v in vars(filters).items() if v} | {"batch": outcome.id}
+        return RedirectResponse(f"/active-response?{urlencode(query)}", status_code=303)
+    table = await _table(request, platform, filters, selected if error else set())
+    return render(
+        request,
+        "active_response.html",
+        status,
+        outcome=outcome,
+        requested=ACTIONS.get(action, ""),
+        error=error,
+        **table,
+    )

@@ -1,0 +1,86 @@
+"""Puts the web UI on the analyst-port application: pages, static files, security headers.
+
+Every response outside the REST API carries the security headers (the API's Swagger page loads
+its own assets and keeps FastAPI's defaults).
+"""
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from tether.server.web import active_response, host, login, session_history
+from tether.server.web.access import (
+    CsrfRefused,
+    EnrollmentRequired,
+    LoginRequired,
+    PageForbidden,
+)
+from tether.server.web.security import SECURITY_HEADERS
+from tether.server.web.templating import STATIC, render
+
+STATIC_PATH = "/static"
+# Vendored files carry their version in the name, so they never change under one URL.
+VENDOR_CACHE = "public, max-age=31536000, immutable"
+STATIC_CACHE = "public, max-age=3600"
+# Pages show live state and endpoint data: never keep them in a cache.
+PAGE_CACHE = "no-store"
+
+
+def _cache_control(path: str) -> str:
+    if path.startswith(f"{STATIC_PATH}/vendor/"):
+        return VENDOR_CACHE
+    if path.startswith(f"{STATIC_PATH}/"):
+        return STATIC_CACHE
+    return PAGE_CACHE
+
+
+def _send_to(request: Request, url: str) -> Response:
+    """Send the browser to `url`. An htmx request (the table's poll) would follow a redirect and
+    swap the login page into the table; told by a header, htmx moves the whole page instead."""
+    if request.headers.get("HX-Request") == "true":
+        return Response(status_code=200, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+def install(app: FastAPI, *, api_prefix: str) -> None:
+    """Add the pages, /static and the headers to `app`."""
+    app.include_router(login.public)
+    app.include_router(login.router)
+    app.include_router(active_response.router)
+    app.include_router(host.router)
+    app.include_router(session_history.router)
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> Response:
+        return RedirectResponse("/active-response", status_code=303)
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        path = request.url.path
+        if not path.startswith(f"{api_prefix}/") and path not in ("/metrics", "/healthz"):
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+            response.headers["Cache-Control"] = _cache_control(path)
+        return response
+
+    @app.exception_handler(LoginRequired)
+    async def to_login(request: Request, _exc: LoginRequired) -> Response:
+        return _send_to(request, "/login")
+
+    @app.exception_handler(EnrollmentRequired)
+    async def to_enrollment(request: Request, _exc: EnrollmentRequired) -> Response:
+        return _send_to(request, "/mfa/enroll")
+
+    @app.exception_handler(PageForbidden)
+    async def forbidden(request: Request, exc: PageForbidden) -> Response:
+        return render(request, "message.html", 403, heading="Not allowed", message=str(exc))
+
+    @app.exception_handler(CsrfRefused)
+    async def csrf_refused(request: Request, exc: CsrfRefused) -> Response:
+        return render(request, "message.html", 403, heading="Not allowed", message=str(exc))

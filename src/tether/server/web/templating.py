@@ -1,0 +1,45 @@
+"""The Jinja2 environment of the pages: autoescaping always on, templates from the package."""
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+HTMX = "vendor/htmx-2.0.11.min.js"
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp as responders read it: UTC, to the second."""
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        # Everything is escaped, also in templates not named .html: endpoint data is hostile.
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = when
+    env.globals["htmx"] = HTMX
+    return env
+
+
+ENVIRONMENT = _environment()
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render `template` with the signed-in user and the CSRF token, when there are any."""
+    context.setdefault("user", getattr(request.state, "user", None))
+    context.setdefault("csrf_token", getattr(request.state, "csrf_token", None))
+    context.setdefault("path", request.url.path)
+    html = ENVIRONMENT.get_template(template).render(**context)
+    return HTMLResponse(html, status_code=status_code)

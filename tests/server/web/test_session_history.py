@@ -1,0 +1,80 @@
+"""Session History: responders only (refusals audited), newest first, filters, verification."""
+
+import re
+
+import httpx
+from sqlalchemy import select
+
+from tether.protocol import Role
+from tether.server.services.platform import Platform
+from tether.server.store.tables import audit_records
+
+from .conftest import web_login
+
+PASSWORD = "a long enough password"
+SCRIPT = "import os\nprint('<b>not bold</b>')\n"
+
+
+async def test_an_analyst_gets_a_403_page_and_the_attempt_is_audited(
+    browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await platform.users.create("reader", PASSWORD, {Role.ANALYST})
+    await web_login(browser, platform, "reader", PASSWORD)
+    response = await browser.get("/session-history")
+    assert response.status_code == 403
+    assert "You need the audit.read permission for this page." in response.text
+    assert (await browser.get("/session-history/verify")).status_code == 403
+    async with platform.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(audit_records.c.actor, audit_records.c.target, audit_records.c.outcome)
+                .where(audit_records.c.action == "audit.read_denied")
+                .order_by(audit_records.c.seq)
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("reader", "/session-history", "failure"),
+        ("reader", "/session-history/verify", "failure"),
+    ]
+
+
+async def test_records_newest_first_with_full_details_as_text(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await platform.audit.record(
+        "job.submit", actor="someone", target="host-1", details={"script": SCRIPT}
+    )
+    page = (await admin_browser.get("/session-history")).text
+    seqs = [int(s) for s in re.findall(r'data-seq="(\d+)"', page)]
+    assert seqs == sorted(seqs, reverse=True)
+    assert len(seqs) > 2
+    assert "<pre>import os\nprint(&#39;&lt;b&gt;not bold&lt;/b&gt;&#39;)\n</pre>" in page
+
+
+async def test_filters_by_user_target_action_and_time(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await platform.audit.record("job.submit", actor="someone", target="host-1")
+    await platform.audit.record("job.submit", actor="other", target="host-2")
+    by_user = (await admin_browser.get("/session-history?actor=someone")).text
+    assert "host-1" in by_user
+    assert "host-2" not in by_user
+    by_target = (await admin_browser.get("/session-history?target=host-2")).text
+    assert "host-2" in by_target
+    assert "host-1" not in by_target
+    by_action = (await admin_browser.get("/session-history?action=auth.")).text
+    assert "auth.login" in by_action
+    assert "job.submit" not in by_action
+    future = (await admin_browser.get("/session-history?since=2999-01-01T00:00")).text
+    assert "No records match." in future
+    past = (await admin_browser.get("/session-history?until=2000-01-01T00:00")).text
+    assert "No records match." in past
+    bad = await admin_browser.get("/session-history?since=yesterday")
+    assert bad.status_code == 422
+    assert "Write times as YYYY-MM-DDTHH:MM (UTC)." in bad.text
+
+
+async def test_verify_chain_reports_an_intact_chain(admin_browser: httpx.AsyncClient) -> None:
+    response = await admin_browser.get("/session-history/verify")
+    assert response.status_code == 200
+    assert "Chain intact:" in response.text
