@@ -66,6 +66,20 @@ async def current_user(
     return user
 
 
+async def record_refusal(
+    platform: Platform, request: Request, user: User, permission: Permission, action: str
+) -> None:
+    """Put a refused request on record under `action` (an API route or a web page)."""
+    await platform.audit.record(
+        action,
+        actor=user.actor,
+        target=request.url.path,
+        outcome="failure",
+        source=source_of(request),
+        details={"method": request.method, "permission": permission.value},
+    )
+
+
 def require(
     permission: Permission, *, audit_refusal: str | None = None
 ) -> Callable[..., Awaitable[User]]:
@@ -79,14 +93,7 @@ def require(
     ) -> User:
         if permission not in user.permissions:
             if audit_refusal is not None:
-                await platform.audit.record(
-                    audit_refusal,
-                    actor=user.actor,
-                    target=request.url.path,
-                    outcome="failure",
-                    source=source_of(request),
-                    details={"method": request.method, "permission": permission.value},
-                )
+                await record_refusal(platform, request, user, permission, audit_refusal)
             raise Forbidden(f"You need the {permission.value} permission for this.")
         return user
 

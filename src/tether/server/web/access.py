@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from tether.protocol import Permission
-from tether.server.api.deps import PlatformDep, bearer_token, source_of
+from tether.server.api.deps import PlatformDep, bearer_token, record_refusal
 from tether.server.errors import Unauthenticated
 from tether.server.services.users import User
 from tether.server.web.security import CSRF_REFUSED, csrf_token_for, sent_csrf, tokens_match
@@ -73,14 +73,7 @@ def page_require(
     ) -> User:
         if permission not in user.permissions:
             if audit_refusal is not None:
-                await platform.audit.record(
-                    audit_refusal,
-                    actor=user.actor,
-                    target=request.url.path,
-                    outcome="failure",
-                    source=source_of(request),
-                    details={"method": request.method, "permission": permission.value},
-                )
+                await record_refusal(platform, request, user, permission, audit_refusal)
             raise PageForbidden(f"You need the {permission.value} permission for this page.")
         return user
 

@@ -171,14 +171,7 @@ async def enroll_start(request: Request, user: WebUserDep, platform: PlatformDep
             source=source_of(request),
         )
     except PlatformError as e:
-        return render(
-            request,
-            "enroll.html",
-            e.status_code,
-            error=str(e),
-            enrollment=None,
-            recovery_codes=None,
-        )
+        return _enroll_error(request, e)
     return render(request, "enroll.html", error=None, enrollment=started, recovery_codes=None)
 
 
@@ -198,12 +191,16 @@ async def enroll_confirm(
             source=source_of(request),
         )
     except PlatformError as e:
-        return render(
-            request,
-            "enroll.html",
-            e.status_code,
-            error=str(e),
-            enrollment=None,
-            recovery_codes=None,
-        )
+        return _enroll_error(request, e)
     return render(request, "enroll.html", error=None, enrollment=None, recovery_codes=codes)
+
+
+def _enroll_error(request: Request, error: PlatformError) -> Response:
+    return render(
+        request,
+        "enroll.html",
+        error.status_code,
+        error=str(error),
+        enrollment=None,
+        recovery_codes=None,
+    )
