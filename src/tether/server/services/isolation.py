@@ -19,18 +19,18 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule, IsolationMode, IsolationStatus
 from tether.server.errors import Invalid
 from tether.server.services.audit import AuditLog
-from tether.server.services.isolation_allowlist import ALLOWLIST_KEY, RULES, read_allowlist
+from tether.server.services.isolation_allowlist import read_allowlist, write_allowlist
 from tether.server.services.jobs import MAX_TTL, BatchView, Jobs, Selection
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.users import User
 from tether.server.store.db import as_utc
-from tether.server.store.tables import batches, hosts, jobs, platform_settings
+from tether.server.store.tables import batches, hosts, jobs
 
 ISOLATE = "isolation.isolate"
 RELEASE = "isolation.release"
@@ -85,8 +85,8 @@ def _endpoint_says(
     """`held` unless the agent reported something else after the last isolation job ended."""
     if reported is None:
         return held
-    ends = [as_utc(row.finished_at) for row in history if row.finished_at is not None]
-    if ends and max(e for e in ends if e is not None) >= reported.at:
+    ends = [end for row in history if (end := as_utc(row.finished_at)) is not None]
+    if ends and max(ends) >= reported.at:
         return held
     status = reported.status
     mode = status.mode.value if status.mode is not None else None
@@ -214,14 +214,11 @@ class Isolation:
         """Replace the allowlist; it applies to isolations requested from now on."""
         if len(rules) > MAX_ALLOW_RULES:
             raise Invalid(f"The allowlist holds at most {MAX_ALLOW_RULES} entries.")
-        before = await self.allowlist()
         rules = list(dict.fromkeys(rules))
-        value = RULES.dump_json(rules).decode()
         async with self._engine.begin() as conn:
-            await conn.execute(
-                delete(platform_settings).where(platform_settings.c.key == ALLOWLIST_KEY)
-            )
-            await conn.execute(insert(platform_settings).values(key=ALLOWLIST_KEY, value=value))
+            # Read and replaced in one transaction, so the audit's "before" is what was replaced.
+            before = await read_allowlist(conn)
+            await write_allowlist(conn, rules)
         await self._audit.record(
             "isolation.allowlist",
             actor=actor,
