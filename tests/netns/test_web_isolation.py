@@ -8,9 +8,7 @@ the endpoint namespace: isolating an agent in the root namespace would firewall 
 from playwright.sync_api import Page, expect
 
 from tests.e2e.browser import browser_page, log_in, screenshot
-from tests.netns.test_isolation import TABLE, World, endpoint, world
-
-__all__ = ["endpoint", "world"]  # fixtures, shared with the CLI's isolation tests
+from tests.netns.world import TABLE, World
 
 
 def _act(page: Page, host_id: str, action: str) -> None:
