@@ -117,12 +117,13 @@ class AgentConnection:
         self._handlers = HANDLERS if handlers is None else handlers
         # Off by the command-line flag or by the file in the state directory, whichever is set.
         self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
-        self.transfers = AgentTransfers()
+        journal = journal or Journal(state.journal)
+        self.transfers = AgentTransfers(partials=journal)
         self.isolator = isolator or Isolator(state, self._identity.agent_url)
         self.isolation = IsolationWatch(self.isolator)
         self._isolation_check_seconds = isolation_check_seconds
         self.jobs = JobRunner(
-            journal or Journal(state.journal),
+            journal,
             self._handlers,
             self.gate,
             transfers=self.transfers,
