@@ -458,3 +458,15 @@ async def test_a_change_without_the_csrf_token_is_refused(
     assert not (await platform.access_settings.get()).external_access_suspended
     assert await platform.isolation.allowlist() == []
     assert await platform.enrollment.list_tokens() == []
+
+
+async def test_what_users_typed_is_shown_as_text(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    hostile = "<img src=x onerror=alert(1)>"
+    await platform.users.create(
+        "outsider", PASSWORD, {Role.ANALYST}, external=True, organisation=hostile
+    )
+    page = (await admin_browser.get("/settings/team")).text
+    assert "<img src=x" not in page
+    assert str(escape(hostile)) in page
