@@ -63,6 +63,9 @@ RESULTS_404 = (401, 404, 404, 403, 403, 404)
 WEB_READERS = (303, 200, 200, 303, 200, 200)
 WEB_RESPONDERS = (303, 403, 200, 303, 403, 200)
 WEB_CHANGE = (303, 403, 403, 403, 403, 403)
+WEB_ADMINS = (303, 403, 403, 303, 200, 200)
+# A page's change sent without the CSRF token: login first, then the enrollment page, then 403.
+WEB_CHANGE_BY_FORM = (303, 403, 403, 303, 403, 403)
 
 ROWS = [
     # Public.
@@ -149,6 +152,23 @@ ROWS = [
     Row("GET", "/hosts/{ref}", WEB_READERS, url="/hosts/{host}"),
     Row("GET", "/session-history", WEB_RESPONDERS),
     Row("GET", "/session-history/verify", WEB_RESPONDERS),
+    # Settings: admins only; a change without the CSRF token is refused before the permission.
+    Row("GET", "/settings/team", WEB_ADMINS),
+    Row("POST", "/settings/team", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/team/{username}/roles", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/roles"),
+    Row("POST", "/settings/team/{username}/disable", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/disable"),
+    Row("POST", "/settings/team/{username}/enable", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/enable"),
+    Row("POST", "/settings/team/{username}/mfa-reset", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/mfa-reset"),
+    Row("POST", "/settings/team/{username}/external", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/external"),
+    Row("GET", "/settings/segments", WEB_ADMINS),
+    Row("POST", "/settings/segments", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/segments/{name}/delete", WEB_CHANGE_BY_FORM, url="/settings/segments/ghost/delete"),
+    Row("POST", "/settings/segments/{name}/active-response", WEB_CHANGE_BY_FORM, url="/settings/segments/ghost/active-response"),
+    Row("GET", "/settings/configuration", WEB_ADMINS),
+    Row("POST", "/settings/configuration", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/configuration/allowlist", WEB_CHANGE_BY_FORM),
+    Row("GET", "/settings/enrollment", WEB_ADMINS),
+    Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
     # The team and the settings.
     Row("GET", "/api/v1/users", ADMINS),
     Row("POST", "/api/v1/users", (401, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),
