@@ -192,6 +192,9 @@ class AuditSearch:
     action: str = ""
     since: datetime | None = None
     until: datetime | None = None
+    # Any of these anywhere in the target or the details (a host's name and ids: a job's
+    # submission names its hosts in the details, not the target).
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,16 @@ class AuditLog:
             query = query.where(audit_records.c.target.contains(search.target, autoescape=True))
         if search.action:
             query = query.where(audit_records.c.action.startswith(search.action, autoescape=True))
+        if search.mentions:
+            query = query.where(
+                or_(
+                    *(
+                        audit_records.c.target.contains(m, autoescape=True)
+                        | audit_records.c.details.contains(m, autoescape=True)
+                        for m in search.mentions
+                    )
+                )
+            )
         if search.since is not None:
             query = query.where(audit_records.c.ts >= search.since.isoformat())
         if search.until is not None:
@@ -331,6 +344,12 @@ class AuditLog:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [AuditRecord(**row._asdict()) for row in rows]
+
+    async def action_families(self) -> list[str]:
+        """The first words of the actions in the log ("auth", "job", "file", ...), sorted."""
+        async with self._engine.connect() as conn:
+            actions = (await conn.execute(select(audit_records.c.action).distinct())).scalars()
+            return sorted({a.split(".", 1)[0] for a in actions})
 
     async def mentioning(
         self, needles: tuple[str, ...], *, action_prefix: str, limit: int = 1000
