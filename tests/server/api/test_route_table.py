@@ -169,6 +169,12 @@ ROWS = [
     Row("POST", "/settings/configuration/allowlist", WEB_CHANGE_BY_FORM),
     Row("GET", "/settings/enrollment", WEB_ADMINS),
     Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
+    # Files: results readers see them; downloads and uploads are the Active Response role's. An
+    # upload reads its CSRF token from the form, so a body that is no form is a 400 first.
+    Row("GET", "/files", (303, 200, 200, 303, 403, 200)),
+    Row("GET", "/files/{ref}", (303, 404, 404, 303, 403, 404), url="/files/ghost"),
+    Row("GET", "/files/{ref}/content", (303, 403, 404, 303, 403, 404), url="/files/ghost/content"),
+    Row("POST", "/files/upload", (303, 403, 400, 303, 403, 400)),
     # The team and the settings.
     Row("GET", "/api/v1/users", ADMINS),
     Row("POST", "/api/v1/users", (401, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),

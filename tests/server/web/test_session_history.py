@@ -9,6 +9,7 @@ from tether.protocol import Role
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records
 
+from ..support import add_host
 from .conftest import web_login
 
 PASSWORD = "a long enough password"
@@ -78,3 +79,51 @@ async def test_verify_chain_reports_an_intact_chain(admin_browser: httpx.AsyncCl
     response = await admin_browser.get("/session-history/verify")
     assert response.status_code == 200
     assert "Chain intact:" in response.text
+
+
+async def test_a_script_run_shows_its_full_script_as_text(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    script = "for p in procs():\n    print(f'<script>{p}</script>')\n" + "# filler\n" * 300
+    await platform.audit.record(
+        "job.submit",
+        actor="someone",
+        target="batch:b1",
+        details={"action": "script.run", "args": {"source": script, "params": {"n": 1}}},
+    )
+    page = (await admin_browser.get("/session-history?kind=job")).text
+    row = page.split('data-seq="', 2)[1]
+    assert "job.submit <small>script.run</small>" in row
+    shown = script.replace("'", "&#39;").replace("<", "&lt;").replace(">", "&gt;")
+    assert f"<dt>script</dt><dd><pre>{shown}</pre></dd>" in row
+    # The arguments keep everything but the source, which is shown once, as written.
+    assert "&#34;n&#34;: 1" in row
+    assert row.count("# filler") == 300
+
+
+async def test_the_host_filter_finds_records_that_name_the_host_by_id(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host_id = await add_host(platform.engine, "web-db-7")
+    await platform.audit.record("host.revoke", actor="someone", target=f"host:{host_id}")
+    await platform.audit.record(
+        "job.submit", actor="someone", target="batch:b2", details={"hosts": [host_id]}
+    )
+    await platform.audit.record("host.revoke", actor="someone", target="host:other")
+    page = (await admin_browser.get("/session-history?target=db-7")).text
+    assert re.findall(r"<td>(host\.revoke|job\.submit)", page) == ["job.submit", "host.revoke"]
+    assert "host:other" not in page
+
+
+async def test_the_kind_list_holds_the_families_present_and_filters(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await platform.audit.record("file.upload", actor="someone", target="file:f1")
+    page = (await admin_browser.get("/session-history?kind=file")).text
+    options = re.findall(r'<option value="([a-z_]+)"', page)
+    assert options == sorted(options)
+    assert {"auth", "file", "platform"} <= set(options)
+    assert '<option value="file" selected>' in page
+    assert re.findall(r"<td>([a-z_]+)\.[a-z_.]+", page) == ["file"]
+    mixed = (await admin_browser.get("/session-history?kind=file&action=auth.")).text
+    assert "No records match." in mixed

@@ -1,8 +1,10 @@
 """The file library: upload tools, list and download what was uploaded or retrieved."""
 
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -14,6 +16,7 @@ from tether.server.errors import Forbidden
 from tether.server.services.access import user_refusal
 from tether.server.services.files import LibraryFile
 from tether.server.services.users import User
+from tether.server.store.blobs import BlobReader
 
 router = APIRouter(tags=["files"])
 
@@ -96,6 +99,20 @@ async def download_file(
     """The file's bytes. Retrieved files may be malware: responders only, and audited."""
     _second_factor(user)
     entry, reader = await platform.files.open(ref, actor=user.actor, source=source_of(request))
+    return download_response(entry, reader)
+
+
+def attachment(name: str) -> str:
+    """A Content-Disposition that saves the file under its library name, never shows it: an
+    ASCII fallback with everything but letters, digits, dot, dash and underscore replaced, and
+    the exact name percent-encoded (RFC 6266), so no quote or semicolon can end the value."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "file"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def download_response(entry: LibraryFile, reader: BlobReader) -> StreamingResponse:
+    """The file's bytes as a download (the API's and the web page's), closing `reader` at the
+    end; the caller has opened it through `FileLibrary.open`, which audits the download."""
 
     async def content() -> AsyncIterator[bytes]:
         try:
@@ -116,7 +133,7 @@ async def download_file(
             "content-length": str(reader.size),
             "x-tether-sha256": entry.sha256,
             # Never rendered inline by a browser, whatever the bytes are.
-            "content-disposition": "attachment",
+            "content-disposition": attachment(entry.name),
             "x-content-type-options": "nosniff",
         },
     )

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.server.errors import ConfigurationError
@@ -63,6 +63,14 @@ class AuditRecord:
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }
+
+    def details_object(self) -> dict[str, Any]:
+        """The details as an object ({} if they are not one)."""
+        try:
+            parsed = json.loads(self.details) if self.details else {}
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
 
 
 def canonical_details(details: dict[str, Any] | None) -> str:
@@ -184,6 +192,9 @@ class AuditSearch:
     action: str = ""
     since: datetime | None = None
     until: datetime | None = None
+    # Any of these anywhere in the target or the details (a host's name and ids: a job's
+    # submission names its hosts in the details, not the target).
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -316,10 +327,47 @@ class AuditLog:
             query = query.where(audit_records.c.target.contains(search.target, autoescape=True))
         if search.action:
             query = query.where(audit_records.c.action.startswith(search.action, autoescape=True))
+        if search.mentions:
+            query = query.where(
+                or_(
+                    *(
+                        audit_records.c.target.contains(m, autoescape=True)
+                        | audit_records.c.details.contains(m, autoescape=True)
+                        for m in search.mentions
+                    )
+                )
+            )
         if search.since is not None:
             query = query.where(audit_records.c.ts >= search.since.isoformat())
         if search.until is not None:
             query = query.where(audit_records.c.ts < search.until.isoformat())
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [AuditRecord(**row._asdict()) for row in rows]
+
+    async def action_families(self) -> list[str]:
+        """The first words of the actions in the log ("auth", "job", "file", ...), sorted."""
+        async with self._engine.connect() as conn:
+            actions = (await conn.execute(select(audit_records.c.action).distinct())).scalars()
+            return sorted({a.split(".", 1)[0] for a in actions})
+
+    async def mentioning(
+        self, needles: tuple[str, ...], *, action_prefix: str, limit: int = 1000
+    ) -> list[AuditRecord]:
+        """Records whose action starts with `action_prefix` and whose target or details contain
+        any of `needles` (ids, hashes), newest first; the caller decides which really match."""
+        mentions = [
+            audit_records.c.target.contains(n, autoescape=True)
+            | audit_records.c.details.contains(n, autoescape=True)
+            for n in needles
+        ]
+        query = (
+            select(audit_records)
+            .where(audit_records.c.action.startswith(action_prefix, autoescape=True))
+            .where(or_(*mentions))
+            .order_by(audit_records.c.seq.desc())
+            .limit(limit)
+        )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [AuditRecord(**row._asdict()) for row in rows]

@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol.transfer import transfer_id_for
+from tether.protocol.transfer import format_size, transfer_id_for
 from tether.server.errors import Invalid, NotFound
-from tether.server.services.audit import AuditLog
+from tether.server.services.audit import AuditLog, AuditRecord
 from tether.server.services.file_transfers import FinishedJob
-from tether.server.store.blobs import Blob, BlobReader, BlobStore
+from tether.server.store.blobs import Blob, BlobReader, BlobStore, BlobTooLarge
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import hosts, jobs, library_files
 
@@ -127,6 +127,12 @@ class FileLibrary:
                 if chunk:
                     await partial.write(partial.size, chunk)
             blob = await partial.commit(partial.sha256_so_far(), partial.size)
+        except BlobTooLarge as e:
+            await partial.discard()
+            raise BlobTooLarge(
+                f"The file is over the {format_size(self.blobs.max_bytes)} limit for library "
+                "files; nothing was kept."
+            ) from e
         except BaseException:
             await partial.discard()
             raise
@@ -201,13 +207,27 @@ class FileLibrary:
         return await self.get(file_id)
 
     async def find(
-        self, *, kind: str | None = None, job_id: str | None = None, limit: int = 500
+        self,
+        *,
+        kind: str | None = None,
+        job_id: str | None = None,
+        host: str = "",
+        name: str = "",
+        limit: int = 500,
     ) -> list[LibraryFile]:
+        """Newest first; `host` matches part of the hostname or id, `name` part of the name."""
         query = _query().order_by(library_files.c.created_at.desc()).limit(limit)
         if kind is not None:
             query = query.where(library_files.c.kind == kind)
         if job_id is not None:
             query = query.where(library_files.c.job_id == job_id)
+        if host:
+            query = query.where(
+                hosts.c.hostname.contains(host, autoescape=True)
+                | library_files.c.host_id.contains(host, autoescape=True)
+            )
+        if name:
+            query = query.where(library_files.c.name.contains(name, autoescape=True))
         async with self._engine.connect() as conn:
             return [_view(r) for r in (await conn.execute(query)).all()]
 
@@ -331,6 +351,20 @@ class FileLibrary:
             details={"name": entry.name, "sha256": entry.sha256, "size": entry.size},
         )
         return entry, reader
+
+    async def custody(self, entry: LibraryFile) -> list[AuditRecord]:
+        """The audit records of this file's chain of custody, oldest first: its upload or
+        retrieval and each download (which name the file's id), and every deployment of its
+        bytes (a deployment names the SHA-256 it sent, whichever entry holds those bytes)."""
+        found = await self._audit.mentioning((entry.id, entry.sha256), action_prefix="file.")
+
+        def about_this_file(record: AuditRecord) -> bool:
+            details = record.details_object()
+            if record.target == f"file:{entry.id}" or details.get("file") == entry.id:
+                return True
+            return record.action == "file.deploy" and details.get("sha256") == entry.sha256
+
+        return [r for r in reversed(found) if about_this_file(r)]
 
 
 def name_from_path(path: str) -> str:

@@ -39,8 +39,9 @@ class CsrfRefused(Exception):
         super().__init__(CSRF_REFUSED)
 
 
-async def web_user(request: Request, platform: PlatformDep) -> User:
-    """The signed-in user; checks the CSRF token of every state-changing request."""
+async def signed_in(request: Request, platform: PlatformDep) -> User:
+    """The signed-in user, without the CSRF check: only for a handler that checks the token
+    itself (`check_csrf`), because reading the form here would consume a streamed upload."""
     try:
         token = bearer_token(request)
         user = await platform.users.authenticate(token)
@@ -53,22 +54,34 @@ async def web_user(request: Request, platform: PlatformDep) -> User:
         raise EnrollmentRequired()
     request.state.user = user
     request.state.csrf_token = csrf_token_for(token)
-    if request.method in STATE_CHANGING and not tokens_match(
-        request.state.csrf_token, await sent_csrf(request)
-    ):
+    return user
+
+
+def check_csrf(request: Request, sent: str | None) -> None:
+    """CsrfRefused unless `sent` is the token of the session `signed_in` found."""
+    if not tokens_match(request.state.csrf_token, sent):
         raise CsrfRefused()
+
+
+async def web_user(request: Request, platform: PlatformDep) -> User:
+    """The signed-in user; checks the CSRF token of every state-changing request."""
+    user = await signed_in(request, platform)
+    if request.method in STATE_CHANGING:
+        check_csrf(request, await sent_csrf(request))
     return user
 
 
 def page_require(
-    permission: Permission, *, audit_refusal: str | None = None
+    permission: Permission, *, audit_refusal: str | None = None, csrf_in_handler: bool = False
 ) -> Callable[..., Awaitable[User]]:
     """Admit only users holding `permission`; with `audit_refusal`, record each refusal in the
-    audit log under that action, as the API's `require` does."""
+    audit log under that action, as the API's `require` does. With `csrf_in_handler`, the
+    handler must call `check_csrf` before it changes anything (a streamed upload's form)."""
+    session = signed_in if csrf_in_handler else web_user
 
     async def check(
         request: Request,
-        user: Annotated[User, Depends(web_user)],
+        user: Annotated[User, Depends(session)],
         platform: PlatformDep,
     ) -> User:
         if permission not in user.permissions:
