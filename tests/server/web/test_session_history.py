@@ -21,6 +21,10 @@ async def test_an_analyst_gets_a_403_page_and_the_attempt_is_audited(
 ) -> None:
     await platform.users.create("reader", PASSWORD, {Role.ANALYST})
     await web_login(browser, platform, "reader", PASSWORD)
+    # The menu does not offer what the page would refuse.
+    hosts_page = await browser.get("/active-response")
+    assert 'href="/active-response"' in hosts_page.text
+    assert 'href="/session-history"' not in hosts_page.text
     response = await browser.get("/session-history")
     assert response.status_code == 403
     assert "You need the audit.read permission for this page." in response.text
