@@ -63,6 +63,10 @@ RESULTS_404 = (401, 404, 404, 403, 403, 404)
 WEB_READERS = (303, 200, 200, 303, 200, 200)
 WEB_RESPONDERS = (303, 403, 200, 303, 403, 200)
 WEB_CHANGE = (303, 403, 403, 403, 403, 403)
+WEB_RESULTS = (303, 200, 200, 303, 403, 200)
+WEB_RESULTS_404 = (303, 404, 404, 303, 403, 404)
+# A change without the CSRF token by a user who may open pages: 403; one who must enroll: 303.
+WEB_FORM = (303, 403, 403, 303, 403, 403)
 
 ROWS = [
     # Public.
@@ -149,6 +153,16 @@ ROWS = [
     Row("GET", "/hosts/{ref}", WEB_READERS, url="/hosts/{host}"),
     Row("GET", "/session-history", WEB_RESPONDERS),
     Row("GET", "/session-history/verify", WEB_RESPONDERS),
+    Row("GET", "/scripts", WEB_RESULTS),
+    Row("GET", "/scripts/{name}", WEB_RESULTS_404, url="/scripts/ghost"),
+    Row("GET", "/scripts/-/new", WEB_RESULTS),
+    Row("POST", "/scripts/-/save", WEB_FORM),
+    Row("POST", "/scripts/-/delete", WEB_FORM),
+    Row("GET", "/scripts/-/run", WEB_RESULTS),
+    Row("POST", "/scripts/-/run", WEB_FORM),
+    Row("GET", "/scripts/-/runs/{batch_id}", WEB_RESULTS_404, url="/scripts/-/runs/ghost"),
+    Row("GET", "/scripts/-/runs/{batch_id}/hosts", WEB_RESULTS_404, url="/scripts/-/runs/ghost/hosts"),
+    Row("GET", "/scripts/-/runs/{batch_id}/rows.csv", WEB_RESULTS_404, url="/scripts/-/runs/ghost/rows.csv"),
     # The team and the settings.
     Row("GET", "/api/v1/users", ADMINS),
     Row("POST", "/api/v1/users", (401, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),

@@ -10,7 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from tether.server.web import active_response, host, login, session_history
+from tether.server.web import (
+    active_response,
+    host,
+    login,
+    script_runs,
+    scripts,
+    session_history,
+)
 from tether.server.web.access import (
     CsrfRefused,
     EnrollmentRequired,
@@ -51,6 +58,8 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(active_response.router)
     app.include_router(host.router)
     app.include_router(session_history.router)
+    app.include_router(scripts.router)
+    app.include_router(script_runs.router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
