@@ -95,7 +95,10 @@ async def _form_page(
         scripts=scripts,
         script=script,
         fields=fields_of(script.parameters, values) if script else [],
-        ticked=[(ref, known[ref].hostname if ref in known else ref) for ref in ticked],
+        ticked=sorted(
+            ((ref, known[ref].hostname if ref in known else ref) for ref in ticked),
+            key=lambda pair: pair[1],
+        ),
         more_hosts=values.get("more_hosts", "")[:10_000],
         target=values.get("target", "hosts"),
         segment=values.get("segment", ""),
