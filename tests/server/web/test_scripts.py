@@ -277,7 +277,7 @@ async def test_active_response_run_script_takes_the_ticked_hosts_to_the_form(
 
 
 async def _output(platform: Platform, host: str, job: str, seq: int, **piece: object) -> None:
-    await platform.dispatcher.on_output(host, JobOutput(job_id=job, seq=seq, **piece))  # type: ignore[arg-type]
+    await platform.dispatcher.on_output(host, JobOutput(job_id=job, seq=seq, **piece))
 
 
 async def test_a_run_shows_output_and_rows_as_text_and_exports_them_as_safe_csv(
