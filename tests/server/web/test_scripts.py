@@ -366,3 +366,27 @@ def test_every_formula_start_gets_an_apostrophe(text: str) -> None:
 def test_plain_text_is_left_alone() -> None:
     assert guarded("a=1") == "a=1"
     assert guarded("") == ""
+
+
+async def test_hosts_left_out_of_a_run_are_named_with_the_reason(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await _library_script(platform)
+    await add_host(platform.engine, "web-in", segment="ir")
+    await add_host(platform.engine, "web-out", segment="office")
+    await _switch(platform, "ir", True)
+    response = await admin_browser.post(
+        "/scripts/-/run",
+        data={
+            "csrf_token": await _token(admin_browser),
+            "script": NAME,
+            "target": "all",
+            "param.path": "/tmp",
+        },
+    )
+    assert response.status_code == 303, response.text
+    page = (await admin_browser.get(response.headers["location"])).text
+    assert "Not run on 1 host(s):" in page
+    assert "Active Response is off in segment office, so response actions on web-out" in page
+    assert 'data-state="queued"' in page
+    assert page.count('class="run-host"') == 1
