@@ -390,3 +390,23 @@ async def test_hosts_left_out_of_a_run_are_named_with_the_reason(
     assert "Active Response is off in segment office, so response actions on web-out" in page
     assert 'data-state="queued"' in page
     assert page.count('class="run-host"') == 1
+
+
+async def test_an_analyst_reads_the_library_without_save_or_delete(
+    browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await _library_script(platform)
+    await platform.users.create("reader", PASSWORD, {Role.ANALYST})
+    await web_login(browser, platform, "reader", PASSWORD)
+    page = await browser.get(f"/scripts/{quote(NAME)}")
+    assert page.status_code == 200
+    assert "print(script.params[&#39;path&#39;])" in page.text
+    assert "You need the Active Response role" in page.text
+    assert "Save as a new version" not in page.text
+    assert 'action="/scripts/-/delete"' not in page.text
+    refused = await browser.post(
+        "/scripts/-/save",
+        data={"csrf_token": csrf_of(page.text), "name": NAME, "source": "pass\n"},
+    )
+    assert refused.status_code == 403
+    assert (await platform.scripts.get(NAME)).version == 1

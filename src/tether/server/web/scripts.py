@@ -58,6 +58,7 @@ async def _editor_page(
     saved: str = "",
 ) -> Response:
     """The editor of `script` (None: a new one), with what the user typed after a refusal."""
+    user: User = request.state.user
     history = await platform.scripts.history(script.name) if script else []
     latest = history[-1].version if history else None
     fields = {
@@ -77,6 +78,8 @@ async def _editor_page(
         error=error,
         saved=saved,
         script_url=script_url,
+        # Why this user may not change the library (the service's sentence), or None.
+        read_only=editor_refusal(user),
     )
 
 
