@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tether.agent.actions import HANDLERS
+from tether.agent.gate import ResponseGate
+from tether.agent.jobs import JobRunner
+from tether.agent.journal import Journal
 from tether.agent.transfer import AgentTransfers
-from tether.protocol import ProtocolError
+from tether.protocol import ACTIONS, ProtocolError
 from tether.protocol.transfer import (
     TransferFailed,
     TransferOpen,
@@ -302,3 +306,63 @@ async def test_a_temporary_file_swapped_before_the_rename_is_not_installed(
     with pytest.raises(TransferFailed, match="was replaced while the file was received"):
         await put(store, b"payload", destination, job="job-swapped")
     assert not destination.exists()
+
+
+async def test_a_put_cut_short_by_a_restart_leaves_no_temporary_file_behind(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    folder = tmp_path / "endpoint"
+    folder.mkdir()
+    data = os.urandom(6 * MiB)
+    blob = await store_blob(store, data)
+    journal = Journal(tmp_path / "journal.db")
+    journal.receive("job-stop", "files.put")
+    journal.set_running("job-stop")
+    agent, platform = AgentTransfers(partials=journal), HostTransfers(store)
+    tid = transfer_id_for("job-stop")
+    link = await Link(agent, platform, cut_after=2 * MiB).start()
+    sending = asyncio.create_task(platform.send_blob(tid, "job-stop", blob.sha256))
+    receiving = asyncio.create_task(
+        agent.receive_file(tid, "job-stop", folder / "tool", size=len(data), sha256=blob.sha256)
+    )
+    await link.cut_event.wait()
+    await link.close()
+    # The agent stops while the transfer waits for a new connection: its job task is cancelled.
+    receiving.cancel()
+    sending.cancel()
+    await asyncio.gather(receiving, sending, return_exceptions=True)
+    assert leftovers(folder) == [f".tether-{tid}.part"]
+    # Someone else's file registered under a name (it cannot be, but a damaged journal could
+    # say so) is never removed.
+    foreign = folder / "victim"
+    foreign.write_bytes(b"keep me")
+    os.link(foreign, folder / ".tether-planted.part")
+    journal.add_partial(folder / ".tether-planted.part", "job-stop")
+    journal.close()
+
+    # The next agent process: the job ends failed, its temporary file goes.
+    restarted = Journal(tmp_path / "journal.db")
+    JobRunner(restarted, HANDLERS, ResponseGate(), ACTIONS)
+    assert leftovers(folder) == [".tether-planted.part"]
+    assert foreign.read_bytes() == b"keep me"
+    assert not (folder / "tool").exists()
+    assert restarted.partials() == []
+    job = restarted.get("job-stop")
+    assert job is not None
+    assert job.state == "failed"
+
+
+async def test_a_finished_put_is_forgotten_by_the_journal(tmp_path: Path, store: BlobStore) -> None:
+    data = b"payload"
+    blob = await store_blob(store, data)
+    journal = Journal(tmp_path / "journal.db")
+    agent, platform = AgentTransfers(partials=journal), HostTransfers(store)
+    link = await Link(agent, platform).start()
+    tid = transfer_id_for("job-done")
+    await asyncio.gather(
+        platform.send_blob(tid, "job-done", blob.sha256),
+        agent.receive_file(tid, "job-done", tmp_path / "tool", size=len(data), sha256=blob.sha256),
+    )
+    await link.close()
+    assert (tmp_path / "tool").read_bytes() == data
+    assert journal.partials() == []

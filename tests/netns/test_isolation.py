@@ -185,3 +185,37 @@ def test_the_isolation_control_script_through_the_agent_and_directly(endpoint: W
     assert "unisolate: not isolated." in control("action=unisolate", "method=direct")
     assert "tether_script_isolation" not in net.nft_ruleset(net.endpoint)
     assert w.outbound_works(port)
+
+
+def test_an_allowlist_change_reaches_a_host_already_isolated(endpoint: World) -> None:
+    w = endpoint
+    net = w.net
+    outside = net.listen(net.outside, net.outside_v4)
+    port = outside.getsockname()[1]
+    assert w.admin.run("isolate", w.host_id).returncode == 0
+    assert not w.outbound_works(port)
+
+    # The admin lets isolated hosts reach one outside service: the policy push carries it to
+    # the agent, which re-applies its rules without a new isolation request.
+    allowed = w.admin.run("isolation", "allowlist", "set", f"{net.outside_v4}:{port}")
+    assert allowed.returncode == 0, allowed.stderr
+    wait_for(
+        lambda: w.outbound_works(port),
+        timeout=20,
+        interval=0.2,
+        what="the isolated host to reach the newly allowed address",
+    )
+    other = net.listen(net.outside, net.outside_v4)
+    assert not w.outbound_works(other.getsockname()[1])
+    assert w.host()["isolation"]["state"] == "isolated"
+    assert w.agent_answers()
+
+    # Taking it away again closes it.
+    assert w.admin.run("isolation", "allowlist", "set", "--clear").returncode == 0
+    wait_for(
+        lambda: not w.outbound_works(port),
+        timeout=20,
+        interval=0.2,
+        what="the isolated host to lose the address taken off the allowlist",
+    )
+    assert w.admin.run("unisolate", w.host_id).returncode == 0

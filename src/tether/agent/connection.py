@@ -38,6 +38,7 @@ from tether.protocol import (
     Welcome,
     parse_platform_message,
 )
+from tether.protocol.isolation import AllowRule
 from tether.protocol.transfer import AnyTransferMessage, TransferGrant
 
 log = logging.getLogger("tether.agent")
@@ -116,12 +117,13 @@ class AgentConnection:
         self._handlers = HANDLERS if handlers is None else handlers
         # Off by the command-line flag or by the file in the state directory, whichever is set.
         self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
-        self.transfers = AgentTransfers()
+        journal = journal or Journal(state.journal)
+        self.transfers = AgentTransfers(partials=journal)
         self.isolator = isolator or Isolator(state, self._identity.agent_url)
         self.isolation = IsolationWatch(self.isolator)
         self._isolation_check_seconds = isolation_check_seconds
         self.jobs = JobRunner(
-            journal or Journal(state.journal),
+            journal,
             self._handlers,
             self.gate,
             transfers=self.transfers,
@@ -159,6 +161,12 @@ class AgentConnection:
             except Exception:
                 # A bug here must not end the checks for the rest of the agent's life.
                 log.exception("The isolation check failed")
+
+    async def _adopt_allowlist(self, allow: tuple[AllowRule, ...]) -> None:
+        outcome = await self.isolator.adopt_allowlist(allow)
+        if outcome != "unchanged":
+            log.info("Isolation allowlist from the platform: %s", outcome)
+            await self.isolation.check()
 
     async def _reconnect_forever(self) -> None:
         attempt = 0
@@ -306,7 +314,8 @@ class AgentConnection:
                 self.transfers.requests.on_grant(message)
             elif isinstance(message, Policy):
                 self.gate.apply(message)
-                self.isolator.default_allow = message.isolation_allow
+                # Re-applying tests the rules against the platform: not in the read loop.
+                spawn(self._adopt_allowlist(message.isolation_allow))
                 log.info(
                     "Policy from the platform: segment %s, Active Response %s",
                     message.segment,

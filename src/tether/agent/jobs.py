@@ -17,7 +17,7 @@ from tether.agent.context import JobContext, current_job
 from tether.agent.gate import ResponseGate
 from tether.agent.isolation import Isolator
 from tether.agent.journal import Journal
-from tether.agent.transfer import AgentTransfers
+from tether.agent.transfer import AgentTransfers, remove_leftover_partials
 from tether.protocol import (
     ACTIONS,
     ActionSpec,
@@ -74,6 +74,9 @@ class JobRunner:
         interrupted = journal.fail_interrupted()
         if interrupted:
             log.warning("%d jobs were interrupted by the last agent restart", interrupted)
+        leftovers = remove_leftover_partials(journal)
+        if leftovers:
+            log.warning("Removed %d partly received files of interrupted jobs", leftovers)
 
     async def attach(self, send: Send) -> None:
         """A connection is up: send everything the platform has not confirmed yet."""

@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS output (
     message TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 );
+-- Temporary files of files being received: a crash leaves them behind, the next start removes
+-- them (their jobs end failed by then).
+CREATE TABLE IF NOT EXISTS partials (
+    path TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL
+);
 """
 
 
@@ -170,6 +176,23 @@ class Journal:
                     (status.model_dump_json(), job_id),
                 )
         return len(rows)
+
+    def add_partial(self, path: Path, job_id: str) -> None:
+        """Remember a temporary file about to be written, before it exists."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO partials (path, job_id) VALUES (?, ?)", (str(path), job_id)
+            )
+
+    def drop_partial(self, path: Path) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM partials WHERE path = ?", (str(path),))
+
+    def partials(self) -> list[tuple[Path, str]]:
+        """Temporary files a previous process left registered, with their jobs."""
+        with self._lock:
+            rows = self._db.execute("SELECT path, job_id FROM partials ORDER BY path").fetchall()
+        return [(Path(r[0]), str(r[1])) for r in rows]
 
     def purge(self, older_than: timedelta) -> int:
         """Forget acknowledged job ids older than the platform could ever resend them."""

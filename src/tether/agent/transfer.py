@@ -26,6 +26,7 @@ import stat
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from uuid import UUID
 
 from tether.agent.transfer_requests import TransferRequests
@@ -99,6 +100,39 @@ def _own_private_file(info: os.stat_result) -> bool:
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         return False
     return os.name != "posix" or info.st_uid == os.geteuid()
+
+
+class PartialRegistry(Protocol):
+    """Where receiving records its temporary files (the agent's journal), so that the ones a
+    crash or a restart leaves behind are found and removed at the next start."""
+
+    def add_partial(self, path: Path, job_id: str) -> None: ...
+
+    def drop_partial(self, path: Path) -> None: ...
+
+    def partials(self) -> list[tuple[Path, str]]: ...
+
+
+def remove_leftover_partials(registry: PartialRegistry) -> int:
+    """At agent start, before any job runs: remove the temporary files earlier processes left.
+
+    Their jobs ended failed at this start (`Journal.fail_interrupted`), so no transfer can resume
+    into them. Only a regular file this agent's user owns, named as receiving names them, goes;
+    anything else at that path is left alone. Returns how many files were removed.
+    """
+    removed = 0
+    for path, _job_id in registry.partials():
+        if path.name.startswith(".tether-") and path.name.endswith(".part"):
+            try:
+                if _own_private_file(os.lstat(path)):
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("The leftover temporary file %s could not be removed: %s", path, exc)
+        registry.drop_partial(path)
+    return removed
 
 
 async def _send(transport: Transport | None, text: str) -> None:
@@ -562,8 +596,10 @@ class AgentTransfers:
         window: int = DEFAULT_WINDOW_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_put_bytes: int = DEFAULT_MAX_PUT_BYTES,
+        partials: PartialRegistry | None = None,
     ) -> None:
         self._window = window
+        self._partials = partials
         self._chunk_bytes = chunk_bytes
         self._max_put_bytes = max_put_bytes
         self._transport: Transport | None = None
@@ -616,6 +652,8 @@ class AgentTransfers:
             window=self._window,
         )
         receiver = _FileReceiver(flow, destination, sha256)
+        if self._partials is not None:
+            self._partials.add_partial(receiver.temp_path, job_id)
         self._receivers[transfer_id] = receiver
         try:
             stashed = self._stashed.pop(transfer_id, None)
@@ -626,6 +664,10 @@ class AgentTransfers:
             await receiver.close()
             self._receivers.pop(transfer_id, None)
             self._remember(transfer_id, receiver.last_word())
+            # Finished, the file is renamed into place or removed: forgotten. Paused (the agent
+            # is stopping), it stays, and the next start removes it.
+            if self._partials is not None and receiver.flow.finished:
+                self._partials.drop_partial(receiver.temp_path)
 
     async def abort(self, transfer_id: UUID, reason: str) -> None:
         """Give a transfer up (job cancelled): tell the platform, remove any temporary file."""

@@ -195,7 +195,7 @@ def set_allowlist(
     clear: Annotated[bool, typer.Option("--clear", help="Empty the allowlist.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Replace the allowlist (admins); isolations requested from now on use it."""
+    """Replace the allowlist (admins); isolated hosts take it up at once, offline ones on return."""
     if bool(entries) == clear:
         raise CliError("Give the allowlist's entries, or --clear to empty it.")
     rules = [parse_entry(entry) for entry in entries or []]

@@ -321,3 +321,47 @@ async def test_a_new_agent_process_takes_rules_that_match_as_in_place(
     assert backend.calls[-1] == "apply full 127.0.0.1"
     assert len(probe.asked) == asked
     assert await restarted.reassert() == "in place"
+
+
+async def test_a_new_allowlist_reaches_an_isolated_host_at_once(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    isolator = make(tmp_path, backend, probe)
+    old = (AllowRule(cidr="10.0.0.0/8"),)
+    await isolator.isolate(IsolationMode.FULL, old)
+    new = (AllowRule(cidr="192.0.2.53/32", ports=(53,)),)
+    assert await isolator.adopt_allowlist(new) == "re-applied"
+    assert backend.calls[-1] == "apply full 127.0.0.1"
+    status = await isolator.status()
+    assert status.allow == new
+    assert status.mode is IsolationMode.FULL
+    assert status.since == NOW
+    assert isolator.default_allow == new
+    # The same list again (every reconnect brings the policy) touches nothing.
+    calls = len(backend.calls)
+    assert await isolator.adopt_allowlist(new) == "unchanged"
+    assert len(backend.calls) == calls
+
+
+async def test_an_allowlist_that_cuts_the_platform_off_keeps_the_old_rules(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    isolator = make(tmp_path, backend, probe)
+    old = (AllowRule(cidr="10.0.0.0/8"),)
+    await isolator.isolate(IsolationMode.OUTBOUND, old)
+    kept = backend.rules
+    probe.up = False
+    outcome = await isolator.adopt_allowlist((AllowRule(cidr="192.0.2.0/24"),))
+    assert outcome.startswith("failed: The platform (127.0.0.1 port 8444) was unreachable")
+    assert backend.rules == kept
+    assert (await isolator.status()).allow == old
+
+
+async def test_a_host_not_isolated_only_remembers_the_allowlist(
+    tmp_path: Path, backend: Recorder, probe: Reachability
+) -> None:
+    isolator = make(tmp_path, backend, probe)
+    new = (AllowRule(cidr="192.0.2.0/24"),)
+    assert await isolator.adopt_allowlist(new) == "unchanged"
+    assert backend.calls == []
+    assert isolator.default_allow == new

@@ -63,10 +63,11 @@ RESULTS_404 = (401, 404, 404, 403, 403, 404)
 WEB_READERS = (303, 200, 200, 303, 200, 200)
 WEB_RESPONDERS = (303, 403, 200, 303, 403, 200)
 WEB_CHANGE = (303, 403, 403, 403, 403, 403)
+WEB_ADMINS = (303, 403, 403, 303, 200, 200)
+# A page's change sent without the CSRF token: login first, then the enrollment page, then 403.
+WEB_CHANGE_BY_FORM = (303, 403, 403, 303, 403, 403)
 WEB_RESULTS = (303, 200, 200, 303, 403, 200)
 WEB_RESULTS_404 = (303, 404, 404, 303, 403, 404)
-# A change without the CSRF token by a user who may open pages: 403; one who must enroll: 303.
-WEB_FORM = (303, 403, 403, 303, 403, 403)
 
 ROWS = [
     # Public.
@@ -153,13 +154,31 @@ ROWS = [
     Row("GET", "/hosts/{ref}", WEB_READERS, url="/hosts/{host}"),
     Row("GET", "/session-history", WEB_RESPONDERS),
     Row("GET", "/session-history/verify", WEB_RESPONDERS),
+    # Settings: admins only; a change without the CSRF token is refused before the permission.
+    Row("GET", "/settings/team", WEB_ADMINS),
+    Row("POST", "/settings/team", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/team/{username}/roles", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/roles"),
+    Row("POST", "/settings/team/{username}/disable", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/disable"),
+    Row("POST", "/settings/team/{username}/enable", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/enable"),
+    Row("POST", "/settings/team/{username}/mfa-reset", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/mfa-reset"),
+    Row("POST", "/settings/team/{username}/external", WEB_CHANGE_BY_FORM, url="/settings/team/ghost/external"),
+    Row("GET", "/settings/segments", WEB_ADMINS),
+    Row("POST", "/settings/segments", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/segments/{name}/delete", WEB_CHANGE_BY_FORM, url="/settings/segments/ghost/delete"),
+    Row("POST", "/settings/segments/{name}/active-response", WEB_CHANGE_BY_FORM, url="/settings/segments/ghost/active-response"),
+    Row("GET", "/settings/configuration", WEB_ADMINS),
+    Row("POST", "/settings/configuration", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/configuration/allowlist", WEB_CHANGE_BY_FORM),
+    Row("GET", "/settings/enrollment", WEB_ADMINS),
+    Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
+    # Scripts: read with results.read; the services decide who may save and run.
     Row("GET", "/scripts", WEB_RESULTS),
     Row("GET", "/scripts/{name}", WEB_RESULTS_404, url="/scripts/ghost"),
     Row("GET", "/scripts/-/new", WEB_RESULTS),
-    Row("POST", "/scripts/-/save", WEB_FORM),
-    Row("POST", "/scripts/-/delete", WEB_FORM),
+    Row("POST", "/scripts/-/save", WEB_CHANGE_BY_FORM),
+    Row("POST", "/scripts/-/delete", WEB_CHANGE_BY_FORM),
     Row("GET", "/scripts/-/run", WEB_RESULTS),
-    Row("POST", "/scripts/-/run", WEB_FORM),
+    Row("POST", "/scripts/-/run", WEB_CHANGE_BY_FORM),
     Row("GET", "/scripts/-/runs/{batch_id}", WEB_RESULTS_404, url="/scripts/-/runs/ghost"),
     Row("GET", "/scripts/-/runs/{batch_id}/hosts", WEB_RESULTS_404, url="/scripts/-/runs/ghost/hosts"),
     Row("GET", "/scripts/-/runs/{batch_id}/rows.csv", WEB_RESULTS_404, url="/scripts/-/runs/ghost/rows.csv"),

@@ -140,7 +140,7 @@ async def test_the_login_form_is_csrf_protected_too(
 def test_templates_hold_no_inline_script_style_or_handlers() -> None:
     inline_script = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.I)
     handler = re.compile(r"\son[a-z]+\s*=", re.I)
-    for template in TEMPLATES.glob("*.html"):
+    for template in TEMPLATES.rglob("*.html"):
         text = template.read_text()
         assert not inline_script.search(text), template.name
         assert not handler.search(text), template.name
@@ -149,5 +149,5 @@ def test_templates_hold_no_inline_script_style_or_handlers() -> None:
 
 
 def test_only_the_platform_drawn_qr_code_is_marked_safe() -> None:
-    uses = {t.name: len(re.findall(r"\|\s*safe", t.read_text())) for t in TEMPLATES.glob("*.html")}
+    uses = {t.name: len(re.findall(r"\|\s*safe", t.read_text())) for t in TEMPLATES.rglob("*.html")}
     assert {name: n for name, n in uses.items() if n} == {"enroll.html": 1}

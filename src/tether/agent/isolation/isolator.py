@@ -375,6 +375,40 @@ class Isolator:
         )
         return "re-applied"
 
+    async def adopt_allowlist(self, allow: tuple[AllowRule, ...]) -> str:
+        """Take the platform's allowlist from its latest policy; an isolated host gets rules
+        with it at once (tested, the previous rules kept when the test fails), so an admin's
+        change reaches the hosts already isolated, not only later isolations.
+
+        Never raises: returns (and logs) what it did, like `reassert`.
+        """
+        self.default_allow = tuple(allow)
+        try:
+            async with self._lock, self.store.exclusive():
+                desired = self.store.load()
+                policy = desired.policy()
+                if policy is None or policy.allow == self.default_allow:
+                    return "unchanged"
+                backend = self.backend()
+                wanted = dataclasses.replace(policy, allow=self.default_allow)
+                await self._apply_tested(backend, wanted, previous=policy)
+                self.store.save(
+                    DesiredIsolation.isolated_by(
+                        wanted, desired.since or self._clock(), backend.name
+                    )
+                )
+        except IsolationFailed as exc:
+            log.error("The new isolation allowlist could not be applied: %s", exc)
+            return f"failed: {exc}"
+        except Exception:
+            log.exception("The new isolation allowlist could not be applied")
+            return "failed"
+        log.info(
+            "Isolation rules re-applied with the platform's new allowlist (%d entries)",
+            len(self.default_allow),
+        )
+        return "re-applied"
+
     async def _reachable(self, policy: IsolationPolicy) -> bool:
         return await self._probe(policy.platform, policy.platform_port, self._probe_timeout)
 

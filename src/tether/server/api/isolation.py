@@ -68,7 +68,7 @@ async def put_allowlist(
     platform: PlatformDep,
     user: Annotated[User, Depends(require(Permission.SETTINGS_MANAGE))],
 ) -> list[AllowRule]:
-    """Replace the allowlist; isolations requested from now on use it."""
+    """Replace the allowlist; isolated hosts re-apply their rules with it as soon as they hear."""
     return await platform.isolation.set_allowlist(
         body.rules, actor=user.actor, source=source_of(request)
     )

@@ -211,7 +211,8 @@ class Isolation:
     async def set_allowlist(
         self, rules: list[AllowRule], *, actor: str, source: str
     ) -> list[AllowRule]:
-        """Replace the allowlist; it applies to isolations requested from now on."""
+        """Replace the allowlist; connected agents get it in their policy at once (isolated hosts
+        re-apply their rules with it), the others when they next connect."""
         if len(rules) > MAX_ALLOW_RULES:
             raise Invalid(f"The allowlist holds at most {MAX_ALLOW_RULES} entries.")
         rules = list(dict.fromkeys(rules))
@@ -229,7 +230,8 @@ class Isolation:
                 "after": [r.model_dump(mode="json") for r in rules],
             },
         )
-        # Connected agents get it at once, for the isolation their scripts may ask for.
+        # Connected agents get it at once: isolated ones re-apply their rules with it, the
+        # others keep it for the isolation their scripts may ask for.
         await self._policies.publish_to_all()
         return rules
 

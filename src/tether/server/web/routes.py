@@ -17,6 +17,7 @@ from tether.server.web import (
     script_runs,
     scripts,
     session_history,
+    settings,
 )
 from tether.server.web.access import (
     CsrfRefused,
@@ -58,6 +59,8 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(active_response.router)
     app.include_router(host.router)
     app.include_router(session_history.router)
+    for settings_router in settings.ROUTERS:
+        app.include_router(settings_router)
     app.include_router(scripts.router)
     app.include_router(script_runs.router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="static")

@@ -1,0 +1,108 @@
+"""What the Settings pages share: their tabs, reading a form, and the confirmation line.
+
+Every change is a POST answered by a redirect (post/redirect/get), so a reload never sends it
+again. The confirmation travels in a short-lived cookie rather than the query string: a link
+someone else crafted cannot make the page claim that a change was made.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+
+from tether.protocol import Permission
+from tether.server.errors import Invalid
+from tether.server.services.users import User
+from tether.server.web.templating import render
+
+NOTICE_COOKIE = "tether_notice"
+NOTICE_PATH = "/settings"
+# Long enough for the redirect to be followed, short enough that it never shows up later.
+NOTICE_SECONDS = 60
+# Longer than any single-line field these pages take (the API allows passwords this long).
+FIELD_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Tab:
+    path: str
+    label: str
+    permission: Permission
+
+
+TABS = (
+    Tab("/settings/team", "Team", Permission.USERS_MANAGE),
+    Tab("/settings/segments", "Device Segments", Permission.SEGMENTS_MANAGE),
+    Tab("/settings/configuration", "Device Configuration", Permission.SETTINGS_MANAGE),
+    Tab("/settings/enrollment", "Enrollment tokens", Permission.ENROLLMENT_MANAGE),
+)
+
+
+def tabs_for(user: User) -> list[Tab]:
+    """The Settings pages this user may open, for the tab bar."""
+    return [t for t in TABS if t.permission in user.permissions]
+
+
+async def form_fields(request: Request, limit: int = FIELD_LIMIT) -> dict[str, str]:
+    """The submitted form's text fields (the first value of each); a field longer than `limit`
+    is refused rather than cut, so nothing is saved other than what was typed."""
+    form = await request.form()
+    fields: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if not isinstance(value, str) or name in fields:
+            continue
+        if len(value) > limit:
+            raise Invalid(f"Each field holds at most {limit} characters.")
+        fields[name] = value
+    return fields
+
+
+async def form_values(request: Request, name: str) -> list[str]:
+    """Every value of a repeated field (ticked checkboxes)."""
+    form = await request.form()
+    return [v[:FIELD_LIMIT] for v in form.getlist(name) if isinstance(v, str)]
+
+
+def done(url: str, sentence: str) -> Response:
+    """Redirect to `url`, which then shows `sentence` once as its confirmation line."""
+    response = RedirectResponse(url, status_code=303)
+    response.set_cookie(
+        NOTICE_COOKIE,
+        quote(sentence),
+        max_age=NOTICE_SECONDS,
+        path=NOTICE_PATH,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def show(
+    request: Request,
+    template: str,
+    user: User,
+    status_code: int = 200,
+    *,
+    error: str | None = None,
+    **context: Any,
+) -> Response:
+    """Render a Settings page with its tabs, and the confirmation a redirect left for it (shown
+    once: the cookie is deleted with this answer) or the refusal `error`."""
+    notice = request.cookies.get(NOTICE_COOKIE)
+    response = render(
+        request,
+        template,
+        status_code,
+        tabs=tabs_for(user),
+        notice=unquote(notice)[:FIELD_LIMIT] if notice and error is None else None,
+        error=error,
+        **context,
+    )
+    if notice is not None:
+        response.delete_cookie(
+            NOTICE_COOKIE, path=NOTICE_PATH, secure=True, httponly=True, samesite="strict"
+        )
+    return response

@@ -1,0 +1,92 @@
+"""Settings -> Enrollment tokens: the tokens issued (never their secrets, which the platform
+keeps only as hashes), and issuing one for a segment.
+
+A new token is shown once, in the answer to the POST that made it, with the command that
+enrolls an endpoint; there is no redirect, because the secret must not be put anywhere a later
+request could read it back (a cookie, a URL).
+"""
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from tether.protocol import Permission
+from tether.server.api.deps import PlatformDep, source_of
+from tether.server.errors import Invalid, PlatformError
+from tether.server.services.enrollment import IssuedToken
+from tether.server.services.users import User
+from tether.server.web.access import page_require
+from tether.server.web.settings.common import form_fields, show
+
+router = APIRouter()
+EnrollmentAdmin = Annotated[User, Depends(page_require(Permission.ENROLLMENT_MANAGE))]
+PAGE = "/settings/enrollment"
+# The form's defaults, the API's (`TokenCreate`): one use, valid for a day.
+DEFAULTS = {"segment": "default", "uses": "1", "hours": "24"}
+
+
+def _whole_number(text: str, what: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise Invalid(f"{what} must be a whole number.") from None
+
+
+def enroll_command(token: str) -> str:
+    """The command an endpoint's administrator runs (docs/operations.md)."""
+    return f"tether agent enroll --token {token}"
+
+
+async def _page(
+    request: Request,
+    platform: PlatformDep,
+    user: User,
+    status_code: int = 200,
+    error: str | None = None,
+    entered: dict[str, str] | None = None,
+    issued: IssuedToken | None = None,
+) -> Response:
+    return show(
+        request,
+        "settings/enrollment.html",
+        user,
+        status_code,
+        error=error,
+        tokens=await platform.enrollment.list_tokens(),
+        segments=[s.name for s in await platform.segments.list()],
+        now=platform.users.now(),
+        entered=entered or DEFAULTS,
+        issued=issued,
+        command=enroll_command(issued.token) if issued else "",
+    )
+
+
+@router.get(PAGE)
+async def tokens_page(request: Request, platform: PlatformDep, user: EnrollmentAdmin) -> Response:
+    return await _page(request, platform, user)
+
+
+@router.post(PAGE)
+async def create_token(request: Request, platform: PlatformDep, user: EnrollmentAdmin) -> Response:
+    """Issue a token for a segment (created when new, as the service does) and show it once."""
+    entered = dict(DEFAULTS)
+    try:
+        fields = await form_fields(request)
+        entered |= {k: fields[k] for k in DEFAULTS if k in fields}
+        uses = _whole_number(entered["uses"], "Uses")
+        hours = _whole_number(entered["hours"], "Valid for (hours)")
+        if not 0 < hours <= 24 * 366:
+            # Bounded before timedelta sees it; the service words the real limit.
+            hours = 24 * 366 if hours > 0 else 0
+        issued = await platform.enrollment.create_token(
+            segment=entered["segment"].strip(),
+            uses=uses,
+            lifetime=timedelta(hours=hours),
+            actor=user.actor,
+            source=source_of(request),
+        )
+    except PlatformError as e:
+        return await _page(request, platform, user, e.status_code, str(e), entered)
+    return await _page(request, platform, user, 201, issued=issued)

@@ -1,0 +1,116 @@
+"""Settings -> Device Segments: segments with their host counts, creating and deleting them, and
+the Active Response switch of each (also shown on Device Configuration, which posts here).
+
+The `Segments` service does the checking and the auditing, as for `tether.server.api.segments`;
+deleting a segment that still holds hosts is its refusal, shown as it words it.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from tether.protocol import Permission
+from tether.server.api.deps import PlatformDep, source_of
+from tether.server.errors import PlatformError
+from tether.server.services.users import User
+from tether.server.web.access import page_require
+from tether.server.web.settings.common import done, form_fields, show
+
+router = APIRouter()
+SegmentAdmin = Annotated[User, Depends(page_require(Permission.SEGMENTS_MANAGE))]
+PAGE = "/settings/segments"
+# Where a switch sends the browser back to: the page it was flipped on.
+SWITCH_PAGES = {"segments": PAGE, "configuration": "/settings/configuration"}
+
+
+def _on_off(enabled: bool) -> str:
+    return "on" if enabled else "off"
+
+
+async def _page(
+    request: Request,
+    platform: PlatformDep,
+    user: User,
+    status_code: int = 200,
+    error: str | None = None,
+    entered: dict[str, str] | None = None,
+) -> Response:
+    return show(
+        request,
+        "settings/segments.html",
+        user,
+        status_code,
+        error=error,
+        segments=await platform.segments.list(),
+        switch_back="segments",
+        entered=entered or {},
+    )
+
+
+async def _change(
+    request: Request,
+    platform: PlatformDep,
+    user: User,
+    change: Callable[[], Awaitable[str]],
+    entered: dict[str, str] | None = None,
+) -> Response:
+    try:
+        sentence = await change()
+    except PlatformError as e:
+        return await _page(request, platform, user, e.status_code, str(e), entered)
+    return done(PAGE, sentence)
+
+
+@router.get(PAGE)
+async def segments_page(request: Request, platform: PlatformDep, user: SegmentAdmin) -> Response:
+    return await _page(request, platform, user)
+
+
+@router.post(PAGE)
+async def create_segment(request: Request, platform: PlatformDep, user: SegmentAdmin) -> Response:
+    typed = (await request.form()).get("name")
+
+    async def create() -> str:
+        fields = await form_fields(request)
+        created = await platform.segments.create(
+            fields.get("name", ""),
+            active_response=fields.get("active_response") == "on",
+            actor=user.username,
+            source=source_of(request),
+        )
+        return (
+            f"Segment {created.name} created, Active Response {_on_off(created.active_response)}."
+        )
+
+    entered = {"name": typed[:64] if isinstance(typed, str) else ""}
+    return await _change(request, platform, user, create, entered)
+
+
+@router.post(PAGE + "/{name}/delete")
+async def delete_segment(
+    name: str, request: Request, platform: PlatformDep, user: SegmentAdmin
+) -> Response:
+    async def delete() -> str:
+        await platform.segments.delete(name, actor=user.username, source=source_of(request))
+        return f"Segment {name} deleted, with its enrollment tokens."
+
+    return await _change(request, platform, user, delete)
+
+
+@router.post(PAGE + "/{name}/active-response")
+async def switch_active_response(
+    name: str, request: Request, platform: PlatformDep, user: SegmentAdmin
+) -> Response:
+    """Turn the segment's Active Response on (`enabled=on`) or off; back to the page it was on."""
+    try:
+        fields = await form_fields(request)
+        changed = await platform.segments.set_active_response(
+            name, fields.get("enabled") == "on", actor=user.username, source=source_of(request)
+        )
+    except PlatformError as e:
+        # Shown here whichever page the switch was on: this page is the segments' own.
+        return await _page(request, platform, user, e.status_code, str(e))
+    back = SWITCH_PAGES.get(fields.get("back", ""), PAGE)
+    return done(back, f"Active Response is {_on_off(changed.active_response)} for {changed.name}.")

@@ -1,0 +1,121 @@
+"""The Settings pages in a real browser against a real platform: an admin creates a user and
+grants them Active Response from the row menu, flips a segment's Active Response switch off and
+on, and issues an enrollment token whose command line a real agent then enrolls with."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Page, expect
+
+from .browser import browser_page, log_in, screenshot
+from .harness import Agent, Children, Cli, Platform
+
+PASSWORD = "a long enough password"
+COMMAND = "tether agent enroll --token "
+
+
+def _segment(admin: Cli, name: str) -> dict[str, Any]:
+    with admin.api() as api:
+        found: list[dict[str, Any]] = [s for s in api.get("/segments").json() if s["name"] == name]
+    assert found, f"no segment {name}"
+    return found[0]
+
+
+def _team_page(page: Page, admin: Cli) -> None:
+    page.get_by_role("link", name="Settings").click()
+    page.wait_for_url("**/settings/team")
+    page.get_by_label("Username").fill("mdr-ana")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.locator("form.new-user").get_by_label("Analyst").check()
+    page.get_by_role("button", name="Create user").click()
+    expect(page.get_by_role("status")).to_have_text("User mdr-ana created (Analyst).")
+
+    row = page.locator('tr[data-user="mdr-ana"]')
+    row.locator("summary").click()
+    row.get_by_role("button", name="Grant Active Response").click()
+    expect(page.get_by_role("status")).to_have_text("mdr-ana now holds the Active Response role.")
+    expect(row.locator("td.roles")).to_contain_text("Active Response")
+    with admin.api() as api:
+        users = {u["username"]: u for u in api.get("/users").json()}
+    assert users["mdr-ana"]["roles"] == ["analyst", "responder"]
+    # The row menu open, as an admin sees it.
+    row.locator("summary").click()
+    screenshot(page, "settings-team")
+    row.locator("summary").click()
+
+
+def _segments_page(page: Page, admin: Cli) -> None:
+    page.get_by_role("link", name="Device Segments").click()
+    page.wait_for_url("**/settings/segments")
+    row = page.locator('tr[data-segment="ir"]')
+    expect(row.locator(".ar-state")).to_have_text("On")
+    row.get_by_role("button", name="Turn off").click()
+    expect(page.get_by_role("status")).to_have_text("Active Response is off for ir.")
+    expect(row.locator(".ar-state")).to_have_text("Off")
+    assert _segment(admin, "ir")["active_response"] is False
+    row.get_by_role("button", name="Turn on").click()
+    expect(page.get_by_role("status")).to_have_text("Active Response is on for ir.")
+    expect(row.locator(".ar-state")).to_have_text("On")
+    assert _segment(admin, "ir")["active_response"] is True
+    screenshot(page, "settings-segments")
+
+
+def _configuration_page(page: Page, admin: Cli) -> None:
+    page.get_by_role("link", name="Device Configuration").click()
+    page.wait_for_url("**/settings/configuration")
+    page.get_by_label("Allowlist").fill("10.20.0.0/16\n192.0.2.10/32 443,8443")
+    page.get_by_role("button", name="Save allowlist").click()
+    expect(page.get_by_role("status")).to_contain_text("Isolation allowlist saved (2 entries)")
+    with admin.api() as api:
+        rules = api.get("/isolation/allowlist").json()
+    assert rules == [
+        {"cidr": "10.20.0.0/16", "ports": []},
+        {"cidr": "192.0.2.10/32", "ports": [443, 8443]},
+    ]
+    expect(page.locator('tr[data-segment="ir"] .ar-state')).to_have_text("On")
+    screenshot(page, "settings-configuration")
+
+
+def _enrollment_page(page: Page) -> str:
+    page.get_by_role("link", name="Enrollment tokens").click()
+    page.wait_for_url("**/settings/enrollment")
+    page.get_by_label("Segment").fill("ir")
+    page.get_by_role("button", name="Create token").click()
+    command = page.locator("#enroll-command")
+    expect(command).to_contain_text(COMMAND)
+    text = command.inner_text().strip()
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("#copy-status")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == text
+    screenshot(page, "settings-enrollment")
+    return text.removeprefix(COMMAND)
+
+
+def test_an_admin_manages_team_segments_configuration_and_enrollment(
+    responding: tuple[Platform, Cli, Children], tmp_path: Path
+) -> None:
+    platform, admin, children = responding
+    started = time.monotonic()
+    with browser_page() as page:
+        # The Copy button writes to the clipboard; the test reads it back.
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=platform.url)
+        log_in(page, platform.url, platform.admin_password, platform.admin_code())
+        _team_page(page, admin)
+        _segments_page(page, admin)
+        _configuration_page(page, admin)
+        token = _enrollment_page(page)
+
+        # The command line the page showed enrolls a real endpoint into the segment.
+        agent = Agent(tmp_path / "ep", children, platform.env)
+        result = agent.enroll(token)
+        assert result.returncode == 0, result.stderr
+        with admin.api() as api:
+            host = api.get(f"/hosts/{agent.host_id}").json()
+        assert host["segment"] == "ir"
+        # Back to the page by its link (a reload would send the form again).
+        page.get_by_role("link", name="Enrollment tokens").click()
+        page.wait_for_load_state()
+        expect(page.locator("table.tokens tbody tr").last).to_contain_text("1 of 1")
+        assert token not in page.content()
+    print(f"settings browser test took {time.monotonic() - started:.1f} s")
