@@ -66,6 +66,8 @@ WEB_CHANGE = (303, 403, 403, 403, 403, 403)
 WEB_ADMINS = (303, 403, 403, 303, 200, 200)
 # A page's change sent without the CSRF token: login first, then the enrollment page, then 403.
 WEB_CHANGE_BY_FORM = (303, 403, 403, 303, 403, 403)
+WEB_RESULTS = (303, 200, 200, 303, 403, 200)
+WEB_RESULTS_404 = (303, 404, 404, 303, 403, 404)
 
 ROWS = [
     # Public.
@@ -175,6 +177,17 @@ ROWS = [
     Row("GET", "/files/{ref}", (303, 404, 404, 303, 403, 404), url="/files/ghost"),
     Row("GET", "/files/{ref}/content", (303, 403, 404, 303, 403, 404), url="/files/ghost/content"),
     Row("POST", "/files/upload", (303, 403, 400, 303, 403, 400)),
+    # Scripts: read with results.read; the services decide who may save and run.
+    Row("GET", "/scripts", WEB_RESULTS),
+    Row("GET", "/scripts/{name}", WEB_RESULTS_404, url="/scripts/ghost"),
+    Row("GET", "/scripts/-/new", WEB_RESULTS),
+    Row("POST", "/scripts/-/save", WEB_CHANGE_BY_FORM),
+    Row("POST", "/scripts/-/delete", WEB_CHANGE_BY_FORM),
+    Row("GET", "/scripts/-/run", WEB_RESULTS),
+    Row("POST", "/scripts/-/run", WEB_CHANGE_BY_FORM),
+    Row("GET", "/scripts/-/runs/{batch_id}", WEB_RESULTS_404, url="/scripts/-/runs/ghost"),
+    Row("GET", "/scripts/-/runs/{batch_id}/hosts", WEB_RESULTS_404, url="/scripts/-/runs/ghost/hosts"),
+    Row("GET", "/scripts/-/runs/{batch_id}/rows.csv", WEB_RESULTS_404, url="/scripts/-/runs/ghost/rows.csv"),
     # The team and the settings.
     Row("GET", "/api/v1/users", ADMINS),
     Row("POST", "/api/v1/users", (401, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),

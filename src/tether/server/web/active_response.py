@@ -27,6 +27,8 @@ ACTIONS = {
     "isolate-full": "Isolation (full)",
     "unisolate": "Unisolation",
 }
+# Not an isolation request: it opens the Run form with the ticked hosts.
+RUN_SCRIPT = "run-script"
 # What the confirmation after the redirect names each kind of request.
 REQUESTED = {ISOLATE: "Isolation", RELEASE: "Unisolation"}
 PICK_HOSTS = "Select at least one host first."
@@ -134,8 +136,12 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
     error: str | None = None
     outcome: BatchView | None = None
     status = 200
-    if action not in ACTIONS:
-        error, status = "Choose Isolate or Unisolate.", 422
+    if action == RUN_SCRIPT and selected:
+        # The Run form takes the ticked hosts; the script is picked there.
+        hosts = urlencode([("host", h) for h in sorted(selected)])
+        return RedirectResponse(f"/scripts/-/run?{hosts}", status_code=303)
+    if action not in ACTIONS and action != RUN_SCRIPT:
+        error, status = "Choose Isolate, Unisolate or Run script.", 422
     elif not selected:
         error, status = PICK_HOSTS, 422
     else:

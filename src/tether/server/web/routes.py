@@ -10,7 +10,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from tether.server.web import active_response, files, host, login, session_history, settings
+from tether.server.web import (
+    active_response,
+    files,
+    host,
+    login,
+    script_runs,
+    scripts,
+    session_history,
+    settings,
+)
 from tether.server.web.access import (
     CsrfRefused,
     EnrollmentRequired,
@@ -54,6 +63,8 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     for settings_router in settings.ROUTERS:
         app.include_router(settings_router)
     app.include_router(files.router)
+    app.include_router(scripts.router)
+    app.include_router(script_runs.router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -1,0 +1,271 @@
+"""Run a library script on a selection, then follow the run: output and rows per host, CSV.
+
+The submission is the API's POST /jobs with `script`: `ScriptLibrary.run_args` resolves the
+source and checks the parameters, `Jobs.submit` checks the user (Active Response role, second
+factor) and each host's segment, audits and queues. The page only builds the request and shows
+the service's sentence when it says no. Both pages need results.read, like reading a batch.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+
+from tether.server.api.deps import PlatformDep, source_of
+from tether.server.api.job_schemas import HostSelection
+from tether.server.api.jobs import selection_of
+from tether.server.errors import Invalid, NotFound, PlatformError
+from tether.server.services.access import host_refusal
+from tether.server.services.dispatch import FINAL_STATES
+from tether.server.services.jobs import BatchView, JobView
+from tether.server.services.platform import Platform
+from tether.server.services.scripts import RUN_ACTION, ScriptVersion
+from tether.server.services.users import User
+from tether.server.web.row_export import cell_text, columns_of, rows_csv
+from tether.server.web.script_form import fields_of, params_of
+from tether.server.web.scripts import Reader, script_url
+from tether.server.web.templating import render
+
+router = APIRouter()
+PICK_SCRIPT = "Choose a script to run."
+PICK_TARGET = "Choose the selected hosts, a segment, or all hosts."
+# What one look at a run reads per host: the page stays light while the CSV has every row.
+SHOWN_PIECES = 2000
+# Refused hosts named on the results page (the rest are counted).
+SHOWN_REFUSED = 100
+TARGETS = ("hosts", "segment", "all")
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """One host's part of a run, as its section shows it."""
+
+    job: JobView
+    # (stream, text) pieces of everything but rows, in order.
+    text: list[tuple[str, str]]
+    columns: list[str]
+    rows: list[list[str]]
+    truncated: bool
+
+    @property
+    def done(self) -> bool:
+        return self.job.state in FINAL_STATES
+
+
+async def _pairs(request: Request) -> list[tuple[str, str]]:
+    if request.method == "POST":
+        form = await request.form()
+        return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    return list(request.query_params.multi_items())
+
+
+def _refs(pairs: list[tuple[str, str]]) -> list[str]:
+    """Host refs: ticked ids plus the ids or hostnames typed, spaces or commas between them."""
+    ticked = [v for k, v in pairs if k == "host" and v]
+    typed = " ".join(v for k, v in pairs if k == "more_hosts").replace(",", " ").split()
+    return list(dict.fromkeys([*ticked, *typed]))
+
+
+async def _form_page(
+    request: Request,
+    platform: Platform,
+    pairs: list[tuple[str, str]],
+    *,
+    status: int = 200,
+    error: str | None = None,
+) -> Response:
+    values = dict(pairs)
+    name = values.get("script", "")[:200]
+    scripts = await platform.scripts.list()
+    script: ScriptVersion | None = None
+    if name:
+        try:
+            script = await platform.scripts.get(name)
+        except NotFound as e:
+            error, status = str(e), 404
+    ticked = [v for k, v in pairs if k == "host" and v]
+    known = {h.id: h for h in await platform.hosts.list()}
+    return render(
+        request,
+        "script_run.html",
+        status,
+        scripts=scripts,
+        script=script,
+        fields=fields_of(script.parameters, values) if script else [],
+        ticked=sorted(
+            ((ref, known[ref].hostname if ref in known else ref) for ref in ticked),
+            key=lambda pair: pair[1],
+        ),
+        more_hosts=values.get("more_hosts", "")[:10_000],
+        target=values.get("target", "hosts"),
+        segment=values.get("segment", ""),
+        segments=[s.name for s in await platform.segments.list()],
+        error=error,
+        script_url=script_url,
+    )
+
+
+@router.get("/scripts/-/run")
+async def run_form(request: Request, platform: PlatformDep, _user: Reader) -> Response:
+    """The Run form; `script` picks the script, `host` (repeated) preselects hosts."""
+    return await _form_page(request, platform, await _pairs(request))
+
+
+async def _submit(
+    request: Request, platform: Platform, user: User, pairs: list[tuple[str, str]]
+) -> BatchView:
+    values = dict(pairs)
+    name = values.get("script", "")
+    if not name:
+        raise Invalid(PICK_SCRIPT)
+    version_text = values.get("version", "")
+    version = int(version_text) if version_text.isdigit() and int(version_text) > 0 else None
+    script = await platform.scripts.get(name, version)
+    args = await platform.scripts.run_args(
+        user,
+        RUN_ACTION,
+        script.name,
+        script.version,
+        {"params": params_of(script.parameters, pairs)},
+    )
+    target = values.get("target", "hosts")
+    try:
+        # The API's request model and its conversion: exactly one of hosts, segment, all.
+        chosen = HostSelection(
+            hosts=_refs(pairs) if target == "hosts" else None,
+            segment=(values.get("segment") or None) if target == "segment" else None,
+            all=target == "all",
+        )
+    except ValidationError as e:
+        raise Invalid(PICK_TARGET) from e
+    return await platform.jobs.submit(
+        user,
+        RUN_ACTION,
+        args,
+        await selection_of(platform, chosen),
+        from_library=True,
+        source=source_of(request),
+    )
+
+
+@router.post("/scripts/-/run")
+async def run(request: Request, platform: PlatformDep, user: Reader) -> Response:
+    """Queue the script for the selection; the results page follows it (post/redirect/get, so
+    a reload never runs it twice)."""
+    pairs = await _pairs(request)
+    try:
+        batch = await _submit(request, platform, user, pairs)
+    except PlatformError as e:
+        return await _form_page(request, platform, pairs, status=e.status_code, error=str(e))
+    query = urlencode([("refused", h) for h in list(batch.refused)[:SHOWN_REFUSED]])
+    return RedirectResponse(
+        f"/scripts/-/runs/{batch.id}" + (f"?{query}" if query else ""), status_code=303
+    )
+
+
+async def _host_run(platform: Platform, job: JobView) -> HostRun:
+    pieces = await platform.jobs.output(job.id, limit=SHOWN_PIECES)
+    text = [(p.stream, p.text) for p in pieces if p.stream != "row" and p.text]
+    fields = [p.fields or {} for p in pieces if p.stream == "row"]
+    columns = columns_of(fields)
+    rows = [[cell_text(f[c]) if c in f else "" for c in columns] for f in fields]
+    return HostRun(job, text, columns, rows, truncated=len(pieces) >= SHOWN_PIECES)
+
+
+async def _script_run(platform: Platform, batch_id: str) -> BatchView:
+    batch = await platform.jobs.batch(batch_id[:64])
+    if batch.action != RUN_ACTION:
+        raise NotFound(f"No script run has the id {batch_id!r}.")
+    return batch
+
+
+async def _run_view(platform: Platform, batch_id: str) -> tuple[BatchView, list[HostRun]]:
+    batch = await _script_run(platform, batch_id)
+    hosts = [await _host_run(platform, job) for job in sorted(batch.jobs, key=_by_host)]
+    return batch, hosts
+
+
+def _by_host(job: JobView) -> tuple[str, str]:
+    return job.hostname, job.host_id
+
+
+async def _script_of(platform: Platform, batch: BatchView) -> str:
+    """The library name and version the run's arguments carry ("Name vN")."""
+    if not batch.jobs:
+        return "a script"
+    args = (await platform.jobs.get(batch.jobs[0].id)).args or {}
+    return str(args.get("name") or "an ad hoc script")
+
+
+async def _refusals(platform: Platform, ids: list[str]) -> list[str]:
+    """Why the hosts named in the redirect were left out, read now from their state."""
+    states = await platform.access.states_of(ids[:SHOWN_REFUSED])
+    return [host_refusal(s) or f"{s.hostname} was left out." for s in states.values()]
+
+
+@router.get("/scripts/-/runs/{batch_id}")
+async def results(
+    batch_id: str, request: Request, platform: PlatformDep, _user: Reader
+) -> Response:
+    try:
+        batch, hosts = await _run_view(platform, batch_id)
+    except NotFound as e:
+        return render(request, "message.html", 404, heading="Run not found", message=str(e))
+    refused = await _refusals(platform, request.query_params.getlist("refused"))
+    return render(
+        request,
+        "script_results.html",
+        batch=batch,
+        hosts=hosts,
+        script_name=await _script_of(platform, batch),
+        refused=refused,
+        running=not all(h.done for h in hosts),
+    )
+
+
+@router.get("/scripts/-/runs/{batch_id}/hosts")
+async def results_fragment(
+    batch_id: str, request: Request, platform: PlatformDep, _user: Reader
+) -> Response:
+    """The host sections alone, polled every second while a job runs; once all have ended the
+    fragment comes back without its trigger and the polling stops."""
+    try:
+        batch, hosts = await _run_view(platform, batch_id)
+    except NotFound as e:
+        return render(request, "message.html", 404, heading="Run not found", message=str(e))
+    return render(
+        request,
+        "run_hosts.html",
+        batch=batch,
+        hosts=hosts,
+        running=not all(h.done for h in hosts),
+    )
+
+
+async def _all_rows(platform: Platform, batch: BatchView) -> list[tuple[str, dict[str, Any]]]:
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for job in sorted(batch.jobs, key=_by_host):
+        after = 0
+        while pieces := await platform.jobs.output(job.id, after=after):
+            rows += [(job.hostname, p.fields or {}) for p in pieces if p.stream == "row"]
+            after = pieces[-1].id
+    return rows
+
+
+@router.get("/scripts/-/runs/{batch_id}/rows.csv")
+async def rows_export(
+    batch_id: str, request: Request, platform: PlatformDep, _user: Reader
+) -> Response:
+    """Every row of every host, a host column first, formula cells made inert."""
+    try:
+        batch = await _script_run(platform, batch_id)
+    except NotFound as e:
+        return render(request, "message.html", 404, heading="Run not found", message=str(e))
+    return Response(
+        rows_csv(await _all_rows(platform, batch)),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="run-{batch.id}.csv"'},
+    )

@@ -1,0 +1,131 @@
+"""Scripts in a real browser against a real platform and a real agent: write a script in the
+editor, tick the host on Active Response, Actions -> Run script, fill a parameter, watch the
+output stream in and the rows table appear (endpoint text shown as text), download the CSV, and
+find the submission with the whole script in Session History."""
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from .browser import browser_page, log_in, screenshot
+from .harness import Agent, Children, Cli, Platform
+
+pytestmark = pytest.mark.e2e
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+NAME = "Web Greeting"
+# Prints at once, then pauses so the page can be seen following a running job; the rows come
+# after. One row carries the hostile text as a key and a value, one a spreadsheet formula.
+SOURCE = f"""import time
+from tether import script
+
+print("hello", script.params["greeting"], flush=True)
+time.sleep(4)
+for number in range(script.params["count"]):
+    script.row(number=number, square=number * number)
+script.row(**{{"{HOSTILE}": "{HOSTILE}", "number": "=1+2"}})
+print("{HOSTILE}", flush=True)
+print("done", flush=True)
+"""
+SCHEMA = """{
+  "type": "object",
+  "properties": {
+    "greeting": {"type": "string", "minLength": 1, "description": "What to say"},
+    "count": {"type": "integer", "minimum": 0, "maximum": 10, "default": 2}
+  },
+  "required": ["greeting"]
+}"""
+
+
+def test_a_responder_writes_runs_and_exports_a_script(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    platform, admin, _ = responding
+    with admin.api() as api:
+        hostname = api.get(f"/hosts/{endpoint.host_id}").json()["hostname"]
+    started = time.monotonic()
+    with browser_page() as page:
+        log_in(page, platform.url, platform.admin_password, platform.admin_code())
+        nav = page.get_by_role("navigation")
+
+        # The library and a new script written in the editor.
+        nav.get_by_role("link", name="Scripts").click()
+        page.wait_for_url(f"{platform.url}/scripts")
+        page.get_by_role("link", name="New script").click()
+        page.get_by_label("Name").fill(NAME)
+        page.get_by_label("Description").fill("Greets, then counts squares")
+        page.get_by_label("Source", exact=True).fill(SOURCE)
+        page.get_by_label("Parameters schema").fill(SCHEMA)
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("status")).to_have_text("Saved as version 1.")
+        expect(page.locator(".versions tbody tr")).to_have_count(1)
+        screenshot(page, "script-editor")
+        nav.get_by_role("link", name="Scripts").click()
+        expect(page.locator(f'tr[data-script="{NAME}"]')).to_contain_text("v1")
+        screenshot(page, "scripts")
+
+        # Active Response: tick the host, Actions -> Run script, pick the script there.
+        nav.get_by_role("link", name="Active Response").click()
+        page.locator(f'tr[data-host="{endpoint.host_id}"] input[type="checkbox"]').check()
+        page.locator("details.menu summary").click()
+        page.get_by_role("button", name="Run script").click()
+        page.wait_for_url(f"{platform.url}/scripts/-/run?host={endpoint.host_id}")
+        expect(page.locator(".chosen-hosts")).to_have_text(f"for {hostname}")
+        page.get_by_label("Script").select_option(NAME)
+        page.get_by_role("button", name="Choose").click()
+        expect(page.get_by_label(f"{hostname}")).to_be_checked()
+        expect(page.get_by_label("count")).to_have_value("2")
+        page.get_by_label("greeting").fill("from the browser")
+        page.get_by_role("button", name="Run", exact=True).click()
+
+        # The results: output streams in while the job runs, then the rows table.
+        page.wait_for_url(f"{platform.url}/scripts/-/runs/*")
+        section = page.locator(f'section.run-host[data-host="{endpoint.host_id}"]')
+        expect(section.locator("pre.output")).to_contain_text(
+            "hello from the browser", timeout=20_000
+        )
+        expect(section).to_have_attribute("data-state", "running")
+        expect(section.locator("table.rows")).to_have_count(0)
+        expect(section).to_have_attribute("data-state", "succeeded", timeout=30_000)
+        expect(section.locator("pre.output")).to_contain_text("done")
+        expect(page.locator("#run-hosts")).to_have_attribute("data-running", "no")
+        rows = section.locator("table.rows")
+        expect(rows.locator("thead th")).to_have_text(["number", "square", HOSTILE])
+        expect(rows.locator("tbody tr")).to_have_count(3)
+        expect(rows.locator("tbody tr").nth(1).locator("td")).to_have_text(["1", "1", ""])
+        expect(rows.locator("tbody tr").nth(2).locator("td")).to_have_text(["=1+2", "", HOSTILE])
+        expect(section.locator("pre.output")).to_contain_text(HOSTILE)
+        assert page.locator('img[src="x"]').count() == 0
+        screenshot(page, "script-results")
+
+        # The CSV: a host column first, every row, the formula made inert.
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Export rows (CSV)").click()
+        saved = tmp_path / "rows.csv"
+        download.value.save_as(saved)
+        with saved.open(newline="", encoding="utf-8") as handle:
+            table = list(csv.reader(handle))
+        assert table == [
+            ["host", "number", "square", HOSTILE],
+            [hostname, "0", "0", ""],
+            [hostname, "1", "1", ""],
+            [hostname, "'=1+2", "", HOSTILE],
+        ]
+
+        # Session History: the submission, with the whole script text that ran.
+        nav.get_by_role("link", name="Session History").click()
+        page.get_by_placeholder("Action, e.g. job. or auth.").fill("job.submit")
+        page.get_by_role("button", name="Filter").click()
+        record = page.locator("table.audit tbody tr").first
+        expect(record).to_contain_text("job.submit")
+        record.locator("summary").click()
+        details = record.locator("dl.record")
+        expect(details).to_contain_text("script.run")
+        expect(details).to_contain_text(f"{NAME} v1")
+        expect(details).to_contain_text("time.sleep(4)")
+        expect(details).to_contain_text("from the browser")
+        assert page.locator('img[src="x"]').count() == 0
+    print(f"browser test took {time.monotonic() - started:.1f} s")
