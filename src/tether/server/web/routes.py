@@ -10,7 +10,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from tether.server.web import active_response, host, login, session_history
+from tether.server.web import (
+    active_response,
+    host,
+    host_files,
+    host_processes,
+    live_session,
+    login,
+    session_history,
+)
 from tether.server.web.access import (
     CsrfRefused,
     EnrollmentRequired,
@@ -50,6 +58,9 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(login.router)
     app.include_router(active_response.router)
     app.include_router(host.router)
+    app.include_router(live_session.router)
+    app.include_router(host_files.router)
+    app.include_router(host_processes.router)
     app.include_router(session_history.router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="static")
 
