@@ -117,11 +117,17 @@ def _outcome_words(result: object) -> str:
 
 @router.post("/hosts/{ref}/session/processes")
 async def list_processes(
-    ref: str, request: Request, platform: PlatformDep, user: Responder
+    ref: str,
+    request: Request,
+    platform: PlatformDep,
+    user: Responder,
+    name: Annotated[str, Form(max_length=256)] = "",
 ) -> Response:
+    """List the endpoint's processes, those whose name contains `name` when it is given."""
     host = await platform.hosts.get(ref)
+    args = {"name": name.strip()} if name.strip() else {}
     try:
-        job = await send(platform, request, user, host, "processes.list", {})
+        job = await send(platform, request, user, host, "processes.list", args)
     except PlatformError as e:
         return await _show(request, platform, user, host, status=e.status_code, error=str(e))
     await wait_for(platform, job.id, LIST_WAIT_SECONDS)
