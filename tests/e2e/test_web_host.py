@@ -65,6 +65,9 @@ def test_a_responder_works_a_host_through_the_live_session(
         expect(terminal).to_contain_text(HOSTILE)
         _no_planted_image(page)
         screenshot(page, "host-console")
+        # The working directory is the console's own; a reload keeps it for this session.
+        page.reload()
+        expect(page.locator("#console-cwd")).to_have_text(str(workdir))
         command.fill("kill abc")
         command.press("Enter")
         expect(page.locator("#console-error")).to_have_text("kill: 'abc' is not a process id.")

@@ -23,10 +23,10 @@ from tether.cli.client import Api
 from tether.cli.errors import CliError
 from tether.cli.output import console, errors, plain, table, terminal_text
 from tether.protocol.shell import (
-    HELP,
     Command,
     ShellInputError,
     Step,
+    help_text,
     put_command,
     read_line,
     resolve,
@@ -34,6 +34,12 @@ from tether.protocol.shell import (
     script_command,
 )
 
+HELP = help_text(
+    extra=(
+        f"  {'exit':<23} stop the session (Ctrl-D does too)",
+        "Ctrl-C stops the running command; at the prompt it stops the session.",
+    )
+)
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired"})
 # How long one long poll for output may wait (the platform allows 30 s; the client's read
 # timeout is 30 s too).

@@ -17,20 +17,28 @@ from typing import Any
 
 CAT_LIMIT = 64 * 1024
 
-HELP = """\
-Commands (paths are relative to the current directory):
-  ls [PATH]               list a directory
-  cd PATH                 change the current directory (checked on the endpoint)
-  cat PATH                print the first 64 KiB of a file
-  get PATH [LOCAL]        collect a file from the endpoint to the platform
-  put LOCAL PATH          deploy a file to the endpoint
-  ps                      list processes
-  kill PID [--tree]       terminate a process (with --tree, its children too)
-  run NAME [KEY=VALUE...] run a script from the library with parameters
-  py CODE                 run a Python one-liner on the endpoint (an expression's value is shown)
-  help                    this list
-  exit                    stop the session (Ctrl-D does too)
-Ctrl-C stops the running command; at the prompt it stops the session."""
+# Each command's usage and what it does, in the order `help` lists them.
+COMMANDS = (
+    ("ls [PATH]", "list a directory"),
+    ("cd PATH", "change the current directory (checked on the endpoint)"),
+    ("cat PATH", "print the first 64 KiB of a file"),
+    ("get PATH [LOCAL]", "collect a file from the endpoint to the platform"),
+    ("put LOCAL PATH", "deploy a file to the endpoint"),
+    ("ps", "list processes"),
+    ("kill PID [--tree]", "terminate a process (with --tree, its children too)"),
+    ("run NAME [KEY=VALUE...]", "run a script from the library with parameters"),
+    ("py CODE", "run a Python one-liner on the endpoint (an expression's value is shown)"),
+    ("help", "this list"),
+)
+
+
+def help_text(*, omit: frozenset[str] = frozenset(), extra: Sequence[str] = ()) -> str:
+    """The `help` answer: the commands but those named in `omit` (by their first word), then
+    the client's own `extra` lines."""
+    lines = ["Commands (paths are relative to the current directory):"]
+    lines += [f"  {usage:<23} {what}" for usage, what in COMMANDS if usage.split()[0] not in omit]
+    return "\n".join([*lines, *extra])
+
 
 # Words whose command a client completes itself: it needs the script library or a local file.
 CLIENT_WORDS = frozenset({"help", "run", "put"})

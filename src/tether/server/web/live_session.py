@@ -15,13 +15,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from tether.protocol import Permission
 from tether.protocol.shell import (
-    HELP,
     ShellInputError,
+    help_text,
     read_line,
     script_command,
-)
-from tether.protocol.shell import (
-    Command as ShellCommand,
 )
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import NotFound, PlatformError
@@ -33,6 +30,7 @@ from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.console_text import result_text
 from tether.server.web.host import open_session, render_host
+from tether.server.web.templating import render
 
 router = APIRouter()
 Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
@@ -44,6 +42,14 @@ NOT_IN_CONSOLE = {
     "put": "Deploy files from the Files tab; the console cannot read files on your computer.",
 }
 NO_SESSION = "Start a live session on this host first."
+GET_TO_LOCAL = (
+    "The web console keeps retrieved files in the Files library; use get PATH and download "
+    "the file from there."
+)
+HELP = help_text(
+    omit=frozenset(NOT_IN_CONSOLE),
+    extra=("End the session with the End session button; it also ends after a quiet spell.",),
+)
 MAX_LINE = 8192
 
 
@@ -101,7 +107,7 @@ async def start_session(
     try:
         host = await _host(platform, ref)
     except NotFound as e:
-        return JSONResponse({"error": str(e)}, status_code=404)
+        return render(request, "message.html", 404, heading="Host not found", message=str(e))
     try:
         await platform.live_sessions.start(user, host.id, source=source_of(request))
     except PlatformError as e:
@@ -153,20 +159,16 @@ async def console_command(
     if step is None:
         return JSONResponse({"text": ""})
     if step.name == "help":
-        return JSONResponse({"text": HELP.replace("Ctrl-D does too", "or press End session")})
+        return JSONResponse({"text": HELP})
     if step.name in NOT_IN_CONSOLE:
         return _refused(NOT_IN_CONSOLE[step.name], 400)
+    if step.name == "get" and len(step.words) == 2:
+        return _refused(GET_TO_LOCAL, 400)
     command = step.command
     try:
         if step.name == "run":
             script = await platform.scripts.get(step.words[0])
-            command = _script_command(script.source, step.words)
-        if step.name == "get" and len(step.words) == 2:
-            return _refused(
-                "The web console keeps retrieved files in the Files library; "
-                "use get PATH and download it from there.",
-                400,
-            )
+            command = script_command(script.source, step.words)
         if command is None:
             return _refused(f"{name!r} is not a shell command; 'help' lists them.", 400)
         job = await send(platform, request, user, host, command.action, command.args, cwd=directory)
@@ -174,13 +176,6 @@ async def console_command(
         return _refused(str(e), e.status_code)
     accepted = Command(job.id, step.show, step.show_result, step.cd_to)
     return JSONResponse(accepted.__dict__, status_code=201)
-
-
-def _script_command(source: str, words: list[str]) -> ShellCommand:
-    try:
-        return script_command(source, words)
-    except ShellInputError as e:
-        raise PlatformError(f"run: {e}") from e
 
 
 @router.get("/hosts/{ref}/session/jobs/{job_id}/output")

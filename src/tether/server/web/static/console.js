@@ -18,7 +18,10 @@
   var cwdLabel = document.getElementById("console-cwd");
   var errorLine = document.getElementById("console-error");
   var csrf = root.dataset.csrf;
-  var cwd = root.dataset.cwd;
+  // The working directory is the client's (as in `tether shell`); it survives a reload of the
+  // page for as long as this session lasts.
+  var cwdKey = "tether-cwd-" + root.dataset.session;
+  var cwd = window.sessionStorage.getItem(cwdKey) || root.dataset.cwd;
 
   var terminal = new Terminal({
     convertEol: true, // the endpoint's "\n" starts a new line at column 0
@@ -111,6 +114,7 @@
         }
         if (command.cd_to) {
           cwd = command.cd_to;
+          window.sessionStorage.setItem(cwdKey, cwd);
           showCwd();
         }
         if (command.show && command.show_result && body.result) {
