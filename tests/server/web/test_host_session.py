@@ -62,6 +62,10 @@ async def test_a_responder_starts_sends_and_ends_a_session(
     output = await admin_browser.get(f"/hosts/{host}/session/jobs/{job.id}/output?wait=0")
     assert output.json()["state"] == "queued"
     assert output.json()["done"] is False
+    other = await add_host(platform.engine, "web-2", segment="ir")
+    elsewhere = await admin_browser.get(f"/hosts/{other}/session/jobs/{job.id}/output?wait=0")
+    assert elsewhere.status_code == 404
+    assert elsewhere.json() == {"error": f"Job {job.id} did not run on this host."}
 
     ended = await admin_browser.post(f"/hosts/{host}/session/end", data={"csrf_token": token})
     assert ended.status_code == 303
@@ -151,7 +155,7 @@ async def test_bad_input_is_one_sentence_and_sends_nothing(
     no_session = await admin_browser.post(
         f"/hosts/{host}/session/commands", data={"line": "ps"}, headers=headers
     )
-    assert no_session.status_code == 400
+    assert no_session.status_code == 409
     assert no_session.json() == {"error": "Start a live session on this host first."}
     assert (await _start(admin_browser, host)).status_code == 303
     for line, sentence in (

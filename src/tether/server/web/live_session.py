@@ -6,6 +6,7 @@ behind the page's session cookie and CSRF check like every other page, and call 
 console is read by `tether.protocol.shell`, exactly as `tether shell` reads it.
 """
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from tether.protocol.shell import (
     script_command,
 )
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import NotFound, PlatformError
+from tether.server.errors import Conflict, NotFound, PlatformError
 from tether.server.services.dispatch import FINAL_STATES
 from tether.server.services.hosts import HostView
 from tether.server.services.jobs import JobView
@@ -54,7 +55,7 @@ MAX_LINE = 8192
 
 
 @dataclass(frozen=True)
-class Command:
+class Accepted:
     """A console line the platform accepted: its job, and what the console does after it."""
 
     job_id: str
@@ -89,7 +90,7 @@ async def send(
     """One command in the user's open session on the host (refused without one)."""
     session = await open_session(platform, user, host.id)
     if session is None:
-        raise PlatformError(NO_SESSION)
+        raise Conflict(NO_SESSION)
     return await platform.live_sessions.command(
         session.id, user, action, args, source=source_of(request), cwd=cwd
     )
@@ -174,7 +175,7 @@ async def console_command(
         job = await send(platform, request, user, host, command.action, command.args, cwd=directory)
     except PlatformError as e:
         return _refused(str(e), e.status_code)
-    accepted = Command(job.id, step.show, step.show_result, step.cd_to)
+    accepted = Accepted(job.id, step.show, step.show_result, step.cd_to)
     return JSONResponse(accepted.__dict__, status_code=201)
 
 
@@ -202,7 +203,8 @@ async def console_output(
         "state": job.state,
         "done": done,
         "output": [
-            {"stream": p.stream, "text": p.text or result_text({"row": p.fields})}
+            # A result row a script emitted: one line of JSON each.
+            {"stream": p.stream, "text": p.text or json.dumps(p.fields, ensure_ascii=False) + "\n"}
             for p in pieces
             if p.text or p.fields
         ],
