@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 from tether.cli.client import Api
 from tether.cli.errors import CliError
 from tether.cli.output import terminal_text
-from tether.cli.shell import Shell, parse_params, python_command, render_result
+from tether.cli.shell import Shell, render_result
 from tether.main import app
 from tether.protocol import ACTIONS, ActionSpec, JobOutput, JobStatus, Permission
+from tether.protocol.shell import ShellInputError, parse_params, python_command
 from tether.server.app import create_app
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.platform import Platform
@@ -302,7 +303,7 @@ def test_params_and_one_liners() -> None:
         "name": "sshd",
         "deep": True,
     }
-    with pytest.raises(CliError, match="'oops' is not KEY=VALUE"):
+    with pytest.raises(ShellInputError, match="'oops' is not KEY=VALUE"):
         parse_params(["oops"])
     source = python_command("import os; os.getpid()").args["source"]
     namespace: dict[str, Any] = {}

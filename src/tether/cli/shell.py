@@ -9,11 +9,8 @@ the table printer) before it reaches the terminal.
 
 import contextlib
 import json
-import ntpath
-import posixpath
-import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,39 +22,32 @@ from tether.cli import files
 from tether.cli.client import Api
 from tether.cli.errors import CliError
 from tether.cli.output import console, errors, plain, table, terminal_text
+from tether.protocol.shell import (
+    Command,
+    ShellInputError,
+    Step,
+    help_text,
+    put_command,
+    read_line,
+    resolve,
+    root_directory,
+    script_command,
+)
 
+HELP = help_text(
+    extra=(
+        f"  {'exit':<23} stop the session (Ctrl-D does too)",
+        "Ctrl-C stops the running command; at the prompt it stops the session.",
+    )
+)
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired"})
 # How long one long poll for output may wait (the platform allows 30 s; the client's read
 # timeout is 30 s too).
 FOLLOW_WAIT_SECONDS = 20
-CAT_LIMIT = 64 * 1024
-
-HELP = """\
-Commands (paths are relative to the current directory):
-  ls [PATH]               list a directory
-  cd PATH                 change the current directory (checked on the endpoint)
-  cat PATH                print the first 64 KiB of a file
-  get PATH [LOCAL]        collect a file from the endpoint to the platform
-  put LOCAL PATH          deploy a file to the endpoint
-  ps                      list processes
-  kill PID [--tree]       terminate a process (with --tree, its children too)
-  run NAME [KEY=VALUE...] run a script from the library with parameters
-  py CODE                 run a Python one-liner on the endpoint (an expression's value is shown)
-  help                    this list
-  exit                    stop the session (Ctrl-D does too)
-Ctrl-C stops the running command; at the prompt it stops the session."""
 
 
 class SessionEnded(CliError):
     """The platform ended the session (idle, access lost): the shell has to stop."""
-
-
-@dataclass(frozen=True)
-class Command:
-    """What one shell line asks the endpoint to do."""
-
-    action: str
-    args: dict[str, Any]
 
 
 @dataclass
@@ -65,52 +55,6 @@ class Outcome:
     ok: bool
     job: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def cat_command(path: str) -> Command:
-    """`cat` as one command: a script printing the first 64 KiB of the file.
-
-    The path travels as a Python string literal (`repr`), never as code; swap this for
-    `files.get` once the shell can download what it collects."""
-    source = (
-        "import sys\n"
-        f"with open({path!r}, 'rb') as handle:\n"
-        f"    data = handle.read({CAT_LIMIT + 1})\n"
-        f"sys.stdout.write(data[:{CAT_LIMIT}].decode('utf-8', 'replace'))\n"
-        f"if len(data) > {CAT_LIMIT}:\n"
-        "    sys.stderr.write('\\n[only the first 64 KiB is shown]\\n')\n"
-    )
-    return Command("script.run", {"source": source, "params": {}})
-
-
-def python_command(code: str) -> Command:
-    """`py CODE`: an expression's value is printed, a statement is run as it is."""
-    source = (
-        f"_code = {code!r}\n"
-        "try:\n"
-        "    _compiled = compile(_code, '<py>', 'eval')\n"
-        "except SyntaxError:\n"
-        "    exec(compile(_code, '<py>', 'exec'))\n"
-        "else:\n"
-        "    _value = eval(_compiled)\n"
-        "    if _value is not None:\n"
-        "        print(repr(_value))\n"
-    )
-    return Command("script.run", {"source": source, "params": {}})
-
-
-def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs; a VALUE that reads as JSON (numbers, true, lists) is taken as such."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"{pair!r} is not KEY=VALUE.")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    return params
 
 
 def _columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -149,7 +93,8 @@ def render_result(result: dict[str, Any] | None) -> None:
 
 
 class Shell:
-    """One live session on one host, driven line by line."""
+    """One live session on one host, driven line by line (the lines are read by
+    `tether.protocol.shell`, as the web console reads them)."""
 
     def __init__(self, api: Api, host: str) -> None:
         self._api = api
@@ -158,17 +103,6 @@ class Shell:
         self.hostname = host
         self.cwd = "/"
         self._windows = False
-        self._handlers: dict[str, Callable[[list[str]], Outcome]] = {
-            "ls": self._ls,
-            "dir": self._ls,
-            "cd": self._cd,
-            "cat": self._cat,
-            "get": self._get,
-            "put": self._put,
-            "ps": self._ps,
-            "kill": self._kill,
-            "run": self._run,
-        }
 
     # -- the session -----------------------------------------------------------------------------
 
@@ -178,7 +112,7 @@ class Shell:
         self.hostname = terminal_text(str(session["hostname"]))
         host = self._api.get(f"/hosts/{quote(str(session['host_id']), safe='')}")
         self._windows = host.get("os_family") == "windows"
-        self.cwd = "C:\\" if self._windows else "/"
+        self.cwd = root_directory(self._windows)
         errors.print(
             f"Live session {self.session_id} on {self.hostname} started; it is audited. "
             "Type 'help' for the commands.",
@@ -204,100 +138,50 @@ class Shell:
 
     def run_line(self, line: str) -> bool:
         """Run one line; False when it failed. Raises SessionEnded when the session is over."""
-        line = line.strip()
-        if not line:
-            return True
-        name, _, rest = line.partition(" ")
+        name = line.strip().partition(" ")[0]
         try:
-            if name == "help":
-                console.print(HELP, markup=False, highlight=False)
+            step = read_line(line, self.cwd, windows=self._windows)
+            if step is None:
                 return True
-            if name == "py":
-                if not rest.strip():
-                    raise CliError("py needs some Python code, for example: py import os; 1 + 1")
-                return self._execute(python_command(rest.strip()), show_result=False).ok
-            handler = self._handlers.get(name)
-            if handler is None:
-                raise CliError(f"{name!r} is not a shell command; 'help' lists them.")
-            return handler(self._split(rest)).ok
+            return self._run_step(step).ok
         except SessionEnded:
             raise
+        except ShellInputError as exc:
+            errors.print(f"{name}: {exc}", markup=False, highlight=False)
+            return False
         except CliError as exc:
             errors.print(f"{name}: {exc}", markup=False, highlight=False)
             return False
 
-    def _split(self, rest: str) -> list[str]:
-        try:
-            words = shlex.split(rest, posix=not self._windows)
-        except ValueError as exc:
-            raise CliError(f"cannot read the line ({exc}).") from exc
-        if self._windows:
-            words = [w[1:-1] if len(w) > 1 and w[0] == w[-1] == '"' else w for w in words]
-        return words
-
-    def resolve(self, path: str) -> str:
-        """`path` against the current directory, normalised (so `..` works client-side)."""
-        if self._windows:
-            return ntpath.normpath(ntpath.join(self.cwd, path))
-        joined = posixpath.normpath(posixpath.join(self.cwd, path))
-        # POSIX keeps a leading "//"; one slash is the same directory and reads better.
-        return "/" + joined.lstrip("/")
-
-    # -- commands --------------------------------------------------------------------------------
-
-    def _ls(self, words: list[str]) -> Outcome:
-        _arity(words, 0, 1, "ls [PATH]")
-        path = self.resolve(words[0]) if words else self.cwd
-        return self._execute(Command("files.list", {"path": path}))
-
-    def _cd(self, words: list[str]) -> Outcome:
-        _arity(words, 1, 1, "cd PATH")
-        path = self.resolve(words[0])
-        outcome = self._execute(Command("files.list", {"path": path}), show=False)
-        if outcome.ok:
-            self.cwd = path
-        return outcome
-
-    def _cat(self, words: list[str]) -> Outcome:
-        _arity(words, 1, 1, "cat PATH")
-        return self._execute(cat_command(self.resolve(words[0])), show_result=False)
-
-    def _get(self, words: list[str]) -> Outcome:
-        _arity(words, 1, 2, "get PATH [LOCAL]")
-        outcome = self._execute(Command("files.get", {"path": self.resolve(words[0])}))
-        if outcome.ok and len(words) == 2 and outcome.job is not None:
+    def _run_step(self, step: Step) -> Outcome:
+        if step.name == "help":
+            console.print(HELP, markup=False, highlight=False)
+            return Outcome(ok=True)
+        if step.name == "run":
+            return self._execute(self._script(step.words))
+        if step.name == "put":
+            entry = files.upload(self._api, Path(step.words[0]))
+            command = put_command(
+                entry["sha256"], entry["size"], step.words, self.cwd, windows=self._windows
+            )
+            return self._execute(command)
+        if step.command is None:
+            raise CliError(f"{step.name!r} is not a shell command; 'help' lists them.")
+        outcome = self._execute(step.command, show=step.show, show_result=step.show_result)
+        if outcome.ok and step.cd_to is not None:
+            self.cwd = step.cd_to
+        if outcome.ok and step.name == "get" and len(step.words) == 2 and outcome.job:
             entry = files.retrieved_by(self._api, str(outcome.job["id"]))
-            saved = files.download(self._api, entry, Path(words[1]))
+            saved = files.download(self._api, entry, Path(step.words[1]))
             console.print(f"Saved {saved}.", markup=False, highlight=False)
         return outcome
 
-    def _put(self, words: list[str]) -> Outcome:
-        _arity(words, 2, 3, "put LOCAL PATH [--overwrite]")
-        entry = files.upload(self._api, Path(words[0]))
-        args = {
-            "sha256": entry["sha256"],
-            "size": entry["size"],
-            "path": self.resolve(words[1]),
-            "overwrite": words[2:] == ["--overwrite"],
-        }
-        return self._execute(Command("files.put", args))
+    def resolve(self, path: str) -> str:
+        """`path` against the current directory."""
+        return resolve(self.cwd, path, windows=self._windows)
 
-    def _ps(self, words: list[str]) -> Outcome:
-        _arity(words, 0, 0, "ps")
-        return self._execute(Command("processes.list", {}))
-
-    def _kill(self, words: list[str]) -> Outcome:
-        tree = "--tree" in words
-        rest = [w for w in words if w != "--tree"]
-        _arity(rest, 1, 1, "kill PID [--tree]")
-        if not rest[0].isdigit():
-            raise CliError(f"{rest[0]!r} is not a process id.")
-        return self._execute(Command("processes.kill", {"pid": int(rest[0]), "tree": tree}))
-
-    def _run(self, words: list[str]) -> Outcome:
-        if not words:
-            raise CliError("usage: run NAME [KEY=VALUE ...]")
-        name, params = words[0], parse_params(words[1:])
+    def _script(self, words: list[str]) -> Command:
+        name = words[0]
         script = self._api.get_optional(f"/scripts/{quote(name, safe='')}")
         if script is None:
             raise CliError(
@@ -306,7 +190,7 @@ class Shell:
         source = script.get("source") if isinstance(script, dict) else None
         if not isinstance(source, str):
             raise CliError(f"The platform sent script {name!r} without its source.")
-        return self._execute(Command("script.run", {"source": source, "params": params}))
+        return script_command(source, words)
 
     # -- a command's job ---------------------------------------------------------------------------
 
@@ -374,11 +258,6 @@ def _print_piece(stream: str, text: str) -> None:
         # stderr, log and the platform's notices: kept apart from the data on stdout.
         sys.stderr.write(clean)
         sys.stderr.flush()
-
-
-def _arity(words: list[str], least: int, most: int, usage: str) -> None:
-    if not least <= len(words) <= most:
-        raise CliError(f"usage: {usage}")
 
 
 def _interactive(shell: Shell) -> int:

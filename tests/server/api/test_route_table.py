@@ -68,6 +68,7 @@ WEB_ADMINS = (303, 403, 403, 303, 200, 200)
 WEB_CHANGE_BY_FORM = (303, 403, 403, 303, 403, 403)
 WEB_RESULTS = (303, 200, 200, 303, 403, 200)
 WEB_RESULTS_404 = (303, 404, 404, 303, 403, 404)
+WEB_SESSION_CHANGE = (303, 403, 403, 303, 403, 403)
 
 ROWS = [
     # Public.
@@ -152,6 +153,19 @@ ROWS = [
     Row("GET", "/active-response/hosts", WEB_READERS),
     Row("POST", "/active-response/actions", (303, 403, 403, 303, 403, 403)),
     Row("GET", "/hosts/{ref}", WEB_READERS, url="/hosts/{host}"),
+    # The Host page's live session (docs/adr/0022). Without the CSRF header every change is 403;
+    # a session that must first enroll a second factor is sent to enroll before that check.
+    Row("POST", "/hosts/{ref}/session", WEB_SESSION_CHANGE, url="/hosts/{host}/session"),
+    Row("POST", "/hosts/{ref}/session/end", WEB_SESSION_CHANGE, url="/hosts/{host}/session/end"),
+    Row("POST", "/hosts/{ref}/session/commands", WEB_SESSION_CHANGE, url="/hosts/{host}/session/commands"),
+    Row("GET", "/hosts/{ref}/session/jobs/{job_id}/output", (303, 403, 404, 303, 403, 404), url="/hosts/{host}/session/jobs/ghost/output?wait=0"),
+    Row("GET", "/hosts/{ref}/session/files", WEB_RESPONDERS, url="/hosts/{host}/session/files"),
+    Row("POST", "/hosts/{ref}/session/files", WEB_SESSION_CHANGE, url="/hosts/{host}/session/files"),
+    Row("POST", "/hosts/{ref}/session/files/retrieve", WEB_SESSION_CHANGE, url="/hosts/{host}/session/files/retrieve"),
+    Row("POST", "/hosts/{ref}/session/files/deploy", WEB_SESSION_CHANGE, url="/hosts/{host}/session/files/deploy"),
+    Row("GET", "/hosts/{ref}/session/processes", WEB_RESPONDERS, url="/hosts/{host}/session/processes"),
+    Row("POST", "/hosts/{ref}/session/processes", WEB_SESSION_CHANGE, url="/hosts/{host}/session/processes"),
+    Row("POST", "/hosts/{ref}/session/processes/kill", WEB_SESSION_CHANGE, url="/hosts/{host}/session/processes/kill"),
     Row("GET", "/session-history", WEB_RESPONDERS),
     Row("GET", "/session-history/verify", WEB_RESPONDERS),
     # Settings: admins only; a change without the CSRF token is refused before the permission.

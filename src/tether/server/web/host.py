@@ -1,6 +1,7 @@
-"""The Host page: one host's facts, isolation state and latest jobs."""
+"""The Host page: one host's facts, isolation state, latest jobs and, for responders, the live
+session (console, files, processes; docs/adr/0022)."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -8,6 +9,9 @@ from fastapi.responses import Response
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep
 from tether.server.errors import NotFound
+from tether.server.services.hosts import HostView
+from tether.server.services.live_sessions import LiveSessionView
+from tether.server.services.platform import Platform
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.templating import render
@@ -15,13 +19,53 @@ from tether.server.web.templating import render
 router = APIRouter()
 Reader = Annotated[User, Depends(page_require(Permission.HOSTS_READ))]
 LATEST_JOBS = 50
+TABS = ("console", "files", "processes")
+
+
+async def open_session(platform: Platform, user: User, host_id: str) -> LiveSessionView | None:
+    """The user's own open session on the host: a session is one person's console."""
+    for session in await platform.live_sessions.find(user_id=user.id):
+        if session.host_id == host_id:
+            return session
+    return None
+
+
+async def render_host(
+    request: Request,
+    platform: Platform,
+    user: User,
+    host: HostView,
+    *,
+    status: int = 200,
+    tab: str = "console",
+    error: str | None = None,
+    notice: str | None = None,
+    **panel: Any,
+) -> Response:
+    """The Host page with the live session panel on `tab`; `panel` holds that tab's data."""
+    jobs = await platform.jobs.find(host_id=host.id, limit=LATEST_JOBS)
+    responder = Permission.ACTIVE_RESPONSE in user.permissions
+    session = await open_session(platform, user, host.id) if responder else None
+    return render(
+        request,
+        "host.html",
+        status,
+        h=host,
+        jobs=jobs,
+        responder=responder,
+        session=session,
+        tab=tab,
+        tabs=TABS,
+        error=error,
+        notice=notice,
+        panel=panel,
+    )
 
 
 @router.get("/hosts/{ref}")
-async def host_page(ref: str, request: Request, platform: PlatformDep, _user: Reader) -> Response:
+async def host_page(ref: str, request: Request, platform: PlatformDep, user: Reader) -> Response:
     try:
         host = await platform.hosts.get(ref)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Host not found", message=str(e))
-    jobs = await platform.jobs.find(host_id=host.id, limit=LATEST_JOBS)
-    return render(request, "host.html", h=host, jobs=jobs)
+    return await render_host(request, platform, user, host)

@@ -14,6 +14,9 @@ from tether.server.web import (
     active_response,
     files,
     host,
+    host_files,
+    host_processes,
+    live_session,
     login,
     script_runs,
     scripts,
@@ -59,6 +62,9 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(login.router)
     app.include_router(active_response.router)
     app.include_router(host.router)
+    app.include_router(live_session.router)
+    app.include_router(host_files.router)
+    app.include_router(host_processes.router)
     app.include_router(session_history.router)
     for settings_router in settings.ROUTERS:
         app.include_router(settings_router)

@@ -12,6 +12,12 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 HTMX = "vendor/htmx-2.0.11.min.js"
+# The live session console (docs/adr/0022): xterm.js drawing with its canvas renderer.
+XTERM = {
+    "xterm_js": "vendor/xterm-5.5.0.js",
+    "xterm_css": "vendor/xterm-5.5.0.css",
+    "xterm_canvas_js": "vendor/xterm-addon-canvas-0.7.0.js",
+}
 
 
 def when(value: datetime | None) -> str:
@@ -30,6 +36,7 @@ def _environment() -> Environment:
     )
     env.filters["when"] = when
     env.globals["htmx"] = HTMX
+    env.globals.update(XTERM)
     return env
 
 

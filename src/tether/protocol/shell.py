@@ -1,0 +1,219 @@
+"""The live shell's command language: what a line typed in a live session asks the endpoint.
+
+`tether shell` and the web console read lines the same way here, so `ls`, `cd ..` or `kill 42`
+mean one thing whichever client typed them. A line becomes a `Step`: the endpoint `Command`
+(action and arguments) it sends, or, for the words a client completes itself (`run` looks the
+script up, `put` uploads a local file first, `help`), just the words. Paths are resolved against
+the client's working directory before they leave; nothing here talks to the network.
+"""
+
+import json
+import ntpath
+import posixpath
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+CAT_LIMIT = 64 * 1024
+
+# Each command's usage and what it does, in the order `help` lists them.
+COMMANDS = (
+    ("ls [PATH]", "list a directory"),
+    ("cd PATH", "change the current directory (checked on the endpoint)"),
+    ("cat PATH", "print the first 64 KiB of a file"),
+    ("get PATH [LOCAL]", "collect a file from the endpoint to the platform"),
+    ("put LOCAL PATH", "deploy a file to the endpoint"),
+    ("ps", "list processes"),
+    ("kill PID [--tree]", "terminate a process (with --tree, its children too)"),
+    ("run NAME [KEY=VALUE...]", "run a script from the library with parameters"),
+    ("py CODE", "run a Python one-liner on the endpoint (an expression's value is shown)"),
+    ("help", "this list"),
+)
+
+
+def help_text(*, omit: frozenset[str] = frozenset(), extra: Sequence[str] = ()) -> str:
+    """The `help` answer: the commands but those named in `omit` (by their first word), then
+    the client's own `extra` lines."""
+    lines = ["Commands (paths are relative to the current directory):"]
+    lines += [f"  {usage:<23} {what}" for usage, what in COMMANDS if usage.split()[0] not in omit]
+    return "\n".join([*lines, *extra])
+
+
+# Words whose command a client completes itself: it needs the script library or a local file.
+CLIENT_WORDS = frozenset({"help", "run", "put"})
+
+
+class ShellInputError(ValueError):
+    """A line the shell cannot run; the message is one sentence for the person who typed it."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """What one shell line asks the endpoint to do."""
+
+    action: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line, read: its command word, its arguments and, when the line alone says it, the
+    command to send and how to show its answer."""
+
+    name: str
+    words: list[str] = field(default_factory=list)
+    command: Command | None = None
+    # Print the command's streamed output and rows (False for `cd`, which only checks).
+    show: bool = True
+    # Also print the result's fields (False where the output already says everything).
+    show_result: bool = True
+    # `cd`: the directory the shell moves to once the endpoint listed it.
+    cd_to: str | None = None
+
+
+def root_directory(windows: bool) -> str:
+    return "C:\\" if windows else "/"
+
+
+def resolve(cwd: str, path: str, *, windows: bool) -> str:
+    """`path` against the directory `cwd`, normalised (so `..` works client-side)."""
+    if windows:
+        return ntpath.normpath(ntpath.join(cwd, path))
+    joined = posixpath.normpath(posixpath.join(cwd, path))
+    # POSIX keeps a leading "//"; one slash is the same directory and reads better.
+    return "/" + joined.lstrip("/")
+
+
+def split_words(rest: str, *, windows: bool) -> list[str]:
+    """The arguments of a line, quoted the way the endpoint's own shell would quote them."""
+    try:
+        words = shlex.split(rest, posix=not windows)
+    except ValueError as exc:
+        raise ShellInputError(f"cannot read the line ({exc}).") from exc
+    if windows:
+        words = [w[1:-1] if len(w) > 1 and w[0] == w[-1] == '"' else w for w in words]
+    return words
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that reads as JSON (numbers, true, lists) is taken as such."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ShellInputError(f"{pair!r} is not KEY=VALUE.")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def cat_command(path: str) -> Command:
+    """`cat` as one command: a script printing the first 64 KiB of the file.
+
+    The path travels as a Python string literal (`repr`), never as code."""
+    source = (
+        "import sys\n"
+        f"with open({path!r}, 'rb') as handle:\n"
+        f"    data = handle.read({CAT_LIMIT + 1})\n"
+        f"sys.stdout.write(data[:{CAT_LIMIT}].decode('utf-8', 'replace'))\n"
+        f"if len(data) > {CAT_LIMIT}:\n"
+        "    sys.stderr.write('\\n[only the first 64 KiB is shown]\\n')\n"
+    )
+    return Command("script.run", {"source": source, "params": {}})
+
+
+def python_command(code: str) -> Command:
+    """`py CODE`: an expression's value is printed, a statement is run as it is."""
+    source = (
+        f"_code = {code!r}\n"
+        "try:\n"
+        "    _compiled = compile(_code, '<py>', 'eval')\n"
+        "except SyntaxError:\n"
+        "    exec(compile(_code, '<py>', 'exec'))\n"
+        "else:\n"
+        "    _value = eval(_compiled)\n"
+        "    if _value is not None:\n"
+        "        print(repr(_value))\n"
+    )
+    return Command("script.run", {"source": source, "params": {}})
+
+
+def script_command(source: str, words: Sequence[str]) -> Command:
+    """`run NAME KEY=VALUE...` once the client found the script's source in the library."""
+    return Command("script.run", {"source": source, "params": parse_params(words[1:])})
+
+
+def put_command(
+    sha256: str, size: int, words: Sequence[str], cwd: str, *, windows: bool
+) -> Command:
+    """`put LOCAL PATH [--overwrite]` once the client put LOCAL in the library."""
+    return Command(
+        "files.put",
+        {
+            "sha256": sha256,
+            "size": size,
+            "path": resolve(cwd, words[1], windows=windows),
+            "overwrite": list(words[2:]) == ["--overwrite"],
+        },
+    )
+
+
+def _arity(words: Sequence[str], least: int, most: int, usage: str) -> None:
+    if not least <= len(words) <= most:
+        raise ShellInputError(f"usage: {usage}")
+
+
+def read_line(line: str, cwd: str, *, windows: bool) -> Step | None:
+    """What `line` asks, typed in directory `cwd`; None for an empty line.
+
+    Raises ShellInputError with one sentence for a line that cannot run."""
+    line = line.strip()
+    if not line:
+        return None
+    name, _, rest = line.partition(" ")
+    if name == "py":
+        if not rest.strip():
+            raise ShellInputError("py needs some Python code, for example: py import os; 1 + 1")
+        return Step(name, command=python_command(rest.strip()), show_result=False)
+    if name == "help":
+        return Step(name)
+    words = split_words(rest, windows=windows)
+    if name in ("ls", "dir"):
+        _arity(words, 0, 1, "ls [PATH]")
+        path = resolve(cwd, words[0], windows=windows) if words else cwd
+        return Step(name, words, Command("files.list", {"path": path}))
+    if name == "cd":
+        _arity(words, 1, 1, "cd PATH")
+        path = resolve(cwd, words[0], windows=windows)
+        return Step(name, words, Command("files.list", {"path": path}), show=False, cd_to=path)
+    if name == "cat":
+        _arity(words, 1, 1, "cat PATH")
+        return Step(
+            name, words, cat_command(resolve(cwd, words[0], windows=windows)), show_result=False
+        )
+    if name == "get":
+        _arity(words, 1, 2, "get PATH [LOCAL]")
+        path = resolve(cwd, words[0], windows=windows)
+        return Step(name, words, Command("files.get", {"path": path}))
+    if name == "ps":
+        _arity(words, 0, 0, "ps")
+        return Step(name, words, Command("processes.list", {}))
+    if name == "kill":
+        tree = "--tree" in words
+        pids = [w for w in words if w != "--tree"]
+        _arity(pids, 1, 1, "kill PID [--tree]")
+        if not pids[0].isdigit():
+            raise ShellInputError(f"{pids[0]!r} is not a process id.")
+        return Step(name, words, Command("processes.kill", {"pid": int(pids[0]), "tree": tree}))
+    if name == "run":
+        if not words:
+            raise ShellInputError("usage: run NAME [KEY=VALUE ...]")
+        parse_params(words[1:])  # refuse a bad pair before the client looks the script up
+        return Step(name, words)
+    if name == "put":
+        _arity(words, 2, 3, "put LOCAL PATH [--overwrite]")
+        return Step(name, words)
+    raise ShellInputError(f"{name!r} is not a shell command; 'help' lists them.")

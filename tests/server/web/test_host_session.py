@@ -1,0 +1,219 @@
+"""The Host page's live session in process: who may start one, CSRF on every change, and one
+sentence for input the shell or the services refuse. The browser test
+(tests/e2e/test_web_host.py) runs it against a real agent."""
+
+import httpx
+from sqlalchemy import select, update
+
+from tether.protocol import Role
+from tether.server.services.platform import Platform
+from tether.server.store.tables import audit_records, jobs, live_sessions, segments
+
+from ..support import add_host
+from .conftest import csrf_of, web_login
+
+PASSWORD = "a long enough password"
+
+
+async def _active_response(platform: Platform, segment: str, on: bool) -> None:
+    async with platform.engine.begin() as conn:
+        await conn.execute(
+            update(segments).where(segments.c.name == segment).values(active_response=on)
+        )
+
+
+async def _sessions(platform: Platform) -> list[str]:
+    async with platform.engine.connect() as conn:
+        return list((await conn.execute(select(live_sessions.c.id))).scalars())
+
+
+async def _jobs(platform: Platform) -> list[str]:
+    async with platform.engine.connect() as conn:
+        return list((await conn.execute(select(jobs.c.action))).scalars())
+
+
+async def _start(browser: httpx.AsyncClient, host: str) -> httpx.Response:
+    page = await browser.get(f"/hosts/{host}")
+    return await browser.post(f"/hosts/{host}/session", data={"csrf_token": csrf_of(page.text)})
+
+
+async def test_a_responder_starts_sends_and_ends_a_session(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    page = await admin_browser.get(f"/hosts/{host}")
+    assert "Start live session" in page.text
+    started = await _start(admin_browser, host)
+    assert started.status_code == 303, started.text[-1500:]
+    page = await admin_browser.get(f"/hosts/{host}")
+    assert "End session" in page.text
+    assert 'id="console"' in page.text
+    token = csrf_of(page.text)
+
+    sent = await admin_browser.post(
+        f"/hosts/{host}/session/commands",
+        data={"line": "ls ../etc", "cwd": "/var"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert sent.status_code == 201, sent.text
+    job = await platform.jobs.get(sent.json()["job_id"])
+    assert (job.action, job.args) == ("files.list", {"path": "/etc", "limit": 10000})
+    output = await admin_browser.get(f"/hosts/{host}/session/jobs/{job.id}/output?wait=0")
+    assert output.json()["state"] == "queued"
+    assert output.json()["done"] is False
+    other = await add_host(platform.engine, "web-2", segment="ir")
+    elsewhere = await admin_browser.get(f"/hosts/{other}/session/jobs/{job.id}/output?wait=0")
+    assert elsewhere.status_code == 404
+    assert elsewhere.json() == {"error": f"Job {job.id} did not run on this host."}
+
+    ended = await admin_browser.post(f"/hosts/{host}/session/end", data={"csrf_token": token})
+    assert ended.status_code == 303
+    assert "Start live session" in (await admin_browser.get(f"/hosts/{host}")).text
+    async with platform.engine.connect() as conn:
+        actions = list(
+            (
+                await conn.execute(
+                    select(audit_records.c.action).where(
+                        audit_records.c.action.like("live_session.%")
+                    )
+                )
+            ).scalars()
+        )
+    assert actions == ["live_session.start", "live_session.stop"]
+
+
+async def test_the_segment_switch_refusal_is_the_services_sentence(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "desk-1", segment="office")
+    await _active_response(platform, "office", False)
+    refused = await _start(admin_browser, host)
+    assert refused.status_code == 403
+    assert "Active Response is off in segment office" in refused.text
+    assert await _sessions(platform) == []
+
+
+async def test_a_non_responder_sees_no_session_and_is_refused(
+    browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    await platform.users.create("reader", PASSWORD, {Role.ANALYST})
+    await web_login(browser, platform, "reader", PASSWORD)
+    page = await browser.get(f"/hosts/{host}")
+    assert page.status_code == 200
+    assert "Live session" not in page.text
+    token = csrf_of(page.text)
+    for path, data in (
+        (f"/hosts/{host}/session", {}),
+        (f"/hosts/{host}/session/commands", {"line": "ps"}),
+        (f"/hosts/{host}/session/files", {"path": "/"}),
+        (f"/hosts/{host}/session/processes/kill", {"pid": "1", "confirmed": "yes"}),
+    ):
+        refused = await browser.post(path, data={**data, "csrf_token": token})
+        assert refused.status_code == 403, path
+        assert "You need the active_response permission" in refused.text
+    assert (await browser.get(f"/hosts/{host}/session/files")).status_code == 403
+    assert await _sessions(platform) == []
+    assert await _jobs(platform) == []
+
+
+async def test_every_change_needs_the_csrf_token(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    refused = await admin_browser.post(f"/hosts/{host}/session", data={"csrf_token": "forged"})
+    assert refused.status_code == 403
+    assert await _sessions(platform) == []
+    assert (await _start(admin_browser, host)).status_code == 303
+    for path, data in (
+        (f"/hosts/{host}/session/commands", {"line": "ps"}),
+        (f"/hosts/{host}/session/files", {"path": "/"}),
+        (f"/hosts/{host}/session/files/retrieve", {"path": "/etc/passwd"}),
+        (f"/hosts/{host}/session/processes", {}),
+        (f"/hosts/{host}/session/processes/kill", {"pid": "1", "confirmed": "yes"}),
+        (f"/hosts/{host}/session/end", {}),
+    ):
+        without = await admin_browser.post(path, data=data)
+        assert without.status_code == 403, path
+        forged = await admin_browser.post(path, data=data, headers={"X-CSRF-Token": "0" * 64})
+        assert forged.status_code == 403, path
+    assert await _jobs(platform) == []
+    assert len(await _sessions(platform)) == 1
+
+
+async def test_bad_input_is_one_sentence_and_sends_nothing(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    page = await admin_browser.get(f"/hosts/{host}")
+    token = csrf_of(page.text)
+    headers = {"X-CSRF-Token": token}
+    no_session = await admin_browser.post(
+        f"/hosts/{host}/session/commands", data={"line": "ps"}, headers=headers
+    )
+    assert no_session.status_code == 409
+    assert no_session.json() == {"error": "Start a live session on this host first."}
+    assert (await _start(admin_browser, host)).status_code == 303
+    for line, sentence in (
+        ("frobnicate", "frobnicate: 'frobnicate' is not a shell command; 'help' lists them."),
+        ("kill abc", "kill: 'abc' is not a process id."),
+        ("cd", "cd: usage: cd PATH"),
+        ("run", "run: usage: run NAME [KEY=VALUE ...]"),
+        (
+            "put a /b",
+            "Deploy files from the Files tab; the console cannot read files on your computer.",
+        ),
+    ):
+        answer = await admin_browser.post(
+            f"/hosts/{host}/session/commands", data={"line": line}, headers=headers
+        )
+        assert answer.status_code == 400, line
+        assert answer.json() == {"error": sentence}
+    missing = await admin_browser.post(
+        f"/hosts/{host}/session/commands", data={"line": "run triage"}, headers=headers
+    )
+    assert missing.status_code == 404
+    assert "triage" in missing.json()["error"]
+    relative = await admin_browser.post(
+        f"/hosts/{host}/session/files", data={"path": "etc", "csrf_token": token}
+    )
+    assert relative.status_code == 422
+    assert "the path must be absolute" in relative.text
+    not_pid = await admin_browser.post(
+        f"/hosts/{host}/session/processes/kill",
+        data={"pid": "1; rm -rf /", "confirmed": "yes", "csrf_token": token},
+    )
+    assert not_pid.status_code == 400
+    assert "A process id is a whole number greater than 0." in not_pid.text
+    no_file = await admin_browser.post(
+        f"/hosts/{host}/session/files/deploy",
+        data={"file": "", "directory": "/tmp", "csrf_token": token},
+    )
+    assert no_file.status_code == 422
+    assert "Choose a file from the deployment library first." in no_file.text
+    assert await _jobs(platform) == []
+    helped = await admin_browser.post(
+        f"/hosts/{host}/session/commands", data={"line": "help"}, headers=headers
+    )
+    assert "ls [PATH]" in helped.json()["text"]
+
+
+async def test_a_kill_asks_first_on_the_page(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    assert (await _start(admin_browser, host)).status_code == 303
+    token = csrf_of((await admin_browser.get(f"/hosts/{host}/session/processes")).text)
+    asked = await admin_browser.post(
+        f"/hosts/{host}/session/processes/kill",
+        data={"pid": "4242", "name": "<img src=x onerror=alert(1)>", "csrf_token": token},
+    )
+    assert asked.status_code == 200
+    assert "Kill process 4242 (&lt;img src=x onerror=alert(1)&gt;)" in asked.text
+    assert "<img src=x" not in asked.text
+    assert await _jobs(platform) == []
