@@ -73,7 +73,7 @@ def test_a_responder_works_a_host_through_the_live_session(
         expect(page.locator("#console-error")).to_have_text("kill: 'abc' is not a process id.")
 
         # Files: browse to the directory, see the hostile name as text, retrieve a file.
-        page.get_by_role("link", name="Files").click()
+        page.locator("#live").get_by_role("link", name="Files").click()
         page.get_by_label("Directory").fill(str(workdir))
         page.get_by_role("button", name="List").click()
         expect(page.locator("span.where")).to_have_text(str(workdir))
@@ -112,7 +112,7 @@ def test_a_responder_works_a_host_through_the_live_session(
         assert (workdir / "tool.sh").read_bytes() == TOOL
 
         # Processes: the hostile name is text; Kill asks on the page, then the process is gone.
-        page.get_by_role("link", name="Processes").click()
+        page.locator("#live").get_by_role("link", name="Processes").click()
         # Narrowed to the planted process (the whole list of a busy machine is long).
         page.get_by_label("Name contains").fill("onerror")
         page.get_by_role("button", name="List processes").click()

@@ -60,6 +60,21 @@ async def test_the_api_keeps_its_own_headers(admin_browser: httpx.AsyncClient) -
     assert "content-security-policy" not in response.headers
 
 
+async def test_the_api_never_takes_the_pages_cookie(admin_browser: httpx.AsyncClient) -> None:
+    # A browser attaches the cookie to any request, also one a form elsewhere on the same site
+    # sends; the API has no CSRF check, so it must take only the Authorization header.
+    assert admin_browser.cookies.get("tether_session")
+    whoami = await admin_browser.get("/api/v1/auth/whoami")
+    assert whoami.status_code == 401
+    assert whoami.json()["detail"] == "Log in first: this request carries no session."
+    assert (await admin_browser.post("/api/v1/auth/logout")).status_code == 401
+    # The session itself still works, for the pages and with the token as a bearer.
+    assert (await admin_browser.get("/active-response")).status_code == 200
+    token = admin_browser.cookies["tether_session"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await admin_browser.get("/api/v1/auth/whoami", headers=bearer)).status_code == 200
+
+
 async def test_the_session_cookie_is_httponly_secure_and_strict(
     browser: httpx.AsyncClient, platform: Platform, admin_password: str, admin_secret: str
 ) -> None:

@@ -45,14 +45,15 @@ def source_of(request: Request) -> str:
 
 
 def bearer_token(request: Request) -> str:
+    """The API's credential: the Authorization header only.
+
+    The web UI's session cookie is not accepted here: a browser attaches it to any request, so
+    the API would need the pages' CSRF check on every change; the pages have their own routes.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
         return token.strip()
-    # Reserved for the web UI: HttpOnly, Secure, SameSite=Strict (DESIGN.md section 2).
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie:
-        return cookie
     raise Unauthenticated("Log in first: this request carries no session.")
 
 

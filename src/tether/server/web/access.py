@@ -10,10 +10,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from tether.protocol import Permission
-from tether.server.api.deps import PlatformDep, bearer_token, record_refusal
+from tether.server.api.deps import PlatformDep, record_refusal
 from tether.server.errors import Unauthenticated
 from tether.server.services.users import User
-from tether.server.web.security import CSRF_REFUSED, csrf_token_for, sent_csrf, tokens_match
+from tether.server.web.security import (
+    CSRF_REFUSED,
+    csrf_token_for,
+    sent_csrf,
+    session_token,
+    tokens_match,
+)
 
 # Pages a session limited to enrolling a second factor may open.
 ENROLLMENT_PAGES = frozenset({"/mfa/enroll", "/mfa/confirm", "/logout"})
@@ -43,7 +49,7 @@ async def signed_in(request: Request, platform: PlatformDep) -> User:
     """The signed-in user, without the CSRF check: only for a handler that checks the token
     itself (`check_csrf`), because reading the form here would consume a streamed upload."""
     try:
-        token = bearer_token(request)
+        token = session_token(request)
         user = await platform.users.authenticate(token)
     except Unauthenticated as e:
         raise LoginRequired() from e

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from tether.server.api.deps import PlatformDep, bearer_token, source_of
+from tether.server.api.deps import PlatformDep, source_of
 from tether.server.auth.tokens import token_hash
 from tether.server.errors import PlatformError, Throttled, Unauthenticated
 from tether.server.services.users import Session, Stage
@@ -22,6 +22,7 @@ from tether.server.web.security import (
     clear_cookie,
     csrf_token_for,
     new_login_csrf,
+    session_token,
     set_cookie,
     tokens_match,
 )
@@ -149,7 +150,7 @@ async def login_code(
 
 @router.post("/logout")
 async def logout(request: Request, user: WebUserDep, platform: PlatformDep) -> Response:
-    await platform.users.logout(bearer_token(request), user, source=source_of(request))
+    await platform.users.logout(session_token(request), user, source=source_of(request))
     response = _see("/login")
     clear_cookie(response, SESSION_COOKIE)
     return response
@@ -187,7 +188,7 @@ async def enroll_confirm(
             user.id,
             user.actor,
             code.strip(),
-            session_hash=token_hash(bearer_token(request)),
+            session_hash=token_hash(session_token(request)),
             source=source_of(request),
         )
     except PlatformError as e:

@@ -11,7 +11,8 @@ import secrets
 
 from fastapi import Request, Response
 
-from tether.server.api.deps import SESSION_COOKIE
+from tether.server.api.deps import SESSION_COOKIE, bearer_token
+from tether.server.errors import Unauthenticated
 
 __all__ = ["SESSION_COOKIE"]
 
@@ -32,6 +33,18 @@ LOGIN_CSRF_COOKIE = "tether_login_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_REFUSED = "This form has expired; reload the page and try again."
+
+
+def session_token(request: Request) -> str:
+    """The pages' credential: the session cookie (HttpOnly, Secure, SameSite=Strict), or a
+    bearer token (harmless here: every change a page takes also needs the CSRF token)."""
+    try:
+        return bearer_token(request)
+    except Unauthenticated:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return cookie
+        raise
 
 
 def csrf_token_for(session_token: str) -> str:
