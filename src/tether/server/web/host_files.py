@@ -9,7 +9,6 @@ the same listing instead of asking the endpoint again.
 import ntpath
 import posixpath
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -19,11 +18,10 @@ from tether.protocol.shell import root_directory
 from tether.server.api.deps import PlatformDep
 from tether.server.errors import Invalid, NotFound, PlatformError
 from tether.server.services.hosts import HostView
-from tether.server.services.jobs import JobView
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.host import render_host
-from tether.server.web.live_session import send, wait_for
+from tether.server.web.live_session import send, session_job, tab_url, wait_for
 from tether.server.web.templating import render
 
 router = APIRouter()
@@ -31,32 +29,16 @@ Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
 # How long a listing may keep the page waiting before it shows "still running".
 LIST_WAIT_SECONDS = 20.0
 DEPLOYABLE = 500
+# The jobs a Files tab URL may name.
+LISTING = frozenset({"files.list"})
 PathField = Annotated[str, Form(max_length=4096)]
 JobField = Annotated[str, Form(max_length=64)]
-
-
-def _files_url(host: HostView, **query: str) -> str:
-    kept = {k: v for k, v in query.items() if v}
-    return f"/hosts/{host.id}/session/files" + (f"?{urlencode(kept)}" if kept else "")
 
 
 def _join(host: HostView, directory: str, name: str) -> str:
     if host.os_family == "windows":
         return ntpath.join(directory, name)
     return posixpath.join(directory, name)
-
-
-async def _listing_job(platform: PlatformDep, host: HostView, job_id: str) -> JobView | None:
-    """The files.list job behind the page, when it is one of this host's."""
-    if not job_id:
-        return None
-    try:
-        job = await platform.jobs.get(job_id)
-    except NotFound:
-        return None
-    if job.host_id != host.id or job.action != "files.list":
-        return None
-    return job
 
 
 async def _show(
@@ -70,7 +52,7 @@ async def _show(
     error: str | None = None,
     notice: str | None = None,
 ) -> Response:
-    job = await _listing_job(platform, host, job_id)
+    job = await session_job(platform, host, job_id, LISTING)
     directory = root_directory(host.os_family == "windows")
     if job is not None and job.args is not None:
         directory = str(job.args.get("path", directory))
@@ -134,7 +116,7 @@ async def list_directory(
     except PlatformError as e:
         return await _show(request, platform, user, host, status=e.status_code, error=str(e))
     await wait_for(platform, job.id, LIST_WAIT_SECONDS)
-    return RedirectResponse(_files_url(host, job=job.id), status_code=303)
+    return RedirectResponse(tab_url(host, "files", job=job.id), status_code=303)
 
 
 @router.post("/hosts/{ref}/session/files/retrieve")
@@ -154,7 +136,7 @@ async def retrieve_file(
         return await _show(
             request, platform, user, host, listing, status=e.status_code, error=str(e)
         )
-    return RedirectResponse(_files_url(host, job=listing, started=job.id), status_code=303)
+    return RedirectResponse(tab_url(host, "files", job=listing, started=job.id), status_code=303)
 
 
 @router.post("/hosts/{ref}/session/files/deploy")
@@ -187,4 +169,4 @@ async def deploy_file(
         return await _show(
             request, platform, user, host, listing, status=e.status_code, error=str(e)
         )
-    return RedirectResponse(_files_url(host, job=listing, started=job.id), status_code=303)
+    return RedirectResponse(tab_url(host, "files", job=listing, started=job.id), status_code=303)

@@ -6,7 +6,6 @@ and redirects to the page showing that job's result.
 """
 
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -19,7 +18,7 @@ from tether.server.services.jobs import JobView
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.host import render_host
-from tether.server.web.live_session import send, wait_for
+from tether.server.web.live_session import send, session_job, tab_url, wait_for
 from tether.server.web.templating import render
 
 router = APIRouter()
@@ -27,25 +26,10 @@ Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
 LIST_WAIT_SECONDS = 20.0
 # A kill answers within the action's own 30 s limit; the page waits that long for the outcome.
 KILL_WAIT_SECONDS = 30.0
+# The jobs a Processes tab URL may name.
+ACTIONS = frozenset({"processes.list", "processes.kill"})
 NOT_A_PID = "A process id is a whole number greater than 0."
 JobField = Annotated[str, Form(max_length=64)]
-
-
-def _processes_url(host: HostView, **query: str) -> str:
-    kept = {k: v for k, v in query.items() if v}
-    return f"/hosts/{host.id}/session/processes" + (f"?{urlencode(kept)}" if kept else "")
-
-
-async def _listing_job(platform: PlatformDep, host: HostView, job_id: str) -> JobView | None:
-    if not job_id:
-        return None
-    try:
-        job = await platform.jobs.get(job_id)
-    except NotFound:
-        return None
-    if job.host_id != host.id or job.action not in ("processes.list", "processes.kill"):
-        return None
-    return job
 
 
 async def _show(
@@ -60,7 +44,7 @@ async def _show(
     notice: str | None = None,
     confirm: dict[str, str] | None = None,
 ) -> Response:
-    job = await _listing_job(platform, host, job_id)
+    job = await session_job(platform, host, job_id, ACTIONS)
     listing = job if job is not None and job.action == "processes.list" else None
     return await render_host(
         request,
@@ -91,7 +75,7 @@ async def processes_page(
         return render(request, "message.html", 404, heading="Host not found", message=str(e))
     notice = None
     if killed:
-        outcome = await _listing_job(platform, host, killed[:64])
+        outcome = await session_job(platform, host, killed[:64], ACTIONS)
         if outcome is not None and outcome.action == "processes.kill":
             notice = _kill_notice(outcome)
     return await _show(request, platform, user, host, job[:64], notice=notice)
@@ -131,7 +115,7 @@ async def list_processes(
     except PlatformError as e:
         return await _show(request, platform, user, host, status=e.status_code, error=str(e))
     await wait_for(platform, job.id, LIST_WAIT_SECONDS)
-    return RedirectResponse(_processes_url(host, job=job.id), status_code=303)
+    return RedirectResponse(tab_url(host, "processes", job=job.id), status_code=303)
 
 
 @router.post("/hosts/{ref}/session/processes/kill")
@@ -159,4 +143,4 @@ async def kill_process(
             request, platform, user, host, listing, status=e.status_code, error=str(e)
         )
     await wait_for(platform, job.id, KILL_WAIT_SECONDS)
-    return RedirectResponse(_processes_url(host, job=listing, killed=job.id), status_code=303)
+    return RedirectResponse(tab_url(host, "processes", job=listing, killed=job.id), status_code=303)

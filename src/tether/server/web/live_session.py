@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -94,6 +95,28 @@ async def send(
     return await platform.live_sessions.command(
         session.id, user, action, args, source=source_of(request), cwd=cwd
     )
+
+
+def tab_url(host: HostView, tab: str, **query: str) -> str:
+    """A live-session tab of the host's page (`files`, `processes`), with its non-empty query."""
+    kept = {k: v for k, v in query.items() if v}
+    return f"/hosts/{host.id}/session/{tab}" + (f"?{urlencode(kept)}" if kept else "")
+
+
+async def session_job(
+    platform: Platform, host: HostView, job_id: str, actions: frozenset[str]
+) -> JobView | None:
+    """The job a tab's URL names, only when it is one of this host's with one of `actions`: a
+    URL naming another host's job shows nothing of it."""
+    if not job_id:
+        return None
+    try:
+        job = await platform.jobs.get(job_id)
+    except NotFound:
+        return None
+    if job.host_id != host.id or job.action not in actions:
+        return None
+    return job
 
 
 async def _host(platform: Platform, ref: str) -> HostView:

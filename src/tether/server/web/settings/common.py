@@ -5,6 +5,7 @@ again. The confirmation travels in a short-lived cookie rather than the query st
 someone else crafted cannot make the page claim that a change was made.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -13,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 
 from tether.protocol import Permission
-from tether.server.errors import Invalid
+from tether.server.errors import Invalid, PlatformError
 from tether.server.services.users import User
 from tether.server.web.templating import render
 
@@ -78,6 +79,20 @@ def done(url: str, sentence: str) -> Response:
         samesite="strict",
     )
     return response
+
+
+async def settle(
+    page: str,
+    change: Callable[[], Awaitable[str]],
+    refused: Callable[[PlatformError], Awaitable[Response]],
+) -> Response:
+    """Run `change`, which returns its confirmation, and redirect to `page` to show it; when a
+    service refuses, answer with `refused(error)`: the page again, with the sentence."""
+    try:
+        sentence = await change()
+    except PlatformError as e:
+        return await refused(e)
+    return done(page, sentence)
 
 
 def show(

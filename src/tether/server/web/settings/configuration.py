@@ -22,7 +22,7 @@ from tether.server.errors import Invalid, PlatformError
 from tether.server.services.access_settings import NAMES
 from tether.server.services.users import User
 from tether.server.web.access import page_require
-from tether.server.web.settings.common import done, form_fields, show
+from tether.server.web.settings.common import form_fields, settle, show
 
 router = APIRouter()
 SettingsAdmin = Annotated[User, Depends(page_require(Permission.SETTINGS_MANAGE))]
@@ -100,11 +100,12 @@ async def _change(
     change: Callable[[], Awaitable[str]],
     typed_allowlist: str | None = None,
 ) -> Response:
-    try:
-        sentence = await change()
-    except PlatformError as e:
+    """Run `change` (which returns its confirmation), or show the page with the refusal."""
+
+    async def refused(e: PlatformError) -> Response:
         return await _page(request, platform, user, e.status_code, str(e), typed_allowlist)
-    return done(PAGE, sentence)
+
+    return await settle(PAGE, change, refused)
 
 
 @router.get(PAGE)
@@ -138,6 +139,9 @@ async def save_allowlist(request: Request, platform: PlatformDep, user: Settings
             parse_allowlist(fields.get("rules", "")), actor=user.actor, source=source_of(request)
         )
         noun = "entry" if len(saved) == 1 else "entries"
-        return f"Isolation allowlist saved ({len(saved)} {noun}); it applies to isolations requested from now on."
+        return (
+            f"Isolation allowlist saved ({len(saved)} {noun}); isolated hosts take it up as soon "
+            "as they hear of it."
+        )
 
     return await _change(request, platform, user, change, typed_text)

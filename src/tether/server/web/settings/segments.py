@@ -16,7 +16,7 @@ from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import PlatformError
 from tether.server.services.users import User
 from tether.server.web.access import page_require
-from tether.server.web.settings.common import done, form_fields, show
+from tether.server.web.settings.common import done, form_fields, settle, show
 
 router = APIRouter()
 SegmentAdmin = Annotated[User, Depends(page_require(Permission.SEGMENTS_MANAGE))]
@@ -56,11 +56,12 @@ async def _change(
     change: Callable[[], Awaitable[str]],
     entered: dict[str, str] | None = None,
 ) -> Response:
-    try:
-        sentence = await change()
-    except PlatformError as e:
+    """Run `change` (which returns its confirmation), or show the page with the refusal."""
+
+    async def refused(e: PlatformError) -> Response:
         return await _page(request, platform, user, e.status_code, str(e), entered)
-    return done(PAGE, sentence)
+
+    return await settle(PAGE, change, refused)
 
 
 @router.get(PAGE)

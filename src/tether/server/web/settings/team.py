@@ -17,7 +17,7 @@ from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Invalid, PlatformError
 from tether.server.services.users import User
 from tether.server.web.access import page_require
-from tether.server.web.settings.common import done, form_fields, form_values, show
+from tether.server.web.settings.common import form_fields, form_values, settle, show
 
 router = APIRouter()
 TeamAdmin = Annotated[User, Depends(page_require(Permission.USERS_MANAGE))]
@@ -76,11 +76,11 @@ async def _change(
     entered: dict[str, str] | None = None,
 ) -> Response:
     """Run `change` (which returns its confirmation), or show the page with the refusal."""
-    try:
-        sentence = await change()
-    except PlatformError as e:
+
+    async def refused(e: PlatformError) -> Response:
         return await _page(request, platform, user, e.status_code, str(e), entered)
-    return done(PAGE, sentence)
+
+    return await settle(PAGE, change, refused)
 
 
 @router.get(PAGE)
