@@ -52,7 +52,7 @@ async def test_move_to_a_segment_is_audited_and_confirmed_once(
     assert response.status_code == 303, response.text
     assert response.headers["location"] == f"/hosts/{host}"
     assert (await platform.hosts.get(host)).segment == "servers"
-    assert link.policies and link.policies[-1].active_response is True
+    assert [p.active_response for p in link.policies] == [True]
     moves = await _audited(platform, "host.move")
     assert [(actor, target) for actor, target, _ in moves] == [("admin", f"host:{host}")]
     assert '"segment":"servers"' in moves[0][2]
