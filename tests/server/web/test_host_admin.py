@@ -123,6 +123,11 @@ async def test_revoke_asks_first_then_closes_that_host_alone(
     )
     assert again.status_code == 409
     assert "is already revoked" in again.text
+    unconfirmed = await admin_browser.post(
+        f"/hosts/{host}/revoke", data={"csrf_token": csrf_of(shown)}
+    )
+    assert unconfirmed.status_code == 409
+    assert "is already revoked" in unconfirmed.text
 
 
 async def test_non_admins_get_403_and_see_no_admin_forms(

@@ -76,8 +76,9 @@ async def revoke(ref: str, request: Request, platform: PlatformDep, user: HostAd
         confirmed = (await form_fields(request)).get("confirm") == "yes"
     except PlatformError as e:
         return await _refused(request, platform, user, host, e)
-    if not confirmed:
-        # Nothing changes yet: the page asks again, with the button that does it.
+    if not confirmed and not host.revoked:
+        # Nothing changes yet: the page asks again, with the button that does it. (A revoked
+        # host is the service's to refuse, in its words.)
         return await render_host(request, platform, user, host, confirm_revoke=True)
     try:
         revoked = await platform.hosts.revoke(host.id, actor=user.actor, source=source_of(request))
