@@ -153,6 +153,10 @@ ROWS = [
     Row("GET", "/active-response/hosts", WEB_READERS),
     Row("POST", "/active-response/actions", (303, 403, 403, 303, 403, 403)),
     Row("GET", "/hosts/{ref}", WEB_READERS, url="/hosts/{host}"),
+    # Admins ping from Active Response, move and revoke on the Host page (docs/adr/0025).
+    Row("POST", "/active-response/ping", WEB_CHANGE_BY_FORM),
+    Row("POST", "/hosts/{ref}/move", WEB_CHANGE_BY_FORM, url="/hosts/{host}/move"),
+    Row("POST", "/hosts/{ref}/revoke", WEB_CHANGE_BY_FORM, url="/hosts/{host}/revoke"),
     # The Host page's live session (docs/adr/0022). Without the CSRF header every change is 403;
     # a session that must first enroll a second factor is sent to enroll before that check.
     Row("POST", "/hosts/{ref}/session", WEB_SESSION_CHANGE, url="/hosts/{host}/session"),
@@ -168,6 +172,7 @@ ROWS = [
     Row("POST", "/hosts/{ref}/session/processes/kill", WEB_SESSION_CHANGE, url="/hosts/{host}/session/processes/kill"),
     Row("GET", "/session-history", WEB_RESPONDERS),
     Row("GET", "/session-history/verify", WEB_RESPONDERS),
+    Row("GET", "/session-history/export", WEB_RESPONDERS),
     # Settings: admins only; a change without the CSRF token is refused before the permission.
     Row("GET", "/settings/team", WEB_ADMINS),
     Row("POST", "/settings/team", WEB_CHANGE_BY_FORM),

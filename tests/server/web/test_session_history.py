@@ -1,5 +1,6 @@
 """Session History: responders only (refusals audited), newest first, filters, verification."""
 
+import json
 import re
 
 import httpx
@@ -9,6 +10,7 @@ from tether.protocol import Role
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records
 
+from ..api.conftest import login
 from ..support import add_host
 from .conftest import web_login
 
@@ -79,10 +81,15 @@ async def test_filters_by_user_target_action_and_time(
     assert "Write times as YYYY-MM-DDTHH:MM (UTC)." in bad.text
 
 
-async def test_verify_chain_reports_an_intact_chain(admin_browser: httpx.AsyncClient) -> None:
+async def test_verify_chain_reports_an_intact_chain(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
     response = await admin_browser.get("/session-history/verify")
     assert response.status_code == 200
     assert "Chain intact:" in response.text
+    # The head's hash, to compare with the last line of an export.
+    head = (await platform.audit.verify()).head_hash
+    assert f'<code class="head-hash">{head}</code>' in response.text
 
 
 async def test_a_script_run_shows_its_full_script_as_text(
@@ -131,3 +138,53 @@ async def test_the_kind_list_holds_the_families_present_and_filters(
     assert re.findall(r"<td>([a-z_]+)\.[a-z_.]+", page) == ["file"]
     mixed = (await admin_browser.get("/session-history?kind=file&action=auth.")).text
     assert "No records match." in mixed
+
+
+async def test_export_downloads_what_the_api_exports_for_the_same_filters(
+    admin_browser: httpx.AsyncClient, platform: Platform, admin_password: str, admin_secret: str
+) -> None:
+    host = await add_host(platform.engine, "web-exported")
+    await platform.audit.record("job.submit", actor="someone", target=f"host:{host}")
+    await platform.audit.record("job.submit", actor="other", target="host:elsewhere")
+    await platform.audit.record("host.revoke", actor="admin", target=f"host:{host}")
+    api = await login(
+        admin_browser, "admin", admin_password, platform=platform, secret=admin_secret
+    )
+    page = (await admin_browser.get("/session-history?target=web-exported&kind=job")).text
+    assert 'href="/session-history/export?target=web-exported&amp;kind=job" download' in page
+    for query in ("", "?target=web-exported&kind=job", "?kind=host&action=job.", "?actor=other"):
+        download = await admin_browser.get(f"/session-history/export{query}")
+        assert download.status_code == 200, query
+        assert download.headers["content-type"] == "application/x-ndjson"
+        assert download.headers["content-disposition"] == (
+            'attachment; filename="tether-audit.jsonl"'
+        )
+        from_api = await admin_browser.get(f"/api/v1/audit/export{query}", headers=api)
+        assert from_api.status_code == 200, query
+        assert download.content == from_api.content, query
+        records = [json.loads(line) for line in download.text.splitlines()]
+        seqs = [r["seq"] for r in records]
+        assert seqs == sorted(seqs), query
+        if query == "?target=web-exported&kind=job":
+            assert [(r["actor"], r["action"]) for r in records] == [("someone", "job.submit")]
+        elif query == "?kind=host&action=job.":
+            # An action of another kind than the one chosen matches nothing.
+            assert records == []
+        elif query == "":
+            # Unfiltered, it is every record of the chain.
+            assert seqs == list(range(1, len(seqs) + 1))
+            assert len(seqs) > 3
+    bad = await admin_browser.get("/session-history/export?since=yesterday")
+    assert bad.status_code == 422
+    assert "Write times as YYYY-MM-DDTHH:MM (UTC)." in bad.text
+    bad_api = await admin_browser.get("/api/v1/audit/export?since=yesterday", headers=api)
+    assert bad_api.status_code == 422
+    assert bad_api.json() == {"detail": "Write times as YYYY-MM-DDTHH:MM (UTC)."}
+
+
+async def test_an_analyst_cannot_export(browser: httpx.AsyncClient, platform: Platform) -> None:
+    await platform.users.create("reader", PASSWORD, {Role.ANALYST})
+    await web_login(browser, platform, "reader", PASSWORD)
+    response = await browser.get("/session-history/export")
+    assert response.status_code == 403
+    assert "jsonl" not in response.headers.get("content-disposition", "")

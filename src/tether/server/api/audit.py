@@ -1,13 +1,12 @@
 """Reading, verifying and exporting the audit log."""
 
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from tether.protocol import Permission
+from tether.server.api.audit_filters import FIELD_LIMIT, JSON_LINES, export_stream
 from tether.server.api.deps import PlatformDep, require
 from tether.server.api.schemas import AuditRecordOut, VerifyOut
 from tether.server.services.users import User
@@ -38,11 +37,18 @@ async def verify(platform: PlatformDep, _user: AuditReader) -> VerifyOut:
 
 
 @router.get("/audit/export")
-async def export(platform: PlatformDep, _user: AuditReader) -> StreamingResponse:
-    """Every record as JSON lines, in chain order, streamed."""
-
-    async def lines() -> AsyncIterator[bytes]:
-        async for record in platform.audit.iter_records():
-            yield (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode()
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+async def export(
+    platform: PlatformDep,
+    _user: AuditReader,
+    actor: Annotated[str, Query(max_length=FIELD_LIMIT)] = "",
+    target: Annotated[str, Query(max_length=FIELD_LIMIT)] = "",
+    kind: Annotated[str, Query(max_length=FIELD_LIMIT)] = "",
+    action: Annotated[str, Query(max_length=FIELD_LIMIT)] = "",
+    since: Annotated[str, Query(max_length=FIELD_LIMIT)] = "",
+    until: Annotated[str, Query(max_length=FIELD_LIMIT)] = "",
+) -> StreamingResponse:
+    """Every record as JSON lines, in chain order, streamed; the Session History's filters
+    (user, host or target, kind, action, UTC times) narrow it to the records they match."""
+    fields = {"actor": actor, "target": target, "kind": kind}
+    fields |= {"action": action, "since": since, "until": until}
+    return StreamingResponse(await export_stream(platform, fields), media_type=JSON_LINES)

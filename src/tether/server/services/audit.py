@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Select, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.server.errors import ConfigurationError
@@ -195,6 +195,35 @@ class AuditSearch:
     # Any of these anywhere in the target or the details (a host's name and ids: a job's
     # submission names its hosts in the details, not the target).
     mentions: tuple[str, ...] = ()
+    # Filters that contradict each other (an action of another kind than the one chosen).
+    nothing: bool = False
+
+
+def _narrowed(query: Select[Any], search: AuditSearch) -> Select[Any]:
+    """`query` limited to the records `search` describes."""
+    if search.nothing:
+        return query.where(false())
+    if search.actor:
+        query = query.where(audit_records.c.actor.contains(search.actor, autoescape=True))
+    if search.target:
+        query = query.where(audit_records.c.target.contains(search.target, autoescape=True))
+    if search.action:
+        query = query.where(audit_records.c.action.startswith(search.action, autoescape=True))
+    if search.mentions:
+        query = query.where(
+            or_(
+                *(
+                    audit_records.c.target.contains(m, autoescape=True)
+                    | audit_records.c.details.contains(m, autoescape=True)
+                    for m in search.mentions
+                )
+            )
+        )
+    if search.since is not None:
+        query = query.where(audit_records.c.ts >= search.since.isoformat())
+    if search.until is not None:
+        query = query.where(audit_records.c.ts < search.until.isoformat())
+    return query
 
 
 @dataclass(frozen=True)
@@ -320,30 +349,31 @@ class AuditLog:
 
     async def newest(self, search: "AuditSearch", limit: int = 200) -> list[AuditRecord]:
         """Records matching `search`, newest first (the Session History view)."""
-        query = select(audit_records).order_by(audit_records.c.seq.desc()).limit(limit)
-        if search.actor:
-            query = query.where(audit_records.c.actor.contains(search.actor, autoescape=True))
-        if search.target:
-            query = query.where(audit_records.c.target.contains(search.target, autoescape=True))
-        if search.action:
-            query = query.where(audit_records.c.action.startswith(search.action, autoescape=True))
-        if search.mentions:
-            query = query.where(
-                or_(
-                    *(
-                        audit_records.c.target.contains(m, autoescape=True)
-                        | audit_records.c.details.contains(m, autoescape=True)
-                        for m in search.mentions
-                    )
-                )
-            )
-        if search.since is not None:
-            query = query.where(audit_records.c.ts >= search.since.isoformat())
-        if search.until is not None:
-            query = query.where(audit_records.c.ts < search.until.isoformat())
+        query = _narrowed(select(audit_records), search)
+        query = query.order_by(audit_records.c.seq.desc()).limit(limit)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [AuditRecord(**row._asdict()) for row in rows]
+
+    async def matching(self, search: "AuditSearch") -> AsyncIterator[AuditRecord]:
+        """Every record matching `search` in chain order, read page by page (an export)."""
+        cursor = 0
+        while True:
+            query = _narrowed(select(audit_records), search).where(audit_records.c.seq > cursor)
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query.order_by(audit_records.c.seq).limit(_PAGE))).all()
+            if not rows:
+                return
+            for row in rows:
+                yield AuditRecord(**row._asdict())
+            cursor = int(rows[-1].seq)
+
+    async def export(self, search: "AuditSearch | None" = None) -> AsyncIterator[bytes]:
+        """The matching records (all without `search`) as JSON lines in chain order, the format
+        of `GET /api/v1/audit/export` and the Session History's Export link alike."""
+        records = self.iter_records() if search is None else self.matching(search)
+        async for record in records:
+            yield (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode()
 
     async def action_families(self) -> list[str]:
         """The first words of the actions in the log ("auth", "job", "file", ...), sorted."""

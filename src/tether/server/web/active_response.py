@@ -1,5 +1,7 @@
-"""The Active Response page: the hosts table with filters, selection, and isolation actions."""
+"""The Active Response page: the hosts table with filters, selection, isolation actions, and
+for admins a ping of the ticked hosts."""
 
+import statistics
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -20,6 +22,10 @@ from tether.server.web.templating import render
 
 router = APIRouter()
 Reader = Annotated[User, Depends(page_require(Permission.HOSTS_READ))]
+# Pinging is the admins' (as `POST /api/v1/hosts/ping`): it reaches every ticked agent.
+Pinger = Annotated[User, Depends(page_require(Permission.HOSTS_MANAGE))]
+# The page waits for the answers: a connected agent answers in milliseconds.
+PING_SECONDS = 5.0
 ISOLATION_STATES = ("not isolated", "isolated", "isolation pending", "unisolation pending")
 # What each Actions button asks for, as the confirmation names it.
 ACTIONS = {
@@ -117,7 +123,13 @@ async def page(request: Request, platform: PlatformDep, user: Reader) -> Respons
     outcome = await _own_request(platform, user, request.query_params.get("batch", ""))
     requested = REQUESTED[outcome.action] if outcome else ""
     return render(
-        request, "active_response.html", outcome=outcome, requested=requested, error=None, **table
+        request,
+        "active_response.html",
+        outcome=outcome,
+        requested=requested,
+        error=None,
+        ping=None,
+        **table,
     )
 
 
@@ -171,5 +183,63 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
         outcome=outcome,
         requested=ACTIONS.get(action, ""),
         error=error,
+        ping=None,
+        **table,
+    )
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """A ping's report as the page shows it: hosts by name, round trips in milliseconds."""
+
+    asked: int
+    answered: int
+    seconds: float
+    failed: list[tuple[str, str]]
+    p50_ms: float | None
+    max_ms: float | None
+
+
+@router.post("/active-response/ping")
+async def ping(request: Request, platform: PlatformDep, user: Pinger) -> Response:
+    """Round-trip a no-op to the ticked hosts and show who answered. Nothing changes on the
+    endpoints, so the report is the answer itself (no redirect): sending it again only pings."""
+    filters, selected, _ = await _read(request)
+    result: PingResult | None = None
+    error: str | None = None
+    status = 200
+    if not selected:
+        error, status = PICK_HOSTS, 422
+    else:
+        try:
+            hosts = [await platform.hosts.get(ref) for ref in sorted(selected)]
+            report = await platform.reachability.ping(
+                [h.id for h in hosts],
+                timeout=PING_SECONDS,
+                actor=user.actor,
+                source=source_of(request),
+            )
+        except PlatformError as e:
+            error, status = str(e), e.status_code
+        else:
+            names = {h.id: h.hostname for h in hosts}
+            trips = report.round_trips_ms
+            result = PingResult(
+                asked=report.asked,
+                answered=report.answered,
+                seconds=report.seconds,
+                failed=sorted((names.get(h, h), why) for h, why in report.failed.items()),
+                p50_ms=statistics.median(trips) if trips else None,
+                max_ms=max(trips) if trips else None,
+            )
+    table = await _table(request, platform, filters, selected)
+    return render(
+        request,
+        "active_response.html",
+        status,
+        outcome=None,
+        requested="",
+        error=error,
+        ping=result,
         **table,
     )

@@ -14,12 +14,15 @@ from tether.server.services.live_sessions import LiveSessionView
 from tether.server.services.platform import Platform
 from tether.server.services.users import User
 from tether.server.web.access import page_require
+from tether.server.web.notice import forget_notice, read_notice
 from tether.server.web.templating import render
 
 router = APIRouter()
 Reader = Annotated[User, Depends(page_require(Permission.HOSTS_READ))]
 LATEST_JOBS = 50
 TABS = ("console", "files", "processes")
+# Where the confirmation of a move or a revocation is readable: the Host pages.
+NOTICE_PATH = "/hosts"
 
 
 async def open_session(platform: Platform, user: User, host_id: str) -> LiveSessionView | None:
@@ -40,12 +43,18 @@ async def render_host(
     tab: str = "console",
     error: str | None = None,
     notice: str | None = None,
+    admin_error: str | None = None,
+    admin_notice: str | None = None,
+    confirm_revoke: bool = False,
     **panel: Any,
 ) -> Response:
-    """The Host page with the live session panel on `tab`; `panel` holds that tab's data."""
+    """The Host page with the live session panel on `tab`; `panel` holds that tab's data. For
+    admins, the administration section (host_admin.py) with its own refusal or confirmation."""
     jobs = await platform.jobs.find(host_id=host.id, limit=LATEST_JOBS)
     responder = Permission.ACTIVE_RESPONSE in user.permissions
     session = await open_session(platform, user, host.id) if responder else None
+    manager = Permission.HOSTS_MANAGE in user.permissions
+    segments = [s.name for s in await platform.segments.list()] if manager else []
     return render(
         request,
         "host.html",
@@ -59,6 +68,11 @@ async def render_host(
         error=error,
         notice=notice,
         panel=panel,
+        manager=manager,
+        segments=segments,
+        admin_error=admin_error,
+        admin_notice=admin_notice,
+        confirm_revoke=confirm_revoke,
     )
 
 
@@ -68,4 +82,7 @@ async def host_page(ref: str, request: Request, platform: PlatformDep, user: Rea
         host = await platform.hosts.get(ref)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Host not found", message=str(e))
-    return await render_host(request, platform, user, host)
+    # The confirmation a move or a revocation left (post/redirect/get), shown once.
+    response = await render_host(request, platform, user, host, admin_notice=read_notice(request))
+    forget_notice(request, response, path=NOTICE_PATH)
+    return response

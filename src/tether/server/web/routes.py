@@ -14,6 +14,7 @@ from tether.server.web import (
     active_response,
     files,
     host,
+    host_admin,
     host_files,
     host_processes,
     live_session,
@@ -62,6 +63,7 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(login.router)
     app.include_router(active_response.router)
     app.include_router(host.router)
+    app.include_router(host_admin.router)
     app.include_router(live_session.router)
     app.include_router(host_files.router)
     app.include_router(host_processes.router)

@@ -4,16 +4,17 @@ Responders only; a refusal is audited under the same action as the API's (`audit
 """
 
 import json
-from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from tether.protocol import Permission
+from tether.server.api.audit_filters import JSON_LINES, audit_search, export_stream, filter_fields
 from tether.server.api.deps import PlatformDep
-from tether.server.services.audit import AuditRecord, AuditSearch
-from tether.server.services.platform import Platform
+from tether.server.errors import Invalid
+from tether.server.services.audit import AuditRecord
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.templating import render
@@ -23,16 +24,7 @@ AuditReader = Annotated[
     User, Depends(page_require(Permission.AUDIT_READ, audit_refusal="audit.read_denied"))
 ]
 SHOWN = 200
-# A host filter matching more hosts than this is too vague to be worth a query per host.
-MAX_HOSTS = 50
-BAD_TIME = "Write times as YYYY-MM-DDTHH:MM (UTC)."
-
-
-def _time(text: str) -> datetime | None:
-    """A datetime-local field's value, read as UTC; ValueError when it is not one."""
-    if not text:
-        return None
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+EXPORT_NAME = "tether-audit.jsonl"
 
 
 def _details(record: AuditRecord) -> list[tuple[str, Any]]:
@@ -61,40 +53,16 @@ def _submitted(record: AuditRecord) -> str:
     return asked if isinstance(asked, str) else ""
 
 
-async def _host_mentions(platform: Platform, text: str) -> tuple[str, ...]:
-    """What a record about the host `text` names: the text itself, and the id of each host
-    whose name contains it (records name hosts by id)."""
-    if not text:
-        return ()
-    wanted = text.casefold()
-    ids = [h.id for h in await platform.hosts.list() if wanted in h.hostname.casefold()]
-    return (text, *ids[:MAX_HOSTS])
-
-
 @router.get("/session-history")
 async def history(request: Request, platform: PlatformDep, _user: AuditReader) -> Response:
-    query = request.query_params
-    names = ("actor", "target", "kind", "action", "since", "until")
-    fields = {n: query.get(n, "")[:200] for n in names}
+    fields = filter_fields(request.query_params)
     kinds = await platform.audit.action_families()
     error = None
     try:
-        since, until = _time(fields["since"]), _time(fields["until"])
-    except ValueError:
-        since = until = None
-        error = BAD_TIME
-    kind = f"{fields['kind']}." if fields["kind"] else ""
-    action = fields["action"] or kind
-    search = AuditSearch(
-        actor=fields["actor"],
-        mentions=await _host_mentions(platform, fields["target"]),
-        action=action,
-        since=since,
-        until=until,
-    )
-    # An action of another kind than the one chosen matches nothing.
-    contradictory = not action.startswith(kind)
-    records = [] if error or contradictory else await platform.audit.newest(search, limit=SHOWN)
+        search = await audit_search(platform, fields)
+    except Invalid as e:
+        error = str(e)
+    records = [] if error else await platform.audit.newest(search, limit=SHOWN)
     rows = [(r, _details(r), _submitted(r)) for r in records]
     return render(
         request,
@@ -105,6 +73,22 @@ async def history(request: Request, platform: PlatformDep, _user: AuditReader) -
         kinds=kinds,
         error=error,
         shown=SHOWN,
+        export_query=urlencode({k: v for k, v in fields.items() if v}),
+    )
+
+
+@router.get("/session-history/export")
+async def export(request: Request, platform: PlatformDep, _user: AuditReader) -> Response:
+    """The records the page's filters match, all of them in chain order, as the API's export
+    (JSON lines) and as a download; not audited, as the API's export is not."""
+    try:
+        lines = await export_stream(platform, filter_fields(request.query_params))
+    except Invalid as e:
+        return render(request, "message.html", 422, heading="Cannot export", message=str(e))
+    return StreamingResponse(
+        lines,
+        media_type=JSON_LINES,
+        headers={"Content-Disposition": f'attachment; filename="{EXPORT_NAME}"'},
     )
 
 

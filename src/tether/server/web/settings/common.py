@@ -1,27 +1,20 @@
-"""What the Settings pages share: their tabs, reading a form, and the confirmation line.
-
-Every change is a POST answered by a redirect (post/redirect/get), so a reload never sends it
-again. The confirmation travels in a short-lived cookie rather than the query string: a link
-someone else crafted cannot make the page claim that a change was made.
-"""
+"""What the Settings pages share: their tabs, reading a form, and the confirmation line
+(post/redirect/get with the sentence in a cookie, `tether.server.web.notice`)."""
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
 
 from fastapi import Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from tether.protocol import Permission
 from tether.server.errors import Invalid, PlatformError
 from tether.server.services.users import User
+from tether.server.web import notice
 from tether.server.web.templating import render
 
-NOTICE_COOKIE = "tether_notice"
 NOTICE_PATH = "/settings"
-# Long enough for the redirect to be followed, short enough that it never shows up later.
-NOTICE_SECONDS = 60
 # Longer than any single-line field these pages take (the API allows passwords this long).
 FIELD_LIMIT = 1024
 
@@ -68,17 +61,7 @@ async def form_values(request: Request, name: str) -> list[str]:
 
 def done(url: str, sentence: str) -> Response:
     """Redirect to `url`, which then shows `sentence` once as its confirmation line."""
-    response = RedirectResponse(url, status_code=303)
-    response.set_cookie(
-        NOTICE_COOKIE,
-        quote(sentence),
-        max_age=NOTICE_SECONDS,
-        path=NOTICE_PATH,
-        secure=True,
-        httponly=True,
-        samesite="strict",
-    )
-    return response
+    return notice.done(url, sentence, path=NOTICE_PATH)
 
 
 async def settle(
@@ -106,18 +89,15 @@ def show(
 ) -> Response:
     """Render a Settings page with its tabs, and the confirmation a redirect left for it (shown
     once: the cookie is deleted with this answer) or the refusal `error`."""
-    notice = request.cookies.get(NOTICE_COOKIE)
+    confirmation = notice.read_notice(request)
     response = render(
         request,
         template,
         status_code,
         tabs=tabs_for(user),
-        notice=unquote(notice)[:FIELD_LIMIT] if notice and error is None else None,
+        notice=confirmation if error is None else None,
         error=error,
         **context,
     )
-    if notice is not None:
-        response.delete_cookie(
-            NOTICE_COOKIE, path=NOTICE_PATH, secure=True, httponly=True, samesite="strict"
-        )
+    notice.forget_notice(request, response, path=NOTICE_PATH)
     return response
