@@ -8,7 +8,7 @@ from sqlalchemy import select
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records
 from tether.server.web.security import CONTENT_SECURITY_POLICY
-from tether.server.web.templating import ENVIRONMENT, TEMPLATES
+from tether.server.web.templating import ENVIRONMENT, STATIC, TEMPLATES
 
 from ..support import add_host
 from .conftest import csrf_of
@@ -161,6 +161,17 @@ def test_templates_hold_no_inline_script_style_or_handlers() -> None:
         assert not handler.search(text), template.name
         assert not re.search(r"\sstyle\s*=|<style", text, re.I), template.name
         assert "javascript:" not in text.lower(), template.name
+
+
+def test_our_scripts_never_turn_text_into_markup() -> None:
+    # Endpoint data reaches the page through these files only as text (textContent, xterm).
+    markup = re.compile(
+        r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", re.I
+    )
+    scripts = list(STATIC.glob("*.js"))
+    assert scripts, "no scripts found"
+    for script in scripts:
+        assert not markup.search(script.read_text()), script.name
 
 
 def test_only_the_platform_drawn_qr_code_is_marked_safe() -> None:
