@@ -77,7 +77,12 @@ async def test_the_jobs_page_lists_jobs_newest_first_and_filters_them(
     assert HOSTILE not in page.text
     assert f'<a href="/hosts/{hostile}">{ESCAPED}</a>' in page.text
     # Queued jobs show how long they wait for their host; a Cancel button for each unfinished.
-    assert page.text.count(f"{pending.expires_at:%Y-%m-%d %H:%M:%S} UTC") == 2
+    for queued in (first, pending):
+        assert f"<td>{queued.expires_at:%Y-%m-%d %H:%M:%S} UTC</td>" in page.text
+    done_row = re.search(rf'<tr data-job="{done.id}".*?</tr>', page.text, re.S)
+    assert done_row is not None
+    # A finished job waits for nothing: its row shows only when it was submitted.
+    assert done_row.group(0).count(" UTC") == 1
     assert page.text.count('<form class="cancel-job"') == 3
     assert f'action="/jobs/{done.id}/cancel"' not in page.text
 
@@ -318,3 +323,20 @@ async def test_cancel_the_run_cancels_every_unfinished_job_of_the_batch(
     last = (await admin_browser.get(again.headers["location"])).text
     assert "Nothing was cancelled: every job of this run had already ended." in last
     assert "cancel-run" not in last
+
+
+async def test_the_jobs_pages_and_link_are_for_results_readers(
+    browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    # An admin without a responder or analyst role manages the estate but reads no results.
+    host = await add_host(platform.engine, "web-plain-admin")
+    job = await _submit(platform, host)
+    await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
+    await web_login(browser, platform, "plain-admin", PASSWORD)
+    host_page = await browser.get(f"/hosts/{host}")
+    assert host_page.status_code == 200
+    assert 'href="/jobs' not in host_page.text
+    for path in ("/jobs", f"/jobs/{job.id}", f"/jobs/{job.id}/detail"):
+        response = await browser.get(path)
+        assert response.status_code == 403, path
+        assert "You need the results.read permission for this page." in response.text

@@ -32,6 +32,8 @@ Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
 SHOWN = 200
 # Job ids are 32 hex digits; anything longer is not looked up at all.
 ID_LIMIT = 64
+# A batch is at most one job per host of the estate: cancelling a run reads all of its jobs.
+BATCH_JOBS = 1_000_000
 # The state filter in a responder's words, as the job states it stands for ("all": no filter).
 STATE_FILTERS: dict[str, list[str] | None] = {
     "all": None,
@@ -191,7 +193,7 @@ async def cancel_batch(
     and how many agents were asked to stop theirs. A job that ended meanwhile is skipped; any
     other refusal (the same for every job: the user's) stops the loop and is raised."""
     unfinished = await platform.jobs.find(
-        batch_id=batch_id, states=list(UNFINISHED), limit=1_000_000
+        batch_id=batch_id, states=list(UNFINISHED), limit=BATCH_JOBS
     )
     withdrawn = stopping = 0
     for job in unfinished:
