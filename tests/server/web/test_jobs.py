@@ -15,6 +15,7 @@ from tether.server.services.platform import Platform
 from tether.server.services.users import User
 from tether.server.store.db import utcnow
 from tether.server.store.tables import jobs, segments
+from tether.server.web.jobs import batch_cancel_sentence
 from tether.server.web.security import CSRF_REFUSED
 
 from ..support import add_host
@@ -306,7 +307,10 @@ async def test_cancel_the_run_cancels_every_unfinished_job_of_the_batch(
     assert response.status_code == 303, response.text
     assert response.headers["location"] == f"{results}?cancelled=1&stopping=1"
     shown = (await admin_browser.get(response.headers["location"])).text
-    assert "Cancelled 2 job(s) of this run. 1 of them had reached their host" in shown
+    assert (
+        "Cancelled 2 job(s) of this run. 1 of them had reached its host, whose agent was asked "
+        "to stop it."
+    ) in shown
 
     assert (await platform.jobs.get(queued.id)).state == "cancelled"
     stopping = await platform.jobs.get(running.id)
@@ -340,3 +344,11 @@ async def test_the_jobs_pages_and_link_are_for_results_readers(
         response = await browser.get(path)
         assert response.status_code == 403, path
         assert "You need the results.read permission for this page." in response.text
+
+
+def test_the_batch_cancel_sentence_counts_both_kinds() -> None:
+    assert batch_cancel_sentence(3, 0) == "Cancelled 3 job(s) of this run."
+    assert batch_cancel_sentence(0, 2) == (
+        "Cancelled 2 job(s) of this run. 2 of them had reached their hosts, whose agents were "
+        "asked to stop them."
+    )

@@ -214,9 +214,10 @@ def batch_cancel_sentence(withdrawn: int, stopping: int) -> str:
     if total == 0:
         return "Nothing was cancelled: every job of this run had already ended."
     sentence = f"Cancelled {total} job(s) of this run."
-    if stopping:
+    if stopping == 1:
+        sentence += " 1 of them had reached its host, whose agent was asked to stop it."
+    elif stopping:
         sentence += (
-            f" {stopping} of them had reached their host; the agent was asked to stop it and "
-            "the state changes when it has."
+            f" {stopping} of them had reached their hosts, whose agents were asked to stop them."
         )
     return sentence
