@@ -207,6 +207,12 @@ ROWS = [
     Row("GET", "/scripts/-/runs/{batch_id}", WEB_RESULTS_404, url="/scripts/-/runs/ghost"),
     Row("GET", "/scripts/-/runs/{batch_id}/hosts", WEB_RESULTS_404, url="/scripts/-/runs/ghost/hosts"),
     Row("GET", "/scripts/-/runs/{batch_id}/rows.csv", WEB_RESULTS_404, url="/scripts/-/runs/ghost/rows.csv"),
+    Row("POST", "/scripts/-/runs/{batch_id}/cancel", WEB_CHANGE_BY_FORM, url="/scripts/-/runs/ghost/cancel"),
+    # Jobs: read with results.read; cancelled by the Active Response role, as in the API.
+    Row("GET", "/jobs", WEB_RESULTS),
+    Row("GET", "/jobs/{job_id}", WEB_RESULTS_404, url="/jobs/ghost"),
+    Row("GET", "/jobs/{job_id}/detail", WEB_RESULTS_404, url="/jobs/ghost/detail"),
+    Row("POST", "/jobs/{job_id}/cancel", WEB_CHANGE_BY_FORM, url="/jobs/ghost/cancel"),
     # The team and the settings.
     Row("GET", "/api/v1/users", ADMINS),
     Row("POST", "/api/v1/users", (401, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),

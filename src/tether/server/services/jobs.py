@@ -344,9 +344,12 @@ class Jobs:
         states: list[str] | None = None,
         host_id: str | None = None,
         batch_id: str | None = None,
+        action: str | None = None,
         limit: int = 100,
     ) -> list[JobView]:
         query = _job_query().order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        if action is not None:
+            query = query.where(jobs.c.action == action)
         if states:
             query = query.where(jobs.c.state.in_(states))
         if host_id is not None:

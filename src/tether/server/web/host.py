@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep
 from tether.server.errors import NotFound
+from tether.server.services.dispatch import FINAL_STATES
 from tether.server.services.hosts import HostView
 from tether.server.services.live_sessions import LiveSessionView
 from tether.server.services.platform import Platform
@@ -61,6 +62,7 @@ async def render_host(
         status,
         h=host,
         jobs=jobs,
+        final=FINAL_STATES,
         responder=responder,
         session=session,
         tab=tab,

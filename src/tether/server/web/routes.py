@@ -17,6 +17,7 @@ from tether.server.web import (
     host_admin,
     host_files,
     host_processes,
+    jobs,
     live_session,
     login,
     script_runs,
@@ -73,6 +74,7 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(files.router)
     app.include_router(scripts.router)
     app.include_router(script_runs.router)
+    app.include_router(jobs.router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -6,7 +6,6 @@ factor) and each host's segment, audits and queues. The page only builds the req
 the service's sentence when it says no. Both pages need results.read, like reading a batch.
 """
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,12 +18,13 @@ from tether.server.api.job_schemas import HostSelection
 from tether.server.api.jobs import selection_of
 from tether.server.errors import Invalid, NotFound, PlatformError
 from tether.server.services.access import host_refusal
-from tether.server.services.dispatch import FINAL_STATES
 from tether.server.services.jobs import BatchView, JobView
 from tether.server.services.platform import Platform
 from tether.server.services.scripts import RUN_ACTION, ScriptVersion
 from tether.server.services.users import User
-from tether.server.web.row_export import cell_text, columns_of, rows_csv
+from tether.server.web.job_output import ShownOutput, shown_output
+from tether.server.web.jobs import Responder, batch_cancel_sentence, cancel_batch, responder
+from tether.server.web.row_export import rows_csv
 from tether.server.web.script_form import fields_of, params_of
 from tether.server.web.scripts import Reader, script_url
 from tether.server.web.templating import render
@@ -32,27 +32,9 @@ from tether.server.web.templating import render
 router = APIRouter()
 PICK_SCRIPT = "Choose a script to run."
 PICK_TARGET = "Choose the selected hosts, a segment, or all hosts."
-# What one look at a run reads per host: the page stays light while the CSV has every row.
-SHOWN_PIECES = 2000
 # Refused hosts named on the results page (the rest are counted).
 SHOWN_REFUSED = 100
 TARGETS = ("hosts", "segment", "all")
-
-
-@dataclass(frozen=True)
-class HostRun:
-    """One host's part of a run, as its section shows it."""
-
-    job: JobView
-    # (stream, text) pieces of everything but rows, in order.
-    text: list[tuple[str, str]]
-    columns: list[str]
-    rows: list[list[str]]
-    truncated: bool
-
-    @property
-    def done(self) -> bool:
-        return self.job.state in FINAL_STATES
 
 
 async def _pairs(request: Request) -> list[tuple[str, str]]:
@@ -166,15 +148,6 @@ async def run(request: Request, platform: PlatformDep, user: Reader) -> Response
     )
 
 
-async def _host_run(platform: Platform, job: JobView) -> HostRun:
-    pieces = await platform.jobs.output(job.id, limit=SHOWN_PIECES)
-    text = [(p.stream, p.text) for p in pieces if p.stream != "row" and p.text]
-    fields = [p.fields or {} for p in pieces if p.stream == "row"]
-    columns = columns_of(fields)
-    rows = [[cell_text(f[c]) if c in f else "" for c in columns] for f in fields]
-    return HostRun(job, text, columns, rows, truncated=len(pieces) >= SHOWN_PIECES)
-
-
 async def _script_run(platform: Platform, batch_id: str) -> BatchView:
     batch = await platform.jobs.batch(batch_id[:64])
     if batch.action != RUN_ACTION:
@@ -182,9 +155,9 @@ async def _script_run(platform: Platform, batch_id: str) -> BatchView:
     return batch
 
 
-async def _run_view(platform: Platform, batch_id: str) -> tuple[BatchView, list[HostRun]]:
+async def _run_view(platform: Platform, batch_id: str) -> tuple[BatchView, list[ShownOutput]]:
     batch = await _script_run(platform, batch_id)
-    hosts = [await _host_run(platform, job) for job in sorted(batch.jobs, key=_by_host)]
+    hosts = [await shown_output(platform, job) for job in sorted(batch.jobs, key=_by_host)]
     return batch, hosts
 
 
@@ -206,29 +179,75 @@ async def _refusals(platform: Platform, ids: list[str]) -> list[str]:
     return [host_refusal(s) or f"{s.hostname} was left out." for s in states.values()]
 
 
-@router.get("/scripts/-/runs/{batch_id}")
-async def results(
-    batch_id: str, request: Request, platform: PlatformDep, _user: Reader
+def _count(text: str) -> int:
+    return int(text) if text.isdigit() and len(text) <= 7 else 0
+
+
+async def _results_page(
+    request: Request,
+    platform: Platform,
+    user: User,
+    batch_id: str,
+    *,
+    status: int = 200,
+    error: str | None = None,
 ) -> Response:
     try:
         batch, hosts = await _run_view(platform, batch_id)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Run not found", message=str(e))
-    refused = await _refusals(platform, request.query_params.getlist("refused"))
+    query = request.query_params
+    refused = await _refusals(platform, query.getlist("refused"))
+    cancelled = None
+    if "cancelled" in query:
+        # Counts only, from the redirect after "Cancel the run": the sentence is built here.
+        cancelled = batch_cancel_sentence(
+            _count(query.get("cancelled", "")), _count(query.get("stopping", ""))
+        )
     return render(
         request,
         "script_results.html",
+        status,
         batch=batch,
         hosts=hosts,
         script_name=await _script_of(platform, batch),
         refused=refused,
         running=not all(h.done for h in hosts),
+        responder=responder(user),
+        cancelled=cancelled,
+        error=error,
     )
+
+
+@router.get("/scripts/-/runs/{batch_id}")
+async def results(batch_id: str, request: Request, platform: PlatformDep, user: Reader) -> Response:
+    return await _results_page(request, platform, user, batch_id)
+
+
+@router.post("/scripts/-/runs/{batch_id}/cancel")
+async def cancel_run(
+    batch_id: str, request: Request, platform: PlatformDep, user: Responder
+) -> Response:
+    """Cancel every job of the run that has not ended, then back to the results with how many
+    (post/redirect/get); a refusal is the results page with the service's sentence."""
+    try:
+        batch = await _script_run(platform, batch_id)
+        withdrawn, stopping = await cancel_batch(
+            platform, user, batch.id, source=source_of(request)
+        )
+    except NotFound as e:
+        return render(request, "message.html", 404, heading="Run not found", message=str(e))
+    except PlatformError as e:
+        return await _results_page(
+            request, platform, user, batch_id, status=e.status_code, error=str(e)
+        )
+    query = urlencode({"cancelled": withdrawn, "stopping": stopping})
+    return RedirectResponse(f"/scripts/-/runs/{batch.id}?{query}", status_code=303)
 
 
 @router.get("/scripts/-/runs/{batch_id}/hosts")
 async def results_fragment(
-    batch_id: str, request: Request, platform: PlatformDep, _user: Reader
+    batch_id: str, request: Request, platform: PlatformDep, user: Reader
 ) -> Response:
     """The host sections alone, polled every second while a job runs; once all have ended the
     fragment comes back without its trigger and the polling stops."""
@@ -242,6 +261,7 @@ async def results_fragment(
         batch=batch,
         hosts=hosts,
         running=not all(h.done for h in hosts),
+        responder=responder(user),
     )
 
 

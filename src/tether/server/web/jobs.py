@@ -1,0 +1,223 @@
+"""The Jobs pages: recent jobs across hosts, one job with its arguments and output (refreshed
+while it has not ended), and cancel; the browser's `tether jobs`, `tether job show` and `tether
+job cancel` (docs/adr/0024).
+
+Reading needs results.read, as GET /api/v1/jobs does. Cancelling needs active_response, as POST
+/api/v1/jobs/{id}/cancel does; `Jobs.cancel` then decides (second factor, already ended) and
+audits, and the page shows its sentence when it says no.
+"""
+
+import json
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+
+from tether.protocol import ACTIONS, Permission
+from tether.server.api.deps import PlatformDep, source_of
+from tether.server.errors import Conflict, Invalid, NotFound, PlatformError
+from tether.server.services.dispatch import FINAL_STATES, UNFINISHED
+from tether.server.services.jobs import JobView
+from tether.server.services.platform import Platform
+from tether.server.services.scripts import RUN_ACTION
+from tether.server.services.users import User
+from tether.server.web.access import page_require
+from tether.server.web.job_output import shown_output
+from tether.server.web.templating import render
+
+router = APIRouter()
+Reader = Annotated[User, Depends(page_require(Permission.RESULTS_READ))]
+Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
+SHOWN = 200
+# Job ids are 32 hex digits; anything longer is not looked up at all.
+ID_LIMIT = 64
+# A batch is at most one job per host of the estate: cancelling a run reads all of its jobs.
+BATCH_JOBS = 1_000_000
+# The state filter in a responder's words, as the job states it stands for ("all": no filter).
+STATE_FILTERS: dict[str, list[str] | None] = {
+    "all": None,
+    "pending": ["queued"],
+    "running": ["delivered", "running"],
+    "finished": sorted(FINAL_STATES),
+}
+BAD_STATE = "Choose a state: pending, running, finished or all."
+# Where a cancel may send the browser back to: the Jobs list (with its filters), a job, a host.
+# Anything else (another site, a crafted path) goes to the job's own page.
+_BACK = re.compile(r"/(jobs(/[0-9a-f]{32})?|hosts/[0-9A-Za-z-]{1,64})(\?[^#\\\s]{0,2000})?")
+
+
+def job_url(job_id: str) -> str:
+    return f"/jobs/{job_id}"
+
+
+def responder(user: User) -> bool:
+    """Whether the pages offer this user the Cancel buttons (the service still decides)."""
+    return Permission.ACTIVE_RESPONSE in user.permissions
+
+
+def pretty(value: Any) -> str:
+    """JSON from a job's arguments or result, indented for reading (shown as text)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+async def _filtered(platform: Platform, f: dict[str, str]) -> list[JobView]:
+    """The jobs the filters ask for; Invalid, NotFound or Conflict (the host's sentence) when a
+    filter names nothing."""
+    if f["state"] not in STATE_FILTERS:
+        raise Invalid(BAD_STATE)
+    if f["action"] and f["action"] not in ACTIONS:
+        raise NotFound(f"There is no action named {f['action']!r}.")
+    host_id = (await platform.hosts.get(f["host"])).id if f["host"] else None
+    return await platform.jobs.find(
+        states=STATE_FILTERS[f["state"]],
+        host_id=host_id,
+        action=f["action"] or None,
+        limit=SHOWN,
+    )
+
+
+@router.get("/jobs")
+async def jobs_page(request: Request, platform: PlatformDep, user: Reader) -> Response:
+    """Recent jobs across hosts, newest first, filtered by state, host and action."""
+    query = request.query_params
+    f = {
+        "state": query.get("state", "all")[:20] or "all",
+        "host": query.get("host", "").strip()[:200],
+        "action": query.get("action", "")[:64],
+    }
+    status, error, found = 200, None, []
+    try:
+        found = await _filtered(platform, f)
+    except PlatformError as e:
+        status, error = e.status_code, str(e)
+    return render(
+        request,
+        "jobs.html",
+        status,
+        f=f,
+        jobs=found,
+        states=list(STATE_FILTERS),
+        actions=sorted(ACTIONS),
+        shown=SHOWN,
+        final=FINAL_STATES,
+        responder=responder(user),
+        error=error,
+        back="/jobs" + (f"?{request.url.query}" if request.url.query else ""),
+    )
+
+
+async def _detail(platform: Platform, user: User, job_id: str) -> dict[str, Any]:
+    """What the job page and its polled fragment show; NotFound for an unknown id."""
+    job = await platform.jobs.get(job_id[:ID_LIMIT])
+    args = dict(job.args or {})
+    # A script's source reads as the program it is, not as one JSON string full of "\n".
+    script = args.pop("source", None) if job.action == RUN_ACTION else None
+    return {
+        "job": job,
+        "out": await shown_output(platform, job),
+        "script": script if isinstance(script, str) else None,
+        "args_text": pretty(args) if args else None,
+        "result_text": pretty(job.result) if job.result is not None else None,
+        "run_url": f"/scripts/-/runs/{job.batch_id}" if job.action == RUN_ACTION else None,
+        "responder": responder(user),
+        "final": FINAL_STATES,
+    }
+
+
+def _not_found(request: Request, e: NotFound) -> Response:
+    return render(request, "message.html", 404, heading="Job not found", message=str(e))
+
+
+async def _job_page(
+    request: Request,
+    platform: Platform,
+    user: User,
+    job_id: str,
+    *,
+    status: int = 200,
+    error: str | None = None,
+) -> Response:
+    try:
+        detail = await _detail(platform, user, job_id)
+    except NotFound as e:
+        return _not_found(request, e)
+    return render(request, "job.html", status, error=error, **detail)
+
+
+@router.get("/jobs/{job_id}")
+async def job_page(job_id: str, request: Request, platform: PlatformDep, user: Reader) -> Response:
+    return await _job_page(request, platform, user, job_id)
+
+
+@router.get("/jobs/{job_id}/detail")
+async def job_detail(
+    job_id: str, request: Request, platform: PlatformDep, user: Reader
+) -> Response:
+    """The job's state, facts and output alone, polled while it has not ended; once it has,
+    the fragment comes back without its trigger and the polling stops."""
+    try:
+        detail = await _detail(platform, user, job_id)
+    except NotFound as e:
+        return _not_found(request, e)
+    return render(request, "job_detail.html", **detail)
+
+
+def back_to(sent: object, job_id: str) -> str:
+    """The page a cancel returns to: the form's `back` when it is one of ours, else the job's."""
+    if isinstance(sent, str) and _BACK.fullmatch(sent):
+        return sent
+    return job_url(job_id)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(job_id: str, request: Request, platform: PlatformDep, user: Responder) -> Response:
+    """Cancel through the service (checked and audited there), then back to the page the
+    button was on (post/redirect/get); a refusal is the job page with the service's sentence."""
+    job_id = job_id[:ID_LIMIT]
+    back = back_to((await request.form()).get("back"), job_id)
+    try:
+        await platform.jobs.cancel(job_id, user, source=source_of(request))
+    except NotFound as e:
+        return _not_found(request, e)
+    except PlatformError as e:
+        return await _job_page(request, platform, user, job_id, status=e.status_code, error=str(e))
+    return RedirectResponse(back, status_code=303)
+
+
+async def cancel_batch(
+    platform: Platform, user: User, batch_id: str, *, source: str
+) -> tuple[int, int]:
+    """Cancel every job of the batch that has not ended, one service call each (so each is
+    checked and audited like a single cancel); returns how many were withdrawn before delivery
+    and how many agents were asked to stop theirs. A job that ended meanwhile is skipped; any
+    other refusal (the same for every job: the user's) stops the loop and is raised."""
+    unfinished = await platform.jobs.find(
+        batch_id=batch_id, states=list(UNFINISHED), limit=BATCH_JOBS
+    )
+    withdrawn = stopping = 0
+    for job in unfinished:
+        try:
+            after = await platform.jobs.cancel(job.id, user, source=source)
+        except Conflict:
+            continue
+        if after.state == "cancelled":
+            withdrawn += 1
+        else:
+            stopping += 1
+    return withdrawn, stopping
+
+
+def batch_cancel_sentence(withdrawn: int, stopping: int) -> str:
+    """What a batch cancel did, for the page it returns to."""
+    total = withdrawn + stopping
+    if total == 0:
+        return "Nothing was cancelled: every job of this run had already ended."
+    sentence = f"Cancelled {total} job(s) of this run."
+    if stopping == 1:
+        sentence += " 1 of them had reached its host, whose agent was asked to stop it."
+    elif stopping:
+        sentence += (
+            f" {stopping} of them had reached their hosts, whose agents were asked to stop them."
+        )
+    return sentence

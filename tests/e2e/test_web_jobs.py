@@ -1,0 +1,132 @@
+"""Jobs in a real browser against a real platform and real agents: a job queued for a host that is
+offline shows as pending on the Jobs page and is cancelled from there; a long script run from the
+Scripts run form is cancelled from its results page and its agent stops it. Endpoint text planted
+as markup stays text: browser_page fails on any dialog or CSP violation."""
+
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .browser import browser_page, log_in, screenshot
+from .conftest import enrolled_agent
+from .harness import Agent, Children, Cli, Platform
+
+pytestmark = pytest.mark.e2e
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+NAME = "Web Long Wait"
+# Prints and reports a row at once, then waits far longer than the test: only a cancel ends it.
+SOURCE = f"""import time
+from tether import script
+
+print("waiting for a cancel", flush=True)
+print({HOSTILE!r}, flush=True)
+script.row(step=1, note={HOSTILE!r})
+time.sleep(300)
+"""
+
+
+def _no_planted_image(page: Page) -> None:
+    assert page.locator('img[src="x"]').count() == 0
+
+
+def test_a_pending_job_and_a_running_script_are_cancelled_from_the_pages(
+    responding: tuple[Platform, Cli, Children],
+    endpoint: Agent,
+    tmp_path: Path,
+) -> None:
+    platform, admin, children = responding
+    started = time.monotonic()
+    # An endpoint that is enrolled but not running: its job waits in the queue.
+    offline = enrolled_agent(platform, admin, children, tmp_path / "offline", segment="ir")
+    with admin.api() as api:
+        offline_name = api.get(f"/hosts/{offline.host_id}").json()["hostname"]
+        online_name = api.get(f"/hosts/{endpoint.host_id}").json()["hostname"]
+        queued = api.post(
+            "/jobs", json={"action": "system.noop", "args": {}, "hosts": [offline.host_id]}
+        )
+        assert queued.status_code == 201, queued.text
+        (pending,) = queued.json()["jobs"]
+        saved = api.put(f"/scripts/{quote(NAME)}", json={"source": SOURCE, "description": "Waits"})
+        assert saved.status_code in (200, 201), saved.text
+
+    with browser_page() as page:
+        log_in(page, platform.url, platform.admin_password, platform.admin_code())
+        nav = page.get_by_role("navigation")
+
+        # The Jobs page: the pending job, its host linked, filtered to what still waits.
+        nav.get_by_role("link", name="Jobs").click()
+        page.wait_for_url(f"{platform.url}/jobs")
+        page.get_by_label("State").select_option("pending")
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url(f"{platform.url}/jobs?state=pending*")
+        row = page.locator(f'tr[data-job="{pending["id"]}"]')
+        expect(row).to_have_attribute("data-state", "queued")
+        expect(row.get_by_role("link", name=offline_name)).to_have_attribute(
+            "href", f"/hosts/{offline.host_id}"
+        )
+        expect(row).to_contain_text("system.noop")
+        expect(row).to_contain_text("admin")
+        screenshot(page, "jobs")
+
+        # Cancel from the table: back on the same filtered list, where it no longer waits.
+        row.get_by_role("button", name="Cancel").click()
+        page.wait_for_url(f"{platform.url}/jobs?state=pending*")
+        expect(row).to_have_count(0)
+        page.get_by_label("State").select_option("all")
+        page.get_by_role("button", name="Filter").click()
+        expect(row).to_have_attribute("data-state", "cancelled")
+        row.get_by_role("link", name=pending["id"][:12]).click()
+        page.wait_for_url(f"{platform.url}/jobs/{pending['id']}")
+        expect(page.locator("#job-detail")).to_have_attribute("data-state", "cancelled")
+        expect(page.locator("pre.job-error")).to_have_text(
+            "Cancelled by admin before it was delivered."
+        )
+
+        # A long script from the Scripts run form, on the running endpoint.
+        page.goto(f"{platform.url}/scripts/-/run?host={endpoint.host_id}")
+        page.get_by_label("Script").select_option(NAME)
+        page.get_by_role("button", name="Choose").click()
+        expect(page.get_by_label(online_name)).to_be_checked()
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.wait_for_url(f"{platform.url}/scripts/-/runs/*")
+        results_url = page.url
+        section = page.locator(f'section.run-host[data-host="{endpoint.host_id}"]')
+        expect(section).to_have_attribute("data-state", "running", timeout=20_000)
+
+        # Its job page follows it: the script as text, output and the row as they arrive.
+        section.get_by_role("link", name="job").click()
+        page.wait_for_url(f"{platform.url}/jobs/*")
+        job_url = page.url
+        detail = page.locator("#job-detail")
+        expect(detail.locator("pre.output")).to_contain_text("waiting for a cancel", timeout=20_000)
+        expect(detail.locator("table.rows tbody tr td")).to_have_text(["1", HOSTILE])
+        expect(detail.locator("pre.script-source")).to_contain_text("time.sleep(300)")
+        expect(detail).to_have_attribute("data-state", "running")
+        expect(detail.get_by_role("button", name="Cancel")).to_be_visible()
+        _no_planted_image(page)
+        screenshot(page, "job")
+
+        # Cancel the run from its results page: the agent is asked and stops the script.
+        page.goto(results_url)
+        page.get_by_role("button", name="Cancel the run").click()
+        page.wait_for_url(f"{results_url}?cancelled=0&stopping=1")
+        expect(page.get_by_role("status")).to_contain_text("Cancelled 1 job(s) of this run.")
+        expect(section).to_have_attribute("data-state", "cancelled", timeout=30_000)
+        expect(page.locator("#run-hosts")).to_have_attribute("data-running", "no")
+        expect(page.get_by_role("button", name="Cancel the run")).to_have_count(0)
+        page.goto(job_url)
+        expect(detail).to_have_attribute("data-state", "cancelled")
+        expect(detail).to_contain_text("Cancelled by admin.")
+        expect(detail.get_by_role("button", name="Cancel")).to_have_count(0)
+        _no_planted_image(page)
+
+    with admin.api() as api:
+        audit = api.get("/audit", params={"limit": 1000}).json()
+        targets = {r["target"] for r in audit if r["action"] == "job.cancel"}
+        assert f"job:{pending['id']}" in targets
+        assert f"job:{job_url.rsplit('/', 1)[1]}" in targets
+    print(f"browser test took {time.monotonic() - started:.1f} s")
