@@ -78,7 +78,7 @@ async def test_filters_by_user_target_action_and_time(
     assert "No records match." in past
     bad = await admin_browser.get("/session-history?since=yesterday")
     assert bad.status_code == 422
-    assert "Write times as YYYY-MM-DDTHH:MM (UTC)." in bad.text
+    assert "Write times as YYYY-MM-DDTHH:MM (UTC), or with an offset such as +01:00." in bad.text
 
 
 async def test_verify_chain_reports_an_intact_chain(
@@ -176,10 +176,12 @@ async def test_export_downloads_what_the_api_exports_for_the_same_filters(
             assert len(seqs) > 3
     bad = await admin_browser.get("/session-history/export?since=yesterday")
     assert bad.status_code == 422
-    assert "Write times as YYYY-MM-DDTHH:MM (UTC)." in bad.text
+    assert "Write times as YYYY-MM-DDTHH:MM (UTC), or with an offset such as +01:00." in bad.text
     bad_api = await admin_browser.get("/api/v1/audit/export?since=yesterday", headers=api)
     assert bad_api.status_code == 422
-    assert bad_api.json() == {"detail": "Write times as YYYY-MM-DDTHH:MM (UTC)."}
+    assert bad_api.json() == {
+        "detail": "Write times as YYYY-MM-DDTHH:MM (UTC), or with an offset such as +01:00."
+    }
 
 
 async def test_an_analyst_cannot_export(browser: httpx.AsyncClient, platform: Platform) -> None:

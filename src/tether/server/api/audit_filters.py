@@ -12,7 +12,7 @@ FILTERS = ("actor", "target", "kind", "action", "since", "until")
 FIELD_LIMIT = 200
 # A host filter matching more hosts than this is too vague to be worth a query per host.
 MAX_HOSTS = 50
-BAD_TIME = "Write times as YYYY-MM-DDTHH:MM (UTC)."
+BAD_TIME = "Write times as YYYY-MM-DDTHH:MM (UTC), or with an offset such as +01:00."
 JSON_LINES = "application/x-ndjson"
 
 
@@ -22,13 +22,17 @@ def filter_fields(values: Mapping[str, str]) -> dict[str, str]:
 
 
 def _time(text: str) -> datetime | None:
-    """A datetime-local field's value, read as UTC; Invalid when it is not one."""
+    """A datetime-local field's value (UTC), or an ISO time with its own offset as scripts send
+    it (`Z`, `+02:00`), which is kept; Invalid when it is neither."""
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        parsed = datetime.fromisoformat(text)
     except ValueError as e:
         raise Invalid(BAD_TIME) from e
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 async def _host_mentions(platform: Platform, text: str) -> tuple[str, ...]:
