@@ -340,6 +340,9 @@ async def test_the_jobs_pages_and_link_are_for_results_readers(
     host_page = await browser.get(f"/hosts/{host}")
     assert host_page.status_code == 200
     assert 'href="/jobs' not in host_page.text
+    # Nor the host's jobs themselves, whose errors can be the endpoint's words.
+    assert f'data-job="{job.id}"' not in host_page.text
+    assert "<h2>Jobs</h2>" not in host_page.text
     # Nor the other results pages the menu would lead to.
     assert 'href="/scripts"' not in host_page.text
     assert 'href="/files"' not in host_page.text

@@ -51,7 +51,8 @@ async def render_host(
 ) -> Response:
     """The Host page with the live session panel on `tab`; `panel` holds that tab's data. For
     admins, the administration section (host_admin.py) with its own refusal or confirmation."""
-    jobs = await platform.jobs.find(host_id=host.id, limit=LATEST_JOBS)
+    reads_results = Permission.RESULTS_READ in user.permissions
+    jobs = await platform.jobs.find(host_id=host.id, limit=LATEST_JOBS) if reads_results else []
     responder = Permission.ACTIVE_RESPONSE in user.permissions
     session = await open_session(platform, user, host.id) if responder else None
     manager = Permission.HOSTS_MANAGE in user.permissions
@@ -62,6 +63,7 @@ async def render_host(
         status,
         h=host,
         jobs=jobs,
+        reads_results=reads_results,
         final=FINAL_STATES,
         responder=responder,
         session=session,
