@@ -172,6 +172,22 @@ async def test_the_chain_of_custody_holds_the_retrieval_and_each_download(
     assert f'href="/files/{entry.id}/content"' in page
 
 
+async def test_a_long_chain_keeps_where_it_began_and_says_it_is_cut(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    entry = await retrieved(platform, "/usr/local/bin/tool")
+    for _ in range(3):
+        assert (await admin_browser.get(f"/files/{entry.id}/content")).status_code == 200
+    cut = await platform.files.custody(entry, limit=2)
+    assert [r.action for r in cut.records] == ["file.retrieve", "file.download"]
+    assert cut.more
+    whole = await platform.files.custody(entry)
+    assert [r.action for r in whole.records] == ["file.retrieve"] + ["file.download"] * 3
+    assert not whole.more
+    page = (await admin_browser.get(f"/files/{entry.id}")).text
+    assert "more audit records than this page shows" not in page
+
+
 async def test_a_hostile_name_downloads_under_a_safe_file_name(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:

@@ -385,7 +385,8 @@ class AuditLog:
         self, needles: tuple[str, ...], *, action_prefix: str, limit: int = 1000
     ) -> list[AuditRecord]:
         """Records whose action starts with `action_prefix` and whose target or details contain
-        any of `needles` (ids, hashes), newest first; the caller decides which really match."""
+        any of `needles` (ids, hashes), oldest first, at most `limit`; the caller decides which
+        really match."""
         mentions = [
             audit_records.c.target.contains(n, autoescape=True)
             | audit_records.c.details.contains(n, autoescape=True)
@@ -395,7 +396,7 @@ class AuditLog:
             select(audit_records)
             .where(audit_records.c.action.startswith(action_prefix, autoescape=True))
             .where(or_(*mentions))
-            .order_by(audit_records.c.seq.desc())
+            .order_by(audit_records.c.seq)
             .limit(limit)
         )
         async with self._engine.connect() as conn:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # A library name is a file name: no directories, nothing a terminal or a shell would interpret.
 _NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
+# Audit records a custody page shows at most: a tool deployed thousands of times has a long one.
+CUSTODY_SHOWN = 1000
 
 
 def check_name(name: str) -> str:
@@ -75,6 +77,14 @@ class Retrieved:
     transfer_id: str
     # "files.get", or "script" for a script's tether.script.upload.
     via: str = "files.get"
+
+
+@dataclass(frozen=True)
+class Custody:
+    """A file's chain of custody as far as it is shown; `more` when records were left off."""
+
+    records: list[AuditRecord]
+    more: bool
 
 
 def _view(row: Any) -> LibraryFile:
@@ -352,11 +362,16 @@ class FileLibrary:
         )
         return entry, reader
 
-    async def custody(self, entry: LibraryFile) -> list[AuditRecord]:
+    async def custody(self, entry: LibraryFile, *, limit: int = CUSTODY_SHOWN) -> Custody:
         """The audit records of this file's chain of custody, oldest first: its upload or
         retrieval and each download (which name the file's id), and every deployment of its
-        bytes (a deployment names the SHA-256 it sent, whichever entry holds those bytes)."""
-        found = await self._audit.mentioning((entry.id, entry.sha256), action_prefix="file.")
+        bytes (a deployment names the SHA-256 it sent, whichever entry holds those bytes).
+
+        Oldest first so that the record where the chain begins is always there; past `limit`
+        candidate records the rest is left off, and `Custody.more` says so."""
+        found = await self._audit.mentioning(
+            (entry.id, entry.sha256), action_prefix="file.", limit=limit + 1
+        )
 
         def about_this_file(record: AuditRecord) -> bool:
             details = record.details_object()
@@ -364,7 +379,9 @@ class FileLibrary:
                 return True
             return record.action == "file.deploy" and details.get("sha256") == entry.sha256
 
-        return [r for r in reversed(found) if about_this_file(r)]
+        return Custody(
+            records=[r for r in found[:limit] if about_this_file(r)], more=len(found) > limit
+        )
 
 
 def name_from_path(path: str) -> str:

@@ -77,14 +77,13 @@ async def file_page(ref: str, request: Request, platform: PlatformDep, user: Rea
     except NotFound as e:
         return render(request, "message.html", 404, heading="File not found", message=str(e))
     may_read_audit = Permission.AUDIT_READ in user.permissions
-    custody = [
-        (r, r.details_object()) for r in await platform.files.custody(entry) if may_read_audit
-    ]
+    custody = await platform.files.custody(entry) if may_read_audit else None
     return render(
         request,
         "file.html",
         e=entry,
-        custody=custody,
+        custody=[(r, r.details_object()) for r in custody.records] if custody else [],
+        custody_more=custody is not None and custody.more,
         may_read_audit=may_read_audit,
         responder=Permission.ACTIVE_RESPONSE in user.permissions,
     )
