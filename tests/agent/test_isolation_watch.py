@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.agent.isolation_watch import IsolationWatch
-from tether.protocol.isolation import IsolationMode
+from tether.protocol.isolation import AllowRule, IsolationMode
 
 from .isolation.recording import Reachability, Recorder, make
 
@@ -62,3 +62,25 @@ async def test_nothing_is_sent_while_detached_and_the_next_hello_carries_it(tmp_
     hello = await watch.for_hello()
     assert hello is not None
     assert (hello.isolated, hello.mode) == (True, IsolationMode.FULL)
+
+
+async def test_an_allowlist_change_is_reported_with_what_holds(tmp_path: Path) -> None:
+    probe = Reachability()
+    isolator = make(tmp_path, Recorder(), probe)
+    watch = IsolationWatch(isolator)
+    sent = Sent()
+    await watch.for_hello()
+    watch.attach(sent)
+    await isolator.isolate(IsolationMode.OUTBOUND)
+    new = (AllowRule(cidr="192.0.2.0/24"),)
+    assert await isolator.adopt_allowlist(new) == "re-applied"
+    await watch.allowlist_adopted(None)
+    # A list that would cut the platform off: the old rules stay, and the platform hears why.
+    probe.up = False
+    outcome = await isolator.adopt_allowlist((AllowRule(cidr="198.51.100.0/24"),))
+    await watch.allowlist_adopted(outcome.removeprefix("failed: "))
+    assert [(f["cause"], f["status"]["allow"], f["error"]) for f in sent.frames] == [
+        ("allowlist", [{"cidr": "192.0.2.0/24", "ports": []}], None),
+        ("allowlist", [{"cidr": "192.0.2.0/24", "ports": []}], outcome.removeprefix("failed: ")),
+    ]
+    assert sent.frames[1]["error"].startswith("The platform (127.0.0.1 port 8444) was unreachable")

@@ -210,6 +210,23 @@ def test_an_allowlist_change_reaches_a_host_already_isolated(endpoint: World) ->
     assert w.host()["isolation"]["state"] == "isolated"
     assert w.agent_answers()
 
+    def allowlist_reports() -> list[tuple[str, list[dict[str, object]], object]]:
+        with w.admin.api() as api:
+            records = api.get("/audit", params={"limit": 1000}).json()
+        return [
+            (r["outcome"], r["details"]["allow"], r["details"]["error"])
+            for r in records
+            if r["action"] == "isolation.reported"
+            and r["details"]["cause"] == "allowlist"
+            and r["target"] == f"host:{w.host_id}"
+        ]
+
+    # The endpoint says what it applied, so the admin sees the change took.
+    wait_for(lambda: allowlist_reports(), timeout=10, what="the agent's allowlist report")
+    assert allowlist_reports() == [
+        ("success", [{"cidr": f"{net.outside_v4}/32", "ports": [port]}], None)
+    ]
+
     # Taking it away again closes it.
     assert w.admin.run("isolation", "allowlist", "set", "--clear").returncode == 0
     wait_for(

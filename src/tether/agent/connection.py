@@ -164,9 +164,15 @@ class AgentConnection:
 
     async def _adopt_allowlist(self, allow: tuple[AllowRule, ...]) -> None:
         outcome = await self.isolator.adopt_allowlist(allow)
-        if outcome != "unchanged":
-            log.info("Isolation allowlist from the platform: %s", outcome)
-            await self.isolation.check()
+        if outcome == "unchanged":
+            return
+        log.info("Isolation allowlist from the platform: %s", outcome)
+        error = None
+        if outcome.startswith("failed"):
+            error = outcome.removeprefix("failed").removeprefix(": ") or (
+                "The agent could not apply it; its log says why."
+            )
+        await self.isolation.allowlist_adopted(error)
 
     async def _reconnect_forever(self) -> None:
         attempt = 0

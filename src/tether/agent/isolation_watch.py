@@ -75,12 +75,23 @@ class IsolationWatch:
             return
         await self._report(status, cause, job_id)
 
+    async def allowlist_adopted(self, error: str | None) -> None:
+        """Tell the platform an isolated host re-applied its rules with a new allowlist, or why
+        it kept the old ones: either way the admin who changed the list learns what holds."""
+        status = await self.current()
+        if status is not None:
+            await self._report(status, "allowlist", None, error)
+
     async def _report(
-        self, status: IsolationStatus, cause: ReportCause, job_id: str | None
+        self,
+        status: IsolationStatus,
+        cause: ReportCause,
+        job_id: str | None,
+        error: str | None = None,
     ) -> None:
         if self._send is None:
             return  # the next hello carries it
-        report = IsolationReport(status=status, cause=cause, job_id=job_id)
+        report = IsolationReport(status=status, cause=cause, job_id=job_id, error=error)
         with contextlib.suppress(ConnectionError):
             await self._send(report.model_dump_json())
         self._known = _key(status)

@@ -77,8 +77,9 @@ class ReleaseArgs(_Model):
 Backend = Literal["nftables", "iptables", "windows-firewall"]
 
 # Why an agent reports its isolation on its own (`isolation.report`): a script changed it, the
-# endpoint owner released it locally, or re-asserting it failed.
-ReportCause = Literal["script", "local", "reassert"]
+# endpoint owner released it locally, re-asserting it failed, or the platform's allowlist changed
+# while the host was isolated (re-applied, or refused on the endpoint with the reason).
+ReportCause = Literal["script", "local", "reassert", "allowlist"]
 
 
 class IsolationStatus(_Model):

@@ -158,6 +158,8 @@ class IsolationReport(_Message):
     status: IsolationStatus
     cause: ReportCause
     job_id: JobId | None = None
+    # Why the change the cause names did not happen (the rules in `status` still hold).
+    error: Annotated[str, Field(max_length=1024)] | None = None
 
 
 class JobCancel(_Message):

@@ -390,11 +390,14 @@ class AgentGateway:
             actor="endpoint",
             target=f"host:{host_id}",
             source="endpoint",
+            outcome="failure" if report.error is not None else "success",
             details={
                 "cause": report.cause,
                 "isolated": status.isolated,
                 "mode": status.mode.value if status.mode is not None else None,
+                "allow": [r.model_dump(mode="json") for r in status.allow],
                 "job": report.job_id,
+                "error": report.error,
             },
         )
 
