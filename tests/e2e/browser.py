@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Dialog, Page, sync_playwright
+from playwright.sync_api import ConsoleMessage, Dialog, Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -31,6 +31,9 @@ def require_chromium() -> None:
 def browser_page() -> Iterator[Page]:
     """A fresh page; any JavaScript dialog or CSP violation fails the test when it ends."""
     require_chromium()
+    # A shared CI machine can take seconds over a page that holds a request while an agent
+    # lists a folder (up to 20 s): assertions wait as long as actions do, not expect's 5 s.
+    expect.set_options(timeout=25_000)
     dialogs: list[str] = []
     violations: list[str] = []
 
@@ -52,7 +55,7 @@ def browser_page() -> Iterator[Page]:
                 ignore_https_errors=True, viewport={"width": 1280, "height": 800}
             )
             page = context.new_page()
-            page.set_default_timeout(15_000)
+            page.set_default_timeout(25_000)
             page.on("dialog", on_dialog)
             page.on("console", on_console)
             yield page

@@ -17,13 +17,18 @@ pytestmark = pytest.mark.e2e
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 NAME = "Web Greeting"
-# Prints at once, then pauses so the page can be seen following a running job; the rows come
-# after. One row carries the hostile text as a key and a value, one a spreadsheet formula.
-SOURCE = f"""import time
+# Prints at once, then waits (at most a minute) for the test to create GATE once it has seen the
+# page follow a running job; the rows come after. One row carries the hostile text as a key and
+# a value, one a spreadsheet formula.
+GATE = "{gate}"
+SOURCE = f"""import os, time
 from tether import script
 
 print("hello", script.params["greeting"], flush=True)
-time.sleep(4)
+# Wait (at most a minute) for the go-ahead, so that the page shows the job running.
+deadline = time.monotonic() + 60
+while not os.path.exists({GATE!r}) and time.monotonic() < deadline:
+    time.sleep(0.1)
 for number in range(script.params["count"]):
     script.row(number=number, square=number * number)
 script.row(**{{"{HOSTILE}": "{HOSTILE}", "number": "=1+2"}})
@@ -57,7 +62,8 @@ def test_a_responder_writes_runs_and_exports_a_script(
         page.get_by_role("link", name="New script").click()
         page.get_by_label("Name").fill(NAME)
         page.get_by_label("Description").fill("Greets, then counts squares")
-        page.get_by_label("Source", exact=True).fill(SOURCE)
+        gate = tmp_path / "gate"
+        page.get_by_label("Source", exact=True).fill(SOURCE.replace(GATE, str(gate)))
         page.get_by_label("Parameters schema").fill(SCHEMA)
         page.get_by_role("button", name="Save").click()
         expect(page.get_by_role("status")).to_have_text("Saved as version 1.")
@@ -89,6 +95,7 @@ def test_a_responder_writes_runs_and_exports_a_script(
         )
         expect(section).to_have_attribute("data-state", "running")
         expect(section.locator("table.rows")).to_have_count(0)
+        gate.touch()  # the agent runs on this machine: the script may go on
         expect(section).to_have_attribute("data-state", "succeeded", timeout=30_000)
         expect(section.locator("pre.output")).to_contain_text("done")
         expect(page.locator("#run-hosts")).to_have_attribute("data-running", "no")
@@ -125,7 +132,7 @@ def test_a_responder_writes_runs_and_exports_a_script(
         details = record.locator("dl.record")
         expect(details).to_contain_text("script.run")
         expect(details).to_contain_text(f"{NAME} v1")
-        expect(details).to_contain_text("time.sleep(4)")
+        expect(details).to_contain_text("time.sleep(0.1)")
         expect(details).to_contain_text("from the browser")
         assert page.locator('img[src="x"]').count() == 0
     print(f"browser test took {time.monotonic() - started:.1f} s")
