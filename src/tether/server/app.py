@@ -23,6 +23,7 @@ from tether.server.api.deps import current_user
 from tether.server.errors import PlatformError, Throttled
 from tether.server.services.platform import Platform
 from tether.server.web import install as install_web
+from tether.server.web.error_pages import page_error, validation_sentence
 
 API_PREFIX = "/api/v1"
 
@@ -108,15 +109,24 @@ def create_app(platform: Platform) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def from_a_page(request: Request) -> bool:
+        # Everything outside the REST API (and its metrics and health) is the web UI's.
+        path = request.url.path
+        return not path.startswith(f"{API_PREFIX}/") and path not in ("/metrics", "/healthz")
+
     @app.exception_handler(PlatformError)
-    async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
+    async def platform_error(request: Request, exc: PlatformError) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if isinstance(exc, Throttled):
             headers = {"Retry-After": str(exc.retry_after)}
+        if from_a_page(request):
+            return page_error(request, exc.status_code, str(exc), headers)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if from_a_page(request):
+            return page_error(request, 422, validation_sentence(exc))
         return JSONResponse({"detail": _first_problem(exc)}, status_code=422)
 
     return app

@@ -6,6 +6,7 @@ import re
 from urllib.parse import quote
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from tether.protocol import JobOutput, JobStatus, Role
@@ -15,7 +16,8 @@ from tether.server.services.platform import Platform
 from tether.server.services.users import User
 from tether.server.store.db import utcnow
 from tether.server.store.tables import jobs, segments
-from tether.server.web.jobs import batch_cancel_sentence
+from tether.server.web import jobs as web_jobs
+from tether.server.web.jobs import BatchCancel, batch_cancel_sentence
 from tether.server.web.security import CSRF_REFUSED
 
 from ..support import add_host
@@ -305,7 +307,8 @@ async def test_cancel_the_run_cancels_every_unfinished_job_of_the_batch(
         f"{results}/cancel", data={"csrf_token": csrf_of(page.text)}
     )
     assert response.status_code == 303, response.text
-    assert response.headers["location"] == f"{results}?cancelled=1&stopping=1"
+    # The counts travel in the notice cookie, not the link (a link could claim anything).
+    assert response.headers["location"] == results
     shown = (await admin_browser.get(response.headers["location"])).text
     assert (
         "Cancelled 2 job(s) of this run. 1 of them had reached its host, whose agent was asked "
@@ -323,9 +326,12 @@ async def test_cancel_the_run_cancels_every_unfinished_job_of_the_batch(
     await platform.jobs.cancel_for_platform(running.id, "test", source="test", reason="over")
     await platform.dispatcher.on_status(running.host_id, _final(running.id, "cancelled"))
     again = await admin_browser.post(f"{results}/cancel", data={"csrf_token": csrf_of(page.text)})
-    assert again.headers["location"] == f"{results}?cancelled=0&stopping=0"
+    assert again.headers["location"] == results
     last = (await admin_browser.get(again.headers["location"])).text
-    assert "Nothing was cancelled: every job of this run had already ended." in last
+    assert (
+        "Nothing was cancelled: every job of this run had already ended or been asked to stop."
+        in last
+    )
     assert "cancel-run" not in last
 
 
@@ -353,8 +359,49 @@ async def test_the_jobs_pages_and_link_are_for_results_readers(
 
 
 def test_the_batch_cancel_sentence_counts_both_kinds() -> None:
-    assert batch_cancel_sentence(3, 0) == "Cancelled 3 job(s) of this run."
-    assert batch_cancel_sentence(0, 2) == (
+    assert batch_cancel_sentence(BatchCancel(3, 0)) == "Cancelled 3 job(s) of this run."
+    assert batch_cancel_sentence(BatchCancel(0, 2)) == (
         "Cancelled 2 job(s) of this run. 2 of them had reached their hosts, whose agents were "
         "asked to stop them."
     )
+
+
+async def test_one_cancel_of_a_run_handles_a_bounded_number_of_jobs(
+    admin_browser: httpx.AsyncClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bound is 500 jobs in production; 2 here, so three hosts show it.
+    monkeypatch.setattr(web_jobs, "CANCEL_LIMIT", 2)
+    for n in range(3):
+        await add_host(platform.engine, f"web-bound-{n}", segment="ir")
+    await _switch_on(platform, "ir")
+    await platform.scripts.save(SCRIPT, SOURCE, "", None, actor="admin", source_addr="test")
+    form = await admin_browser.get(f"/scripts/-/run?script={quote(SCRIPT)}")
+    token = csrf_of(form.text)
+    submitted = await admin_browser.post(
+        "/scripts/-/run",
+        data={"csrf_token": token, "script": SCRIPT, "target": "segment", "segment": "ir"},
+    )
+    results = submitted.headers["location"]
+    batch_id = results.rsplit("/", 1)[1]
+    running = (await platform.jobs.batch(batch_id)).jobs[0]
+    await _set_state(platform, running.id, "running")
+
+    first = await admin_browser.post(f"{results}/cancel", data={"csrf_token": token})
+    assert first.headers["location"] == results
+    shown = (await admin_browser.get(results)).text
+    assert (
+        "One cancel handles at most 2 jobs and this run has more that have not ended: cancel it "
+        "again for the rest."
+    ) in shown
+    assert len(await platform.audit.newest(AuditSearch(action="job.cancel"), limit=10)) == 2
+    # The notice is shown once.
+    assert "One cancel handles" not in (await admin_browser.get(results)).text
+
+    # The next press cancels the rest, and never asks an agent twice.
+    await admin_browser.post(f"{results}/cancel", data={"csrf_token": token})
+    rest = (await admin_browser.get(results)).text
+    assert "Cancelled 1 job(s) of this run." in rest
+    assert "One cancel handles" not in rest
+    records = await platform.audit.newest(AuditSearch(action="job.cancel"), limit=10)
+    assert len(records) == 3
+    assert len({r.target for r in records}) == 3

@@ -390,6 +390,9 @@ async def test_hosts_left_out_of_a_run_are_named_with_the_reason(
     assert "Active Response is off in segment office, so response actions on web-out" in page
     assert 'data-state="queued"' in page
     assert page.count('class="run-host"') == 1
+    # The reasons came in the notice cookie, shown once; the link names no host.
+    assert "?" not in response.headers["location"]
+    assert "Not run on" not in (await admin_browser.get(response.headers["location"])).text
 
 
 async def test_an_analyst_reads_the_library_without_save_or_delete(

@@ -11,6 +11,8 @@ from starlette.types import Message
 
 from tether.server.web.uploads import (
     MAX_FIELD_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
     NO_FILE,
     NOT_A_FORM,
     UploadFormError,
@@ -77,3 +79,27 @@ async def test_a_body_cut_off_inside_the_file_is_refused() -> None:
     form = await read_upload_form(request_of(body[:5_000], content_type, 999))
     with pytest.raises(UploadFormError, match=NOT_A_FORM):
         await read_all(form.content)
+
+
+@pytest.mark.parametrize("chunk", [100, 1 << 20])
+async def test_part_headers_are_bounded_before_any_check(chunk: int) -> None:
+    boundary = "b0undary"
+    # Otherwise a well-formed upload: without the bounds both would be read as one.
+    the_file = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=file; filename=a\r\n\r\n"
+        f"z\r\n--{boundary}--\r\n"
+    )
+    long_value = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=csrf_token\r\n"
+        f"X-Padding: {'p' * (MAX_HEADER_BYTES + 1)}\r\n\r\nt\r\n{the_file}"
+    )
+    many = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=csrf_token\r\n"
+        + "X-A: b\r\n" * (MAX_HEADERS + 1)
+        + f"\r\nt\r\n{the_file}"
+    )
+    for body in (long_value, many):
+        request = request_of(body.encode(), f"multipart/form-data; boundary={boundary}", chunk)
+        with pytest.raises(UploadFormError) as caught:
+            await read_upload_form(request)
+        assert str(caught.value) == NOT_A_FORM

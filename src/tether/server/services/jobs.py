@@ -345,9 +345,13 @@ class Jobs:
         host_id: str | None = None,
         batch_id: str | None = None,
         action: str | None = None,
+        cancel_requested: bool | None = None,
         limit: int = 100,
     ) -> list[JobView]:
         query = _job_query().order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        if cancel_requested is not None:
+            asked = jobs.c.cancel_requested_by
+            query = query.where(asked.is_not(None) if cancel_requested else asked.is_(None))
         if action is not None:
             query = query.where(jobs.c.action == action)
         if states:

@@ -31,6 +31,8 @@ LIST_WAIT_SECONDS = 20.0
 DEPLOYABLE = 500
 # The jobs a Files tab URL may name.
 LISTING = frozenset({"files.list"})
+# The jobs the "started" confirmation may name.
+TRANSFERS = frozenset({"files.get", "files.put"})
 PathField = Annotated[str, Form(max_length=4096)]
 JobField = Annotated[str, Form(max_length=64)]
 
@@ -97,7 +99,8 @@ async def files_page(
     except NotFound as e:
         return render(request, "message.html", 404, heading="Host not found", message=str(e))
     notice = None
-    if started:
+    # Only a transfer of this host names itself started: a link cannot put its own words here.
+    if await session_job(platform, host, started[:64], TRANSFERS) is not None:
         notice = (
             f"Job {started[:64]} started; follow it under Jobs below. A retrieved file appears "
             "in the Files library once its job has finished."

@@ -19,6 +19,7 @@ from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.host import render_host
 from tether.server.web.live_session import send, session_job, tab_url, wait_for
+from tether.server.web.numbers import whole_number
 from tether.server.web.templating import render
 
 router = APIRouter()
@@ -131,13 +132,14 @@ async def kill_process(
 ) -> Response:
     """First ask (a confirmation on the page), then kill: processes.kill in the session."""
     host = await platform.hosts.get(ref)
-    if not pid.isdigit() or int(pid) <= 0:
+    number = whole_number(pid)
+    if number is None or number <= 0:
         return await _show(request, platform, user, host, listing, status=400, error=NOT_A_PID)
     if confirmed != "yes":
         confirm = {"pid": pid, "name": name, "listing": listing}
         return await _show(request, platform, user, host, listing, confirm=confirm)
     try:
-        job = await send(platform, request, user, host, "processes.kill", {"pid": int(pid)})
+        job = await send(platform, request, user, host, "processes.kill", {"pid": number})
     except PlatformError as e:
         return await _show(
             request, platform, user, host, listing, status=e.status_code, error=str(e)

@@ -9,6 +9,7 @@ audits, and the page shows its sentence when it says no.
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -32,8 +33,9 @@ Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
 SHOWN = 200
 # Job ids are 32 hex digits; anything longer is not looked up at all.
 ID_LIMIT = 64
-# A batch is at most one job per host of the estate: cancelling a run reads all of its jobs.
-BATCH_JOBS = 1_000_000
+# How many jobs one press of "Cancel the run" cancels (one audited service call each), so the
+# request stays short on a run over the whole estate; pressing again cancels the next ones.
+CANCEL_LIMIT = 500
 # The state filter in a responder's words, as the job states it stands for ("all": no filter).
 STATE_FILTERS: dict[str, list[str] | None] = {
     "all": None,
@@ -185,18 +187,32 @@ async def cancel(job_id: str, request: Request, platform: PlatformDep, user: Res
     return RedirectResponse(back, status_code=303)
 
 
+@dataclass(frozen=True)
+class BatchCancel:
+    """What one press of "Cancel the run" did."""
+
+    withdrawn: int
+    stopping: int
+    # More jobs were left to cancel than one press handles.
+    more: bool = False
+
+
 async def cancel_batch(
     platform: Platform, user: User, batch_id: str, *, source: str
-) -> tuple[int, int]:
-    """Cancel every job of the batch that has not ended, one service call each (so each is
-    checked and audited like a single cancel); returns how many were withdrawn before delivery
-    and how many agents were asked to stop theirs. A job that ended meanwhile is skipped; any
-    other refusal (the same for every job: the user's) stops the loop and is raised."""
+) -> BatchCancel:
+    """Cancel the batch's unfinished jobs not yet asked to stop, at most CANCEL_LIMIT of them, one
+    service call each (so each is checked and audited like a single cancel): how many were
+    withdrawn before delivery, how many agents were asked to stop theirs, and whether more remain
+    for another press. A job that ended meanwhile is skipped; any other refusal (the same for
+    every job: the user's) stops the loop and is raised."""
     unfinished = await platform.jobs.find(
-        batch_id=batch_id, states=list(UNFINISHED), limit=BATCH_JOBS
+        batch_id=batch_id,
+        states=list(UNFINISHED),
+        cancel_requested=False,
+        limit=CANCEL_LIMIT + 1,
     )
     withdrawn = stopping = 0
-    for job in unfinished:
+    for job in unfinished[:CANCEL_LIMIT]:
         try:
             after = await platform.jobs.cancel(job.id, user, source=source)
         except Conflict:
@@ -205,19 +221,27 @@ async def cancel_batch(
             withdrawn += 1
         else:
             stopping += 1
-    return withdrawn, stopping
+    return BatchCancel(withdrawn, stopping, more=len(unfinished) > CANCEL_LIMIT)
 
 
-def batch_cancel_sentence(withdrawn: int, stopping: int) -> str:
+def batch_cancel_sentence(done: BatchCancel) -> str:
     """What a batch cancel did, for the page it returns to."""
-    total = withdrawn + stopping
+    total = done.withdrawn + done.stopping
     if total == 0:
-        return "Nothing was cancelled: every job of this run had already ended."
+        return (
+            "Nothing was cancelled: every job of this run had already ended or been asked to stop."
+        )
     sentence = f"Cancelled {total} job(s) of this run."
-    if stopping == 1:
+    if done.stopping == 1:
         sentence += " 1 of them had reached its host, whose agent was asked to stop it."
-    elif stopping:
+    elif done.stopping:
         sentence += (
-            f" {stopping} of them had reached their hosts, whose agents were asked to stop them."
+            f" {done.stopping} of them had reached their hosts, whose agents were asked to stop "
+            "them."
+        )
+    if done.more:
+        sentence += (
+            f" One cancel handles at most {CANCEL_LIMIT} jobs and this run has more that have not "
+            "ended: cancel it again for the rest."
         )
     return sentence

@@ -53,6 +53,8 @@ HELP = help_text(
     extra=("End the session with the End session button; it also ends after a quiet spell.",),
 )
 MAX_LINE = 8192
+# Output ids are database integers: a larger cursor would overflow the query, not find nothing.
+MAX_CURSOR = 2**62
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ async def console_output(
     job_id: str,
     platform: PlatformDep,
     _user: Responder,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
     wait: Annotated[float, Query(ge=0, le=FOLLOW_WAIT_SECONDS)] = FOLLOW_WAIT_SECONDS,
 ) -> Response:
     """A command's output after `after` (a long poll); the result as text once it finished."""

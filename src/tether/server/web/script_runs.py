@@ -7,7 +7,7 @@ the service's sentence when it says no. Both pages need results.read, like readi
 """
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -17,13 +17,14 @@ from tether.server.api.deps import PlatformDep, source_of
 from tether.server.api.job_schemas import HostSelection
 from tether.server.api.jobs import selection_of
 from tether.server.errors import Invalid, NotFound, PlatformError
-from tether.server.services.access import host_refusal
 from tether.server.services.jobs import BatchView, JobView
 from tether.server.services.platform import Platform
 from tether.server.services.scripts import RUN_ACTION, ScriptVersion
 from tether.server.services.users import User
 from tether.server.web.job_output import ShownOutput, shown_output
 from tether.server.web.jobs import Responder, batch_cancel_sentence, cancel_batch, responder
+from tether.server.web.notice import done, forget_notice, read_notice
+from tether.server.web.numbers import whole_number
 from tether.server.web.row_export import rows_csv
 from tether.server.web.script_form import fields_of, params_of
 from tether.server.web.scripts import Reader, script_url
@@ -32,8 +33,13 @@ from tether.server.web.templating import render
 router = APIRouter()
 PICK_SCRIPT = "Choose a script to run."
 PICK_TARGET = "Choose the selected hosts, a segment, or all hosts."
-# Refused hosts named on the results page (the rest are counted).
-SHOWN_REFUSED = 100
+NOT_A_VERSION = "A script version is a whole number greater than 0."
+# The notice naming the hosts left out starts with this; its other lines are the reasons.
+REFUSED_HEADING = "Not run on"
+# What the refusal notice may hold: read_notice keeps 1024 characters, and a browser keeps a
+# cookie of at most 4096 bytes (the notice travels percent-encoded).
+NOTICE_ROOM = 1000
+COOKIE_ROOM = 3000
 TARGETS = ("hosts", "segment", "all")
 
 
@@ -104,7 +110,9 @@ async def _submit(
     if not name:
         raise Invalid(PICK_SCRIPT)
     version_text = values.get("version", "")
-    version = int(version_text) if version_text.isdigit() and int(version_text) > 0 else None
+    version = whole_number(version_text) if version_text else None
+    if version_text and not version:
+        raise Invalid(NOT_A_VERSION)
     script = await platform.scripts.get(name, version)
     args = await platform.scripts.run_args(
         user,
@@ -142,10 +150,27 @@ async def run(request: Request, platform: PlatformDep, user: Reader) -> Response
         batch = await _submit(request, platform, user, pairs)
     except PlatformError as e:
         return await _form_page(request, platform, pairs, status=e.status_code, error=str(e))
-    query = urlencode([("refused", h) for h in list(batch.refused)[:SHOWN_REFUSED]])
-    return RedirectResponse(
-        f"/scripts/-/runs/{batch.id}" + (f"?{query}" if query else ""), status_code=303
-    )
+    url = run_url(batch.id)
+    if not batch.refused:
+        return RedirectResponse(url, status_code=303)
+    return done(url, _refusal_notice(list(batch.refused.values())), path=url)
+
+
+def run_url(batch_id: str) -> str:
+    return f"/scripts/-/runs/{batch_id}"
+
+
+def _refusal_notice(reasons: list[str]) -> str:
+    """The service's reason for each host it left out, one a line after a heading line, as many
+    as the notice cookie holds (then how many more)."""
+    lines = [f"{REFUSED_HEADING} {len(reasons)} host(s):"]
+    for shown, reason in enumerate(reasons):
+        text = "\n".join([*lines, reason])
+        if len(text) > NOTICE_ROOM or len(quote(text)) > COOKIE_ROOM:
+            lines.append(f"And {len(reasons) - shown} more host(s).")
+            break
+        lines.append(reason)
+    return "\n".join(lines)
 
 
 async def _script_run(platform: Platform, batch_id: str) -> BatchView:
@@ -173,16 +198,6 @@ async def _script_of(platform: Platform, batch: BatchView) -> str:
     return str(args.get("name") or "an ad hoc script")
 
 
-async def _refusals(platform: Platform, ids: list[str]) -> list[str]:
-    """Why the hosts named in the redirect were left out, read now from their state."""
-    states = await platform.access.states_of(ids[:SHOWN_REFUSED])
-    return [host_refusal(s) or f"{s.hostname} was left out." for s in states.values()]
-
-
-def _count(text: str) -> int:
-    return int(text) if text.isdigit() and len(text) <= 7 else 0
-
-
 async def _results_page(
     request: Request,
     platform: Platform,
@@ -196,15 +211,15 @@ async def _results_page(
         batch, hosts = await _run_view(platform, batch_id)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Run not found", message=str(e))
-    query = request.query_params
-    refused = await _refusals(platform, query.getlist("refused"))
-    cancelled = None
-    if "cancelled" in query:
-        # Counts only, from the redirect after "Cancel the run": the sentence is built here.
-        cancelled = batch_cancel_sentence(
-            _count(query.get("cancelled", "")), _count(query.get("stopping", ""))
-        )
-    return render(
+    # The confirmation the submit or the cancel left in the notice cookie (never in the link,
+    # which anyone can craft): the hosts left out, or what the cancel did.
+    cancelled, refused = None, []
+    notice = read_notice(request)
+    if notice is not None and notice.startswith(REFUSED_HEADING):
+        refused = notice.split("\n")
+    else:
+        cancelled = notice
+    response = render(
         request,
         "script_results.html",
         status,
@@ -217,6 +232,8 @@ async def _results_page(
         cancelled=cancelled,
         error=error,
     )
+    forget_notice(request, response, path=run_url(batch.id))
+    return response
 
 
 @router.get("/scripts/-/runs/{batch_id}")
@@ -232,17 +249,15 @@ async def cancel_run(
     (post/redirect/get); a refusal is the results page with the service's sentence."""
     try:
         batch = await _script_run(platform, batch_id)
-        withdrawn, stopping = await cancel_batch(
-            platform, user, batch.id, source=source_of(request)
-        )
+        outcome = await cancel_batch(platform, user, batch.id, source=source_of(request))
     except NotFound as e:
         return render(request, "message.html", 404, heading="Run not found", message=str(e))
     except PlatformError as e:
         return await _results_page(
             request, platform, user, batch_id, status=e.status_code, error=str(e)
         )
-    query = urlencode({"cancelled": withdrawn, "stopping": stopping})
-    return RedirectResponse(f"/scripts/-/runs/{batch.id}?{query}", status_code=303)
+    url = run_url(batch.id)
+    return done(url, batch_cancel_sentence(outcome), path=url)
 
 
 @router.get("/scripts/-/runs/{batch_id}/hosts")

@@ -21,6 +21,7 @@ from tether.server.errors import Forbidden, Invalid, NotFound, PlatformError
 from tether.server.services.scripts import EMPTY_SCHEMA, ScriptVersion, editor_refusal
 from tether.server.services.users import User
 from tether.server.web.access import page_require
+from tether.server.web.numbers import whole_number
 from tether.server.web.templating import render
 
 router = APIRouter()
@@ -94,11 +95,11 @@ async def script_page(
 ) -> Response:
     """The latest version in the editor, or an older one (`?version=N`) to read or restore."""
     version_text = request.query_params.get("version", "")
-    try:
-        version = int(version_text) if version_text else None
-        script = await platform.scripts.get(name, version)
-    except ValueError:
+    version = whole_number(version_text) if version_text else None
+    if version_text and version is None:
         return render(request, "message.html", 404, heading="Not found", message="No such version.")
+    try:
+        script = await platform.scripts.get(name, version)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Script not found", message=str(e))
     saved = request.query_params.get("saved", "")[:20]

@@ -17,6 +17,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 # A text field holds a token or a file name; anything longer is not this form.
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 8
+# A part's headers (a browser sends two short ones), counted before the CSRF token is checked:
+# anyone can send them, so they may not grow the request's memory without bound.
+MAX_HEADER_BYTES = 8192
+MAX_HEADERS = 16
 NOT_A_FORM = "Send the upload as a multipart form with the file last."
 NO_FILE = "Choose a file to upload."
 
@@ -57,20 +61,37 @@ class _Parts:
         self._events: deque[_Event] = deque()
         self._field = bytearray()
         self._value = bytearray()
+        self._header_bytes = 0
+        self._headers = 0
         self._finished = False
         self._parser = MultipartParser(
             boundary,
             {
-                "on_part_begin": lambda: self._events.append(_Begin()),
-                "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda d, s, e: self._header_piece(self._field, d[s:e]),
+                "on_header_value": lambda d, s, e: self._header_piece(self._value, d[s:e]),
                 "on_header_end": self._header_end,
                 "on_part_data": lambda d, s, e: self._events.append(_Data(bytes(d[s:e]))),
                 "on_part_end": lambda: self._events.append(_End()),
             },
         )
 
+    def _part_begin(self) -> None:
+        self._header_bytes = self._headers = 0
+        self._events.append(_Begin())
+
+    def _header_piece(self, into: bytearray, piece: bytes) -> None:
+        """Part of a header's name or value; UploadFormError once the part's headers are more
+        than a form sends (raised out of the parser's write)."""
+        self._header_bytes += len(piece)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise UploadFormError(NOT_A_FORM)
+        into.extend(piece)
+
     def _header_end(self) -> None:
+        self._headers += 1
+        if self._headers > MAX_HEADERS:
+            raise UploadFormError(NOT_A_FORM)
         self._events.append(_Header(bytes(self._field).lower(), bytes(self._value)))
         self._field.clear()
         self._value.clear()

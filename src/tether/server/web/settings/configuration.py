@@ -22,6 +22,7 @@ from tether.server.errors import Invalid, PlatformError
 from tether.server.services.access_settings import NAMES
 from tether.server.services.users import User
 from tether.server.web.access import page_require
+from tether.server.web.numbers import whole_number
 from tether.server.web.settings.common import form_fields, settle, show
 
 router = APIRouter()
@@ -45,10 +46,10 @@ def allowlist_text(rules: list[AllowRule]) -> str:
 
 def _rule(number: int, line: str) -> AllowRule:
     network, _, port_text = line.partition(" ")
-    try:
-        ports = tuple(int(p) for p in port_text.replace(",", " ").split())
-    except ValueError:
-        raise Invalid(f"Line {number}: {BAD_PORTS}.") from None
+    read = [whole_number(p) for p in port_text.replace(",", " ").split()]
+    ports = tuple(p for p in read if p is not None)
+    if len(ports) != len(read):
+        raise Invalid(f"Line {number}: {BAD_PORTS}.")
     try:
         return AllowRule(cidr=network, ports=ports)
     except ValidationError as e:
