@@ -94,9 +94,9 @@ class Api:
             raise CliError(_problem(response))
         return response.json() if response.content else None
 
-    def stream_lines(self, path: str) -> Iterator[str]:
+    def stream_lines(self, path: str, params: dict[str, str] | None = None) -> Iterator[str]:
         try:
-            with self._http.stream("GET", path) as response:
+            with self._http.stream("GET", path, params=params) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise CliError(_problem(response))
