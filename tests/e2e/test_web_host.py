@@ -63,6 +63,9 @@ def test_a_responder_works_a_host_through_the_live_session(
         command.press("Enter")
         expect(terminal).to_contain_text("console-done", timeout=20_000)
         expect(terminal).to_contain_text(HOSTILE)
+        # The jobs table below follows the console's jobs without a reload (polled rows).
+        newest = page.locator("#host-job-rows tr[data-job]").first
+        expect(newest).to_have_attribute("data-state", "succeeded", timeout=10_000)
         _no_planted_image(page)
         screenshot(page, "host-console")
         # The working directory is the console's own; a reload keeps it for this session.

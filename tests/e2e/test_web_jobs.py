@@ -125,9 +125,41 @@ def test_a_pending_job_and_a_running_script_are_cancelled_from_the_pages(
         expect(detail.get_by_role("button", name="Cancel")).to_have_count(0)
         _no_planted_image(page)
 
+        # The list follows its jobs without a reload: two more jobs wait for the offline host; one
+        # is cancelled elsewhere (the API) and its row changes in place, then the other is
+        # cancelled from the refreshed rows, and with every shown job ended the polling stops.
+        with admin.api() as api:
+            waiting = api.post(
+                "/jobs",
+                json={"action": "system.noop", "args": {}, "hosts": [offline.host_id]},
+            )
+            assert waiting.status_code == 201, waiting.text
+            again = api.post(
+                "/jobs", json={"action": "system.noop", "args": {}, "hosts": [offline.host_id]}
+            )
+            assert again.status_code == 201, again.text
+        (elsewhere,) = waiting.json()["jobs"]
+        (here,) = again.json()["jobs"]
+        page.goto(f"{platform.url}/jobs?host={offline.host_id}")
+        rows = page.locator("#job-rows")
+        expect(rows).to_have_attribute("hx-trigger", "every 2s")
+        far = page.locator(f'tr[data-job="{elsewhere["id"]}"]')
+        expect(far).to_have_attribute("data-state", "queued")
+        with admin.api() as api:
+            gone = api.post(f"/jobs/{elsewhere['id']}/cancel")
+            assert gone.status_code == 200, gone.text
+        expect(far).to_have_attribute("data-state", "cancelled", timeout=10_000)
+        expect(far.get_by_role("button", name="Cancel")).to_have_count(0)
+        near = page.locator(f'tr[data-job="{here["id"]}"]')
+        near.get_by_role("button", name="Cancel").click()
+        page.wait_for_url(f"{platform.url}/jobs?host={offline.host_id}")
+        expect(near).to_have_attribute("data-state", "cancelled")
+        expect(rows).not_to_have_attribute("hx-trigger", "every 2s")
+
     with admin.api() as api:
         audit = api.get("/audit", params={"limit": 1000}).json()
         targets = {r["target"] for r in audit if r["action"] == "job.cancel"}
         assert f"job:{pending['id']}" in targets
         assert f"job:{job_url.rsplit('/', 1)[1]}" in targets
+        assert f"job:{here['id']}" in targets
     print(f"browser test took {time.monotonic() - started:.1f} s")

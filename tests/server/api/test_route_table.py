@@ -153,6 +153,8 @@ ROWS = [
     Row("GET", "/active-response/hosts", WEB_READERS),
     Row("POST", "/active-response/actions", (303, 403, 403, 303, 403, 403)),
     Row("GET", "/hosts/{ref}", WEB_READERS, url="/hosts/{host}"),
+    # The Host page's jobs table alone, polled: results, as the table is.
+    Row("GET", "/hosts/{ref}/jobs", WEB_RESULTS, url="/hosts/{host}/jobs"),
     # Admins ping from Active Response, move and revoke on the Host page (docs/adr/0025).
     Row("POST", "/active-response/ping", WEB_CHANGE_BY_FORM),
     Row("POST", "/hosts/{ref}/move", WEB_CHANGE_BY_FORM, url="/hosts/{host}/move"),
@@ -210,6 +212,7 @@ ROWS = [
     Row("POST", "/scripts/-/runs/{batch_id}/cancel", WEB_CHANGE_BY_FORM, url="/scripts/-/runs/ghost/cancel"),
     # Jobs: read with results.read; cancelled by the Active Response role, as in the API.
     Row("GET", "/jobs", WEB_RESULTS),
+    Row("GET", "/jobs/-/rows", WEB_RESULTS),
     Row("GET", "/jobs/{job_id}", WEB_RESULTS_404, url="/jobs/ghost"),
     Row("GET", "/jobs/{job_id}/detail", WEB_RESULTS_404, url="/jobs/ghost/detail"),
     Row("POST", "/jobs/{job_id}/cancel", WEB_CHANGE_BY_FORM, url="/jobs/ghost/cancel"),

@@ -2,6 +2,7 @@
 session (console, files, processes; docs/adr/0022)."""
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -11,15 +12,19 @@ from tether.server.api.deps import PlatformDep
 from tether.server.errors import NotFound
 from tether.server.services.dispatch import FINAL_STATES
 from tether.server.services.hosts import HostView
+from tether.server.services.jobs import JobView
 from tether.server.services.live_sessions import LiveSessionView
 from tether.server.services.platform import Platform
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.notice import forget_notice, read_notice
+from tether.server.web.polled_rows import SEEN, digest, unchanged, unfinished
 from tether.server.web.templating import render
 
 router = APIRouter()
 Reader = Annotated[User, Depends(page_require(Permission.HOSTS_READ))]
+# The jobs table alone is results (as GET /api/v1/jobs?host= needs results.read).
+ResultsReader = Annotated[User, Depends(page_require(Permission.RESULTS_READ))]
 LATEST_JOBS = 50
 TABS = ("console", "files", "processes")
 # Where the confirmation of a move or a revocation is readable: the Host pages.
@@ -32,6 +37,22 @@ async def open_session(platform: Platform, user: User, host_id: str) -> LiveSess
         if session.host_id == host_id:
             return session
     return None
+
+
+def _job_rows(
+    host: HostView, jobs: list[JobView], user: User, session: LiveSessionView | None
+) -> dict[str, Any]:
+    """What the jobs table's rows need, with the address of the next poll while a shown job has
+    not ended or the user's live session is open (its console adds jobs without a reload)."""
+    poll = None
+    if unfinished(jobs) or session is not None:
+        poll = f"/hosts/{host.id}/jobs?{urlencode({SEEN: digest(jobs)})}"
+    return {
+        "jobs": jobs,
+        "final": FINAL_STATES,
+        "responder": Permission.ACTIVE_RESPONSE in user.permissions,
+        "poll": poll,
+    }
 
 
 async def render_host(
@@ -62,10 +83,8 @@ async def render_host(
         "host.html",
         status,
         h=host,
-        jobs=jobs,
         reads_results=reads_results,
-        final=FINAL_STATES,
-        responder=responder,
+        **_job_rows(host, jobs, user, session),
         session=session,
         tab=tab,
         tabs=TABS,
@@ -90,3 +109,23 @@ async def host_page(ref: str, request: Request, platform: PlatformDep, user: Rea
     response = await render_host(request, platform, user, host, admin_notice=read_notice(request))
     forget_notice(request, response, path=NOTICE_PATH)
     return response
+
+
+@router.get("/hosts/{ref}/jobs")
+async def host_jobs(
+    ref: str, request: Request, platform: PlatformDep, user: ResultsReader
+) -> Response:
+    """The jobs table's rows alone (the whole tbody), polled while one has not ended or a live
+    session is open: an empty 204 when they are the ones the page shows, else the rows with the
+    next poll or, once every shown job has ended and no session is open, without one."""
+    try:
+        host = await platform.hosts.get(ref)
+    except NotFound as e:
+        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    jobs = await platform.jobs.find(host_id=host.id, limit=LATEST_JOBS)
+    if unchanged(request, jobs):
+        return Response(status_code=204)
+    responder = Permission.ACTIVE_RESPONSE in user.permissions
+    session = await open_session(platform, user, host.id) if responder else None
+    rows = _job_rows(host, jobs, user, session)
+    return render(request, "host_jobs_rows.html", h=host, **rows)

@@ -1,5 +1,5 @@
-"""The Jobs pages: recent jobs across hosts, one job with its arguments and output (refreshed
-while it has not ended), and cancel; the browser's `tether jobs`, `tether job show` and `tether
+"""The Jobs pages: recent jobs across hosts (its rows refreshed while one has not ended), one job
+with its arguments and output (refreshed likewise), and cancel; the browser's `tether jobs`, `tether job show` and `tether
 job cancel` (docs/adr/0024).
 
 Reading needs results.read, as GET /api/v1/jobs does. Cancelling needs active_response, as POST
@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
@@ -25,6 +26,7 @@ from tether.server.services.scripts import RUN_ACTION
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.job_output import shown_output
+from tether.server.web.polled_rows import SEEN, digest, unchanged, unfinished
 from tether.server.web.templating import render
 
 router = APIRouter()
@@ -79,15 +81,39 @@ async def _filtered(platform: Platform, f: dict[str, str]) -> list[JobView]:
     )
 
 
-@router.get("/jobs")
-async def jobs_page(request: Request, platform: PlatformDep, user: Reader) -> Response:
-    """Recent jobs across hosts, newest first, filtered by state, host and action."""
+def _filters(request: Request) -> dict[str, str]:
     query = request.query_params
-    f = {
+    return {
         "state": query.get("state", "all")[:20] or "all",
         "host": query.get("host", "").strip()[:200],
         "action": query.get("action", "")[:64],
     }
+
+
+def _rows(
+    f: dict[str, str], found: list[JobView], user: User, row_error: str | None = None
+) -> dict[str, Any]:
+    """What the table's rows need: the jobs, the page a Cancel returns to (the list with its
+    filters) and, while a shown job has not ended, the address of the next poll."""
+    kept = [(k, v) for k, v in f.items() if v and (k, v) != ("state", "all")]
+    poll = None
+    if unfinished(found):
+        poll = "/jobs/-/rows?" + urlencode([*kept, (SEEN, digest(found))])
+    return {
+        "f": f,
+        "jobs": found,
+        "final": FINAL_STATES,
+        "responder": responder(user),
+        "back": "/jobs" + (f"?{urlencode(kept)}" if kept else ""),
+        "poll": poll,
+        "row_error": row_error,
+    }
+
+
+@router.get("/jobs")
+async def jobs_page(request: Request, platform: PlatformDep, user: Reader) -> Response:
+    """Recent jobs across hosts, newest first, filtered by state, host and action."""
+    f = _filters(request)
     status, error, found = 200, None, []
     try:
         found = await _filtered(platform, f)
@@ -97,16 +123,28 @@ async def jobs_page(request: Request, platform: PlatformDep, user: Reader) -> Re
         request,
         "jobs.html",
         status,
-        f=f,
-        jobs=found,
         states=list(STATE_FILTERS),
         actions=sorted(ACTIONS),
         shown=SHOWN,
-        final=FINAL_STATES,
-        responder=responder(user),
         error=error,
-        back="/jobs" + (f"?{request.url.query}" if request.url.query else ""),
+        **_rows(f, found, user),
     )
+
+
+@router.get("/jobs/-/rows")
+async def jobs_rows(request: Request, platform: PlatformDep, user: Reader) -> Response:
+    """The list's rows alone (the whole tbody), polled while one has not ended: an empty 204 when
+    they are the ones the page shows, else the rows with the next poll, or without one once every
+    shown job has ended. A filter that stopped naming anything is a row with its sentence, which
+    ends the polling (htmx swaps only a 2xx answer, and would poll a 4xx one forever)."""
+    f = _filters(request)
+    try:
+        found = await _filtered(platform, f)
+    except PlatformError as e:
+        return render(request, "jobs_rows.html", **_rows(f, [], user, str(e)))
+    if unchanged(request, found):
+        return Response(status_code=204)
+    return render(request, "jobs_rows.html", **_rows(f, found, user))
 
 
 async def _detail(platform: Platform, user: User, job_id: str) -> dict[str, Any]:
