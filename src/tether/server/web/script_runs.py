@@ -185,12 +185,12 @@ async def _script_run(platform: Platform, batch_id: str) -> BatchView:
 
 
 async def _run_view(
-    platform: Platform, batch_id: str
+    platform: Platform, batch_id: str, *, as_summary: bool = False
 ) -> tuple[BatchView, list[ShownOutput], RunSummary | None]:
     """A run on a few hosts shows every host's output inline; a larger one its summary only
     (no output read), each host's output a link away on its job page."""
     batch = await _script_run(platform, batch_id)
-    if len(batch.jobs) > INLINE_HOSTS:
+    if as_summary or len(batch.jobs) > INLINE_HOSTS:
         return batch, [], await run_summary(platform, batch)
     hosts = [await shown_output(platform, job) for job in sorted(batch.jobs, key=_by_host)]
     return batch, hosts, None
@@ -222,9 +222,10 @@ async def _results_page(
     *,
     status: int = 200,
     error: str | None = None,
+    as_summary: bool = False,
 ) -> Response:
     try:
-        batch, hosts, summary = await _run_view(platform, batch_id)
+        batch, hosts, summary = await _run_view(platform, batch_id, as_summary=as_summary)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Run not found", message=str(e))
     # The confirmation the submit or the cancel left in the notice cookie (never in the link,
@@ -242,6 +243,7 @@ async def _results_page(
         batch=batch,
         hosts=hosts,
         summary=summary,
+        inline_hosts=INLINE_HOSTS,
         script_name=await _script_of(platform, batch),
         refused=refused,
         running=_running(hosts, summary),
@@ -254,8 +256,11 @@ async def _results_page(
 
 
 @router.get("/scripts/-/runs/{batch_id}")
-async def results(batch_id: str, request: Request, platform: PlatformDep, user: Reader) -> Response:
-    return await _results_page(request, platform, user, batch_id)
+async def results(
+    batch_id: str, request: Request, platform: PlatformDep, user: Reader, view: str = ""
+) -> Response:
+    """The run's results; `view=summary` shows a few-host run as the summary too."""
+    return await _results_page(request, platform, user, batch_id, as_summary=view == "summary")
 
 
 @router.post("/scripts/-/runs/{batch_id}/cancel")
