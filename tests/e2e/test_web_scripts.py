@@ -95,8 +95,26 @@ def test_a_responder_writes_runs_and_exports_a_script(
         )
         expect(section).to_have_attribute("data-state", "running")
         expect(section.locator("table.rows")).to_have_count(0)
+
+        # The summary view (what a run on many hosts shows): one line per host, its poll
+        # bringing the changed line when the job goes on, then stopping.
+        results = page.url
+        page.get_by_role("link", name="Summary").click()
+        line = page.locator(f'tr.run-row[data-host="{endpoint.host_id}"]')
+        expect(line).to_have_attribute("data-state", "running")
+        expect(page.locator("#run-poll")).to_have_attribute("data-running", "yes")
         gate.touch()  # the agent runs on this machine: the script may go on
-        expect(section).to_have_attribute("data-state", "succeeded", timeout=30_000)
+        expect(line).to_have_attribute("data-state", "succeeded", timeout=30_000)
+        # Pieces as the agent sent them (it may join lines printed together), rows one each.
+        expect(line.locator("td").nth(0)).to_have_text(hostname)
+        expect(line.locator("td").nth(2)).not_to_have_text("0")
+        expect(line.locator("td").nth(3)).to_have_text("3")
+        expect(page.locator("#run-poll")).to_have_attribute("data-running", "no")
+        expect(page.locator("#run-poll .run-counts")).to_contain_text("succeeded 1")
+        assert page.locator('img[src="x"]').count() == 0
+        screenshot(page, "script-run-summary")
+        page.goto(results)
+        expect(section).to_have_attribute("data-state", "succeeded")
         expect(section.locator("pre.output")).to_contain_text("done")
         expect(page.locator("#run-hosts")).to_have_attribute("data-running", "no")
         rows = section.locator("table.rows")

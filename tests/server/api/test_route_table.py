@@ -208,6 +208,7 @@ ROWS = [
     Row("POST", "/scripts/-/run", WEB_CHANGE_BY_FORM),
     Row("GET", "/scripts/-/runs/{batch_id}", WEB_RESULTS_404, url="/scripts/-/runs/ghost"),
     Row("GET", "/scripts/-/runs/{batch_id}/hosts", WEB_RESULTS_404, url="/scripts/-/runs/ghost/hosts"),
+    Row("GET", "/scripts/-/runs/{batch_id}/summary", WEB_RESULTS_404, url="/scripts/-/runs/ghost/summary"),
     Row("GET", "/scripts/-/runs/{batch_id}/rows.csv", WEB_RESULTS_404, url="/scripts/-/runs/ghost/rows.csv"),
     Row("POST", "/scripts/-/runs/{batch_id}/cancel", WEB_CHANGE_BY_FORM, url="/scripts/-/runs/ghost/cancel"),
     # Jobs: read with results.read; cancelled by the Active Response role, as in the API.

@@ -4,6 +4,7 @@ schema, who may run, the results with output and rows as text, and the CSV expor
 import csv
 import io
 import json
+import re
 from urllib.parse import quote
 
 import httpx
@@ -413,3 +414,79 @@ async def test_an_analyst_reads_the_library_without_save_or_delete(
     )
     assert refused.status_code == 403
     assert (await platform.scripts.get(NAME)).version == 1
+
+
+async def test_a_run_on_many_hosts_polls_only_what_changed(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    """300 hosts: the page is a summary without output, a poll when nothing changed is an
+    empty 204 whatever output was recorded, and a changed host's line (only it) comes back."""
+    await _library_script(platform)
+    for n in range(300):
+        await add_host(platform.engine, f"seg-{n:03}", segment="ir")
+    await _switch(platform, "ir", True)
+    response = await admin_browser.post(
+        "/scripts/-/run",
+        data={
+            "csrf_token": await _token(admin_browser),
+            "script": NAME,
+            "target": "segment",
+            "segment": "ir",
+            "param.path": "/tmp",
+        },
+    )
+    assert response.status_code == 303, response.text
+    results = response.headers["location"]
+    batch = await platform.jobs.batch(results.rsplit("/", 1)[1])
+    jobs = sorted(batch.jobs, key=lambda j: j.hostname)
+    assert len(jobs) == 300
+    # Output recorded before the page is opened: a lot of it on one host, hostile on another.
+    for seq in range(500):
+        await _output(platform, jobs[0].host_id, jobs[0].id, seq, stream="stdout", text="x" * 80)
+    await _output(platform, jobs[1].host_id, jobs[1].id, 0, stream="row", fields={"a": HOSTILE})
+
+    page = (await admin_browser.get(results)).text
+    assert page.count('class="run-row"') == 300
+    assert 'class="run-host"' not in page
+    assert "x" * 80 not in page
+    assert "<img" not in page
+    assert "queued</span> 300" in page
+    poll = re.search(r'hx-get="(/scripts/-/runs/[^"]+/summary\?seen=\w+)"', page)
+    assert poll is not None
+    quiet = await admin_browser.get(poll[1])
+    assert quiet.status_code == 204
+    assert quiet.content == b""
+
+    # More output on the busy host: its line changes, and only its line is sent.
+    for seq in range(500, 1000):
+        await _output(platform, jobs[0].host_id, jobs[0].id, seq, stream="stdout", text="x" * 80)
+    changed = await admin_browser.get(poll[1])
+    assert changed.status_code == 200
+    assert changed.text.count('class="run-row"') == 1
+    assert f'id="run-row-{jobs[0].id}"' in changed.text
+    assert '<td class="num">1000</td>' in changed.text
+    assert "x" * 80 not in changed.text
+    assert len(changed.content) < 4096, len(changed.content)
+    after = re.search(r'hx-get="(/scripts/-/runs/[^"]+/summary\?seen=\w+)"', changed.text)
+    assert after is not None
+    assert after[1] != poll[1]
+    again = await admin_browser.get(after[1])
+    assert again.status_code == 204
+    assert again.content == b""
+
+    # A state change: the cancelled host's line and the counts come back; then polling stops.
+    await platform.jobs.cancel_for_platform(jobs[5].id, "test", source="test", reason="over")
+    one = await admin_browser.get(after[1])
+    assert one.text.count('class="run-row"') == 1
+    assert 'data-state="cancelled"' in one.text
+    assert "cancelled</span> 1" in one.text
+    assert "queued</span> 299" in one.text
+    for job in jobs:
+        await platform.jobs.cancel_for_platform(job.id, "test", source="test", reason="over")
+    final = await admin_browser.get(after[1])
+    assert final.status_code == 200
+    assert "hx-trigger" not in final.text
+    assert final.text.count('class="run-row"') == 300
+    # An unknown token (another process, a restart) gets every line, not an error.
+    unknown = await admin_browser.get(f"{results}/summary?seen=nope")
+    assert unknown.text.count('class="run-row"') == 300

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import ACTIONS, ActionSpec
@@ -409,6 +409,25 @@ class Jobs:
             )
             for r in rows
         ]
+
+    async def output_tally(self, batch_id: str) -> dict[str, tuple[int, int]]:
+        """How many pieces of text (not empty) and rows each job of a batch has stored, in one
+        grouped read: a summary of a run on many hosts counts without reading any output."""
+        is_row = job_output.c.stream == "row"
+        has_text = and_(~is_row, func.coalesce(func.length(job_output.c.text), 0) > 0)
+        query = (
+            select(
+                job_output.c.job_id,
+                func.sum(case((has_text, 1), else_=0)),
+                func.sum(case((is_row, 1), else_=0)),
+            )
+            .join(jobs, jobs.c.id == job_output.c.job_id)
+            .where(jobs.c.batch_id == batch_id)
+            .group_by(job_output.c.job_id)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {job_id: (int(text or 0), int(row or 0)) for job_id, text, row in rows}
 
     async def follow(
         self, job_id: str, *, after: int, wait: float

@@ -26,6 +26,7 @@ from tether.server.web.jobs import Responder, batch_cancel_sentence, cancel_batc
 from tether.server.web.notice import done, forget_notice, read_notice
 from tether.server.web.numbers import whole_number
 from tether.server.web.row_export import rows_csv
+from tether.server.web.run_summary import RunSummary, changed_lines, run_summary
 from tether.server.web.script_form import fields_of, params_of
 from tether.server.web.scripts import Reader, script_url
 from tether.server.web.templating import render
@@ -41,6 +42,9 @@ REFUSED_HEADING = "Not run on"
 NOTICE_ROOM = 1000
 COOKIE_ROOM = 3000
 TARGETS = ("hosts", "segment", "all")
+# Runs on at most this many hosts show every host's output inline, polled whole; larger ones
+# show a summary that polls only what changed (docs/adr/0021).
+INLINE_HOSTS = 10
 
 
 async def _pairs(request: Request) -> list[tuple[str, str]]:
@@ -180,10 +184,22 @@ async def _script_run(platform: Platform, batch_id: str) -> BatchView:
     return batch
 
 
-async def _run_view(platform: Platform, batch_id: str) -> tuple[BatchView, list[ShownOutput]]:
+async def _run_view(
+    platform: Platform, batch_id: str, *, as_summary: bool = False
+) -> tuple[BatchView, list[ShownOutput], RunSummary | None]:
+    """A run on a few hosts shows every host's output inline; a larger one its summary only
+    (no output read), each host's output a link away on its job page."""
     batch = await _script_run(platform, batch_id)
+    if as_summary or len(batch.jobs) > INLINE_HOSTS:
+        return batch, [], await run_summary(platform, batch)
     hosts = [await shown_output(platform, job) for job in sorted(batch.jobs, key=_by_host)]
-    return batch, hosts
+    return batch, hosts, None
+
+
+def _running(hosts: list[ShownOutput], summary: RunSummary | None) -> bool:
+    if summary is not None:
+        return summary.running
+    return not all(h.done for h in hosts)
 
 
 def _by_host(job: JobView) -> tuple[str, str]:
@@ -206,9 +222,10 @@ async def _results_page(
     *,
     status: int = 200,
     error: str | None = None,
+    as_summary: bool = False,
 ) -> Response:
     try:
-        batch, hosts = await _run_view(platform, batch_id)
+        batch, hosts, summary = await _run_view(platform, batch_id, as_summary=as_summary)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Run not found", message=str(e))
     # The confirmation the submit or the cancel left in the notice cookie (never in the link,
@@ -225,9 +242,11 @@ async def _results_page(
         status,
         batch=batch,
         hosts=hosts,
+        summary=summary,
+        inline_hosts=INLINE_HOSTS,
         script_name=await _script_of(platform, batch),
         refused=refused,
-        running=not all(h.done for h in hosts),
+        running=_running(hosts, summary),
         responder=responder(user),
         cancelled=cancelled,
         error=error,
@@ -237,8 +256,11 @@ async def _results_page(
 
 
 @router.get("/scripts/-/runs/{batch_id}")
-async def results(batch_id: str, request: Request, platform: PlatformDep, user: Reader) -> Response:
-    return await _results_page(request, platform, user, batch_id)
+async def results(
+    batch_id: str, request: Request, platform: PlatformDep, user: Reader, view: str = ""
+) -> Response:
+    """The run's results; `view=summary` shows a few-host run as the summary too."""
+    return await _results_page(request, platform, user, batch_id, as_summary=view == "summary")
 
 
 @router.post("/scripts/-/runs/{batch_id}/cancel")
@@ -264,18 +286,43 @@ async def cancel_run(
 async def results_fragment(
     batch_id: str, request: Request, platform: PlatformDep, user: Reader
 ) -> Response:
-    """The host sections alone, polled every second while a job runs; once all have ended the
-    fragment comes back without its trigger and the polling stops."""
+    """The host sections of a few-host run, polled every second while a job runs; once all
+    have ended the fragment comes back without its trigger and the polling stops. For a larger
+    run, its summary."""
     try:
-        batch, hosts = await _run_view(platform, batch_id)
+        batch, hosts, summary = await _run_view(platform, batch_id)
     except NotFound as e:
         return render(request, "message.html", 404, heading="Run not found", message=str(e))
     return render(
         request,
-        "run_hosts.html",
+        "run_summary.html" if summary else "run_hosts.html",
         batch=batch,
         hosts=hosts,
-        running=not all(h.done for h in hosts),
+        summary=summary,
+        running=_running(hosts, summary),
+        responder=responder(user),
+    )
+
+
+@router.get("/scripts/-/runs/{batch_id}/summary")
+async def summary_poll(
+    batch_id: str, request: Request, platform: PlatformDep, user: Reader, seen: str = ""
+) -> Response:
+    """The summary's poll: 204 when nothing changed since the token `seen`, else the poller
+    with its new token and only the host lines that changed, all out of band."""
+    try:
+        batch = await _script_run(platform, batch_id)
+    except NotFound as e:
+        return render(request, "message.html", 404, heading="Run not found", message=str(e))
+    summary = await run_summary(platform, batch)
+    if seen == summary.token:
+        return Response(status_code=204)
+    return render(
+        request,
+        "run_summary_changes.html",
+        batch=batch,
+        summary=summary,
+        changed=changed_lines(summary, seen[:64]),
         responder=responder(user),
     )
 
