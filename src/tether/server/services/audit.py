@@ -387,18 +387,8 @@ class AuditLog:
         """Records whose action starts with `action_prefix` and whose target or details contain
         any of `needles` (ids, hashes), oldest first, at most `limit`; the caller decides which
         really match."""
-        mentions = [
-            audit_records.c.target.contains(n, autoescape=True)
-            | audit_records.c.details.contains(n, autoescape=True)
-            for n in needles
-        ]
-        query = (
-            select(audit_records)
-            .where(audit_records.c.action.startswith(action_prefix, autoescape=True))
-            .where(or_(*mentions))
-            .order_by(audit_records.c.seq)
-            .limit(limit)
-        )
+        search = AuditSearch(action=action_prefix, mentions=needles)
+        query = _narrowed(select(audit_records), search).order_by(audit_records.c.seq).limit(limit)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [AuditRecord(**row._asdict()) for row in rows]
