@@ -11,23 +11,20 @@ from sqlalchemy import update
 
 from tether.protocol import JobOutput, JobStatus, Role
 from tether.server.services.audit import AuditSearch
-from tether.server.services.jobs import JobView, Selection
+from tether.server.services.jobs import Selection
 from tether.server.services.platform import Platform
-from tether.server.services.users import User
-from tether.server.store.db import utcnow
-from tether.server.store.tables import jobs, segments
+from tether.server.store.tables import segments
 from tether.server.web import jobs as web_jobs
 from tether.server.web.jobs import BatchCancel, batch_cancel_sentence
 from tether.server.web.security import CSRF_REFUSED
 
 from ..support import add_host
 from .conftest import csrf_of, web_login
+from .job_support import ADMIN, set_state, submit
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
 PASSWORD = "a long enough password"
-# The first admin (user id 1): admin and responder, second factor passed.
-ADMIN = User(1, "admin", frozenset({"admin", "responder"}), False, mfa_verified=True)
 SCRIPT = "Web Sleeper"
 SOURCE = "import time\nprint('<b>not bold</b>')\ntime.sleep(60)\n"
 
@@ -37,23 +34,6 @@ async def _switch_on(platform: Platform, segment: str) -> None:
         await conn.execute(
             update(segments).where(segments.c.name == segment).values(active_response=True)
         )
-
-
-async def _submit(platform: Platform, host: str, action: str = "system.noop") -> JobView:
-    batch = await platform.jobs.submit(ADMIN, action, {}, Selection(host_ids=[host]), source="test")
-    return batch.jobs[0]
-
-
-async def _set_state(platform: Platform, job_id: str, state: str) -> None:
-    """Move a job as its agent would have (the hosts here have no agent)."""
-    now = utcnow()
-    values: dict[str, object] = {"state": state, "sent_at": now, "delivered_at": now}
-    if state == "running":
-        values["started_at"] = now
-    if state in ("succeeded", "failed"):
-        values["finished_at"] = now
-    async with platform.engine.begin() as conn:
-        await conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
 
 
 def _row_ids(html: str) -> list[str]:
@@ -66,12 +46,12 @@ async def test_the_jobs_page_lists_jobs_newest_first_and_filters_them(
     hostile = await add_host(platform.engine, HOSTILE, segment="ir")
     other = await add_host(platform.engine, "web-jobs-other", segment="ir")
     await _switch_on(platform, "ir")
-    first = await _submit(platform, hostile)
-    done = await _submit(platform, other)
-    await _set_state(platform, done.id, "succeeded")
-    running = await _submit(platform, other, "isolation.status")
-    await _set_state(platform, running.id, "running")
-    pending = await _submit(platform, hostile, "processes.list")
+    first = await submit(platform, hostile)
+    done = await submit(platform, other)
+    await set_state(platform, done.id, "succeeded")
+    running = await submit(platform, other, "isolation.status")
+    await set_state(platform, running.id, "running")
+    pending = await submit(platform, hostile, "processes.list")
 
     page = await admin_browser.get("/jobs")
     assert page.status_code == 200
@@ -125,7 +105,7 @@ async def test_a_job_page_shows_the_script_output_and_rows_as_text_and_polls_unt
         ADMIN, "script.run", args, Selection(host_ids=[host]), source="test", from_library=True
     )
     job = batch.jobs[0]
-    await _set_state(platform, job.id, "running")
+    await set_state(platform, job.id, "running")
     dispatcher = platform.dispatcher
     await dispatcher.on_output(host, JobOutput(job_id=job.id, seq=0, stream="stdout", text=HOSTILE))
     await dispatcher.on_output(
@@ -168,7 +148,7 @@ async def test_cancel_from_the_list_is_audited_and_returns_to_the_filtered_list(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-cancel")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     listed = await admin_browser.get("/jobs?state=pending")
     assert 'name="back" value="/jobs?state=pending"' in listed.text
     response = await admin_browser.post(
@@ -186,7 +166,7 @@ async def test_cancel_from_the_list_is_audited_and_returns_to_the_filtered_list(
     assert f'<tr data-job="{job.id}" data-state="cancelled">' in after.text
 
     # The way back is one of this site's pages; anything else goes to the job's own page.
-    again = await _submit(platform, host)
+    again = await submit(platform, host)
     elsewhere = await admin_browser.post(
         f"/jobs/{again.id}/cancel",
         data={"csrf_token": csrf_of(listed.text), "back": "https://evil.example/jobs"},
@@ -198,7 +178,7 @@ async def test_the_host_page_offers_cancel_for_its_unfinished_jobs(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-host-jobs")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     page = await admin_browser.get(f"/hosts/{host}")
     assert f'action="/jobs/{job.id}/cancel"' in page.text
     assert f'name="back" value="/hosts/{host}"' in page.text
@@ -215,9 +195,9 @@ async def test_the_services_refusal_is_shown_on_the_job_page(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-ended")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     token = csrf_of((await admin_browser.get(f"/jobs/{job.id}")).text)
-    await _set_state(platform, job.id, "succeeded")
+    await set_state(platform, job.id, "succeeded")
     response = await admin_browser.post(f"/jobs/{job.id}/cancel", data={"csrf_token": token})
     assert response.status_code == 409
     assert 'role="alert"' in response.text
@@ -229,7 +209,7 @@ async def test_a_non_responder_sees_no_cancel_and_is_refused(
     browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-analyst-jobs")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     await platform.users.create("reader", PASSWORD, {Role.ANALYST})
     await web_login(browser, platform, "reader", PASSWORD)
     listed = await browser.get("/jobs")
@@ -248,7 +228,7 @@ async def test_cancel_without_the_csrf_token_is_refused(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-forged")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     for data in ({}, {"csrf_token": "forged"}):
         response = await admin_browser.post(f"/jobs/{job.id}/cancel", data=data)
         assert response.status_code == 403
@@ -297,8 +277,8 @@ async def test_cancel_the_run_cancels_every_unfinished_job_of_the_batch(
     results = submitted.headers["location"]
     batch_id = results.rsplit("/", 1)[1]
     queued, running, finished = (await platform.jobs.batch(batch_id)).jobs
-    await _set_state(platform, running.id, "running")
-    await _set_state(platform, finished.id, "succeeded")
+    await set_state(platform, running.id, "running")
+    await set_state(platform, finished.id, "succeeded")
 
     page = await admin_browser.get(results)
     assert 'action="/scripts/-/runs/' + batch_id + '/cancel"' in page.text
@@ -340,7 +320,7 @@ async def test_the_jobs_pages_and_link_are_for_results_readers(
 ) -> None:
     # An admin without a responder or analyst role manages the estate but reads no results.
     host = await add_host(platform.engine, "web-plain-admin")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
     await web_login(browser, platform, "plain-admin", PASSWORD)
     host_page = await browser.get(f"/hosts/{host}")
@@ -384,7 +364,7 @@ async def test_one_cancel_of_a_run_handles_a_bounded_number_of_jobs(
     results = submitted.headers["location"]
     batch_id = results.rsplit("/", 1)[1]
     running = (await platform.jobs.batch(batch_id)).jobs[0]
-    await _set_state(platform, running.id, "running")
+    await set_state(platform, running.id, "running")
 
     first = await admin_browser.post(f"{results}/cancel", data={"csrf_token": token})
     assert first.headers["location"] == results

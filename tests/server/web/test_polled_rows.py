@@ -10,38 +10,16 @@ import httpx
 from sqlalchemy import update
 
 from tether.protocol import Role
-from tether.server.services.jobs import JobView, Selection
 from tether.server.services.platform import Platform
-from tether.server.services.users import User
-from tether.server.store.db import utcnow
 from tether.server.store.tables import jobs, segments
 
 from ..support import add_host
 from .conftest import csrf_of, web_login
+from .job_support import set_state, submit
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
 PASSWORD = "a long enough password"
-ADMIN = User(1, "admin", frozenset({"admin", "responder"}), False, mfa_verified=True)
-
-
-async def _submit(platform: Platform, host: str) -> JobView:
-    batch = await platform.jobs.submit(
-        ADMIN, "system.noop", {}, Selection(host_ids=[host]), source="test"
-    )
-    return batch.jobs[0]
-
-
-async def _set_state(platform: Platform, job_id: str, state: str) -> None:
-    """Move a job as its agent would have (the hosts here have no agent)."""
-    now = utcnow()
-    values: dict[str, object] = {"state": state, "sent_at": now, "delivered_at": now}
-    if state == "running":
-        values["started_at"] = now
-    if state in ("succeeded", "failed"):
-        values["finished_at"] = now
-    async with platform.engine.begin() as conn:
-        await conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
 
 
 def _poll(page: str, tbody: str) -> str | None:
@@ -56,12 +34,12 @@ async def test_the_jobs_list_polls_its_rows_until_every_shown_job_has_ended(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, HOSTILE)
-    done = await _submit(platform, host)
-    await _set_state(platform, done.id, "succeeded")
+    done = await submit(platform, host)
+    await set_state(platform, done.id, "succeeded")
     # Only ended jobs: nothing can change, the rows do not poll.
     assert _poll((await admin_browser.get("/jobs")).text, "job-rows") is None
 
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     page = await admin_browser.get("/jobs?state=all&host=" + host)
     poll = _poll(page.text, "job-rows")
     assert poll is not None
@@ -70,7 +48,7 @@ async def test_the_jobs_list_polls_its_rows_until_every_shown_job_has_ended(
     same = await admin_browser.get(poll)
     assert (same.status_code, same.text) == (204, "")
 
-    await _set_state(platform, job.id, "running")
+    await set_state(platform, job.id, "running")
     changed = await admin_browser.get(poll)
     assert changed.status_code == 200
     rows = changed.text
@@ -94,7 +72,7 @@ async def test_the_jobs_list_polls_its_rows_until_every_shown_job_has_ended(
     in_state = _poll(running.text, "job-rows")
     assert in_state is not None
     assert in_state.startswith("/jobs/-/rows?state=running&seen=")
-    await _set_state(platform, job.id, "succeeded")
+    await set_state(platform, job.id, "succeeded")
     left = await admin_browser.get(in_state)
     assert left.status_code == 200
     assert "No jobs match." in left.text
@@ -123,14 +101,14 @@ async def test_the_host_page_jobs_poll_until_they_end_and_leave_the_session_pane
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-host-polled")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     page = await admin_browser.get(f"/hosts/{host}")
     poll = _poll(page.text, "host-job-rows")
     assert poll is not None
     assert poll.startswith(f"/hosts/{host}/jobs?seen=")
     assert (await admin_browser.get(poll)).status_code == 204
 
-    await _set_state(platform, job.id, "running")
+    await set_state(platform, job.id, "running")
     running = await admin_browser.get(poll)
     assert running.status_code == 200
     assert f'<tr data-job="{job.id}" data-state="running">' in running.text
@@ -141,7 +119,7 @@ async def test_the_host_page_jobs_poll_until_they_end_and_leave_the_session_pane
     following = _poll(running.text, "host-job-rows")
     assert following is not None
 
-    await _set_state(platform, job.id, "succeeded")
+    await set_state(platform, job.id, "succeeded")
     ended = await admin_browser.get(following)
     assert f'<tr data-job="{job.id}" data-state="succeeded">' in ended.text
     assert "hx-trigger" not in ended.text
@@ -188,7 +166,7 @@ async def test_the_polled_rows_are_for_results_readers_and_offer_cancel_to_respo
     browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-polled-readers")
-    job = await _submit(platform, host)
+    job = await submit(platform, host)
     await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
     await platform.users.create("reader", PASSWORD, {Role.ANALYST})
     await web_login(browser, platform, "plain-admin", PASSWORD)
