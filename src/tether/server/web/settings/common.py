@@ -3,13 +3,14 @@
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import Response
 
 from tether.protocol import Permission
 from tether.server.errors import Invalid, PlatformError
+from tether.server.services.platform import Platform
 from tether.server.services.users import User
 from tether.server.web import notice
 from tether.server.web.templating import render
@@ -64,18 +65,40 @@ def done(url: str, sentence: str) -> Response:
     return notice.done(url, sentence, path=NOTICE_PATH)
 
 
-async def settle(
-    page: str,
-    change: Callable[[], Awaitable[str]],
-    refused: Callable[[PlatformError], Awaitable[Response]],
-) -> Response:
-    """Run `change`, which returns its confirmation, and redirect to `page` to show it; when a
-    service refuses, answer with `refused(error)`: the page again, with the sentence."""
-    try:
-        sentence = await change()
-    except PlatformError as e:
-        return await refused(e)
-    return done(page, sentence)
+# A Settings page's renderer: (request, platform, user, status, refusal, what was typed).
+PageRenderer = Callable[[Request, Platform, User, int, str | None, Any], Awaitable[Response]]
+
+
+class Change(Protocol):
+    def __call__(
+        self,
+        request: Request,
+        platform: Platform,
+        user: User,
+        work: Callable[[], Awaitable[str]],
+        entered: Any = None,
+    ) -> Awaitable[Response]: ...
+
+
+def changes_on(page: str, render: PageRenderer) -> Change:
+    """How a Settings page takes a change: run it (it returns its confirmation) and redirect to
+    `page` to show that; when a service refuses, the page again with the sentence and with
+    what the form held, so nothing typed is lost."""
+
+    async def change(
+        request: Request,
+        platform: Platform,
+        user: User,
+        work: Callable[[], Awaitable[str]],
+        entered: Any = None,
+    ) -> Response:
+        try:
+            sentence = await work()
+        except PlatformError as e:
+            return await render(request, platform, user, e.status_code, str(e), entered)
+        return done(page, sentence)
+
+    return change
 
 
 def show(

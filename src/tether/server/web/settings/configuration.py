@@ -7,7 +7,6 @@ The allowlist is typed one network per line, optionally followed by the only por
 validation says what is wrong; the isolation service stores and audits the list.
 """
 
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Annotated
 
@@ -18,12 +17,12 @@ from pydantic import ValidationError
 from tether.protocol import Permission
 from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import Invalid, PlatformError
+from tether.server.errors import Invalid
 from tether.server.services.access_settings import NAMES
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.numbers import whole_number
-from tether.server.web.settings.common import form_fields, settle, show
+from tether.server.web.settings.common import changes_on, form_fields, show
 
 router = APIRouter()
 SettingsAdmin = Annotated[User, Depends(page_require(Permission.SETTINGS_MANAGE))]
@@ -94,19 +93,7 @@ async def _page(
     )
 
 
-async def _change(
-    request: Request,
-    platform: PlatformDep,
-    user: User,
-    change: Callable[[], Awaitable[str]],
-    typed_allowlist: str | None = None,
-) -> Response:
-    """Run `change` (which returns its confirmation), or show the page with the refusal."""
-
-    async def refused(e: PlatformError) -> Response:
-        return await _page(request, platform, user, e.status_code, str(e), typed_allowlist)
-
-    return await settle(PAGE, change, refused)
+_change = changes_on(PAGE, _page)
 
 
 @router.get(PAGE)

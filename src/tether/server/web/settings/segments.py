@@ -5,7 +5,6 @@ The `Segments` service does the checking and the auditing, as for `tether.server
 deleting a segment that still holds hosts is its refusal, shown as it words it.
 """
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -16,7 +15,7 @@ from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import PlatformError
 from tether.server.services.users import User
 from tether.server.web.access import page_require
-from tether.server.web.settings.common import done, form_fields, settle, show
+from tether.server.web.settings.common import changes_on, done, form_fields, show
 
 router = APIRouter()
 SegmentAdmin = Annotated[User, Depends(page_require(Permission.SEGMENTS_MANAGE))]
@@ -49,19 +48,7 @@ async def _page(
     )
 
 
-async def _change(
-    request: Request,
-    platform: PlatformDep,
-    user: User,
-    change: Callable[[], Awaitable[str]],
-    entered: dict[str, str] | None = None,
-) -> Response:
-    """Run `change` (which returns its confirmation), or show the page with the refusal."""
-
-    async def refused(e: PlatformError) -> Response:
-        return await _page(request, platform, user, e.status_code, str(e), entered)
-
-    return await settle(PAGE, change, refused)
+_change = changes_on(PAGE, _page)
 
 
 @router.get(PAGE)

@@ -5,7 +5,6 @@ the audit record, the last-admin rule and the ending of sessions happen there; t
 the service's refusal sentence as it is.
 """
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 
@@ -14,10 +13,10 @@ from fastapi.responses import Response
 
 from tether.protocol import Permission, Role
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import Invalid, PlatformError
+from tether.server.errors import Invalid
 from tether.server.services.users import User
 from tether.server.web.access import page_require
-from tether.server.web.settings.common import form_fields, form_values, settle, show
+from tether.server.web.settings.common import changes_on, form_fields, form_values, show
 
 router = APIRouter()
 TeamAdmin = Annotated[User, Depends(page_require(Permission.USERS_MANAGE))]
@@ -68,19 +67,7 @@ async def _page(
     )
 
 
-async def _change(
-    request: Request,
-    platform: PlatformDep,
-    user: User,
-    change: Callable[[], Awaitable[str]],
-    entered: dict[str, str] | None = None,
-) -> Response:
-    """Run `change` (which returns its confirmation), or show the page with the refusal."""
-
-    async def refused(e: PlatformError) -> Response:
-        return await _page(request, platform, user, e.status_code, str(e), entered)
-
-    return await settle(PAGE, change, refused)
+_change = changes_on(PAGE, _page)
 
 
 @router.get(PAGE)
