@@ -114,4 +114,4 @@ async def test_the_service_refusal_is_shown_in_its_own_words(
 async def test_an_unknown_host_is_a_404_page(admin_browser: httpx.AsyncClient) -> None:
     response = await admin_browser.get("/hosts/no-such-host")
     assert response.status_code == 404
-    assert "Host not found" in response.text
+    assert "No host has the id or hostname &#39;no-such-host&#39;." in response.text

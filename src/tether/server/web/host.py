@@ -9,7 +9,6 @@ from fastapi.responses import Response
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep
-from tether.server.errors import NotFound
 from tether.server.services.dispatch import FINAL_STATES
 from tether.server.services.hosts import HostView
 from tether.server.services.jobs import JobView
@@ -101,10 +100,7 @@ async def render_host(
 
 @router.get("/hosts/{ref}")
 async def host_page(ref: str, request: Request, platform: PlatformDep, user: Reader) -> Response:
-    try:
-        host = await platform.hosts.get(ref)
-    except NotFound as e:
-        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    host = await platform.hosts.get(ref)
     # The confirmation a move or a revocation left (post/redirect/get), shown once.
     response = await render_host(request, platform, user, host, admin_notice=read_notice(request))
     forget_notice(request, response, path=NOTICE_PATH)
@@ -118,10 +114,7 @@ async def host_jobs(
     """The jobs table's rows alone (the whole tbody), polled while one has not ended or a live
     session is open: an empty 204 when they are the ones the page shows, else the rows with the
     next poll or, once every shown job has ended and no session is open, without one."""
-    try:
-        host = await platform.hosts.get(ref)
-    except NotFound as e:
-        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    host = await platform.hosts.get(ref)
     jobs = await platform.jobs.find(host_id=host.id, limit=LATEST_JOBS)
     if unchanged(request, jobs):
         return Response(status_code=204)

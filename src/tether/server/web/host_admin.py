@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import NotFound, PlatformError
+from tether.server.errors import PlatformError
 from tether.server.services.hosts import HostView
 from tether.server.services.platform import Platform
 from tether.server.services.users import User
@@ -22,7 +22,6 @@ from tether.server.web.access import page_require
 from tether.server.web.host import NOTICE_PATH, render_host
 from tether.server.web.notice import done
 from tether.server.web.settings.common import form_fields
-from tether.server.web.templating import render
 
 router = APIRouter()
 HostAdmin = Annotated[User, Depends(page_require(Permission.HOSTS_MANAGE))]
@@ -43,10 +42,7 @@ def _on_off(enabled: bool) -> str:
 
 @router.post("/hosts/{ref}/move")
 async def move(ref: str, request: Request, platform: PlatformDep, user: HostAdmin) -> Response:
-    try:
-        host = await platform.hosts.get(ref)
-    except NotFound as e:
-        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    host = await platform.hosts.get(ref)
     try:
         segment = (await form_fields(request)).get("segment", "")
         before, after = await platform.segments.move_host(
@@ -68,10 +64,7 @@ async def move(ref: str, request: Request, platform: PlatformDep, user: HostAdmi
 
 @router.post("/hosts/{ref}/revoke")
 async def revoke(ref: str, request: Request, platform: PlatformDep, user: HostAdmin) -> Response:
-    try:
-        host = await platform.hosts.get(ref)
-    except NotFound as e:
-        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    host = await platform.hosts.get(ref)
     try:
         confirmed = (await form_fields(request)).get("confirm") == "yes"
     except PlatformError as e:

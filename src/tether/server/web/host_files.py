@@ -16,13 +16,12 @@ from fastapi.responses import RedirectResponse, Response
 from tether.protocol import Permission
 from tether.protocol.shell import root_directory
 from tether.server.api.deps import PlatformDep
-from tether.server.errors import Invalid, NotFound, PlatformError
+from tether.server.errors import Invalid, PlatformError
 from tether.server.services.hosts import HostView
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.host import render_host
 from tether.server.web.live_session import send, session_job, tab_url, wait_for
-from tether.server.web.templating import render
 
 router = APIRouter()
 Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
@@ -94,10 +93,7 @@ async def files_page(
     job: str = "",
     started: str = "",
 ) -> Response:
-    try:
-        host = await platform.hosts.get(ref)
-    except NotFound as e:
-        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    host = await platform.hosts.get(ref)
     notice = None
     # Only a transfer of this host names itself started: a link cannot put its own words here.
     if await session_job(platform, host, started[:64], TRANSFERS) is not None:

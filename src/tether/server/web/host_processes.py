@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep
-from tether.server.errors import NotFound, PlatformError
+from tether.server.errors import PlatformError
 from tether.server.services.hosts import HostView
 from tether.server.services.jobs import JobView
 from tether.server.services.users import User
@@ -20,7 +20,6 @@ from tether.server.web.access import page_require
 from tether.server.web.host import render_host
 from tether.server.web.live_session import send, session_job, tab_url, wait_for
 from tether.server.web.numbers import whole_number
-from tether.server.web.templating import render
 
 router = APIRouter()
 Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
@@ -70,10 +69,7 @@ async def processes_page(
     job: str = "",
     killed: str = "",
 ) -> Response:
-    try:
-        host = await platform.hosts.get(ref)
-    except NotFound as e:
-        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    host = await platform.hosts.get(ref)
     notice = None
     if killed:
         outcome = await session_job(platform, host, killed[:64], ACTIONS)

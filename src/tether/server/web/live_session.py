@@ -32,7 +32,6 @@ from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.console_text import result_text
 from tether.server.web.host import open_session, render_host
-from tether.server.web.templating import render
 
 router = APIRouter()
 Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
@@ -121,19 +120,12 @@ async def session_job(
     return job
 
 
-async def _host(platform: Platform, ref: str) -> HostView:
-    return await platform.hosts.get(ref)
-
-
 @router.post("/hosts/{ref}/session")
 async def start_session(
     ref: str, request: Request, platform: PlatformDep, user: Responder
 ) -> Response:
     """Open a live session; the service decides whether this user may, here, now."""
-    try:
-        host = await _host(platform, ref)
-    except NotFound as e:
-        return render(request, "message.html", 404, heading="Host not found", message=str(e))
+    host = await platform.hosts.get(ref)
     try:
         await platform.live_sessions.start(user, host.id, source=source_of(request))
     except PlatformError as e:
@@ -145,7 +137,7 @@ async def start_session(
 async def end_session(
     ref: str, request: Request, platform: PlatformDep, user: Responder
 ) -> Response:
-    host = await _host(platform, ref)
+    host = await platform.hosts.get(ref)
     session = await open_session(platform, user, host.id)
     if session is not None:
         try:
@@ -172,7 +164,7 @@ async def console_command(
 ) -> Response:
     """One console line: the job it became, or one sentence why not (JSON for console.js)."""
     try:
-        host = await _host(platform, ref)
+        host = await platform.hosts.get(ref)
     except NotFound as e:
         return _refused(str(e), 404)
     windows = host.os_family == "windows"
@@ -215,7 +207,7 @@ async def console_output(
 ) -> Response:
     """A command's output after `after` (a long poll); the result as text once it finished."""
     try:
-        host = await _host(platform, ref)
+        host = await platform.hosts.get(ref)
         job = await platform.jobs.get(job_id)
     except NotFound as e:
         return _refused(str(e), 404)
