@@ -24,6 +24,7 @@ from tether.server.errors import PlatformError, Throttled
 from tether.server.services.platform import Platform
 from tether.server.web import install as install_web
 from tether.server.web.error_pages import page_error, validation_sentence
+from tether.server.web.routes import is_page
 
 API_PREFIX = "/api/v1"
 
@@ -110,9 +111,7 @@ def create_app(platform: Platform) -> FastAPI:
         return {"status": "ok"}
 
     def from_a_page(request: Request) -> bool:
-        # Everything outside the REST API (and its metrics and health) is the web UI's.
-        path = request.url.path
-        return not path.startswith(f"{API_PREFIX}/") and path not in ("/metrics", "/healthz")
+        return is_page(request.url.path, API_PREFIX)
 
     @app.exception_handler(PlatformError)
     async def platform_error(request: Request, exc: PlatformError) -> Response:

@@ -42,6 +42,16 @@ STATIC_CACHE = "public, max-age=3600"
 PAGE_CACHE = "no-store"
 
 
+# Answered by the application itself, for machines: neither pages nor the REST API.
+SERVICE_PATHS = ("/metrics", "/healthz")
+
+
+def is_page(path: str, api_prefix: str) -> bool:
+    """Whether a request path is the web UI's: everything outside the REST API and the
+    service endpoints. Pages get the security headers and errors rendered as pages."""
+    return not path.startswith(f"{api_prefix}/") and path not in SERVICE_PATHS
+
+
 def _cache_control(path: str) -> str:
     if path.startswith(f"{STATIC_PATH}/vendor/"):
         return VENDOR_CACHE
@@ -87,7 +97,7 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     ) -> Response:
         response = await call_next(request)
         path = request.url.path
-        if not path.startswith(f"{api_prefix}/") and path not in ("/metrics", "/healthz"):
+        if is_page(path, api_prefix):
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             response.headers["Cache-Control"] = _cache_control(path)
