@@ -18,9 +18,8 @@ from tether.cli.client import Api
 from tether.cli.errors import CliError, Unreachable
 from tether.cli.output import plain
 from tether.cli.times import short_time
-from tether.protocol import FINAL_AGENT_STATES
+from tether.protocol import FINAL_STATES
 
-FINAL_STATES = frozenset(FINAL_AGENT_STATES | {"expired"})
 LONG_POLL_SECONDS = 20.0
 # How long a follow keeps retrying a platform it cannot reach before giving up.
 RETRY_SECONDS = 120.0

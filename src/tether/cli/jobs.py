@@ -9,9 +9,10 @@ import typer
 
 from tether.cli.client import Api
 from tether.cli.errors import CliError
-from tether.cli.follow import FINAL_STATES, job_path
+from tether.cli.follow import job_path
 from tether.cli.output import console, emit_json, one_line, plain, table, terminal_text
 from tether.cli.times import short_time
+from tether.protocol import FINAL_STATES
 
 job_app = typer.Typer(help="One job: show it with its output, cancel it.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

@@ -22,6 +22,7 @@ from tether.cli import files
 from tether.cli.client import Api
 from tether.cli.errors import CliError
 from tether.cli.output import console, errors, plain, table, terminal_text
+from tether.protocol import FINAL_STATES
 from tether.protocol.shell import (
     Command,
     ShellInputError,
@@ -40,7 +41,6 @@ HELP = help_text(
         "Ctrl-C stops the running command; at the prompt it stops the session.",
     )
 )
-FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired"})
 # How long one long poll for output may wait (the platform allows 30 s; the client's read
 # timeout is 30 s too).
 FOLLOW_WAIT_SECONDS = 20

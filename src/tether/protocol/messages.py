@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 
 from tether.protocol.errors import ProtocolError
 from tether.protocol.isolation import AllowList, IsolationStatus, ReportCause
+from tether.protocol.job_states import AgentJobState
 from tether.protocol.transfer import (
     TransferAbort,
     TransferAccept,
@@ -66,11 +67,6 @@ class Heartbeat(_Message):
 
 
 JobId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-
-# What an agent may report about a job. `expired` and a `cancelled` while queued are decided by
-# the platform alone: the agent never saw those jobs.
-AgentJobState = Literal["delivered", "running", "succeeded", "failed", "timed_out", "cancelled"]
-FINAL_AGENT_STATES: frozenset[str] = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 
 
 class JobStatus(_Message):

@@ -1,11 +1,11 @@
 """Jobs: submit an action to hosts, a segment or the estate; follow, list and cancel."""
 
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from tether.protocol import ACTIONS, Permission
+from tether.protocol import ACTIONS, JobState, Permission
 from tether.server.api.deps import PlatformDep, require, source_of
 from tether.server.api.job_schemas import (
     ActionOut,
@@ -23,9 +23,6 @@ from tether.server.services.users import User
 router = APIRouter(tags=["jobs"])
 
 Reader = Annotated[User, Depends(require(Permission.RESULTS_READ))]
-JobState = Literal[
-    "queued", "delivered", "running", "succeeded", "failed", "timed_out", "cancelled", "expired"
-]
 
 
 def _job(view: JobView) -> JobOut:

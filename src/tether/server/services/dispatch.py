@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tether.protocol import (
     ACTIONS,
     FINAL_AGENT_STATES,
+    FINAL_STATES,
+    UNFINISHED,
     JobAck,
     JobCancel,
     JobOutput,
@@ -37,8 +39,6 @@ from tether.server.store.tables import batches, job_output, jobs
 
 log = logging.getLogger(__name__)
 
-FINAL_STATES = frozenset(FINAL_AGENT_STATES | {"expired"})
-UNFINISHED = ("queued", "delivered", "running")
 _RANK = {"queued": 0, "delivered": 1, "running": 2}
 # After its time limit, how long a delivered job may stay silent before the platform gives up.
 REPORT_GRACE = timedelta(minutes=10)

@@ -17,11 +17,11 @@ from pydantic import ValidationError
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import ACTIONS, ActionSpec
+from tether.protocol import ACTIONS, FINAL_STATES, ActionSpec
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import ResponseAccess, host_refusal, user_refusal
 from tether.server.services.audit import AuditLog
-from tether.server.services.dispatch import FINAL_STATES, Dispatcher
+from tether.server.services.dispatch import Dispatcher
 from tether.server.services.job_events import JobEvents
 from tether.server.services.users import User
 from tether.server.store.db import as_utc, utcnow

@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.protocol import UNFINISHED
 from tether.server.errors import Conflict, Forbidden, NotFound
 from tether.server.services.access import ResponseAccess, user_refusal
 from tether.server.services.audit import AuditLog
-from tether.server.services.dispatch import UNFINISHED
 from tether.server.services.jobs import Jobs, JobView, Selection
 from tether.server.services.users import User
 from tether.server.store.db import as_utc, utcnow

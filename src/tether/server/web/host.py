@@ -7,9 +7,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from tether.protocol import Permission
+from tether.protocol import FINAL_STATES, Permission
 from tether.server.api.deps import PlatformDep
-from tether.server.services.dispatch import FINAL_STATES
 from tether.server.services.hosts import HostView
 from tether.server.services.jobs import JobView
 from tether.server.services.live_sessions import LiveSessionView

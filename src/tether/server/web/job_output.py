@@ -5,7 +5,7 @@ Shared by a script run's results (one section per host) and the job page.
 
 from dataclasses import dataclass
 
-from tether.server.services.dispatch import FINAL_STATES
+from tether.protocol import FINAL_STATES
 from tether.server.services.jobs import JobView
 from tether.server.services.platform import Platform
 from tether.server.web.row_export import cell_text, columns_of

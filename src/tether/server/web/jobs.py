@@ -16,10 +16,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
-from tether.protocol import ACTIONS, Permission
+from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, Permission
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Conflict, Invalid, NotFound, PlatformError
-from tether.server.services.dispatch import FINAL_STATES, UNFINISHED
 from tether.server.services.jobs import JobView
 from tether.server.services.platform import Platform
 from tether.server.services.scripts import RUN_ACTION

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from tether.protocol import Permission
+from tether.protocol import FINAL_STATES, Permission
 from tether.protocol.shell import (
     ShellInputError,
     help_text,
@@ -24,7 +24,6 @@ from tether.protocol.shell import (
 )
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Conflict, NotFound, PlatformError
-from tether.server.services.dispatch import FINAL_STATES
 from tether.server.services.hosts import HostView
 from tether.server.services.jobs import JobView
 from tether.server.services.platform import Platform

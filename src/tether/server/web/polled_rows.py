@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from fastapi import Request
 
-from tether.server.services.dispatch import FINAL_STATES
+from tether.protocol import FINAL_STATES
 from tether.server.services.jobs import JobView
 
 # The query parameter that carries the digest of the rows the page shows.

@@ -11,7 +11,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from tether.server.services.dispatch import FINAL_STATES
+from tether.protocol import FINAL_STATES
 from tether.server.services.jobs import BatchView, JobView
 from tether.server.services.platform import Platform
 
