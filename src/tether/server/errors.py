@@ -41,3 +41,10 @@ class Throttled(PlatformError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unavailable(PlatformError):
+    """The platform cannot carry the request out now (storage full, the audit log unwritable);
+    nothing was changed."""
+
+    status_code = 503

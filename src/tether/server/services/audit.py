@@ -8,30 +8,36 @@ directory, outside the database, and `verify` checks the chain against that sign
 """
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Select, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.server.errors import ConfigurationError
-from tether.server.services.pki import write_private
+from tether.server.services.checkpoints import Checkpoint, CheckpointSigner
 from tether.server.store.db import utcnow
 from tether.server.store.tables import audit_head, audit_records
 
 GENESIS_HASH = "0" * 64
 log = logging.getLogger(__name__)
 _PAGE = 1000
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditLog",
+    "AuditRecord",
+    "AuditSearch",
+    "AuditTransaction",
+    "Checkpoint",
+    "CheckpointSigner",
+    "VerifyReport",
+]
 
 
 @dataclass(frozen=True)
@@ -110,79 +116,6 @@ def record_hash(
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """A signed statement: the chain had `seq` records and ended with `hash`."""
-
-    seq: int
-    hash: str
-    signed_at: str
-    signature: str
-
-    def message(self) -> bytes:
-        return f"tether-audit-checkpoint-v1\n{self.seq}\n{self.hash}\n{self.signed_at}".encode()
-
-
-class CheckpointSigner:
-    """Signs chain heads with the Ed25519 key and keeps the newest checkpoint in a file."""
-
-    def __init__(self, key_path: Path, anchor_path: Path) -> None:
-        self._anchor_path = anchor_path
-        try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"Cannot load the audit signing key {key_path}.") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigurationError(f"The audit signing key {key_path} is not an Ed25519 key.")
-        self._key = key
-
-    @staticmethod
-    def create_key(key_path: Path) -> None:
-        key = Ed25519PrivateKey.generate()
-        write_private(
-            key_path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-
-    @property
-    def public_key(self) -> Ed25519PublicKey:
-        return self._key.public_key()
-
-    def sign(self, seq: int, head_hash: str, now: datetime) -> Checkpoint:
-        unsigned = Checkpoint(seq=seq, hash=head_hash, signed_at=now.isoformat(), signature="")
-        signature = base64.b64encode(self._key.sign(unsigned.message())).decode()
-        checkpoint = Checkpoint(seq, head_hash, unsigned.signed_at, signature)
-        tmp = self._anchor_path.with_name(self._anchor_path.name + ".tmp")
-        tmp.write_text(json.dumps(checkpoint.__dict__) + "\n")
-        tmp.replace(self._anchor_path)
-        return checkpoint
-
-    def latest(self) -> Checkpoint | None:
-        try:
-            data = json.loads(self._anchor_path.read_text())
-            return Checkpoint(
-                seq=int(data["seq"]),
-                hash=str(data["hash"]),
-                signed_at=str(data["signed_at"]),
-                signature=str(data["signature"]),
-            )
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):
-            return Checkpoint(seq=-1, hash="", signed_at="", signature="")
-
-    def is_genuine(self, checkpoint: Checkpoint) -> bool:
-        try:
-            self.public_key.verify(base64.b64decode(checkpoint.signature), checkpoint.message())
-        except (InvalidSignature, ValueError):
-            return False
-        return True
-
-
-@dataclass(frozen=True)
 class AuditSearch:
     """What to look for in the log; empty fields match everything. `actor` and `target` match
     anywhere in the field, `action` at its start (so "auth." finds every login record)."""
@@ -258,6 +191,7 @@ class AuditLog:
         # appends in this process, and let PostgreSQL's row lock serialise across processes.
         self._lock = asyncio.Lock()
         self._for_update = engine.dialect.name == "postgresql"
+        self._owner: asyncio.Task[Any] | None = None
 
     async def record(
         self,
@@ -269,44 +203,63 @@ class AuditLog:
         source: str = "",
         details: dict[str, Any] | None = None,
     ) -> AuditRecord:
-        """Append one record and sign the new head; returns the stored record."""
+        """Append one record on its own and sign the new head; returns the stored record.
+
+        For a record that describes a state change, use `transaction` so both commit together."""
+        async with self.transaction() as tx:
+            return await tx.record(
+                action,
+                actor=actor,
+                target=target,
+                outcome=outcome,
+                source=source,
+                details=details,
+            )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator["AuditTransaction"]:
+        """One database transaction for state changes and the records that describe them.
+
+        Both commit together or not at all: the new head's checkpoint is signed and written to
+        disk before the commit, so when it cannot be written the transaction rolls back and
+        `Unavailable` says why; the checkpoint is put in place after the commit. Appends are
+        serialised by a process lock (SQLite cannot upgrade a read transaction under contention)
+        and by PostgreSQL's row lock on the head across processes."""
+        task = asyncio.current_task()
+        if task is not None and task is self._owner:
+            # A nested append would wait forever on the lock its own task holds.
+            raise RuntimeError("An audit transaction is already open in this task.")
         async with self._lock:
-            checkpoint = self._signer.latest()
-            async with self._engine.begin() as conn:
-                query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
-                if self._for_update:
-                    query = query.with_for_update()
-                head = (await conn.execute(query)).one()
-                extends = await self._extends_checkpoint(conn, checkpoint, int(head.seq))
-                fields: dict[str, Any] = {
-                    "seq": int(head.seq) + 1,
-                    "ts": self._clock().isoformat(),
-                    "actor": actor[:128],
-                    "action": action[:64],
-                    "target": target[:255],
-                    "outcome": outcome[:16],
-                    "source": source[:128],
-                    "details": canonical_details(details),
-                    "prev_hash": head.hash,
-                }
-                stored = AuditRecord(**fields, hash=record_hash(**fields))
-                await conn.execute(insert(audit_records).values(**stored.__dict__))
-                await conn.execute(
-                    update(audit_head)
-                    .where(audit_head.c.id == 1)
-                    .values(seq=stored.seq, hash=stored.hash)
-                )
-            if extends:
-                self._signer.sign(stored.seq, stored.hash, self._clock())
-            else:
-                # Signing now would bless a chain that was cut off or rewritten (or whose anchor
-                # was removed) and erase the evidence: keep the old checkpoint for `verify`.
-                log.error(
-                    "The audit chain no longer extends the signed checkpoint; not signing "
-                    "record %d. Run 'tether audit verify'.",
-                    stored.seq,
-                )
-        return stored
+            self._owner = task
+            try:
+                prepared: Checkpoint | None = None
+                async with self._engine.begin() as conn:
+                    tx = AuditTransaction(self, conn)
+                    yield tx
+                    if tx.last is not None and tx.extends:
+                        prepared = self._signer.prepare(tx.last.seq, tx.last.hash, self._clock())
+                if prepared is not None:
+                    self._signer.publish(prepared)
+                elif tx.last is not None:
+                    # Signing now would bless a chain that was cut off or rewritten (or whose
+                    # anchor was removed) and erase the evidence: keep the old checkpoint.
+                    log.error(
+                        "The audit chain no longer extends the signed checkpoint; not signing "
+                        "record %d. Run 'tether audit verify'.",
+                        tx.last.seq,
+                    )
+            finally:
+                self._owner = None
+
+    async def _head(self, conn: AsyncConnection) -> tuple[int, str, bool]:
+        """The head (seq, hash) under lock, and whether it extends the signed checkpoint."""
+        checkpoint = self._signer.latest()
+        query = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)
+        if self._for_update:
+            query = query.with_for_update()
+        head = (await conn.execute(query)).one()
+        extends = await self._extends_checkpoint(conn, checkpoint, int(head.seq))
+        return int(head.seq), str(head.hash), extends
 
     async def _extends_checkpoint(
         self, conn: AsyncConnection, checkpoint: Checkpoint | None, head_seq: int
@@ -322,6 +275,9 @@ class AuditLog:
             )
         ).scalar()
         return signed == checkpoint.hash
+
+    def now(self) -> datetime:
+        return self._clock()
 
     async def iter_records(
         self, after_seq: int = 0, limit: int | None = None
@@ -346,6 +302,18 @@ class AuditLog:
                 yield AuditRecord(**row._asdict())
             seen += len(rows)
             cursor = int(rows[-1].seq)
+
+    async def record_at(self, seq: int) -> AuditRecord | None:
+        """The record with sequence number `seq`, if the log holds one."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(audit_records).where(audit_records.c.seq == seq))
+            ).one_or_none()
+        return AuditRecord(**row._asdict()) if row is not None else None
+
+    @property
+    def signer(self) -> CheckpointSigner:
+        return self._signer
 
     async def newest(self, search: "AuditSearch", limit: int = 200) -> list[AuditRecord]:
         """Records matching `search`, newest first (the Session History view)."""
@@ -453,3 +421,50 @@ class AuditLog:
             first_bad_seq=None,
             problem="",
         )
+
+
+class AuditTransaction:
+    """The open transaction of `AuditLog.transaction`: `conn` for the state changes, `record`
+    for the records that describe them, in the same commit."""
+
+    def __init__(self, log: AuditLog, conn: AsyncConnection) -> None:
+        self._log = log
+        self.conn = conn
+        self.last: AuditRecord | None = None
+        self.extends = True
+        self._head: tuple[int, str] | None = None
+
+    async def record(
+        self,
+        action: str,
+        *,
+        actor: str,
+        target: str = "",
+        outcome: str = "success",
+        source: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> AuditRecord:
+        """Append one record in this transaction (it commits with the transaction)."""
+        if self._head is None:
+            seq, head_hash, self.extends = await self._log._head(self.conn)
+            self._head = (seq, head_hash)
+        seq, head_hash = self._head
+        fields: dict[str, Any] = {
+            "seq": seq + 1,
+            "ts": self._log.now().isoformat(),
+            "actor": actor[:128],
+            "action": action[:64],
+            "target": target[:255],
+            "outcome": outcome[:16],
+            "source": source[:128],
+            "details": canonical_details(details),
+            "prev_hash": head_hash,
+        }
+        stored = AuditRecord(**fields, hash=record_hash(**fields))
+        await self.conn.execute(insert(audit_records).values(**stored.__dict__))
+        await self.conn.execute(
+            update(audit_head).where(audit_head.c.id == 1).values(seq=stored.seq, hash=stored.hash)
+        )
+        self._head = (stored.seq, stored.hash)
+        self.last = stored
+        return stored

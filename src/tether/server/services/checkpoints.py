@@ -1,0 +1,162 @@
+"""Signed checkpoints of the audit chain's head, kept outside the database (DESIGN.md section 7).
+
+A checkpoint is written in two steps around the commit of the records it covers: `prepare`
+signs the new head and writes it, flushed, to a side file before the commit, so a disk that
+cannot take the checkpoint refuses the action instead of leaving records no checkpoint covers;
+`publish` moves it into place after the commit. A crash between the two leaves the previous
+checkpoint, which the chain still extends, so nothing reads as tampered and the next append signs
+again. Listeners (witnesses such as a SIEM sink) hear of every published checkpoint.
+"""
+
+import base64
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tether.server.errors import ConfigurationError, Unavailable
+from tether.server.services.pki import write_private
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement: the chain had `seq` records and ended with `hash`."""
+
+    seq: int
+    hash: str
+    signed_at: str
+    signature: str
+
+    def message(self) -> bytes:
+        return f"tether-audit-checkpoint-v1\n{self.seq}\n{self.hash}\n{self.signed_at}".encode()
+
+    def to_json(self) -> dict[str, str | int]:
+        return dict(self.__dict__)
+
+
+def checkpoint_from_json(data: object) -> Checkpoint:
+    """A checkpoint read back from its JSON form; ValueError when it is not one."""
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    try:
+        return Checkpoint(
+            seq=int(data["seq"]),
+            hash=str(data["hash"]),
+            signed_at=str(data["signed_at"]),
+            signature=str(data["signature"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+CheckpointListener = Callable[[Checkpoint], None]
+
+
+class CheckpointSigner:
+    """Signs chain heads with the Ed25519 key and keeps the newest checkpoint in a file."""
+
+    def __init__(self, key_path: Path, anchor_path: Path) -> None:
+        self._anchor_path = anchor_path
+        self._pending_path = anchor_path.with_name(anchor_path.name + ".tmp")
+        self._listeners: list[CheckpointListener] = []
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"Cannot load the audit signing key {key_path}.") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigurationError(f"The audit signing key {key_path} is not an Ed25519 key.")
+        self._key = key
+
+    @staticmethod
+    def create_key(key_path: Path) -> None:
+        key = Ed25519PrivateKey.generate()
+        write_private(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def public_key_pem(self) -> str:
+        return (
+            self.public_key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+            .strip()
+        )
+
+    def add_listener(self, listener: CheckpointListener) -> None:
+        """Call `listener` with every checkpoint once it is published. It must not block."""
+        self._listeners.append(listener)
+
+    def prepare(self, seq: int, head_hash: str, now: datetime) -> Checkpoint:
+        """Sign `seq`/`head_hash` and write it, flushed to disk, beside the anchor; raises
+        Unavailable (one sentence) when the disk will not take it."""
+        unsigned = Checkpoint(seq=seq, hash=head_hash, signed_at=now.isoformat(), signature="")
+        signature = base64.b64encode(self._key.sign(unsigned.message())).decode()
+        checkpoint = Checkpoint(seq, head_hash, unsigned.signed_at, signature)
+        try:
+            with open(self._pending_path, "w", encoding="utf-8") as out:
+                out.write(json.dumps(checkpoint.to_json()) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            log.error("Cannot write the audit checkpoint %s: %s", self._pending_path, reason)
+            raise Unavailable(
+                f"The audit log's checkpoint could not be written ({reason}), so the action was "
+                "not carried out; an operator must fix the platform's data directory."
+            ) from exc
+        return checkpoint
+
+    def publish(self, checkpoint: Checkpoint) -> None:
+        """Put a prepared checkpoint in place (the records it covers are committed)."""
+        try:
+            self._pending_path.replace(self._anchor_path)
+        except OSError:
+            # The records are committed and the previous checkpoint still holds for them; the
+            # next append signs again.
+            log.exception("Cannot move the audit checkpoint into place")
+            return
+        for listener in self._listeners:
+            try:
+                listener(checkpoint)
+            except Exception:
+                log.exception("A checkpoint listener failed")
+
+    def sign(self, seq: int, head_hash: str, now: datetime) -> Checkpoint:
+        """Prepare and publish in one step (no records wait on it)."""
+        checkpoint = self.prepare(seq, head_hash, now)
+        self.publish(checkpoint)
+        return checkpoint
+
+    def latest(self) -> Checkpoint | None:
+        try:
+            return checkpoint_from_json(json.loads(self._anchor_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return Checkpoint(seq=-1, hash="", signed_at="", signature="")
+
+    def is_genuine(self, checkpoint: Checkpoint) -> bool:
+        try:
+            self.public_key.verify(base64.b64decode(checkpoint.signature), checkpoint.message())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
