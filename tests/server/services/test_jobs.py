@@ -21,7 +21,7 @@ from tether.protocol import (
     Permission,
 )
 from tether.protocol.transfer import transfer_id_for
-from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from tether.server.services.access import ResponseAccess
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher, OutputLimits
@@ -66,6 +66,7 @@ class Harness:
         self.events = JobEvents()
         self.dispatcher = Dispatcher(
             engine,
+            audit,
             self.presence,
             ResponseAccess(engine),
             self.events,
@@ -423,7 +424,7 @@ async def test_only_the_platform_names_a_library_script(
     assert batch.jobs[0].state == "queued"
 
 
-async def test_a_submission_is_audited_before_its_jobs_exist(
+async def test_a_submission_whose_jobs_cannot_be_stored_leaves_neither_record_nor_job(
     h: Harness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host = await h.host("web-1")
@@ -437,18 +438,27 @@ async def test_a_submission_is_audited_before_its_jobs_exist(
         with pytest.raises(RuntimeError):
             await h.submit([host])
     async with engine.connect() as conn:
-        records = (
-            await conn.execute(
-                select(audit_records.c.action, audit_records.c.outcome).order_by(
-                    audit_records.c.seq
-                )
-            )
-        ).all()
-    # The intent is on record, and so is its failure; no job exists to run unrecorded.
-    assert [tuple(r) for r in records if r.action == "job.submit"] == [
-        ("job.submit", "success"),
-        ("job.submit", "failure"),
-    ]
+        actions = (await conn.execute(select(audit_records.c.action))).scalars().all()
+    # The record and the jobs commit together: neither claims what the other lacks.
+    assert "job.submit" not in actions
+    assert await h.jobs.find() == []
+
+
+async def test_a_submission_whose_checkpoint_cannot_be_written_is_refused_whole(
+    h: Harness, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    host = await h.host("web-1")
+    # The checkpoint is flushed to this side file before the commit: make it unwritable.
+    (tmp_path / "audit-anchor.json.tmp").mkdir()
+    with pytest.raises(Unavailable) as refused:
+        await h.submit([host])
+    assert str(refused.value) == (
+        "The audit log's checkpoint could not be written (Is a directory), so the action was "
+        "not carried out; an operator must fix the platform's data directory."
+    )
+    async with engine.connect() as conn:
+        actions = (await conn.execute(select(audit_records.c.action))).scalars().all()
+    assert "job.submit" not in actions
     assert await h.jobs.find() == []
 
 

@@ -54,7 +54,7 @@ class Harness:
         self.presence = Presence(engine)
         events = JobEvents()
         access = ResponseAccess(engine)
-        self.dispatcher = Dispatcher(engine, self.presence, access, events)
+        self.dispatcher = Dispatcher(engine, audit, self.presence, access, events)
         self.jobs = Jobs(engine, audit, access, self.dispatcher, events)
         # Jobs stamp real time; the session clock starts there and moves only when told.
         self.clock = FakeClock(utcnow())

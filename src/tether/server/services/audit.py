@@ -434,6 +434,18 @@ class AuditTransaction:
         self.extends = True
         self._head: tuple[int, str] | None = None
 
+    async def _current_head(self) -> tuple[int, str]:
+        if self._head is None:
+            seq, head_hash, self.extends = await self._log._head(self.conn)
+            self._head = (seq, head_hash)
+        return self._head
+
+    async def next_seq(self) -> int:
+        """The sequence number the next `record` in this transaction gets (a row can name its
+        record before the record is written)."""
+        seq, _ = await self._current_head()
+        return seq + 1
+
     async def record(
         self,
         action: str,
@@ -445,10 +457,7 @@ class AuditTransaction:
         details: dict[str, Any] | None = None,
     ) -> AuditRecord:
         """Append one record in this transaction (it commits with the transaction)."""
-        if self._head is None:
-            seq, head_hash, self.extends = await self._log._head(self.conn)
-            self._head = (seq, head_hash)
-        seq, head_hash = self._head
+        seq, head_hash = await self._current_head()
         fields: dict[str, Any] = {
             "seq": seq + 1,
             "ts": self._log.now().isoformat(),

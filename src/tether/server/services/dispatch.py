@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.protocol import (
@@ -28,18 +28,20 @@ from tether.protocol import (
     JobOutput,
     JobRequest,
     JobStatus,
+    can_move,
 )
 from tether.server.services.access import ResponseAccess
+from tether.server.services.audit import AuditLog
 from tether.server.services.batching import Coalesced
 from tether.server.services.file_transfers import FileTransfers, FinishedJob
 from tether.server.services.job_events import JobEvents
+from tether.server.services.job_outcomes import Ending, end_jobs
 from tether.server.services.presence import AgentLink, Presence
 from tether.server.store.db import as_utc, insert_ignoring_duplicates, utcnow
 from tether.server.store.tables import batches, job_output, jobs
 
 log = logging.getLogger(__name__)
 
-_RANK = {"queued": 0, "delivered": 1, "running": 2}
 # After its time limit, how long a delivered job may stay silent before the platform gives up.
 REPORT_GRACE = timedelta(minutes=10)
 _CHUNK = 500
@@ -85,6 +87,7 @@ class Dispatcher:
     def __init__(
         self,
         engine: AsyncEngine,
+        audit: AuditLog,
         presence: Presence,
         access: ResponseAccess,
         events: JobEvents,
@@ -92,6 +95,7 @@ class Dispatcher:
         transfers: FileTransfers | None = None,
     ) -> None:
         self._engine = engine
+        self._audit = audit
         self._transfers = transfers
         self._finished: list[Callable[[FinishedJob], Awaitable[None]]] = []
         self._presence = presence
@@ -100,6 +104,8 @@ class Dispatcher:
         self._limits = limits or OutputLimits()
         # A reconnect storm brings thousands of hosts at once: one read covers all of them.
         self._unfinished: Coalesced[None, dict[str, list[Any]]] = Coalesced(self._read_unfinished)
+        # Endings reported together are recorded together: one transaction, one signed head.
+        self._endings: Coalesced[tuple[str, JobStatus], set[str]] = Coalesced(self._record_endings)
 
     def on_finished(self, listener: Callable[[FinishedJob], Awaitable[None]]) -> None:
         """Call `listener` with every job an agent (or the sweeper) brings to a final state."""
@@ -221,18 +227,19 @@ class Dispatcher:
                 await link.send_text(JobCancel(job_id=row.id).model_dump_json())
 
     async def _end_queued(self, ended: dict[str, tuple[str, str]], now: datetime) -> None:
-        statement = (
-            update(jobs)
-            .where(jobs.c.id == bindparam("job"), jobs.c.state == "queued")
-            .values(state=bindparam("new_state"), error=bindparam("reason"), finished_at=now)
+        await self._end(
+            [Ending(job_id=j, state=state, error=reason) for j, (state, reason) in ended.items()],
+            now,
         )
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                statement,
-                [{"job": j, "new_state": s, "reason": r} for j, (s, r) in ended.items()],
-            )
-        for job_id in ended:
-            self._events.notify(job_id)
+
+    async def _end(self, endings: list[Ending], now: datetime) -> list[FinishedJob]:
+        """Platform-decided endings, with their outcome records, then their listeners."""
+        async with self._audit.transaction() as tx:
+            finished = await end_jobs(tx, endings, source="platform", now=now)
+        for job in finished:
+            self._events.notify(job.job_id)
+            await self._announce(job)
+        return finished
 
     async def _mark_sent(self, job_ids: list[str], now: datetime) -> set[str]:
         """Mark jobs sent, only those still queued: a cancel that won the race keeps its job."""
@@ -259,55 +266,81 @@ class Dispatcher:
     # -- what agents report --------------------------------------------------------------------
 
     async def on_status(self, host_id: str, status: JobStatus) -> None:
-        """Record an acknowledgement from `host_id`'s agent and confirm final states to it."""
+        """Record an acknowledgement from `host_id`'s agent and confirm final states to it.
+
+        A final state is confirmed (JobAck) only once it and its outcome record are committed:
+        until then the agent keeps the result in its journal and reports it again."""
+        if status.state in FINAL_AGENT_STATES:
+            try:
+                recorded = await self._endings.submit(status.job_id, (host_id, status))
+            except Exception:
+                log.exception(
+                    "Could not record how job %s ended; the agent keeps it", status.job_id
+                )
+                return
+            if status.job_id in recorded:
+                link = self._presence.link(host_id)
+                if link is not None:
+                    await link.send_text(JobAck(job_ids=[status.job_id]).model_dump_json())
+            return
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(
-                        jobs.c.host_id,
-                        jobs.c.action,
-                        jobs.c.state,
-                        jobs.c.sent_at,
-                        jobs.c.created_by,
-                        batches.c.args,
+                    select(jobs.c.host_id, jobs.c.state, jobs.c.sent_at).where(
+                        jobs.c.id == status.job_id
                     )
-                    .join(batches, batches.c.id == jobs.c.batch_id)
-                    .where(jobs.c.id == status.job_id)
                 )
             ).one_or_none()
             if row is None or row.host_id != host_id:
-                # Only the agent a job was sent to may report on it.
                 log.warning(
                     "Host %s reported on job %s, not one of its jobs", host_id, status.job_id
                 )
                 return
-            changes = _transition(row, status)
+            changes = _progress(row, status)
             if changes:
                 await conn.execute(
                     update(jobs)
-                    .where(jobs.c.id == status.job_id, jobs.c.state.in_(UNFINISHED))
+                    .where(jobs.c.id == status.job_id, jobs.c.state == row.state)
                     .values(**changes)
                 )
         if changes:
             self._events.notify(status.job_id)
-            if changes["state"] in FINAL_STATES:
-                result = changes.get("result")
-                await self._announce(
-                    FinishedJob(
-                        job_id=status.job_id,
-                        host_id=host_id,
-                        action=row.action,
-                        state=changes["state"],
-                        result=json.loads(result) if result else None,
-                        error=changes.get("error"),
-                        created_by=row.created_by,
-                        args=json.loads(row.args),
-                    )
-                )
-        if status.state in FINAL_AGENT_STATES:
-            link = self._presence.link(host_id)
-            if link is not None:
-                await link.send_text(JobAck(job_ids=[status.job_id]).model_dump_json())
+
+    async def _record_endings(self, reports: dict[str, tuple[str, JobStatus]]) -> set[str]:
+        """Record final states agents reported, each with its outcome record, in one audit
+        transaction; returns the jobs whose ending is on record (now or already before)."""
+        now = utcnow()
+        ids = list(reports)
+        rows: dict[str, Any] = {}
+        async with self._engine.connect() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                query = select(
+                    jobs.c.id, jobs.c.host_id, jobs.c.action, jobs.c.state, jobs.c.sent_at
+                ).where(jobs.c.id.in_(ids[start : start + _CHUNK]))
+                for found in await conn.execute(query):
+                    rows[found.id] = found
+        endings: list[Ending] = []
+        on_record: set[str] = set()
+        for job_id, (host_id, status) in reports.items():
+            row: Any = rows.get(job_id)
+            if row is None or row.host_id != host_id:
+                # Only the agent a job was sent to may report on it.
+                log.warning("Host %s reported on job %s, not one of its jobs", host_id, job_id)
+                continue
+            if row.state in FINAL_STATES:
+                on_record.add(job_id)  # a report sent again: confirm it once more
+                continue
+            ending = _ending(row, status, now)
+            if ending is not None:
+                endings.append(ending)
+        if endings:
+            async with self._audit.transaction() as tx:
+                finished = await end_jobs(tx, endings, source="endpoint", now=now)
+            for job in finished:
+                on_record.add(job.job_id)
+                self._events.notify(job.job_id)
+                await self._announce(job)
+        return on_record
 
     async def on_output(self, host_id: str, message: JobOutput) -> None:
         """Store one piece of output from `host_id`'s agent, within the job's limits."""
@@ -434,32 +467,9 @@ class Dispatcher:
         if ended:
             await self._end_queued(ended, now)
         if silent_ended:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == bindparam("job"), jobs.c.state.in_(("delivered", "running"))
-                    )
-                    .values(
-                        state=bindparam("new_state"), error=bindparam("reason"), finished_at=now
-                    ),
-                    [{"job": j, "new_state": s, "reason": r} for j, (s, r) in silent_ended.items()],
-                )
-            for job_id, (state, reason) in silent_ended.items():
-                self._events.notify(job_id)
-                row = silent_rows[job_id]
-                await self._announce(
-                    FinishedJob(
-                        job_id=job_id,
-                        host_id=row.host_id,
-                        action=row.action,
-                        state=state,
-                        result=None,
-                        error=reason,
-                        created_by=row.created_by,
-                        args=json.loads(row.args),
-                    )
-                )
+            await self._end(
+                [Ending(job_id=j, state=st, error=r) for j, (st, r) in silent_ended.items()], now
+            )
         return len(ended) + len(silent_ended)
 
 
@@ -469,38 +479,63 @@ def _is_response(action: str) -> bool:
     return spec is None or spec.response
 
 
-def _transition(row: Any, status: JobStatus) -> dict[str, Any]:
-    """The column changes an acknowledgement makes, or nothing when it is stale or invalid."""
-    current = row.state
-    if current in FINAL_STATES:
-        return {}
-    if current == "queued" and row.sent_at is None:
+def _progress(row: Any, status: JobStatus) -> dict[str, Any]:
+    """The column changes a progress report (delivered, running) makes, or nothing when it is
+    stale or the state machine does not allow it."""
+    if row.state == "queued" and row.sent_at is None:
         return {}  # never sent: nothing the agent says about it can be true
+    if not can_move(row.state, status.state):
+        return {}
     now = utcnow()
-    if status.state in _RANK:
-        if _RANK[status.state] <= _RANK[current]:
-            return {}
-        changes: dict[str, Any] = {"state": status.state}
-        if current == "queued":
-            changes["delivered_at"] = now
-        if status.state == "running":
-            changes["started_at"] = now
-        return changes
-    changes = {"state": status.state, "finished_at": now, "error": status.error}
-    if current == "queued":
+    changes: dict[str, Any] = {"state": status.state}
+    if row.state == "queued":
         changes["delivered_at"] = now
-    if status.state == "succeeded":
-        spec = ACTIONS.get(row.action)
-        try:
-            if spec is None:
-                raise ValueError("no such action")
-            result = spec.result.model_validate(status.result or {})
-        except (ValidationError, ValueError) as exc:
-            problem = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-            changes.update(
-                state="failed",
-                error=f"The agent's result for {row.action} is not valid ({problem}), so it was discarded.",
-            )
-        else:
-            changes["result"] = result.model_dump_json()
+    if status.state == "running":
+        changes["started_at"] = now
     return changes
+
+
+def _ending(row: Any, status: JobStatus, now: datetime) -> Ending | None:
+    """The ending an agent's final report makes, its result checked against the action's
+    declared model; None when the report cannot be true."""
+    if row.state == "queued" and row.sent_at is None:
+        return None  # never sent: nothing the agent says about it can be true
+    if not can_move(row.state, status.state):
+        log.warning(
+            "Refused to move job %s from %s to %s: the job state machine does not allow it.",
+            status.job_id,
+            row.state,
+            status.state,
+        )
+        return None
+    stamps = {"delivered_at": now} if row.state == "queued" else {}
+    if status.state != "succeeded":
+        return Ending(
+            job_id=status.job_id,
+            state=status.state,
+            error=status.error,
+            reported_by="agent",
+            stamps=stamps,
+        )
+    spec = ACTIONS.get(row.action)
+    try:
+        if spec is None:
+            raise ValueError("no such action")
+        result = spec.result.model_validate(status.result or {})
+    except (ValidationError, ValueError) as exc:
+        problem = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        return Ending(
+            job_id=status.job_id,
+            state="failed",
+            error=f"The agent's result for {row.action} is not valid ({problem}), so it was discarded.",
+            reported_by="agent",
+            stamps=stamps,
+        )
+    return Ending(
+        job_id=status.job_id,
+        state="succeeded",
+        error=status.error,
+        result=result.model_dump_json(),
+        reported_by="agent",
+        stamps=stamps,
+    )

@@ -17,12 +17,13 @@ from pydantic import ValidationError
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import ACTIONS, FINAL_STATES, ActionSpec
+from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, ActionSpec
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import ResponseAccess, host_refusal, user_refusal
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.job_events import JobEvents
+from tether.server.services.job_outcomes import Ending, end_jobs
 from tether.server.services.users import User
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import batches, hosts, job_output, jobs, segments
@@ -263,69 +264,58 @@ class Jobs:
         batch_id = uuid.uuid4().hex
         job_ids = {host_id: uuid.uuid4().hex for host_id in accepted}
         args_text = json.dumps(clean_args, sort_keys=True, separators=(",", ":"))
-        # Audited before the jobs exist: a crash in between leaves a record of a submission that
-        # never ran, never a job that runs unrecorded.
-        await self._audit.record(
-            "job.submit",
-            actor=user.actor,
-            target=f"batch:{batch_id}",
-            source=source,
-            details={
-                "action": action,
-                "args": clean_args,
-                "selection": selection.describe(),
-                "hosts": accepted if len(accepted) <= _AUDITED_HOSTS else len(accepted),
-                "jobs": len(accepted),
-                "refused": refused if len(refused) <= _AUDITED_HOSTS else len(refused),
-                "ttl_seconds": int(ttl.total_seconds()),
-                "not_after": not_after.isoformat() if not_after else None,
-                "timeout_seconds": timeout,
-                **({"session": session_id} if session_id is not None else {}),
-            },
-        )
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    batches.insert().values(
-                        id=batch_id,
-                        action=action,
-                        args=args_text,
-                        selection=selection.describe(),
-                        created_by=user.actor,
-                        created_at=now,
-                    )
+        # The submission's record and its jobs commit together: no job runs unrecorded, and no
+        # record claims a submission whose jobs were never stored.
+        async with self._audit.transaction() as tx:
+            await tx.conn.execute(
+                batches.insert().values(
+                    id=batch_id,
+                    action=action,
+                    args=args_text,
+                    selection=selection.describe(),
+                    created_by=user.actor,
+                    created_at=now,
                 )
-                rows = [
-                    {
-                        "id": job_ids[h],
-                        "batch_id": batch_id,
-                        "host_id": h,
-                        "action": action,
-                        "state": "queued",
-                        "created_by": user.actor,
-                        "user_id": user.id,
-                        "created_at": now,
-                        "expires_at": now + ttl,
-                        "not_after": not_after,
-                        "timeout_seconds": float(timeout),
-                        "output_bytes": 0,
-                        "output_count": 0,
-                        "session_id": session_id,
-                    }
-                    for h in accepted
-                ]
-                for start in range(0, len(rows), _CHUNK):
-                    await conn.execute(jobs.insert(), rows[start : start + _CHUNK])
-        except Exception:
-            await self._audit.record(
+            )
+            rows = [
+                {
+                    "id": job_ids[h],
+                    "batch_id": batch_id,
+                    "host_id": h,
+                    "action": action,
+                    "state": "queued",
+                    "created_by": user.actor,
+                    "user_id": user.id,
+                    "created_at": now,
+                    "expires_at": now + ttl,
+                    "not_after": not_after,
+                    "timeout_seconds": float(timeout),
+                    "output_bytes": 0,
+                    "output_count": 0,
+                    "session_id": session_id,
+                }
+                for h in accepted
+            ]
+            for start in range(0, len(rows), _CHUNK):
+                await tx.conn.execute(jobs.insert(), rows[start : start + _CHUNK])
+            await tx.record(
                 "job.submit",
                 actor=user.actor,
                 target=f"batch:{batch_id}",
-                outcome="failure",
                 source=source,
-                details={"action": action, "reason": "The jobs could not be stored."},
+                details={
+                    "action": action,
+                    "args": clean_args,
+                    "selection": selection.describe(),
+                    "hosts": accepted if len(accepted) <= _AUDITED_HOSTS else len(accepted),
+                    "jobs": len(accepted),
+                    "refused": refused if len(refused) <= _AUDITED_HOSTS else len(refused),
+                    "ttl_seconds": int(ttl.total_seconds()),
+                    "not_after": not_after.isoformat() if not_after else None,
+                    "timeout_seconds": timeout,
+                    **({"session": session_id} if session_id is not None else {}),
+                },
             )
-            raise
         await self._dispatcher.dispatch(list(job_ids.values()))
         view = await self.batch(batch_id)
         view.refused = refused
@@ -492,35 +482,39 @@ class Jobs:
     ) -> JobView:
         job_id = job.id
         now = utcnow()
-        async with self._engine.begin() as conn:
-            withdrawn = await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == "queued", jobs.c.sent_at.is_(None))
-                .values(
-                    state="cancelled",
-                    finished_at=now,
-                    cancel_requested_by=actor,
-                    error=(
-                        f"Cancelled by {actor} before it was delivered"
-                        + (f": {reason}." if reason else ".")
-                    ),
-                )
-            )
-            if not withdrawn.rowcount:
-                await conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == job_id, jobs.c.state.in_(("queued", "delivered", "running"))
-                    )
-                    .values(cancel_requested_by=actor)
-                )
         details: dict[str, Any] = {"host": job.host_id, "action": job.action, "state": job.state}
         if reason is not None:
             details["reason"] = reason
-        await self._audit.record(
-            "job.cancel", actor=actor, target=f"job:{job_id}", source=source, details=details
-        )
+        async with self._audit.transaction() as tx:
+            # Never sent: withdrawn at once, its outcome recorded with the request.
+            withdrawn = await end_jobs(
+                tx,
+                [
+                    Ending(
+                        job_id=job_id,
+                        state="cancelled",
+                        error=(
+                            f"Cancelled by {actor} before it was delivered"
+                            + (f": {reason}." if reason else ".")
+                        ),
+                        stamps={"cancel_requested_by": actor},
+                    )
+                ]
+                if job.state == "queued" and job.sent_at is None
+                else [],
+                source=source,
+                now=now,
+            )
+            if not withdrawn:
+                await tx.conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.state.in_(UNFINISHED))
+                    .values(cancel_requested_by=actor)
+                )
+            await tx.record(
+                "job.cancel", actor=actor, target=f"job:{job_id}", source=source, details=details
+            )
         self._events.notify(job_id)
-        if not withdrawn.rowcount:
+        if not withdrawn:
             await self._dispatcher.send_cancel(job.host_id, job_id)
         return await self.get(job_id)

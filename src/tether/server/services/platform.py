@@ -79,7 +79,7 @@ class Platform:
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
         files = FileLibrary(engine, audit, blobs, transfers.verified)
-        dispatcher = Dispatcher(engine, presence, access, events, transfers=transfers)
+        dispatcher = Dispatcher(engine, audit, presence, access, events, transfers=transfers)
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
         script_files = ScriptFiles(engine, audit, transfers, files)

@@ -223,6 +223,11 @@ jobs = Table(
     Column("output_count", Integer, nullable=False, default=0),
     # The live response session this job is a command of, if any (docs/adr/0012).
     Column("session_id", String(36), nullable=True, index=True),
+    # The audit record of its outcome (docs/adr/0026): the stored state, result and output must
+    # match it. NULL until the job ends (and for jobs that ended before outcomes were recorded).
+    Column("outcome_seq", BigInteger, nullable=True),
+    # Output the platform could not store (its disk or database was full), in bytes.
+    Column("output_lost_bytes", BigInteger, nullable=False, default=0, server_default="0"),
     # The dispatcher reads a host's unfinished jobs at every connect.
     Index("ix_jobs_host_state", "host_id", "state"),
     Index("ix_jobs_state_expires", "state", "expires_at"),
@@ -321,4 +326,6 @@ library_files = Table(
     Column("transfer_id", String(36), nullable=True, unique=True),
     Column("created_by", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    # The audit record that added it; its metadata must match that record (docs/adr/0026).
+    Column("record_seq", BigInteger, nullable=True),
 )
