@@ -154,9 +154,18 @@ def show(
     pieces = read_output(api, job_id)
     if json_output:
         emit_json({"job": job, "output": pieces})
+        if job.get("integrity"):
+            raise typer.Exit(1)
         return
+    if job.get("integrity"):
+        # Said first and last: what follows is what is stored, no longer what was recorded.
+        console.print(
+            f"WARNING: {one_line(job['integrity'], 1000)} What follows is not evidence.",
+            markup=False,
+            style="bold red",
+        )
     for key, value in job.items():
-        if key in ("result", "args"):
+        if key in ("result", "args", "integrity") or (key == "waiting" and not value):
             continue
         shown = one_line(value, 1000) if key == "error" and value else plain(value)
         console.print(f"{key:20} {shown}", markup=False, highlight=False)
@@ -172,6 +181,11 @@ def show(
     print_rows(rows, "rows:")
     if not pieces:
         console.print("output: none stored", markup=False)
+    if job.get("integrity"):
+        console.print(
+            f"WARNING: {one_line(job['integrity'], 1000)}", markup=False, style="bold red"
+        )
+        raise typer.Exit(1)
 
 
 @job_app.command("cancel")

@@ -56,6 +56,8 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     """Run until cancelled or signalled; agents are told the platform is going away."""
     upgrade(settings.db_url)
     platform = Platform.build(settings)
+    # The first start that binds results to the chain records what was stored before it.
+    await platform.bindings.record_unbound()
     examples = shipped_examples()
     if examples is not None:
         loaded = await load_examples(platform.scripts, examples)

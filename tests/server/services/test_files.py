@@ -30,7 +30,7 @@ def test_library_names_are_file_names(name: str) -> None:
 async def test_upload_stores_once_and_audits_the_hash(
     engine: AsyncEngine, audit: AuditLog, tmp_path: Path
 ) -> None:
-    library = FileLibrary(engine, audit, BlobStore(tmp_path), lambda _job: None)
+    library = FileLibrary(engine, audit, BlobStore(tmp_path), lambda _job: None, lambda _job: None)
     entry = await library.upload("tool.sh", chunks(b"echo ", b"hi\n"), actor="rita", source="t")
     assert (entry.kind, entry.name, entry.size) == ("upload", "tool.sh", 8)
     assert (tmp_path / "sha256" / entry.sha256[:2] / entry.sha256[2:]).read_bytes() == b"echo hi\n"
@@ -45,10 +45,12 @@ async def test_a_retrieval_is_credited_only_with_what_the_platform_verified(
     engine: AsyncEngine, audit: AuditLog, tmp_path: Path
 ) -> None:
     store = BlobStore(tmp_path)
-    uploaded_by_someone = FileLibrary(engine, audit, store, lambda _job: None)
+    uploaded_by_someone = FileLibrary(engine, audit, store, lambda _job: None, lambda _job: None)
     tool = await uploaded_by_someone.upload("tool", chunks(b"known"), actor="rita", source="t")
     verified: dict[str, Blob] = {}
-    library = FileLibrary(engine, audit, store, lambda job: verified.pop(job, None))
+    library = FileLibrary(
+        engine, audit, store, lambda job: verified.pop(job, None), lambda job: verified.get(job)
+    )
     # The endpoint sent nothing for this job but names a hash the store holds.
     lie = FinishedJob(
         job_id="j1",
@@ -60,13 +62,10 @@ async def test_a_retrieval_is_credited_only_with_what_the_platform_verified(
         created_by="rita",
         args={"path": "/tmp/implant"},
     )
+    # Checked before the ending is recorded: the job ends failed with this sentence.
+    assert library.retrieval_problem("j1", lie.result or {}) == (
+        "The endpoint reported a file the platform did not receive and verify for this job, so "
+        "nothing was kept."
+    )
     await library.job_finished(lie)
     assert await library.find(kind="retrieved") == []
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(audit_records).where(audit_records.c.action == "file.retrieve")
-            )
-        ).one()
-    assert row.outcome == "failure"
-    assert json.loads(row.details)["path"] == "/tmp/implant"

@@ -72,6 +72,14 @@ class JobOut(BaseModel):
     error: str | None
     result: dict[str, Any] | None = None
     args: dict[str, Any] | None = None
+    # The audit record of the job's outcome, once it ended.
+    outcome_seq: int | None = None
+    # Output the platform could not store because its storage was full.
+    output_lost_bytes: int = 0
+    # Why an unfinished job has no news (its host is offline, its agent silent).
+    waiting: str | None = None
+    # Set on a single job's answer when the stored result no longer matches its audit record.
+    integrity: str | None = None
 
 
 class BatchOut(BaseModel):

@@ -116,7 +116,9 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 async def get_job(job_id: str, platform: PlatformDep, _user: Reader) -> JobOut:
-    return _job(await platform.jobs.get(job_id))
+    job = _job(await platform.jobs.get(job_id))
+    job.integrity = await platform.bindings.job_problem(job_id)
+    return job
 
 
 @router.get("/jobs/{job_id}/output", response_model=JobFollowOut)

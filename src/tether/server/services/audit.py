@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -192,6 +192,13 @@ class AuditLog:
         self._lock = asyncio.Lock()
         self._for_update = engine.dialect.name == "postgresql"
         self._owner: asyncio.Task[Any] | None = None
+        # Checks that what is stored outside the chain still matches it (services/bindings.py).
+        self._checks: list[Callable[[], Awaitable[tuple[int | None, str] | None]]] = []
+
+    def add_check(self, check: Callable[[], Awaitable[tuple[int | None, str] | None]]) -> None:
+        """Run `check` in `verify` after the chain itself verified: it answers the first stored
+        thing that no longer matches its record, as (record seq or None, one sentence)."""
+        self._checks.append(check)
 
     async def record(
         self,
@@ -412,6 +419,11 @@ class AuditLog:
                 f"The chain was rewritten: record {checkpoint.seq} does not match the signed "
                 "checkpoint.",
             )
+        for check in self._checks:
+            found = await check()
+            if found is not None:
+                seq, problem = found
+                return broken(seq, problem)
         return VerifyReport(
             intact=True,
             records=count,

@@ -98,6 +98,7 @@ class Dispatcher:
         self._audit = audit
         self._transfers = transfers
         self._finished: list[Callable[[FinishedJob], Awaitable[None]]] = []
+        self._result_checks: dict[str, Callable[[str, dict[str, Any]], str | None]] = {}
         self._presence = presence
         self._access = access
         self._events = events
@@ -106,6 +107,15 @@ class Dispatcher:
         self._unfinished: Coalesced[None, dict[str, list[Any]]] = Coalesced(self._read_unfinished)
         # Endings reported together are recorded together: one transaction, one signed head.
         self._endings: Coalesced[tuple[str, JobStatus], set[str]] = Coalesced(self._record_endings)
+
+    def host_presence(self, host_id: str) -> tuple[bool, datetime | None]:
+        """Whether the host is connected here, and when it was last heard from if known."""
+        return self._presence.is_online(host_id), self._presence.pending_last_seen(host_id)
+
+    def check_result(self, action: str, check: Callable[[str, dict[str, Any]], str | None]) -> None:
+        """Before a succeeded `action` is recorded, `check(job_id, result)` may say why the
+        agent's report cannot be believed; the job then ends failed with that sentence."""
+        self._result_checks[action] = check
 
     def on_finished(self, listener: Callable[[FinishedJob], Awaitable[None]]) -> None:
         """Call `listener` with every job an agent (or the sweeper) brings to a final state."""
@@ -331,6 +341,20 @@ class Dispatcher:
                 on_record.add(job_id)  # a report sent again: confirm it once more
                 continue
             ending = _ending(row, status, now)
+            check = self._result_checks.get(row.action)
+            problem = (
+                check(job_id, json.loads(ending.result))
+                if ending is not None and ending.result is not None and check is not None
+                else None
+            )
+            if ending is not None and problem is not None:
+                ending = Ending(
+                    job_id=job_id,
+                    state="failed",
+                    error=problem,
+                    reported_by="agent",
+                    stamps=ending.stamps,
+                )
             if ending is not None:
                 endings.append(ending)
         if endings:
@@ -458,11 +482,17 @@ class Dispatcher:
                     continue
                 if since + timedelta(seconds=row.timeout_seconds) + REPORT_GRACE < now:
                     silent_rows[row.id] = row
+                    grace = int(REPORT_GRACE.total_seconds() // 60)
+                    where = (
+                        "The agent"
+                        if self._presence.is_online(row.host_id)
+                        else "The host went offline and"
+                    )
                     silent_ended[row.id] = (
                         "failed",
-                        "The agent reported no result within the job's time limit "
-                        f"({row.timeout_seconds:g} s) and {int(REPORT_GRACE.total_seconds() // 60)} "
-                        "more minutes; it may have gone away.",
+                        f"{where} reported no result within the job's time limit "
+                        f"({row.timeout_seconds:g} s) and {grace} more minutes; what became of "
+                        "the job on the endpoint is unknown.",
                     )
         if ended:
             await self._end_queued(ended, now)

@@ -76,6 +76,10 @@ class FileTransfers:
         """The blob this process verified for the job's retrieval, taken once."""
         return self._verified.pop(job_id, None)
 
+    def verified_for(self, job_id: str) -> Blob | None:
+        """The blob this process verified for the job's retrieval, left in place."""
+        return self._verified.get(job_id)
+
     def _engine(self, host_id: str) -> HostTransfers:
         engine = self._engines.get(host_id)
         if engine is None:

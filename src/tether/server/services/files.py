@@ -14,16 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol.transfer import format_size, transfer_id_for
 from tether.server.errors import Invalid, NotFound
-from tether.server.services.audit import AuditLog, AuditRecord
+from tether.server.services.audit import AuditLog, AuditRecord, AuditTransaction
+from tether.server.services.bindings import file_binding
 from tether.server.services.file_transfers import FinishedJob
 from tether.server.store.blobs import Blob, BlobReader, BlobStore, BlobTooLarge
 from tether.server.store.db import as_utc, utcnow
-from tether.server.store.tables import hosts, jobs, library_files
+from tether.server.store.tables import hosts, library_files
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,16 @@ def _query() -> Any:
     )
 
 
+async def _insert_bound(tx: AuditTransaction, **values: Any) -> Any:
+    """Insert a library entry naming the record about to be written for it (the caller writes
+    that record next, in the same transaction); returns the stored row."""
+    values["record_seq"] = await tx.next_seq()
+    await tx.conn.execute(library_files.insert().values(**values))
+    return (
+        await tx.conn.execute(select(library_files).where(library_files.c.id == values["id"]))
+    ).one()
+
+
 class FileLibrary:
     def __init__(
         self,
@@ -119,12 +130,14 @@ class FileLibrary:
         audit: AuditLog,
         blobs: BlobStore,
         verified: Callable[[str], Blob | None],
+        peek_verified: Callable[[str], Blob | None],
     ) -> None:
         self._engine = engine
         self._audit = audit
         self.blobs = blobs
         # What the platform's own transfer verified for a job (FileTransfers.verified).
         self._verified = verified
+        self._peek_verified = peek_verified
 
     async def upload(
         self, name: str, chunks: AsyncIterator[bytes], *, actor: str, source: str
@@ -147,43 +160,46 @@ class FileLibrary:
             await partial.discard()
             raise
         file_id = uuid.uuid4().hex
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                library_files.insert().values(
-                    id=file_id,
-                    kind="upload",
-                    name=name,
-                    sha256=blob.sha256,
-                    size=blob.size,
-                    created_by=actor,
-                    created_at=utcnow(),
-                )
+        async with self._audit.transaction() as tx:
+            row = await _insert_bound(
+                tx,
+                id=file_id,
+                kind="upload",
+                name=name,
+                sha256=blob.sha256,
+                size=blob.size,
+                created_by=actor,
+                created_at=utcnow(),
             )
-        await self._audit.record(
-            "file.upload",
-            actor=actor,
-            target=f"file:{file_id}",
-            source=source,
-            details={"name": name, "sha256": blob.sha256, "size": blob.size},
-        )
+            await tx.record(
+                "file.upload",
+                actor=actor,
+                target=f"file:{file_id}",
+                source=source,
+                details={
+                    "name": name,
+                    "sha256": blob.sha256,
+                    "size": blob.size,
+                    "library": file_binding(row),
+                },
+            )
         return await self.get(file_id)
 
     async def record_retrieved(self, retrieved: Retrieved) -> LibraryFile:
         """Add a file an endpoint sent (already verified into the blob store) to the library."""
         name = name_from_path(retrieved.path)
         file_id = uuid.uuid4().hex
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
             existing = (
-                await conn.execute(
+                await tx.conn.execute(
                     select(library_files.c.id).where(
                         library_files.c.transfer_id == retrieved.transfer_id
                     )
                 )
             ).scalar_one_or_none()
-            if existing is not None:
-                return await self.get(existing)
-            await conn.execute(
-                library_files.insert().values(
+            if existing is None:
+                row = await _insert_bound(
+                    tx,
                     id=file_id,
                     kind="retrieved",
                     name=name,
@@ -199,21 +215,23 @@ class FileLibrary:
                     created_by=retrieved.requested_by,
                     created_at=utcnow(),
                 )
-            )
-        await self._audit.record(
-            "file.retrieve",
-            actor=retrieved.requested_by,
-            target=f"host:{retrieved.host_id}",
-            source="endpoint",
-            details={
-                "path": retrieved.path,
-                "size": retrieved.size,
-                "sha256": retrieved.sha256,
-                "job": retrieved.job_id,
-                "file": file_id,
-                "via": retrieved.via,
-            },
-        )
+                await tx.record(
+                    "file.retrieve",
+                    actor=retrieved.requested_by,
+                    target=f"host:{retrieved.host_id}",
+                    source="endpoint",
+                    details={
+                        "path": retrieved.path,
+                        "size": retrieved.size,
+                        "sha256": retrieved.sha256,
+                        "job": retrieved.job_id,
+                        "file": file_id,
+                        "via": retrieved.via,
+                        "library": file_binding(row),
+                    },
+                )
+        if existing is not None:
+            return await self.get(existing)
         return await self.get(file_id)
 
     async def find(
@@ -309,29 +327,27 @@ class FileLibrary:
                 },
             )
 
+    def retrieval_problem(self, job_id: str, result: dict[str, Any]) -> str | None:
+        """Why an endpoint's report of a retrieval cannot be believed, or None: checked before
+        the job's ending is recorded (Dispatcher.check_result), so a false claim ends it failed."""
+        blob = self._peek_verified(job_id)
+        if blob is None or (str(result.get("sha256")), result.get("size")) != (
+            blob.sha256,
+            blob.size,
+        ):
+            return (
+                "The endpoint reported a file the platform did not receive and verify for this "
+                "job, so nothing was kept."
+            )
+        return None
+
     async def _retrieved(self, job: FinishedJob, result: dict[str, Any]) -> None:
         blob = self._verified(job.job_id)
         reported = (str(result.get("sha256")), result.get("size"))
         if blob is None or reported != (blob.sha256, blob.size):
-            # The endpoint claims a file this platform did not receive and verify for this job.
-            reason = (
-                "The endpoint reported a file the platform did not receive and verify for this "
-                "job, so nothing was kept."
-            )
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job.job_id, jobs.c.state == "succeeded")
-                    .values(state="failed", error=reason, result=None)
-                )
-            await self._audit.record(
-                "file.retrieve",
-                actor=job.created_by,
-                target=f"host:{job.host_id}",
-                outcome="failure",
-                source="endpoint",
-                details={"job": job.job_id, "path": job.args.get("path"), "reason": reason},
-            )
+            # The ending was checked with the same blob before it was recorded; another
+            # process's transfer cannot be seen here, and is never added unverified.
+            log.warning("Job %s's retrieval was not verified here; nothing was kept.", job.job_id)
             return
         mtime = result.get("mtime")
         await self.record_retrieved(

@@ -9,7 +9,7 @@ that are online (DESIGN.md section 3).
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -74,6 +74,13 @@ class JobView:
     error: str | None
     result: dict[str, Any] | None = None
     args: dict[str, Any] | None = None
+    # The audit record of its outcome, once it ended.
+    outcome_seq: int | None = None
+    # Output the platform could not store (its storage was full).
+    output_lost_bytes: int = 0
+    # Why an unfinished job has no news: its host is offline, or the agent is silent past the
+    # time limit (None when nothing is amiss).
+    waiting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,12 +137,37 @@ def _job_view(row: Any, *, full: bool = False) -> JobView:
         error=row.error,
         result=json.loads(row.result) if full and row.result else None,
         args=json.loads(row.args) if full else None,
+        outcome_seq=row.outcome_seq,
+        output_lost_bytes=int(row.output_lost_bytes or 0),
     )
+
+
+# How long past its time limit a job may run without a report before the page says so.
+SILENCE_GRACE = timedelta(seconds=60)
+
+
+def waiting_reason(view: JobView, online: bool, last_seen: datetime | None) -> str | None:
+    """Why an unfinished job has no news, in one sentence, or None."""
+    if view.state in FINAL_STATES or (view.state == "queued" and view.sent_at is None):
+        return None
+    if not online:
+        seen = f"{last_seen:%Y-%m-%d %H:%M:%S} UTC" if last_seen else "an unknown time"
+        return f"Host offline since {seen}; what became of the job will be known when it returns."
+    since = view.started_at or view.delivered_at or view.sent_at
+    if since is None:
+        return None
+    limit = since + timedelta(seconds=view.timeout_seconds)
+    if utcnow() > limit + SILENCE_GRACE:
+        return (
+            f"The agent has not reported since the job's time limit passed at "
+            f"{limit:%Y-%m-%d %H:%M:%S} UTC."
+        )
+    return None
 
 
 def _job_query() -> Any:
     return (
-        select(jobs, hosts.c.hostname, batches.c.args)
+        select(jobs, hosts.c.hostname, hosts.c.last_seen, batches.c.args)
         .join(hosts, hosts.c.id == jobs.c.host_id)
         .join(batches, batches.c.id == jobs.c.batch_id)
     )
@@ -160,6 +192,14 @@ class Jobs:
         # Actions only a service may submit (isolation applies the platform's allowlist), with
         # the sentence that says where to go instead.
         self._reserved: dict[str, str] = {}
+
+    def _view(self, row: Any, *, full: bool = False) -> JobView:
+        view = _job_view(row, full=full)
+        if view.state in FINAL_STATES:
+            return view
+        online, seen = self._dispatcher.host_presence(row.host_id)
+        last_seen = seen or as_utc(row.last_seen)
+        return replace(view, waiting=waiting_reason(view, online, last_seen))
 
     def reserve(self, action: str, sentence: str) -> None:
         """Only submissions with `reserved=True` may run `action`; others are told `sentence`."""
@@ -326,7 +366,7 @@ class Jobs:
             row = (await conn.execute(_job_query().where(jobs.c.id == job_id))).one_or_none()
         if row is None:
             raise NotFound(f"No job has the id {job_id!r}.")
-        return _job_view(row, full=True)
+        return self._view(row, full=True)
 
     async def find(
         self,
@@ -352,7 +392,7 @@ class Jobs:
             query = query.where(jobs.c.batch_id == batch_id)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_job_view(r) for r in rows]
+        return [self._view(r) for r in rows]
 
     async def batch(self, batch_id: str, *, limit: int = 1000) -> BatchView:
         async with self._engine.connect() as conn:

@@ -9,6 +9,7 @@ from tether.server.config import Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
+from tether.server.services.bindings import ResultBindings
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.file_transfers import FileTransfers
@@ -64,12 +65,16 @@ class Platform:
     files: FileLibrary
     transfers: FileTransfers
     isolation: Isolation
+    bindings: ResultBindings
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
         engine = engine or create_engine(settings.db_url)
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
+        bindings = ResultBindings(engine, audit)
+        # `tether audit verify` also checks that stored results still match their records.
+        audit.add_check(bindings.check_all)
         presence = Presence(engine)
         policies = PolicyDelivery(engine, presence)
         users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
@@ -78,10 +83,11 @@ class Platform:
         events = JobEvents()
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
-        files = FileLibrary(engine, audit, blobs, transfers.verified)
+        files = FileLibrary(engine, audit, blobs, transfers.verified, transfers.verified_for)
         dispatcher = Dispatcher(engine, audit, presence, access, events, transfers=transfers)
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
+        dispatcher.check_result("files.get", files.retrieval_problem)
         script_files = ScriptFiles(engine, audit, transfers, files)
         transfers.on_request_handler = script_files.on_request
         dispatcher.on_finished(script_files.job_finished)
@@ -121,6 +127,7 @@ class Platform:
             files=files,
             transfers=transfers,
             isolation=isolation,
+            bindings=bindings,
         )
 
     async def close(self) -> None:

@@ -161,6 +161,10 @@ async def _detail(platform: Platform, user: User, job_id: str) -> dict[str, Any]
         "run_url": f"/scripts/-/runs/{job.batch_id}" if job.action == RUN_ACTION else None,
         "responder": responder(user),
         "final": FINAL_STATES,
+        # Checked once the job ended: its stored result against its outcome record.
+        "integrity": (
+            await platform.bindings.job_problem(job.id) if job.state in FINAL_STATES else None
+        ),
     }
 
 

@@ -48,9 +48,18 @@ def _details(record: AuditRecord) -> list[tuple[str, Any]]:
 
 
 def _submitted(record: AuditRecord) -> str:
-    """For a job submission, the action it asked for ("script.run"); else nothing."""
-    asked = record.details_object().get("action") if record.action == "job.submit" else None
-    return asked if isinstance(asked, str) else ""
+    """For a job submission, the action it asked for ("script.run"); for a job's outcome, the
+    action and how it ended ("script.run: failed, exit code 3"); else nothing."""
+    details = record.details_object()
+    asked = details.get("action") if record.action in ("job.submit", "job.outcome") else None
+    if not isinstance(asked, str):
+        return ""
+    if record.action == "job.submit":
+        return asked
+    said = f"{asked}: {details.get('state')}"
+    if isinstance(details.get("exit_code"), int):
+        said += f", exit code {details['exit_code']}"
+    return said
 
 
 @router.get("/session-history")
