@@ -1,5 +1,7 @@
 """The analyst-port application: REST API under /api/v1, its OpenAPI document, /metrics."""
 
+import logging
+
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -22,11 +24,13 @@ from tether.server.api import (
 from tether.server.api.deps import current_user
 from tether.server.errors import PlatformError, Throttled
 from tether.server.services.platform import Platform
+from tether.server.store.faults import STORAGE_FULL, is_storage_full
 from tether.server.web import install as install_web
 from tether.server.web.error_pages import page_error, validation_sentence
 from tether.server.web.routes import is_page
 
 API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
 
 # The only routes that answer without a session. Everything else sits behind `current_user`.
 PUBLIC_PATHS = frozenset(
@@ -102,8 +106,23 @@ def create_app(platform: Platform) -> FastAPI:
         "tether_agents_connected", "Agents connected to this process", registry=registry
     ).set_function(lambda: platform.presence.count)
 
+    faults = Gauge(
+        "tether_storage_faults",
+        "Requests and agent messages refused or cut short because storage was full, since start",
+        ["where"],
+        registry=registry,
+    )
+    lost = Gauge(
+        "tether_output_lost_bytes",
+        "Job output this process could not store because storage was full",
+        registry=registry,
+    )
+    lost.set_function(lambda: platform.faults.output_lost_bytes)
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        for where, count in platform.faults.counts.items():
+            faults.labels(where=where).set(count)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
@@ -121,6 +140,22 @@ def create_app(platform: Platform) -> FastAPI:
         if from_a_page(request):
             return page_error(request, exc.status_code, str(exc), headers)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # One sentence for whatever went wrong; a full disk or database is said as such (503).
+        if is_storage_full(exc):
+            platform.faults.count("request", exc)
+            status, sentence = 503, STORAGE_FULL
+        else:
+            log.error("Request %s %s failed", request.method, request.url.path, exc_info=exc)
+            status, sentence = (
+                500,
+                "The platform failed to carry out the request; its log says why.",
+            )
+        if from_a_page(request):
+            return page_error(request, status, sentence)
+        return JSONResponse({"detail": sentence}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +38,7 @@ from tether.server.services.job_events import JobEvents
 from tether.server.services.job_outcomes import Ending, end_jobs
 from tether.server.services.presence import AgentLink, Presence
 from tether.server.store.db import as_utc, insert_ignoring_duplicates, utcnow
+from tether.server.store.faults import FaultCounter, is_storage_full
 from tether.server.store.tables import batches, job_output, jobs
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,20 @@ class Dispatcher:
         events: JobEvents,
         limits: OutputLimits | None = None,
         transfers: FileTransfers | None = None,
+        faults: FaultCounter | None = None,
     ) -> None:
         self._engine = engine
         self._audit = audit
         self._transfers = transfers
         self._finished: list[Callable[[FinishedJob], Awaitable[None]]] = []
         self._result_checks: dict[str, Callable[[str, dict[str, Any]], str | None]] = {}
+        self._faults = faults or FaultCounter()
+        # Output of a job this process could not store (storage full), in characters; said in
+        # the job's ending. A restart forgets it, but the agent then sends its journal again.
+        self._lost: dict[str, int] = {}
+        # Final reports that could not be recorded (storage full): tried again by the sweeper,
+        # never acknowledged before, so the agent keeps them meanwhile.
+        self._unrecorded: dict[str, tuple[str, JobStatus]] = {}
         self._presence = presence
         self._access = access
         self._events = events
@@ -347,6 +356,16 @@ class Dispatcher:
                 if ending is not None and ending.result is not None and check is not None
                 else None
             )
+            if ending is not None and (lost := self._lost.get(job_id)):
+                note = (
+                    f"Output incomplete: {lost} bytes were lost because the platform's storage "
+                    "was full."
+                )
+                ending = replace(
+                    ending,
+                    error=f"{ending.error} {note}" if ending.error else note,
+                    stamps={**ending.stamps, "output_lost_bytes": lost},
+                )
             if ending is not None and problem is not None:
                 ending = Ending(
                     job_id=job_id,
@@ -361,6 +380,7 @@ class Dispatcher:
             async with self._audit.transaction() as tx:
                 finished = await end_jobs(tx, endings, source="endpoint", now=now)
             for job in finished:
+                self._lost.pop(job.job_id, None)
                 on_record.add(job.job_id)
                 self._events.notify(job.job_id)
                 await self._announce(job)
@@ -371,18 +391,40 @@ class Dispatcher:
         text = message.text
         fields = json.dumps(message.fields, separators=(",", ":")) if message.fields else None
         size = len(text or "") + len(fields or "")
+        try:
+            await self._store_output(host_id, message, text, fields, size)
+        except Exception as exc:
+            if not is_storage_full(exc):
+                raise
+            # Said in the job's ending, never silent; the agent still holds it in its journal
+            # and sends it again after a reconnect, when the piece is stored after all.
+            self._faults.count("output", exc)
+            self._faults.output_lost_bytes += size
+            self._lost[message.job_id] = self._lost.get(message.job_id, 0) + size
+            return
+        self._events.notify(message.job_id)
+
+    async def _store_output(
+        self, host_id: str, message: JobOutput, text: str | None, fields: str | None, size: int
+    ) -> None:
         now = utcnow()
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(jobs.c.host_id, jobs.c.output_bytes, jobs.c.output_count).where(
-                        jobs.c.id == message.job_id
-                    )
+                    select(
+                        jobs.c.host_id, jobs.c.state, jobs.c.output_bytes, jobs.c.output_count
+                    ).where(jobs.c.id == message.job_id)
                 )
             ).one_or_none()
             if row is None or row.host_id != host_id:
                 log.warning(
                     "Host %s sent output for job %s, not one of its jobs", host_id, message.job_id
+                )
+                return
+            if row.state in FINAL_STATES:
+                # Its outcome record covers the output stored when it ended; nothing is added.
+                log.warning(
+                    "Host %s sent output for job %s after it ended", host_id, message.job_id
                 )
                 return
             if (
@@ -410,7 +452,6 @@ class Dispatcher:
                         output_count=jobs.c.output_count + 1,
                     )
                 )
-        self._events.notify(message.job_id)
 
     async def _note_dropped(self, conn: AsyncConnection, job_id: str, now: datetime) -> None:
         # Sequence -1 is the platform's own notice, stored once per job.
@@ -435,10 +476,17 @@ class Dispatcher:
         while True:
             await asyncio.sleep(interval)
             try:
+                await self.record_unrecorded()
                 await self.sweep()
                 await self.dispatch_waiting()
             except Exception:
                 log.exception("The job sweeper failed; it will try again.")
+
+    async def record_unrecorded(self) -> None:
+        """Try again to record final reports that storage refused, and confirm them."""
+        waiting, self._unrecorded = self._unrecorded, {}
+        for host_id, status in waiting.values():
+            await self.on_status(host_id, status)
 
     async def sweep(self, now: datetime | None = None) -> int:
         """Expire queued jobs past their time and fail delivered ones silent past their limit."""

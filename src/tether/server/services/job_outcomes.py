@@ -175,8 +175,9 @@ async def end_jobs(
             **_result_facts(row.action, ending.result),
             **ending.facts,
         }
-        if row.output_lost_bytes:
-            details["output_lost_bytes"] = int(row.output_lost_bytes)
+        lost = int(ending.stamps.get("output_lost_bytes") or row.output_lost_bytes or 0)
+        if lost:
+            details["output_lost_bytes"] = lost
         await tx.record(
             OUTCOME_ACTION,
             actor=row.created_by,

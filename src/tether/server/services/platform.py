@@ -31,6 +31,7 @@ from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
 from tether.server.store.db import create_engine
+from tether.server.store.faults import FaultCounter
 
 
 def session_policy(settings: Settings) -> SessionPolicy:
@@ -66,6 +67,7 @@ class Platform:
     transfers: FileTransfers
     isolation: Isolation
     bindings: ResultBindings
+    faults: FaultCounter
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -84,7 +86,10 @@ class Platform:
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
         files = FileLibrary(engine, audit, blobs, transfers.verified, transfers.verified_for)
-        dispatcher = Dispatcher(engine, audit, presence, access, events, transfers=transfers)
+        faults = FaultCounter()
+        dispatcher = Dispatcher(
+            engine, audit, presence, access, events, transfers=transfers, faults=faults
+        )
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
         dispatcher.check_result("files.get", files.retrieval_problem)
@@ -128,6 +133,7 @@ class Platform:
             transfers=transfers,
             isolation=isolation,
             bindings=bindings,
+            faults=faults,
         )
 
     async def close(self) -> None:
