@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from tether.server.errors import ConfigurationError, Unavailable
 from tether.server.services.pki import write_private
+from tether.server.store.faults import STORAGE_FULL, is_storage_full
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ class CheckpointSigner:
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             log.error("Cannot write the audit checkpoint %s: %s", self._pending_path, reason)
+            if is_storage_full(exc):
+                raise Unavailable(STORAGE_FULL) from exc
             raise Unavailable(
                 f"The audit log's checkpoint could not be written ({reason}), so the action was "
                 "not carried out; an operator must fix the platform's data directory."
