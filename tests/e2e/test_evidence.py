@@ -4,6 +4,7 @@ real agent and the real CLI; tampering is done the way an insider would, with SQ
 platform's database."""
 
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -174,3 +175,36 @@ def test_a_dropped_host_is_said_at_once_on_its_running_job(
         assert time.monotonic() - started < 15
         assert waiting.startswith("Host offline since ")
         assert waiting.endswith(" UTC; what became of the job will be known when it returns.")
+
+
+def test_a_platform_killed_mid_job_records_the_ending_once_when_it_returns(
+    own: tuple[Platform, Cli, Children], agent: Agent
+) -> None:
+    platform, admin, _ = own
+    source = "import time\nprint('before', flush=True)\ntime.sleep(4)\nprint('after', flush=True)\n"
+    with admin.api() as api:
+        job_id = _submit(api, agent.host_id, source).json()["jobs"][0]["id"]
+        wait_for(
+            lambda: api.get(f"/jobs/{job_id}").json()["state"] == "running",
+            timeout=20,
+            interval=0.1,
+            what="the job to run",
+        )
+    platform.stop(signal.SIGKILL)
+    # The script ends while the platform is down: its agent keeps the output and the ending.
+    time.sleep(5)
+    platform.start()
+    with admin.api() as api:
+        job = _ended(api, job_id, timeout=60)
+        texts = [p["text"] for p in api.get(f"/jobs/{job_id}/output").json()["output"]]
+    assert job["state"] == "succeeded"
+    assert "".join(t or "" for t in texts) == "before\nafter\n"
+    outcomes = [
+        r
+        for r in _records(admin, "--kind", "job")
+        if r["action"] == "job.outcome" and r["target"] == f"job:{job_id}"
+    ]
+    assert len(outcomes) == 1
+    # Bound to everything stored, whichever side of the kill it arrived on.
+    assert outcomes[0]["details"]["output"]["pieces"] == len(texts)
+    assert admin.run("audit", "verify").returncode == 0

@@ -1,4 +1,4 @@
-"""Stored results bound to the audit chain (docs/adr/0026): the check that a job's row, result
+"""Stored results bound to the audit chain (docs/adr/0030): the check that a job's row, result
 and output and a library file's metadata still match the records written when they were stored.
 
 `tether audit verify` runs `check_all` after walking the chain; the job page and `tether job

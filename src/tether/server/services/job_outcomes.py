@@ -1,5 +1,5 @@
 """What happened to a job, as its own audit record, and the check that what is stored for the job
-still matches that record (DESIGN.md section 7, docs/adr/0026).
+still matches that record (DESIGN.md section 7, docs/adr/0030).
 
 A job reaches its final state only through `end_jobs`, inside an audit transaction: the state
 change and a `job.outcome` record (final state, error, exit code, a SHA-256 over the stored

@@ -223,7 +223,7 @@ jobs = Table(
     Column("output_count", Integer, nullable=False, default=0),
     # The live response session this job is a command of, if any (docs/adr/0012).
     Column("session_id", String(36), nullable=True, index=True),
-    # The audit record of its outcome (docs/adr/0026): the stored state, result and output must
+    # The audit record of its outcome (docs/adr/0030): the stored state, result and output must
     # match it. NULL until the job ends (and for jobs that ended before outcomes were recorded).
     Column("outcome_seq", BigInteger, nullable=True),
     # Output the platform could not store (its disk or database was full), in bytes.
@@ -326,6 +326,6 @@ library_files = Table(
     Column("transfer_id", String(36), nullable=True, unique=True),
     Column("created_by", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
-    # The audit record that added it; its metadata must match that record (docs/adr/0026).
+    # The audit record that added it; its metadata must match that record (docs/adr/0030).
     Column("record_seq", BigInteger, nullable=True),
 )

@@ -1,4 +1,4 @@
-"""Results bound to the audit chain (docs/adr/0026): a job's outcome record and a library file's
+"""Results bound to the audit chain (docs/adr/0030): a job's outcome record and a library file's
 record are named by their sequence numbers; output lost to a full disk is counted.
 
 Revision ID: 0009_bound_results
