@@ -1,7 +1,7 @@
 """Signed checkpoints of the audit chain's head, kept outside the database (DESIGN.md section 7).
 
 A checkpoint is written in two steps around the commit of the records it covers: `prepare`
-signs the new head and writes it, flushed, to a side file before the commit, so a disk that
+signs the new head and writes it to a side file before the commit, so a disk that
 cannot take the checkpoint refuses the action instead of leaving records no checkpoint covers;
 `publish` moves it into place after the commit. A crash between the two leaves the previous
 checkpoint, which the chain still extends, so nothing reads as tampered and the next append signs
@@ -11,7 +11,6 @@ again. Listeners (witnesses such as a SIEM sink) hear of every published checkpo
 import base64
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,16 +106,17 @@ class CheckpointSigner:
         self._listeners.append(listener)
 
     def prepare(self, seq: int, head_hash: str, now: datetime) -> Checkpoint:
-        """Sign `seq`/`head_hash` and write it, flushed to disk, beside the anchor; raises
+        """Sign `seq`/`head_hash` and write it beside the anchor; raises
         Unavailable (one sentence) when the disk will not take it."""
         unsigned = Checkpoint(seq=seq, hash=head_hash, signed_at=now.isoformat(), signature="")
         signature = base64.b64encode(self._key.sign(unsigned.message())).decode()
         checkpoint = Checkpoint(seq, head_hash, unsigned.signed_at, signature)
         try:
+            # Written, not fsynced: a full disk refuses the write itself, and the database's
+            # commit is not fsynced either (WAL, synchronous=NORMAL), so both survive a killed
+            # process and neither a power cut of its last moments.
             with open(self._pending_path, "w", encoding="utf-8") as out:
                 out.write(json.dumps(checkpoint.to_json()) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             log.error("Cannot write the audit checkpoint %s: %s", self._pending_path, reason)

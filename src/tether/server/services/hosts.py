@@ -200,17 +200,17 @@ class Hosts:
         host = await self.get(ref)
         if host.revoked:
             raise Conflict(f"Host {host.hostname} ({host.id}) is already revoked.")
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        async with self._audit.transaction() as tx:
+            await tx.conn.execute(
                 update(hosts).where(hosts.c.id == host.id).values(revoked_at=utcnow())
             )
-        await self._audit.record(
-            "host.revoke",
-            actor=actor,
-            target=f"host:{host.id}",
-            source=source,
-            details={"hostname": host.hostname, "was_online": host.online},
-        )
+            await tx.record(
+                "host.revoke",
+                actor=actor,
+                target=f"host:{host.id}",
+                source=source,
+                details={"hostname": host.hostname, "was_online": host.online},
+            )
         link = self._presence.link(host.id)
         if link is not None:
             await link.disconnect(CloseCode.REVOKED, "This host's certificate was revoked.")

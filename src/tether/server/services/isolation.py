@@ -216,20 +216,20 @@ class Isolation:
         if len(rules) > MAX_ALLOW_RULES:
             raise Invalid(f"The allowlist holds at most {MAX_ALLOW_RULES} entries.")
         rules = list(dict.fromkeys(rules))
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
             # Read and replaced in one transaction, so the audit's "before" is what was replaced.
-            before = await read_allowlist(conn)
-            await write_allowlist(conn, rules)
-        await self._audit.record(
-            "isolation.allowlist",
-            actor=actor,
-            target="settings",
-            source=source,
-            details={
-                "before": [r.model_dump(mode="json") for r in before],
-                "after": [r.model_dump(mode="json") for r in rules],
-            },
-        )
+            before = await read_allowlist(tx.conn)
+            await write_allowlist(tx.conn, rules)
+            await tx.record(
+                "isolation.allowlist",
+                actor=actor,
+                target="settings",
+                source=source,
+                details={
+                    "before": [r.model_dump(mode="json") for r in before],
+                    "after": [r.model_dump(mode="json") for r in rules],
+                },
+            )
         # Connected agents get it at once: isolated ones re-apply their rules with it, the
         # others keep it for the isolation their scripts may ask for.
         await self._policies.publish_to_all()

@@ -158,8 +158,8 @@ class LiveSessions:
         state = await self._access.authorize_response(user, host_id)
         session_id = uuid.uuid4().hex
         now = self._clock()
-        async with self._engine.begin() as conn:
-            await conn.execute(
+        async with self._audit.transaction() as tx:
+            await tx.conn.execute(
                 live_sessions.insert().values(
                     id=session_id,
                     host_id=host_id,
@@ -169,13 +169,13 @@ class LiveSessions:
                     last_activity_at=now,
                 )
             )
-        await self._audit.record(
-            "live_session.start",
-            actor=user.actor,
-            target=f"live_session:{session_id}",
-            source=source,
-            details={"host": host_id, "hostname": state.hostname, "segment": state.segment},
-        )
+            await tx.record(
+                "live_session.start",
+                actor=user.actor,
+                target=f"live_session:{session_id}",
+                source=source,
+                details={"host": host_id, "hostname": state.hostname, "segment": state.segment},
+            )
         return await self.get(session_id)
 
     async def command(

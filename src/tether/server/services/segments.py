@@ -123,21 +123,21 @@ class Segments:
     ) -> SegmentView:
         check_segment_name(name)
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
+            async with self._audit.transaction() as tx:
+                await tx.conn.execute(
                     insert(segments).values(
                         name=name, active_response=active_response, created_at=utcnow()
                     )
                 )
+                await tx.record(
+                    "segment.create",
+                    actor=actor,
+                    target=f"segment:{name}",
+                    source=source,
+                    details={"name": name, "active_response": active_response},
+                )
         except IntegrityError as exc:
             raise Conflict(f"A segment named {name!r} already exists.") from exc
-        await self._audit.record(
-            "segment.create",
-            actor=actor,
-            target=f"segment:{name}",
-            source=source,
-            details={"name": name, "active_response": active_response},
-        )
         return await self.get(name)
 
     async def rename(self, name: str, new_name: str, *, actor: str, source: str) -> SegmentView:
@@ -145,20 +145,20 @@ class Segments:
         if new_name == name:
             raise Invalid(f"Segment {name!r} already has that name.")
         try:
-            async with self._engine.begin() as conn:
-                row = await _locked(conn, name)
-                await conn.execute(
+            async with self._audit.transaction() as tx:
+                row = await _locked(tx.conn, name)
+                await tx.conn.execute(
                     update(segments).where(segments.c.id == row.id).values(name=new_name)
+                )
+                await tx.record(
+                    "segment.rename",
+                    actor=actor,
+                    target=f"segment:{new_name}",
+                    source=source,
+                    details={"before": {"name": name}, "after": {"name": new_name}},
                 )
         except IntegrityError as exc:
             raise Conflict(f"A segment named {new_name!r} already exists.") from exc
-        await self._audit.record(
-            "segment.rename",
-            actor=actor,
-            target=f"segment:{new_name}",
-            source=source,
-            details={"before": {"name": name}, "after": {"name": new_name}},
-        )
         # The policy names the segment, so its agents hear about the new name.
         await self._policies.publish_to_segment(row.id)
         return await self.get(new_name)
@@ -167,30 +167,31 @@ class Segments:
         self, name: str, enabled: bool, *, actor: str, source: str
     ) -> SegmentView:
         """Switch Active Response on or off; setting the position it already has changes nothing."""
-        async with self._engine.begin() as conn:
-            row = await _locked(conn, name)
+        async with self._audit.transaction() as tx:
+            row = await _locked(tx.conn, name)
             if row.active_response != enabled:
-                await conn.execute(
+                await tx.conn.execute(
                     update(segments).where(segments.c.id == row.id).values(active_response=enabled)
+                )
+                await tx.record(
+                    "segment.active_response",
+                    actor=actor,
+                    target=f"segment:{name}",
+                    source=source,
+                    details={
+                        "before": {"active_response": row.active_response},
+                        "after": {"active_response": enabled},
+                    },
                 )
         if row.active_response == enabled:
             return await self.get(name)
-        await self._audit.record(
-            "segment.active_response",
-            actor=actor,
-            target=f"segment:{name}",
-            source=source,
-            details={
-                "before": {"active_response": row.active_response},
-                "after": {"active_response": enabled},
-            },
-        )
         await self._policies.publish_to_segment(row.id)
         return await self.get(name)
 
     async def delete(self, name: str, *, actor: str, source: str) -> None:
         """Delete an empty segment and the enrollment tokens that would put hosts into it."""
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             row = await _locked(conn, name)
             count = (
                 await conn.execute(
@@ -225,16 +226,16 @@ class Segments:
                     delete(enrollment_tokens).where(enrollment_tokens.c.id.in_(token_ids))
                 )
             await conn.execute(delete(segments).where(segments.c.id == row.id))
-        await self._audit.record(
-            "segment.delete",
-            actor=actor,
-            target=f"segment:{name}",
-            source=source,
-            details={
-                "before": {"name": name, "active_response": row.active_response},
-                "enrollment_tokens_deleted": token_ids,
-            },
-        )
+            await tx.record(
+                "segment.delete",
+                actor=actor,
+                target=f"segment:{name}",
+                source=source,
+                details={
+                    "before": {"name": name, "active_response": row.active_response},
+                    "enrollment_tokens_deleted": token_ids,
+                },
+            )
 
     async def move_host(
         self, host_id: str, segment: str, *, actor: str, source: str
@@ -243,7 +244,8 @@ class Segments:
 
         Moving a host to the segment it is in changes nothing and is not audited.
         """
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             target = await _locked(conn, segment)
             current = (
                 await conn.execute(
@@ -258,21 +260,24 @@ class Segments:
                 await conn.execute(
                     update(hosts).where(hosts.c.id == host_id).values(segment_id=target.id)
                 )
+                await tx.record(
+                    "host.move",
+                    actor=actor,
+                    target=f"host:{host_id}",
+                    source=source,
+                    details={
+                        "hostname": current.hostname,
+                        "before": {
+                            "segment": current.name,
+                            "active_response": bool(current.active_response),
+                        },
+                        "after": {
+                            "segment": target.name,
+                            "active_response": target.active_response,
+                        },
+                    },
+                )
         if current.name == target.name:
             return current.name, target.name
-        await self._audit.record(
-            "host.move",
-            actor=actor,
-            target=f"host:{host_id}",
-            source=source,
-            details={
-                "hostname": current.hostname,
-                "before": {
-                    "segment": current.name,
-                    "active_response": bool(current.active_response),
-                },
-                "after": {"segment": target.name, "active_response": target.active_response},
-            },
-        )
         await self._policies.publish_to_hosts([host_id])
         return current.name, target.name
