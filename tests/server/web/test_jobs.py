@@ -13,7 +13,7 @@ from tether.protocol import JobOutput, JobStatus, Role
 from tether.server.services.audit import AuditSearch
 from tether.server.services.jobs import Selection
 from tether.server.services.platform import Platform
-from tether.server.store.tables import segments
+from tether.server.store.tables import job_output, segments
 from tether.server.web import jobs as web_jobs
 from tether.server.web.jobs import BatchCancel, batch_cancel_sentence
 from tether.server.web.security import CSRF_REFUSED
@@ -385,3 +385,30 @@ async def test_one_cancel_of_a_run_handles_a_bounded_number_of_jobs(
     records = await platform.audit.newest(AuditSearch(action="job.cancel"), limit=10)
     assert len(records) == 3
     assert len({r.target for r in records}) == 3
+
+
+async def test_a_job_page_says_when_its_stored_output_no_longer_matches_its_record(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-bound", segment="ir")
+    await _switch_on(platform, "ir")
+    job = await submit(platform, host)
+    await set_state(platform, job.id, "running")
+    await platform.dispatcher.on_output(
+        host, JobOutput(job_id=job.id, seq=0, stream="stdout", text="evidence\n")
+    )
+    await platform.dispatcher.on_status(host, _final(job.id, "failed"))
+    page = (await admin_browser.get(f"/jobs/{job.id}")).text
+    ended = await platform.jobs.get(job.id)
+    assert f'<a href="/session-history?target={job.batch_id}">#{ended.outcome_seq}</a>' in page
+    assert "no longer matches" not in page
+    async with platform.engine.begin() as conn:
+        await conn.execute(
+            update(job_output).where(job_output.c.job_id == job.id).values(text="nothing\n")
+        )
+    page = (await admin_browser.get(f"/jobs/{job.id}")).text
+    assert (
+        f"Job {job.id}&#39;s stored output no longer matches its audit record "
+        f"{ended.outcome_seq}: output was changed or deleted after the job ended. What this page "
+        "shows is what is stored now, not what was recorded."
+    ) in page

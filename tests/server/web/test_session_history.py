@@ -112,6 +112,35 @@ async def test_a_script_run_shows_its_full_script_as_text(
     assert row.count("# filler") == 300
 
 
+async def test_an_outcome_shows_beside_its_submission_with_how_it_ended(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await platform.audit.record(
+        "job.submit",
+        actor="rita",
+        target="batch:b9",
+        details={"action": "script.run", "args": {"source": "raise SystemExit(3)"}},
+    )
+    await platform.audit.record(
+        "job.outcome",
+        actor="rita",
+        target="job:j9",
+        outcome="failure",
+        details={
+            "job": "j9",
+            "batch": "b9",
+            "action": "script.run",
+            "state": "failed",
+            "exit_code": 3,
+        },
+    )
+    await platform.audit.record("job.submit", actor="rita", target="batch:other")
+    # The job page links here with the batch: the submission and its outcomes, nothing else.
+    page = (await admin_browser.get("/session-history?target=b9")).text
+    assert re.findall(r"<td>(job\.\w+)", page) == ["job.outcome", "job.submit"]
+    assert "job.outcome <small>script.run: failed, exit code 3</small>" in page
+
+
 async def test_the_host_filter_finds_records_that_name_the_host_by_id(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
