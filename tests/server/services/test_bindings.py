@@ -1,6 +1,7 @@
 """Outcomes on record and stored results bound to them: what an insider editing rows by SQL
 leaves behind, on SQLite and PostgreSQL alike."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -239,3 +240,31 @@ async def test_library_metadata_is_bound_to_its_record(
     )
     assert await bindings.file_problem(entry.id) == sentence
     assert (await audit.verify()).problem == sentence
+
+
+async def test_endings_reported_together_are_recorded_together_and_each_bound(
+    h: Harness, engine: AsyncEngine, audit: AuditLog, bindings: ResultBindings
+) -> None:
+    hosts = [await h.host(f"web-{n}") for n in range(5)]
+    links = [await h.connect(host) for host in hosts]
+    batch = await h.submit(hosts)
+    by_host = {j.host_id: j.id for j in batch.jobs}
+    signed: list[object] = []
+    audit.signer.add_listener(signed.append)
+    await asyncio.gather(
+        *(
+            h.dispatcher.on_status(
+                host, JobStatus(job_id=by_host[host], state="succeeded", result={"echo": host})
+            )
+            for host in hosts
+        )
+    )
+    for link, host in zip(links, hosts, strict=True):
+        assert [f["job_ids"] for f in frames(link, "job.ack")] == [[by_host[host]]]
+    for host in hosts:
+        seq, details = await _outcome(engine, by_host[host])
+        assert details["result"] == {"echo": host}
+        assert (await h.jobs.get(by_host[host])).outcome_seq == seq
+    # Fewer checkpoints than endings: the reports that arrived together shared one.
+    assert len(signed) < len(hosts)
+    assert (await audit.verify()).intact

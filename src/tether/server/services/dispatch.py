@@ -454,8 +454,9 @@ class Dispatcher:
                 )
 
     async def _note_dropped(self, conn: AsyncConnection, job_id: str, now: datetime) -> None:
-        # Sequence -1 is the platform's own notice, stored once per job.
-        await conn.execute(
+        # Sequence -1 is the platform's own notice, stored once per job. It counts as a stored
+        # piece, so the job's outcome record hashes it with the rest (job_outcomes.end_jobs).
+        stored = await conn.execute(
             insert_ignoring_duplicates(conn, job_output).values(
                 job_id=job_id,
                 seq=-1,
@@ -468,6 +469,10 @@ class Dispatcher:
                 created_at=now,
             )
         )
+        if stored.rowcount:
+            await conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(output_count=jobs.c.output_count + 1)
+            )
 
     # -- time ----------------------------------------------------------------------------------
 
