@@ -20,7 +20,7 @@ def test_every_state_is_declared_once_and_split_into_unfinished_and_final() -> N
     assert set(UNFINISHED) | FINAL_STATES == set(STATES)
     assert not set(UNFINISHED) & FINAL_STATES
     assert FINAL_AGENT_STATES < FINAL_STATES
-    assert FINAL_STATES - FINAL_AGENT_STATES == {"expired"}
+    assert {"expired"} == FINAL_STATES - FINAL_AGENT_STATES
 
 
 @pytest.mark.parametrize("ending", sorted(FINAL_STATES))
