@@ -3,11 +3,13 @@ leaves behind, on SQLite and PostgreSQL alike."""
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import JobOutput, JobStatus
@@ -268,3 +270,27 @@ async def test_endings_reported_together_are_recorded_together_and_each_bound(
     # Fewer checkpoints than endings: the reports that arrived together shared one.
     assert len(signed) < len(hosts)
     assert (await audit.verify()).intact
+
+
+async def test_an_ending_storage_refused_is_not_confirmed_and_is_recorded_once_space_is_back(
+    h: Harness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = await h.host("web-1")
+    link = await h.connect(host)
+    job_id = (await h.submit([host])).jobs[0].id
+
+    async def full(*_args: object, **_kwargs: object) -> object:
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr("tether.server.services.dispatch.end_jobs", full)
+        await h.dispatcher.on_status(
+            host, JobStatus(job_id=job_id, state="succeeded", result={"echo": "hi"})
+        )
+    # Not confirmed: the agent keeps it in its journal; the job is not called ended.
+    assert frames(link, "job.ack") == []
+    assert (await h.jobs.get(job_id)).state == "queued"
+    await h.dispatcher.record_unrecorded()
+    assert [f["job_ids"] for f in frames(link, "job.ack")] == [[job_id]]
+    job = await h.jobs.get(job_id)
+    assert (job.state, job.result) == ("succeeded", {"echo": "hi"})

@@ -251,11 +251,26 @@ class Dispatcher:
             now,
         )
 
+    def _with_losses(self, ending: Ending) -> Ending:
+        """The ending, saying how much of its output storage refused, if any."""
+        lost = self._lost.get(ending.job_id)
+        if not lost:
+            return ending
+        note = f"Output incomplete: {lost} bytes were lost because the platform's storage was full."
+        return replace(
+            ending,
+            error=f"{ending.error} {note}" if ending.error else note,
+            stamps={**ending.stamps, "output_lost_bytes": lost},
+        )
+
     async def _end(self, endings: list[Ending], now: datetime) -> list[FinishedJob]:
         """Platform-decided endings, with their outcome records, then their listeners."""
         async with self._audit.transaction() as tx:
-            finished = await end_jobs(tx, endings, source="platform", now=now)
+            finished = await end_jobs(
+                tx, [self._with_losses(e) for e in endings], source="platform", now=now
+            )
         for job in finished:
+            self._lost.pop(job.job_id, None)
             self._events.notify(job.job_id)
             await self._announce(job)
         return finished
@@ -292,11 +307,15 @@ class Dispatcher:
         if status.state in FINAL_AGENT_STATES:
             try:
                 recorded = await self._endings.submit(status.job_id, (host_id, status))
-            except Exception:
-                log.exception(
-                    "Could not record how job %s ended; the agent keeps it", status.job_id
-                )
+            except Exception as exc:
+                if is_storage_full(exc):
+                    self._faults.count("ending", exc)
+                else:
+                    log.exception("Could not record how job %s ended", status.job_id)
+                # Not acknowledged: the agent keeps it; the sweeper tries again meanwhile.
+                self._unrecorded[status.job_id] = (host_id, status)
                 return
+            self._unrecorded.pop(status.job_id, None)
             if status.job_id in recorded:
                 link = self._presence.link(host_id)
                 if link is not None:
@@ -356,16 +375,8 @@ class Dispatcher:
                 if ending is not None and ending.result is not None and check is not None
                 else None
             )
-            if ending is not None and (lost := self._lost.get(job_id)):
-                note = (
-                    f"Output incomplete: {lost} bytes were lost because the platform's storage "
-                    "was full."
-                )
-                ending = replace(
-                    ending,
-                    error=f"{ending.error} {note}" if ending.error else note,
-                    stamps={**ending.stamps, "output_lost_bytes": lost},
-                )
+            if ending is not None:
+                ending = self._with_losses(ending)
             if ending is not None and problem is not None:
                 ending = Ending(
                     job_id=job_id,
@@ -528,13 +539,11 @@ class Dispatcher:
                 .where(jobs.c.state.in_(("delivered", "running")))
             )
             silent_ended: dict[str, tuple[str, str]] = {}
-            silent_rows: dict[str, Any] = {}
             for row in silent:
                 since = as_utc(row.started_at) or as_utc(row.delivered_at) or as_utc(row.sent_at)
                 if since is None:
                     continue
                 if since + timedelta(seconds=row.timeout_seconds) + REPORT_GRACE < now:
-                    silent_rows[row.id] = row
                     grace = int(REPORT_GRACE.total_seconds() // 60)
                     where = (
                         "The agent"
