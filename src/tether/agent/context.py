@@ -10,11 +10,26 @@ from contextvars import ContextVar
 from typing import Any
 
 from tether.agent.isolation import Isolator
+from tether.agent.journal import Journal, ScriptProcess
 from tether.agent.transfer import AgentTransfers
 from tether.protocol import MAX_OUTPUT_TEXT, JobOutput
 from tether.protocol.messages import OutputStream
 
 Emit = Callable[[JobOutput], Awaitable[None]]
+
+
+class JournaledProcesses:
+    """A job's script process, journaled (a `tether.agent.scripts.ProcessRecorder`)."""
+
+    def __init__(self, journal: Journal, job_id: str) -> None:
+        self._journal = journal
+        self._job_id = job_id
+
+    def started(self, process: ScriptProcess) -> None:
+        self._journal.record_process(self._job_id, process)
+
+    def exited(self, exit_code: int) -> None:
+        self._journal.record_exit(self._job_id, exit_code)
 
 
 class JobContext:
@@ -26,8 +41,11 @@ class JobContext:
         emit: Emit,
         transfers: AgentTransfers | None = None,
         isolator: Isolator | None = None,
+        processes: JournaledProcesses | None = None,
     ) -> None:
         self.job_id = job_id
+        # Where a script journals its child process (None for ephemeral jobs and unit tests).
+        self.processes = processes
         # The agent's file transfers, for the actions that move files (None in unit tests).
         self.transfers = transfers
         # The agent's isolation, for the isolation actions (None in unit tests).

@@ -116,8 +116,8 @@ class PartialRegistry(Protocol):
 def remove_leftover_partials(registry: PartialRegistry) -> int:
     """At agent start, before any job runs: remove the temporary files earlier processes left.
 
-    Their jobs ended failed at this start (`Journal.fail_interrupted`), so no transfer can resume
-    into them. Only a regular file this agent's user owns, named as receiving names them, goes;
+    Their jobs ended at this start (`tether.agent.recovery`), so no transfer can resume into
+    them. Only a regular file this agent's user owns, named as receiving names them, goes;
     anything else at that path is left alone. Returns how many files were removed.
     """
     removed = 0
