@@ -30,10 +30,9 @@ def script_ended_with_agent(stopped: datetime | None) -> str:
 
 def script_survivors_ended(stopped: datetime | None, survivors: int, restarted: datetime) -> str:
     """Processes of the script outlived the agent and were ended when it started again."""
-    processes = "process" if survivors == 1 else "processes"
     return (
         f"The agent stopped{_when(stopped)} while the script was running; {survivors} of the "
-        f"script's {processes} kept running until the agent started again at "
+        f"script's processes kept running until the agent started again at "
         f"{restarted.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC and ended them; output sent before "
         "the agent stopped is kept, later output is lost."
     )

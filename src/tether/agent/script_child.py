@@ -14,7 +14,6 @@ slow the start or need what a script would not have (docs/adr/0026).
 """
 
 import os
-import signal
 import sys
 
 # What the agent writes to the child's stdin once the child is journaled: "start the script".
@@ -22,7 +21,9 @@ GO = b"1"
 # Exit status of a child whose agent died before the script could start.
 EXIT_AGENT_GONE = 75
 
+# <sys/prctl.h>, and Linux's SIGKILL (the signal module has no SIGKILL on Windows).
 _PR_SET_PDEATHSIG = 1
+_SIGKILL = 9
 
 
 def _die_with_parent() -> None:
@@ -30,7 +31,7 @@ def _die_with_parent() -> None:
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         # Without it the agent's next start still ends this tree from the journal.
         pass

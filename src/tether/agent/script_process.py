@@ -119,7 +119,15 @@ def survivors(record: ScriptProcess) -> list[psutil.Process]:
                 with contextlib.suppress(psutil.Error):
                     if child.create_time() >= record.create_time:
                         found[child.pid] = child
-    return list(found.values())
+    return [p for p in found.values() if _alive(p)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    # A zombie has already ended; only its parent's wait is missing.
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def kill_survivors(record: ScriptProcess) -> int:
