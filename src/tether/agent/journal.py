@@ -134,13 +134,19 @@ class Journal:
             return cursor.rowcount == 1
 
     def set_running(self, job_id: str) -> bool:
-        """Move a delivered job to running; False if it had meanwhile ended (a cancel)."""
+        """Move a delivered job to running; False if it had meanwhile ended (a cancel).
+
+        A start is also a sign of life (`mark_alive`): a crash soon after is then dated by it.
+        """
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'delivered'",
                 (job_id,),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            db.execute("INSERT OR REPLACE INTO life (id, alive_at) VALUES (1, ?)", (_now(),))
+            return True
 
     def finish(self, status: JobStatus) -> JobStatus:
         """Record the final status unless the job already has one; returns the one that holds."""
