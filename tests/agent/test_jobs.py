@@ -243,14 +243,17 @@ async def test_a_script_that_ended_before_its_agent_could_record_it_says_so(
     # A pid no process holds: the child is long gone.
     journal.record_process("j1", ScriptProcess(pid=2**22 + 7, pgid=None, create_time=1.0))
     journal.record_exit("j1", 3)
+    stopped = journal.last_alive()  # the job's start
+    assert stopped is not None
     restarted, wire = runner(tmp_path), Wire()
     await restarted.attach(wire.send)
     statuses = [f for f in wire.frames if f["type"] == "job.status"]
     assert [(s["state"], s["error"]) for s in statuses] == [
         (
             "failed",
-            "The script ended with exit code 3, but the agent stopped before it recorded the "
-            "job's result; output sent before then is kept.",
+            "The script ended with exit code 3, but the agent stopped at about "
+            f"{stopped:%Y-%m-%d %H:%M:%S} UTC before it recorded the job's result; output sent "
+            "before then is kept.",
         )
     ]
 
