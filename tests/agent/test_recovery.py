@@ -229,6 +229,43 @@ def test_what_a_script_started_is_killed_at_the_next_start_and_the_ending_says_s
     ), status["error"]
 
 
+def test_a_process_the_script_moved_to_a_session_of_its_own_is_killed_at_the_next_start(
+    tmp_path: Path, host: Any
+) -> None:
+    # Outside the script's group, so only the journaled snapshots of its tree can find it.
+    job = script_job(
+        "detaches",
+        "import subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        "time.sleep(1.5)\n"  # past a snapshot of the tree
+        "print('child', child.pid, flush=True)\n"
+        "time.sleep(300)\n",
+    )
+    agent = host(8, job)
+    frames_file = tmp_path / "frames.jsonl"
+    wait_until(lambda: "\n" in stdout_of(read_frames(frames_file), "detaches"), 20, "the script")
+    child = psutil.Process(int(stdout_of(read_frames(frames_file), "detaches").split()[1]))
+    assert os.getpgid(child.pid) == child.pid
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(10)
+    time.sleep(0.5)
+    assert child.is_running()
+    assert child.status() != psutil.STATUS_ZOMBIE
+
+    async def restart() -> Wire:
+        wire = Wire()
+        await restarted_agent(tmp_path).attach(wire.send)
+        return wire
+
+    wire = asyncio.run(restart())
+    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 5, "kill")
+    [status] = wire.statuses("detaches")
+    assert (
+        "1 of the script's processes kept running until the agent started again"
+        in (status["error"])
+    )
+
+
 @pytest.fixture
 def bystander() -> Iterator[psutil.Process]:
     """An unrelated process in a session of its own."""
@@ -249,6 +286,15 @@ def test_a_pid_reused_by_an_unrelated_process_is_never_killed(
     )
     assert script_process.survivors(reused) == []
     assert script_process.kill_survivors(reused) == 0
+    # Nor when the journal saw it as a descendant that started at another time.
+    free_pid = max(psutil.pids()) + 1000
+    seen_before = ScriptProcess(
+        pid=free_pid,
+        pgid=free_pid,
+        create_time=bystander.create_time() - 120,
+        descendants=((bystander.pid, bystander.create_time() - 60),),
+    )
+    assert script_process.kill_survivors(seen_before) == 0
     assert bystander.is_running()
     assert bystander.status() != psutil.STATUS_ZOMBIE
 

@@ -5,6 +5,8 @@ early ask for `job_context()`, which the job runner sets for the task running th
 """
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
@@ -14,6 +16,8 @@ from tether.agent.journal import Journal, ScriptProcess
 from tether.agent.transfer import AgentTransfers
 from tether.protocol import MAX_OUTPUT_TEXT, JobOutput
 from tether.protocol.messages import OutputStream
+
+log = logging.getLogger("tether.agent.jobs")
 
 Emit = Callable[[JobOutput], Awaitable[None]]
 
@@ -27,6 +31,13 @@ class JournaledProcesses:
 
     def started(self, process: ScriptProcess) -> None:
         self._journal.record_process(self._job_id, process)
+
+    def descendants(self, seen: dict[int, float]) -> None:
+        try:
+            self._journal.record_descendants(self._job_id, seen)
+        except sqlite3.Error:
+            # The run goes on: its group is still journaled, and its own kills still see these.
+            log.exception("The journal could not record processes of job %s", self._job_id)
 
     def exited(self, exit_code: int) -> None:
         self._journal.record_exit(self._job_id, exit_code)

@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS script_processes (
     create_time REAL NOT NULL,
     exit_code INTEGER
 );
+-- Descendants of a script's child, as the run's snapshots saw them.
+CREATE TABLE IF NOT EXISTS script_descendants (
+    job_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    PRIMARY KEY (job_id, pid, create_time)
+);
 -- One row: the last moment the agent was known alive while jobs ran.
 CREATE TABLE IF NOT EXISTS life (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -78,6 +85,8 @@ class ScriptProcess:
     pgid: int | None
     create_time: float
     exit_code: int | None = None
+    # (pid, create time) of the descendants the run's snapshots saw.
+    descendants: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,7 @@ class Journal:
                 )
                 db.execute("DELETE FROM output WHERE job_id = ?", (job_id,))
                 db.execute("DELETE FROM script_processes WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM script_descendants WHERE job_id = ?", (job_id,))
 
     def unacknowledged(self) -> list[JobStatus]:
         """Final statuses the platform has not confirmed, oldest first."""
@@ -231,15 +241,34 @@ class Journal:
                 "UPDATE script_processes SET exit_code = ? WHERE job_id = ?", (exit_code, job_id)
             )
 
+    def record_descendants(self, job_id: str, seen: dict[int, float]) -> None:
+        """Remember processes a script started (pid -> create time)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO script_descendants (job_id, pid, create_time) "
+                "VALUES (?, ?, ?)",
+                [(job_id, pid, created) for pid, created in seen.items()],
+            )
+
     def process_of(self, job_id: str) -> ScriptProcess | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT pid, pgid, create_time, exit_code FROM script_processes WHERE job_id = ?",
                 (job_id,),
             ).fetchone()
+            descendants = self._db.execute(
+                "SELECT pid, create_time FROM script_descendants WHERE job_id = ? ORDER BY pid",
+                (job_id,),
+            ).fetchall()
         if row is None:
             return None
-        return ScriptProcess(pid=row[0], pgid=row[1], create_time=row[2], exit_code=row[3])
+        return ScriptProcess(
+            pid=row[0],
+            pgid=row[1],
+            create_time=row[2],
+            exit_code=row[3],
+            descendants=tuple((int(d[0]), float(d[1])) for d in descendants),
+        )
 
     def mark_alive(self, at: datetime | None = None) -> None:
         with self._tx() as db:

@@ -88,23 +88,23 @@ def _same_process(process: psutil.Process, create_time: float) -> bool:
 def survivors(record: ScriptProcess) -> list[psutil.Process]:
     """The processes of a journaled script tree that are still alive, and only those.
 
-    The child itself counts only if its pid still has the recorded create time: a pid the
-    system gave to an unrelated process since is never touched. The group counts only while the
-    child's pid is unused or still the child's: Linux keeps a number out of reuse while any
-    process is in the group of that number, so a reused pid means the old group is empty. Then
-    every descendant of what was found, started after the child.
+    Each is identified by pid and create time, so a pid the system gave to an unrelated process
+    since is never touched:
+    - the child itself, and every descendant the run's snapshots journaled (including those that
+      left the group for a session of their own);
+    - the child's process group, only while the child's pid is unused or still the child's:
+      Linux keeps a number out of reuse while any process is in the group of that number, so a
+      reused pid means the old group is empty; members started before the child are spared;
+    - every descendant of what was found, started after the child.
     """
     found: dict[int, psutil.Process] = {}
-    try:
-        leader = psutil.Process(record.pid)
-        if not _same_process(leader, record.create_time):
-            return []
-        found[leader.pid] = leader
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.Error:
-        return []
-    if record.pgid is not None and sys.platform != "win32":
+    for pid, created in ((record.pid, record.create_time), *record.descendants):
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            if _same_process(process, created):
+                found[pid] = process
+    group_is_ours = record.pid in found or not psutil.pid_exists(record.pid)
+    if group_is_ours and record.pgid is not None and sys.platform != "win32":
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error, OSError):
                 if (
@@ -180,10 +180,17 @@ class ProcessTree:
                 with contextlib.suppress(psutil.Error):
                     self._seen[child.pid] = child.create_time()
 
-    async def track(self) -> None:
-        """Snapshot the descendants until cancelled."""
+    async def track(self, on_new: Callable[[dict[int, float]], None] | None = None) -> None:
+        """Snapshot the descendants until cancelled; `on_new` gets each snapshot's newcomers
+        (pid -> create time), so the journal knows them should the agent die (docs/adr/0026)."""
         while True:
+            before = dict(self._seen)
             await asyncio.to_thread(self.snapshot)
+            new = {
+                pid: created for pid, created in self._seen.items() if before.get(pid) != created
+            }
+            if new and on_new is not None:
+                on_new(new)
             await asyncio.sleep(TRACK_INTERVAL_SECONDS)
 
     def _known_alive(self) -> list[psutil.Process]:

@@ -91,6 +91,10 @@ class ProcessRecorder(Protocol):
         """The child exists and has not run the script yet; return only once this is durable."""
         ...
 
+    def descendants(self, seen: dict[int, float]) -> None:
+        """The child started these processes (pid -> create time)."""
+        ...
+
     def exited(self, exit_code: int) -> None:
         """The child ended with `exit_code` (negative: the signal that ended it)."""
         ...
@@ -330,7 +334,9 @@ async def run_script(
         with contextlib.suppress(ConnectionError):
             # A child that is already gone reports through its exit code below.
             await script_process.let_start(process)
-        background.append(asyncio.create_task(tree.track()))
+        background.append(
+            asyncio.create_task(tree.track(recorder.descendants if recorder else None))
+        )
         budget = script_process.OutputBudget(limits.max_output_bytes)
         if process.stdout is None or process.stderr is None:
             raise RuntimeError("The script process was started without output pipes.")
