@@ -54,6 +54,14 @@ def running_unknown(stopped: datetime | None) -> str:
     )
 
 
+def put_cut_short(stopped: datetime | None) -> str:
+    """A file being deployed was still in its temporary file: the destination was not touched."""
+    return (
+        f"The agent stopped{_when(stopped)} while receiving the file; the partly received copy "
+        "was removed and the destination was left as it was."
+    )
+
+
 def not_started_late(not_after: datetime) -> str:
     """A job journaled but not started came back to an agent past its not-after time."""
     return (

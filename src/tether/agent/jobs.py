@@ -85,7 +85,8 @@ class JobRunner:
             )
         if recovered.partials_removed:
             log.warning(
-                "Removed %d partly received files of interrupted jobs", recovered.partials_removed
+                "Removed the partly received files of %d interrupted jobs",
+                recovered.partials_removed,
             )
         journal.purge(JOURNAL_RETENTION)
 

@@ -9,6 +9,8 @@ A killed agent cannot report on its jobs, so its next start does, from the journ
 - a script job whose child was journaled: whatever is left of its process tree is killed first
   (the child dies with the agent; processes it started may not), then the job ends failed with
   a sentence saying so;
+- a `files.put` whose temporary file was still there ends saying the destination was left as
+  it was (the file is renamed into place only once complete and verified);
 - any other running job ends failed saying whether it completed is unknown: a transfer, a kill
   or an isolation change has no process of its own to ask.
 """
@@ -25,11 +27,13 @@ from tether.protocol import JobStatus
 log = logging.getLogger("tether.agent.recovery")
 
 SCRIPT_ACTION = "script.run"
+PUT_ACTION = "files.put"
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """What the start found: jobs ended, jobs that will run when sent again, processes killed."""
+    """What the start found: jobs ended, jobs that will run when sent again, processes killed,
+    jobs whose partly received files were removed."""
 
     ended: int = 0
     waiting: int = 0
@@ -37,11 +41,11 @@ class Recovery:
     partials_removed: int = 0
 
 
-def _ending(journal: Journal, job_id: str, action: str, now: datetime) -> tuple[str | None, int]:
-    """The sentence a running job ends with (None: it never started) and the processes killed."""
-    stopped = journal.last_alive()
-    if action != SCRIPT_ACTION:
-        return endings.running_unknown(stopped), 0
+def _script_ending(
+    journal: Journal, job_id: str, stopped: datetime | None, now: datetime
+) -> tuple[str | None, int]:
+    """Kill what is left of a script job's tree; its sentence (None: the script never started)
+    and how many processes were killed."""
     record = journal.process_of(job_id)
     if record is None:
         return None, 0
@@ -56,13 +60,26 @@ def _ending(journal: Journal, job_id: str, action: str, now: datetime) -> tuple[
 def recover(journal: Journal, now: datetime | None = None) -> Recovery:
     """End, or make ready to run, every job an earlier agent process left unfinished."""
     now = now or datetime.now(UTC)
-    ended = waiting = killed = 0
-    for job in journal.unfinished():
-        if job.state == "delivered":
-            waiting += 1
-            continue
-        sentence, job_killed = _ending(journal, job.job_id, job.action, now)
-        killed += job_killed
+    stopped = journal.last_alive()
+    running = [job for job in journal.unfinished() if job.state == "running"]
+    waiting = len(journal.unfinished()) - len(running)
+    # Scripts first: no process of a stopped agent's job works on while the rest is decided.
+    sentences: dict[str, str | None] = {}
+    killed = 0
+    for job in running:
+        if job.action == SCRIPT_ACTION:
+            sentences[job.job_id], job_killed = _script_ending(journal, job.job_id, stopped, now)
+            killed += job_killed
+    # Their temporary files are no longer anyone's; one still there was never put in place.
+    cut_short = remove_leftover_partials(journal)
+    ended = 0
+    for job in running:
+        if job.action == SCRIPT_ACTION:
+            sentence = sentences[job.job_id]
+        elif job.action == PUT_ACTION and job.job_id in cut_short:
+            sentence = endings.put_cut_short(stopped)
+        else:
+            sentence = endings.running_unknown(stopped)
         if sentence is None:
             journal.back_to_delivered(job.job_id)
             waiting += 1
@@ -70,6 +87,4 @@ def recover(journal: Journal, now: datetime | None = None) -> Recovery:
         journal.finish(JobStatus(job_id=job.job_id, state="failed", error=sentence))
         log.warning("Job %s (%s) ended at start: %s", job.job_id, job.action, sentence)
         ended += 1
-    # After the jobs: their temporary files are no longer anyone's.
-    removed = remove_leftover_partials(journal)
-    return Recovery(ended=ended, waiting=waiting, killed=killed, partials_removed=removed)
+    return Recovery(ended=ended, waiting=waiting, killed=killed, partials_removed=len(cut_short))
