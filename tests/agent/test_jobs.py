@@ -346,3 +346,25 @@ def test_acknowledged_ids_are_forgotten_only_after_the_retention(tmp_path: Path)
     assert journal.get("old") is None
     # A result the platform has not confirmed is never dropped.
     assert journal.get("owed") is not None
+
+
+async def test_the_agent_journals_signs_of_life_only_while_jobs_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tether.agent.endings.ALIVE_SECONDS", 0.05)
+    journal = Journal(tmp_path / "journal.db")
+    jobs, wire = JobRunner(journal, HANDLERS, ResponseGate(), ACTIONS), Wire()
+    await jobs.attach(wire.send)
+    beating = asyncio.create_task(jobs.keep_alive())
+    await asyncio.sleep(0.2)
+    assert journal.last_alive() is None  # idle: no disk writes
+    await jobs.on_job(job(args={"seconds": 30}))
+    await asyncio.sleep(0.05)
+    started = journal.last_alive()
+    assert started is not None
+    await asyncio.sleep(0.2)
+    latest = journal.last_alive()
+    assert latest is not None
+    assert latest > started
+    beating.cancel()
+    await jobs.stop()

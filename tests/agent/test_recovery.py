@@ -20,7 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tether.agent import script_process
+import tether.agent.scripts
+from tether.agent import script_child, script_process
 from tether.agent.actions import HANDLERS
 from tether.agent.gate import ResponseGate
 from tether.agent.jobs import JobRunner
@@ -345,3 +346,41 @@ def test_a_script_job_whose_child_was_never_told_to_start_runs_once_when_sent_ag
     wire = asyncio.run(restart())
     assert counter.read_text() == "ran\n"
     assert [s["state"] for s in wire.statuses("early")] == ["running", "succeeded", "succeeded"]
+
+
+def bootstrap(tmp_path: Path, agent_pid: int, go: bytes | None) -> tuple[int, bool]:
+    """Start a script child as the agent does, feed it `go` (None: end of file at once);
+    its exit status and whether the script ran."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "script.py"
+    script.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            tether.agent.scripts._BOOTSTRAP,
+            str(ROOT / "src"),
+            str(script),
+            str(agent_pid),
+        ],
+        input=go or b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return child.returncode, marker.exists()
+
+
+def test_a_child_runs_the_script_only_after_its_agents_go(tmp_path: Path) -> None:
+    assert bootstrap(tmp_path, os.getpid(), script_child.GO) == (0, True)
+
+
+def test_a_child_whose_agent_died_before_its_go_never_runs_the_script(tmp_path: Path) -> None:
+    # The agent died between starting the child and journaling it: its end of the pipe closed.
+    assert bootstrap(tmp_path, os.getpid(), None) == (script_child.EXIT_AGENT_GONE, False)
+
+
+def test_a_child_whose_parent_is_not_its_agent_never_runs_the_script(tmp_path: Path) -> None:
+    # The agent died before the child asked to die with it: the child now has another parent.
+    assert bootstrap(tmp_path, 1, script_child.GO) == (script_child.EXIT_AGENT_GONE, False)
