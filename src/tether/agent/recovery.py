@@ -61,8 +61,9 @@ def recover(journal: Journal, now: datetime | None = None) -> Recovery:
     """End, or make ready to run, every job an earlier agent process left unfinished."""
     now = now or datetime.now(UTC)
     stopped = journal.last_alive()
-    running = [job for job in journal.unfinished() if job.state == "running"]
-    waiting = len(journal.unfinished()) - len(running)
+    unfinished = journal.unfinished()
+    running = [job for job in unfinished if job.state == "running"]
+    waiting = len(unfinished) - len(running)
     # Scripts first: no process of a stopped agent's job works on while the rest is decided.
     sentences: dict[str, str | None] = {}
     killed = 0
