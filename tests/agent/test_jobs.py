@@ -368,3 +368,17 @@ async def test_the_agent_journals_signs_of_life_only_while_jobs_run(
     assert latest > started
     beating.cancel()
     await jobs.stop()
+
+
+def test_a_job_never_sent_again_is_forgotten_only_after_the_retention(tmp_path: Path) -> None:
+    # Delivered to an agent that died; the platform ended it itself and never sends it again.
+    journal = Journal(tmp_path / "j.db")
+    journal.receive("orphan", "test.work")
+    journal.receive("running", "test.work")
+    journal.set_running("running")
+    assert journal.purge(timedelta(days=31)) == 0
+    assert journal.get("orphan") is not None
+    assert journal.purge(timedelta(0)) == 1
+    assert journal.get("orphan") is None
+    # A job that ran is never forgotten before its ending is confirmed.
+    assert journal.get("running") is not None
