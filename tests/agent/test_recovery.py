@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 import tether.agent.scripts
+from tests.agent.script_recorder import Recorder
 from tether.agent import script_child, script_process
 from tether.agent.actions import HANDLERS
 from tether.agent.gate import ResponseGate
@@ -384,3 +386,59 @@ def test_a_child_whose_agent_died_before_its_go_never_runs_the_script(tmp_path: 
 def test_a_child_whose_parent_is_not_its_agent_never_runs_the_script(tmp_path: Path) -> None:
     # The agent died before the child asked to die with it: the child now has another parent.
     assert bootstrap(tmp_path, 1, script_child.GO) == (script_child.EXIT_AGENT_GONE, False)
+
+
+class Journaled:
+    """A process recorder backed by a real journal, or by one that refuses every write."""
+
+    def __init__(self, journal: Journal, job_id: str, full: bool = False) -> None:
+        self.journal, self.job_id, self.full = journal, job_id, full
+        self.order: list[str] = []
+
+    def started(self, process: ScriptProcess) -> None:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        self.journal.record_process(self.job_id, process)
+        self.order.append("started")
+
+    def descendants(self, seen: dict[int, float]) -> None:
+        self.journal.record_descendants(self.job_id, seen)
+
+    def exited(self, exit_code: int) -> None:
+        self.journal.record_exit(self.job_id, exit_code)
+        self.order.append("exited")
+
+
+def test_a_run_journals_its_child_before_the_script_and_its_exit_after(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    processes = Journaled(journal, "j1")
+    recorder = Recorder()
+    outcome = asyncio.run(
+        recorder.run(
+            "import os\nprint(os.getpid(), os.getpgid(0))\nraise SystemExit(4)\n",
+            processes=processes,
+        )
+    )
+    assert outcome.exit_code == 4
+    pid, pgid = (int(n) for n in recorder.text("stdout").split())
+    record = journal.process_of("j1")
+    assert record is not None
+    assert (record.pid, record.pgid, record.exit_code) == (pid, pgid, 4)
+    assert processes.order == ["started", "exited"]
+
+
+def test_a_script_whose_process_cannot_be_journaled_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    recorder = Recorder()
+    outcome = asyncio.run(
+        recorder.run(
+            f"open({str(marker)!r}, 'w').write('ran')\n",
+            processes=Journaled(Journal(tmp_path / "journal.db"), "j1", full=True),
+        )
+    )
+    assert outcome.error == (
+        "The agent could not record the script's process, so it did not run it: "
+        "database or disk is full."
+    )
+    assert outcome.exit_code is None
+    assert not marker.exists()

@@ -329,7 +329,8 @@ async def run_script(
         except (psutil.Error, OSError, sqlite3.Error) as exc:
             # Killed in `finally` before it was ever told to start.
             return _refused(
-                f"The agent could not record the script's process, so it did not run it: {exc}."
+                "The agent could not record the script's process, so it did not run it: "
+                f"{str(exc).rstrip('.') or type(exc).__name__}."
             )
         with contextlib.suppress(ConnectionError):
             # A child that is already gone reports through its exit code below.
