@@ -340,8 +340,11 @@ async def test_a_put_cut_short_by_a_restart_leaves_no_temporary_file_behind(
     journal.add_partial(folder / ".tether-planted.part", "job-stop")
     journal.close()
 
-    # The next agent process: the job ends failed, its temporary file goes.
+    # The next agent process: its temporary file goes, the job ends failed saying the
+    # destination was not touched.
     restarted = Journal(tmp_path / "journal.db")
+    stopped = restarted.last_alive()  # the job's start
+    assert stopped is not None
     JobRunner(restarted, HANDLERS, ResponseGate(), ACTIONS)
     assert leftovers(folder) == [".tether-planted.part"]
     assert foreign.read_bytes() == b"keep me"
@@ -349,7 +352,12 @@ async def test_a_put_cut_short_by_a_restart_leaves_no_temporary_file_behind(
     assert restarted.partials() == []
     job = restarted.get("job-stop")
     assert job is not None
-    assert job.state == "failed"
+    assert job.status is not None
+    assert (job.state, job.status.error) == (
+        "failed",
+        f"The agent stopped at about {stopped:%Y-%m-%d %H:%M:%S} UTC while receiving the file; "
+        "the partly received copy was removed and the destination was left as it was.",
+    )
 
 
 async def test_a_finished_put_is_forgotten_by_the_journal(tmp_path: Path, store: BlobStore) -> None:

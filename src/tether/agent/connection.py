@@ -141,12 +141,14 @@ class AgentConnection:
         if outcome != "not isolated":
             log.info("Isolation at start: %s", outcome)
         checks = asyncio.create_task(self._keep_isolation())
+        alive = asyncio.create_task(self.jobs.keep_alive())
         try:
             await self._reconnect_forever()
         finally:
-            checks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checks
+            for task in (checks, alive):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.jobs.stop()
 
     async def _keep_isolation(self) -> None:

@@ -113,20 +113,20 @@ class PartialRegistry(Protocol):
     def partials(self) -> list[tuple[Path, str]]: ...
 
 
-def remove_leftover_partials(registry: PartialRegistry) -> int:
+def remove_leftover_partials(registry: PartialRegistry) -> set[str]:
     """At agent start, before any job runs: remove the temporary files earlier processes left.
 
-    Their jobs ended failed at this start (`Journal.fail_interrupted`), so no transfer can resume
-    into them. Only a regular file this agent's user owns, named as receiving names them, goes;
-    anything else at that path is left alone. Returns how many files were removed.
+    Their jobs ended at this start (`tether.agent.recovery`), so no transfer can resume into
+    them. Only a regular file this agent's user owns, named as receiving names them, goes;
+    anything else at that path is left alone. Returns the jobs whose temporary file was removed.
     """
-    removed = 0
-    for path, _job_id in registry.partials():
+    removed: set[str] = set()
+    for path, job_id in registry.partials():
         if path.name.startswith(".tether-") and path.name.endswith(".part"):
             try:
                 if _own_private_file(os.lstat(path)):
                     path.unlink()
-                    removed += 1
+                    removed.add(job_id)
             except FileNotFoundError:
                 pass
             except OSError as exc:
