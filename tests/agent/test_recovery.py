@@ -1,4 +1,4 @@
-"""A killed agent's jobs, told truthfully at its next start, with real processes (docs/adr/0026).
+"""A killed agent's jobs, told truthfully at its next start, with real processes (docs/adr/0031).
 
 A stand-in agent (`tests.agent.job_host`: the real job runner, journal and script handler) is
 killed with SIGKILL mid-run; a new runner on the same journal is the restarted agent.

@@ -1,4 +1,4 @@
-"""A real agent killed with SIGKILL while jobs run (docs/adr/0026): its scripts die with it and
+"""A real agent killed with SIGKILL while jobs run (docs/adr/0031): its scripts die with it and
 the platform stores an ending that says so; a job delivered but not started runs once after."""
 
 import signal

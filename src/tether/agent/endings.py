@@ -1,6 +1,6 @@
 """The sentences a job ends with when the agent process stopped under it, defined once.
 
-Each says what the agent knows and nothing more (docs/adr/0026): a script's process tree is
+Each says what the agent knows and nothing more (docs/adr/0031): a script's process tree is
 ended with its agent, so a script job is never called failed while its process works on; a job
 that never started is never said to have not finished; and whether output was lost is said.
 `stopped` is the agent's last sign of life, journaled every `ALIVE_SECONDS` while jobs run, or

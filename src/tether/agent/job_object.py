@@ -2,7 +2,7 @@
 
 Windows has no parent-death signal. A job object created with KILL_ON_JOB_CLOSE ends every
 process in it when its last handle closes, and the kernel closes the agent's handles when the
-agent dies, however it dies (docs/adr/0026). The child is put in the job before it is sent its
+agent dies, however it dies (docs/adr/0031). The child is put in the job before it is sent its
 go (`script_child`), so nothing it starts is outside it; processes it starts inherit the job. A
 process the script deliberately starts with CREATE_BREAKAWAY_FROM_JOB (a service it launches)
 may leave, as on POSIX a process that starts a session of its own is spared at a clean end.

@@ -5,7 +5,7 @@ the journal, `running` when its handler starts, then exactly one final state. Jo
 connection that brought them: a job keeps running through a reconnect, its output and final
 status wait in the journal, and the next connection sends them again (DESIGN.md section 3).
 They do not outlive the agent process: its next start ends them truthfully or, when they never
-started, runs them once when the platform sends them again (`recovery`, docs/adr/0026).
+started, runs them once when the platform sends them again (`recovery`, docs/adr/0031).
 """
 
 import asyncio

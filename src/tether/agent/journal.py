@@ -9,7 +9,7 @@ SQLite in WAL mode with `synchronous=NORMAL`: every committed write survives the
 being killed; a power cut may lose the last few writes, which the platform then sees as a job
 that never reported and fails after its time limit (docs/adr/0010).
 
-For the next start to tell the truth about jobs a killed agent left (docs/adr/0026) it also
+For the next start to tell the truth about jobs a killed agent left (docs/adr/0031) it also
 holds each script's process (pid, process group, create time) before the script may run, and
 the agent's last sign of life while jobs run.
 """

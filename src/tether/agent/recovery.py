@@ -1,7 +1,7 @@
 """At agent start, before anything else: end truthfully what a stopped agent process left.
 
 A killed agent cannot report on its jobs, so its next start does, from the journal
-(docs/adr/0026):
+(docs/adr/0031):
 - a job delivered but not started stays delivered and runs, once, when the platform sends it
   again (the platform resends every unfinished job on connect, after the policy);
 - a script job whose child was never told to start goes back to delivered, for the same reason:

@@ -1,7 +1,7 @@
 """First steps of a script's child process, before the script runs: tie its life to the agent.
 
 Standard library only: it runs in the child, started by the agent's bootstrap line, and must not
-slow the start or need what a script would not have (docs/adr/0026).
+slow the start or need what a script would not have (docs/adr/0031).
 
 1. Linux: ask the kernel to SIGKILL this process when the agent dies (PR_SET_PDEATHSIG). The
    request only covers a parent that dies after it is made, so the parent is checked afterwards:

@@ -5,7 +5,7 @@ descendant deliberately leaves it; those are caught by the psutil descendant wal
 taken every half second and once more just before the kill). Windows: a new process group plus
 the same psutil walk.
 
-The child dies with its agent (docs/adr/0026): on Linux it asks the kernel for SIGKILL when the
+The child dies with its agent (docs/adr/0031): on Linux it asks the kernel for SIGKILL when the
 agent dies (`script_child`), on Windows the agent puts it in a job object that is closed with the
 agent (`job_object`); and a killed agent's next start ends whatever of the journaled tree is left
 (`kill_survivors`).
@@ -182,7 +182,7 @@ class ProcessTree:
 
     async def track(self, on_new: Callable[[dict[int, float]], None] | None = None) -> None:
         """Snapshot the descendants until cancelled; `on_new` gets each snapshot's newcomers
-        (pid -> create time), so the journal knows them should the agent die (docs/adr/0026)."""
+        (pid -> create time), so the journal knows them should the agent die (docs/adr/0031)."""
         while True:
             before = dict(self._seen)
             await asyncio.to_thread(self.snapshot)

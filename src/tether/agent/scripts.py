@@ -3,7 +3,7 @@
 The script runs in a child process of the agent's own interpreter, never inside the agent. It
 reaches the agent through `tether.script` over a local channel (`script_channel`), and the
 process, its output and its tree kill live in `script_process`. The child is tied to the agent's
-life and journaled before it may run the script (`script_child`, docs/adr/0026).
+life and journaled before it may run the script (`script_child`, docs/adr/0031).
 """
 
 import asyncio
@@ -85,7 +85,7 @@ class ScriptServices(Protocol):
 
 class ProcessRecorder(Protocol):
     """Where a run journals its child, so a killed agent's next start can end what is left of it
-    and say how the job ended (docs/adr/0026)."""
+    and say how the job ended (docs/adr/0031)."""
 
     def started(self, process: ScriptProcess) -> None:
         """The child exists and has not run the script yet; return only once this is durable."""
@@ -271,7 +271,7 @@ async def run_script(
     that process holds the output pipes. The script's working directory is
     `workdir`, or the run's private directory (removed afterwards). An exception raised by
     `on_output` stops the script and propagates. The child runs the script only after
-    `recorder.started` returned, and dies with the agent process (docs/adr/0026).
+    `recorder.started` returned, and dies with the agent process (docs/adr/0031).
     """
     error = syntax_error(source)
     if error is not None:
