@@ -96,13 +96,14 @@ async def one_run(work: Path, count: int, grouped: bool) -> dict[str, float]:
 
         dispatcher._endings.submit = alone  # type: ignore[method-assign]
     async with engine.begin() as conn:
-        segment_id = (
-            await conn.execute(
-                insert(segments).values(
-                    name="bench", active_response=True, created_at=datetime.now(UTC)
-                )
+        await conn.execute(
+            insert(segments).values(
+                name="bench", active_response=True, created_at=datetime.now(UTC)
             )
-        ).inserted_primary_key[0]
+        )
+        segment_id = (
+            await conn.execute(select(segments.c.id).where(segments.c.name == "bench"))
+        ).scalar_one()
         ids = [str(uuid.uuid4()) for _ in range(count)]
         await conn.execute(
             insert(hosts),
@@ -120,7 +121,7 @@ async def one_run(work: Path, count: int, grouped: bool) -> dict[str, float]:
         )
     links = [Link(h) for h in ids]
     for link in links:
-        presence.attach(link)  # type: ignore[arg-type]
+        presence.attach(link)
     batch = await jobs.submit(
         USER, "system.noop", {"echo": "x"}, Selection(host_ids=ids), source="bench", reserved=True
     )
