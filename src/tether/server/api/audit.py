@@ -84,6 +84,7 @@ async def verify_against(
         result = await check_witness(platform.audit, kept, report.head_seq)
         witness = WitnessOut(
             extends=result.extends,
+            genuine=result.genuine,
             checkpoint_seq=result.checkpoint_seq,
             head_seq=result.head_seq,
             reason=result.reason,

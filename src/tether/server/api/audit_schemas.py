@@ -19,6 +19,7 @@ class WitnessOut(BaseModel):
     completing "The audit log does not extend the checkpoint ... at record N: "."""
 
     extends: bool
+    genuine: bool
     checkpoint_seq: int
     head_seq: int
     reason: str

@@ -20,6 +20,8 @@ class WitnessReport:
     "The audit log does not extend the checkpoint ... at record N: " (empty when it extends)."""
 
     extends: bool
+    # False when the checkpoint is not signed by this platform's key: no evidence either way.
+    genuine: bool
     checkpoint_seq: int
     head_seq: int
     reason: str
@@ -41,11 +43,11 @@ async def check_witness(log: AuditLog, checkpoint: Checkpoint, head_seq: int) ->
     """Whether the log, whose head is `head_seq`, still holds `checkpoint`'s record with its
     hash; a checkpoint not signed by this platform's key is never taken as evidence."""
 
-    def report(reason: str) -> WitnessReport:
-        return WitnessReport(not reason, checkpoint.seq, head_seq, reason)
+    def report(reason: str, genuine: bool = True) -> WitnessReport:
+        return WitnessReport(not reason, genuine, checkpoint.seq, head_seq, reason)
 
     if not signed_by(log.signer.public_key, checkpoint):
-        return report("it is not signed by this platform's audit key.")
+        return report("it is not signed by this platform's audit key.", genuine=False)
     if checkpoint.seq == 0:
         return report("")
     if head_seq < checkpoint.seq:
