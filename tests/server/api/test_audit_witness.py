@@ -34,9 +34,7 @@ async def test_verify_against_a_witness_sees_the_rollback_the_plain_verify_misse
     for n in range(3):
         await platform.audit.record("test.event", actor=f"user{n}")
     witnessed = (await client.get("/api/v1/audit/checkpoint", headers=admin)).json()
-    same = await client.post(
-        "/api/v1/audit/verify", headers=admin, json={"checkpoint": witnessed}
-    )
+    same = await client.post("/api/v1/audit/verify", headers=admin, json={"checkpoint": witnessed})
     assert same.json()["witness"] == {
         "extends": True,
         "genuine": True,
