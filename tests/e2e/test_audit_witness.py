@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tether.server.services.audit import GENESIS_HASH, record_hash
-from tether.server.services.checkpoint_sinks.syslog import key_fingerprint
+from tether.server.services.checkpoints import key_fingerprint
 from tether.server.services.pki import CertificateAuthority, save_keypair
 
 from ..syslog_collector import SyslogCollector

@@ -22,10 +22,14 @@ from tether.server.services.checkpoint_sink import (
 from tether.server.services.checkpoint_sinks.json_file import JsonFileSink
 from tether.server.services.checkpoint_sinks.syslog import (
     SyslogSink,
-    key_fingerprint,
     parse_syslog_target,
 )
-from tether.server.services.checkpoints import Checkpoint, CheckpointSigner, signed_by
+from tether.server.services.checkpoints import (
+    Checkpoint,
+    CheckpointSigner,
+    key_fingerprint,
+    signed_by,
+)
 from tether.server.services.pki import CertificateAuthority, save_keypair
 
 from ...syslog_collector import SyslogCollector
@@ -180,6 +184,25 @@ async def test_a_collector_that_restarts_gets_the_next_checkpoint_on_a_new_conne
     finally:
         await forwarder.close(grace=0)
     assert [m.seq for m in again.messages()] == [2]
+
+
+async def test_the_newest_checkpoint_is_sent_at_start_and_again_while_nothing_is_signed(
+    signer: CheckpointSigner,
+) -> None:
+    before_start = _checkpoint(signer, 7)
+    collector = SyslogCollector()
+    sink = SyslogSink(
+        parse_syslog_target(collector.url), hostname="t", public_key_pem=signer.public_key_pem()
+    )
+    witnesses = CheckpointWitnesses([sink], signer, resend_seconds=0.2)
+    witnesses.start()
+    try:
+        await _until(lambda: len(collector.raw) >= 3)
+    finally:
+        await witnesses.close()
+        collector.close()
+    sent = collector.messages()
+    assert {(m.seq, m.fields["signature"]) for m in sent} == {(7, before_start.signature)}
 
 
 async def test_the_json_file_sink_appends_one_verifiable_line_per_checkpoint(

@@ -32,6 +32,8 @@ FIRST_RETRY_SECONDS = 1.0
 LAST_RETRY_SECONDS = 30.0
 # How long a stopping platform waits for its last checkpoints to leave.
 CLOSE_GRACE_SECONDS = 3.0
+# How often the newest checkpoint is sent again when nothing new was signed.
+RESEND_SECONDS = 3600.0
 
 
 class CheckpointSink(Protocol):
@@ -144,10 +146,22 @@ class CheckpointForwarder:
 
 
 class CheckpointWitnesses:
-    """Every configured sink; `offer` is the listener the checkpoint signer calls."""
+    """Every configured sink; `offer` is the listener the checkpoint signer calls.
 
-    def __init__(self, sinks: list[CheckpointSink]) -> None:
+    The newest checkpoint is also sent at start and every `resend_seconds` after: a SIEM then
+    sees where the chain stands after a restart (a rollback made while the platform was down
+    shows as a lower record number), and can alert when a platform falls silent."""
+
+    def __init__(
+        self,
+        sinks: list[CheckpointSink],
+        signer: CheckpointSigner | None = None,
+        resend_seconds: float = RESEND_SECONDS,
+    ) -> None:
         self.forwarders = [CheckpointForwarder(sink) for sink in sinks]
+        self._signer = signer
+        self._resend_seconds = resend_seconds
+        self._resender: asyncio.Task[None] | None = None
 
     def offer(self, checkpoint: Checkpoint) -> None:
         for forwarder in self.forwarders:
@@ -157,8 +171,26 @@ class CheckpointWitnesses:
         for forwarder in self.forwarders:
             forwarder.start()
             log.info("Signed audit checkpoints go to %s", forwarder.sink.name)
+        if self.forwarders and self._signer is not None and self._resender is None:
+            self._offer_latest(self._signer)
+            self._resender = asyncio.create_task(self._resend(self._signer))
+
+    def _offer_latest(self, signer: CheckpointSigner) -> None:
+        latest = signer.latest()
+        if latest is not None and latest.seq >= 0:
+            self.offer(latest)
+
+    async def _resend(self, signer: CheckpointSigner) -> None:
+        while True:
+            await asyncio.sleep(self._resend_seconds)
+            self._offer_latest(signer)
 
     async def close(self) -> None:
+        if self._resender is not None:
+            self._resender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resender
+            self._resender = None
         await asyncio.gather(*(f.close() for f in self.forwarders))
 
     def collector(self) -> Collector:
@@ -199,6 +231,6 @@ def build_witnesses(settings: Settings, signer: CheckpointSigner) -> CheckpointW
     if settings.checkpoint_file:
         path = Path(settings.checkpoint_file)
         sinks.append(JsonFileSink(path, hostname=settings.hostname, public_key_pem=key))
-    witnesses = CheckpointWitnesses(sinks)
+    witnesses = CheckpointWitnesses(sinks, signer)
     signer.add_listener(witnesses.offer)
     return witnesses

@@ -9,6 +9,7 @@ again. Listeners (witnesses such as a SIEM sink) hear of every published checkpo
 """
 
 import base64
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -62,6 +63,12 @@ def signed_by(key: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def key_fingerprint(public_key_pem: str) -> str:
+    """SHA-256 (hex) of the PEM text of an audit public key: how the syslog messages and the web
+    name the key, short enough to compare by eye."""
+    return hashlib.sha256(public_key_pem.strip().encode()).hexdigest()
 
 
 def checkpoint_from_json(data: object) -> Checkpoint:

@@ -8,7 +8,6 @@ examples; Tether has none of its own, and the SD-ID stays the same if it gets on
 """
 
 import asyncio
-import hashlib
 import os
 import ssl
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tether.server.errors import ConfigurationError
-from tether.server.services.checkpoints import Checkpoint, checkpoint_document
+from tether.server.services.checkpoints import Checkpoint, checkpoint_document, key_fingerprint
 
 SD_ID = "checkpoint@32473"
 APP_NAME = "tether"
@@ -68,11 +67,6 @@ def _header_field(value: str) -> str:
     """A header field: printable US-ASCII without spaces, "-" when there is nothing left."""
     kept = "".join(c for c in value if 33 <= ord(c) <= 126)
     return kept[:255] or "-"
-
-
-def key_fingerprint(public_key_pem: str) -> str:
-    """SHA-256 of the PEM text of the audit public key, as the `key` parameter shows it."""
-    return hashlib.sha256(public_key_pem.strip().encode()).hexdigest()
 
 
 def syslog_frame(checkpoint: Checkpoint, *, hostname: str, public_key_pem: str) -> bytes:
