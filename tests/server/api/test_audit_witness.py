@@ -73,3 +73,19 @@ async def test_a_checkpoint_body_that_is_not_one_is_refused_in_one_sentence(
     )
     assert refused.status_code == 422
     assert refused.json()["detail"] == "Invalid checkpoint.seq: Input should be a valid integer."
+
+
+async def test_a_damaged_checkpoint_file_is_named_by_verify_not_hidden_behind_an_error(
+    client: httpx.AsyncClient, admin: dict[str, str], platform: Platform
+) -> None:
+    platform.settings.audit_anchor.write_text("{not json")
+    got = await client.get("/api/v1/audit/checkpoint", headers=admin)
+    assert got.status_code == 409
+    assert got.json()["detail"] == (
+        "The platform has no readable signed checkpoint; run 'tether audit verify' to see why."
+    )
+    checked = await client.post("/api/v1/audit/verify", headers=admin, json={})
+    assert checked.status_code == 200
+    body = checked.json()
+    assert (body["intact"], body["signed"], body["witness"]) == (False, None, None)
+    assert body["problem"] == "The signed checkpoint is damaged or its signature does not match."

@@ -43,13 +43,12 @@ async def verify(platform: PlatformDep, _user: AuditReader) -> VerifyOut:
 
 
 def _signed(platform: Platform) -> CheckpointDocument | None:
-    """The platform's current checkpoint with its public key; None before the first one."""
+    """The platform's current checkpoint with its public key; None before the first one or
+    when its file is damaged (the chain's verify says which)."""
     signer = platform.audit.signer
     latest = signer.latest()
-    if latest is None:
+    if latest is None or latest.seq < 0:
         return None
-    if latest.seq < 0:
-        raise Conflict("The platform's signed checkpoint is damaged; run 'tether audit verify'.")
     return CheckpointDocument(
         seq=latest.seq,
         hash=latest.hash,
@@ -65,7 +64,9 @@ async def checkpoint(platform: PlatformDep, _user: AuditReader) -> CheckpointDoc
     platform's host cannot write and verify against it later (POST /audit/verify)."""
     signed = _signed(platform)
     if signed is None:
-        raise Conflict("The platform has not signed an audit checkpoint yet.")
+        raise Conflict(
+            "The platform has no readable signed checkpoint; run 'tether audit verify' to see why."
+        )
     return signed
 
 

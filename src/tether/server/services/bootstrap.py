@@ -7,7 +7,6 @@ enrolls one and hands the secret back, to be shown or written next to the passwo
 
 import asyncio
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tether.server.auth.passwords import generate_password
 from tether.server.config import CONFIG_FILE, Settings, save_settings
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner
-from tether.server.services.checkpoint_sinks.syslog import parse_syslog_target
+from tether.server.services.checkpoint_sinks.syslog import collector_context, parse_syslog_target
 from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority, save_keypair
 from tether.server.services.platform import session_policy
@@ -49,12 +48,7 @@ def check_witness_options(settings: Settings) -> None:
     if settings.checkpoint_syslog:
         parse_syslog_target(settings.checkpoint_syslog)
     if settings.checkpoint_syslog_ca:
-        try:
-            ssl.create_default_context(cafile=settings.checkpoint_syslog_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"{settings.checkpoint_syslog_ca} is not a readable CA certificate (PEM)."
-            ) from exc
+        collector_context(Path(settings.checkpoint_syslog_ca))
     if settings.checkpoint_file and not Path(settings.checkpoint_file).parent.is_dir():
         raise ConfigurationError(
             f"The folder of {settings.checkpoint_file} does not exist; create it first."

@@ -58,6 +58,17 @@ def parse_syslog_target(url: str) -> SyslogTarget:
     return SyslogTarget(tls=parts.scheme == "tls", host=parts.hostname, port=port)
 
 
+def collector_context(ca_file: Path | None) -> ssl.SSLContext:
+    """TLS settings for a collector: the system's trust store, or only `ca_file` when the
+    operator names the collector's CA; ConfigurationError (one sentence) when it is unusable."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"{ca_file} is not a readable CA certificate (PEM) for the syslog collector."
+        ) from exc
+
+
 def _sd_value(value: str) -> str:
     """A PARAM-VALUE with the three characters RFC 5424 section 6.3.3 says to escape."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
@@ -101,12 +112,7 @@ class SyslogSink:
         self._target = target
         self._hostname = hostname
         self._public_key_pem = public_key_pem
-        self._context: ssl.SSLContext | None = None
-        if target.tls:
-            # The system's trust store unless the operator names the CA of the collector.
-            self._context = ssl.create_default_context(
-                cafile=str(ca_file) if ca_file is not None else None
-            )
+        self._context = collector_context(ca_file) if target.tls else None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
