@@ -9,6 +9,7 @@ to a JSON-lines file each catch it, in one sentence.
 """
 
 import json
+import re
 import shutil
 import sqlite3
 import ssl
@@ -17,10 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tether.server.services.audit import GENESIS_HASH, record_hash
-from tether.server.services.checkpoints import key_fingerprint
+from tether.server.services.checkpoints import (
+    CheckpointSigner,
+    checkpoint_document,
+    key_fingerprint,
+)
 from tether.server.services.pki import CertificateAuthority, save_keypair
 
 from ..syslog_collector import SyslogCollector
@@ -209,6 +215,16 @@ def test_a_rollback_with_deleted_records_is_caught_by_every_witness(witnessed: W
     seen = [m.seq for m in w.collector.messages()]
     assert seen[-1] == forged_seq < max(seen)
     assert resigned.fields["key"] == key_fingerprint(resigned.document["public_key"])
+    metrics = httpx.get(
+        f"{w.platform.url}/metrics", verify=w.platform.ssl_context(), timeout=10
+    ).text
+    sent = re.search(
+        rf'tether_checkpoint_sink_sent_total{{sink="syslog {re.escape(w.collector.url)}"}} (\S+)',
+        metrics,
+    )
+    assert sent is not None, metrics
+    assert float(sent[1]) >= len(seen)
+    assert f'tether_checkpoint_sink_dropped_total{{sink="file {w.sink_file}"}} 0.0' in metrics
 
     def gone(_seq: int, head: int) -> str:
         return f"the log ends at record {head}, before it; records were deleted."
@@ -261,3 +277,28 @@ def test_a_collector_address_that_is_not_one_is_refused_at_init(
         "tcp://siem.example:601."
     )
     assert not (platform.data / "config.json").exists()
+
+
+def test_a_malformed_or_foreign_checkpoint_file_is_refused_in_one_sentence(
+    admin: Cli, tmp_path: Path
+) -> None:
+    malformed = tmp_path / "cp.json"
+    malformed.write_text('{"seq": 12, "hash": "not a hash"}')
+    done = admin.run("audit", "verify", "--checkpoint", str(malformed))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"tether: {malformed} is not an audit checkpoint; give the file 'tether audit checkpoint "
+        "export' wrote or a line a checkpoint sink sent."
+    )
+    exported = json.loads(admin.ok("audit", "checkpoint", "export"))
+    CheckpointSigner.create_key(tmp_path / "other.key")
+    other = CheckpointSigner(tmp_path / "other.key", tmp_path / "other-anchor.json")
+    forged = other.sign(exported["seq"], exported["hash"], datetime.now(UTC))
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(checkpoint_document(forged, other.public_key_pem(), "elsewhere"))
+    done = admin.run("audit", "verify", "--checkpoint", str(foreign))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"tether: {foreign} was signed by another audit key than this platform's, so it cannot "
+        "witness this log."
+    )
