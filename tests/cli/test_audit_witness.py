@@ -2,12 +2,16 @@
 
 import json
 import re
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, update
 
 from tether.server.services.checkpoints import CheckpointSigner, checkpoint_document
 from tether.server.services.platform import Platform
+from tether.server.store.tables import audit_head, audit_records
 
 from .conftest import Cli
 
@@ -143,4 +147,53 @@ async def test_a_replaced_audit_key_is_reported_against_the_remembered_checkpoin
         "BROKEN: The platform's audit key is not the one that signed the checkpoint you "
         f"verified on {data['verified_at'][:10]}, so its whole log may have been signed anew; "
         f"if an operator replaced the key on purpose, delete {memory}." in said
+    )
+
+
+async def test_a_damaged_memory_file_is_named_and_not_silently_replaced(
+    cli: Cli, config: Path
+) -> None:
+    assert (await cli("audit", "verify")).code == 0
+    memory = next((config / "audit-witness").glob("*.json"))
+    memory.write_text("{")
+    done = await cli("audit", "verify")
+    assert done.code == 1
+    assert done.stderr.strip().endswith(
+        f"{memory} is damaged; it held the last audit checkpoint verified here, so restore it "
+        "or delete it to start trusting the platform's current checkpoint again."
+    )
+    assert memory.read_text() == "{"
+
+
+async def test_json_output_carries_the_witness_sentence_after_a_rollback(
+    cli: Cli, platform: Platform, config: Path
+) -> None:
+    anchor = platform.settings.audit_anchor
+    old_anchor = anchor.with_name("old-anchor.json")
+    shutil.copyfile(anchor, old_anchor)
+    rolled_to = platform.audit.signer.latest()
+    assert rolled_to is not None
+    await platform.audit.record("test.event", actor="someone")
+    assert (await cli("audit", "verify")).code == 0
+    remembered = rolled_to.seq + 1
+
+    shutil.copyfile(old_anchor, anchor)
+    kept = await platform.audit.record_at(rolled_to.seq)
+    assert kept is not None
+    async with platform.engine.begin() as conn:
+        await conn.execute(delete(audit_records).where(audit_records.c.seq > rolled_to.seq))
+        await conn.execute(update(audit_head).values(seq=kept.seq, hash=kept.hash))
+    # The attacker's next action takes the number of the deleted record.
+    await platform.audit.record("test.event", actor="attacker")
+
+    done = await cli("audit", "verify", "--json")
+    assert done.code == 1
+    report = json.loads(done.stdout)
+    day = datetime.now(UTC).date().isoformat()
+    assert report["intact"] is True
+    assert report["witness"]["extends"] is False
+    assert report["witness_problem"] == (
+        f"The audit log does not extend the checkpoint you verified on {day} at record "
+        f"{remembered}: record {remembered} now has a different hash; records were rewritten "
+        "or the checkpoint was rolled back."
     )
