@@ -146,18 +146,16 @@ def _witness_problem(
                 "witness this log."
             )
         label = f"the checkpoint in {source} (signed on {day_of(kept.signed_at)})"
+    elif remembered is None:
+        return ""
+    elif not same_key(remembered.checkpoint.public_key, platform_key):
+        return (
+            "The platform's audit key is not the one that signed the checkpoint you verified "
+            f"on {day_of(remembered.verified_at)}, so its whole log may have been signed anew; "
+            f"if an operator replaced the key on purpose, delete {remembered.path}."
+        )
     else:
-        kept_here = remembered
-        if kept_here is None:
-            return ""
-        if not same_key(kept_here.checkpoint.public_key, platform_key):
-            return (
-                "The platform's audit key is not the one that signed the checkpoint you "
-                f"verified on {day_of(kept_here.verified_at)}, so its whole log may "
-                "have been signed anew; if an operator replaced the key on purpose, delete "
-                f"{kept_here.path}."
-            )
-        label = f"the checkpoint you verified on {day_of(kept_here.verified_at)}"
+        label = f"the checkpoint you verified on {day_of(remembered.verified_at)}"
     if witness is None or witness["extends"]:
         return ""
     return f"The audit log does not extend {label} at record {kept.seq}: {witness['reason']}"
