@@ -118,7 +118,7 @@ async def test_a_tls_collector_the_named_ca_did_not_issue_gets_nothing(
 
 
 async def test_a_collector_that_is_down_costs_old_checkpoints_never_the_newest(
-    signer: CheckpointSigner, tmp_path: Path
+    signer: CheckpointSigner, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = SyslogCollector()
     port = first.port
@@ -140,6 +140,15 @@ async def test_a_collector_that_is_down_costs_old_checkpoints_never_the_newest(
         assert time.monotonic() - started < 0.5
         await _until(lambda: forwarder.failures >= 2)
         assert forwarder.dropped == 3
+        # Said in the log, once for the burst rather than once per checkpoint.
+        behind = [r.getMessage() for r in caplog.records if "is behind" in r.getMessage()]
+        assert behind == [
+            f"Checkpoint sink syslog tcp://127.0.0.1:{port} is behind: dropped the checkpoint at "
+            "record 1 for a newer one (1 dropped so far)"
+        ]
+        assert any(
+            "Cannot send the checkpoint at record 4" in r.getMessage() for r in caplog.records
+        )
         collector = SyslogCollector(port=port)
         try:
             await _until(lambda: forwarder.pending == 0)

@@ -11,6 +11,7 @@ full the oldest is dropped; drops and failed sends are logged and counted in /me
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ FIRST_RETRY_SECONDS = 1.0
 LAST_RETRY_SECONDS = 30.0
 # How long a stopping platform waits for its last checkpoints to leave.
 CLOSE_GRACE_SECONDS = 3.0
+DROP_LOG_SECONDS = 60.0
 # How often the newest checkpoint is sent again when nothing new was signed.
 RESEND_SECONDS = 3600.0
 
@@ -71,6 +73,7 @@ class CheckpointForwarder:
         self._drained = asyncio.Event()
         self._drained.set()
         self._task: asyncio.Task[None] | None = None
+        self._last_drop_logged = -DROP_LOG_SECONDS
         self.sent = 0
         self.dropped = 0
         self.failures = 0
@@ -84,11 +87,17 @@ class CheckpointForwarder:
         if len(self._pending) >= self._capacity:
             dropped = self._pending.popleft()
             self.dropped += 1
-            log.warning(
-                "Checkpoint sink %s is behind: dropped the checkpoint at record %d for a newer one",
-                self.sink.name,
-                dropped.seq,
-            )
+            # One line per minute at most: a sink that is down for an hour must not flood the log.
+            now = time.monotonic()
+            if now - self._last_drop_logged >= DROP_LOG_SECONDS:
+                self._last_drop_logged = now
+                log.warning(
+                    "Checkpoint sink %s is behind: dropped the checkpoint at record %d for a "
+                    "newer one (%d dropped so far)",
+                    self.sink.name,
+                    dropped.seq,
+                    self.dropped,
+                )
         self._pending.append(checkpoint)
         self._drained.clear()
         self._wake.set()
