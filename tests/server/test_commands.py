@@ -47,3 +47,44 @@ def test_init_without_a_file_shows_the_second_factor_once(tmp_path: Path) -> Non
     )
     assert "Recovery codes (each works once): " in result.output
     assert "shown once; store them now." in result.output
+
+
+def test_init_keeps_the_checkpoint_sinks_in_the_config(tmp_path: Path) -> None:
+    (tmp_path / "siem").mkdir()
+    result = CliRunner().invoke(
+        server_app,
+        ["init", "--data", str(tmp_path / "data"), "--hostname", "t.test",
+         "--checkpoint-syslog", "tcp://siem.test:601",
+         "--checkpoint-file", str(tmp_path / "siem" / "cp.jsonl")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "data" / "config.json").read_text())
+    assert config["checkpoint_syslog"] == "tcp://siem.test:601"
+    assert config["checkpoint_file"] == str(tmp_path / "siem" / "cp.jsonl")
+    assert config["checkpoint_syslog_ca"] == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "sentence"),
+    [
+        (["--checkpoint-syslog", "tls://siem.test"],
+         "'tls://siem.test' is not a syslog collector address like tls://siem.example:6514 or "
+         "tcp://siem.example:601."),
+        (["--checkpoint-syslog", "tcp://siem.test:601", "--checkpoint-syslog-ca", "ca.pem"],
+         "--checkpoint-syslog-ca needs a tls:// --checkpoint-syslog."),
+        (["--checkpoint-syslog", "tls://siem.test:6514", "--checkpoint-syslog-ca", "{tmp}/no.pem"],
+         "{tmp}/no.pem is not a readable CA certificate (PEM) for the syslog collector."),
+        (["--checkpoint-file", "{tmp}/nowhere/cp.jsonl"],
+         "The folder of {tmp}/nowhere/cp.jsonl does not exist; create it first."),
+    ],
+)  # fmt: skip
+def test_init_refuses_checkpoint_sinks_that_cannot_work_and_creates_nothing(
+    tmp_path: Path, options: list[str], sentence: str
+) -> None:
+    given = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    result = CliRunner().invoke(
+        server_app, ["init", "--data", str(tmp_path / "data"), "--hostname", "t.test", *given]
+    )
+    assert result.exit_code != 0
+    assert str(result.exception) == sentence.replace("{tmp}", str(tmp_path))
+    assert not (tmp_path / "data").exists()

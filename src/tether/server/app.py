@@ -105,6 +105,7 @@ def create_app(platform: Platform) -> FastAPI:
     Gauge(
         "tether_agents_connected", "Agents connected to this process", registry=registry
     ).set_function(lambda: platform.presence.count)
+    registry.register(platform.witnesses.collector())
 
     faults = Gauge(
         "tether_storage_faults",

@@ -36,12 +36,27 @@ def init(
             "recovery codes) to FILE.mfa.json, both mode 0600."
         ),
     ] = None,
+    checkpoint_syslog: Annotated[
+        str,
+        typer.Option(
+            help="Send every signed audit checkpoint to this syslog collector "
+            "(tls://HOST:PORT or tcp://HOST:PORT; RFC 5424, octet-counted)."
+        ),
+    ] = "",
+    checkpoint_syslog_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate (PEM) of a tls:// collector (default: system CAs)."),
+    ] = None,
+    checkpoint_file: Annotated[
+        Path | None,
+        typer.Option(help="Append every signed audit checkpoint to this file as a JSON line."),
+    ] = None,
 ) -> None:
     """Create the CA, the server certificate, the database and the first admin user."""
     import json
 
     from tether.server.config import Settings
-    from tether.server.services.bootstrap import initialise
+    from tether.server.services.bootstrap import check_witness_options, initialise
     from tether.server.services.pki import write_private
 
     settings = Settings(
@@ -50,7 +65,11 @@ def init(
         listen=listen,
         agent_listen=agent_listen,
         database_url=database_url or "",
+        checkpoint_syslog=checkpoint_syslog,
+        checkpoint_syslog_ca=str(checkpoint_syslog_ca.resolve()) if checkpoint_syslog_ca else "",
+        checkpoint_file=str(checkpoint_file.resolve()) if checkpoint_file else "",
     )
+    check_witness_options(settings)
     result = initialise(settings, ip or [])
     typer.echo(f"Platform created in {settings.data_dir}")
     typer.echo(f"CA fingerprint (SHA-256): {result.ca_sha256}")

@@ -68,6 +68,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         log.info("Removed %d partial files no unfinished job can resume", swept)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_tls_failures)
+    platform.witnesses.start()
 
     gateway = AgentGateway(
         hosts=platform.hosts,

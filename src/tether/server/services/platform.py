@@ -10,6 +10,7 @@ from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
+from tether.server.services.checkpoint_sink import CheckpointWitnesses, build_witnesses
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.file_transfers import FileTransfers
@@ -68,12 +69,16 @@ class Platform:
     isolation: Isolation
     bindings: ResultBindings
     faults: FaultCounter
+    # Where each signed audit checkpoint is sent off the host (started by the runner).
+    witnesses: CheckpointWitnesses
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
         engine = engine or create_engine(settings.db_url)
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
-        audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
+        signer = CheckpointSigner(settings.audit_key, settings.audit_anchor)
+        witnesses = build_witnesses(settings, signer)
+        audit = AuditLog(engine, signer)
         bindings = ResultBindings(engine, audit)
         # `tether audit verify` also checks that stored results still match their records.
         audit.add_check(bindings.check_all)
@@ -134,9 +139,11 @@ class Platform:
             isolation=isolation,
             bindings=bindings,
             faults=faults,
+            witnesses=witnesses,
         )
 
     async def close(self) -> None:
         await self.transfers.close()
         await self.presence.flush()
+        await self.witnesses.close()
         await self.engine.dispose()
