@@ -1,4 +1,4 @@
-"""The CLI as a witness of the audit log (docs/adr/0031-audit-witnesses.md).
+"""The CLI as a witness of the audit log (docs/adr/0032-audit-witnesses.md).
 
 The platform's checkpoint file can be put back to an older genuine copy by anyone who can write
 its data directory; a copy of a later checkpoint kept elsewhere shows it. The CLI keeps the last

@@ -2,7 +2,7 @@
 
 The platform signs `checkpoint_message` with its Ed25519 audit key; anyone holding the public key
 can check a checkpoint without asking the platform, which is what makes a copy kept elsewhere a
-witness (docs/adr/0031-audit-witnesses.md).
+witness (docs/adr/0032-audit-witnesses.md).
 """
 
 from typing import Annotated

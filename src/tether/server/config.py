@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     live_session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
     live_session_sweep_seconds: float = Field(default=30.0, gt=0)
     log_level: str = "info"
-    # Witnesses off the host (docs/adr/0031-audit-witnesses.md): every signed audit checkpoint
+    # Witnesses off the host (docs/adr/0032-audit-witnesses.md): every signed audit checkpoint
     # also goes to a syslog collector (tcp://HOST:PORT or tls://HOST:PORT, RFC 5424) and/or is
     # appended to a file as a JSON line; the CA file names who may serve tls:// (else the
     # system's trust store).

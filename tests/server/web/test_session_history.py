@@ -91,7 +91,7 @@ async def test_verify_chain_reports_an_intact_chain(
     # The head's hash, to compare with the last line of an export.
     head = (await platform.audit.verify()).head_hash
     assert f'<code class="head-hash">{head}</code>' in response.text
-    # What a responder compares with a checkpoint kept elsewhere (ADR 0031).
+    # What a responder compares with a checkpoint kept elsewhere (ADR 0032).
     signed = platform.audit.signer.latest()
     assert signed is not None
     key = key_fingerprint(platform.audit.signer.public_key_pem())

@@ -1,4 +1,4 @@
-"""Does the audit log extend a checkpoint a witness kept? (docs/adr/0031-audit-witnesses.md)
+"""Does the audit log extend a checkpoint a witness kept? (docs/adr/0032-audit-witnesses.md)
 
 The platform's own check compares the chain with the checkpoint in its data directory; someone
 who can write that directory but has no signing key can put an older genuine checkpoint back,

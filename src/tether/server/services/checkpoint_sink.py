@@ -1,4 +1,4 @@
-"""Sending each signed audit checkpoint off the host as it is made (docs/adr/0031-audit-witnesses.md).
+"""Sending each signed audit checkpoint off the host as it is made (docs/adr/0032-audit-witnesses.md).
 
 A sink is a place a SIEM reads: syslog over TCP or TLS (`checkpoint_sinks/syslog.py`) or a JSON
 line appended to a file (`checkpoint_sinks/json_file.py`). Signing an audit record must never wait

@@ -107,7 +107,7 @@ async def verify(request: Request, platform: PlatformDep, _user: AuditReader) ->
     """The chain's verdict, as a fragment the Verify button puts on the page."""
     report = await platform.audit.verify()
     signer = platform.audit.signer
-    # What to compare with a checkpoint kept elsewhere (ADR 0031): this check alone cannot see
+    # What to compare with a checkpoint kept elsewhere (ADR 0032): this check alone cannot see
     # its own checkpoint file rolled back.
     return render(
         request,
