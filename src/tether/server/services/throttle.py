@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tether.server.services.refusal_summary import untrusted_text
 from tether.server.store.db import as_utc
 from tether.server.store.tables import login_attempts
 
@@ -64,7 +65,8 @@ def _seconds(delta: timedelta) -> int:
 
 
 def _key(text: str) -> str:
-    return text[:KEY_LENGTH]
+    # What a client typed: bounded and printable (PostgreSQL refuses a NUL in text outright).
+    return untrusted_text(text, KEY_LENGTH)
 
 
 def _known_at(address: str, at: datetime, successes: Sequence[_Attempt], window: timedelta) -> bool:

@@ -274,11 +274,18 @@ class Users:
                 conn, username, address_of(source), now, success=False
             )
         async with self._engine.connect() as conn:
+            # A name no account can have is not looked up (a NUL would fail the query itself).
             row = (
-                await conn.execute(
-                    select(users.c.id, users.c.password_hash).where(users.c.username == username)
-                )
-            ).first()
+                (
+                    await conn.execute(
+                        select(users.c.id, users.c.password_hash).where(
+                            users.c.username == username
+                        )
+                    )
+                ).first()
+                if USERNAME.fullmatch(username)
+                else None
+            )
             user = await self._load(conn, int(row.id)) if row is not None else None
             settings = await read_access_settings(conn)
         # Outside any transaction: Argon2id takes a while and must not hold a connection's locks.
