@@ -53,9 +53,11 @@ def client_from(platform: Platform, address: str) -> httpx.Client:
 
 
 def log_in(client: httpx.Client, password: str, **headers: str | bytes) -> httpx.Response:
-    return client.post(
-        "/auth/login", json={"username": "ann", "password": password}, headers=headers
-    )
+    raw = [
+        (name.encode(), value if isinstance(value, bytes) else value.encode())
+        for name, value in headers.items()
+    ]
+    return client.post("/auth/login", json={"username": "ann", "password": password}, headers=raw)
 
 
 def audit_records(admin: Cli) -> list[dict[str, Any]]:
