@@ -231,8 +231,13 @@ def test_a_certificate_near_its_end_is_warned_about_and_renewed_with_agents_stay
 # TLS refusals on the agent port ----------------------------------------------------------------
 
 
-def handshake_without_a_certificate(platform: Platform) -> None:
+def refused_handshake(
+    platform: Platform, cert: Path | None = None, key: Path | None = None
+) -> None:
+    """A TLS handshake on the agent port the platform refuses (no or a foreign certificate)."""
     context = platform.ssl_context()
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
     with socket.create_connection(("127.0.0.1", platform.agent_port), timeout=10) as raw:
         try:
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
@@ -242,23 +247,37 @@ def handshake_without_a_certificate(platform: Platform) -> None:
             pass
 
 
-def test_handshakes_without_a_client_certificate_are_counted_and_summarized(
-    own: tuple[Platform, Cli, Agent],
+def test_refused_handshakes_are_counted_and_summarized(
+    own: tuple[Platform, Cli, Agent], tmp_path: Path
 ) -> None:
     platform, admin, _ = own
-    counter = 'tether_agent_tls_refusals_total{reason="no client certificate"}'
-    before_count = metric(platform, counter) or 0.0
+    no_cert = 'tether_agent_tls_refusals_total{reason="no client certificate"}'
+    foreign = 'tether_agent_tls_refusals_total{reason="certificate not accepted"}'
+    before_counts = (metric(platform, no_cert) or 0.0, metric(platform, foreign) or 0.0)
     before = len(audit_records(admin))
     for _ in range(20):
-        handshake_without_a_certificate(platform)
+        refused_handshake(platform)
+    cert, key, _ = certs.client_cert(certs.new_ca("Not Tether"), tmp_path, "stranger")
+    for _ in range(3):
+        refused_handshake(platform, cert, key)
     wait_for(
-        lambda: metric(platform, counter) == before_count + 20,
+        lambda: (
+            (metric(platform, no_cert), metric(platform, foreign))
+            == (before_counts[0] + 20, before_counts[1] + 3)
+        ),
         timeout=10,
         what="the refusals in /metrics",
     )
     restart(platform)
     summaries = [r for r in audit_records(admin)[before:] if r["action"] == "agent.tls_refused"]
     assert len(summaries) == 1
-    assert (summaries[0]["target"], summaries[0]["outcome"]) == ("127.0.0.1", "failure")
-    assert summaries[0]["details"]["count"] == 20
-    assert summaries[0]["details"]["reasons"] == {"no client certificate": 20}
+    assert (summaries[0]["actor"], summaries[0]["target"], summaries[0]["outcome"]) == (
+        "unauthenticated",
+        "127.0.0.1",
+        "failure",
+    )
+    assert summaries[0]["details"]["count"] == 23
+    assert summaries[0]["details"]["reasons"] == {
+        "certificate not accepted": 3,
+        "no client certificate": 20,
+    }

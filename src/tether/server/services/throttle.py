@@ -48,6 +48,11 @@ class ThrottlePolicy:
     address_limit: int = 100
     address_window: timedelta = timedelta(minutes=15)
 
+    def __post_init__(self) -> None:
+        # Both budgets must let someone in: a budget of 0 would refuse its sources for good.
+        if not 0 < self.known_source_share < self.account_limit:
+            raise ValueError("known_source_share must lie between 0 and account_limit")
+
     @property
     def unknown_source_limit(self) -> int:
         return self.account_limit - self.known_source_share
@@ -123,9 +128,7 @@ class LoginThrottle:
             if not a.success
             and _known_at(a.address, a.at, successes, p.known_source_window) == known
         ]
-        if limit <= 0:
-            waits.append(now + p.account_window)
-        elif len(budget) >= limit:
+        if len(budget) >= limit:
             waits.append(budget[-limit] + p.account_window)
 
         # The growing delay: this account's run of failures from this address.
