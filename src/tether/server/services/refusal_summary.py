@@ -130,7 +130,7 @@ class RefusalSummary:
             try:
                 await self._write(key, tally)
                 written += 1
-            except SQLAlchemyError:
+            except (SQLAlchemyError, OSError):  # the database unreachable, the disk full
                 log.warning(
                     "Could not audit %d refusals (%s) from %s; they are counted in /metrics only.",
                     tally.count,
@@ -167,4 +167,9 @@ class RefusalSummary:
         `flush(everything=True)` to keep the last minute)."""
         while True:
             await asyncio.sleep(interval_seconds)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:
+                # Whatever went wrong with one round, the next must still run: a dead flusher
+                # would let the tallies grow silently until the process stops.
+                log.exception("Writing the %s summaries failed; retrying later.", self._action)
