@@ -170,3 +170,15 @@ async def _records(db_url: str) -> list[dict[str, Any]]:
         return [{**row._mapping, "details": json.loads(row.details)} for row in rows]
     finally:
         await engine.dispose()
+
+
+def test_a_stored_proxy_setting_that_is_not_an_address_is_one_sentence_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    result = CliRunner().invoke(server_app, ["init", "--data", str(data), "--hostname", "t.test"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("TETHER_TRUSTED_PROXIES", '["10.0.0.0/8", "proxy"]')
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(data)
+    assert str(caught.value) == "Setting trusted_proxies: 'proxy' is not an IP address or network."

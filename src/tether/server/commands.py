@@ -65,8 +65,7 @@ def init(
 
     from pydantic import ValidationError
 
-    from tether.server.config import Settings
-    from tether.server.errors import ConfigurationError
+    from tether.server.config import Settings, settings_error
     from tether.server.services.bootstrap import check_witness_options, initialise
     from tether.server.services.pki import write_private
 
@@ -85,9 +84,7 @@ def init(
             trusted_proxies=trusted_proxy or [],
         )
     except ValidationError as exc:
-        err = exc.errors()[0]
-        message = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigurationError(f"Setting {err['loc'][0]}: {message}.") from exc
+        raise settings_error(exc) from exc
     check_witness_options(settings)
     result = initialise(settings, ip or [])
     typer.echo(f"Platform created in {settings.data_dir}")

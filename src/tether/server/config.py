@@ -150,8 +150,15 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
         merged["data_dir"] = data_dir
         return Settings(**merged)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigurationError(f"Setting {err['loc'][0]}: {err['msg']}.") from exc
+        raise settings_error(exc) from exc
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """The first problem of invalid settings, as one sentence."""
+    err = exc.errors()[0]
+    # Our own validators' messages are sentences already; pydantic prefixes them.
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return ConfigurationError(f"Setting {err['loc'][0]}: {message}.")
 
 
 def save_settings(settings: Settings, keys: list[str]) -> None:
