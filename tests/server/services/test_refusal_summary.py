@@ -86,6 +86,7 @@ async def test_sources_beyond_the_bound_share_one_record(audit: AuditLog, clock:
     assert await summary.flush() == MAX_SOURCES + 1
     shared = [r.to_json() async for r in audit.iter_records() if r.target == OTHER_SOURCES]
     assert [(r["details"]["count"], r["details"]["sources"]) for r in shared] == [(50, 50)]
+    assert shared[0]["details"]["sources_at_least"] is False
 
 
 def test_untrusted_text_is_printable_and_bounded() -> None:

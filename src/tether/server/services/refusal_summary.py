@@ -34,6 +34,10 @@ OTHER_SOURCES = "other sources"
 MAX_ACCOUNTS = 10
 MAX_REASONS = 10
 OTHER_REASON = "other"
+# Distinct addresses remembered for the shared tally (beyond that it says "at least").
+MAX_OTHER_ADDRESSES = 10_000
+# Distinct reasons counted for /metrics (each a label): callers pass a small fixed set anyway.
+MAX_TOTAL_REASONS = 50
 TEXT_LIMIT = 64
 ACTOR = "unauthenticated"
 
@@ -107,14 +111,18 @@ class RefusalSummary:
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally(opened=now, last=now)
-        tally.sources.add(address)
+        if len(tally.sources) < MAX_OTHER_ADDRESSES:
+            tally.sources.add(address)
         tally.add(
             reason,
             untrusted_text(account) if account is not None else None,
             untrusted_text(client_text),
             now,
         )
-        self.totals[reason] += 1
+        if reason in self.totals or len(self.totals) < MAX_TOTAL_REASONS:
+            self.totals[reason] += 1
+        else:
+            self.totals[OTHER_REASON] += 1
 
     async def flush(self, *, everything: bool = False) -> int:
         """Write the tallies that are a minute old (or all of them); returns records written."""
@@ -152,6 +160,7 @@ class RefusalSummary:
             details["more_accounts"] = tally.more_accounts
         if key == OTHER_SOURCES:
             details["sources"] = len(tally.sources)
+            details["sources_at_least"] = len(tally.sources) >= MAX_OTHER_ADDRESSES
         source = f"{key} {tally.client_text}".strip() if key != OTHER_SOURCES else ""
         await self._audit.record(
             self._action,
