@@ -8,12 +8,12 @@ import pytest
 from tether.protocol import Role
 from tether.server.errors import Throttled, Unauthenticated
 from tether.server.services.audit import AuditLog
+from tether.server.services.client_text import untrusted_text
 from tether.server.services.refusal_summary import (
     MAX_ACCOUNTS,
     MAX_SOURCES,
     OTHER_SOURCES,
     RefusalSummary,
-    untrusted_text,
 )
 from tether.server.services.users import LOGIN_FAILURES, Users
 

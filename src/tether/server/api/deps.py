@@ -11,8 +11,8 @@ from fastapi import Depends, Request
 
 from tether.protocol import Permission
 from tether.server.errors import Forbidden, Unauthenticated
+from tether.server.services.client_text import untrusted_text
 from tether.server.services.platform import Platform
-from tether.server.services.refusal_summary import untrusted_text
 from tether.server.services.users import User
 
 SESSION_COOKIE = "tether_session"

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.server.services.audit import AuditLog
+from tether.server.services.client_text import untrusted_text
 from tether.server.store.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,7 @@ OTHER_REASON = "other"
 MAX_OTHER_ADDRESSES = 10_000
 # Distinct reasons counted for /metrics (each a label): callers pass a small fixed set anyway.
 MAX_TOTAL_REASONS = 50
-TEXT_LIMIT = 64
 ACTOR = "unauthenticated"
-
-
-def untrusted_text(text: str, limit: int = TEXT_LIMIT) -> str:
-    """Text a client chose (user agent, a typed user name), safe to store and to show:
-    non-printable characters become '?', and it is cut to `limit` characters."""
-    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 @dataclass

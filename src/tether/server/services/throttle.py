@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.server.services.refusal_summary import untrusted_text
+from tether.server.services.client_text import untrusted_text
 from tether.server.store.db import as_utc
 from tether.server.store.tables import login_attempts
 
