@@ -211,7 +211,7 @@ class Platform:
         self.listen_host = "127.0.0.1"
         self.hostname = "localhost"
         self.cert_ips: list[str] = []
-        # More `server init` options (checkpoint sinks, ...).
+        # More `server init` options (checkpoint sinks, --trusted-proxy, ...).
         self.init_args: list[str] = []
 
     @property

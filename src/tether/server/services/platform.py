@@ -25,14 +25,19 @@ from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
+from tether.server.services.refusal_summary import RefusalSummary
 from tether.server.services.script_files import ScriptFiles
 from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
+from tether.server.services.server_certificate import CertificateWatch, load_certificate
 from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
 from tether.server.store.db import create_engine
 from tether.server.store.faults import FaultCounter
+
+# The audit action of the per-source summary of TLS handshakes refused on the agent port.
+TLS_REFUSALS = "agent.tls_refused"
 
 
 def session_policy(settings: Settings) -> SessionPolicy:
@@ -71,6 +76,10 @@ class Platform:
     faults: FaultCounter
     # Where each signed audit checkpoint is sent off the host (started by the runner).
     witnesses: CheckpointWitnesses
+    # TLS handshakes refused on the agent port, one audit record per source per minute.
+    tls_refusals: RefusalSummary
+    # The server certificate being served: /metrics and the log watch its end.
+    certificate: CertificateWatch
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -140,9 +149,14 @@ class Platform:
             bindings=bindings,
             faults=faults,
             witnesses=witnesses,
+            tls_refusals=RefusalSummary(audit, TLS_REFUSALS),
+            certificate=CertificateWatch(load_certificate(settings.server_cert)),
         )
 
     async def close(self) -> None:
+        # The last minute's refusals: written now, or lost with the process.
+        for summary in (self.users.login_failures, self.tls_refusals):
+            await summary.flush(everything=True)
         await self.transfers.close()
         await self.presence.flush()
         await self.witnesses.close()
