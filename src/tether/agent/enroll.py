@@ -68,7 +68,7 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
     token = EnrollmentToken.decode(token_text)
     # Refused before anything is generated or fetched: the key must never land where another
     # account created the directory (a planted `agent.key.tmp` link, a group-writable folder).
-    state.secure()
+    state.secure(create=False)
     if state.is_enrolled():
         raise EnrollmentFailed(
             f"{state.root} already holds an enrolled identity; use another --state-dir "

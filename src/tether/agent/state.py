@@ -32,10 +32,11 @@ class StateDir:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def secure(self) -> "StateDir":
-        """Create the directory if missing and refuse it if another account could touch it
-        (tether.agent.state_guard); from then on `root` is its real path. Returns self."""
-        self.root = secure_state_dir(self.root)
+    def secure(self, *, create: bool = True) -> "StateDir":
+        """Refuse the directory if another account could touch it, and create it if missing
+        unless told not to (tether.agent.state_guard); from then on `root` is its real path.
+        Returns self."""
+        self.root = secure_state_dir(self.root, create=create)
         return self
 
     @property

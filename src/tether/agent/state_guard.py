@@ -7,6 +7,7 @@ created exclusively (`O_EXCL | O_NOFOLLOW`, mode 0600 at creation), so a name pl
 beforehand, a symbolic link to a file the planter can read, is never written through.
 """
 
+import contextlib
 import os
 import stat
 import sys
@@ -18,7 +19,6 @@ if sys.platform != "win32":
     import pwd
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class UnsafeStateDir(AgentError):
@@ -69,7 +69,11 @@ def _check_posix(root: Path) -> None:
     # The real path, checked from the top: once every folder on it is the agent's (or root's)
     # and nobody else can write to it, nobody else can swap any of them afterwards either.
     for folder in (*reversed(root.parents), root):
-        _check_posix_folder(folder, os.lstat(folder), root)
+        try:
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            return  # checking before creating: what is missing is made by the agent itself
+        _check_posix_folder(folder, info, root)
 
 
 # Windows: owners the agent accepts for its state directory (SYSTEM, Administrators). The
@@ -130,39 +134,42 @@ def _check_windows(root: Path) -> None:
         )
 
 
-def secure_state_dir(root: Path) -> Path:
-    """Create `root` if missing (0700), refuse it if another account could touch it.
+def secure_state_dir(root: Path, *, create: bool = True) -> Path:
+    """Refuse `root` if another account could touch it; create it (0700) if missing.
 
-    Returns the real path (links resolved), which the caller uses from then on. Raises
-    UnsafeStateDir with the sentence the operator reads.
+    With `create=False` a missing directory is not made, only the folders above it that exist
+    are checked (enrollment checks first and writes only once it succeeded). Returns the real
+    path (links resolved), which the caller uses from then on. Raises UnsafeStateDir with the
+    sentence the operator reads.
     """
     real = Path(os.path.realpath(os.path.abspath(root)))
-    if not real.exists():
+    if create and not real.exists():
         # Parents first (0755 like any system folder), the directory itself owner-only.
         real.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        # Another process may make it meanwhile: then it is checked below like any other.
+        with contextlib.suppress(FileExistsError):
             real.mkdir(mode=0o700)
-        except FileExistsError:
-            pass  # another process made it meanwhile: checked below like any other
-    if not real.is_dir():
-        raise UnsafeStateDir(f"The state directory {real} is not a folder; choose another --state-dir.")
+    if real.exists() and not real.is_dir():
+        raise UnsafeStateDir(
+            f"The state directory {real} is not a folder; choose another --state-dir."
+        )
     if sys.platform == "win32":
-        _check_windows(real)
+        if real.exists():
+            _check_windows(real)
         return real
     _check_posix(real)
-    # Its own and nobody else can write it: now also nobody else reads it.
-    os.chmod(real, 0o700)
+    if real.exists():
+        # Its own and nobody else can write it: now also nobody else reads it.
+        os.chmod(real, 0o700)
     return real
 
 
 def create_exclusive(path: Path, data: bytes) -> None:
     """Write `data` to a new file `path` (0600 from creation); a name already there is removed
     first, without following it, and never written through."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
     fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -12,6 +12,7 @@ from pathlib import Path
 from tether.agent.actions.files import Accounts, describe_os_error, require_absolute, utc_time
 from tether.agent.context import job_context
 from tether.agent.errors import ActionError
+from tether.agent.path_walk import UnsafePath, open_folder
 from tether.agent.transfer import AgentTransfers
 from tether.protocol import FileGetArgs, FileGetResult, FilePutArgs, FilePutResult
 from tether.protocol.text import safe_text
@@ -54,12 +55,26 @@ async def get_file(args: FileGetArgs) -> FileGetResult:
     )
 
 
+def _destination_now(destination: Path) -> tuple[bool, bool]:
+    """Whether `destination` is a folder, and whether anything is there (a link counts, and is
+    not followed). Its folder is reached without links, as the write will be; a link on the way
+    is refused here, in the sentence the analyst reads. Blocking."""
+    try:
+        with open_folder(destination.parent) as folder:
+            named = folder.lstat(destination.name)
+    except UnsafePath as exc:
+        raise ActionError(str(exc)) from exc
+    except OSError as exc:
+        raise describe_os_error(exc, str(destination.parent)) from exc
+    return named is not None and stat.S_ISDIR(named.st_mode), named is not None
+
+
 async def put_file(args: FilePutArgs) -> FilePutResult:
     """Receive the library file into a temporary file beside `path`, verify, rename into place."""
     job_id, transfers = _engine()
     require_absolute(args.path)
     destination = Path(args.path)
-    is_dir, exists = await asyncio.to_thread(lambda: (destination.is_dir(), destination.exists()))
+    is_dir, exists = await asyncio.to_thread(_destination_now, destination)
     if is_dir:
         raise ActionError(f"{safe_text(args.path, 300)} is a directory; give the path of a file.")
     if exists and not args.overwrite:
