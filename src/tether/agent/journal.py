@@ -16,6 +16,7 @@ the agent's last sign of life while jobs run.
 
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tether.agent.state_guard import restrict_existing
+from tether.agent.state_guard import UnsafeStateDir, restrict_existing
 from tether.protocol import FINAL_AGENT_STATES, JobOutput, JobStatus
 
 _SCHEMA = """
@@ -111,6 +112,12 @@ def _create_private(path: Path) -> None:
     try:
         os.close(os.open(path, flags, 0o600))
     except FileExistsError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            # A link there would have SQLite write the journal (and its WAL) somewhere else.
+            raise UnsafeStateDir(
+                f"{path} is not a regular file, so the agent will not use it as its journal; "
+                "remove it."
+            ) from None
         for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
             restrict_existing(path.with_name(name))
 

@@ -63,6 +63,10 @@ _REMEMBERED = 256
 _STASHED_OPENS = 16
 
 
+# (st_dev, st_ino): one file, whatever names lead to it.
+FileIdentity = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class ReceivedFile:
     """A file written in place by `receive_file`."""
@@ -172,9 +176,20 @@ class _FileSender:
 
     @classmethod
     async def open(
-        cls, transfer_id: UUID, job_id: str, path: Path, *, chunk_bytes: int
+        cls,
+        transfer_id: UUID,
+        job_id: str,
+        path: Path,
+        *,
+        chunk_bytes: int,
+        expect: "FileIdentity | None" = None,
     ) -> "_FileSender":
         fd, info = await asyncio.to_thread(cls._open_source, path)
+        if expect is not None and (info.st_dev, info.st_ino) != expect:
+            os.close(fd)
+            raise TransferFailed(
+                f"{path} changed while the agent opened it, so nothing was retrieved; try again."
+            )
         flow = SenderFlow(
             transfer_id, job_id, "get", info.st_size, path=str(path), chunk_bytes=chunk_bytes
         )
@@ -648,14 +663,20 @@ class AgentTransfers:
         if transfer_id in self._senders or transfer_id in self._receivers:
             raise ValueError(f"Transfer {transfer_id} is already registered.")
 
-    async def send_file(self, transfer_id: UUID, job_id: str, path: Path) -> TransferDone:
+    async def send_file(
+        self, transfer_id: UUID, job_id: str, path: Path, *, expect: FileIdentity | None = None
+    ) -> TransferDone:
         """files.get: send `path` to the platform; the platform's verified done.
 
-        Waits across disconnects. Raises TransferFailed with a sentence. Cancelling leaves the
-        platform's partial for a later resume; `abort` gives the transfer up.
+        With `expect`, the file opened must be that one (device, inode): what the caller
+        described of it (a link's target) is then what is sent. Waits across disconnects.
+        Raises TransferFailed with a sentence. Cancelling leaves the platform's partial for a
+        later resume; `abort` gives the transfer up.
         """
         self._check_new(transfer_id)
-        sender = await _FileSender.open(transfer_id, job_id, path, chunk_bytes=self._chunk_bytes)
+        sender = await _FileSender.open(
+            transfer_id, job_id, path, chunk_bytes=self._chunk_bytes, expect=expect
+        )
         self._senders[transfer_id] = sender
         try:
             if self._transport is not None:
