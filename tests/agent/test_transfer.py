@@ -374,3 +374,48 @@ async def test_a_finished_put_is_forgotten_by_the_journal(tmp_path: Path, store:
     await link.close()
     assert (tmp_path / "tool").read_bytes() == data
     assert journal.partials() == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the openat walk is POSIX")
+async def test_a_put_through_a_linked_folder_is_refused_and_writes_nothing(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "drop").symlink_to(protected)
+    with pytest.raises(TransferFailed) as refused:
+        await put(store, b"payload", tmp_path / "x" / "drop" / "evil.conf", job="job-link")
+    assert str(refused.value) == (
+        f"The endpoint refused the file: Nothing was written: {tmp_path / 'x' / 'drop'} is a "
+        f"symbolic link (to {protected}), and the agent does not follow links in a path it "
+        "writes to."
+    )
+    assert list(protected.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the openat walk is POSIX")
+async def test_a_folder_re_linked_during_a_put_still_receives_in_the_folder_checked(
+    tmp_path: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked = tmp_path / "drop"
+    checked.mkdir()
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    real_fsync = os.fsync
+    swapped: list[bool] = []
+
+    def fsync_then_relink(fd: int) -> None:
+        real_fsync(fd)
+        if not swapped and next(checked.glob(".tether-*.part"), None) is not None:
+            # Someone who can write to tmp_path moves the folder and leaves a link in its place,
+            # after the agent checked the path and before it renames the file into place.
+            checked.rename(tmp_path / "moved")
+            checked.symlink_to(protected)
+            swapped.append(True)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_relink)
+    await put(store, b"payload", checked / "tool", job="job-relink")
+    assert swapped
+    assert list(protected.iterdir()) == []
+    assert (tmp_path / "moved" / "tool").read_bytes() == b"payload"

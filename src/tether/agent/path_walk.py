@@ -40,9 +40,10 @@ def _quoted(path: PurePath | str) -> str:
 
 def _link_refusal(link: PurePath, target: str | None) -> UnsafePath:
     where = f" (to {_quoted(target)})" if target is not None else ""
+    # "Nothing was written" first: the CLI shows a job's error cut to one line.
     return UnsafePath(
-        f"{_quoted(link)} is a symbolic link{where}, and the agent does not follow links on "
-        "the way to a file it writes, so nothing was written; give the path without links."
+        f"Nothing was written: {_quoted(link)} is a symbolic link{where}, and the agent does "
+        "not follow links in a path it writes to."
     )
 
 
