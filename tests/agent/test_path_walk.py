@@ -1,5 +1,6 @@
 """The openat walk: a folder reached without following a link in any component."""
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -86,8 +87,12 @@ def test_names_opened_in_the_folder_are_not_followed_either(tmp_path: Path) -> N
     victim = tmp_path / "victim"
     victim.write_text("keep")
     (tmp_path / "link").symlink_to(victim)
-    with open_folder(tmp_path) as folder, pytest.raises(OSError):
+    with (
+        open_folder(tmp_path) as folder,
+        pytest.raises(OSError, match="Too many levels of symbolic links") as refused,
+    ):
         folder.open("link", os.O_WRONLY)
+    assert refused.value.errno == errno.ELOOP
     assert victim.read_text() == "keep"
 
 
