@@ -419,3 +419,17 @@ async def test_a_folder_re_linked_during_a_put_still_receives_in_the_folder_chec
     assert swapped
     assert list(protected.iterdir()) == []
     assert (tmp_path / "moved" / "tool").read_bytes() == b"payload"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links as files are POSIX here")
+async def test_a_put_over_a_link_replaces_the_link_not_its_target(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    destination = tmp_path / "tool"
+    destination.symlink_to(victim)
+    await put(store, b"payload", destination, job="job-over-link")
+    assert victim.read_bytes() == b"keep me"
+    assert not destination.is_symlink()
+    assert destination.read_bytes() == b"payload"
