@@ -433,3 +433,23 @@ async def test_a_put_over_a_link_replaces_the_link_not_its_target(
     assert victim.read_bytes() == b"keep me"
     assert not destination.is_symlink()
     assert destination.read_bytes() == b"payload"
+
+
+async def test_a_link_re_pointed_before_the_open_sends_nothing(tmp_path: Path) -> None:
+    """files.get describes the file it looked at; if the name now leads elsewhere, it refuses."""
+    looked_at = tmp_path / "evidence"
+    looked_at.write_bytes(b"what the analyst asked for")
+    other = tmp_path / "other"
+    other.write_bytes(b"swapped in")
+    link = tmp_path / "link"
+    link.symlink_to(looked_at)
+    described = os.stat(link)
+    link.unlink()
+    link.symlink_to(other)
+    with pytest.raises(TransferFailed) as refused:
+        await AgentTransfers().send_file(
+            uuid.uuid4(), "j", link, expect=(described.st_dev, described.st_ino)
+        )
+    assert str(refused.value) == (
+        f"{link} changed while the agent opened it, so nothing was retrieved; try again."
+    )
