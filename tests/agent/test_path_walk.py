@@ -109,3 +109,10 @@ def test_the_opened_folder_stays_put_when_its_path_is_re_linked(tmp_path: Path) 
         os.close(fd)
     assert list(protected.iterdir()) == []
     assert (tmp_path / "moved" / "file").exists()
+
+
+def test_a_closed_folder_is_never_used_by_path(tmp_path: Path) -> None:
+    folder = open_folder(tmp_path)
+    folder.close()
+    with pytest.raises(ValueError, match="was closed"):
+        folder.lstat("anything")

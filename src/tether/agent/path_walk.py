@@ -55,47 +55,48 @@ def _is_reparse_point(info: os.stat_result) -> bool:
 class Folder:
     """An open folder reached without links; names inside it are used relative to it."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int | None) -> None:
         self.path = path
-        # -1 on Windows, where names are joined to the checked path instead.
+        # None on Windows, where names are joined to the checked path instead.
         self._fd = fd
+        self._closed = False
 
     def _at(self, name: str) -> str:
-        if self._fd >= 0:
-            return name
-        return str(self.path / name)
-
-    def _dir_fd(self) -> int | None:
-        return self._fd if self._fd >= 0 else None
+        if self._closed:
+            # Never fall back to the path by name: that is what the walk is there to avoid.
+            raise ValueError(f"The folder {self.path} was closed.")
+        return name if self._fd is not None else str(self.path / name)
 
     def lstat(self, name: str) -> os.stat_result | None:
         """The status of `name` itself (a link is not followed); None when nothing is there."""
         try:
-            return os.lstat(self._at(name), dir_fd=self._dir_fd())
+            return os.lstat(self._at(name), dir_fd=self._fd)
         except FileNotFoundError:
             return None
 
     def open(self, name: str, flags: int, mode: int = 0o600) -> int:
         """Open `name` in this folder, never through a link."""
-        return os.open(self._at(name), flags | _NOFOLLOW | _CLOEXEC, mode, dir_fd=self._dir_fd())
+        return os.open(self._at(name), flags | _NOFOLLOW | _CLOEXEC, mode, dir_fd=self._fd)
 
     def replace(self, source: str, destination: str) -> None:
         """Rename within this folder (a link at `destination` is replaced, not followed)."""
-        dir_fd = self._dir_fd()
-        os.replace(self._at(source), self._at(destination), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.replace(
+            self._at(source), self._at(destination), src_dir_fd=self._fd, dst_dir_fd=self._fd
+        )
 
     def unlink(self, name: str) -> None:
-        os.unlink(self._at(name), dir_fd=self._dir_fd())
+        os.unlink(self._at(name), dir_fd=self._fd)
 
     def fsync(self) -> None:
         """Make a rename in this folder survive a crash (POSIX; Windows has no folder fsync)."""
-        if self._fd >= 0:
+        if self._fd is not None and not self._closed:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if not self._closed:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
 
     def __enter__(self) -> "Folder":
         return self
@@ -155,7 +156,7 @@ def _open_windows(folder: Path) -> Folder:
             raise _link_refusal(reached, target)
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafePath(f"{_quoted(reached)} is not a folder on the endpoint.")
-    return Folder(folder, -1)
+    return Folder(folder, None)
 
 
 def open_folder(folder: Path) -> Folder:
