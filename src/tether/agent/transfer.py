@@ -182,7 +182,7 @@ class _FileSender:
         path: Path,
         *,
         chunk_bytes: int,
-        expect: "FileIdentity | None" = None,
+        expect: FileIdentity | None = None,
     ) -> "_FileSender":
         fd, info = await asyncio.to_thread(cls._open_source, path)
         if expect is not None and (info.st_dev, info.st_ino) != expect:
