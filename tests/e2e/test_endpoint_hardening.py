@@ -12,11 +12,14 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from ..local_user import other_user, shared_tmp
-from .harness import Agent, Children, Cli, Platform
+from .harness import Agent, Children, Cli, Platform, wait_for
+from .test_actions import finished, run
 
 pytestmark = pytest.mark.e2e
 
@@ -68,8 +71,26 @@ def test_a_deploy_through_a_linked_folder_is_refused_and_writes_nothing(
     assert (protected / "evil.conf").read_text() == "mallory's config\n"
 
 
+def retrieve(api: httpx.Client, host_id: str, path: Path) -> tuple[dict[str, Any], Any]:
+    """files.get through the API: the finished job and its library entry.
+
+    The library entry is written by a listener just after the job's ending is committed, so it
+    is waited for (`tether get` asks once, and under load can ask too early: see the report of
+    this branch).
+    """
+    job_id = run(api, host_id, "files.get", {"path": str(path)})
+    job = finished(api, job_id)
+    assert job["state"] == "succeeded", job
+
+    def entry() -> Any:
+        found = api.get("/files", params={"job": job_id, "kind": "retrieved"}).json()
+        return found[0] if found else None
+
+    return job, wait_for(entry, timeout=20, what=f"the library entry of job {job_id}")
+
+
 def test_a_retrieved_link_is_recorded_as_one_with_where_it_led(
-    responding: tuple[Platform, Cli, Children], endpoint: Agent, shared: Path, tmp_path: Path
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, shared: Path
 ) -> None:
     _, admin, _ = responding
     mallory = other_user()
@@ -79,33 +100,29 @@ def test_a_retrieved_link_is_recorded_as_one_with_where_it_led(
     drop = shared / "mallory"
     mallory.run("mkdir", str(drop))
     mallory.run("ln", "-s", str(secret), str(drop / "innocent.txt"))
-    out = tmp_path / "out"
-    out.mkdir()
 
-    got = admin.json("get", endpoint.host_id, str(drop / "innocent.txt"), "-o", str(out))
+    with admin.api() as api:
+        job, entry = retrieve(api, endpoint.host_id, drop / "innocent.txt")
+        plain_job, plain = retrieve(api, endpoint.host_id, secret)
 
-    entry = got["file"]
     assert entry["sha256"] == hashlib.sha256(b"root's evidence\n").hexdigest()
     assert entry["source_path"] == str(drop / "innocent.txt")
     # The link has no owner and mode of its own content: none filed, rather than root's 0640.
     assert (entry["file_owner"], entry["file_mode"]) == (None, None)
-    job = admin.json("job", "show", entry["job_id"])["job"]
-    assert job["result"]["link"] == {
+    link = job["result"]["link"]
+    assert link == {
         "target": str(secret),
         "resolved": str(secret),
         "link_owner": mallory.name,
         "owner": "root",
         "mode": "0640",
-        "mtime": job["result"]["link"]["mtime"],
+        "mtime": link["mtime"],
         "escaped": False,
     }
-    assert job["result"]["link"]["mtime"] is not None
+    assert link["mtime"] is not None
     assert (job["result"]["owner"], job["result"]["mode"]) == (None, None)
-
-    # A plain file still has its own owner and mode, and no link.
-    plain = admin.json("get", endpoint.host_id, str(secret), "-o", str(tmp_path / "plain.bin"))
-    assert (plain["file"]["file_owner"], plain["file"]["file_mode"]) == ("root", "0640")
-    plain_job = admin.json("job", "show", plain["file"]["job_id"])["job"]
+    # The file itself, asked for by its own path: its owner and mode, and no link.
+    assert (plain["file_owner"], plain["file_mode"]) == ("root", "0640")
     assert plain_job["result"]["link"] is None
 
 
