@@ -111,7 +111,8 @@ class AgentConnection:
         isolator: Isolator | None = None,
         isolation_check_seconds: float = DEFAULT_CHECK_SECONDS,
     ) -> None:
-        self._state = state
+        # Nothing is read from a directory another account could have planted files in.
+        self._state = state.secure()
         self._identity = state.identity()
         self._hello = hello
         self._handlers = HANDLERS if handlers is None else handlers

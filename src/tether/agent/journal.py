@@ -14,7 +14,9 @@ holds each script's process (pid, process group, create time) before the script 
 the agent's last sign of life while jobs run.
 """
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tether.agent.state_guard import UnsafeStateDir, restrict_existing
 from tether.protocol import FINAL_AGENT_STATES, JobOutput, JobStatus
 
 _SCHEMA = """
@@ -97,10 +100,33 @@ class JournaledJob:
     status: JobStatus | None
 
 
+def _create_private(path: Path) -> None:
+    """Make the journal file owner-only before SQLite opens it (docs/adr/0033).
+
+    It holds job arguments and output (script text, results). SQLite creates `-wal` and `-shm`
+    with the mode of the database file, so creating that one 0600, exclusively and never
+    through a planted link, makes all three 0600; a journal an older agent left 0644 is
+    tightened, its WAL files with it.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        os.close(os.open(path, flags, 0o600))
+    except FileExistsError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            # A link there would have SQLite write the journal (and its WAL) somewhere else.
+            raise UnsafeStateDir(
+                f"{path} is not a regular file, so the agent will not use it as its journal; "
+                "remove it."
+            ) from None
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            restrict_existing(path.with_name(name))
+
+
 class Journal:
     """One SQLite file in the agent's state directory."""
 
     def __init__(self, path: Path) -> None:
+        _create_private(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
