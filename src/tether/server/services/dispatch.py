@@ -31,7 +31,7 @@ from tether.protocol import (
     can_move,
 )
 from tether.server.services.access import ResponseAccess
-from tether.server.services.audit import AuditLog
+from tether.server.services.audit import AuditLog, AuditTransaction
 from tether.server.services.batching import Coalesced
 from tether.server.services.file_transfers import FileTransfers, FinishedJob
 from tether.server.services.job_events import JobEvents
@@ -100,6 +100,7 @@ class Dispatcher:
         self._audit = audit
         self._transfers = transfers
         self._finished: list[Callable[[FinishedJob], Awaitable[None]]] = []
+        self._committing: list[Callable[[AuditTransaction, FinishedJob], Awaitable[None]]] = []
         self._result_checks: dict[str, Callable[[str, dict[str, Any]], str | None]] = {}
         self._faults = faults or FaultCounter()
         # Output of a job this process could not store (storage full), in characters; said in
@@ -125,6 +126,13 @@ class Dispatcher:
         """Before a succeeded `action` is recorded, `check(job_id, result)` may say why the
         agent's report cannot be believed; the job then ends failed with that sentence."""
         self._result_checks[action] = check
+
+    def on_ending_commit(
+        self, writer: Callable[[AuditTransaction, FinishedJob], Awaitable[None]]
+    ) -> None:
+        """Call `writer` inside the transaction that records each ending, for state that must
+        commit with it (a retrieval's library entry): nobody sees one without the other."""
+        self._committing.append(writer)
 
     def on_finished(self, listener: Callable[[FinishedJob], Awaitable[None]]) -> None:
         """Call `listener` with every job an agent (or the sweeper) brings to a final state."""
@@ -251,6 +259,11 @@ class Dispatcher:
             now,
         )
 
+    async def _commit_with(self, tx: AuditTransaction, finished: list[FinishedJob]) -> None:
+        for job in finished:
+            for writer in self._committing:
+                await writer(tx, job)
+
     def _with_losses(self, ending: Ending) -> Ending:
         """The ending, saying how much of its output storage refused, if any."""
         lost = self._lost.get(ending.job_id)
@@ -269,6 +282,7 @@ class Dispatcher:
             finished = await end_jobs(
                 tx, [self._with_losses(e) for e in endings], source="platform", now=now
             )
+            await self._commit_with(tx, finished)
         for job in finished:
             self._lost.pop(job.job_id, None)
             self._events.notify(job.job_id)
@@ -390,6 +404,7 @@ class Dispatcher:
         if endings:
             async with self._audit.transaction() as tx:
                 finished = await end_jobs(tx, endings, source="endpoint", now=now)
+                await self._commit_with(tx, finished)
             for job in finished:
                 self._lost.pop(job.job_id, None)
                 on_record.add(job.job_id)

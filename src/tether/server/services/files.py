@@ -187,52 +187,56 @@ class FileLibrary:
 
     async def record_retrieved(self, retrieved: Retrieved) -> LibraryFile:
         """Add a file an endpoint sent (already verified into the blob store) to the library."""
+        async with self._audit.transaction() as tx:
+            file_id = await self._record_retrieved_in(tx, retrieved)
+        return await self.get(file_id)
+
+    async def _record_retrieved_in(self, tx: AuditTransaction, retrieved: Retrieved) -> str:
+        """The library entry and its record in `tx`; returns its id (the existing one when this
+        transfer was recorded before)."""
         name = name_from_path(retrieved.path)
         file_id = uuid.uuid4().hex
-        async with self._audit.transaction() as tx:
-            existing = (
-                await tx.conn.execute(
-                    select(library_files.c.id).where(
-                        library_files.c.transfer_id == retrieved.transfer_id
-                    )
+        existing = (
+            await tx.conn.execute(
+                select(library_files.c.id).where(
+                    library_files.c.transfer_id == retrieved.transfer_id
                 )
-            ).scalar_one_or_none()
-            if existing is None:
-                row = await _insert_bound(
-                    tx,
-                    id=file_id,
-                    kind="retrieved",
-                    name=name,
-                    sha256=retrieved.sha256,
-                    size=retrieved.size,
-                    host_id=retrieved.host_id,
-                    source_path=retrieved.path,
-                    file_mtime=retrieved.mtime,
-                    file_owner=retrieved.owner,
-                    file_mode=retrieved.mode,
-                    job_id=retrieved.job_id,
-                    transfer_id=retrieved.transfer_id,
-                    created_by=retrieved.requested_by,
-                    created_at=utcnow(),
-                )
-                await tx.record(
-                    "file.retrieve",
-                    actor=retrieved.requested_by,
-                    target=f"host:{retrieved.host_id}",
-                    source="endpoint",
-                    details={
-                        "path": retrieved.path,
-                        "size": retrieved.size,
-                        "sha256": retrieved.sha256,
-                        "job": retrieved.job_id,
-                        "file": file_id,
-                        "via": retrieved.via,
-                        "library": file_binding(row),
-                    },
-                )
-        if existing is not None:
-            return await self.get(existing)
-        return await self.get(file_id)
+            )
+        ).scalar_one_or_none()
+        if existing is None:
+            row = await _insert_bound(
+                tx,
+                id=file_id,
+                kind="retrieved",
+                name=name,
+                sha256=retrieved.sha256,
+                size=retrieved.size,
+                host_id=retrieved.host_id,
+                source_path=retrieved.path,
+                file_mtime=retrieved.mtime,
+                file_owner=retrieved.owner,
+                file_mode=retrieved.mode,
+                job_id=retrieved.job_id,
+                transfer_id=retrieved.transfer_id,
+                created_by=retrieved.requested_by,
+                created_at=utcnow(),
+            )
+            await tx.record(
+                "file.retrieve",
+                actor=retrieved.requested_by,
+                target=f"host:{retrieved.host_id}",
+                source="endpoint",
+                details={
+                    "path": retrieved.path,
+                    "size": retrieved.size,
+                    "sha256": retrieved.sha256,
+                    "job": retrieved.job_id,
+                    "file": file_id,
+                    "via": retrieved.via,
+                    "library": file_binding(row),
+                },
+            )
+        return existing if existing is not None else file_id
 
     async def find(
         self,
@@ -309,11 +313,13 @@ class FileLibrary:
         What is recorded is what was asked (the job's arguments) and what the platform itself
         verified; the agent's own report is believed only where it matches.
         """
+        if job.action == "files.get":
+            # Recorded with the ending (record_in_commit); what this process verified is done.
+            self._verified(job.job_id)
+            return
         if job.state != "succeeded" or job.result is None:
             return
-        if job.action == "files.get":
-            await self._retrieved(job, job.result)
-        elif job.action == "files.put":
+        if job.action == "files.put":
             await self._audit.record(
                 "file.deploy",
                 actor=job.created_by,
@@ -341,8 +347,13 @@ class FileLibrary:
             )
         return None
 
-    async def _retrieved(self, job: FinishedJob, result: dict[str, Any]) -> None:
-        blob = self._verified(job.job_id)
+    async def record_in_commit(self, tx: AuditTransaction, job: FinishedJob) -> None:
+        """A succeeded retrieval's library entry and its record, in the transaction of the job's
+        ending (Dispatcher.on_ending_commit): whoever sees the job succeeded finds the file."""
+        if job.action != "files.get" or job.state != "succeeded" or job.result is None:
+            return
+        result = job.result
+        blob = self._peek_verified(job.job_id)
         reported = (str(result.get("sha256")), result.get("size"))
         if blob is None or reported != (blob.sha256, blob.size):
             # The ending was checked with the same blob before it was recorded; another
@@ -350,7 +361,8 @@ class FileLibrary:
             log.warning("Job %s's retrieval was not verified here; nothing was kept.", job.job_id)
             return
         mtime = result.get("mtime")
-        await self.record_retrieved(
+        await self._record_retrieved_in(
+            tx,
             Retrieved(
                 job_id=job.job_id,
                 host_id=job.host_id,
@@ -362,7 +374,7 @@ class FileLibrary:
                 mode=result.get("mode"),
                 requested_by=job.created_by,
                 transfer_id=str(transfer_id_for(job.job_id)),
-            )
+            ),
         )
 
     async def open(self, ref: str, *, actor: str, source: str) -> tuple[LibraryFile, BlobReader]:

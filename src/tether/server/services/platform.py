@@ -107,6 +107,7 @@ class Platform:
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
         dispatcher.check_result("files.get", files.retrieval_problem)
+        dispatcher.on_ending_commit(files.record_in_commit)
         script_files = ScriptFiles(engine, audit, transfers, files)
         transfers.on_request_handler = script_files.on_request
         dispatcher.on_finished(script_files.job_finished)
