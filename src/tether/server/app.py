@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from tether import __version__
+from tether.protocol.step_up import STEP_UP_HEADER
 from tether.server.api import (
     audit,
     auth,
@@ -22,7 +23,7 @@ from tether.server.api import (
     users,
 )
 from tether.server.api.deps import current_user
-from tether.server.errors import PlatformError, Throttled
+from tether.server.errors import PlatformError, StepUpRequired, Throttled
 from tether.server.services.platform import Platform
 from tether.server.store.faults import STORAGE_FULL, is_storage_full
 from tether.server.web import install as install_web
@@ -138,6 +139,9 @@ def create_app(platform: Platform) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if isinstance(exc, Throttled):
             headers = {"Retry-After": str(exc.retry_after)}
+        if isinstance(exc, StepUpRequired):
+            # The CLI asks for the code and sends the request again when it sees this.
+            headers = {STEP_UP_HEADER: "required"}
         if from_a_page(request):
             return page_error(request, exc.status_code, str(exc), headers)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)

@@ -28,6 +28,7 @@ from tether.server.services.reachability import Reachability
 from tether.server.services.script_files import ScriptFiles
 from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
+from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
@@ -52,6 +53,7 @@ class Platform:
     audit: AuditLog
     users: Users
     team: Team
+    step_up: StepUp
     access_settings: AccessSettingsStore
     enrollment: Enrollment
     presence: Presence
@@ -122,6 +124,7 @@ class Platform:
             audit=audit,
             users=users,
             team=team,
+            step_up=StepUp(engine, audit, users.mfa, users.now),
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
