@@ -20,6 +20,7 @@ from tether.server.api import (
     live_sessions,
     scripts,
     segments,
+    sessions,
     users,
 )
 from tether.server.api.deps import current_user
@@ -90,6 +91,7 @@ def create_app(platform: Platform) -> FastAPI:
         segments,
         audit,
         users,
+        sessions,
         jobs,
         scripts,
         live_sessions,

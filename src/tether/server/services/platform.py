@@ -30,6 +30,7 @@ from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
 from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
+from tether.server.services.user_sessions import UserSessions
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
 from tether.server.store.db import create_engine
@@ -54,6 +55,7 @@ class Platform:
     users: Users
     team: Team
     step_up: StepUp
+    user_sessions: UserSessions
     access_settings: AccessSettingsStore
     enrollment: Enrollment
     presence: Presence
@@ -125,6 +127,7 @@ class Platform:
             users=users,
             team=team,
             step_up=StepUp(engine, audit, users.mfa, users.now),
+            user_sessions=UserSessions(engine, audit, users.now),
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
