@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tether.protocol import Role
 from tether.server.services.platform import Platform
@@ -22,8 +22,8 @@ async def make_stale(platform: Platform, username: str) -> None:
     old = platform.users.now() - timedelta(minutes=6)
     async with platform.engine.begin() as conn:
         user_id = (
-            (await conn.execute(users.select().where(users.c.username == username))).first().id
-        )  # type: ignore[union-attr]
+            await conn.execute(select(users.c.id).where(users.c.username == username))
+        ).scalar_one()
         await conn.execute(
             update(sessions).where(sessions.c.user_id == user_id).values(mfa_verified_at=old)
         )
