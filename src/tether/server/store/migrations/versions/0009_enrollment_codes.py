@@ -1,5 +1,5 @@
 """One-time enrollment codes, the pending secret's session, and when a session last passed its
-second factor (docs/adr/0026).
+second factor (docs/adr/0032).
 
 Revision ID: 0009_enrollment_codes
 Revises: 0008_isolation_reports
