@@ -102,6 +102,7 @@ async def test_an_enrollment_code_from_an_admin_lets_a_new_admin_enroll(
         await client.post("/api/v1/auth/login", json={"username": "ada", "password": PASSWORD})
     ).json()
     assert answer["stage"] == "enroll"
+    assert answer["message"] == enroll_first("ada")
     ada = {"authorization": f"Bearer {answer['token']}"}
     for method, path in [("GET", "/api/v1/users"), ("PUT", "/api/v1/users/ada/roles/responder")]:
         refused = await client.request(method, path, headers=ada)

@@ -8,7 +8,7 @@ from tether.server.api.deps import PlatformDep, UserDep, bearer_token, source_of
 from tether.server.api.schemas import LoginRequest, LoginResponse, SecondFactorRequest, WhoAmI
 from tether.server.api.user_schemas import MfaConfirm, MfaEnrollment, MfaEnrollStart, RecoveryCodes
 from tether.server.errors import Invalid
-from tether.server.services.users import Session
+from tether.server.services.users import Session, Stage, enroll_first
 
 public = APIRouter(tags=["auth"])
 router = APIRouter(tags=["auth"])
@@ -22,6 +22,7 @@ def _answer(session: Session) -> LoginResponse:
         expires_at=session.expires_at,
         stage=session.stage.value,
         mfa_verified=session.user.mfa_verified,
+        message=enroll_first(session.user.username) if session.stage is Stage.ENROLL else None,
     )
 
 
