@@ -1,4 +1,4 @@
-"""No password-only path to endpoints, played as the attacker on a real platform (docs/adr/0032).
+"""No password-only path to endpoints, played as the attacker on a real platform (docs/adr/0033).
 
 A password-only admin tries every step that used to lead to running code on endpoints and is
 refused with one sentence each; enrolling needs the code an admin issues; nobody changes their

@@ -68,7 +68,7 @@ class Api:
         if token:
             headers["authorization"] = f"Bearer {token}"
         if step_up_code:
-            # A fresh second-factor code for a sensitive change (step-up, docs/adr/0032).
+            # A fresh second-factor code for a sensitive change (step-up, docs/adr/0033).
             headers[CODE_HEADER] = check_code(step_up_code)
         self._step_up_sent = bool(step_up_code)
         # `transport` swaps the network for an in-memory one in tests.

@@ -56,7 +56,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 # Whoever holds one of these roles must use a second factor, whatever the platform setting says:
 # responder reaches endpoints, and admin can grant responder, switch a segment's Active Response
-# on and mint enrollment tokens, so a password alone must reach neither (docs/adr/0032).
+# on and mint enrollment tokens, so a password alone must reach neither (docs/adr/0033).
 MFA_REQUIRED_ROLES: frozenset[Role] = frozenset({Role.ADMIN, Role.RESPONDER})
 
 

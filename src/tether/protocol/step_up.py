@@ -1,5 +1,5 @@
 """Step-up: the headers a sensitive change carries its fresh second-factor code in, and the one
-the platform answers with when it wants one (docs/adr/0032). Read by the platform and the CLI."""
+the platform answers with when it wants one (docs/adr/0033). Read by the platform and the CLI."""
 
 # How long a second-factor check counts as fresh for a sensitive change.
 STEP_UP_WINDOW_SECONDS = 300

@@ -88,7 +88,7 @@ PASSWORD = "a long enough password"
 async def enrolled(platform: Platform, username: str, roles: set[Role]) -> str:
     """A user (password PASSWORD) with a second factor already set up; returns its secret.
 
-    Admins and responders need one before their sessions can do anything (docs/adr/0032)."""
+    Admins and responders need one before their sessions can do anything (docs/adr/0033)."""
     user = await platform.users.create(username, PASSWORD, roles)
     secret = new_secret()
     await platform.users.mfa.enroll_directly(user.id, secret)

@@ -32,7 +32,7 @@ PASSWORD = "a long enough password"
 #   responder         role responder, second factor passed
 #   responder_no_mfa  role responder, no second factor yet: the session may only enroll one
 #   admin_no_mfa      role admin, password only: like responder_no_mfa, it reaches nothing but
-#                     enrolling, and enrolling needs an admin's code (docs/adr/0032)
+#                     enrolling, and enrolling needs an admin's code (docs/adr/0033)
 #   admin             role admin, second factor passed
 #   admin_responder   the first admin: admin and responder, second factor passed
 CALLERS = (

@@ -142,7 +142,7 @@ async def test_move_host(
     [
         ((Role.ANALYST,), NO_PERMISSION),
         # An admin or responder who has not enrolled a second factor may do nothing but
-        # enroll one (docs/adr/0032).
+        # enroll one (docs/adr/0033).
         ((Role.ADMIN,), enroll_first("someone")),
         ((Role.RESPONDER,), enroll_first("someone")),
         ((Role.ADMIN, Role.RESPONDER), enroll_first("someone")),

@@ -4,7 +4,7 @@ A password alone must never let anyone set up the second factor of an account th
 (whoever logged in first would own it). An admin issues a code out of band (`tether user
 enrollment-code NAME`, resetting a factor issues one too), or the operator does on the platform
 host (`tether server enrollment-code`); it is shown once, bound to one user, expires, and is
-accepted once. Issuing, using and every failed use are audited (docs/adr/0032).
+accepted once. Issuing, using and every failed use are audited (docs/adr/0033).
 """
 
 from collections.abc import Callable

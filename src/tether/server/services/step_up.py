@@ -4,7 +4,7 @@ Granting or removing roles, resetting a factor, issuing enrollment codes, switch
 Active Response on, creating enrollment tokens or external users and changing the access settings
 need a session whose last second-factor check is at most five minutes old; otherwise the request
 must carry a fresh TOTP code, which then renews the check. A session left open on an unattended
-screen cannot hand out access. Every step-up, passed or failed, is audited (docs/adr/0032).
+screen cannot hand out access. Every step-up, passed or failed, is audited (docs/adr/0033).
 """
 
 from collections.abc import Callable

@@ -1,5 +1,5 @@
 """The Settings pages' step-up prompt: a fresh second-factor code opens sensitive changes for
-five minutes (docs/adr/0032).
+five minutes (docs/adr/0033).
 
 Every Settings page shows the code field while the session's last check is older than the
 window (`common.show`); a sensitive change made without it is refused with the service's

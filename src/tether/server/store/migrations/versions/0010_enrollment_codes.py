@@ -1,8 +1,8 @@
 """One-time enrollment codes, the pending secret's session, and when a session last passed its
-second factor (docs/adr/0032).
+second factor (docs/adr/0033).
 
-Revision ID: 0009_enrollment_codes
-Revises: 0008_isolation_reports
+Revision ID: 0010_enrollment_codes
+Revises: 0009_bound_results
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009_enrollment_codes"
-down_revision: str | None = "0008_isolation_reports"
+revision: str = "0010_enrollment_codes"
+down_revision: str | None = "0009_bound_results"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
