@@ -8,6 +8,9 @@ oathtool where it is installed (the platform's own implementation otherwise).
 """
 
 import json
+import os
+import re
+import select
 import shutil
 import sqlite3
 import subprocess
@@ -295,3 +298,67 @@ def test_sessions_are_listed_and_ended_and_break_glass_brings_an_account_back(
     ends = [r["target"] for r in records if r["action"] == "session.end"]
     assert ends.count("victor") == 2
     assert json.dumps(records).count(host_code) == 0
+
+
+def run_in_terminal(cli: Cli, args: list[str], answer: str, prompt: str) -> tuple[int, str]:
+    """Run `tether ARGS` on a pseudo-terminal (as a person at a shell would), type `answer`
+    once `prompt` shows; returns the exit status and everything the terminal showed."""
+    primary, secondary = os.openpty()
+    proc = subprocess.Popen(
+        [*tether_command(), *args],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env={**cli.env, "TETHER_CONFIG_DIR": str(cli.config_dir), "COLUMNS": "200"},
+        close_fds=True,
+    )
+    os.close(secondary)
+    shown = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if not answered and prompt.encode() in shown:
+                os.write(primary, (answer + "\n").encode())
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        # Without the terminal's colours: the words are what is checked.
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", shown.decode(errors="replace"))
+        return proc.wait(timeout=10), plain
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_in_a_terminal_the_cli_asks_for_the_fresh_code_and_sends_the_change_again(
+    platform: Platform, admin: Cli, tmp_path: Path
+) -> None:
+    admin.ok("user", "add", "olga", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n")
+    admin.ok("user", "add", "sam", "--role", "analyst", "--password-stdin", stdin=PASSWORD + "\n")
+    olga = Cli(tmp_path / "olga", platform.env)
+    login(platform, olga, "olga")
+    code = admin.json("user", "enrollment-code", "olga")["code"]
+    phone = Authenticator(olga.json("mfa", "enroll", "--enrollment-code", code)["secret"])
+    olga.ok("mfa", "confirm", "--code", phone.code())
+    make_stale(platform, "olga")
+    status, shown = run_in_terminal(
+        olga,
+        ["role", "grant", "sam", "responder"],
+        phone.code(),
+        "Authentication code (this change needs a fresh one)",
+    )
+    assert status == 0, shown
+    assert "Updated sam (roles: analyst, responder)." in shown
+    users = {u["username"]: u for u in admin.json("user", "list")}
+    assert users["sam"]["roles"] == ["analyst", "responder"]
