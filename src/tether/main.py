@@ -16,6 +16,7 @@ from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
 from tether.cli.scripts import script_app
 from tether.cli.segments import segment_app
+from tether.cli.sessions import sessions_app
 from tether.cli.settings import settings_app
 from tether.cli.users import role_app, user_app
 from tether.errors import TetherError
@@ -55,6 +56,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(user_app, name="user")
 app.add_typer(role_app, name="role")
 app.add_typer(mfa_app, name="mfa")
+app.add_typer(sessions_app, name="sessions")
 app.add_typer(settings_app, name="settings")
 app.add_typer(server_app, name="server")
 app.add_typer(agent_app, name="agent")

@@ -23,6 +23,9 @@ import psutil
 
 from tether.protocol.totp import from_base32, time_step, totp
 
+# What the platform answers a sensitive change from a session whose last code is too old.
+STEP_UP_SENTENCE = "This change needs a fresh second-factor code"
+
 T = TypeVar("T")
 
 # Short intervals so the tests see presence changes quickly; the settings read TETHER_* variables.
@@ -150,9 +153,26 @@ class Cli:
 
     config_dir: Path
     env: dict[str, str]
+    # Where a fresh authenticator code comes from when a sensitive change asks for one (step-up:
+    # the session-wide admin outlives the 5-minute window); None answers nothing.
+    step_up: Callable[[], str] | None = None
 
     def run(
         self, *args: str, stdin: str | None = None, timeout: float = 60
+    ) -> "subprocess.CompletedProcess[str]":
+        result = self._run(args, stdin, timeout)
+        if (
+            result.returncode != 0
+            and self.step_up is not None
+            and STEP_UP_SENTENCE in result.stderr
+            and "--code" not in args
+        ):
+            # The platform refused before changing anything: the same command with a code.
+            result = self._run((*args, "--code", self.step_up()), stdin, timeout)
+        return result
+
+    def _run(
+        self, args: tuple[str, ...], stdin: str | None, timeout: float
     ) -> "subprocess.CompletedProcess[str]":
         return subprocess.run(
             [*tether_command(), *args],
@@ -335,6 +355,7 @@ class Platform:
             stdin=self.admin_password + "\n",
         )
         assert f"Logged in to {self.url} as admin." in out
+        cli.step_up = self.admin_code
         return cli
 
 

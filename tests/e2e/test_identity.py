@@ -53,7 +53,9 @@ def test_responder_enrolls_then_reads_the_audit_log_and_loses_access_when_revoke
     assert refused.returncode == 1
     assert one_line(refused.stderr).startswith("tether: Enroll a second factor first:")
 
-    started = rita.json("mfa", "enroll")
+    # The admin hands her a one-time enrollment code out of band.
+    issued = admin.json("user", "enrollment-code", "rita")
+    started = rita.json("mfa", "enroll", "--enrollment-code", issued["code"])
     assert started["uri"].startswith("otpauth://totp/Tether:rita?secret=")
     code = totp(from_base32(started["secret"]), time.time())
     confirmed = rita.ok("mfa", "confirm", "--code", code)

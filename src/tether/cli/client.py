@@ -1,13 +1,16 @@
 """An HTTPS client for the REST API that trusts only the pinned platform CA."""
 
 import ssl
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import typer
 
 from tether.cli import profile
 from tether.cli.errors import ApiError, CliError, Unreachable
+from tether.protocol.step_up import CODE_HEADER, STEP_UP_HEADER
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # A proxy in front of a restarting platform answers these: the request may well work again.
@@ -24,6 +27,24 @@ def _problem(response: httpx.Response) -> str:
     return f"The platform answered HTTP {response.status_code}."
 
 
+# The option every sensitive command takes (step-up); without it a terminal is asked when needed.
+StepUpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--code",
+        help="A fresh authenticator code, for a change that asks for one (step-up, 5 minutes).",
+    ),
+]
+
+
+def check_code(typed: str) -> str:
+    """The 6 digits of an authenticator code, or CliError."""
+    code = typed.strip().replace(" ", "")
+    if not (len(code) == 6 and code.isdigit()):
+        raise CliError("An authentication code is the 6 digits your authenticator app shows.")
+    return code
+
+
 class Api:
     """Thin wrapper: raises CliError with the platform's one-sentence reason on any failure."""
 
@@ -35,6 +56,7 @@ class Api:
         *,
         login_hint: bool = True,
         transport: httpx.BaseTransport | None = None,
+        step_up_code: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         # The pinned CA names this platform as much as its address does (audit witnesses).
@@ -45,6 +67,10 @@ class Api:
         headers = {"user-agent": "tether-cli"}
         if token:
             headers["authorization"] = f"Bearer {token}"
+        if step_up_code:
+            # A fresh second-factor code for a sensitive change (step-up, docs/adr/0034).
+            headers[CODE_HEADER] = check_code(step_up_code)
+        self._step_up_sent = bool(step_up_code)
         # `transport` swaps the network for an in-memory one in tests.
         self._http = httpx.Client(
             base_url=f"{self.server}/api/v1",
@@ -56,11 +82,13 @@ class Api:
         )
 
     @classmethod
-    def from_profile(cls) -> "Api":
+    def from_profile(cls, *, step_up_code: str | None = None) -> "Api":
+        """A client with the logged-in session; `step_up_code` goes with every request as the
+        fresh second-factor code a sensitive change may ask for."""
         current = profile.load()
         if not current.token:
             raise CliError("Not logged in; run 'tether login' first.")
-        return cls(current.server, current.ca_pem, current.token)
+        return cls(current.server, current.ca_pem, current.token, step_up_code=step_up_code)
 
     def close(self) -> None:
         """Close the kept-alive connection to the platform."""
@@ -69,6 +97,15 @@ class Api:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
+            if self._asks_for_code(response):
+                # Nothing was changed: the platform refused before acting, so asking for the
+                # code and sending the same request again is safe.
+                code = check_code(
+                    typer.prompt("Authentication code (this change needs a fresh one)")
+                )
+                self._http.headers[CODE_HEADER] = code
+                self._step_up_sent = True
+                response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise Unreachable(f"Cannot reach the platform at {self.server}: {exc}.") from exc
         if response.status_code == 401 and self._login_hint:
@@ -80,6 +117,15 @@ class Api:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    def _asks_for_code(self, response: httpx.Response) -> bool:
+        """The platform wants a fresh second-factor code and a person is there to type it."""
+        return (
+            response.status_code == 403
+            and response.headers.get(STEP_UP_HEADER) == "required"
+            and not self._step_up_sent
+            and sys.stdin.isatty()
+        )
 
     def get_optional(self, path: str, **kwargs: Any) -> Any:
         """Like `get`, but None when the platform answers 404 (no such thing, or no such

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli.client import Api
+from tether.cli.client import Api, StepUpOpt
 from tether.cli.output import emit_json, table
 from tether.cli.times import parse_duration
 
@@ -17,9 +17,10 @@ def create(
     uses: Annotated[int, typer.Option(help="How many endpoints may enroll with it.")] = 1,
     expires: Annotated[str, typer.Option(help="Lifetime: 30m, 24h, 7d.")] = "24h",
     json_output: Annotated[bool, typer.Option("--json")] = False,
+    code: StepUpOpt = None,
 ) -> None:
     """Print a token that carries everything an endpoint needs to enroll."""
-    created = Api.from_profile().post(
+    created = Api.from_profile(step_up_code=code).post(
         "/enrollment-tokens",
         json={"segment": segment, "uses": uses, "expires_in_seconds": parse_duration(expires)},
     )

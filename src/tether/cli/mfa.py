@@ -21,9 +21,20 @@ def terminal_qr(uri: str) -> str:
 
 
 @mfa_app.command("enroll")
-def enroll(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Start enrollment: prints the secret, the otpauth:// URI and a QR code to scan."""
-    started = Api.from_profile().post("/auth/mfa/enroll")
+def enroll(
+    enrollment_code: Annotated[
+        str | None,
+        typer.Option(
+            "--enrollment-code",
+            help="The one-time code an admin issued you ('tether user enrollment-code').",
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Start enrollment: prints the secret, the otpauth:// URI and a QR code to scan. Running
+    it again from the same login shows the same secret until you confirm or cancel."""
+    body = {"enrollment_code": enrollment_code.strip()} if enrollment_code else {}
+    started = Api.from_profile().post("/auth/mfa/enroll", json=body)
     if json_output:
         emit_json(started)
         return
@@ -35,6 +46,13 @@ def enroll(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
         "'tether mfa confirm --code CODE' with the code it shows.",
         markup=False,
     )
+
+
+@mfa_app.command("cancel")
+def cancel() -> None:
+    """Forget the enrollment you started (a new one needs a new enrollment code)."""
+    Api.from_profile().post("/auth/mfa/cancel")
+    console.print("Enrollment cancelled.")
 
 
 @mfa_app.command("confirm")

@@ -6,7 +6,7 @@ from urllib.parse import quote
 
 import typer
 
-from tether.cli.client import Api
+from tether.cli.client import Api, StepUpOpt
 from tether.cli.output import console, emit_json, plain, table
 
 segment_app = typer.Typer(
@@ -43,9 +43,10 @@ def create(
         Switch, typer.Option("--active-response", help="Start with Active Response on or off.")
     ] = Switch.OFF,
     json_output: JsonOpt = False,
+    code: StepUpOpt = None,
 ) -> None:
     """Create a segment (Active Response off unless asked)."""
-    created = Api.from_profile().post(
+    created = Api.from_profile(step_up_code=code).post(
         "/segments", json={"name": name, "active_response": active_response is Switch.ON}
     )
     if json_output:
@@ -80,9 +81,11 @@ def set_switch(
         Switch, typer.Option("--active-response", help="Switch Active Response on or off.")
     ],
     json_output: JsonOpt = False,
+    code: StepUpOpt = None,
 ) -> None:
-    """Switch Active Response on or off for every host of the segment."""
-    changed = Api.from_profile().patch(
+    """Switch Active Response on or off for every host of the segment (switching it on asks
+    for a fresh authenticator code when the last one is over 5 minutes old)."""
+    changed = Api.from_profile(step_up_code=code).patch(
         segment_path(name), json={"active_response": active_response is Switch.ON}
     )
     if json_output:

@@ -93,8 +93,10 @@ def login(
     console.print(f"Logged in to {url} as {answer['username']}.", markup=False)
     if answer["stage"] == "enroll":
         console.print(
-            "Your role requires a second factor: run 'tether mfa enroll', then "
-            "'tether mfa confirm --code CODE'; until then nothing else is allowed.",
+            "Your role requires a second factor: ask an admin for an enrollment code "
+            f"('tether user enrollment-code {answer['username']}'), then run "
+            "'tether mfa enroll --enrollment-code CODE' and 'tether mfa confirm --code CODE'; "
+            "until then nothing else is allowed.",
             markup=False,
         )
 
@@ -133,6 +135,6 @@ def whoami(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
     else:
         mfa = "second factor passed" if me.get("mfa_verified") else "no second factor"
         if me.get("enrollment_only"):
-            mfa = "must enroll a second factor ('tether mfa enroll')"
+            mfa = "must enroll a second factor ('tether mfa enroll --enrollment-code CODE')"
         who = me["username"] + (f" of {me['organisation']}" if me.get("external") else "")
         console.print(f"{who} (roles: {', '.join(me['roles']) or 'none'}; {mfa})", markup=False)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli.client import Api
+from tether.cli.client import Api, StepUpOpt
 from tether.cli.errors import CliError
 from tether.cli.output import console, emit_json
 
@@ -32,6 +32,7 @@ def set_setting(
     name: Annotated[str, typer.Argument(help=f"One of: {', '.join(NAMES)}.")],
     value: Annotated[str, typer.Argument(help="on or off.")],
     json_output: Annotated[bool, typer.Option("--json")] = False,
+    code: StepUpOpt = None,
 ) -> None:
     """Turn a setting on or off."""
     key = name.replace("_", "-")
@@ -39,7 +40,9 @@ def set_setting(
         raise CliError(f"{name!r} is not a setting; the settings are {', '.join(NAMES)}.")
     if value not in {"on", "off"}:
         raise CliError(f"A setting is on or off, not {value!r}.")
-    updated = Api.from_profile().patch("/settings", json={key.replace("-", "_"): value == "on"})
+    updated = Api.from_profile(step_up_code=code).patch(
+        "/settings", json={key.replace("-", "_"): value == "on"}
+    )
     if json_output:
         emit_json(updated)
     else:

@@ -1,4 +1,5 @@
-"""`tether user add|list|disable|enable|reset-mfa|external` and `tether role grant|revoke` (admins)."""
+"""`tether user add|list|disable|enable|reset-mfa|enrollment-code|external` and `tether role
+grant|revoke` (admins). The changes that hand out access take `--code` (step-up)."""
 
 import sys
 from datetime import UTC, datetime
@@ -6,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tether.cli.client import Api
+from tether.cli.client import Api, StepUpOpt
 from tether.cli.errors import CliError
 from tether.cli.output import console, emit_json, plain, table
 from tether.protocol import Role
@@ -65,8 +66,10 @@ def add(
         str | None, typer.Option(help="End of the external user's access (YYYY-MM-DD).")
     ] = None,
     json_output: JsonOpt = False,
+    code: StepUpOpt = None,
 ) -> None:
-    """Create a user with a password and roles."""
+    """Create a user with a password and roles (an admin or Active Response user then needs
+    an enrollment code from you: 'tether user enrollment-code NAME')."""
     roles = [parse_role(r) for r in role or []]
     if (org or expires) and not external:
         raise CliError("--org and --expires are for external users; add --external.")
@@ -81,7 +84,7 @@ def add(
             organisation=org,
             access_expires_at=parse_date(expires) if expires else None,
         )
-    _show(Api.from_profile().post("/users", json=body), json_output, "Added")
+    _show(Api.from_profile(step_up_code=code).post("/users", json=body), json_output, "Added")
 
 
 @user_app.command("list")
@@ -106,14 +109,45 @@ def enable(name: str, json_output: JsonOpt = False) -> None:
     _show(Api.from_profile().post(f"/users/{name}/enable"), json_output, "Enabled")
 
 
-@user_app.command("reset-mfa")
-def reset_mfa(name: str, json_output: JsonOpt = False) -> None:
-    """Forget a user's second factor (lost phone); they enroll a new one at the next login."""
-    _show(
-        Api.from_profile().post(f"/users/{name}/mfa/reset"),
-        json_output,
-        "Reset the second factor of",
+HoursOpt = Annotated[
+    int, typer.Option("--hours", min=1, max=168, help="How long the code works (hours).")
+]
+
+
+def _show_code(issued: dict[str, str], json_output: bool, lead: str) -> None:
+    if json_output:
+        emit_json(issued)
+        return
+    console.print(lead, markup=False)
+    console.print(f"Enrollment code: {issued['code']}", markup=False)
+    console.print(
+        f"It works once, until {issued['expires_at']}; it is shown only now. Hand it to "
+        f"{issued['username']} out of band; they run "
+        "'tether mfa enroll --enrollment-code CODE'.",
+        markup=False,
     )
+
+
+@user_app.command("reset-mfa")
+def reset_mfa(
+    name: str, hours: HoursOpt = 24, json_output: JsonOpt = False, code: StepUpOpt = None
+) -> None:
+    """Forget a user's second factor (lost phone) and print the enrollment code for a new one."""
+    issued = Api.from_profile(step_up_code=code).post(
+        f"/users/{name}/mfa/reset", json={"hours": hours}
+    )
+    _show_code(issued, json_output, f"Reset the second factor of {name}; their sessions ended.")
+
+
+@user_app.command("enrollment-code")
+def enrollment_code(
+    name: str, hours: HoursOpt = 24, json_output: JsonOpt = False, code: StepUpOpt = None
+) -> None:
+    """Issue the one-time code NAME needs to enroll a second factor (never for yourself)."""
+    issued = Api.from_profile(step_up_code=code).post(
+        f"/users/{name}/enrollment-code", json={"hours": hours}
+    )
+    _show_code(issued, json_output, f"Issued an enrollment code for {name}.")
 
 
 @user_app.command("external")
@@ -123,6 +157,7 @@ def external(
     expires: Annotated[str | None, typer.Option(help="End of access (YYYY-MM-DD).")] = None,
     internal: Annotated[bool, typer.Option(help="Mark the user internal again.")] = False,
     json_output: JsonOpt = False,
+    code: StepUpOpt = None,
 ) -> None:
     """Mark a user as an MDR provider's (organisation, access expiry), or internal again."""
     if not internal and not org:
@@ -132,18 +167,19 @@ def external(
         "organisation": None if internal else org,
         "access_expires_at": parse_date(expires) if expires and not internal else None,
     }
-    _show(Api.from_profile().put(f"/users/{name}/external", json=body), json_output, "Updated")
+    answer = Api.from_profile(step_up_code=code).put(f"/users/{name}/external", json=body)
+    _show(answer, json_output, "Updated")
 
 
 @role_app.command("grant")
-def grant(user: str, role: str, json_output: JsonOpt = False) -> None:
-    """Give USER the role ROLE."""
-    answer = Api.from_profile().put(f"/users/{user}/roles/{parse_role(role)}")
+def grant(user: str, role: str, json_output: JsonOpt = False, code: StepUpOpt = None) -> None:
+    """Give USER the role ROLE (never yourself)."""
+    answer = Api.from_profile(step_up_code=code).put(f"/users/{user}/roles/{parse_role(role)}")
     _show(answer, json_output, "Updated")
 
 
 @role_app.command("revoke")
-def revoke(user: str, role: str, json_output: JsonOpt = False) -> None:
-    """Take the role ROLE from USER (removing responder ends their sessions at once)."""
-    answer = Api.from_profile().delete(f"/users/{user}/roles/{parse_role(role)}")
+def revoke(user: str, role: str, json_output: JsonOpt = False, code: StepUpOpt = None) -> None:
+    """Take the role ROLE from USER (never yourself; removing responder ends their sessions)."""
+    answer = Api.from_profile(step_up_code=code).delete(f"/users/{user}/roles/{parse_role(role)}")
     _show(answer, json_output, "Updated")

@@ -54,8 +54,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     ),
 }
 
-# Whoever holds one of these roles must use a second factor, whatever the platform setting says.
-MFA_REQUIRED_ROLES: frozenset[Role] = frozenset({Role.RESPONDER})
+# Whoever holds one of these roles must use a second factor, whatever the platform setting says:
+# responder reaches endpoints, and admin can grant responder, switch a segment's Active Response
+# on and mint enrollment tokens, so a password alone must reach neither (docs/adr/0034).
+MFA_REQUIRED_ROLES: frozenset[Role] = frozenset({Role.ADMIN, Role.RESPONDER})
 
 
 def permissions_of(roles: set[str]) -> frozenset[Permission]:

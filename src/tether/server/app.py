@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
+from tether.protocol.step_up import STEP_UP_HEADER
 from tether.server.api import (
     audit,
     auth,
@@ -20,10 +21,11 @@ from tether.server.api import (
     live_sessions,
     scripts,
     segments,
+    sessions,
     users,
 )
 from tether.server.api.deps import current_user
-from tether.server.errors import PlatformError, Throttled
+from tether.server.errors import PlatformError, StepUpRequired, Throttled
 from tether.server.metrics import register_access_metrics
 from tether.server.services.platform import Platform
 from tether.server.services.tls_profile import STRICT_TRANSPORT_SECURITY
@@ -92,6 +94,7 @@ def create_app(platform: Platform) -> FastAPI:
         segments,
         audit,
         users,
+        sessions,
         jobs,
         scripts,
         live_sessions,
@@ -142,6 +145,9 @@ def create_app(platform: Platform) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if isinstance(exc, Throttled):
             headers = {"Retry-After": str(exc.retry_after)}
+        if isinstance(exc, StepUpRequired):
+            # The CLI asks for the code and sends the request again when it sees this.
+            headers = {STEP_UP_HEADER: "required"}
         if from_a_page(request):
             return page_error(request, exc.status_code, str(exc), headers)
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)

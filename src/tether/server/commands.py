@@ -124,6 +124,29 @@ def renew_cert(data: DataOpt) -> None:
     )
 
 
+@server_app.command("enrollment-code")
+def enrollment_code(
+    data: DataOpt,
+    username: Annotated[str, typer.Argument(help="The account that needs a way back in.")],
+    hours: Annotated[int, typer.Option(min=1, max=168, help="How long the code works.")] = 24,
+) -> None:
+    """Break glass, on the platform host: forget USERNAME's second factor, end their sessions
+    and print an enrollment code for a new one (audited as the platform host's doing)."""
+    from datetime import timedelta
+
+    from tether.server.config import load_settings
+    from tether.server.services.break_glass import issue_on_host
+
+    settings = load_settings(data.resolve())
+    issued = issue_on_host(settings, username, timedelta(hours=hours))
+    typer.echo(f"Enrollment code for {issued.username}: {issued.code}")
+    typer.echo(
+        f"It works once, until {issued.expires_at:%Y-%m-%d %H:%M} UTC. Log in as "
+        f"{issued.username} and run 'tether mfa enroll --enrollment-code CODE' (or enter it on "
+        "the web enrollment page)."
+    )
+
+
 @server_app.command("run")
 def run(
     data: DataOpt,

@@ -48,3 +48,17 @@ class Unavailable(PlatformError):
     nothing was changed."""
 
     status_code = 503
+
+
+class SecondFactorRequired(Forbidden):
+    """The session has not passed a second factor its account needs: it may only enroll one
+    (`enrolled` False) or must log in again with it (`enrolled` True)."""
+
+    def __init__(self, message: str, *, enrolled: bool) -> None:
+        super().__init__(message)
+        self.enrolled = enrolled
+
+
+class StepUpRequired(Forbidden):
+    """A sensitive change from a session whose last second-factor check is too old: it needs a
+    fresh code (the API answers with the `X-Tether-Step-Up: required` header as well)."""

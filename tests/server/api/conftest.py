@@ -11,6 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from tether.protocol import Role
+from tether.protocol.totp import new_secret, to_base32
 from tether.server.app import create_app
 from tether.server.config import Settings
 from tether.server.services.bootstrap import initialise
@@ -78,6 +80,19 @@ def admin_password(platform_template: Template) -> str:
 @pytest.fixture
 def admin_secret(platform_template: Template) -> str:
     return platform_template.admin_mfa_secret
+
+
+PASSWORD = "a long enough password"
+
+
+async def enrolled(platform: Platform, username: str, roles: set[Role]) -> str:
+    """A user (password PASSWORD) with a second factor already set up; returns its secret.
+
+    Admins and responders need one before their sessions can do anything (docs/adr/0034)."""
+    user = await platform.users.create(username, PASSWORD, roles)
+    secret = new_secret()
+    await platform.users.mfa.enroll_directly(user.id, secret)
+    return to_base32(secret)
 
 
 async def unused_code(platform: Platform, username: str, secret: str) -> str:

@@ -8,14 +8,13 @@ from sqlalchemy import select
 
 from tether.protocol import Role
 from tether.protocol.totp import from_base32, totp
-from tether.server.api.deps import ENROLL_FIRST
 from tether.server.services.mfa import load_sealer
 from tether.server.services.platform import Platform, session_policy
-from tether.server.services.users import Users
+from tether.server.services.users import Users, enroll_first
 from tether.server.store.tables import users
 
 from ..support import FakeClock
-from .conftest import login
+from .conftest import enrolled, login
 
 PASSWORD = "a long enough password"
 
@@ -38,10 +37,18 @@ async def test_responder_enrolls_at_first_login_and_can_do_nothing_else_before(
     for method, path in [("GET", "/api/v1/hosts"), ("GET", "/api/v1/audit")]:
         refused = await client.request(method, path, headers=rita)
         assert refused.status_code == 403
-        assert refused.json() == {"detail": ENROLL_FIRST}
+        assert refused.json() == {"detail": enroll_first("rita")}
     me = (await client.get("/api/v1/auth/whoami", headers=rita)).json()
     assert (me["enrollment_only"], me["mfa_enabled"]) == (True, False)
-    started = (await client.post("/api/v1/auth/mfa/enroll", headers=rita)).json()
+    issued = await client.post("/api/v1/users/rita/enrollment-code", headers=admin)
+    assert issued.status_code == 200, issued.text
+    started = (
+        await client.post(
+            "/api/v1/auth/mfa/enroll",
+            json={"enrollment_code": issued.json()["code"]},
+            headers=rita,
+        )
+    ).json()
     assert started["qr_svg"].startswith("<svg")
     assert started["uri"].startswith("otpauth://totp/Tether:rita?secret=")
     code = totp(from_base32(started["secret"]), platform.users.mfa._clock().timestamp())
@@ -70,8 +77,8 @@ async def test_responder_enrolls_at_first_login_and_can_do_nothing_else_before(
 async def test_reading_the_audit_log_without_the_role_is_refused_and_recorded(
     client: httpx.AsyncClient, platform: Platform, admin: dict[str, str]
 ) -> None:
-    await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
-    headers = await login(client, "plain-admin", PASSWORD)
+    secret = await enrolled(platform, "plain-admin", {Role.ADMIN})
+    headers = await login(client, "plain-admin", PASSWORD, platform=platform, secret=secret)
     refused = await client.get("/api/v1/audit/export", headers=headers)
     assert refused.status_code == 403
     assert refused.json() == {"detail": "You need the audit.read permission for this."}

@@ -25,6 +25,10 @@ SELF_SERVICE = {
     ("GET", "/api/v1/auth/whoami"),
     ("POST", "/api/v1/auth/mfa/enroll"),
     ("POST", "/api/v1/auth/mfa/confirm"),
+    ("POST", "/api/v1/auth/mfa/cancel"),
+    # Your own sessions: every signed-in user may list them and end the others.
+    ("GET", "/api/v1/auth/sessions"),
+    ("DELETE", "/api/v1/auth/sessions/{session_id}"),
 }
 
 

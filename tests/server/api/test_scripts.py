@@ -12,7 +12,8 @@ from tether.server.services.platform import Platform
 from tether.server.store.tables import segments
 
 from ..support import add_host
-from .conftest import login
+from .conftest import PASSWORD as ENROLLED_PASSWORD
+from .conftest import enrolled, login
 
 PASSWORD = "a long enough password"
 SOURCE = "from tether import script\nprint(script.params)\n"
@@ -146,7 +147,8 @@ async def test_analysts_read_but_cannot_change_and_admins_do_neither(
         response = await client.request(method, "/api/v1/scripts/kill", json=body, headers=analyst)
         assert response.status_code == 403
         assert response.json() == {"detail": "You need the active_response permission for this."}
-    plain_admin = await user_headers(platform, client, "adm", Role.ADMIN)
+    secret = await enrolled(platform, "adm", {Role.ADMIN})
+    plain_admin = await login(client, "adm", ENROLLED_PASSWORD, platform=platform, secret=secret)
     read = await client.get("/api/v1/scripts", headers=plain_admin)
     assert read.json() == {"detail": "You need the results.read permission for this."}
     assert (await client.delete("/api/v1/scripts/kill", headers=plain_admin)).status_code == 403

@@ -5,9 +5,9 @@ import pytest
 
 from tether.protocol import Role
 from tether.protocol.totp import new_secret, to_base32
-from tether.server.api.deps import ENROLL_FIRST
 from tether.server.services.access import NO_PERMISSION
 from tether.server.services.platform import Platform
+from tether.server.services.users import enroll_first
 
 from ..support import add_host
 from .conftest import login
@@ -141,10 +141,11 @@ async def test_move_host(
     ("roles", "detail"),
     [
         ((Role.ANALYST,), NO_PERMISSION),
-        ((Role.ADMIN,), NO_PERMISSION),
-        # A responder who has not enrolled a second factor may do nothing but enroll one.
-        ((Role.RESPONDER,), ENROLL_FIRST),
-        ((Role.ADMIN, Role.RESPONDER), ENROLL_FIRST),
+        # An admin or responder who has not enrolled a second factor may do nothing but
+        # enroll one (docs/adr/0034).
+        ((Role.ADMIN,), enroll_first("someone")),
+        ((Role.RESPONDER,), enroll_first("someone")),
+        ((Role.ADMIN, Role.RESPONDER), enroll_first("someone")),
     ],
 )
 async def test_response_access_refuses_with_the_reason(

@@ -305,7 +305,8 @@ async def test_losing_the_responder_role_ends_the_session(h: Harness) -> None:
     host = await h.host("web-1")
     rita = await h.user("rita")
     session = await h.sessions.start(rita, host, source="t")
-    await h.team.revoke_role("rita", Role.RESPONDER, actor="admin", source="t")
+    admin = User(0, "admin", frozenset({"admin"}), False)
+    await h.team.revoke_role("rita", Role.RESPONDER, by=admin, source="t")
     ended = await h.sessions.get(session.id)
     assert ended.end_reason == "the user's access ended (active response role removed)"
 

@@ -1,5 +1,6 @@
 """Second factor: enrollment, two-step login, each code accepted once, recovery codes."""
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -9,8 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.protocol import Role
 from tether.protocol.totp import from_base32, to_base32, totp
 from tether.server.auth.tokens import token_hash
-from tether.server.errors import Conflict, Forbidden, Invalid, Unauthenticated
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from tether.server.services.audit import AuditLog
+from tether.server.services.enrollment_codes import CODE_NEEDED, NOT_FOR_YOURSELF
+from tether.server.services.enrollment_codes import CODE_REFUSED as ENROLLMENT_CODE_REFUSED
+from tether.server.services.mfa import Enrollment
 from tether.server.services.users import CODE_REFUSED, CODE_REPLAYED, Stage, User, Users
 from tether.server.store.tables import users as users_table
 
@@ -29,6 +33,23 @@ def wrong_code(secret: str, clock: FakeClock) -> str:
     return next(c for c in ("000000", "111111", "222222", "333333") if c not in valid)
 
 
+async def start(users: Users, user: User) -> Enrollment:
+    """Start enrollment for `user`'s session with an enrollment code an admin issued."""
+    issued = await users.mfa.codes.issue(
+        user.username, actor="admin", actor_username="admin", source="s", replacing_factor=True
+    )
+    return await users.mfa.start_enrollment(
+        user.id,
+        user.username,
+        actor=user.username,
+        enrolled=user.mfa_enabled,
+        verified=user.mfa_verified,
+        session_hash=user.session_hash,
+        enrollment_code=issued.code,
+        source="s",
+    )
+
+
 async def enrolled(
     users: Users, clock: FakeClock, name: str = "rita"
 ) -> tuple[User, str, list[str]]:
@@ -36,11 +57,9 @@ async def enrolled(
     await users.create(name, PASSWORD, {Role.RESPONDER})
     session = await users.login(name, PASSWORD, source="10.0.0.1 cli", client="cli")
     assert session.stage is Stage.ENROLL
-    user = await users.authenticate(session.token)
+    user = await users.authenticate(session.token, enrolling=True)
     assert user.enrollment_only
-    started = await users.mfa.start_enrollment(
-        user.id, name, enrolled=False, verified=False, source="s"
-    )
+    started = await start(users, user)
     codes = await users.mfa.confirm_enrollment(
         user.id,
         name,
@@ -59,10 +78,8 @@ async def test_enrollment_gives_uri_qr_and_recovery_codes(
 ) -> None:
     await users.create("rita", PASSWORD, {Role.RESPONDER})
     session = await users.login("rita", PASSWORD, source="s", client="cli")
-    user = await users.authenticate(session.token)
-    started = await users.mfa.start_enrollment(
-        user.id, "rita", enrolled=False, verified=False, source="s"
-    )
+    user = await users.authenticate(session.token, enrolling=True)
+    started = await start(users, user)
     assert started.uri.startswith("otpauth://totp/Tether:rita?secret=" + started.secret)
     assert started.qr_svg.startswith("<svg")
     assert "</svg>" in started.qr_svg
@@ -76,8 +93,16 @@ async def test_enrollment_gives_uri_qr_and_recovery_codes(
     assert row.mfa_secret is None
     with pytest.raises(Invalid, match="does not match"):
         await users.mfa.confirm_enrollment(
-            user.id, "rita", wrong_code(started.secret, clock), session_hash="x", source="s"
+            user.id,
+            "rita",
+            wrong_code(started.secret, clock),
+            session_hash=user.session_hash,
+            source="s",
         )
+    # The mistyped code kept the secret: the same session sees the same one again.
+    again = await users.mfa.pending_enrollment(user.id, "rita", user.session_hash)
+    assert again is not None
+    assert again.secret == started.secret
 
 
 async def test_confirm_without_enroll_is_refused(users: Users) -> None:
@@ -208,8 +233,119 @@ async def test_replacing_a_second_factor_needs_a_verified_session(
 ) -> None:
     user, _, _ = await enrolled(users, clock)
     with pytest.raises(Forbidden, match="log in with it to replace it"):
-        await users.mfa.start_enrollment(user.id, "rita", enrolled=True, verified=False, source="s")
+        await start(users, replace(user, mfa_verified=False))
+    # A session that passed the factor replaces it without an enrollment code.
     started = await users.mfa.start_enrollment(
-        user.id, "rita", enrolled=True, verified=True, source="s"
+        user.id,
+        "rita",
+        actor="rita",
+        enrolled=True,
+        verified=True,
+        session_hash=user.session_hash,
+        enrollment_code=None,
+        source="s",
     )
     assert to_base32(from_base32(started.secret)) == started.secret
+
+
+async def _enroll_session(users: Users, name: str = "rita") -> User:
+    session = await users.login(name, PASSWORD, source="s", client="cli")
+    return await users.authenticate(session.token, enrolling=True)
+
+
+async def _start_with(users: Users, user: User, code: str | None) -> Enrollment:
+    return await users.mfa.start_enrollment(
+        user.id,
+        user.username,
+        actor=user.username,
+        enrolled=False,
+        verified=False,
+        session_hash=user.session_hash,
+        enrollment_code=code,
+        source="s",
+    )
+
+
+async def test_the_password_alone_cannot_enroll_a_second_factor(
+    users: Users, clock: FakeClock, audit: AuditLog
+) -> None:
+    await users.create("rita", PASSWORD, {Role.RESPONDER})
+    await users.create("mallory", PASSWORD, {Role.RESPONDER})
+    rita = await _enroll_session(users)
+    with pytest.raises(Forbidden) as none:
+        await _start_with(users, rita, None)
+    assert str(none.value) == CODE_NEEDED.format(username="rita")
+    for_mallory = await users.mfa.codes.issue(
+        "mallory", actor="admin", actor_username="admin", source="s"
+    )
+    for_rita = await users.mfa.codes.issue(
+        "rita", actor="admin", actor_username="admin", source="s", lifetime=timedelta(hours=1)
+    )
+    # Someone else's code, a made-up one, then an expired one: all refused the same way.
+    with pytest.raises(Forbidden) as other:
+        await _start_with(users, rita, for_mallory.code)
+    assert str(other.value) == ENROLLMENT_CODE_REFUSED.format(username="rita")
+    with pytest.raises(Forbidden):
+        await _start_with(users, rita, "AAAAA-AAAAA-AAAAA-AAAAA")
+    clock.advance(timedelta(hours=1, seconds=1))
+    with pytest.raises(Forbidden):
+        await _start_with(users, rita, for_rita.code)
+    fresh = await users.mfa.codes.issue("rita", actor="admin", actor_username="admin", source="s")
+    started = await _start_with(users, rita, fresh.code.lower().replace("-", " "))
+    assert started.secret
+    # Used once: a second login cannot start its own enrollment with it, nor see the secret.
+    second = await _enroll_session(users)
+    with pytest.raises(Forbidden):
+        await _start_with(users, second, fresh.code)
+    assert await users.mfa.pending_enrollment(second.id, "rita", second.session_hash) is None
+    with pytest.raises(Conflict):
+        await users.mfa.confirm_enrollment(
+            second.id,
+            "rita",
+            code_at(started.secret, clock),
+            session_hash=second.session_hash,
+            source="s",
+        )
+    uses = [
+        (r.outcome, (r.to_json()["details"] or {}).get("reason"))
+        async for r in audit.iter_records()
+        if r.action == "mfa.enrollment_code.use"
+    ]
+    assert uses == [
+        ("failure", "no code"),
+        ("failure", "wrong or used"),
+        ("failure", "wrong or used"),
+        ("failure", "expired"),
+        ("success", None),
+        ("failure", "wrong or used"),
+    ]
+    issues = [r.target async for r in audit.iter_records() if r.action.endswith(".issue")]
+    assert issues == ["mallory", "rita", "rita"]
+
+
+async def test_asking_again_keeps_the_pending_secret_until_cancelled(
+    users: Users, clock: FakeClock
+) -> None:
+    await users.create("rita", PASSWORD, {Role.RESPONDER})
+    rita = await _enroll_session(users)
+    code = await users.mfa.codes.issue("rita", actor="admin", actor_username="admin", source="s")
+    started = await _start_with(users, rita, code.code)
+    # Asking again (a reload, a second 'tether mfa enroll') answers the same secret, no code.
+    assert (await _start_with(users, rita, None)).secret == started.secret
+    await users.mfa.cancel_enrollment(rita.id, "rita", session_hash=rita.session_hash, source="s")
+    assert await users.mfa.pending_enrollment(rita.id, "rita", rita.session_hash) is None
+    with pytest.raises(Forbidden):
+        await _start_with(users, rita, None)
+
+
+async def test_an_admin_cannot_issue_an_enrollment_code_for_themselves(
+    users: Users, audit: AuditLog
+) -> None:
+    await users.create("root", PASSWORD, {Role.ADMIN})
+    with pytest.raises(Forbidden) as own:
+        await users.mfa.codes.issue("root", actor="root", actor_username="root", source="s")
+    assert str(own.value) == NOT_FOR_YOURSELF
+    with pytest.raises(NotFound):
+        await users.mfa.codes.issue("ghost", actor="root", actor_username="root2", source="s")
+    refused = [(r.action, r.outcome) async for r in audit.iter_records() if r.target == "root"]
+    assert refused == [("mfa.enrollment_code.issue", "failure")]

@@ -6,13 +6,19 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import Permission, Role
-from tether.server.errors import Conflict, Invalid, NotFound, Unauthenticated
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog
-from tether.server.services.team import Team
-from tether.server.services.users import LOGIN_REFUSED, Stage, Users
+from tether.server.services.team import OWN_FACTOR, OWN_ROLES, Team
+from tether.server.services.users import LOGIN_REFUSED, Stage, User, Users
 
 from ..support import FakeClock
+
+
+def acting(username: str) -> User:
+    """The admin making a change, as the routes hand it to the team service."""
+    return User(0, username, frozenset({"admin"}), False)
+
 
 PASSWORD = "correct horse battery"
 
@@ -43,7 +49,7 @@ async def test_responder_without_mfa_gets_an_enrollment_only_session(users: User
     await users.create("rita", PASSWORD, {Role.RESPONDER})
     session = await users.login("rita", PASSWORD, source="s", client="cli")
     assert session.stage is Stage.ENROLL
-    user = await users.authenticate(session.token)
+    user = await users.authenticate(session.token, enrolling=True)
     assert user.enrollment_only
     assert not user.mfa_verified
 
@@ -57,7 +63,7 @@ async def test_mfa_for_everyone_setting_limits_other_users_too(
     assert not (await users.authenticate(before.token)).enrollment_only
     await settings.update({"mfa_required_for_everyone": True}, actor="admin", source="s")
     # An existing session without the second factor is limited from the next request on.
-    assert (await users.authenticate(before.token)).enrollment_only
+    assert (await users.authenticate(before.token, enrolling=True)).enrollment_only
     after = await users.login("ann", PASSWORD, source="s", client="cli")
     assert after.stage is Stage.ENROLL
     assert (await settings.get()).mfa_required_for_everyone
@@ -69,16 +75,16 @@ async def test_grant_and_revoke_roles_are_audited(
     users: Users, team: Team, audit: AuditLog
 ) -> None:
     await users.create("bob", PASSWORD, {Role.ANALYST})
-    info = await team.grant_role("bob", Role.RESPONDER, actor="admin", source="s")
+    info = await team.grant_role("bob", Role.RESPONDER, by=acting("admin"), source="s")
     assert info.roles == ["analyst", "responder"]
-    info = await team.revoke_role("bob", Role.ANALYST, actor="admin", source="s")
+    info = await team.revoke_role("bob", Role.ANALYST, by=acting("admin"), source="s")
     assert info.roles == ["responder"]
     actions = [
         (r.action, r.target) async for r in audit.iter_records() if r.action.startswith("role.")
     ]
     assert actions == [("role.grant", "bob"), ("role.revoke", "bob")]
     with pytest.raises(NotFound, match="no user named 'ghost'"):
-        await team.grant_role("ghost", Role.ADMIN, actor="admin", source="s")
+        await team.grant_role("ghost", Role.ADMIN, by=acting("admin"), source="s")
 
 
 async def test_removing_the_responder_role_ends_sessions_at_once(
@@ -86,13 +92,13 @@ async def test_removing_the_responder_role_ends_sessions_at_once(
 ) -> None:
     rita = await users.create("rita", PASSWORD, {Role.RESPONDER, Role.ANALYST})
     session = await users.login("rita", PASSWORD, source="s", client="cli")
-    await team.revoke_role("rita", Role.RESPONDER, actor="admin", source="s")
+    await team.revoke_role("rita", Role.RESPONDER, by=acting("admin"), source="s")
     with pytest.raises(Unauthenticated, match="not valid"):
         await users.authenticate(session.token)
     assert lost.calls == [(rita.id, "active response role removed")]
     # Removing another role does not end anything.
     fresh = await users.login("rita", PASSWORD, source="s", client="cli")
-    await team.revoke_role("rita", Role.ANALYST, actor="admin", source="s")
+    await team.revoke_role("rita", Role.ANALYST, by=acting("admin"), source="s")
     await users.authenticate(fresh.token)
     assert len(lost.calls) == 1
 
@@ -118,9 +124,10 @@ async def test_the_last_admin_cannot_be_disabled_or_demoted(users: Users, team: 
     with pytest.raises(Conflict, match="'root' is the last enabled admin; make another admin"):
         await team.set_disabled("root", True, actor="root", source="s")
     with pytest.raises(Conflict, match="last enabled admin"):
-        await team.revoke_role("root", Role.ADMIN, actor="root", source="s")
+        # Only through someone else: nobody changes their own roles.
+        await team.revoke_role("root", Role.ADMIN, by=acting("other"), source="s")
     await users.create("second", PASSWORD, {Role.ADMIN})
-    await team.revoke_role("root", Role.ADMIN, actor="second", source="s")
+    await team.revoke_role("root", Role.ADMIN, by=acting("second"), source="s")
     with pytest.raises(Conflict, match="'second' is the last enabled admin"):
         await team.set_disabled("second", True, actor="second", source="s")
 
@@ -193,8 +200,9 @@ async def test_resetting_the_second_factor_ends_sessions_and_forces_enrollment(
     await users.mfa.enroll_directly(rita.id, b"12345678901234567890")
     pending = await users.login("rita", PASSWORD, source="s", client="cli")
     assert pending.stage is Stage.SECOND_FACTOR
-    info = await team.reset_mfa("rita", actor="admin", source="s")
-    assert info.mfa_enabled is False
+    issued = await team.reset_mfa("rita", by=acting("admin"), source="s")
+    assert issued.username == "rita"
+    assert (await team.get("rita")).mfa_enabled is False
     assert lost.calls == [(rita.id, "second factor reset")]
     assert await users.mfa.recovery_codes_left(rita.id) == 0
     again = await users.login("rita", PASSWORD, source="s", client="cli")
@@ -228,3 +236,34 @@ async def test_a_failing_listener_does_not_stop_the_others(
     bob = await users.create("bob", PASSWORD, {Role.ANALYST})
     await team.set_disabled("bob", True, actor="root", source="s")
     assert lost.calls == after.calls == [(bob.id, "disabled")]
+
+
+async def test_nobody_changes_their_own_roles_or_second_factor(
+    users: Users, team: Team, audit: AuditLog
+) -> None:
+    await users.create("root", PASSWORD, {Role.ADMIN})
+    await users.create("other", PASSWORD, {Role.ADMIN})
+    me = acting("root")
+    with pytest.raises(Forbidden) as grant:
+        await team.grant_role("root", Role.RESPONDER, by=me, source="s")
+    assert str(grant.value) == OWN_ROLES
+    with pytest.raises(Forbidden) as revoke:
+        await team.revoke_role("root", Role.ADMIN, by=me, source="s")
+    assert str(revoke.value) == OWN_ROLES
+    with pytest.raises(Forbidden) as reset:
+        await team.reset_mfa("root", by=me, source="s")
+    assert str(reset.value) == OWN_FACTOR
+    assert (await team.get("root")).roles == ["admin"]
+    refused = [
+        (r.action, r.target, r.outcome, r.to_json()["details"]["reason"])
+        async for r in audit.iter_records()
+        if r.outcome == "failure"
+    ]
+    assert refused == [
+        ("role.grant", "root", "failure", "own account"),
+        ("role.revoke", "root", "failure", "own account"),
+        ("mfa.reset", "root", "failure", "own account"),
+    ]
+    # Someone else may.
+    await team.grant_role("root", Role.RESPONDER, by=acting("other"), source="s")
+    assert (await team.get("root")).roles == ["admin", "responder"]

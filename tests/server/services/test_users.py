@@ -59,7 +59,8 @@ async def test_duplicate_username_is_a_conflict(users: Users) -> None:
 async def test_login_opens_a_session_and_is_audited(
     users: Users, audit: AuditLog, engine: AsyncEngine, clock: FakeClock
 ) -> None:
-    await users.create("alice", PASSWORD, {Role.ADMIN})
+    # An analyst: an admin's password alone would open only an enrollment session (adr/0034).
+    await users.create("alice", PASSWORD, {Role.ANALYST})
     session = await users.login("alice", PASSWORD, source="10.0.0.1 cli", client="cli")
     assert session.user.username == "alice"
     assert session.expires_at == clock.now + timedelta(hours=12)

@@ -16,6 +16,12 @@ SELF_SERVICE = {
     ("GET", "/mfa/enroll"),
     ("POST", "/mfa/enroll"),
     ("POST", "/mfa/confirm"),
+    ("POST", "/mfa/cancel"),
+    # Your own sessions; another user's need users.manage, checked in the handler.
+    ("GET", "/sessions"),
+    ("POST", "/sessions/{session_id}/end"),
+    # The step-up prompt renews your own session's check.
+    ("POST", "/settings/step-up"),
 }
 
 

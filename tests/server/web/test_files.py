@@ -17,6 +17,7 @@ from tether.server.services.files import LibraryFile, Retrieved
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records, batches, jobs, library_files
 
+from ..api.conftest import enrolled
 from ..support import add_host
 from .conftest import csrf_of, web_login
 
@@ -220,8 +221,9 @@ async def test_an_analyst_sees_the_files_but_neither_downloads_nor_reads_the_aud
 async def test_a_user_without_results_read_gets_403(
     browser: httpx.AsyncClient, platform: Platform
 ) -> None:
-    await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
-    await web_login(browser, platform, "plain-admin", PASSWORD)
+    # An admin with a second factor: without one, the session could only enroll it.
+    secret = await enrolled(platform, "plain-admin", {Role.ADMIN})
+    await web_login(browser, platform, "plain-admin", PASSWORD, secret)
     response = await browser.get("/files")
     assert response.status_code == 403
     assert "You need the results.read permission for this page." in response.text

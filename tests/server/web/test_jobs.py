@@ -18,6 +18,7 @@ from tether.server.web import jobs as web_jobs
 from tether.server.web.jobs import BatchCancel, batch_cancel_sentence
 from tether.server.web.security import CSRF_REFUSED
 
+from ..api.conftest import enrolled
 from ..support import add_host
 from .conftest import csrf_of, web_login
 from .job_support import ADMIN, set_state, submit
@@ -321,8 +322,9 @@ async def test_the_jobs_pages_and_link_are_for_results_readers(
     # An admin without a responder or analyst role manages the estate but reads no results.
     host = await add_host(platform.engine, "web-plain-admin")
     job = await submit(platform, host)
-    await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
-    await web_login(browser, platform, "plain-admin", PASSWORD)
+    # An admin with a second factor: without one, the session could only enroll it.
+    secret = await enrolled(platform, "plain-admin", {Role.ADMIN})
+    await web_login(browser, platform, "plain-admin", PASSWORD, secret)
     host_page = await browser.get(f"/hosts/{host}")
     assert host_page.status_code == 200
     assert 'href="/jobs' not in host_page.text

@@ -1,5 +1,6 @@
 """Logging in through the pages: the API's two steps, throttling and audit, in cookies."""
 
+import html
 import json
 import re
 
@@ -7,9 +8,13 @@ import httpx
 from sqlalchemy import select
 
 from tether.protocol import Role
+from tether.server.services.enrollment_codes import CODE_NEEDED
 from tether.server.services.platform import Platform
+from tether.server.services.users import CODE_REPLAYED
 from tether.server.store.tables import audit_records
+from tether.server.web.login import SIX_DIGITS
 
+from ..api.conftest import Template
 from ..support import code_after
 from .conftest import csrf_of, web_login
 
@@ -119,7 +124,7 @@ async def test_malformed_input_is_refused_in_one_sentence(
         "/login/code", data={"code": "12345x", "csrf_token": csrf_of(page.text)}
     )
     assert response.status_code == 422
-    assert "Enter the 6-digit code your authenticator app shows now." in response.text
+    assert SIX_DIGITS in response.text
 
 
 async def test_logins_are_throttled_as_in_the_api(
@@ -149,7 +154,18 @@ async def test_a_responder_without_a_second_factor_must_enroll_one_first(
     assert response.headers["location"] == "/mfa/enroll"
     assert (await browser.get("/active-response")).headers["location"] == "/mfa/enroll"
     page = await browser.get("/mfa/enroll")
-    started = await browser.post("/mfa/enroll", data={"csrf_token": csrf_of(page.text)})
+    assert "tether user enrollment-code newbie" in page.text
+    # The password alone does not enroll: the page asks for the admin's code.
+    refused = await browser.post("/mfa/enroll", data={"csrf_token": csrf_of(page.text)})
+    assert refused.status_code == 403
+    assert CODE_NEEDED.format(username="newbie") in html.unescape(refused.text)
+    issued = await platform.users.mfa.codes.issue(
+        "newbie", actor="admin", actor_username="admin", source="s"
+    )
+    started = await browser.post(
+        "/mfa/enroll",
+        data={"csrf_token": csrf_of(page.text), "enrollment_code": issued.code},
+    )
     assert started.status_code == 200
     assert '<svg width="' in started.text
     secret = re.search(r"Secret: <code>([A-Z2-7]+)</code>", started.text)
@@ -157,13 +173,75 @@ async def test_a_responder_without_a_second_factor_must_enroll_one_first(
     wrong = await browser.post(
         "/mfa/confirm", data={"code": "000000", "csrf_token": csrf_of(started.text)}
     )
-    assert wrong.status_code in (401, 422)
-    # A fresh secret after the wrong code, as a new "Show my QR code" would give.
-    started = await browser.post("/mfa/enroll", data={"csrf_token": csrf_of(page.text)})
-    secret = re.search(r"Secret: <code>([A-Z2-7]+)</code>", started.text)
-    assert secret is not None
+    assert wrong.status_code == 422
+    # The mistyped code kept the secret just scanned: the answer and a reload still show it.
+    assert f"Secret: <code>{secret.group(1)}</code>" in wrong.text
+    reload = await browser.get("/mfa/enroll")
+    assert f"Secret: <code>{secret.group(1)}</code>" in reload.text
     code, _ = code_after(secret.group(1), None)
     done = await browser.post("/mfa/confirm", data={"code": code, "csrf_token": csrf_of(page.text)})
     assert done.status_code == 200, done.text
     assert "recovery codes" in done.text
     assert (await browser.get("/active-response")).status_code == 200
+
+
+async def test_cancelling_an_enrollment_forgets_the_secret_and_the_code(
+    browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await platform.users.create("newbie", PASSWORD, {Role.ADMIN})
+    await web_login(browser, platform, "newbie", PASSWORD)
+    page = await browser.get("/mfa/enroll")
+    issued = await platform.users.mfa.codes.issue(
+        "newbie", actor="admin", actor_username="admin", source="s"
+    )
+    started = await browser.post(
+        "/mfa/enroll", data={"csrf_token": csrf_of(page.text), "enrollment_code": issued.code}
+    )
+    assert "Secret: <code>" in started.text
+    cancelled = await browser.post("/mfa/cancel", data={"csrf_token": csrf_of(page.text)})
+    assert cancelled.headers["location"] == "/mfa/enroll"
+    again = await browser.get("/mfa/enroll")
+    assert "Secret: <code>" not in again.text
+    reused = await browser.post(
+        "/mfa/enroll", data={"csrf_token": csrf_of(page.text), "enrollment_code": issued.code}
+    )
+    assert reused.status_code == 403
+    assert "That enrollment code is wrong, used or expired" in reused.text
+
+
+async def test_a_recovery_code_logs_in_through_the_page_once(
+    browser: httpx.AsyncClient,
+    platform: Platform,
+    admin_password: str,
+    platform_template: Template,
+) -> None:
+    recovery = platform_template.recovery_codes
+    page = await browser.get("/login")
+    await browser.post(
+        "/login",
+        data={"username": "admin", "password": admin_password, "csrf_token": csrf_of(page.text)},
+    )
+    code_page = await browser.get("/login/code")
+    assert "Use a recovery code" in code_page.text
+    done = await browser.post(
+        "/login/code",
+        data={"recovery_code": recovery[0].lower(), "csrf_token": csrf_of(code_page.text)},
+    )
+    assert done.headers["location"] == "/active-response"
+    assert (await browser.get("/active-response")).status_code == 200
+    # The same code again: refused with the CLI's sentence.
+    await browser.post(
+        "/logout", data={"csrf_token": csrf_of((await browser.get("/sessions")).text)}
+    )
+    page = await browser.get("/login")
+    await browser.post(
+        "/login",
+        data={"username": "admin", "password": admin_password, "csrf_token": csrf_of(page.text)},
+    )
+    code_page = await browser.get("/login/code")
+    again = await browser.post(
+        "/login/code",
+        data={"recovery_code": recovery[0], "csrf_token": csrf_of(code_page.text)},
+    )
+    assert again.status_code == 401
+    assert CODE_REPLAYED in html.unescape(again.text)

@@ -13,6 +13,7 @@ from tether.protocol import Role
 from tether.server.services.platform import Platform
 from tether.server.store.tables import jobs, segments
 
+from ..api.conftest import enrolled
 from ..support import add_host
 from .conftest import csrf_of, web_login
 from .job_support import set_state, submit
@@ -167,9 +168,10 @@ async def test_the_polled_rows_are_for_results_readers_and_offer_cancel_to_respo
 ) -> None:
     host = await add_host(platform.engine, "web-polled-readers")
     job = await submit(platform, host)
-    await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
+    # An admin with a second factor: without one, the session could only enroll it.
+    secret = await enrolled(platform, "plain-admin", {Role.ADMIN})
     await platform.users.create("reader", PASSWORD, {Role.ANALYST})
-    await web_login(browser, platform, "plain-admin", PASSWORD)
+    await web_login(browser, platform, "plain-admin", PASSWORD, secret)
     for path in ("/jobs/-/rows", f"/hosts/{host}/jobs"):
         refused = await browser.get(path)
         assert refused.status_code == 403, path

@@ -19,6 +19,7 @@ from tether.server.store.tables import segments
 from tether.server.web.row_export import guarded
 from tether.server.web.security import CSRF_REFUSED
 
+from ..api.conftest import enrolled
 from ..support import add_host
 from .conftest import csrf_of, web_login
 
@@ -165,8 +166,9 @@ async def test_changes_without_the_csrf_token_are_refused(
 
 async def test_pages_need_results_read(browser: httpx.AsyncClient, platform: Platform) -> None:
     # An admin without a responder or analyst role manages the estate but reads no results.
-    await platform.users.create("plain-admin", PASSWORD, {Role.ADMIN})
-    await web_login(browser, platform, "plain-admin", PASSWORD)
+    # An admin with a second factor: without one, the session could only enroll it.
+    secret = await enrolled(platform, "plain-admin", {Role.ADMIN})
+    await web_login(browser, platform, "plain-admin", PASSWORD, secret)
     for path in ("/scripts", "/scripts/-/new", "/scripts/-/run"):
         response = await browser.get(path)
         assert response.status_code == 403, path

@@ -5,6 +5,7 @@ and the audit log; refusals show the service's sentence and change nothing.
 """
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -117,11 +118,13 @@ async def test_disable_enable_reset_and_external_go_through_the_team_service(
     ]
 
     assert (await platform.team.get("casey")).mfa_enabled
-    await _confirmed(
-        admin_browser,
-        await _post(admin_browser, page, "/settings/team/casey/mfa-reset", {}),
-        "casey's second factor is reset",
-    )
+    reset = await _post(admin_browser, page, "/settings/team/casey/mfa-reset", {})
+    # The enrollment code for the new factor is shown on this answer, once, never redirected.
+    assert reset.status_code == 200, reset.text
+    shown = re.search(r'<code id="enrollment-code">([A-Z0-9-]+)</code>', reset.text)
+    assert shown is not None
+    assert "Enrollment code for <strong>casey</strong>" in reset.text
+    assert shown.group(1) not in (await admin_browser.get(page)).text
     assert not (await platform.team.get("casey")).mfa_enabled
     assert (await _records(platform, "mfa.reset"))[0].target == "casey"
 
@@ -155,12 +158,6 @@ async def test_disable_enable_reset_and_external_go_through_the_team_service(
 @pytest.mark.parametrize(
     ("action", "data", "sentence", "status"),
     [
-        (
-            "/settings/team/admin/roles",
-            {"role": "admin", "grant": "no"},
-            "'admin' is the last enabled admin; make another admin first.",
-            409,
-        ),
         (
             "/settings/team/admin/disable",
             {},
@@ -204,6 +201,53 @@ async def test_a_refused_team_change_shows_one_sentence_and_changes_nothing(
     assert response.text.count('role="alert"') == 1
     assert await platform.team.list() == before
     assert await platform.audit.newest(AuditSearch(), limit=1) == audited
+
+
+@pytest.mark.parametrize(
+    ("action", "data", "sentence", "refused"),
+    [
+        (
+            "/settings/team/admin/roles",
+            {"role": "admin", "grant": "no"},
+            "You cannot change the roles of your own account; ask another admin.",
+            "role.revoke",
+        ),
+        (
+            "/settings/team/admin/roles",
+            {"role": "analyst", "grant": "yes"},
+            "You cannot change the roles of your own account; ask another admin.",
+            "role.grant",
+        ),
+        (
+            "/settings/team/admin/mfa-reset",
+            {},
+            "You cannot reset your own second factor; ask another admin.",
+            "mfa.reset",
+        ),
+        (
+            "/settings/team/admin/enrollment-code",
+            {},
+            "You cannot issue an enrollment code for your own account; ask another admin "
+            "(or run 'tether server enrollment-code' on the platform host).",
+            "mfa.enrollment_code.issue",
+        ),
+    ],
+)
+async def test_changing_your_own_access_is_refused_and_recorded(
+    admin_browser: httpx.AsyncClient,
+    platform: Platform,
+    action: str,
+    data: dict[str, str],
+    sentence: str,
+    refused: str,
+) -> None:
+    before = await platform.team.list()
+    response = await _post(admin_browser, "/settings/team", action, data)
+    assert response.status_code == 403
+    assert escape(sentence) in response.text
+    assert await platform.team.list() == before
+    newest = (await platform.audit.newest(AuditSearch(), limit=1))[0]
+    assert (newest.action, newest.target, newest.outcome) == (refused, "admin", "failure")
 
 
 async def test_a_refused_new_user_keeps_the_name_but_never_the_password(

@@ -6,10 +6,9 @@ from fastapi import APIRouter, Depends, Request
 
 from tether.server.api.deps import PlatformDep, UserDep, bearer_token, source_of
 from tether.server.api.schemas import LoginRequest, LoginResponse, SecondFactorRequest, WhoAmI
-from tether.server.api.user_schemas import MfaConfirm, MfaEnrollment, RecoveryCodes
-from tether.server.auth.tokens import token_hash
+from tether.server.api.user_schemas import MfaConfirm, MfaEnrollment, MfaEnrollStart, RecoveryCodes
 from tether.server.errors import Invalid
-from tether.server.services.users import Session
+from tether.server.services.users import Session, Stage, enroll_first
 
 public = APIRouter(tags=["auth"])
 router = APIRouter(tags=["auth"])
@@ -23,6 +22,7 @@ def _answer(session: Session) -> LoginResponse:
         expires_at=session.expires_at,
         stage=session.stage.value,
         mfa_verified=session.user.mfa_verified,
+        message=enroll_first(session.user.username) if session.stage is Stage.ENROLL else None,
     )
 
 
@@ -77,28 +77,42 @@ async def whoami(user: UserDep) -> WhoAmI:
 
 
 @router.post("/auth/mfa/enroll", response_model=MfaEnrollment)
-async def mfa_enroll(request: Request, user: UserDep, platform: PlatformDep) -> MfaEnrollment:
-    """A new TOTP secret for the caller, pending until confirmed with a code."""
+async def mfa_enroll(
+    request: Request,
+    user: UserDep,
+    platform: PlatformDep,
+    body: MfaEnrollStart | None = None,
+) -> MfaEnrollment:
+    """A TOTP secret for the caller, pending until confirmed with a code. A session that has
+    not passed a second factor needs the enrollment code an admin issued; asking again from
+    the same session answers the same pending secret."""
     started = await platform.users.mfa.start_enrollment(
         user.id,
         user.username,
+        actor=user.actor,
         enrolled=user.mfa_enabled,
         verified=user.mfa_verified,
+        session_hash=user.session_hash,
+        enrollment_code=body.enrollment_code if body is not None else None,
         source=source_of(request),
     )
     return MfaEnrollment(secret=started.secret, uri=started.uri, qr_svg=started.qr_svg)
 
 
+@router.post("/auth/mfa/cancel", status_code=204)
+async def mfa_cancel(request: Request, user: UserDep, platform: PlatformDep) -> None:
+    """Forget the enrollment this session started (a new one needs a new enrollment code)."""
+    await platform.users.mfa.cancel_enrollment(
+        user.id, user.actor, session_hash=user.session_hash, source=source_of(request)
+    )
+
+
 @router.post("/auth/mfa/confirm", response_model=RecoveryCodes)
 async def mfa_confirm(
-    body: MfaConfirm,
-    request: Request,
-    user: UserDep,
-    platform: PlatformDep,
-    token: Annotated[str, Depends(bearer_token)],
+    body: MfaConfirm, request: Request, user: UserDep, platform: PlatformDep
 ) -> RecoveryCodes:
     """Activate the pending secret; this session counts as having passed the second factor."""
     codes = await platform.users.mfa.confirm_enrollment(
-        user.id, user.actor, body.code, session_hash=token_hash(token), source=source_of(request)
+        user.id, user.actor, body.code, session_hash=user.session_hash, source=source_of(request)
     )
     return RecoveryCodes(recovery_codes=codes)

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from tether.protocol import Permission
+from tether.protocol.step_up import CODE_HEADER
 from tether.server.errors import Forbidden, Unauthenticated
 from tether.server.services.client_text import untrusted_text
 from tether.server.services.platform import Platform
@@ -17,20 +18,17 @@ from tether.server.services.users import User
 
 SESSION_COOKIE = "tether_session"
 
-# What a session limited to setting up a second factor may still do.
+# What a session limited to setting up a second factor may still do; `Users.authenticate`
+# refuses every other path for such a session.
 ENROLLMENT_PATHS = frozenset(
     {
         "/api/v1/auth/mfa/enroll",
         "/api/v1/auth/mfa/confirm",
+        "/api/v1/auth/mfa/cancel",
         "/api/v1/auth/logout",
         "/api/v1/auth/whoami",
     }
 )
-ENROLL_FIRST = (
-    "Enroll a second factor first: your role requires one "
-    "(run 'tether mfa enroll', then 'tether mfa confirm --code CODE')."
-)
-VERIFY_FIRST = "Log in again with your second factor: this session has not passed it."
 
 
 def get_platform(request: Request) -> Platform:
@@ -63,10 +61,10 @@ def bearer_token(request: Request) -> str:
 async def current_user(
     request: Request, platform: Annotated[Platform, Depends(get_platform)]
 ) -> User:
-    user = await platform.users.authenticate(bearer_token(request))
+    user = await platform.users.authenticate(
+        bearer_token(request), enrolling=request.url.path in ENROLLMENT_PATHS
+    )
     request.state.user = user
-    if user.enrollment_only and request.url.path not in ENROLLMENT_PATHS:
-        raise Forbidden(VERIFY_FIRST if user.mfa_enabled else ENROLL_FIRST)
     return user
 
 
@@ -99,6 +97,31 @@ def require(
             if audit_refusal is not None:
                 await record_refusal(platform, request, user, permission, audit_refusal)
             raise Forbidden(f"You need the {permission.value} permission for this.")
+        return user
+
+    check.permission = permission  # type: ignore[attr-defined]
+    return check
+
+
+async def require_step_up(request: Request, platform: Platform, user: User, what: str) -> None:
+    """Refuse (StepUpRequired) unless the session passed its second factor within the step-up
+    window or the request carries a fresh code in the X-Tether-Code header; audited."""
+    await platform.step_up.require_fresh(
+        user, request.headers.get(CODE_HEADER), what=what, source=source_of(request)
+    )
+
+
+def require_fresh(permission: Permission, what: str) -> Callable[..., Awaitable[User]]:
+    """Like `require`, for a sensitive change: the session must also have passed its second
+    factor within the step-up window, or send a fresh code (`what` names the change)."""
+    permitted = require(permission)
+
+    async def check(
+        request: Request,
+        user: Annotated[User, Depends(permitted)],
+        platform: Annotated[Platform, Depends(get_platform)],
+    ) -> User:
+        await require_step_up(request, platform, user, what)
         return user
 
     check.permission = permission  # type: ignore[attr-defined]

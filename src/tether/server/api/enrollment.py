@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
 from tether.protocol import EnrollRequest, EnrollResponse, Permission
-from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.deps import PlatformDep, require, require_fresh, source_of
 from tether.server.api.schemas import TokenCreate, TokenCreated, TokenOut
 from tether.server.services.users import User
 
@@ -31,7 +31,9 @@ async def create_token(
     body: TokenCreate,
     request: Request,
     platform: PlatformDep,
-    user: Annotated[User, Depends(require(Permission.ENROLLMENT_MANAGE))],
+    user: Annotated[
+        User, Depends(require_fresh(Permission.ENROLLMENT_MANAGE, "enrollment tokens"))
+    ],
 ) -> TokenCreated:
     issued = await platform.enrollment.create_token(
         segment=body.segment,

@@ -27,6 +27,8 @@ class LoginResponse(BaseModel):
     expires_at: datetime
     stage: Literal["full", "second_factor", "enroll"] = "full"
     mfa_verified: bool = False
+    # With stage "enroll": the one sentence saying how to get an enrollment code and enroll.
+    message: str | None = None
 
 
 class SecondFactorRequest(_In):

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from tether.protocol import Permission
-from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.deps import PlatformDep, require, require_step_up, source_of
 from tether.server.api.schemas import SegmentChange, SegmentCreate, SegmentOut
 from tether.server.errors import Invalid
 from tether.server.services.users import User
@@ -27,6 +27,8 @@ async def create_segment(
     platform: PlatformDep,
     user: Annotated[User, Depends(require(Permission.SEGMENTS_MANAGE))],
 ) -> SegmentOut:
+    if body.active_response:
+        await require_step_up(request, platform, user, "active response")
     created = await platform.segments.create(
         body.name,
         active_response=body.active_response,
@@ -47,6 +49,8 @@ async def change_segment(
     """Rename the segment and/or switch its Active Response on or off."""
     if body.name is None and body.active_response is None:
         raise Invalid("Give a new name, an Active Response setting, or both.")
+    if body.active_response:
+        await require_step_up(request, platform, user, "active response")
     source = source_of(request)
     current = await platform.segments.get(name)
     if body.name is not None:

@@ -17,6 +17,25 @@ class MfaEnrollment(BaseModel):
     qr_svg: str
 
 
+class MfaEnrollStart(_In):
+    # The one-time code an admin issued; needed unless this session passed a second factor.
+    enrollment_code: Annotated[str | None, Field(max_length=64)] = None
+
+
+DEFAULT_CODE_HOURS = 24
+
+
+class EnrollmentCodeRequest(_In):
+    hours: Annotated[int, Field(ge=1, le=168)] = DEFAULT_CODE_HOURS
+
+
+class EnrollmentCodeOut(BaseModel):
+    username: str
+    # Shown once: only its hash is kept.
+    code: str
+    expires_at: datetime
+
+
 class MfaConfirm(_In):
     code: Annotated[str, Field(pattern=r"^[0-9]{6}$")]
 

@@ -4,14 +4,17 @@ Granting and removing roles, the Active Response role included, needs `users.man
 the admin role holds (`tether.protocol.permissions`).
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
 from tether.protocol import Permission, Role
-from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.deps import PlatformDep, require, require_fresh, source_of
 from tether.server.api.user_schemas import (
+    DEFAULT_CODE_HOURS,
+    EnrollmentCodeOut,
+    EnrollmentCodeRequest,
     ExternalUpdate,
     SettingsOut,
     SettingsUpdate,
@@ -24,6 +27,13 @@ from tether.server.services.users import User
 router = APIRouter(tags=["team"])
 Admin = Annotated[User, Depends(require(Permission.USERS_MANAGE))]
 SettingsAdmin = Annotated[User, Depends(require(Permission.SETTINGS_MANAGE))]
+# Sensitive changes: a fresh second-factor check (step-up) as well as the permission.
+RoleAdmin = Annotated[User, Depends(require_fresh(Permission.USERS_MANAGE, "roles"))]
+UserAdmin = Annotated[User, Depends(require_fresh(Permission.USERS_MANAGE, "users"))]
+FactorAdmin = Annotated[User, Depends(require_fresh(Permission.USERS_MANAGE, "second factor"))]
+AccessSettingsAdmin = Annotated[
+    User, Depends(require_fresh(Permission.SETTINGS_MANAGE, "access settings"))
+]
 
 
 def _out(info: UserInfo) -> UserOut:
@@ -44,7 +54,7 @@ async def list_users(platform: PlatformDep, _user: Admin) -> list[UserOut]:
 
 @router.post("/users", response_model=UserOut, status_code=201)
 async def create_user(
-    body: UserCreate, request: Request, platform: PlatformDep, user: Admin
+    body: UserCreate, request: Request, platform: PlatformDep, user: UserAdmin
 ) -> UserOut:
     await platform.users.create(
         body.username,
@@ -84,26 +94,24 @@ async def enable_user(
 
 @router.put("/users/{username}/roles/{role}", response_model=UserOut)
 async def grant_role(
-    username: str, role: Role, request: Request, platform: PlatformDep, user: Admin
+    username: str, role: Role, request: Request, platform: PlatformDep, user: RoleAdmin
 ) -> UserOut:
-    return _out(
-        await platform.team.grant_role(username, role, actor=user.actor, source=source_of(request))
-    )
+    """Give a role; never to one's own account."""
+    return _out(await platform.team.grant_role(username, role, by=user, source=source_of(request)))
 
 
 @router.delete("/users/{username}/roles/{role}", response_model=UserOut)
 async def revoke_role(
-    username: str, role: Role, request: Request, platform: PlatformDep, user: Admin
+    username: str, role: Role, request: Request, platform: PlatformDep, user: RoleAdmin
 ) -> UserOut:
-    """Remove a role; removing responder ends the user's sessions at once."""
-    return _out(
-        await platform.team.revoke_role(username, role, actor=user.actor, source=source_of(request))
-    )
+    """Remove a role (never from one's own account); removing responder ends the user's
+    sessions at once."""
+    return _out(await platform.team.revoke_role(username, role, by=user, source=source_of(request)))
 
 
 @router.put("/users/{username}/external", response_model=UserOut)
 async def set_external(
-    username: str, body: ExternalUpdate, request: Request, platform: PlatformDep, user: Admin
+    username: str, body: ExternalUpdate, request: Request, platform: PlatformDep, user: UserAdmin
 ) -> UserOut:
     """Mark a user as MDR provider staff (organisation, access expiry), or as internal."""
     return _out(
@@ -125,7 +133,7 @@ async def get_settings(platform: PlatformDep, _user: SettingsAdmin) -> SettingsO
 
 @router.patch("/settings", response_model=SettingsOut)
 async def update_settings(
-    body: SettingsUpdate, request: Request, platform: PlatformDep, user: SettingsAdmin
+    body: SettingsUpdate, request: Request, platform: PlatformDep, user: AccessSettingsAdmin
 ) -> SettingsOut:
     changes = body.model_dump(exclude_none=True)
     updated = await platform.access_settings.update(
@@ -134,9 +142,40 @@ async def update_settings(
     return SettingsOut(**updated.__dict__)
 
 
-@router.post("/users/{username}/mfa/reset", response_model=UserOut)
-async def reset_mfa(username: str, request: Request, platform: PlatformDep, user: Admin) -> UserOut:
-    """Forget the user's second factor (a lost phone); they enroll again at the next login."""
-    return _out(
-        await platform.team.reset_mfa(username, actor=user.actor, source=source_of(request))
+@router.post("/users/{username}/mfa/reset", response_model=EnrollmentCodeOut)
+async def reset_mfa(
+    username: str,
+    request: Request,
+    platform: PlatformDep,
+    user: FactorAdmin,
+    body: EnrollmentCodeRequest | None = None,
+) -> EnrollmentCodeOut:
+    """Forget the user's second factor (a lost phone) and issue the enrollment code they need
+    to enroll a new one (shown once); never for one's own account."""
+    issued = await platform.team.reset_mfa(
+        username, by=user, source=source_of(request), lifetime=_lifetime(body)
     )
+    return EnrollmentCodeOut(**issued.__dict__)
+
+
+@router.post("/users/{username}/enrollment-code", response_model=EnrollmentCodeOut)
+async def issue_enrollment_code(
+    username: str,
+    request: Request,
+    platform: PlatformDep,
+    user: FactorAdmin,
+    body: EnrollmentCodeRequest | None = None,
+) -> EnrollmentCodeOut:
+    """A one-time code the user needs to enroll their first second factor (shown once)."""
+    issued = await platform.users.mfa.codes.issue(
+        username,
+        actor=user.actor,
+        actor_username=user.username,
+        source=source_of(request),
+        lifetime=_lifetime(body),
+    )
+    return EnrollmentCodeOut(**issued.__dict__)
+
+
+def _lifetime(body: EnrollmentCodeRequest | None) -> timedelta:
+    return timedelta(hours=body.hours if body is not None else DEFAULT_CODE_HOURS)

@@ -22,6 +22,7 @@ from tether.server.auth.recovery import new_recovery_codes, recovery_hash
 from tether.server.auth.sealing import Sealer, new_key
 from tether.server.errors import ConfigurationError, Conflict, Forbidden, Invalid
 from tether.server.services.audit import AuditLog
+from tether.server.services.enrollment_codes import EnrollmentCodes
 from tether.server.services.pki import write_private
 from tether.server.store.tables import recovery_codes, sessions, users
 
@@ -54,6 +55,12 @@ class Enrollment:
     qr_svg: str
 
 
+def _enrollment(username: str, secret: bytes) -> Enrollment:
+    uri = provisioning_uri(username, secret)
+    svg = segno.make(uri, error="m").svg_inline(scale=4)
+    return Enrollment(secret=to_base32(secret), uri=uri, qr_svg=svg)
+
+
 def _context(user_id: int) -> str:
     return f"user:{user_id}:totp"
 
@@ -79,26 +86,79 @@ class Mfa:
         self._audit = audit
         self._sealer = sealer
         self._clock = clock
+        self.codes = EnrollmentCodes(engine, audit, clock)
 
     async def start_enrollment(
-        self, user_id: int, username: str, *, enrolled: bool, verified: bool, source: str
+        self,
+        user_id: int,
+        username: str,
+        *,
+        actor: str,
+        enrolled: bool,
+        verified: bool,
+        session_hash: str,
+        enrollment_code: str | None,
+        source: str,
     ) -> Enrollment:
-        """A new secret, pending until confirmed with a code; the old one (if any) still works."""
+        """A secret pending until confirmed with a code; the old factor (if any) still works.
+
+        The pending secret belongs to the session that started it: asking again from that
+        session shows the same secret (a mistyped confirmation must not throw away the one just
+        scanned). A session that has not passed a second factor needs an enrollment code.
+        """
         if enrolled and not verified:
             # Only the password was proven: replacing the second factor now would let a stolen
             # password take over the account.
             raise Forbidden("You already have a second factor; log in with it to replace it.")
+        pending = await self.pending_enrollment(user_id, username, session_hash)
+        if pending is not None:
+            return pending
+        if not verified:
+            await self.codes.redeem(user_id, username, enrollment_code, actor=actor, source=source)
         secret = new_totp_secret()
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
-                .values(mfa_pending_secret=self._sealer.seal(secret, _context(user_id)))
+                .values(
+                    mfa_pending_secret=self._sealer.seal(secret, _context(user_id)),
+                    mfa_pending_session=session_hash,
+                )
             )
-        await self._audit.record("mfa.enroll.start", actor=username, source=source)
-        uri = provisioning_uri(username, secret)
-        svg = segno.make(uri, error="m").svg_inline(scale=4)
-        return Enrollment(secret=to_base32(secret), uri=uri, qr_svg=svg)
+        await self._audit.record("mfa.enroll.start", actor=actor, source=source)
+        return _enrollment(username, secret)
+
+    async def pending_enrollment(
+        self, user_id: int, username: str, session_hash: str
+    ) -> Enrollment | None:
+        """The enrollment this session started and has not confirmed or cancelled, if any."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(users.c.mfa_pending_secret, users.c.mfa_pending_session).where(
+                        users.c.id == user_id
+                    )
+                )
+            ).first()
+        if row is None or row.mfa_pending_secret is None:
+            return None
+        if row.mfa_pending_session != session_hash:
+            return None
+        return _enrollment(username, self._sealer.open(row.mfa_pending_secret, _context(user_id)))
+
+    async def cancel_enrollment(
+        self, user_id: int, actor: str, *, session_hash: str, source: str
+    ) -> None:
+        """Forget this session's pending secret; starting again needs a new enrollment code
+        unless the session passed a second factor."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(users)
+                .where(users.c.id == user_id, users.c.mfa_pending_session == session_hash)
+                .values(mfa_pending_secret=None, mfa_pending_session=None)
+            )
+        if result.rowcount:
+            await self._audit.record("mfa.enroll.cancel", actor=actor, source=source)
 
     async def confirm_enrollment(
         self, user_id: int, actor: str, code: str, *, session_hash: str, source: str
@@ -106,11 +166,20 @@ class Mfa:
         """Activate the pending secret when `code` matches it; returns fresh recovery codes."""
         now = self._clock()
         async with self._engine.begin() as conn:
-            pending = (
-                await conn.execute(select(users.c.mfa_pending_secret).where(users.c.id == user_id))
-            ).scalar()
-            if pending is None:
+            row = (
+                await conn.execute(
+                    select(users.c.mfa_pending_secret, users.c.mfa_pending_session).where(
+                        users.c.id == user_id
+                    )
+                )
+            ).first()
+            if (
+                row is None
+                or row.mfa_pending_secret is None
+                or (row.mfa_pending_session != session_hash)
+            ):
                 raise Conflict("No enrollment is pending; run 'tether mfa enroll' first.")
+            pending = row.mfa_pending_secret
             step = matching_step(self._sealer.open(pending, _context(user_id)), code, now)
             if step is None:
                 await self._audit.record(
@@ -127,15 +196,21 @@ class Mfa:
             await conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
-                .values(mfa_secret=pending, mfa_pending_secret=None, mfa_last_step=step)
+                .values(
+                    mfa_secret=pending,
+                    mfa_pending_secret=None,
+                    mfa_pending_session=None,
+                    mfa_last_step=step,
+                )
             )
             codes = await self._replace_recovery_codes(conn, user_id)
             # Proving the code just now is the second factor for this session too.
             await conn.execute(
                 update(sessions)
                 .where(sessions.c.token_hash == session_hash)
-                .values(stage="full", mfa_verified=True)
+                .values(stage="full", mfa_verified=True, mfa_verified_at=now)
             )
+        await self.codes.retire_all(user_id)
         await self._audit.record("mfa.enroll", actor=actor, source=source)
         return codes
 
@@ -211,7 +286,8 @@ class Mfa:
         return len(rows)
 
     async def enroll_directly(self, user_id: int, secret: bytes) -> list[str]:
-        """Make `secret` the user's second factor without a code (for `tether server init`)."""
+        """Make `secret` the user's second factor without a code: only for `tether server
+        init`, which runs on the platform host and hands the secret out with the password."""
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(users)

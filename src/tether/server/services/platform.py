@@ -30,7 +30,9 @@ from tether.server.services.script_files import ScriptFiles
 from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
 from tether.server.services.server_certificate import CertificateWatch, load_certificate
+from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
+from tether.server.services.user_sessions import UserSessions
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
 from tether.server.store.db import create_engine
@@ -57,6 +59,8 @@ class Platform:
     audit: AuditLog
     users: Users
     team: Team
+    step_up: StepUp
+    user_sessions: UserSessions
     access_settings: AccessSettingsStore
     enrollment: Enrollment
     presence: Presence
@@ -132,6 +136,8 @@ class Platform:
             audit=audit,
             users=users,
             team=team,
+            step_up=StepUp(engine, audit, users.mfa, users.now),
+            user_sessions=UserSessions(engine, audit, users.now),
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,

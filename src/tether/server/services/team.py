@@ -6,17 +6,21 @@ the listeners registered for live response sessions.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.protocol import Role
-from tether.server.errors import Conflict, NotFound
+from tether.server.errors import Conflict, Forbidden, NotFound
 from tether.server.services.audit import AuditLog
-from tether.server.services.users import Users, check_external
+from tether.server.services.enrollment_codes import DEFAULT_LIFETIME, IssuedCode
+from tether.server.services.users import User, Users, check_external
 from tether.server.store.db import as_utc
 from tether.server.store.tables import recovery_codes, user_roles, users
+
+OWN_ROLES = "You cannot change the roles of your own account; ask another admin."
+OWN_FACTOR = "You cannot reset your own second factor; ask another admin."
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,29 @@ class Team:
             await self._users.end_access(user_id, "disabled")
         return await self.get(username)
 
-    async def grant_role(self, username: str, role: Role, *, actor: str, source: str) -> UserInfo:
+    async def _refuse_own_account(
+        self, username: str, by: User, action: str, source: str, refusal: str, role: Role | None
+    ) -> None:
+        """Nobody changes their own roles or second factor: that would let one stolen session
+        hand itself more access, or swap the factor that guards it. Refused and audited."""
+        if by.username != username:
+            return
+        details: dict[str, object] = {"reason": "own account"}
+        if role is not None:
+            details["role"] = role.value
+        await self._audit.record(
+            action,
+            actor=by.actor,
+            target=username,
+            outcome="failure",
+            source=source,
+            details=details,
+        )
+        raise Forbidden(refusal)
+
+    async def grant_role(self, username: str, role: Role, *, by: User, source: str) -> UserInfo:
+        await self._refuse_own_account(username, by, "role.grant", source, OWN_ROLES, role)
+        actor = by.actor
         async with self._engine.begin() as conn:
             user_id = await self._id_of(conn, username)
             held = (
@@ -118,7 +144,9 @@ class Team:
             )
         return await self.get(username)
 
-    async def revoke_role(self, username: str, role: Role, *, actor: str, source: str) -> UserInfo:
+    async def revoke_role(self, username: str, role: Role, *, by: User, source: str) -> UserInfo:
+        await self._refuse_own_account(username, by, "role.revoke", source, OWN_ROLES, role)
+        actor = by.actor
         async with self._engine.begin() as conn:
             user_id = await self._id_of(conn, username)
             if role is Role.ADMIN and await self._enabled_admins(conn) == {user_id}:
@@ -184,17 +212,31 @@ class Team:
         for user_id in ids:
             await self._users.end_access(int(user_id), "external access suspended")
 
-    async def reset_mfa(self, username: str, *, actor: str, source: str) -> UserInfo:
+    async def reset_mfa(
+        self, username: str, *, by: User, source: str, lifetime: timedelta = DEFAULT_LIFETIME
+    ) -> IssuedCode:
         """Forget a user's second factor and recovery codes (a lost phone); their sessions end,
-        and at the next login they enroll a new one if their role or the settings require it."""
+        and the enrollment code returned (shown once) lets them enroll a new one."""
+        await self._refuse_own_account(username, by, "mfa.reset", source, OWN_FACTOR, None)
         async with self._engine.begin() as conn:
             user_id = await self._id_of(conn, username)
             await conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
-                .values(mfa_secret=None, mfa_pending_secret=None, mfa_last_step=None)
+                .values(
+                    mfa_secret=None,
+                    mfa_pending_secret=None,
+                    mfa_pending_session=None,
+                    mfa_last_step=None,
+                )
             )
             await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
-        await self._audit.record("mfa.reset", actor=actor, target=username, source=source)
+        await self._audit.record("mfa.reset", actor=by.actor, target=username, source=source)
         await self._users.end_access(user_id, "second factor reset")
-        return await self.get(username)
+        return await self._users.mfa.codes.issue(
+            username,
+            actor=by.actor,
+            actor_username=by.username,
+            source=source,
+            lifetime=lifetime,
+        )

@@ -23,7 +23,13 @@ from tether.protocol import MFA_REQUIRED_ROLES, Permission, Role, permissions_of
 from tether.server.auth.passwords import MIN_LENGTH, hash_password, verify_password
 from tether.server.auth.sealing import Sealer
 from tether.server.auth.tokens import new_token, token_hash
-from tether.server.errors import Conflict, Invalid, Throttled, Unauthenticated
+from tether.server.errors import (
+    Conflict,
+    Invalid,
+    SecondFactorRequired,
+    Throttled,
+    Unauthenticated,
+)
 from tether.server.services.access_settings import AccessSettings, read_access_settings
 from tether.server.services.audit import AuditLog
 from tether.server.services.mfa import CodeCheck, Mfa
@@ -41,6 +47,19 @@ CODE_REFUSED = "The code is wrong; enter the one your authenticator app shows no
 CODE_REPLAYED = "That code was already used; wait for the next one."
 # The audit action of the per-source summary of failed and throttled login attempts.
 LOGIN_FAILURES = "auth.login.failures"
+VERIFY_FIRST = "Log in again with your second factor: this session has not passed it."
+
+
+def enroll_first(username: str) -> str:
+    """What someone who must use a second factor but has none is told, at login and at every
+    refused request: how to get an enrollment code and enroll."""
+    return (
+        "Enroll a second factor first: your role requires one; ask an admin for an enrollment "
+        f"code ('tether user enrollment-code {username}'), then run "
+        "'tether mfa enroll --enrollment-code CODE' and 'tether mfa confirm --code CODE'."
+    )
+
+
 # A pending second step lives this long and dies after this many wrong codes.
 SECOND_STEP_LIFETIME = timedelta(minutes=5)
 SECOND_STEP_TRIES = 5
@@ -68,6 +87,10 @@ class User:
     mfa_enabled: bool = False
     # This session may only set up a second factor (and log out) until it has one.
     enrollment_only: bool = False
+    # When this session last passed its second factor (step-up asks again after a while), and
+    # the session itself (the SHA-256 of its token), for the changes that concern it.
+    mfa_verified_at: datetime | None = None
+    session_hash: str = ""
 
     @property
     def permissions(self) -> frozenset[Permission]:
@@ -336,6 +359,7 @@ class Users:
                     expires_at=expires,
                     stage=stage.value,
                     mfa_verified=verified,
+                    mfa_verified_at=now if verified else None,
                     failed_codes=0,
                 )
             )
@@ -432,8 +456,14 @@ class Users:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    async def authenticate(self, token: str) -> User:
-        """The user behind a bearer token, refreshing its idle timer; Unauthenticated if none."""
+    async def authenticate(self, token: str, *, enrolling: bool = False) -> User:
+        """The user behind a bearer token, refreshing its idle timer; Unauthenticated if none.
+
+        This is the second-factor gate every API route, page and live session passes through:
+        a session whose account needs a second factor it has not passed in this session is
+        refused (SecondFactorRequired) unless the caller is one of the few enrollment steps
+        (`enrolling`). Closed by default: a caller that forgets the flag is refused.
+        """
         now = self._clock()
         digest = token_hash(token)
         async with self._engine.connect() as conn:
@@ -470,7 +500,17 @@ class Users:
                 await conn.execute(
                     update(sessions).where(sessions.c.token_hash == digest).values(last_used_at=now)
                 )
-        return replace(user, mfa_verified=verified, enrollment_only=limited)
+        if limited and not enrolling:
+            if user.mfa_enabled:
+                raise SecondFactorRequired(VERIFY_FIRST, enrolled=True)
+            raise SecondFactorRequired(enroll_first(user.username), enrolled=False)
+        return replace(
+            user,
+            mfa_verified=verified,
+            enrollment_only=limited,
+            mfa_verified_at=as_utc(row.mfa_verified_at),
+            session_hash=digest,
+        )
 
     async def logout(self, token: str, user: User, *, source: str) -> None:
         async with self._engine.begin() as conn:

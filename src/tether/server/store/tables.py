@@ -46,6 +46,9 @@ users = Table(
     # TOTP secrets are sealed (AES-GCM, key file in the data directory), never stored plain.
     Column("mfa_secret", Text, nullable=True),
     Column("mfa_pending_secret", Text, nullable=True),
+    # The session (token hash) that started the pending enrollment: only it may see or confirm
+    # the pending secret, so a second login with the password cannot read it.
+    Column("mfa_pending_session", String(64), nullable=True),
     # The last accepted TOTP time step: a code for this step or an earlier one is a replay.
     Column("mfa_last_step", BigInteger, nullable=True),
 )
@@ -75,6 +78,9 @@ sessions = Table(
     # step accepts it) or "enroll" (limited to setting up a second factor).
     Column("stage", String(16), nullable=False, default="full"),
     Column("mfa_verified", Boolean, nullable=False, default=False),
+    # When this session last passed its second factor (login, enrollment or step-up): sensitive
+    # changes ask for a fresh code once it is older than the step-up window.
+    Column("mfa_verified_at", DateTime(timezone=True), nullable=True),
     # Wrong codes tried with a second_factor token; it dies after a few.
     Column("failed_codes", Integer, nullable=False, default=0),
 )
@@ -88,6 +94,22 @@ recovery_codes = Table(
     ),
     # SHA-256 of a 50-bit random code: enough entropy that a fast hash is not a weakness.
     Column("code_hash", String(64), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+# One-time codes an admin issues (or `tether server enrollment-code` on the platform host) so a
+# user can enroll a second factor: the password alone never can. Only the SHA-256 is stored.
+enrollment_codes = Table(
+    "enrollment_codes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("code_hash", String(64), nullable=False, unique=True),
+    Column("issued_by", String(128), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True), nullable=True),
 )
 

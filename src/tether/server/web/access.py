@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, record_refusal
-from tether.server.errors import Unauthenticated
+from tether.server.errors import SecondFactorRequired, Unauthenticated
 from tether.server.services.users import User
 from tether.server.web.security import (
     CSRF_REFUSED,
@@ -22,7 +22,7 @@ from tether.server.web.security import (
 )
 
 # Pages a session limited to enrolling a second factor may open.
-ENROLLMENT_PAGES = frozenset({"/mfa/enroll", "/mfa/confirm", "/logout"})
+ENROLLMENT_PAGES = frozenset({"/mfa/enroll", "/mfa/confirm", "/mfa/cancel", "/logout"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -50,14 +50,16 @@ async def signed_in(request: Request, platform: PlatformDep) -> User:
     itself (`check_csrf`), because reading the form here would consume a streamed upload."""
     try:
         token = session_token(request)
-        user = await platform.users.authenticate(token)
+        user = await platform.users.authenticate(
+            token, enrolling=request.url.path in ENROLLMENT_PAGES
+        )
     except Unauthenticated as e:
         raise LoginRequired() from e
-    if user.enrollment_only and request.url.path not in ENROLLMENT_PAGES:
-        if user.mfa_enabled:
+    except SecondFactorRequired as e:
+        if e.enrolled:
             # A second factor exists but this session never passed it: log in again.
-            raise LoginRequired()
-        raise EnrollmentRequired()
+            raise LoginRequired() from e
+        raise EnrollmentRequired() from e
     request.state.user = user
     request.state.csrf_token = csrf_token_for(token)
     return user

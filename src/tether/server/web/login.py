@@ -11,9 +11,9 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.auth.tokens import token_hash
 from tether.server.errors import PlatformError, Throttled, Unauthenticated
-from tether.server.services.users import Session, Stage
+from tether.server.services.platform import Platform
+from tether.server.services.users import Session, Stage, User
 from tether.server.web.access import WebUserDep
 from tether.server.web.security import (
     LOGIN_CSRF_COOKIE,
@@ -37,7 +37,10 @@ HOME = "/active-response"
 MAX_USERNAME, MAX_PASSWORD = 64, 1024
 CODE = re.compile(r"[0-9]{6}")
 FILL_IN = "Enter your username (at most 64 characters) and your password."
-SIX_DIGITS = "Enter the 6-digit code your authenticator app shows now."
+SIX_DIGITS = (
+    "Enter the 6-digit code your authenticator app shows now, or one of your recovery codes."
+)
+MAX_RECOVERY_CODE = 32
 PASSWORD_AGAIN = "Start again with your password: this login has expired."
 
 
@@ -63,7 +66,12 @@ def _password_form(
 
 
 def _code_form(
-    request: Request, pending: str, *, error: str | None = None, status_code: int = 200
+    request: Request,
+    pending: str,
+    *,
+    error: str | None = None,
+    status_code: int = 200,
+    recovery_open: bool = False,
 ) -> Response:
     return render(
         request,
@@ -72,6 +80,7 @@ def _code_form(
         step="code",
         error=error,
         form_csrf=csrf_token_for(pending),
+        recovery_open=recovery_open,
     )
 
 
@@ -128,8 +137,11 @@ async def login_code(
     request: Request,
     platform: PlatformDep,
     code: Annotated[str, Form()] = "",
+    recovery_code: Annotated[str, Form()] = "",
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
+    """The second step: the authenticator's code, or one of the recovery codes (each works
+    once), as `tether login --recovery-code` takes it."""
     pending = request.cookies.get(PENDING_COOKIE)
     if not pending:
         return _password_form(request, error=PASSWORD_AGAIN, status_code=401)
@@ -137,14 +149,26 @@ async def login_code(
         return _code_form(
             request, pending, error="This form has expired; try again.", status_code=403
         )
-    if not CODE.fullmatch(code.strip()):
+    recovery = recovery_code.strip()[:MAX_RECOVERY_CODE]
+    if not recovery and not CODE.fullmatch(code.strip()):
         return _code_form(request, pending, error=SIX_DIGITS, status_code=422)
     try:
-        session = await platform.users.second_factor(
-            pending, code=code.strip(), source=source_of(request), client=CLIENT
-        )
+        if recovery:
+            session = await platform.users.second_factor(
+                pending, recovery_code=recovery, source=source_of(request), client=CLIENT
+            )
+        else:
+            session = await platform.users.second_factor(
+                pending, code=code.strip(), source=source_of(request), client=CLIENT
+            )
     except (Unauthenticated, Throttled) as e:
-        return _code_form(request, pending, error=str(e), status_code=e.status_code)
+        return _code_form(
+            request,
+            pending,
+            error=str(e),
+            status_code=e.status_code,
+            recovery_open=bool(recovery),
+        )
     return _signed_in(session)
 
 
@@ -157,22 +181,33 @@ async def logout(request: Request, user: WebUserDep, platform: PlatformDep) -> R
 
 
 @router.get("/mfa/enroll")
-async def enroll_page(request: Request, _user: WebUserDep) -> Response:
-    return render(request, "enroll.html", error=None, enrollment=None, recovery_codes=None)
+async def enroll_page(request: Request, user: WebUserDep, platform: PlatformDep) -> Response:
+    """The enrollment page; an enrollment this session started and has not finished is shown
+    again with its secret, so a reload or a mistyped code never replaces what was scanned."""
+    pending = await platform.users.mfa.pending_enrollment(user.id, user.username, user.session_hash)
+    return render(request, "enroll.html", error=None, enrollment=pending, recovery_codes=None)
 
 
 @router.post("/mfa/enroll")
-async def enroll_start(request: Request, user: WebUserDep, platform: PlatformDep) -> Response:
+async def enroll_start(
+    request: Request,
+    user: WebUserDep,
+    platform: PlatformDep,
+    enrollment_code: Annotated[str, Form()] = "",
+) -> Response:
     try:
         started = await platform.users.mfa.start_enrollment(
             user.id,
             user.username,
+            actor=user.actor,
             enrolled=user.mfa_enabled,
             verified=user.mfa_verified,
+            session_hash=user.session_hash,
+            enrollment_code=enrollment_code.strip()[:64] or None,
             source=source_of(request),
         )
     except PlatformError as e:
-        return _enroll_error(request, e)
+        return await _enroll_error(request, platform, user, e)
     return render(request, "enroll.html", error=None, enrollment=started, recovery_codes=None)
 
 
@@ -188,20 +223,34 @@ async def enroll_confirm(
             user.id,
             user.actor,
             code.strip(),
-            session_hash=token_hash(session_token(request)),
+            session_hash=user.session_hash,
             source=source_of(request),
         )
     except PlatformError as e:
-        return _enroll_error(request, e)
+        return await _enroll_error(request, platform, user, e)
     return render(request, "enroll.html", error=None, enrollment=None, recovery_codes=codes)
 
 
-def _enroll_error(request: Request, error: PlatformError) -> Response:
+@router.post("/mfa/cancel")
+async def enroll_cancel(request: Request, user: WebUserDep, platform: PlatformDep) -> Response:
+    """Forget the pending secret; starting again needs a new enrollment code."""
+    await platform.users.mfa.cancel_enrollment(
+        user.id, user.actor, session_hash=user.session_hash, source=source_of(request)
+    )
+    return _see("/mfa/enroll")
+
+
+async def _enroll_error(
+    request: Request, platform: Platform, user: User, error: PlatformError
+) -> Response:
+    """The page with the refusal, and with the pending secret still shown: a mistyped code must
+    not cost the user the secret they just scanned."""
+    pending = await platform.users.mfa.pending_enrollment(user.id, user.username, user.session_hash)
     return render(
         request,
         "enroll.html",
         error.status_code,
         error=str(error),
-        enrollment=None,
+        enrollment=pending,
         recovery_codes=None,
     )

@@ -23,6 +23,7 @@ from tether.server.web import (
     script_runs,
     scripts,
     session_history,
+    sessions,
     settings,
 )
 from tether.server.web.access import (
@@ -79,6 +80,7 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(host_files.router)
     app.include_router(host_processes.router)
     app.include_router(session_history.router)
+    app.include_router(sessions.router)
     for settings_router in settings.ROUTERS:
         app.include_router(settings_router)
     app.include_router(files.router)

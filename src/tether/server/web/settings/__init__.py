@@ -5,13 +5,14 @@ One module per page; each needs the permission its REST API counterpart needs (d
 
 from fastapi import APIRouter
 
-from tether.server.web.settings import configuration, enrollment, segments, team
+from tether.server.web.settings import configuration, enrollment, segments, step_up, team
 
 ROUTERS: tuple[APIRouter, ...] = (
     team.router,
     segments.router,
     configuration.router,
     enrollment.router,
+    step_up.router,
 )
 
 __all__ = ["ROUTERS"]

@@ -113,11 +113,14 @@ def show(
     """Render a Settings page with its tabs, and the confirmation a redirect left for it (shown
     once: the cookie is deleted with this answer) or the refusal `error`."""
     confirmation = notice.read_notice(request)
+    platform: Platform = request.app.state.platform
     response = render(
         request,
         template,
         status_code,
         tabs=tabs_for(user),
+        # Sensitive changes need a fresh second-factor check: the layout shows the prompt.
+        step_up_due=not platform.step_up.is_fresh(user),
         notice=confirmation if error is None else None,
         error=error,
         **context,

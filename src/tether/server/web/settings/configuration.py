@@ -23,6 +23,7 @@ from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.numbers import whole_number
 from tether.server.web.settings.common import changes_on, form_fields, show
+from tether.server.web.settings.step_up import fresh
 
 router = APIRouter()
 SettingsAdmin = Annotated[User, Depends(page_require(Permission.SETTINGS_MANAGE))]
@@ -108,6 +109,7 @@ async def save_settings(request: Request, platform: PlatformDep, user: SettingsA
     async def change() -> str:
         fields = await form_fields(request)
         wanted = {name: fields.get(name) == "on" for name in sorted(NAMES)}
+        await fresh(request, platform, user, "access settings")
         before = asdict(await platform.access_settings.get())
         await platform.access_settings.update(wanted, actor=user.actor, source=source_of(request))
         changed = [n for n in wanted if wanted[n] != before.get(n)]

@@ -19,6 +19,7 @@ from tether.server.services.enrollment import IssuedToken
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.settings.common import form_fields, show
+from tether.server.web.settings.step_up import fresh
 
 router = APIRouter()
 EnrollmentAdmin = Annotated[User, Depends(page_require(Permission.ENROLLMENT_MANAGE))]
@@ -75,6 +76,7 @@ async def create_token(request: Request, platform: PlatformDep, user: Enrollment
     try:
         fields = await form_fields(request)
         entered |= {k: fields[k] for k in DEFAULTS if k in fields}
+        await fresh(request, platform, user, "enrollment tokens")
         uses = _whole_number(entered["uses"], "Uses")
         hours = _whole_number(entered["hours"], "Valid for (hours)")
         if not 0 < hours <= 24 * 366:

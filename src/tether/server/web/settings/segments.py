@@ -16,6 +16,7 @@ from tether.server.errors import PlatformError
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.settings.common import changes_on, done, form_fields, show
+from tether.server.web.settings.step_up import fresh
 
 router = APIRouter()
 SegmentAdmin = Annotated[User, Depends(page_require(Permission.SEGMENTS_MANAGE))]
@@ -62,6 +63,8 @@ async def create_segment(request: Request, platform: PlatformDep, user: SegmentA
 
     async def create() -> str:
         fields = await form_fields(request)
+        if fields.get("active_response") == "on":
+            await fresh(request, platform, user, "active response")
         created = await platform.segments.create(
             fields.get("name", ""),
             active_response=fields.get("active_response") == "on",
@@ -94,6 +97,8 @@ async def switch_active_response(
     """Turn the segment's Active Response on (`enabled=on`) or off; back to the page it was on."""
     try:
         fields = await form_fields(request)
+        if fields.get("enabled") == "on":
+            await fresh(request, platform, user, "active response")
         changed = await platform.segments.set_active_response(
             name, fields.get("enabled") == "on", actor=user.username, source=source_of(request)
         )

@@ -13,10 +13,12 @@ from fastapi.responses import Response
 
 from tether.protocol import Permission, Role
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import Invalid
+from tether.server.errors import Invalid, PlatformError
+from tether.server.services.enrollment_codes import IssuedCode
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.settings.common import changes_on, form_fields, form_values, show
+from tether.server.web.settings.step_up import fresh
 
 router = APIRouter()
 TeamAdmin = Annotated[User, Depends(page_require(Permission.USERS_MANAGE))]
@@ -52,6 +54,7 @@ async def _page(
     status_code: int = 200,
     error: str | None = None,
     entered: dict[str, str] | None = None,
+    issued: IssuedCode | None = None,
 ) -> Response:
     return show(
         request,
@@ -64,6 +67,8 @@ async def _page(
         now=platform.users.now(),
         # What the create form held when it was refused, so the admin need not type it again.
         entered=entered or {},
+        # An enrollment code just issued: shown on this answer only, never stored.
+        issued=issued,
     )
 
 
@@ -83,6 +88,7 @@ async def create_user(request: Request, platform: PlatformDep, user: TeamAdmin) 
         fields = await form_fields(request)
         username = fields.get("username", "")
         roles = {_role(n) for n in await form_values(request, "role")}
+        await fresh(request, platform, user, "users")
         await platform.users.create(
             username,
             fields.get("password", ""),
@@ -108,10 +114,11 @@ async def change_role(
         fields = await form_fields(request)
         role = _role(fields.get("role", ""))
         source = source_of(request)
+        await fresh(request, platform, user, "roles")
         if fields.get("grant") == "yes":
-            info = await platform.team.grant_role(username, role, actor=user.actor, source=source)
+            info = await platform.team.grant_role(username, role, by=user, source=source)
             return f"{info.username} now holds the {ROLE_LABELS[role]} role."
-        info = await platform.team.revoke_role(username, role, actor=user.actor, source=source)
+        info = await platform.team.revoke_role(username, role, by=user, source=source)
         return f"{info.username} no longer holds the {ROLE_LABELS[role]} role."
 
     return await _change(request, platform, user, change)
@@ -147,13 +154,28 @@ async def enable_user(
 async def reset_second_factor(
     username: str, request: Request, platform: PlatformDep, user: TeamAdmin
 ) -> Response:
-    async def change() -> str:
-        info = await platform.team.reset_mfa(username, actor=user.actor, source=source_of(request))
-        return (
-            f"{info.username}'s second factor is reset; they set up a new one at their next login."
-        )
+    """Forget the user's second factor and show the enrollment code for the new one, once."""
+    try:
+        await fresh(request, platform, user, "second factor")
+        issued = await platform.team.reset_mfa(username, by=user, source=source_of(request))
+    except PlatformError as e:
+        return await _page(request, platform, user, e.status_code, str(e))
+    return await _page(request, platform, user, issued=issued)
 
-    return await _change(request, platform, user, change)
+
+@router.post(PAGE + "/{username}/enrollment-code")
+async def issue_enrollment_code(
+    username: str, request: Request, platform: PlatformDep, user: TeamAdmin
+) -> Response:
+    """Issue the one-time code a user needs to enroll their first second factor; shown once."""
+    try:
+        await fresh(request, platform, user, "second factor")
+        issued = await platform.users.mfa.codes.issue(
+            username, actor=user.actor, actor_username=user.username, source=source_of(request)
+        )
+    except PlatformError as e:
+        return await _page(request, platform, user, e.status_code, str(e))
+    return await _page(request, platform, user, issued=issued)
 
 
 @router.post(PAGE + "/{username}/external")
@@ -167,6 +189,7 @@ async def set_external(
         external = fields.get("external") == "yes"
         ends = _access_ends(fields.get("until", "")) if external else None
         organisation = fields.get("organisation", "").strip() or None
+        await fresh(request, platform, user, "users")
         if organisation is not None and len(organisation) > MAX_ORGANISATION:
             # The API's body schema holds organisations to this length; the service does not.
             raise Invalid(f"An organisation name is at most {MAX_ORGANISATION} characters.")
