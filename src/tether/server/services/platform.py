@@ -85,7 +85,9 @@ class Platform:
         events = JobEvents()
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
-        files = FileLibrary(engine, audit, blobs, transfers.verified, transfers.verified_for)
+        files = FileLibrary(
+            engine, audit, blobs, transfers.verified, transfers.verified_for, transfers.delivery
+        )
         faults = FaultCounter()
         dispatcher = Dispatcher(
             engine, audit, presence, access, events, transfers=transfers, faults=faults
@@ -93,6 +95,7 @@ class Platform:
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
         dispatcher.check_result("files.get", files.retrieval_problem)
+        dispatcher.check_result("files.put", files.deploy_problem)
         script_files = ScriptFiles(engine, audit, transfers, files)
         transfers.on_request_handler = script_files.on_request
         dispatcher.on_finished(script_files.job_finished)
