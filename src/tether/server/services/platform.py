@@ -11,6 +11,7 @@ from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
 from tether.server.services.dispatch import Dispatcher
+from tether.server.services.endpoint_misbehaviour import EndpointMisbehaviour
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.file_transfers import FileTransfers
 from tether.server.services.files import FileLibrary
@@ -68,6 +69,7 @@ class Platform:
     isolation: Isolation
     bindings: ResultBindings
     faults: FaultCounter
+    misbehaviour: EndpointMisbehaviour
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -89,14 +91,22 @@ class Platform:
             engine, audit, blobs, transfers.verified, transfers.verified_for, transfers.delivery
         )
         faults = FaultCounter()
+        misbehaviour = EndpointMisbehaviour(audit)
         dispatcher = Dispatcher(
-            engine, audit, presence, access, events, transfers=transfers, faults=faults
+            engine,
+            audit,
+            presence,
+            access,
+            events,
+            transfers=transfers,
+            faults=faults,
+            misbehaviour=misbehaviour,
         )
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
         dispatcher.check_result("files.get", files.retrieval_problem)
         dispatcher.check_result("files.put", files.deploy_problem)
-        script_files = ScriptFiles(engine, audit, transfers, files)
+        script_files = ScriptFiles(engine, audit, transfers, files, misbehaviour)
         transfers.on_request_handler = script_files.on_request
         dispatcher.on_finished(script_files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
@@ -123,7 +133,7 @@ class Platform:
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
-            hosts=Hosts(engine, audit, presence),
+            hosts=Hosts(engine, audit, presence, misbehaviour),
             reachability=Reachability(presence, audit),
             policies=policies,
             segments=Segments(engine, audit, policies),
@@ -137,9 +147,11 @@ class Platform:
             isolation=isolation,
             bindings=bindings,
             faults=faults,
+            misbehaviour=misbehaviour,
         )
 
     async def close(self) -> None:
+        await self.misbehaviour.close()
         await self.transfers.close()
         await self.presence.flush()
         await self.engine.dispose()
