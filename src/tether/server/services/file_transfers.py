@@ -219,6 +219,7 @@ class FileTransfers:
         else:
             return
         tracked = self._by_job.pop(job.job_id, set())
+        # A put's outcome was checked before its ending was recorded (Dispatcher.check_result).
         self._put_hosts.pop(job.job_id, None)
         engine = self._engines.get(job.host_id)
         if engine is not None:
