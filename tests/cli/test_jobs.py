@@ -75,7 +75,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
             ("stderr", "a warning\n"),
             ("row", {"path": "C:\\x.exe", "size": 10}),
             ("row", {"path": "C:\\y.exe", "size": 20, "signed": True}),
-            ("notice", "almost out of room"),
+            ("log", "almost out of room"),
         ],
         result={"exit_code": 0, "output_truncated": True},
     )
@@ -94,7 +94,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
     assert "\x1b" not in out
     assert "\x07" not in out
     assert "stderr: a warning" in out
-    assert "notice: almost out of room" in out
+    assert "log: almost out of room" in out
     assert "C:\\y.exe" in out
     assert "signed" in out
 
@@ -107,7 +107,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
         "rows_truncated": False,
         "error": None,
     }
-    assert [p["stream"] for p in as_json["output"]] == ["stdout", "stderr", "row", "row", "notice"]
+    assert [p["stream"] for p in as_json["output"]] == ["stdout", "stderr", "row", "row", "log"]
 
 
 async def test_job_show_unknown_id_is_one_sentence(cli: Cli, hosts: Hosts) -> None:

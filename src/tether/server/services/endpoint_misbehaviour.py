@@ -5,7 +5,7 @@ is only its word. When it names another host's job, the platform refuses and say
 audit log, but a compromised endpoint can send such messages as fast as its pacing allows, so
 one record per message would let it flood the chain. Each host gets at most one record when a
 minute begins (the first refusal, at once, so it is seen) and one summary when that minute is
-over (how many of each kind followed), however many it sends (docs/adr/0031).
+over (how many of each kind followed), however many it sends (docs/adr/0033).
 """
 
 import asyncio
