@@ -268,6 +268,13 @@ async def test_a_put_streamed_in_full_and_confirmed_is_verified(
     await link.close()
     assert platform.send_outcome(tid) == done
     assert (done.size, done.sha256) == (len(data), blob.sha256)
+    # The job is sent again after a reconnect: the agent repeats its done to a fresh open,
+    # which proves nothing new, and the verified outcome stands.
+    again = await Link(agent, platform).start()
+    with pytest.raises(TransferFailed, match="only 0 of its"):
+        await platform.send_blob(tid, "job-put-ok", blob.sha256)
+    await again.close()
+    assert platform.send_outcome(tid) == done
     platform.forget_send(tid)
     assert platform.send_outcome(tid) is None
 

@@ -183,10 +183,13 @@ class FileTransfers:
         *,
         on_done: Callable[[TransferDone], Awaitable[None]] | None,
     ) -> None:
-        """Send library blob `sha256` to the host as transfer `transfer_id` (once)."""
+        """Send library blob `sha256` to the host as transfer `transfer_id` (once, and never
+        again once the agent confirmed it: a job re-sent after a reconnect must not restart it)."""
         if transfer_id in self._tasks:
             return
         engine = await self._attached_engine(host_id)
+        if isinstance(engine.send_outcome(transfer_id), TransferDone):
+            return
         work = engine.send_blob(transfer_id, job_id, sha256, path=path)
         self._track(job_id, transfer_id, self._run(work, job_id, on_done))
 

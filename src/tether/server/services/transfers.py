@@ -505,6 +505,8 @@ class HostTransfers:
         await self._receiver(header.transfer_id).on_chunk(header, payload)
 
     def _settled_send(self, transfer_id: UUID, outcome: TransferDone | str) -> None:
+        if isinstance(self._send_outcomes.get(transfer_id), TransferDone):
+            return  # verified once: a later re-open (and the agent's repeated done) adds nothing
         self._send_outcomes[transfer_id] = outcome
         while len(self._send_outcomes) > _REMEMBERED:
             self._send_outcomes.popitem(last=False)
