@@ -276,7 +276,11 @@ def test_a_script_uploads_and_downloads_files_through_the_library(
         assert hashlib.sha256(content.content).hexdigest() == evidence_sha
 
         records = api.get("/audit", params={"limit": 1000}).json()
-        by_job = [r for r in records if r["details"].get("job") == job_id]
+        by_job = [
+            r
+            for r in records
+            if r["details"].get("job") == job_id and r["action"].startswith("file.")
+        ]
         assert {(r["action"], r["details"]["via"], r["details"]["sha256"]) for r in by_job} == {
             ("file.retrieve", "script", evidence_sha),
             ("file.deploy", "script", hashlib.sha256(tool).hexdigest()),
