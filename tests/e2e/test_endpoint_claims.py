@@ -219,4 +219,4 @@ async def test_another_hosts_jobs_grants_and_isolation_are_refused_and_summarize
     ]
     assert len(mine) == 1
     assert sum(mine[0]["details"]["counts"].values()) == 1
-    assert mine[0]["details"]["first"]["job"] == victim_job
+    assert mine[0]["details"]["first"]["named"] == victim_job

@@ -55,9 +55,9 @@ async def test_a_flood_is_one_record_at_once_and_one_summary_per_window(
         ("host:host-a", {JOB_STATUS: 1}),
         ("host:host-b", {TRANSFER_REQUEST: 1}),
     ]
-    assert first[0]["first"] == {"kind": JOB_STATUS, "job": "job-of-b"}
+    assert first[0]["first"] == {"kind": JOB_STATUS, "named": "job-of-b"}
     # An endpoint's words are quoted escaped and bounded.
-    assert first[1]["first"]["job"] == "x\\x1b]0;pwned\\x07"
+    assert first[1]["first"]["named"] == "x\\x1b]0;pwned\\x07"
     await asyncio.sleep(0.4)
     records = await misbehaviour_records(engine)
     assert len(records) == 3  # host-b sent one: nothing more to say for it
@@ -94,7 +94,7 @@ async def test_reports_and_output_for_another_hosts_job_change_nothing_and_are_r
     async with engine.connect() as conn:
         assert (await conn.execute(select(job_output))).all() == []
     records = await misbehaviour_records(engine)
-    assert [(r["target"], r["counts"], r["first"]["job"]) for r in records] == [
+    assert [(r["target"], r["counts"], r["first"]["named"]) for r in records] == [
         (f"host:{a}", {JOB_STATUS: 1}, job_of_b)
     ]
     # Host b's own reports still count.
@@ -151,6 +151,6 @@ async def test_an_isolation_report_naming_another_hosts_job_loses_the_claim(
     assert (await hosts.record_isolation(a, claimed)).job_id is None
     assert (await hosts.record_isolation(b, claimed)).job_id == script_of_b
     records = await misbehaviour_records(engine)
-    assert [(r["target"], r["counts"], r["first"]["job"]) for r in records] == [
+    assert [(r["target"], r["counts"], r["first"]["named"]) for r in records] == [
         (f"host:{a}", {ISOLATION_REPORT: 1}, script_of_b)
     ]

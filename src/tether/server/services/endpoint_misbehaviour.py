@@ -23,14 +23,17 @@ from tether.server.store.db import utcnow
 log = logging.getLogger(__name__)
 
 ACTION = "endpoint.misbehaviour"
-# The kinds of claim that are counted; each names what the endpoint tried.
+# The kinds of claim that are counted; each names what the endpoint tried. Another service that
+# refuses an authenticated endpoint's message adds its kind here (a fixed list keeps the counts
+# in a record bounded). Unauthenticated refusals are summarized by source address instead
+# (services/refusal_summary.py).
 JOB_STATUS = "job.status for a job not its own"
 JOB_OUTPUT = "job.output for a job not its own"
 TRANSFER_REQUEST = "transfer.request for a job not its own script"
 ISOLATION_REPORT = "isolation.report naming a job not its own script"
 KINDS = (JOB_STATUS, JOB_OUTPUT, TRANSFER_REQUEST, ISOLATION_REPORT)
 
-# What a record quotes of an endpoint's own words: a job id is at most 64 characters.
+# What a record quotes of an endpoint's own words (a job id is at most 64 characters).
 _QUOTED = 64
 
 
@@ -59,9 +62,9 @@ class EndpointMisbehaviour:
         self._closing: dict[str, asyncio.TimerHandle] = {}
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def note(self, host_id: str, kind: str, job_id: str) -> None:
-        """Host `host_id`'s agent named `job_id` in a message of `kind` (one of KINDS), and it
-        is not its own: refused by the caller, counted here."""
+    async def note(self, host_id: str, kind: str, named: str = "") -> None:
+        """Host `host_id`'s agent sent a message of `kind` (one of KINDS), naming `named` (the
+        job it claimed, say), which the caller refused: counted here, recorded in summary."""
         if kind not in KINDS:
             raise ValueError(f"Unknown kind of endpoint misbehaviour: {kind!r}")
         window = self._open.get(host_id)
@@ -73,12 +76,13 @@ class EndpointMisbehaviour:
         self._closing[host_id] = asyncio.get_running_loop().call_later(
             self._window, self._close_later, host_id
         )
-        log.warning("Host %s sent %s (%s); refused", host_id, kind, safe_text(job_id, _QUOTED))
+        quoted = safe_text(named, _QUOTED)
+        log.warning("Host %s sent %s (%s); refused", host_id, kind, quoted)
         await self._record(
             host_id,
             {
                 "counts": {kind: 1},
-                "first": {"kind": kind, "job": safe_text(job_id, _QUOTED)},
+                "first": {"kind": kind, "named": quoted},
                 "since": now.isoformat(),
                 "window_seconds": self._window,
             },
