@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import psutil
 
-from tether.agent.scripts import ScriptLimits, ScriptOutcome, run_script
+from tether.agent.scripts import ProcessRecorder, ScriptLimits, ScriptOutcome, run_script
 
 QUICK = ScriptLimits(timeout_seconds=20.0)
 
@@ -78,6 +78,7 @@ class Recorder:
         limits: ScriptLimits = QUICK,
         cancel: asyncio.Event | None = None,
         workdir: Path | None = None,
+        processes: ProcessRecorder | None = None,
     ) -> ScriptOutcome:
         return await run_script(
             source,
@@ -89,6 +90,7 @@ class Recorder:
             services=self.services,
             cancel=cancel,
             workdir=workdir,
+            recorder=processes,
         )
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from tether.agent.context import job_context
 from tether.agent.gate import ResponseGate
 from tether.agent.jobs import JobRunner
-from tether.agent.journal import RESTARTED, Journal
+from tether.agent.journal import Journal, ScriptProcess
 from tether.protocol import ActionSpec, JobAck, JobCancel, JobRequest, JobStatus, Permission
 
 
@@ -169,7 +169,7 @@ async def test_results_wait_in_the_journal_while_disconnected(tmp_path: Path) ->
     assert [p["seq"] for p in later.output("j1")] == [0, 1]
 
 
-async def test_a_job_interrupted_by_an_agent_restart_fails_with_that_reason(
+async def test_a_job_running_when_the_agent_stopped_ends_saying_its_outcome_is_unknown(
     tmp_path: Path,
 ) -> None:
     jobs, wire = runner(tmp_path), Wire()
@@ -178,12 +178,84 @@ async def test_a_job_interrupted_by_an_agent_restart_fails_with_that_reason(
     await asyncio.sleep(0.05)
     await jobs.stop()  # the agent process stops; the journal still says running
     assert wire.states("j1") == ["delivered", "running"]
+    stopped = Journal(tmp_path / "journal.db").last_alive()
+    assert stopped is not None
     restarted, later = runner(tmp_path), Wire()
     await restarted.attach(later.send)
     statuses = [f for f in later.frames if f["type"] == "job.status"]
-    assert [(s["state"], s["error"]) for s in statuses] == [("failed", RESTARTED)]
+    assert [(s["state"], s["error"]) for s in statuses] == [
+        (
+            "failed",
+            f"The agent stopped at about {stopped:%Y-%m-%d %H:%M:%S} UTC while this job was "
+            "running; whether it completed is unknown.",
+        )
+    ]
     await restarted.on_job(job())
     assert RUNS == ["j1"]
+
+
+async def test_a_job_delivered_but_not_started_runs_once_when_sent_again(tmp_path: Path) -> None:
+    # The previous agent process journaled it (and said delivered), then died.
+    Journal(tmp_path / "journal.db").receive("j1", "test.work")
+    restarted, wire = runner(tmp_path), Wire()
+    await restarted.attach(wire.send)
+    assert wire.frames == []  # nothing to say yet: it has not run
+    await restarted.on_job(job(args={"lines": 1}))
+    await settle(restarted)
+    await restarted.on_job(job(args={"lines": 1}))
+    await settle(restarted)
+    assert RUNS == ["j1"]
+    assert wire.states("j1") == ["running", "succeeded", "succeeded"]
+    # And not again after yet another restart.
+    again, later = runner(tmp_path), Wire()
+    await again.attach(later.send)
+    await again.on_job(job())
+    await settle(again)
+    assert RUNS == ["j1"]
+
+
+async def test_a_job_not_started_is_ended_not_started_when_it_comes_back_too_late(
+    tmp_path: Path,
+) -> None:
+    Journal(tmp_path / "journal.db").receive("j1", "test.work")
+    restarted, wire = runner(tmp_path), Wire()
+    await restarted.attach(wire.send)
+    late = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    await restarted.on_job(job(not_after=late))
+    await settle(restarted)
+    assert RUNS == []
+    statuses = [f for f in wire.frames if f["type"] == "job.status"]
+    assert [(s["state"], s["error"]) for s in statuses] == [
+        (
+            "failed",
+            "Not started: the agent stopped before it could start this job and was back only "
+            "after the job's not-after time (2026-01-02 03:04:05 UTC).",
+        )
+    ]
+
+
+async def test_a_script_that_ended_before_its_agent_could_record_it_says_so(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    journal.receive("j1", "script.run")
+    journal.set_running("j1")
+    # A pid no process holds: the child is long gone.
+    journal.record_process("j1", ScriptProcess(pid=2**22 + 7, pgid=None, create_time=1.0))
+    journal.record_exit("j1", 3)
+    stopped = journal.last_alive()  # the job's start
+    assert stopped is not None
+    restarted, wire = runner(tmp_path), Wire()
+    await restarted.attach(wire.send)
+    statuses = [f for f in wire.frames if f["type"] == "job.status"]
+    assert [(s["state"], s["error"]) for s in statuses] == [
+        (
+            "failed",
+            "The script ended with exit code 3, but the agent stopped at about "
+            f"{stopped:%Y-%m-%d %H:%M:%S} UTC before it recorded the job's result; output sent "
+            "before then is kept.",
+        )
+    ]
 
 
 async def test_cancel_stops_a_running_job(tmp_path: Path) -> None:
@@ -274,3 +346,39 @@ def test_acknowledged_ids_are_forgotten_only_after_the_retention(tmp_path: Path)
     assert journal.get("old") is None
     # A result the platform has not confirmed is never dropped.
     assert journal.get("owed") is not None
+
+
+async def test_the_agent_journals_signs_of_life_only_while_jobs_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tether.agent.endings.ALIVE_SECONDS", 0.05)
+    journal = Journal(tmp_path / "journal.db")
+    jobs, wire = JobRunner(journal, HANDLERS, ResponseGate(), ACTIONS), Wire()
+    await jobs.attach(wire.send)
+    beating = asyncio.create_task(jobs.keep_alive())
+    await asyncio.sleep(0.2)
+    assert journal.last_alive() is None  # idle: no disk writes
+    await jobs.on_job(job(args={"seconds": 30}))
+    await asyncio.sleep(0.05)
+    started = journal.last_alive()
+    assert started is not None
+    await asyncio.sleep(0.2)
+    latest = journal.last_alive()
+    assert latest is not None
+    assert latest > started
+    beating.cancel()
+    await jobs.stop()
+
+
+def test_a_job_never_sent_again_is_forgotten_only_after_the_retention(tmp_path: Path) -> None:
+    # Delivered to an agent that died; the platform ended it itself and never sends it again.
+    journal = Journal(tmp_path / "j.db")
+    journal.receive("orphan", "test.work")
+    journal.receive("running", "test.work")
+    journal.set_running("running")
+    assert journal.purge(timedelta(days=31)) == 0
+    assert journal.get("orphan") is not None
+    assert journal.purge(timedelta(0)) == 1
+    assert journal.get("orphan") is None
+    # A job that ran is never forgotten before its ending is confirmed.
+    assert journal.get("running") is not None

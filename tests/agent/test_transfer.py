@@ -372,8 +372,11 @@ async def test_a_put_cut_short_by_a_restart_leaves_no_temporary_file_behind(
     journal.add_partial(folder / ".tether-planted.part", "job-stop")
     journal.close()
 
-    # The next agent process: the job ends failed, its temporary file goes.
+    # The next agent process: its temporary file goes, the job ends failed saying the
+    # destination was not touched.
     restarted = Journal(tmp_path / "journal.db")
+    stopped = restarted.last_alive()  # the job's start
+    assert stopped is not None
     JobRunner(restarted, HANDLERS, ResponseGate(), ACTIONS)
     assert leftovers(folder) == [".tether-planted.part"]
     assert foreign.read_bytes() == b"keep me"
@@ -381,7 +384,12 @@ async def test_a_put_cut_short_by_a_restart_leaves_no_temporary_file_behind(
     assert restarted.partials() == []
     job = restarted.get("job-stop")
     assert job is not None
-    assert job.state == "failed"
+    assert job.status is not None
+    assert (job.state, job.status.error) == (
+        "failed",
+        f"The agent stopped at about {stopped:%Y-%m-%d %H:%M:%S} UTC while receiving the file; "
+        "the partly received copy was removed and the destination was left as it was.",
+    )
 
 
 async def test_a_finished_put_is_forgotten_by_the_journal(tmp_path: Path, store: BlobStore) -> None:
@@ -398,3 +406,82 @@ async def test_a_finished_put_is_forgotten_by_the_journal(tmp_path: Path, store:
     await link.close()
     assert (tmp_path / "tool").read_bytes() == data
     assert journal.partials() == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the openat walk is POSIX")
+async def test_a_put_through_a_linked_folder_is_refused_and_writes_nothing(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "drop").symlink_to(protected)
+    with pytest.raises(TransferFailed) as refused:
+        await put(store, b"payload", tmp_path / "x" / "drop" / "evil.conf", job="job-link")
+    assert str(refused.value) == (
+        f"The endpoint refused the file: Nothing was written: {tmp_path / 'x' / 'drop'} is a "
+        f"symbolic link (to {protected}), and the agent does not follow links in a path it "
+        "writes to."
+    )
+    assert list(protected.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the openat walk is POSIX")
+async def test_a_folder_re_linked_during_a_put_still_receives_in_the_folder_checked(
+    tmp_path: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked = tmp_path / "drop"
+    checked.mkdir()
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    real_fsync = os.fsync
+    swapped: list[bool] = []
+
+    def fsync_then_relink(fd: int) -> None:
+        real_fsync(fd)
+        if not swapped and next(checked.glob(".tether-*.part"), None) is not None:
+            # Someone who can write to tmp_path moves the folder and leaves a link in its place,
+            # after the agent checked the path and before it renames the file into place.
+            checked.rename(tmp_path / "moved")
+            checked.symlink_to(protected)
+            swapped.append(True)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_relink)
+    await put(store, b"payload", checked / "tool", job="job-relink")
+    assert swapped
+    assert list(protected.iterdir()) == []
+    assert (tmp_path / "moved" / "tool").read_bytes() == b"payload"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links as files are POSIX here")
+async def test_a_put_over_a_link_replaces_the_link_not_its_target(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    destination = tmp_path / "tool"
+    destination.symlink_to(victim)
+    await put(store, b"payload", destination, job="job-over-link")
+    assert victim.read_bytes() == b"keep me"
+    assert not destination.is_symlink()
+    assert destination.read_bytes() == b"payload"
+
+
+async def test_a_link_re_pointed_before_the_open_sends_nothing(tmp_path: Path) -> None:
+    """files.get describes the file it looked at; if the name now leads elsewhere, it refuses."""
+    looked_at = tmp_path / "evidence"
+    looked_at.write_bytes(b"what the analyst asked for")
+    other = tmp_path / "other"
+    other.write_bytes(b"swapped in")
+    link = tmp_path / "link"
+    link.symlink_to(looked_at)
+    described = os.stat(link)
+    link.unlink()
+    link.symlink_to(other)
+    with pytest.raises(TransferFailed) as refused:
+        await AgentTransfers().send_file(
+            uuid.uuid4(), "j", link, expect=(described.st_dev, described.st_ino)
+        )
+    assert str(refused.value) == (
+        f"{link} changed while the agent opened it, so nothing was retrieved; try again."
+    )

@@ -211,6 +211,8 @@ class Platform:
         self.listen_host = "127.0.0.1"
         self.hostname = "localhost"
         self.cert_ips: list[str] = []
+        # More `server init` options (checkpoint sinks, --trusted-proxy, ...).
+        self.init_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -261,6 +263,7 @@ class Platform:
                 *(arg for ip in self.cert_ips for arg in ("--ip", ip)),
                 "--admin-password-file",
                 str(self.password_file),
+                *self.init_args,
             ],
             capture_output=True,
             text=True,

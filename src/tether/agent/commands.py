@@ -71,6 +71,7 @@ def run(
     from tether.agent.errors import AgentRefused
     from tether.agent.isolation import check_seconds_from_environment
     from tether.agent.state import StateDir
+    from tether.agent.state_guard import UnsafeStateDir
     from tether.logs import configure
 
     configure(log_level)
@@ -79,11 +80,16 @@ def run(
     except ValueError as exc:
         typer.echo(f"tether agent: {exc}", err=True)
         raise typer.Exit(2) from exc
-    connection = AgentConnection(
-        StateDir(state_dir or default_state_dir()),
-        disable_response=no_active_response,
-        isolation_check_seconds=check_seconds,
-    )
+    try:
+        # Refusing the state directory is not something a restart fixes either.
+        connection = AgentConnection(
+            StateDir(state_dir or default_state_dir()),
+            disable_response=no_active_response,
+            isolation_check_seconds=check_seconds,
+        )
+    except UnsafeStateDir as exc:
+        typer.echo(f"tether agent: {exc}", err=True)
+        raise typer.Exit(EXIT_REFUSED) from exc
     try:
         if sys.platform != "win32":
             import uvloop
@@ -121,7 +127,7 @@ def _isolator(state_dir: Path | None) -> "Isolator":
     from tether.agent.isolation import Isolator
     from tether.agent.state import StateDir
 
-    state = StateDir(state_dir or default_state_dir())
+    state = StateDir(state_dir or default_state_dir()).secure()
     return Isolator(state, state.identity().agent_url)
 
 

@@ -111,7 +111,8 @@ class AgentConnection:
         isolator: Isolator | None = None,
         isolation_check_seconds: float = DEFAULT_CHECK_SECONDS,
     ) -> None:
-        self._state = state
+        # Nothing is read from a directory another account could have planted files in.
+        self._state = state.secure()
         self._identity = state.identity()
         self._hello = hello
         self._handlers = HANDLERS if handlers is None else handlers
@@ -141,12 +142,14 @@ class AgentConnection:
         if outcome != "not isolated":
             log.info("Isolation at start: %s", outcome)
         checks = asyncio.create_task(self._keep_isolation())
+        alive = asyncio.create_task(self.jobs.keep_alive())
         try:
             await self._reconnect_forever()
         finally:
-            checks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checks
+            for task in (checks, alive):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.jobs.stop()
 
     async def _keep_isolation(self) -> None:

@@ -5,16 +5,42 @@ early ask for `job_context()`, which the job runner sets for the task running th
 """
 
 import asyncio
+import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
 from tether.agent.isolation import Isolator
+from tether.agent.journal import Journal, ScriptProcess
 from tether.agent.transfer import AgentTransfers
 from tether.protocol import MAX_OUTPUT_TEXT, JobOutput
 from tether.protocol.messages import OutputStream
 
+log = logging.getLogger("tether.agent.jobs")
+
 Emit = Callable[[JobOutput], Awaitable[None]]
+
+
+class JournaledProcesses:
+    """A job's script process, journaled (a `tether.agent.scripts.ProcessRecorder`)."""
+
+    def __init__(self, journal: Journal, job_id: str) -> None:
+        self._journal = journal
+        self._job_id = job_id
+
+    def started(self, process: ScriptProcess) -> None:
+        self._journal.record_process(self._job_id, process)
+
+    def descendants(self, seen: dict[int, float]) -> None:
+        try:
+            self._journal.record_descendants(self._job_id, seen)
+        except sqlite3.Error:
+            # The run goes on: its group is still journaled, and its own kills still see these.
+            log.exception("The journal could not record processes of job %s", self._job_id)
+
+    def exited(self, exit_code: int) -> None:
+        self._journal.record_exit(self._job_id, exit_code)
 
 
 class JobContext:
@@ -26,8 +52,11 @@ class JobContext:
         emit: Emit,
         transfers: AgentTransfers | None = None,
         isolator: Isolator | None = None,
+        processes: JournaledProcesses | None = None,
     ) -> None:
         self.job_id = job_id
+        # Where a script journals its child process (None for ephemeral jobs and unit tests).
+        self.processes = processes
         # The agent's file transfers, for the actions that move files (None in unit tests).
         self.transfers = transfers
         # The agent's isolation, for the isolation actions (None in unit tests).

@@ -66,6 +66,9 @@ def _problem(response: httpx.Response) -> str:
 def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Identity:
     """Enroll this endpoint; on any failure the state directory is left as it was."""
     token = EnrollmentToken.decode(token_text)
+    # Refused before anything is generated or fetched: the key must never land where another
+    # account created the directory (a planted `agent.key.tmp` link, a group-writable folder).
+    state.secure(create=False)
     if state.is_enrolled():
         raise EnrollmentFailed(
             f"{state.root} already holds an enrolled identity; use another --state-dir "

@@ -4,6 +4,8 @@ Every transition after `queued` is acknowledged to the platform: `delivered` onc
 the journal, `running` when its handler starts, then exactly one final state. Jobs outlive the
 connection that brought them: a job keeps running through a reconnect, its output and final
 status wait in the journal, and the next connection sends them again (DESIGN.md section 3).
+They do not outlive the agent process: its next start ends them truthfully or, when they never
+started, runs them once when the platform sends them again (`recovery`, docs/adr/0031).
 """
 
 import asyncio
@@ -12,12 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from tether.agent import endings
 from tether.agent.action import Handler, run_action
-from tether.agent.context import JobContext, current_job
+from tether.agent.context import JobContext, JournaledProcesses, current_job
 from tether.agent.gate import ResponseGate
 from tether.agent.isolation import Isolator
 from tether.agent.journal import Journal
-from tether.agent.transfer import AgentTransfers, remove_leftover_partials
+from tether.agent.recovery import recover
+from tether.agent.transfer import AgentTransfers
 from tether.protocol import (
     ACTIONS,
     ActionSpec,
@@ -70,13 +74,21 @@ class JobRunner:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_JOBS)
         # Acknowledged job ids are kept only as long as the platform could send a job again
         # (its longest time to live); after that they are forgotten.
+        recovered = recover(journal)
+        if recovered.ended or recovered.waiting or recovered.killed:
+            log.warning(
+                "The last agent process stopped with jobs unfinished: %d ended, %d to run when "
+                "the platform sends them again, %d leftover script processes killed",
+                recovered.ended,
+                recovered.waiting,
+                recovered.killed,
+            )
+        if recovered.partials_removed:
+            log.warning(
+                "Removed the partly received files of %d interrupted jobs",
+                recovered.partials_removed,
+            )
         journal.purge(JOURNAL_RETENTION)
-        interrupted = journal.fail_interrupted()
-        if interrupted:
-            log.warning("%d jobs were interrupted by the last agent restart", interrupted)
-        leftovers = remove_leftover_partials(journal)
-        if leftovers:
-            log.warning("Removed %d partly received files of interrupted jobs", leftovers)
 
     async def attach(self, send: Send) -> None:
         """A connection is up: send everything the platform has not confirmed yet."""
@@ -111,13 +123,7 @@ class JobRunner:
             return
         known = self._journal.get(job.job_id)
         if known is not None:
-            # A resend after a reconnect: answer with what this agent knows, never run it again.
-            if known.status is not None:
-                for message in self._journal.output_of(job.job_id):
-                    await self._deliver(message.model_dump_json())
-                await self._status(known.status)
-            elif known.state in {"delivered", "running"}:
-                await self._status(JobStatus(job_id=job.job_id, state=known.state))
+            await self._on_known_job(job, known.state, known.status)
             return
         if not self._journal.receive(job.job_id, job.action):
             return
@@ -133,7 +139,39 @@ class JobRunner:
             )
             await self._status(self._journal.finish(stale))
             return
-        context = JobContext(job.job_id, self._emit, self._transfers, self._isolator)
+        self._start(job)
+
+    async def _on_known_job(self, job: JobRequest, state: str, status: JobStatus | None) -> None:
+        """A resend after a reconnect: answer with what this agent knows, never run it twice."""
+        if status is not None:
+            for message in self._journal.output_of(job.job_id):
+                await self._deliver(message.model_dump_json())
+            await self._status(status)
+            return
+        if state == "delivered" and job.job_id not in self._tasks:
+            # Journaled by an earlier agent process that stopped before starting it: it runs
+            # now, once (set_running lets only one start through), unless it is too late.
+            if job.not_after is not None and datetime.now(UTC) > job.not_after:
+                late = JobStatus(
+                    job_id=job.job_id,
+                    state="failed",
+                    error=endings.not_started_late(job.not_after),
+                )
+                await self._status(self._journal.finish(late))
+                return
+            self._start(job)
+            return
+        if state in {"delivered", "running"}:
+            await self._status(JobStatus(job_id=job.job_id, state=state))
+
+    def _start(self, job: JobRequest) -> None:
+        context = JobContext(
+            job.job_id,
+            self._emit,
+            self._transfers,
+            self._isolator,
+            JournaledProcesses(self._journal, job.job_id),
+        )
         self._contexts[job.job_id] = context
         task = asyncio.create_task(self._execute(job, context), name=f"job {job.job_id}")
         self._tasks[job.job_id] = task
@@ -218,11 +256,22 @@ class JobRunner:
     def on_ack(self, message: JobAck) -> None:
         self._journal.acknowledge(list(message.job_ids))
 
+    async def keep_alive(self) -> None:
+        """While jobs run, journal every `ALIVE_SECONDS` that the agent is alive, so that after a
+        crash their endings can say when the agent stopped; runs until cancelled."""
+        while True:
+            if self._tasks:
+                self._journal.mark_alive()
+            await asyncio.sleep(endings.ALIVE_SECONDS)
+
     async def stop(self) -> None:
-        """Cancel every running job (the agent is stopping); the journal keeps them running."""
+        """Cancel every running job (the agent is stopping); the journal keeps them running, and
+        the next start ends them as a stopped agent's (their script processes are killed here)."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if tasks:
+            self._journal.mark_alive()

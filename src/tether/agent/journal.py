@@ -8,9 +8,15 @@ reconnect the agent sends them again, and the platform ignores what it already h
 SQLite in WAL mode with `synchronous=NORMAL`: every committed write survives the agent process
 being killed; a power cut may lose the last few writes, which the platform then sees as a job
 that never reported and fails after its time limit (docs/adr/0010).
+
+For the next start to tell the truth about jobs a killed agent left (docs/adr/0031) it also
+holds each script's process (pid, process group, create time) before the script may run, and
+the agent's last sign of life while jobs run.
 """
 
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tether.agent.state_guard import UnsafeStateDir, restrict_existing
 from tether.protocol import FINAL_AGENT_STATES, JobOutput, JobStatus
-
-RESTARTED = "The agent restarted while this job was running, so it did not finish."
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -43,11 +48,48 @@ CREATE TABLE IF NOT EXISTS partials (
     path TEXT PRIMARY KEY,
     job_id TEXT NOT NULL
 );
+-- A script job's child process, written before the child may start the script; exit_code is set
+-- once the agent saw it end.
+CREATE TABLE IF NOT EXISTS script_processes (
+    job_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pgid INTEGER,
+    create_time REAL NOT NULL,
+    exit_code INTEGER
+);
+-- Descendants of a script's child, as the run's snapshots saw them.
+CREATE TABLE IF NOT EXISTS script_descendants (
+    job_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    PRIMARY KEY (job_id, pid, create_time)
+);
+-- One row: the last moment the agent was known alive while jobs ran.
+CREATE TABLE IF NOT EXISTS life (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    alive_at TEXT NOT NULL
+);
 """
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class ScriptProcess:
+    """A script's child process as the journal knows it.
+
+    `create_time` is psutil's, so a pid the system later gave to another process is told apart;
+    `pgid` is the process group the child leads (None on Windows).
+    """
+
+    pid: int
+    pgid: int | None
+    create_time: float
+    exit_code: int | None = None
+    # (pid, create time) of the descendants the run's snapshots saw.
+    descendants: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,10 +100,33 @@ class JournaledJob:
     status: JobStatus | None
 
 
+def _create_private(path: Path) -> None:
+    """Make the journal file owner-only before SQLite opens it (docs/adr/0033).
+
+    It holds job arguments and output (script text, results). SQLite creates `-wal` and `-shm`
+    with the mode of the database file, so creating that one 0600, exclusively and never
+    through a planted link, makes all three 0600; a journal an older agent left 0644 is
+    tightened, its WAL files with it.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        os.close(os.open(path, flags, 0o600))
+    except FileExistsError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            # A link there would have SQLite write the journal (and its WAL) somewhere else.
+            raise UnsafeStateDir(
+                f"{path} is not a regular file, so the agent will not use it as its journal; "
+                "remove it."
+            ) from None
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            restrict_existing(path.with_name(name))
+
+
 class Journal:
     """One SQLite file in the agent's state directory."""
 
     def __init__(self, path: Path) -> None:
+        _create_private(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -104,13 +169,19 @@ class Journal:
             return cursor.rowcount == 1
 
     def set_running(self, job_id: str) -> bool:
-        """Move a delivered job to running; False if it had meanwhile ended (a cancel)."""
+        """Move a delivered job to running; False if it had meanwhile ended (a cancel).
+
+        A start is also a sign of life (`mark_alive`): a crash soon after is then dated by it.
+        """
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'delivered'",
                 (job_id,),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            db.execute("INSERT OR REPLACE INTO life (id, alive_at) VALUES (1, ?)", (_now(),))
+            return True
 
     def finish(self, status: JobStatus) -> JobStatus:
         """Record the final status unless the job already has one; returns the one that holds."""
@@ -153,6 +224,8 @@ class Journal:
                     (job_id,),
                 )
                 db.execute("DELETE FROM output WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM script_processes WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM script_descendants WHERE job_id = ?", (job_id,))
 
     def unacknowledged(self) -> list[JobStatus]:
         """Final statuses the platform has not confirmed, oldest first."""
@@ -163,19 +236,78 @@ class Journal:
             ).fetchall()
         return [JobStatus.model_validate_json(r[0]) for r in rows]
 
-    def fail_interrupted(self) -> int:
-        """At agent start: jobs left delivered or running by a previous process end failed."""
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT id FROM jobs WHERE state IN ('delivered', 'running')"
+    def unfinished(self) -> list[JournaledJob]:
+        """Jobs a previous agent process left delivered or running, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, action, state FROM jobs WHERE state IN ('delivered', 'running') "
+                "ORDER BY received_at"
             ).fetchall()
-            for (job_id,) in rows:
-                status = JobStatus(job_id=job_id, state="failed", error=RESTARTED)
-                db.execute(
-                    "UPDATE jobs SET state = 'failed', status = ? WHERE id = ?",
-                    (status.model_dump_json(), job_id),
-                )
-        return len(rows)
+        return [JournaledJob(job_id=r[0], action=r[1], state=r[2], status=None) for r in rows]
+
+    def back_to_delivered(self, job_id: str) -> None:
+        """A running job whose work never began (no script process started): it may run later."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'delivered' WHERE id = ? AND state = 'running'", (job_id,)
+            )
+
+    def record_process(self, job_id: str, process: ScriptProcess) -> None:
+        """Remember a script's child before it may run the script (committed on return)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO script_processes (job_id, pid, pgid, create_time) "
+                "VALUES (?, ?, ?, ?)",
+                (job_id, process.pid, process.pgid, process.create_time),
+            )
+
+    def record_exit(self, job_id: str, exit_code: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE script_processes SET exit_code = ? WHERE job_id = ?", (exit_code, job_id)
+            )
+
+    def record_descendants(self, job_id: str, seen: dict[int, float]) -> None:
+        """Remember processes a script started (pid -> create time)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO script_descendants (job_id, pid, create_time) "
+                "VALUES (?, ?, ?)",
+                [(job_id, pid, created) for pid, created in seen.items()],
+            )
+
+    def process_of(self, job_id: str) -> ScriptProcess | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pid, pgid, create_time, exit_code FROM script_processes WHERE job_id = ?",
+                (job_id,),
+            ).fetchone()
+            descendants = self._db.execute(
+                "SELECT pid, create_time FROM script_descendants WHERE job_id = ? ORDER BY pid",
+                (job_id,),
+            ).fetchall()
+        if row is None:
+            return None
+        return ScriptProcess(
+            pid=row[0],
+            pgid=row[1],
+            create_time=row[2],
+            exit_code=row[3],
+            descendants=tuple((int(d[0]), float(d[1])) for d in descendants),
+        )
+
+    def mark_alive(self, at: datetime | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO life (id, alive_at) VALUES (1, ?)",
+                ((at or datetime.now(UTC)).isoformat(),),
+            )
+
+    def last_alive(self) -> datetime | None:
+        """When the agent last said it was alive while jobs ran; None if it never did."""
+        with self._lock:
+            row = self._db.execute("SELECT alive_at FROM life WHERE id = 1").fetchone()
+        return datetime.fromisoformat(row[0]) if row is not None else None
 
     def add_partial(self, path: Path, job_id: str) -> None:
         """Remember a temporary file about to be written, before it exists."""
@@ -195,8 +327,16 @@ class Journal:
         return [(Path(r[0]), str(r[1])) for r in rows]
 
     def purge(self, older_than: timedelta) -> int:
-        """Forget acknowledged job ids older than the platform could ever resend them."""
+        """Forget job ids older than the platform could ever resend them.
+
+        Acknowledged ones, and delivered ones the platform never sent again (it ended them
+        itself, long ago, as silent past their time limit).
+        """
         cutoff = (datetime.now(UTC) - older_than).isoformat()
         with self._tx() as db:
-            cursor = db.execute("DELETE FROM jobs WHERE acked = 1 AND received_at < ?", (cutoff,))
+            cursor = db.execute(
+                "DELETE FROM jobs WHERE (acked = 1 OR state = 'delivered') AND received_at < ?",
+                (cutoff,),
+            )
+            db.execute("DELETE FROM script_processes WHERE job_id NOT IN (SELECT id FROM jobs)")
             return cursor.rowcount

@@ -4,6 +4,11 @@ POSIX: the child leads a new session, so its process group holds everything it s
 descendant deliberately leaves it; those are caught by the psutil descendant walk (a snapshot
 taken every half second and once more just before the kill). Windows: a new process group plus
 the same psutil walk.
+
+The child dies with its agent (docs/adr/0031): on Linux it asks the kernel for SIGKILL when the
+agent dies (`script_child`), on Windows the agent puts it in a job object that is closed with the
+agent (`job_object`); and a killed agent's next start ends whatever of the journaled tree is left
+(`kill_survivors`).
 """
 
 import asyncio
@@ -19,6 +24,9 @@ from typing import Literal
 
 import psutil
 
+from tether.agent.journal import ScriptProcess
+from tether.agent.script_child import GO
+
 Stream = Literal["stdout", "stderr"]
 OnOutput = Callable[[Stream, str], Awaitable[None]]
 
@@ -30,11 +38,15 @@ EXIT_POLL_SECONDS = 0.02
 async def spawn(
     argv: Sequence[str], env: Mapping[str, str], cwd: Path
 ) -> asyncio.subprocess.Process:
-    """Start the child with pipes for stdout and stderr, nothing on stdin, in its own group."""
+    """Start the child with pipes for stdout and stderr, in its own group.
+
+    stdin is a pipe only the agent holds: the child waits on it for the agent's go (one byte,
+    `script_child.GO`) before running anything, and its end of file tells the child the agent is gone.
+    """
     if sys.platform == "win32":
         return await asyncio.create_subprocess_exec(
             *argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(env),
@@ -43,13 +55,96 @@ async def spawn(
         )
     return await asyncio.create_subprocess_exec(
         *argv,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(env),
         cwd=cwd,
         start_new_session=True,
     )
+
+
+def describe(pid: int) -> ScriptProcess:
+    """What the journal keeps of a freshly started child: pid, process group, create time."""
+    create_time = psutil.Process(pid).create_time()
+    pgid = None if sys.platform == "win32" else os.getpgid(pid)
+    return ScriptProcess(pid=pid, pgid=pgid, create_time=create_time)
+
+
+async def let_start(process: asyncio.subprocess.Process) -> None:
+    """Send the child its go and close its stdin; it then runs the script."""
+    if process.stdin is None:
+        raise RuntimeError("The script process was started without its go pipe.")
+    process.stdin.write(GO)
+    await process.stdin.drain()
+    process.stdin.close()
+
+
+def _same_process(process: psutil.Process, create_time: float) -> bool:
+    # psutil derives create times from boot time and clock ticks: equal to well under 10 ms.
+    return abs(process.create_time() - create_time) < 0.01
+
+
+def survivors(record: ScriptProcess) -> list[psutil.Process]:
+    """The processes of a journaled script tree that are still alive, and only those.
+
+    Each is identified by pid and create time, so a pid the system gave to an unrelated process
+    since is never touched:
+    - the child itself, and every descendant the run's snapshots journaled (including those that
+      left the group for a session of their own);
+    - the child's process group, only while the child's pid is unused or still the child's:
+      Linux keeps a number out of reuse while any process is in the group of that number, so a
+      reused pid means the old group is empty; members started before the child are spared;
+    - every descendant of what was found, started after the child.
+    """
+    found: dict[int, psutil.Process] = {}
+    for pid, created in ((record.pid, record.create_time), *record.descendants):
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            if _same_process(process, created):
+                found[pid] = process
+    group_is_ours = record.pid in found or not psutil.pid_exists(record.pid)
+    if group_is_ours and record.pgid is not None and sys.platform != "win32":
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if (
+                    process.pid != os.getpid()
+                    and os.getpgid(process.pid) == record.pgid
+                    and process.create_time() >= record.create_time
+                ):
+                    found[process.pid] = process
+    for process in list(found.values()):
+        with contextlib.suppress(psutil.Error):
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if child.create_time() >= record.create_time:
+                        found[child.pid] = child
+    return [p for p in found.values() if _alive(p)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    # A zombie has already ended; only its parent's wait is missing.
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_survivors(record: ScriptProcess) -> int:
+    """Kill what is left of a journaled script tree; returns how many processes were killed."""
+    victims = {p.pid: p for p in survivors(record)}
+    # Frozen first, then looked for again: whatever forked before the freeze is found now.
+    for victim in victims.values():
+        with contextlib.suppress(psutil.Error):
+            victim.suspend()
+    if victims:
+        victims.update({p.pid: p for p in survivors(record)})
+    killed = 0
+    for victim in victims.values():
+        with contextlib.suppress(psutil.Error):
+            victim.kill()
+            killed += 1
+    return killed
 
 
 async def exit_code(process: asyncio.subprocess.Process) -> int:
@@ -85,10 +180,17 @@ class ProcessTree:
                 with contextlib.suppress(psutil.Error):
                     self._seen[child.pid] = child.create_time()
 
-    async def track(self) -> None:
-        """Snapshot the descendants until cancelled."""
+    async def track(self, on_new: Callable[[dict[int, float]], None] | None = None) -> None:
+        """Snapshot the descendants until cancelled; `on_new` gets each snapshot's newcomers
+        (pid -> create time), so the journal knows them should the agent die (docs/adr/0031)."""
         while True:
+            before = dict(self._seen)
             await asyncio.to_thread(self.snapshot)
+            new = {
+                pid: created for pid, created in self._seen.items() if before.get(pid) != created
+            }
+            if new and on_new is not None:
+                on_new(new)
             await asyncio.sleep(TRACK_INTERVAL_SECONDS)
 
     def _known_alive(self) -> list[psutil.Process]:

@@ -2,7 +2,8 @@
 
 The script runs in a child process of the agent's own interpreter, never inside the agent. It
 reaches the agent through `tether.script` over a local channel (`script_channel`), and the
-process, its output and its tree kill live in `script_process`.
+process, its output and its tree kill live in `script_process`. The child is tied to the agent's
+life and journaled before it may run the script (`script_child`, docs/adr/0031).
 """
 
 import asyncio
@@ -11,6 +12,7 @@ import logging
 import os
 import secrets
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import psutil
+
 import tether
-from tether.agent import script_process
+from tether.agent import job_object, script_process
+from tether.agent.journal import ScriptProcess
 from tether.agent.script_channel import CallRefused, ChannelServer, Method
 from tether.script import channel
 
@@ -29,10 +34,13 @@ log = logging.getLogger("tether.agent.scripts")
 # left the script's group may still hold them open).
 DRAIN_SECONDS = 2.0
 
-# The child: make this agent's tether importable (even under -I), then run the script file.
+# The child: make this agent's tether importable (even under -I), tie its life to the agent
+# and wait for the agent's go, then run the script file.
 _BOOTSTRAP = (
     "import sys\n"
     "if sys.argv[1] not in sys.path: sys.path.insert(0, sys.argv[1])\n"
+    "from tether.agent.script_child import wait_for_agent\n"
+    "wait_for_agent(int(sys.argv[3]))\n"
     "from tether.script._launch import main\n"
     "main(sys.argv[2])\n"
 )
@@ -72,6 +80,23 @@ class ScriptServices(Protocol):
 
     async def isolation_status(self) -> dict[str, Any]:
         """What the endpoint's firewall holds for isolation."""
+        ...
+
+
+class ProcessRecorder(Protocol):
+    """Where a run journals its child, so a killed agent's next start can end what is left of it
+    and say how the job ended (docs/adr/0031)."""
+
+    def started(self, process: ScriptProcess) -> None:
+        """The child exists and has not run the script yet; return only once this is durable."""
+        ...
+
+    def descendants(self, seen: dict[int, float]) -> None:
+        """The child started these processes (pid -> create time)."""
+        ...
+
+    def exited(self, exit_code: int) -> None:
+        """The child ended with `exit_code` (negative: the signal that ended it)."""
         ...
 
 
@@ -233,6 +258,7 @@ async def run_script(
     services: ScriptServices,
     cancel: asyncio.Event | None = None,
     workdir: Path | None = None,
+    recorder: ProcessRecorder | None = None,
 ) -> ScriptOutcome:
     """Run `source` in a child Python process and report how it ended.
 
@@ -244,7 +270,8 @@ async def run_script(
     service it launches) outlives a clean run; the run still returns within DRAIN_SECONDS even if
     that process holds the output pipes. The script's working directory is
     `workdir`, or the run's private directory (removed afterwards). An exception raised by
-    `on_output` stops the script and propagates.
+    `on_output` stops the script and propagates. The child runs the script only after
+    `recorder.started` returned, and dies with the agent process (docs/adr/0031).
     """
     error = syntax_error(source)
     if error is not None:
@@ -267,6 +294,7 @@ async def run_script(
     background: list[asyncio.Task[Any]] = []
     process: asyncio.subprocess.Process | None = None
     tree: script_process.ProcessTree | None = None
+    contained: Any = None
     try:
         script_path = private_dir / "script.py"
         fd = os.open(script_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -283,6 +311,7 @@ async def run_script(
             _BOOTSTRAP,
             _tether_root(),
             str(script_path),
+            str(os.getpid()),
         ]
         try:
             process = await script_process.spawn(
@@ -293,7 +322,22 @@ async def run_script(
                 f"The agent could not start Python for the script: {exc.strerror or exc}."
             )
         tree = script_process.ProcessTree(process.pid)
-        background.append(asyncio.create_task(tree.track()))
+        try:
+            if recorder is not None:
+                recorder.started(script_process.describe(process.pid))
+            contained = job_object.contain(process.pid)
+        except (psutil.Error, OSError, sqlite3.Error) as exc:
+            # Killed in `finally` before it was ever told to start.
+            return _refused(
+                "The agent could not record the script's process, so it did not run it: "
+                f"{str(exc).rstrip('.') or type(exc).__name__}."
+            )
+        with contextlib.suppress(ConnectionError):
+            # A child that is already gone reports through its exit code below.
+            await script_process.let_start(process)
+        background.append(
+            asyncio.create_task(tree.track(recorder.descendants if recorder else None))
+        )
         budget = script_process.OutputBudget(limits.max_output_bytes)
         if process.stdout is None or process.stderr is None:
             raise RuntimeError("The script process was started without output pipes.")
@@ -314,6 +358,8 @@ async def run_script(
         else:
             tree.kill_group()
         exit_code = await script_process.exit_code(process)
+        if recorder is not None:
+            recorder.exited(exit_code)
         done, _ = await asyncio.wait(pumps, timeout=DRAIN_SECONDS)
         for pump in done:
             if pump.exception() is not None:
@@ -338,6 +384,7 @@ async def run_script(
                 await task
         if process is not None:
             script_process.close_pipes(process)
+        job_object.release(contained)
         await server.close()
         shutil.rmtree(private_dir, ignore_errors=True)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.agent.errors import NotEnrolled
+from tether.agent.state_guard import create_exclusive, secure_state_dir
 
 
 def default_state_dir() -> Path:
@@ -30,6 +31,13 @@ class StateDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def secure(self, *, create: bool = True) -> "StateDir":
+        """Refuse the directory if another account could touch it, and create it if missing
+        unless told not to (tether.agent.state_guard); from then on `root` is its real path.
+        Returns self."""
+        self.root = secure_state_dir(self.root, create=create)
+        return self
 
     @property
     def key(self) -> Path:
@@ -83,20 +91,17 @@ class StateDir:
             raise NotEnrolled(f"{self.identity_file} is damaged; enroll this agent again.") from exc
 
     def write_private(self, path: Path, data: bytes) -> None:
-        """Write a file only the agent's account can read (mode 0600 on POSIX).
+        """Write a file only the agent's account can read (mode 0600 from its creation).
 
-        On Windows the state directory's ACL (SYSTEM and Administrators only, set by the
-        installer) protects it; the mode bits below are ignored there.
+        The directory is checked first (`secure`); the temporary file is created exclusively,
+        never through a name planted beforehand, then renamed over `path`. On Windows the state
+        directory's ACL (SYSTEM and Administrators only, set by the installer) protects it; the
+        mode bits are ignored there.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        if sys.platform != "win32":
-            os.chmod(self.root, 0o700)
+        self.secure()
+        path = self.root / path.name
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        create_exclusive(tmp, data)
         os.replace(tmp, path)
 
     def write_identity(self, identity: Identity) -> None:

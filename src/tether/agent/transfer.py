@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 from uuid import UUID
 
+from tether.agent.path_walk import Folder, UnsafePath, open_folder
 from tether.agent.transfer_requests import TransferRequests
 from tether.protocol.errors import ProtocolError
 from tether.protocol.transfer import (
@@ -60,6 +61,10 @@ DEFAULT_MAX_PUT_BYTES = 4 * GiB
 HASH_CHUNK_BYTES = 1024 * 1024
 _REMEMBERED = 256
 _STASHED_OPENS = 16
+
+
+# (st_dev, st_ino): one file, whatever names lead to it.
+FileIdentity = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -123,23 +128,24 @@ class PartialRegistry(Protocol):
     def partials(self) -> list[tuple[Path, str]]: ...
 
 
-def remove_leftover_partials(registry: PartialRegistry) -> int:
+def remove_leftover_partials(registry: PartialRegistry) -> set[str]:
     """At agent start, before any job runs: remove the temporary files earlier processes left.
 
-    Their jobs ended failed at this start (`Journal.fail_interrupted`), so no transfer can resume
-    into them. Only a regular file this agent's user owns, named as receiving names them, goes;
-    anything else at that path is left alone. Returns how many files were removed.
+    Their jobs ended at this start (`tether.agent.recovery`), so no transfer can resume into
+    them. Only a regular file this agent's user owns, named as receiving names them, goes;
+    anything else at that path is left alone. Returns the jobs whose temporary file was removed.
     """
-    removed = 0
-    for path, _job_id in registry.partials():
+    removed: set[str] = set()
+    for path, job_id in registry.partials():
         if path.name.startswith(".tether-") and path.name.endswith(".part"):
             try:
-                if _own_private_file(os.lstat(path)):
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
+                # Reached as it was written: never through a link put on the way since.
+                with open_folder(path.parent) as folder:
+                    info = folder.lstat(path.name)
+                    if info is not None and _own_private_file(info):
+                        folder.unlink(path.name)
+                        removed.add(job_id)
+            except (OSError, UnsafePath) as exc:
                 log.warning("The leftover temporary file %s could not be removed: %s", path, exc)
         registry.drop_partial(path)
     return removed
@@ -180,9 +186,20 @@ class _FileSender:
 
     @classmethod
     async def open(
-        cls, transfer_id: UUID, job_id: str, path: Path, *, chunk_bytes: int
+        cls,
+        transfer_id: UUID,
+        job_id: str,
+        path: Path,
+        *,
+        chunk_bytes: int,
+        expect: FileIdentity | None = None,
     ) -> "_FileSender":
         fd, info = await asyncio.to_thread(cls._open_source, path)
+        if expect is not None and (info.st_dev, info.st_ino) != expect:
+            os.close(fd)
+            raise TransferFailed(
+                f"{path} changed while the agent opened it, so nothing was retrieved; try again."
+            )
         flow = SenderFlow(
             transfer_id, job_id, "get", info.st_size, path=str(path), chunk_bytes=chunk_bytes
         )
@@ -360,6 +377,9 @@ class _FileReceiver:
         self.flow = flow
         self.destination = destination
         self.temp_path = destination.parent / f".tether-{flow.transfer_id}.part"
+        # The destination's folder, reached without following links (tether.agent.path_walk);
+        # held while the temporary file is open, everything in it is done relative to it.
+        self._folder: Folder | None = None
         self._expected_sha256 = sha256
         self._on_disk_sha256 = ""
         self._fd = -1
@@ -390,21 +410,38 @@ class _FileReceiver:
         self._transport = transport
         await _send(transport, accept.model_dump_json())
 
+    def _open_folder(self) -> Folder:
+        """The destination's folder, opened without following a link in any component."""
+        if self._folder is None:
+            parent = self.destination.parent
+            try:
+                self._folder = open_folder(parent)
+            except UnsafePath as exc:
+                raise TransferFailed(str(exc)) from exc
+            except OSError as exc:
+                raise TransferFailed(_os_sentence(exc, f"opening the folder {parent}")) from exc
+        return self._folder
+
+    def _close_folder(self) -> None:
+        if self._folder is not None:
+            self._folder.close()
+            self._folder = None
+
+    def _destination_is_folder(self, folder: Folder) -> bool:
+        named = folder.lstat(self.destination.name)
+        return named is not None and stat.S_ISDIR(named.st_mode)
+
     def _open_temp(self, size: int) -> int:
         """Open (or reopen) the temporary file; returns the bytes it durably holds."""
         parent = self.destination.parent
         if self._fd < 0:
-            if not parent.exists():
-                raise TransferFailed(f"The folder {parent} does not exist on the endpoint.")
-            if not parent.is_dir():
-                raise TransferFailed(f"{parent} is not a folder on the endpoint.")
-            if self.destination.is_dir():
+            folder = self._open_folder()
+            if self._destination_is_folder(folder):
                 raise TransferFailed(
                     f"{self.destination} is a folder on the endpoint; give the path of a file."
                 )
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
             try:
-                self._fd = os.open(self.temp_path, flags, 0o600)
+                self._fd = folder.open(self.temp_path.name, os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
                 raise TransferFailed(_os_sentence(exc, f"creating a file in {parent}")) from exc
             info = os.fstat(self._fd)
@@ -522,17 +559,20 @@ class _FileReceiver:
                 f"The platform sent a file with SHA-256 {actual}, not the {self._expected_sha256} "
                 f"the job asked for."
             )
-        if self.destination.is_dir():
+        self._rename_into_place()
+
+    def _rename_into_place(self) -> None:
+        """Rename the verified temporary file over the destination, within the folder reached
+        without links; the rename is made durable before returning."""
+        folder = self._open_folder()
+        if self._destination_is_folder(folder):
             raise TransferFailed(
                 f"{self.destination} is a folder on the endpoint; give the path of a file."
             )
         # The rename goes by name: check the name still holds the file written and verified,
         # not one swapped in by someone who can write to that folder.
         written = os.fstat(self._fd)
-        try:
-            named = os.lstat(self.temp_path)
-        except OSError:
-            named = None
+        named = folder.lstat(self.temp_path.name)
         if named is None or (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino):
             raise TransferFailed(
                 f"{self.temp_path} was replaced while the file was received, so it was not "
@@ -540,13 +580,9 @@ class _FileReceiver:
             )
         os.close(self._fd)
         self._fd = -1
-        os.replace(self.temp_path, self.destination)
-        if os.name == "posix":  # the rename itself must survive a crash; Windows has no dir fsync
-            directory = os.open(self.destination.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        folder.replace(self.temp_path.name, self.destination.name)
+        folder.fsync()
+        self._close_folder()
 
     def on_abort(self, message: TransferAbort) -> None:
         if self.flow.finished:
@@ -577,7 +613,17 @@ class _FileReceiver:
                 os.close(self._fd)
             self._fd = -1
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(self.temp_path.unlink, True)
+            await asyncio.to_thread(self._unlink_temp)
+        self._close_folder()
+
+    def _unlink_temp(self) -> None:
+        # In the folder reached without links (again, after a pause closed it), never by path.
+        try:
+            folder = self._open_folder()
+        except TransferFailed:
+            return  # no such folder is reachable safely: nothing was created in it
+        if folder.lstat(self.temp_path.name) is not None:
+            folder.unlink(self.temp_path.name)
 
     def _settle(self, exc: BaseException) -> None:
         if not self.result.done():
@@ -604,6 +650,7 @@ class _FileReceiver:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._close_folder()
 
 
 class AgentTransfers:
@@ -635,14 +682,20 @@ class AgentTransfers:
         if transfer_id in self._senders or transfer_id in self._receivers:
             raise ValueError(f"Transfer {transfer_id} is already registered.")
 
-    async def send_file(self, transfer_id: UUID, job_id: str, path: Path) -> TransferDone:
+    async def send_file(
+        self, transfer_id: UUID, job_id: str, path: Path, *, expect: FileIdentity | None = None
+    ) -> TransferDone:
         """files.get: send `path` to the platform; the platform's verified done.
 
-        Waits across disconnects. Raises TransferFailed with a sentence. Cancelling leaves the
-        platform's partial for a later resume; `abort` gives the transfer up.
+        With `expect`, the file opened must be that one (device, inode): what the caller
+        described of it (a link's target) is then what is sent. Waits across disconnects.
+        Raises TransferFailed with a sentence. Cancelling leaves the platform's partial for a
+        later resume; `abort` gives the transfer up.
         """
         self._check_new(transfer_id)
-        sender = await _FileSender.open(transfer_id, job_id, path, chunk_bytes=self._chunk_bytes)
+        sender = await _FileSender.open(
+            transfer_id, job_id, path, chunk_bytes=self._chunk_bytes, expect=expect
+        )
         self._senders[transfer_id] = sender
         try:
             if self._transport is not None:

@@ -37,6 +37,8 @@ class Api:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        # The pinned CA names this platform as much as its address does (audit witnesses).
+        self.ca_pem = ca_pem
         # Off for `tether login` itself, where "run 'tether login'" would be no help.
         self._login_hint = login_hint
         context = ssl.create_default_context(cadata=ca_pem)

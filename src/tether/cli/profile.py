@@ -31,7 +31,8 @@ class Profile:
     username: str | None
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` (mode 0600, in a folder of mode 0700), replacing it atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if sys.platform != "win32":
         os.chmod(path.parent, 0o700)
@@ -59,4 +60,4 @@ def load() -> Profile:
 
 
 def save(profile: Profile) -> None:
-    _write_private(config_dir() / "profile.json", json.dumps(profile.__dict__, indent=2))
+    write_private(config_dir() / "profile.json", json.dumps(profile.__dict__, indent=2))

@@ -140,8 +140,34 @@ class FileGetArgs(_Model):
     max_bytes: Annotated[StrictInt, Field(ge=1, le=64 * 1024**3)] = 4 * 1024**3
 
 
+class LinkFollowed(_Model):
+    """The path retrieved was a symbolic link: the agent followed it (docs/adr/0033).
+
+    What the link said, where that led, who made the link, and the owner, mode and time of the
+    file actually read, named as that file's and never as the link's.
+    """
+
+    # Where the link points, as stored in it (relative links stay relative).
+    target: EndpointPath
+    # The file the agent read: the link's target with every link resolved.
+    resolved: EndpointPath
+    # The link's own owner: who made it.
+    link_owner: AccountName | None
+    # The file read: its owner, permission bits and modification time.
+    owner: AccountName | None
+    mode: Annotated[str, Field(pattern=r"^[0-7]{4}$")] | None
+    mtime: AwareDatetime | None
+    # The target or resolved path held characters a terminal would act on, shown escaped.
+    escaped: StrictBool = False
+
+
 class FileGetResult(_Model):
-    """What the endpoint says of the file it sent; the platform verified size and SHA-256."""
+    """What the endpoint says of the file it sent; the platform verified size and SHA-256.
+
+    `mtime`, `owner` and `mode` describe the file at `path`. When `path` is a symbolic link they
+    are null, because the link has no content of its own, and `link` says where it led and
+    describes the file read there.
+    """
 
     path: EndpointPath
     size: Annotated[StrictInt, Field(ge=0)]
@@ -149,6 +175,7 @@ class FileGetResult(_Model):
     mtime: AwareDatetime | None
     owner: AccountName | None
     mode: Annotated[str, Field(pattern=r"^[0-7]{4}$")] | None
+    link: LinkFollowed | None = None
 
 
 class FilePutArgs(_Model):

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.server.api import (
@@ -23,7 +24,9 @@ from tether.server.api import (
 )
 from tether.server.api.deps import current_user
 from tether.server.errors import PlatformError, Throttled
+from tether.server.metrics import register_access_metrics
 from tether.server.services.platform import Platform
+from tether.server.services.tls_profile import STRICT_TRANSPORT_SECURITY
 from tether.server.store.faults import STORAGE_FULL, is_storage_full
 from tether.server.web import install as install_web
 from tether.server.web.error_pages import page_error, validation_sentence
@@ -105,6 +108,7 @@ def create_app(platform: Platform) -> FastAPI:
     Gauge(
         "tether_agents_connected", "Agents connected to this process", registry=registry
     ).set_function(lambda: platform.presence.count)
+    registry.register(platform.witnesses.collector())
 
     faults = Gauge(
         "tether_storage_faults",
@@ -118,6 +122,7 @@ def create_app(platform: Platform) -> FastAPI:
         registry=registry,
     )
     lost.set_function(lambda: platform.faults.output_lost_bytes)
+    register_access_metrics(registry, platform)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -163,4 +168,29 @@ def create_app(platform: Platform) -> FastAPI:
             return page_error(request, 422, validation_sentence(exc))
         return JSONResponse({"detail": _first_problem(exc)}, status_code=422)
 
+    app.add_middleware(StrictTransportSecurity)
     return app
+
+
+class StrictTransportSecurity:
+    """Adds HSTS to every answer of the analyst port (API, pages, errors, /metrics): the port
+    speaks only HTTPS, and a browser that has seen it never tries plain HTTP to the name again."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    *message.get("headers", []),
+                    (b"strict-transport-security", STRICT_TRANSPORT_SECURITY.encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_hsts)

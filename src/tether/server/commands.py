@@ -29,6 +29,14 @@ def init(
     database_url: Annotated[
         str | None, typer.Option(help="PostgreSQL URL (default: SQLite in the data directory).")
     ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="Address or network of a reverse proxy whose X-Forwarded-For names the client "
+            "(repeat for several; none by default).",
+        ),
+    ] = None,
     admin_password_file: Annotated[
         Path | None,
         typer.Option(
@@ -36,21 +44,48 @@ def init(
             "recovery codes) to FILE.mfa.json, both mode 0600."
         ),
     ] = None,
+    checkpoint_syslog: Annotated[
+        str,
+        typer.Option(
+            help="Send every signed audit checkpoint to this syslog collector "
+            "(tls://HOST:PORT or tcp://HOST:PORT; RFC 5424, octet-counted)."
+        ),
+    ] = "",
+    checkpoint_syslog_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate (PEM) of a tls:// collector (default: system CAs)."),
+    ] = None,
+    checkpoint_file: Annotated[
+        Path | None,
+        typer.Option(help="Append every signed audit checkpoint to this file as a JSON line."),
+    ] = None,
 ) -> None:
     """Create the CA, the server certificate, the database and the first admin user."""
     import json
 
-    from tether.server.config import Settings
-    from tether.server.services.bootstrap import initialise
+    from pydantic import ValidationError
+
+    from tether.server.config import Settings, settings_error
+    from tether.server.services.bootstrap import check_witness_options, initialise
     from tether.server.services.pki import write_private
 
-    settings = Settings(
-        data_dir=data.resolve(),
-        hostname=hostname,
-        listen=listen,
-        agent_listen=agent_listen,
-        database_url=database_url or "",
-    )
+    try:
+        settings = Settings(
+            data_dir=data.resolve(),
+            hostname=hostname,
+            listen=listen,
+            agent_listen=agent_listen,
+            database_url=database_url or "",
+            checkpoint_syslog=checkpoint_syslog,
+            checkpoint_syslog_ca=str(checkpoint_syslog_ca.resolve())
+            if checkpoint_syslog_ca
+            else "",
+            checkpoint_file=str(checkpoint_file.resolve()) if checkpoint_file else "",
+            trusted_proxies=trusted_proxy or [],
+        )
+    except ValidationError as exc:
+        raise settings_error(exc) from exc
+    check_witness_options(settings)
     result = initialise(settings, ip or [])
     typer.echo(f"Platform created in {settings.data_dir}")
     typer.echo(f"CA fingerprint (SHA-256): {result.ca_sha256}")
@@ -73,6 +108,20 @@ def init(
         typer.echo(f"Second factor (add to an authenticator app): {result.mfa_uri}")
         typer.echo(f"Recovery codes (each works once): {' '.join(result.recovery_codes)}")
         typer.echo("The password, secret and codes are shown once; store them now.")
+
+
+@server_app.command("renew-cert")
+def renew_cert(data: DataOpt) -> None:
+    """Issue a new server certificate from the platform CA (same names, audited); restart the
+    platform to serve it."""
+    from tether.server.config import load_settings
+    from tether.server.services.server_certificate import renew
+
+    renewal = renew(load_settings(data.resolve()))
+    typer.echo(
+        f"New server certificate {renewal.serial} (replaces {renewal.previous_serial}), valid "
+        f"until {renewal.not_after:%Y-%m-%d %H:%M} UTC; restart the platform to serve it."
+    )
 
 
 @server_app.command("run")

@@ -4,11 +4,12 @@ Sources, strongest first: command-line options, `TETHER_*` environment variables
 `config.json` in the data directory (written by `tether server init`).
 """
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tether.server.errors import ConfigurationError
@@ -41,6 +42,26 @@ class Settings(BaseSettings):
     live_session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
     live_session_sweep_seconds: float = Field(default=30.0, gt=0)
     log_level: str = "info"
+    # Witnesses off the host (docs/adr/0032-audit-witnesses.md): every signed audit checkpoint
+    # also goes to a syslog collector (tcp://HOST:PORT or tls://HOST:PORT, RFC 5424) and/or is
+    # appended to a file as a JSON line; the CA file names who may serve tls:// (else the
+    # system's trust store).
+    checkpoint_syslog: str = ""
+    checkpoint_syslog_ca: str = ""
+    checkpoint_file: str = ""
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For names the client; none by
+    # default, so the source in the audit log is the TCP peer unless an operator says otherwise.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
 
     @property
     def db_url(self) -> str:
@@ -129,8 +150,15 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
         merged["data_dir"] = data_dir
         return Settings(**merged)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigurationError(f"Setting {err['loc'][0]}: {err['msg']}.") from exc
+        raise settings_error(exc) from exc
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """The first problem of invalid settings, as one sentence."""
+    err = exc.errors()[0]
+    # Our own validators' messages are sentences already; pydantic prefixes them.
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return ConfigurationError(f"Setting {err['loc'][0]}: {message}.")
 
 
 def save_settings(settings: Settings, keys: list[str]) -> None:

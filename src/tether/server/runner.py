@@ -20,6 +20,7 @@ from tether.server.errors import ConfigurationError
 from tether.server.gateway.server import AgentGateway, agent_ssl_context
 from tether.server.services.platform import Platform
 from tether.server.services.script_examples import load_examples, shipped_examples
+from tether.server.services.tls_profile import analyst_ssl_context
 from tether.server.store.migrate import upgrade
 
 log = logging.getLogger("tether.server")
@@ -39,6 +40,19 @@ class _ApiServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.ready.set()
+
+
+class _ApiConfig(uvicorn.Config):
+    """uvicorn's configuration serving our TLS context: uvicorn's own cannot restrict the key
+    exchange groups (tls_profile)."""
+
+    def __init__(self, app: Any, tls: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.tls = tls
+
+    def load(self) -> None:
+        super().load()
+        self.ssl = self.tls
 
 
 def _log_tls_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -68,6 +82,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         log.info("Removed %d partial files no unfinished job can resume", swept)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_log_tls_failures)
+    platform.witnesses.start()
 
     gateway = AgentGateway(
         hosts=platform.hosts,
@@ -78,6 +93,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         audit=platform.audit,
         heartbeat_seconds=settings.heartbeat_seconds,
         hello_timeout=settings.hello_timeout_seconds,
+        tls_refusals=platform.tls_refusals,
     )
     agent_host, agent_port = split_hostport(settings.agent_listen)
     agent_server = await gateway.start(
@@ -88,8 +104,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         ),
     )
     api_host, api_port = split_hostport(settings.listen)
-    config = uvicorn.Config(
+    config = _ApiConfig(
         create_app(platform),
+        analyst_ssl_context(str(settings.server_cert), str(settings.server_key)),
         host=api_host,
         port=api_port,
         ssl_certfile=str(settings.server_cert),
@@ -98,6 +115,11 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         access_log=False,
         lifespan="off",
         server_header=False,
+        # X-Forwarded-For is believed only from the proxies an operator named (none by default):
+        # uvicorn's own default trusts 127.0.0.1, so any local client could write any source
+        # address into the audit log.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
         # An idle keep-alive client that never answers TLS close_notify would otherwise hold the
         # shutdown for the whole TLS shutdown timeout (30 s), long enough to be killed instead.
         timeout_graceful_shutdown=5,
@@ -107,6 +129,13 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     api_task = asyncio.create_task(api_server.serve())
     # Expired sessions and login attempts older than the throttle windows.
     purger = asyncio.create_task(platform.users.run_purger(600))
+    # Failed logins and agent-port TLS refusals, one audit record per source per minute.
+    summaries = [
+        asyncio.create_task(summary.run_flusher(REFUSAL_FLUSH_SECONDS))
+        for summary in (platform.users.login_failures, platform.tls_refusals)
+    ]
+    # A warning in the log every day from 30 days before the server certificate ends.
+    certificate_watch = asyncio.create_task(platform.certificate.run(24 * 3600))
     sweeper = asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds))
     live_sweeper = asyncio.create_task(
         platform.live_sessions.run_sweeper(settings.live_session_sweep_seconds)
@@ -146,12 +175,16 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
                 await agent_server.wait_closed()
         with contextlib.suppress(Exception):
             await api_task
-        for task in (flusher, purger, sweeper, live_sweeper):
+        for task in (flusher, purger, sweeper, live_sweeper, certificate_watch, *summaries):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await platform.close()
 
+
+# How often the refusal summaries look for tallies a minute old: a summary is written between 60
+# and 60 + this many seconds after its first refusal.
+REFUSAL_FLUSH_SECONDS = 5.0
 
 # How long agents get to complete a clean close at shutdown before their connections are dropped:
 # long enough for a normal fleet, short enough that a restart is not minutes of downtime.

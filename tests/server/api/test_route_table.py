@@ -136,6 +136,8 @@ ROWS = [
     # Session History: the Active Response role alone.
     Row("GET", "/api/v1/audit", RESPONDERS),
     Row("GET", "/api/v1/audit/verify", RESPONDERS),
+    Row("POST", "/api/v1/audit/verify", RESPONDERS, body={}),
+    Row("GET", "/api/v1/audit/checkpoint", RESPONDERS),
     Row("GET", "/api/v1/audit/export", RESPONDERS),
     # The web UI, called with the same bearer sessions (a browser sends the cookie instead). No
     # session: a redirect to /login; a session that must enroll a second factor first: to

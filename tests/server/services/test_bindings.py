@@ -1,12 +1,15 @@
 """Outcomes on record and stored results bound to them: what an insider editing rows by SQL
 leaves behind, on SQLite and PostgreSQL alike."""
 
+import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import JobOutput, JobStatus
@@ -239,3 +242,55 @@ async def test_library_metadata_is_bound_to_its_record(
     )
     assert await bindings.file_problem(entry.id) == sentence
     assert (await audit.verify()).problem == sentence
+
+
+async def test_endings_reported_together_are_recorded_together_and_each_bound(
+    h: Harness, engine: AsyncEngine, audit: AuditLog, bindings: ResultBindings
+) -> None:
+    hosts = [await h.host(f"web-{n}") for n in range(5)]
+    links = [await h.connect(host) for host in hosts]
+    batch = await h.submit(hosts)
+    by_host = {j.host_id: j.id for j in batch.jobs}
+    signed: list[object] = []
+    audit.signer.add_listener(signed.append)
+    await asyncio.gather(
+        *(
+            h.dispatcher.on_status(
+                host, JobStatus(job_id=by_host[host], state="succeeded", result={"echo": host})
+            )
+            for host in hosts
+        )
+    )
+    for link, host in zip(links, hosts, strict=True):
+        assert [f["job_ids"] for f in frames(link, "job.ack")] == [[by_host[host]]]
+    for host in hosts:
+        seq, details = await _outcome(engine, by_host[host])
+        assert details["result"] == {"echo": host}
+        assert (await h.jobs.get(by_host[host])).outcome_seq == seq
+    # Fewer checkpoints than endings: the reports that arrived together shared one.
+    assert len(signed) < len(hosts)
+    assert (await audit.verify()).intact
+
+
+async def test_an_ending_storage_refused_is_not_confirmed_and_is_recorded_once_space_is_back(
+    h: Harness, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = await h.host("web-1")
+    link = await h.connect(host)
+    job_id = (await h.submit([host])).jobs[0].id
+
+    async def full(*_args: object, **_kwargs: object) -> object:
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr("tether.server.services.dispatch.end_jobs", full)
+        await h.dispatcher.on_status(
+            host, JobStatus(job_id=job_id, state="succeeded", result={"echo": "hi"})
+        )
+    # Not confirmed: the agent keeps it in its journal; the job is not called ended.
+    assert frames(link, "job.ack") == []
+    assert (await h.jobs.get(job_id)).state == "queued"
+    await h.dispatcher.record_unrecorded()
+    assert [f["job_ids"] for f in frames(link, "job.ack")] == [[job_id]]
+    job = await h.jobs.get(job_id)
+    assert (job.state, job.result) == ("succeeded", {"echo": "hi"})

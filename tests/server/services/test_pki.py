@@ -187,3 +187,13 @@ def test_write_private_is_owner_only_and_leaves_no_temporary(tmp_path: Path) -> 
     assert path.read_bytes() == b"two"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["secret"]
+
+
+def test_certificates_live_at_most_398_days_and_the_server_one_365(
+    ca: CertificateAuthority,
+) -> None:
+    server, _ = ca.issue_server("tether.example", [])
+    agent = ca.sign_agent_csr(make_csr()[0], str(uuid.uuid4()))
+    # sslyze's Mozilla "intermediate" check flags a server certificate over 366 days.
+    assert (server.not_valid_after_utc - server.not_valid_before_utc).days == 365
+    assert (agent.not_valid_after_utc - agent.not_valid_before_utc).days == 398

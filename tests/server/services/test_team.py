@@ -147,8 +147,9 @@ async def test_external_users_expire_and_carry_their_organisation(
         await users.authenticate(session.token)
     with pytest.raises(Unauthenticated, match=LOGIN_REFUSED):
         await users.login("mdr1", PASSWORD, source="s", client="cli")
-    last = [r async for r in audit.iter_records() if r.action == "auth.login"][-1]
-    assert last.to_json()["details"]["reason"] == "external access expired"
+    await users.login_failures.flush(everything=True)
+    last = [r async for r in audit.iter_records() if r.action == "auth.login.failures"][-1]
+    assert last.to_json()["details"]["reasons"] == {"external access expired via cli": 1}
     logins = [r.actor async for r in audit.iter_records() if r.action == "auth.login"]
     assert logins[0] == "mdr1 (Acme MDR)"
 

@@ -83,8 +83,19 @@ async def test_a_wrong_password_or_code_is_one_plain_sentence_and_audited(
     assert response.status_code == 401
     assert "The code is wrong; enter the one your authenticator app shows now." in response.text
     outcomes = [(o, d.get("factor")) for _, o, d in await _logins(platform)]
-    assert ("failure", "password") in outcomes
+    # A wrong code (the password was right) is a record of its own; a wrong password goes into
+    # the per-source summary (ADR 0026).
     assert outcomes[-1] == ("failure", "totp")
+    await platform.users.login_failures.flush(everything=True)
+    async with platform.engine.connect() as conn:
+        summary = (
+            await conn.execute(
+                select(audit_records.c.details).where(
+                    audit_records.c.action == "auth.login.failures"
+                )
+            )
+        ).scalar_one()
+    assert json.loads(summary)["reasons"] == {"password via ui": 1}
     # The pending login is not a session.
     assert (await browser.get("/active-response")).headers["location"] == "/login"
 

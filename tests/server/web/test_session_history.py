@@ -7,6 +7,7 @@ import httpx
 from sqlalchemy import select
 
 from tether.protocol import Role
+from tether.server.services.checkpoints import key_fingerprint
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records
 
@@ -90,6 +91,15 @@ async def test_verify_chain_reports_an_intact_chain(
     # The head's hash, to compare with the last line of an export.
     head = (await platform.audit.verify()).head_hash
     assert f'<code class="head-hash">{head}</code>' in response.text
+    # What a responder compares with a checkpoint kept elsewhere (ADR 0032).
+    signed = platform.audit.signer.latest()
+    assert signed is not None
+    key = key_fingerprint(platform.audit.signer.public_key_pem())
+    assert (
+        f"Signed checkpoint #{signed.seq} at {signed.signed_at}, hash <code>{signed.hash}</code>, "
+        f"key SHA-256 <code>{key}</code>. This compares the log with the platform's own "
+        "checkpoint file, which someone who can write its data directory can roll back"
+    ) in response.text
 
 
 async def test_a_script_run_shows_its_full_script_as_text(

@@ -89,6 +89,7 @@ async def run(args: ScriptRunArgs, services: ScriptServices | None = None) -> Sc
         on_log=on_log,
         services=services,
         cancel=context.cancel,
+        recorder=context.processes,
     )
     if outcome.cancelled:
         # The job runner reports the job cancelled: the analyst asked for it.

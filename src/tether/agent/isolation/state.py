@@ -134,7 +134,9 @@ class IsolationStore:
         import fcntl
 
         self._state.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self._state.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a link planted under the lock's name.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self._state.root / LOCK_NAME, flags, 0o600)
         try:
             while True:
                 try:

@@ -6,9 +6,15 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from tether.protocol import Permission
+from tether.protocol.checkpoint import CheckpointDocument
 from tether.server.api.audit_filters import FIELD_LIMIT, JSON_LINES, export_stream
+from tether.server.api.audit_schemas import VerifyAgainst, WitnessOut, WitnessVerifyOut
 from tether.server.api.deps import PlatformDep, require
 from tether.server.api.schemas import AuditRecordOut, VerifyOut
+from tether.server.errors import Conflict
+from tether.server.services.audit_witness import check_witness
+from tether.server.services.checkpoints import Checkpoint
+from tether.server.services.platform import Platform
 from tether.server.services.users import User
 
 router = APIRouter(tags=["audit"])
@@ -34,6 +40,57 @@ async def list_records(
 @router.get("/audit/verify", response_model=VerifyOut)
 async def verify(platform: PlatformDep, _user: AuditReader) -> VerifyOut:
     return VerifyOut(**(await platform.audit.verify()).to_json())
+
+
+def _signed(platform: Platform) -> CheckpointDocument | None:
+    """The platform's current checkpoint with its public key; None before the first one or
+    when its file is damaged (the chain's verify says which)."""
+    signer = platform.audit.signer
+    latest = signer.latest()
+    if latest is None or latest.seq < 0:
+        return None
+    return CheckpointDocument(
+        seq=latest.seq,
+        hash=latest.hash,
+        signed_at=latest.signed_at,
+        signature=latest.signature,
+        public_key=signer.public_key_pem(),
+    )
+
+
+@router.get("/audit/checkpoint", response_model=CheckpointDocument)
+async def checkpoint(platform: PlatformDep, _user: AuditReader) -> CheckpointDocument:
+    """The newest signed checkpoint and the platform's audit public key: keep it somewhere the
+    platform's host cannot write and verify against it later (POST /audit/verify)."""
+    signed = _signed(platform)
+    if signed is None:
+        raise Conflict(
+            "The platform has no readable signed checkpoint; run 'tether audit verify' to see why."
+        )
+    return signed
+
+
+@router.post("/audit/verify", response_model=WitnessVerifyOut)
+async def verify_against(
+    platform: PlatformDep, _user: AuditReader, body: VerifyAgainst
+) -> WitnessVerifyOut:
+    """Check the whole chain and, when it is intact, whether it still extends a checkpoint kept
+    elsewhere (the platform's own checkpoint file can be rolled back; a witness's cannot)."""
+    signed = _signed(platform)
+    report = await platform.audit.verify()
+    witness: WitnessOut | None = None
+    given = body.checkpoint
+    if given is not None and report.intact:
+        kept = Checkpoint(given.seq, given.hash, given.signed_at, given.signature)
+        result = await check_witness(platform.audit, kept, report.head_seq)
+        witness = WitnessOut(
+            extends=result.extends,
+            genuine=result.genuine,
+            checkpoint_seq=result.checkpoint_seq,
+            head_seq=result.head_seq,
+            reason=result.reason,
+        )
+    return WitnessVerifyOut(**report.to_json(), signed=signed, witness=witness)
 
 
 @router.get("/audit/export")

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 
 from tether.protocol import Permission
 from tether.server.errors import Forbidden, Unauthenticated
+from tether.server.services.client_text import untrusted_text
 from tether.server.services.platform import Platform
 from tether.server.services.users import User
 
@@ -40,7 +41,9 @@ def get_platform(request: Request) -> Platform:
 def source_of(request: Request) -> str:
     """Who is calling, for the audit log: address and client software."""
     address = request.client.host if request.client else "unknown"
-    agent = request.headers.get("user-agent", "")[:60]
+    # The client chooses its user agent: bounded and without control characters before it goes
+    # into a signed record or onto a page.
+    agent = untrusted_text(request.headers.get("user-agent", ""), limit=60)
     return f"{address} {agent}".strip()
 
 

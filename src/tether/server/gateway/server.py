@@ -1,8 +1,9 @@
 """Admits agents on the agent port and runs each connection's read loop.
 
 Chain verification happens in the TLS handshake (a certificate from another CA, an expired one or
-none at all never reaches the handler; it is logged with the peer address); revocation and unknown
-serials are decided here, against the hosts table, and audited.
+none at all never reaches the handler; it is logged with the peer address and counted in the
+per-source summary of TLS refusals, one audit record per source per minute, ADR 0026); revocation
+and unknown serials are decided here, against the hosts table, and audited.
 """
 
 import asyncio
@@ -36,6 +37,8 @@ from tether.server.services.file_transfers import FileTransfers
 from tether.server.services.hosts import CertificateStatus, Hosts
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
+from tether.server.services.refusal_summary import RefusalSummary
+from tether.server.services.tls_profile import hardened
 from tether.server.store.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,7 @@ log = logging.getLogger(__name__)
 
 def agent_ssl_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
     """TLS for the agent port: our server certificate, client certificates from our CA only."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context = hardened(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.load_cert_chain(cert_file, key_file)
     context.load_verify_locations(cafile=ca_file)
     context.verify_mode = ssl.CERT_REQUIRED
@@ -68,6 +70,7 @@ class _TlsServerConnection(ServerConnection):
     tls_context: ssl.SSLContext
     tls_timeout: float
     tls_shutdown_timeout: float
+    tls_refusals: RefusalSummary | None
 
     _raw: asyncio.Transport
     _early: bytearray
@@ -135,6 +138,10 @@ class _TlsServerConnection(ServerConnection):
             )
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning("TLS handshake refused from %s: %s", peer, exc or type(exc).__name__)
+            # A peer that only opened and closed the connection (a TCP health check, a port
+            # scan) is no refusal: counting it would write a record a minute per load balancer.
+            if self.tls_refusals is not None and isinstance(exc, ssl.SSLError | TimeoutError):
+                self.tls_refusals.note(address[0] if address else "unknown", refusal_reason(exc))
             raw.abort()
             return
         finally:
@@ -147,13 +154,36 @@ class _TlsServerConnection(ServerConnection):
         super().connection_made(tls)
 
 
+def refusal_reason(exc: ssl.SSLError | TimeoutError) -> str:
+    """A short, bounded name for why a handshake failed: the summary's and /metrics' label."""
+    if isinstance(exc, TimeoutError):
+        return "handshake timeout"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "no client certificate"
+        if reason in {"CERTIFICATE_VERIFY_FAILED", "TLSV1_ALERT_UNKNOWN_CA"}:
+            return "certificate not accepted"
+        if reason in {"NO_SHARED_CIPHER", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE"}:
+            return "no common protocol or cipher"
+    return "other TLS error"
+
+
 def _tls_connection_class(
-    context: ssl.SSLContext, timeout: float, shutdown_timeout: float
+    context: ssl.SSLContext,
+    timeout: float,
+    shutdown_timeout: float,
+    refusals: RefusalSummary | None,
 ) -> type[ServerConnection]:
     return type(
         "TlsServerConnection",
         (_TlsServerConnection,),
-        {"tls_context": context, "tls_timeout": timeout, "tls_shutdown_timeout": shutdown_timeout},
+        {
+            "tls_context": context,
+            "tls_timeout": timeout,
+            "tls_shutdown_timeout": shutdown_timeout,
+            "tls_refusals": refusals,
+        },
     )
 
 
@@ -184,8 +214,10 @@ class AgentGateway:
         audit: AuditLog,
         heartbeat_seconds: int,
         hello_timeout: float,
+        tls_refusals: RefusalSummary | None = None,
     ) -> None:
         self._hosts = hosts
+        self._tls_refusals = tls_refusals
         self._presence = presence
         self._policies = policies
         self._dispatcher = dispatcher
@@ -200,7 +232,9 @@ class AgentGateway:
             host,
             port,
             # TLS is done per connection (see _TlsServerConnection), not by the listening socket.
-            create_connection=_tls_connection_class(context, timeout=15, shutdown_timeout=2),
+            create_connection=_tls_connection_class(
+                context, timeout=15, shutdown_timeout=2, refusals=self._tls_refusals
+            ),
             compression=None,  # deflate made bulk transfer 20x slower (DESIGN.md section 4)
             max_size=MAX_FRAME_BYTES,
             max_queue=16,

@@ -243,6 +243,7 @@ class AuditLog:
                 async with self._engine.begin() as conn:
                     tx = AuditTransaction(self, conn)
                     yield tx
+                    await tx.flush()
                     if tx.last is not None and tx.extends:
                         prepared = self._signer.prepare(tx.last.seq, tx.last.hash, self._clock())
                 if prepared is not None:
@@ -445,6 +446,22 @@ class AuditTransaction:
         self.last: AuditRecord | None = None
         self.extends = True
         self._head: tuple[int, str] | None = None
+        # Records appended but not yet written: written together, with one head update, before
+        # the commit (a fan-out's endings are thousands of records in one transaction).
+        self._pending: list[dict[str, Any]] = []
+
+    async def flush(self) -> None:
+        """Write the records appended so far (done before the commit; needed only before reading
+        this transaction's own records back)."""
+        if not self._pending or self.last is None:
+            return
+        await self.conn.execute(insert(audit_records), self._pending)
+        await self.conn.execute(
+            update(audit_head)
+            .where(audit_head.c.id == 1)
+            .values(seq=self.last.seq, hash=self.last.hash)
+        )
+        self._pending = []
 
     async def _current_head(self) -> tuple[int, str]:
         if self._head is None:
@@ -454,7 +471,8 @@ class AuditTransaction:
 
     async def next_seq(self) -> int:
         """The sequence number the next `record` in this transaction gets (a row can name its
-        record before the record is written)."""
+        record before the record is written). The first call takes the head's lock: from then on
+        no other audit transaction can interleave."""
         seq, _ = await self._current_head()
         return seq + 1
 
@@ -482,10 +500,7 @@ class AuditTransaction:
             "prev_hash": head_hash,
         }
         stored = AuditRecord(**fields, hash=record_hash(**fields))
-        await self.conn.execute(insert(audit_records).values(**stored.__dict__))
-        await self.conn.execute(
-            update(audit_head).where(audit_head.c.id == 1).values(seq=stored.seq, hash=stored.hash)
-        )
+        self._pending.append(dict(stored.__dict__))
         self._head = (stored.seq, stored.hash)
         self.last = stored
         return stored

@@ -8,6 +8,7 @@ enrolls one and hands the secret back, to be shown or written next to the passwo
 import asyncio
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from tether.protocol import Role
 from tether.protocol.totp import new_secret, provisioning_uri, to_base32
@@ -15,6 +16,7 @@ from tether.server.auth.passwords import generate_password
 from tether.server.config import CONFIG_FILE, Settings, save_settings
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner
+from tether.server.services.checkpoint_sinks.syslog import collector_context, parse_syslog_target
 from tether.server.services.mfa import load_sealer
 from tether.server.services.pki import CertificateAuthority, save_keypair
 from tether.server.services.platform import session_policy
@@ -35,6 +37,22 @@ class InitResult:
     mfa_secret: str
     mfa_uri: str
     recovery_codes: list[str]
+
+
+def check_witness_options(settings: Settings) -> None:
+    """Refuse, in one sentence and before anything is created, checkpoint sinks that cannot
+    work: a collector address that is not one, a CA file that is missing, a file whose folder
+    does not exist."""
+    if settings.checkpoint_syslog_ca and not settings.checkpoint_syslog.startswith("tls://"):
+        raise ConfigurationError("--checkpoint-syslog-ca needs a tls:// --checkpoint-syslog.")
+    if settings.checkpoint_syslog:
+        parse_syslog_target(settings.checkpoint_syslog)
+    if settings.checkpoint_syslog_ca:
+        collector_context(Path(settings.checkpoint_syslog_ca))
+    if settings.checkpoint_file and not Path(settings.checkpoint_file).parent.is_dir():
+        raise ConfigurationError(
+            f"The folder of {settings.checkpoint_file} does not exist; create it first."
+        )
 
 
 def initialise(settings: Settings, ips: list[str]) -> InitResult:
@@ -59,7 +77,11 @@ def initialise(settings: Settings, ips: list[str]) -> InitResult:
     # Written last: its presence marks a complete data directory.
     save_settings(
         settings,
-        ["hostname", "listen", "agent_listen", "public_url", "agent_public_url", "database_url"],
+        [
+            *("hostname", "listen", "agent_listen", "public_url", "agent_public_url"),
+            *("database_url", "checkpoint_syslog", "checkpoint_syslog_ca", "checkpoint_file"),
+            "trusted_proxies",
+        ],
     )
     return InitResult(
         ADMIN_USERNAME,

@@ -9,6 +9,7 @@ again. Listeners (witnesses such as a SIEM sink) hear of every published checkpo
 """
 
 import base64
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from tether.protocol.checkpoint import CheckpointDocument, checkpoint_message
 from tether.server.errors import ConfigurationError, Unavailable
 from tether.server.services.pki import write_private
 from tether.server.store.faults import STORAGE_FULL, is_storage_full
@@ -37,10 +39,36 @@ class Checkpoint:
     signature: str
 
     def message(self) -> bytes:
-        return f"tether-audit-checkpoint-v1\n{self.seq}\n{self.hash}\n{self.signed_at}".encode()
+        return checkpoint_message(self.seq, self.hash, self.signed_at)
 
     def to_json(self) -> dict[str, str | int]:
         return dict(self.__dict__)
+
+
+def public_key_from_pem(pem: str) -> Ed25519PublicKey:
+    """The Ed25519 public key in `pem`; ValueError when it is not one."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a PEM public key") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 key")
+    return key
+
+
+def signed_by(key: Ed25519PublicKey, checkpoint: Checkpoint) -> bool:
+    """True when `checkpoint` carries a valid signature by `key`."""
+    try:
+        key.verify(base64.b64decode(checkpoint.signature, validate=True), checkpoint.message())
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def key_fingerprint(public_key_pem: str) -> str:
+    """SHA-256 (hex) of the PEM text of an audit public key: how the syslog messages and the web
+    name the key, short enough to compare by eye."""
+    return hashlib.sha256(public_key_pem.strip().encode()).hexdigest()
 
 
 def checkpoint_from_json(data: object) -> Checkpoint:
@@ -56,6 +84,19 @@ def checkpoint_from_json(data: object) -> Checkpoint:
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(str(exc)) from exc
+
+
+def checkpoint_document(checkpoint: Checkpoint, public_key_pem: str, platform: str) -> str:
+    """The checkpoint as one line of JSON, with the key that signed it and the platform's name:
+    what `tether audit verify --checkpoint` reads back, whichever witness kept it."""
+    document = CheckpointDocument(
+        seq=checkpoint.seq,
+        hash=checkpoint.hash,
+        signed_at=checkpoint.signed_at,
+        signature=checkpoint.signature,
+        public_key=public_key_pem,
+    )
+    return json.dumps({**document.model_dump(), "platform": platform}, separators=(",", ":"))
 
 
 CheckpointListener = Callable[[Checkpoint], None]
@@ -158,8 +199,4 @@ class CheckpointSigner:
             return Checkpoint(seq=-1, hash="", signed_at="", signature="")
 
     def is_genuine(self, checkpoint: Checkpoint) -> bool:
-        try:
-            self.public_key.verify(base64.b64decode(checkpoint.signature), checkpoint.message())
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        return signed_by(self.public_key, checkpoint)

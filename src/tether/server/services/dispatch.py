@@ -259,11 +259,26 @@ class Dispatcher:
             now,
         )
 
+    def _with_losses(self, ending: Ending) -> Ending:
+        """The ending, saying how much of its output storage refused, if any."""
+        lost = self._lost.get(ending.job_id)
+        if not lost:
+            return ending
+        note = f"Output incomplete: {lost} bytes were lost because the platform's storage was full."
+        return replace(
+            ending,
+            error=f"{ending.error} {note}" if ending.error else note,
+            stamps={**ending.stamps, "output_lost_bytes": lost},
+        )
+
     async def _end(self, endings: list[Ending], now: datetime) -> list[FinishedJob]:
         """Platform-decided endings, with their outcome records, then their listeners."""
         async with self._audit.transaction() as tx:
-            finished = await end_jobs(tx, endings, source="platform", now=now)
+            finished = await end_jobs(
+                tx, [self._with_losses(e) for e in endings], source="platform", now=now
+            )
         for job in finished:
+            self._lost.pop(job.job_id, None)
             self._events.notify(job.job_id)
             await self._announce(job)
         return finished
@@ -300,11 +315,15 @@ class Dispatcher:
         if status.state in FINAL_AGENT_STATES:
             try:
                 recorded = await self._endings.submit(status.job_id, (host_id, status))
-            except Exception:
-                log.exception(
-                    "Could not record how job %s ended; the agent keeps it", status.job_id
-                )
+            except Exception as exc:
+                if is_storage_full(exc):
+                    self._faults.count("ending", exc)
+                else:
+                    log.exception("Could not record how job %s ended", status.job_id)
+                # Not acknowledged: the agent keeps it; the sweeper tries again meanwhile.
+                self._unrecorded[status.job_id] = (host_id, status)
                 return
+            self._unrecorded.pop(status.job_id, None)
             if status.job_id in recorded:
                 link = self._presence.link(host_id)
                 if link is not None:
@@ -363,16 +382,8 @@ class Dispatcher:
                 if ending is not None and ending.result is not None and check is not None
                 else None
             )
-            if ending is not None and (lost := self._lost.get(job_id)):
-                note = (
-                    f"Output incomplete: {lost} bytes were lost because the platform's storage "
-                    "was full."
-                )
-                ending = replace(
-                    ending,
-                    error=f"{ending.error} {note}" if ending.error else note,
-                    stamps={**ending.stamps, "output_lost_bytes": lost},
-                )
+            if ending is not None:
+                ending = self._with_losses(ending)
             if ending is not None and problem is not None:
                 ending = Ending(
                     job_id=job_id,
@@ -462,8 +473,9 @@ class Dispatcher:
         return True
 
     async def _note_dropped(self, conn: AsyncConnection, job_id: str, now: datetime) -> None:
-        # Sequence -1 is the platform's own notice, stored once per job.
-        await conn.execute(
+        # Sequence -1 is the platform's own notice, stored once per job. It counts as a stored
+        # piece, so the job's outcome record hashes it with the rest (job_outcomes.end_jobs).
+        stored = await conn.execute(
             insert_ignoring_duplicates(conn, job_output).values(
                 job_id=job_id,
                 seq=-1,
@@ -476,6 +488,10 @@ class Dispatcher:
                 created_at=now,
             )
         )
+        if stored.rowcount:
+            await conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(output_count=jobs.c.output_count + 1)
+            )
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -531,13 +547,11 @@ class Dispatcher:
                 .where(jobs.c.state.in_(("delivered", "running")))
             )
             silent_ended: dict[str, tuple[str, str]] = {}
-            silent_rows: dict[str, Any] = {}
             for row in silent:
                 since = as_utc(row.started_at) or as_utc(row.delivered_at) or as_utc(row.sent_at)
                 if since is None:
                     continue
                 if since + timedelta(seconds=row.timeout_seconds) + REPORT_GRACE < now:
-                    silent_rows[row.id] = row
                     grace = int(REPORT_GRACE.total_seconds() // 60)
                     where = (
                         "The agent"

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.protocol import can_move
+from tether.protocol import UNFINISHED, can_move
 from tether.server.services.audit import AuditRecord, AuditTransaction
 from tether.server.services.file_transfers import FinishedJob
 from tether.server.store.db import as_utc
@@ -34,6 +34,7 @@ OUTCOME_ACTION = "job.outcome"
 # ones (a process list) are bound by their SHA-256 and summarised.
 _INLINE_RESULT = 2048
 _PAGE = 2000
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
 _CHUNK = 500
 
 
@@ -87,6 +88,9 @@ async def output_digest(conn: AsyncConnection, job_id: str) -> dict[str, Any]:
     return {"pieces": pieces, "size": size, "sha256": digest.hexdigest()}
 
 
+_EMPTY: dict[str, Any] = {"pieces": 0, "size": 0, "sha256": _EMPTY_SHA256}
+
+
 def _outcome(state: str) -> str:
     return "success" if state == "succeeded" else "failure"
 
@@ -118,6 +122,7 @@ def _row_query() -> Any:
         jobs.c.sent_at,
         jobs.c.created_by,
         jobs.c.output_lost_bytes,
+        jobs.c.output_count,
         batches.c.args,
     ).join(batches, batches.c.id == jobs.c.batch_id)
 
@@ -127,6 +132,9 @@ async def end_jobs(
 ) -> list[FinishedJob]:
     """Move each job to its final state with its outcome record, in `tx`; returns the jobs that
     moved (a job already ended, or one the state machine does not let move, is left alone)."""
+    # The head's lock first: every move to a final state happens in an audit transaction, so
+    # from here on no other ending can interleave and the states read below stay final or not.
+    await tx.next_seq()
     wanted = [e.job_id for e in endings]
     rows: dict[str, Any] = {}
     for start in range(0, len(wanted), _CHUNK):
@@ -134,6 +142,7 @@ async def end_jobs(
         for found in await tx.conn.execute(_row_query().where(jobs.c.id.in_(chunk))):
             rows[found.id] = found
     ended: list[FinishedJob] = []
+    moves: list[dict[str, Any]] = []
     for ending in endings:
         row: Any = rows.get(ending.job_id)
         if row is None:
@@ -146,22 +155,9 @@ async def end_jobs(
                 ending.state,
             )
             continue
-        digest = await output_digest(tx.conn, ending.job_id)
-        seq = await tx.next_seq()
-        moved = await tx.conn.execute(
-            update(jobs)
-            .where(jobs.c.id == ending.job_id, jobs.c.state == row.state)
-            .values(
-                state=ending.state,
-                error=ending.error,
-                result=ending.result,
-                finished_at=now,
-                outcome_seq=seq,
-                **ending.stamps,
-            )
-        )
-        if not moved.rowcount:
-            continue
+        # Nothing stored, nothing to read: most jobs of a fan-out print nothing.
+        digest = await output_digest(tx.conn, ending.job_id) if row.output_count else _EMPTY
+        lost = int(ending.stamps.get("output_lost_bytes") or row.output_lost_bytes or 0)
         details: dict[str, Any] = {
             "job": ending.job_id,
             "batch": row.batch_id,
@@ -175,16 +171,28 @@ async def end_jobs(
             **_result_facts(row.action, ending.result),
             **ending.facts,
         }
-        lost = int(ending.stamps.get("output_lost_bytes") or row.output_lost_bytes or 0)
         if lost:
             details["output_lost_bytes"] = lost
-        await tx.record(
+        record = await tx.record(
             OUTCOME_ACTION,
             actor=row.created_by,
             target=f"job:{ending.job_id}",
             outcome=_outcome(ending.state),
             source=source,
             details=details,
+        )
+        rows[ending.job_id] = None  # a second ending of the same job in this call is ignored
+        moves.append(
+            {
+                "b_id": ending.job_id,
+                "b_state": ending.state,
+                "b_error": ending.error,
+                "b_result": ending.result,
+                "b_seq": record.seq,
+                "b_delivered_at": ending.stamps.get("delivered_at"),
+                "b_cancel_requested_by": ending.stamps.get("cancel_requested_by"),
+                "b_lost": lost,
+            }
         )
         ended.append(
             FinishedJob(
@@ -197,6 +205,25 @@ async def end_jobs(
                 created_by=row.created_by,
                 args=json.loads(row.args),
             )
+        )
+    if moves:
+        await tx.conn.execute(
+            update(jobs)
+            # Spelled out: an IN list cannot be used with executemany.
+            .where(jobs.c.id == bindparam("b_id"), or_(*(jobs.c.state == s for s in UNFINISHED)))
+            .values(
+                state=bindparam("b_state"),
+                error=bindparam("b_error"),
+                result=bindparam("b_result"),
+                finished_at=now,
+                outcome_seq=bindparam("b_seq"),
+                delivered_at=func.coalesce(bindparam("b_delivered_at"), jobs.c.delivered_at),
+                cancel_requested_by=func.coalesce(
+                    bindparam("b_cancel_requested_by"), jobs.c.cancel_requested_by
+                ),
+                output_lost_bytes=bindparam("b_lost"),
+            ),
+            moves,
         )
     return ended
 

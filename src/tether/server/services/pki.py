@@ -19,8 +19,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tether.server.errors import ConfigurationError, Invalid
 
 CA_LIFETIME = timedelta(days=3650)
-SERVER_LIFETIME = timedelta(days=825)
-AGENT_LIFETIME = timedelta(days=825)
+# Certificates the CA issues live at most 398 days (the CA/Browser Forum's limit). The server's
+# lives 365: Mozilla's "intermediate" profile (5.7) flags a leaf certificate over 366 days
+# (ADR 0027). `tether server renew-cert` issues the next one.
+SERVER_LIFETIME = timedelta(days=365)
+AGENT_LIFETIME = timedelta(days=398)
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -191,6 +194,15 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
+
+
+def server_names(cert: x509.Certificate) -> tuple[str, list[str]]:
+    """The host name and the addresses a server certificate was issued for."""
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = sans.get_values_for_type(x509.DNSName)
+    if not names:
+        raise ConfigurationError("The server certificate names no host; run 'tether server init'.")
+    return names[0], [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
 
 
 def serial_hex(cert: x509.Certificate) -> str:

@@ -10,6 +10,7 @@ from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
+from tether.server.services.checkpoint_sink import CheckpointWitnesses, build_witnesses
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.endpoint_misbehaviour import EndpointMisbehaviour
 from tether.server.services.enrollment import Enrollment
@@ -25,14 +26,19 @@ from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
 from tether.server.services.reachability import Reachability
+from tether.server.services.refusal_summary import RefusalSummary
 from tether.server.services.script_files import ScriptFiles
 from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
+from tether.server.services.server_certificate import CertificateWatch, load_certificate
 from tether.server.services.team import Team
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
 from tether.server.store.db import create_engine
 from tether.server.store.faults import FaultCounter
+
+# The audit action of the per-source summary of TLS handshakes refused on the agent port.
+TLS_REFUSALS = "agent.tls_refused"
 
 
 def session_policy(settings: Settings) -> SessionPolicy:
@@ -69,13 +75,22 @@ class Platform:
     isolation: Isolation
     bindings: ResultBindings
     faults: FaultCounter
+    # Where each signed audit checkpoint is sent off the host (started by the runner).
+    witnesses: CheckpointWitnesses
+    # TLS handshakes refused on the agent port, one audit record per source per minute.
+    tls_refusals: RefusalSummary
+    # The server certificate being served: /metrics and the log watch its end.
+    certificate: CertificateWatch
+    # What enrolled endpoints claimed about jobs not their own, recorded per host per minute.
     misbehaviour: EndpointMisbehaviour
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
         engine = engine or create_engine(settings.db_url)
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
-        audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
+        signer = CheckpointSigner(settings.audit_key, settings.audit_anchor)
+        witnesses = build_witnesses(settings, signer)
+        audit = AuditLog(engine, signer)
         bindings = ResultBindings(engine, audit)
         # `tether audit verify` also checks that stored results still match their records.
         audit.add_check(bindings.check_all)
@@ -147,11 +162,18 @@ class Platform:
             isolation=isolation,
             bindings=bindings,
             faults=faults,
+            witnesses=witnesses,
+            tls_refusals=RefusalSummary(audit, TLS_REFUSALS),
+            certificate=CertificateWatch(load_certificate(settings.server_cert)),
             misbehaviour=misbehaviour,
         )
 
     async def close(self) -> None:
+        # The last minute's refusals: written now, or lost with the process.
+        for summary in (self.users.login_failures, self.tls_refusals):
+            await summary.flush(everything=True)
         await self.misbehaviour.close()
         await self.transfers.close()
         await self.presence.flush()
+        await self.witnesses.close()
         await self.engine.dispose()

@@ -2,7 +2,9 @@
 
 A login is the password step, then (for anyone with a second factor) the code step. Someone who
 must use a second factor but has none gets a session limited to enrolling one. Every attempt, at
-either step, goes to the audit log and to the throttle.
+either step, goes to the throttle and to the audit log: a success or a wrong second-factor code
+(the password was right) as a record of its own, a failed password or a throttled attempt in the
+per-source summary (ADR 0026), so an unauthenticated flood cannot grow the chain without bound.
 """
 
 import asyncio
@@ -25,6 +27,7 @@ from tether.server.errors import Conflict, Invalid, Throttled, Unauthenticated
 from tether.server.services.access_settings import AccessSettings, read_access_settings
 from tether.server.services.audit import AuditLog
 from tether.server.services.mfa import CodeCheck, Mfa
+from tether.server.services.refusal_summary import RefusalSummary
 from tether.server.services.throttle import LoginThrottle, ThrottlePolicy
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import sessions, user_roles, users
@@ -36,6 +39,8 @@ USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 LOGIN_REFUSED = "The username or password is wrong."
 CODE_REFUSED = "The code is wrong; enter the one your authenticator app shows now."
 CODE_REPLAYED = "That code was already used; wait for the next one."
+# The audit action of the per-source summary of failed and throttled login attempts.
+LOGIN_FAILURES = "auth.login.failures"
 # A pending second step lives this long and dies after this many wrong codes.
 SECOND_STEP_LIFETIME = timedelta(minutes=5)
 SECOND_STEP_TRIES = 5
@@ -101,6 +106,11 @@ def address_of(source: str) -> str:
     return source.partition(" ")[0] or "unknown"
 
 
+def client_text_of(source: str) -> str:
+    """The user-agent part of a `source` ("ADDRESS user-agent")."""
+    return source.partition(" ")[2]
+
+
 class Users:
     """Accounts and sessions; every login attempt goes to the audit log."""
 
@@ -119,6 +129,8 @@ class Users:
         self._policy = policy
         self._clock = clock
         self._throttle = LoginThrottle(throttle or ThrottlePolicy())
+        # Failed and throttled logins, one audit record per source per minute.
+        self.login_failures = RefusalSummary(audit, LOGIN_FAILURES, clock)
         self._access_lost: list[AccessLostListener] = []
         self.mfa = Mfa(engine, audit, sealer, clock)
 
@@ -240,15 +252,17 @@ class Users:
         now = self._clock()
         wait = await self._throttle.wait_needed(conn, username, address_of(source), now)
         if wait is not None:
-            await self._audit.record(
-                "auth.login",
-                actor=username[:64] or "-",
-                outcome="failure",
-                source=source,
-                details={"client": client, "reason": "throttled", "factor": factor, "wait": wait},
-            )
+            self._note_failure(username, source, client, f"throttled ({factor})")
             unit = "second" if wait == 1 else "seconds"
             raise Throttled(f"Too many failed logins; try again in {wait} {unit}.", wait)
+
+    def _note_failure(self, username: str, source: str, client: str, reason: str) -> None:
+        self.login_failures.note(
+            address_of(source),
+            f"{reason} via {client}",
+            account=username or "-",
+            client_text=client_text_of(source),
+        )
 
     async def login(self, username: str, password: str, *, source: str, client: str) -> Session:
         """Check the password; open a session, a pending second step or an enrollment-only
@@ -260,11 +274,18 @@ class Users:
                 conn, username, address_of(source), now, success=False
             )
         async with self._engine.connect() as conn:
+            # A name no account can have is not looked up (a NUL would fail the query itself).
             row = (
-                await conn.execute(
-                    select(users.c.id, users.c.password_hash).where(users.c.username == username)
-                )
-            ).first()
+                (
+                    await conn.execute(
+                        select(users.c.id, users.c.password_hash).where(
+                            users.c.username == username
+                        )
+                    )
+                ).first()
+                if USERNAME.fullmatch(username)
+                else None
+            )
             user = await self._load(conn, int(row.id)) if row is not None else None
             settings = await read_access_settings(conn)
         # Outside any transaction: Argon2id takes a while and must not hold a connection's locks.
@@ -274,13 +295,7 @@ class Users:
             async with self._engine.begin() as conn:
                 await self._throttle.mark_success(conn, attempt)
         if reason is not None or user is None:
-            await self._audit.record(
-                "auth.login",
-                actor=username[:64] or "-",
-                outcome="failure",
-                source=source,
-                details={"client": client, "reason": reason, "factor": "password"},
-            )
+            self._note_failure(username, source, client, reason or "unknown user")
             raise Unauthenticated(LOGIN_REFUSED)
         if user.mfa_enabled:
             stage, expires = Stage.SECOND_FACTOR, now + SECOND_STEP_LIFETIME

@@ -15,6 +15,7 @@ from tether.server.api.audit_filters import JSON_LINES, audit_search, export_str
 from tether.server.api.deps import PlatformDep
 from tether.server.errors import Invalid
 from tether.server.services.audit import AuditRecord
+from tether.server.services.checkpoints import key_fingerprint
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.templating import render
@@ -105,4 +106,13 @@ async def export(request: Request, platform: PlatformDep, _user: AuditReader) ->
 async def verify(request: Request, platform: PlatformDep, _user: AuditReader) -> Response:
     """The chain's verdict, as a fragment the Verify button puts on the page."""
     report = await platform.audit.verify()
-    return render(request, "verify_result.html", report=report)
+    signer = platform.audit.signer
+    # What to compare with a checkpoint kept elsewhere (ADR 0032): this check alone cannot see
+    # its own checkpoint file rolled back.
+    return render(
+        request,
+        "verify_result.html",
+        report=report,
+        signed=signer.latest(),
+        key_sha256=key_fingerprint(signer.public_key_pem()),
+    )

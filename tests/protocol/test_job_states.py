@@ -1,0 +1,43 @@
+"""The one job state machine: what may move where, and that nothing leaves an ending."""
+
+import pytest
+
+from tether.protocol import (
+    FINAL_AGENT_STATES,
+    FINAL_STATES,
+    STATES,
+    UNFINISHED,
+    InvalidTransition,
+    can_move,
+    check_move,
+    is_final,
+)
+from tether.protocol.job_states import TRANSITIONS
+
+
+def test_every_state_is_declared_once_and_split_into_unfinished_and_final() -> None:
+    assert set(STATES) == set(TRANSITIONS)
+    assert set(UNFINISHED) | FINAL_STATES == set(STATES)
+    assert not set(UNFINISHED) & FINAL_STATES
+    assert FINAL_AGENT_STATES < FINAL_STATES
+    assert {"expired"} == FINAL_STATES - FINAL_AGENT_STATES
+
+
+@pytest.mark.parametrize("ending", sorted(FINAL_STATES))
+def test_nothing_leaves_an_ending(ending: str) -> None:
+    assert is_final(ending)
+    for state in STATES:
+        assert not can_move(ending, state)
+    with pytest.raises(InvalidTransition, match=f"A job cannot move from {ending} to running."):
+        check_move(ending, "running")
+
+
+def test_the_lifecycle_moves_forward_only() -> None:
+    assert can_move("queued", "delivered")
+    assert can_move("delivered", "running")
+    assert can_move("running", "succeeded")
+    assert not can_move("running", "delivered")
+    assert not can_move("delivered", "queued")
+    # Only the platform decides an expiry, and only for a job its agent never had.
+    assert can_move("queued", "expired")
+    assert not can_move("running", "expired")
