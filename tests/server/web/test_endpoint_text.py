@@ -52,3 +52,22 @@ def test_the_rows_csv_escapes_and_neutralises_what_the_endpoint_wrote() -> None:
         ["ws-01\\u202eexe.gpj\\x9b2J", '\'=HYPERLINK("http://x")', "\\x00=1+1"],
         ["'@host", "'-2\\x85", "plain"],
     ]
+
+
+async def test_session_history_shows_what_an_endpoint_named_with_visible_escapes(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await platform.audit.record(
+        "endpoint.misbehaviour",
+        actor="endpoint",
+        target="host:h-9",
+        outcome="failure",
+        source="endpoint",
+        details={"first": {"kind": "job.status for a job not its own", "named": LOOK_ALIKE}},
+    )
+    page = await admin_browser.get("/session-history")
+    assert page.status_code == 200
+    assert "endpoint.misbehaviour" in page.text
+    assert "\u202e" not in page.text
+    assert "\x9b" not in page.text
+    assert "ws-01\\u202eexe.gpj\\x9b2J" in page.text
