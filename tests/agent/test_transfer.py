@@ -308,6 +308,38 @@ async def test_a_temporary_file_swapped_before_the_rename_is_not_installed(
     assert not destination.exists()
 
 
+async def test_a_file_changed_on_disk_before_the_rename_is_not_installed(
+    tmp_path: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent confirms the hash of the file read back from its disk, not of what it meant
+    to write: bytes changed in place after they were written fail the deploy."""
+    destination = tmp_path / "tool"
+    data = b"payload"
+    real_fsync = os.fsync
+    tampered: list[Path] = []
+
+    def fsync_then_tamper(fd: int) -> None:
+        real_fsync(fd)
+        temp = next(tmp_path.glob(".tether-*.part"), None)
+        if temp is not None and temp.stat().st_size == len(data) and not tampered:
+            with temp.open("r+b") as same_file:
+                same_file.write(b"P")
+            tampered.append(temp)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_tamper)
+    with pytest.raises(TransferFailed) as failed:
+        await put(store, data, destination, job="job-tampered")
+    assert tampered
+    # As the platform hears it from the agent's abort.
+    assert str(failed.value) == (
+        "The endpoint refused the file: The file as written to the endpoint's disk has SHA-256 "
+        f"{hashlib.sha256(b'Payload').hexdigest()}, not the {hashlib.sha256(data).hexdigest()} "
+        "that arrived, so it was not installed."
+    )
+    assert not destination.exists()
+    assert leftovers(tmp_path) == []
+
+
 async def test_a_put_cut_short_by_a_restart_leaves_no_temporary_file_behind(
     tmp_path: Path, store: BlobStore
 ) -> None:

@@ -51,3 +51,23 @@ async def test_a_time_that_is_not_one_is_refused_in_one_sentence(cli: Cli) -> No
         "24h or 7d."
     )
     assert done.stdout == ""
+
+
+async def test_the_export_writes_what_a_terminal_would_act_on_as_json_escapes(
+    cli: Cli, platform: Platform
+) -> None:
+    """A record quoting an endpoint's words (a hostname with a right-to-left override and an
+    8-bit CSI) prints harmlessly, and a SIEM parsing the line reads the very same value."""
+    named = "ws-01\u202eexe.gpj\x9b2J\x1b]0;t\x07"
+    await platform.audit.record(
+        "isolation.reported",
+        actor="endpoint",
+        target="host:h-9",
+        source="endpoint",
+        details={"named": named},
+    )
+    out = (await cli("audit", "export", "--action", "isolation.")).stdout
+    assert not [c for c in ("\u202e", "\x9b", "\x1b", "\x07") if c in out]
+    assert "ws-01\\u202eexe.gpj\\u009b2J\\u001b]0;t\\u0007" in out
+    (record,) = map(json.loads, out.splitlines())
+    assert record["details"]["named"] == named

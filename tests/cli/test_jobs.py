@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from ..server.support import add_host
 from .conftest import Cli, Hosts
 
 SCRIPT = "Write-Output hello\n"
@@ -75,7 +76,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
             ("stderr", "a warning\n"),
             ("row", {"path": "C:\\x.exe", "size": 10}),
             ("row", {"path": "C:\\y.exe", "size": 20, "signed": True}),
-            ("notice", "almost out of room"),
+            ("log", "almost out of room"),
         ],
         result={"exit_code": 0, "output_truncated": True},
     )
@@ -94,7 +95,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
     assert "\x1b" not in out
     assert "\x07" not in out
     assert "stderr: a warning" in out
-    assert "notice: almost out of room" in out
+    assert "log: almost out of room" in out
     assert "C:\\y.exe" in out
     assert "signed" in out
 
@@ -107,7 +108,7 @@ async def test_job_show_prints_fields_result_output_and_rows(
         "rows_truncated": False,
         "error": None,
     }
-    assert [p["stream"] for p in as_json["output"]] == ["stdout", "stderr", "row", "row", "notice"]
+    assert [p["stream"] for p in as_json["output"]] == ["stdout", "stderr", "row", "row", "log"]
 
 
 async def test_job_show_unknown_id_is_one_sentence(cli: Cli, hosts: Hosts) -> None:
@@ -150,3 +151,35 @@ async def test_actions_lists_declarations(cli: Cli, hosts: Hosts) -> None:
     assert listed.code == 0
     assert {"system.noop", "script.run"} <= {a["name"] for a in json.loads(listed.stdout)}
     assert "system.noop" in (await cli("actions")).stdout
+
+
+LOOK_ALIKE = "ws-01\u202eexe.gpj\x9b2J"
+ERROR = "failed on \u2066ws-02\u2069\x85 again"
+
+
+async def test_a_look_alike_hostname_and_error_read_as_what_they_are(
+    cli: Cli, hosts: Hosts, tmp_path: Path
+) -> None:
+    """An endpoint names itself and words its errors: tables show '?' for what a terminal or a
+    reader would act on, --json writes it as \\u escapes and parses back to the same text."""
+    host_id = await add_host(hosts.platform.engine, LOOK_ALIKE, segment="lab")
+    hosts.ids[LOOK_ALIKE] = host_id
+    hosts.online(LOOK_ALIKE)
+    await submit(cli, tmp_path, host_id)
+    [job_id] = await hosts.jobs_of(LOOK_ALIKE)
+    await hosts.agent_runs(LOOK_ALIKE, job_id, state="failed", error=ERROR)
+    raw = ("\u202e", "\u2066", "\u2069", "\x9b", "\x85")
+    for command in (["hosts"], ["jobs"], ["job", "show", job_id]):
+        shown = await cli(*command)
+        assert shown.code == 0, shown.stderr
+        assert not [c for c in raw if c in shown.stdout], command
+    assert "ws-01?exe.gpj?2J" in (await cli("hosts")).stdout
+    assert "failed on ?ws-02?? again" in (await cli("job", "show", job_id)).stdout
+    for command in (["hosts", "--json"], ["jobs", "--json"]):
+        out = (await cli(*command)).stdout
+        assert not [c for c in raw if c in out], command
+        assert "ws-01\\u202eexe.gpj\\u009b2J" in out
+    listed = json.loads((await cli("jobs", "--json")).stdout)
+    assert {(j["hostname"], j["error"]) for j in listed if j["id"] == job_id} == {
+        (LOOK_ALIKE, ERROR)
+    }

@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from tether.cli.output import one_line, plain, table, terminal_text
+from tether.cli.output import emit_json, json_text, one_line, plain, table, terminal_text
 
 
 def test_plain_neutralises_terminal_escapes() -> None:
@@ -32,3 +34,29 @@ def test_table_cells_are_not_markup(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "[link=http://evil]x[/link] [bold]b" in out
     assert "\x1b" not in out
+
+
+# An endpoint names itself: a right-to-left override makes "ws-01<RLO>exe.gpj" read as a
+# different name, and C1 controls act on some terminals.
+LOOK_ALIKE = "ws-01\u202eexe.gpj\u2066x\u2069\x9b2J"
+
+
+def test_plain_and_terminal_text_cover_bidi_overrides() -> None:
+    assert plain(LOOK_ALIKE) == "ws-01?exe.gpj?x??2J"
+    assert terminal_text("a\u202eb\n") == "a?b\n"
+    assert one_line("error from \u202dhost\u202c") == "error from ?host?"
+
+
+def test_json_output_escapes_what_a_terminal_or_reader_would_act_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emit_json({"hostname": LOOK_ALIKE, "error": "del\x7f nel\x85", "ok": "Zürich"})
+    out = capsys.readouterr().out
+    assert "\u202e" not in out
+    assert "\x9b" not in out
+    assert "\x85" not in out
+    assert '"hostname": "ws-01\\u202eexe.gpj\\u2066x\\u2069\\u009b2J"' in out
+    assert "Zürich" in out  # other text stays readable
+    # The values are exact for a script that parses them.
+    assert json.loads(out) == {"hostname": LOOK_ALIKE, "error": "del\x7f nel\x85", "ok": "Zürich"}
+    assert json_text('{"a": "\u2067"}') == '{"a": "\\u2067"}'

@@ -7,6 +7,7 @@ from tether.protocol import (
     PROTOCOL_VERSION,
     Heartbeat,
     Hello,
+    JobOutput,
     JobRequest,
     JobStatus,
     Policy,
@@ -189,3 +190,19 @@ def test_an_agent_cannot_send_a_policy() -> None:
     frame = Policy(segment="lab", active_response=True).model_dump_json()
     with pytest.raises(ProtocolError, match="Malformed agent message"):
         parse_agent_message(frame)
+
+
+def test_an_agent_cannot_send_a_notice_the_platform_would_show_as_its_own() -> None:
+    frame = json.dumps(
+        {
+            "type": "job.output",
+            "job_id": "j1",
+            "seq": 0,
+            "stream": "notice",
+            "text": "The platform keeps at most 16777216 bytes and 100000 pieces of output per job; "
+            "the rest was dropped.",
+        }
+    )
+    with pytest.raises(ProtocolError, match="Malformed agent message"):
+        parse_agent_message(frame)
+    assert isinstance(parse_agent_message(frame.replace('"notice"', '"stderr"')), JobOutput)

@@ -3,6 +3,7 @@ import re
 import pytest
 
 from tether.protocol import ENDPOINT_TEXT, TRUNCATION_MARKER, clip, escape_text, safe_text
+from tether.protocol.text import readable
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,10 @@ def test_safe_text_escapes_then_clips() -> None:
     assert len(shown) == 50
     assert shown.startswith("\\x0a\\x0a")
     assert shown.endswith(TRUNCATION_MARKER)
+
+
+def test_readable_escapes_controls_and_bidi_but_keeps_lines() -> None:
+    assert readable("ws-01\u202eexe.gpj") == "ws-01\\u202eexe.gpj"
+    assert readable("a\x1b[2J\x07b\x9b\x7f") == "a\\x1b[2J\\x07b\\x9b\\x7f"
+    assert readable("line one\n\tline two\r") == "line one\n\tline two\\x0d"
+    assert readable("Zürich <b>") == "Zürich <b>"

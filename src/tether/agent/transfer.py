@@ -93,6 +93,16 @@ def _read_at(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def _sha256_on_disk(fd: int) -> str:
+    """The SHA-256 of the whole file behind `fd`, read back from it (after its fsync)."""
+    hasher = hashlib.sha256()
+    position = 0
+    while block := _read_at(fd, HASH_CHUNK_BYTES, position):
+        hasher.update(block)
+        position += len(block)
+    return hasher.hexdigest()
+
+
 def _write_at(fd: int, data: memoryview, offset: int) -> int:
     if hasattr(os, "pwrite"):
         return os.pwrite(fd, data, offset)
@@ -371,6 +381,7 @@ class _FileReceiver:
         # held while the temporary file is open, everything in it is done relative to it.
         self._folder: Folder | None = None
         self._expected_sha256 = sha256
+        self._on_disk_sha256 = ""
         self._fd = -1
         self._hasher = hashlib.sha256()
         self._transport: Transport | None = None
@@ -522,14 +533,22 @@ class _FileReceiver:
         except OSError as exc:
             await self._fail(self._transport, _os_sentence(exc, f"writing {self.destination}"))
             return
-        done = self.flow.done(self._expected_sha256)
+        # The platform counts the deploy only on this: the hash of the file read back from disk.
+        done = self.flow.done(self._on_disk_sha256)
         await _send(self._transport, done.model_dump_json())
         if not self.result.done():
-            self.result.set_result(ReceivedFile(self.destination, done.size, self._expected_sha256))
+            self.result.set_result(ReceivedFile(self.destination, done.size, done.sha256))
 
     def _install(self, announced_sha256: str) -> None:
         os.fsync(self._fd)
         actual = self._hasher.hexdigest()
+        on_disk = _sha256_on_disk(self._fd)
+        if on_disk != actual:
+            raise TransferFailed(
+                f"The file as written to the endpoint's disk has SHA-256 {on_disk}, not the "
+                f"{actual} that arrived, so it was not installed."
+            )
+        self._on_disk_sha256 = on_disk
         if actual != announced_sha256:
             raise TransferFailed(
                 f"The file's SHA-256 on arrival ({actual}) does not match the one the platform "

@@ -9,7 +9,7 @@ import typer
 
 from tether.cli.client import Api
 from tether.cli.errors import CliError, UsageError
-from tether.cli.output import console, emit_json, table
+from tether.cli.output import console, emit_json, json_text, table
 from tether.cli.times import parse_duration, parse_instant
 from tether.cli.witness import (
     Remembered,
@@ -224,4 +224,4 @@ def export(
     wanted = {k: v for k, v in params.items() if v}
     for line in Api.from_profile().stream_lines("/audit/export", params=wanted):
         if line:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(json_text(line) + "\n")

@@ -20,7 +20,23 @@ errors = Console(stderr=True)
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """`data` as JSON for scripts: the same values, but every character a terminal or a reader
+    could be fooled by (C1 controls, DEL, bidirectional overrides) written as a \\u escape,
+    as JSON already writes C0 controls, so printing it is harmless and parsing it exact."""
+    sys.stdout.write(json_text(json.dumps(data, indent=2, ensure_ascii=False)) + "\n")
+
+
+def json_text(text: str) -> str:
+    """JSON text with C1 controls, DEL and bidirectional overrides written as \\u escapes:
+    the same values to a parser, nothing a terminal acts on."""
+    return _JSON_UNSAFE.sub(_json_escape, text)
+
+
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def table(
@@ -60,8 +76,10 @@ def table(
 _MIN_TRUNCATED = 16
 
 
-# C0 controls, DEL and the C1 controls (0x9b alone is a CSI on some terminals).
-_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?")
+# C0 controls, DEL and the C1 controls (0x9b alone is a CSI on some terminals), and the Unicode
+# bidirectional overrides that make a hostname or a name read differently from what it is.
+_BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROL = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), *_BIDI], "?")
 _STREAM_CONTROL = {c: r for c, r in _CONTROL.items() if chr(c) not in "\n\t"} | {ord("\r"): ""}
 # Whole escape sequences, dropped rather than shown piecemeal: CSI (ESC [ or 0x9b ... final),
 # OSC/DCS/APC/PM/SOS strings (up to BEL or ST), and two-character escapes.

@@ -83,14 +83,17 @@ class JobStatus(_Message):
 # store, show and export them as CSV without interpreting anything an endpoint sent.
 RowKey = Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
 RowValue = Annotated[str, Field(max_length=4096)] | int | float | bool | None
-OutputStream = Literal["stdout", "stderr", "log", "notice", "row"]
+# What an agent may send. "notice" is the platform's own stream (its notes on a job's output,
+# stored at sequence -1): an endpoint that could send one could print a line identical to the
+# platform's, so the model refuses it.
+OutputStream = Literal["stdout", "stderr", "log", "row"]
 MAX_OUTPUT_TEXT = 64 * 1024
 
 
 class JobOutput(_Message):
     """One piece of a running job's output, numbered so a resend after a reconnect is harmless.
 
-    `text` carries stdout, stderr, log and notice chunks; `fields` carries one result row.
+    `text` carries stdout, stderr and log chunks; `fields` carries one result row.
     """
 
     type: Literal["job.output"] = "job.output"

@@ -29,6 +29,20 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\u{code:04x}"
 
 
+_UNSAFE_IN_LINES = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def readable(text: str) -> str:
+    """`text` as people may read it on a page or in a spreadsheet: every unsafe character
+    escaped visibly as `escape_text` does, except newlines and tabs, which keep lines apart.
+
+    For text that arrives unescaped (a hostname, a job's error, a row value, output): what
+    the platform shows, never what it stores or hashes."""
+    return _UNSAFE_IN_LINES.sub(_escape, text)
+
+
 def escape_text(text: str) -> tuple[str, bool]:
     """`text` with every unsafe character written as a visible escape (a newline as `\\x0a`),
     and whether anything was escaped.

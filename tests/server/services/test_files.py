@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.protocol.transfer import TransferDone, transfer_id_for
 from tether.server.errors import Invalid
 from tether.server.services.audit import AuditLog
 from tether.server.services.file_transfers import FinishedJob
@@ -69,3 +70,32 @@ async def test_a_retrieval_is_credited_only_with_what_the_platform_verified(
     )
     await library.job_finished(lie)
     assert await library.find(kind="retrieved") == []
+
+
+async def test_a_deploy_is_credited_only_when_the_platform_streamed_and_saw_it_confirmed(
+    engine: AsyncEngine, audit: AuditLog, tmp_path: Path
+) -> None:
+    sha = "ab" * 32
+    outcomes: dict[str, TransferDone | str] = {
+        "streamed": TransferDone(transfer_id=transfer_id_for("streamed"), size=5, sha256=sha),
+        "partly": "The endpoint confirmed the file when the platform had sent it only 0 of its "
+        "5 bytes, so the deploy is not counted (the file may still be on the endpoint).",
+    }
+    library = FileLibrary(
+        engine,
+        audit,
+        BlobStore(tmp_path),
+        lambda _job: None,
+        lambda _job: None,
+        outcomes.get,
+    )
+    claim = {"path": "/opt/tool", "size": 5, "sha256": sha}
+
+    assert library.deploy_problem("streamed", claim) is None
+    assert library.deploy_problem("partly", claim) == outcomes["partly"]
+    # The lying agent: never opened the transfer, claims the size and hash it was told.
+    assert library.deploy_problem("never-sent", claim) == (
+        "The endpoint reported a deploy that the platform did not send in full and see confirmed "
+        "for this job, so it is not counted as deployed."
+    )
+    assert library.deploy_problem("streamed", {**claim, "size": 6}) is not None

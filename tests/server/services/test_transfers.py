@@ -187,7 +187,11 @@ async def test_put_resumes_after_the_link_is_cut(tmp_path: Path, store: BlobStor
     assert second.chunk_bytes < len(data)
 
 
-async def test_put_finishes_from_a_restarted_platform(tmp_path: Path, store: BlobStore) -> None:
+async def test_a_put_resumed_by_a_restarted_platform_is_not_counted_as_verified(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    """The restarted platform sent only the rest of the file: it cannot vouch for the first
+    half it never streamed, so the agent's done is not believed (docs/adr: endpoint claims)."""
     data = os.urandom(12 * MiB)
     blob = await store_blob(store, data)
     destination = tmp_path / "out.bin"
@@ -203,13 +207,76 @@ async def test_put_finishes_from_a_restarted_platform(tmp_path: Path, store: Blo
     await first.close()
     restarted = HostTransfers(BlobStore(store.root))
     second = await Link(agent, restarted).start()
-    done = await restarted.send_blob(tid, "job-put-restart", blob.sha256)
+    with pytest.raises(TransferFailed) as failed:
+        await restarted.send_blob(tid, "job-put-restart", blob.sha256)
     received = await receiving
     await second.close()
     dead_sending.cancel()
-    assert done.sha256 == received.sha256 == blob.sha256
+    assert received.sha256 == blob.sha256
     assert destination.read_bytes() == data
-    assert second.chunk_bytes < len(data)
+    assert second.chunk_bytes < len(data)  # the restarted platform sent only the rest
+    sentence = (
+        f"The endpoint confirmed the file when the platform had sent it only 0 of its "
+        f"{len(data)} bytes, so the deploy is not counted (the file may still be on the endpoint)."
+    )
+    assert str(failed.value) == sentence
+    assert restarted.send_outcome(tid) == sentence
+
+
+async def test_a_put_the_agent_confirms_without_the_bytes_is_not_believed(
+    store: BlobStore,
+) -> None:
+    """A lying agent claims to hold the whole file already, and confirms its (public) hash."""
+    data = os.urandom(3 * MiB)
+    blob = await store_blob(store, data)
+    platform = HostTransfers(store)
+    wire = Recorder()
+    await platform.attach(wire)
+    task = asyncio.create_task(platform.send_blob(TID, "job-x", blob.sha256))
+    await asyncio.sleep(0.01)
+    assert platform.send_outcome(TID) is None
+    await platform.on_message(
+        TransferAccept(transfer_id=TID, offset=len(data), window=MIN_WINDOW_BYTES)
+    )
+    await asyncio.sleep(0.01)
+    assert isinstance(wire.messages()[-1], TransferEnd)
+    await platform.on_message(TransferDone(transfer_id=TID, size=len(data), sha256=blob.sha256))
+    sentence = (
+        f"The endpoint confirmed the file when the platform had sent it only 0 of its "
+        f"{len(data)} bytes, so the deploy is not counted (the file may still be on the endpoint)."
+    )
+    # Known at once, before the job's status (next on the same connection) is recorded.
+    assert platform.send_outcome(TID) == sentence
+    with pytest.raises(TransferFailed, match="only 0 of its"):
+        await task
+    assert not [m for m in wire.sent if isinstance(m, bytes)]
+
+
+async def test_a_put_streamed_in_full_and_confirmed_is_verified(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    data = os.urandom(3 * MiB + 5)
+    blob = await store_blob(store, data)
+    agent, platform = AgentTransfers(), HostTransfers(store)
+    tid = transfer_id_for("job-put-ok")
+    link = await Link(agent, platform).start()
+    sending = asyncio.create_task(platform.send_blob(tid, "job-put-ok", blob.sha256))
+    await agent.receive_file(
+        tid, "job-put-ok", tmp_path / "out.bin", size=len(data), sha256=blob.sha256
+    )
+    done = await sending
+    await link.close()
+    assert platform.send_outcome(tid) == done
+    assert (done.size, done.sha256) == (len(data), blob.sha256)
+    # The job is sent again after a reconnect: the agent repeats its done to a fresh open,
+    # which proves nothing new, and the verified outcome stands.
+    again = await Link(agent, platform).start()
+    with pytest.raises(TransferFailed, match="only 0 of its"):
+        await platform.send_blob(tid, "job-put-ok", blob.sha256)
+    await again.close()
+    assert platform.send_outcome(tid) == done
+    platform.forget_send(tid)
+    assert platform.send_outcome(tid) is None
 
 
 async def test_a_sender_that_missed_the_done_hears_it_again(store: BlobStore) -> None:

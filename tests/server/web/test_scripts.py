@@ -361,9 +361,13 @@ async def test_a_batch_that_is_not_a_script_run_is_not_found(
         assert "No batch has the id" in response.text
 
 
-@pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@A1", "\tx", "\rx"])
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@A1", "\tx"])
 def test_every_formula_start_gets_an_apostrophe(text: str) -> None:
     assert guarded(text) == "'" + text
+
+
+def test_a_carriage_return_is_written_out_so_nothing_hides_behind_it() -> None:
+    assert guarded("\r=1+1") == "\\x0d=1+1"
 
 
 def test_plain_text_is_left_alone() -> None:

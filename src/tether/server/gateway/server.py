@@ -417,7 +417,7 @@ class AgentGateway:
     async def _isolation_report(self, host_id: str, report: IsolationReport) -> None:
         """Keep what the agent says its isolation is now, and put the change on record (as the
         endpoint's word: the job it names is its claim, shown as such)."""
-        await self._hosts.record_isolation(host_id, report)
+        report = await self._hosts.record_isolation(host_id, report)
         status = report.status
         await self._audit.record(
             "isolation.reported",

@@ -33,6 +33,11 @@ from tether.protocol import (
 from tether.server.services.access import ResponseAccess
 from tether.server.services.audit import AuditLog, AuditTransaction
 from tether.server.services.batching import Coalesced
+from tether.server.services.endpoint_misbehaviour import (
+    JOB_OUTPUT,
+    JOB_STATUS,
+    EndpointMisbehaviour,
+)
 from tether.server.services.file_transfers import FileTransfers, FinishedJob
 from tether.server.services.job_events import JobEvents
 from tether.server.services.job_outcomes import Ending, end_jobs
@@ -95,8 +100,11 @@ class Dispatcher:
         limits: OutputLimits | None = None,
         transfers: FileTransfers | None = None,
         faults: FaultCounter | None = None,
+        misbehaviour: EndpointMisbehaviour | None = None,
     ) -> None:
         self._engine = engine
+        # Reports and output for another host's job are refused and recorded in summary.
+        self._misbehaviour = misbehaviour or EndpointMisbehaviour(audit)
         self._audit = audit
         self._transfers = transfers
         self._finished: list[Callable[[FinishedJob], Awaitable[None]]] = []
@@ -343,19 +351,18 @@ class Dispatcher:
                     )
                 )
             ).one_or_none()
-            if row is None or row.host_id != host_id:
-                log.warning(
-                    "Host %s reported on job %s, not one of its jobs", host_id, status.job_id
-                )
-                return
-            changes = _progress(row, status)
-            if changes:
+            # Only the agent a job was sent to may report on it.
+            own = row is not None and row.host_id == host_id
+            changes = _progress(row, status) if row is not None and own else {}
+            if row is not None and changes:
                 await conn.execute(
                     update(jobs)
                     .where(jobs.c.id == status.job_id, jobs.c.state == row.state)
                     .values(**changes)
                 )
-        if changes:
+        if not own:
+            await self._misbehaviour.note(host_id, JOB_STATUS, status.job_id)
+        elif changes:
             self._events.notify(status.job_id)
 
     async def _record_endings(self, reports: dict[str, tuple[str, JobStatus]]) -> set[str]:
@@ -377,7 +384,7 @@ class Dispatcher:
             row: Any = rows.get(job_id)
             if row is None or row.host_id != host_id:
                 # Only the agent a job was sent to may report on it.
-                log.warning("Host %s reported on job %s, not one of its jobs", host_id, job_id)
+                await self._misbehaviour.note(host_id, JOB_STATUS, job_id)
                 continue
             if row.state in FINAL_STATES:
                 on_record.add(job_id)  # a report sent again: confirm it once more
@@ -418,7 +425,9 @@ class Dispatcher:
         fields = json.dumps(message.fields, separators=(",", ":")) if message.fields else None
         size = len(text or "") + len(fields or "")
         try:
-            await self._store_output(host_id, message, text, fields, size)
+            if not await self._store_output(host_id, message, text, fields, size):
+                await self._misbehaviour.note(host_id, JOB_OUTPUT, message.job_id)
+                return
         except Exception as exc:
             if not is_storage_full(exc):
                 raise
@@ -432,7 +441,8 @@ class Dispatcher:
 
     async def _store_output(
         self, host_id: str, message: JobOutput, text: str | None, fields: str | None, size: int
-    ) -> None:
+    ) -> bool:
+        """Store the piece; False when the job is not the host's own."""
         now = utcnow()
         async with self._engine.begin() as conn:
             row = (
@@ -443,22 +453,19 @@ class Dispatcher:
                 )
             ).one_or_none()
             if row is None or row.host_id != host_id:
-                log.warning(
-                    "Host %s sent output for job %s, not one of its jobs", host_id, message.job_id
-                )
-                return
+                return False
             if row.state in FINAL_STATES:
                 # Its outcome record covers the output stored when it ended; nothing is added.
                 log.warning(
                     "Host %s sent output for job %s after it ended", host_id, message.job_id
                 )
-                return
+                return True
             if (
                 row.output_bytes + size > self._limits.max_bytes
                 or row.output_count >= self._limits.max_pieces
             ):
                 await self._note_dropped(conn, message.job_id, now)
-                return
+                return True
             stored = await conn.execute(
                 insert_ignoring_duplicates(conn, job_output).values(
                     job_id=message.job_id,
@@ -478,6 +485,7 @@ class Dispatcher:
                         output_count=jobs.c.output_count + 1,
                     )
                 )
+        return True
 
     async def _note_dropped(self, conn: AsyncConnection, job_id: str, now: datetime) -> None:
         # Sequence -1 is the platform's own notice, stored once per job. It counts as a stored

@@ -71,6 +71,8 @@ class FileTransfers:
         # What this platform itself received and verified, by job: the only file a files.get
         # job may be credited with, whatever its agent reports.
         self._verified: dict[str, Blob] = {}
+        # The host each files.put job sends to, so its outcome can be asked for by job.
+        self._put_hosts: dict[str, str] = {}
 
     def verified(self, job_id: str) -> Blob | None:
         """The blob this process verified for the job's retrieval, taken once."""
@@ -79,6 +81,14 @@ class FileTransfers:
     def verified_for(self, job_id: str) -> Blob | None:
         """The blob this process verified for the job's retrieval, left in place."""
         return self._verified.get(job_id)
+
+    def delivery(self, job_id: str) -> TransferDone | str | None:
+        """How this process's send for `files.put` job `job_id` ended: the agent's done, given
+        only after every byte was streamed from here and matched by the hash of the file it
+        wrote; the reason it is not believed; or None when no send ended here."""
+        host_id = self._put_hosts.get(job_id)
+        engine = self._engines.get(host_id) if host_id is not None else None
+        return engine.send_outcome(transfer_id_for(job_id)) if engine is not None else None
 
     def _engine(self, host_id: str) -> HostTransfers:
         engine = self._engines.get(host_id)
@@ -141,6 +151,7 @@ class FileTransfers:
             cap = min(int(args.get("max_bytes", self.max_file_bytes)), self.max_file_bytes)
             await self.receive(host_id, job_id, transfer_id, max_bytes=cap, on_done=None)
         else:
+            self._put_hosts[job_id] = host_id
             await self.send(
                 host_id, job_id, transfer_id, str(args["sha256"]), str(args["path"]), on_done=None
             )
@@ -172,10 +183,13 @@ class FileTransfers:
         *,
         on_done: Callable[[TransferDone], Awaitable[None]] | None,
     ) -> None:
-        """Send library blob `sha256` to the host as transfer `transfer_id` (once)."""
+        """Send library blob `sha256` to the host as transfer `transfer_id` (once, and never
+        again once the agent confirmed it: a job re-sent after a reconnect must not restart it)."""
         if transfer_id in self._tasks:
             return
         engine = await self._attached_engine(host_id)
+        if isinstance(engine.send_outcome(transfer_id), TransferDone):
+            return
         work = engine.send_blob(transfer_id, job_id, sha256, path=path)
         self._track(job_id, transfer_id, self._run(work, job_id, on_done))
 
@@ -208,7 +222,12 @@ class FileTransfers:
         else:
             return
         tracked = self._by_job.pop(job.job_id, set())
+        # A put's outcome was checked before its ending was recorded (Dispatcher.check_result).
+        self._put_hosts.pop(job.job_id, None)
         engine = self._engines.get(job.host_id)
+        if engine is not None:
+            for transfer_id in possible | tracked:
+                engine.forget_send(transfer_id)
         for transfer_id in tracked:
             task = self._tasks.pop(transfer_id, None)
             if task is None:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol.transfer import format_size, transfer_id_for
+from tether.protocol.transfer import TransferDone, format_size, transfer_id_for
 from tether.server.errors import Invalid, NotFound
 from tether.server.services.audit import AuditLog, AuditRecord, AuditTransaction
 from tether.server.services.bindings import file_binding
@@ -131,6 +131,7 @@ class FileLibrary:
         blobs: BlobStore,
         verified: Callable[[str], Blob | None],
         peek_verified: Callable[[str], Blob | None],
+        delivery: Callable[[str], TransferDone | str | None] = lambda _job: None,
     ) -> None:
         self._engine = engine
         self._audit = audit
@@ -138,6 +139,8 @@ class FileLibrary:
         # What the platform's own transfer verified for a job (FileTransfers.verified).
         self._verified = verified
         self._peek_verified = peek_verified
+        # How the platform's own send for a files.put job ended (FileTransfers.delivery).
+        self._delivery = delivery
 
     async def upload(
         self, name: str, chunks: AsyncIterator[bytes], *, actor: str, source: str
@@ -320,6 +323,8 @@ class FileLibrary:
         if job.state != "succeeded" or job.result is None:
             return
         if job.action == "files.put":
+            # Succeeded only if `deploy_problem` found none when the ending was recorded: a
+            # deploy the platform did not stream and see confirmed ended failed instead.
             await self._audit.record(
                 "file.deploy",
                 actor=job.created_by,
@@ -344,6 +349,23 @@ class FileLibrary:
             return (
                 "The endpoint reported a file the platform did not receive and verify for this "
                 "job, so nothing was kept."
+            )
+        return None
+
+    def deploy_problem(self, job_id: str, result: dict[str, Any]) -> str | None:
+        """Why an endpoint's report of a deploy cannot be believed, or None: the platform must
+        have streamed every byte of the job's transfer itself and received the agent's
+        confirmation of the size and SHA-256 of the file it wrote, matching the report."""
+        outcome = self._delivery(job_id)
+        if isinstance(outcome, str):
+            return outcome
+        if outcome is None or (str(result.get("sha256")), result.get("size")) != (
+            outcome.sha256,
+            outcome.size,
+        ):
+            return (
+                "The endpoint reported a deploy that the platform did not send in full and see "
+                "confirmed for this job, so it is not counted as deployed."
             )
         return None
 

@@ -12,10 +12,12 @@ from tether.protocol import CloseCode, Hello, IsolationReport
 from tether.server.errors import Conflict, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.batching import Coalesced
+from tether.server.services.endpoint_misbehaviour import ISOLATION_REPORT, EndpointMisbehaviour
+from tether.server.services.file_transfers import SCRIPT_ACTION
 from tether.server.services.isolation import NOT_ISOLATED, IsolationView, isolation_views
 from tether.server.services.presence import Presence
 from tether.server.store.db import as_utc, utcnow
-from tether.server.store.tables import hosts, segments
+from tether.server.store.tables import hosts, jobs, segments
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,14 @@ _LOOKUP_CHUNK = 500
 class Hosts:
     """Reads and changes the inventory."""
 
-    def __init__(self, engine: AsyncEngine, audit: AuditLog, presence: Presence) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        audit: AuditLog,
+        presence: Presence,
+        misbehaviour: EndpointMisbehaviour | None = None,
+    ) -> None:
+        self._misbehaviour = misbehaviour or EndpointMisbehaviour(audit)
         self._engine = engine
         self._audit = audit
         self._presence = presence
@@ -183,8 +192,15 @@ class Hosts:
         async with self._engine.begin() as conn:
             await conn.execute(statement, list(batch.values()))
 
-    async def record_isolation(self, host_id: str, report: IsolationReport) -> None:
-        """The agent's isolation changed outside an isolation job: keep what it says now."""
+    async def record_isolation(self, host_id: str, report: IsolationReport) -> IsolationReport:
+        """The agent's isolation changed outside an isolation job: keep what it says now.
+
+        Returns the report as it may be recorded: a job it names that is not a script of this
+        host is dropped from it (and counted as misbehaviour), so no other host's job history
+        shows the claim."""
+        if report.job_id is not None and not await self._is_own_script(host_id, report.job_id):
+            await self._misbehaviour.note(host_id, ISOLATION_REPORT, report.job_id)
+            report = report.model_copy(update={"job_id": None})
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(hosts)
@@ -194,6 +210,14 @@ class Hosts:
                     isolation_reported_at=utcnow(),
                 )
             )
+        return report
+
+    async def _is_own_script(self, host_id: str, job_id: str) -> bool:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(jobs.c.host_id, jobs.c.action).where(jobs.c.id == job_id))
+            ).one_or_none()
+        return row is not None and row.host_id == host_id and row.action == SCRIPT_ACTION
 
     async def revoke(self, ref: str, *, actor: str, source: str) -> HostView:
         """Refuse the host's certificate from now on and close its live connection."""

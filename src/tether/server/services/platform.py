@@ -12,6 +12,7 @@ from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
 from tether.server.services.checkpoint_sink import CheckpointWitnesses, build_witnesses
 from tether.server.services.dispatch import Dispatcher
+from tether.server.services.endpoint_misbehaviour import EndpointMisbehaviour
 from tether.server.services.enrollment import Enrollment
 from tether.server.services.file_transfers import FileTransfers
 from tether.server.services.files import FileLibrary
@@ -84,6 +85,8 @@ class Platform:
     tls_refusals: RefusalSummary
     # The server certificate being served: /metrics and the log watch its end.
     certificate: CertificateWatch
+    # What enrolled endpoints claimed about jobs not their own, recorded per host per minute.
+    misbehaviour: EndpointMisbehaviour
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
@@ -103,16 +106,27 @@ class Platform:
         events = JobEvents()
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
-        files = FileLibrary(engine, audit, blobs, transfers.verified, transfers.verified_for)
+        files = FileLibrary(
+            engine, audit, blobs, transfers.verified, transfers.verified_for, transfers.delivery
+        )
         faults = FaultCounter()
+        misbehaviour = EndpointMisbehaviour(audit)
         dispatcher = Dispatcher(
-            engine, audit, presence, access, events, transfers=transfers, faults=faults
+            engine,
+            audit,
+            presence,
+            access,
+            events,
+            transfers=transfers,
+            faults=faults,
+            misbehaviour=misbehaviour,
         )
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
         dispatcher.check_result("files.get", files.retrieval_problem)
+        dispatcher.check_result("files.put", files.deploy_problem)
         dispatcher.on_ending_commit(files.record_in_commit)
-        script_files = ScriptFiles(engine, audit, transfers, files)
+        script_files = ScriptFiles(engine, audit, transfers, files, misbehaviour)
         transfers.on_request_handler = script_files.on_request
         dispatcher.on_finished(script_files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
@@ -141,7 +155,7 @@ class Platform:
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
-            hosts=Hosts(engine, audit, presence),
+            hosts=Hosts(engine, audit, presence, misbehaviour),
             reachability=Reachability(presence, audit),
             policies=policies,
             segments=Segments(engine, audit, policies),
@@ -158,12 +172,14 @@ class Platform:
             witnesses=witnesses,
             tls_refusals=RefusalSummary(audit, TLS_REFUSALS),
             certificate=CertificateWatch(load_certificate(settings.server_cert)),
+            misbehaviour=misbehaviour,
         )
 
     async def close(self) -> None:
         # The last minute's refusals: written now, or lost with the process.
         for summary in (self.users.login_failures, self.tls_refusals):
             await summary.flush(everything=True)
+        await self.misbehaviour.close()
         await self.transfers.close()
         await self.presence.flush()
         await self.witnesses.close()

@@ -23,6 +23,7 @@ from tether.protocol.transfer import (
 )
 from tether.server.errors import NotFound
 from tether.server.services.audit import AuditLog
+from tether.server.services.endpoint_misbehaviour import TRANSFER_REQUEST, EndpointMisbehaviour
 from tether.server.services.file_transfers import SCRIPT_ACTION, FileTransfers, FinishedJob
 from tether.server.services.files import FileLibrary, Retrieved
 from tether.server.store.blobs import Blob
@@ -35,24 +36,33 @@ _RUNNING = ("delivered", "running")
 
 class ScriptFiles:
     def __init__(
-        self, engine: AsyncEngine, audit: AuditLog, transfers: FileTransfers, library: FileLibrary
+        self,
+        engine: AsyncEngine,
+        audit: AuditLog,
+        transfers: FileTransfers,
+        library: FileLibrary,
+        misbehaviour: EndpointMisbehaviour | None = None,
     ) -> None:
         self._engine = engine
         self._audit = audit
         self._transfers = transfers
         self._library = library
-        # The grants given, by job and request number: a repeated request gets the same answer.
-        self._grants: dict[tuple[str, int], TransferGrant] = {}
+        self._misbehaviour = misbehaviour or EndpointMisbehaviour(audit)
+        # The grants given, by host, job and request number: a repeated request of the same
+        # host gets the same answer; another host naming the job is asked who it is first.
+        self._grants: dict[tuple[str, str, int], TransferGrant] = {}
 
     async def on_request(self, host_id: str, request: TransferRequest) -> TransferGrant:
         """Answer one request of a running script on `host_id`; never raises for bad input."""
-        key = (request.job_id, request.seq)
+        key = (host_id, request.job_id, request.seq)
         known = self._grants.get(key)
         if known is not None:
             # A repeat after a reconnect: the transfer resumes (or its end is said again).
             return known
-        refusal, created_by = await self._check_job(host_id, request.job_id)
+        refusal, created_by, own = await self._check_job(host_id, request.job_id)
         if refusal is not None:
+            if not own:
+                await self._misbehaviour.note(host_id, TRANSFER_REQUEST, request.job_id)
             return self._refuse(request, refusal)
         transfer_id = transfer_id_for(request.job_id, request.seq)
         if request.direction == "get":
@@ -63,7 +73,9 @@ class ScriptFiles:
             self._grants[key] = grant
         return grant
 
-    async def _check_job(self, host_id: str, job_id: str) -> tuple[str | None, str]:
+    async def _check_job(self, host_id: str, job_id: str) -> tuple[str | None, str, bool]:
+        """Why the request is refused (or None), who ran the script, and whether the job is a
+        script of this host at all."""
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -75,10 +87,10 @@ class ScriptFiles:
         # The same answer whether the job is unknown, another host's or not a script: an
         # endpoint learns nothing about jobs that are not its own.
         if row is None or row.host_id != host_id or row.action != SCRIPT_ACTION:
-            return f"Job {job_id} is not a script running on this host.", ""
+            return f"Job {safe_text(job_id, 64)} is not a script running on this host.", "", False
         if row.state not in _RUNNING:
-            return f"Job {job_id} has ended, so its script can no longer move files.", ""
-        return None, str(row.created_by)
+            return f"Job {job_id} has ended, so its script can no longer move files.", "", True
+        return None, str(row.created_by), True
 
     @staticmethod
     def _refuse(request: TransferRequest, reason: str) -> TransferGrant:
@@ -163,5 +175,5 @@ class ScriptFiles:
     async def job_finished(self, job: FinishedJob) -> None:
         """Forget the grants of an ended script; FileTransfers gives up its transfers."""
         if job.action == SCRIPT_ACTION:
-            for key in [key for key in self._grants if key[0] == job.job_id]:
+            for key in [key for key in self._grants if key[1] == job.job_id]:
                 del self._grants[key]

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from uuid import UUID
 
 from tether.protocol.errors import ProtocolError
@@ -55,6 +56,14 @@ log = logging.getLogger("tether.server.transfers")
 
 _REMEMBERED = 256
 _STASHED_OPENS = 16
+
+
+def unstreamed_confirmation(streamed: int, size: int) -> str:
+    """Why a receiver's `transfer.done` for bytes this platform did not send is not believed."""
+    return (
+        f"The endpoint confirmed the file when the platform had sent it only {streamed} of its "
+        f"{size} bytes, so the deploy is not counted (the file may still be on the endpoint)."
+    )
 
 
 async def _send(transport: Transport | None, text: str) -> None:
@@ -218,13 +227,24 @@ class _BlobReceiver:
 class _BlobSender:
     """files.put: a blob from the library to the agent, at most a window ahead of its acks."""
 
-    def __init__(self, flow: SenderFlow, reader: BlobReader) -> None:
+    def __init__(
+        self,
+        flow: SenderFlow,
+        reader: BlobReader,
+        settled: Callable[[UUID, TransferDone | str], None] | None = None,
+    ) -> None:
         self.flow = flow
         self._reader = reader
+        # Told at once how the send ended (the verified done, or why not), before any await.
+        self._settled = settled
         self._transport: Transport | None = None
         self._pump: asyncio.Task[None] | None = None
         self._credit = asyncio.Event()
         self._reads = ThreadWork()
+        # How much of the file, from its first byte on, this process itself has sent: a receiver
+        # that says it already holds bytes (an accept past 0) or that is done without them is
+        # believed only for what was streamed to it here.
+        self.streamed = 0
         self.result: asyncio.Future[TransferDone] = asyncio.get_running_loop().create_future()
 
     async def start(self, transport: Transport) -> None:
@@ -244,6 +264,10 @@ class _BlobSender:
     def on_done(self, message: TransferDone) -> None:
         try:
             self.flow.done(message, self._reader.sha256)
+            if self.streamed < self.flow.size:
+                self.flow.state = SendState.FAILED
+                self.flow.failure = unstreamed_confirmation(self.streamed, self.flow.size)
+                raise TransferFailed(self.flow.failure)
         except TransferFailed as exc:
             self._finish(exc)
             return
@@ -278,6 +302,8 @@ class _BlobSender:
                 frame = await self._reads.run(self._read_frame, offset, length)
                 flow.sent(offset, length)
                 await transport.send_binary(frame)
+                if offset <= self.streamed:
+                    self.streamed = max(self.streamed, offset + length)
             await transport.send_text(flow.end(self._reader.sha256).model_dump_json())
         except ConnectionError:
             flow.pause()  # the gateway detaches us; the next attach resumes
@@ -310,6 +336,9 @@ class _BlobSender:
             self.result.set_exception(exc)
         elif done is not None:
             self.result.set_result(done)
+        if self._settled is not None:
+            outcome: TransferDone | str = done if exc is None and done is not None else str(exc)
+            self._settled(self.flow.transfer_id, outcome)
 
     async def close(self) -> None:
         self._stop_pump()
@@ -340,6 +369,18 @@ class HostTransfers:
         # at once, while the jobs still running are registered again. Bounded, so an agent
         # cannot grow it; the transfer id alone grants nothing until a job registers it.
         self._stashed: OrderedDict[UUID, TransferOpen] = OrderedDict()
+        # How each send ended, set the moment the agent's verdict arrives (before the job's
+        # status, which follows it on the same connection, can be recorded): the done it
+        # confirmed after receiving every byte from here, or why it is not believed.
+        self._send_outcomes: OrderedDict[UUID, TransferDone | str] = OrderedDict()
+
+    def send_outcome(self, transfer_id: UUID) -> TransferDone | str | None:
+        """How send `transfer_id` ended: the agent's verified done, the reason it failed, or
+        None while it has not ended (or was never started here)."""
+        return self._send_outcomes.get(transfer_id)
+
+    def forget_send(self, transfer_id: UUID) -> None:
+        self._send_outcomes.pop(transfer_id, None)
 
     async def receive_file(
         self, transfer_id: UUID, job_id: str, *, max_bytes: int | None = None
@@ -385,7 +426,7 @@ class HostTransfers:
         flow = SenderFlow(
             transfer_id, job_id, "put", reader.size, path=path, chunk_bytes=self._chunk_bytes
         )
-        sender = _BlobSender(flow, reader)
+        sender = _BlobSender(flow, reader, settled=self._settled_send)
         self._senders[transfer_id] = sender
         try:
             if self._transport is not None:
@@ -462,6 +503,13 @@ class HostTransfers:
         if header.transfer_id in self._finished and header.transfer_id not in self._receivers:
             return
         await self._receiver(header.transfer_id).on_chunk(header, payload)
+
+    def _settled_send(self, transfer_id: UUID, outcome: TransferDone | str) -> None:
+        if isinstance(self._send_outcomes.get(transfer_id), TransferDone):
+            return  # verified once: a later re-open (and the agent's repeated done) adds nothing
+        self._send_outcomes[transfer_id] = outcome
+        while len(self._send_outcomes) > _REMEMBERED:
+            self._send_outcomes.popitem(last=False)
 
     def _stash(self, message: TransferOpen) -> None:
         self._stashed[message.transfer_id] = message

@@ -3,7 +3,10 @@
 Row keys and values come from the endpoint. In a spreadsheet, a cell starting with = + - @ (or a
 tab or carriage return, which some programs skip before looking for those) is a formula that can
 run commands or leak data, so such cells get a leading apostrophe, which spreadsheets read as
-"this is text" (OWASP's CSV injection advice). Keys are guarded the same way as values.
+"this is text" (OWASP's CSV injection advice). Keys are guarded the same way as values, and
+so is the hostname (the endpoint names itself). Control characters and bidirectional overrides
+are written as visible escapes first (`tether.protocol.text.readable`), so a cell cannot hide
+a formula behind them nor read differently from what it is.
 """
 
 import csv
@@ -11,6 +14,8 @@ import io
 import json
 from collections.abc import Iterable
 from typing import Any
+
+from tether.protocol.text import readable
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 HOST_COLUMN = "host"
@@ -33,7 +38,9 @@ def columns_of(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def guarded(text: str) -> str:
-    """`text` made inert in a spreadsheet: a leading apostrophe before a formula character."""
+    """`text` made inert in a spreadsheet: unsafe characters escaped, then a leading
+    apostrophe before a formula character."""
+    text = readable(text)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 

@@ -7,6 +7,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from tether.protocol.text import readable
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -25,8 +28,21 @@ def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
 
 
+def shown(value: Any) -> Any:
+    """Every value a page prints: control characters and bidirectional overrides (which an
+    endpoint can put in a hostname, an error, a row or its output) are shown as visible
+    escapes, so nothing on the page reads differently from what it is."""
+    if isinstance(value, Markup):
+        # Already HTML: the escapes put in its place are plain ASCII, no markup.
+        return Markup(readable(str(value)))  # noqa: S704
+    if isinstance(value, str):
+        return readable(value)
+    return value
+
+
 def _environment() -> Environment:
     env = Environment(
+        finalize=shown,
         loader=FileSystemLoader(TEMPLATES),
         # Everything is escaped, also in templates not named .html: endpoint data is hostile.
         autoescape=select_autoescape(default=True, default_for_string=True),

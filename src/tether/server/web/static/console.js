@@ -41,9 +41,10 @@
   terminal.writeln("Live session: type a command below ('help' lists them).");
 
   // ESC-introduced sequences (CSI, OSC, DCS/SOS/PM/APC strings, two-byte escapes) and the
-  // one-byte C1 CSI; then every other control except tab and newline becomes "?".
+  // one-byte C1 CSI; then every other control except tab and newline, and the Unicode
+  // bidirectional overrides (a name that reads differently from what it is), becomes "?".
   var SEQUENCES = /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][\s\S]*?(?:\x1b\\|$)|\x1b[ -\/]*[0-~]?|\x9b[0-?]*[ -\/]*[@-~]?/g;
-  var CONTROLS = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
+  var CONTROLS = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
 
   function plain(text) {
     return String(text).replace(SEQUENCES, "").replace(/\r/g, "").replace(CONTROLS, "?");
