@@ -37,6 +37,7 @@ from tether.protocol import (
     ProtocolError,
     Welcome,
     parse_platform_message,
+    retry_after,
 )
 from tether.protocol.isolation import AllowRule
 from tether.protocol.transfer import AnyTransferMessage, TransferGrant
@@ -131,6 +132,8 @@ class AgentConnection:
             isolator=self.isolator,
         )
         self._backoff = backoff or Backoff()
+        # The last session's socket, for the close code and reason it ended with.
+        self._last_socket: ClientConnection | None = None
         self._ssl = client_ssl_context(state)
         self.connected = asyncio.Event()
 
@@ -208,10 +211,18 @@ class AgentConnection:
                 # The session had reached welcome: start the backoff over.
                 attempt = 0
                 self.connected.clear()
-            delay = self._backoff.delay(attempt)
+            # A platform that sent this agent away for overspending says when it may return.
+            delay = max(self._backoff.delay(attempt), self._asked_to_wait())
             attempt += 1
             log.info("Reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
+
+    def _asked_to_wait(self) -> float:
+        """Seconds the platform's close of the last session asked this agent to stay away."""
+        socket, self._last_socket = self._last_socket, None
+        if socket is None or socket.close_code != CloseCode.OVER_BUDGET:
+            return 0.0
+        return float(retry_after(socket.close_reason or "") or 0)
 
     async def _session(self) -> None:
         try:
@@ -233,6 +244,7 @@ class AgentConnection:
             raise AgentRefused(
                 f"The platform address {self._identity.agent_url} is not valid."
             ) from exc
+        self._last_socket = websocket
         async with websocket:
             self.gate.reset()
             disabled = self.gate.disabled_locally()
