@@ -1,8 +1,7 @@
+import hashlib
 import re
 
 import pytest
-
-import hashlib
 
 from tether.protocol import (
     ENDPOINT_TEXT,
@@ -91,6 +90,6 @@ def test_fit_bytes_never_cuts_a_character_and_escapes_controls() -> None:
 
 def test_names_that_read_alike_share_a_key() -> None:
     assert hostname_key("DC01.corp.") == hostname_key("dc01.corp")
-    assert hostname_key("ＤＣ01") == hostname_key("dc01")  # fullwidth letters
+    assert hostname_key("\uff24\uff2301") == hostname_key("dc01")  # fullwidth letters
     assert hostname_key("dc\u200d01") == hostname_key("dc01")  # zero-width joiner
     assert hostname_key("dc02") != hostname_key("dc01")

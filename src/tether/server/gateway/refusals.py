@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,12 +131,37 @@ class RefusalRecords:
             log.exception("Could not record the refusal of %s", target)
 
 
+# How long a reconnect during the penalty is held, unread, before its refusal is sent, and how
+# many of one host are held at once. A hostile endpoint that reconnects at once after every close
+# would otherwise make the platform do a TLS handshake per round trip, as fast as it can; held,
+# a client that waits for its answer (like a naive flood loop) tries once every few seconds.
+HOLD_SECONDS = 5.0
+HELD_PER_HOST = 2
+
+
 class Penalties:
     """Certificate serials sent away for a while, and until when."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._until: dict[str, tuple[float, str]] = {}
+        self._held: Counter[str] = Counter()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, serial: str) -> AsyncIterator[None]:
+        """Wait up to HOLD_SECONDS before a refusal, unless HELD_PER_HOST are waiting already
+        (then at once: holding costs a connection's memory)."""
+        if self._held[serial] >= HELD_PER_HOST:
+            yield
+            return
+        self._held[serial] += 1
+        try:
+            await asyncio.sleep(HOLD_SECONDS)
+            yield
+        finally:
+            self._held[serial] -= 1
+            if not self._held[serial]:
+                del self._held[serial]
 
     def impose(self, serial: str, host_id: str, seconds: float) -> None:
         now = self._clock()

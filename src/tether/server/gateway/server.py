@@ -307,17 +307,8 @@ class AgentGateway:
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer(ws)
         serial = _peer_serial(ws)
-        penalty = self._penalties.remaining(serial) if serial else None
-        if penalty is not None:
-            seconds, host_id = penalty
-            await self._refuse(
-                ws,
-                CloseCode.OVER_BUDGET,
-                retry_reason("This host overspent its budget and is refused for now.", seconds),
-                target=f"host:{host_id}",
-                details={"cert_serial": serial},
-                kind="refused_until_its_penalty_ends",
-            )
+        if serial is not None and self._penalties.remaining(serial) is not None:
+            await self._refuse_penalized(ws, serial)
             return
         status = await self._hosts.certificate_status(serial) if serial else None
         if status is None:
@@ -346,6 +337,26 @@ class AgentGateway:
                 await self._serve(ws, status, hello)
         finally:
             await self._after_close(ws, status, serial, peer)
+
+    async def _refuse_penalized(self, ws: ServerConnection, serial: str) -> None:
+        """Refuse a host that is sent away for overspending, after holding it unread a while."""
+        penalty = self._penalties.remaining(serial)
+        host_id = penalty[1] if penalty is not None else ""
+        transport = ws.transport
+        transport.pause_reading()
+        async with self._penalties.hold(serial):
+            pass
+        transport.resume_reading()  # for the close handshake; the budget still applies
+        penalty = self._penalties.remaining(serial)
+        seconds = penalty[0] if penalty is not None else 1
+        await self._refuse(
+            ws,
+            CloseCode.OVER_BUDGET,
+            retry_reason("This host overspent its budget and is refused for now.", seconds),
+            target=f"host:{host_id}",
+            details={"cert_serial": serial},
+            kind="refused_until_its_penalty_ends",
+        )
 
     async def _serve(self, ws: ServerConnection, status: CertificateStatus, hello: Hello) -> None:
         link = AgentConnection(status.host_id, ws)
