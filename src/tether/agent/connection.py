@@ -45,6 +45,14 @@ from tether.protocol.transfer import AnyTransferMessage, TransferGrant
 log = logging.getLogger("tether.agent")
 
 
+def asked_to_wait(websocket: ClientConnection | None) -> float:
+    """Seconds the platform asked this agent to stay away when it closed `websocket` (it sends
+    an agent that overspent its budget away for a while, `CloseCode.OVER_BUDGET`); 0 otherwise."""
+    if websocket is None or websocket.close_code != CloseCode.OVER_BUDGET:
+        return 0.0
+    return float(retry_after(websocket.close_reason or "") or 0)
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with full jitter, so a restarted platform is not hit all at once."""
@@ -212,17 +220,11 @@ class AgentConnection:
                 attempt = 0
                 self.connected.clear()
             # A platform that sent this agent away for overspending says when it may return.
-            delay = max(self._backoff.delay(attempt), self._asked_to_wait())
+            delay = max(self._backoff.delay(attempt), asked_to_wait(self._last_socket))
+            self._last_socket = None
             attempt += 1
             log.info("Reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
-
-    def _asked_to_wait(self) -> float:
-        """Seconds the platform's close of the last session asked this agent to stay away."""
-        socket, self._last_socket = self._last_socket, None
-        if socket is None or socket.close_code != CloseCode.OVER_BUDGET:
-            return 0.0
-        return float(retry_after(socket.close_reason or "") or 0)
 
     async def _session(self) -> None:
         try:
