@@ -8,13 +8,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails
 
 from tether.protocol.errors import ProtocolError
 from tether.protocol.hostnames import Hostname
 from tether.protocol.isolation import AllowList, IsolationStatus, ReportCause
 from tether.protocol.job_states import AgentJobState
-from tether.protocol.text import excerpt
 from tether.protocol.transfer import (
     TransferAbort,
     TransferAccept,
@@ -25,6 +23,7 @@ from tether.protocol.transfer import (
     TransferOpen,
     TransferRequest,
 )
+from tether.protocol.validation import first_error
 
 # Text an endpoint reports ends up in terminals and web pages: no control characters, ever.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -211,29 +210,6 @@ _agent_adapter: TypeAdapter[AnyAgentMessage] = TypeAdapter(AgentMessage)
 _platform_adapter: TypeAdapter[AnyPlatformMessage] = TypeAdapter(PlatformMessage)
 
 
-# How much of a rejected value or field name a refusal quotes; the rest is its length and hash.
-QUOTED_CHARACTERS = 40
-
-
-def _first_error(exc: ValidationError) -> tuple[str, dict[str, object]]:
-    """The first problem as a bounded phrase, and the evidence of what was received.
-
-    pydantic quotes the input in some messages (a wrong `type` tag comes back whole, a megabyte
-    if that is what was sent), and field names in `loc` are the sender's dict keys: everything
-    quoted is cut and escaped, and the whole is identified by its length and SHA-256 instead.
-    """
-    err: ErrorDetails = exc.errors(include_url=False)[0]
-    where = ".".join(excerpt(str(p), QUOTED_CHARACTERS).text for p in err["loc"]) or "message"
-    if err["type"] == "union_tag_invalid":
-        tag = excerpt(str((err.get("ctx") or {}).get("tag", "")), QUOTED_CHARACTERS)
-        return f"unknown message type '{tag.text}'", {"type": tag.as_record()}
-    evidence: dict[str, object] = {}
-    value = err.get("input")
-    if isinstance(value, str):
-        evidence["value"] = excerpt(value, QUOTED_CHARACTERS).as_record()
-    return f"{where}: {excerpt(err['msg'], 160).text}", evidence
-
-
 def parse_agent_message(frame: str | bytes) -> AnyAgentMessage:
     """Validate one text frame from an agent, raising ProtocolError with the first problem."""
     if isinstance(frame, bytes):
@@ -241,7 +217,7 @@ def parse_agent_message(frame: str | bytes) -> AnyAgentMessage:
     try:
         return _agent_adapter.validate_json(frame)
     except ValidationError as exc:
-        problem, evidence = _first_error(exc)
+        problem, evidence = first_error(exc)
         raise ProtocolError(f"Malformed agent message ({problem}).", evidence=evidence) from exc
 
 
@@ -252,5 +228,5 @@ def parse_platform_message(frame: str | bytes) -> AnyPlatformMessage:
     try:
         return _platform_adapter.validate_json(frame)
     except ValidationError as exc:
-        problem, evidence = _first_error(exc)
+        problem, evidence = first_error(exc)
         raise ProtocolError(f"Malformed platform message ({problem}).", evidence=evidence) from exc
