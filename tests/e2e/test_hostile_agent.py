@@ -20,7 +20,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 
-from tether.protocol import Welcome, parse_platform_message
+from tether.protocol import IsolationReport, Welcome, parse_platform_message
+from tether.protocol.isolation import IsolationStatus
 
 from .conftest import enrolled_agent, running_agent
 from .harness import Agent, Children, Cli, Platform, host_by_id, wait_for
@@ -331,3 +332,43 @@ async def test_refusals_past_ten_a_minute_are_one_summary_with_counts(
     )
     assert PENALTY.match(details["last_reason"])
     bounded(summary[0])
+
+
+async def test_an_isolation_report_error_is_recorded_escaped(
+    site: tuple[Platform, Cli, Agent], hostile: Agent
+) -> None:
+    platform, admin, _ = site
+    report = IsolationReport(
+        status=IsolationStatus(isolated=False),
+        cause="reassert",
+        error="\x1b[2J\x1b[HIsolation restored by the platform.\u202e",
+    )
+    async with await welcomed(platform, hostile) as ws:
+        await ws.send(report.model_dump_json())
+
+        def recorded() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in audit_records(admin)
+                if r["action"] == "isolation.reported" and r["target"] == f"host:{hostile.host_id}"
+            ]
+
+        (record,) = wait_for(recorded, timeout=10, what="the isolation report")
+    assert record["details"]["error"] == (
+        "\\x1b[2J\\x1b[HIsolation restored by the platform.\\u202e"
+    )
+    bounded(record)
+
+
+async def test_a_hello_with_a_bidi_os_name_is_refused(
+    site: tuple[Platform, Cli, Agent], hostile: Agent
+) -> None:
+    platform, _, _ = site
+    spoofed = json.loads(hello())
+    spoofed["os"]["name"] = "Linux\u202e"
+    async with await open_raw(platform, hostile.cert, hostile.key) as ws:
+        await ws.send(json.dumps(spoofed))
+        code, reason = await close_of(ws)
+    assert code == 4000
+    assert reason.startswith("Malformed agent message (hello.os.name: String should match pattern")
+    assert len(reason.encode()) <= 123

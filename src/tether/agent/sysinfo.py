@@ -50,8 +50,8 @@ def hello(hostname: str | None = None) -> Hello:
         hostname=safe_text(hostname or socket.gethostname(), MAX_HOSTNAME) or "unknown",
         os=OsInfo(
             family=os_family(),
-            name=platform.system()[:128],
-            version=platform.release()[:128],
+            name=safe_text(platform.system(), 128),
+            version=safe_text(platform.release(), 128),
         ),
         addresses=addresses(),
         boot_time=datetime.fromtimestamp(psutil.boot_time(), UTC),

@@ -13,6 +13,7 @@ from tether.protocol.errors import ProtocolError
 from tether.protocol.hostnames import Hostname
 from tether.protocol.isolation import AllowList, IsolationStatus, ReportCause
 from tether.protocol.job_states import AgentJobState
+from tether.protocol.text import ENDPOINT_TEXT
 from tether.protocol.transfer import (
     TransferAbort,
     TransferAccept,
@@ -28,7 +29,8 @@ from tether.protocol.validation import first_error
 # Text an endpoint reports ends up in terminals and web pages: no control characters, ever.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=PRINTABLE)]
-Label = Annotated[str, Field(max_length=128, pattern=PRINTABLE)]
+# What an endpoint says about itself is shown in tables and pages: no C1 or bidi either.
+Label = Annotated[str, Field(max_length=128, pattern=ENDPOINT_TEXT)]
 Address = Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[0-9A-Fa-f:.]+$")]
 
 
@@ -49,7 +51,7 @@ class Hello(_Message):
 
     type: Literal["hello"] = "hello"
     protocol_version: int
-    agent_version: Annotated[str, Field(max_length=64, pattern=PRINTABLE)]
+    agent_version: Annotated[str, Field(max_length=64, pattern=ENDPOINT_TEXT)]
     hostname: Hostname
     os: OsInfo
     addresses: Annotated[list[Address], Field(max_length=64)]

@@ -31,6 +31,7 @@ from tether.protocol import (
     close_reason,
     parse_agent_message,
     retry_reason,
+    safe_text,
 )
 from tether.protocol.transfer import AnyTransferMessage, TransferRequest
 from tether.server.gateway.budget import BudgetLimits
@@ -545,7 +546,8 @@ class AgentGateway:
                 "mode": status.mode.value if status.mode is not None else None,
                 "allow": [r.model_dump(mode="json") for r in status.allow],
                 "job": report.job_id,
-                "error": report.error,
+                # The endpoint's sentence, escaped: the record is read in terminals and pages.
+                "error": safe_text(report.error, 1024) if report.error is not None else None,
             },
         )
 
