@@ -326,7 +326,7 @@ async def test_refusals_past_ten_a_minute_are_one_summary_with_counts(
     assert len(summary) == 1
     details = summary[0]["details"]
     assert details["summary"] is True
-    assert details["counts"] == {"refused_until_its_penalty_ends": 5}
+    assert details["reasons"] == {"refused_until_its_penalty_ends": 5}
     assert details["reason"] == (
         "5 more refusals of this host within a minute were counted, not recorded one by one."
     )

@@ -52,7 +52,7 @@ async def test_past_ten_a_minute_refusals_are_counted_into_one_summary(audit: Au
     action, target, details = stored[-1]
     assert (action, target) == ("agent.connect", "host:a")
     assert details["summary"] is True
-    assert details["counts"] == {
+    assert details["reasons"] == {
         "over budget: control frames": 500,
         "refused_until_its_penalty_ends": 1,
     }
@@ -82,7 +82,7 @@ async def test_open_summaries_are_written_at_shutdown(audit: AuditLog) -> None:
     assert await records(audit) == []
     await refusals.flush(everything=True)
     (only,) = await records(audit)
-    assert only[2]["counts"] == {"bad_frame": 1}
+    assert only[2]["reasons"] == {"bad_frame": 1}
 
 
 def test_a_penalty_ends_when_its_time_is_up() -> None:

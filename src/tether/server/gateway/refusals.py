@@ -6,6 +6,10 @@ the chain, the database and the Session History. So a host's first refusals in a
 recorded one by one (what an honest fault produces), and the rest of that minute are counted and
 written as one summary with the counts by kind when the minute ends.
 
+Unauthenticated refusals (logins, TLS handshakes) are summarized per source address by
+`services/refusal_summary.py`, with no record one by one: nobody is known there. Here the host is
+known by its certificate, and its first refusals are worth a record each.
+
 A host that overspent its budget is also sent away for a while (`Penalties`): its reconnects are
 refused before any database work, by certificate serial.
 """
@@ -109,8 +113,11 @@ class RefusalRecords:
                     f"{total} more refusals of this host within a minute were counted, "
                     "not recorded one by one."
                 ),
+                # The fields of the unauthenticated refusals' summary (services/refusal_summary.py),
+                # so one query reads both.
                 "summary": True,
-                "counts": dict(window.counts),
+                "count": total,
+                "reasons": dict(sorted(window.counts.items())),
                 "last_reason": window.last_reason,
                 "first": window.first_counted,
                 "last": window.last_counted,
