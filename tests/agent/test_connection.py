@@ -1,12 +1,15 @@
+import asyncio
 import random
 
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from tether.agent.connection import AgentConnection, Backoff
+from tether.agent.connection import AgentConnection, Backoff, asked_to_wait
 from tether.agent.errors import AgentRefused
-from tether.protocol import CloseCode
+from tether.protocol import CloseCode, retry_reason
 
 
 def test_backoff_grows_exponentially_up_to_the_cap() -> None:
@@ -51,3 +54,36 @@ def test_final_close_codes_stop_the_agent(code: CloseCode) -> None:
 def test_other_close_codes_let_it_reconnect(code: int) -> None:
     AgentConnection._raise_if_final(closed(code, "x"))
     AgentConnection._raise_if_final(ConnectionClosed(None, None))
+
+
+async def closed_by_a_server(code: int, reason: str) -> ClientConnection:
+    """A real client connection that a real local server closed with `code` and `reason`."""
+
+    async def close_it(ws: ServerConnection) -> None:
+        await ws.close(code, reason)
+
+    async with serve(close_it, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        ws = await connect(f"ws://127.0.0.1:{port}", proxy=None)
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(5):
+                await ws.recv()
+        return ws
+
+
+async def test_an_agent_sent_away_for_overspending_waits_the_time_it_was_given() -> None:
+    reason = retry_reason("This host sent more control frames than its budget allows.", 60)
+    ws = await closed_by_a_server(int(CloseCode.OVER_BUDGET), reason)
+    assert asked_to_wait(ws) == 60.0
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (4000, "Malformed agent message (x). Reconnect after 60 s."),  # not a budget close
+        (int(CloseCode.OVER_BUDGET), "No time given."),
+    ],
+)
+async def test_other_closes_ask_for_no_wait(code: int, reason: str) -> None:
+    assert asked_to_wait(await closed_by_a_server(code, reason)) == 0.0
+    assert asked_to_wait(None) == 0.0

@@ -3,6 +3,17 @@
 import tether.protocol
 
 EXPECTED = [
+    "MAX_CLOSE_REASON_BYTES",
+    "close_reason",
+    "retry_after",
+    "retry_reason",
+    "HOSTNAME_RULE",
+    "MAX_HOSTNAME",
+    "Hostname",
+    "hostname_key",
+    "Excerpt",
+    "excerpt",
+    "fit_bytes",
     "ACTIONS",
     "FINAL_AGENT_STATES",
     "FINAL_STATES",

@@ -1,9 +1,11 @@
+import hashlib
 import json
 from typing import Any
 
 import pytest
 
 from tether.protocol import (
+    MAX_CLOSE_REASON_BYTES,
     PROTOCOL_VERSION,
     Heartbeat,
     Hello,
@@ -13,6 +15,7 @@ from tether.protocol import (
     Policy,
     ProtocolError,
     Welcome,
+    close_reason,
     parse_agent_message,
     parse_platform_message,
 )
@@ -78,10 +81,46 @@ def test_oversize_hostname_is_refused() -> None:
         parse_agent_message(json.dumps(hello_dict(hostname="h" * 256)))
 
 
-@pytest.mark.parametrize("hostname", ["evil\x1b[31m", "line\nbreak", "nul\x00", "del\x7f", ""])
-def test_hostname_with_control_characters_or_empty_is_refused(hostname: str) -> None:
-    with pytest.raises(ProtocolError, match="hostname"):
+@pytest.mark.parametrize(
+    "hostname",
+    ["evil\x1b[31m", "line\nbreak", "nul\x00", "del\x7f", "", "csi\x9b31m", "dc01\u202etxt.exe"],
+)
+def test_hostname_with_control_or_bidi_characters_or_empty_is_refused(hostname: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
         parse_agent_message(json.dumps(hello_dict(hostname=hostname)))
+    assert str(refused.value) == (
+        "Malformed agent message "
+        "(hello.hostname: 1 to 255 characters, no control or bidi characters)."
+    )
+    assert len(close_reason(str(refused.value)).encode()) <= MAX_CLOSE_REASON_BYTES
+    assert close_reason(str(refused.value)) == str(refused.value)
+
+
+def test_a_megabyte_message_type_is_refused_with_an_excerpt_its_length_and_hash() -> None:
+    tag = "\x1b]0;owned\x07\u202e" + "A" * 1_000_000
+    with pytest.raises(ProtocolError) as refused:
+        parse_agent_message(json.dumps({"type": tag}))
+    message = str(refused.value)
+    assert message == (
+        "Malformed agent message (unknown message type "
+        "'\\x1b]0;owned\\x07\\u202eAAAA...[truncated]')."
+    )
+    assert refused.value.evidence == {
+        "type": {
+            "text": "\\x1b]0;owned\\x07\\u202eAAAA...[truncated]",
+            "length": len(tag),
+            "sha256": hashlib.sha256(tag.encode()).hexdigest(),
+        }
+    }
+    assert len(message.encode()) <= MAX_CLOSE_REASON_BYTES
+
+
+def test_a_long_field_name_is_quoted_cut_in_the_refusal() -> None:
+    key = "k" * 100_000
+    with pytest.raises(ProtocolError) as refused:
+        parse_agent_message(json.dumps(hello_dict(**{key: 1})))
+    assert len(str(refused.value)) < 300
+    assert "...[truncated]: Extra inputs are not permitted" in str(refused.value)
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1; rm -rf /", "x", "a" * 65])

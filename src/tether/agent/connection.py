@@ -37,11 +37,20 @@ from tether.protocol import (
     ProtocolError,
     Welcome,
     parse_platform_message,
+    retry_after,
 )
 from tether.protocol.isolation import AllowRule
 from tether.protocol.transfer import AnyTransferMessage, TransferGrant
 
 log = logging.getLogger("tether.agent")
+
+
+def asked_to_wait(websocket: ClientConnection | None) -> float:
+    """Seconds the platform asked this agent to stay away when it closed `websocket` (it sends
+    an agent that overspent its budget away for a while, `CloseCode.OVER_BUDGET`); 0 otherwise."""
+    if websocket is None or websocket.close_code != CloseCode.OVER_BUDGET:
+        return 0.0
+    return float(retry_after(websocket.close_reason or "") or 0)
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,8 @@ class AgentConnection:
             isolator=self.isolator,
         )
         self._backoff = backoff or Backoff()
+        # The last session's socket, for the close code and reason it ended with.
+        self._last_socket: ClientConnection | None = None
         self._ssl = client_ssl_context(state)
         self.connected = asyncio.Event()
 
@@ -208,7 +219,9 @@ class AgentConnection:
                 # The session had reached welcome: start the backoff over.
                 attempt = 0
                 self.connected.clear()
-            delay = self._backoff.delay(attempt)
+            # A platform that sent this agent away for overspending says when it may return.
+            delay = max(self._backoff.delay(attempt), asked_to_wait(self._last_socket))
+            self._last_socket = None
             attempt += 1
             log.info("Reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
@@ -233,6 +246,7 @@ class AgentConnection:
             raise AgentRefused(
                 f"The platform address {self._identity.agent_url} is not valid."
             ) from exc
+        self._last_socket = websocket
         async with websocket:
             self.gate.reset()
             disabled = self.gate.disabled_locally()

@@ -17,7 +17,13 @@ from cryptography.x509.oid import NameOID
 
 from tether.agent.errors import EnrollmentFailed
 from tether.agent.state import Identity, StateDir
-from tether.protocol import EnrollmentToken, EnrollRequest, EnrollResponse
+from tether.protocol import (
+    MAX_HOSTNAME,
+    EnrollmentToken,
+    EnrollRequest,
+    EnrollResponse,
+    safe_text,
+)
 
 TIMEOUT = httpx.Timeout(15.0)
 
@@ -77,7 +83,9 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
     ca_pem = _fetch_ca(token.server_url, token.ca_sha256)
     key = ec.generate_private_key(ec.SECP256R1())
     name = hostname or socket.gethostname() or "unknown"
-    request = EnrollRequest(secret=token.secret, csr_pem=_csr(key, name), hostname=name[:255])
+    request = EnrollRequest(
+        secret=token.secret, csr_pem=_csr(key, name), hostname=safe_text(name, MAX_HOSTNAME)
+    )
     context = ssl.create_default_context(cadata=ca_pem.decode())
     try:
         response = httpx.post(

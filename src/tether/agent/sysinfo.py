@@ -10,7 +10,7 @@ from typing import Literal
 import psutil
 
 from tether import __version__
-from tether.protocol import PROTOCOL_VERSION, Hello, OsInfo
+from tether.protocol import MAX_HOSTNAME, PROTOCOL_VERSION, Hello, OsInfo, safe_text
 
 OsFamily = Literal["linux", "windows", "darwin", "other"]
 
@@ -46,11 +46,12 @@ def hello(hostname: str | None = None) -> Hello:
     return Hello(
         protocol_version=PROTOCOL_VERSION,
         agent_version=__version__,
-        hostname=(hostname or socket.gethostname())[:255] or "unknown",
+        # Escaped: the platform refuses a hostname with control or bidi characters in it.
+        hostname=safe_text(hostname or socket.gethostname(), MAX_HOSTNAME) or "unknown",
         os=OsInfo(
             family=os_family(),
-            name=platform.system()[:128],
-            version=platform.release()[:128],
+            name=safe_text(platform.system(), 128),
+            version=safe_text(platform.release(), 128),
         ),
         addresses=addresses(),
         boot_time=datetime.fromtimestamp(psutil.boot_time(), UTC),

@@ -5,7 +5,13 @@ depends on the standard library and pydantic only.
 """
 
 from tether.protocol.actions import ACTIONS, ActionSpec, NoopArgs, NoopResult, action
-from tether.protocol.closecodes import CloseCode
+from tether.protocol.closecodes import (
+    MAX_CLOSE_REASON_BYTES,
+    CloseCode,
+    close_reason,
+    retry_after,
+    retry_reason,
+)
 from tether.protocol.enrollment import (
     EnrollmentToken,
     EnrollRequest,
@@ -29,6 +35,7 @@ from tether.protocol.filesystem import (
     FilePutResult,
     HashAlgorithm,
 )
+from tether.protocol.hostnames import HOSTNAME_RULE, MAX_HOSTNAME, Hostname, hostname_key
 from tether.protocol.job_states import (
     FINAL_AGENT_STATES,
     FINAL_STATES,
@@ -79,7 +86,16 @@ from tether.protocol.processes import (
     ProcessListArgs,
 )
 from tether.protocol.scripts import MAX_SCRIPT_BYTES, ScriptRunArgs, ScriptRunResult
-from tether.protocol.text import ENDPOINT_TEXT, TRUNCATION_MARKER, clip, escape_text, safe_text
+from tether.protocol.text import (
+    ENDPOINT_TEXT,
+    TRUNCATION_MARKER,
+    Excerpt,
+    clip,
+    escape_text,
+    excerpt,
+    fit_bytes,
+    safe_text,
+)
 from tether.protocol.transfer import (
     ChunkHeader,
     TransferAbort,
@@ -105,8 +121,11 @@ __all__ = [
     "ENDPOINT_TEXT",
     "FINAL_AGENT_STATES",
     "FINAL_STATES",
+    "HOSTNAME_RULE",
+    "MAX_CLOSE_REASON_BYTES",
     "MAX_COMMAND_LINE",
     "MAX_FRAME_BYTES",
+    "MAX_HOSTNAME",
     "MAX_LIST_LIMIT",
     "MAX_OUTPUT_TEXT",
     "MAX_PATH",
@@ -128,6 +147,7 @@ __all__ = [
     "EnrollResponse",
     "EnrollmentToken",
     "EntryType",
+    "Excerpt",
     "FileEntry",
     "FileGetArgs",
     "FileGetResult",
@@ -141,6 +161,7 @@ __all__ = [
     "HashUnavailable",
     "Heartbeat",
     "Hello",
+    "Hostname",
     "InvalidEnrollmentToken",
     "InvalidTransition",
     "IsolationReport",
@@ -182,14 +203,20 @@ __all__ = [
     "can_move",
     "check_move",
     "clip",
+    "close_reason",
     "decode_chunk",
     "encode_chunk",
     "escape_text",
+    "excerpt",
+    "fit_bytes",
+    "hostname_key",
     "is_final",
     "parse_agent_message",
     "parse_platform_message",
     "parse_transfer_message",
     "permissions_of",
+    "retry_after",
+    "retry_reason",
     "safe_text",
     "transfer_id_for",
 ]

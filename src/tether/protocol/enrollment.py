@@ -14,6 +14,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tether.protocol.errors import ProtocolError
+from tether.protocol.hostnames import Hostname
 
 TOKEN_PREFIX = "tether-enroll-v1."
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -63,7 +64,7 @@ class EnrollRequest(BaseModel):
 
     secret: Annotated[str, Field(min_length=32, max_length=128)]
     csr_pem: Annotated[str, Field(min_length=100, max_length=8192)]
-    hostname: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    hostname: Hostname
 
 
 class EnrollResponse(BaseModel):

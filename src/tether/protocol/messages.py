@@ -10,8 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from tether.protocol.errors import ProtocolError
+from tether.protocol.hostnames import Hostname
 from tether.protocol.isolation import AllowList, IsolationStatus, ReportCause
 from tether.protocol.job_states import AgentJobState
+from tether.protocol.text import ENDPOINT_TEXT
 from tether.protocol.transfer import (
     TransferAbort,
     TransferAccept,
@@ -22,11 +24,13 @@ from tether.protocol.transfer import (
     TransferOpen,
     TransferRequest,
 )
+from tether.protocol.validation import first_error
 
 # Text an endpoint reports ends up in terminals and web pages: no control characters, ever.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=PRINTABLE)]
-Label = Annotated[str, Field(max_length=128, pattern=PRINTABLE)]
+# What an endpoint says about itself is shown in tables and pages: no C1 or bidi either.
+Label = Annotated[str, Field(max_length=128, pattern=ENDPOINT_TEXT)]
 Address = Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[0-9A-Fa-f:.]+$")]
 
 
@@ -47,8 +51,8 @@ class Hello(_Message):
 
     type: Literal["hello"] = "hello"
     protocol_version: int
-    agent_version: Annotated[str, Field(max_length=64, pattern=PRINTABLE)]
-    hostname: Name
+    agent_version: Annotated[str, Field(max_length=64, pattern=ENDPOINT_TEXT)]
+    hostname: Hostname
     os: OsInfo
     addresses: Annotated[list[Address], Field(max_length=64)]
     boot_time: datetime
@@ -211,12 +215,6 @@ _agent_adapter: TypeAdapter[AnyAgentMessage] = TypeAdapter(AgentMessage)
 _platform_adapter: TypeAdapter[AnyPlatformMessage] = TypeAdapter(PlatformMessage)
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "message"
-    return f"{where}: {err['msg']}"
-
-
 def parse_agent_message(frame: str | bytes) -> AnyAgentMessage:
     """Validate one text frame from an agent, raising ProtocolError with the first problem."""
     if isinstance(frame, bytes):
@@ -224,7 +222,8 @@ def parse_agent_message(frame: str | bytes) -> AnyAgentMessage:
     try:
         return _agent_adapter.validate_json(frame)
     except ValidationError as exc:
-        raise ProtocolError(f"Malformed agent message ({_first_error(exc)}).") from exc
+        problem, evidence = first_error(exc)
+        raise ProtocolError(f"Malformed agent message ({problem}).", evidence=evidence) from exc
 
 
 def parse_platform_message(frame: str | bytes) -> AnyPlatformMessage:
@@ -234,4 +233,5 @@ def parse_platform_message(frame: str | bytes) -> AnyPlatformMessage:
     try:
         return _platform_adapter.validate_json(frame)
     except ValidationError as exc:
-        raise ProtocolError(f"Malformed platform message ({_first_error(exc)}).") from exc
+        problem, evidence = first_error(exc)
+        raise ProtocolError(f"Malformed platform message ({problem}).", evidence=evidence) from exc

@@ -5,7 +5,9 @@ pages. The agent escapes it with `escape_text` before sending; the platform vali
 `ENDPOINT_TEXT`, so an agent that skips the escaping (compromised, or old) is refused, not shown.
 """
 
+import hashlib
 import re
+from dataclasses import dataclass
 
 # Characters a terminal or a browser may act on instead of showing: C0 controls (newline, escape),
 # DEL and the C1 controls (0x9b is an 8-bit CSI), and the Unicode bidirectional overrides that
@@ -64,3 +66,43 @@ def clip(text: str, limit: int) -> str:
 def safe_text(text: str, limit: int) -> str:
     """`text` escaped and clipped to `limit` characters: ready for an ENDPOINT_TEXT field."""
     return clip(escape_text(text)[0], limit)
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """A bounded, showable form of text someone else chose, with what identifies the whole.
+
+    For records and logs: `text` is escaped (no control or bidirectional character survives) and
+    cut to its limit; `length` and `sha256` still tell what was received, so a megabyte that was
+    cut to 64 characters can be matched against a copy kept elsewhere.
+    """
+
+    text: str
+    length: int
+    sha256: str
+
+    def as_record(self) -> dict[str, str | int]:
+        return {"text": self.text, "length": self.length, "sha256": self.sha256}
+
+
+def excerpt(text: str, limit: int = 64) -> Excerpt:
+    """`text` escaped and clipped to `limit` characters, with its length and SHA-256 (of its
+    UTF-8, lone surrogates kept as they are).
+
+    Only the first `limit` characters are escaped, so a huge input costs one hash, not a copy.
+    """
+    head = escape_text(text[: limit + 1])[0]
+    if len(text) > limit or len(head) > limit:
+        head = head[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return Excerpt(text=head, length=len(text), sha256=digest)
+
+
+def fit_bytes(text: str, limit: int) -> str:
+    """`text` escaped and cut to at most `limit` bytes of UTF-8 (never inside a character),
+    ending in "..." when it was cut: for fields whose limit is in bytes, like a close reason."""
+    escaped = escape_text(text)[0]
+    encoded = escaped.encode("utf-8")
+    if len(encoded) <= limit:
+        return escaped
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "..."

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, Validati
 
 from tether.errors import TetherError
 from tether.protocol.errors import ProtocolError
+from tether.protocol.validation import first_error
 from tether.protocol.version import MAX_FRAME_BYTES
 
 CHUNK_FORMAT_VERSION = 1
@@ -254,9 +255,8 @@ def parse_transfer_message(frame: str | bytes) -> AnyTransferMessage:
     try:
         return _adapter.validate_json(frame)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "message"
-        raise ProtocolError(f"Malformed transfer message ({where}: {err['msg']}).") from exc
+        problem, evidence = first_error(exc)
+        raise ProtocolError(f"Malformed transfer message ({problem}).", evidence=evidence) from exc
 
 
 class Transport(Protocol):

@@ -173,6 +173,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
                 await agent_server.wait_closed()
+        await gateway.stop()
         with contextlib.suppress(Exception):
             await api_task
         for task in (flusher, purger, sweeper, live_sweeper, certificate_watch, *summaries):

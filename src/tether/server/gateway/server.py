@@ -7,6 +7,7 @@ and unknown serials are decided here, against the hosts table, and audited.
 """
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import Any, cast
@@ -14,6 +15,7 @@ from typing import Any, cast
 from cryptography import x509
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from tether.protocol import (
     MAX_FRAME_BYTES,
@@ -26,11 +28,17 @@ from tether.protocol import (
     JobStatus,
     ProtocolError,
     Welcome,
+    close_reason,
     parse_agent_message,
+    retry_reason,
+    safe_text,
 )
 from tether.protocol.transfer import AnyTransferMessage, TransferRequest
+from tether.server.gateway.budget import BudgetLimits
 from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, TransferLink
+from tether.server.gateway.metering import MeteredConnection, over_budget_reason
 from tether.server.gateway.pacing import REPORTS_PER_MINUTE, Pacing
+from tether.server.gateway.refusals import Penalties, RefusalRecords
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.file_transfers import FileTransfers
@@ -174,15 +182,18 @@ def _tls_connection_class(
     timeout: float,
     shutdown_timeout: float,
     refusals: RefusalSummary | None,
+    limits: BudgetLimits,
 ) -> type[ServerConnection]:
     return type(
         "TlsServerConnection",
-        (_TlsServerConnection,),
+        # Metering first: it charges every read before the TLS class hands it on.
+        (MeteredConnection, _TlsServerConnection),
         {
             "tls_context": context,
             "tls_timeout": timeout,
             "tls_shutdown_timeout": shutdown_timeout,
             "tls_refusals": refusals,
+            "budget_limits": limits,
         },
     )
 
@@ -215,6 +226,7 @@ class AgentGateway:
         heartbeat_seconds: int,
         hello_timeout: float,
         tls_refusals: RefusalSummary | None = None,
+        budget: BudgetLimits = BudgetLimits(),
     ) -> None:
         self._hosts = hosts
         self._tls_refusals = tls_refusals
@@ -225,15 +237,24 @@ class AgentGateway:
         self._audit = audit
         self._heartbeat = heartbeat_seconds
         self._hello_timeout = hello_timeout
+        self._budget = budget
+        self._refusals = RefusalRecords(audit)
+        self._penalties = Penalties()
+        self._summaries: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> Server:
+        self._summaries = asyncio.create_task(self._refusals.run())
         return await serve(
             self.handle,
             host,
             port,
             # TLS is done per connection (see _TlsServerConnection), not by the listening socket.
             create_connection=_tls_connection_class(
-                context, timeout=15, shutdown_timeout=2, refusals=self._tls_refusals
+                context,
+                timeout=15,
+                shutdown_timeout=2,
+                refusals=self._tls_refusals,
+                limits=self._budget,
             ),
             compression=None,  # deflate made bulk transfer 20x slower (DESIGN.md section 4)
             max_size=MAX_FRAME_BYTES,
@@ -245,6 +266,14 @@ class AgentGateway:
             server_header=None,
         )
 
+    async def stop(self) -> None:
+        """Write the refusal summaries still open (after the agent port closed)."""
+        if self._summaries is not None:
+            self._summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summaries
+        await self._refusals.flush(everything=True)
+
     async def _refuse(
         self,
         ws: ServerConnection,
@@ -253,20 +282,35 @@ class AgentGateway:
         *,
         target: str,
         details: dict[str, Any],
+        kind: str = "",
     ) -> None:
-        await self._audit.record(
-            "agent.connect",
-            actor="endpoint",
-            target=target,
-            outcome="failure",
-            source=_peer(ws),
-            details={"reason": reason, **details},
+        """Close with `reason` (cut to fit a close frame) and put the refusal on record.
+
+        The close goes first: the agent learns why at once, whatever the record costs.
+        """
+        reason = close_reason(reason)
+        peer = _peer(ws)  # before the close: a closed connection has no address
+        with contextlib.suppress(ConnectionClosed):
+            await ws.close(int(code), reason)
+        log.warning("Refused agent %s: %s", peer, reason)
+        await self._refusals.refuse(
+            target, source=peer, kind=kind or code.name.lower(), reason=reason, details=details
         )
-        log.warning("Refused agent %s: %s", _peer(ws), reason)
-        await ws.close(int(code), reason)
 
     async def handle(self, ws: ServerConnection) -> None:
+        """One agent connection, start to end; nothing it sends makes this raise."""
+        try:
+            await self._handle(ws)
+        except Exception:
+            log.exception("The connection from %s failed", _peer(ws))
+            ws.transport.abort()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        peer = _peer(ws)
         serial = _peer_serial(ws)
+        if serial is not None and self._penalties.remaining(serial) is not None:
+            await self._refuse_penalized(ws, serial)
+            return
         status = await self._hosts.certificate_status(serial) if serial else None
         if status is None:
             await self._refuse(
@@ -286,10 +330,36 @@ class AgentGateway:
                 details={"cert_serial": serial, "hostname": status.hostname},
             )
             return
-        hello = await self._read_hello(ws, status)
-        if hello is None:
-            return
-        await self._hosts.record_hello(status.host_id, hello)
+        try:
+            hello = await self._read_hello(ws, status)
+            if hello is not None:
+                await self._note_hostname(ws, status, hello)
+                await self._hosts.record_hello(status.host_id, hello)
+                await self._serve(ws, status, hello)
+        finally:
+            await self._after_close(ws, status, serial, peer)
+
+    async def _refuse_penalized(self, ws: ServerConnection, serial: str) -> None:
+        """Refuse a host that is sent away for overspending, after holding it unread a while."""
+        penalty = self._penalties.remaining(serial)
+        host_id = penalty[1] if penalty is not None else ""
+        transport = ws.transport
+        transport.pause_reading()
+        async with self._penalties.hold(serial):
+            pass
+        transport.resume_reading()  # for the close handshake; the budget still applies
+        penalty = self._penalties.remaining(serial)
+        seconds = penalty[0] if penalty is not None else 1
+        await self._refuse(
+            ws,
+            CloseCode.OVER_BUDGET,
+            retry_reason("This host overspent its budget and is refused for now.", seconds),
+            target=f"host:{host_id}",
+            details={"cert_serial": serial},
+            kind="refused_until_its_penalty_ends",
+        )
+
+    async def _serve(self, ws: ServerConnection, status: CertificateStatus, hello: Hello) -> None:
         link = AgentConnection(status.host_id, ws)
         transfer_link = TransferLink(ws)
         try:
@@ -319,7 +389,47 @@ class AgentGateway:
             self._presence.detach(link)
             self._transfers.disconnected(status.host_id, transfer_link)
             link.fail_pending("The agent disconnected before answering.")
-        await self._audit_bad_close(ws, status)
+
+    async def _after_close(
+        self, ws: ServerConnection, status: CertificateStatus, serial: str | None, peer: str
+    ) -> None:
+        """Record how the connection ended when the agent broke a rule the handler never saw:
+        a budget overspent (and send the host away), or the WebSocket protocol itself."""
+        budget = ws.budget if isinstance(ws, MeteredConnection) else None
+        if budget is not None and budget.exceeded is not None and serial is not None:
+            seconds = self._budget.penalty_seconds
+            self._penalties.impose(serial, status.host_id, seconds)
+            reason = over_budget_reason(budget.exceeded, seconds)
+            log.warning("Agent %s (%s): %s", status.host_id, peer, reason)
+            await self._refusals.refuse(
+                f"host:{status.host_id}",
+                source=peer,
+                kind=f"over budget: {budget.exceeded}",
+                reason=reason,
+                details={"exceeded": budget.exceeded, "spent": budget.spent()},
+            )
+            return
+        await self._audit_bad_close(ws, status, peer)
+
+    async def _note_hostname(
+        self, ws: ServerConnection, status: CertificateStatus, hello: Hello
+    ) -> None:
+        """Put a hostname on record when it differs from the one the host had (the enrollment
+        record holds the first), naming the other hosts whose names read alike."""
+        if hello.hostname == status.hostname:
+            return
+        alike = await self._hosts.named_like(hello.hostname, other_than=status.host_id)
+        await self._audit.record(
+            "host.hostname",
+            actor="endpoint",
+            target=f"host:{status.host_id}",
+            source=_peer(ws),
+            details={
+                "previous": status.hostname,
+                "reported": hello.hostname,
+                "reads_like": alike,
+            },
+        )
 
     async def _read_hello(self, ws: ServerConnection, status: CertificateStatus) -> Hello | None:
         target = f"host:{status.host_id}"
@@ -333,10 +443,11 @@ class AgentGateway:
             )
             return None
         except ProtocolError as exc:
-            await self._refuse(ws, CloseCode.BAD_FRAME, str(exc), target=target, details={})
+            await self._refuse(
+                ws, CloseCode.BAD_FRAME, str(exc), target=target, details=exc.evidence
+            )
             return None
         except ConnectionClosed:
-            await self._audit_bad_close(ws, status)
             return None
         if not isinstance(message, Hello):
             await self._refuse(
@@ -389,7 +500,11 @@ class AgentGateway:
                     continue
             except ProtocolError as exc:
                 await self._refuse(
-                    ws, CloseCode.BAD_FRAME, str(exc), target=f"host:{status.host_id}", details={}
+                    ws,
+                    CloseCode.BAD_FRAME,
+                    str(exc),
+                    target=f"host:{status.host_id}",
+                    details=exc.evidence,
                 )
                 return
             self._presence.touch(status.host_id)
@@ -431,7 +546,8 @@ class AgentGateway:
                 "mode": status.mode.value if status.mode is not None else None,
                 "allow": [r.model_dump(mode="json") for r in status.allow],
                 "job": report.job_id,
-                "error": report.error,
+                # The endpoint's sentence, escaped: the record is read in terminals and pages.
+                "error": safe_text(report.error, 1024) if report.error is not None else None,
             },
         )
 
@@ -450,15 +566,18 @@ class AgentGateway:
             # again after its next connect: log and carry on rather than drop the connection.
             log.exception("Could not record %s from host %s", message.type, link.host_id)
 
-    async def _audit_bad_close(self, ws: ServerConnection, status: CertificateStatus) -> None:
+    async def _audit_bad_close(
+        self, ws: ServerConnection, status: CertificateStatus, peer: str
+    ) -> None:
         """Record connections the WebSocket layer itself closed for a protocol violation."""
+        if ws.protocol.state is not State.CLOSED:
+            return
         sent = ws.close_exc.sent if isinstance(ws.close_exc, ConnectionClosed) else None
         if sent is not None and sent.code in {CloseCode.MESSAGE_TOO_BIG, 1002, 1007}:
-            await self._audit.record(
-                "agent.connect",
-                actor="endpoint",
-                target=f"host:{status.host_id}",
-                outcome="failure",
-                source=_peer(ws),
-                details={"reason": f"WebSocket protocol violation: {sent.reason or sent.code}"},
+            await self._refusals.refuse(
+                f"host:{status.host_id}",
+                source=peer,
+                kind="websocket_protocol_violation",
+                reason=close_reason(f"WebSocket protocol violation: {sent.reason or sent.code}"),
+                details={},
             )

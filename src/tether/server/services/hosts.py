@@ -1,5 +1,6 @@
 """The host inventory: what each enrolled endpoint is, where it sits, and whether it is online."""
 
+import builtins
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -8,7 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import CloseCode, Hello, IsolationReport
+from tether.protocol import CloseCode, Hello, IsolationReport, hostname_key
 from tether.server.errors import Conflict, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.batching import Coalesced
@@ -144,6 +145,18 @@ class Hosts:
                         row.id, row.hostname, row.revoked_at is not None
                     )
         return found
+
+    async def named_like(self, hostname: str, *, other_than: str) -> "builtins.list[str]":
+        """Ids of the other enrolled (not revoked) hosts whose name reads like `hostname`
+        (`hostname_key`): the names `tether run NAME` could confuse."""
+        key = hostname_key(hostname)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(hosts.c.id, hosts.c.hostname).where(
+                    hosts.c.revoked_at.is_(None), hosts.c.id != other_than
+                )
+            )
+            return sorted(r.id for r in rows if hostname_key(r.hostname) == key)
 
     async def record_hello(self, host_id: str, hello: Hello) -> None:
         """Store what the agent reported about itself (informational; identity is the cert).
