@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.server.errors import ConfigurationError
+from tether.server.errors import ConfigurationError, Unavailable
 from tether.server.services.audit import (
     GENESIS_HASH,
     AuditLog,
@@ -371,3 +371,29 @@ def test_signer_refuses_a_missing_or_wrong_key(tmp_path: Path) -> None:
     ca.save(tmp_path / "ca.pem", tmp_path / "ca.key")
     with pytest.raises(ConfigurationError, match="not an Ed25519 key"):
         CheckpointSigner(tmp_path / "ca.key", tmp_path / "anchor.json")
+
+
+async def test_a_record_on_its_own_is_kept_when_the_checkpoint_cannot_be_written(
+    audit: AuditLog, signer: CheckpointSigner, tmp_path: Path
+) -> None:
+    # It describes something already done (or an attempt): losing it would hide that; the
+    # checkpoint catches up with the next append that can write one.
+    await audit.record("test.before", actor="t")
+    (tmp_path / "audit-anchor.json.tmp").mkdir()
+    kept = await audit.record("test.after", actor="t")
+    assert (signer.latest() or kept).seq == kept.seq - 1
+    (tmp_path / "audit-anchor.json.tmp").rmdir()
+    later = await audit.record("test.later", actor="t")
+    assert (signer.latest() or kept).seq == later.seq
+    assert (await audit.verify()).intact
+
+
+async def test_a_transaction_is_refused_whole_when_the_checkpoint_cannot_be_written(
+    audit: AuditLog, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "audit-anchor.json.tmp").mkdir()
+    with pytest.raises(Unavailable, match=r"could not be written \(Is a directory\)"):
+        async with audit.transaction() as tx:
+            await tx.record("test.change", actor="t")
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(audit_records.c.seq))).all() == []

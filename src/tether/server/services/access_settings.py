@@ -55,7 +55,8 @@ class AccessSettingsStore:
         unknown = set(changes) - NAMES
         if unknown:
             raise Invalid(f"There is no setting named {sorted(unknown)[0]!r}.")
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             before = await read_access_settings(conn)
             after = replace(before, **changes)
             for name, value in changes.items():
@@ -63,9 +64,9 @@ class AccessSettingsStore:
                 await conn.execute(
                     insert(platform_settings).values(key=name, value=json.dumps(value))
                 )
-        changed = {k: v for k, v in asdict(after).items() if asdict(before)[k] != v}
-        if changed:
-            await self._audit.record("settings.change", actor=actor, source=source, details=changed)
+            changed = {k: v for k, v in asdict(after).items() if asdict(before)[k] != v}
+            if changed:
+                await tx.record("settings.change", actor=actor, source=source, details=changed)
         if after.external_access_suspended and not before.external_access_suspended:
             await self._on_external_suspended(actor, source)
         return after

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Select, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.server.errors import Unavailable
 from tether.server.services.checkpoints import Checkpoint, CheckpointSigner
 from tether.server.store.db import utcnow
 from tether.server.store.tables import audit_head, audit_records
@@ -212,8 +213,11 @@ class AuditLog:
     ) -> AuditRecord:
         """Append one record on its own and sign the new head; returns the stored record.
 
-        For a record that describes a state change, use `transaction` so both commit together."""
-        async with self.transaction() as tx:
+        For a record that describes a state change, use `transaction` so both commit together.
+        A record written on its own describes something already done (or an attempt), so a
+        checkpoint that cannot be written does not stop it: the record is kept, and the next
+        append that can write the checkpoint signs it (the chain still extends the old one)."""
+        async with self.transaction(checkpoint_required=False) as tx:
             return await tx.record(
                 action,
                 actor=actor,
@@ -224,12 +228,16 @@ class AuditLog:
             )
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator["AuditTransaction"]:
+    async def transaction(
+        self, *, checkpoint_required: bool = True
+    ) -> AsyncIterator["AuditTransaction"]:
         """One database transaction for state changes and the records that describe them.
 
         Both commit together or not at all: the new head's checkpoint is signed and written to
         disk before the commit, so when it cannot be written the transaction rolls back and
-        `Unavailable` says why; the checkpoint is put in place after the commit. Appends are
+        `Unavailable` says why (unless `checkpoint_required` is False: then the records commit
+        and the checkpoint waits for the next append); the checkpoint is put in place after the
+        commit. Appends are
         serialised by a process lock (SQLite cannot upgrade a read transaction under contention)
         and by PostgreSQL's row lock on the head across processes."""
         task = asyncio.current_task()
@@ -245,10 +253,21 @@ class AuditLog:
                     yield tx
                     await tx.flush()
                     if tx.last is not None and tx.extends:
-                        prepared = self._signer.prepare(tx.last.seq, tx.last.hash, self._clock())
+                        try:
+                            prepared = self._signer.prepare(
+                                tx.last.seq, tx.last.hash, self._clock()
+                            )
+                        except Unavailable:
+                            if checkpoint_required:
+                                raise
+                            log.error(
+                                "Record %d is kept without a new checkpoint; the next append "
+                                "that can write one signs it.",
+                                tx.last.seq,
+                            )
                 if prepared is not None:
                     self._signer.publish(prepared)
-                elif tx.last is not None:
+                elif tx.last is not None and not tx.extends:
                     # Signing now would bless a chain that was cut off or rewritten (or whose
                     # anchor was removed) and erase the evidence: keep the old checkpoint.
                     log.error(

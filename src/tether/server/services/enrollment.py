@@ -69,7 +69,8 @@ class Enrollment:
         secret = secrets.token_urlsafe(32)
         now = utcnow()
         expires = now + lifetime
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             segment_id, created = await ensure_segment(conn, segment)
             result = await conn.execute(
                 insert(enrollment_tokens).values(
@@ -83,21 +84,21 @@ class Enrollment:
                 )
             )
             token_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-        if created:
-            await self._audit.record(
-                "segment.create",
+            if created:
+                await tx.record(
+                    "segment.create",
+                    actor=actor,
+                    target=segment,
+                    source=source,
+                    details={"active_response": False, "reason": "first enrollment token"},
+                )
+            await tx.record(
+                "enrollment_token.create",
                 actor=actor,
-                target=segment,
+                target=f"token:{token_id}",
                 source=source,
-                details={"active_response": False, "reason": "first enrollment token"},
+                details={"segment": segment, "uses": uses, "expires_at": expires.isoformat()},
             )
-        await self._audit.record(
-            "enrollment_token.create",
-            actor=actor,
-            target=f"token:{token_id}",
-            source=source,
-            details={"segment": segment, "uses": uses, "expires_at": expires.isoformat()},
-        )
         token = EnrollmentToken(
             server_url=self._server_url,
             agent_url=self._agent_url,

@@ -280,7 +280,8 @@ class ScriptLibrary:
         check_source(source)
         digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         try:
-            async with self._engine.begin() as conn:
+            async with self._audit.transaction() as tx:
+                conn = tx.conn
                 script_id, deleted = await self._claim(conn, name, actor)
                 latest = await _latest_row(conn, script_id)
                 if schema_text is None:
@@ -309,46 +310,46 @@ class ScriptLibrary:
                     await conn.execute(
                         update(scripts).where(scripts.c.id == script_id).values(deleted_at=None)
                     )
+                await tx.record(
+                    "script.save",
+                    actor=actor,
+                    target=f"script:{name}",
+                    source=source_addr,
+                    details={
+                        "name": name,
+                        "version": number,
+                        "sha256": digest,
+                        "description": description,
+                        "parameters": json.loads(schema_text),
+                        "source": source,
+                        "restored": deleted,
+                    },
+                )
         except IntegrityError as exc:
             raise Conflict(
                 f"Script {name!r} was saved by someone else at the same moment; save again."
             ) from exc
-        await self._audit.record(
-            "script.save",
-            actor=actor,
-            target=f"script:{name}",
-            source=source_addr,
-            details={
-                "name": name,
-                "version": number,
-                "sha256": digest,
-                "description": description,
-                "parameters": json.loads(schema_text),
-                "source": source,
-                "restored": deleted,
-            },
-        )
         return await self.get(name, number), True
 
     async def delete(self, name: str, *, actor: str, source_addr: str) -> None:
         """Hide the script; its versions stay in the database and in the audit log."""
-        async with self._engine.begin() as conn:
-            script_id = await self._live_id(conn, name)
-            latest = await _latest_row(conn, script_id)
-            await conn.execute(
+        async with self._audit.transaction() as tx:
+            script_id = await self._live_id(tx.conn, name)
+            latest = await _latest_row(tx.conn, script_id)
+            await tx.conn.execute(
                 update(scripts).where(scripts.c.id == script_id).values(deleted_at=utcnow())
             )
-        await self._audit.record(
-            "script.delete",
-            actor=actor,
-            target=f"script:{name}",
-            source=source_addr,
-            details={
-                "name": name,
-                "latest_version": int(latest.version) if latest else None,
-                "sha256": latest.sha256 if latest else None,
-            },
-        )
+            await tx.record(
+                "script.delete",
+                actor=actor,
+                target=f"script:{name}",
+                source=source_addr,
+                details={
+                    "name": name,
+                    "latest_version": int(latest.version) if latest else None,
+                    "sha256": latest.sha256 if latest else None,
+                },
+            )
 
     async def validate_params(self, name: str, version: int | None, params: Any) -> dict[str, Any]:
         """`params` checked against the schema of that version, defaults filled in."""

@@ -89,17 +89,18 @@ class Team:
     async def set_disabled(
         self, username: str, disabled: bool, *, actor: str, source: str
     ) -> UserInfo:
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             user_id = await self._id_of(conn, username)
             if disabled and await self._enabled_admins(conn) == {user_id}:
                 raise Conflict(f"{username!r} is the last enabled admin; make another admin first.")
             await conn.execute(update(users).where(users.c.id == user_id).values(disabled=disabled))
-        await self._audit.record(
-            "user.disable" if disabled else "user.enable",
-            actor=actor,
-            target=username,
-            source=source,
-        )
+            await tx.record(
+                "user.disable" if disabled else "user.enable",
+                actor=actor,
+                target=username,
+                source=source,
+            )
         if disabled:
             await self._users.end_access(user_id, "disabled")
         return await self.get(username)
@@ -127,7 +128,8 @@ class Team:
     async def grant_role(self, username: str, role: Role, *, by: User, source: str) -> UserInfo:
         await self._refuse_own_account(username, by, "role.grant", source, OWN_ROLES, role)
         actor = by.actor
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             user_id = await self._id_of(conn, username)
             held = (
                 await conn.execute(
@@ -138,16 +140,20 @@ class Team:
             ).first()
             if held is None:
                 await conn.execute(insert(user_roles).values(user_id=user_id, role=role.value))
-        if held is None:
-            await self._audit.record(
-                "role.grant", actor=actor, target=username, source=source, details={"role": role}
-            )
+                await tx.record(
+                    "role.grant",
+                    actor=actor,
+                    target=username,
+                    source=source,
+                    details={"role": role},
+                )
         return await self.get(username)
 
     async def revoke_role(self, username: str, role: Role, *, by: User, source: str) -> UserInfo:
         await self._refuse_own_account(username, by, "role.revoke", source, OWN_ROLES, role)
         actor = by.actor
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             user_id = await self._id_of(conn, username)
             if role is Role.ADMIN and await self._enabled_admins(conn) == {user_id}:
                 raise Conflict(f"{username!r} is the last enabled admin; make another admin first.")
@@ -156,12 +162,16 @@ class Team:
                     user_roles.c.user_id == user_id, user_roles.c.role == role.value
                 )
             )
-        if result.rowcount:
-            await self._audit.record(
-                "role.revoke", actor=actor, target=username, source=source, details={"role": role}
-            )
-            if role is Role.RESPONDER:
-                await self._users.end_access(user_id, "active response role removed")
+            if result.rowcount:
+                await tx.record(
+                    "role.revoke",
+                    actor=actor,
+                    target=username,
+                    source=source,
+                    details={"role": role},
+                )
+        if result.rowcount and role is Role.RESPONDER:
+            await self._users.end_access(user_id, "active response role removed")
         return await self.get(username)
 
     async def set_external(
@@ -175,9 +185,9 @@ class Team:
         source: str,
     ) -> UserInfo:
         check_external(external, organisation)
-        async with self._engine.begin() as conn:
-            user_id = await self._id_of(conn, username)
-            await conn.execute(
+        async with self._audit.transaction() as tx:
+            user_id = await self._id_of(tx.conn, username)
+            await tx.conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
                 .values(
@@ -186,17 +196,19 @@ class Team:
                     access_expires_at=access_expires_at if external else None,
                 )
             )
-        await self._audit.record(
-            "user.external",
-            actor=actor,
-            target=username,
-            source=source,
-            details={
-                "external": external,
-                "organisation": organisation,
-                "access_expires_at": access_expires_at.isoformat() if access_expires_at else None,
-            },
-        )
+            await tx.record(
+                "user.external",
+                actor=actor,
+                target=username,
+                source=source,
+                details={
+                    "external": external,
+                    "organisation": organisation,
+                    "access_expires_at": (
+                        access_expires_at.isoformat() if access_expires_at else None
+                    ),
+                },
+            )
         if external and access_expires_at is not None and access_expires_at <= self._users.now():
             await self._users.end_access(user_id, "external access expired")
         return await self.get(username)
@@ -218,7 +230,8 @@ class Team:
         """Forget a user's second factor and recovery codes (a lost phone); their sessions end,
         and the enrollment code returned (shown once) lets them enroll a new one."""
         await self._refuse_own_account(username, by, "mfa.reset", source, OWN_FACTOR, None)
-        async with self._engine.begin() as conn:
+        async with self._audit.transaction() as tx:
+            conn = tx.conn
             user_id = await self._id_of(conn, username)
             await conn.execute(
                 update(users)
@@ -231,7 +244,7 @@ class Team:
                 )
             )
             await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
-        await self._audit.record("mfa.reset", actor=by.actor, target=username, source=source)
+            await tx.record("mfa.reset", actor=by.actor, target=username, source=source)
         await self._users.end_access(user_id, "second factor reset")
         return await self._users.mfa.codes.issue(
             username,
