@@ -38,7 +38,7 @@ def _team_page(page: Page, admin: Cli) -> None:
     expect(row.locator("td.roles")).to_contain_text("Active Response")
     with admin.api() as api:
         users = {u["username"]: u for u in api.get("/users").json()}
-    assert users["mdr-ana"]["roles"] == ["analyst", "responder"]
+    assert users["mdr-ana"]["roles"] == ["analyst", "script"]
     # The row menu open, as an admin sees it.
     row.locator("summary").click()
     screenshot(page, "settings-team")

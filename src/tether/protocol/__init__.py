@@ -62,9 +62,15 @@ from tether.protocol.messages import (
 from tether.protocol.permissions import (
     MFA_REQUIRED_ROLES,
     ROLE_PERMISSIONS,
+    TIER_ROLES,
+    TIERS,
     Permission,
     Role,
+    Tier,
     permissions_of,
+    tier_allows,
+    tier_of,
+    tier_refusal,
 )
 from tether.protocol.processes import (
     MAX_COMMAND_LINE,
@@ -117,6 +123,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ROLE_PERMISSIONS",
     "STATES",
+    "TIERS",
+    "TIER_ROLES",
     "TRUNCATION_MARKER",
     "UNFINISHED",
     "ActionSpec",
@@ -167,6 +175,7 @@ __all__ = [
     "Role",
     "ScriptRunArgs",
     "ScriptRunResult",
+    "Tier",
     "TransferAbort",
     "TransferAccept",
     "TransferAck",
@@ -191,5 +200,8 @@ __all__ = [
     "parse_transfer_message",
     "permissions_of",
     "safe_text",
+    "tier_allows",
+    "tier_of",
+    "tier_refusal",
     "transfer_id_for",
 ]

@@ -295,8 +295,8 @@ async def test_route_matrix(
 ) -> None:
     users = platform.users
     await users.create("analyst", PASSWORD, {Role.ANALYST})
-    responder = await users.create("responder", PASSWORD, {Role.RESPONDER})
-    await users.create("fresh-responder", PASSWORD, {Role.RESPONDER})
+    responder = await users.create("responder", PASSWORD, {Role.SCRIPT})
+    await users.create("fresh-responder", PASSWORD, {Role.SCRIPT})
     plain_admin = await users.create("plain-admin", PASSWORD, {Role.ADMIN})
     await users.create("password-admin", PASSWORD, {Role.ADMIN})
     responder_secret, admin_secret_2 = new_secret(), new_secret()

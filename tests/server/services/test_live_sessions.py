@@ -69,7 +69,7 @@ class Harness:
             )
         return host_id
 
-    async def user(self, name: str, role: Role = Role.RESPONDER, *, mfa: bool = True) -> User:
+    async def user(self, name: str, role: Role = Role.SCRIPT, *, mfa: bool = True) -> User:
         created = await self.users.create(name, PASSWORD, {role})
         return replace(created, mfa_verified=mfa)
 
@@ -306,7 +306,7 @@ async def test_losing_the_responder_role_ends_the_session(h: Harness) -> None:
     rita = await h.user("rita")
     session = await h.sessions.start(rita, host, source="t")
     admin = User(0, "admin", frozenset({"admin"}), False)
-    await h.team.revoke_role("rita", Role.RESPONDER, by=admin, source="t")
+    await h.team.revoke_role("rita", Role.SCRIPT, by=admin, source="t")
     ended = await h.sessions.get(session.id)
     assert ended.end_reason == "the user's access ended (active response role removed)"
 
@@ -356,7 +356,7 @@ async def test_the_sweep_ends_sessions_of_external_users_whose_access_expired(
     created = await h.users.create(
         "mdr",
         PASSWORD,
-        {Role.RESPONDER},
+        {Role.SCRIPT},
         external=True,
         organisation="Acme MDR",
         access_expires_at=h.clock.now + timedelta(days=1),

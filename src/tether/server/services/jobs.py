@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, ActionSpec
+from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, ActionSpec, tier_refusal
+from tether.protocol.actions import tier_needed
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import ResponseAccess, host_refusal, user_refusal
 from tether.server.services.audit import AuditLog
@@ -264,6 +265,18 @@ class Jobs:
         if action in self._reserved and not reserved:
             raise Invalid(self._reserved[action])
         clean_args = validate_args(spec, args)
+        if spec.response:
+            needed = tier_needed(spec, clean_args, from_library=from_library)
+            if (refusal := tier_refusal(user.username, user.tier, needed, spec.label)) is not None:
+                await self._audit.record(
+                    "job.refused",
+                    actor=user.actor,
+                    target=action,
+                    outcome="failure",
+                    source=source,
+                    details={"reason": refusal, "tier": needed.value},
+                )
+                raise Forbidden(refusal)
         if action == "script.run" and clean_args.get("name") and not from_library:
             # The name says "this is library script X, version N" in the audit log and on the
             # endpoint: only the platform may write it, after resolving the library script.

@@ -60,6 +60,18 @@ user_roles = Table(
     Column("role", String(32), primary_key=True),
 )
 
+# Role changes a migration made (`responder` became `script`), until the platform's first start
+# records them in the audit chain (`Team.record_role_migrations`).
+role_migrations = Table(
+    "role_migrations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False),
+    Column("from_role", String(32), nullable=False),
+    Column("to_role", String(32), nullable=False),
+    Column("record_seq", BigInteger, nullable=True),
+)
+
 sessions = Table(
     "sessions",
     metadata,

@@ -23,8 +23,14 @@ from tether.server.web.settings.step_up import fresh
 router = APIRouter()
 TeamAdmin = Annotated[User, Depends(page_require(Permission.USERS_MANAGE))]
 PAGE = "/settings/team"
-# How the page names each role; `responder` is the Active Response role.
-ROLE_LABELS = {Role.ADMIN: "Admin", Role.ANALYST: "Analyst", Role.RESPONDER: "Active Response"}
+# How the page names each role; the three tiers are the Active Response role's.
+ROLE_LABELS = {
+    Role.ADMIN: "Admin",
+    Role.ANALYST: "Analyst",
+    Role.COLLECT: "Active Response: collect",
+    Role.RESPOND: "Active Response: respond",
+    Role.SCRIPT: "Active Response: script",
+}
 MAX_ORGANISATION = 60
 BAD_DATE = "Write the last day of access as a date, YYYY-MM-DD."
 
@@ -108,7 +114,8 @@ async def create_user(request: Request, platform: PlatformDep, user: TeamAdmin) 
 async def change_role(
     username: str, request: Request, platform: PlatformDep, user: TeamAdmin
 ) -> Response:
-    """Grant (`grant=yes`) or remove a role; removing Active Response ends their sessions."""
+    """Grant (`grant=yes`) or remove a role; a tier replaces the one held, and removing or
+    lowering a tier ends their sessions."""
 
     async def change() -> str:
         fields = await form_fields(request)
