@@ -94,11 +94,11 @@ async def test_team_api_grant_revoke_disable_and_the_last_admin(
 ) -> None:
     await platform.users.create("bob", PASSWORD, {Role.ANALYST})
     bob = await login(client, "bob", PASSWORD)
-    granted = await client.put("/api/v1/users/bob/roles/responder", headers=admin)
+    granted = await client.put("/api/v1/users/bob/roles/script", headers=admin)
     assert granted.json()["roles"] == ["analyst", "script"]
     # Bob's session predates the role: it is now limited until he has a second factor.
     assert (await client.get("/api/v1/hosts", headers=bob)).status_code == 403
-    revoked = await client.delete("/api/v1/users/bob/roles/responder", headers=admin)
+    revoked = await client.delete("/api/v1/users/bob/roles/script", headers=admin)
     assert revoked.json()["roles"] == ["analyst"]
     assert (await client.get("/api/v1/auth/whoami", headers=bob)).status_code == 401
     bad_role = await client.put("/api/v1/users/bob/roles/root", headers=admin)

@@ -194,7 +194,7 @@ async def test_reports_about_a_job_never_sent_are_ignored(h: Harness) -> None:
 async def test_submission_checks(h: Harness) -> None:
     host = await h.host("web-1")
     off = await h.host("db-1", segment="prod", enabled=False)
-    with pytest.raises(Forbidden, match="Active Response role"):
+    with pytest.raises(Forbidden, match="Active Response tier"):
         await h.submit([host], user=ANALYST)
     with pytest.raises(Forbidden, match="second factor"):
         await h.submit([host], user=NO_MFA)

@@ -124,7 +124,7 @@ async def test_a_started_session_is_open_and_audited(h: Harness) -> None:
 async def test_start_is_refused_like_a_response_action(h: Harness) -> None:
     host = await h.host("web-1")
     off = await h.host("db-1", segment="prod", enabled=False)
-    with pytest.raises(Forbidden, match="Active Response role"):
+    with pytest.raises(Forbidden, match="Active Response tier"):
         await h.sessions.start(await h.user("ann", Role.ANALYST), host, source="t")
     with pytest.raises(Forbidden, match="second factor"):
         await h.sessions.start(await h.user("nick", mfa=False), host, source="t")

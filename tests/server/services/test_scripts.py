@@ -373,7 +373,7 @@ async def test_run_args_refusals(library: ScriptLibrary) -> None:
     responder = _user({Role.SCRIPT}, True)
     with pytest.raises(Invalid, match=re.escape("only be submitted with the script.run action")):
         await library.run_args(responder, "system.noop", "kill", None, {})
-    with pytest.raises(Forbidden, match="Active Response role"):
+    with pytest.raises(Forbidden, match="Active Response tier"):
         await library.run_args(_user({Role.ANALYST}, True), "script.run", "kill", None, {})
     with pytest.raises(Forbidden, match="second factor"):
         await library.run_args(_user({Role.SCRIPT}, False), "script.run", "kill", None, {})
