@@ -72,7 +72,9 @@ async def test_an_admin_creates_a_user_and_grants_them_active_response(
         "/settings/team/mdr-ana/roles",
         {"role": "script", "grant": "yes"},
     )
-    await _confirmed(admin_browser, granted, "mdr-ana now holds the script tier of Active Response.")
+    await _confirmed(
+        admin_browser, granted, "mdr-ana now holds the script tier of Active Response."
+    )
     assert (await platform.team.get("mdr-ana")).roles == ["analyst", "script"]
     grant = (await _records(platform, "role.grant"))[0]
     assert (grant.actor, grant.target) == ("admin", "mdr-ana")
@@ -84,7 +86,9 @@ async def test_an_admin_creates_a_user_and_grants_them_active_response(
         "/settings/team/mdr-ana/roles",
         {"role": "script", "grant": "no"},
     )
-    await _confirmed(admin_browser, removed, "mdr-ana no longer holds the script tier of Active Response.")
+    await _confirmed(
+        admin_browser, removed, "mdr-ana no longer holds the script tier of Active Response."
+    )
     assert (await platform.team.get("mdr-ana")).roles == ["analyst"]
     assert (await _records(platform, "role.revoke"))[0].target == "mdr-ana"
 
