@@ -56,6 +56,7 @@ class ActionSpec:
     # `script.run` of a script from the library (reviewed, written by a script-tier holder) needs
     # less than arbitrary source; None where the action has no library form.
     library_tier: Tier | None = None
+    library_label: str = ""
 
 
 class NoopArgs(_Model):
@@ -159,6 +160,7 @@ ACTIONS: dict[str, ActionSpec] = {
             tier=Tier.SCRIPT,
             label="an arbitrary script",
             library_tier=Tier.RESPOND,
+            library_label="a library script",
             timeout_seconds=600.0,
             description=(
                 "Run a Python script with the agent's privileges; stdout, stderr and result "
@@ -214,6 +216,13 @@ def tier_needed(spec: ActionSpec, args: dict[str, object], *, from_library: bool
     if spec.name == "script.run" and is_cat_source(args.get("source")):
         return Tier.COLLECT
     return spec.tier
+
+
+def refusal_name(spec: ActionSpec, *, from_library: bool) -> str:
+    """How a tier refusal names this submission: "kill", "a library script"."""
+    if from_library and spec.library_tier is not None:
+        return spec.library_label
+    return spec.label
 
 
 def action(name: str) -> ActionSpec:

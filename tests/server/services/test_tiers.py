@@ -54,6 +54,8 @@ def test_every_response_action_declares_a_tier_and_a_name_for_refusals() -> None
     for spec in ACTIONS.values():
         if spec.response:
             assert spec.label, f"{spec.name} has no label for its refusal sentence"
+        if spec.library_tier is not None:
+            assert spec.library_label, f"{spec.name} has no label for its library form"
     assert ACTIONS["processes.list"].tier is Tier.COLLECT
     assert ACTIONS["files.get"].tier is Tier.COLLECT
     assert ACTIONS["processes.kill"].tier is Tier.RESPOND

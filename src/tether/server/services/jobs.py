@@ -18,7 +18,7 @@ from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, ActionSpec, tier_refusal
-from tether.protocol.actions import tier_needed
+from tether.protocol.actions import refusal_name, tier_needed
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import ResponseAccess, host_refusal, user_refusal
 from tether.server.services.audit import AuditLog
@@ -267,7 +267,8 @@ class Jobs:
         clean_args = validate_args(spec, args)
         if spec.response:
             needed = tier_needed(spec, clean_args, from_library=from_library)
-            if (refusal := tier_refusal(user.username, user.tier, needed, spec.label)) is not None:
+            what = refusal_name(spec, from_library=from_library)
+            if (refusal := tier_refusal(user.username, user.tier, needed, what)) is not None:
                 await self._audit.record(
                     "job.refused",
                     actor=user.actor,
