@@ -9,16 +9,18 @@ service refuses after the permission check (422), so every cell can run against 
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import update
 
-from tether.protocol import Role
+from tether.protocol import Role, Tier
 from tether.protocol.totp import new_secret, to_base32
 from tether.server.app import create_app
 from tether.server.services.platform import Platform
+from tether.server.services.users import User
 from tether.server.store.tables import segments
 
 from ..support import add_host
@@ -254,9 +256,30 @@ ROWS = [
     Row("GET", "/api/v1/users/{username}/sessions", ADMINS_404, url="/api/v1/users/ghost/sessions"),
     Row("DELETE", "/api/v1/users/{username}/sessions/{session_id}", ADMINS_404, url="/api/v1/users/ghost/sessions/0123456789abcdef"),
     Row("PUT", "/api/v1/users/{username}/external", ADMINS_404, url="/api/v1/users/ghost/external", body={"external": False}),
+    # Service tokens: admins create (with step-up), list and revoke them.
+    Row("POST", "/api/v1/service-tokens", (401, 403, 403, 403, 403, 403, 403, 422, 422), body={"name": "bad/name", "tier": "collect", "segments": ["matrix"], "expires_in_seconds": 3600}),
+    Row("GET", "/api/v1/service-tokens", ADMINS),
+    Row("DELETE", "/api/v1/service-tokens/{name}", ADMINS_404, url="/api/v1/service-tokens/ghost"),
     Row("GET", "/api/v1/settings", ADMINS),
     Row("PATCH", "/api/v1/settings", ADMINS, body={}),
 ]  # fmt: skip
+
+
+def service_token_status(row: Row, expected: Statuses) -> int:
+    """What the service token (respond tier, segment "matrix", which holds the test host) gets:
+    a public route (or one answering everyone alike) answers it as anyone; a page does not know it (a page takes a person's
+    session); live sessions and a person's own session and factor are refused it; every other
+    API route answers it as it answers a person of the respond tier."""
+    anonymous, respond = expected[0], expected[CALLERS.index("respond")]
+    if anonymous not in (401, 303) or len(set(expected)) == 1:
+        return anonymous
+    if not row.path.startswith("/api/v1/"):
+        return anonymous
+    if row.path == "/api/v1/auth/whoami":
+        return 200
+    if row.path.startswith(("/api/v1/auth/", "/api/v1/sessions")):
+        return 403
+    return respond
 
 
 def test_every_route_has_a_row(platform: Platform) -> None:
@@ -328,6 +351,11 @@ async def test_route_matrix(
             .values(active_response=active_response)
         )
     headers = {c: await _login_as(c, platform, client, secrets) for c in CALLERS}
+    admin_user = User(1, "admin", frozenset({"admin"}), False)
+    issued = await platform.service_tokens.create(
+        "soar", Tier.RESPOND, ["matrix"], timedelta(days=1), [], by=admin_user, source="test"
+    )
+    service = {"authorization": f"Bearer {issued.token}"}
 
     wrong: list[str] = []
     for row in ROWS:
@@ -344,4 +372,13 @@ async def test_route_matrix(
                     f"{row.method} {row.path} as {caller}: {response.status_code}, "
                     f"expected {status} ({response.text[:120]})"
                 )
+        status = service_token_status(row, expected)
+        auth = service
+        body = json.loads(json.dumps(row.body).replace("{host}", host))
+        response = await client.request(row.method, url, headers=auth, json=body)
+        if response.status_code != status:
+            wrong.append(
+                f"{row.method} {row.path} as the service token: {response.status_code}, "
+                f"expected {status} ({response.text[:120]})"
+            )
     assert not wrong, "\n".join(wrong)

@@ -309,11 +309,28 @@ class Jobs:
             state = states.get(host_id)
             if state is None:
                 raise NotFound(f"No host has the id {host_id!r}.")
-            if spec.response and (reason := host_refusal(state)) is not None:
+            if user.segments is not None and state.segment not in user.segments:
+                # A service token acts only in the segments it was created for (ADR 0036).
+                refused[host_id] = (
+                    f"{user.username} may act only in segments "
+                    f"{', '.join(sorted(user.segments))}; {state.hostname} is in segment "
+                    f"{state.segment}."
+                )
+            elif spec.response and (reason := host_refusal(state)) is not None:
                 refused[host_id] = reason
         accepted = [h for h in host_ids if h not in refused]
         if not accepted:
-            raise Forbidden(next(iter(refused.values())))
+            reason = next(iter(refused.values()))
+            if user.service:
+                await self._audit.record(
+                    "job.refused",
+                    actor=user.actor,
+                    target=action,
+                    outcome="failure",
+                    source=source,
+                    details={"reason": reason},
+                )
+            raise Forbidden(reason)
 
         batch_id = uuid.uuid4().hex
         job_ids = {host_id: uuid.uuid4().hex for host_id in accepted}
