@@ -6,13 +6,16 @@ refusal names the tier and is in the audit log, which every tier reads.
 """
 
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tether.protocol.totp import from_base32, totp
+from tether.server.api.deps import NOT_FOR_SERVICES
 
 from .harness import Agent, Children, Cli, Platform
 from .test_cli_errors import one_line
@@ -121,3 +124,74 @@ def test_lowering_a_tier_takes_effect_at_once(
     assert users["sam"]["roles"] == ["collect"]
     # Lowering ended his sessions: he logs in again and now holds collect only.
     assert refusal(sam, "whoami").startswith("tether: Your session is not valid")
+
+
+def test_a_service_token_acts_only_in_its_segments_until_revoked(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent
+) -> None:
+    """A SOAR playbook's token: kills in its segment, is refused elsewhere, in a live session
+    and after revocation; every call is in the chain under its name."""
+    platform, admin, _ = responding
+    admin.ok("segment", "create", "quarantine")
+    create = ["service-token", "create", "--tier", "respond", "--expires", "1d"]
+    soar = admin.json(*create, "soar", "--segment", "ir", "--code", platform.admin_code())
+    elsewhere = admin.json(
+        *create,
+        "elsewhere",
+        "--segment",
+        "quarantine",
+        "--source",
+        "127.0.0.1",
+        "--code",
+        platform.admin_code(),
+    )
+    assert soar["token"].startswith("tts_")
+    assert "token" not in admin.json("service-token", "list")[0]
+
+    with admin.api() as api:
+        hostname = api.get(f"/hosts/{endpoint.host_id}").json()["hostname"]
+        base, verify = (
+            str(api.base_url),
+            ssl.create_default_context(cadata=admin.profile()["ca_pem"]),
+        )
+
+    def as_token(token: str) -> httpx.Client:
+        headers = {"authorization": f"Bearer {token}"}
+        return httpx.Client(base_url=base, verify=verify, headers=headers, timeout=10.0)
+
+    kill = {"action": "processes.kill", "args": {"pid": 999999}, "hosts": [endpoint.host_id]}
+    with as_token(soar["token"]) as api:
+        assert api.get("/auth/whoami").json()["username"] == "service:soar"
+        submitted = api.post("/jobs", json=kill)
+        assert submitted.status_code == 201, submitted.text
+        assert submitted.json()["created_by"] == "service:soar"
+        shell = api.post("/sessions", json={"host": endpoint.host_id})
+        assert (shell.status_code, shell.json()["detail"]) == (403, NOT_FOR_SERVICES)
+    with as_token(elsewhere["token"]) as api:
+        refused = api.post("/jobs", json=kill)
+        assert (refused.status_code, refused.json()["detail"]) == (
+            403,
+            f"service:elsewhere may act only in segments quarantine; {hostname} is in segment ir.",
+        )
+
+    admin.ok("service-token", "revoke", "soar")
+    with as_token(soar["token"]) as api:
+        gone = api.post("/jobs", json=kill)
+        assert (gone.status_code, gone.json()["detail"]) == (
+            401,
+            "Service token soar was revoked; ask an admin for a new one.",
+        )
+    listed = {t["name"]: t for t in admin.json("service-token", "list")}
+    assert listed["soar"]["revoked_by"] == "admin"
+    assert listed["soar"]["last_used_from"] == "127.0.0.1"
+
+    records = admin.json("audit", "list", "--limit", "1000")
+    calls = [(r["actor"], r["outcome"]) for r in records if r["action"] == "service_token.call"]
+    assert calls.count(("service:soar", "success")) == 2  # whoami, the kill
+    assert calls.count(("service:soar", "failure")) == 2  # the live session, after revocation
+    assert [r["actor"] for r in records if r["action"] == "job.submit"][-1] == "service:soar"
+    refusals = [r["actor"] for r in records if r["action"] == "job.refused"]
+    assert "service:elsewhere" in refusals
+    assert ("admin", "service:soar") in [
+        (r["actor"], r["target"]) for r in records if r["action"] == "service_token.revoke"
+    ]

@@ -76,11 +76,14 @@ async def current_user(
     path = request.url.path
     if token.startswith(SERVICE_TOKEN_PREFIX):
         address = request.client.host if request.client else "unknown"
+        refused = path != SERVICE_WHOAMI and path.startswith(SERVICE_REFUSED)
         user = await platform.service_tokens.authenticate(
-            token, address, method=request.method, path=path
+            token,
+            address,
+            method=request.method,
+            path=path,
+            forbidden=NOT_FOR_SERVICES if refused else None,
         )
-        if path != SERVICE_WHOAMI and path.startswith(SERVICE_REFUSED):
-            raise Forbidden(NOT_FOR_SERVICES)
     else:
         user = await platform.users.authenticate(token, enrolling=path in ENROLLMENT_PATHS)
     request.state.user = user

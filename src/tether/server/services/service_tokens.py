@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import Tier
 from tether.server.auth.tokens import new_token, token_hash
-from tether.server.errors import Conflict, Invalid, NotFound, Unauthenticated
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from tether.server.services.audit import AuditLog
 from tether.server.services.users import USERNAME, AccessLostListener, User
 from tether.server.store.db import as_utc, utcnow
@@ -227,9 +227,12 @@ class ServiceTokens:
             await self._on_revoked(principal_id(int(row_id)), "service token revoked")
         return await self.get(name)
 
-    async def authenticate(self, token: str, address: str, *, method: str, path: str) -> User:
+    async def authenticate(
+        self, token: str, address: str, *, method: str, path: str, forbidden: str | None = None
+    ) -> User:
         """The principal behind a service token calling from `address`; each call (refused ones
-        too, when the token exists) is audited under the token's name."""
+        too, when the token exists) is audited under the token's name. `forbidden` is the
+        caller's reason to refuse this route to any service token (Forbidden, audited)."""
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -246,6 +249,8 @@ class ServiceTokens:
             refusal = f"Service token {row.name} has expired; ask an admin for a new one."
         elif not _from_allowed(address, json.loads(row.sources)):
             refusal = f"Service token {row.name} may not be used from {address}."
+        elif forbidden is not None:
+            refusal = forbidden
         actor = ACTOR_PREFIX + row.name
         async with self._audit.transaction() as tx:
             await tx.record(
@@ -263,7 +268,7 @@ class ServiceTokens:
                     .values(last_used_at=now, last_used_from=address[:64])
                 )
         if refusal is not None:
-            raise Unauthenticated(refusal)
+            raise Forbidden(refusal) if refusal == forbidden else Unauthenticated(refusal)
         return User(
             id=principal_id(int(row.id)),
             username=actor,
