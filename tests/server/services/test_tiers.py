@@ -201,3 +201,28 @@ async def test_responders_migrate_to_script_and_the_first_start_records_it_once(
         assert seqs == [record.seq]
     finally:
         await engine.dispose()
+
+
+def test_the_tier_migrations_undo_and_redo(tmp_path: Path) -> None:
+    url = sqlite_url(str(tmp_path / "t.db"))
+    upgrade(url)
+    sync = create_sync_engine(sync_url(url))
+    try:
+        with sync.begin() as conn:
+            config = alembic_config(url)
+            config.attributes["connection"] = conn
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, username, password_hash, disabled, created_at, "
+                    "external) VALUES (1, 'sam', 'x', false, '2026-12-01 00:00:00', false)"
+                )
+            )
+            conn.execute(text("INSERT INTO user_roles (user_id, role) VALUES (1, 'script')"))
+            command.downgrade(config, "0010_enrollment_codes")
+            role = conn.execute(text("SELECT role FROM user_roles")).scalar()
+            assert role == "responder"
+            command.upgrade(config, "head")
+            assert conn.execute(text("SELECT role FROM user_roles")).scalar() == "script"
+            assert conn.execute(text("SELECT count(*) FROM service_tokens")).scalar() == 0
+    finally:
+        sync.dispose()
