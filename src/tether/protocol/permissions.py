@@ -1,7 +1,7 @@
 """Roles, the tiers of the Active Response role, and the permissions they grant: the one table
 every layer reads.
 
-Active Response comes in three tiers, each holding everything of the one below it (docs/adr/0035):
+Active Response comes in three tiers, each holding everything of the one below it (docs/adr/0037):
 
 - *collect*: list processes and files, hash and retrieve files, the live session's read commands;
 - *respond*: collect plus kill, deploy a file, isolate and release, run library scripts;

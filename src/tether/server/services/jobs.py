@@ -310,7 +310,7 @@ class Jobs:
             if state is None:
                 raise NotFound(f"No host has the id {host_id!r}.")
             if user.segments is not None and state.segment not in user.segments:
-                # A service token acts only in the segments it was created for (ADR 0036).
+                # A service token acts only in the segments it was created for (ADR 0038).
                 refused[host_id] = (
                     f"{user.username} may act only in segments "
                     f"{', '.join(sorted(user.segments))}; {state.hostname} is in segment "

@@ -5,7 +5,7 @@ of segments, an expiry and optionally the source networks it may come from. The 
 once and stored as its SHA-256; it acts as "service:NAME", every call it makes is audited under
 that name, and it can be revoked at once. It stands in for a person's password and second
 factor together, so its bounds (segments, sources, expiry) do what the second factor does for a
-person: limit what a stolen copy reaches (docs/adr/0036).
+person: limit what a stolen copy reaches (docs/adr/0038).
 """
 
 import ipaddress
@@ -274,7 +274,7 @@ class ServiceTokens:
             username=actor,
             roles=frozenset({row.tier}),
             disabled=False,
-            # The token is the whole credential (see the module's docstring and ADR 0036).
+            # The token is the whole credential (see the module's docstring and ADR 0038).
             mfa_verified=True,
             segments=frozenset(json.loads(row.segments)),
             service=True,

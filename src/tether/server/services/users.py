@@ -99,7 +99,7 @@ class User:
     # the session itself (the SHA-256 of its token), for the changes that concern it.
     mfa_verified_at: datetime | None = None
     session_hash: str = ""
-    # A service token (docs/adr/0036) acts only on hosts of these segments; None for people.
+    # A service token (docs/adr/0038) acts only on hosts of these segments; None for people.
     segments: frozenset[str] | None = None
     service: bool = False
 

@@ -72,7 +72,7 @@ role_migrations = Table(
     Column("record_seq", BigInteger, nullable=True),
 )
 
-# Tokens for automation (docs/adr/0036): each acts as "service:NAME" with one tier, in the
+# Tokens for automation (docs/adr/0038): each acts as "service:NAME" with one tier, in the
 # segments named (a JSON list), from the source networks named (a JSON list; empty is any).
 service_tokens = Table(
     "service_tokens",

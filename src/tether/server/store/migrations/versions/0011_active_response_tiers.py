@@ -1,4 +1,4 @@
-"""Active Response tiers (docs/adr/0035): every holder of the old single `responder` role now
+"""Active Response tiers (docs/adr/0037): every holder of the old single `responder` role now
 holds the `script` tier, which can do what `responder` could. Each change is kept in
 `role_migrations` until the platform's first start writes it to the audit chain (a migration
 runs before the chain's signer is loaded, so it cannot append to the chain itself).

@@ -1,4 +1,4 @@
-"""Service tokens for automation (docs/adr/0036): an Active Response tier, segments, an expiry and
+"""Service tokens for automation (docs/adr/0038): an Active Response tier, segments, an expiry and
 source addresses, the token stored as its SHA-256 only.
 
 Revision ID: 0012_service_tokens
