@@ -16,6 +16,7 @@ from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
 from tether.cli.scripts import script_app
 from tether.cli.segments import segment_app
+from tether.cli.service_tokens import service_token_app
 from tether.cli.sessions import sessions_app
 from tether.cli.settings import settings_app
 from tether.cli.users import role_app, user_app
@@ -55,6 +56,7 @@ app.add_typer(token_app, name="enroll-token")
 app.add_typer(audit_app, name="audit")
 app.add_typer(user_app, name="user")
 app.add_typer(role_app, name="role")
+app.add_typer(service_token_app, name="service-token")
 app.add_typer(mfa_app, name="mfa")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(settings_app, name="settings")

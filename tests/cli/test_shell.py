@@ -253,7 +253,7 @@ async def test_put_and_run_refusals_are_one_sentence(setup: Setup) -> None:
     result = await setup.shell("put ./evidence.bin /tmp/evidence.bin", "run triage")
     assert result.exit_code == 1
     assert "Cannot read evidence.bin: No such file or directory." in result.stderr
-    assert "The library has no script named 'triage'" in result.stderr
+    assert "run: No script is named 'triage'." in result.stderr
     assert setup.agent.jobs == []
 
 

@@ -6,9 +6,10 @@ from tether.cli.users import parse_date, parse_role
 
 
 def test_roles_are_checked_with_the_list_in_the_message() -> None:
-    assert parse_role("responder") == "responder"
+    assert parse_role("respond") == "respond"
     with pytest.raises(
-        CliError, match=r"'root' is not a role; the roles are admin, analyst, responder\."
+        CliError,
+        match=r"'root' is not a role; the roles are admin, analyst, collect, respond, script\.",
     ):
         parse_role("root")
 

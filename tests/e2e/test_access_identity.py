@@ -130,7 +130,7 @@ def test_a_password_only_admin_reaches_nothing_until_an_admin_issues_a_code(
     script.write_text("print('owned')\n")
     # Every step towards running code on endpoints, with the password alone.
     for attempt in (
-        ("role", "grant", "mallory", "responder"),
+        ("role", "grant", "mallory", "script"),
         ("segment", "set", "default", "--active-response", "on"),
         ("enroll-token", "create", "--segment", "default"),
         ("user", "enrollment-code", "mallory"),
@@ -151,7 +151,7 @@ def test_a_password_only_admin_reaches_nothing_until_an_admin_issues_a_code(
     # The same refusals straight at the API, with her bearer token.
     with mallory.api() as api:
         for method, path in (
-            ("PUT", "/users/mallory/roles/responder"),
+            ("PUT", "/users/mallory/roles/script"),
             ("POST", "/enrollment-tokens"),
             ("PATCH", "/segments/default"),
         ):
@@ -186,7 +186,7 @@ def test_with_the_admins_code_she_enrolls_but_never_changes_her_own_access(
     assert "Recovery codes" in recovery
     assert trent.json("whoami")["mfa_verified"] is True
     # Nobody changes their own roles or second factor, even with the factor passed.
-    assert refused(trent, "role", "grant", "trent", "responder") == (
+    assert refused(trent, "role", "grant", "trent", "script") == (
         "tether: You cannot change the roles of your own account; ask another admin."
     )
     assert refused(trent, "role", "revoke", "trent", "admin") == (
@@ -198,9 +198,7 @@ def test_with_the_admins_code_she_enrolls_but_never_changes_her_own_access(
     # The code was used once; it does not work again for anyone.
     other = Cli(tmp_path / "trent-2", platform.env)
     login(platform, other, "trent", "--code", phone.code())
-    admin.ok(
-        "user", "add", "peggy", "--role", "responder", "--password-stdin", stdin=PASSWORD + "\n"
-    )
+    admin.ok("user", "add", "peggy", "--role", "script", "--password-stdin", stdin=PASSWORD + "\n")
     peggy = Cli(tmp_path / "peggy", platform.env)
     login(platform, peggy, "peggy")
     assert refused(peggy, "mfa", "enroll", "--enrollment-code", issued["code"]).startswith(
@@ -215,7 +213,7 @@ def test_with_the_admins_code_she_enrolls_but_never_changes_her_own_access(
         "tether: That code was already used; wait for the next one.",
     }
     granted = trent.json("role", "grant", "peggy", "analyst", "--code", phone.code())
-    assert granted["roles"] == ["analyst", "responder"]
+    assert granted["roles"] == ["analyst", "script"]
     # Fresh again for 5 minutes: the next change needs no code.
     assert trent.json("user", "enrollment-code", "peggy")["username"] == "peggy"
     # Through the API, the header carries the code.
@@ -354,11 +352,11 @@ def test_in_a_terminal_the_cli_asks_for_the_fresh_code_and_sends_the_change_agai
     make_stale(platform, "olga")
     status, shown = run_in_terminal(
         olga,
-        ["role", "grant", "sam", "responder"],
+        ["role", "grant", "sam", "script"],
         phone.code(),
         "Authentication code (this change needs a fresh one)",
     )
     assert status == 0, shown
-    assert "Updated sam (roles: analyst, responder)." in shown
+    assert "Updated sam (roles: analyst, script)." in shown
     users = {u["username"]: u for u in admin.json("user", "list")}
-    assert users["sam"]["roles"] == ["analyst", "responder"]
+    assert users["sam"]["roles"] == ["analyst", "script"]

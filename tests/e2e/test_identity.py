@@ -39,13 +39,13 @@ def test_responder_enrolls_then_reads_the_audit_log_and_loses_access_when_revoke
             "add",
             "rita",
             "--role",
-            "responder",
+            "script",
             "--password-stdin",
             "--json",
             stdin=PASSWORD + "\n",
         )
     )
-    assert added["roles"] == ["responder"]
+    assert added["roles"] == ["script"]
     rita = Cli(tmp_path / "rita", platform.env)
     out = login(platform, rita, "rita")
     assert "Your role requires a second factor" in out
@@ -71,11 +71,13 @@ def test_responder_enrolls_then_reads_the_audit_log_and_loses_access_when_revoke
     assert one_line(wrong.stderr) == "tether: That code was already used; wait for the next one."
     login(platform, rita, "rita", "--recovery-code", recovery[0])
     assert rita.json("whoami")["mfa_verified"] is True
-    assert "rita (roles: responder; second factor passed)" in rita.ok("whoami")
+    assert "rita (roles: script; Active Response tier: script; second factor passed)" in rita.ok(
+        "whoami"
+    )
 
     users = {u["username"]: u for u in admin.json("user", "list")}
     assert users["rita"]["mfa_enabled"] is True
-    admin.ok("role", "revoke", "rita", "responder")
+    admin.ok("role", "revoke", "rita", "script")
     gone = rita.run("whoami")
     assert gone.returncode == 1
     assert "Your session is not valid" in one_line(gone.stderr)
@@ -100,7 +102,7 @@ def test_analyst_is_refused_the_audit_log_in_one_sentence(
     bad = admin.run("role", "grant", "ann", "root")
     assert bad.returncode == 1
     assert one_line(bad.stderr) == (
-        "tether: 'root' is not a role; the roles are admin, analyst, responder."
+        "tether: 'root' is not a role; the roles are admin, analyst, collect, respond, script."
     )
     settings = admin.json("settings", "show")
     assert settings == {"mfa_required_for_everyone": False, "external_access_suspended": False}

@@ -33,7 +33,7 @@ def _password_step(page: Page, base_url: str, name: str) -> None:
 def test_a_recovery_code_logs_in_at_the_web_login_once(
     platform: Platform, admin: Cli, tmp_path: Path
 ) -> None:
-    enrollment_code = _add(admin, "rosa", "responder")
+    enrollment_code = _add(admin, "rosa", "script")
     rosa = Cli(tmp_path / "rosa", platform.env)
     rosa.ok(
         "login",

@@ -33,12 +33,14 @@ def _team_page(page: Page, admin: Cli) -> None:
 
     row = page.locator('tr[data-user="mdr-ana"]')
     row.locator("summary").click()
-    row.get_by_role("button", name="Grant Active Response").click()
-    expect(page.get_by_role("status")).to_have_text("mdr-ana now holds the Active Response role.")
-    expect(row.locator("td.roles")).to_contain_text("Active Response")
+    row.get_by_role("button", name="Grant Active Response: script").click()
+    expect(page.get_by_role("status")).to_have_text(
+        "mdr-ana now holds the script tier of Active Response."
+    )
+    expect(row.locator("td.roles")).to_contain_text("Active Response: script")
     with admin.api() as api:
         users = {u["username"]: u for u in api.get("/users").json()}
-    assert users["mdr-ana"]["roles"] == ["analyst", "responder"]
+    assert users["mdr-ana"]["roles"] == ["analyst", "script"]
     # The row menu open, as an admin sees it.
     row.locator("summary").click()
     screenshot(page, "settings-team")

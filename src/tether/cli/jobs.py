@@ -206,7 +206,7 @@ def cancel(
 
 
 def list_actions(json_output: JsonOpt = False) -> None:
-    """List the actions agents can run, with the permission each needs."""
+    """List the actions agents can run, with the permission and Active Response tier each needs."""
     actions = Api.from_profile().get("/actions")
     if json_output:
         emit_json(actions)
@@ -217,6 +217,7 @@ def list_actions(json_output: JsonOpt = False) -> None:
                 ("name", "Action"),
                 ("response", "Response action"),
                 ("permission", "Permission"),
+                ("tier", "Tier"),
                 ("timeout_seconds", "Time limit (s)"),
                 ("description", "Description"),
             ],

@@ -137,4 +137,7 @@ def whoami(json_output: Annotated[bool, typer.Option("--json")] = False) -> None
         if me.get("enrollment_only"):
             mfa = "must enroll a second factor ('tether mfa enroll --enrollment-code CODE')"
         who = me["username"] + (f" of {me['organisation']}" if me.get("external") else "")
-        console.print(f"{who} (roles: {', '.join(me['roles']) or 'none'}; {mfa})", markup=False)
+        tier = me.get("tier")
+        reach = f"Active Response tier: {tier}" if tier else "no Active Response tier"
+        roles = ", ".join(me["roles"]) or "none"
+        console.print(f"{who} (roles: {roles}; {reach}; {mfa})", markup=False)

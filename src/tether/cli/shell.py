@@ -181,16 +181,8 @@ class Shell:
         return resolve(self.cwd, path, windows=self._windows)
 
     def _script(self, words: list[str]) -> Command:
-        name = words[0]
-        script = self._api.get_optional(f"/scripts/{quote(name, safe='')}")
-        if script is None:
-            raise CliError(
-                f"The library has no script named {name!r}; 'tether scripts' lists them."
-            )
-        source = script.get("source") if isinstance(script, dict) else None
-        if not isinstance(source, str):
-            raise CliError(f"The platform sent script {name!r} without its source.")
-        return script_command(source, words)
+        """`run NAME ...`: the platform resolves the library script (a library run)."""
+        return script_command(words)
 
     # -- a command's job ---------------------------------------------------------------------------
 
@@ -198,7 +190,7 @@ class Shell:
         try:
             job = self._api.post(
                 f"/sessions/{self.session_id}/commands",
-                json={"action": command.action, "args": command.args, "cwd": self.cwd},
+                json=self._command_body(command),
             )
         except CliError:
             self._raise_if_ended()
@@ -209,6 +201,12 @@ class Shell:
             self._api.post(f"/jobs/{job['id']}/cancel")
             errors.print("Cancelled.", markup=False, highlight=False)
             return Outcome(ok=False, job=job)
+
+    def _command_body(self, command: Command) -> dict[str, Any]:
+        body: dict[str, Any] = {"action": command.action, "args": command.args, "cwd": self.cwd}
+        if command.script is not None:
+            body["script"] = {"name": command.script}
+        return body
 
     def _raise_if_ended(self) -> None:
         session = self._api.get(f"/sessions/{self.session_id}")

@@ -173,13 +173,13 @@ def external(
 
 @role_app.command("grant")
 def grant(user: str, role: str, json_output: JsonOpt = False, code: StepUpOpt = None) -> None:
-    """Give USER the role ROLE (never yourself)."""
+    """Give USER the role ROLE (never yourself); a tier (collect, respond, script) replaces the one held."""
     answer = Api.from_profile(step_up_code=code).put(f"/users/{user}/roles/{parse_role(role)}")
     _show(answer, json_output, "Updated")
 
 
 @role_app.command("revoke")
 def revoke(user: str, role: str, json_output: JsonOpt = False, code: StepUpOpt = None) -> None:
-    """Take the role ROLE from USER (never yourself; removing responder ends their sessions)."""
+    """Take the role ROLE from USER (never yourself; removing a tier ends their sessions)."""
     answer = Api.from_profile(step_up_code=code).delete(f"/users/{user}/roles/{parse_role(role)}")
     _show(answer, json_output, "Updated")

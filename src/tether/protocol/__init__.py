@@ -69,9 +69,15 @@ from tether.protocol.messages import (
 from tether.protocol.permissions import (
     MFA_REQUIRED_ROLES,
     ROLE_PERMISSIONS,
+    TIER_ROLES,
+    TIERS,
     Permission,
     Role,
+    Tier,
     permissions_of,
+    tier_allows,
+    tier_of,
+    tier_refusal,
 )
 from tether.protocol.processes import (
     MAX_COMMAND_LINE,
@@ -136,6 +142,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ROLE_PERMISSIONS",
     "STATES",
+    "TIERS",
+    "TIER_ROLES",
     "TRUNCATION_MARKER",
     "UNFINISHED",
     "ActionSpec",
@@ -188,6 +196,7 @@ __all__ = [
     "Role",
     "ScriptRunArgs",
     "ScriptRunResult",
+    "Tier",
     "TransferAbort",
     "TransferAccept",
     "TransferAck",
@@ -218,5 +227,8 @@ __all__ = [
     "retry_after",
     "retry_reason",
     "safe_text",
+    "tier_allows",
+    "tier_of",
+    "tier_refusal",
     "transfer_id_for",
 ]

@@ -19,7 +19,7 @@ from tether.protocol.filesystem import (
     FilePutResult,
 )
 from tether.protocol.isolation import IsolateArgs, IsolationStatus, ReleaseArgs
-from tether.protocol.permissions import Permission
+from tether.protocol.permissions import Permission, Tier
 from tether.protocol.processes import (
     ProcessKillArgs,
     ProcessKillResult,
@@ -27,6 +27,7 @@ from tether.protocol.processes import (
     ProcessListArgs,
 )
 from tether.protocol.scripts import ScriptRunArgs, ScriptRunResult
+from tether.protocol.shell import is_cat_source
 
 
 class _Model(BaseModel):
@@ -47,6 +48,15 @@ class ActionSpec:
     # a segment with Active Response on, and the agent refuses it unless its policy allows it.
     # True unless declared otherwise, so a new action forgetting the flag fails closed.
     response: bool = True
+    # The Active Response tier a response action needs, and how a refusal names the action
+    # ("rita has the collect tier; kill needs respond"). The highest tier unless declared, so an
+    # action forgetting it fails closed.
+    tier: Tier = Tier.SCRIPT
+    label: str = ""
+    # `script.run` of a script from the library (reviewed, written by a script-tier holder) needs
+    # less than arbitrary source; None where the action has no library form.
+    library_tier: Tier | None = None
+    library_label: str = ""
 
 
 class NoopArgs(_Model):
@@ -78,6 +88,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=ProcessListArgs,
             result=ProcessList,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.COLLECT,
+            label="process list",
             # Hashing every executable of a busy server reads a few hundred files.
             timeout_seconds=120.0,
             description="List the endpoint's processes, optionally filtered and with the SHA-256 of each executable.",
@@ -87,6 +99,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=ProcessKillArgs,
             result=ProcessKillResult,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.RESPOND,
+            label="kill",
             timeout_seconds=30.0,
             description="Kill a process, or a process and all its descendants; never init or the agent itself.",
         ),
@@ -95,6 +109,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=FileListArgs,
             result=FileList,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.COLLECT,
+            label="file list",
             timeout_seconds=60.0,
             description="List a directory's entries with type, size, mode, owner and times; links are not followed.",
         ),
@@ -103,6 +119,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=FileHashArgs,
             result=FileHash,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.COLLECT,
+            label="file hash",
             # Sized for the 3 GB files the platform transfers, read from a slow disk.
             timeout_seconds=600.0,
             description="Hash one file on the endpoint with SHA-256, SHA-1 and/or MD5.",
@@ -112,6 +130,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=FileGetArgs,
             result=FileGetResult,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.COLLECT,
+            label="file retrieval",
             # A 4 GiB file over a slow link; the transfer resumes across reconnects meanwhile.
             timeout_seconds=6 * 3600.0,
             description=(
@@ -124,6 +144,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=FilePutArgs,
             result=FilePutResult,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.RESPOND,
+            label="file deployment",
             timeout_seconds=6 * 3600.0,
             description=(
                 "Write a file from the library to an endpoint path: received into a temporary "
@@ -135,6 +157,10 @@ ACTIONS: dict[str, ActionSpec] = {
             args=ScriptRunArgs,
             result=ScriptRunResult,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.SCRIPT,
+            label="an arbitrary script",
+            library_tier=Tier.RESPOND,
+            library_label="a library script",
             timeout_seconds=600.0,
             description=(
                 "Run a Python script with the agent's privileges; stdout, stderr and result "
@@ -146,6 +172,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=IsolateArgs,
             result=IsolationStatus,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.RESPOND,
+            label="isolation",
             # Applying rules and testing the platform link through them takes seconds.
             timeout_seconds=60.0,
             description=(
@@ -159,6 +187,8 @@ ACTIONS: dict[str, ActionSpec] = {
             args=ReleaseArgs,
             result=IsolationStatus,
             permission=Permission.ACTIVE_RESPONSE,
+            tier=Tier.RESPOND,
+            label="release from isolation",
             timeout_seconds=60.0,
             description="Release the host from isolation: the isolation rules are removed whole.",
         ),
@@ -173,6 +203,26 @@ ACTIONS: dict[str, ActionSpec] = {
         ),
     )
 }
+
+
+def tier_needed(spec: ActionSpec, args: dict[str, object], *, from_library: bool) -> Tier:
+    """The tier a submission of `spec` with (validated) `args` needs.
+
+    A library script needs the action's `library_tier`; the live shell's `cat` (a script the
+    platform can recognise as exactly the read `cat_command` builds) needs only collect.
+    """
+    if from_library and spec.library_tier is not None:
+        return spec.library_tier
+    if spec.name == "script.run" and is_cat_source(args.get("source")):
+        return Tier.COLLECT
+    return spec.tier
+
+
+def refusal_name(spec: ActionSpec, *, from_library: bool) -> str:
+    """How a tier refusal names this submission: "kill", "a library script"."""
+    if from_library and spec.library_tier is not None:
+        return spec.library_label
+    return spec.label
 
 
 def action(name: str) -> ActionSpec:

@@ -2,11 +2,12 @@
 
 `tether shell` and the web console read lines the same way here, so `ls`, `cd ..` or `kill 42`
 mean one thing whichever client typed them. A line becomes a `Step`: the endpoint `Command`
-(action and arguments) it sends, or, for the words a client completes itself (`run` looks the
-script up, `put` uploads a local file first, `help`), just the words. Paths are resolved against
+(action and arguments) it sends, or, for the words a client completes itself (`run` names a
+library script, `put` uploads a local file first, `help`), just the words. Paths are resolved against
 the client's working directory before they leave; nothing here talks to the network.
 """
 
+import ast
 import json
 import ntpath
 import posixpath
@@ -54,6 +55,9 @@ class Command:
 
     action: str
     args: dict[str, Any]
+    # A library script by name: the platform resolves its source, so the run counts as a
+    # library run (the respond tier) rather than arbitrary source (the script tier).
+    script: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,26 @@ def cat_command(path: str) -> Command:
     return Command("script.run", {"source": source, "params": {}})
 
 
+_CAT_OPEN = "with open("
+_CAT_MODE = ", 'rb') as handle:"
+
+
+def is_cat_source(source: object) -> bool:
+    """Whether `source` is exactly what `cat_command` builds for some path: a read of one file's
+    first 64 KiB, which the collect tier may run (any other script needs the script tier)."""
+    if not isinstance(source, str):
+        return False
+    lines = source.split("\n")
+    if len(lines) < 2 or not (lines[1].startswith(_CAT_OPEN) and lines[1].endswith(_CAT_MODE)):
+        return False
+    try:
+        path = ast.literal_eval(lines[1][len(_CAT_OPEN) : -len(_CAT_MODE)])
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return False
+    # Rebuilt and compared whole: any other line, or a path that is not a plain string, fails.
+    return isinstance(path, str) and cat_command(path).args["source"] == source
+
+
 def python_command(code: str) -> Command:
     """`py CODE`: an expression's value is printed, a statement is run as it is."""
     source = (
@@ -141,9 +165,9 @@ def python_command(code: str) -> Command:
     return Command("script.run", {"source": source, "params": {}})
 
 
-def script_command(source: str, words: Sequence[str]) -> Command:
-    """`run NAME KEY=VALUE...` once the client found the script's source in the library."""
-    return Command("script.run", {"source": source, "params": parse_params(words[1:])})
+def script_command(words: Sequence[str]) -> Command:
+    """`run NAME KEY=VALUE...`: library script NAME, which the platform looks up."""
+    return Command("script.run", {"params": parse_params(words[1:])}, script=words[0])
 
 
 def put_command(

@@ -21,6 +21,7 @@ from tether.server.api import (
     live_sessions,
     scripts,
     segments,
+    service_tokens,
     sessions,
     users,
 )
@@ -100,6 +101,7 @@ def create_app(platform: Platform) -> FastAPI:
         live_sessions,
         files,
         isolation,
+        service_tokens,
     ):
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)

@@ -72,6 +72,10 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     platform = Platform.build(settings)
     # The first start that binds results to the chain records what was stored before it.
     await platform.bindings.record_unbound()
+    # The first start after the tiers migration records whose role it changed.
+    migrated = await platform.team.record_role_migrations()
+    if migrated:
+        log.info("Recorded %d responders migrated to the script tier", migrated)
     examples = shipped_examples()
     if examples is not None:
         loaded = await load_examples(platform.scripts, examples)

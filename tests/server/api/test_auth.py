@@ -15,7 +15,7 @@ async def test_login_takes_two_steps_for_the_first_admin(
     )
     assert response.status_code == 200
     body = response.json()
-    assert (body["username"], body["roles"]) == ("admin", ["admin", "responder"])
+    assert (body["username"], body["roles"]) == ("admin", ["admin", "script"])
     assert (body["stage"], body["mfa_verified"]) == ("second_factor", False)
     pending = {"authorization": f"Bearer {body['token']}"}
     # The pending token is no session: it opens nothing but the second step.

@@ -24,7 +24,7 @@ async def test_responder_enrolls_at_first_login_and_can_do_nothing_else_before(
 ) -> None:
     created = await client.post(
         "/api/v1/users",
-        json={"username": "rita", "password": PASSWORD, "roles": ["responder"]},
+        json={"username": "rita", "password": PASSWORD, "roles": ["script"]},
         headers=admin,
     )
     assert created.status_code == 201, created.text
@@ -94,11 +94,11 @@ async def test_team_api_grant_revoke_disable_and_the_last_admin(
 ) -> None:
     await platform.users.create("bob", PASSWORD, {Role.ANALYST})
     bob = await login(client, "bob", PASSWORD)
-    granted = await client.put("/api/v1/users/bob/roles/responder", headers=admin)
-    assert granted.json()["roles"] == ["analyst", "responder"]
+    granted = await client.put("/api/v1/users/bob/roles/script", headers=admin)
+    assert granted.json()["roles"] == ["analyst", "script"]
     # Bob's session predates the role: it is now limited until he has a second factor.
     assert (await client.get("/api/v1/hosts", headers=bob)).status_code == 403
-    revoked = await client.delete("/api/v1/users/bob/roles/responder", headers=admin)
+    revoked = await client.delete("/api/v1/users/bob/roles/script", headers=admin)
     assert revoked.json()["roles"] == ["analyst"]
     assert (await client.get("/api/v1/auth/whoami", headers=bob)).status_code == 401
     bad_role = await client.put("/api/v1/users/bob/roles/root", headers=admin)

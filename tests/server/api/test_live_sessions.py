@@ -25,7 +25,7 @@ async def _host(platform: Platform, name: str = "web-1", *, enabled: bool = True
 
 
 async def _responder(platform: Platform, client: httpx.AsyncClient, name: str) -> dict[str, str]:
-    created = await platform.users.create(name, PASSWORD, {Role.RESPONDER})
+    created = await platform.users.create(name, PASSWORD, {Role.SCRIPT})
     secret = new_secret()
     await platform.users.mfa.enroll_directly(created.id, secret)
     return await login(client, name, PASSWORD, platform=platform, secret=to_base32(secret))

@@ -9,16 +9,18 @@ service refuses after the permission check (422), so every cell can run against 
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import update
 
-from tether.protocol import Role
+from tether.protocol import Role, Tier
 from tether.protocol.totp import new_secret, to_base32
 from tether.server.app import create_app
 from tether.server.services.platform import Platform
+from tether.server.services.users import User
 from tether.server.store.tables import segments
 
 from ..support import add_host
@@ -29,22 +31,26 @@ PASSWORD = "a long enough password"
 # The callers, in the order of each row's statuses:
 #   anonymous         no session
 #   analyst           role analyst
-#   responder         role responder, second factor passed
-#   responder_no_mfa  role responder, no second factor yet: the session may only enroll one
+#   collect           the collect tier of Active Response, second factor passed
+#   respond           the respond tier, second factor passed
+#   script            the script tier (what the single responder role was), second factor passed
+#   responder_no_mfa  the script tier, no second factor yet: the session may only enroll one
 #   admin_no_mfa      role admin, password only: like responder_no_mfa, it reaches nothing but
 #                     enrolling, and enrolling needs an admin's code (docs/adr/0034)
 #   admin             role admin, second factor passed
-#   admin_responder   the first admin: admin and responder, second factor passed
+#   admin_responder   the first admin: admin and the script tier, second factor passed
 CALLERS = (
     "anonymous",
     "analyst",
-    "responder",
+    "collect",
+    "respond",
+    "script",
     "responder_no_mfa",
     "admin_no_mfa",
     "admin",
     "admin_responder",
 )
-Statuses = tuple[int, int, int, int, int, int, int]
+Statuses = tuple[int, int, int, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -61,24 +67,24 @@ class Row:
     own_session: bool = False
 
 
-ALL_200 = (200, 200, 200, 200, 200, 200, 200)
-SIGNED_IN = (401, 200, 200, 200, 200, 200, 200)
-READERS = (401, 200, 200, 403, 403, 200, 200)
-ADMINS = (401, 403, 403, 403, 403, 200, 200)
-ADMINS_404 = (401, 403, 403, 403, 403, 404, 404)
-RESPONDERS = (401, 403, 200, 403, 403, 403, 200)
-RESPONDERS_404 = (401, 403, 404, 403, 403, 403, 404)
-RESULTS = (401, 200, 200, 403, 403, 403, 200)
-RESULTS_404 = (401, 404, 404, 403, 403, 403, 404)
-WEB_READERS = (303, 200, 200, 303, 303, 200, 200)
-WEB_RESPONDERS = (303, 403, 200, 303, 303, 403, 200)
-WEB_CHANGE = (303, 403, 403, 403, 403, 403, 403)
-WEB_ADMINS = (303, 403, 403, 303, 303, 200, 200)
+ALL_200 = (200, 200, 200, 200, 200, 200, 200, 200, 200)
+SIGNED_IN = (401, 200, 200, 200, 200, 200, 200, 200, 200)
+READERS = (401, 200, 200, 200, 200, 403, 403, 200, 200)
+ADMINS = (401, 403, 403, 403, 403, 403, 403, 200, 200)
+ADMINS_404 = (401, 403, 403, 403, 403, 403, 403, 404, 404)
+RESPONDERS = (401, 403, 200, 200, 200, 403, 403, 403, 200)
+RESPONDERS_404 = (401, 403, 404, 404, 404, 403, 403, 403, 404)
+RESULTS = (401, 200, 200, 200, 200, 403, 403, 403, 200)
+RESULTS_404 = (401, 404, 404, 404, 404, 403, 403, 403, 404)
+WEB_READERS = (303, 200, 200, 200, 200, 303, 303, 200, 200)
+WEB_RESPONDERS = (303, 403, 200, 200, 200, 303, 303, 403, 200)
+WEB_CHANGE = (303, 403, 403, 403, 403, 403, 403, 403, 403)
+WEB_ADMINS = (303, 403, 403, 403, 403, 303, 303, 200, 200)
 # A page's change sent without the CSRF token: login first, then the enrollment page, then 403.
-WEB_CHANGE_BY_FORM = (303, 403, 403, 303, 303, 403, 403)
-WEB_RESULTS = (303, 200, 200, 303, 303, 403, 200)
-WEB_RESULTS_404 = (303, 404, 404, 303, 303, 403, 404)
-WEB_SESSION_CHANGE = (303, 403, 403, 303, 303, 403, 403)
+WEB_CHANGE_BY_FORM = (303, 403, 403, 403, 403, 303, 303, 403, 403)
+WEB_RESULTS = (303, 200, 200, 200, 200, 303, 303, 403, 200)
+WEB_RESULTS_404 = (303, 404, 404, 404, 404, 303, 303, 403, 404)
+WEB_SESSION_CHANGE = (303, 403, 403, 403, 403, 303, 303, 403, 403)
 
 ROWS = [
     # Public.
@@ -88,43 +94,43 @@ ROWS = [
     Row("GET", "/api/v1/docs", ALL_200),
     Row("GET", "/api/v1/docs/oauth2-redirect", ALL_200),
     Row("GET", "/api/v1/enroll/ca", ALL_200),
-    Row("POST", "/api/v1/enroll", (422,) * 7, body={}),
+    Row("POST", "/api/v1/enroll", (422,) * 9, body={}),
     Row("POST", "/api/v1/auth/login", ALL_200, body={"username": "analyst", "password": PASSWORD}),
-    Row("POST", "/api/v1/auth/login/mfa", (401,) * 7, body={"token": "x", "code": "123456"}),
+    Row("POST", "/api/v1/auth/login/mfa", (401,) * 9, body={"token": "x", "code": "123456"}),
     # The caller's own session and second factor.
     Row("GET", "/api/v1/auth/whoami", SIGNED_IN),
-    Row("POST", "/api/v1/auth/logout", (401, 204, 204, 204, 204, 204, 204), own_session=True),
+    Row("POST", "/api/v1/auth/logout", (401, 204, 204, 204, 204, 204, 204, 204, 204), own_session=True),
     # Without a second factor passed, enrolling needs an enrollment code (none is sent here).
-    Row("POST", "/api/v1/auth/mfa/enroll", (401, 403, 200, 403, 403, 200, 200)),
-    Row("POST", "/api/v1/auth/mfa/cancel", (401, 204, 204, 204, 204, 204, 204)),
+    Row("POST", "/api/v1/auth/mfa/enroll", (401, 403, 200, 200, 200, 403, 403, 200, 200)),
+    Row("POST", "/api/v1/auth/mfa/cancel", (401, 204, 204, 204, 204, 204, 204, 204, 204)),
     Row("GET", "/api/v1/auth/sessions", READERS),
-    Row("DELETE", "/api/v1/auth/sessions/{session_id}", (401, 404, 404, 403, 403, 404, 404), url="/api/v1/auth/sessions/0123456789abcdef"),
-    Row("POST", "/api/v1/auth/mfa/confirm", (401, 422, 422, 422, 422, 422, 422), body={"code": "x"}),
+    Row("DELETE", "/api/v1/auth/sessions/{session_id}", (401, 404, 404, 404, 404, 403, 403, 404, 404), url="/api/v1/auth/sessions/0123456789abcdef"),
+    Row("POST", "/api/v1/auth/mfa/confirm", (401, 422, 422, 422, 422, 422, 422, 422, 422), body={"code": "x"}),
     # Inventory.
     Row("GET", "/api/v1/hosts", READERS),
     Row("GET", "/api/v1/hosts/{ref}", READERS, url="/api/v1/hosts/{host}"),
     Row("POST", "/api/v1/hosts/{ref}/revoke", ADMINS_404, url="/api/v1/hosts/ghost/revoke"),
     Row("POST", "/api/v1/hosts/ping", ADMINS, body={"hosts": [], "timeout_seconds": 1}),
     Row("POST", "/api/v1/hosts/{ref}/move", ADMINS_404, url="/api/v1/hosts/ghost/move", body={"segment": "matrix"}),
-    Row("GET", "/api/v1/hosts/{ref}/response-access", RESPONDERS, when_off=(401, 403, 403, 403, 403, 403, 403), url="/api/v1/hosts/{host}/response-access"),
+    Row("GET", "/api/v1/hosts/{ref}/response-access", RESPONDERS, when_off=(401, 403, 403, 403, 403, 403, 403, 403, 403), url="/api/v1/hosts/{host}/response-access"),
     # Jobs. The no-op is not a response action: it needs hosts.manage, which admins hold.
     Row("GET", "/api/v1/actions", RESULTS),
-    Row("POST", "/api/v1/jobs", (401, 403, 403, 403, 403, 201, 201), body={"action": "system.noop", "hosts": ["{host}"]}),
+    Row("POST", "/api/v1/jobs", (401, 403, 403, 403, 403, 403, 403, 201, 201), body={"action": "system.noop", "hosts": ["{host}"]}),
     Row("GET", "/api/v1/jobs", RESULTS),
     Row("GET", "/api/v1/jobs/{job_id}", RESULTS_404, url="/api/v1/jobs/ghost"),
     Row("GET", "/api/v1/jobs/{job_id}/output", RESULTS_404, url="/api/v1/jobs/ghost/output"),
-    Row("POST", "/api/v1/jobs/{job_id}/cancel", (401, 403, 404, 403, 403, 403, 404), url="/api/v1/jobs/ghost/cancel"),
+    Row("POST", "/api/v1/jobs/{job_id}/cancel", (401, 403, 404, 404, 404, 403, 403, 403, 404), url="/api/v1/jobs/ghost/cancel"),
     Row("GET", "/api/v1/batches/{batch_id}", RESULTS_404, url="/api/v1/batches/ghost"),
-    # The script library: read with results.read, changed by responders with a second factor.
+    # The script library: read with results.read, changed by the script tier with a second factor.
     Row("GET", "/api/v1/scripts", RESULTS),
     Row("GET", "/api/v1/scripts/{name}", RESULTS_404, url="/api/v1/scripts/ghost"),
     Row("GET", "/api/v1/scripts/{name}/versions", RESULTS_404, url="/api/v1/scripts/ghost/versions"),
     Row("GET", "/api/v1/scripts/{name}/versions/{version}", RESULTS_404, url="/api/v1/scripts/ghost/versions/1"),
-    Row("PUT", "/api/v1/scripts/{name}", (401, 403, 422, 403, 403, 403, 422), url="/api/v1/scripts/matrix", body={"source": "def (:", "description": ""}),
-    Row("DELETE", "/api/v1/scripts/{name}", (401, 403, 404, 403, 403, 403, 404), url="/api/v1/scripts/ghost"),
+    Row("PUT", "/api/v1/scripts/{name}", (401, 403, 403, 403, 422, 403, 403, 403, 422), url="/api/v1/scripts/matrix", body={"source": "def (:", "description": ""}),
+    Row("DELETE", "/api/v1/scripts/{name}", (401, 403, 403, 403, 404, 403, 403, 403, 404), url="/api/v1/scripts/ghost"),
     # Live response sessions: the Active Response role with its second factor; starting one also
     # needs the host's segment to have Active Response on.
-    Row("POST", "/api/v1/sessions", (401, 403, 201, 403, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403, 403), body={"host": "{host}"}),
+    Row("POST", "/api/v1/sessions", (401, 403, 201, 201, 201, 403, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403, 403, 403, 403), body={"host": "{host}"}),
     Row("GET", "/api/v1/sessions", RESPONDERS),
     Row("GET", "/api/v1/sessions/{session_id}", RESPONDERS_404, url="/api/v1/sessions/ghost"),
     Row("POST", "/api/v1/sessions/{session_id}/commands", RESPONDERS_404, url="/api/v1/sessions/ghost/commands", body={"action": "system.noop"}),
@@ -132,21 +138,21 @@ ROWS = [
     # The file library: listed by readers; uploads and downloads by responders with MFA.
     Row("GET", "/api/v1/files", RESULTS),
     Row("GET", "/api/v1/files/{ref}", RESULTS_404, url="/api/v1/files/ghost"),
-    Row("GET", "/api/v1/files/{ref}/content", (401, 403, 404, 403, 403, 403, 404), url="/api/v1/files/ghost/content"),
-    Row("POST", "/api/v1/files", (401, 403, 422, 403, 403, 403, 422), url="/api/v1/files?name=bad%2Fname"),
-    # Isolation: a response action like any other; the allowlist is the admins' to change.
-    Row("POST", "/api/v1/isolation/isolate", (401, 403, 201, 403, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403, 403), body={"hosts": ["{host}"]}),
-    Row("POST", "/api/v1/isolation/release", (401, 403, 201, 403, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403, 403), body={"hosts": ["{host}"], "mode": "full"}),
+    Row("GET", "/api/v1/files/{ref}/content", (401, 403, 404, 404, 404, 403, 403, 403, 404), url="/api/v1/files/ghost/content"),
+    Row("POST", "/api/v1/files", (401, 403, 422, 422, 422, 403, 403, 403, 422), url="/api/v1/files?name=bad%2Fname"),
+    # Isolation: a response action of the respond tier; the allowlist is the admins' to change.
+    Row("POST", "/api/v1/isolation/isolate", (401, 403, 403, 201, 201, 403, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403, 403, 403, 403), body={"hosts": ["{host}"]}),
+    Row("POST", "/api/v1/isolation/release", (401, 403, 403, 201, 201, 403, 403, 403, 201), when_off=(401, 403, 403, 403, 403, 403, 403, 403, 403), body={"hosts": ["{host}"], "mode": "full"}),
     Row("GET", "/api/v1/isolation/allowlist", READERS),
     Row("PUT", "/api/v1/isolation/allowlist", ADMINS, body={"rules": [{"cidr": "10.0.0.0/8"}]}),
     # Segments.
     Row("GET", "/api/v1/segments", READERS),
-    Row("POST", "/api/v1/segments", (401, 403, 403, 403, 403, 422, 422), body={"name": "bad/name"}),
+    Row("POST", "/api/v1/segments", (401, 403, 403, 403, 403, 403, 403, 422, 422), body={"name": "bad/name"}),
     Row("PATCH", "/api/v1/segments/{name}", ADMINS_404, url="/api/v1/segments/ghost", body={"active_response": True}),
     Row("DELETE", "/api/v1/segments/{name}", ADMINS_404, url="/api/v1/segments/ghost"),
     # Enrollment tokens.
     Row("GET", "/api/v1/enrollment-tokens", ADMINS),
-    Row("POST", "/api/v1/enrollment-tokens", (401, 403, 403, 403, 403, 201, 201), body={"segment": "matrix"}),
+    Row("POST", "/api/v1/enrollment-tokens", (401, 403, 403, 403, 403, 403, 403, 201, 201), body={"segment": "matrix"}),
     # Session History: the Active Response role alone.
     Row("GET", "/api/v1/audit", RESPONDERS),
     Row("GET", "/api/v1/audit/verify", RESPONDERS),
@@ -156,19 +162,19 @@ ROWS = [
     # The web UI, called with the same bearer sessions (a browser sends the cookie instead). No
     # session: a redirect to /login; a session that must enroll a second factor first: to
     # /mfa/enroll; a change without the CSRF token: 403 (tests/server/web holds the details).
-    Row("GET", "/", (303,) * 7),
+    Row("GET", "/", (303,) * 9),
     Row("GET", "/login", ALL_200),
-    Row("POST", "/login", (403,) * 7),
-    Row("GET", "/login/code", (303,) * 7),
-    Row("POST", "/login/code", (401,) * 7),
+    Row("POST", "/login", (403,) * 9),
+    Row("GET", "/login/code", (303,) * 9),
+    Row("POST", "/login/code", (401,) * 9),
     Row("POST", "/logout", WEB_CHANGE),
-    Row("GET", "/mfa/enroll", (303, 200, 200, 200, 200, 200, 200)),
+    Row("GET", "/mfa/enroll", (303, 200, 200, 200, 200, 200, 200, 200, 200)),
     Row("POST", "/mfa/enroll", WEB_CHANGE),
     Row("POST", "/mfa/confirm", WEB_CHANGE),
     Row("POST", "/mfa/cancel", WEB_CHANGE),
     Row("GET", "/active-response", WEB_READERS),
     Row("GET", "/active-response/hosts", WEB_READERS),
-    Row("POST", "/active-response/actions", (303, 403, 403, 303, 303, 403, 403)),
+    Row("POST", "/active-response/actions", (303, 403, 403, 403, 403, 303, 303, 403, 403)),
     Row("GET", "/hosts/{ref}", WEB_READERS, url="/hosts/{host}"),
     # The Host page's jobs table alone, polled: results, as the table is.
     Row("GET", "/hosts/{ref}/jobs", WEB_RESULTS, url="/hosts/{host}/jobs"),
@@ -181,7 +187,7 @@ ROWS = [
     Row("POST", "/hosts/{ref}/session", WEB_SESSION_CHANGE, url="/hosts/{host}/session"),
     Row("POST", "/hosts/{ref}/session/end", WEB_SESSION_CHANGE, url="/hosts/{host}/session/end"),
     Row("POST", "/hosts/{ref}/session/commands", WEB_SESSION_CHANGE, url="/hosts/{host}/session/commands"),
-    Row("GET", "/hosts/{ref}/session/jobs/{job_id}/output", (303, 403, 404, 303, 303, 403, 404), url="/hosts/{host}/session/jobs/ghost/output?wait=0"),
+    Row("GET", "/hosts/{ref}/session/jobs/{job_id}/output", (303, 403, 404, 404, 404, 303, 303, 403, 404), url="/hosts/{host}/session/jobs/ghost/output?wait=0"),
     Row("GET", "/hosts/{ref}/session/files", WEB_RESPONDERS, url="/hosts/{host}/session/files"),
     Row("POST", "/hosts/{ref}/session/files", WEB_SESSION_CHANGE, url="/hosts/{host}/session/files"),
     Row("POST", "/hosts/{ref}/session/files/retrieve", WEB_SESSION_CHANGE, url="/hosts/{host}/session/files/retrieve"),
@@ -215,10 +221,10 @@ ROWS = [
     Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
     # Files: results readers see them; downloads and uploads are the Active Response role's. An
     # upload reads its CSRF token from the form, so a body that is no form is a 400 first.
-    Row("GET", "/files", (303, 200, 200, 303, 303, 403, 200)),
-    Row("GET", "/files/{ref}", (303, 404, 404, 303, 303, 403, 404), url="/files/ghost"),
-    Row("GET", "/files/{ref}/content", (303, 403, 404, 303, 303, 403, 404), url="/files/ghost/content"),
-    Row("POST", "/files/upload", (303, 403, 400, 303, 303, 403, 400)),
+    Row("GET", "/files", (303, 200, 200, 200, 200, 303, 303, 403, 200)),
+    Row("GET", "/files/{ref}", (303, 404, 404, 404, 404, 303, 303, 403, 404), url="/files/ghost"),
+    Row("GET", "/files/{ref}/content", (303, 403, 404, 404, 404, 303, 303, 403, 404), url="/files/ghost/content"),
+    Row("POST", "/files/upload", (303, 403, 400, 400, 400, 303, 303, 403, 400)),
     # Scripts: read with results.read; the services decide who may save and run.
     Row("GET", "/scripts", WEB_RESULTS),
     Row("GET", "/scripts/{name}", WEB_RESULTS_404, url="/scripts/ghost"),
@@ -240,7 +246,7 @@ ROWS = [
     Row("POST", "/jobs/{job_id}/cancel", WEB_CHANGE_BY_FORM, url="/jobs/ghost/cancel"),
     # The team and the settings.
     Row("GET", "/api/v1/users", ADMINS),
-    Row("POST", "/api/v1/users", (401, 403, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),
+    Row("POST", "/api/v1/users", (401, 403, 403, 403, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),
     Row("POST", "/api/v1/users/{username}/disable", ADMINS_404, url="/api/v1/users/ghost/disable"),
     Row("POST", "/api/v1/users/{username}/enable", ADMINS_404, url="/api/v1/users/ghost/enable"),
     Row("PUT", "/api/v1/users/{username}/roles/{role}", ADMINS_404, url="/api/v1/users/ghost/roles/analyst"),
@@ -250,9 +256,30 @@ ROWS = [
     Row("GET", "/api/v1/users/{username}/sessions", ADMINS_404, url="/api/v1/users/ghost/sessions"),
     Row("DELETE", "/api/v1/users/{username}/sessions/{session_id}", ADMINS_404, url="/api/v1/users/ghost/sessions/0123456789abcdef"),
     Row("PUT", "/api/v1/users/{username}/external", ADMINS_404, url="/api/v1/users/ghost/external", body={"external": False}),
+    # Service tokens: admins create (with step-up), list and revoke them.
+    Row("POST", "/api/v1/service-tokens", (401, 403, 403, 403, 403, 403, 403, 422, 422), body={"name": "bad/name", "tier": "collect", "segments": ["matrix"], "expires_in_seconds": 3600}),
+    Row("GET", "/api/v1/service-tokens", ADMINS),
+    Row("DELETE", "/api/v1/service-tokens/{name}", ADMINS_404, url="/api/v1/service-tokens/ghost"),
     Row("GET", "/api/v1/settings", ADMINS),
     Row("PATCH", "/api/v1/settings", ADMINS, body={}),
 ]  # fmt: skip
+
+
+def service_token_status(row: Row, expected: Statuses) -> int:
+    """What the service token (respond tier, segment "matrix", which holds the test host) gets:
+    a public route (or one answering everyone alike) answers it as anyone; a page does not know it (a page takes a person's
+    session); live sessions and a person's own session and factor are refused it; every other
+    API route answers it as it answers a person of the respond tier."""
+    anonymous, respond = expected[0], expected[CALLERS.index("respond")]
+    if anonymous not in (401, 303) or len(set(expected)) == 1:
+        return anonymous
+    if not row.path.startswith("/api/v1/"):
+        return anonymous
+    if row.path == "/api/v1/auth/whoami":
+        return 200
+    if row.path.startswith(("/api/v1/auth/", "/api/v1/sessions")):
+        return 403
+    return respond
 
 
 def test_every_route_has_a_row(platform: Platform) -> None:
@@ -275,7 +302,9 @@ async def _login_as(
         return {}
     name, secret = {
         "analyst": ("analyst", None),
-        "responder": ("responder", secrets["responder"]),
+        "collect": ("collector", secrets["collector"]),
+        "respond": ("responder", secrets["responder"]),
+        "script": ("scripter", secrets["scripter"]),
         "responder_no_mfa": ("fresh-responder", None),
         "admin_no_mfa": ("password-admin", None),
         "admin": ("plain-admin", secrets["plain-admin"]),
@@ -295,15 +324,21 @@ async def test_route_matrix(
 ) -> None:
     users = platform.users
     await users.create("analyst", PASSWORD, {Role.ANALYST})
-    responder = await users.create("responder", PASSWORD, {Role.RESPONDER})
-    await users.create("fresh-responder", PASSWORD, {Role.RESPONDER})
+    await users.create("fresh-responder", PASSWORD, {Role.SCRIPT})
     plain_admin = await users.create("plain-admin", PASSWORD, {Role.ADMIN})
     await users.create("password-admin", PASSWORD, {Role.ADMIN})
-    responder_secret, admin_secret_2 = new_secret(), new_secret()
-    await users.mfa.enroll_directly(responder.id, responder_secret)
+    admin_secret_2 = new_secret()
     await users.mfa.enroll_directly(plain_admin.id, admin_secret_2)
-    secrets = {
-        "responder": to_base32(responder_secret),
+    secrets: dict[str, str] = {}
+    for name, tier in (
+        ("collector", Role.COLLECT),
+        ("responder", Role.RESPOND),
+        ("scripter", Role.SCRIPT),
+    ):
+        tier_user, tier_secret = await users.create(name, PASSWORD, {tier}), new_secret()
+        await users.mfa.enroll_directly(tier_user.id, tier_secret)
+        secrets[name] = to_base32(tier_secret)
+    secrets |= {
         "plain-admin": to_base32(admin_secret_2),
         "admin": admin_secret,
         "admin_password": admin_password,
@@ -316,6 +351,11 @@ async def test_route_matrix(
             .values(active_response=active_response)
         )
     headers = {c: await _login_as(c, platform, client, secrets) for c in CALLERS}
+    admin_user = User(1, "admin", frozenset({"admin"}), False)
+    issued = await platform.service_tokens.create(
+        "soar", Tier.RESPOND, ["matrix"], timedelta(days=1), [], by=admin_user, source="test"
+    )
+    service = {"authorization": f"Bearer {issued.token}"}
 
     wrong: list[str] = []
     for row in ROWS:
@@ -332,4 +372,13 @@ async def test_route_matrix(
                     f"{row.method} {row.path} as {caller}: {response.status_code}, "
                     f"expected {status} ({response.text[:120]})"
                 )
+        status = service_token_status(row, expected)
+        auth = service
+        body = json.loads(json.dumps(row.body).replace("{host}", host))
+        response = await client.request(row.method, url, headers=auth, json=body)
+        if response.status_code != status:
+            wrong.append(
+                f"{row.method} {row.path} as the service token: {response.status_code}, "
+                f"expected {status} ({response.text[:120]})"
+            )
     assert not wrong, "\n".join(wrong)

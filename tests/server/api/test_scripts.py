@@ -263,4 +263,4 @@ async def test_an_analyst_cannot_run_a_library_script(
         headers=analyst,
     )
     assert response.status_code == 403
-    assert "Active Response role" in response.json()["detail"]
+    assert "Active Response tier" in response.json()["detail"]

@@ -144,8 +144,8 @@ async def test_move_host(
         # An admin or responder who has not enrolled a second factor may do nothing but
         # enroll one (docs/adr/0034).
         ((Role.ADMIN,), enroll_first("someone")),
-        ((Role.RESPONDER,), enroll_first("someone")),
-        ((Role.ADMIN, Role.RESPONDER), enroll_first("someone")),
+        ((Role.SCRIPT,), enroll_first("someone")),
+        ((Role.ADMIN, Role.SCRIPT), enroll_first("someone")),
     ],
 )
 async def test_response_access_refuses_with_the_reason(
@@ -162,7 +162,7 @@ async def test_response_access_refuses_with_the_reason(
 @pytest.fixture
 async def verified_responder(platform: Platform, client: httpx.AsyncClient) -> httpx.AsyncClient:
     """A client logged in as a responder who passed the second factor, both steps for real."""
-    user = await platform.users.create("resp", PASSWORD, roles={Role.RESPONDER})
+    user = await platform.users.create("resp", PASSWORD, roles={Role.SCRIPT})
     secret = new_secret()
     await platform.users.mfa.enroll_directly(user.id, secret)
     headers = await login(client, "resp", PASSWORD, platform=platform, secret=to_base32(secret))

@@ -30,7 +30,7 @@ async def make_stale(platform: Platform, username: str) -> None:
 
 
 SENSITIVE = [
-    ("PUT", "/api/v1/users/bob/roles/responder", None),
+    ("PUT", "/api/v1/users/bob/roles/script", None),
     ("DELETE", "/api/v1/users/bob/roles/analyst", None),
     ("POST", "/api/v1/users/bob/enrollment-code", None),
     ("POST", "/api/v1/users", {"username": "eve", "password": PASSWORD, "roles": []}),
@@ -104,7 +104,7 @@ async def test_an_enrollment_code_from_an_admin_lets_a_new_admin_enroll(
     assert answer["stage"] == "enroll"
     assert answer["message"] == enroll_first("ada")
     ada = {"authorization": f"Bearer {answer['token']}"}
-    for method, path in [("GET", "/api/v1/users"), ("PUT", "/api/v1/users/ada/roles/responder")]:
+    for method, path in [("GET", "/api/v1/users"), ("PUT", "/api/v1/users/ada/roles/script")]:
         refused = await client.request(method, path, headers=ada)
         assert refused.status_code == 403
         assert refused.json() == {"detail": enroll_first("ada")}

@@ -30,7 +30,7 @@ def user(*roles: Role, mfa: bool = True) -> User:
     return User(1, "u", frozenset(r.value for r in roles), False, mfa_verified=mfa)
 
 
-RESPONDER = user(Role.RESPONDER)
+RESPONDER = user(Role.SCRIPT)
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ async def test_second_factor_is_checked_after_the_role(
     access: ResponseAccess, engine: AsyncEngine, host: str
 ) -> None:
     await set_host(engine, host, switch=False, revoked=True)
-    for who in (user(Role.RESPONDER, mfa=False), user(Role.ADMIN, Role.RESPONDER, mfa=False)):
+    for who in (user(Role.SCRIPT, mfa=False), user(Role.ADMIN, Role.SCRIPT, mfa=False)):
         with pytest.raises(Forbidden) as refused:
             await access.authorize_response(who, host)
         assert str(refused.value) == NO_SECOND_FACTOR

@@ -36,8 +36,8 @@ from tether.server.store.tables import audit_records, job_output, segments
 
 from ..support import FakeLink, add_host
 
-RESPONDER = User(1, "rita", frozenset({"responder"}), False, mfa_verified=True)
-NO_MFA = User(2, "nick", frozenset({"responder"}), False, mfa_verified=False)
+RESPONDER = User(1, "rita", frozenset({"script"}), False, mfa_verified=True)
+NO_MFA = User(2, "nick", frozenset({"script"}), False, mfa_verified=False)
 ANALYST = User(3, "ann", frozenset({"analyst"}), False)
 ADMIN = User(4, "adam", frozenset({"admin"}), False)
 
@@ -194,7 +194,7 @@ async def test_reports_about_a_job_never_sent_are_ignored(h: Harness) -> None:
 async def test_submission_checks(h: Harness) -> None:
     host = await h.host("web-1")
     off = await h.host("db-1", segment="prod", enabled=False)
-    with pytest.raises(Forbidden, match="Active Response role"):
+    with pytest.raises(Forbidden, match="Active Response tier"):
         await h.submit([host], user=ANALYST)
     with pytest.raises(Forbidden, match="second factor"):
         await h.submit([host], user=NO_MFA)
@@ -394,7 +394,7 @@ async def test_a_user_losing_access_has_their_pending_response_jobs_withdrawn(h:
     other = (
         (
             await h.submit(
-                [host], user=User(9, "olga", frozenset({"responder"}), False, mfa_verified=True)
+                [host], user=User(9, "olga", frozenset({"script"}), False, mfa_verified=True)
             )
         )
         .jobs[0]

@@ -69,7 +69,7 @@ class Harness:
             )
         return host_id
 
-    async def user(self, name: str, role: Role = Role.RESPONDER, *, mfa: bool = True) -> User:
+    async def user(self, name: str, role: Role = Role.SCRIPT, *, mfa: bool = True) -> User:
         created = await self.users.create(name, PASSWORD, {role})
         return replace(created, mfa_verified=mfa)
 
@@ -124,7 +124,7 @@ async def test_a_started_session_is_open_and_audited(h: Harness) -> None:
 async def test_start_is_refused_like_a_response_action(h: Harness) -> None:
     host = await h.host("web-1")
     off = await h.host("db-1", segment="prod", enabled=False)
-    with pytest.raises(Forbidden, match="Active Response role"):
+    with pytest.raises(Forbidden, match="Active Response tier"):
         await h.sessions.start(await h.user("ann", Role.ANALYST), host, source="t")
     with pytest.raises(Forbidden, match="second factor"):
         await h.sessions.start(await h.user("nick", mfa=False), host, source="t")
@@ -306,7 +306,7 @@ async def test_losing_the_responder_role_ends_the_session(h: Harness) -> None:
     rita = await h.user("rita")
     session = await h.sessions.start(rita, host, source="t")
     admin = User(0, "admin", frozenset({"admin"}), False)
-    await h.team.revoke_role("rita", Role.RESPONDER, by=admin, source="t")
+    await h.team.revoke_role("rita", Role.SCRIPT, by=admin, source="t")
     ended = await h.sessions.get(session.id)
     assert ended.end_reason == "the user's access ended (active response role removed)"
 
@@ -356,7 +356,7 @@ async def test_the_sweep_ends_sessions_of_external_users_whose_access_expired(
     created = await h.users.create(
         "mdr",
         PASSWORD,
-        {Role.RESPONDER},
+        {Role.SCRIPT},
         external=True,
         organisation="Acme MDR",
         access_expires_at=h.clock.now + timedelta(days=1),

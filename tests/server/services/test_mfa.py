@@ -54,7 +54,7 @@ async def enrolled(
     users: Users, clock: FakeClock, name: str = "rita"
 ) -> tuple[User, str, list[str]]:
     """A responder who went through enrollment; returns the user, secret and recovery codes."""
-    await users.create(name, PASSWORD, {Role.RESPONDER})
+    await users.create(name, PASSWORD, {Role.SCRIPT})
     session = await users.login(name, PASSWORD, source="10.0.0.1 cli", client="cli")
     assert session.stage is Stage.ENROLL
     user = await users.authenticate(session.token, enrolling=True)
@@ -76,7 +76,7 @@ async def enrolled(
 async def test_enrollment_gives_uri_qr_and_recovery_codes(
     users: Users, clock: FakeClock, engine: AsyncEngine
 ) -> None:
-    await users.create("rita", PASSWORD, {Role.RESPONDER})
+    await users.create("rita", PASSWORD, {Role.SCRIPT})
     session = await users.login("rita", PASSWORD, source="s", client="cli")
     user = await users.authenticate(session.token, enrolling=True)
     started = await start(users, user)
@@ -106,7 +106,7 @@ async def test_enrollment_gives_uri_qr_and_recovery_codes(
 
 
 async def test_confirm_without_enroll_is_refused(users: Users) -> None:
-    user = await users.create("rita", PASSWORD, {Role.RESPONDER})
+    user = await users.create("rita", PASSWORD, {Role.SCRIPT})
     with pytest.raises(Conflict, match="run 'tether mfa enroll' first"):
         await users.mfa.confirm_enrollment(user.id, "rita", "123456", session_hash="x", source="s")
 
@@ -269,8 +269,8 @@ async def _start_with(users: Users, user: User, code: str | None) -> Enrollment:
 async def test_the_password_alone_cannot_enroll_a_second_factor(
     users: Users, clock: FakeClock, audit: AuditLog
 ) -> None:
-    await users.create("rita", PASSWORD, {Role.RESPONDER})
-    await users.create("mallory", PASSWORD, {Role.RESPONDER})
+    await users.create("rita", PASSWORD, {Role.SCRIPT})
+    await users.create("mallory", PASSWORD, {Role.SCRIPT})
     rita = await _enroll_session(users)
     with pytest.raises(Forbidden) as none:
         await _start_with(users, rita, None)
@@ -326,7 +326,7 @@ async def test_the_password_alone_cannot_enroll_a_second_factor(
 async def test_asking_again_keeps_the_pending_secret_until_cancelled(
     users: Users, clock: FakeClock
 ) -> None:
-    await users.create("rita", PASSWORD, {Role.RESPONDER})
+    await users.create("rita", PASSWORD, {Role.SCRIPT})
     rita = await _enroll_session(users)
     code = await users.mfa.codes.issue("rita", actor="admin", actor_username="admin", source="s")
     started = await _start_with(users, rita, code.code)

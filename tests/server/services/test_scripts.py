@@ -346,8 +346,8 @@ def _user(roles: set[str], mfa_verified: bool) -> User:
 
 
 def test_only_responders_with_a_second_factor_may_edit() -> None:
-    assert editor_refusal(_user({Role.RESPONDER}, True)) is None
-    assert editor_refusal(_user({Role.RESPONDER}, False)) == EDIT_NO_SECOND_FACTOR
+    assert editor_refusal(_user({Role.SCRIPT}, True)) is None
+    assert editor_refusal(_user({Role.SCRIPT}, False)) == EDIT_NO_SECOND_FACTOR
     assert editor_refusal(_user({Role.ANALYST}, True)) == EDIT_NO_PERMISSION
     assert editor_refusal(_user({Role.ADMIN}, True)) == EDIT_NO_PERMISSION
 
@@ -357,7 +357,7 @@ async def test_run_args_carry_the_library_source_and_checked_params(
 ) -> None:
     await save(library)
     await save(library, source="print('v2')\n")
-    responder = _user({Role.RESPONDER}, True)
+    responder = _user({Role.SCRIPT}, True)
     args = await library.run_args(responder, "script.run", "kill", 1, {"params": {"pid": 7}})
     assert args == {
         "source": SOURCE,
@@ -370,13 +370,13 @@ async def test_run_args_carry_the_library_source_and_checked_params(
 
 async def test_run_args_refusals(library: ScriptLibrary) -> None:
     await save(library)
-    responder = _user({Role.RESPONDER}, True)
+    responder = _user({Role.SCRIPT}, True)
     with pytest.raises(Invalid, match=re.escape("only be submitted with the script.run action")):
         await library.run_args(responder, "system.noop", "kill", None, {})
-    with pytest.raises(Forbidden, match="Active Response role"):
+    with pytest.raises(Forbidden, match="Active Response tier"):
         await library.run_args(_user({Role.ANALYST}, True), "script.run", "kill", None, {})
     with pytest.raises(Forbidden, match="second factor"):
-        await library.run_args(_user({Role.RESPONDER}, False), "script.run", "kill", None, {})
+        await library.run_args(_user({Role.SCRIPT}, False), "script.run", "kill", None, {})
     with pytest.raises(Invalid, match="not both"):
         await library.run_args(responder, "script.run", "kill", None, {"source": "x"})
     with pytest.raises(Invalid, match="'pid' is required"):

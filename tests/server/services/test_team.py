@@ -46,7 +46,7 @@ def settings(engine: AsyncEngine, audit: AuditLog, team: Team) -> AccessSettings
 
 
 async def test_responder_without_mfa_gets_an_enrollment_only_session(users: Users) -> None:
-    await users.create("rita", PASSWORD, {Role.RESPONDER})
+    await users.create("rita", PASSWORD, {Role.SCRIPT})
     session = await users.login("rita", PASSWORD, source="s", client="cli")
     assert session.stage is Stage.ENROLL
     user = await users.authenticate(session.token, enrolling=True)
@@ -75,10 +75,10 @@ async def test_grant_and_revoke_roles_are_audited(
     users: Users, team: Team, audit: AuditLog
 ) -> None:
     await users.create("bob", PASSWORD, {Role.ANALYST})
-    info = await team.grant_role("bob", Role.RESPONDER, by=acting("admin"), source="s")
-    assert info.roles == ["analyst", "responder"]
+    info = await team.grant_role("bob", Role.SCRIPT, by=acting("admin"), source="s")
+    assert info.roles == ["analyst", "script"]
     info = await team.revoke_role("bob", Role.ANALYST, by=acting("admin"), source="s")
-    assert info.roles == ["responder"]
+    assert info.roles == ["script"]
     actions = [
         (r.action, r.target) async for r in audit.iter_records() if r.action.startswith("role.")
     ]
@@ -90,9 +90,9 @@ async def test_grant_and_revoke_roles_are_audited(
 async def test_removing_the_responder_role_ends_sessions_at_once(
     users: Users, team: Team, lost: Recorder
 ) -> None:
-    rita = await users.create("rita", PASSWORD, {Role.RESPONDER, Role.ANALYST})
+    rita = await users.create("rita", PASSWORD, {Role.SCRIPT, Role.ANALYST})
     session = await users.login("rita", PASSWORD, source="s", client="cli")
-    await team.revoke_role("rita", Role.RESPONDER, by=acting("admin"), source="s")
+    await team.revoke_role("rita", Role.SCRIPT, by=acting("admin"), source="s")
     with pytest.raises(Unauthenticated, match="not valid"):
         await users.authenticate(session.token)
     assert lost.calls == [(rita.id, "active response role removed")]
@@ -196,7 +196,7 @@ async def test_marking_external_needs_an_organisation(users: Users, team: Team) 
 async def test_resetting_the_second_factor_ends_sessions_and_forces_enrollment(
     users: Users, team: Team, lost: Recorder, audit: AuditLog
 ) -> None:
-    rita = await users.create("rita", PASSWORD, {Role.RESPONDER})
+    rita = await users.create("rita", PASSWORD, {Role.SCRIPT})
     await users.mfa.enroll_directly(rita.id, b"12345678901234567890")
     pending = await users.login("rita", PASSWORD, source="s", client="cli")
     assert pending.stage is Stage.SECOND_FACTOR
@@ -215,7 +215,7 @@ async def test_disabling_between_the_two_login_steps_kills_the_pending_login(
     users: Users, team: Team
 ) -> None:
     await users.create("root", PASSWORD, {Role.ADMIN})
-    rita = await users.create("rita", PASSWORD, {Role.RESPONDER})
+    rita = await users.create("rita", PASSWORD, {Role.SCRIPT})
     await users.mfa.enroll_directly(rita.id, b"12345678901234567890")
     pending = await users.login("rita", PASSWORD, source="s", client="cli")
     await team.set_disabled("rita", True, actor="root", source="s")
@@ -245,7 +245,7 @@ async def test_nobody_changes_their_own_roles_or_second_factor(
     await users.create("other", PASSWORD, {Role.ADMIN})
     me = acting("root")
     with pytest.raises(Forbidden) as grant:
-        await team.grant_role("root", Role.RESPONDER, by=me, source="s")
+        await team.grant_role("root", Role.SCRIPT, by=me, source="s")
     assert str(grant.value) == OWN_ROLES
     with pytest.raises(Forbidden) as revoke:
         await team.revoke_role("root", Role.ADMIN, by=me, source="s")
@@ -265,5 +265,5 @@ async def test_nobody_changes_their_own_roles_or_second_factor(
         ("mfa.reset", "root", "failure", "own account"),
     ]
     # Someone else may.
-    await team.grant_role("root", Role.RESPONDER, by=acting("other"), source="s")
-    assert (await team.get("root")).roles == ["admin", "responder"]
+    await team.grant_role("root", Role.SCRIPT, by=acting("other"), source="s")
+    assert (await team.get("root")).roles == ["admin", "script"]

@@ -10,7 +10,7 @@ from tether.server.store.db import utcnow
 from tether.server.store.tables import jobs
 
 # The first admin (user id 1): admin and responder, second factor passed.
-ADMIN = User(1, "admin", frozenset({"admin", "responder"}), False, mfa_verified=True)
+ADMIN = User(1, "admin", frozenset({"admin", "script"}), False, mfa_verified=True)
 
 
 async def submit(platform: Platform, host: str, action: str = "system.noop") -> JobView:

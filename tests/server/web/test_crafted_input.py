@@ -13,7 +13,7 @@ from tether.server.store.tables import jobs, segments
 from ..support import add_host
 from .conftest import csrf_of
 
-ADMIN = User(1, "admin", frozenset({"admin", "responder"}), False, mfa_verified=True)
+ADMIN = User(1, "admin", frozenset({"admin", "script"}), False, mfa_verified=True)
 SCRIPT = "Crafted"
 
 

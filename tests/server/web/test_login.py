@@ -149,7 +149,7 @@ async def test_logout_ends_the_session(admin_browser: httpx.AsyncClient) -> None
 async def test_a_responder_without_a_second_factor_must_enroll_one_first(
     browser: httpx.AsyncClient, platform: Platform
 ) -> None:
-    await platform.users.create("newbie", PASSWORD, {Role.RESPONDER})
+    await platform.users.create("newbie", PASSWORD, {Role.SCRIPT})
     response = await web_login(browser, platform, "newbie", PASSWORD)
     assert response.headers["location"] == "/mfa/enroll"
     assert (await browser.get("/active-response")).headers["location"] == "/mfa/enroll"

@@ -411,7 +411,10 @@ async def test_an_analyst_reads_the_library_without_save_or_delete(
     page = await browser.get(f"/scripts/{quote(NAME)}")
     assert page.status_code == 200
     assert "print(script.params[&#39;path&#39;])" in page.text
-    assert "You need the Active Response role" in page.text
+    assert (
+        "You need an Active Response tier (the script tier) to change the script library"
+        in page.text
+    )
     assert "Save as a new version" not in page.text
     assert 'action="/scripts/-/delete"' not in page.text
     refused = await browser.post(

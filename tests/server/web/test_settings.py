@@ -70,21 +70,25 @@ async def test_an_admin_creates_a_user_and_grants_them_active_response(
         admin_browser,
         "/settings/team",
         "/settings/team/mdr-ana/roles",
-        {"role": "responder", "grant": "yes"},
+        {"role": "script", "grant": "yes"},
     )
-    await _confirmed(admin_browser, granted, "mdr-ana now holds the Active Response role.")
-    assert (await platform.team.get("mdr-ana")).roles == ["analyst", "responder"]
+    await _confirmed(
+        admin_browser, granted, "mdr-ana now holds the script tier of Active Response."
+    )
+    assert (await platform.team.get("mdr-ana")).roles == ["analyst", "script"]
     grant = (await _records(platform, "role.grant"))[0]
     assert (grant.actor, grant.target) == ("admin", "mdr-ana")
-    assert '"responder"' in grant.details
+    assert '"script"' in grant.details
 
     removed = await _post(
         admin_browser,
         "/settings/team",
         "/settings/team/mdr-ana/roles",
-        {"role": "responder", "grant": "no"},
+        {"role": "script", "grant": "no"},
     )
-    await _confirmed(admin_browser, removed, "mdr-ana no longer holds the Active Response role.")
+    await _confirmed(
+        admin_browser, removed, "mdr-ana no longer holds the script tier of Active Response."
+    )
     assert (await platform.team.get("mdr-ana")).roles == ["analyst"]
     assert (await _records(platform, "role.revoke"))[0].target == "mdr-ana"
 
@@ -96,7 +100,7 @@ async def test_an_admin_creates_a_user_and_grants_them_active_response(
 async def test_disable_enable_reset_and_external_go_through_the_team_service(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
-    account = await platform.users.create("casey", PASSWORD, {Role.RESPONDER})
+    account = await platform.users.create("casey", PASSWORD, {Role.SCRIPT})
     await platform.users.mfa.enroll_directly(account.id, new_secret())
     page = "/settings/team"
 
@@ -257,7 +261,7 @@ async def test_a_refused_new_user_keeps_the_name_but_never_the_password(
         admin_browser,
         "/settings/team",
         "/settings/team",
-        {"username": "shorty", "password": "tiny-secret", "role": ["responder"]},
+        {"username": "shorty", "password": "tiny-secret", "role": ["script"]},
     )
     assert response.status_code == 422
     assert "A password needs at least" in response.text
@@ -443,13 +447,13 @@ async def test_a_bad_token_request_is_refused(
     assert await platform.enrollment.list_tokens() == []
 
 
-@pytest.mark.parametrize("role", [Role.ANALYST, Role.RESPONDER])
+@pytest.mark.parametrize("role", [Role.ANALYST, Role.SCRIPT])
 async def test_only_admins_see_settings(
     browser: httpx.AsyncClient, platform: Platform, role: Role
 ) -> None:
     account = await platform.users.create("someone", PASSWORD, {role})
     secret = None
-    if role is Role.RESPONDER:
+    if role is Role.SCRIPT:
         raw = new_secret()
         await platform.users.mfa.enroll_directly(account.id, raw)
         secret = to_base32(raw)
@@ -498,7 +502,7 @@ async def test_a_change_without_the_csrf_token_is_refused(
         assert "This form has expired" in response.text
     assert await platform.audit.newest(AuditSearch(), limit=1) == audited
     assert "csrf-less" not in [u.username for u in await platform.team.list()]
-    assert (await platform.team.get("admin")).roles == ["admin", "responder"]
+    assert (await platform.team.get("admin")).roles == ["admin", "script"]
     assert not (await platform.access_settings.get()).external_access_suspended
     assert await platform.isolation.allowlist() == []
     assert await platform.enrollment.list_tokens() == []

@@ -68,6 +68,7 @@ async def whoami(user: UserDep) -> WhoAmI:
         username=user.username,
         roles=sorted(user.roles),
         permissions=sorted(p.value for p in user.permissions),
+        tier=user.tier.value if user.tier is not None else None,
         mfa_enabled=user.mfa_enabled,
         mfa_verified=user.mfa_verified,
         enrollment_only=user.enrollment_only,

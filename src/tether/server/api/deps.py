@@ -14,6 +14,7 @@ from tether.protocol.step_up import CODE_HEADER
 from tether.server.errors import Forbidden, Unauthenticated
 from tether.server.services.client_text import untrusted_text
 from tether.server.services.platform import Platform
+from tether.server.services.service_tokens import PREFIX as SERVICE_TOKEN_PREFIX
 from tether.server.services.users import User
 
 SESSION_COOKIE = "tether_session"
@@ -58,12 +59,33 @@ def bearer_token(request: Request) -> str:
     raise Unauthenticated("Log in first: this request carries no session.")
 
 
+# What a service token may not reach: a person's own session and factor, and live sessions (an
+# interactive shell is a person's; automation submits jobs). Prefixes under the API.
+SERVICE_REFUSED = ("/api/v1/auth/", "/api/v1/sessions")
+SERVICE_WHOAMI = "/api/v1/auth/whoami"
+NOT_FOR_SERVICES = (
+    "A service token cannot do this: live sessions and a person's own session and second "
+    "factor are for people; automation submits jobs."
+)
+
+
 async def current_user(
     request: Request, platform: Annotated[Platform, Depends(get_platform)]
 ) -> User:
-    user = await platform.users.authenticate(
-        bearer_token(request), enrolling=request.url.path in ENROLLMENT_PATHS
-    )
+    token = bearer_token(request)
+    path = request.url.path
+    if token.startswith(SERVICE_TOKEN_PREFIX):
+        address = request.client.host if request.client else "unknown"
+        refused = path != SERVICE_WHOAMI and path.startswith(SERVICE_REFUSED)
+        user = await platform.service_tokens.authenticate(
+            token,
+            address,
+            method=request.method,
+            path=path,
+            forbidden=NOT_FOR_SERVICES if refused else None,
+        )
+    else:
+        user = await platform.users.authenticate(token, enrolling=path in ENROLLMENT_PATHS)
     request.state.user = user
     return user
 

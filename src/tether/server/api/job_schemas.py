@@ -115,5 +115,9 @@ class ActionOut(BaseModel):
     description: str
     permission: str
     response: bool
+    # The Active Response tier a response action needs (None for the others); a library
+    # script needs `library_tier` instead.
+    tier: str | None = None
+    library_tier: str | None = None
     timeout_seconds: float
     args_schema: dict[str, Any]

@@ -59,6 +59,8 @@ async def list_actions(_user: Reader) -> list[ActionOut]:
             description=spec.description,
             permission=spec.permission.value,
             response=spec.response,
+            tier=spec.tier.value if spec.response else None,
+            library_tier=spec.library_tier.value if spec.library_tier else None,
             timeout_seconds=spec.timeout_seconds,
             args_schema=spec.args.model_json_schema(),
         )

@@ -5,6 +5,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether.server.api.job_schemas import ScriptRef
+
 
 class LiveSessionStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,6 +26,9 @@ class LiveCommand(BaseModel):
     # views (the web console) can show where the shell is.
     cwd: Annotated[str, Field(max_length=4096)] | None = None
     timeout_seconds: Annotated[float, Field(ge=1, le=24 * 3600)] | None = None
+    # With action script.run: run this library script (the shell's `run`); the platform puts
+    # its source in, and the run needs the respond tier instead of script.
+    script: ScriptRef | None = None
 
 
 class LiveSessionOut(BaseModel):

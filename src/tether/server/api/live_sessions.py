@@ -88,14 +88,19 @@ async def send_command(
     session_id: str, body: LiveCommand, request: Request, platform: PlatformDep, user: Responder
 ) -> JobOut:
     """Run one command in the caller's own open session; answers with its job."""
+    args = body.args
+    if body.script is not None:
+        chosen = body.script
+        args = await platform.scripts.run_args(user, body.action, chosen.name, chosen.version, args)
     job = await platform.live_sessions.command(
         session_id,
         user,
         body.action,
-        body.args,
+        args,
         source=source_of(request),
         cwd=body.cwd,
         timeout_seconds=body.timeout_seconds,
+        from_library=body.script is not None,
     )
     return JobOut(**job.__dict__)
 

@@ -42,6 +42,8 @@ class WhoAmI(BaseModel):
     username: str
     roles: list[str]
     permissions: list[str]
+    # The Active Response tier (collect, respond, script), or None without the role.
+    tier: str | None = None
     mfa_enabled: bool = False
     mfa_verified: bool = False
     # True while the session may only set up a second factor.

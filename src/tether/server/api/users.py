@@ -104,7 +104,7 @@ async def grant_role(
 async def revoke_role(
     username: str, role: Role, request: Request, platform: PlatformDep, user: RoleAdmin
 ) -> UserOut:
-    """Remove a role (never from one's own account); removing responder ends the user's
+    """Remove a role (never from one's own account); removing a tier ends the user's
     sessions at once."""
     return _out(await platform.team.revoke_role(username, role, by=user, source=source_of(request)))
 

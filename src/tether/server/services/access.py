@@ -3,7 +3,7 @@
 A response action needs all of these, checked in this order so the reason given is the first
 one a user can do something about:
 
-1. the user holds the Active Response permission (the responder role);
+1. the user holds an Active Response tier (the action's own tier is checked by `Jobs.submit`);
 2. the session passed the second factor;
 3. the host is not revoked;
 4. the host's segment has Active Response on;
@@ -28,7 +28,7 @@ from tether.server.store.tables import hosts, segments
 _READ_CHUNK = 500
 
 NO_PERMISSION = (
-    "You need the Active Response role (the active_response permission) to run response actions."
+    "You need an Active Response tier (collect, respond or script) to run response actions."
 )
 NO_SECOND_FACTOR = (
     "Your session has not passed the second factor; log in with your authenticator code "

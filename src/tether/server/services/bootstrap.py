@@ -100,7 +100,7 @@ async def _seed(settings: Settings, password: str, secret: bytes, ca_sha256: str
         async with engine.begin() as conn:
             await ensure_segment(conn, DEFAULT_SEGMENT)
         users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
-        admin = await users.create(ADMIN_USERNAME, password, {Role.ADMIN, Role.RESPONDER})
+        admin = await users.create(ADMIN_USERNAME, password, {Role.ADMIN, Role.SCRIPT})
         codes = await users.mfa.enroll_directly(admin.id, secret)
         await audit.record(
             "platform.init",
@@ -108,7 +108,7 @@ async def _seed(settings: Settings, password: str, secret: bytes, ca_sha256: str
             target=settings.hostname,
             details={
                 "admin": ADMIN_USERNAME,
-                "roles": ["admin", "responder"],
+                "roles": ["admin", "script"],
                 "ca_sha256": ca_sha256,
             },
         )

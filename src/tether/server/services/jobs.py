@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, ActionSpec
+from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, ActionSpec, tier_refusal
+from tether.protocol.actions import refusal_name, tier_needed
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import ResponseAccess, host_refusal, user_refusal
 from tether.server.services.audit import AuditLog
@@ -264,6 +265,19 @@ class Jobs:
         if action in self._reserved and not reserved:
             raise Invalid(self._reserved[action])
         clean_args = validate_args(spec, args)
+        if spec.response:
+            needed = tier_needed(spec, clean_args, from_library=from_library)
+            what = refusal_name(spec, from_library=from_library)
+            if (refusal := tier_refusal(user.username, user.tier, needed, what)) is not None:
+                await self._audit.record(
+                    "job.refused",
+                    actor=user.actor,
+                    target=action,
+                    outcome="failure",
+                    source=source,
+                    details={"reason": refusal, "tier": needed.value},
+                )
+                raise Forbidden(refusal)
         if action == "script.run" and clean_args.get("name") and not from_library:
             # The name says "this is library script X, version N" in the audit log and on the
             # endpoint: only the platform may write it, after resolving the library script.
@@ -295,11 +309,28 @@ class Jobs:
             state = states.get(host_id)
             if state is None:
                 raise NotFound(f"No host has the id {host_id!r}.")
-            if spec.response and (reason := host_refusal(state)) is not None:
+            if user.segments is not None and state.segment not in user.segments:
+                # A service token acts only in the segments it was created for (ADR 0038).
+                refused[host_id] = (
+                    f"{user.username} may act only in segments "
+                    f"{', '.join(sorted(user.segments))}; {state.hostname} is in segment "
+                    f"{state.segment}."
+                )
+            elif spec.response and (reason := host_refusal(state)) is not None:
                 refused[host_id] = reason
         accepted = [h for h in host_ids if h not in refused]
         if not accepted:
-            raise Forbidden(next(iter(refused.values())))
+            reason = next(iter(refused.values()))
+            if user.service:
+                await self._audit.record(
+                    "job.refused",
+                    actor=user.actor,
+                    target=action,
+                    outcome="failure",
+                    source=source,
+                    details={"reason": reason},
+                )
+            raise Forbidden(reason)
 
         batch_id = uuid.uuid4().hex
         job_ids = {host_id: uuid.uuid4().hex for host_id in accepted}

@@ -188,6 +188,7 @@ class LiveSessions:
         source: str,
         cwd: str | None = None,
         timeout_seconds: float | None = None,
+        from_library: bool = False,
     ) -> JobView:
         """Send one command of the session as a job for its host; only its owner may, while it
         is open and not idle. The job is checked and audited like any other submission."""
@@ -225,6 +226,7 @@ class LiveSessions:
             timeout_seconds=timeout_seconds,
             source=source,
             session_id=session_id,
+            from_library=from_library,
         )
         (job,) = batch.jobs
         if not (await self.get(session_id)).open:

@@ -31,6 +31,7 @@ from tether.server.services.script_files import ScriptFiles
 from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
 from tether.server.services.server_certificate import CertificateWatch, load_certificate
+from tether.server.services.service_tokens import ServiceTokens
 from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
 from tether.server.services.user_sessions import UserSessions
@@ -59,6 +60,7 @@ class Platform:
     ca: CertificateAuthority
     audit: AuditLog
     users: Users
+    service_tokens: ServiceTokens
     team: Team
     step_up: StepUp
     user_sessions: UserSessions
@@ -143,8 +145,10 @@ class Platform:
         users.on_access_lost(live_sessions.end_for_user)
         # ...and withdraws the response jobs they queued, so none runs after they lost access.
         users.on_access_lost(jobs.withdraw_for_user)
+        service_tokens = ServiceTokens(engine, audit, jobs.withdraw_for_user)
         return cls(
             settings=settings,
+            service_tokens=service_tokens,
             engine=engine,
             ca=ca,
             audit=audit,

@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.protocol import Permission
+from tether.protocol import Permission, Tier, tier_refusal
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import user_refusal
 from tether.server.services.audit import AuditLog
@@ -39,9 +39,10 @@ NAME_RULE = (
     "spaces, and not only dots."
 )
 EDIT_NO_PERMISSION = (
-    "You need the Active Response role (the active_response permission) to change the script "
+    "You need an Active Response tier (the script tier) to change the script "
     "library, because its scripts run as root on endpoints."
 )
+LIBRARY_CHANGE = "changing the script library"
 EDIT_NO_SECOND_FACTOR = (
     "Your session has not passed the second factor; log in with your authenticator code "
     "to change the script library."
@@ -95,6 +96,10 @@ def editor_refusal(user: User) -> str | None:
     """Why `user` may not change the library, or None: the bar of running a script."""
     if Permission.ACTIVE_RESPONSE not in user.permissions:
         return EDIT_NO_PERMISSION
+    # Respond-tier holders run library scripts as root: what they run is what a script-tier
+    # holder wrote, so writing the library is the script tier's.
+    if (refusal := tier_refusal(user.username, user.tier, Tier.SCRIPT, LIBRARY_CHANGE)) is not None:
+        return refusal
     if not user.mfa_verified:
         return EDIT_NO_SECOND_FACTOR
     return None

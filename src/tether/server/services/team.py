@@ -1,7 +1,7 @@
 """The team: listing users, roles, disabling, marking MDR provider staff external. Admins only.
 
 Whatever takes access away (disabling, removing the Active Response role, suspending or ending
-external access) ends the user's sessions at once through `Users.end_access`, which also tells
+external access, lowering an Active Response tier) ends the user's sessions at once through `Users.end_access`, which also tells
 the listeners registered for live response sessions.
 """
 
@@ -11,15 +11,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.protocol import Role
+from tether.protocol import TIER_ROLES, Role, Tier, tier_allows, tier_of
 from tether.server.errors import Conflict, Forbidden, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.enrollment_codes import DEFAULT_LIFETIME, IssuedCode
 from tether.server.services.users import User, Users, check_external
 from tether.server.store.db import as_utc
-from tether.server.store.tables import recovery_codes, user_roles, users
+from tether.server.store.tables import recovery_codes, role_migrations, user_roles, users
 
 OWN_ROLES = "You cannot change the roles of your own account; ask another admin."
+# The audit action of the record that reports the roles a migration changed.
+ROLE_MIGRATION = "role.migrate"
 OWN_FACTOR = "You cannot reset your own second factor; ask another admin."
 
 
@@ -126,27 +128,46 @@ class Team:
         raise Forbidden(refusal)
 
     async def grant_role(self, username: str, role: Role, *, by: User, source: str) -> UserInfo:
+        """Give `role`; a tier replaces the tier the user held (one tier at a time), and a
+        lower tier than before ends their sessions, as removing one does."""
         await self._refuse_own_account(username, by, "role.grant", source, OWN_ROLES, role)
         actor = by.actor
         async with self._audit.transaction() as tx:
             conn = tx.conn
             user_id = await self._id_of(conn, username)
-            held = (
+            before = set(
+                (
+                    await conn.execute(
+                        select(user_roles.c.role).where(user_roles.c.user_id == user_id)
+                    )
+                ).scalars()
+            )
+            replaced = sorted((before & {t.value for t in TIER_ROLES}) - {role.value})
+            if role in TIER_ROLES and replaced:
                 await conn.execute(
-                    select(user_roles.c.role).where(
-                        user_roles.c.user_id == user_id, user_roles.c.role == role.value
+                    delete(user_roles).where(
+                        user_roles.c.user_id == user_id, user_roles.c.role.in_(replaced)
                     )
                 )
-            ).first()
-            if held is None:
+            else:
+                replaced = []
+            held = role.value in before
+            if not held:
                 await conn.execute(insert(user_roles).values(user_id=user_id, role=role.value))
+                details: dict[str, object] = {"role": role.value}
+                if replaced:
+                    details["replaced"] = replaced
                 await tx.record(
-                    "role.grant",
-                    actor=actor,
-                    target=username,
-                    source=source,
-                    details={"role": role},
+                    "role.grant", actor=actor, target=username, source=source, details=details
                 )
+        if not held:
+            old_tier = tier_of(before)
+            if (
+                old_tier is not None
+                and role in TIER_ROLES
+                and not tier_allows(Tier(role.value), old_tier)
+            ):
+                await self._users.end_access(user_id, "active response tier lowered")
         return await self.get(username)
 
     async def revoke_role(self, username: str, role: Role, *, by: User, source: str) -> UserInfo:
@@ -168,11 +189,43 @@ class Team:
                     actor=actor,
                     target=username,
                     source=source,
-                    details={"role": role},
+                    details={"role": role.value},
                 )
-        if result.rowcount and role is Role.RESPONDER:
+        if result.rowcount and role in TIER_ROLES:
             await self._users.end_access(user_id, "active response role removed")
         return await self.get(username)
+
+    async def record_role_migrations(self) -> int:
+        """At start: write the role changes a migration made (`responder` became `script`) to
+        the chain, once, in the transaction that marks them recorded; returns how many."""
+        async with self._audit.transaction() as tx:
+            rows = (
+                await tx.conn.execute(
+                    select(role_migrations)
+                    .where(role_migrations.c.record_seq.is_(None))
+                    .order_by(role_migrations.c.id)
+                )
+            ).all()
+            if not rows:
+                return 0
+            record = await tx.record(
+                ROLE_MIGRATION,
+                actor="platform",
+                source="platform",
+                details={
+                    "from": rows[0].from_role,
+                    "to": rows[0].to_role,
+                    "users": [r.username for r in rows],
+                    "why": "the Active Response role became three tiers; responder could do "
+                    "what the script tier can",
+                },
+            )
+            await tx.conn.execute(
+                update(role_migrations)
+                .where(role_migrations.c.id.in_([r.id for r in rows]))
+                .values(record_seq=record.seq)
+            )
+        return len(rows)
 
     async def set_external(
         self,

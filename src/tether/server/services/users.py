@@ -19,7 +19,15 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.protocol import MFA_REQUIRED_ROLES, Permission, Role, permissions_of
+from tether.protocol import (
+    MFA_REQUIRED_ROLES,
+    TIER_ROLES,
+    Permission,
+    Role,
+    Tier,
+    permissions_of,
+    tier_of,
+)
 from tether.server.auth.passwords import MIN_LENGTH, hash_password, verify_password
 from tether.server.auth.sealing import Sealer
 from tether.server.auth.tokens import new_token, token_hash
@@ -91,10 +99,18 @@ class User:
     # the session itself (the SHA-256 of its token), for the changes that concern it.
     mfa_verified_at: datetime | None = None
     session_hash: str = ""
+    # A service token (docs/adr/0038) acts only on hosts of these segments; None for people.
+    segments: frozenset[str] | None = None
+    service: bool = False
 
     @property
     def permissions(self) -> frozenset[Permission]:
         return permissions_of(set(self.roles))
+
+    @property
+    def tier(self) -> Tier | None:
+        """The user's Active Response tier, or None without the role."""
+        return tier_of(self.roles)
 
     @property
     def actor(self) -> str:
@@ -122,6 +138,15 @@ def mfa_required(roles: frozenset[str], settings: AccessSettings) -> bool:
     return settings.mfa_required_for_everyone or any(
         r in {m.value for m in MFA_REQUIRED_ROLES} for r in roles
     )
+
+
+ONE_TIER = "A user holds one Active Response tier at a time; choose collect, respond or script."
+
+
+def check_one_tier(roles: set[Role]) -> None:
+    """Refuse a set of roles naming two tiers: the tier a refusal names must be unambiguous."""
+    if len(roles & TIER_ROLES) > 1:
+        raise Invalid(ONE_TIER)
 
 
 def address_of(source: str) -> str:
@@ -206,6 +231,7 @@ class Users:
         if len(password) < MIN_LENGTH:
             raise Invalid(f"A password needs at least {MIN_LENGTH} characters.")
         check_external(external, organisation)
+        check_one_tier(roles)
         try:
             async with self._engine.begin() as conn:
                 result = await conn.execute(

@@ -60,6 +60,38 @@ user_roles = Table(
     Column("role", String(32), primary_key=True),
 )
 
+# Role changes a migration made (`responder` became `script`), until the platform's first start
+# records them in the audit chain (`Team.record_role_migrations`).
+role_migrations = Table(
+    "role_migrations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False),
+    Column("from_role", String(32), nullable=False),
+    Column("to_role", String(32), nullable=False),
+    Column("record_seq", BigInteger, nullable=True),
+)
+
+# Tokens for automation (docs/adr/0038): each acts as "service:NAME" with one tier, in the
+# segments named (a JSON list), from the source networks named (a JSON list; empty is any).
+service_tokens = Table(
+    "service_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("tier", String(16), nullable=False),
+    Column("segments", Text, nullable=False),
+    Column("sources", Text, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_by", String(128), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_from", String(64), nullable=True),
+)
+
 sessions = Table(
     "sessions",
     metadata,

@@ -87,13 +87,20 @@ async def send(
     args: dict[str, Any],
     *,
     cwd: str | None = None,
+    from_library: bool = False,
 ) -> JobView:
     """One command in the user's open session on the host (refused without one)."""
     session = await open_session(platform, user, host.id)
     if session is None:
         raise Conflict(NO_SESSION)
     return await platform.live_sessions.command(
-        session.id, user, action, args, source=source_of(request), cwd=cwd
+        session.id,
+        user,
+        action,
+        args,
+        source=source_of(request),
+        cwd=cwd,
+        from_library=from_library,
     )
 
 
@@ -184,11 +191,25 @@ async def console_command(
     command = step.command
     try:
         if step.name == "run":
-            script = await platform.scripts.get(step.words[0])
-            command = script_command(script.source, step.words)
+            command = script_command(step.words)
         if command is None:
             return _refused(f"{name!r} is not a shell command; 'help' lists them.", 400)
-        job = await send(platform, request, user, host, command.action, command.args, cwd=directory)
+        args = command.args
+        if command.script is not None:
+            # A library script: its source comes from the library, so the run needs respond.
+            args = await platform.scripts.run_args(
+                user, command.action, command.script, None, command.args
+            )
+        job = await send(
+            platform,
+            request,
+            user,
+            host,
+            command.action,
+            args,
+            cwd=directory,
+            from_library=command.script is not None,
+        )
     except PlatformError as e:
         return _refused(str(e), e.status_code)
     accepted = Accepted(job.id, step.show, step.show_result, step.cd_to)

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from tether.protocol import Permission, Role
+from tether.protocol import TIER_ROLES, Permission, Role
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Invalid, PlatformError
 from tether.server.services.enrollment_codes import IssuedCode
@@ -23,8 +23,14 @@ from tether.server.web.settings.step_up import fresh
 router = APIRouter()
 TeamAdmin = Annotated[User, Depends(page_require(Permission.USERS_MANAGE))]
 PAGE = "/settings/team"
-# How the page names each role; `responder` is the Active Response role.
-ROLE_LABELS = {Role.ADMIN: "Admin", Role.ANALYST: "Analyst", Role.RESPONDER: "Active Response"}
+# How the page names each role; the three tiers are the Active Response role's.
+ROLE_LABELS = {
+    Role.ADMIN: "Admin",
+    Role.ANALYST: "Analyst",
+    Role.COLLECT: "Active Response: collect",
+    Role.RESPOND: "Active Response: respond",
+    Role.SCRIPT: "Active Response: script",
+}
 MAX_ORGANISATION = 60
 BAD_DATE = "Write the last day of access as a date, YYYY-MM-DD."
 
@@ -34,6 +40,13 @@ def _role(name: str) -> Role:
         return Role(name)
     except ValueError:
         raise Invalid(f"There is no role named {name!r}.") from None
+
+
+def _role_phrase(role: Role) -> str:
+    """How a confirmation names a role: "the Admin role", "the respond tier of Active Response"."""
+    if role in TIER_ROLES:
+        return f"the {role.value} tier of Active Response"
+    return f"the {ROLE_LABELS[role]} role"
 
 
 def _access_ends(text: str) -> datetime | None:
@@ -108,7 +121,8 @@ async def create_user(request: Request, platform: PlatformDep, user: TeamAdmin) 
 async def change_role(
     username: str, request: Request, platform: PlatformDep, user: TeamAdmin
 ) -> Response:
-    """Grant (`grant=yes`) or remove a role; removing Active Response ends their sessions."""
+    """Grant (`grant=yes`) or remove a role; a tier replaces the one held, and removing or
+    lowering a tier ends their sessions."""
 
     async def change() -> str:
         fields = await form_fields(request)
@@ -117,9 +131,9 @@ async def change_role(
         await fresh(request, platform, user, "roles")
         if fields.get("grant") == "yes":
             info = await platform.team.grant_role(username, role, by=user, source=source)
-            return f"{info.username} now holds the {ROLE_LABELS[role]} role."
+            return f"{info.username} now holds {_role_phrase(role)}."
         info = await platform.team.revoke_role(username, role, by=user, source=source)
-        return f"{info.username} no longer holds the {ROLE_LABELS[role]} role."
+        return f"{info.username} no longer holds {_role_phrase(role)}."
 
     return await _change(request, platform, user, change)
 
