@@ -7,7 +7,6 @@ import json
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +22,14 @@ SCRIPT = "print('alpha', flush=True)\nprint('beta', flush=True)\nraise SystemExi
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, Cli, Children]]:
-    root = tmp_path_factory.mktemp("evidence-platform")
-    children = Children(root / "logs")
-    try:
-        platform = Platform(root, children)
-        platform.init()
-        platform.start()
-        admin = platform.login(root / "admin-cli")
-        admin.ok("segment", "create", "ir")
-        admin.ok("segment", "set", "ir", "--active-response", "on")
-        yield platform, admin, children
-    finally:
-        children.kill_all()
+def own(responding: tuple[Platform, Cli, Children]) -> tuple[Platform, Cli, Children]:
+    """The module's own platform (segment "ir" on): its last test kills and restarts it."""
+    return responding
 
 
 @pytest.fixture(scope="module")
-def agent(own: tuple[Platform, Cli, Children], tmp_path_factory: pytest.TempPathFactory) -> Agent:
-    platform, admin, children = own
-    return running_agent(platform, admin, children, tmp_path_factory.mktemp("ep"), segment="ir")
+def agent(endpoint: Agent) -> Agent:
+    return endpoint
 
 
 def _submit(api: httpx.Client, host_id: str, source: str) -> httpx.Response:
