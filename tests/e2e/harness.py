@@ -438,3 +438,19 @@ def log_events(text: str) -> list[dict[str, Any]]:
         if isinstance(event, dict):
             events.append(event)
     return events
+
+
+def audit_records(admin: Cli) -> list[dict[str, Any]]:
+    """Every audit record in chain order, read page by page through the CLI."""
+    records: list[dict[str, Any]] = []
+    while True:
+        page = admin.json("audit", "list", "--after", str(len(records)), "--limit", "1000")
+        records += page
+        if len(page) < 1000:
+            return records
+
+
+def restart(platform: Platform) -> None:
+    """A clean stop writes the refusal summaries still open; then serve again."""
+    assert platform.stop() == 0
+    platform.start()

@@ -8,12 +8,11 @@ from another source address, as a second machine would.
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from .harness import Children, Cli, Platform
+from .harness import Children, Cli, Platform, audit_records, restart
 
 PASSWORD = "ann's long enough password"
 ATTACKER = "127.0.0.1"
@@ -59,21 +58,6 @@ def log_in(client: httpx.Client, password: str, **headers: str | bytes) -> httpx
         for name, value in headers.items()
     ]
     return client.post("/auth/login", json={"username": "ann", "password": password}, headers=raw)
-
-
-def audit_records(admin: Cli) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    while True:
-        page = admin.json("audit", "list", "--after", str(len(records)), "--limit", "1000")
-        records += page
-        if len(page) < 1000:
-            return records
-
-
-def restart(platform: Platform) -> None:
-    """A clean stop writes the refusal summaries still open; then serve again."""
-    assert platform.stop() == 0
-    platform.start()
 
 
 def test_a_flood_from_one_address_leaves_the_chain_bounded_and_the_user_in(

@@ -10,7 +10,6 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +24,9 @@ from .harness import (
     Children,
     Cli,
     Platform,
+    audit_records,
     log_events,
+    restart,
     tether_command,
     wait_for,
     wait_online,
@@ -81,21 +82,6 @@ def metric(platform: Platform, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split(" ")[-1])
     return None
-
-
-def audit_records(admin: Cli) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    while True:
-        page = admin.json("audit", "list", "--after", str(len(records)), "--limit", "1000")
-        records += page
-        if len(page) < 1000:
-            return records
-
-
-def restart(platform: Platform) -> None:
-    """A clean stop writes the refusal summaries still open; then serve again."""
-    assert platform.stop() == 0
-    platform.start()
 
 
 # The analyst port's TLS ----------------------------------------------------------------------
