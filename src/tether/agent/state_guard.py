@@ -19,6 +19,8 @@ if sys.platform != "win32":
     import pwd
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# Windows opens a descriptor in text mode without it (CRLF collapsed, Ctrl-Z read as the end).
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class UnsafeStateDir(AgentError):
@@ -169,7 +171,7 @@ def create_exclusive(path: Path, data: bytes) -> None:
     first, without following it, and never written through."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY
     fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -59,6 +59,10 @@ log = logging.getLogger("tether.agent.transfer")
 
 DEFAULT_MAX_PUT_BYTES = 4 * GiB
 HASH_CHUNK_BYTES = 1024 * 1024
+# O_BINARY: without it Windows opens a descriptor in text mode (CRLF collapsed, Ctrl-Z read as
+# the end of the file), and almost every PE, EVTX or hive would arrive changed.
+_BINARY = getattr(os, "O_BINARY", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _BINARY
 _REMEMBERED = 256
 _STASHED_OPENS = 16
 
@@ -93,14 +97,27 @@ def _read_at(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _sha256_on_disk(fd: int) -> str:
-    """The SHA-256 of the whole file behind `fd`, read back from it (after its fsync)."""
-    hasher = hashlib.sha256()
-    position = 0
-    while block := _read_at(fd, HASH_CHUNK_BYTES, position):
-        hasher.update(block)
-        position += len(block)
-    return hasher.hexdigest()
+def _sha256_on_disk(folder: Folder, name: str, written: os.stat_result) -> str:
+    """The SHA-256 of file `name` in `folder` as it is on disk, read through a descriptor of
+    its own (binary, read-only), not the one that wrote it: a descriptor that translated what
+    it wrote (a text-mode one on Windows) would translate it back on reading and hide it.
+    `written` is the writing descriptor's status: the name must still lead to that file."""
+    fd = folder.open(name, os.O_RDONLY)
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != (written.st_dev, written.st_ino):
+            raise TransferFailed(
+                f"{folder.path / name} was replaced while the file was received, so it was "
+                "not installed."
+            )
+        hasher = hashlib.sha256()
+        position = 0
+        while block := _read_at(fd, HASH_CHUNK_BYTES, position):
+            hasher.update(block)
+            position += len(block)
+        return hasher.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def _write_at(fd: int, data: memoryview, offset: int) -> int:
@@ -208,7 +225,7 @@ class _FileSender:
     @staticmethod
     def _open_source(path: Path) -> tuple[int, os.stat_result]:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError as exc:
             raise TransferFailed(f"{path} does not exist on the endpoint.") from exc
         except IsADirectoryError as exc:
@@ -383,6 +400,7 @@ class _FileReceiver:
         self._expected_sha256 = sha256
         self._on_disk_sha256 = ""
         self._fd = -1
+        self._created = False  # whether this receiver made its temporary file
         self._hasher = hashlib.sha256()
         self._transport: Transport | None = None
         self._written = 0  # bytes written and hashed, updated by the writing thread
@@ -440,10 +458,18 @@ class _FileReceiver:
                 raise TransferFailed(
                     f"{self.destination} is a folder on the endpoint; give the path of a file."
                 )
+            # Created exclusively the first time, so nothing planted under the name beforehand
+            # is ever written through; reopened (after a pause) only once it is this agent's.
+            flags = os.O_RDWR | os.O_CREAT | (0 if self._created else os.O_EXCL)
             try:
-                self._fd = folder.open(self.temp_path.name, os.O_RDWR | os.O_CREAT, 0o600)
+                self._fd = folder.open(self.temp_path.name, flags, 0o600)
+            except FileExistsError as exc:
+                raise TransferFailed(
+                    f"{self.temp_path} is not a file this agent created, so nothing was written."
+                ) from exc
             except OSError as exc:
                 raise TransferFailed(_os_sentence(exc, f"creating a file in {parent}")) from exc
+            self._created = True
             info = os.fstat(self._fd)
             if not _own_private_file(info):
                 # Someone else put it there (a FIFO, a hard link to another file, a file of
@@ -542,7 +568,7 @@ class _FileReceiver:
     def _install(self, announced_sha256: str) -> None:
         os.fsync(self._fd)
         actual = self._hasher.hexdigest()
-        on_disk = _sha256_on_disk(self._fd)
+        on_disk = _sha256_on_disk(self._open_folder(), self.temp_path.name, os.fstat(self._fd))
         if on_disk != actual:
             raise TransferFailed(
                 f"The file as written to the endpoint's disk has SHA-256 {on_disk}, not the "

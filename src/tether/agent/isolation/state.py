@@ -135,7 +135,7 @@ class IsolationStore:
 
         self._state.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Never through a link planted under the lock's name.
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         fd = os.open(self._state.root / LOCK_NAME, flags, 0o600)
         try:
             while True:
