@@ -59,9 +59,31 @@ def describe_os_error(exc: OSError, path: str) -> ActionError:
     return ActionError(f"The endpoint could not read {where}: {reason}.")
 
 
+# Where Windows would leave this machine or its file system: a UNC share (\\server\share,
+# //server/share), the device and verbatim namespaces (\\.\, \\?\) and the NT object
+# namespace (\??\). Opening \\attacker\x makes the endpoint sign in there with its computer
+# account (NTLM coercion); a device path reaches raw disks and pipes.
+_REMOTE_OR_DEVICE_PREFIXES = ("\\\\", "//", "\\/", "/\\", "\\??\\", "\\??/")
+
+
+def remote_or_device(path: str) -> bool:
+    """Whether `path` is a UNC, device or NT-namespace path (refused on every system: on POSIX
+    a leading `//` means nothing the analyst needs)."""
+    return path.startswith(_REMOTE_OR_DEVICE_PREFIXES)
+
+
 def require_absolute(path: str) -> None:
-    # The platform checks the form; whether it is absolute here depends on this endpoint's
-    # system (C:\x is relative on Linux).
+    """ActionError unless `path` is a full local path on this endpoint.
+
+    The platform checks the form; whether it is absolute here depends on this endpoint's system
+    (C:\\x is relative on Linux).
+    """
+    if remote_or_device(path):
+        raise ActionError(
+            f"The path {quoted(path)} is a network or device path, which the agent refuses "
+            "(opening one makes the endpoint sign in to another computer or reach a raw "
+            "device); give a local path."
+        )
     if not os.path.isabs(path):
         raise ActionError(
             f"The path {quoted(path)} is not absolute on this endpoint; give the full path."
