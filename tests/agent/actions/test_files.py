@@ -342,7 +342,7 @@ def test_network_and_device_paths_are_refused(path: str) -> None:
     )
     for action in (
         lambda: files.list_directory(path, limit=10),
-        lambda: files.hash_path(path, "sha256"),
+        lambda: files.hash_path(path, ["sha256"]),
     ):
         with pytest.raises(ActionError) as caught:
             action()
