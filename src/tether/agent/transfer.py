@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 from uuid import UUID
 
+from tether.agent.os_errors import windows_sentence
 from tether.agent.path_walk import Folder, UnsafePath, open_folder
 from tether.agent.transfer_requests import TransferRequests
 from tether.protocol.errors import ProtocolError
@@ -175,6 +176,19 @@ async def _send(transport: Transport | None, text: str) -> None:
         await transport.send_text(text)
 
 
+def _open_refusal(path: Path, exc: OSError) -> str:
+    """Why the file to retrieve could not be opened, in one sentence."""
+    # Locked, denied or too long on Windows: each has its own remedy.
+    windows = windows_sentence(exc, str(path), str(path))
+    if windows is not None:
+        return windows
+    if isinstance(exc, FileNotFoundError):
+        return f"{path} does not exist on the endpoint."
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a folder; give the path of a file."
+    return _os_sentence(exc, f"opening {path}")
+
+
 def _os_sentence(exc: OSError, doing: str) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"The endpoint's disk is full while {doing}; nothing was left behind."
@@ -226,12 +240,8 @@ class _FileSender:
     def _open_source(path: Path) -> tuple[int, os.stat_result]:
         try:
             fd = os.open(path, _READ_FLAGS)
-        except FileNotFoundError as exc:
-            raise TransferFailed(f"{path} does not exist on the endpoint.") from exc
-        except IsADirectoryError as exc:
-            raise TransferFailed(f"{path} is a folder; give the path of a file.") from exc
         except OSError as exc:
-            raise TransferFailed(_os_sentence(exc, f"opening {path}")) from exc
+            raise TransferFailed(_open_refusal(path, exc)) from exc
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)

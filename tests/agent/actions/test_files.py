@@ -352,3 +352,14 @@ def test_network_and_device_paths_are_refused(path: str) -> None:
 def test_local_paths_pass_the_network_check() -> None:
     for path in ("/etc/hosts", "/", r"C:\Windows\System32\drivers\etc\hosts", "C:/x", "/srv//x"):
         assert files.remote_or_device(path) is False
+
+
+def test_a_listing_carries_the_creation_time_where_the_system_keeps_one(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    entry = files.list_directory(str(tmp_path), limit=10).entries[0]
+    birth = getattr(os.stat(tmp_path / "f"), "st_birthtime", None)
+    if birth is None:
+        # Linux: Python exposes no birth time, and st_ctime is the inode change time.
+        assert entry.created is None
+    else:
+        assert entry.created == datetime.fromtimestamp(birth, UTC)

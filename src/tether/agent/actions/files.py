@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from tether.agent.action import ResultBudget, run_blocking
 from tether.agent.errors import ActionError
 from tether.agent.hashing import NotRegularFile, digest, open_regular_file
+from tether.agent.os_errors import windows_sentence
 from tether.protocol import (
     MAX_PATH,
     MAX_RESULT_BYTES,
@@ -47,6 +48,9 @@ def quoted(path: str) -> str:
 def describe_os_error(exc: OSError, path: str) -> ActionError:
     """The one sentence an analyst reads when the endpoint refuses access to `path`."""
     where = quoted(path)
+    windows = windows_sentence(exc, where, path)
+    if windows is not None:
+        return ActionError(windows)
     if isinstance(exc, FileNotFoundError):
         return ActionError(f"Nothing exists at {where} on this endpoint.")
     if isinstance(exc, PermissionError):
@@ -159,6 +163,17 @@ def _guess_type(entry: os.DirEntry[str]) -> EntryType:
     return "other"
 
 
+def _created(status: os.stat_result) -> datetime | None:
+    """When the file was created, where the endpoint records it: `st_birthtime` (macOS, BSD,
+    Windows from Python 3.12), else on Windows `st_ctime`, which is the creation time there."""
+    birth = getattr(status, "st_birthtime", None)
+    if isinstance(birth, int | float):
+        return utc_time(birth)
+    if sys.platform == "win32":
+        return utc_time(status.st_ctime)
+    return None
+
+
 def _describe(entry: os.DirEntry[str], accounts: Accounts) -> FileEntry:
     name, name_escaped = escape_text(entry.name)
     try:
@@ -184,6 +199,7 @@ def _describe(entry: os.DirEntry[str], accounts: Accounts) -> FileEntry:
         mtime=utc_time(status.st_mtime) if status is not None else None,
         atime=utc_time(status.st_atime) if status is not None else None,
         ctime=utc_time(status.st_ctime) if status is not None else None,
+        created=_created(status) if status is not None else None,
         target=clip(target, MAX_PATH) if target is not None else None,
         escaped=name_escaped or target_escaped,
     )
