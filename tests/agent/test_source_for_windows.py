@@ -3,8 +3,9 @@
 - every `os.open` carries O_BINARY in its flags: without it Windows opens the descriptor in
   text mode (CRLF collapsed, Ctrl-Z read as the end), and files move scrambled;
 - no program is started by a bare name: Windows looks in the current directory first, so
-  native tools are named by full path (tether.agent.windows_tools), and a literal `*.exe`
-  appears only as an argument to the functions that build that path.
+  native tools are named by full path (tether.agent.windows_tools), and a command line never
+  begins with a literal `*.exe` (a list or tuple whose first item is one): program names go
+  through the functions that build the full path.
 """
 
 import ast
@@ -124,15 +125,17 @@ def _findings(path: Path) -> list[str]:
                 bare = _bare_program(node.args[0])
                 if bare is not None:
                     problems.append(f"{where}:{node.lineno}: {bare!r} started by a bare name")
-        if (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and node.value.lower().endswith(".exe")
-            and "/" not in node.value
-            and "\\" not in node.value
-            and id(node) not in builder_args
-        ):
-            problems.append(f"{where}:{node.lineno}: {node.value!r} outside system_program()")
+        if isinstance(node, ast.List | ast.Tuple) and node.elts:
+            first = node.elts[0]
+            if (
+                isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+                and first.value.lower().endswith(".exe")
+                and "/" not in first.value
+                and "\\" not in first.value
+                and id(first) not in builder_args
+            ):
+                problems.append(f"{where}:{first.lineno}: command line starts with {first.value!r}")
     return problems
 
 
@@ -159,7 +162,8 @@ def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
         "asyncio.create_subprocess_exec('icacls', x)\n"  # 7: bare name
         "subprocess.run([program, '-File', x])\n"
         "system_program('sc.exe')\n"
-        "name = 'cmd.exe'\n"  # 10: literal .exe elsewhere
+        "argv = ('cmd.exe', '/c', x)\n"  # 10: a command line to start later
+        "CRITICAL = frozenset({'lsass.exe'})\n"  # a process name, not a program to start
     )
     sample.write_text(text)
     found = _findings(sample)

@@ -34,21 +34,30 @@ class UnsafeStateDir(AgentError):
 
 
 def _account(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"user {uid}"
+    if sys.platform != "win32":
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            pass
+    return f"user {uid}"
+
+
+def _euid() -> int:
+    """The account the agent runs as (POSIX; Windows checks owners by SID instead)."""
+    if sys.platform != "win32":
+        return os.geteuid()
+    return -1
 
 
 def _trusted_owner(uid: int) -> bool:
     """Root, or the account the agent runs as (a developer's own agent runs unprivileged)."""
-    return uid in (0, os.geteuid())
+    return uid in (0, _euid())
 
 
 def _check_posix_folder(folder: Path, info: os.stat_result, root: Path) -> None:
     is_root = folder == root
     if not _trusted_owner(info.st_uid):
-        mine = _account(os.geteuid())
+        mine = _account(_euid())
         if is_root:
             raise UnsafeStateDir(
                 f"The state directory {root} belongs to {_account(info.st_uid)}, not {mine}, "

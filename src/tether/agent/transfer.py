@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class ReceivedFile:
 
 def _read_at(fd: int, length: int, offset: int) -> bytes:
     """Up to `length` bytes at `offset` (fewer only at the end of the file)."""
-    if hasattr(os, "pread"):
+    if sys.platform != "win32":
         return os.pread(fd, length, offset)
     # Windows: no pread. Each descriptor is used by one thread at a time (ThreadWork), so the
     # shared file position is safe to move.
@@ -122,7 +123,7 @@ def _sha256_on_disk(folder: Folder, name: str, written: os.stat_result) -> str:
 
 
 def _write_at(fd: int, data: memoryview, offset: int) -> int:
-    if hasattr(os, "pwrite"):
+    if sys.platform != "win32":
         return os.pwrite(fd, data, offset)
     os.lseek(fd, offset, os.SEEK_SET)
     return os.write(fd, data)
@@ -132,7 +133,10 @@ def _own_private_file(info: os.stat_result) -> bool:
     """A regular file with one name, owned by this process's user (on POSIX)."""
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         return False
-    return os.name != "posix" or info.st_uid == os.geteuid()
+    if sys.platform == "win32":
+        # No owner id here; the first open is exclusive (O_EXCL), so the file is the agent's.
+        return True
+    return info.st_uid == os.geteuid()
 
 
 class PartialRegistry(Protocol):

@@ -121,22 +121,22 @@ class Accounts:
 
     @staticmethod
     def _lookup_user(uid: int) -> str | None:
-        if sys.platform == "win32":
-            # st_uid means nothing on Windows; owners there are SIDs, not read yet.
-            return None
-        try:
-            return safe_text(pwd.getpwuid(uid).pw_name, 256) or str(uid)
-        except KeyError:
-            return str(uid)
+        if sys.platform != "win32":
+            try:
+                return safe_text(pwd.getpwuid(uid).pw_name, 256) or str(uid)
+            except KeyError:
+                return str(uid)
+        # st_uid means nothing on Windows; owners there are SIDs, not read yet.
+        return None
 
     @staticmethod
     def _lookup_group(gid: int) -> str | None:
-        if sys.platform == "win32":
-            return None
-        try:
-            return safe_text(grp.getgrgid(gid).gr_name, 256) or str(gid)
-        except KeyError:
-            return str(gid)
+        if sys.platform != "win32":
+            try:
+                return safe_text(grp.getgrgid(gid).gr_name, 256) or str(gid)
+            except KeyError:
+                return str(gid)
+        return None
 
 
 def _entry_type(mode: int) -> EntryType:
