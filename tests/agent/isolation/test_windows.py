@@ -222,6 +222,14 @@ def test_every_netsecurity_call_stops_on_its_error(name: str) -> None:
             if NETSECURITY_CALL.search(segment):
                 calls += 1
                 assert "-ErrorAction Stop" in segment, segment
+            if "Remove-NetFirewallRule" in segment:
+                # Only ever with the rules to remove, and only when there are some: called
+                # without one it removes every rule in the store.
+                assert re.search(
+                    r"if \((\$\w+)\.Count -gt 0\) \{ Remove-NetFirewallRule "
+                    r"-InputObject \1 ",
+                    segment,
+                ), segment
     assert calls >= 1
     lines = text.splitlines()
     assert lines[0] == "$ErrorActionPreference = 'Stop'"
@@ -257,10 +265,11 @@ def test_the_script_adds_the_new_generation_before_removing_older_ones() -> None
     created = [line for line in body if "New-NetFirewallRule" in line]
     assert len(created) == len(block_rules(policy(IsolationMode.OUTBOUND, v6=False))) == 7
     # Older generations go only after every new rule is in; then what is enforced is printed.
-    assert body[len(created)] == (
-        "    Get-TetherRules | Where-Object { $_.Name -notlike 'TetherIsolation-G7-*' } | "
-        "Remove-NetFirewallRule -ErrorAction Stop"
-    )
+    assert body[len(created) : len(created) + 2] == [
+        "    $old = @(Get-TetherRules | Where-Object { $_.Name -notlike 'TetherIsolation-G7-*' })",
+        # Never Remove-NetFirewallRule without a rule: that would remove every rule there is.
+        "    if ($old.Count -gt 0) { Remove-NetFirewallRule -InputObject $old -ErrorAction Stop }",
+    ]
     assert "Get-NetFirewallProfile -PolicyStore ActiveStore -ErrorAction Stop" in body[-3]
     assert body[-2].startswith("    $active = @(Get-TetherRules 'ActiveStore' | ")
     assert body[-1].startswith("    'TetherEnforcement ' + (ConvertTo-Json")
@@ -268,8 +277,9 @@ def test_the_script_adds_the_new_generation_before_removing_older_ones() -> None
 
 def test_release_checks_that_no_rule_is_left() -> None:
     body = REMOVE_SCRIPT.splitlines()
-    assert body[body.index("try {") + 1 :][:3] == [
-        "    Get-TetherRules | Remove-NetFirewallRule -ErrorAction Stop",
+    assert body[body.index("try {") + 1 :][:4] == [
+        "    $rules = @(Get-TetherRules)",
+        "    if ($rules.Count -gt 0) { Remove-NetFirewallRule -InputObject $rules -ErrorAction Stop }",
         "    $left = @(Get-TetherRules).Count",
         '    if ($left -ne 0) { throw "$left isolation rules are still there after removing '
         'them." }',

@@ -284,6 +284,13 @@ _ENFORCEMENT = [
 ]
 
 
+# Remove-NetFirewallRule with nothing to remove is never run: called without a rule it removes
+# every rule in the store, so an empty pipeline is not trusted to mean "nothing".
+_REMOVE_LISTED = (
+    "if ({rules}.Count -gt 0) {{ Remove-NetFirewallRule -InputObject {rules} -ErrorAction Stop }}"
+)
+
+
 def script(*body: str) -> str:
     """A PowerShell script that runs `body` and stops at the first error with exit status 1.
 
@@ -314,16 +321,17 @@ def apply_script(policy: IsolationPolicy, generation: str) -> str:
     """
     prefix = f"{NAME_PREFIX}-{generation}"
     commands = [rule.command(f"{prefix}-{n}") for n, rule in enumerate(block_rules(policy), 1)]
-    commands.append(
-        f"Get-TetherRules | Where-Object {{ $_.Name -notlike '{prefix}-*' }} | "
-        "Remove-NetFirewallRule -ErrorAction Stop"
-    )
+    commands += [
+        f"$old = @(Get-TetherRules | Where-Object {{ $_.Name -notlike '{prefix}-*' }})",
+        _REMOVE_LISTED.format(rules="$old"),
+    ]
     return script(*commands, *_ENFORCEMENT)
 
 
 # Release checks its own work: a rule still there afterwards is an error, not a release.
 REMOVE_SCRIPT = script(
-    "Get-TetherRules | Remove-NetFirewallRule -ErrorAction Stop",
+    "$rules = @(Get-TetherRules)",
+    _REMOVE_LISTED.format(rules="$rules"),
     "$left = @(Get-TetherRules).Count",
     'if ($left -ne 0) { throw "$left isolation rules are still there after removing them." }',
 )
