@@ -104,7 +104,8 @@ def _sha256_on_disk(folder: Folder, name: str, written: os.stat_result) -> str:
     its own (binary, read-only), not the one that wrote it: a descriptor that translated what
     it wrote (a text-mode one on Windows) would translate it back on reading and hide it.
     `written` is the writing descriptor's status: the name must still lead to that file."""
-    fd = folder.open(name, os.O_RDONLY)
+    # O_NONBLOCK: a FIFO swapped in under the name must not hang the open (it fails the check).
+    fd = folder.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         info = os.fstat(fd)
         if (info.st_dev, info.st_ino) != (written.st_dev, written.st_ino):

@@ -406,6 +406,12 @@ async def test_count_and_listing_through_the_stand_in(
     monkeypatch.setenv("FAKE_PS_RULES", "13")
     monkeypatch.setenv("FAKE_PS_LISTING", "TetherIsolation-G7-1 True Block Outbound")
     assert await backend.installed() is True
+    # Rules that Group Policy makes the firewall ignore are not isolation.
+    ignored = json.loads(json.dumps(ENFORCED))
+    ignored["profiles"][2]["local"] = "False"
+    monkeypatch.setenv("FAKE_PS_ENFORCEMENT", json.dumps(ignored))
+    assert await backend.installed() is False
+    monkeypatch.setenv("FAKE_PS_ENFORCEMENT", json.dumps(ENFORCED))
     listing = await backend.listing()
     assert listing is not None
     assert listing.splitlines() == [

@@ -32,6 +32,7 @@ and a stand-in PowerShell checks how failures travel.
 
 import ipaddress
 import itertools
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -51,6 +52,8 @@ from tether.agent.isolation.policy import (
 )
 from tether.agent.windows_tools import powershell_path
 from tether.protocol.isolation import Backend
+
+log = logging.getLogger("tether.agent.isolation")
 
 GROUP = "Tether Isolation"
 NAME_PREFIX = "TetherIsolation"
@@ -335,7 +338,8 @@ REMOVE_SCRIPT = script(
     "$left = @(Get-TetherRules).Count",
     'if ($left -ne 0) { throw "$left isolation rules are still there after removing them." }',
 )
-COUNT_SCRIPT = script("@(Get-TetherRules).Count")
+# Rules that are not enforced are not isolation: the count comes with the enforcement line.
+COUNT_SCRIPT = script("@(Get-TetherRules).Count", *_ENFORCEMENT)
 # Names carry the generation, so a listing changes when the rules were replaced or one was
 # disabled, turned into an allow rule or deleted; a rule's addresses are not compared. The
 # enforcement line is part of it, so Group Policy turning local rules off, or a profile off,
@@ -413,10 +417,20 @@ class WindowsFirewallBackend:
         return output if rules else None
 
     async def installed(self) -> bool:
+        """Whether the group holds rules and the firewall enforces them (a host whose Group
+        Policy stopped merging local rules is not isolated, and is reported so)."""
         output = await self._run(COUNT_SCRIPT, "list the isolation rules")
+        counts = [line for line in output.splitlines() if not line.startswith(ENFORCEMENT_MARKER)]
         try:
-            return int(output.strip() or "0") > 0
+            rules = int("".join(counts).strip() or "0")
         except ValueError as exc:
             raise IsolationFailed(
                 "Windows Firewall answered the rule count with something else."
             ) from exc
+        if rules == 0:
+            return False
+        problem = enforcement_problem(output, expected_rules=rules)
+        if problem is not None:
+            log.warning("Isolation rules are in place but not enforced: %s", problem)
+            return False
+        return True
