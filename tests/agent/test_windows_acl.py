@@ -4,10 +4,11 @@ Nothing here calls Windows: the Win32 reads and the creation run on a Windows en
 (the first-VM checklist in docs/operations.md); these tests pin what the agent decides.
 """
 
-from pathlib import PureWindowsPath
+from pathlib import Path, PureWindowsPath
 
 import pytest
 
+from tether.agent import state_guard, windows_acl
 from tether.agent.windows_acl import (
     ADMINISTRATORS,
     PRIVATE_SDDL,
@@ -140,3 +141,37 @@ def test_a_deny_entry_for_others_is_fine() -> None:
 def test_unreadable_sddl_is_an_error(text: str) -> None:
     with pytest.raises(UnreadableSddl):
         parse_sddl(text)
+
+
+def test_every_missing_folder_is_created_with_the_private_acl_top_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The creation order of `state_guard._create_windows` (the Win32 call is replaced)."""
+    created: list[Path] = []
+
+    def create(folder: Path) -> None:
+        created.append(folder)
+        folder.mkdir()
+
+    monkeypatch.setattr(windows_acl, "create_private_dir", create)
+    root = tmp_path / "ProgramData" / "Tether" / "agent"
+    state_guard._create_windows(root)
+    assert created == [tmp_path / "ProgramData", root.parent, root]
+    created.clear()
+    state_guard._create_windows(root)  # nothing missing: nothing made
+    assert created == []
+
+
+def test_a_creation_windows_refuses_is_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(folder: Path) -> None:
+        raise OSError(5, "Access is denied")
+
+    monkeypatch.setattr(windows_acl, "create_private_dir", refuse)
+    with pytest.raises(state_guard.UnsafeStateDir) as caught:
+        state_guard._create_windows(tmp_path / "agent")
+    assert str(caught.value) == (
+        f"The agent could not create {tmp_path / 'agent'} with its own permissions (Access is "
+        "denied); choose another --state-dir."
+    )
