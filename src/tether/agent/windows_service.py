@@ -228,6 +228,8 @@ async def serve(agent: ServiceAgent, stop: asyncio.Event) -> int:
 
 if sys.platform == "win32":  # pragma: no cover - runs under the Windows SCM only
     import ctypes
+    import logging
+    import os
     import threading
     from ctypes import wintypes
 
@@ -304,12 +306,21 @@ if sys.platform == "win32":  # pragma: no cover - runs under the Windows SCM onl
             try:
                 agent = make_agent()
             except Exception:
+                # A refused or missing state directory: nothing is written into it, so the
+                # reason is for `tether agent run` in a console to show; a restart cannot help.
+                logging.getLogger("tether.agent").exception("The agent service cannot start")
                 report(_SERVICE_STOPPED, EXIT_REFUSED)
                 return
             report(_SERVICE_RUNNING)
-            # An unexpected error propagates out of the thread and the process ends unreported:
-            # a crash, which the recovery actions restart.
-            code = loop.run_until_complete(serve(agent, stop))
+            try:
+                code = loop.run_until_complete(serve(agent, stop))
+            except BaseException:
+                # ctypes would print and swallow an exception leaving a callback, and the SCM
+                # would show a running service with no agent in it. Ending the process
+                # unreported is a crash, which the recovery actions restart.
+                logging.getLogger("tether.agent").exception("The agent service failed")
+                logging.shutdown()
+                os._exit(1)
             loop.close()
             report(_SERVICE_STOPPED, code)
 
