@@ -11,5 +11,7 @@ bash scripts/bootstrap.sh
 bash scripts/sslyze-env.sh || echo "sslyze could not be installed; the TLS profile test will be skipped." >&2
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy (strict)"; .venv/bin/mypy
+# The agent as Windows sees it: its win32-only branches are type-checked too (no Windows here).
+echo "== mypy (strict, the agent for Windows)"; .venv/bin/mypy --platform win32 src/tether/agent
 echo "== import rules"; .venv/bin/lint-imports
 echo "== pytest"; .venv/bin/pytest "$@"

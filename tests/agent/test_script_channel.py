@@ -45,10 +45,22 @@ async def address() -> AsyncIterator[str]:
 
 
 async def connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer, _ = await greeted(address)
+    return reader, writer
+
+
+async def greeted(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """A connection and the challenge the agent greeted it with."""
     kind, path = channel.parse_address(address)
     assert kind == "unix"
     assert isinstance(path, str)
-    return await asyncio.open_unix_connection(path, limit=4 * channel.MAX_LINE_BYTES)
+    reader, writer = await asyncio.open_unix_connection(path, limit=4 * channel.MAX_LINE_BYTES)
+    challenge = channel.read_challenge(await asyncio.wait_for(reader.readline(), 5))
+    CHALLENGES[writer] = challenge
+    return reader, writer, challenge
+
+
+CHALLENGES: dict[asyncio.StreamWriter, str] = {}
 
 
 async def ask(
@@ -67,8 +79,9 @@ def request(request_id: Any, method: str, **args: Any) -> bytes:
 async def authenticated(
     address: str,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await connect(address)
-    assert await ask(reader, writer, request(1, "hello", secret=SECRET)) == {"id": 1, "result": {}}
+    reader, writer, challenge = await greeted(address)
+    proof = channel.hello_proof(SECRET, challenge)
+    assert await ask(reader, writer, request(1, "hello", proof=proof)) == {"id": 1, "result": {}}
     return reader, writer
 
 
@@ -79,7 +92,7 @@ async def test_the_socket_is_private(address: str) -> None:
 
 async def test_a_wrong_secret_is_refused_and_the_connection_closed(address: str) -> None:
     reader, writer = await connect(address)
-    reply = await ask(reader, writer, request(1, "hello", secret="0" * 64))
+    reply = await ask(reader, writer, request(1, "hello", proof="0" * 64))
     assert reply == {"id": 1, "error": "The channel secret is wrong."}
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
@@ -87,7 +100,8 @@ async def test_a_wrong_secret_is_refused_and_the_connection_closed(address: str)
 
 async def test_a_first_request_that_is_not_hello_is_refused(address: str) -> None:
     reader, writer = await connect(address)
-    reply = await ask(reader, writer, request(1, "echo", secret=SECRET))
+    proof = channel.hello_proof(SECRET, CHALLENGES[writer])
+    reply = await ask(reader, writer, request(1, "echo", proof=proof))
     assert reply["error"] == "The channel secret is wrong."
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
@@ -95,7 +109,7 @@ async def test_a_first_request_that_is_not_hello_is_refused(address: str) -> Non
 
 async def test_a_non_text_secret_does_not_crash_the_server(address: str) -> None:
     reader, writer = await connect(address)
-    reply = await ask(reader, writer, request(1, "hello", secret=["x"]))
+    reply = await ask(reader, writer, request(1, "hello", proof=["x"]))
     assert reply["error"] == "The channel secret is wrong."
     writer.close()
     # The server still serves the next script connection.
@@ -181,3 +195,52 @@ async def test_close_ends_connections_that_are_still_open() -> None:
         writer.close()
     finally:
         shutil.rmtree(private)
+
+
+async def test_the_secret_never_crosses_the_channel_and_a_proof_is_not_replayable(
+    address: str,
+) -> None:
+    reader, writer, challenge = await greeted(address)
+    proof = channel.hello_proof(SECRET, challenge)
+    assert SECRET not in proof
+    # The secret itself, as the old hello sent it, is no longer accepted.
+    assert await ask(reader, writer, request(1, "hello", secret=SECRET, proof=SECRET)) == {
+        "id": 1,
+        "error": "The channel secret is wrong.",
+    }
+    writer.close()
+    # A proof seen on one connection is worthless on the next: each has its own challenge.
+    reader, writer, other = await greeted(address)
+    assert other != challenge
+    reply = await ask(reader, writer, request(1, "hello", proof=proof))
+    assert reply["error"] == "The channel secret is wrong."
+    writer.close()
+
+
+async def test_unproven_connections_never_take_the_scripts_slots(address: str) -> None:
+    """Another local account filling the listener (TCP on Windows) cannot lock the script out:
+    only proven connections count against the slots, and the script's still gets one."""
+    squatters = [await connect(address) for _ in range(script_channel.MAX_CONNECTIONS + 4)]
+    reader, writer = await authenticated(address)
+    assert await ask(reader, writer, request(2, "echo", ok=True)) == {
+        "id": 2,
+        "result": {"ok": True},
+    }
+    writer.close()
+    for _, squatter in squatters:
+        squatter.close()
+
+
+async def test_proven_connections_are_capped(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(script_channel, "MAX_CONNECTIONS", 2)
+    held = [await authenticated(address) for _ in range(2)]
+    reader, writer, challenge = await greeted(address)
+    writer.write(request(1, "hello", proof=channel.hello_proof(SECRET, challenge)))
+    await writer.drain()
+    assert json.loads(await asyncio.wait_for(reader.readline(), 5)) == {
+        "id": 1,
+        "error": "The script already holds 2 connections to its agent, the most it may.",
+    }
+    writer.close()
+    for _, other in held:
+        other.close()

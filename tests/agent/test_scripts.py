@@ -315,8 +315,10 @@ async def test_the_runs_channel_refuses_a_connection_with_a_wrong_secret() -> No
         "kind, where = channel.parse_address(os.environ[channel.ENV_ADDRESS])\n"
         "sock = socket.socket(socket.AF_UNIX)\n"
         "sock.connect(where)\n"
-        'sock.sendall(b\'{"id": 1, "method": "hello", "args": {"secret": "\' + b\'0\' * 64 + b\'"}}\\n\')\n'
         "reader = sock.makefile('rb')\n"
+        "challenge = channel.read_challenge(reader.readline())\n"
+        # A proof made without the secret.
+        'sock.sendall(b\'{"id": 1, "method": "hello", "args": {"proof": "\' + b\'0\' * 64 + b\'"}}\\n\')\n'
         "print(json.loads(reader.readline()))\n"
         "print(reader.readline())\n"
         "from tether.script import row\n"

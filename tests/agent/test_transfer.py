@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tether.agent import transfer as transfer_module
 from tether.agent.actions import HANDLERS
 from tether.agent.gate import ResponseGate
 from tether.agent.jobs import JobRunner
@@ -336,6 +337,41 @@ async def test_a_file_changed_on_disk_before_the_rename_is_not_installed(
         f"{hashlib.sha256(b'Payload').hexdigest()}, not the {hashlib.sha256(data).hexdigest()} "
         "that arrived, so it was not installed."
     )
+    assert not destination.exists()
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_deploy_scrambled_by_a_translating_descriptor_is_refused(
+    tmp_path: Path, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Windows text-mode descriptor writes LF as CRLF and reads CRLF back as LF, so a hash
+    read through the writing descriptor would match what arrived. The agent reads the file back
+    through a descriptor of its own, which sees the disk."""
+    translating: set[int] = set()
+    real_write_at, real_read_at = transfer_module._write_at, transfer_module._read_at
+
+    def write_as_text(fd: int, data: memoryview, offset: int) -> int:
+        translating.add(fd)
+        real_write_at(fd, memoryview(bytes(data).replace(b"\n", b"\r\n")), offset)
+        return len(data)
+
+    # Where each translated offset is in the file, as a text-mode descriptor's position is.
+    raw_offsets: dict[tuple[int, int], int] = {}
+
+    def read_as_text(fd: int, length: int, offset: int) -> bytes:
+        if fd not in translating:
+            return real_read_at(fd, length, offset)
+        raw = raw_offsets.get((fd, offset), offset)
+        block = real_read_at(fd, length, raw)
+        text = block.replace(b"\r\n", b"\n")
+        raw_offsets[(fd, offset + len(text))] = raw + len(block)
+        return text
+
+    monkeypatch.setattr(transfer_module, "_write_at", write_as_text)
+    monkeypatch.setattr(transfer_module, "_read_at", read_as_text)
+    destination = tmp_path / "tool.exe"
+    with pytest.raises(TransferFailed, match="as written to the endpoint's disk has SHA-256"):
+        await put(store, b"MZ\x90\x00\n\x1a\n", destination, job="job-text-mode")
     assert not destination.exists()
     assert leftovers(tmp_path) == []
 

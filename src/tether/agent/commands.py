@@ -1,4 +1,4 @@
-"""`tether agent enroll` and `tether agent run`."""
+"""`tether agent enroll`, `run`, `isolation` and (Windows) `service`."""
 
 import asyncio
 import sys
@@ -147,3 +147,99 @@ def isolation_release(state_dir: StateOpt = None) -> None:
     """
     _print_isolation(asyncio.run(_isolator(state_dir).release()))
     typer.echo("Released locally; tell the analysts, whose platform still shows the last status.")
+
+
+service_app = typer.Typer(
+    help="This agent as a Windows service (TetherAgent): install it, remove it.",
+    no_args_is_help=True,
+)
+agent_app.add_typer(service_app, name="service")
+# The service's own log, beside its key in the private state directory: a service has no
+# console. Rotated at 10 MB, three kept.
+SERVICE_LOG = "agent.log"
+
+
+def _windows_only() -> None:
+    if sys.platform != "win32":
+        typer.echo(
+            "tether agent: Windows services exist on Windows only; on Linux run the agent "
+            "with the systemd unit (docs/operations.md).",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
+@service_app.command("install")
+def service_install(state_dir: StateOpt = None) -> None:
+    """Register and start the TetherAgent service (LocalSystem, automatic start, restart on a
+    crash, stays stopped when the platform refuses the agent for good)."""
+    from tether.agent.state import StateDir
+    from tether.agent.windows_service import ServiceError, install
+
+    _windows_only()
+    state = StateDir(state_dir or default_state_dir()).secure()
+    if not state.is_enrolled():
+        typer.echo(f"tether agent: {state.root} holds no identity; enroll first.", err=True)
+        raise typer.Exit(EXIT_REFUSED)
+    try:
+        install(sys.executable, state.root)
+    except ServiceError as exc:
+        typer.echo(f"tether agent: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo("The TetherAgent service is installed and started.")
+
+
+@service_app.command("remove")
+def service_remove(state_dir: StateOpt = None) -> None:
+    """Release isolation (reported to the platform by the agent as it stops), then stop and
+    delete the TetherAgent service. The state directory, with the agent's key, stays."""
+    from tether.agent.errors import AgentError
+    from tether.agent.windows_service import ServiceError, remove
+
+    _windows_only()
+    isolator = _isolator(state_dir)
+    try:
+        asyncio.run(remove(isolator.release))
+    except (ServiceError, AgentError) as exc:
+        typer.echo(f"tether agent: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        "Isolation released (the agent reported it to the platform as it stopped, if it was "
+        f"connected) and the TetherAgent service removed; {state_dir or default_state_dir()} "
+        "still holds "
+        "the agent's key: delete it to retire this endpoint."
+    )
+
+
+@service_app.command("run", hidden=True)
+def service_run(
+    state_dir: StateOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """What the Windows service manager starts; not for a console (use 'tether agent run')."""
+    import logging
+    from logging.handlers import RotatingFileHandler
+
+    from tether.agent.connection import AgentConnection
+    from tether.agent.isolation import check_seconds_from_environment
+    from tether.agent.state import StateDir
+    from tether.agent.windows_service import ServiceError, run_as_service
+    from tether.logs import configure
+
+    configure(log_level)
+    root = state_dir or default_state_dir()
+
+    def make_agent() -> AgentConnection:
+        state = StateDir(root).secure()
+        handler = RotatingFileHandler(
+            state.root / SERVICE_LOG, maxBytes=10 * 1024 * 1024, backupCount=3, encoding="utf-8"
+        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        return AgentConnection(state, isolation_check_seconds=check_seconds_from_environment())
+
+    try:
+        run_as_service(make_agent)
+    except ServiceError as exc:
+        typer.echo(f"tether agent: {exc}", err=True)
+        raise typer.Exit(2) from exc

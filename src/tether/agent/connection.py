@@ -163,6 +163,11 @@ class AgentConnection:
                     await task
             await self.jobs.stop()
 
+    async def report_isolation(self) -> None:
+        """Tell the platform what the isolation is now if that changed since it was last told
+        (a local release just before the Windows service is removed); nothing when offline."""
+        await self.isolation.check()
+
     async def _keep_isolation(self) -> None:
         """Re-assert isolation periodically; tell the platform when what holds has changed."""
         while True:

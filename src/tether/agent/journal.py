@@ -108,7 +108,13 @@ def _create_private(path: Path) -> None:
     through a planted link, makes all three 0600; a journal an older agent left 0644 is
     tightened, its WAL files with it.
     """
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags = (
+        os.O_RDWR
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
     try:
         os.close(os.open(path, flags, 0o600))
     except FileExistsError:

@@ -28,6 +28,9 @@ _QUOTED = 512
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Windows opens a descriptor in text mode without it: CRLF collapsed on reading, LF expanded on
+# writing, Ctrl-Z read as the end of the file. Every file the agent moves is bytes.
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class UnsafePath(AgentError):
@@ -76,7 +79,8 @@ class Folder:
 
     def open(self, name: str, flags: int, mode: int = 0o600) -> int:
         """Open `name` in this folder, never through a link."""
-        return os.open(self._at(name), flags | _NOFOLLOW | _CLOEXEC, mode, dir_fd=self._fd)
+        flags |= _NOFOLLOW | _CLOEXEC | _BINARY
+        return os.open(self._at(name), flags, mode, dir_fd=self._fd)
 
     def replace(self, source: str, destination: str) -> None:
         """Rename within this folder (a link at `destination` is replaced, not followed)."""
@@ -107,13 +111,14 @@ class Folder:
 
 def _open_posix(folder: Path) -> Folder:
     parts = folder.parts
-    fd = os.open(parts[0], os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    fd = os.open(parts[0], os.O_RDONLY | _DIRECTORY | _CLOEXEC | _BINARY)
     reached = Path(parts[0])
     try:
         for part in parts[1:]:
             here = reached / part
             try:
-                next_fd = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+                flags = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC | _BINARY
+                next_fd = os.open(part, flags, dir_fd=fd)
             except FileNotFoundError as exc:
                 raise UnsafePath(
                     f"The folder {_quoted(here)} does not exist on the endpoint."

@@ -2,13 +2,20 @@
 
 It knows nothing about what the methods do: `tether.agent.scripts` hands it a table of method
 name to coroutine. Nothing a script sends can crash the agent: every malformed request gets an
-error reply, and a connection that does not present the run's secret first is closed.
+error reply, and a connection whose first request does not prove the run's secret (an HMAC of a
+fresh challenge, tether.script.channel) is closed.
+
+On Windows the channel is TCP on loopback, which any local account can connect to; so only a
+connection that has proved the secret takes one of the run's `MAX_CONNECTIONS` slots, and those
+still proving it are bounded apart (`MAX_UNPROVEN`) and dropped after `HELLO_TIMEOUT_SECONDS`:
+another account can delay a script's connection, never take its slots (docs/adr/0041).
 """
 
 import asyncio
 import contextlib
 import hmac
 import logging
+import secrets
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -23,7 +30,12 @@ Method = Callable[[dict[str, Any]], Awaitable[Any]]
 # A script that connects and says nothing holds a slot until this runs out.
 HELLO_TIMEOUT_SECONDS = 5.0
 MAX_CONNECTIONS = 16
+# Connections not yet past hello, counted apart so that they never take a script's slots.
+MAX_UNPROVEN = 64
 DISCARD_SECONDS = 1.0
+
+
+_REFUSED = object()  # what _authenticate returns for a connection that did not prove the secret
 
 
 class CallRefused(Exception):
@@ -34,10 +46,12 @@ class ChannelServer:
     """Listens for one script run; `start` returns the address the child connects to."""
 
     def __init__(self, secret: str, methods: Mapping[str, Method]) -> None:
-        self._secret = secret.encode()
+        self._secret = secret
         self._methods = dict(methods)
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # every connection, for close()
+        self._unproven = 0
+        self._proven = 0
 
     async def start(self, private_dir: Path) -> str:
         """Listen inside `private_dir` (a Unix socket) or on loopback TCP on Windows."""
@@ -68,16 +82,36 @@ class ChannelServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is None or len(self._tasks) >= MAX_CONNECTIONS:
+        if task is None or self._unproven >= MAX_UNPROVEN:
             writer.close()
             return
         self._tasks.add(task)
+        proven = False
         try:
-            if await self._authenticate(reader, writer):
-                await self._answer_requests(reader, writer)
+            self._unproven += 1
+            try:
+                hello_id = await self._authenticate(reader, writer)
+            finally:
+                self._unproven -= 1
+            if hello_id is _REFUSED:
+                return
+            if self._proven >= MAX_CONNECTIONS:
+                await _reply(
+                    writer,
+                    hello_id,
+                    error=f"The script already holds {MAX_CONNECTIONS} connections to its agent, "
+                    "the most it may.",
+                )
+                return
+            proven = True
+            self._proven += 1
+            await _reply(writer, hello_id, result={})
+            await self._answer_requests(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            if proven:
+                self._proven -= 1
             self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
@@ -85,24 +119,28 @@ class ChannelServer:
 
     async def _authenticate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
+    ) -> Any:
+        """The id of a hello that proved the secret (not yet answered), or `_REFUSED`."""
+        challenge = secrets.token_hex(channel.CHALLENGE_HEX_CHARS // 2)
+        writer.write(channel.encode({channel.CHALLENGE: challenge}))
+        await writer.drain()
         try:
             line = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_SECONDS)
             message = channel.decode(line)
         except (TimeoutError, ValueError):
-            return False
+            return _REFUSED
         args = message.get("args")
-        secret = args.get("secret") if isinstance(args, dict) else None
+        proof = args.get("proof") if isinstance(args, dict) else None
+        expected = channel.hello_proof(self._secret, challenge)
         if (
             message.get("method") != channel.HELLO
-            or not isinstance(secret, str)
-            or not hmac.compare_digest(secret.encode(), self._secret)
+            or not isinstance(proof, str)
+            or not hmac.compare_digest(proof.encode(errors="replace"), expected.encode())
         ):
-            log.warning("Refused a script channel connection that did not present the secret")
+            log.warning("Refused a script channel connection that did not prove the secret")
             await _reply(writer, message.get("id"), error="The channel secret is wrong.")
-            return False
-        await _reply(writer, message.get("id"), result={})
-        return True
+            return _REFUSED
+        return message.get("id")
 
     async def _answer_requests(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

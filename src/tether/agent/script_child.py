@@ -49,6 +49,6 @@ def wait_for_agent(agent_pid: int) -> None:
         go = b""
     if go != GO:
         os._exit(EXIT_AGENT_GONE)
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    devnull = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     os.dup2(devnull, 0)
     os.close(devnull)

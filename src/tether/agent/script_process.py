@@ -67,7 +67,9 @@ async def spawn(
 def describe(pid: int) -> ScriptProcess:
     """What the journal keeps of a freshly started child: pid, process group, create time."""
     create_time = psutil.Process(pid).create_time()
-    pgid = None if sys.platform == "win32" else os.getpgid(pid)
+    pgid: int | None = None
+    if sys.platform != "win32":
+        pgid = os.getpgid(pid)
     return ScriptProcess(pid=pid, pgid=pgid, create_time=create_time)
 
 

@@ -297,7 +297,10 @@ async def run_script(
     contained: Any = None
     try:
         script_path = private_dir / "script.py"
-        fd = os.open(script_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # O_BINARY: on Windows a text-mode descriptor would turn the "\r\n" Python's own
+        # text layer writes into "\r\r\n".
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(script_path, flags, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(source)
         address = await server.start(private_dir)

@@ -95,8 +95,8 @@ class StateDir:
 
         The directory is checked first (`secure`); the temporary file is created exclusively,
         never through a name planted beforehand, then renamed over `path`. On Windows the state
-        directory's ACL (SYSTEM and Administrators only, set by the installer) protects it; the
-        mode bits are ignored there.
+        directory's DACL (SYSTEM and Administrators only, set by the agent when it created the
+        directory and inherited by what it holds) protects it; the mode bits are ignored there.
         """
         self.secure()
         path = self.root / path.name

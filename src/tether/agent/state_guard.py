@@ -5,20 +5,28 @@ another account created, or can write to, or that sits below a folder another ac
 write to, is refused before anything is read from or written to it (docs/adr/0033). Files are
 created exclusively (`O_EXCL | O_NOFOLLOW`, mode 0600 at creation), so a name planted there
 beforehand, a symbolic link to a file the planter can read, is never written through.
+
+On Windows the agent creates the directory itself, owned by SYSTEM (or Administrators) with a
+protected DACL for SYSTEM and Administrators only, and checks owner and DACL of it and of the
+folders above it at every start (tether.agent.windows_acl, docs/adr/0041).
 """
 
 import contextlib
 import os
 import stat
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from pathlib import Path, PurePath
 
+from tether.agent import windows_acl
 from tether.agent.errors import AgentError
 
 if sys.platform != "win32":
     import pwd
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# Windows opens a descriptor in text mode without it (CRLF collapsed, Ctrl-Z read as the end).
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class UnsafeStateDir(AgentError):
@@ -26,21 +34,30 @@ class UnsafeStateDir(AgentError):
 
 
 def _account(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"user {uid}"
+    if sys.platform != "win32":
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            pass
+    return f"user {uid}"
+
+
+def _euid() -> int:
+    """The account the agent runs as (POSIX; Windows checks owners by SID instead)."""
+    if sys.platform != "win32":
+        return os.geteuid()
+    return -1
 
 
 def _trusted_owner(uid: int) -> bool:
     """Root, or the account the agent runs as (a developer's own agent runs unprivileged)."""
-    return uid in (0, os.geteuid())
+    return uid in (0, _euid())
 
 
 def _check_posix_folder(folder: Path, info: os.stat_result, root: Path) -> None:
     is_root = folder == root
     if not _trusted_owner(info.st_uid):
-        mine = _account(os.geteuid())
+        mine = _account(_euid())
         if is_root:
             raise UnsafeStateDir(
                 f"The state directory {root} belongs to {_account(info.st_uid)}, not {mine}, "
@@ -76,62 +93,42 @@ def _check_posix(root: Path) -> None:
         _check_posix_folder(folder, info, root)
 
 
-# Windows: owners the agent accepts for its state directory (SYSTEM, Administrators). The
-# installer creates it with an ACL for those two only; a folder another account created is
-# owned by that account. Written for the service install; not run by this repository's tests.
-_WINDOWS_TRUSTED_SIDS = ("S-1-5-18", "S-1-5-32-544")
-
-
-def _windows_owner_sid(folder: Path) -> str:
-    import ctypes
-    from ctypes import wintypes
-
-    advapi = ctypes.WinDLL("advapi32")  # type: ignore[attr-defined,unused-ignore]
-    kernel = ctypes.WinDLL("kernel32")  # type: ignore[attr-defined,unused-ignore]
-    se_file_object, owner_security_information = 1, 1
-    owner = ctypes.c_void_p()
-    descriptor = ctypes.c_void_p()
-    status = advapi.GetNamedSecurityInfoW(
-        wintypes.LPCWSTR(str(folder)),
-        se_file_object,
-        owner_security_information,
-        ctypes.byref(owner),
-        None,
-        None,
-        None,
-        ctypes.byref(descriptor),
-    )
-    if status != 0:
-        raise UnsafeStateDir(
-            f"The agent could not read who owns the state directory {folder} "
-            f"(error {status}), so it refuses it."
-        )
-    try:
-        text = wintypes.LPWSTR()
-        if not advapi.ConvertSidToStringSidW(owner, ctypes.byref(text)):
-            raise UnsafeStateDir(
-                f"The agent could not read who owns the state directory {folder}, so it refuses it."
-            )
-        sid = str(text.value)
-        kernel.LocalFree(text)
-        return sid
-    finally:
-        kernel.LocalFree(descriptor)
-
-
-def _check_windows(root: Path) -> None:
+def _check_windows(root: Path, read_sddl: Callable[[PurePath], str | None]) -> None:
+    """Refuse a link or junction, then owner and DACL of `root` and the folders above it
+    (tether.agent.windows_acl)."""
     info = os.lstat(root)
     if getattr(info, "st_file_attributes", 0) & getattr(stat, "FILE_ATTRIBUTE_REPARSE_POINT", 0):
         raise UnsafeStateDir(
             f"The state directory {root} is a link or junction, so the agent refuses it; "
             "give the real folder."
         )
-    sid = _windows_owner_sid(root)
-    if sid not in _WINDOWS_TRUSTED_SIDS:
+    try:
+        problem = windows_acl.check_tree(root, read_sddl)
+    except OSError as exc:
         raise UnsafeStateDir(
-            f"The state directory {root} is owned by {sid}, not SYSTEM or Administrators, "
-            "so the agent refuses it; remove it or choose another --state-dir."
-        )
+            f"The agent could not read who may use the state directory {root} "
+            f"({exc.strerror or exc}), so it refuses it."
+        ) from exc
+    if problem is not None:
+        raise UnsafeStateDir(problem)
+
+
+def _create_windows(real: Path) -> None:
+    """Create every missing folder down to `real` with the private owner and DACL from the
+    start, so no folder the agent makes ever has another ACL, even for a moment."""
+    missing = []
+    folder = real
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            windows_acl.create_private_dir(folder)
+        except OSError as exc:
+            raise UnsafeStateDir(
+                f"The agent could not create {folder} with its own permissions "
+                f"({exc.strerror or exc}); choose another --state-dir."
+            ) from exc
 
 
 def secure_state_dir(root: Path, *, create: bool = True) -> Path:
@@ -143,6 +140,21 @@ def secure_state_dir(root: Path, *, create: bool = True) -> Path:
     sentence the operator reads.
     """
     real = Path(os.path.realpath(os.path.abspath(root)))
+    if sys.platform == "win32":
+        if create:
+            _create_windows(real)
+        if real.exists() and not real.is_dir():
+            raise UnsafeStateDir(
+                f"The state directory {real} is not a folder; choose another --state-dir."
+            )
+        if real.exists():
+            _check_windows(real, windows_acl.read_sddl)
+        else:
+            # Enrollment checks before it creates: the folders above must already be safe.
+            problem = windows_acl.check_tree(real, windows_acl.read_sddl)
+            if problem is not None:
+                raise UnsafeStateDir(problem)
+        return real
     if create and not real.exists():
         # Parents first (0755 like any system folder), the directory itself owner-only.
         real.parent.mkdir(parents=True, exist_ok=True)
@@ -153,10 +165,6 @@ def secure_state_dir(root: Path, *, create: bool = True) -> Path:
         raise UnsafeStateDir(
             f"The state directory {real} is not a folder; choose another --state-dir."
         )
-    if sys.platform == "win32":
-        if real.exists():
-            _check_windows(real)
-        return real
     _check_posix(real)
     if real.exists():
         # Its own and nobody else can write it: now also nobody else reads it.
@@ -169,7 +177,7 @@ def create_exclusive(path: Path, data: bytes) -> None:
     first, without following it, and never written through."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY
     fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -23,12 +23,14 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from uuid import UUID
 
+from tether.agent.os_errors import windows_sentence
 from tether.agent.path_walk import Folder, UnsafePath, open_folder
 from tether.agent.transfer_requests import TransferRequests
 from tether.protocol.errors import ProtocolError
@@ -59,6 +61,10 @@ log = logging.getLogger("tether.agent.transfer")
 
 DEFAULT_MAX_PUT_BYTES = 4 * GiB
 HASH_CHUNK_BYTES = 1024 * 1024
+# O_BINARY: without it Windows opens a descriptor in text mode (CRLF collapsed, Ctrl-Z read as
+# the end of the file), and almost every PE, EVTX or hive would arrive changed.
+_BINARY = getattr(os, "O_BINARY", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _BINARY
 _REMEMBERED = 256
 _STASHED_OPENS = 16
 
@@ -78,7 +84,7 @@ class ReceivedFile:
 
 def _read_at(fd: int, length: int, offset: int) -> bytes:
     """Up to `length` bytes at `offset` (fewer only at the end of the file)."""
-    if hasattr(os, "pread"):
+    if sys.platform != "win32":
         return os.pread(fd, length, offset)
     # Windows: no pread. Each descriptor is used by one thread at a time (ThreadWork), so the
     # shared file position is safe to move.
@@ -93,18 +99,32 @@ def _read_at(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _sha256_on_disk(fd: int) -> str:
-    """The SHA-256 of the whole file behind `fd`, read back from it (after its fsync)."""
-    hasher = hashlib.sha256()
-    position = 0
-    while block := _read_at(fd, HASH_CHUNK_BYTES, position):
-        hasher.update(block)
-        position += len(block)
-    return hasher.hexdigest()
+def _sha256_on_disk(folder: Folder, name: str, written: os.stat_result) -> str:
+    """The SHA-256 of file `name` in `folder` as it is on disk, read through a descriptor of
+    its own (binary, read-only), not the one that wrote it: a descriptor that translated what
+    it wrote (a text-mode one on Windows) would translate it back on reading and hide it.
+    `written` is the writing descriptor's status: the name must still lead to that file."""
+    # O_NONBLOCK: a FIFO swapped in under the name must not hang the open (it fails the check).
+    fd = folder.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != (written.st_dev, written.st_ino):
+            raise TransferFailed(
+                f"{folder.path / name} was replaced while the file was received, so it was "
+                "not installed."
+            )
+        hasher = hashlib.sha256()
+        position = 0
+        while block := _read_at(fd, HASH_CHUNK_BYTES, position):
+            hasher.update(block)
+            position += len(block)
+        return hasher.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def _write_at(fd: int, data: memoryview, offset: int) -> int:
-    if hasattr(os, "pwrite"):
+    if sys.platform != "win32":
         return os.pwrite(fd, data, offset)
     os.lseek(fd, offset, os.SEEK_SET)
     return os.write(fd, data)
@@ -114,7 +134,10 @@ def _own_private_file(info: os.stat_result) -> bool:
     """A regular file with one name, owned by this process's user (on POSIX)."""
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         return False
-    return os.name != "posix" or info.st_uid == os.geteuid()
+    if sys.platform == "win32":
+        # No owner id here; the first open is exclusive (O_EXCL), so the file is the agent's.
+        return True
+    return info.st_uid == os.geteuid()
 
 
 class PartialRegistry(Protocol):
@@ -156,6 +179,19 @@ async def _send(transport: Transport | None, text: str) -> None:
         return
     with contextlib.suppress(ConnectionError):
         await transport.send_text(text)
+
+
+def _open_refusal(path: Path, exc: OSError) -> str:
+    """Why the file to retrieve could not be opened, in one sentence."""
+    # Locked, denied or too long on Windows: each has its own remedy.
+    windows = windows_sentence(exc, str(path), str(path))
+    if windows is not None:
+        return windows
+    if isinstance(exc, FileNotFoundError):
+        return f"{path} does not exist on the endpoint."
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a folder; give the path of a file."
+    return _os_sentence(exc, f"opening {path}")
 
 
 def _os_sentence(exc: OSError, doing: str) -> str:
@@ -208,13 +244,9 @@ class _FileSender:
     @staticmethod
     def _open_source(path: Path) -> tuple[int, os.stat_result]:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError as exc:
-            raise TransferFailed(f"{path} does not exist on the endpoint.") from exc
-        except IsADirectoryError as exc:
-            raise TransferFailed(f"{path} is a folder; give the path of a file.") from exc
+            fd = os.open(path, _READ_FLAGS)
         except OSError as exc:
-            raise TransferFailed(_os_sentence(exc, f"opening {path}")) from exc
+            raise TransferFailed(_open_refusal(path, exc)) from exc
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
@@ -383,6 +415,7 @@ class _FileReceiver:
         self._expected_sha256 = sha256
         self._on_disk_sha256 = ""
         self._fd = -1
+        self._created = False  # whether this receiver made its temporary file
         self._hasher = hashlib.sha256()
         self._transport: Transport | None = None
         self._written = 0  # bytes written and hashed, updated by the writing thread
@@ -440,10 +473,18 @@ class _FileReceiver:
                 raise TransferFailed(
                     f"{self.destination} is a folder on the endpoint; give the path of a file."
                 )
+            # Created exclusively the first time, so nothing planted under the name beforehand
+            # is ever written through; reopened (after a pause) only once it is this agent's.
+            flags = os.O_RDWR | os.O_CREAT | (0 if self._created else os.O_EXCL)
             try:
-                self._fd = folder.open(self.temp_path.name, os.O_RDWR | os.O_CREAT, 0o600)
+                self._fd = folder.open(self.temp_path.name, flags, 0o600)
+            except FileExistsError as exc:
+                raise TransferFailed(
+                    f"{self.temp_path} is not a file this agent created, so nothing was written."
+                ) from exc
             except OSError as exc:
                 raise TransferFailed(_os_sentence(exc, f"creating a file in {parent}")) from exc
+            self._created = True
             info = os.fstat(self._fd)
             if not _own_private_file(info):
                 # Someone else put it there (a FIFO, a hard link to another file, a file of
@@ -542,7 +583,7 @@ class _FileReceiver:
     def _install(self, announced_sha256: str) -> None:
         os.fsync(self._fd)
         actual = self._hasher.hexdigest()
-        on_disk = _sha256_on_disk(self._fd)
+        on_disk = _sha256_on_disk(self._open_folder(), self.temp_path.name, os.fstat(self._fd))
         if on_disk != actual:
             raise TransferFailed(
                 f"The file as written to the endpoint's disk has SHA-256 {on_disk}, not the "

@@ -78,6 +78,9 @@ class FileEntry(_Model):
     mtime: AwareDatetime | None
     atime: AwareDatetime | None
     ctime: AwareDatetime | None
+    # When the file was created (birth time), where the endpoint records one: Windows, macOS;
+    # null on Linux, whose Python has no birth time (statx is not exposed).
+    created: AwareDatetime | None = None
     # Where a symbolic link points, as stored in the link.
     target: EndpointPath | None = None
     # The name or target held characters a terminal would act on, shown as `\xNN` escapes: the

@@ -2,13 +2,20 @@
 
 JSON lines over a Unix domain socket in the run's private directory (TCP on 127.0.0.1 on
 Windows). A request is `{"id": n, "method": name, "args": {...}}`; its reply is
-`{"id": n, "result": ...}` or `{"id": n, "error": sentence}`. The first request on a connection
-must be `hello` with the run's secret, or the agent closes the connection.
+`{"id": n, "result": ...}` or `{"id": n, "error": sentence}`.
+
+On connecting, the agent first sends `{"challenge": 64 hex digits}`, fresh per connection; the
+first request must be `hello` with `proof`, the HMAC-SHA256 of that challenge under the run's
+secret (`hello_proof`), or the agent closes the connection. The secret itself never crosses the
+channel, so whoever can watch loopback traffic on Windows learns nothing it can replay
+(docs/adr/0041).
 
 Standard library only: every script imports this, and a script should start in milliseconds, not
 wait for pydantic to load.
 """
 
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -22,6 +29,10 @@ ENV_AGENT_PID = "TETHER_AGENT_PID"
 MAX_LINE_BYTES = 1024 * 1024
 
 HELLO = "hello"
+CHALLENGE = "challenge"
+CHALLENGE_HEX_CHARS = 64
+# Binds a proof to this use of the secret, so it means nothing anywhere else.
+_PROOF_CONTEXT = b"tether script channel hello v1\x00"
 PARAMS = "params"
 ROW = "row"
 LOG = "log"
@@ -114,6 +125,25 @@ def check_row(fields: object) -> dict[str, Scalar]:
                 f"Row field {name!r} must be a string, number, boolean or null, not {type(value).__name__}."
             )
     return fields
+
+
+def hello_proof(secret: str, challenge: str) -> str:
+    """What `hello` carries: HMAC-SHA256 over the agent's challenge, keyed with the run's secret."""
+    message = _PROOF_CONTEXT + challenge.encode("ascii", errors="replace")
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def read_challenge(line: bytes) -> str:
+    """The challenge in the agent's first line; ChannelFormatError when it is not one."""
+    message = decode(line)
+    challenge = message.get(CHALLENGE)
+    if (
+        not isinstance(challenge, str)
+        or len(challenge) != CHALLENGE_HEX_CHARS
+        or not all(c in "0123456789abcdef" for c in challenge)
+    ):
+        raise ChannelFormatError("The agent's first line is not a challenge.")
+    return challenge
 
 
 def unix_address(path: str) -> str:

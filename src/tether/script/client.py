@@ -38,7 +38,13 @@ class _Connection:
             ) from exc
         self._reader = self._sock.makefile("rb")
         self._next_id = 0
-        self.call(channel.HELLO, {"secret": secret})
+        try:
+            challenge = channel.read_challenge(self._reader.readline(channel.MAX_LINE_BYTES + 1))
+        except (OSError, channel.ChannelFormatError) as exc:
+            self.close()
+            raise ScriptError(f"The agent did not greet this script as expected ({exc}).") from exc
+        # The proof, never the secret: the secret does not cross the channel.
+        self.call(channel.HELLO, {"proof": channel.hello_proof(secret, challenge)})
 
     def call(self, method: str, args: dict[str, Any]) -> Any:
         self._next_id += 1

@@ -319,3 +319,47 @@ async def test_run_action_reports_an_action_error_verbatim(tmp_path: Path) -> No
         "failed",
         f"Nothing exists at {missing} on this endpoint.",
     )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        r"\\attacker\share\x.exe",  # UNC: the endpoint would sign in there (NTLM coercion)
+        "//attacker/share/x.exe",
+        r"\\?\C:\Windows\System32\config\SAM",  # verbatim: skips Windows' own path checks
+        r"\\?\UNC\attacker\share",
+        r"\\.\PhysicalDrive0",  # a raw device
+        r"\\.\pipe\lsass",
+        r"\??\UNC\attacker\share",  # the NT object namespace
+        r"\/attacker/share",
+    ],
+)
+def test_network_and_device_paths_are_refused(path: str) -> None:
+    sentence = (
+        f"The path {path} is a network or device path, which the agent refuses (opening one "
+        "makes the endpoint sign in to another computer or reach a raw device); give a local "
+        "path."
+    )
+    for action in (
+        lambda: files.list_directory(path, limit=10),
+        lambda: files.hash_path(path, ["sha256"]),
+    ):
+        with pytest.raises(ActionError) as caught:
+            action()
+        assert str(caught.value) == sentence.replace(path, files.quoted(path))
+
+
+def test_local_paths_pass_the_network_check() -> None:
+    for path in ("/etc/hosts", "/", r"C:\Windows\System32\drivers\etc\hosts", "C:/x", "/srv//x"):
+        assert files.remote_or_device(path) is False
+
+
+def test_a_listing_carries_the_creation_time_where_the_system_keeps_one(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    entry = files.list_directory(str(tmp_path), limit=10).entries[0]
+    birth = getattr(os.stat(tmp_path / "f"), "st_birthtime", None)
+    if birth is None:
+        # Linux: Python exposes no birth time, and st_ctime is the inode change time.
+        assert entry.created is None
+    else:
+        assert entry.created == datetime.fromtimestamp(birth, UTC)

@@ -390,3 +390,113 @@ async def test_listing_through_run_action_fits_a_frame() -> None:
     assert status.result is not None
     listing = ProcessList.model_validate(status.result)
     assert any(entry.pid == os.getpid() for entry in listing.processes)
+
+
+SYSTEM32 = r"C:\Windows\System32"
+
+
+@pytest.mark.parametrize(
+    ("pid", "name", "exe", "critical", "message"),
+    [
+        (4, "System", None, False, "Process 4 is the Windows System process"),
+        (0, "System Idle Process", None, False, "Process 0 is the Windows System process"),
+        (
+            712,
+            "lsass.exe",
+            r"C:\Windows\System32\lsass.exe",
+            False,
+            "Process 712 (lsass.exe) is a Windows system process whose end stops the machine "
+            "or its logon, so the agent never kills it.",
+        ),
+        (
+            # Protected (PPL) processes may not show their image: the name is enough then.
+            540,
+            "CSRSS.EXE",
+            None,
+            False,
+            "Process 540 (CSRSS.EXE) is a Windows system process",
+        ),
+        (620, "wininit.exe", r"c:\windows\system32\WININIT.EXE", False, "Process 620 (wininit"),
+        (380, "smss.exe", r"C:\Windows\System32\smss.exe", False, "Process 380 (smss.exe)"),
+        (700, "services.exe", r"C:\Windows\System32\services.exe", False, "Process 700"),
+        (800, "winlogon.exe", r"C:\Windows\System32\winlogon.exe", False, "Process 800"),
+        (
+            # Whatever its name, a process Windows marks critical.
+            900,
+            "svchost.exe",
+            r"C:\Windows\System32\svchost.exe",
+            True,
+            "Process 900 (svchost.exe) is marked critical by Windows, which stops the machine "
+            "when it ends, so the agent never kills it.",
+        ),
+        (120, "Registry", None, False, "Process 120 (Registry) is part of the Windows kernel"),
+    ],
+)
+def test_windows_system_processes_are_never_killed(
+    pid: int, name: str, exe: str | None, critical: bool, message: str
+) -> None:
+    refusal = processes.windows_refusal(pid, name, exe, critical, SYSTEM32)
+    assert refusal is not None
+    assert refusal.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("name", "exe"),
+    [
+        # Malware that calls itself lsass.exe elsewhere is not protected by the name.
+        ("lsass.exe", r"C:\Users\Public\lsass.exe"),
+        ("csrss.exe", r"C:\Windows\Temp\csrss.exe"),
+        ("notepad.exe", r"C:\Windows\System32\notepad.exe"),
+        ("Registry", r"C:\Users\Public\Registry"),
+    ],
+)
+def test_a_system_name_elsewhere_can_be_killed(name: str, exe: str) -> None:
+    assert processes.windows_refusal(1234, name, exe, False, SYSTEM32) is None
+
+
+def test_linux_kernel_threads_and_init_are_never_killed() -> None:
+    assert processes.linux_refusal(1, 0) == (
+        "Process 1 is the endpoint's init process, which the agent never kills."
+    )
+    assert processes.linux_refusal(2, 0, has_command_line=False) == (
+        "Process 2 is a kernel thread, which the agent never kills."
+    )
+    assert processes.linux_refusal(57, 2, has_command_line=False) == (
+        "Process 57 is a kernel thread, which the agent never kills."
+    )
+    # In a container pid 2 may be an ordinary process with a command line.
+    assert processes.linux_refusal(57, 2, has_command_line=True) is None
+    assert processes.linux_refusal(4, 1) is None
+
+
+def test_a_tree_holding_a_system_process_is_not_touched(
+    spawn: Callable[..., subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = spawn(
+        PYTHON,
+        "-c",
+        "import subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '1011'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(1000)\n",
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    real = processes._system_refusal
+
+    def child_is_critical(pid: int) -> str | None:
+        if pid == child:
+            return f"Process {pid} (lsass.exe) is a Windows system process."
+        return real(pid)
+
+    monkeypatch.setattr(processes, "_system_refusal", child_is_critical)
+    with pytest.raises(ActionError) as caught:
+        kill_process(parent.pid, tree=True)
+    assert str(caught.value) == (
+        f"Nothing was killed: the tree of process {parent.pid} holds a process the agent never "
+        f"kills. Process {child} (lsass.exe) is a Windows system process."
+    )
+    # Both still run, and the parent was resumed.
+    assert psutil.Process(parent.pid).status() != psutil.STATUS_STOPPED
+    assert psutil.Process(child).status() != psutil.STATUS_STOPPED
+    os.kill(child, signal.SIGKILL)

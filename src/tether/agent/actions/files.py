@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from tether.agent.action import ResultBudget, run_blocking
 from tether.agent.errors import ActionError
 from tether.agent.hashing import NotRegularFile, digest, open_regular_file
+from tether.agent.os_errors import windows_sentence
 from tether.protocol import (
     MAX_PATH,
     MAX_RESULT_BYTES,
@@ -47,6 +48,9 @@ def quoted(path: str) -> str:
 def describe_os_error(exc: OSError, path: str) -> ActionError:
     """The one sentence an analyst reads when the endpoint refuses access to `path`."""
     where = quoted(path)
+    windows = windows_sentence(exc, where, path)
+    if windows is not None:
+        return ActionError(windows)
     if isinstance(exc, FileNotFoundError):
         return ActionError(f"Nothing exists at {where} on this endpoint.")
     if isinstance(exc, PermissionError):
@@ -59,9 +63,31 @@ def describe_os_error(exc: OSError, path: str) -> ActionError:
     return ActionError(f"The endpoint could not read {where}: {reason}.")
 
 
+# Where Windows would leave this machine or its file system: a UNC share (\\server\share,
+# //server/share), the device and verbatim namespaces (\\.\, \\?\) and the NT object
+# namespace (\??\). Opening \\attacker\x makes the endpoint sign in there with its computer
+# account (NTLM coercion); a device path reaches raw disks and pipes.
+_REMOTE_OR_DEVICE_PREFIXES = ("\\\\", "//", "\\/", "/\\", "\\??\\", "\\??/")
+
+
+def remote_or_device(path: str) -> bool:
+    """Whether `path` is a UNC, device or NT-namespace path (refused on every system: on POSIX
+    a leading `//` means nothing the analyst needs)."""
+    return path.startswith(_REMOTE_OR_DEVICE_PREFIXES)
+
+
 def require_absolute(path: str) -> None:
-    # The platform checks the form; whether it is absolute here depends on this endpoint's
-    # system (C:\x is relative on Linux).
+    """ActionError unless `path` is a full local path on this endpoint.
+
+    The platform checks the form; whether it is absolute here depends on this endpoint's system
+    (C:\\x is relative on Linux).
+    """
+    if remote_or_device(path):
+        raise ActionError(
+            f"The path {quoted(path)} is a network or device path, which the agent refuses "
+            "(opening one makes the endpoint sign in to another computer or reach a raw "
+            "device); give a local path."
+        )
     if not os.path.isabs(path):
         raise ActionError(
             f"The path {quoted(path)} is not absolute on this endpoint; give the full path."
@@ -95,22 +121,22 @@ class Accounts:
 
     @staticmethod
     def _lookup_user(uid: int) -> str | None:
-        if sys.platform == "win32":
-            # st_uid means nothing on Windows; owners there are SIDs, not read yet.
-            return None
-        try:
-            return safe_text(pwd.getpwuid(uid).pw_name, 256) or str(uid)
-        except KeyError:
-            return str(uid)
+        if sys.platform != "win32":
+            try:
+                return safe_text(pwd.getpwuid(uid).pw_name, 256) or str(uid)
+            except KeyError:
+                return str(uid)
+        # st_uid means nothing on Windows; owners there are SIDs, not read yet.
+        return None
 
     @staticmethod
     def _lookup_group(gid: int) -> str | None:
-        if sys.platform == "win32":
-            return None
-        try:
-            return safe_text(grp.getgrgid(gid).gr_name, 256) or str(gid)
-        except KeyError:
-            return str(gid)
+        if sys.platform != "win32":
+            try:
+                return safe_text(grp.getgrgid(gid).gr_name, 256) or str(gid)
+            except KeyError:
+                return str(gid)
+        return None
 
 
 def _entry_type(mode: int) -> EntryType:
@@ -135,6 +161,17 @@ def _guess_type(entry: os.DirEntry[str]) -> EntryType:
     except OSError:
         pass
     return "other"
+
+
+def _created(status: os.stat_result) -> datetime | None:
+    """When the file was created, where the endpoint records it: `st_birthtime` (macOS, BSD,
+    Windows from Python 3.12), else on Windows `st_ctime`, which is the creation time there."""
+    birth = getattr(status, "st_birthtime", None)
+    if isinstance(birth, int | float):
+        return utc_time(birth)
+    if sys.platform == "win32":
+        return utc_time(status.st_ctime)
+    return None
 
 
 def _describe(entry: os.DirEntry[str], accounts: Accounts) -> FileEntry:
@@ -162,6 +199,7 @@ def _describe(entry: os.DirEntry[str], accounts: Accounts) -> FileEntry:
         mtime=utc_time(status.st_mtime) if status is not None else None,
         atime=utc_time(status.st_atime) if status is not None else None,
         ctime=utc_time(status.st_ctime) if status is not None else None,
+        created=_created(status) if status is not None else None,
         target=clip(target, MAX_PATH) if target is not None else None,
         escaped=name_escaped or target_escaped,
     )

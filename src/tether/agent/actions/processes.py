@@ -6,6 +6,7 @@ The blocking work runs in a worker thread so the agent's connection keeps servin
 """
 
 import contextlib
+import ntpath
 import os
 import sys
 import threading
@@ -18,6 +19,7 @@ import psutil
 from tether.agent.action import ResultBudget, run_blocking
 from tether.agent.errors import ActionError
 from tether.agent.hashing import NotRegularFile, Stopped, digest, open_regular_file
+from tether.agent.windows_tools import system_directory
 from tether.protocol import (
     MAX_COMMAND_LINE,
     MAX_PATH,
@@ -157,12 +159,115 @@ def collect_processes(
     return ProcessList(processes=listed, truncated=truncated)
 
 
-def _refusal(pid: int) -> str | None:
-    """Why the agent will not kill `pid`, or None: never init, itself or what started it."""
+# Windows processes whose end stops the machine (bugcheck CRITICAL_PROCESS_DIED) or its logon,
+# by image name in System32. A copy of one of these names elsewhere (malware calls itself
+# lsass.exe in a temp folder) is not protected.
+WINDOWS_CRITICAL_IMAGES = frozenset(
+    {"lsass.exe", "csrss.exe", "wininit.exe", "smss.exe", "services.exe", "winlogon.exe"}
+)
+# Kernel-side processes with no image file: pid 0 (Idle), 4 (System) and their siblings.
+WINDOWS_KERNEL_PROCESSES = frozenset({"system", "registry", "memory compression", "secure system"})
+# Linux: the kernel's thread creator; every kernel thread is it or its child.
+KTHREADD_PID = 2
+
+
+def windows_refusal(
+    pid: int, name: str | None, exe: str | None, marked_critical: bool, system_dir: str
+) -> str | None:
+    """Why the agent will not kill Windows process `pid`, or None.
+
+    `exe` is its image path (None when unreadable), `marked_critical` what IsProcessCritical
+    says. An unreadable image with a critical name is refused: the real one is likelier.
+    """
+    if pid in (0, 4):
+        return f"Process {pid} is the Windows System process, which the agent never kills."
+    who = f"Process {pid} ({name})" if name else f"Process {pid}"
+    if marked_critical:
+        return (
+            f"{who} is marked critical by Windows, which stops the machine when it ends, so the "
+            "agent never kills it."
+        )
+    lowered = (name or "").lower()
+    in_system_dir = exe is None or ntpath.normcase(exe) == ntpath.normcase(
+        ntpath.join(system_dir, lowered)
+    )
+    if lowered in WINDOWS_CRITICAL_IMAGES and in_system_dir:
+        return (
+            f"{who} is a Windows system process whose end stops the machine or its logon, so "
+            "the agent never kills it."
+        )
+    if lowered in WINDOWS_KERNEL_PROCESSES and exe is None:
+        return f"{who} is part of the Windows kernel, which the agent never kills."
+    return None
+
+
+def linux_refusal(pid: int, ppid: int | None, has_command_line: bool = True) -> str | None:
+    """Why the agent will not kill Linux process `pid` (with parent `ppid`), or None.
+
+    A kernel thread is kthreadd (pid 2) or its child, and has no command line; in a container
+    pid 2 can be an ordinary process, which has one.
+    """
     if pid == 1:
         return "Process 1 is the endpoint's init process, which the agent never kills."
-    if sys.platform == "win32" and pid == 4:
-        return "Process 4 is the Windows System process, which the agent never kills."
+    if not has_command_line and KTHREADD_PID in (pid, ppid):
+        return f"Process {pid} is a kernel thread, which the agent never kills."
+    return None
+
+
+def _windows_critical(pid: int) -> bool:
+    """IsProcessCritical (Windows 8.1 and later); False where it cannot be asked."""
+    if sys.platform != "win32":
+        return False
+    import ctypes
+    from ctypes import wintypes
+
+    kernel = ctypes.WinDLL("kernel32", use_last_error=True)
+    query_limited_information = 0x1000
+    handle = kernel.OpenProcess(query_limited_information, False, pid)
+    if not handle:
+        return False
+    try:
+        critical = wintypes.BOOL()
+        if not kernel.IsProcessCritical(wintypes.HANDLE(handle), ctypes.byref(critical)):
+            return False
+        return bool(critical.value)
+    finally:
+        kernel.CloseHandle(wintypes.HANDLE(handle))
+
+
+def system_directory_text() -> str:
+    return str(system_directory())
+
+
+def _system_refusal(pid: int) -> str | None:
+    """The operating system's own processes: init and kernel threads, or Windows' critical ones."""
+    if sys.platform == "win32" and pid in (0, 4):
+        return windows_refusal(pid, None, None, False, "")
+    if sys.platform != "win32" and pid == 1:
+        return linux_refusal(pid, None)
+    try:
+        proc = psutil.Process(pid)
+        if sys.platform != "win32":
+            return linux_refusal(pid, proc.ppid(), bool(proc.cmdline()))
+        try:
+            exe: str | None = proc.exe() or None
+        except psutil.AccessDenied:
+            exe = None
+        return windows_refusal(
+            pid, _name(proc), exe, _windows_critical(pid), system_directory_text()
+        )
+    except psutil.NoSuchProcess:
+        return None  # the kill reports the missing pid
+    except psutil.Error:
+        return None
+
+
+def _refusal(pid: int) -> str | None:
+    """Why the agent will not kill `pid`, or None: never the system's own processes, itself
+    or what started it."""
+    system = _system_refusal(pid)
+    if system is not None:
+        return system
     if pid == os.getpid():
         return f"Process {pid} is this agent itself; stop the agent through its service manager instead."
     try:
@@ -191,7 +296,9 @@ def _stop_tree(target: psutil.Process) -> list[psutil.Process]:
     """The descendants of `target`, all stopped so that none forks a child the kill would miss.
 
     The target is stopped first, then its descendants as they are found; the tree is re-read
-    until no new process appears, since one may have forked before it was stopped.
+    until no new process appears, since one may have forked before it was stopped. A system
+    process in the tree (a critical Windows process, a kernel thread) is never stopped: then
+    everything stopped so far is resumed and the kill refused.
     """
     _suspend(target)
     found: dict[int, psutil.Process] = {}
@@ -204,6 +311,15 @@ def _stop_tree(target: psutil.Process) -> list[psutil.Process]:
         if not new:
             break
         for child in new:
+            refusal = _system_refusal(child.pid)
+            if refusal is not None:
+                for stopped in (target, *found.values()):
+                    with contextlib.suppress(psutil.Error):
+                        stopped.resume()
+                raise ActionError(
+                    f"Nothing was killed: the tree of process {target.pid} holds a process "
+                    f"the agent never kills. {refusal}"
+                )
             found[child.pid] = child
             _suspend(child)
     return list(found.values())

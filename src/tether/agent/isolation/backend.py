@@ -7,12 +7,15 @@ whether (and how) they are there. The implementations sit beside this module: `n
 """
 
 import asyncio
+import os
 import shutil
+import sys
 from dataclasses import dataclass
 from typing import Protocol
 
 from tether.agent.errors import IsolationFailed
 from tether.agent.isolation.policy import IsolationPolicy
+from tether.agent.windows_tools import decode_native
 from tether.protocol.isolation import Backend
 
 # A firewall tool that has not answered in this long is stuck (a held xtables lock, say).
@@ -68,13 +71,35 @@ def first_error_line(text: str) -> str:
     return escaped or "no error message"
 
 
+def resolve_program(program: str) -> str:
+    """The full path `program` is started from.
+
+    A bare name is looked up on PATH on POSIX (never in the current directory); on Windows it
+    is refused, because CreateProcess would look in the current directory first: Windows tools
+    are named by full path (tether.agent.windows_tools).
+    """
+    if os.path.isabs(program):
+        return program
+    if sys.platform == "win32":
+        raise IsolationFailed(f"The agent starts {program} only by its full path.")
+    found = shutil.which(program)
+    if found is None or not os.path.isabs(found):
+        raise IsolationFailed(f"{program} is not installed on this endpoint.")
+    return found
+
+
 async def run_command(
     argv: list[str], stdin: str | None = None, timeout: float = COMMAND_TIMEOUT_SECONDS
 ) -> CommandResult:
-    """Run a firewall tool without blocking the agent's event loop; never raises on exit status."""
+    """Run a firewall tool without blocking the agent's event loop; never raises on exit status.
+
+    Output is decoded as the tool writes it (the OEM code page on Windows, UTF-8 elsewhere).
+    """
+    program = resolve_program(argv[0])
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv,
+            program,
+            *argv[1:],
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -90,7 +115,7 @@ async def run_command(
         raise IsolationFailed(f"{argv[0]} did not finish within {timeout:g} s.") from exc
     # communicate() returned, so the process has exited and has a status.
     status = process.returncode if process.returncode is not None else -1
-    return CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
+    return CommandResult(status, decode_native(out), decode_native(err))
 
 
 def tool_available(name: str) -> bool:

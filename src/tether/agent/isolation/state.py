@@ -91,6 +91,37 @@ class DesiredIsolation(BaseModel):
         )
 
 
+def _try_lock(fd: int) -> bool:
+    """Take the lock on `fd` without waiting; False when another process holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        # Windows releases a byte-range lock at close only eventually: release it now.
+        os.lseek(fd, 0, os.SEEK_SET)
+        with contextlib.suppress(OSError):
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    # POSIX: closing the descriptor releases the flock.
+
+
 class IsolationStore:
     """Reads and writes `isolation.json` in one agent state directory."""
 
@@ -125,26 +156,22 @@ class IsolationStore:
 
         The agent and the owner's `tether agent isolation release` are two processes: without
         this, a release could land between the agent's apply and its write, and be undone.
-        Polled with a non-blocking flock, so a cancelled wait leaves no thread holding a lock.
-        On Windows (no flock) only the agent's own lock applies.
+        Polled with a non-blocking lock (flock; on Windows a byte-range lock on the first
+        byte), so a cancelled wait leaves no thread holding a lock.
         """
-        if sys.platform == "win32":
-            yield
-            return
-        import fcntl
-
         self._state.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Never through a link planted under the lock's name.
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         fd = os.open(self._state.root / LOCK_NAME, flags, 0o600)
         try:
+            # Another process holds it: nothing here can signal, so poll.
             while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _try_lock(fd):
                     break
-                except BlockingIOError:
-                    await asyncio.sleep(LOCK_POLL_SECONDS)
-            yield
+                await asyncio.sleep(LOCK_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                _unlock(fd)
         finally:
-            # Closing the descriptor releases the lock.
             os.close(fd)

@@ -9,20 +9,30 @@ and ICMPv6 to what is left:
   overlapping allowlist entries add up instead of blocking each other's ports;
 - per protocol, one rule per distinct set of allowed ports: RemoteAddress the ranges, RemotePort
   (LocalPort for inbound) the complement of the ports;
-- UDP from/to the DHCP client ports (68, 546) is never blocked, so the lease renews; the ICMP
-  types of neighbour discovery and path MTU discovery are never blocked.
+- UDP between the DHCP client and server ports (68 and 67, 546 and 547) is never blocked, so
+  the lease renews, and nothing else: from the client ports to any other port is blocked like
+  all UDP (as on Linux); the ICMP types of neighbour discovery and path MTU discovery are never
+  blocked.
 
 Outbound mode blocks outbound only: Windows Firewall is stateful, so replies to inbound
 connections are part of an allowed flow. Full mode adds the same shape inbound (without the
 platform, whose traffic is replies to the agent's own connection).
 
-The scripts run with `powershell.exe -File` from a file in the agent's state directory.
+The scripts run with Windows PowerShell by its full path (`-File`, from a file in the agent's
+state directory) and fail loudly (docs/adr/0041): every NetSecurity cmdlet carries
+`-ErrorAction Stop`, because those CDXML functions do not honour the script's
+`$ErrorActionPreference`; the only error taken as "no rules" is the group's ObjectNotFound; the
+script exits 1 on any error. Applying ends with an enforcement check read from the ActiveStore
+(every profile on, local rules merged, no interface excluded, every new rule in force), and the
+rules count as isolation only when it passes (tether.agent.isolation.enforcement).
 
-Nothing here has run on Windows (docs/adr/0017): the commands are generated and unit-tested.
+Nothing here has run on Windows (docs/adr/0017): the commands are generated and unit-tested,
+and a stand-in PowerShell checks how failures travel.
 """
 
 import ipaddress
 import itertools
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -32,13 +42,25 @@ from pathlib import Path
 
 from tether.agent.errors import IsolationFailed
 from tether.agent.isolation.backend import first_error_line, run_command
-from tether.agent.isolation.policy import DHCP4_CLIENT, DHCP6_CLIENT, IsolationPolicy
+from tether.agent.isolation.enforcement import ENFORCEMENT_MARKER, enforcement_problem
+from tether.agent.isolation.policy import (
+    DHCP4_CLIENT,
+    DHCP4_SERVER,
+    DHCP6_CLIENT,
+    DHCP6_SERVER,
+    IsolationPolicy,
+)
+from tether.agent.windows_tools import powershell_path
 from tether.protocol.isolation import Backend
+
+log = logging.getLogger("tether.agent.isolation")
 
 GROUP = "Tether Isolation"
 NAME_PREFIX = "TetherIsolation"
 ANY = None  # an address range where every protocol and port is allowed
 DHCP_CLIENT_PORTS = frozenset({DHCP4_CLIENT, DHCP6_CLIENT})
+# Each client port talks to its server port only (the Linux backends allow the same pairs).
+DHCP_PAIRS = ((DHCP4_CLIENT, DHCP4_SERVER), (DHCP6_CLIENT, DHCP6_SERVER))
 # ICMP types never blocked: IPv4 destination unreachable (path MTU discovery needs "fragmentation
 # needed"); IPv6 packet too big, MLD reports, router and neighbour discovery. Neighbour discovery
 # also runs between global addresses (unreachability probes), so it is exempt by type, not by
@@ -160,7 +182,8 @@ class BlockRule:
             parts.append(f"-LocalPort {_quoted(self.local_ports)}")
         if self.icmp_types:
             parts.append(f"-IcmpType {_quoted(self.icmp_types)}")
-        parts += ["-Profile Any", "-Enabled True", "| Out-Null"]
+        # -ErrorAction Stop: a rejected rule must stop the script (see the module docstring).
+        parts += ["-Profile Any", "-Enabled True", "-ErrorAction Stop", "| Out-Null"]
         return " ".join(parts)
 
 
@@ -193,6 +216,29 @@ def _port_rules(direction: str, protocol: str, blocked: list[Span], attr: str) -
             # The DHCP client's own port: its renewals go out from it.
             local = tuple(port_ranges_except(DHCP_CLIENT_PORTS))
         rules.append(BlockRule(direction, protocol, tuple(addresses), remote, local))
+        if protocol == "UDP":
+            rules += _dhcp_rules(direction, tuple(addresses), ports)
+    return rules
+
+
+def _dhcp_rules(direction: str, addresses: tuple[str, ...], ports: Ports) -> list[BlockRule]:
+    """What the DHCP client ports may not do: reach (or be reached from) anything but their
+    server port. The main UDP rule leaves the client ports out, so these block the rest."""
+    rules = []
+    for client, server in DHCP_PAIRS:
+        if direction == "Inbound" and client in ports:
+            continue  # the allowlist opened the client port itself: nothing to narrow
+        # Outbound, an allowed remote port stays allowed from the client port too.
+        spared = {server} | (set(ports) if direction == "Outbound" else set())
+        rules.append(
+            BlockRule(
+                direction,
+                "UDP",
+                addresses,
+                remote_ports=tuple(port_ranges_except(spared)),
+                local_ports=(str(client),),
+            )
+        )
     return rules
 
 
@@ -216,25 +262,61 @@ def block_rules(policy: IsolationPolicy) -> list[BlockRule]:
     return rules
 
 
+# The one error that means "no rule in the group": anything else (the firewall service stopped,
+# access denied, a broken WMI provider) stops the script instead of reading as zero rules.
+_GROUP_RULES = f"""function Get-TetherRules([string]$Store = 'PersistentStore') {{
+    try {{
+        @(Get-NetFirewallRule -PolicyStore $Store -Group '{GROUP}' -ErrorAction Stop)
+    }} catch {{
+        if ($_.CategoryInfo.Category -eq 'ObjectNotFound') {{ @() }} else {{ throw }}
+    }}
+}}"""
+
+# What is enforced, read from the ActiveStore (local rules merged with Group Policy's), as one
+# line of JSON after a marker. Enum values are turned into their names: ConvertTo-Json on
+# Windows PowerShell 5.1 would write their numbers.
+_ENFORCEMENT = [
+    "$profiles = @(Get-NetFirewallProfile -PolicyStore ActiveStore -ErrorAction Stop | "
+    'ForEach-Object { [pscustomobject]@{ name = "$($_.Name)"; enabled = "$($_.Enabled)"; '
+    'outbound = "$($_.DefaultOutboundAction)"; local = "$($_.AllowLocalFirewallRules)"; '
+    'excluded = @($_.DisabledInterfaceAliases | ForEach-Object { "$_" }) } })',
+    "$active = @(Get-TetherRules 'ActiveStore' | "
+    "Where-Object { \"$($_.Enabled)\" -eq 'True' -and \"$($_.Action)\" -eq 'Block' })",
+    f"'{ENFORCEMENT_MARKER} ' + (ConvertTo-Json -Compress -Depth 4 "
+    "([pscustomobject]@{ profiles = $profiles; active = $active.Count }))",
+]
+
+
+# Remove-NetFirewallRule with nothing to remove is never run: called without a rule it removes
+# every rule in the store, so an empty pipeline is not trusted to mean "nothing".
+_REMOVE_LISTED = (
+    "if ({rules}.Count -gt 0) {{ Remove-NetFirewallRule -InputObject {rules} -ErrorAction Stop }}"
+)
+
+
 def script(*body: str) -> str:
     """A PowerShell script that runs `body` and stops at the first error with exit status 1.
 
     Run as a file (`-File`), not piped to `-Command -`: piped lines run one by one, as typed,
-    and a failing line would not stop the next ones.
+    and a failing line would not stop the next ones. `$ErrorActionPreference` covers the
+    script's own statements; the NetSecurity cmdlets ignore it and carry `-ErrorAction Stop`
+    each.
     """
-    lines = ["$ErrorActionPreference = 'Stop'", "try {"]
+    lines = ["$ErrorActionPreference = 'Stop'", *_GROUP_RULES.splitlines(), "try {"]
     lines += [f"    {line}" for line in body]
     lines += [
         "} catch {",
         "    [Console]::Error.WriteLine($_.Exception.Message)",
         "    exit 1",
         "}",
+        "exit 0",
     ]
     return "\n".join(lines) + "\n"
 
 
 def apply_script(policy: IsolationPolicy, generation: str) -> str:
-    """PowerShell that adds this generation's rules, then removes every older one.
+    """PowerShell that adds this generation's rules, removes every older one, then prints
+    what is enforced (the enforcement line).
 
     New before old: for a moment both sets block (stricter, never looser), and the host is
     never without rules. A failure stops the script with the old rules still in place (and
@@ -242,24 +324,30 @@ def apply_script(policy: IsolationPolicy, generation: str) -> str:
     """
     prefix = f"{NAME_PREFIX}-{generation}"
     commands = [rule.command(f"{prefix}-{n}") for n, rule in enumerate(block_rules(policy), 1)]
-    commands.append(
-        f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | "
-        f"Where-Object {{ $_.Name -notlike '{prefix}-*' }} | Remove-NetFirewallRule"
-    )
-    return script(*commands)
+    commands += [
+        f"$old = @(Get-TetherRules | Where-Object {{ $_.Name -notlike '{prefix}-*' }})",
+        _REMOVE_LISTED.format(rules="$old"),
+    ]
+    return script(*commands, *_ENFORCEMENT)
 
 
+# Release checks its own work: a rule still there afterwards is an error, not a release.
 REMOVE_SCRIPT = script(
-    f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | Remove-NetFirewallRule"
+    "$rules = @(Get-TetherRules)",
+    _REMOVE_LISTED.format(rules="$rules"),
+    "$left = @(Get-TetherRules).Count",
+    'if ($left -ne 0) { throw "$left isolation rules are still there after removing them." }',
 )
-COUNT_SCRIPT = script(
-    f"@(Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue).Count"
-)
+# Rules that are not enforced are not isolation: the count comes with the enforcement line.
+COUNT_SCRIPT = script("@(Get-TetherRules).Count", *_ENFORCEMENT)
 # Names carry the generation, so a listing changes when the rules were replaced or one was
-# disabled, turned into an allow rule or deleted; a rule's addresses are not compared.
+# disabled, turned into an allow rule or deleted; a rule's addresses are not compared. The
+# enforcement line is part of it, so Group Policy turning local rules off, or a profile off,
+# changes the listing too and the periodic check re-applies (and fails, saying why).
 LIST_SCRIPT = script(
-    f"Get-NetFirewallRule -Group '{GROUP}' -ErrorAction SilentlyContinue | Sort-Object Name | "
-    'ForEach-Object { "$($_.Name) $($_.Enabled) $($_.Action) $($_.Direction)" }'
+    "Get-TetherRules | Sort-Object Name | "
+    'ForEach-Object { "$($_.Name) $($_.Enabled) $($_.Action) $($_.Direction)" }',
+    *_ENFORCEMENT,
 )
 
 
@@ -267,9 +355,10 @@ def _delete(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def powershell(path: Path) -> list[str]:
+def powershell(path: Path, program: str | None = None) -> list[str]:
+    """The command line that runs script file `path` with Windows PowerShell (full path)."""
     return [
-        "powershell.exe",
+        program or powershell_path(),
         "-NoProfile",
         "-NonInteractive",
         "-ExecutionPolicy",
@@ -284,10 +373,12 @@ class WindowsFirewallBackend:
 
     name: Backend = "windows-firewall"
 
-    def __init__(self, script_dir: Path | None = None) -> None:
+    def __init__(self, script_dir: Path | None = None, program: str | None = None) -> None:
         # The agent's state directory (SYSTEM and Administrators only), so nobody else can
         # swap the script between writing and running it; the temp directory otherwise.
         self._script_dir = script_dir
+        # Windows PowerShell's full path; tests give a stand-in.
+        self._program = program or powershell_path()
 
     def _write(self, text: str) -> Path:
         # A few kilobytes on local disk: not worth a thread.
@@ -299,7 +390,7 @@ class WindowsFirewallBackend:
     async def _run(self, text: str, doing: str) -> str:
         path = self._write(text)
         try:
-            result = await run_command(powershell(path))
+            result = await run_command(powershell(path, self._program))
         finally:
             _delete(path)
         if result.returncode != 0:
@@ -310,20 +401,36 @@ class WindowsFirewallBackend:
 
     async def apply(self, policy: IsolationPolicy) -> None:
         generation = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        await self._run(apply_script(policy, generation), "apply the isolation rules")
+        output = await self._run(apply_script(policy, generation), "apply the isolation rules")
+        # Rules in place are not isolation until the firewall enforces them.
+        problem = enforcement_problem(output, expected_rules=len(block_rules(policy)))
+        if problem is not None:
+            raise IsolationFailed(problem)
 
     async def remove(self) -> None:
         await self._run(REMOVE_SCRIPT, "remove the isolation rules")
 
     async def listing(self) -> str | None:
         output = (await self._run(LIST_SCRIPT, "list the isolation rules")).strip()
-        return output or None
+        rules = [line for line in output.splitlines() if not line.startswith(ENFORCEMENT_MARKER)]
+        # No rules is no isolation, whatever the profiles say.
+        return output if rules else None
 
     async def installed(self) -> bool:
+        """Whether the group holds rules and the firewall enforces them (a host whose Group
+        Policy stopped merging local rules is not isolated, and is reported so)."""
         output = await self._run(COUNT_SCRIPT, "list the isolation rules")
+        counts = [line for line in output.splitlines() if not line.startswith(ENFORCEMENT_MARKER)]
         try:
-            return int(output.strip() or "0") > 0
+            rules = int("".join(counts).strip() or "0")
         except ValueError as exc:
             raise IsolationFailed(
                 "Windows Firewall answered the rule count with something else."
             ) from exc
+        if rules == 0:
+            return False
+        problem = enforcement_problem(output, expected_rules=rules)
+        if problem is not None:
+            log.warning("Isolation rules are in place but not enforced: %s", problem)
+            return False
+        return True
