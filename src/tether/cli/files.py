@@ -111,6 +111,33 @@ def download(api: Api, entry: dict[str, Any], dest: Path, name: str | None = Non
     return target
 
 
+def destination(output: str | None) -> Path:
+    """Where `-o OUTPUT` saves, checked before anything runs on an endpoint: an existing
+    directory, a directory to create (OUTPUT ends with a separator), or a file in an existing
+    directory. Without OUTPUT, the current directory."""
+    if output is None:
+        return Path.cwd()
+    if not output.strip():
+        raise UsageError("--output needs a file or directory name.")
+    path = Path(output)
+    if output.endswith(("/", os.sep)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise CliError(f"{path} exists and is not a directory.") from exc
+        except OSError as exc:
+            raise CliError(f"Cannot create the directory {path}: {exc.strerror or exc}.") from exc
+        return path
+    if path.is_dir():
+        return path
+    if not path.parent.is_dir():
+        raise CliError(
+            f"The directory {path.parent} does not exist; create it, or end --output with / "
+            "to have it created."
+        )
+    return path
+
+
 def retrieved_by(api: Api, job_id: str) -> dict[str, Any]:
     """The library entry a succeeded files.get job produced."""
     found = api.get("/files", params={"job": job_id, "kind": "retrieved"})
@@ -131,17 +158,24 @@ def get(
     host: Annotated[str, typer.Argument(help="Host id or hostname.")],
     path: Annotated[str, typer.Argument(help="Absolute path of the file on the endpoint.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Local file or directory.")
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Local file or directory; a name ending with / is a directory, created if new.",
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Retrieve a file from an endpoint: verified, kept in the library, saved locally."""
+    # Before the job: a typo in -o must not cost a retrieval, nor land as a file.
+    target = destination(output)
     api = Api.from_profile()
     batch = submit(api, "files.get", {"path": path}, hosts=[host])
     job = _finished(api, batch["jobs"][0]["id"], "The retrieval")
     entry = retrieved_by(api, job["id"])
     # Named after the path the analyst asked for, never after what the endpoint reported.
-    saved = download(api, entry, output or Path.cwd(), name=path)
+    saved = download(api, entry, target, name=path)
     if json_output:
         emit_json({"file": entry, "saved": str(saved)})
         return
@@ -238,11 +272,17 @@ def list_command(
 def download_command(
     ref: Annotated[str, typer.Argument(help="Library file id, or an uploaded file's name.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Local file or directory.")
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Local file or directory; a name ending with / is a directory, created if new.",
+        ),
     ] = None,
 ) -> None:
     """Save a library file locally, verified against its SHA-256."""
+    target = destination(output)
     api = Api.from_profile()
     entry: dict[str, Any] = api.get(f"/files/{quote(ref, safe='')}")
-    saved = download(api, entry, output or Path.cwd())
+    saved = download(api, entry, target)
     console.print(f"Saved {saved} (SHA-256 {entry['sha256']}).", markup=False, highlight=False)

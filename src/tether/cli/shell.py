@@ -172,7 +172,7 @@ class Shell:
             self.cwd = step.cd_to
         if outcome.ok and step.name == "get" and len(step.words) == 2 and outcome.job:
             entry = files.retrieved_by(self._api, str(outcome.job["id"]))
-            saved = files.download(self._api, entry, Path(step.words[1]))
+            saved = files.download(self._api, entry, files.destination(step.words[1]))
             console.print(f"Saved {saved}.", markup=False, highlight=False)
         return outcome
 
