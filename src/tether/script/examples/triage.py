@@ -89,7 +89,7 @@ def recent_processes(since: float) -> list[dict[str, Any]]:
 def recent_files(paths: list[str], since: float, budget: int) -> list[dict[str, Any]]:
     """Files under `paths` changed since `since`; the walk stops after `budget` entries looked
     at, so a huge directory cannot keep the script running until its time limit."""
-    found = []
+    found: list[dict[str, Any]] = []
     seen = 0
     for top in paths:
         if not os.path.isdir(top):

@@ -3,6 +3,7 @@
 import builtins
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,7 +65,7 @@ _ID_PREFIX = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{3,35}")
 _MATCHES_SHOWN = 5
 
 
-def _pick(ref: str, rows: "builtins.list[Any]") -> Any:
+def _pick(ref: str, rows: Sequence[Any]) -> Any:
     """The host `ref` names among `rows` (live ones first, newest first), or a one-sentence
     error: an exact id, else the hostname, else the id prefix."""
     for row in rows:
