@@ -8,6 +8,7 @@ the destination, are checked against the library's SHA-256, then renamed into pl
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,25 +188,64 @@ def get(
     )
 
 
+def deploy_mode(local: Path, mode: str | None) -> str:
+    """The mode a put asks for, in octal: `--mode` as given, else the source's read, write and
+    execute bits without write for group and others (a deployed file runs as root)."""
+    if mode is not None:
+        if not _MODE.fullmatch(mode.strip()):
+            raise UsageError(
+                f"--mode {mode!r} is not three octal digits like 755 or 0644 (setuid, setgid "
+                "and sticky bits are not deployed)."
+            )
+        return f"{int(mode, 8):04o}"
+    try:
+        bits = stat.S_IMODE(local.stat().st_mode)
+    except OSError as exc:
+        raise CliError(f"Cannot read {local}: {exc.strerror or exc}.") from exc
+    return f"{bits & _SOURCE_MODE_BITS:04o}"
+
+
+# What --mode takes (the protocol's FILE_MODE_PATTERN), and what is kept of a source's mode.
+_MODE = re.compile(r"0?[0-7]{3}")
+_SOURCE_MODE_BITS = 0o755
+
+
 def put(
     host: Annotated[str, typer.Argument(help="Host id or hostname.")],
     local: Annotated[Path, typer.Argument(help="Local file to deploy.")],
     path: Annotated[str, typer.Argument(help="Absolute destination path on the endpoint.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="Permission bits in octal, like 755 (default: the local file's, without write "
+            "for group and others)."
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Deploy a local file to an endpoint path through the library (verified, then renamed)."""
+    wanted = deploy_mode(local, mode)
     api = Api.from_profile()
     entry = upload(api, local)
-    args = {"sha256": entry["sha256"], "size": entry["size"], "path": path, "overwrite": overwrite}
+    args = {
+        "sha256": entry["sha256"],
+        "size": entry["size"],
+        "path": path,
+        "overwrite": overwrite,
+        "mode": wanted,
+    }
     batch = submit(api, "files.put", args, hosts=[host])
     job = _finished(api, batch["jobs"][0]["id"], "The deployment")
     if json_output:
         emit_json({"file": entry, "job": job})
         return
+    # The mode the endpoint reports the file has now (none where there are no such bits).
+    installed = (job.get("result") or {}).get("mode")
+    shown_mode = f"mode {one_line(installed)}, " if installed else ""
     console.print(
         f"Deployed {local.name} to {path} on {one_line(job['hostname'])}: {entry['size']} bytes, "
-        f"SHA-256 {entry['sha256']}.",
+        f"{shown_mode}SHA-256 {entry['sha256']}.",
         markup=False,
         highlight=False,
     )

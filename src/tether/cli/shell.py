@@ -160,9 +160,16 @@ class Shell:
         if step.name == "run":
             return self._execute(self._script(step.words))
         if step.name == "put":
-            entry = files.upload(self._api, Path(step.words[0]))
+            local = Path(step.words[0])
+            mode = files.deploy_mode(local, None)
+            entry = files.upload(self._api, local)
             command = put_command(
-                entry["sha256"], entry["size"], step.words, self.cwd, windows=self._windows
+                entry["sha256"],
+                entry["size"],
+                step.words,
+                self.cwd,
+                windows=self._windows,
+                mode=mode,
             )
             return self._execute(command)
         if step.command is None:
