@@ -113,6 +113,7 @@ async def test_put_asks_for_the_mode_and_the_job_records_it(
     running = asyncio.create_task(cli("put", "ws-1", str(local), "/usr/local/bin/fix.sh"))
     (job_id,) = await hosts.jobs_of("ws-1")
     job = await hosts.platform.jobs.get(job_id)
+    assert job.args is not None
     assert job.args["mode"] == "0755"
     # ws-1 is offline: the deploy waits, and is cancelled here.
     assert (await cli("job", "cancel", job_id)).code == 0
