@@ -22,6 +22,7 @@ from tether.cli.client import Api
 from tether.cli.errors import CliError, UsageError
 from tether.cli.follow import submit, wait_for_job
 from tether.cli.output import console, emit_json, errors, one_line, table
+from tether.cli.times import short_time
 
 files_app = typer.Typer(help="The file library: uploaded tools and retrieved files.")
 
@@ -288,7 +289,7 @@ def list_command(
             "id": e["id"][:12],
             "sha256": e["sha256"][:16],
             "origin": f"{e['hostname']}:{e['source_path']}" if e["kind"] == "retrieved" else "",
-            "created_at": e["created_at"][:19],
+            "created_at": short_time(e["created_at"]),
         }
         for e in entries
     ]

@@ -8,6 +8,7 @@ import typer
 from tether.cli.client import Api
 from tether.cli.isolation import isolation_column
 from tether.cli.output import console, emit_json, one_line, plain, table
+from tether.cli.times import short_time
 
 HOST_COLUMNS = [
     ("id", "ID"),
@@ -34,6 +35,7 @@ def _row(host: dict[str, Any]) -> dict[str, Any]:
         **host,
         "os": f"{host['os_name']} {host['os_version']}".strip(),
         "online": state,
+        "last_seen": short_time(host.get("last_seen")),
         "isolation": isolation_column(host),
     }
 

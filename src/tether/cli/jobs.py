@@ -99,6 +99,13 @@ def list_jobs(
     jobs = Api.from_profile().get("/jobs", params=params)
     if json_output:
         emit_json(jobs)
+    elif not jobs:
+        console.print(
+            "No job is pending: nothing waits for an offline host."
+            if pending
+            else "No job matches.",
+            markup=False,
+        )
     else:
         table([_row(j) for j in jobs], JOB_COLUMNS, truncate={"error"})
 
