@@ -1,5 +1,8 @@
 """`tether host ...` takes the same host references as every other command (docs/adr/0045)."""
 
+import json
+import re
+
 from ..server.support import add_host
 from .conftest import Cli, Hosts
 
@@ -26,3 +29,21 @@ async def test_a_revoked_twin_is_marked_and_leaves_the_name_to_the_live_host(
     listed = await cli("hosts")
     (old_line,) = [line for line in listed.stdout.splitlines() if old in line]
     assert "revoked" in old_line
+
+
+async def test_ping_prints_each_hosts_round_trip_and_who_did_not_answer(
+    cli: Cli, hosts: Hosts
+) -> None:
+    hosts.online("ws-1")
+
+    pinged = await cli("ping", "ws-1", "ws-2")
+
+    assert pinged.code == 1  # ws-2 is offline
+    assert pinged.stdout.startswith("1 of 2 answered in ")
+    (answered,) = [line for line in pinged.stdout.splitlines() if hosts.ids["ws-1"] in line]
+    assert re.search(r"ws-1 .* \d+\.\d ms", answered), answered
+    (offline,) = [line for line in pinged.stdout.splitlines() if hosts.ids["ws-2"] in line]
+    assert "ws-2" in offline
+    assert "offline" in offline
+    report = json.loads((await cli("ping", "ws-1", "--json")).stdout)
+    assert set(report["round_trip_ms"]) == {hosts.ids["ws-1"]}

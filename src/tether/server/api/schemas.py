@@ -146,6 +146,8 @@ class PingOut(BaseModel):
     seconds: float
     round_trip_ms_p50: float | None
     round_trip_ms_max: float | None
+    # Each answering host's round trip in milliseconds, by host id.
+    round_trip_ms: dict[str, float]
 
 
 class AuditRecordOut(BaseModel):
