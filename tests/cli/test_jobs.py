@@ -1,5 +1,6 @@
 """`tether jobs`, `tether job show|cancel`, `tether actions` against a platform in process."""
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -219,3 +220,30 @@ async def test_jobs_scripts_and_files_print_one_timestamp_format(
         assert shown.code == 0, shown.stderr
         assert ONE_FORMAT.search(shown.stdout), (command, shown.stdout)
         assert not OTHER_FORMATS.search(shown.stdout), (command, shown.stdout)
+
+
+async def test_job_show_follow_streams_until_the_job_ends(
+    cli: Cli, hosts: Hosts, tmp_path: Path
+) -> None:
+    hosts.online("ws-1")
+    await submit(cli, tmp_path, "ws-1")
+    [job_id] = await hosts.jobs_of("ws-1")
+    following = asyncio.create_task(cli("job", "show", job_id[:12], "--follow"))
+    await asyncio.sleep(0.3)  # the command is following before the output arrives
+    assert not following.done()
+    await hosts.agent_runs(
+        "ws-1",
+        job_id,
+        [("stdout", "line one\nline two\n"), ("row", {"user": "root", "pid": 1})],
+        result={"exit_code": 2},
+    )
+    shown = await following
+
+    assert shown.code == 1  # the script exited 2
+    assert "output (following; Ctrl-C stops following, the job goes on):" in shown.stdout
+    assert "line one\nline two\n" in shown.stdout
+    assert "rows:" in shown.stdout
+    assert "root" in shown.stdout
+    assert shown.stderr.endswith("ws-1: succeeded, exit code 2\n")
+    refused = await cli("job", "show", job_id, "--follow", "--json")
+    assert refused.code == 2
