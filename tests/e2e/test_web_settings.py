@@ -131,6 +131,4 @@ def test_an_admin_manages_team_segments_configuration_and_enrollment(
             f"Enrollment token {spare['id']} is revoked; it enrolls nothing more."
         )
         expect(page.locator(f'tr[data-token="{spare["id"]}"]')).to_contain_text("revoked by admin")
-        (listed,) = [t for t in admin.json("enroll-token", "list") if t["id"] == spare["id"]]
-        assert listed["revoked_by"] == "admin"
     print(f"settings browser test took {time.monotonic() - started:.1f} s")
