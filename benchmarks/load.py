@@ -337,6 +337,10 @@ class Platform:
         return int(float(match.group(1))) if match else -1
 
     async def enrollment_token(self, uses: int) -> str:
+        # Tokens are issued for existing segments only; a resumed run finds it made (409).
+        made = await self.http.post("/api/v1/segments", json={"name": "load"})
+        if made.status_code != 409:
+            made.raise_for_status()
         response = await self.http.post(
             "/api/v1/enrollment-tokens",
             json={"segment": "load", "uses": uses, "expires_in_seconds": 3 * 3600},

@@ -7,6 +7,8 @@ Running it again resumes the same data directory.
 
 import json
 import os
+import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -78,6 +80,40 @@ def _admin_session(url: str, ca_pem: str, password: str, mfa_file: Path) -> str:
     return token
 
 
+class _StopSignal(Exception):
+    """SIGTERM or SIGHUP reached `tether up`: stop both children as Ctrl-C does."""
+
+
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    raise _StopSignal(signal.Signals(signum).name)
+
+
+# Signals that stop the quickstart cleanly besides Ctrl-C (SIGHUP does not exist on Windows).
+_STOP_SIGNALS = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+
+
+def _refuse_taken(address: str, option: str) -> None:
+    """Refuse to start, in one sentence, when something already listens on `address`: the
+    platform would die on it, and the health check would have reached the other listener."""
+    host, _, port = address.rpartition(":")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM
+        )[0]
+    except (OSError, ValueError) as exc:
+        raise QuickstartError(f"{option} {address} is not a HOST:PORT this machine has.") from exc
+    with socket.socket(family, kind, proto) as probe:
+        # As the platform binds: a port left in TIME_WAIT by the last run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            raise QuickstartError(
+                f"{address} is already in use (is another 'tether up' still running?); stop "
+                f"it, or choose another address with {option}."
+            ) from exc
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in reversed(children):  # the agent first, then the platform
         if child.poll() is None:
@@ -123,7 +159,11 @@ def up(
     ca_pem = (data / "ca.pem").read_text()
     host, _, port = listen.rpartition(":")
     url = f"https://{host}:{port}"
+    _refuse_taken(listen, "--listen")
+    _refuse_taken(agent_listen, "--agent-listen")
     children: list[subprocess.Popen[bytes]] = []
+    for stop_signal in _STOP_SIGNALS:
+        signal.signal(stop_signal, _on_stop_signal)
     try:
         server = subprocess.Popen(
             _tether(
@@ -158,16 +198,37 @@ def up(
         )
         children.append(agent)
         _print_banner(url, data, password if first_run else None, password_file, mfa_file)
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        stopped = next(c for c in children if c.poll() is not None)
-        name = "platform" if stopped is server else "agent"
-        raise QuickstartError(f"The {name} exited with status {stopped.returncode}; stopping.")
-    except KeyboardInterrupt:
+        _watch(server, agent, agent_state.root)
+    except (KeyboardInterrupt, _StopSignal):
         typer.echo("\nStopping the agent and the platform...", err=True)
     finally:
+        # A second signal must not cut the stop short and leave a child behind.
+        for stop_signal in _STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_IGN)
         _stop(children)
+        for stop_signal in _STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_DFL)
     typer.echo("Stopped. Run 'tether up' again to resume with the same data.", err=True)
+
+
+def _watch(
+    server: subprocess.Popen[bytes], agent: subprocess.Popen[bytes], agent_state: Path
+) -> None:
+    """Wait until the platform exits (an error) or a signal stops the quickstart. The agent
+    exiting leaves the platform up, so what a host going offline looks like can be seen, and
+    says how to start the agent again."""
+    watched: subprocess.Popen[bytes] | None = agent
+    while server.poll() is None:
+        if watched is not None and watched.poll() is not None:
+            typer.echo(
+                f"The agent exited with status {watched.returncode}; the platform keeps running. "
+                f"Start the agent again in another terminal with: tether agent run --state-dir "
+                f"{agent_state}",
+                err=True,
+            )
+            watched = None
+        time.sleep(0.5)
+    raise QuickstartError(f"The platform exited with status {server.returncode}; stopping.")
 
 
 def _print_banner(

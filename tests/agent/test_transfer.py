@@ -4,19 +4,22 @@ destination is either untouched or complete. The platform's engine plays the oth
 import asyncio
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tether.agent import transfer as transfer_module
 from tether.agent.actions import HANDLERS
 from tether.agent.gate import ResponseGate
 from tether.agent.jobs import JobRunner
 from tether.agent.journal import Journal
-from tether.agent.transfer import AgentTransfers
+from tether.agent.transfer import AgentTransfers, ReceivedFile
 from tether.protocol import ACTIONS, ProtocolError
+from tether.protocol.filesystem import FilePutArgs
 from tether.protocol.transfer import (
     TransferFailed,
     TransferOpen,
@@ -42,7 +45,13 @@ async def store_blob(store: BlobStore, data: bytes) -> Blob:
     return await partial.commit(hashlib.sha256(data).hexdigest(), len(data))
 
 
-async def put(store: BlobStore, data: bytes, destination: Path, job: str = "job-put") -> None:
+async def put(
+    store: BlobStore,
+    data: bytes,
+    destination: Path,
+    job: str = "job-put",
+    mode: int | None = None,
+) -> ReceivedFile:
     """Send `data` from the platform's library to `destination` on the agent."""
     blob = await store_blob(store, data)
     agent, platform = AgentTransfers(), HostTransfers(store)
@@ -51,7 +60,9 @@ async def put(store: BlobStore, data: bytes, destination: Path, job: str = "job-
     try:
         results = await asyncio.gather(
             platform.send_blob(tid, job, blob.sha256),
-            agent.receive_file(tid, job, destination, size=len(data), sha256=blob.sha256),
+            agent.receive_file(
+                tid, job, destination, size=len(data), sha256=blob.sha256, mode=mode
+            ),
             return_exceptions=True,
         )
     finally:
@@ -59,6 +70,9 @@ async def put(store: BlobStore, data: bytes, destination: Path, job: str = "job-
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    received = results[1]
+    assert isinstance(received, ReceivedFile)
+    return received
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -72,6 +86,42 @@ async def test_put_replaces_an_existing_file_whole(tmp_path: Path, store: BlobSt
     await put(store, data, destination)
     assert destination.read_bytes() == data
     assert leftovers(tmp_path) == []
+
+
+async def test_put_keeps_the_private_default_mode_unless_asked(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    plain = await put(store, b"notes", tmp_path / "notes.txt")
+    assert stat.S_IMODE((tmp_path / "notes.txt").stat().st_mode) == 0o600
+    assert plain.mode == 0o600
+
+
+async def test_put_installs_the_mode_asked_for_and_reports_it(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    destination = tmp_path / "fix.sh"
+    destination.write_bytes(b"old")
+    destination.chmod(0o600)
+    received = await put(store, b"#!/bin/sh\necho fixed\n", destination, mode=0o755)
+    assert stat.S_IMODE(destination.stat().st_mode) == 0o755
+    assert received.mode == 0o755
+    assert os.access(destination, os.X_OK)
+
+
+async def test_put_never_sets_setuid_setgid_or_sticky_bits(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    # The protocol refuses such a mode; the agent masks it off all the same.
+    received = await put(store, b"x", tmp_path / "tool", mode=0o7755)
+    assert stat.S_IMODE((tmp_path / "tool").stat().st_mode) == 0o755
+    assert received.mode == 0o755
+
+
+@pytest.mark.parametrize("mode", ["4755", "2755", "1777", "0999", "75", "rwxr-xr-x"])
+def test_the_protocol_refuses_a_mode_beyond_read_write_execute(mode: str) -> None:
+    args = {"sha256": "a" * 64, "size": 1, "path": "/usr/local/bin/tool", "mode": mode}
+    with pytest.raises(ValidationError):
+        FilePutArgs.model_validate(args)
 
 
 async def test_put_of_an_empty_file(tmp_path: Path, store: BlobStore) -> None:

@@ -1,6 +1,8 @@
 """`tether jobs`, `tether job show|cancel`, `tether actions` against a platform in process."""
 
+import asyncio
 import json
+import re
 from pathlib import Path
 
 from ..server.support import add_host
@@ -183,3 +185,65 @@ async def test_a_look_alike_hostname_and_error_read_as_what_they_are(
     assert {(j["hostname"], j["error"]) for j in listed if j["id"] == job_id} == {
         (LOOK_ALIKE, ERROR)
     }
+
+
+async def test_no_pending_job_is_a_sentence_not_an_empty_table(cli: Cli, hosts: Hosts) -> None:
+    shown = await cli("jobs", "--pending")
+    assert shown.code == 0, shown.stderr
+    assert shown.stdout == "No job is pending: nothing waits for an offline host.\n"
+    assert (await cli("jobs", "--pending", "--json")).stdout.strip() == "[]"
+
+
+# One timestamp format in every listing (issue 18, item 9): "YYYY-MM-DD HH:MM:SSZ", in UTC.
+ONE_FORMAT = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\b")
+OTHER_FORMATS = re.compile(r"\d\d:\d\d:\d\d(?:\.\d+|[+-]\d\d:\d\d)|\d{4}-\d\d-\d\dT\d\d")
+
+
+async def test_jobs_scripts_and_files_print_one_timestamp_format(
+    cli: Cli, hosts: Hosts, tmp_path: Path
+) -> None:
+    await submit(cli, tmp_path, "ws-1")
+    tool = tmp_path / "tool.sh"
+    tool.write_text("echo\n")
+    assert (await cli("files", "upload", str(tool))).code == 0
+    script = tmp_path / "probe.py"
+    script.write_text("print(1)\n")
+    saved = await cli("script", "save", "Probe", str(script), "--description", "A probe.")
+    assert saved.code == 0, saved.stderr
+    for command in (
+        ("jobs",),
+        ("files", "list"),
+        ("script", "list"),
+        ("script", "history", "Probe"),
+    ):
+        shown = await cli(*command)
+        assert shown.code == 0, shown.stderr
+        assert ONE_FORMAT.search(shown.stdout), (command, shown.stdout)
+        assert not OTHER_FORMATS.search(shown.stdout), (command, shown.stdout)
+
+
+async def test_job_show_follow_streams_until_the_job_ends(
+    cli: Cli, hosts: Hosts, tmp_path: Path
+) -> None:
+    hosts.online("ws-1")
+    await submit(cli, tmp_path, "ws-1")
+    [job_id] = await hosts.jobs_of("ws-1")
+    following = asyncio.create_task(cli("job", "show", job_id[:12], "--follow"))
+    await asyncio.sleep(0.3)  # the command is following before the output arrives
+    assert not following.done()
+    await hosts.agent_runs(
+        "ws-1",
+        job_id,
+        [("stdout", "line one\nline two\n"), ("row", {"user": "root", "pid": 1})],
+        result={"exit_code": 2},
+    )
+    shown = await following
+
+    assert shown.code == 1  # the script exited 2
+    assert "output (following; Ctrl-C stops following, the job goes on):" in shown.stdout
+    assert "line one\nline two\n" in shown.stdout
+    assert "rows:" in shown.stdout
+    assert "root" in shown.stdout
+    assert shown.stderr.endswith("ws-1: succeeded, exit code 2\n")
+    refused = await cli("job", "show", job_id, "--follow", "--json")
+    assert refused.code == 2

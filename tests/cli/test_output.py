@@ -60,3 +60,19 @@ def test_json_output_escapes_what_a_terminal_or_reader_would_act_on(
     # The values are exact for a script that parses them.
     assert json.loads(out) == {"hostname": LOOK_ALIKE, "error": "del\x7f nel\x85", "ok": "Zürich"}
     assert json_text('{"a": "\u2067"}') == '{"a": "\\u2067"}'
+
+
+def test_a_piped_table_is_never_folded_at_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    host_id = "5f0c1d2e-8a9b-4c7d-9e1f-203a4b5c6d7e"
+    rows = [
+        {"id": host_id, "hostname": "ws-finance-laptop-0042.corp.example", "os": "Ubuntu 24.04"}
+    ]
+    table(rows, [("id", "ID"), ("hostname", "Hostname"), ("os", "OS")])
+    lines = capsys.readouterr().out.splitlines()
+    (row,) = [line for line in lines if host_id in line]
+    assert "ws-finance-laptop-0042.corp.example" in row
+    assert "Ubuntu 24.04" in row
+    assert len(row) > 80

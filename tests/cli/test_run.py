@@ -11,6 +11,7 @@ from tether.cli import run as run_module
 from tether.cli.errors import UsageError
 from tether.cli.run import parse_params
 
+from ..server.support import add_host
 from .conftest import Cli, Hosts
 
 
@@ -235,3 +236,44 @@ async def test_the_platform_refusal_is_one_sentence(cli: Cli, hosts: Hosts, scri
         "tether: Active Response is off in segment default, "
         "so response actions on ws-off are refused.\n"
     )
+
+
+async def test_run_csv_writes_rows_only_and_names_hosts_sharing_a_name_by_id(
+    cli: Cli, hosts: Hosts, script: str
+) -> None:
+    first = hosts.ids["ws-1"]
+    twin = await add_host(hosts.platform.engine, "ws-1", segment="lab")  # re-imaged
+    hosts.ids["ws-1 twin"] = twin
+    hosts.online("ws-1")
+    hosts.online("ws-1 twin")
+    running = asyncio.create_task(cli("run", first, twin, script, "--csv"))
+    [one] = await hosts.jobs_of("ws-1")
+    [two] = await hosts.jobs_of("ws-1 twin")
+    await hosts.agent_runs(
+        "ws-1",
+        one,
+        [("stdout", "hello\n"), ("row", {"name": "svc", "pid": 4})],
+        result={"exit_code": 0},
+    )
+    await hosts.agent_runs(
+        "ws-1 twin",
+        two,
+        [("row", {"name": "=cmd|' /c calc'!A0", "pid": 5})],
+        result={"exit_code": 0},
+    )
+    done = await running
+
+    assert done.code == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header == "host,name,pid"
+    # A spreadsheet formula from the endpoint stays text (a leading apostrophe).
+    assert sorted(rows) == sorted([f"ws-1 ({first}),svc,4", f"ws-1 ({twin}),'=cmd|' /c calc'!A0,5"])
+    # The scripts' own output goes to stderr, so stdout is the CSV alone.
+    assert f"[ws-1 ({first})] hello\n" in done.stderr
+    assert f"ws-1 ({twin}): succeeded, exit code 0\n" in done.stderr
+
+
+async def test_run_csv_goes_without_json(cli: Cli, hosts: Hosts, script: str) -> None:
+    refused = await cli("run", "ws-1", script, "--csv", "--json")
+    assert refused.code == 2
+    assert "--csv prints the rows when the runs end" in refused.stderr

@@ -30,8 +30,8 @@ def test_get_and_put_through_the_cli_with_hash_checks(
     evidence = tmp_path / "suspicious.bin"
     evidence.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
     out = tmp_path / "out"
-    out.mkdir()
-    got = admin.json("get", endpoint.host_id, str(evidence), "-o", str(out))
+    # A directory named with a trailing slash is created, never taken as a file name.
+    got = admin.json("get", endpoint.host_id, str(evidence), "-o", f"{out}/")
     saved = Path(got["saved"])
     assert saved == out / "suspicious.bin"
     assert sha256_of(saved) == sha256_of(evidence) == got["file"]["sha256"]
@@ -52,11 +52,14 @@ def test_get_and_put_through_the_cli_with_hash_checks(
 
     tool = tmp_path / "remediate.sh"
     tool.write_text("#!/bin/sh\necho fixed\n")
+    tool.chmod(0o775)
     destination = tmp_path / "deployed" / "remediate.sh"
     destination.parent.mkdir()
     put = admin.json("put", endpoint.host_id, str(tool), str(destination))
     assert put["job"]["state"] == "succeeded"
     assert destination.read_bytes() == tool.read_bytes()
+    # The source's mode, without write for group and others: executable, as deployed tools are.
+    assert (destination.stat().st_mode & 0o7777, put["job"]["result"]["mode"]) == (0o755, "0755")
     assert [p.name for p in destination.parent.iterdir()] == ["remediate.sh"]
     # Not replaced without asking.
     again = admin.run("put", endpoint.host_id, str(tool), str(destination))
@@ -69,6 +72,8 @@ def test_get_and_put_through_the_cli_with_hash_checks(
     assert actions["file.retrieve"]["details"]["sha256"] == entry["sha256"]
     assert actions["file.upload"]["details"]["sha256"] == put["file"]["sha256"]
     assert actions["file.deploy"]["details"]["path"] == str(destination)
+    assert actions["file.deploy"]["details"]["mode"] == "0755"
+    assert actions["file.deploy"]["details"]["mode_reported"] == "0755"
 
 
 def test_bad_paths_and_names_are_one_sentence(

@@ -65,11 +65,12 @@ def start_up(
     return proc
 
 
-def stop_up(proc: Proc) -> None:
-    """Ctrl-C to `tether up` alone: it must stop the agent and the platform and exit 0."""
+def stop_up(proc: Proc, how: signal.Signals = signal.SIGINT) -> None:
+    """Ctrl-C (or SIGTERM, SIGHUP) to `tether up` alone: it must stop the agent and the
+    platform and exit 0."""
     descendants = proc.remember_descendants()
     assert descendants
-    proc.popen.send_signal(signal.SIGINT)
+    proc.popen.send_signal(how)
     assert proc.wait(timeout=40) == 0, proc.output()
     leftovers = [pid for pid in descendants if psutil.pid_exists(pid)]
     assert leftovers == [], f"still running after tether up stopped: {leftovers}"
@@ -129,4 +130,45 @@ def test_up_runs_stops_cleanly_and_resumes(up_children: Children, tmp_path: Path
         wait_online(api, host_id, timeout=30)
     hosts = cli.json("hosts")
     assert [h["id"] for h in hosts] == [host_id]  # the same agent, not a second enrollment
-    stop_up(second)
+
+    # A second quickstart on the same ports is refused in one sentence, before starting
+    # anything (it used to report the running one's health as its own, then die).
+    clash = up_children.spawn(
+        "up-again",
+        [
+            *tether_command(),
+            "up",
+            "--data",
+            str(tmp_path / "other-data"),
+            "--listen",
+            f"127.0.0.1:{api_port}",
+            "--agent-listen",
+            f"127.0.0.1:{agent_port}",
+        ],
+        env,
+    )
+    assert clash.wait(timeout=60) == 1
+    assert clash.output().strip().splitlines()[-1] == (
+        f"tether: 127.0.0.1:{api_port} is already in use (is another 'tether up' still "
+        "running?); stop it, or choose another address with --listen."
+    )
+    assert "Tether is running." not in clash.output()
+
+    # The agent dying leaves the platform up, and the quickstart says how to restart it.
+    (agent_pid,) = [
+        pid
+        for pid in second.remember_descendants()
+        if psutil.pid_exists(pid) and "agent" in psutil.Process(pid).cmdline()
+    ]
+    psutil.Process(agent_pid).kill()
+    restart = f"tether agent run --state-dir {data / 'agent'}"
+    wait_for(lambda: restart in second.output(), timeout=10, interval=0.2, what="the restart hint")
+    assert second.alive()
+    with cli.api() as api:
+        wait_for(
+            lambda: not api.get(f"/hosts/{host_id}").json()["online"],
+            timeout=20,
+            interval=0.2,
+            what="the host shown offline",
+        )
+    stop_up(second, signal.SIGTERM)

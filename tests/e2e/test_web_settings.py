@@ -86,7 +86,8 @@ def _configuration_page(page: Page, admin: Cli) -> None:
 def _enrollment_page(page: Page) -> str:
     page.get_by_role("link", name="Enrollment tokens").click()
     page.wait_for_url("**/settings/enrollment")
-    page.get_by_label("Segment").fill("ir")
+    # Chosen from the segments that exist: nothing to mistype into a new segment.
+    page.get_by_label("Segment").select_option("ir")
     page.get_by_role("button", name="Create token").click()
     command = page.locator("#enroll-command")
     expect(command).to_contain_text(COMMAND)
@@ -188,5 +189,15 @@ def test_an_admin_manages_team_segments_configuration_enrollment_and_service_tok
         page.wait_for_load_state()
         expect(page.locator("table.tokens tbody tr").last).to_contain_text("1 of 1")
         assert token not in page.content()
+
+        # A token that leaked is revoked from its row, at once.
+        spare = admin.json("enroll-token", "create", "--segment", "ir", "--uses", "5")
+        page.get_by_role("link", name="Enrollment tokens").click()
+        row = page.locator(f'tr[data-token="{spare["id"]}"]')
+        row.get_by_role("button", name="Revoke").click()
+        expect(page.get_by_role("status")).to_have_text(
+            f"Enrollment token {spare['id']} is revoked; it enrolls nothing more."
+        )
+        expect(page.locator(f'tr[data-token="{spare["id"]}"]')).to_contain_text("revoked by admin")
         _service_tokens_page(page, platform, admin, agent.host_id)
     print(f"settings browser test took {time.monotonic() - started:.1f} s")

@@ -80,6 +80,13 @@ class ReceivedFile:
     path: Path
     size: int
     sha256: str
+    # Its permission bits as installed; None where the endpoint has none (Windows).
+    mode: int | None = None
+
+
+# Modes a put may set: read, write and execute for owner, group and others. The protocol allows
+# no more; this keeps a setuid bit out even if a message got past it.
+_PUT_MODE_BITS = 0o777
 
 
 def _read_at(fd: int, length: int, offset: int) -> bytes:
@@ -405,9 +412,13 @@ class _FileSender:
 class _FileReceiver:
     """files.put: the platform's bytes into a temporary file, renamed into place once verified."""
 
-    def __init__(self, flow: ReceiverFlow, destination: Path, sha256: str) -> None:
+    def __init__(
+        self, flow: ReceiverFlow, destination: Path, sha256: str, mode: int | None = None
+    ) -> None:
         self.flow = flow
         self.destination = destination
+        self._mode = mode & _PUT_MODE_BITS if mode is not None else None
+        self._installed_mode: int | None = None
         self.temp_path = destination.parent / f".tether-{flow.transfer_id}.part"
         # The destination's folder, reached without following links (tether.agent.path_walk);
         # held while the temporary file is open, everything in it is done relative to it.
@@ -578,7 +589,9 @@ class _FileReceiver:
         done = self.flow.done(self._on_disk_sha256)
         await _send(self._transport, done.model_dump_json())
         if not self.result.done():
-            self.result.set_result(ReceivedFile(self.destination, done.size, done.sha256))
+            self.result.set_result(
+                ReceivedFile(self.destination, done.size, done.sha256, self._installed_mode)
+            )
 
     def _install(self, announced_sha256: str) -> None:
         os.fsync(self._fd)
@@ -600,6 +613,12 @@ class _FileReceiver:
                 f"The platform sent a file with SHA-256 {actual}, not the {self._expected_sha256} "
                 f"the job asked for."
             )
+        if hasattr(os, "fchmod"):
+            # On the file descriptor, before the rename: the mode is set on the very file
+            # verified, and the file appears at its path with its final mode, never wider.
+            if self._mode is not None:
+                os.fchmod(self._fd, self._mode)
+            self._installed_mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
         self._rename_into_place()
 
     def _rename_into_place(self) -> None:
@@ -748,9 +767,17 @@ class AgentTransfers:
             self._remember(transfer_id, None)
 
     async def receive_file(
-        self, transfer_id: UUID, job_id: str, destination: Path, *, size: int, sha256: str
+        self,
+        transfer_id: UUID,
+        job_id: str,
+        destination: Path,
+        *,
+        size: int,
+        sha256: str,
+        mode: int | None = None,
     ) -> ReceivedFile:
-        """files.put: receive the platform's file of `size` bytes and `sha256` at `destination`.
+        """files.put: receive the platform's file of `size` bytes and `sha256` at `destination`,
+        with permission bits `mode` (owner-only read and write when None).
 
         The destination is replaced only by a complete, verified file. Raises TransferFailed.
         """
@@ -764,7 +791,7 @@ class AgentTransfers:
             expected_size=size,
             window=self._window,
         )
-        receiver = _FileReceiver(flow, destination, sha256)
+        receiver = _FileReceiver(flow, destination, sha256, mode)
         if self._partials is not None:
             self._partials.add_partial(receiver.temp_path, job_id)
         self._receivers[transfer_id] = receiver

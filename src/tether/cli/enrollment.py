@@ -1,12 +1,13 @@
-"""`tether enroll-token create|list`."""
+"""`tether enroll-token create|list|revoke`."""
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import typer
 
 from tether.cli.client import Api, StepUpOpt
 from tether.cli.output import emit_json, table
-from tether.cli.times import parse_duration
+from tether.cli.times import parse_duration, parse_instant, short_time
 
 token_app = typer.Typer(help="Enrollment tokens for new endpoints.", no_args_is_help=True)
 
@@ -44,7 +45,7 @@ def list_tokens(json_output: Annotated[bool, typer.Option("--json")] = False) ->
         emit_json(tokens)
     else:
         table(
-            tokens,
+            [{**t, "state": _state(t), "expires_at": short_time(t["expires_at"])} for t in tokens],
             [
                 ("id", "ID"),
                 ("segment", "Segment"),
@@ -52,5 +53,34 @@ def list_tokens(json_output: Annotated[bool, typer.Option("--json")] = False) ->
                 ("max_uses", "Of"),
                 ("expires_at", "Expires"),
                 ("created_by", "By"),
+                ("state", "State"),
             ],
+        )
+
+
+def _state(token: dict[str, Any]) -> str:
+    if token["revoked_at"]:
+        return f"revoked by {token['revoked_by']}"
+    if token["uses"] >= token["max_uses"]:
+        return "used up"
+    if parse_instant(token["expires_at"]) <= datetime.now(UTC):
+        return "expired"
+    return "usable"
+
+
+@token_app.command("revoke")
+def revoke(
+    token: Annotated[
+        str, typer.Argument(help="The token's number ('tether enroll-token list') or the token.")
+    ],
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Stop a token enrolling anything more, at once; hosts it enrolled stay enrolled."""
+    revoked = Api.from_profile().post("/enrollment-tokens/revoke", json={"token": token})
+    if json_output:
+        emit_json(revoked)
+    else:
+        typer.echo(
+            f"Revoked enrollment token {revoked['id']} (segment {revoked['segment']}, "
+            f"{revoked['uses']} of {revoked['max_uses']} use(s) spent)."
         )

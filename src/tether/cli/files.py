@@ -8,6 +8,7 @@ the destination, are checked against the library's SHA-256, then renamed into pl
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tether.cli.client import Api
 from tether.cli.errors import CliError, UsageError
 from tether.cli.follow import submit, wait_for_job
 from tether.cli.output import console, emit_json, errors, one_line, table
+from tether.cli.times import short_time
 
 files_app = typer.Typer(help="The file library: uploaded tools and retrieved files.")
 
@@ -111,6 +113,33 @@ def download(api: Api, entry: dict[str, Any], dest: Path, name: str | None = Non
     return target
 
 
+def destination(output: str | None) -> Path:
+    """Where `-o OUTPUT` saves, checked before anything runs on an endpoint: an existing
+    directory, a directory to create (OUTPUT ends with a separator), or a file in an existing
+    directory. Without OUTPUT, the current directory."""
+    if output is None:
+        return Path.cwd()
+    if not output.strip():
+        raise UsageError("--output needs a file or directory name.")
+    path = Path(output)
+    if output.endswith(("/", os.sep)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise CliError(f"{path} exists and is not a directory.") from exc
+        except OSError as exc:
+            raise CliError(f"Cannot create the directory {path}: {exc.strerror or exc}.") from exc
+        return path
+    if path.is_dir():
+        return path
+    if not path.parent.is_dir():
+        raise CliError(
+            f"The directory {path.parent} does not exist; create it, or end --output with / "
+            "to have it created."
+        )
+    return path
+
+
 def retrieved_by(api: Api, job_id: str) -> dict[str, Any]:
     """The library entry a succeeded files.get job produced."""
     found = api.get("/files", params={"job": job_id, "kind": "retrieved"})
@@ -131,17 +160,24 @@ def get(
     host: Annotated[str, typer.Argument(help="Host id or hostname.")],
     path: Annotated[str, typer.Argument(help="Absolute path of the file on the endpoint.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Local file or directory.")
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Local file or directory; a name ending with / is a directory, created if new.",
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Retrieve a file from an endpoint: verified, kept in the library, saved locally."""
+    # Before the job: a typo in -o must not cost a retrieval, nor land as a file.
+    target = destination(output)
     api = Api.from_profile()
     batch = submit(api, "files.get", {"path": path}, hosts=[host])
     job = _finished(api, batch["jobs"][0]["id"], "The retrieval")
     entry = retrieved_by(api, job["id"])
     # Named after the path the analyst asked for, never after what the endpoint reported.
-    saved = download(api, entry, output or Path.cwd(), name=path)
+    saved = download(api, entry, target, name=path)
     if json_output:
         emit_json({"file": entry, "saved": str(saved)})
         return
@@ -153,25 +189,64 @@ def get(
     )
 
 
+def deploy_mode(local: Path, mode: str | None) -> str:
+    """The mode a put asks for, in octal: `--mode` as given, else the source's read, write and
+    execute bits without write for group and others (a deployed file runs as root)."""
+    if mode is not None:
+        if not _MODE.fullmatch(mode.strip()):
+            raise UsageError(
+                f"--mode {mode!r} is not three octal digits like 755 or 0644 (setuid, setgid "
+                "and sticky bits are not deployed)."
+            )
+        return f"{int(mode, 8):04o}"
+    try:
+        bits = stat.S_IMODE(local.stat().st_mode)
+    except OSError as exc:
+        raise CliError(f"Cannot read {local}: {exc.strerror or exc}.") from exc
+    return f"{bits & _SOURCE_MODE_BITS:04o}"
+
+
+# What --mode takes (the protocol's FILE_MODE_PATTERN), and what is kept of a source's mode.
+_MODE = re.compile(r"0?[0-7]{3}")
+_SOURCE_MODE_BITS = 0o755
+
+
 def put(
     host: Annotated[str, typer.Argument(help="Host id or hostname.")],
     local: Annotated[Path, typer.Argument(help="Local file to deploy.")],
     path: Annotated[str, typer.Argument(help="Absolute destination path on the endpoint.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="Permission bits in octal, like 755 (default: the local file's, without write "
+            "for group and others)."
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Deploy a local file to an endpoint path through the library (verified, then renamed)."""
+    wanted = deploy_mode(local, mode)
     api = Api.from_profile()
     entry = upload(api, local)
-    args = {"sha256": entry["sha256"], "size": entry["size"], "path": path, "overwrite": overwrite}
+    args = {
+        "sha256": entry["sha256"],
+        "size": entry["size"],
+        "path": path,
+        "overwrite": overwrite,
+        "mode": wanted,
+    }
     batch = submit(api, "files.put", args, hosts=[host])
     job = _finished(api, batch["jobs"][0]["id"], "The deployment")
     if json_output:
         emit_json({"file": entry, "job": job})
         return
+    # The mode the endpoint reports the file has now (none where there are no such bits).
+    installed = (job.get("result") or {}).get("mode")
+    shown_mode = f"mode {one_line(installed)}, " if installed else ""
     console.print(
         f"Deployed {local.name} to {path} on {one_line(job['hostname'])}: {entry['size']} bytes, "
-        f"SHA-256 {entry['sha256']}.",
+        f"{shown_mode}SHA-256 {entry['sha256']}.",
         markup=False,
         highlight=False,
     )
@@ -214,7 +289,7 @@ def list_command(
             "id": e["id"][:12],
             "sha256": e["sha256"][:16],
             "origin": f"{e['hostname']}:{e['source_path']}" if e["kind"] == "retrieved" else "",
-            "created_at": e["created_at"][:19],
+            "created_at": short_time(e["created_at"]),
         }
         for e in entries
     ]
@@ -238,11 +313,17 @@ def list_command(
 def download_command(
     ref: Annotated[str, typer.Argument(help="Library file id, or an uploaded file's name.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Local file or directory.")
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Local file or directory; a name ending with / is a directory, created if new.",
+        ),
     ] = None,
 ) -> None:
     """Save a library file locally, verified against its SHA-256."""
+    target = destination(output)
     api = Api.from_profile()
     entry: dict[str, Any] = api.get(f"/files/{quote(ref, safe='')}")
-    saved = download(api, entry, output or Path.cwd())
+    saved = download(api, entry, target)
     console.print(f"Saved {saved} (SHA-256 {entry['sha256']}).", markup=False, highlight=False)

@@ -8,6 +8,7 @@ import typer
 from tether.cli.client import Api
 from tether.cli.isolation import isolation_column
 from tether.cli.output import console, emit_json, one_line, plain, table
+from tether.cli.times import short_time
 
 HOST_COLUMNS = [
     ("id", "ID"),
@@ -34,6 +35,7 @@ def _row(host: dict[str, Any]) -> dict[str, Any]:
         **host,
         "os": f"{host['os_name']} {host['os_version']}".strip(),
         "online": state,
+        "last_seen": short_time(host.get("last_seen")),
         "isolation": isolation_column(host),
     }
 
@@ -104,9 +106,8 @@ def ping(
     json_output: JsonOpt = False,
 ) -> None:
     """Round-trip a no-op to hosts and report who answered."""
-    report = Api.from_profile().post(
-        "/hosts/ping", json={"hosts": hosts or None, "timeout_seconds": timeout}
-    )
+    api = Api.from_profile()
+    report = api.post("/hosts/ping", json={"hosts": hosts or None, "timeout_seconds": timeout})
     if json_output:
         emit_json(report)
     else:
@@ -114,7 +115,15 @@ def ping(
             f"{report['answered']} of {report['asked']} answered in {report['seconds']:.2f} s.",
             markup=False,
         )
-        for host, reason in report["failed"].items():
-            console.print(f"  {plain(host)}: {plain(reason)}", markup=False)
+        names = {h["id"]: h["hostname"] for h in api.get("/hosts")}
+        rows = [
+            {"hostname": names.get(i, "?"), "id": i, "answer": f"{ms:.1f} ms"}
+            for i, ms in sorted(report.get("round_trip_ms", {}).items(), key=lambda t: t[1])
+        ] + [
+            {"hostname": names.get(i, "?"), "id": i, "answer": reason}
+            for i, reason in sorted(report["failed"].items())
+        ]
+        if rows:
+            table(rows, [("hostname", "Host"), ("id", "ID"), ("answer", "Round trip")])
     if report["failed"]:
         raise typer.Exit(1)

@@ -2,14 +2,15 @@
 
 import json
 import re
+import sys
 from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from tether.cli.client import Api
-from tether.cli.errors import CliError
-from tether.cli.follow import job_path
+from tether.cli.errors import CliError, UsageError
+from tether.cli.follow import follow_jobs, job_path
 from tether.cli.output import console, emit_json, one_line, plain, table, terminal_text
 from tether.cli.times import short_time
 from tether.protocol import FINAL_STATES
@@ -99,6 +100,13 @@ def list_jobs(
     jobs = Api.from_profile().get("/jobs", params=params)
     if json_output:
         emit_json(jobs)
+    elif not jobs:
+        console.print(
+            "No job is pending: nothing waits for an offline host."
+            if pending
+            else "No job matches.",
+            markup=False,
+        )
     else:
         table([_row(j) for j in jobs], JOB_COLUMNS, truncate={"error"})
 
@@ -145,12 +153,28 @@ def _print_text(pieces: list[dict[str, Any]]) -> None:
 
 @job_app.command("show")
 def show(
-    job_id: Annotated[str, typer.Argument(metavar="ID")], json_output: JsonOpt = False
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_output: JsonOpt = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Stream the output of a job not yet ended until it ends."
+        ),
+    ] = False,
 ) -> None:
-    """Show one job: every field, its result, then its stored output."""
+    """Show one job: every field, its result, then its stored output (or, with --follow, its
+    output as it comes until the job ends)."""
+    if follow and json_output:
+        raise UsageError(
+            "--follow streams for people; use 'tether job show ID --json' when it ended."
+        )
     api = Api.from_profile()
     job_id = resolve_job_id(api, job_id)
     job = api.get(job_path(job_id))
+    if follow and job["state"] not in FINAL_STATES:
+        _print_fields(job)
+        _follow(api, job)
+        return
     pieces = read_output(api, job_id)
     if json_output:
         emit_json({"job": job, "output": pieces})
@@ -164,15 +188,7 @@ def show(
             markup=False,
             style="bold red",
         )
-    for key, value in job.items():
-        if key in ("result", "args", "integrity") or (key == "waiting" and not value):
-            continue
-        shown = one_line(value, 1000) if key == "error" and value else plain(value)
-        console.print(f"{key:20} {shown}", markup=False, highlight=False)
-    for key in ("args", "result"):
-        if job.get(key) is not None:
-            console.print(f"{key}:", markup=False)
-            console.out(pretty(job[key]), highlight=False)
+    _print_fields(job)
     text = [p for p in pieces if p["stream"] != "row"]
     rows = [p.get("fields") or {} for p in pieces if p["stream"] == "row"]
     if text:
@@ -222,3 +238,35 @@ def list_actions(json_output: JsonOpt = False) -> None:
                 ("description", "Description"),
             ],
         )
+
+
+def _print_fields(job: dict[str, Any]) -> None:
+    for key, value in job.items():
+        if key in ("result", "args", "integrity") or (key == "waiting" and not value):
+            continue
+        shown = one_line(value, 1000) if key == "error" and value else plain(value)
+        console.print(f"{key:20} {shown}", markup=False, highlight=False)
+    for key in ("args", "result"):
+        if job.get(key) is not None:
+            console.print(f"{key}:", markup=False)
+            console.out(pretty(job[key]), highlight=False)
+
+
+def _follow(api: Api, job: dict[str, Any]) -> None:
+    """Stream a job's output from its start until it ends, then its rows and how it ended;
+    exits 1 unless it succeeded."""
+    # Imported here: `tether run` prints rows with this module's print_rows.
+    from tether.cli.run import StreamPrinter, succeeded, summary_line
+
+    console.print("output (following; Ctrl-C stops following, the job goes on):", markup=False)
+    printer = StreamPrinter(prefixed=False)
+    try:
+        ended = follow_jobs(api, [job["id"]], printer.piece, printer.end)[job["id"]]
+    except KeyboardInterrupt:
+        sys.stderr.write(f"Stopped following; job {job['id']} goes on.\n")
+        raise typer.Exit(130) from None
+    for rows in printer.rows.values():
+        print_rows(rows, "rows:")
+    sys.stderr.write(summary_line(ended) + "\n")
+    if not succeeded(ended):
+        raise typer.Exit(1)

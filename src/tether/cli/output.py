@@ -6,11 +6,13 @@ terminal, so it cannot retitle the window, clear the screen, move the cursor or 
 """
 
 import json
+import os
 import re
 import sys
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -51,14 +53,18 @@ def table(
     has left beside the other columns, instead of folding over many lines.
     """
     cells = [{key: _cell(row.get(key)) for key, _ in columns} for row in rows]
+    widths = {
+        key: max(cell_len(title), *(cell_len(c[key]) for c in cells)) for key, title in columns
+    }
+    # Each column costs three characters of border and padding, the table one more.
+    natural = sum(widths.values()) + 3 * len(columns) + 1
+    # Piped or redirected with no COLUMNS asked for: each row on one line at its natural width,
+    # never folded at the 80 columns a terminal library assumes when it has no terminal.
+    unbounded = not console.is_terminal and "COLUMNS" not in os.environ
+    width = max(console.width, natural) if unbounded else console.width
     if truncate and cells:
-        others = sum(
-            max(len(title), *(len(c[key]) for c in cells))
-            for key, title in columns
-            if key not in truncate
-        )
-        # Each column costs three characters of border and padding, the table one more.
-        room = max(_MIN_TRUNCATED, console.width - others - 3 * len(columns) - 1)
+        others = sum(w for key, w in widths.items() if key not in truncate)
+        room = max(_MIN_TRUNCATED, width - others - 3 * len(columns) - 1)
         for c in cells:
             for key in truncate:
                 if len(c[key]) > room:
@@ -70,7 +76,8 @@ def table(
         # Text, not str: a str cell is read as console markup, and "[link=...]" in a process
         # name would become a hyperlink.
         out.add_row(*(Text(c[key]) for key, _ in columns))
-    console.print(out)
+    # A console of that width for this table (rich never prints wider than its console).
+    (Console(width=width) if unbounded else console).print(out)
 
 
 _MIN_TRUNCATED = 16

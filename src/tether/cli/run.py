@@ -3,6 +3,7 @@
 import json
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ from tether.cli.follow import Job, Piece, follow_jobs, offline_notices, submit
 from tether.cli.jobs import print_rows
 from tether.cli.output import emit_json, one_line, plain, terminal_text
 from tether.cli.times import parse_duration, parse_instant
+from tether.protocol.row_csv import rows_csv
 
 SCRIPT_ACTION = "script.run"
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -57,24 +59,50 @@ def _read_script(path: str) -> str:
         raise UsageError(f"Cannot read the script file {path}: {reason}.") from exc
 
 
-class StreamPrinter:
-    """Writes output as it arrives: stdout to stdout, the rest to stderr, each line prefixed
-    `[host]` when several hosts run; result rows are kept for tables at the end."""
+def host_labels(jobs: list[Job]) -> dict[str, str]:
+    """How each job's host is named in output, by job id: its hostname, followed by its id
+    when another host of the run has the same name (a re-imaged machine, a clone)."""
+    counts = Counter(job["hostname"] for job in jobs)
+    return {
+        job["id"]: (
+            job["hostname"]
+            if counts[job["hostname"]] == 1
+            else f"{job['hostname']} ({job['host_id']})"
+        )
+        for job in jobs
+    }
 
-    def __init__(self, prefixed: bool) -> None:
+
+class StreamPrinter:
+    """Writes output as it arrives: stdout to stdout (or to stderr with `text_to_stderr`, when
+    stdout is kept for the rows' CSV), the rest to stderr, each line prefixed `[host]` when
+    several hosts run; result rows are kept, by host, for tables or CSV at the end."""
+
+    def __init__(
+        self,
+        prefixed: bool,
+        labels: dict[str, str] | None = None,
+        *,
+        text_to_stderr: bool = False,
+    ) -> None:
         self.prefixed = prefixed
         self.rows: dict[str, list[dict[str, Any]]] = {}
+        self._labels = labels or {}
+        self._stdout = sys.stderr if text_to_stderr else sys.stdout
         self._partial: dict[tuple[str, str], str] = {}
+
+    def label(self, job: Job) -> str:
+        return str(self._labels.get(job["id"]) or job["hostname"])
 
     def piece(self, job: Job, piece: Piece) -> None:
         stream = piece["stream"]
         if stream == "row":
-            self.rows.setdefault(job["hostname"], []).append(piece.get("fields") or {})
+            self.rows.setdefault(self.label(job), []).append(piece.get("fields") or {})
             return
         text = terminal_text(piece.get("text") or "")
         if not self.prefixed and stream == "stdout":
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            self._stdout.write(text)
+            self._stdout.flush()
             return
         key = (job["id"], stream)
         *lines, self._partial[key] = (self._partial.get(key, "") + text).split("\n")
@@ -89,9 +117,9 @@ class StreamPrinter:
                 self._line(job, key[1], rest)
 
     def _line(self, job: Job, stream: str, line: str) -> None:
-        prefix = f"[{plain(job['hostname'])}] " if self.prefixed else ""
+        prefix = f"[{plain(self.label(job))}] " if self.prefixed else ""
         label = "" if stream in ("stdout", "stderr") else f"{stream}: "
-        target = sys.stdout if stream == "stdout" else sys.stderr
+        target = self._stdout if stream == "stdout" else sys.stderr
         target.write(f"{prefix}{label}{line}\n")
         target.flush()
 
@@ -106,8 +134,8 @@ def succeeded(job: Job) -> bool:
     return job["state"] == "succeeded" and exit_code_of(job) in (None, 0)
 
 
-def summary_line(job: Job) -> str:
-    line = f"{plain(job['hostname'])}: {job['state']}"
+def summary_line(job: Job, label: str | None = None) -> str:
+    line = f"{plain(label or job['hostname'])}: {job['state']}"
     code = exit_code_of(job)
     if code is not None:
         line += f", exit code {plain(code)}"
@@ -125,15 +153,26 @@ def _stopped_following(batch: dict[str, Any]) -> None:
 
 
 def follow_batch(
-    api: Api, batch: dict[str, Any], *, json_output: bool, prefixed: bool | None = None
+    api: Api,
+    batch: dict[str, Any],
+    *,
+    json_output: bool,
+    prefixed: bool | None = None,
+    csv_output: bool = False,
 ) -> dict[str, Job]:
     """Follow every job of a submitted batch, printing as it goes (or silently for --json);
-    Ctrl-C stops following, says how to resume and exits 130."""
+    rows are printed as tables at the end, or with `csv_output` as CSV on stdout (the
+    scripts' own output then goes to stderr). Ctrl-C stops following, says how to resume and
+    exits 130."""
     for host, reason in batch.get("refused", {}).items():
         sys.stderr.write(f"host {plain(host)} refused: {one_line(reason)}\n")
     for notice in offline_notices(api, batch["jobs"]):
         sys.stderr.write(notice + "\n")
-    printer = StreamPrinter(len(batch["jobs"]) > 1 if prefixed is None else prefixed)
+    printer = StreamPrinter(
+        len(batch["jobs"]) > 1 if prefixed is None else prefixed,
+        host_labels(batch["jobs"]),
+        text_to_stderr=csv_output,
+    )
     collected: dict[str, list[Piece]] = {j["id"]: [] for j in batch["jobs"]}
 
     def on_output(job: Job, piece: Piece) -> None:
@@ -154,6 +193,11 @@ def follow_batch(
         raise typer.Exit(130) from None
     if json_output:
         return {i: {**job, "output": collected[i]} for i, job in ended.items()}
+    if csv_output:
+        pairs = [(host, row) for host, rows in sorted(printer.rows.items()) for row in rows]
+        sys.stdout.write(rows_csv(pairs))
+        sys.stdout.flush()
+        return ended
     for hostname, rows in sorted(printer.rows.items()):
         print_rows(rows, f"rows from {plain(hostname)}:")
     return ended
@@ -194,8 +238,20 @@ def run(
         bool, typer.Option("--detach", help="Print the batch and job ids and return.")
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    csv_output: Annotated[
+        bool,
+        typer.Option(
+            "--csv",
+            help="Print the result rows as CSV on stdout (a host column first); the scripts' "
+            "output goes to stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Run a script on hosts and follow its output; exit 0 only if it succeeded everywhere."""
+    if csv_output and (json_output or detach):
+        raise UsageError(
+            "--csv prints the rows when the runs end; it goes without --json and --detach."
+        )
     positional = list(targets or [])
     script_file: str | None = None
     if script is None:
@@ -228,13 +284,14 @@ def run(
     if detach:
         _print_detached(batch, json_output)
         return
-    ended = follow_batch(api, batch, json_output=json_output)
+    ended = follow_batch(api, batch, json_output=json_output, csv_output=csv_output)
     jobs = sorted(ended.values(), key=lambda j: (j["hostname"], j["id"]))
     if json_output:
         emit_json({"batch": batch["id"], "refused": batch.get("refused", {}), "jobs": jobs})
     else:
+        labels = host_labels(jobs)
         for job in jobs:
-            sys.stderr.write(summary_line(job) + "\n")
+            sys.stderr.write(summary_line(job, labels[job["id"]]) + "\n")
     if batch.get("refused") or not all(succeeded(j) for j in jobs):
         raise typer.Exit(1)
 

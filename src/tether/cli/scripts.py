@@ -11,6 +11,7 @@ import typer
 from tether.cli.client import Api
 from tether.cli.errors import CliError
 from tether.cli.output import console, emit_json, plain, table
+from tether.cli.times import short_time
 
 script_app = typer.Typer(
     help="The script library: named scripts responders run on endpoints.", no_args_is_help=True
@@ -59,7 +60,7 @@ def list_scripts(json_output: JsonOpt = False) -> None:
         emit_json(scripts)
         return
     table(
-        scripts,
+        [{**s, "created_at": short_time(s.get("created_at"))} for s in scripts],
         [
             ("name", "Script"),
             ("version", "Version"),
@@ -97,7 +98,10 @@ def history(name: str, json_output: JsonOpt = False) -> None:
     if json_output:
         emit_json(versions)
         return
-    rows = [{**v, "sha256": str(v["sha256"])[:16]} for v in versions]
+    rows = [
+        {**v, "sha256": str(v["sha256"])[:16], "created_at": short_time(v.get("created_at"))}
+        for v in versions
+    ]
     table(
         rows,
         [

@@ -160,9 +160,16 @@ class Shell:
         if step.name == "run":
             return self._execute(self._script(step.words))
         if step.name == "put":
-            entry = files.upload(self._api, Path(step.words[0]))
+            local = Path(step.words[0])
+            mode = files.deploy_mode(local, None)
+            entry = files.upload(self._api, local)
             command = put_command(
-                entry["sha256"], entry["size"], step.words, self.cwd, windows=self._windows
+                entry["sha256"],
+                entry["size"],
+                step.words,
+                self.cwd,
+                windows=self._windows,
+                mode=mode,
             )
             return self._execute(command)
         if step.command is None:
@@ -172,7 +179,7 @@ class Shell:
             self.cwd = step.cd_to
         if outcome.ok and step.name == "get" and len(step.words) == 2 and outcome.job:
             entry = files.retrieved_by(self._api, str(outcome.job["id"]))
-            saved = files.download(self._api, entry, Path(step.words[1]))
+            saved = files.download(self._api, entry, files.destination(step.words[1]))
             console.print(f"Saved {saved}.", markup=False, highlight=False)
         return outcome
 

@@ -20,6 +20,9 @@ from pydantic import (
 from tether.protocol.text import ENDPOINT_TEXT
 
 MAX_PATH = 4096
+# A deployable file mode: three octal digits, or four with a leading 0 (no setuid, setgid or
+# sticky bit).
+FILE_MODE_PATTERN = r"^0?[0-7]{3}$"
 DEFAULT_LIST_LIMIT = 10_000
 MAX_LIST_LIMIT = 50_000
 
@@ -189,6 +192,11 @@ class FilePutArgs(_Model):
     path: AbsolutePath
     # Replacing an existing file is a deliberate choice of the analyst.
     overwrite: StrictBool = False
+    # Permission bits of the deployed file, in octal ("0755"): read, write and execute only.
+    # Setuid, setgid and sticky bits are never deployed this way (docs/adr/0045): the agent
+    # runs as root, so a put would otherwise plant a root setuid binary in one step. None
+    # keeps the agent's private default (0600). Ignored where the endpoint has no such bits.
+    mode: Annotated[str, Field(pattern=FILE_MODE_PATTERN)] | None = None
 
 
 class FilePutResult(_Model):
@@ -197,3 +205,5 @@ class FilePutResult(_Model):
     path: EndpointPath
     size: Annotated[StrictInt, Field(ge=0)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    # The permission bits the file has now, in octal; None where the endpoint has none.
+    mode: Annotated[str, Field(pattern=r"^[0-7]{4}$")] | None = None

@@ -171,18 +171,25 @@ def script_command(words: Sequence[str]) -> Command:
 
 
 def put_command(
-    sha256: str, size: int, words: Sequence[str], cwd: str, *, windows: bool
+    sha256: str,
+    size: int,
+    words: Sequence[str],
+    cwd: str,
+    *,
+    windows: bool,
+    mode: str | None = None,
 ) -> Command:
-    """`put LOCAL PATH [--overwrite]` once the client put LOCAL in the library."""
-    return Command(
-        "files.put",
-        {
-            "sha256": sha256,
-            "size": size,
-            "path": resolve(cwd, words[1], windows=windows),
-            "overwrite": list(words[2:]) == ["--overwrite"],
-        },
-    )
+    """`put LOCAL PATH [--overwrite]` once the client put LOCAL in the library; `mode` is the
+    permission bits to deploy with (octal), as `tether put` chooses them."""
+    args: dict[str, Any] = {
+        "sha256": sha256,
+        "size": size,
+        "path": resolve(cwd, words[1], windows=windows),
+        "overwrite": list(words[2:]) == ["--overwrite"],
+    }
+    if mode is not None:
+        args["mode"] = mode
+    return Command("files.put", args)
 
 
 def _arity(words: Sequence[str], least: int, most: int, usage: str) -> None:

@@ -17,6 +17,8 @@ from ..support import make_csr
 async def test_enroll_then_listed(
     client: httpx.AsyncClient, admin: dict[str, str], platform: Platform
 ) -> None:
+    made = await client.post("/api/v1/segments", json={"name": "workstations"}, headers=admin)
+    assert made.status_code == 201, made.text
     created = await client.post(
         "/api/v1/enrollment-tokens",
         json={"segment": "workstations", "uses": 1, "expires_in_seconds": 3600},

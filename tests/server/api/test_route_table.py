@@ -152,7 +152,8 @@ ROWS = [
     Row("DELETE", "/api/v1/segments/{name}", ADMINS_404, url="/api/v1/segments/ghost"),
     # Enrollment tokens.
     Row("GET", "/api/v1/enrollment-tokens", ADMINS),
-    Row("POST", "/api/v1/enrollment-tokens", (401, 403, 403, 403, 403, 403, 403, 201, 201), body={"segment": "matrix"}),
+    Row("POST", "/api/v1/enrollment-tokens", (401, 403, 403, 403, 403, 403, 403, 201, 201), body={"segment": "default"}),
+    Row("POST", "/api/v1/enrollment-tokens/revoke", ADMINS_404, body={"token": "999"}),
     # Session History: the Active Response role alone.
     Row("GET", "/api/v1/audit", RESPONDERS),
     Row("GET", "/api/v1/audit/verify", RESPONDERS),
@@ -219,6 +220,7 @@ ROWS = [
     Row("POST", "/settings/configuration/allowlist", WEB_CHANGE_BY_FORM),
     Row("GET", "/settings/enrollment", WEB_ADMINS),
     Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/enrollment/revoke", WEB_CHANGE_BY_FORM),
     Row("GET", "/settings/service-tokens", WEB_ADMINS),
     Row("POST", "/settings/service-tokens", WEB_CHANGE_BY_FORM),
     Row("POST", "/settings/service-tokens/{name}/revoke", WEB_CHANGE_BY_FORM, url="/settings/service-tokens/ghost/revoke"),

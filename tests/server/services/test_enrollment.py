@@ -1,6 +1,8 @@
 """Enrollment tokens and the enrollment of endpoints from their CSRs."""
 
 import asyncio
+import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,10 +14,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import EnrollmentToken, EnrollRequest
-from tether.server.errors import Forbidden, Invalid
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.enrollment import TOKEN_REFUSED, Enrollment, IssuedToken
 from tether.server.services.pki import CertificateAuthority, fingerprint, serial_hex
+from tether.server.services.segments import ensure_segment
 from tether.server.store.tables import enrollment_tokens, hosts, segments
 
 from ..support import make_csr
@@ -25,7 +28,10 @@ AGENT = "wss://tether.example:8444"
 
 
 @pytest.fixture
-def enrollment(engine: AsyncEngine, audit: AuditLog, ca: CertificateAuthority) -> Enrollment:
+async def enrollment(engine: AsyncEngine, audit: AuditLog, ca: CertificateAuthority) -> Enrollment:
+    # The segment `server init` makes: tokens are only issued for segments that exist.
+    async with engine.begin() as conn:
+        await ensure_segment(conn, "default")
     return Enrollment(engine, audit, ca, SERVER, AGENT)
 
 
@@ -53,15 +59,21 @@ async def host_count(engine: AsyncEngine) -> int:
         return len((await conn.execute(select(hosts.c.id))).all())
 
 
+async def add_segment(engine: AsyncEngine, name: str) -> None:
+    async with engine.begin() as conn:
+        await ensure_segment(conn, name)
+
+
 async def test_token_carries_everything_an_endpoint_needs(
-    enrollment: Enrollment, ca: CertificateAuthority, audit: AuditLog
+    enrollment: Enrollment, ca: CertificateAuthority, audit: AuditLog, engine: AsyncEngine
 ) -> None:
+    await add_segment(engine, "servers")
     issued = await issue(enrollment, uses=3, segment="servers")
     token = EnrollmentToken.decode(issued.token)
     assert (token.server_url, token.agent_url, token.ca_sha256) == (SERVER, AGENT, ca.sha256)
     assert (issued.segment, issued.max_uses) == ("servers", 3)
     actions = [(r.action, r.target) async for r in audit.iter_records()]
-    assert actions == [("segment.create", "servers"), ("enrollment_token.create", "token:1")]
+    assert actions == [("enrollment_token.create", "token:1")]
     (info,) = await enrollment.list_tokens()
     assert (info.segment, info.max_uses, info.uses, info.created_by) == ("servers", 3, 0, "admin")
 
@@ -98,9 +110,78 @@ async def test_bad_segment_name_is_refused(enrollment: Enrollment) -> None:
         await issue(enrollment, segment="bad/segment")
 
 
+async def test_a_token_for_a_segment_that_does_not_exist_is_refused(
+    enrollment: Enrollment, audit: AuditLog, engine: AsyncEngine
+) -> None:
+    with pytest.raises(NotFound) as refused:
+        await issue(enrollment, segment="servres")
+    assert str(refused.value) == (
+        "No segment is named 'servres'; create it first ('tether segment create servres')."
+    )
+    assert await enrollment.list_tokens() == []
+    assert [r.action async for r in audit.iter_records()] == []  # and no segment was made
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(segments.c.name))).scalars().all() == ["default"]
+
+
+# Revocation (issue 18, item 5).
+
+
+async def test_a_revoked_token_enrolls_nothing_more_and_its_hosts_stay(
+    enrollment: Enrollment, audit: AuditLog, engine: AsyncEngine
+) -> None:
+    issued = await issue(enrollment, uses=2)
+    await enrollment.enroll(request_for(issued, "ws-1"), source="10.0.0.1")
+
+    revoked = await enrollment.revoke_token(str(issued.id), actor="admin", source="s")
+
+    assert revoked.revoked_by == "admin"
+    assert revoked.revoked_at is not None
+    with pytest.raises(Forbidden, match="revoked"):
+        await enrollment.enroll(request_for(issued, "ws-2"), source="10.0.0.2")
+    assert await host_count(engine) == 1
+    records = [r async for r in audit.iter_records()]
+    (record,) = [r for r in records if r.action == "enrollment_token.revoke"]
+    assert (record.actor, record.target) == ("admin", f"token:{issued.id}")
+    assert json.loads(record.details) == {"segment": "default", "uses": 1, "max_uses": 2}
+
+
+async def test_a_token_is_revoked_by_its_own_text(enrollment: Enrollment) -> None:
+    issued = await issue(enrollment)
+    other = await issue(enrollment)
+    revoked = await enrollment.revoke_token(issued.token, actor="admin", source="s")
+    assert revoked.id == issued.id
+    listed = {t.id: t.revoked_at is not None for t in await enrollment.list_tokens()}
+    assert listed == {issued.id: True, other.id: False}
+
+
+@pytest.mark.parametrize(
+    ("ref", "error", "sentence"),
+    [
+        ("99", NotFound, "No enrollment token has that number or text."),
+        ("not-a-token", Invalid, "Name an enrollment token by its number"),
+        ("", Invalid, "Name an enrollment token by its number"),
+    ],
+)
+async def test_revoking_what_is_no_token_is_one_sentence(
+    enrollment: Enrollment, audit: AuditLog, ref: str, error: type[Exception], sentence: str
+) -> None:
+    with pytest.raises(error, match=re.escape(sentence)):
+        await enrollment.revoke_token(ref, actor="admin", source="s")
+    assert [r async for r in audit.iter_records()] == []
+
+
+async def test_revoking_twice_is_refused(enrollment: Enrollment) -> None:
+    issued = await issue(enrollment)
+    await enrollment.revoke_token(str(issued.id), actor="admin", source="s")
+    with pytest.raises(Conflict, match=f"Enrollment token {issued.id} is already revoked."):
+        await enrollment.revoke_token(str(issued.id), actor="admin", source="s")
+
+
 async def test_enrollment_creates_the_host_in_the_token_segment(
     enrollment: Enrollment, engine: AsyncEngine, audit: AuditLog, ca: CertificateAuthority
 ) -> None:
+    await add_segment(engine, "finance")
     issued = await issue(enrollment, segment="finance")
     csr, key = make_csr("ws-1")
     answer = await enrollment.enroll(request_for(issued, csr=csr), source="10.1.1.1")

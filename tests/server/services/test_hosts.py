@@ -47,9 +47,48 @@ async def test_unknown_and_ambiguous_references(inventory: Hosts, engine: AsyncE
         await inventory.get("nope")
     first = await add_host(engine, "twin")
     await add_host(engine, "twin")
-    with pytest.raises(Conflict, match="use the host id"):
+    with pytest.raises(Conflict, match="use more of the id"):
         await inventory.get("twin")
     assert (await inventory.get(first)).id == first
+
+
+# One rule for host references (issue 18, item 4; docs/adr/0045).
+
+ALPHA = "abcd1234-0000-4000-8000-000000000001"
+ALPHA_TWIN = "abcd9999-0000-4000-8000-000000000002"
+
+
+async def test_a_unique_id_prefix_names_a_host(inventory: Hosts, engine: AsyncEngine) -> None:
+    await add_host(engine, "alpha", host_id=ALPHA)
+    await add_host(engine, "alpha-2", host_id=ALPHA_TWIN)
+    assert (await inventory.get("abcd1234")).id == ALPHA
+    assert (await inventory.get("ABCD1234")).id == ALPHA  # ids are shown lower-case
+    with pytest.raises(Conflict) as ambiguous:
+        await inventory.get("abcd")
+    assert str(ambiguous.value) == (
+        # Newest enrolled first.
+        f"Several hosts have an id starting with 'abcd': {ALPHA_TWIN} (alpha-2), {ALPHA} "
+        "(alpha); use more of the id of the one meant."
+    )
+    with pytest.raises(NotFound):
+        await inventory.get("abc")  # too short to be taken as a prefix
+    with pytest.raises(NotFound):
+        await inventory.get("ab%")  # LIKE wildcards are text, not patterns
+
+
+async def test_a_revoked_host_neither_answers_nor_makes_a_name_ambiguous(
+    inventory: Hosts, engine: AsyncEngine, presence: Presence
+) -> None:
+    old = await add_host(engine, "reimaged")
+    await inventory.revoke(old, actor="admin", source="test")
+    new = await add_host(engine, "reimaged")
+    assert (await inventory.get("reimaged")).id == new
+    assert (await inventory.get(old)).revoked  # its full id still finds it
+    await inventory.revoke(new, actor="admin", source="test")
+    # Every host of the name revoked: the name finds the newest, shown as revoked.
+    found = await inventory.get("reimaged")
+    assert found.revoked
+    assert found.id in {old, new}
 
 
 async def test_online_and_pending_last_seen_show_in_listings(

@@ -163,6 +163,7 @@ async def test_delete_takes_the_segments_enrollment_tokens_with_it(
     presence: Presence,
 ) -> None:
     enrollment = Enrollment(engine, audit, ca, "https://p", "wss://p")
+    await segments.create("lab", actor="admin", source="s")
     issued = await enrollment.create_token(
         segment="lab", uses=2, lifetime=timedelta(hours=1), actor="admin", source="s"
     )

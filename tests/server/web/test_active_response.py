@@ -63,6 +63,23 @@ async def test_filters_and_search_narrow_the_table(
     assert "web-alpha" in not_isolated
 
 
+async def test_hosts_sharing_a_name_show_their_ids_and_a_revoked_one_is_gone(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    first = await add_host(platform.engine, "reimaged")
+    second = await add_host(platform.engine, "reimaged")
+    single = await add_host(platform.engine, "unique")
+    rows = (await admin_browser.get("/active-response/hosts")).text
+    assert f'<small class="host-id" title="{first}">{first[:8]}</small>' in rows
+    assert f'<small class="host-id" title="{second}">{second[:8]}</small>' in rows
+    assert f'title="{single}"' not in rows  # a name of its own needs no id
+
+    await platform.hosts.revoke(first, actor="admin", source="test")
+    rows = (await admin_browser.get("/active-response/hosts")).text
+    assert first not in rows
+    assert f'title="{second}"' not in rows  # the name is no longer shared
+
+
 async def test_isolating_an_offline_host_leaves_it_pending(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:

@@ -7,7 +7,7 @@ and the audit log; refusals show the service's sentence and change nothing.
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -404,6 +404,10 @@ async def test_an_enrollment_token_is_shown_once_with_its_command(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     page = "/settings/enrollment"
+    await platform.segments.create("branch", actor="test", source="test")
+    form = (await admin_browser.get(page)).text
+    # The segment is chosen from those that exist, never typed.
+    assert '<select name="segment" required><option value="branch">branch</option>' in form
     response = await _post(
         admin_browser, page, page, {"segment": "branch", "uses": "3", "hours": "2"}
     )
@@ -423,6 +427,58 @@ async def test_an_enrollment_token_is_shown_once_with_its_command(
     assert f'<tr data-token="{issued.id}">' in listed
     assert "0 of 3" in listed
     assert token.secret not in listed
+
+
+async def test_a_typed_segment_that_does_not_exist_is_refused_not_created(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    page = "/settings/enrollment"
+    response = await _post(admin_browser, page, page, {"segment": "brnach", "uses": "1"})
+    assert response.status_code == 404
+    assert escape("No segment is named 'brnach'; create it first") in response.text
+    assert [s.name for s in await platform.segments.list()] == ["default"]
+    assert await platform.enrollment.list_tokens() == []
+
+
+async def test_an_admin_revokes_a_token_from_the_page(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    page = "/settings/enrollment"
+    issued = await platform.enrollment.create_token(
+        segment="default", uses=5, lifetime=timedelta(hours=1), actor="admin", source="test"
+    )
+    listed = (await admin_browser.get(page)).text
+    assert f'<input type="hidden" name="token" value="{issued.id}">' in listed
+
+    response = await _post(admin_browser, page, f"{page}/revoke", {"token": str(issued.id)})
+
+    await _confirmed(
+        admin_browser,
+        response,
+        f"Enrollment token {issued.id} is revoked; it enrolls nothing more.",
+    )
+    [token] = await platform.enrollment.list_tokens()
+    assert token.revoked_at is not None
+    assert (await _records(platform, "enrollment_token.revoke"))[0].target == f"token:{issued.id}"
+    shown = (await admin_browser.get(page)).text
+    assert "revoked by" in shown
+    assert f'name="token" value="{issued.id}"' not in shown  # no button for a revoked token
+
+
+async def test_revoking_needs_the_page_s_csrf_token_and_names_a_token(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    page = "/settings/enrollment"
+    issued = await platform.enrollment.create_token(
+        segment="default", uses=1, lifetime=timedelta(hours=1), actor="admin", source="test"
+    )
+    forged = await admin_browser.post(f"{page}/revoke", data={"token": str(issued.id)})
+    assert forged.status_code == 403
+    nothing = await _post(admin_browser, page, f"{page}/revoke", {"token": "x"})
+    assert nothing.status_code == 422
+    assert "Choose the enrollment token to revoke." in nothing.text
+    [token] = await platform.enrollment.list_tokens()
+    assert token.revoked_at is None
 
 
 @pytest.mark.parametrize(

@@ -135,10 +135,18 @@ async def put_file(args: FilePutArgs) -> FilePutResult:
         )
     try:
         received = await transfers.receive_file(
-            transfer_id_for(job_id), job_id, destination, size=args.size, sha256=args.sha256
+            transfer_id_for(job_id),
+            job_id,
+            destination,
+            size=args.size,
+            sha256=args.sha256,
+            mode=int(args.mode, 8) if args.mode is not None else None,
         )
     except TransferFailed as exc:
         raise ActionError(str(exc)) from exc
     return FilePutResult(
-        path=safe_text(str(received.path), 4096), size=received.size, sha256=received.sha256
+        path=safe_text(str(received.path), 4096),
+        size=received.size,
+        sha256=received.sha256,
+        mode=f"{received.mode:04o}" if received.mode is not None else None,
     )

@@ -8,7 +8,7 @@ from fastapi.responses import PlainTextResponse
 
 from tether.protocol import EnrollRequest, EnrollResponse, Permission
 from tether.server.api.deps import PlatformDep, require, require_fresh, source_of
-from tether.server.api.schemas import TokenCreate, TokenCreated, TokenOut
+from tether.server.api.schemas import TokenCreate, TokenCreated, TokenOut, TokenRevoke
 from tether.server.services.users import User
 
 public = APIRouter(tags=["enrollment"])
@@ -57,3 +57,18 @@ async def list_tokens(
     _user: Annotated[User, Depends(require(Permission.ENROLLMENT_MANAGE))],
 ) -> list[TokenOut]:
     return [TokenOut(**t.__dict__) for t in await platform.enrollment.list_tokens()]
+
+
+@router.post("/enrollment-tokens/revoke", response_model=TokenOut)
+async def revoke_token(
+    body: TokenRevoke,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.ENROLLMENT_MANAGE))],
+) -> TokenOut:
+    """Stop a token enrolling anything more, at once (no step-up: taking access away is never
+    held up); hosts it already enrolled stay enrolled."""
+    revoked = await platform.enrollment.revoke_token(
+        body.token, actor=user.actor, source=source_of(request)
+    )
+    return TokenOut(**revoked.__dict__)

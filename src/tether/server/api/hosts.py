@@ -96,4 +96,5 @@ async def ping_hosts(
         seconds=report.seconds,
         round_trip_ms_p50=statistics.median(trips) if trips else None,
         round_trip_ms_max=max(trips) if trips else None,
+        round_trip_ms=report.round_trip_ms_by_host,
     )

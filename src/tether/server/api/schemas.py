@@ -74,6 +74,14 @@ class TokenOut(BaseModel):
     expires_at: datetime
     created_by: str
     created_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+
+class TokenRevoke(_In):
+    # The token's number, or the token text itself; in the body, never in a URL, so a leaked
+    # token being revoked is not written to access logs once more.
+    token: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class HostOut(BaseModel):
@@ -138,6 +146,8 @@ class PingOut(BaseModel):
     seconds: float
     round_trip_ms_p50: float | None
     round_trip_ms_max: float | None
+    # Each answering host's round trip in milliseconds, by host id.
+    round_trip_ms: dict[str, float]
 
 
 class AuditRecordOut(BaseModel):

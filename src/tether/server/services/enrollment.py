@@ -4,22 +4,33 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import EnrollmentToken, EnrollRequest, EnrollResponse
+from tether.protocol import (
+    EnrollmentToken,
+    EnrollRequest,
+    EnrollResponse,
+    InvalidEnrollmentToken,
+)
 from tether.server.auth.tokens import token_hash
-from tether.server.errors import Forbidden, Invalid
+from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.pki import CertificateAuthority, cert_pem, fingerprint, serial_hex
-from tether.server.services.segments import ensure_segment
+from tether.server.services.segments import check_segment_name
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import enrollment_tokens, hosts, segments
 
 MAX_TOKEN_USES = 100_000
 MAX_TOKEN_LIFETIME = timedelta(days=365)
-TOKEN_REFUSED = "This enrollment token is unknown, used up or expired; ask an admin for a new one."
+TOKEN_REFUSED = (
+    "This enrollment token is unknown, used up or expired (or revoked); ask an admin for a new one."
+)
+TOKEN_REFERENCE = (
+    "Name an enrollment token by its number ('tether enroll-token list') or the token itself."
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,22 @@ class TokenInfo:
     expires_at: datetime
     created_by: str
     created_at: datetime
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+
+def _token_info(row: Any) -> TokenInfo:
+    return TokenInfo(
+        id=row.id,
+        segment=row.segment,
+        max_uses=row.max_uses,
+        uses=row.uses,
+        expires_at=as_utc(row.expires_at),  # type: ignore[arg-type]
+        created_by=row.created_by,
+        created_at=as_utc(row.created_at),  # type: ignore[arg-type]
+        revoked_at=as_utc(row.revoked_at),
+        revoked_by=row.revoked_by,
+    )
 
 
 class Enrollment:
@@ -71,7 +98,16 @@ class Enrollment:
         expires = now + lifetime
         async with self._audit.transaction() as tx:
             conn = tx.conn
-            segment_id, created = await ensure_segment(conn, segment)
+            # An existing segment only: a typo must not make a new, empty one (issue 18).
+            check_segment_name(segment)
+            segment_id = (
+                await conn.execute(select(segments.c.id).where(segments.c.name == segment))
+            ).scalar()
+            if segment_id is None:
+                raise NotFound(
+                    f"No segment is named {segment!r}; create it first "
+                    f"('tether segment create {segment}')."
+                )
             result = await conn.execute(
                 insert(enrollment_tokens).values(
                     secret_hash=token_hash(secret),
@@ -84,14 +120,6 @@ class Enrollment:
                 )
             )
             token_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            if created:
-                await tx.record(
-                    "segment.create",
-                    actor=actor,
-                    target=segment,
-                    source=source,
-                    details={"active_response": False, "reason": "first enrollment token"},
-                )
             await tx.record(
                 "enrollment_token.create",
                 actor=actor,
@@ -107,27 +135,48 @@ class Enrollment:
         )
         return IssuedToken(token_id, token.encode(), segment, uses, expires)
 
+    def _tokens(self) -> Any:
+        return select(enrollment_tokens, segments.c.name.label("segment")).join(
+            segments, segments.c.id == enrollment_tokens.c.segment_id
+        )
+
     async def list_tokens(self) -> list[TokenInfo]:
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(enrollment_tokens, segments.c.name.label("segment"))
-                    .join(segments, segments.c.id == enrollment_tokens.c.segment_id)
-                    .order_by(enrollment_tokens.c.id)
-                )
-            ).all()
-        return [
-            TokenInfo(
-                id=r.id,
-                segment=r.segment,
-                max_uses=r.max_uses,
-                uses=r.uses,
-                expires_at=as_utc(r.expires_at),  # type: ignore[arg-type]
-                created_by=r.created_by,
-                created_at=as_utc(r.created_at),  # type: ignore[arg-type]
+            rows = (await conn.execute(self._tokens().order_by(enrollment_tokens.c.id))).all()
+        return [_token_info(r) for r in rows]
+
+    async def revoke_token(self, ref: str, *, actor: str, source: str) -> TokenInfo:
+        """Stop a token enrolling anything more, named by its number or by the token itself
+        (the text an admin found leaked); the hosts it enrolled stay enrolled."""
+        ref = ref.strip()
+        if ref.isdigit() and len(ref) <= 12:
+            which = enrollment_tokens.c.id == int(ref)
+        else:
+            try:
+                secret = EnrollmentToken.decode(ref).secret
+            except InvalidEnrollmentToken as exc:
+                raise Invalid(TOKEN_REFERENCE) from exc
+            which = enrollment_tokens.c.secret_hash == token_hash(secret)
+        async with self._audit.transaction() as tx:
+            row = (await tx.conn.execute(self._tokens().where(which))).first()
+            if row is None:
+                raise NotFound("No enrollment token has that number or text.")
+            if row.revoked_at is not None:
+                raise Conflict(f"Enrollment token {row.id} is already revoked.")
+            await tx.conn.execute(
+                update(enrollment_tokens)
+                .where(enrollment_tokens.c.id == row.id)
+                .values(revoked_at=utcnow(), revoked_by=actor[:64])
             )
-            for r in rows
-        ]
+            await tx.record(
+                "enrollment_token.revoke",
+                actor=actor,
+                target=f"token:{row.id}",
+                source=source,
+                details={"segment": row.segment, "uses": row.uses, "max_uses": row.max_uses},
+            )
+            row = (await tx.conn.execute(self._tokens().where(which))).one()
+        return _token_info(row)
 
     async def enroll(self, request: EnrollRequest, *, source: str) -> EnrollResponse:
         """Spend one use of the token and sign the endpoint's CSR, or refuse (audited)."""
@@ -143,7 +192,7 @@ class Enrollment:
                     )
                 ).first()
                 expires = as_utc(row.expires_at) if row else None
-                if row is None or expires is None or expires <= now:
+                if row is None or expires is None or expires <= now or row.revoked_at is not None:
                     raise Forbidden(TOKEN_REFUSED)
                 # The use is spent with a guarded update, so two endpoints racing for the last
                 # use cannot both win.

@@ -334,6 +334,9 @@ class FileLibrary:
                     "path": job.args["path"],
                     "size": job.args["size"],
                     "sha256": job.args["sha256"],
+                    # What was asked, and what the endpoint says the file has now (its word).
+                    "mode": job.args.get("mode"),
+                    "mode_reported": job.result.get("mode"),
                     "job": job.job_id,
                 },
             )

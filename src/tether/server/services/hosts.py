@@ -2,6 +2,8 @@
 
 import builtins
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +12,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import CloseCode, Hello, IsolationReport, hostname_key
-from tether.server.errors import Conflict, NotFound
+from tether.server.errors import Conflict, Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.batching import Coalesced
 from tether.server.services.endpoint_misbehaviour import ISOLATION_REPORT, EndpointMisbehaviour
@@ -55,6 +57,34 @@ class CertificateStatus:
 # Serials looked up in one statement at most (SQLite's and PostgreSQL's parameter limits are far
 # above this).
 _LOOKUP_CHUNK = 500
+
+
+# A prefix of a host id (a UUID): hexadecimal digits and dashes, long enough to mean something.
+_ID_PREFIX = re.compile(r"[0-9A-Fa-f][0-9A-Fa-f-]{3,35}")
+# Ambiguous references list this many candidates at most.
+_MATCHES_SHOWN = 5
+
+
+def _pick(ref: str, rows: Sequence[Any]) -> Any:
+    """The host `ref` names among `rows` (live ones first, newest first), or a one-sentence
+    error: an exact id, else the hostname, else the id prefix."""
+    for row in rows:
+        if row.id == ref:
+            return row
+    for kind, found in (
+        ("are named", [r for r in rows if r.hostname == ref]),
+        ("have an id starting with", [r for r in rows if r.id.startswith(ref.lower())]),
+    ):
+        if not found:
+            continue
+        live = [r for r in found if r.revoked_at is None]
+        if len(live) > 1:
+            listed = ", ".join(f"{r.id} ({r.hostname})" for r in live[:_MATCHES_SHOWN])
+            raise Conflict(
+                f"Several hosts {kind} {ref!r}: {listed}; use more of the id of the one meant."
+            )
+        return (live or found)[0]
+    raise NotFound(f"No host has the id or hostname {ref!r}.")
 
 
 class Hosts:
@@ -110,19 +140,27 @@ class Hosts:
         return [self._view(r, isolation.get(r.id, NOT_ISOLATED)) for r in rows]
 
     async def get(self, ref: str) -> HostView:
-        """A host by id, or by hostname when exactly one host has it."""
+        """A host by reference, the one rule every command and page uses (docs/adr/0045): its
+        id, its hostname, or a unique prefix of its id (at least 4 characters). Hosts that are
+        not revoked are preferred: a revoked host neither makes a name or prefix ambiguous nor
+        answers to it while a live one does, and is found only when every match is revoked."""
+        ref = ref.strip()
+        if not ref:
+            raise Invalid("Name a host by its id, a prefix of its id, or its hostname.")
+        matches = or_(hosts.c.id == ref, hosts.c.hostname == ref)
+        by_prefix = _ID_PREFIX.fullmatch(ref) is not None
+        if by_prefix:
+            matches = or_(matches, hosts.c.id.startswith(ref.lower(), autoescape=True))
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    self._query().where(or_(hosts.c.id == ref, hosts.c.hostname == ref)).limit(3)
+                    self._query()
+                    .where(matches)
+                    .order_by(hosts.c.revoked_at.is_not(None), hosts.c.enrolled_at.desc())
+                    .limit(_MATCHES_SHOWN + 1)
                 )
             ).all()
-            by_id = [r for r in rows if r.id == ref]
-            if not by_id and len(rows) > 1:
-                raise Conflict(f"Several hosts are named {ref!r}; use the host id instead.")
-            if not rows:
-                raise NotFound(f"No host has the id or hostname {ref!r}.")
-            row = (by_id or rows)[0]
+            row = _pick(ref, rows)
             isolation = await isolation_views(conn, [row.id])
         return self._view(row, isolation.get(row.id, NOT_ISOLATED))
 

@@ -23,6 +23,8 @@ class PingReport:
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     round_trips_ms: list[float] = field(default_factory=list)
+    # Each answering host's round trip, by host id.
+    round_trip_ms_by_host: dict[str, float] = field(default_factory=dict)
 
 
 class Reachability:
@@ -53,7 +55,9 @@ class Reachability:
                 report.failed[host_id] = str(exc) or type(exc).__name__
             else:
                 report.answered += 1
-                report.round_trips_ms.append((time.perf_counter() - sent) * 1000)
+                trip = (time.perf_counter() - sent) * 1000
+                report.round_trips_ms.append(trip)
+                report.round_trip_ms_by_host[host_id] = trip
 
         await asyncio.gather(*(one(h) for h in wanted))
         report.seconds = time.perf_counter() - started

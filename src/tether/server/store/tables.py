@@ -176,6 +176,9 @@ enrollment_tokens = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Revoked tokens stay listed (hosts name the token they enrolled with) but enroll nothing.
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_by", String(64), nullable=True),
 )
 
 hosts = Table(

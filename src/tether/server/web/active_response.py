@@ -2,6 +2,7 @@
 for admins a ping of the ticked hosts."""
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -91,9 +92,13 @@ async def _table(
     request: Request, platform: PlatformDep, filters: Filters, selected: set[str]
 ) -> dict[str, Any]:
     hosts = await platform.hosts.list()
-    shown = [h for h in hosts if not h.revoked and filters.admits(h)]
+    live = [h for h in hosts if not h.revoked]
+    shown = [h for h in live if filters.admits(h)]
+    names = Counter(h.hostname for h in live)
     return {
         "hosts": shown,
+        # Names two live hosts share (a re-imaged machine): their rows also show the id.
+        "shared_names": {name for name, count in names.items() if count > 1},
         "total": len([h for h in hosts if not h.revoked]),
         "selected": selected,
         "filters": filters,

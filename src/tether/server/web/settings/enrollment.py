@@ -1,5 +1,6 @@
 """Settings -> Enrollment tokens: the tokens issued (never their secrets, which the platform
-keeps only as hashes), and issuing one for a segment.
+keeps only as hashes), issuing one for an existing segment (chosen, never typed, so a typo
+cannot make a new segment), and revoking one.
 
 A new token is shown once, in the answer to the POST that made it, with the command that
 enrolls an endpoint; there is no redirect, because the secret must not be put anywhere a later
@@ -18,7 +19,7 @@ from tether.server.errors import Invalid, PlatformError
 from tether.server.services.enrollment import IssuedToken
 from tether.server.services.users import User
 from tether.server.web.access import page_require
-from tether.server.web.settings.common import form_fields, show
+from tether.server.web.settings.common import changes_on, form_fields, show
 from tether.server.web.settings.step_up import fresh
 
 router = APIRouter()
@@ -64,6 +65,20 @@ async def _page(
     )
 
 
+async def _render(
+    request: Request,
+    platform: PlatformDep,
+    user: User,
+    status_code: int,
+    error: str | None,
+    entered: object,
+) -> Response:
+    return await _page(request, platform, user, status_code, error)
+
+
+_change = changes_on(PAGE, _render)
+
+
 @router.get(PAGE)
 async def tokens_page(request: Request, platform: PlatformDep, user: EnrollmentAdmin) -> Response:
     return await _page(request, platform, user)
@@ -71,7 +86,7 @@ async def tokens_page(request: Request, platform: PlatformDep, user: EnrollmentA
 
 @router.post(PAGE)
 async def create_token(request: Request, platform: PlatformDep, user: EnrollmentAdmin) -> Response:
-    """Issue a token for a segment (created when new, as the service does) and show it once."""
+    """Issue a token for an existing segment and show it once."""
     entered = dict(DEFAULTS)
     try:
         fields = await form_fields(request)
@@ -92,3 +107,20 @@ async def create_token(request: Request, platform: PlatformDep, user: Enrollment
     except PlatformError as e:
         return await _page(request, platform, user, e.status_code, str(e), entered)
     return await _page(request, platform, user, 201, issued=issued)
+
+
+@router.post(f"{PAGE}/revoke")
+async def revoke_token(request: Request, platform: PlatformDep, user: EnrollmentAdmin) -> Response:
+    """Revoke a token at once (no step-up: taking access away is never held up)."""
+
+    async def work() -> str:
+        fields = await form_fields(request)
+        token = fields.get("token", "")
+        if not token.isdigit():
+            raise Invalid("Choose the enrollment token to revoke.")
+        revoked = await platform.enrollment.revoke_token(
+            token, actor=user.actor, source=source_of(request)
+        )
+        return f"Enrollment token {revoked.id} is revoked; it enrolls nothing more."
+
+    return await _change(request, platform, user, work)
