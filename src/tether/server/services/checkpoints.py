@@ -8,11 +8,14 @@ checkpoint, which the chain still extends, so nothing reads as tampered and the 
 again. Listeners (witnesses such as a SIEM sink) hear of every published checkpoint.
 """
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +30,16 @@ from tether.server.services.pki import write_private
 from tether.server.store.faults import STORAGE_FULL, is_storage_full
 
 log = logging.getLogger(__name__)
+
+try:
+    import fcntl
+
+    _flock: Callable[[int, int], None] | None = fcntl.flock
+    _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+    _LOCK_UN = fcntl.LOCK_UN
+except ImportError:  # Windows
+    _flock = None
+    _LOCK_EX_NB = _LOCK_UN = 0
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,11 @@ class CheckpointSigner:
     def __init__(self, key_path: Path, anchor_path: Path) -> None:
         self._anchor_path = anchor_path
         self._pending_path = anchor_path.with_name(anchor_path.name + ".tmp")
+        # Held from the head's read to the checkpoint's publication by whichever process of the
+        # platform appends (docs/adr/0044): the pending file is shared, and a checkpoint moved
+        # into place after a newer one would turn the anchor back.
+        self._lock_path = anchor_path.with_name(anchor_path.name + ".lock")
+        self._lock_fd: int | None = None
         self._listeners: list[CheckpointListener] = []
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -116,6 +134,35 @@ class CheckpointSigner:
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigurationError(f"The audit signing key {key_path} is not an Ed25519 key.")
         self._key = key
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Exclude every other process appending to this chain on this data directory, from
+        reading the head to publishing its checkpoint. The wait polls without blocking the
+        event loop, and a cancelled wait holds nothing."""
+        if _flock is None:  # no fcntl (Windows): one process per data directory
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._lock_fd
+        delay = 0.0005
+        while True:
+            try:
+                _flock(fd, _LOCK_EX_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.01)
+        try:
+            yield
+        finally:
+            _flock(fd, _LOCK_UN)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @staticmethod
     def create_key(key_path: Path) -> None:

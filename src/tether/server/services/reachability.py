@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from tether.protocol import NoopArgs, action
+from tether.server.errors import Unavailable
 from tether.server.services.audit import AuditLog
 from tether.server.services.presence import Presence
 
@@ -25,15 +26,26 @@ class PingReport:
     round_trips_ms: list[float] = field(default_factory=list)
 
 
+# What an api-role process answers: round trips need the process holding the connections.
+PING_ELSEWHERE = (
+    "Pinging hosts needs the agent connections, which this platform process (role api) does not "
+    "hold; ping through a process started with --role all."
+)
+
+
 class Reachability:
-    def __init__(self, presence: Presence, audit: AuditLog) -> None:
+    def __init__(self, presence: Presence, audit: AuditLog, holds_agents: bool = True) -> None:
         self._presence = presence
         self._audit = audit
+        # Round trips do not cross processes yet (docs/adr/0044): the api role says so at once.
+        self._holds_agents = holds_agents
 
     async def ping(
         self, host_ids: list[str] | None, *, timeout: float, actor: str, source: str
     ) -> PingReport:
         """Send `system.noop` to each online host (all when `host_ids` is None) and wait."""
+        if not self._holds_agents:
+            raise Unavailable(PING_ELSEWHERE)
         wanted = self._presence.online_ids() if host_ids is None else host_ids
         report = PingReport(asked=len(wanted), answered=0)
         args = NoopArgs(echo="ping").model_dump()
