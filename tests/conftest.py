@@ -111,3 +111,33 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         yield created
     finally:
         await created.dispose()
+
+
+REDIS_ENV = "TETHER_TEST_REDIS"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server for bus tests (TETHER_TEST_REDIS); skipped with the reason when it does
+    not answer, except under CI=true, where that fails."""
+    import redis
+
+    url = os.environ.get(REDIS_ENV) or DEFAULT_REDIS
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = f"Redis at {url} does not answer ({exc}); set {REDIS_ENV}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}. CI=true: the Redis tests must run.", pytrace=False)
+        pytest.skip(reason)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def bus_prefix() -> str:
+    """A channel and key prefix of this test's own, so parallel runs never hear each other."""
+    return f"tether-test-{secrets.token_hex(6)}:"

@@ -45,8 +45,13 @@ class RedisBus(Bus):
         self.channel = f"{prefix}wake"
         # Messages this process sent come back to it too; it has acted on them already.
         self.node = node or uuid.uuid4().hex
+        # Named, so an operator (or a test) can tell this platform's connections apart.
+        self.client_name = f"{prefix}bus-{self.node}"
         self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=_TIMEOUT_SECONDS, socket_connect_timeout=_TIMEOUT_SECONDS
+            url,
+            socket_timeout=_TIMEOUT_SECONDS,
+            socket_connect_timeout=_TIMEOUT_SECONDS,
+            client_name=self.client_name,
         )
         self._listener: asyncio.Task[None] | None = None
         self._hinter: asyncio.Task[None] | None = None
