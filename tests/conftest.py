@@ -64,6 +64,33 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A database of this test's own on the PostgreSQL test server, empty (not migrated: the
+    platform under test migrates it), dropped afterwards."""
+    server = make_url(os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES)
+    try:
+        admin = psycopg.connect(_conninfo(str(server)), autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        reason = (
+            f"PostgreSQL at {server.render_as_string(hide_password=True)} is unreachable ({exc})"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}. CI=true: the PostgreSQL tests must run.", pytrace=False)
+        pytest.skip(reason)
+    name = f"tether_test_{secrets.token_hex(6)}"
+    try:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        admin.close()
+
+
 def _reset_postgres(url: str) -> None:
     """Empty every table and put the audit chain back at its genesis."""
     tables = [t.name for t in metadata.sorted_tables if t is not audit_head]
