@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 from tether.server.services.bus import Topic
 from tether.server.services.buses.local import LocalBus
 from tether.server.services.buses.redis import RedisBus
+from tether.server.services.job_events import JobEvents
 
 
 class Heard:
@@ -112,3 +113,22 @@ async def test_publishing_without_redis_logs_instead_of_failing(bus_prefix: str)
     with pytest.raises(ConnectionError, match="does not answer"):
         await bus.start()
     await bus.close()
+
+
+async def test_a_follower_in_one_process_is_woken_by_output_stored_in_another(
+    redis_url: str, bus_prefix: str
+) -> None:
+    api, gateway = RedisBus(redis_url, prefix=bus_prefix), RedisBus(redis_url, prefix=bus_prefix)
+    followers, storer = JobEvents(api), JobEvents(gateway)
+    await api.start()
+    await gateway.start()
+    try:
+        waiting = asyncio.create_task(followers.wait(["job-1"], timeout=5))
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        storer.notify("job-1")
+        assert await waiting is True  # woken, not timed out
+        assert asyncio.get_running_loop().time() - started < 1
+    finally:
+        await api.close()
+        await gateway.close()
