@@ -367,9 +367,11 @@ def report(args: argparse.Namespace, phases: list[Phase], command: str) -> str:
             "`--role api` serves the analyst client, `--role gateway` holds the agents and the "
             "flooder; CPU and RSS are the api process's, the gateway's follow in the last column. "
             if split
-            else "One platform process; "
+            else ""
         )
-        + "the analyst client sends GET /api/v1/hosts one after another "
+        + ("" if split else "One platform process; ")
+        + ("The" if split else "the")
+        + " analyst client sends GET /api/v1/hosts one after another "
         f"(20 ms apart, {args.seconds:.0f} s a phase) and times each at the client; a flooder "
         "subprocess holding one enrolled endpoint's certificate writes frames as fast as its "
         "socket takes them and reconnects at once each time it is closed.",
@@ -446,7 +448,7 @@ def main() -> None:
     for text, ok in verdicts(phases):
         print(f"{'met' if ok else 'MISSED'}: {text}")
     section = "gateway_flood_split" if args.split else "gateway_flood"
-    sections.write_section(args.report, section, report(args, phases, command))
+    sections.write_section(args.report, section, report(args, phases, command), "gateway_flood")
     log(f"report written to {args.report}")
 
 
