@@ -5,6 +5,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from tether.server.errors import ConfigurationError
 from tether.server.services.bus import Topic
 from tether.server.services.buses.local import LocalBus
 from tether.server.services.buses.redis import RedisBus
@@ -110,7 +111,9 @@ async def test_publishing_without_redis_logs_instead_of_failing(bus_prefix: str)
     # The change is committed before the publish: a bus that is down only delays the effect.
     bus = RedisBus("redis://127.0.0.1:1/0", prefix=bus_prefix)
     await bus.publish(Topic.JOBS_READY, ["j"])
-    with pytest.raises(ConnectionError, match="does not answer"):
+    with pytest.raises(
+        ConfigurationError, match=r"The Redis bus at 127\.0\.0\.1:1 does not answer"
+    ):
         await bus.start()
     await bus.close()
 

@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tether.server.errors import ConfigurationError
 from tether.server.services.bus import Bus, Topic
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ class RedisBus(Bus):
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            raise ConnectionError(f"Redis at {self._shown_url()} does not answer ({exc}).") from exc
+            raise ConfigurationError(
+                f"The Redis bus at {self._shown_url()} does not answer ({exc}); start it or fix "
+                "redis_url."
+            ) from exc
         self._listener = asyncio.create_task(self._listen())
         self._hinter = asyncio.create_task(self._send_hints())
         async with asyncio.timeout(_TIMEOUT_SECONDS):
