@@ -337,16 +337,19 @@ class Dispatcher:
     async def cancel_here(self, job_ids: Sequence[str]) -> None:
         """Ask the agents connected here to stop those of `job_ids` whose cancellation is on
         record and that have not ended."""
+        wanted = list(job_ids)
+        rows: list[Any] = []
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(jobs.c.id, jobs.c.host_id).where(
-                        jobs.c.id.in_(list(job_ids)[:_CHUNK]),
-                        jobs.c.cancel_requested_by.is_not(None),
-                        jobs.c.state.in_(UNFINISHED),
+            for start in range(0, len(wanted), _CHUNK):
+                rows += (
+                    await conn.execute(
+                        select(jobs.c.id, jobs.c.host_id).where(
+                            jobs.c.id.in_(wanted[start : start + _CHUNK]),
+                            jobs.c.cancel_requested_by.is_not(None),
+                            jobs.c.state.in_(UNFINISHED),
+                        )
                     )
-                )
-            ).all()
+                ).all()
         for row in rows:
             link = self._presence.link(row.host_id)
             if link is not None:
