@@ -135,3 +135,31 @@ async def test_a_follower_in_one_process_is_woken_by_output_stored_in_another(
     finally:
         await api.close()
         await gateway.close()
+
+
+async def test_a_question_is_answered_by_the_process_that_can(
+    redis_url: str, bus_prefix: str
+) -> None:
+    api = RedisBus(redis_url, prefix=bus_prefix)
+    holder, other = RedisBus(redis_url, prefix=bus_prefix), RedisBus(redis_url, prefix=bus_prefix)
+
+    async def holds_h1(ids: tuple[str, ...]) -> list[str]:
+        return [f"{i}\t1.5" for i in ids if i == "h1"]
+
+    async def holds_nothing(ids: tuple[str, ...]) -> list[str]:
+        return []
+
+    holder.respond(Topic.PING, holds_h1)
+    other.respond(Topic.PING, holds_nothing)
+    for bus in (api, holder, other):
+        await bus.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        lines = await api.ask(Topic.PING, ["h1"], timeout=5, enough=lambda got: len(got) >= 1)
+        assert lines == ["h1\t1.5"]
+        assert asyncio.get_running_loop().time() - started < 2  # done when enough, not at 5 s
+        # Nobody holds h2: the question times out with nothing, it does not hang.
+        assert await api.ask(Topic.PING, ["h2"], timeout=0.5, enough=lambda got: bool(got)) == []
+    finally:
+        for bus in (api, holder, other):
+            await bus.close()

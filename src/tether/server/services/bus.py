@@ -28,9 +28,13 @@ class Topic(StrEnum):
     HOSTS_REVOKED = "hosts.revoked"
     # Host ids whose policy changed (segment, switch); no ids means every host.
     POLICY_CHANGED = "policy.changed"
+    # A question (`ask`), not a wake-up: the time limit, then host ids to send the no-op to;
+    # each process answers for the hosts it holds ("host TAB ms" or "host TAB TAB reason").
+    PING = "hosts.ping"
 
 
 Handler = Callable[[tuple[str, ...]], Awaitable[object]]
+Responder = Callable[[tuple[str, ...]], Awaitable[list[str]]]
 Resync = Callable[[], Awaitable[None]]
 
 
@@ -39,11 +43,31 @@ class Bus(ABC):
 
     def __init__(self) -> None:
         self._handlers: dict[Topic, list[Handler]] = {}
+        self._responders: dict[Topic, list[Responder]] = {}
         self._resyncs: list[Resync] = []
 
     def subscribe(self, topic: Topic, handler: Handler) -> None:
         """Call `handler(ids)` for every wake-up on `topic` (one handler may see an id twice)."""
         self._handlers.setdefault(topic, []).append(handler)
+
+    def respond(self, topic: Topic, responder: Responder) -> None:
+        """Answer `ask`s on `topic` with `responder(ids)`'s lines (none: nothing to say)."""
+        self._responders.setdefault(topic, []).append(responder)
+
+    def responders(self, topic: Topic) -> list[Responder]:
+        return list(self._responders.get(topic, ()))
+
+    @abstractmethod
+    async def ask(
+        self,
+        topic: Topic,
+        ids: Sequence[str],
+        *,
+        timeout: float,
+        enough: Callable[[list[str]], bool],
+    ) -> list[str]:
+        """Ask every process's responders and gather their lines until `enough(lines)` or
+        `timeout` seconds; what did not answer in time is simply absent."""
 
     def on_resync(self, handler: Resync) -> None:
         """Call `handler()` whenever wake-ups may have been missed (after the bus reconnects), so

@@ -140,7 +140,9 @@ class Platform:
             bus=bus,
         )
         hosts = Hosts(engine, audit, presence, misbehaviour, bus=bus)
+        reachability = Reachability(presence, audit, holds_agents=role.holds_agents, bus=bus)
         if role.holds_agents:
+            reachability.serve_agents(bus)
             # Which process acts on each wake-up: the one holding the agents' connections.
             dispatcher.serve_agents(bus)
             policies.serve_agents(bus)
@@ -182,7 +184,7 @@ class Platform:
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
             hosts=hosts,
-            reachability=Reachability(presence, audit, holds_agents=role.holds_agents),
+            reachability=reachability,
             policies=policies,
             segments=Segments(engine, audit, policies),
             access=access,

@@ -92,7 +92,12 @@ class Presence:
         return host_id in self._links or host_id in self._remote
 
     def online_ids(self) -> list[str]:
+        """The hosts connected to this process."""
         return list(self._links)
+
+    def remote_ids(self) -> list[str]:
+        """The hosts other live processes hold, as last read (api role)."""
+        return list(self._remote)
 
     @property
     def count(self) -> int:

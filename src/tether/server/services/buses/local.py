@@ -1,6 +1,7 @@
 """The bus of a single platform process (`--role all`): a publish is a direct call."""
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 
 from tether.server.services.bus import Bus, Topic
 
@@ -17,3 +18,19 @@ class LocalBus(Bus):
     def hint(self, topic: Topic, ident: str) -> None:
         # Hints are for other processes; this one already acted on it.
         return None
+
+    async def ask(
+        self,
+        topic: Topic,
+        ids: Sequence[str],
+        *,
+        timeout: float,
+        enough: Callable[[list[str]], bool],
+    ) -> list[str]:
+        lines: list[str] = []
+        async with asyncio.timeout(timeout):
+            for responder in self.responders(topic):
+                lines += await responder(tuple(ids))
+                if enough(lines):
+                    break
+        return lines

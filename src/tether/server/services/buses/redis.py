@@ -13,14 +13,14 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tether.server.errors import ConfigurationError
-from tether.server.services.bus import Bus, Topic
+from tether.server.services.bus import Bus, Responder, Topic
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,40 @@ class RedisBus(Bus):
                 "Could not publish %s on the bus (%s); receivers catch up later.", topic, exc
             )
 
+    async def ask(
+        self,
+        topic: Topic,
+        ids: Sequence[str],
+        *,
+        timeout: float,
+        enough: Callable[[list[str]], bool],
+    ) -> list[str]:
+        """Publish the question with a reply channel of its own and read the answers there;
+        subscribed before publishing, so no answer can come before anyone listens."""
+        reply = f"{self.channel}:reply:{uuid.uuid4().hex}"
+        lines: list[str] = []
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(reply)
+            body = json.loads(self._encode(topic, list(ids)))
+            await self._client.publish(self.channel, json.dumps({**body, "r": reply}))
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not enough(lines):
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                message = await pubsub.get_message(timeout=min(left, 1.0))
+                if message is None or message.get("type") != "message":
+                    continue
+                with contextlib.suppress(ValueError, TypeError):
+                    lines += [str(line) for line in json.loads(message["data"])]
+        except (RedisError, OSError) as exc:
+            log.warning("Could not ask %s on the bus (%s).", topic, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        return lines
+
     def hint(self, topic: Topic, ident: str) -> None:
         self._hints.setdefault(topic, set()).add(ident)
         self._hinted.set()
@@ -180,11 +214,28 @@ class RedisBus(Bus):
             return
         if origin == self.node:
             return
+        reply = body.get("r")
+        if isinstance(reply, str):
+            for responder in self.responders(topic):
+                task = asyncio.create_task(self._answer(topic, responder, ids, reply))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
         for handler in self.handlers(topic):
             # Each handler reads the database; one slow handler must not hold the listener.
             task = asyncio.create_task(self._run(topic, handler, ids))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _answer(
+        self, topic: Topic, responder: Responder, ids: tuple[str, ...], reply: str
+    ) -> None:
+        try:
+            lines = await responder(ids)
+            if lines:
+                await self._client.publish(reply, json.dumps(lines))
+        except Exception:
+            log.exception("A bus responder for %s failed; the asker times out.", topic)
 
     @staticmethod
     async def _run(topic: Topic, handler: Any, ids: tuple[str, ...]) -> None:
