@@ -5,6 +5,7 @@ The job sweeper, which would also find the job, runs only once a minute here: wh
 within the assertions' seconds crossed on the bus.
 """
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -55,8 +56,10 @@ def test_the_api_process_reaches_an_agent_held_by_the_gateway_process(
 
         wait_for(gateway_up, timeout=30, what="the gateway's agent port")
         admin = platform.login(tmp_path / "admin-cli")
+        admin.ok("segment", "create", "ir")
+        admin.ok("segment", "set", "ir", "--active-response", "on")
         # Enrolled through the api process, connected to the gateway, seen online by the api.
-        agent = running_agent(platform, admin, children, tmp_path / "agent")
+        agent = running_agent(platform, admin, children, tmp_path / "agent", segment="ir")
         assert agent.proc is not None
 
         with admin.api() as api:
@@ -66,6 +69,19 @@ def test_the_api_process_reaches_an_agent_held_by_the_gateway_process(
             took = time.monotonic() - started
             assert done["result"] == {"echo": "e2e"}
             assert took < 5, f"the job took {took:.1f} s: it did not cross on the bus"
+
+            # A retrieval and a deploy: streamed by the gateway, stored in and served from the
+            # shared file store by the api.
+            evidence = tmp_path / "evidence.bin"
+            evidence.write_bytes(os.urandom(1024 * 1024 + 3))
+            out = tmp_path / "out"
+            out.mkdir()
+            got = admin.json("get", agent.host_id, str(evidence), "-o", str(out))
+            assert Path(got["saved"]).read_bytes() == evidence.read_bytes()
+            destination = tmp_path / "deployed.bin"
+            put = admin.json("put", agent.host_id, str(evidence), str(destination))
+            assert put["job"]["state"] == "succeeded"
+            assert destination.read_bytes() == evidence.read_bytes()
 
             # A round trip crosses too: the api asks, the gateway holding the host answers.
             ping = api.post("/hosts/ping", json={"hosts": [agent.host_id], "timeout_seconds": 5})
@@ -87,7 +103,7 @@ def test_the_api_process_reaches_an_agent_held_by_the_gateway_process(
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "BROKEN" not in verify.stdout
         actions = {r["action"] for r in admin.json("audit", "list", "--limit", "1000")}
-        assert {"job.submit", "host.revoke"} <= actions
+        assert {"job.submit", "host.revoke", "file.retrieve", "file.deploy"} <= actions
         assert any(a.startswith("job.") and a != "job.submit" for a in actions), actions
 
         # A clean stop of each role.
