@@ -186,8 +186,13 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
             asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds)),
         ]
         if role is Role.GATEWAY:
-            # Wake-ups missed while the bus was away, and revocations whose wake-up was lost.
+            # What wake-ups may have said while the bus was away (pub/sub keeps nothing for a
+            # subscriber that is not connected): re-read it all once the bus is back.
             platform.bus.on_resync(platform.dispatcher.dispatch_waiting)
+            platform.bus.on_resync(platform.dispatcher.cancel_waiting)
+            platform.bus.on_resync(platform.policies.publish_everywhere)
+            platform.bus.on_resync(platform.hosts.disconnect_all_revoked)
+            # And revocations whose wake-up was lost without a reconnect.
             tasks.append(asyncio.create_task(_sweep_revoked(platform, settings.job_sweep_seconds)))
     api_server: _ApiServer | None = None
     api_task: asyncio.Task[None] | None = None
@@ -283,7 +288,7 @@ async def _sweep_revoked(platform: Platform, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await platform.hosts.disconnect_revoked(platform.presence.online_ids())
+            await platform.hosts.disconnect_all_revoked()
         except Exception:
             log.exception("The revocation sweep failed; it will try again.")
 

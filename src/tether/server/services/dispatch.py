@@ -355,6 +355,25 @@ class Dispatcher:
             if link is not None:
                 await link.send_text(JobCancel(job_id=row.id).model_dump_json())
 
+    async def cancel_waiting(self) -> None:
+        """Ask again for every cancellation on record of a job on a host connected here: after
+        the bus was away, when a cancel wake-up may have been missed."""
+        online = self._presence.online_ids()
+        ids: list[str] = []
+        async with self._engine.connect() as conn:
+            for start in range(0, len(online), _CHUNK):
+                ids += (
+                    await conn.execute(
+                        select(jobs.c.id).where(
+                            jobs.c.host_id.in_(online[start : start + _CHUNK]),
+                            jobs.c.cancel_requested_by.is_not(None),
+                            jobs.c.state.in_(UNFINISHED),
+                        )
+                    )
+                ).scalars()
+        if ids:
+            await self.cancel_here(ids)
+
     # -- what agents report --------------------------------------------------------------------
 
     async def on_status(self, host_id: str, status: JobStatus) -> None:

@@ -110,6 +110,10 @@ class Hosts:
                 await link.disconnect(CloseCode.REVOKED, "This host's certificate was revoked.")
         return len(revoked)
 
+    async def disconnect_all_revoked(self) -> None:
+        """`disconnect_revoked` over every host connected here."""
+        await self.disconnect_revoked(self._presence.online_ids())
+
     def _view(self, row: Any, isolation: IsolationView = NOT_ISOLATED) -> HostView:
         pending = self._presence.pending_last_seen(row.id)
         stored = as_utc(row.last_seen)

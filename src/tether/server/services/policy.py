@@ -137,6 +137,10 @@ class PolicyDelivery:
         """Deliver the current policy to every host connected here."""
         return await self.publish_to_hosts(self._presence.online_ids())
 
+    async def publish_everywhere(self) -> None:
+        """`publish_to_all`, for a caller that wants no count (a bus resync)."""
+        await self.publish_to_all()
+
     async def publish_to_segment(self, segment_id: int) -> int:
         """Deliver the current policy to every connected host of the segment."""
         return await self.publish_to_hosts(await self._segment_hosts(segment_id))
