@@ -238,15 +238,14 @@ class AuditLog:
         `Unavailable` says why (unless `checkpoint_required` is False: then the records commit
         and the checkpoint waits for the next append); the checkpoint is put in place after the
         commit. Appends are
-        serialised by a process lock (SQLite cannot upgrade a read transaction under contention),
-        by a file lock beside the anchor across the processes sharing the data directory (so
-        each checkpoint is published before the next append reads the head, docs/adr/0044), and
-        by PostgreSQL's row lock on the head across processes."""
+        serialised by a process lock (SQLite cannot upgrade a read transaction under contention)
+        and by PostgreSQL's row lock on the head across processes; each process prepares its
+        checkpoint in a file of its own and publishes only over an older one (docs/adr/0044)."""
         task = asyncio.current_task()
         if task is not None and task is self._owner:
             # A nested append would wait forever on the lock its own task holds.
             raise RuntimeError("An audit transaction is already open in this task.")
-        async with self._lock, self._signer.writing():
+        async with self._lock:
             self._owner = task
             try:
                 prepared: Checkpoint | None = None

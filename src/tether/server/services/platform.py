@@ -108,7 +108,9 @@ class Platform:
         bus = bus or LocalBus()
         nodes = Nodes(engine, role.value) if role is not Role.ALL else None
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
-        signer = CheckpointSigner(settings.audit_key, settings.audit_anchor)
+        signer = CheckpointSigner(
+            settings.audit_key, settings.audit_anchor, writer=nodes.id if nodes else None
+        )
         witnesses = build_witnesses(settings, signer)
         audit = AuditLog(engine, signer)
         bindings = ResultBindings(engine, audit)
