@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,30 @@ def test_the_api_process_reaches_an_agent_held_by_the_gateway_process(
             put = admin.json("put", agent.host_id, str(evidence), str(destination))
             assert put["job"]["state"] == "succeeded"
             assert destination.read_bytes() == evidence.read_bytes()
+
+            # A live session's command, followed by long poll on the api until it ends.
+            session = api.post("/sessions", json={"host": agent.host_id})
+            assert session.status_code == 201, session.text
+            sid = session.json()["id"]
+            command = api.post(
+                f"/sessions/{sid}/commands",
+                json={"action": "files.list", "args": {"path": str(tmp_path)}},
+            )
+            assert command.status_code == 201, command.text
+            followed: dict[str, Any] = {}
+
+            def ended() -> bool:
+                answer = api.get(
+                    f"/jobs/{command.json()['id']}/output", params={"wait": 5}, timeout=10
+                )
+                followed.update(answer.json()["job"])
+                return followed["state"] not in {"queued", "delivered", "running"}
+
+            wait_for(ended, timeout=20, interval=0, what="the session command's end")
+            assert followed["state"] == "succeeded", followed
+            names = {e["name"] for e in followed["result"]["entries"]}
+            assert {"evidence.bin", "deployed.bin"} <= names
+            assert api.delete(f"/sessions/{sid}").status_code == 200
 
             # A round trip crosses too: the api asks, the gateway holding the host answers.
             ping = api.post("/hosts/ping", json={"hosts": [agent.host_id], "timeout_seconds": 5})
