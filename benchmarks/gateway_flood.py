@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -46,6 +47,7 @@ import fleet
 import sections
 from load import (
     PYTHON,
+    TETHER,
     Child,
     Platform,
     Ports,
@@ -129,6 +131,8 @@ class Phase:
     rss_after: int
     cpu_s: float
     flooder: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The gateway process of a split run: RSS before, after, CPU seconds.
+    gateway: tuple[int, int, float] | None = None
 
     @property
     def p50(self) -> float:
@@ -152,9 +156,16 @@ async def analyst(http: httpx.AsyncClient, seconds: float) -> list[float]:
     return took
 
 
-async def phase(plat: Platform, name: str, seconds: float, flooder: Child | None = None) -> Phase:
+async def phase(
+    plat: Platform,
+    name: str,
+    seconds: float,
+    flooder: Child | None = None,
+    gateway: Child | None = None,
+) -> Phase:
     proc = plat.proc
     rss_before, cpu_before = proc.rss(), proc.cpu()
+    gw_before = (gateway.rss(), gateway.cpu()) if gateway is not None else None
     latencies = await analyst(plat.http, seconds)
     stats: dict[str, Any] = {}
     if flooder is not None:
@@ -162,7 +173,74 @@ async def phase(plat: Platform, name: str, seconds: float, flooder: Child | None
         out, _ = await flooder.proc.communicate()
         with contextlib.suppress(ValueError):
             stats = json.loads(out.decode().strip().splitlines()[-1])
-    return Phase(name, latencies, rss_before, proc.rss(), proc.cpu() - cpu_before, stats)
+    gw = (
+        (gw_before[0], gateway.rss(), gateway.cpu() - gw_before[1])
+        if gateway is not None and gw_before is not None
+        else None
+    )
+    return Phase(name, latencies, rss_before, proc.rss(), proc.cpu() - cpu_before, stats, gw)
+
+
+class SplitDatabase:
+    """A PostgreSQL database of the run's own (TETHER_TEST_POSTGRES or the local test server),
+    dropped at the end."""
+
+    def __init__(self) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.server = make_url(
+            os.environ.get(
+                "TETHER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+            )
+        )
+        self.name = f"tether_bench_{secrets.token_hex(6)}"
+        self.url = self.server.set(drivername="postgresql+psycopg", database=self.name)
+
+    def _admin(self) -> Any:
+        import psycopg
+
+        info = self.server.set(drivername="postgresql").render_as_string(hide_password=False)
+        return psycopg.connect(info, autocommit=True)
+
+    def create(self) -> str:
+        with self._admin() as admin:
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+        return str(self.url.render_as_string(hide_password=False))
+
+    def drop(self) -> None:
+        with self._admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+async def start_gateway(data: Path, ports: Ports, logfile: Path) -> Child:
+    """`tether server run --role gateway` on the agent port; waits until it accepts."""
+    gateway = await spawn(
+        "gateway",
+        [
+            TETHER,
+            "server",
+            "run",
+            "--data",
+            str(data),
+            "--role",
+            "gateway",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--agent-listen",
+            f"127.0.0.1:{ports.agent}",
+        ],
+        logfile,
+        env={**os.environ, "TETHER_LOG_FORMAT": "json"},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if gateway.proc.returncode is not None:
+            raise RuntimeError(f"The gateway exited; see {logfile}")
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", ports.agent), timeout=1).close()
+            return gateway
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"The gateway did not listen in 60 s; see {logfile}")
 
 
 async def run(args: argparse.Namespace) -> list[Phase]:
@@ -170,11 +248,22 @@ async def run(args: argparse.Namespace) -> list[Phase]:
     ports = Ports(api=free_port(), agent=free_port(), baseline=0)
     # Ports are chosen per run (init writes them into the config): start afresh.
     shutil.rmtree(work, ignore_errors=True)
-    data = init_platform(work, ports)
-    plat = Platform(data, ports, work / "platform.log")
+    database: SplitDatabase | None = None
+    gateway: Child | None = None
+    if args.split:
+        database = SplitDatabase()
+        os.environ["TETHER_BUS_PREFIX"] = f"tether-bench-{secrets.token_hex(4)}:"
+        split_args = ["--database-url", database.create(), "--redis-url", args.redis_url]
+        data = init_platform(work, ports, split_args)
+        plat = Platform(data, ports, work / "platform.log", run_args=["--role", "api"])
+    else:
+        data = init_platform(work, ports)
+        plat = Platform(data, ports, work / "platform.log")
     await plat.start()
     phases: list[Phase] = []
     try:
+        if args.split:
+            gateway = await start_gateway(data, ports, work / "gateway.log")
         await plat.login()
         response = await plat.http.post(
             "/api/v1/enrollment-tokens",
@@ -189,7 +278,7 @@ async def run(args: argparse.Namespace) -> list[Phase]:
         for index, kind in enumerate(FLOODS):
             # Idle just before each flood: the machine is shared, and its load drifts.
             log(f"idle before {kind}")
-            phases.append(await phase(plat, "idle", args.seconds))
+            phases.append(await phase(plat, "idle", args.seconds, gateway=gateway))
             log(f"flood: {kind}")
             flooder = await spawn(
                 f"flood-{kind}",
@@ -215,11 +304,15 @@ async def run(args: argparse.Namespace) -> list[Phase]:
                 env={**os.environ, "PYTHONPATH": str(HERE)},
             )
             await asyncio.sleep(0.5)  # the flood is under way before the first request
-            phases.append(await phase(plat, kind, args.seconds, flooder))
+            phases.append(await phase(plat, kind, args.seconds, flooder, gateway))
         log("idle after")
-        phases.append(await phase(plat, "idle", args.seconds))
+        phases.append(await phase(plat, "idle", args.seconds, gateway=gateway))
     finally:
         await plat.stop()
+        if gateway is not None:
+            await gateway.stop()
+        if database is not None:
+            database.drop()
     return phases
 
 
@@ -234,30 +327,59 @@ def verdicts(phases: list[Phase]) -> list[tuple[str, bool]]:
         if p.name != "idle"
     ]
     growth = phases[-1].rss_after - phases[0].rss_before
+    who = "api process " if phases[0].gateway is not None else ""
     checks.append(
-        (f"RSS growth over the run {growth / 2**20:+.1f} MiB < 50 MiB", growth < RSS_GROWTH_CEILING)
+        (
+            f"{who}RSS growth over the run {growth / 2**20:+.1f} MiB < 50 MiB",
+            growth < RSS_GROWTH_CEILING,
+        )
     )
+    first, last = phases[0].gateway, phases[-1].gateway
+    if first is not None and last is not None:
+        grown = last[1] - first[0]
+        checks.append(
+            (
+                f"gateway process RSS growth over the run {grown / 2**20:+.1f} MiB < 50 MiB",
+                grown < RSS_GROWTH_CEILING,
+            )
+        )
     return checks
 
 
 def report(args: argparse.Namespace, phases: list[Phase], command: str) -> str:
     box = machine()
+    split = phases[0].gateway is not None
+    title = "Analyst API under an agent flood (`benchmarks/gateway_flood.py`)"
+    if split:
+        title = (
+            "Analyst API under an agent flood, split roles (`benchmarks/gateway_flood.py --split`)"
+        )
     lines = [
-        "## Analyst API under an agent flood (`benchmarks/gateway_flood.py`)",
+        f"## {title}",
         "",
         f"Run {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}: `{command}`. Machine: "
         f"{box['cpus']} CPUs ({box['cpu']}), {box['memory']}, {box['kernel']}, Python "
         f"{box['python']}, {box['openssl']}; {box['libraries']}. Shared with other work: "
         f"load average {os.getloadavg()[0]:.1f} at the end.",
         "",
-        "One platform process; the analyst client sends GET /api/v1/hosts one after another "
+        (
+            "Two platform processes on one PostgreSQL database and Redis (docs/adr/0044): "
+            "`--role api` serves the analyst client, `--role gateway` holds the agents and the "
+            "flooder; CPU and RSS are the api process's, the gateway's follow in the last column. "
+            if split
+            else ""
+        )
+        + ("" if split else "One platform process; ")
+        + ("The" if split else "the")
+        + " analyst client sends GET /api/v1/hosts one after another "
         f"(20 ms apart, {args.seconds:.0f} s a phase) and times each at the client; a flooder "
         "subprocess holding one enrolled endpoint's certificate writes frames as fast as its "
         "socket takes them and reconnects at once each time it is closed.",
         "",
         "| phase | requests | p50 ms | p99 ms | max ms | platform CPU s | RSS before -> after MiB "
-        "| flooder: connections, MiB written, closes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| flooder: connections, MiB written, closes |"
+        + (" gateway CPU s, RSS MiB |" if split else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if split else ""),
     ]
     for p in phases:
         flooder = "-"
@@ -270,6 +392,11 @@ def report(args: argparse.Namespace, phases: list[Phase], command: str) -> str:
             f"| {p.name} | {len(p.latencies_ms)} | {p.p50:.1f} | {p.p99:.1f} | "
             f"{max(p.latencies_ms, default=math.nan):.1f} | {p.cpu_s:.1f} | "
             f"{p.rss_before / 2**20:.0f} -> {p.rss_after / 2**20:.0f} | {flooder} |"
+            + (
+                f" {p.gateway[2]:.1f}, {p.gateway[0] / 2**20:.0f} -> {p.gateway[1] / 2**20:.0f} |"
+                if p.gateway is not None
+                else ""
+            )
         )
     lines += ["", "Targets (issue 21):", ""]
     lines += [f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in verdicts(phases)]
@@ -291,6 +418,12 @@ def parse_args() -> argparse.Namespace:
         "--work-dir", type=Path, default=Path("/tmp/tether-gateway-flood"), help="scratch space"
     )
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="run the platform as --role api and --role gateway on PostgreSQL and Redis",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="for --split")
     parser.add_argument("--flooder", choices=FLOODS, help=argparse.SUPPRESS)
     parser.add_argument("--identity", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -314,7 +447,8 @@ def main() -> None:
         )
     for text, ok in verdicts(phases):
         print(f"{'met' if ok else 'MISSED'}: {text}")
-    sections.write_section(args.report, "gateway_flood", report(args, phases, command))
+    section = "gateway_flood_split" if args.split else "gateway_flood"
+    sections.write_section(args.report, section, report(args, phases, command), "gateway_flood")
     log(f"report written to {args.report}")
 
 

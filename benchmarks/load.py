@@ -241,10 +241,14 @@ async def wait_for(
 class Platform:
     """`tether server run` as one subprocess, and a client of its analyst port."""
 
-    def __init__(self, data: Path, ports: Ports, logfile: Path) -> None:
+    def __init__(
+        self, data: Path, ports: Ports, logfile: Path, run_args: list[str] | None = None
+    ) -> None:
         self.data = data
         self.ports = ports
         self.logfile = logfile
+        # More `server run` options (--role api, ...).
+        self.run_args = run_args or []
         self.child: Child | None = None
         self.http = self._client()
         self.token = ""
@@ -269,6 +273,7 @@ class Platform:
                 f"127.0.0.1:{self.ports.api}",
                 "--agent-listen",
                 f"127.0.0.1:{self.ports.agent}",
+                *self.run_args,
             ],
             self.logfile,
             env={**os.environ, "TETHER_LOG_FORMAT": "json"},
@@ -377,7 +382,7 @@ class Platform:
         return took
 
 
-def init_platform(work: Path, ports: Ports) -> Path:
+def init_platform(work: Path, ports: Ports, init_args: list[str] | None = None) -> Path:
     """Create the platform data directory once; a new one invalidates the cached fleet."""
     data = work / "platform"
     if (data / "config.json").is_file():
@@ -399,6 +404,7 @@ def init_platform(work: Path, ports: Ports) -> Path:
             f"127.0.0.1:{ports.agent}",
             "--admin-password-file",
             str(work / "admin-password"),
+            *(init_args or []),
         ],
         check=True,
         stdout=subprocess.DEVNULL,

@@ -64,6 +64,33 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A database of this test's own on the PostgreSQL test server, empty (not migrated: the
+    platform under test migrates it), dropped afterwards."""
+    server = make_url(os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES)
+    try:
+        admin = psycopg.connect(_conninfo(str(server)), autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        reason = (
+            f"PostgreSQL at {server.render_as_string(hide_password=True)} is unreachable ({exc})"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}. CI=true: the PostgreSQL tests must run.", pytrace=False)
+        pytest.skip(reason)
+    name = f"tether_test_{secrets.token_hex(6)}"
+    try:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        admin.close()
+
+
 def _reset_postgres(url: str) -> None:
     """Empty every table and put the audit chain back at its genesis."""
     tables = [t.name for t in metadata.sorted_tables if t is not audit_head]
@@ -111,3 +138,33 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         yield created
     finally:
         await created.dispose()
+
+
+REDIS_ENV = "TETHER_TEST_REDIS"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server for bus tests (TETHER_TEST_REDIS); skipped with the reason when it does
+    not answer, except under CI=true, where that fails."""
+    import redis
+
+    url = os.environ.get(REDIS_ENV) or DEFAULT_REDIS
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = f"Redis at {url} does not answer ({exc}); set {REDIS_ENV}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}. CI=true: the Redis tests must run.", pytrace=False)
+        pytest.skip(reason)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def bus_prefix() -> str:
+    """A channel and key prefix of this test's own, so parallel runs never hear each other."""
+    return f"tether-test-{secrets.token_hex(6)}:"

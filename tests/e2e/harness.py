@@ -233,6 +233,8 @@ class Platform:
         self.cert_ips: list[str] = []
         # More `server init` options (checkpoint sinks, --trusted-proxy, ...).
         self.init_args: list[str] = []
+        # More `server run` options (--role api, ...).
+        self.run_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -317,6 +319,7 @@ class Platform:
                 f"{self.listen_host}:{self.api_port}",
                 "--agent-listen",
                 f"{self.listen_host}:{self.agent_port}",
+                *self.run_args,
             ],
             self.env,
         )

@@ -182,3 +182,27 @@ def test_a_stored_proxy_setting_that_is_not_an_address_is_one_sentence_at_start(
     with pytest.raises(ConfigurationError) as caught:
         load_settings(data)
     assert str(caught.value) == "Setting trusted_proxies: 'proxy' is not an IP address or network."
+
+
+@pytest.mark.parametrize(
+    ("role", "database_url", "sentence"),
+    [
+        ("api", "", "Role api needs a PostgreSQL database shared by the platform's processes"),
+        (
+            "gateway",
+            "postgresql+psycopg://tether@db.invalid/tether",
+            "Role gateway needs the Redis bus between the platform's processes",
+        ),
+    ],
+)
+def test_a_split_role_without_its_shared_database_or_bus_is_refused_in_one_sentence(
+    tmp_path: Path, role: str, database_url: str, sentence: str
+) -> None:
+    from tether.server.config import Role, Settings
+    from tether.server.runner import check_role
+
+    settings = Settings(data_dir=tmp_path, role=Role(role), database_url=database_url)
+    with pytest.raises(ConfigurationError, match=sentence):
+        check_role(settings)
+    # The single process needs neither.
+    check_role(Settings(data_dir=tmp_path))

@@ -29,6 +29,12 @@ def init(
     database_url: Annotated[
         str | None, typer.Option(help="PostgreSQL URL (default: SQLite in the data directory).")
     ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis URL of the bus between platform processes (needed for --role api|gateway)."
+        ),
+    ] = None,
     trusted_proxy: Annotated[
         list[str] | None,
         typer.Option(
@@ -76,6 +82,7 @@ def init(
             listen=listen,
             agent_listen=agent_listen,
             database_url=database_url or "",
+            redis_url=redis_url or "",
             checkpoint_syslog=checkpoint_syslog,
             checkpoint_syslog_ca=str(checkpoint_syslog_ca.resolve())
             if checkpoint_syslog_ca
@@ -152,12 +159,29 @@ def run(
     data: DataOpt,
     listen: Annotated[str | None, typer.Option(help="Analyst port HOST:PORT.")] = None,
     agent_listen: Annotated[str | None, typer.Option(help="Agent port HOST:PORT.")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="What this process serves: all (both ports, the default), api (analyst port and "
+            "web UI) or gateway (agent port); api and gateway need PostgreSQL and --redis-url."
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Redis URL of the bus between the platform's processes."),
+    ] = None,
 ) -> None:
-    """Serve the analyst port and the agent port until interrupted."""
+    """Serve the analyst port and the agent port (or one of them, by role) until interrupted."""
     from tether.logs import configure
     from tether.server import runner
     from tether.server.config import load_settings
 
-    settings = load_settings(data.resolve(), listen=listen, agent_listen=agent_listen)
+    settings = load_settings(
+        data.resolve(),
+        listen=listen,
+        agent_listen=agent_listen,
+        role=role,
+        redis_url=redis_url,
+    )
     configure(settings.log_level)
     runner.run(settings)

@@ -6,6 +6,7 @@ Sources, strongest first: command-line options, `TETHER_*` environment variables
 
 import ipaddress
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tether.server.errors import ConfigurationError
 from tether.server.store.db import sqlite_url
+
+
+class Role(StrEnum):
+    """What one platform process serves (docs/adr/0044)."""
+
+    # The analyst port, the web UI and the agent port in one process (the embedded default).
+    ALL = "all"
+    # The analyst port and the web UI only; agents are reached through the bus.
+    API = "api"
+    # The agent port only, with the job sweeper and the agents' transfers.
+    GATEWAY = "gateway"
+
+    @property
+    def holds_agents(self) -> bool:
+        return self is not Role.API
+
+    @property
+    def serves_analysts(self) -> bool:
+        return self is not Role.GATEWAY
 
 
 class Settings(BaseSettings):
@@ -42,6 +62,12 @@ class Settings(BaseSettings):
     live_session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
     live_session_sweep_seconds: float = Field(default=30.0, gt=0)
     log_level: str = "info"
+    # Split platform (docs/adr/0044): which ports this process serves, and the Redis bus that
+    # carries wake-ups between the processes (required unless the role is "all"); the key and
+    # channel prefix keeps two platforms on one Redis apart.
+    role: Role = Role.ALL
+    redis_url: str = ""
+    bus_prefix: str = Field(default="tether:", min_length=1, max_length=64)
     # Witnesses off the host (docs/adr/0032-audit-witnesses.md): every signed audit checkpoint
     # also goes to a syslog collector (tcp://HOST:PORT or tls://HOST:PORT, RFC 5424) and/or is
     # appended to a file as a JSON line; the CA file names who may serve tls:// (else the

@@ -1,4 +1,8 @@
-"""One platform process: analyst port (uvicorn) and agent port (websockets) on one uvloop loop."""
+"""One platform process: analyst port (uvicorn) and/or agent port (websockets) on one uvloop loop.
+
+Which of them, and which background work, depends on the process's role (docs/adr/0044): `all`
+runs everything (the embedded default), `api` the analyst side, `gateway` the agent side.
+"""
 
 import asyncio
 import contextlib
@@ -12,15 +16,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
+from websockets.asyncio.server import Server
 
 from tether.protocol import CloseCode
 from tether.server.app import create_app
-from tether.server.config import Settings, split_hostport
+from tether.server.config import Role, Settings, split_hostport
 from tether.server.errors import ConfigurationError
 from tether.server.gateway.server import AgentGateway, agent_ssl_context
+from tether.server.services.buses.redis import RedisBus
+from tether.server.services.nodes import ALIVE_WITHIN
 from tether.server.services.platform import Platform
 from tether.server.services.script_examples import load_examples, shipped_examples
 from tether.server.services.tls_profile import analyst_ssl_context
+from tether.server.store.db import is_sqlite
 from tether.server.store.migrate import upgrade
 
 log = logging.getLogger("tether.server")
@@ -66,10 +74,24 @@ def _log_tls_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
     loop.default_exception_handler(context)
 
 
-async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
-    """Run until cancelled or signalled; agents are told the platform is going away."""
-    upgrade(settings.db_url)
-    platform = Platform.build(settings)
+def check_role(settings: Settings) -> None:
+    """A split role needs a database and a bus that several processes share; say so at once."""
+    if settings.role is Role.ALL:
+        return
+    if is_sqlite(settings.db_url):
+        raise ConfigurationError(
+            f"Role {settings.role.value} needs a PostgreSQL database shared by the platform's "
+            "processes; set database_url, or run one process with --role all on SQLite."
+        )
+    if not settings.redis_url:
+        raise ConfigurationError(
+            f"Role {settings.role.value} needs the Redis bus between the platform's processes; "
+            "set redis_url (e.g. redis://127.0.0.1:6379/0)."
+        )
+
+
+async def _prepare_records(platform: Platform) -> None:
+    """Once-per-upgrade records and the shipped examples: done by a process serving analysts."""
     # The first start that binds results to the chain records what was stored before it.
     await platform.bindings.record_unbound()
     # The first start after the tiers migration records whose role it changed.
@@ -81,32 +103,9 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         loaded = await load_examples(platform.scripts, examples)
         if loaded:
             log.info("Example scripts added to the library: %s", ", ".join(loaded))
-    swept = await platform.transfers.sweep_partials(platform.engine)
-    if swept:
-        log.info("Removed %d partial files no unfinished job can resume", swept)
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_log_tls_failures)
-    platform.witnesses.start()
 
-    gateway = AgentGateway(
-        hosts=platform.hosts,
-        presence=platform.presence,
-        policies=platform.policies,
-        dispatcher=platform.dispatcher,
-        transfers=platform.transfers,
-        audit=platform.audit,
-        heartbeat_seconds=settings.heartbeat_seconds,
-        hello_timeout=settings.hello_timeout_seconds,
-        tls_refusals=platform.tls_refusals,
-    )
-    agent_host, agent_port = split_hostport(settings.agent_listen)
-    agent_server = await gateway.start(
-        agent_host,
-        agent_port,
-        agent_ssl_context(
-            str(settings.ca_cert), str(settings.server_cert), str(settings.server_key)
-        ),
-    )
+
+def _api_server(settings: Settings, platform: Platform) -> _ApiServer:
     api_host, api_port = split_hostport(settings.listen)
     config = _ApiConfig(
         create_app(platform),
@@ -128,36 +127,126 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         # shutdown for the whole TLS shutdown timeout (30 s), long enough to be killed instead.
         timeout_graceful_shutdown=5,
     )
-    api_server = _ApiServer(config)
-    flusher = asyncio.create_task(platform.presence.run_flusher(settings.last_seen_flush_seconds))
-    api_task = asyncio.create_task(api_server.serve())
-    # Expired sessions and login attempts older than the throttle windows.
-    purger = asyncio.create_task(platform.users.run_purger(600))
+    return _ApiServer(config)
+
+
+def _build(settings: Settings) -> Platform:
+    if settings.role is Role.ALL:
+        return Platform.build(settings)
+    return Platform.build(settings, bus=RedisBus(settings.redis_url, prefix=settings.bus_prefix))
+
+
+async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Run until cancelled or signalled; agents are told the platform is going away.
+
+    `settings.role` says what this process serves (docs/adr/0044): both ports (`all`, the
+    default), the analyst port and web UI (`api`), or the agent port (`gateway`)."""
+    check_role(settings)
+    role = settings.role
+    upgrade(settings.db_url)
+    platform = _build(settings)
+    await platform.bus.start()
+    if platform.nodes is not None:
+        await platform.nodes.join()
+    if role.serves_analysts:
+        await _prepare_records(platform)
+    if role.holds_agents:
+        swept = await platform.transfers.sweep_partials(platform.engine)
+        if swept:
+            log.info("Removed %d partial files no unfinished job can resume", swept)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_log_tls_failures)
+    platform.witnesses.start()
+
+    tasks: list[asyncio.Task[Any]] = []
+    gateway: AgentGateway | None = None
+    agent_server: Server | None = None
+    agent_host, agent_port = split_hostport(settings.agent_listen)
+    if role.holds_agents:
+        gateway = AgentGateway(
+            hosts=platform.hosts,
+            presence=platform.presence,
+            policies=platform.policies,
+            dispatcher=platform.dispatcher,
+            transfers=platform.transfers,
+            audit=platform.audit,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            hello_timeout=settings.hello_timeout_seconds,
+            tls_refusals=platform.tls_refusals,
+        )
+        agent_server = await gateway.start(
+            agent_host,
+            agent_port,
+            agent_ssl_context(
+                str(settings.ca_cert), str(settings.server_cert), str(settings.server_key)
+            ),
+        )
+        tasks += [
+            asyncio.create_task(platform.presence.run_flusher(settings.last_seen_flush_seconds)),
+            asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds)),
+        ]
+        if role is Role.GATEWAY:
+            # What wake-ups may have said while the bus was away (pub/sub keeps nothing for a
+            # subscriber that is not connected): re-read it all once the bus is back.
+            platform.bus.on_resync(platform.dispatcher.dispatch_waiting)
+            platform.bus.on_resync(platform.dispatcher.cancel_waiting)
+            platform.bus.on_resync(platform.policies.publish_everywhere)
+            platform.bus.on_resync(platform.hosts.disconnect_all_revoked)
+            # And revocations whose wake-up was lost without a reconnect.
+            tasks.append(asyncio.create_task(_sweep_revoked(platform, settings.job_sweep_seconds)))
+    api_server: _ApiServer | None = None
+    api_task: asyncio.Task[None] | None = None
+    if role.serves_analysts:
+        api_server = _api_server(settings, platform)
+        api_task = asyncio.create_task(api_server.serve())
+        tasks += [
+            # Expired sessions and login attempts older than the throttle windows.
+            asyncio.create_task(platform.users.run_purger(600)),
+            asyncio.create_task(
+                platform.live_sessions.run_sweeper(settings.live_session_sweep_seconds)
+            ),
+        ]
+        if role is Role.API:
+            # Which hosts the gateways hold, for listings and the jobs' waiting reasons.
+            tasks.append(
+                asyncio.create_task(
+                    platform.presence.run_remote_refresh(PRESENCE_REFRESH_SECONDS, ALIVE_WITHIN)
+                )
+            )
     # Failed logins and agent-port TLS refusals, one audit record per source per minute.
-    summaries = [
+    tasks += [
         asyncio.create_task(summary.run_flusher(REFUSAL_FLUSH_SECONDS))
         for summary in (platform.users.login_failures, platform.tls_refusals)
     ]
     # A warning in the log every day from 30 days before the server certificate ends.
-    certificate_watch = asyncio.create_task(platform.certificate.run(24 * 3600))
-    sweeper = asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds))
-    live_sweeper = asyncio.create_task(
-        platform.live_sessions.run_sweeper(settings.live_session_sweep_seconds)
-    )
+    tasks.append(asyncio.create_task(platform.certificate.run(24 * 3600)))
+    if platform.nodes is not None:
+        tasks.append(asyncio.create_task(platform.nodes.run()))
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows has no add_signal_handler
             loop.add_signal_handler(sig, stop.set)
-    ready = asyncio.create_task(api_server.ready.wait())
-    await asyncio.wait({ready, api_task}, return_when=asyncio.FIRST_COMPLETED)
-    if api_task.done():
-        ready.cancel()
-        api_task.result()
-        raise ConfigurationError(f"The analyst port {settings.listen} could not be opened.")
-    log.info(
-        "Analyst port https://%s:%d, agent port %s:%d", api_host, api_port, agent_host, agent_port
-    )
+    if api_server is not None and api_task is not None:
+        ready = asyncio.create_task(api_server.ready.wait())
+        await asyncio.wait({ready, api_task}, return_when=asyncio.FIRST_COMPLETED)
+        if api_task.done():
+            ready.cancel()
+            api_task.result()
+            raise ConfigurationError(f"The analyst port {settings.listen} could not be opened.")
+    if role is Role.ALL:
+        api_host, api_port = split_hostport(settings.listen)
+        log.info(
+            "Analyst port https://%s:%d, agent port %s:%d",
+            api_host,
+            api_port,
+            agent_host,
+            agent_port,
+        )
+    elif role is Role.API:
+        log.info("Role api: analyst port https://%s", settings.listen)
+    else:
+        log.info("Role gateway: agent port %s:%d", agent_host, agent_port)
     if on_ready is not None:
         on_ready()
     # What exists now (modules, app, services) lives as long as the process: keep it out of
@@ -167,24 +256,45 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     try:
         await stop.wait()
     finally:
-        api_server.should_exit = True
-        agent_server.close(close_connections=False)
-        dropped = await platform.presence.disconnect_all(
-            CloseCode.GOING_AWAY, "The platform is restarting.", grace=SHUTDOWN_GRACE_SECONDS
-        )
-        if dropped:
-            log.info("Dropped %d agent connections that had not closed in time.", dropped)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
-                await agent_server.wait_closed()
-        await gateway.stop()
-        with contextlib.suppress(Exception):
-            await api_task
-        for task in (flusher, purger, sweeper, live_sweeper, certificate_watch, *summaries):
+        if api_server is not None:
+            api_server.should_exit = True
+        if agent_server is not None and gateway is not None:
+            agent_server.close(close_connections=False)
+            dropped = await platform.presence.disconnect_all(
+                CloseCode.GOING_AWAY, "The platform is restarting.", grace=SHUTDOWN_GRACE_SECONDS
+            )
+            if dropped:
+                log.info("Dropped %d agent connections that had not closed in time.", dropped)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
+                    await agent_server.wait_closed()
+            await gateway.stop()
+        if api_task is not None:
+            with contextlib.suppress(Exception):
+                await api_task
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if platform.nodes is not None:
+            with contextlib.suppress(Exception):
+                await platform.presence.flush()
+                await platform.nodes.leave()
         await platform.close()
+
+
+async def _sweep_revoked(platform: Platform, interval: float) -> None:
+    """Close connections of hosts revoked elsewhere whose wake-up never arrived."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await platform.hosts.disconnect_all_revoked()
+        except Exception:
+            log.exception("The revocation sweep failed; it will try again.")
+
+
+# How often an api process reads which hosts the gateways hold.
+PRESENCE_REFRESH_SECONDS = 2.0
 
 
 # How often the refusal summaries look for tallies a minute old: a summary is written between 60

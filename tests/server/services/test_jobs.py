@@ -324,6 +324,23 @@ async def test_a_cancel_requested_while_offline_is_sent_at_reconnect(h: Harness)
     assert frames(again, "job.cancel") == [{"type": "job.cancel", "job_id": job_id}]
 
 
+async def test_after_the_bus_was_away_cancellations_on_record_are_asked_again(
+    h: Harness,
+) -> None:
+    # A split platform's gateway re-reads after a bus reconnect (docs/adr/0044): each
+    # cancellation on record for a host connected here goes out again, ended jobs' do not.
+    host = await h.host("web-1")
+    link = await h.connect(host)
+    job_id = (await h.submit([host])).jobs[0].id
+    done_id = (await h.submit([host])).jobs[0].id
+    for job in (job_id, done_id):
+        await h.jobs.cancel(job, RESPONDER, source="test")
+    await h.dispatcher.on_status(host, JobStatus(job_id=done_id, state="cancelled", error="x"))
+    link.sent.clear()
+    await h.dispatcher.cancel_waiting()
+    assert frames(link, "job.cancel") == [{"type": "job.cancel", "job_id": job_id}]
+
+
 async def test_output_is_stored_once_in_order_and_capped(h: Harness) -> None:
     host = await h.host("web-1")
     await h.connect(host)

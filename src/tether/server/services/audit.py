@@ -239,7 +239,8 @@ class AuditLog:
         and the checkpoint waits for the next append); the checkpoint is put in place after the
         commit. Appends are
         serialised by a process lock (SQLite cannot upgrade a read transaction under contention)
-        and by PostgreSQL's row lock on the head across processes."""
+        and by PostgreSQL's row lock on the head across processes; each process prepares its
+        checkpoint in a file of its own and publishes only over an older one (docs/adr/0044)."""
         task = asyncio.current_task()
         if task is not None and task is self._owner:
             # A nested append would wait forever on the lock its own task holds.

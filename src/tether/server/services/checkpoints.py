@@ -12,7 +12,9 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +29,16 @@ from tether.server.services.pki import write_private
 from tether.server.store.faults import STORAGE_FULL, is_storage_full
 
 log = logging.getLogger(__name__)
+
+try:
+    import fcntl
+
+    _flock: Callable[[int, int], None] | None = fcntl.flock
+    _LOCK_EX = fcntl.LOCK_EX
+    _LOCK_UN = fcntl.LOCK_UN
+except ImportError:  # Windows
+    _flock = None
+    _LOCK_EX = _LOCK_UN = 0
 
 
 @dataclass(frozen=True)
@@ -105,9 +117,17 @@ CheckpointListener = Callable[[Checkpoint], None]
 class CheckpointSigner:
     """Signs chain heads with the Ed25519 key and keeps the newest checkpoint in a file."""
 
-    def __init__(self, key_path: Path, anchor_path: Path) -> None:
+    def __init__(self, key_path: Path, anchor_path: Path, writer: str | None = None) -> None:
         self._anchor_path = anchor_path
-        self._pending_path = anchor_path.with_name(anchor_path.name + ".tmp")
+        # Each process of a split platform (docs/adr/0044) prepares in a file of its own: with
+        # one shared file, one process could move another's checkpoint into place before the
+        # records it covers were committed (or after they were rolled back).
+        suffix = f".{writer}.tmp" if writer else ".tmp"
+        self._pending_path = anchor_path.with_name(anchor_path.name + suffix)
+        # Held while publishing, so a slower process never puts an older checkpoint back over
+        # a newer one.
+        self._lock_path = anchor_path.with_name(anchor_path.name + ".lock")
+        self._lock_fd: int | None = None
         self._listeners: list[CheckpointListener] = []
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -116,6 +136,26 @@ class CheckpointSigner:
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigurationError(f"The audit signing key {key_path} is not an Ed25519 key.")
         self._key = key
+
+    @contextmanager
+    def _anchor_lock(self) -> Iterator[None]:
+        """Exclude the other processes publishing to this anchor for the few microseconds of a
+        read and a rename (no fcntl, on Windows: one process per data directory)."""
+        if _flock is None:
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        _flock(self._lock_fd, _LOCK_EX)
+        try:
+            yield
+        finally:
+            _flock(self._lock_fd, _LOCK_UN)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @staticmethod
     def create_key(key_path: Path) -> None:
@@ -170,9 +210,19 @@ class CheckpointSigner:
         return checkpoint
 
     def publish(self, checkpoint: Checkpoint) -> None:
-        """Put a prepared checkpoint in place (the records it covers are committed)."""
+        """Put a prepared checkpoint in place (the records it covers are committed), unless
+        another process already published a newer one, which covers these records too."""
         try:
-            self._pending_path.replace(self._anchor_path)
+            with self._anchor_lock():
+                current = self.latest()
+                if (
+                    current is not None
+                    and current.seq > checkpoint.seq
+                    and self.is_genuine(current)
+                ):
+                    self._pending_path.unlink(missing_ok=True)
+                    return
+                self._pending_path.replace(self._anchor_path)
         except OSError:
             # The records are committed and the previous checkpoint still holds for them; the
             # next append signs again.

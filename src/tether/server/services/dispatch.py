@@ -9,7 +9,7 @@ queued job whose host left an Active Response segment fails with that reason and
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +33,8 @@ from tether.protocol import (
 from tether.server.services.access import ResponseAccess
 from tether.server.services.audit import AuditLog, AuditTransaction
 from tether.server.services.batching import Coalesced
+from tether.server.services.bus import Bus, Topic
+from tether.server.services.buses.local import LocalBus
 from tether.server.services.endpoint_misbehaviour import (
     JOB_OUTPUT,
     JOB_STATUS,
@@ -101,8 +103,15 @@ class Dispatcher:
         transfers: FileTransfers | None = None,
         faults: FaultCounter | None = None,
         misbehaviour: EndpointMisbehaviour | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self._engine = engine
+        # Sends and cancels reach the agent through the process that holds its connection: this
+        # one in a single process, the gateway's in a split platform (docs/adr/0044).
+        if bus is None:
+            bus = LocalBus()
+            self.serve_agents(bus)
+        self._bus = bus
         # Reports and output for another host's job are refused and recorded in summary.
         self._misbehaviour = misbehaviour or EndpointMisbehaviour(audit)
         self._audit = audit
@@ -125,6 +134,11 @@ class Dispatcher:
         self._unfinished: Coalesced[None, dict[str, list[Any]]] = Coalesced(self._read_unfinished)
         # Endings reported together are recorded together: one transaction, one signed head.
         self._endings: Coalesced[tuple[str, JobStatus], set[str]] = Coalesced(self._record_endings)
+
+    def serve_agents(self, bus: Bus) -> None:
+        """Send what `bus` says is ready or cancelled to the agents connected here."""
+        bus.subscribe(Topic.JOBS_READY, self.dispatch_here)
+        bus.subscribe(Topic.JOBS_CANCEL, self.cancel_here)
 
     def host_presence(self, host_id: str) -> tuple[bool, datetime | None]:
         """Whether the host is connected here, and when it was last heard from if known."""
@@ -162,6 +176,10 @@ class Dispatcher:
             await self._send(rows)
 
     async def dispatch(self, job_ids: list[str]) -> None:
+        """Have freshly queued jobs sent by whichever process holds their hosts' connections."""
+        await self._bus.publish(Topic.JOBS_READY, job_ids)
+
+    async def dispatch_here(self, job_ids: Sequence[str]) -> None:
         """Send freshly queued jobs to those of their hosts that are online in this process."""
         rows: list[Any] = []
         async with self._engine.connect() as conn:
@@ -311,13 +329,50 @@ class Dispatcher:
                 sent.update(result.scalars())
         return sent
 
-    async def send_cancel(self, host_id: str, job_id: str) -> bool:
-        """Ask the agent to stop a job; False when the host is not connected here."""
-        link = self._presence.link(host_id)
-        if link is None:
-            return False
-        await link.send_text(JobCancel(job_id=job_id).model_dump_json())
-        return True
+    async def send_cancel(self, job_id: str) -> None:
+        """Have the agent holding the job asked to stop it, wherever it is connected (the
+        cancellation is committed: an agent not reached now is asked when it reconnects)."""
+        await self._bus.publish(Topic.JOBS_CANCEL, [job_id])
+
+    async def cancel_here(self, job_ids: Sequence[str]) -> None:
+        """Ask the agents connected here to stop those of `job_ids` whose cancellation is on
+        record and that have not ended."""
+        wanted = list(job_ids)
+        rows: list[Any] = []
+        async with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                rows += (
+                    await conn.execute(
+                        select(jobs.c.id, jobs.c.host_id).where(
+                            jobs.c.id.in_(wanted[start : start + _CHUNK]),
+                            jobs.c.cancel_requested_by.is_not(None),
+                            jobs.c.state.in_(UNFINISHED),
+                        )
+                    )
+                ).all()
+        for row in rows:
+            link = self._presence.link(row.host_id)
+            if link is not None:
+                await link.send_text(JobCancel(job_id=row.id).model_dump_json())
+
+    async def cancel_waiting(self) -> None:
+        """Ask again for every cancellation on record of a job on a host connected here: after
+        the bus was away, when a cancel wake-up may have been missed."""
+        online = self._presence.online_ids()
+        ids: list[str] = []
+        async with self._engine.connect() as conn:
+            for start in range(0, len(online), _CHUNK):
+                ids += (
+                    await conn.execute(
+                        select(jobs.c.id).where(
+                            jobs.c.host_id.in_(online[start : start + _CHUNK]),
+                            jobs.c.cancel_requested_by.is_not(None),
+                            jobs.c.state.in_(UNFINISHED),
+                        )
+                    )
+                ).scalars()
+        if ids:
+            await self.cancel_here(ids)
 
     # -- what agents report --------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from tether.protocol import CloseCode, Hello, IsolationReport, hostname_key
 from tether.server.errors import Conflict, Invalid, NotFound
 from tether.server.services.audit import AuditLog
 from tether.server.services.batching import Coalesced
+from tether.server.services.bus import Bus, Topic
+from tether.server.services.buses.local import LocalBus
 from tether.server.services.endpoint_misbehaviour import ISOLATION_REPORT, EndpointMisbehaviour
 from tether.server.services.file_transfers import SCRIPT_ACTION
 from tether.server.services.isolation import NOT_ISOLATED, IsolationView, isolation_views
@@ -96,15 +98,50 @@ class Hosts:
         audit: AuditLog,
         presence: Presence,
         misbehaviour: EndpointMisbehaviour | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self._misbehaviour = misbehaviour or EndpointMisbehaviour(audit)
         self._engine = engine
+        # A revocation closes the connection in whichever process holds it (docs/adr/0044).
+        if bus is None:
+            bus = LocalBus()
+            self.serve_agents(bus)
+        self._bus = bus
         self._audit = audit
         self._presence = presence
         self._lookups: Coalesced[None, dict[str, CertificateStatus]] = Coalesced(
             self._look_up_serials
         )
         self._hellos: Coalesced[dict[str, Any], None] = Coalesced(self._store_hellos)
+
+    def serve_agents(self, bus: Bus) -> None:
+        """Close the connections held here of the hosts `bus` says were revoked."""
+        bus.subscribe(Topic.HOSTS_REVOKED, self.disconnect_revoked)
+
+    async def disconnect_revoked(self, host_ids: Sequence[str]) -> int:
+        """Close the connections held here of those of `host_ids` that are revoked; returns how
+        many. Also run over every connected host now and then, for a wake-up that was lost."""
+        here = [h for h in host_ids if self._presence.link(h) is not None]
+        revoked: list[str] = []
+        async with self._engine.connect() as conn:
+            for start in range(0, len(here), 500):
+                revoked += (
+                    await conn.execute(
+                        select(hosts.c.id).where(
+                            hosts.c.id.in_(here[start : start + 500]),
+                            hosts.c.revoked_at.is_not(None),
+                        )
+                    )
+                ).scalars()
+        for host_id in revoked:
+            link = self._presence.link(host_id)
+            if link is not None:
+                await link.disconnect(CloseCode.REVOKED, "This host's certificate was revoked.")
+        return len(revoked)
+
+    async def disconnect_all_revoked(self) -> None:
+        """`disconnect_revoked` over every host connected here."""
+        await self.disconnect_revoked(self._presence.online_ids())
 
     def _view(self, row: Any, isolation: IsolationView = NOT_ISOLATED) -> HostView:
         pending = self._presence.pending_last_seen(row.id)
@@ -286,7 +323,5 @@ class Hosts:
                 source=source,
                 details={"hostname": host.hostname, "was_online": host.online},
             )
-        link = self._presence.link(host.id)
-        if link is not None:
-            await link.disconnect(CloseCode.REVOKED, "This host's certificate was revoked.")
+        await self._bus.publish(Topic.HOSTS_REVOKED, [host.id])
         return await self.get(host.id)

@@ -232,7 +232,7 @@ class Isolation:
             )
         # Connected agents get it at once: isolated ones re-apply their rules with it, the
         # others keep it for the isolation their scripts may ask for.
-        await self._policies.publish_to_all()
+        await self._policies.changed_everywhere()
         return rules
 
     async def isolate(

@@ -7,13 +7,31 @@ another platform process, delays an answer by at most that timeout and never los
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
+
+from tether.server.services.bus import Bus, Topic
 
 
 class JobEvents:
-    def __init__(self) -> None:
+    def __init__(self, bus: Bus | None = None) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        # Other processes' followers hear of it through the bus (docs/adr/0044).
+        self._bus = bus
+        if bus is not None:
+            bus.subscribe(Topic.JOBS_CHANGED, self.wake)
 
     def notify(self, job_id: str) -> None:
+        """Wake this process's waiters on `job_id` now, and other processes' soon."""
+        self._wake_one(job_id)
+        if self._bus is not None:
+            self._bus.hint(Topic.JOBS_CHANGED, job_id)
+
+    async def wake(self, job_ids: Sequence[str]) -> None:
+        """Wake this process's waiters on `job_ids` (another process changed them)."""
+        for job_id in job_ids:
+            self._wake_one(job_id)
+
+    def _wake_one(self, job_id: str) -> None:
         for event in self._waiters.get(job_id, ()):
             event.set()
 

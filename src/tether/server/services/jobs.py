@@ -587,5 +587,5 @@ class Jobs:
             )
         self._events.notify(job_id)
         if not withdrawn:
-            await self._dispatcher.send_cancel(job.host_id, job_id)
+            await self._dispatcher.send_cancel(job_id)
         return await self.get(job_id)

@@ -5,11 +5,13 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.server.config import Settings
+from tether.server.config import Role, Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
+from tether.server.services.bus import Bus
+from tether.server.services.buses.local import LocalBus
 from tether.server.services.checkpoint_sink import CheckpointWitnesses, build_witnesses
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.endpoint_misbehaviour import EndpointMisbehaviour
@@ -22,6 +24,7 @@ from tether.server.services.job_events import JobEvents
 from tether.server.services.jobs import Jobs
 from tether.server.services.live_sessions import LiveSessions
 from tether.server.services.mfa import load_sealer
+from tether.server.services.nodes import Nodes
 from tether.server.services.pki import CertificateAuthority
 from tether.server.services.policy import PolicyDelivery
 from tether.server.services.presence import Presence
@@ -89,23 +92,37 @@ class Platform:
     certificate: CertificateWatch
     # What enrolled endpoints claimed about jobs not their own, recorded per host per minute.
     misbehaviour: EndpointMisbehaviour
+    # Wake-ups to the process holding an agent's connection (docs/adr/0044).
+    bus: Bus
+    # This process's row among the platform's processes (split roles only).
+    nodes: Nodes | None = None
 
     @classmethod
-    def build(cls, settings: Settings, engine: AsyncEngine | None = None) -> "Platform":
+    def build(
+        cls, settings: Settings, engine: AsyncEngine | None = None, bus: Bus | None = None
+    ) -> "Platform":
+        """The services of one process of `settings.role`; `bus` is given for a split role
+        (the runner makes a RedisBus), else the process talks to itself."""
         engine = engine or create_engine(settings.db_url)
+        role = settings.role
+        bus = bus or LocalBus()
+        nodes = Nodes(engine, role.value) if role is not Role.ALL else None
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
-        signer = CheckpointSigner(settings.audit_key, settings.audit_anchor)
+        signer = CheckpointSigner(
+            settings.audit_key, settings.audit_anchor, writer=nodes.id if nodes else None
+        )
         witnesses = build_witnesses(settings, signer)
         audit = AuditLog(engine, signer)
         bindings = ResultBindings(engine, audit)
         # `tether audit verify` also checks that stored results still match their records.
         audit.add_check(bindings.check_all)
-        presence = Presence(engine)
-        policies = PolicyDelivery(engine, presence)
+        # A gateway of a split platform writes which node holds each host; the api reads it.
+        presence = Presence(engine, node_id=nodes.id if nodes and role.holds_agents else None)
+        policies = PolicyDelivery(engine, presence, bus=bus)
         users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
         team = Team(engine, audit, users)
         access = ResponseAccess(engine)
-        events = JobEvents()
+        events = JobEvents(bus if bus.spans_processes else None)
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
         files = FileLibrary(
@@ -122,7 +139,16 @@ class Platform:
             transfers=transfers,
             faults=faults,
             misbehaviour=misbehaviour,
+            bus=bus,
         )
+        hosts = Hosts(engine, audit, presence, misbehaviour, bus=bus)
+        reachability = Reachability(presence, audit, holds_agents=role.holds_agents, bus=bus)
+        if role.holds_agents:
+            reachability.serve_agents(bus)
+            # Which process acts on each wake-up: the one holding the agents' connections.
+            dispatcher.serve_agents(bus)
+            policies.serve_agents(bus)
+            hosts.serve_agents(bus)
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
         dispatcher.check_result("files.get", files.retrieval_problem)
@@ -159,8 +185,8 @@ class Platform:
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
-            hosts=Hosts(engine, audit, presence, misbehaviour),
-            reachability=Reachability(presence, audit),
+            hosts=hosts,
+            reachability=reachability,
             policies=policies,
             segments=Segments(engine, audit, policies),
             access=access,
@@ -177,6 +203,8 @@ class Platform:
             tls_refusals=RefusalSummary(audit, TLS_REFUSALS),
             certificate=CertificateWatch(load_certificate(settings.server_cert)),
             misbehaviour=misbehaviour,
+            bus=bus,
+            nodes=nodes,
         )
 
     async def close(self) -> None:
@@ -187,4 +215,6 @@ class Platform:
         await self.transfers.close()
         await self.presence.flush()
         await self.witnesses.close()
+        await self.bus.close()
         await self.engine.dispose()
+        self.audit.signer.close()

@@ -8,20 +8,23 @@ concurrent changes and reconnects happen in, the last policy an agent receives i
 Reads from many deliveries at once (a switch flipped on a segment of 10,000 hosts, a reconnect
 storm) are one batched statement.
 
-One platform process: changes made in this process reach the agents connected to it. With
-several processes, the others' agents learn a change at their next reconnect; fanning it out over
-the bus is left for the scale-out issue (docs/adr/0008).
+A change is announced on the bus (`changed`, `changed_everywhere`, `changed_in_segment`), and
+the process holding each agent's connection delivers it (`deliver_here`): the same process in
+`--role all`, the gateway in a split platform (docs/adr/0044).
 """
 
 import asyncio
 import logging
 import weakref
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import CloseCode, Policy
 from tether.server.services.batching import Coalesced
+from tether.server.services.bus import Bus, Topic
+from tether.server.services.buses.local import LocalBus
 from tether.server.services.isolation_allowlist import read_allowlist
 from tether.server.services.presence import AgentLink, Presence
 from tether.server.store.tables import hosts, segments
@@ -35,14 +38,48 @@ _READ_CHUNK = 500
 class PolicyDelivery:
     """Sends each connected agent the Active Response switch of its segment."""
 
-    def __init__(self, engine: AsyncEngine, presence: Presence, send_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        presence: Presence,
+        send_timeout: float = 5.0,
+        bus: Bus | None = None,
+    ) -> None:
         self._engine = engine
+        if bus is None:
+            bus = LocalBus()
+            self.serve_agents(bus)
+        self._bus = bus
         self._presence = presence
         self._send_timeout = send_timeout
         self._locks: weakref.WeakKeyDictionary[AgentLink, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
         self._reads: Coalesced[None, dict[str, Policy]] = Coalesced(self._read_policies)
+
+    def serve_agents(self, bus: Bus) -> None:
+        """Deliver the policy changes `bus` announces to the agents connected here."""
+        bus.subscribe(Topic.POLICY_CHANGED, self.deliver_here)
+
+    async def changed(self, host_ids: list[str]) -> None:
+        """The policy of `host_ids` changed: have it delivered wherever they are connected."""
+        if host_ids:
+            await self._bus.publish(Topic.POLICY_CHANGED, host_ids)
+
+    async def changed_everywhere(self) -> None:
+        """Every host's policy changed (the isolation allowlist)."""
+        await self._bus.publish(Topic.POLICY_CHANGED, [])
+
+    async def changed_in_segment(self, segment_id: int) -> None:
+        """The policy of every host of the segment changed."""
+        await self.changed(await self._segment_hosts(segment_id))
+
+    async def deliver_here(self, host_ids: Sequence[str]) -> None:
+        """Deliver the current policy to those of `host_ids` connected here (no ids: all)."""
+        if host_ids:
+            await self.publish_to_hosts(list(host_ids))
+        else:
+            await self.publish_to_all()
 
     async def policy_of(self, host_id: str) -> Policy | None:
         """The policy host `host_id` is under now, or None when no such host exists."""
@@ -100,12 +137,18 @@ class PolicyDelivery:
         """Deliver the current policy to every host connected here."""
         return await self.publish_to_hosts(self._presence.online_ids())
 
+    async def publish_everywhere(self) -> None:
+        """`publish_to_all`, for a caller that wants no count (a bus resync)."""
+        await self.publish_to_all()
+
     async def publish_to_segment(self, segment_id: int) -> int:
         """Deliver the current policy to every connected host of the segment."""
+        return await self.publish_to_hosts(await self._segment_hosts(segment_id))
+
+    async def _segment_hosts(self, segment_id: int) -> list[str]:
         async with self._engine.connect() as conn:
-            ids = list(
+            return list(
                 (await conn.execute(select(hosts.c.id).where(hosts.c.segment_id == segment_id)))
                 .scalars()
                 .all()
             )
-        return await self.publish_to_hosts(ids)

@@ -7,15 +7,15 @@ few seconds (DESIGN.md section 9, "persist acknowledgements in batches").
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import CloseCode, Policy
 from tether.server.store.db import utcnow
-from tether.server.store.tables import hosts
+from tether.server.store.tables import hosts, platform_nodes
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +49,37 @@ class AgentLink(Protocol):
 
 
 class Presence:
-    """The registry of live agent connections in this platform process."""
+    """The registry of live agent connections in this platform process.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    In a split platform (docs/adr/0044) a gateway process is given its `node_id` and also
+    flushes which node holds each host, and an api process, which holds no connection, reads
+    that back (`refresh_remote`) so its listings say who is online."""
+
+    def __init__(self, engine: AsyncEngine, node_id: str | None = None) -> None:
         self._engine = engine
+        self._node_id = node_id
         self._links: dict[str, AgentLink] = {}
         self._dirty: dict[str, datetime] = {}
+        # Hosts whose holder changed since the last flush: this node, or None when it let go.
+        self._holders: dict[str, str | None] = {}
+        # Hosts connected to another live process, as last read (api role only).
+        self._remote: frozenset[str] = frozenset()
 
     def attach(self, link: AgentLink) -> AgentLink | None:
         """Register a new connection; returns the one it replaces, which the caller closes."""
         previous = self._links.get(link.host_id)
         self._links[link.host_id] = link
         self._dirty[link.host_id] = utcnow()
+        if self._node_id is not None:
+            self._holders[link.host_id] = self._node_id
         return previous
 
     def detach(self, link: AgentLink) -> None:
         if self._links.get(link.host_id) is link:
             del self._links[link.host_id]
             self._dirty[link.host_id] = utcnow()
+            if self._node_id is not None:
+                self._holders[link.host_id] = None
 
     def touch(self, host_id: str) -> None:
         self._dirty[host_id] = utcnow()
@@ -75,10 +88,16 @@ class Presence:
         return self._links.get(host_id)
 
     def is_online(self, host_id: str) -> bool:
-        return host_id in self._links
+        """Connected here, or (api role) to another live process as last read."""
+        return host_id in self._links or host_id in self._remote
 
     def online_ids(self) -> list[str]:
+        """The hosts connected to this process."""
         return list(self._links)
+
+    def remote_ids(self) -> list[str]:
+        """The hosts other live processes hold, as last read (api role)."""
+        return list(self._remote)
 
     @property
     def count(self) -> int:
@@ -90,23 +109,72 @@ class Presence:
 
     async def flush(self) -> int:
         """Write every pending `last_seen` in one statement; returns how many hosts it covered."""
-        if not self._dirty:
+        if not self._dirty and not self._holders:
             return 0
         batch, self._dirty = self._dirty, {}
+        holders, self._holders = self._holders, {}
         statement = (
             update(hosts).where(hosts.c.id == bindparam("host")).values(last_seen=bindparam("seen"))
         )
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(
-                    statement, [{"host": h, "seen": seen} for h, seen in batch.items()]
-                )
+                if batch:
+                    await conn.execute(
+                        statement, [{"host": h, "seen": seen} for h, seen in batch.items()]
+                    )
+                await self._write_holders(conn, holders)
         except Exception:
             # Keep the touches for the next attempt; newer touches win.
             for host, seen in batch.items():
                 self._dirty.setdefault(host, seen)
+            for host, node in holders.items():
+                self._holders.setdefault(host, node)
             raise
         return len(batch)
+
+    async def _write_holders(self, conn: Any, holders: dict[str, str | None]) -> None:
+        held = [{"host": h, "node": n} for h, n in holders.items() if n is not None]
+        released = [{"host": h, "node": self._node_id} for h, n in holders.items() if n is None]
+        if held:
+            await conn.execute(
+                update(hosts)
+                .where(hosts.c.id == bindparam("host"))
+                .values(node_id=bindparam("node")),
+                held,
+            )
+        if released:
+            # Only what this node still holds: the host may have moved to another node already.
+            await conn.execute(
+                update(hosts)
+                .where(hosts.c.id == bindparam("host"), hosts.c.node_id == bindparam("node"))
+                .values(node_id=None),
+                released,
+            )
+
+    async def refresh_remote(self, alive_within: float) -> int:
+        """Read which hosts other live processes hold (api role); returns how many."""
+        since = utcnow() - timedelta(seconds=alive_within)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(hosts.c.id)
+                .join(platform_nodes, platform_nodes.c.id == hosts.c.node_id)
+                .where(
+                    and_(
+                        platform_nodes.c.heartbeat_at > since,
+                        hosts.c.revoked_at.is_(None),
+                    )
+                )
+            )
+            self._remote = frozenset(rows.scalars())
+        return len(self._remote)
+
+    async def run_remote_refresh(self, interval: float, alive_within: float) -> None:
+        while True:
+            try:
+                await self.refresh_remote(alive_within)
+            except Exception:
+                log.exception("Could not read which hosts other processes hold; will retry.")
+            await asyncio.sleep(interval)
 
     async def run_flusher(self, interval: float) -> None:
         while True:

@@ -160,7 +160,7 @@ class Segments:
         except IntegrityError as exc:
             raise Conflict(f"A segment named {new_name!r} already exists.") from exc
         # The policy names the segment, so its agents hear about the new name.
-        await self._policies.publish_to_segment(row.id)
+        await self._policies.changed_in_segment(row.id)
         return await self.get(new_name)
 
     async def set_active_response(
@@ -185,7 +185,7 @@ class Segments:
                 )
         if row.active_response == enabled:
             return await self.get(name)
-        await self._policies.publish_to_segment(row.id)
+        await self._policies.changed_in_segment(row.id)
         return await self.get(name)
 
     async def delete(self, name: str, *, actor: str, source: str) -> None:
@@ -279,5 +279,5 @@ class Segments:
                 )
         if current.name == target.name:
             return current.name, target.name
-        await self._policies.publish_to_hosts([host_id])
+        await self._policies.changed([host_id])
         return current.name, target.name

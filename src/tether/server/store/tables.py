@@ -207,6 +207,20 @@ hosts = Table(
     # when: in its hello, or when a script or the endpoint owner changed it.
     Column("isolation_reported", Text, nullable=True),
     Column("isolation_reported_at", DateTime(timezone=True), nullable=True),
+    # The platform process (platform_nodes.id) holding the agent's connection, as last flushed;
+    # only gateway processes of a split platform write it (docs/adr/0044).
+    Column("node_id", String(36), nullable=True),
+)
+
+# The processes of a split platform, each beating every few seconds: a host whose node stopped
+# beating is offline, whatever its node_id says (a node killed with -9 clears nothing).
+platform_nodes = Table(
+    "platform_nodes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )
 
 audit_records = Table(

@@ -1,6 +1,6 @@
 """Enrollment tokens can be revoked (issue 18): when and by whom; a revoked token enrolls nothing.
 
-Revision ID: 0017_enrollment_token_revocation
+Revision ID: 0013_enrollment_token_revocation
 Revises: 0012_service_tokens
 Create Date: 2026-12-07
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0017_enrollment_token_revocation"
+revision: str = "0013_enrollment_token_revocation"
 down_revision: str | None = "0012_service_tokens"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

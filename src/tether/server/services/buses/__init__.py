@@ -1,0 +1,1 @@
+"""Implementations of the wake-up bus (services/bus.py): one process, or Redis between several."""
