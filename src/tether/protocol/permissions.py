@@ -122,3 +122,19 @@ def tier_refusal(username: str, held: Tier | None, needed: Tier, what: str) -> s
     if held is None:
         return f"{username} has no Active Response tier; {what} needs {needed.value}."
     return f"{username} has the {held.value} tier; {what} needs {needed.value}."
+
+
+class Approval(StrEnum):
+    """A segment's four-eyes setting: which actions need a second person's approval
+    (docs/adr/0039). `respond` covers respond and script actions; `script` only script ones."""
+
+    OFF = "off"
+    RESPOND = "respond"
+    SCRIPT = "script"
+
+
+def approval_needed(setting: Approval | str, needed: Tier) -> bool:
+    """Whether an action needing tier `needed` waits for approval in a segment set to `setting`."""
+    if setting == Approval.OFF:
+        return False
+    return tier_allows(needed, Tier(setting))

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.server.config import Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
+from tether.server.services.approvals import Approvals
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
 from tether.server.services.checkpoint_sink import CheckpointWitnesses, build_witnesses
@@ -74,6 +75,7 @@ class Platform:
     access: ResponseAccess
     dispatcher: Dispatcher
     jobs: Jobs
+    approvals: Approvals
     scripts: ScriptLibrary
     live_sessions: LiveSessions
     files: FileLibrary
@@ -167,6 +169,7 @@ class Platform:
             dispatcher=dispatcher,
             scripts=ScriptLibrary(engine, audit),
             jobs=jobs,
+            approvals=Approvals(engine, audit, dispatcher, events),
             live_sessions=live_sessions,
             files=files,
             transfers=transfers,
