@@ -83,6 +83,7 @@ EXPECTED = [
     "parse_platform_message",
     "permissions_of",
     "approval_needed",
+    "approval_weakens",
     "tier_allows",
     "tier_of",
     "tier_refusal",

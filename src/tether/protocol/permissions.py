@@ -138,3 +138,13 @@ def approval_needed(setting: Approval | str, needed: Tier) -> bool:
     if setting == Approval.OFF:
         return False
     return tier_allows(needed, Tier(setting))
+
+
+# Least to most: "respond" makes more actions wait than "script".
+_APPROVAL_STRENGTH: tuple[Approval, ...] = (Approval.OFF, Approval.SCRIPT, Approval.RESPOND)
+
+
+def approval_weakens(new: Approval | str, current: Approval | str) -> bool:
+    """Whether moving a segment from `current` to `new` lets more actions run without a second
+    person: as sensitive as switching Active Response on, so it asks for a fresh code."""
+    return _APPROVAL_STRENGTH.index(Approval(new)) < _APPROVAL_STRENGTH.index(Approval(current))

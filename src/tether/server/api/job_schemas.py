@@ -69,8 +69,9 @@ class ApprovalOut(BaseModel):
     decided_by: str | None
     decided_at: datetime | None
     reason: str | None
-    # Jobs of the batch still waiting for the decision.
+    # Jobs of the batch still waiting for the decision, and one of them to name it by.
     waiting: int = 0
+    first_job: str = ""
 
 
 class ApprovalDecision(BaseModel):

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from tether.protocol import Approval, Permission
+from tether.protocol import Permission, approval_weakens
 from tether.server.api.deps import PlatformDep, require, require_step_up, source_of
 from tether.server.api.schemas import SegmentChange, SegmentCreate, SegmentOut
 from tether.server.errors import Invalid
@@ -54,7 +54,7 @@ async def change_segment(
         await require_step_up(request, platform, user, "active response")
     source = source_of(request)
     current = await platform.segments.get(name)
-    if body.approval is not None and _weaker(body.approval, current.approval):
+    if body.approval is not None and approval_weakens(body.approval, current.approval):
         # Fewer actions needing a second person is as sensitive as switching Active Response on.
         await require_step_up(request, platform, user, "four-eyes approval")
     if body.name is not None:
@@ -74,14 +74,6 @@ async def change_segment(
             source=source,
         )
     return SegmentOut(**current.__dict__)
-
-
-# Least to most: "respond" makes more actions wait than "script".
-_STRENGTH = (Approval.OFF, Approval.SCRIPT, Approval.RESPOND)
-
-
-def _weaker(new: Approval, current: str) -> bool:
-    return _STRENGTH.index(new) < _STRENGTH.index(Approval(current))
 
 
 @router.delete("/segments/{name}", status_code=204, response_class=Response)

@@ -52,8 +52,10 @@ class ApprovalView:
     decided_by: str | None
     decided_at: datetime | None
     reason: str | None
-    # Jobs of the batch still waiting for this decision.
+    # Jobs of the batch still waiting for this decision, and one of them (the pages and the
+    # CLI name a request by a job of it).
     waiting: int = 0
+    first_job: str = ""
 
 
 def describe_timeout(seconds: int) -> str:
@@ -72,7 +74,7 @@ def check_timeout(seconds: int) -> int:
     return seconds
 
 
-def _view(row: Any, waiting: int = 0) -> ApprovalView:
+def _view(row: Any, waiting: int = 0, first_job: str = "") -> ApprovalView:
     return ApprovalView(
         batch_id=row.batch_id,
         action=row.action,
@@ -87,6 +89,7 @@ def _view(row: Any, waiting: int = 0) -> ApprovalView:
         decided_at=as_utc(row.decided_at),
         reason=row.reason,
         waiting=waiting,
+        first_job=first_job,
     )
 
 
@@ -136,13 +139,23 @@ class Approvals:
     async def pending(self, *, limit: int = 200) -> list[ApprovalView]:
         """Requests nobody has decided yet that still have jobs waiting, oldest first."""
         waiting = (
-            select(jobs.c.batch_id, func.count().label("waiting"))
+            select(
+                jobs.c.batch_id,
+                func.count().label("waiting"),
+                func.min(jobs.c.id).label("first_job"),
+            )
             .where(jobs.c.state == AWAITING_APPROVAL)
             .group_by(jobs.c.batch_id)
             .subquery()
         )
         query = (
-            select(approvals, batches.c.action, batches.c.selection, waiting.c.waiting)
+            select(
+                approvals,
+                batches.c.action,
+                batches.c.selection,
+                waiting.c.waiting,
+                waiting.c.first_job,
+            )
             .join(batches, batches.c.id == approvals.c.batch_id)
             .join(waiting, waiting.c.batch_id == approvals.c.batch_id)
             .where(approvals.c.state == "pending")
@@ -151,7 +164,7 @@ class Approvals:
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_view(r, int(r.waiting)) for r in rows]
+        return [_view(r, int(r.waiting), r.first_job) for r in rows]
 
     async def pending_for(self, user: User) -> list[ApprovalView]:
         """The pending requests `user` may decide: not their own, within their tier."""
