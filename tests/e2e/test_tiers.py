@@ -195,3 +195,57 @@ def test_a_service_token_acts_only_in_its_segments_until_revoked(
     assert ("admin", "service:soar") in [
         (r["actor"], r["target"]) for r in records if r["action"] == "service_token.revoke"
     ]
+
+
+def test_a_second_person_approves_a_request_and_the_job_runs(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    """Four eyes across two people with their own TOTP codes and a real agent: alma's library
+    run waits, alma cannot approve it herself, bert approves it and it runs."""
+    platform, admin, _ = responding
+    # Stricter needs no fresh code; the users' creation spends the admin's codes.
+    admin.ok("segment", "set", "ir", "--approval", "respond")
+    try:
+        alma = enrolled(platform, admin, "alma", "respond", tmp_path / "alma")
+        bert = enrolled(platform, admin, "bert", "respond", tmp_path / "bert")
+        source = tmp_path / "approved.py"
+        source.write_text("print('ran after approval')\n")
+        admin.ok("script", "save", "approved", str(source), "--description", "Says so.")
+
+        asked = alma.run("run", endpoint.host_id, "--script", "approved")
+        assert asked.returncode == 0, asked.stderr
+        notice = one_line(asked.stderr)
+        assert notice.startswith(
+            "Segment ir needs a second person's approval for respond and script actions; job "
+        )
+        job_id = notice.split("; job ", 1)[1].split(" ", 1)[0]
+        assert alma.json("job", "show", job_id, "--json")["job"]["state"] == "awaiting_approval"
+        assert refusal(alma, "job", "approve", job_id) == (
+            f"tether: alma requested job {job_id}; a different person must approve it."
+        )
+        assert "Approved: script.run requested by alma" in bert.ok(
+            "job", "approve", job_id, "--reason", "checked with alma"
+        )
+        with bert.api() as api:
+            deadline = time.monotonic() + 30
+            job: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                job = api.get(f"/jobs/{job_id}/output", params={"wait": 10}).json()["job"]
+                if job["state"] == "succeeded":
+                    break
+        assert job["state"] == "succeeded", job
+        shown = alma.ok("job", "show", job_id)
+        assert "ran after approval" in shown
+        assert "approved by bert: checked with alma" in shown
+        records = alma.json("audit", "list", "--limit", "1000")
+        decided = [
+            (r["action"], r["actor"]) for r in records if r["action"].startswith("job.appro")
+        ]
+        for expected in (
+            ("job.approval.request", "alma"),
+            ("job.approval.refused", "alma"),
+            ("job.approve", "bert"),
+        ):
+            assert expected in decided
+    finally:
+        admin.ok("segment", "set", "ir", "--approval", "off", "--code", platform.admin_code())
