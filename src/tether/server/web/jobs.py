@@ -309,7 +309,8 @@ async def cancel_batch(
     every job: the user's) stops the loop and is raised."""
     unfinished = await platform.jobs.find(
         batch_id=batch_id,
-        states=list(UNFINISHED),
+        # A run still awaiting approval is withdrawn as well.
+        states=[AWAITING_APPROVAL, *UNFINISHED],
         cancel_requested=False,
         limit=CANCEL_LIMIT + 1,
     )
