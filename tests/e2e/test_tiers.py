@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tether.protocol import FINAL_STATES
 from tether.protocol.totp import from_base32, totp
 from tether.server.api.deps import NOT_FOR_SERVICES
 
@@ -208,9 +209,12 @@ def test_a_second_person_approves_a_request_and_the_job_runs(
     try:
         alma = enrolled(platform, admin, "alma", "respond", tmp_path / "alma", fresh=True)
         bert = enrolled(platform, admin, "bert", "respond", tmp_path / "bert", fresh=True)
-        source = tmp_path / "approved.py"
-        source.write_text("print('ran after approval')\n")
-        admin.ok("script", "save", "approved", str(source), "--description", "Says so.")
+        with admin.api() as api:
+            saved = api.put(
+                "/scripts/approved",
+                json={"source": "print('ran after approval')\n", "description": "Says so."},
+            )
+            assert saved.status_code in (200, 201), saved.text
 
         asked = alma.run("run", endpoint.host_id, "--script", "approved")
         assert asked.returncode == 0, asked.stderr
@@ -219,7 +223,9 @@ def test_a_second_person_approves_a_request_and_the_job_runs(
             "Segment ir needs a second person's approval for respond and script actions; job "
         )
         job_id = notice.split("; job ", 1)[1].split(" ", 1)[0]
-        assert alma.json("job", "show", job_id, "--json")["job"]["state"] == "awaiting_approval"
+        with bert.api() as api:
+            waiting = api.get(f"/jobs/{job_id}").json()
+        assert (waiting["state"], waiting["approval"]["state"]) == ("awaiting_approval", "pending")
         assert refusal(alma, "job", "approve", job_id) == (
             f"tether: alma requested job {job_id}; a different person must approve it."
         )
@@ -231,13 +237,14 @@ def test_a_second_person_approves_a_request_and_the_job_runs(
             job: dict[str, Any] = {}
             while time.monotonic() < deadline:
                 job = api.get(f"/jobs/{job_id}/output", params={"wait": 10}).json()["job"]
-                if job["state"] == "succeeded":
+                if job["state"] in FINAL_STATES:
                     break
         assert job["state"] == "succeeded", job
         shown = alma.ok("job", "show", job_id)
         assert "ran after approval" in shown
         assert "approved by bert: checked with alma" in shown
-        records = alma.json("audit", "list", "--limit", "1000")
+        with alma.api() as api:
+            records = api.get("/audit", params={"limit": 1000}).json()
         decided = [
             (r["action"], r["actor"]) for r in records if r["action"].startswith("job.appro")
         ]
