@@ -80,11 +80,11 @@ async def test_a_request_waits_until_a_second_person_approves_it(
     shown = (await client.get(f"/api/v1/jobs/{job['id']}", headers=rita)).json()
     assert shown["state"] == "queued"
     assert (shown["approval"]["decided_by"], shown["approval"]["reason"]) == ("ron", "confirmed")
-    again = await client.post(
+    late = await client.post(
         f"/api/v1/jobs/{job['id']}/reject", json={"reason": "no"}, headers=admin
     )
-    assert again.status_code == 409
-    assert again.json()["detail"] == f"The request for job {job['id']} was already approved by ron."
+    assert late.status_code == 409
+    assert late.json()["detail"] == f"The request for job {job['id']} was already approved by ron."
 
 
 async def test_asking_fewer_actions_to_wait_needs_a_fresh_code(

@@ -47,6 +47,7 @@ class Four(Harness):
     def __init__(self, engine: AsyncEngine, audit: AuditLog) -> None:
         super().__init__(engine, audit)
         self.approvals = Approvals(engine, audit, self.dispatcher, self.events)
+        self.dispatcher.on_sweep(self.approvals.expire_overdue)
         self.segments = Segments(engine, audit, PolicyDelivery(engine, Presence(engine)))
 
     async def approval(self, segment: str, setting: Approval, timeout: int | None = None) -> None:

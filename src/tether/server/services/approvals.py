@@ -134,7 +134,6 @@ class Approvals:
         self._audit = audit
         self._dispatcher = dispatcher
         self._events = events
-        dispatcher.on_sweep(self.expire_overdue)
 
     async def pending(self, *, limit: int = 200) -> list[ApprovalView]:
         """Requests nobody has decided yet that still have jobs waiting, oldest first."""

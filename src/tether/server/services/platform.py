@@ -148,6 +148,9 @@ class Platform:
         # ...and withdraws the response jobs they queued, so none runs after they lost access.
         users.on_access_lost(jobs.withdraw_for_user)
         service_tokens = ServiceTokens(engine, audit, jobs.withdraw_for_user)
+        approvals = Approvals(engine, audit, dispatcher, events)
+        # The job sweeper also ends requests for approval nobody decided in time.
+        dispatcher.on_sweep(approvals.expire_overdue)
         return cls(
             settings=settings,
             service_tokens=service_tokens,
@@ -169,7 +172,7 @@ class Platform:
             dispatcher=dispatcher,
             scripts=ScriptLibrary(engine, audit),
             jobs=jobs,
-            approvals=Approvals(engine, audit, dispatcher, events),
+            approvals=approvals,
             live_sessions=live_sessions,
             files=files,
             transfers=transfers,
