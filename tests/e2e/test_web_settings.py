@@ -1,11 +1,15 @@
 """The Settings pages in a real browser against a real platform: an admin creates a user and
 grants them Active Response from the row menu, flips a segment's Active Response switch off and
-on, and issues an enrollment token whose command line a real agent then enrolls with."""
+on, and issues an enrollment token whose command line a real agent then enrolls with; and
+creates a service token on its page, which then works against the real API in its segment only,
+until it is revoked on the page."""
 
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.sync_api import Page, expect
 
 from .browser import browser_page, log_in, screenshot
@@ -94,7 +98,71 @@ def _enrollment_page(page: Page) -> str:
     return text.removeprefix(COMMAND)
 
 
-def test_an_admin_manages_team_segments_configuration_and_enrollment(
+def _jobs_call(platform: Platform, token: str, host: str) -> httpx.Response:
+    """A process list on `host`, submitted with a service token straight to the REST API."""
+    return httpx.post(
+        f"{platform.url}/api/v1/jobs",
+        json={"action": "processes.list", "args": {}, "hosts": [host]},
+        headers={"authorization": f"Bearer {token}"},
+        verify=ssl.create_default_context(cafile=str(platform.ca)),
+        timeout=10.0,
+    )
+
+
+def _service_tokens_page(page: Page, platform: Platform, admin: Cli, host: str) -> None:
+    """A token made on the page works against the real API in its segment only, is never shown
+    again, and is refused once revoked there; revoking withdraws the job it queued."""
+    page.get_by_role("link", name="Service tokens").click()
+    page.wait_for_url("**/settings/service-tokens")
+    expect(page.locator("dl.tiers")).to_contain_text("kill")
+    page.get_by_label("Name").fill("soar")
+    page.get_by_label("Tier").select_option("collect")
+    page.locator("fieldset.token-segments").get_by_label("ir").check()
+    page.get_by_label("Valid for").fill("1")
+    page.get_by_label("Unit").select_option("days")
+    page.get_by_role("button", name="Create service token").click()
+    shown = page.locator("#service-token")
+    expect(shown).to_contain_text("tts_")
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("#copy-status")).to_have_text("Copied.")
+    token: str = page.evaluate("navigator.clipboard.readText()")
+    assert token == shown.inner_text().strip()
+    screenshot(page, "settings-service-tokens")
+
+    # The copied token queues a process list on the (offline) host of its segment ...
+    queued = _jobs_call(platform, token, host)
+    assert queued.status_code == 201, queued.text
+    [job] = queued.json()["jobs"]
+    assert (job["created_by"], job["state"]) == ("service:soar", "queued")
+    # ... and is refused the same host once it has left the segment.
+    with admin.api() as api:
+        moved = api.post(f"/hosts/{host}/move", json={"segment": "default"})
+        assert moved.status_code == 200, moved.text
+    refused = _jobs_call(platform, token, host)
+    assert refused.status_code == 403, refused.text
+    assert "service:soar may act only in segments ir;" in refused.json()["detail"]
+
+    # Back by the tab (a reload would send the form again): used, and never shown again.
+    page.get_by_role("link", name="Service tokens").click()
+    row = page.locator('tr[data-token="soar"]')
+    expect(row).to_contain_text("from 127.0.0.1")
+    assert token not in page.content()
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("alert")).to_contain_text("Revoke service token soar?")
+    page.get_by_role("button", name="Revoke soar").click()
+    expect(page.get_by_role("status")).to_contain_text("Service token soar revoked")
+    expect(row.locator(".token-state")).to_contain_text("revoked")
+
+    gone = _jobs_call(platform, token, host)
+    assert (gone.status_code, gone.json()["detail"]) == (
+        401,
+        "Service token soar was revoked; ask an admin for a new one.",
+    )
+    with admin.api() as api:
+        assert api.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+
+
+def test_an_admin_manages_team_segments_configuration_enrollment_and_service_tokens(
     responding: tuple[Platform, Cli, Children], tmp_path: Path
 ) -> None:
     platform, admin, children = responding
@@ -120,4 +188,5 @@ def test_an_admin_manages_team_segments_configuration_and_enrollment(
         page.wait_for_load_state()
         expect(page.locator("table.tokens tbody tr").last).to_contain_text("1 of 1")
         assert token not in page.content()
+        _service_tokens_page(page, platform, admin, agent.host_id)
     print(f"settings browser test took {time.monotonic() - started:.1f} s")

@@ -3,6 +3,7 @@ from pydantic import BaseModel, ValidationError
 
 from tether.protocol import (
     ACTIONS,
+    TIERS,
     ActionSpec,
     FileHash,
     FileHashArgs,
@@ -15,8 +16,10 @@ from tether.protocol import (
     ProcessKillResult,
     ProcessList,
     ProcessListArgs,
+    Tier,
     action,
 )
+from tether.protocol.actions import tier_additions
 
 
 def test_every_declaration_is_filed_under_its_name() -> None:
@@ -80,3 +83,13 @@ def test_argument_and_result_models_are_frozen() -> None:
     for spec in ACTIONS.values():
         assert spec.args.model_config.get("frozen") is True, spec.name
         assert spec.result.model_config.get("frozen") is True, spec.name
+
+
+def test_tier_additions_file_every_response_action_under_the_tier_it_declares() -> None:
+    added = tier_additions()
+    assert list(added) == list(TIERS)
+    for spec in ACTIONS.values():
+        filed = [tier for tier, labels in added.items() if spec.label in labels]
+        assert filed == ([spec.tier] if spec.response else []), spec.name
+    assert "a library script" in added[Tier.RESPOND]
+    assert added[Tier.SCRIPT] == ["an arbitrary script"]

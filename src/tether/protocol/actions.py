@@ -19,7 +19,7 @@ from tether.protocol.filesystem import (
     FilePutResult,
 )
 from tether.protocol.isolation import IsolateArgs, IsolationStatus, ReleaseArgs
-from tether.protocol.permissions import Permission, Tier
+from tether.protocol.permissions import TIERS, Permission, Tier
 from tether.protocol.processes import (
     ProcessKillArgs,
     ProcessKillResult,
@@ -228,3 +228,18 @@ def refusal_name(spec: ActionSpec, *, from_library: bool) -> str:
 def action(name: str) -> ActionSpec:
     """The declaration of action `name`, or KeyError when no such action exists."""
     return ACTIONS[name]
+
+
+def tier_additions() -> dict[Tier, list[str]]:
+    """What each tier adds to the tiers below it, in the words its refusals use ("kill", "a
+    library script"): each response action's label under the tier it needs, and its library
+    form's label under the library tier. Pages explain the tiers from this, not from a list of
+    their own, so a new action shows up where it belongs."""
+    added: dict[Tier, list[str]] = {tier: [] for tier in TIERS}
+    for spec in ACTIONS.values():
+        if not spec.response:
+            continue
+        added[spec.tier].append(spec.label)
+        if spec.library_tier is not None:
+            added[spec.library_tier].append(spec.library_label)
+    return added

@@ -225,6 +225,9 @@ ROWS = [
     Row("POST", "/settings/configuration/allowlist", WEB_CHANGE_BY_FORM),
     Row("GET", "/settings/enrollment", WEB_ADMINS),
     Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
+    Row("GET", "/settings/service-tokens", WEB_ADMINS),
+    Row("POST", "/settings/service-tokens", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/service-tokens/{name}/revoke", WEB_CHANGE_BY_FORM, url="/settings/service-tokens/ghost/revoke"),
     # Files: results readers see them; downloads and uploads are the Active Response role's. An
     # upload reads its CSRF token from the form, so a body that is no form is a 400 first.
     Row("GET", "/files", (303, 200, 200, 200, 200, 303, 303, 403, 200)),

@@ -32,6 +32,8 @@ TABS = (
     Tab("/settings/segments", "Device Segments", Permission.SEGMENTS_MANAGE),
     Tab("/settings/configuration", "Device Configuration", Permission.SETTINGS_MANAGE),
     Tab("/settings/enrollment", "Enrollment tokens", Permission.ENROLLMENT_MANAGE),
+    # The API's permission for them (`api/service_tokens.py`): they hand out endpoint access.
+    Tab("/settings/service-tokens", "Service tokens", Permission.USERS_MANAGE),
 )
 
 

@@ -19,6 +19,7 @@ from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.settings.common import changes_on, form_fields, form_values, show
 from tether.server.web.settings.step_up import fresh
+from tether.server.web.settings.tiers import tier_lines
 
 router = APIRouter()
 TeamAdmin = Annotated[User, Depends(page_require(Permission.USERS_MANAGE))]
@@ -82,6 +83,7 @@ async def _page(
         entered=entered or {},
         # An enrollment code just issued: shown on this answer only, never stored.
         issued=issued,
+        tier_lines=tier_lines(),
     )
 
 
