@@ -105,3 +105,22 @@ async def test_reject_needs_a_reason_and_the_segments_page_sets_approval(
         data={"csrf_token": csrf_of(settings.text), "approval": "maybe"},
     )
     assert "Choose off, script or respond" in bad.text
+
+
+async def test_an_isolation_from_the_active_response_page_says_it_awaits_approval(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await enrolled(platform, "rita", {Role.RESPOND})
+    await _awaiting(platform)  # the segment, switched on and needing approval
+    host = await add_host(platform.engine, "guarded-3", segment="guarded")
+    page = await admin_browser.get("/active-response")
+    asked = await admin_browser.post(
+        "/active-response/actions",
+        data={"host": host, "action": "isolate-outbound", "csrf_token": csrf_of(page.text)},
+    )
+    assert asked.status_code == 303, asked.text
+    shown = await admin_browser.get(asked.headers["location"])
+    assert "1 of them wait for a second person's approval (at least the respond tier)" in (
+        shown.text
+    )
+    assert (await platform.hosts.get(host)).isolation.state == "isolation pending"
