@@ -106,8 +106,10 @@ async def cli(
     token = admin["authorization"].removeprefix("Bearer ")
     ca_pem = platform.settings.ca_cert.read_text()
 
-    def from_profile(cls: type[Api]) -> Api:
-        return cls("https://tether.test", ca_pem, token, transport=transport)
+    def from_profile(cls: type[Api], *, step_up_code: str | None = None) -> Api:
+        return cls(
+            "https://tether.test", ca_pem, token, transport=transport, step_up_code=step_up_code
+        )
 
     monkeypatch.setattr(Api, "from_profile", classmethod(from_profile))
     return Cli(transport)
