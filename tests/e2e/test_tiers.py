@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tether.protocol import FINAL_STATES
 from tether.protocol.totp import from_base32, totp
 from tether.server.api.deps import NOT_FOR_SERVICES
 
@@ -24,20 +25,27 @@ pytestmark = pytest.mark.e2e
 PASSWORD = "tiered password 1"
 
 
-def enrolled(platform: Platform, admin: Cli, name: str, tier: str, folder: Path) -> Cli:
-    """A user holding `tier`, logged in from `folder` with a second factor enrolled."""
-    # Admin changes ask for a fresh code (step-up): the harness's authenticator gives one.
-    admin.ok(
-        "user",
-        "add",
-        name,
-        "--role",
-        tier,
-        "--password-stdin",
-        "--code",
-        platform.admin_code(),
-        stdin=PASSWORD + "\n",
-    )
+def enrolled(
+    platform: Platform, admin: Cli, name: str, tier: str, folder: Path, *, fresh: bool = False
+) -> Cli:
+    """A user holding `tier`, logged in from `folder` with a second factor enrolled. With
+    `fresh`, the admin's session passed a code within the step-up window, so none is spent
+    (each further code in one 30-second step makes the harness wait for the next step)."""
+
+    if fresh:
+        # Through the API: the CLI's `user add` and `enrollment-code` are covered above, and
+        # each CLI start costs seconds on a busy machine.
+        with admin.api() as api:
+            made = api.post(
+                "/users", json={"username": name, "password": PASSWORD, "roles": [tier]}
+            )
+            assert made.status_code == 201, made.text
+    else:
+        # Admin changes ask for a fresh code (step-up): the harness's authenticator gives one.
+        admin.ok(
+            "user", "add", name, "--role", tier, "--password-stdin", "--code",
+            platform.admin_code(), stdin=PASSWORD + "\n",
+        )  # fmt: skip
     cli = Cli(folder, platform.env)
     cli.ok(
         "login",
@@ -50,7 +58,13 @@ def enrolled(platform: Platform, admin: Cli, name: str, tier: str, folder: Path)
         "--password-stdin",
         stdin=PASSWORD + "\n",
     )
-    issued = admin.json("user", "enrollment-code", name, "--code", platform.admin_code())
+    if fresh:
+        with admin.api() as api:
+            answer = api.post(f"/users/{name}/enrollment-code")
+            assert answer.status_code in (200, 201), answer.text
+            issued = answer.json()
+    else:
+        issued = admin.json("user", "enrollment-code", name, "--code", platform.admin_code())
     started = cli.json("mfa", "enroll", "--enrollment-code", issued["code"])
     cli.ok("mfa", "confirm", "--code", totp(from_base32(started["secret"]), time.time()))
     return cli
@@ -195,3 +209,64 @@ def test_a_service_token_acts_only_in_its_segments_until_revoked(
     assert ("admin", "service:soar") in [
         (r["actor"], r["target"]) for r in records if r["action"] == "service_token.revoke"
     ]
+
+
+def test_a_second_person_approves_a_request_and_the_job_runs(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    """Four eyes across two people with their own TOTP codes and a real agent: alma's library
+    run waits, alma cannot approve it herself, bert approves it and it runs."""
+    platform, admin, _ = responding
+    # Stricter needs no fresh code, but one sent here opens the step-up window for the rest.
+    admin.ok("segment", "set", "ir", "--approval", "respond", "--code", platform.admin_code())
+    try:
+        alma = enrolled(platform, admin, "alma", "respond", tmp_path / "alma", fresh=True)
+        bert = enrolled(platform, admin, "bert", "respond", tmp_path / "bert", fresh=True)
+        with admin.api() as api:
+            saved = api.put(
+                "/scripts/approved",
+                json={"source": "print('ran after approval')\n", "description": "Says so."},
+            )
+            assert saved.status_code in (200, 201), saved.text
+
+        asked = alma.run("run", endpoint.host_id, "--script", "approved")
+        assert asked.returncode == 0, asked.stderr
+        notice = one_line(asked.stderr)
+        assert notice.startswith(
+            "Segment ir needs a second person's approval for respond and script actions; job "
+        )
+        job_id = notice.split("; job ", 1)[1].split(" ", 1)[0]
+        with bert.api() as api:
+            waiting = api.get(f"/jobs/{job_id}").json()
+        assert (waiting["state"], waiting["approval"]["state"]) == ("awaiting_approval", "pending")
+        assert refusal(alma, "job", "approve", job_id) == (
+            f"tether: alma requested job {job_id}; a different person must approve it."
+        )
+        assert "Approved: script.run requested by alma" in bert.ok(
+            "job", "approve", job_id, "--reason", "checked with alma"
+        )
+        with bert.api() as api:
+            deadline = time.monotonic() + 30
+            job: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                job = api.get(f"/jobs/{job_id}/output", params={"wait": 10}).json()["job"]
+                if job["state"] in FINAL_STATES:
+                    break
+        assert job["state"] == "succeeded", job
+        shown = alma.ok("job", "show", job_id)
+        assert "ran after approval" in shown
+        assert "approved by bert: checked with alma" in shown
+        with alma.api() as api:
+            records = api.get("/audit", params={"limit": 1000}).json()
+        decided = [
+            (r["action"], r["actor"]) for r in records if r["action"].startswith("job.appro")
+        ]
+        for expected in (
+            ("job.approval.request", "alma"),
+            ("job.approval.refused", "alma"),
+            ("job.approve", "bert"),
+        ):
+            assert expected in decided
+    finally:
+        # Fewer actions waiting is a sensitive change; still within the window of the code.
+        admin.ok("segment", "set", "ir", "--approval", "off")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -163,3 +164,69 @@ def test_a_pending_job_and_a_running_script_are_cancelled_from_the_pages(
         assert f"job:{job_url.rsplit('/', 1)[1]}" in targets
         assert f"job:{here['id']}" in targets
     print(f"browser test took {time.monotonic() - started:.1f} s")
+
+
+def test_a_pending_isolation_is_approved_from_the_jobs_page(
+    responding: tuple[Platform, Cli, Children], tmp_path: Path
+) -> None:
+    """A SOAR playbook's token asks to isolate a host of a segment that needs four eyes; the
+    admin sees the request counted on the nav, approves it on the Jobs page with a reason, and
+    the job page names who asked, who approved and why. The host is offline, so the approved
+    isolation waits in the offline queue (and nothing isolates the machine running the test)."""
+    platform, admin, children = responding
+    started = time.monotonic()
+    admin.ok(
+        "segment", "create", "guarded", "--active-response", "on", "--code", platform.admin_code()
+    )
+    admin.ok("segment", "set", "guarded", "--approval", "respond")
+    host = enrolled_agent(platform, admin, children, tmp_path / "guarded", segment="guarded")
+    # Within the step-up window of the code above, so no second code is spent.
+    soar = admin.json(
+        "service-token", "create", "playbook", "--tier", "respond", "--segment", "guarded",
+        "--expires", "1d",
+    )  # fmt: skip
+    with admin.api() as api:
+        base = str(api.base_url)
+    with httpx.Client(
+        base_url=base,
+        verify=platform.ssl_context(),
+        headers={"authorization": f"Bearer {soar['token']}"},
+        timeout=10.0,
+    ) as api:
+        asked = api.post("/isolation/isolate", json={"hosts": [host.host_id]})
+        assert asked.status_code == 201, asked.text
+        (job,) = asked.json()["jobs"]
+        assert job["state"] == "awaiting_approval"
+        # A token never decides, its own request or any other.
+        refused = api.post(f"/jobs/{job['id']}/approve", json={})
+        assert refused.status_code == 403
+
+    with browser_page() as page:
+        log_in(page, platform.url, platform.admin_password, platform.admin_code())
+        expect(page.locator("#approvals-waiting")).to_have_text("1")
+        page.get_by_role("navigation").get_by_role("link", name="Jobs").click()
+        request = page.locator("#approvals tr[data-batch]")
+        expect(request).to_contain_text("isolation.isolate")
+        expect(request).to_contain_text("service:playbook")
+        page.get_by_label(f"Reason for approving {job['id']}").fill("ticket IR-7, confirmed")
+        screenshot(page, "approvals")
+        page.get_by_role("button", name=f"Approve job {job['id']}").click()
+        page.wait_for_url(f"{platform.url}/jobs")
+        expect(page.locator("p.notice.ok")).to_have_text(
+            "Approved isolation.isolate requested by service:playbook."
+        )
+        expect(page.locator("#approvals")).to_have_count(0)
+        expect(page.locator("#approvals-waiting")).to_have_count(0)
+        page.goto(f"{platform.url}/jobs/{job['id']}")
+        expect(page.locator("#job-detail")).to_have_attribute("data-state", "queued")
+        expect(page.locator(".decided-by")).to_contain_text("admin")
+        expect(page.locator(".decision-reason")).to_have_text("ticket IR-7, confirmed")
+        expect(page.locator("section.approval")).to_contain_text("service:playbook")
+
+    with admin.api() as api:
+        actions = [r["action"] for r in api.get("/audit", params={"limit": 1000}).json()]
+        assert "job.approval.request" in actions
+        assert "job.approve" in actions
+        state = api.get(f"/hosts/{host.host_id}").json()["isolation"]["state"]
+        assert state == "isolation pending"
+    print(f"approval browser test took {time.monotonic() - started:.1f} s")

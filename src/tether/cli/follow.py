@@ -6,6 +6,7 @@ platform restart or a flaky network does not end a follow that the jobs outlive 
 """
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,11 +15,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+import typer
+
 from tether.cli.client import Api
 from tether.cli.errors import CliError, Unreachable
 from tether.cli.output import plain
 from tether.cli.times import short_time
-from tether.protocol import FINAL_STATES
+from tether.protocol import AWAITING_APPROVAL, FINAL_STATES
 
 LONG_POLL_SECONDS = 20.0
 # How long a follow keeps retrying a platform it cannot reach before giving up.
@@ -83,7 +86,24 @@ def submit(
     if timeout_seconds is not None:
         body["timeout_seconds"] = timeout_seconds
     batch: dict[str, Any] = api.post("/jobs", json=body)
+    if batch.get("notice"):
+        sys.stderr.write(approval_notice(batch) + "\n")
+        if all(j["state"] == AWAITING_APPROVAL for j in batch["jobs"]):
+            # Nothing can run before a second person decides, which may take hours: the
+            # command ends here instead of waiting.
+            raise typer.Exit(0)
     return batch
+
+
+def approval_notice(batch: dict[str, Any]) -> str:
+    """The platform's sentence about jobs awaiting approval, and what to do next."""
+    waiting = [j for j in batch["jobs"] if j["state"] == AWAITING_APPROVAL]
+    first = waiting[0]["id"] if waiting else batch["id"]
+    tier = (batch.get("approval") or {}).get("tier", "the same")
+    return (
+        f"{batch['notice']} Someone else with the {tier} tier approves it with "
+        f"'tether job approve {first}'; follow it with 'tether job show {first}'."
+    )
 
 
 def offline_notices(api: Api, jobs: list[Job]) -> list[str]:

@@ -11,9 +11,10 @@ import typer
 
 from tether.cli.client import Api
 from tether.cli.errors import CliError
-from tether.cli.follow import Job, follow_jobs
+from tether.cli.follow import Job, approval_notice, follow_jobs
 from tether.cli.output import console, emit_json, one_line, plain, table
 from tether.cli.times import short_time
+from tether.protocol import AWAITING_APPROVAL
 from tether.protocol.isolation import IsolationMode
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -52,6 +53,8 @@ def _describe(job: Job, pending: str, done: str, online: set[str]) -> str:
     state = job["state"]
     if state == "succeeded":
         return f"{name}: {done}"
+    if state == AWAITING_APPROVAL:
+        return f"{name}: awaiting a second person's approval (job {job['id']})"
     if state in {"queued", "delivered", "running"}:
         if job["host_id"] in online:
             return f"{name}: {pending} (the host has it; 'tether hosts' shows when it is done)"
@@ -73,10 +76,16 @@ def _request(
     batch = api.post(path, json=body)
     for host, reason in batch.get("refused", {}).items():
         sys.stderr.write(f"host {plain(host)} refused: {one_line(reason)}\n")
+    if batch.get("notice"):
+        sys.stderr.write(approval_notice(batch) + "\n")
     jobs: dict[str, Job] = {job["id"]: job for job in batch["jobs"]}
     online = {h["id"] for h in api.get("/hosts") if h.get("online")}
     if wait:
-        waited = [j["id"] for j in jobs.values() if j["host_id"] in online]
+        waited = [
+            j["id"]
+            for j in jobs.values()
+            if j["host_id"] in online and j["state"] != AWAITING_APPROVAL
+        ]
         try:
             jobs.update(follow_jobs(api, waited, lambda _job, _piece: None))
         except KeyboardInterrupt:
@@ -90,7 +99,8 @@ def _request(
         for job in jobs.values():
             console.print(_describe(job, pending, done, online), markup=False, highlight=False)
     if any(
-        j["state"] not in {"succeeded", "queued", "delivered", "running"} for j in jobs.values()
+        j["state"] not in {"succeeded", AWAITING_APPROVAL, "queued", "delivered", "running"}
+        for j in jobs.values()
     ):
         raise typer.Exit(1)
 

@@ -27,6 +27,7 @@ _OUTPUT_PAGE_LIMIT = 1000
 
 
 class State(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     DELIVERED = "delivered"
     RUNNING = "running"
@@ -35,6 +36,7 @@ class State(StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    REJECTED = "rejected"
 
 
 JOB_COLUMNS = [
@@ -221,6 +223,65 @@ def cancel(
         )
 
 
+def describe_approval(approval: dict[str, Any]) -> str:
+    """Who asked for the job, who decided and why, in one line."""
+    asked = (
+        f"requested by {plain(approval['requested_by'])} at "
+        f"{short_time(approval['requested_at'])} ({approval['tier']} tier)"
+    )
+    state = approval["state"]
+    if state == "pending":
+        return f"{asked}; awaiting approval until {short_time(approval['deadline'])}"
+    why = f": {one_line(approval['reason'], 300)}" if approval.get("reason") else ""
+    if state == "expired":
+        return f"{asked}; expired{why}"
+    return f"{asked}; {state} by {plain(approval['decided_by'])}{why}"
+
+
+ReasonOpt = Annotated[
+    str | None, typer.Option("--reason", help="Why (kept in the audit log and on the job).")
+]
+
+
+@job_app.command("approve")
+def approve(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: ReasonOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Approve a job awaiting a second person's approval (with its whole batch); it is then
+    sent to its hosts. You cannot approve your own request."""
+    api = Api.from_profile()
+    body = {"reason": reason} if reason else {}
+    decided = api.post(f"{job_path(resolve_job_id(api, job_id))}/approve", json=body)
+    if json_output:
+        emit_json(decided)
+    else:
+        console.print(
+            f"Approved: {decided['action']} requested by {plain(decided['requested_by'])} is "
+            "queued for its hosts.",
+            markup=False,
+        )
+
+
+@job_app.command("reject")
+def reject(
+    job_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; the requester sees it).")],
+    json_output: JsonOpt = False,
+) -> None:
+    """Reject a job awaiting a second person's approval (with its whole batch)."""
+    api = Api.from_profile()
+    decided = api.post(f"{job_path(resolve_job_id(api, job_id))}/reject", json={"reason": reason})
+    if json_output:
+        emit_json(decided)
+    else:
+        console.print(
+            f"Rejected: {decided['action']} requested by {plain(decided['requested_by'])}.",
+            markup=False,
+        )
+
+
 def list_actions(json_output: JsonOpt = False) -> None:
     """List the actions agents can run, with the permission and Active Response tier each needs."""
     actions = Api.from_profile().get("/actions")
@@ -242,10 +303,12 @@ def list_actions(json_output: JsonOpt = False) -> None:
 
 def _print_fields(job: dict[str, Any]) -> None:
     for key, value in job.items():
-        if key in ("result", "args", "integrity") or (key == "waiting" and not value):
+        if key in ("result", "args", "integrity", "approval") or (key == "waiting" and not value):
             continue
         shown = one_line(value, 1000) if key == "error" and value else plain(value)
         console.print(f"{key:20} {shown}", markup=False, highlight=False)
+    if job.get("approval"):
+        console.print(f"{'approval':20} {describe_approval(job['approval'])}", markup=False)
     for key in ("args", "result"):
         if job.get(key) is not None:
             console.print(f"{key}:", markup=False)

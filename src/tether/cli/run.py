@@ -15,6 +15,7 @@ from tether.cli.follow import Job, Piece, follow_jobs, offline_notices, submit
 from tether.cli.jobs import print_rows
 from tether.cli.output import emit_json, one_line, plain, terminal_text
 from tether.cli.times import parse_duration, parse_instant
+from tether.protocol import AWAITING_APPROVAL
 from tether.protocol.row_csv import rows_csv
 
 SCRIPT_ACTION = "script.run"
@@ -184,7 +185,8 @@ def follow_batch(
     try:
         ended = follow_jobs(
             api,
-            [j["id"] for j in batch["jobs"]],
+            # A job awaiting approval may wait for hours; `submit` said how to follow it later.
+            [j["id"] for j in batch["jobs"] if j["state"] != AWAITING_APPROVAL],
             on_output,
             None if json_output else printer.end,
         )

@@ -7,7 +7,9 @@ from urllib.parse import quote
 import typer
 
 from tether.cli.client import Api, StepUpOpt
+from tether.cli.errors import UsageError
 from tether.cli.output import console, emit_json, plain, table
+from tether.cli.times import parse_duration
 
 segment_app = typer.Typer(
     help="Device segments and their Active Response switch.", no_args_is_help=True
@@ -29,10 +31,26 @@ def _on_off(enabled: object) -> str:
     return "on" if enabled else "off"
 
 
+class ApprovalSetting(StrEnum):
+    RESPOND = "respond"
+    SCRIPT = "script"
+    OFF = "off"
+
+
+def _approval(segment: dict[str, object]) -> str:
+    setting = segment.get("approval", "off")
+    if setting == "off":
+        return "approval off"
+    covered = "respond and script actions" if setting == "respond" else "script actions"
+    hours = int(str(segment.get("approval_timeout_seconds", 86400))) / 3600
+    return f"{covered} need a second person's approval (within {hours:g} h)"
+
+
 def _describe(segment: dict[str, object]) -> str:
     switch = _on_off(segment["active_response"])
     return (
-        f"Segment {plain(segment['name'])}: Active Response {switch}, {segment['hosts']} host(s)."
+        f"Segment {plain(segment['name'])}: Active Response {switch}, {_approval(segment)}, "
+        f"{segment['hosts']} host(s)."
     )
 
 
@@ -68,6 +86,7 @@ def list_segments(json_output: JsonOpt = False) -> None:
             [
                 ("name", "Segment"),
                 ("active_response", "Active Response"),
+                ("approval", "Approval"),
                 ("hosts", "Hosts"),
                 ("created_at", "Created"),
             ],
@@ -78,16 +97,39 @@ def list_segments(json_output: JsonOpt = False) -> None:
 def set_switch(
     name: str,
     active_response: Annotated[
-        Switch, typer.Option("--active-response", help="Switch Active Response on or off.")
-    ],
+        Switch | None,
+        typer.Option("--active-response", help="Switch Active Response on or off."),
+    ] = None,
+    approval: Annotated[
+        ApprovalSetting | None,
+        typer.Option(
+            "--approval",
+            help="Four eyes: respond (respond and script actions wait for a second person's "
+            "approval), script (only script actions), or off.",
+        ),
+    ] = None,
+    approval_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--approval-timeout", help="How long a request waits for approval: 30m, 4h, 1d."
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     code: StepUpOpt = None,
 ) -> None:
-    """Switch Active Response on or off for every host of the segment (switching it on asks
-    for a fresh authenticator code when the last one is over 5 minutes old)."""
-    changed = Api.from_profile(step_up_code=code).patch(
-        segment_path(name), json={"active_response": active_response is Switch.ON}
-    )
+    """Switch Active Response on or off, or set four-eyes approval, for every host of the
+    segment (switching it on, or asking fewer actions to wait, needs a fresh authenticator
+    code when the last one is over 5 minutes old)."""
+    body: dict[str, object] = {}
+    if active_response is not None:
+        body["active_response"] = active_response is Switch.ON
+    if approval is not None:
+        body["approval"] = approval.value
+    if approval_timeout is not None:
+        body["approval_timeout_seconds"] = parse_duration(approval_timeout)
+    if not body:
+        raise UsageError("Give --active-response, --approval or --approval-timeout.")
+    changed = Api.from_profile(step_up_code=code).patch(segment_path(name), json=body)
     if json_output:
         emit_json(changed)
     else:

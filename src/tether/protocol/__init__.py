@@ -37,8 +37,10 @@ from tether.protocol.filesystem import (
 )
 from tether.protocol.hostnames import HOSTNAME_RULE, MAX_HOSTNAME, Hostname, hostname_key
 from tether.protocol.job_states import (
+    AWAITING_APPROVAL,
     FINAL_AGENT_STATES,
     FINAL_STATES,
+    OPEN_STATES,
     STATES,
     UNFINISHED,
     AgentJobState,
@@ -71,9 +73,12 @@ from tether.protocol.permissions import (
     ROLE_PERMISSIONS,
     TIER_ROLES,
     TIERS,
+    Approval,
     Permission,
     Role,
     Tier,
+    approval_needed,
+    approval_weakens,
     permissions_of,
     tier_allows,
     tier_of,
@@ -123,6 +128,7 @@ from tether.protocol.version import MAX_FRAME_BYTES, MAX_RESULT_BYTES, PROTOCOL_
 
 __all__ = [
     "ACTIONS",
+    "AWAITING_APPROVAL",
     "DEFAULT_LIST_LIMIT",
     "ENDPOINT_TEXT",
     "FINAL_AGENT_STATES",
@@ -139,6 +145,7 @@ __all__ = [
     "MAX_RESULT_BYTES",
     "MAX_SCRIPT_BYTES",
     "MFA_REQUIRED_ROLES",
+    "OPEN_STATES",
     "PROTOCOL_VERSION",
     "ROLE_PERMISSIONS",
     "STATES",
@@ -149,6 +156,7 @@ __all__ = [
     "ActionSpec",
     "AgentJobState",
     "AgentMessage",
+    "Approval",
     "ChunkHeader",
     "CloseCode",
     "EnrollRequest",
@@ -209,6 +217,8 @@ __all__ = [
     "TransferRequest",
     "Welcome",
     "action",
+    "approval_needed",
+    "approval_weakens",
     "can_move",
     "check_move",
     "clip",

@@ -122,3 +122,29 @@ def tier_refusal(username: str, held: Tier | None, needed: Tier, what: str) -> s
     if held is None:
         return f"{username} has no Active Response tier; {what} needs {needed.value}."
     return f"{username} has the {held.value} tier; {what} needs {needed.value}."
+
+
+class Approval(StrEnum):
+    """A segment's four-eyes setting: which actions need a second person's approval
+    (docs/adr/0039). `respond` covers respond and script actions; `script` only script ones."""
+
+    OFF = "off"
+    RESPOND = "respond"
+    SCRIPT = "script"
+
+
+def approval_needed(setting: Approval | str, needed: Tier) -> bool:
+    """Whether an action needing tier `needed` waits for approval in a segment set to `setting`."""
+    if setting == Approval.OFF:
+        return False
+    return tier_allows(needed, Tier(setting))
+
+
+# Least to most: "respond" makes more actions wait than "script".
+_APPROVAL_STRENGTH: tuple[Approval, ...] = (Approval.OFF, Approval.SCRIPT, Approval.RESPOND)
+
+
+def approval_weakens(new: Approval | str, current: Approval | str) -> bool:
+    """Whether moving a segment from `current` to `new` lets more actions run without a second
+    person: as sensitive as switching Active Response on, so it asks for a fresh code."""
+    return _APPROVAL_STRENGTH.index(Approval(new)) < _APPROVAL_STRENGTH.index(Approval(current))

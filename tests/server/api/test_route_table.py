@@ -121,6 +121,11 @@ ROWS = [
     Row("GET", "/api/v1/jobs/{job_id}/output", RESULTS_404, url="/api/v1/jobs/ghost/output"),
     Row("POST", "/api/v1/jobs/{job_id}/cancel", (401, 403, 404, 404, 404, 403, 403, 403, 404), url="/api/v1/jobs/ghost/cancel"),
     Row("GET", "/api/v1/batches/{batch_id}", RESULTS_404, url="/api/v1/batches/ghost"),
+    # Four-eyes approval: any tier with its second factor may try; the service decides who may
+    # decide (tests/server/services/test_approvals.py), so a job that does not exist is a 404.
+    Row("POST", "/api/v1/jobs/{job_id}/approve", (401, 403, 404, 404, 404, 403, 403, 403, 404), url="/api/v1/jobs/ghost/approve", body={}),
+    Row("POST", "/api/v1/jobs/{job_id}/reject", (401, 403, 404, 404, 404, 403, 403, 403, 404), url="/api/v1/jobs/ghost/reject", body={"reason": "no"}),
+    Row("GET", "/api/v1/approvals", RESULTS),
     # The script library: read with results.read, changed by the script tier with a second factor.
     Row("GET", "/api/v1/scripts", RESULTS),
     Row("GET", "/api/v1/scripts/{name}", RESULTS_404, url="/api/v1/scripts/ghost"),
@@ -215,6 +220,7 @@ ROWS = [
     Row("POST", "/settings/segments", WEB_CHANGE_BY_FORM),
     Row("POST", "/settings/segments/{name}/delete", WEB_CHANGE_BY_FORM, url="/settings/segments/ghost/delete"),
     Row("POST", "/settings/segments/{name}/active-response", WEB_CHANGE_BY_FORM, url="/settings/segments/ghost/active-response"),
+    Row("POST", "/settings/segments/{name}/approval", WEB_CHANGE_BY_FORM, url="/settings/segments/ghost/approval"),
     Row("GET", "/settings/configuration", WEB_ADMINS),
     Row("POST", "/settings/configuration", WEB_CHANGE_BY_FORM),
     Row("POST", "/settings/configuration/allowlist", WEB_CHANGE_BY_FORM),
@@ -249,6 +255,8 @@ ROWS = [
     Row("GET", "/jobs/{job_id}", WEB_RESULTS_404, url="/jobs/ghost"),
     Row("GET", "/jobs/{job_id}/detail", WEB_RESULTS_404, url="/jobs/ghost/detail"),
     Row("POST", "/jobs/{job_id}/cancel", WEB_CHANGE_BY_FORM, url="/jobs/ghost/cancel"),
+    Row("POST", "/jobs/{job_id}/approve", WEB_CHANGE_BY_FORM, url="/jobs/ghost/approve"),
+    Row("POST", "/jobs/{job_id}/reject", WEB_CHANGE_BY_FORM, url="/jobs/ghost/reject"),
     # The team and the settings.
     Row("GET", "/api/v1/users", ADMINS),
     Row("POST", "/api/v1/users", (401, 403, 403, 403, 403, 403, 403, 422, 422), body={"username": "new", "password": "short"}),

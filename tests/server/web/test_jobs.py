@@ -89,7 +89,7 @@ async def test_the_jobs_page_lists_jobs_newest_first_and_filters_them(
     assert _row_ids(ghost.text) == []
     bad = await admin_browser.get("/jobs?state=sideways")
     assert bad.status_code == 422
-    assert "Choose a state: pending, running, finished or all." in bad.text
+    assert "Choose a state: awaiting approval, pending, running, finished or all." in bad.text
     action = await admin_browser.get("/jobs?action=rm.rf")
     assert action.status_code == 404
     assert "There is no action named &#39;rm.rf&#39;." in action.text

@@ -52,6 +52,36 @@ class JobSubmit(HostSelection):
     script: ScriptRef | None = None
 
 
+class ApprovalOut(BaseModel):
+    """A request for a second person's approval (docs/adr/0039) and what became of it."""
+
+    batch_id: str
+    action: str
+    selection: str
+    # The tier the action needs; an approver holds at least this one.
+    tier: str
+    requested_by: str
+    requested_at: datetime
+    # Not decided by then, the request expires.
+    deadline: datetime
+    # "pending", "approved", "rejected" or "expired".
+    state: str
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str | None
+    # Jobs of the batch still waiting for the decision, and one of them to name it by.
+    waiting: int = 0
+    first_job: str = ""
+
+
+class ApprovalDecision(BaseModel):
+    """Why the request is approved (optional) or rejected (required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=500)] | None = None
+
+
 class JobOut(BaseModel):
     id: str
     batch_id: str
@@ -80,6 +110,8 @@ class JobOut(BaseModel):
     waiting: str | None = None
     # Set on a single job's answer when the stored result no longer matches its audit record.
     integrity: str | None = None
+    # Who asked, approved or rejected it and why, when its segment needed four eyes.
+    approval: ApprovalOut | None = None
 
 
 class BatchOut(BaseModel):
@@ -93,6 +125,9 @@ class BatchOut(BaseModel):
     jobs: list[JobOut]
     # Hosts left out at submission, with the reason (segment switch off, revoked, ...).
     refused: dict[str, str] = Field(default_factory=dict)
+    approval: ApprovalOut | None = None
+    # What the requester is told when jobs of the batch wait for approval.
+    notice: str | None = None
 
 
 class OutputPieceOut(BaseModel):

@@ -9,6 +9,8 @@ from tether.protocol import ACTIONS, JobState, Permission
 from tether.server.api.deps import PlatformDep, require, source_of
 from tether.server.api.job_schemas import (
     ActionOut,
+    ApprovalDecision,
+    ApprovalOut,
     BatchOut,
     HostSelection,
     JobFollowOut,
@@ -16,6 +18,7 @@ from tether.server.api.job_schemas import (
     JobSubmit,
     OutputPieceOut,
 )
+from tether.server.services.approvals import ApprovalView
 from tether.server.services.jobs import BatchView, JobView, Selection
 from tether.server.services.platform import Platform
 from tether.server.services.users import User
@@ -25,8 +28,19 @@ router = APIRouter(tags=["jobs"])
 Reader = Annotated[User, Depends(require(Permission.RESULTS_READ))]
 
 
+def approval_out(view: ApprovalView) -> ApprovalOut:
+    # The requester's user id stays inside: the API names people by their username.
+    fields = {k: v for k, v in view.__dict__.items() if k != "requested_user_id"}
+    return ApprovalOut(**fields)
+
+
+def _maybe_approval(view: ApprovalView | None) -> ApprovalOut | None:
+    return approval_out(view) if view is not None else None
+
+
 def _job(view: JobView) -> JobOut:
-    return JobOut(**view.__dict__)
+    fields = {k: v for k, v in view.__dict__.items() if k != "approval"}
+    return JobOut(**fields, approval=_maybe_approval(view.approval))
 
 
 async def selection_of(platform: Platform, body: HostSelection) -> Selection:
@@ -47,6 +61,8 @@ def batch_out(view: BatchView) -> BatchOut:
         counts=view.counts,
         jobs=[_job(j) for j in view.jobs],
         refused=view.refused,
+        approval=_maybe_approval(view.approval),
+        notice=view.notice,
     )
 
 
@@ -155,3 +171,40 @@ async def cancel_job(
 @router.get("/batches/{batch_id}", response_model=BatchOut)
 async def get_batch(batch_id: str, platform: PlatformDep, _user: Reader) -> BatchOut:
     return batch_out(await platform.jobs.batch(batch_id))
+
+
+@router.post("/jobs/{job_id}/approve", response_model=ApprovalOut)
+async def approve_job(
+    job_id: str,
+    body: ApprovalDecision,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.ACTIVE_RESPONSE))],
+) -> ApprovalOut:
+    """Approve the request the job belongs to (its whole batch): a different person than the
+    requester, holding at least the action's tier; never a service token."""
+    view = await platform.approvals.approve(
+        job_id, user, reason=body.reason, source=source_of(request)
+    )
+    return approval_out(view)
+
+
+@router.post("/jobs/{job_id}/reject", response_model=ApprovalOut)
+async def reject_job(
+    job_id: str,
+    body: ApprovalDecision,
+    request: Request,
+    platform: PlatformDep,
+    user: Annotated[User, Depends(require(Permission.ACTIVE_RESPONSE))],
+) -> ApprovalOut:
+    """Reject the request the job belongs to, with the reason; its waiting jobs end rejected."""
+    view = await platform.approvals.reject(
+        job_id, user, reason=body.reason or "", source=source_of(request)
+    )
+    return approval_out(view)
+
+
+@router.get("/approvals", response_model=list[ApprovalOut])
+async def list_approvals(platform: PlatformDep, _user: Reader) -> list[ApprovalOut]:
+    """Requests for approval nobody has decided yet, oldest first."""
+    return [approval_out(v) for v in await platform.approvals.pending()]

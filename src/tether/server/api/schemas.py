@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether.protocol import Approval
 from tether.server.api.isolation_schemas import IsolationOut
 
 
@@ -111,10 +112,14 @@ class SegmentCreate(_In):
 
 
 class SegmentChange(_In):
-    """Rename, switch Active Response, or both; at least one is given."""
+    """Rename, switch Active Response, set four-eyes approval; at least one is given."""
 
     name: SegmentName | None = None
     active_response: bool | None = None
+    # Which actions need a second person's approval (docs/adr/0039), and how long a request
+    # may wait for one (5 minutes to 7 days).
+    approval: Approval | None = None
+    approval_timeout_seconds: Annotated[int, Field(ge=300, le=7 * 86400)] | None = None
 
 
 class SegmentOut(BaseModel):
@@ -122,6 +127,8 @@ class SegmentOut(BaseModel):
     active_response: bool
     hosts: int
     created_at: datetime
+    approval: str = "off"
+    approval_timeout_seconds: int = 86400
 
 
 class HostMove(_In):

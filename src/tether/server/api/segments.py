@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from tether.protocol import Permission
+from tether.protocol import Permission, approval_weakens
 from tether.server.api.deps import PlatformDep, require, require_step_up, source_of
 from tether.server.api.schemas import SegmentChange, SegmentCreate, SegmentOut
 from tether.server.errors import Invalid
@@ -46,13 +46,17 @@ async def change_segment(
     platform: PlatformDep,
     user: Annotated[User, Depends(require(Permission.SEGMENTS_MANAGE))],
 ) -> SegmentOut:
-    """Rename the segment and/or switch its Active Response on or off."""
-    if body.name is None and body.active_response is None:
-        raise Invalid("Give a new name, an Active Response setting, or both.")
+    """Rename the segment, switch its Active Response on or off, set its four-eyes approval."""
+    approval_given = body.approval is not None or body.approval_timeout_seconds is not None
+    if body.name is None and body.active_response is None and not approval_given:
+        raise Invalid("Give a new name, an Active Response setting, an approval setting, or more.")
     if body.active_response:
         await require_step_up(request, platform, user, "active response")
     source = source_of(request)
     current = await platform.segments.get(name)
+    if body.approval is not None and approval_weakens(body.approval, current.approval):
+        # Fewer actions needing a second person is as sensitive as switching Active Response on.
+        await require_step_up(request, platform, user, "four-eyes approval")
     if body.name is not None:
         current = await platform.segments.rename(
             name, body.name, actor=user.username, source=source
@@ -60,6 +64,14 @@ async def change_segment(
     if body.active_response is not None:
         current = await platform.segments.set_active_response(
             current.name, body.active_response, actor=user.username, source=source
+        )
+    if approval_given:
+        current = await platform.segments.set_approval(
+            current.name,
+            body.approval,
+            body.approval_timeout_seconds,
+            actor=user.username,
+            source=source,
         )
     return SegmentOut(**current.__dict__)
 

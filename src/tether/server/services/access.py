@@ -46,6 +46,10 @@ class ResponseState:
     segment: str
     segment_active_response: bool
     disabled_locally: bool
+    # The segment's four-eyes setting ("off", "respond", "script") and how long a request for
+    # approval may wait there (docs/adr/0039).
+    segment_approval: str = "off"
+    approval_timeout_seconds: int = 86400
 
 
 def user_refusal(user: User) -> str | None:
@@ -93,6 +97,8 @@ class ResponseAccess:
                         hosts.c.response_disabled_locally,
                         segments.c.name,
                         segments.c.active_response,
+                        segments.c.approval,
+                        segments.c.approval_timeout_seconds,
                     )
                     .join(segments, segments.c.id == hosts.c.segment_id)
                     .where(hosts.c.id.in_(host_ids[start : start + _READ_CHUNK]))
@@ -105,6 +111,8 @@ class ResponseAccess:
                         segment=row.name,
                         segment_active_response=bool(row.active_response),
                         disabled_locally=bool(row.response_disabled_locally),
+                        segment_approval=row.approval,
+                        approval_timeout_seconds=int(row.approval_timeout_seconds),
                     )
         return found
 

@@ -117,6 +117,8 @@ class Dispatcher:
         self._audit = audit
         self._transfers = transfers
         self._finished: list[Callable[[FinishedJob], Awaitable[None]]] = []
+        # Other deadlines the sweeper keeps (a request for approval nobody decided in time).
+        self._sweeps: list[Callable[[datetime], Awaitable[int]]] = []
         self._committing: list[Callable[[AuditTransaction, FinishedJob], Awaitable[None]]] = []
         self._result_checks: dict[str, Callable[[str, dict[str, Any]], str | None]] = {}
         self._faults = faults or FaultCounter()
@@ -159,6 +161,10 @@ class Dispatcher:
     def on_finished(self, listener: Callable[[FinishedJob], Awaitable[None]]) -> None:
         """Call `listener` with every job an agent (or the sweeper) brings to a final state."""
         self._finished.append(listener)
+
+    def on_sweep(self, sweep: Callable[[datetime], Awaitable[int]]) -> None:
+        """Call `sweep(now)` at every sweep; it returns how many jobs it ended."""
+        self._sweeps.append(sweep)
 
     async def _announce(self, job: FinishedJob) -> None:
         for listener in self._finished:
@@ -640,7 +646,10 @@ class Dispatcher:
             await self._end(
                 [Ending(job_id=j, state=st, error=r) for j, (st, r) in silent_ended.items()], now
             )
-        return len(ended) + len(silent_ended)
+        others = 0
+        for extra in self._sweeps:
+            others += await extra(now)
+        return len(ended) + len(silent_ended) + others
 
 
 def _is_response(action: str) -> bool:

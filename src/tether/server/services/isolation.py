@@ -35,7 +35,8 @@ from tether.server.store.tables import batches, hosts, jobs
 ISOLATE = "isolation.isolate"
 RELEASE = "isolation.release"
 ACTIONS = (ISOLATE, RELEASE)
-_UNFINISHED = ("queued", "delivered", "running")
+# Awaiting approval counts as pending: the host's page says a request is under way.
+_UNFINISHED = ("awaiting_approval", "queued", "delivered", "running")
 
 RESERVED_SENTENCE = (
     "Isolate and release hosts with 'tether isolate' and 'tether unisolate' "
@@ -280,7 +281,10 @@ class Isolation:
     async def _withdraw_older(self, batch: BatchView, user: User) -> None:
         """An older request still waiting for its host is withdrawn: the newest one decides, and
         an isolate and a release delivered together could run in either order."""
-        in_batch = select(jobs.c.host_id).where(jobs.c.batch_id == batch.id)
+        # A request still awaiting approval withdraws nothing: it may yet be rejected.
+        in_batch = select(jobs.c.host_id).where(
+            jobs.c.batch_id == batch.id, jobs.c.state == "queued"
+        )
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tether.protocol import UNFINISHED, can_move
+from tether.protocol import OPEN_STATES, can_move
 from tether.server.services.audit import AuditRecord, AuditTransaction
 from tether.server.services.file_transfers import FinishedJob
 from tether.server.store.db import as_utc
@@ -210,7 +210,7 @@ async def end_jobs(
         await tx.conn.execute(
             update(jobs)
             # Spelled out: an IN list cannot be used with executemany.
-            .where(jobs.c.id == bindparam("b_id"), or_(*(jobs.c.state == s for s in UNFINISHED)))
+            .where(jobs.c.id == bindparam("b_id"), or_(*(jobs.c.state == s for s in OPEN_STATES)))
             .values(
                 state=bindparam("b_state"),
                 error=bindparam("b_error"),

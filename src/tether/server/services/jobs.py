@@ -17,17 +17,33 @@ from pydantic import ValidationError
 from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, ActionSpec, tier_refusal
+from tether.protocol import (
+    ACTIONS,
+    AWAITING_APPROVAL,
+    FINAL_STATES,
+    UNFINISHED,
+    ActionSpec,
+    Approval,
+    Tier,
+    approval_needed,
+    tier_refusal,
+)
 from tether.protocol.actions import refusal_name, tier_needed
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
-from tether.server.services.access import ResponseAccess, host_refusal, user_refusal
+from tether.server.services.access import (
+    ResponseAccess,
+    ResponseState,
+    host_refusal,
+    user_refusal,
+)
+from tether.server.services.approvals import ApprovalView, read_approval
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.job_events import JobEvents
 from tether.server.services.job_outcomes import Ending, end_jobs
 from tether.server.services.users import User
 from tether.server.store.db import as_utc, utcnow
-from tether.server.store.tables import batches, hosts, job_output, jobs, segments
+from tether.server.store.tables import approvals, batches, hosts, job_output, jobs, segments
 
 DEFAULT_TTL = timedelta(days=7)
 MAX_TTL = timedelta(days=30)
@@ -82,6 +98,8 @@ class JobView:
     # Why an unfinished job has no news: its host is offline, or the agent is silent past the
     # time limit (None when nothing is amiss).
     waiting: str | None = None
+    # The request for a second person's approval the job's batch needed, if any.
+    approval: ApprovalView | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,9 @@ class BatchView:
     counts: dict[str, int]
     jobs: list[JobView] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
+    approval: ApprovalView | None = None
+    # What the requester is told when some of the jobs wait for approval.
+    notice: str | None = None
 
 
 def validate_args(spec: ActionSpec, args: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +170,10 @@ SILENCE_GRACE = timedelta(seconds=60)
 
 def waiting_reason(view: JobView, online: bool, last_seen: datetime | None) -> str | None:
     """Why an unfinished job has no news, in one sentence, or None."""
-    if view.state in FINAL_STATES or (view.state == "queued" and view.sent_at is None):
+    if view.state in FINAL_STATES or view.state == AWAITING_APPROVAL:
+        # A job awaiting approval says so through its request (`JobView.approval`).
+        return None
+    if view.state == "queued" and view.sent_at is None:
         return None
     if not online:
         seen = f"{last_seen:%Y-%m-%d %H:%M:%S} UTC" if last_seen else "an unknown time"
@@ -164,6 +188,19 @@ def waiting_reason(view: JobView, online: bool, last_seen: datetime | None) -> s
             f"{limit:%Y-%m-%d %H:%M:%S} UTC."
         )
     return None
+
+
+def approval_scope(setting: str) -> str:
+    """Which actions a segment's approval setting covers, as a refusal names them."""
+    return "respond and script actions" if setting == Approval.RESPOND else "script actions"
+
+
+def awaiting_notice(state: ResponseState, job_id: str) -> str:
+    """What the requester is told when their submission waits for approval."""
+    return (
+        f"Segment {state.segment} needs a second person's approval for "
+        f"{approval_scope(state.segment_approval)}; job {job_id} is awaiting approval."
+    )
 
 
 def _job_query() -> Any:
@@ -265,6 +302,7 @@ class Jobs:
         if action in self._reserved and not reserved:
             raise Invalid(self._reserved[action])
         clean_args = validate_args(spec, args)
+        needed: Tier | None = None
         if spec.response:
             needed = tier_needed(spec, clean_args, from_library=from_library)
             what = refusal_name(spec, from_library=from_library)
@@ -319,6 +357,29 @@ class Jobs:
             elif spec.response and (reason := host_refusal(state)) is not None:
                 refused[host_id] = reason
         accepted = [h for h in host_ids if h not in refused]
+        # Four eyes (docs/adr/0039): decided here, the one place every action passes through,
+        # from the action's declared tier and each host's segment setting.
+        awaiting = [
+            h
+            for h in accepted
+            if needed is not None and approval_needed(states[h].segment_approval, needed)
+        ]
+        if awaiting and session_id is not None:
+            state = states[awaiting[0]]
+            refusal = (
+                f"Segment {state.segment} needs a second person's approval for "
+                f"{approval_scope(state.segment_approval)}, which a live-session command cannot "
+                "wait for; submit it as a job instead ('tether run' or the Run script page)."
+            )
+            await self._audit.record(
+                "job.refused",
+                actor=user.actor,
+                target=action,
+                outcome="failure",
+                source=source,
+                details={"reason": refusal, "session": session_id},
+            )
+            raise Forbidden(refusal)
         if not accepted:
             reason = next(iter(refused.values()))
             if user.service:
@@ -334,6 +395,12 @@ class Jobs:
 
         batch_id = uuid.uuid4().hex
         job_ids = {host_id: uuid.uuid4().hex for host_id in accepted}
+        waits = set(awaiting)
+        deadline = (
+            now + timedelta(seconds=min(states[h].approval_timeout_seconds for h in awaiting))
+            if awaiting
+            else None
+        )
         args_text = json.dumps(clean_args, sort_keys=True, separators=(",", ":"))
         # The submission's record and its jobs commit together: no job runs unrecorded, and no
         # record claims a submission whose jobs were never stored.
@@ -354,7 +421,7 @@ class Jobs:
                     "batch_id": batch_id,
                     "host_id": h,
                     "action": action,
-                    "state": "queued",
+                    "state": AWAITING_APPROVAL if h in waits else "queued",
                     "created_by": user.actor,
                     "user_id": user.id,
                     "created_at": now,
@@ -385,19 +452,48 @@ class Jobs:
                     "not_after": not_after.isoformat() if not_after else None,
                     "timeout_seconds": timeout,
                     **({"session": session_id} if session_id is not None else {}),
+                    **({"awaiting_approval": len(awaiting)} if awaiting else {}),
                 },
             )
-        await self._dispatcher.dispatch(list(job_ids.values()))
+            if awaiting and needed is not None and deadline is not None:
+                await tx.conn.execute(
+                    approvals.insert().values(
+                        batch_id=batch_id,
+                        tier=needed.value,
+                        requested_by=user.actor,
+                        requested_user_id=user.id,
+                        requested_at=now,
+                        deadline=deadline,
+                        state="pending",
+                    )
+                )
+                await tx.record(
+                    "job.approval.request",
+                    actor=user.actor,
+                    target=f"batch:{batch_id}",
+                    source=source,
+                    details={
+                        "action": action,
+                        "tier": needed.value,
+                        "jobs": len(awaiting),
+                        "segments": sorted({states[h].segment for h in awaiting}),
+                        "deadline": deadline.isoformat(),
+                    },
+                )
+        await self._dispatcher.dispatch([job_ids[h] for h in accepted if h not in waits])
         view = await self.batch(batch_id)
         view.refused = refused
+        if awaiting:
+            view.notice = awaiting_notice(states[awaiting[0]], job_ids[awaiting[0]])
         return view
 
     async def get(self, job_id: str) -> JobView:
         async with self._engine.connect() as conn:
             row = (await conn.execute(_job_query().where(jobs.c.id == job_id))).one_or_none()
-        if row is None:
-            raise NotFound(f"No job has the id {job_id!r}.")
-        return self._view(row, full=True)
+            if row is None:
+                raise NotFound(f"No job has the id {job_id!r}.")
+            approval = await read_approval(conn, row.batch_id)
+        return replace(self._view(row, full=True), approval=approval)
 
     async def find(
         self,
@@ -432,6 +528,7 @@ class Jobs:
             ).one_or_none()
             if row is None:
                 raise NotFound(f"No batch has the id {batch_id!r}.")
+            approval = await read_approval(conn, batch_id)
             counts = {
                 state: count
                 for state, count in await conn.execute(
@@ -448,6 +545,7 @@ class Jobs:
             created_at=as_utc(row.created_at),  # type: ignore[arg-type]
             counts=counts,
             jobs=await self.find(batch_id=batch_id, limit=limit),
+            approval=approval,
         )
 
     async def output(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[OutputPiece]:
@@ -523,7 +621,7 @@ class Jobs:
                 await conn.execute(
                     select(jobs.c.id, jobs.c.action).where(
                         jobs.c.user_id == user_id,
-                        jobs.c.state.in_(("queued", "delivered", "running")),
+                        jobs.c.state.in_((AWAITING_APPROVAL, *UNFINISHED)),
                     )
                 )
             ).all()
@@ -571,7 +669,7 @@ class Jobs:
                         stamps={"cancel_requested_by": actor},
                     )
                 ]
-                if job.state == "queued" and job.sent_at is None
+                if job.state == AWAITING_APPROVAL or (job.state == "queued" and job.sent_at is None)
                 else [],
                 source=source,
                 now=now,

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.server.config import Role, Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
+from tether.server.services.approvals import Approvals
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
 from tether.server.services.bus import Bus
@@ -77,6 +78,7 @@ class Platform:
     access: ResponseAccess
     dispatcher: Dispatcher
     jobs: Jobs
+    approvals: Approvals
     scripts: ScriptLibrary
     live_sessions: LiveSessions
     files: FileLibrary
@@ -172,6 +174,9 @@ class Platform:
         # ...and withdraws the response jobs they queued, so none runs after they lost access.
         users.on_access_lost(jobs.withdraw_for_user)
         service_tokens = ServiceTokens(engine, audit, jobs.withdraw_for_user)
+        approvals = Approvals(engine, audit, dispatcher, events)
+        # The job sweeper also ends requests for approval nobody decided in time.
+        dispatcher.on_sweep(approvals.expire_overdue)
         return cls(
             settings=settings,
             service_tokens=service_tokens,
@@ -193,6 +198,7 @@ class Platform:
             dispatcher=dispatcher,
             scripts=ScriptLibrary(engine, audit),
             jobs=jobs,
+            approvals=approvals,
             live_sessions=live_sessions,
             files=files,
             transfers=transfers,

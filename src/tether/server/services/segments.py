@@ -12,9 +12,12 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.protocol import Approval, Tier, approval_needed
 from tether.server.errors import Conflict, Invalid, NotFound
+from tether.server.services.approvals import check_timeout
 from tether.server.services.audit import AuditLog
 from tether.server.services.policy import PolicyDelivery
+from tether.server.services.service_tokens import script_tokens_in
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import enrollment_tokens, hosts, segments
 
@@ -60,6 +63,9 @@ class SegmentView:
     active_response: bool
     hosts: int
     created_at: datetime
+    # Four-eyes approval: "off", "respond" or "script", and how long a request may wait.
+    approval: str = Approval.OFF.value
+    approval_timeout_seconds: int = 86400
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,8 @@ class Segments:
                 active_response=bool(r.active_response),
                 hosts=int(r.hosts),
                 created_at=as_utc(r.created_at),  # type: ignore[arg-type]
+                approval=r.approval,
+                approval_timeout_seconds=int(r.approval_timeout_seconds),
             )
             for r in rows
         ]
@@ -186,6 +194,74 @@ class Segments:
         if row.active_response == enabled:
             return await self.get(name)
         await self._policies.changed_in_segment(row.id)
+        return await self.get(name)
+
+    async def set_approval(
+        self,
+        name: str,
+        approval: Approval | None,
+        timeout_seconds: int | None,
+        *,
+        actor: str,
+        source: str,
+    ) -> SegmentView:
+        """Set which actions need a second person's approval and how long a request waits.
+
+        Refused while a usable script-tier service token acts in the segment and scripts would
+        need approval: a token never holds the script tier there (docs/adr/0039), and cutting
+        its scope silently would break the automation that relies on it without a word.
+        """
+        if timeout_seconds is not None:
+            check_timeout(timeout_seconds)
+        async with self._audit.transaction() as tx:
+            await _locked(tx.conn, name)
+            before = (
+                await tx.conn.execute(
+                    select(segments.c.approval, segments.c.approval_timeout_seconds).where(
+                        segments.c.name == name
+                    )
+                )
+            ).one()
+            after_approval = approval.value if approval is not None else before.approval
+            after_timeout = (
+                timeout_seconds
+                if timeout_seconds is not None
+                else int(before.approval_timeout_seconds)
+            )
+            if approval_needed(after_approval, Tier.SCRIPT):
+                tokens = await script_tokens_in(tx.conn, name)
+                if tokens:
+                    raise Conflict(
+                        f"Service token {tokens[0]} holds the script tier in segment {name}, "
+                        "and a token never holds it where scripts need approval; revoke it "
+                        "(automation can use a respond-tier token) before changing the setting."
+                    )
+            changed = (after_approval, after_timeout) != (
+                before.approval,
+                int(before.approval_timeout_seconds),
+            )
+            if changed:
+                await tx.conn.execute(
+                    update(segments)
+                    .where(segments.c.name == name)
+                    .values(approval=after_approval, approval_timeout_seconds=after_timeout)
+                )
+                await tx.record(
+                    "segment.approval",
+                    actor=actor,
+                    target=f"segment:{name}",
+                    source=source,
+                    details={
+                        "before": {
+                            "approval": before.approval,
+                            "approval_timeout_seconds": int(before.approval_timeout_seconds),
+                        },
+                        "after": {
+                            "approval": after_approval,
+                            "approval_timeout_seconds": after_timeout,
+                        },
+                    },
+                )
         return await self.get(name)
 
     async def delete(self, name: str, *, actor: str, source: str) -> None:

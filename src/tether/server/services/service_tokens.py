@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.protocol import Tier
+from tether.protocol import Tier, approval_needed
 from tether.server.auth.tokens import new_token, token_hash
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from tether.server.services.audit import AuditLog
@@ -99,6 +99,27 @@ def _networks(sources: list[str]) -> list[str]:
     return networks
 
 
+async def script_tokens_in(conn: AsyncConnection, segment: str) -> list[str]:
+    """Names of the usable (not revoked, not expired) script-tier tokens that act in `segment`."""
+    rows = await conn.execute(
+        select(service_tokens.c.name, service_tokens.c.segments).where(
+            service_tokens.c.tier == Tier.SCRIPT.value,
+            service_tokens.c.revoked_at.is_(None),
+            service_tokens.c.expires_at > utcnow(),
+        )
+    )
+    return sorted(r.name for r in rows if segment in json.loads(r.segments))
+
+
+def script_token_refusal(token: str, segment: str, approval: str) -> str:
+    """The sentence refusing a script-tier token in a segment whose scripts need approval."""
+    return (
+        f"Segment {segment} needs a second person's approval for script actions "
+        f"(approval {approval}), so service token {token} cannot hold the script tier there; "
+        "give the token the respond tier or leave that segment out."
+    )
+
+
 def _from_allowed(address: str, sources: list[str]) -> bool:
     if not sources:
         return True
@@ -156,6 +177,15 @@ class ServiceTokens:
             missing = [s for s in chosen if s not in known]
             if missing:
                 raise NotFound(f"There is no segment named {missing[0]!r}.")
+            if tier is Tier.SCRIPT:
+                # Issue 14: automation never holds the script tier where a person's scripts
+                # would need a second person's approval (docs/adr/0039).
+                settings = await tx.conn.execute(
+                    select(segments.c.name, segments.c.approval).where(segments.c.name.in_(chosen))
+                )
+                for segment_name, approval in settings:
+                    if approval_needed(approval, Tier.SCRIPT):
+                        raise Conflict(script_token_refusal(name, segment_name, approval))
             try:
                 await tx.conn.execute(
                     insert(service_tokens).values(

@@ -29,6 +29,12 @@ segments = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("active_response", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Four-eyes approval (docs/adr/0039): "off", "respond" (respond and script actions wait for
+    # a second person) or "script" (script actions only), and how long a request may wait.
+    Column("approval", String(16), nullable=False, default="off", server_default="off"),
+    Column(
+        "approval_timeout_seconds", Integer, nullable=False, default=86400, server_default="86400"
+    ),
 )
 
 users = Table(
@@ -264,6 +270,27 @@ batches = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
+# A submission that waits for a second person's approval (docs/adr/0039): one per batch, whose
+# jobs in an approval segment wait as awaiting_approval until it is decided.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("batch_id", String(36), ForeignKey("batches.id"), primary_key=True),
+    # The tier the action needs: an approver must hold at least this one.
+    Column("tier", String(16), nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    # Checked by user id, never by session: two sessions of one person are one person.
+    Column("requested_user_id", Integer, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("deadline", DateTime(timezone=True), nullable=False),
+    # "pending", "approved", "rejected", "expired" or "withdrawn".
+    Column("state", String(16), nullable=False, index=True),
+    Column("decided_by", String(128), nullable=True),
+    Column("decided_user_id", Integer, nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=True),
+)
+
 # One action for one host (DESIGN.md section 3). The agent acknowledges every state after queued.
 jobs = Table(
     "jobs",
@@ -272,7 +299,7 @@ jobs = Table(
     Column("batch_id", String(36), ForeignKey("batches.id"), nullable=False, index=True),
     Column("host_id", String(36), ForeignKey("hosts.id"), nullable=False),
     Column("action", String(64), nullable=False),
-    Column("state", String(16), nullable=False),
+    Column("state", String(32), nullable=False),
     Column("created_by", String(128), nullable=False),
     # The submitting user's id: their queued jobs are withdrawn when their access ends.
     Column("user_id", Integer, nullable=True, index=True),

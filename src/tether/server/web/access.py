@@ -62,6 +62,14 @@ async def signed_in(request: Request, platform: PlatformDep) -> User:
         raise EnrollmentRequired() from e
     request.state.user = user
     request.state.csrf_token = csrf_token_for(token)
+    if (
+        request.method == "GET"
+        and "HX-Request" not in request.headers
+        and Permission.ACTIVE_RESPONSE in user.permissions
+    ):
+        # The nav's count of requests this person may approve (docs/adr/0039); not for the
+        # polled fragments, which show no nav.
+        request.state.approvals_waiting = len(await platform.approvals.pending_for(user))
     return user
 
 

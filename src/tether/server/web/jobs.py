@@ -1,6 +1,7 @@
 """The Jobs pages: recent jobs across hosts (its rows refreshed while one has not ended), one job
 with its arguments and output (refreshed likewise), and cancel; the browser's `tether jobs`, `tether job show` and `tether
-job cancel` (docs/adr/0024).
+job cancel` (docs/adr/0024). Requests awaiting a second person's approval are listed above the
+jobs for those who may decide them, with Approve and Reject (docs/adr/0039).
 
 Reading needs results.read, as GET /api/v1/jobs does. Cancelling needs active_response, as POST
 /api/v1/jobs/{id}/cancel does; `Jobs.cancel` then decides (second factor, already ended) and
@@ -16,15 +17,17 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
-from tether.protocol import ACTIONS, FINAL_STATES, UNFINISHED, Permission
+from tether.protocol import ACTIONS, AWAITING_APPROVAL, FINAL_STATES, UNFINISHED, Permission
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Conflict, Invalid, NotFound, PlatformError
+from tether.server.services.approvals import decider_refusal
 from tether.server.services.jobs import JobView
 from tether.server.services.platform import Platform
 from tether.server.services.scripts import RUN_ACTION
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.job_output import shown_output
+from tether.server.web.notice import done, forget_notice, read_notice
 from tether.server.web.polled_rows import SEEN, digest, unchanged, unfinished
 from tether.server.web.templating import render
 
@@ -40,11 +43,12 @@ CANCEL_LIMIT = 500
 # The state filter in a responder's words, as the job states it stands for ("all": no filter).
 STATE_FILTERS: dict[str, list[str] | None] = {
     "all": None,
+    "awaiting approval": [AWAITING_APPROVAL],
     "pending": ["queued"],
     "running": ["delivered", "running"],
     "finished": sorted(FINAL_STATES),
 }
-BAD_STATE = "Choose a state: pending, running, finished or all."
+BAD_STATE = "Choose a state: awaiting approval, pending, running, finished or all."
 # Where a cancel may send the browser back to: the Jobs list (with its filters), a job, a host.
 # Anything else (another site, a crafted path) goes to the job's own page.
 _BACK = re.compile(r"/(jobs(/[0-9a-f]{32})?|hosts/[0-9A-Za-z-]{1,64})(\?[^#\\\s]{0,2000})?")
@@ -118,7 +122,9 @@ async def jobs_page(request: Request, platform: PlatformDep, user: Reader) -> Re
         found = await _filtered(platform, f)
     except PlatformError as e:
         status, error = e.status_code, str(e)
-    return render(
+    # Only those who may decide see the requests: not the requester, not a lower tier.
+    awaiting = await platform.approvals.pending_for(user) if responder(user) else []
+    response = render(
         request,
         "jobs.html",
         status,
@@ -126,8 +132,12 @@ async def jobs_page(request: Request, platform: PlatformDep, user: Reader) -> Re
         actions=sorted(ACTIONS),
         shown=SHOWN,
         error=error,
+        notice=read_notice(request),
+        approvals=awaiting,
         **_rows(f, found, user),
     )
+    forget_notice(request, response, path="/jobs")
+    return response
 
 
 @router.get("/jobs/-/rows")
@@ -152,8 +162,15 @@ async def _detail(platform: Platform, user: User, job_id: str) -> dict[str, Any]
     args = dict(job.args or {})
     # A script's source reads as the program it is, not as one JSON string full of "\n".
     script = args.pop("source", None) if job.action == RUN_ACTION else None
+    approval = job.approval
     return {
         "job": job,
+        "approval": approval,
+        # Approve and Reject are offered only to someone the service would let decide.
+        "can_decide": approval is not None
+        and approval.state == "pending"
+        and job.state == AWAITING_APPROVAL
+        and decider_refusal(user, approval, job.id) is None,
         "out": await shown_output(platform, job),
         "script": script if isinstance(script, str) else None,
         "args_text": pretty(args) if args else None,
@@ -180,17 +197,20 @@ async def _job_page(
     *,
     status: int = 200,
     error: str | None = None,
+    notice: str | None = None,
 ) -> Response:
     try:
         detail = await _detail(platform, user, job_id)
     except NotFound as e:
         return _not_found(request, e)
-    return render(request, "job.html", status, error=error, **detail)
+    return render(request, "job.html", status, error=error, notice=notice, **detail)
 
 
 @router.get("/jobs/{job_id}")
 async def job_page(job_id: str, request: Request, platform: PlatformDep, user: Reader) -> Response:
-    return await _job_page(request, platform, user, job_id)
+    response = await _job_page(request, platform, user, job_id, notice=read_notice(request))
+    forget_notice(request, response, path="/jobs")
+    return response
 
 
 @router.get("/jobs/{job_id}/detail")
@@ -228,6 +248,47 @@ async def cancel(job_id: str, request: Request, platform: PlatformDep, user: Res
     return RedirectResponse(back, status_code=303)
 
 
+@router.post("/jobs/{job_id}/approve")
+async def approve(
+    job_id: str, request: Request, platform: PlatformDep, user: Responder
+) -> Response:
+    """Approve the request the job belongs to (its whole batch), with an optional reason; a
+    refusal (own request, lower tier, already decided) is the job page with its sentence."""
+    return await _decide(job_id, request, platform, user, approving=True)
+
+
+@router.post("/jobs/{job_id}/reject")
+async def reject(job_id: str, request: Request, platform: PlatformDep, user: Responder) -> Response:
+    """Reject the request the job belongs to, with the reason the form requires."""
+    return await _decide(job_id, request, platform, user, approving=False)
+
+
+async def _decide(
+    job_id: str, request: Request, platform: Platform, user: User, *, approving: bool
+) -> Response:
+    job_id = job_id[:ID_LIMIT]
+    form = await request.form()
+    back = back_to(form.get("back"), job_id)
+    sent = form.get("reason")
+    reason = sent[:1000] if isinstance(sent, str) else ""
+    try:
+        if approving:
+            decided = await platform.approvals.approve(
+                job_id, user, reason=reason or None, source=source_of(request)
+            )
+        else:
+            decided = await platform.approvals.reject(
+                job_id, user, reason=reason, source=source_of(request)
+            )
+    except NotFound as e:
+        return _not_found(request, e)
+    except PlatformError as e:
+        return await _job_page(request, platform, user, job_id, status=e.status_code, error=str(e))
+    verb = "Approved" if approving else "Rejected"
+    sentence = f"{verb} {decided.action} requested by {decided.requested_by}."
+    return done(back, sentence, path="/jobs")
+
+
 @dataclass(frozen=True)
 class BatchCancel:
     """What one press of "Cancel the run" did."""
@@ -248,7 +309,8 @@ async def cancel_batch(
     every job: the user's) stops the loop and is raised."""
     unfinished = await platform.jobs.find(
         batch_id=batch_id,
-        states=list(UNFINISHED),
+        # A run still awaiting approval is withdrawn as well.
+        states=[AWAITING_APPROVAL, *UNFINISHED],
         cancel_requested=False,
         limit=CANCEL_LIMIT + 1,
     )

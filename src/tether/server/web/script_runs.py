@@ -155,9 +155,13 @@ async def run(request: Request, platform: PlatformDep, user: Reader) -> Response
     except PlatformError as e:
         return await _form_page(request, platform, pairs, status=e.status_code, error=str(e))
     url = run_url(batch.id)
-    if not batch.refused:
+    # Jobs awaiting a second person's approval say so, first (docs/adr/0039).
+    notes = [batch.notice] if batch.notice else []
+    if batch.refused:
+        notes.append(_refusal_notice(list(batch.refused.values())))
+    if not notes:
         return RedirectResponse(url, status_code=303)
-    return done(url, _refusal_notice(list(batch.refused.values())), path=url)
+    return done(url, "\n".join(notes), path=url)
 
 
 def run_url(batch_id: str) -> str:

@@ -64,5 +64,6 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     context.setdefault("user", getattr(request.state, "user", None))
     context.setdefault("csrf_token", getattr(request.state, "csrf_token", None))
     context.setdefault("path", request.url.path)
+    context.setdefault("approvals_waiting", getattr(request.state, "approvals_waiting", 0))
     html = ENVIRONMENT.get_template(template).render(**context)
     return HTMLResponse(html, status_code=status_code)

@@ -10,9 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from tether.protocol import Permission
+from tether.protocol import Approval, Permission, approval_weakens
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import PlatformError
+from tether.server.errors import Invalid, PlatformError
 from tether.server.services.users import User
 from tether.server.web.access import page_require
 from tether.server.web.settings.common import changes_on, done, form_fields, show
@@ -107,3 +107,30 @@ async def switch_active_response(
         return await _page(request, platform, user, e.status_code, str(e))
     back = SWITCH_PAGES.get(fields.get("back", ""), PAGE)
     return done(back, f"Active Response is {_on_off(changed.active_response)} for {changed.name}.")
+
+
+@router.post(PAGE + "/{name}/approval")
+async def set_approval(
+    name: str, request: Request, platform: PlatformDep, user: SegmentAdmin
+) -> Response:
+    """Set which actions of the segment need a second person's approval, and how long a request
+    waits; fewer actions waiting asks for a fresh code, as in the API."""
+
+    async def change() -> str:
+        fields = await form_fields(request)
+        try:
+            approval = Approval(fields.get("approval", ""))
+            hours = int(fields.get("timeout_hours", "24"))
+        except ValueError:
+            raise Invalid(
+                "Choose off, script or respond, and a timeout in whole hours (1 to 168)."
+            ) from None
+        current = await platform.segments.get(name)
+        if approval_weakens(approval, current.approval):
+            await fresh(request, platform, user, "four-eyes approval")
+        changed = await platform.segments.set_approval(
+            name, approval, hours * 3600, actor=user.username, source=source_of(request)
+        )
+        return f"Approval for {changed.name} is {changed.approval} (within {hours} h)."
+
+    return await _change(request, platform, user, change)
