@@ -91,6 +91,17 @@ def verify(
             f"({report['head_hash'][:16]}...), signed checkpoint at {report['checkpoint_seq']}.",
             markup=False,
         )
+    notes = list(report.get("notes") or [])
+    witness_note = str((report.get("witness") or {}).get("note") or "")
+    if not json_output and not problem:
+        for note in notes:
+            console.print(note, markup=False)
+        if witness_note:
+            console.print(
+                f"The checkpoint kept at record {kept.seq if kept else '?'} was "
+                f"taken back by a restore: {witness_note}",
+                markup=False,
+            )
     if problem:
         raise typer.Exit(1)
     if checkpoint is not None and kept is not None:
@@ -100,8 +111,9 @@ def verify(
                 markup=False,
             )
         return
-    if signed is None or (kept is not None and signed.seq < kept.seq):
-        # Never move the memory back to an older checkpoint.
+    if signed is None or (kept is not None and signed.seq < kept.seq and not witness_note):
+        # Never move the memory back to an older checkpoint (unless a recorded restore took
+        # that one back: then the restored log is the one to witness from here on).
         return
     remember(memory, api.server, signed, datetime.now(UTC))
     if json_output:

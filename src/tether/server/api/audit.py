@@ -89,6 +89,7 @@ async def verify_against(
             checkpoint_seq=result.checkpoint_seq,
             head_seq=result.head_seq,
             reason=result.reason,
+            note=result.note,
         )
     return WitnessVerifyOut(**report.to_json(), signed=signed, witness=witness)
 

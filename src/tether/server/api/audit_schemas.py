@@ -23,6 +23,8 @@ class WitnessOut(BaseModel):
     checkpoint_seq: int
     head_seq: int
     reason: str
+    # When the log extends the checkpoint only because of a recorded restore: which one.
+    note: str = ""
 
 
 class WitnessVerifyOut(VerifyOut):
