@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from tether.server.services.checkpoints import CheckpointSigner, public_key_from_pem
+from tether.server.services.checkpoints import CheckpointSigner, public_key_from_pem, public_pem
 
 RESTORE = "platform.restore"
 ROTATE_KEY = "platform.rotate_key"
@@ -53,29 +53,35 @@ def statement_problem(
     if action == ROTATE_KEY and details.get("key") == "audit":
         if details.get("head_seq") != seq - 1 or details.get("head_hash") != prev_hash:
             return f"Record {seq} claims an audit key rotation but does not follow its head."
-        old_ok = signer.statement_genuine(message, str(details.get("old_signature", "")), seq - 1)
-        new_pem = str(details.get("new_public_key", ""))
-        try:
-            new_key = public_key_from_pem(new_pem)
-        except ValueError:
-            return f"Record {seq} names a new audit key that is not an Ed25519 key."
-        # The new key's signature is checked with the key the record names.
-        try:
-            new_key.verify(base64.b64decode(str(details.get("new_signature", ""))), message)
-            new_ok = True
-        except (InvalidSignature, ValueError):
-            new_ok = False
-        if not (old_ok and new_ok):
+        old_pem = str(details.get("old_public_key", "")).strip()
+        new_pem = str(details.get("new_public_key", "")).strip()
+        signed_by_both = (
+            old_pem != new_pem
+            and _signed(old_pem, details.get("old_signature"), message)
+            and _signed(new_pem, details.get("new_signature"), message)
+        )
+        if not signed_by_both:
             return (
                 f"Record {seq} claims an audit key rotation that is not signed by both the old "
                 "and the new key."
             )
-        if not signer.knows_key(new_pem):
+        # The old key must be the one that was in charge before the record, the new one a key
+        # this platform holds or lists as retired.
+        in_charge = [public_pem(k) for k in signer.keys_for(seq - 1)]
+        if old_pem not in in_charge or not signer.knows_key(new_pem):
             return (
-                f"Record {seq} rotated the audit key to one this platform does not hold or "
-                "list as retired."
+                f"Record {seq} rotated the audit key between keys this platform does not hold "
+                "or list as retired."
             )
     return None
+
+
+def _signed(pem: str, signature: object, message: bytes) -> bool:
+    try:
+        public_key_from_pem(pem).verify(base64.b64decode(str(signature), validate=True), message)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
 
 
 def statement_note(seq: int, action: str, details: dict[str, Any]) -> str | None:
