@@ -1,6 +1,7 @@
 """`tether server rotate-key audit|mfa` on a stopped platform's data directory."""
 
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -12,11 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tether.cli.witness import walk_rotations
 from tether.server.auth.sealing import Sealer
 from tether.server.config import Settings, load_settings
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner, VerifyReport
-from tether.server.services.audit_statements import statement_problem
+from tether.server.services.audit_statements import statement_message, statement_problem
 from tether.server.services.audit_witness import check_witness
 from tether.server.services.bootstrap import initialise
 from tether.server.services.checkpoints import Checkpoint
@@ -152,3 +154,34 @@ def test_a_running_platform_is_refused(data: Settings) -> None:
         for rotate in (rotate_audit_key, rotate_mfa_key):
             with pytest.raises(ConfigurationError, match="The platform is running"):
                 rotate(data)
+
+
+def test_a_witness_walks_from_the_old_key_to_the_new_one_only_through_signed_rotations(
+    data: Settings,
+) -> None:
+    old_pem = CheckpointSigner(data.audit_key, data.audit_anchor).public_key_pem()
+    first = rotate_audit_key(data)
+    second = rotate_audit_key(data)
+    log = _log(data)
+    records = asyncio.run(log.key_rotations())
+    rotations = [
+        {
+            "seq": r.seq,
+            "statement": base64.b64encode(statement_message(r.action, r.details_object())).decode(),
+            "old_signature": r.details_object()["old_signature"],
+            "new_signature": r.details_object()["new_signature"],
+        }
+        for r in records
+    ]
+    current = log.signer.public_key_pem()
+    assert walk_rotations(old_pem, rotations, current) == second.record_seq
+    assert [r["seq"] for r in rotations] == [first.record_seq, second.record_seq]
+    # A rotation the old key did not sign leads nowhere.
+    forged = [{**rotations[0], "old_signature": rotations[0]["new_signature"]}, rotations[1]]
+    assert walk_rotations(old_pem, forged, current) is None
+    # Nor does a key that no rotation names.
+    stranger = CheckpointSigner(
+        data.audit_key, data.audit_anchor, key=Ed25519PrivateKey.generate()
+    ).public_key_pem()
+    assert walk_rotations(stranger, rotations, current) is None
+    assert _verify(data).intact

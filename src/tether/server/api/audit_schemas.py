@@ -27,9 +27,21 @@ class WitnessOut(BaseModel):
     note: str = ""
 
 
+class KeyRotationOut(BaseModel):
+    """A recorded audit key rotation: what it states (base64 of the signed bytes: JSON naming
+    the old and the new public key) and the signatures of both keys over it, so a witness that
+    knows the old key can move to the new one without taking the platform's word for it."""
+
+    seq: int
+    statement: str
+    old_signature: str
+    new_signature: str
+
+
 class WitnessVerifyOut(VerifyOut):
     """The whole-chain check, the platform's current checkpoint and public key (what a witness
     keeps for next time), and the witness comparison when the chain is intact."""
 
     signed: CheckpointDocument | None
     witness: WitnessOut | None
+    key_rotations: list[KeyRotationOut] = []

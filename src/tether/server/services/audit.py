@@ -21,7 +21,12 @@ from sqlalchemy import Select, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.server.errors import Unavailable
-from tether.server.services.audit_statements import RESTORE, statement_note, statement_problem
+from tether.server.services.audit_statements import (
+    RESTORE,
+    ROTATE_KEY,
+    statement_note,
+    statement_problem,
+)
 from tether.server.services.checkpoints import Checkpoint, CheckpointSigner
 from tether.server.store.db import utcnow
 from tether.server.store.tables import audit_head, audit_records
@@ -472,11 +477,19 @@ class AuditLog:
 
     async def restores(self) -> list[AuditRecord]:
         """The restore records in the log, oldest first."""
+        return await self._of_action(RESTORE)
+
+    async def key_rotations(self) -> list[AuditRecord]:
+        """The audit key rotation records in the log, oldest first."""
+        found = await self._of_action(ROTATE_KEY)
+        return [r for r in found if r.details_object().get("key") == "audit"]
+
+    async def _of_action(self, action: str) -> list[AuditRecord]:
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
                     select(audit_records)
-                    .where(audit_records.c.action == RESTORE)
+                    .where(audit_records.c.action == action)
                     .order_by(audit_records.c.seq)
                 )
             ).all()
