@@ -1,17 +1,18 @@
 """The backup file: parts streamed in framed chunks, a manifest with a SHA-256 per part, and a
-SHA-256 over the whole file (docs/adr/0043-backup-restore-and-key-rotation.md).
+trailer hash over the rest (docs/adr/0043-backup-restore-and-key-rotation.md).
 
 Layout, read and written front to back so neither side holds more than one chunk:
 
     TETHER-BACKUP 1\\n
     for each part:  {"part": NAME}\\n  then chunks (4-byte big-endian length, bytes), length 0 ends
     the manifest, as the last part named "manifest.json"
-    END <sha256 over every byte before this line>\\n
+    END <sha256 over every byte before this line but the parts' contents>\\n
 
-The trailer catches a flipped byte anywhere (a header, a length, the manifest); the manifest's
-per-part hashes say which part was damaged. Neither is a signature: anyone can write a file in
-this format, so a restore also checks every part's name against the few it knows, and a blob's
-content against its name.
+Each part's bytes are covered by its SHA-256 in the manifest; the trailer covers everything
+else (the magic, the headers, the chunk lengths, the manifest), so a flipped byte anywhere is
+caught and every byte is hashed once on each side. Neither is a signature: anyone can write a
+file in this format, so a restore also checks every part's name against the few it knows, and a
+blob's content against its name.
 """
 
 import base64
@@ -96,6 +97,12 @@ class _HashingWriter:
         self.digest.update(data)
         self.written += len(data)
 
+    def write_covered(self, data: bytes) -> None:
+        """Write bytes a part's own hash covers: the trailer covers that hash (in the
+        manifest) instead of hashing them a second time."""
+        self._out.write(data)
+        self.written += len(data)
+
 
 class ArchiveWriter:
     """Writes parts in order; `finish` adds the manifest and the trailer."""
@@ -114,7 +121,11 @@ class ArchiveWriter:
         digest = hashlib.sha256()
         size = 0
         while chunk := source.read(CHUNK_BYTES):
-            self._out.write(_LENGTH.pack(len(chunk)) + chunk)
+            self._out.write(_LENGTH.pack(len(chunk)))
+            if name == MANIFEST:
+                self._out.write(chunk)
+            else:
+                self._out.write_covered(chunk)
             digest.update(chunk)
             size += len(chunk)
             if self._progress is not None:
@@ -148,11 +159,12 @@ class Verified:
     parts: list[PartInfo] = field(default_factory=list)
 
 
-def _read_exact(source: IO[bytes], size: int, digest: "hashlib._Hash", label: str) -> bytes:
+def _read_exact(source: IO[bytes], size: int, digest: "hashlib._Hash | None", label: str) -> bytes:
     data = source.read(size)
     if len(data) != size:
         raise BackupError(f"{label} ends too early: it was cut short or is not a Tether backup.")
-    digest.update(data)
+    if digest is not None:
+        digest.update(data)
     return data
 
 
@@ -201,7 +213,9 @@ def read_parts(
                 break
             if length > CHUNK_BYTES:
                 raise BackupError(f"{label} is damaged: part {name!r} has a malformed chunk.")
-            chunk = _read_exact(source, length, digest, label)
+            # A part's bytes are covered by its hash in the manifest, which the trailer
+            # covers; only the manifest's own bytes go into the trailer's digest directly.
+            chunk = _read_exact(source, length, digest if name == MANIFEST else None, label)
             part_digest.update(chunk)
             size += length
             if name in (MANIFEST, KEYS):
