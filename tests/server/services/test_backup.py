@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from tether.server.services.backup_archive import (
 from tether.server.services.bootstrap import initialise
 from tether.server.services.restore import restore_backup
 from tether.server.store.db import create_engine, sqlite_url, utcnow
+from tether.server.store.migrate import upgrade
 
 PASSPHRASE = b"correct horse battery staple"
 BLOB = b"evidence " * 1000
@@ -223,7 +225,9 @@ def _crafted(parts: dict[str, bytes], manifest: dict[str, object]) -> bytes:
     for name, data in parts.items():
         # Bypass the writer's own name check: an attacker does not use our writer.
         writer._out.write(json.dumps({"part": name}).encode() + b"\n")
-        writer._out.write(len(data).to_bytes(4, "big") + data + b"\0\0\0\0")
+        writer._out.write(len(data).to_bytes(4, "big"))
+        writer._out.write_covered(data)
+        writer._out.write(b"\0\0\0\0")
         digest = hashlib.sha256(data).hexdigest()
         writer.parts.append(backup_archive.PartInfo(name, len(data), digest))
     writer.finish(manifest)
@@ -345,3 +349,37 @@ def test_a_restore_record_written_without_the_key_breaks_the_chain(
     assert report.problem == (
         f"Record {record.seq} claims a restore but is not signed by the platform's audit key."
     )
+
+
+def test_a_database_or_backup_from_a_newer_tether_is_refused_in_one_sentence(
+    backups: dict[str, BackupResult], tmp_path: Path
+) -> None:
+    newer = "The database was made by a newer Tether (schema 9999); run that version or a newer"
+    parts: dict[str, io.BytesIO] = {}
+
+    def keep(name: str) -> io.BytesIO:
+        parts[name] = _Kept()
+        return parts[name]
+
+    with open(backups["bare"].path, "rb") as f:
+        manifest = read_parts(f, "x", sink=keep).manifest
+    manifest["schema_revision"] = "9999"
+    from_the_future = tmp_path / "future.tbk"
+    from_the_future.write_bytes(_crafted({n: p.getvalue() for n, p in parts.items()}, manifest))
+    target = tmp_path / "r"
+    with pytest.raises(ConfigurationError, match=re.escape(newer)):
+        restore_backup(from_the_future, target, passphrase=None, keys_from=tmp_path)
+    assert not target.exists()
+    db = tmp_path / "newer.db"
+    db.write_bytes(parts["tether.db"].getvalue())
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(ConfigurationError, match=re.escape(newer)):
+        upgrade(sqlite_url(str(db)))
+
+
+class _Kept(io.BytesIO):
+    """A part kept in memory: read_parts closes it at the part's end, which would drop it."""
+
+    def close(self) -> None:
+        pass

@@ -33,6 +33,7 @@ from tether.server.services.backup_archive import (
 )
 from tether.server.services.pki import write_private
 from tether.server.store.db import create_engine, sqlite_url, utcnow
+from tether.server.store.migrate import refuse_newer
 
 ACTOR = "platform host"
 SOURCE = "tether server restore"
@@ -61,6 +62,7 @@ def restore_backup(
         raise ConfigurationError(f"There is no file {archive}.") from None
     except IsADirectoryError:
         raise ConfigurationError(f"{archive} is a folder, not a backup file.") from None
+    refuse_newer(str(verified.manifest.get("schema_revision") or "") or None)
     keys = _keys(verified, label, passphrase, keys_from)
     work = target.parent / f".{target.name}.restoring-{secrets.token_hex(4)}"
     work.mkdir(mode=0o700)
