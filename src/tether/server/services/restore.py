@@ -65,7 +65,12 @@ def restore_backup(
     refuse_newer(str(verified.manifest.get("schema_revision") or "") or None)
     keys = _keys(verified, label, passphrase, keys_from)
     work = target.parent / f".{target.name}.restoring-{secrets.token_hex(4)}"
-    work.mkdir(mode=0o700)
+    try:
+        work.mkdir(mode=0o700)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot write in {target.parent} ({exc.strerror}); nothing was restored."
+        ) from exc
     try:
         with open(archive, "rb") as source:
             again = read_parts(source, label, sink=lambda name: _create(work, name))
@@ -76,6 +81,11 @@ def restore_backup(
         (work / "files" / "partial").mkdir(parents=True, exist_ok=True)
         record_seq = asyncio.run(_append_restore_record(work, verified))
         _move_into_place(work, target)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise ConfigurationError(
+            f"The restore into {target} failed ({exc.strerror or exc}); nothing was restored."
+        ) from exc
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
