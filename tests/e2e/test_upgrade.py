@@ -117,5 +117,5 @@ def test_the_agent_of_the_oldest_release_still_runs_jobs_on_the_current_platform
 ) -> None:
     with upgraded.admin.api() as api:
         wait_online(api, upgraded.agent.host_id, timeout=30)
-    listed = upgraded.admin.run("ps", upgraded.agent.host_id, timeout=20)
+    listed = upgraded.admin.run("ps", upgraded.agent.host_id, timeout=10)
     assert listed.returncode == 0, listed.stderr

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import OperationalError
 
 from tether import __version__
 from tether.server.config import Settings
@@ -43,6 +44,7 @@ from tether.server.store.db import create_engine, is_sqlite, utcnow
 ACTOR = "platform host"
 SOURCE = "tether server backup"
 Progress = Callable[[int, int], None]
+_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,27 @@ async def _record(settings: Settings, outcome: str, details: dict[str, Any]) -> 
     engine = create_engine(settings.db_url)
     try:
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
-        record = await audit.record(
-            "platform.backup",
-            actor=ACTOR,
-            source=SOURCE,
-            outcome=outcome,
-            details={**details, "os_user": getpass.getuser()},
-        )
-        return record.seq
+        for attempt in range(_ATTEMPTS):
+            try:
+                record = await audit.record(
+                    "platform.backup",
+                    actor=ACTOR,
+                    source=SOURCE,
+                    outcome=outcome,
+                    details={**details, "os_user": getpass.getuser()},
+                )
+                return record.seq
+            except OperationalError as exc:
+                # This process appends beside the running platform: SQLite refuses at once
+                # (no busy wait) a transaction that read the head before the platform wrote,
+                # so try again on a fresh one.
+                if "locked" not in str(exc) or attempt == _ATTEMPTS - 1:
+                    raise ConfigurationError(
+                        "The backup could not be put on the audit record (the database stayed "
+                        "busy); try again."
+                    ) from exc
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     finally:
         await engine.dispose()
 
