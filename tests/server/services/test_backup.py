@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 from tether.server.commands import server_app
@@ -37,11 +39,16 @@ from tether.server.services.backup_archive import (
 )
 from tether.server.services.bootstrap import initialise
 from tether.server.services.restore import restore_backup
-from tether.server.store.db import create_engine, sqlite_url, utcnow
+from tether.server.store.db import sqlite_url, utcnow
 from tether.server.store.migrate import upgrade
 
 PASSPHRASE = b"correct horse battery staple"
 BLOB = b"evidence " * 1000
+
+
+def _engine(db: Path) -> AsyncEngine:
+    # No pool: each asyncio.run here closes its connections before its event loop ends.
+    return create_async_engine(sqlite_url(str(db)), poolclass=NullPool)
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +88,7 @@ def backups(source: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 def _audit(data: Path) -> tuple[AuditLog, CheckpointSigner]:
     signer = CheckpointSigner(data / "audit-signing.key", data / "audit-anchor.json")
-    return AuditLog(create_engine(sqlite_url(str(data / "tether.db"))), signer), signer
+    return AuditLog(_engine(data / "tether.db"), signer), signer
 
 
 def _verify(data: Path) -> VerifyReport:

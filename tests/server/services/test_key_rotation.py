@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from tether.cli.witness import walk_rotations
 from tether.server.auth.sealing import Sealer
@@ -24,7 +26,12 @@ from tether.server.services.bootstrap import initialise
 from tether.server.services.checkpoints import Checkpoint
 from tether.server.services.key_rotation import rotate_audit_key, rotate_mfa_key
 from tether.server.services.mfa import sealing_context
-from tether.server.store.db import create_engine, utcnow
+from tether.server.store.db import sqlite_url, utcnow
+
+
+def _engine(db: Path) -> AsyncEngine:
+    # No pool: each asyncio.run here closes its connections before its event loop ends.
+    return create_async_engine(sqlite_url(str(db)), poolclass=NullPool)
 
 
 @pytest.fixture
@@ -48,7 +55,7 @@ def _free_port() -> int:
 
 def _log(settings: Settings) -> AuditLog:
     signer = CheckpointSigner(settings.audit_key, settings.audit_anchor)
-    return AuditLog(create_engine(settings.db_url), signer)
+    return AuditLog(_engine(settings.data_dir / "tether.db"), signer)
 
 
 def _verify(settings: Settings) -> VerifyReport:
