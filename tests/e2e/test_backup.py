@@ -8,14 +8,20 @@ import json
 import subprocess
 from pathlib import Path
 
+from tether.server.gateway.server import UNKNOWN_HOST
+
 from .conftest import enrolled_agent, running_agent
 from .harness import Children, Platform, tether_command, wait_for, wait_online
 
+# Streams until the test says stop (a file beside it), so the backup surely runs mid-job.
 TICKING = """
-import time
-for i in range(16):
+import pathlib, time
+stop = pathlib.Path({stop!r})
+i = 0
+while not stop.exists() and i < 1200:
     print("tick", i, flush=True)
-    time.sleep(0.25)
+    i += 1
+    time.sleep(0.1)
 """
 
 
@@ -42,7 +48,8 @@ def test_backup_while_a_job_streams_then_restore_reconnect_and_verify(
     admin.ok("segment", "set", "ir", "--active-response", "on")
     before = running_agent(platform, admin, children, tmp_path / "before", segment="ir")
     script = tmp_path / "ticking.py"
-    script.write_text(TICKING)
+    stop = tmp_path / "stop"
+    script.write_text(TICKING.format(stop=str(stop)))
     streaming = admin.json("run", before.host_id, str(script), "--detach", "--json")
     job_id = streaming["jobs"][0]["id"]
     wait_for(
@@ -63,6 +70,13 @@ def test_backup_while_a_job_streams_then_restore_reconnect_and_verify(
     assert "a long enough passphrase" not in made.stdout + made.stderr
     assert "a long enough passphrase" not in platform.log()
     head = int(made.stdout.split("audit head ")[1].split(",")[0])
+    assert admin.json("job", "show", job_id, "--json")["job"]["state"] == "running"
+    stop.touch()
+    wait_for(
+        lambda: admin.json("job", "show", job_id, "--json")["job"]["state"] == "succeeded",
+        timeout=60,
+        what="the streaming job to end on the platform that was backed up",
+    )
 
     # Life goes on after the backup: the CLI remembers a checkpoint past its head, and a host
     # enrolls that the backup does not know.
@@ -84,7 +98,8 @@ def test_backup_while_a_job_streams_then_restore_reconnect_and_verify(
     platform.start()
     with admin.api() as api:
         wait_online(api, before.host_id, timeout=30)
-    # The job that was running at the backup ends on the restored platform.
+    # The job that was running at the backup ends on the restored platform too: the agent
+    # reports it again, since the platform it reported to is gone.
     wait_for(
         lambda: admin.json("job", "show", job_id, "--json")["job"]["state"] == "succeeded",
         timeout=60,
@@ -100,7 +115,7 @@ def test_backup_while_a_job_streams_then_restore_reconnect_and_verify(
     after.start()
     assert after.proc is not None
     assert after.proc.wait(30) != 0
-    assert "enroll the agent again" in after.proc.output()
+    assert UNKNOWN_HOST in after.proc.output()
 
     verified = admin.run("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -203,12 +203,9 @@ def _peer(ws: ServerConnection) -> str:
     return f"{address[0]}:{address[1]}" if address else "unknown"
 
 
-# A host enrolled after the backup a platform was restored from is unknown to it, like one
-# never enrolled: either way, enrolling again is the way back.
-UNKNOWN_HOST = (
-    "This certificate does not belong to any enrolled host; enroll the agent again (a host "
-    "enrolled after the backup the platform was restored from is unknown to it)."
-)
+# A host enrolled after the backup a platform was restored from is unknown to it, like one never
+# enrolled: either way, enrolling again is the way back. (A close reason fits in 123 bytes.)
+UNKNOWN_HOST = "This certificate does not belong to any enrolled host; enroll the agent again."
 
 
 def _peer_serial(ws: ServerConnection) -> str | None:
