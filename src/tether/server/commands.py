@@ -293,5 +293,9 @@ def rotate_key(
             f"New MFA sealing key; {done.count} TOTP secrets sealed anew (record "
             f"{done.record_seq})."
         )
+    elif which == "ca":
+        raise ConfigurationError(
+            "Rotating the CA is designed (docs/adr/0043) but not built yet; audit and mfa rotate."
+        )
     else:
         raise ConfigurationError(f"{which!r} is not a key that rotates; give audit or mfa.")
