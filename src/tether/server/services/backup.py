@@ -129,7 +129,10 @@ def take_backup(
 async def _record(settings: Settings, outcome: str, details: dict[str, Any]) -> int:
     engine = create_engine(settings.db_url)
     try:
-        audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
+        signer = CheckpointSigner(
+            settings.audit_key, settings.audit_anchor, staging=f".backup-{os.getpid()}.tmp"
+        )
+        audit = AuditLog(engine, signer)
         for attempt in range(_ATTEMPTS):
             try:
                 record = await audit.record(

@@ -155,11 +155,14 @@ class CheckpointSigner:
         *,
         key: Ed25519PrivateKey | None = None,
         retired: list[RetiredKey] | None = None,
+        staging: str = ".tmp",
     ) -> None:
         """The signer of the key in `key_path` (or `key`, given outright), knowing the retired
-        keys listed beside it (or `retired`)."""
+        keys listed beside it (or `retired`). A process other than the platform that appends
+        beside it (a backup) gives its own `staging` suffix, so neither moves the other's
+        checkpoint into place before that one's records are committed."""
         self._anchor_path = anchor_path
-        self._pending_path = anchor_path.with_name(anchor_path.name + ".tmp")
+        self._pending_path = anchor_path.with_name(anchor_path.name + staging)
         self._listeners: list[CheckpointListener] = []
         self.retired = (
             retired if retired is not None else load_retired(key_path.with_name(RETIRED_KEYS_FILE))
