@@ -23,6 +23,7 @@ from tether import __version__
 from tether.agent import sysinfo
 from tether.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, Welcome
 from tether.protocol.messages import parse_platform_message
+from tether.server.gateway.server import UNKNOWN_HOST
 
 from . import certs
 from .conftest import enrolled_agent, running_agent
@@ -356,7 +357,7 @@ async def test_unknown_certificate_from_the_real_ca_is_refused_and_audited(
     async with await open_raw(platform, cert, key) as ws:
         code, reason = await close_of(ws)
     assert code == 4001
-    assert reason == "This certificate does not belong to any enrolled host."
+    assert reason == UNKNOWN_HOST
     (record,) = connect_refusals(admin, f"cert:{serial:x}")
     assert record["details"]["cert_serial"] == f"{serial:x}"
     assert record["source"].startswith("127.0.0.1:")

@@ -20,6 +20,7 @@ from tether.cli.witness import (
     recall,
     remember,
     same_key,
+    walk_rotations,
 )
 from tether.protocol.checkpoint import CheckpointDocument, SignedCheckpoint
 
@@ -79,8 +80,11 @@ def verify(
     signed = CheckpointDocument.model_validate(report["signed"]) if report["signed"] else None
     if not problem and signed is not None and not genuine(signed):
         problem = "The platform's checkpoint does not match its own audit key."
+    rotations = list(report.get("key_rotations") or [])
     if not problem and kept is not None:
-        problem = _witness_problem(checkpoint, remembered, kept, signed, report["witness"])
+        problem = _witness_problem(
+            checkpoint, remembered, kept, signed, report["witness"], rotations
+        )
     if json_output:
         emit_json({**report, "witness_problem": problem})
     elif problem:
@@ -91,6 +95,24 @@ def verify(
             f"({report['head_hash'][:16]}...), signed checkpoint at {report['checkpoint_seq']}.",
             markup=False,
         )
+    notes = list(report.get("notes") or [])
+    witness_note = str((report.get("witness") or {}).get("note") or "")
+    if not json_output and not problem:
+        known = remembered.checkpoint.public_key if remembered is not None else ""
+        if known and signed is not None and not same_key(known, signed.public_key):
+            console.print(
+                "The platform's audit key was rotated since your last verify; the rotation is "
+                "signed by the key you verified and by the new one.",
+                markup=False,
+            )
+        for note in notes:
+            console.print(note, markup=False)
+        if witness_note:
+            console.print(
+                f"The checkpoint kept at record {kept.seq if kept else '?'} was "
+                f"taken back by a restore: {witness_note}",
+                markup=False,
+            )
     if problem:
         raise typer.Exit(1)
     if checkpoint is not None and kept is not None:
@@ -100,8 +122,9 @@ def verify(
                 markup=False,
             )
         return
-    if signed is None or (kept is not None and signed.seq < kept.seq):
-        # Never move the memory back to an older checkpoint.
+    if signed is None or (kept is not None and signed.seq < kept.seq and not witness_note):
+        # Never move the memory back to an older checkpoint (unless a recorded restore took
+        # that one back: then the restored log is the one to witness from here on).
         return
     remember(memory, api.server, signed, datetime.now(UTC))
     if json_output:
@@ -133,12 +156,15 @@ def _witness_problem(
     kept: SignedCheckpoint,
     signed: CheckpointDocument | None,
     witness: dict[str, Any] | None,
+    rotations: list[dict[str, Any]],
 ) -> str:
     """One sentence when the log does not extend the kept checkpoint, else ""."""
     platform_key = signed.public_key if signed is not None else ""
     if source is not None:
-        foreign = isinstance(kept, CheckpointDocument) and not same_key(
-            kept.public_key, platform_key
+        foreign = (
+            isinstance(kept, CheckpointDocument)
+            and not same_key(kept.public_key, platform_key)
+            and walk_rotations(kept.public_key, rotations, platform_key) is None
         )
         if foreign or (witness is not None and not witness["genuine"]):
             raise CliError(
@@ -148,7 +174,9 @@ def _witness_problem(
         label = f"the checkpoint in {source} (signed on {day_of(kept.signed_at)})"
     elif remembered is None:
         return ""
-    elif not same_key(remembered.checkpoint.public_key, platform_key):
+    elif not same_key(remembered.checkpoint.public_key, platform_key) and (
+        walk_rotations(remembered.checkpoint.public_key, rotations, platform_key) is None
+    ):
         return (
             "The platform's audit key is not the one that signed the checkpoint you verified "
             f"on {day_of(remembered.verified_at)}, so its whole log may have been signed anew; "

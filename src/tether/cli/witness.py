@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +42,43 @@ def genuine(document: CheckpointDocument) -> bool:
 
 def same_key(one: str, other: str) -> bool:
     return one.strip() == other.strip()
+
+
+def _signed_by(public_key_pem: str, signature: str, message: bytes) -> bool:
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+        if not isinstance(key, Ed25519PublicKey):
+            return False
+        key.verify(base64.b64decode(signature, validate=True), message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def walk_rotations(
+    known_key: str, rotations: list[dict[str, Any]], platform_key: str
+) -> int | None:
+    """The record of the last rotation that leads from `known_key` to `platform_key`, each step
+    stated by both keys and signed by the key before it (checked here, not taken from the
+    platform); None when no such path exists."""
+    key = known_key
+    last: int | None = None
+    for rotation in rotations:
+        try:
+            message = base64.b64decode(str(rotation["statement"]), validate=True)
+            stated = json.loads(message.split(b"\n", 1)[1])
+            old, new = str(stated["old_public_key"]), str(stated["new_public_key"])
+        except (KeyError, ValueError, IndexError, TypeError):
+            return None
+        if not same_key(old, key):
+            continue
+        if not (
+            _signed_by(old, str(rotation.get("old_signature", "")), message)
+            and _signed_by(new, str(rotation.get("new_signature", "")), message)
+        ):
+            return None
+        key, last = new, int(rotation["seq"])
+    return last if same_key(key, platform_key) else None
 
 
 def day_of(moment: str) -> str:

@@ -185,3 +185,141 @@ def run(
     )
     configure(settings.log_level)
     runner.run(settings)
+
+
+PassphraseOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        help="A file holding the passphrase the keys are encrypted under (never given on the "
+        "command line, never printed).",
+    ),
+]
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    from tether.server.errors import ConfigurationError
+    from tether.server.services.backup_archive import check_passphrase
+
+    if path is None:
+        return None
+    try:
+        return check_passphrase(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read the passphrase file {path}.") from exc
+
+
+@server_app.command("backup")
+def backup(
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("--output", help="The backup file to write (new).")],
+    passphrase_file: PassphraseOpt = None,
+    without_keys: Annotated[
+        bool,
+        typer.Option(
+            "--without-keys",
+            help="Leave the CA, server, audit and MFA keys out (escrow them yourself).",
+        ),
+    ] = False,
+) -> None:
+    """Back up the platform while it runs: the database (SQLite online backup), the file
+    library, the signed checkpoint and the keys encrypted under a passphrase (or left out);
+    audited."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from tether.server.config import load_settings
+    from tether.server.errors import ConfigurationError
+    from tether.server.services.backup import take_backup
+
+    if (passphrase_file is None) == (not without_keys):
+        raise ConfigurationError(
+            "Say what happens to the keys: --passphrase-file FILE to encrypt them into the "
+            "backup, or --without-keys to leave them out."
+        )
+    passphrase = _passphrase(passphrase_file)
+    settings = load_settings(data.resolve())
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("Backing up", total=None)
+        result = take_backup(
+            settings,
+            output.resolve(),
+            passphrase,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    typer.echo(
+        f"Backup written to {result.path}: {result.size} bytes, {result.parts} parts, audit head "
+        f"{result.head_seq}, taken at {result.taken_at}, keys {result.keys}."
+    )
+    typer.echo(f"SHA-256 of the file: {result.sha256}")
+
+
+@server_app.command("restore")
+def restore(
+    backup_file: Annotated[Path, typer.Argument(help="A file made by 'tether server backup'.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="A new (or empty) directory to restore into.")
+    ],
+    passphrase_file: PassphraseOpt = None,
+    keys_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys-from", help="A folder holding the key files (for a --without-keys backup)."
+        ),
+    ] = None,
+) -> None:
+    """Check every part of a backup, then restore it into a new data directory and put the
+    restore on the audit record; nothing is written when any check fails."""
+    from tether.server.services.restore import restore_backup
+
+    result = restore_backup(
+        backup_file.resolve(),
+        data.resolve(),
+        passphrase=_passphrase(passphrase_file),
+        keys_from=keys_from.resolve() if keys_from else None,
+    )
+    typer.echo(
+        f"Restored into {result.data} from the backup taken at {result.taken_at} (audit head "
+        f"{result.head_seq}); the restore is record {result.record_seq}."
+    )
+    typer.echo(
+        f"Start it with 'tether server run --data {result.data}'. Hosts enrolled after the "
+        "backup must enroll again."
+    )
+
+
+@server_app.command("rotate-key")
+def rotate_key(
+    which: Annotated[str, typer.Argument(help="audit or mfa")],
+    data: DataOpt,
+) -> None:
+    """Replace the audit signing key (older checkpoints still verify) or the MFA sealing key
+    (every TOTP secret sealed anew), in one audited step; the platform must be stopped."""
+    from tether.server.config import load_settings
+    from tether.server.errors import ConfigurationError
+    from tether.server.services.key_rotation import rotate_audit_key, rotate_mfa_key
+
+    settings = load_settings(data.resolve())
+    if which == "audit":
+        done = rotate_audit_key(settings)
+        typer.echo(
+            f"New audit key {done.new_fingerprint[:16]}... replaces {done.old_fingerprint[:16]}... "
+            f"(record {done.record_seq}); checkpoints before it still verify with the old key."
+        )
+    elif which == "mfa":
+        done = rotate_mfa_key(settings)
+        typer.echo(
+            f"New MFA sealing key; {done.count} TOTP secrets sealed anew (record "
+            f"{done.record_seq})."
+        )
+    elif which == "ca":
+        raise ConfigurationError(
+            "Rotating the CA is designed (docs/adr/0043) but not built yet; audit and mfa rotate."
+        )
+    else:
+        raise ConfigurationError(f"{which!r} is not a key that rotates; give audit or mfa.")

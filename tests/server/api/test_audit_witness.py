@@ -41,6 +41,7 @@ async def test_verify_against_a_witness_sees_the_rollback_the_plain_verify_misse
         "checkpoint_seq": witnessed["seq"],
         "head_seq": witnessed["seq"],
         "reason": "",
+        "note": "",
     }
 
     shutil.copyfile(old_anchor, anchor)

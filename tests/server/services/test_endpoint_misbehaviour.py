@@ -154,3 +154,22 @@ async def test_an_isolation_report_naming_another_hosts_job_loses_the_claim(
     assert [(r["target"], r["counts"], r["first"]["named"]) for r in records] == [
         (f"host:{a}", {ISOLATION_REPORT: 1}, script_of_b)
     ]
+
+
+async def test_an_ending_for_a_job_the_platform_never_knew_is_refused_in_one_log_line(
+    engine: AsyncEngine, audit: AuditLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a restore, an agent may report a job submitted after the backup: refused, said,
+    never acknowledged as recorded, and nothing crashes."""
+    h = Harness(engine, audit)
+    a = await h.host("a-1")
+    link = await h.connect(a)
+    with caplog.at_level("WARNING"):
+        await h.dispatcher.on_status(
+            a, JobStatus(job_id="job-from-after-the-backup", state="succeeded", result={})
+        )
+    assert (
+        f"Host {a} reported how job job-from-after-the-backup ended, a job this platform does "
+        "not know (one from after the backup it was restored from, or a made-up id); refused."
+    ) in caplog.text
+    assert frames(link, "job.ack") == []

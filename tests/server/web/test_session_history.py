@@ -7,6 +7,7 @@ import httpx
 from sqlalchemy import select
 
 from tether.protocol import Role
+from tether.server.services.audit_statements import RESTORE, statement_message
 from tether.server.services.checkpoints import key_fingerprint
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records
@@ -99,6 +100,28 @@ async def test_verify_chain_reports_an_intact_chain(
         f"Signed checkpoint #{signed.seq} at {signed.signed_at}, hash <code>{signed.hash}</code>, "
         f"key SHA-256 <code>{key}</code>. This compares the log with the platform's own "
         "checkpoint file, which someone who can write its data directory can roll back"
+    ) in response.text
+
+
+async def test_verify_chain_names_a_restore_on_the_record(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    report = await platform.audit.verify()
+    details: dict[str, object] = {
+        "backup_taken_at": "2026-12-01T00:00:00+00:00",
+        "head_seq": report.head_seq,
+        "head_hash": report.head_hash,
+        "backup_sha256": "0" * 64,
+        "restored_at": "2026-12-02T00:00:00+00:00",
+        "os_user": "root",
+    }
+    details["signature"] = platform.audit.signer.sign_statement(statement_message(RESTORE, details))
+    await platform.audit.record(RESTORE, actor="platform host", details=details)
+    response = await admin_browser.get("/session-history/verify")
+    assert "Chain intact:" in response.text
+    assert (
+        f"the platform was restored from the backup taken at 2026-12-01T00:00:00+00:00 (head "
+        f"{report.head_seq}); records after {report.head_seq} that a witness saw"
     ) in response.text
 
 

@@ -1,5 +1,6 @@
 """Reading, verifying and exporting the audit log."""
 
+import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -8,10 +9,16 @@ from fastapi.responses import StreamingResponse
 from tether.protocol import Permission
 from tether.protocol.checkpoint import CheckpointDocument
 from tether.server.api.audit_filters import FIELD_LIMIT, JSON_LINES, export_stream
-from tether.server.api.audit_schemas import VerifyAgainst, WitnessOut, WitnessVerifyOut
+from tether.server.api.audit_schemas import (
+    KeyRotationOut,
+    VerifyAgainst,
+    WitnessOut,
+    WitnessVerifyOut,
+)
 from tether.server.api.deps import PlatformDep, require
 from tether.server.api.schemas import AuditRecordOut, VerifyOut
 from tether.server.errors import Conflict
+from tether.server.services.audit_statements import statement_message
 from tether.server.services.audit_witness import check_witness
 from tether.server.services.checkpoints import Checkpoint
 from tether.server.services.platform import Platform
@@ -89,8 +96,20 @@ async def verify_against(
             checkpoint_seq=result.checkpoint_seq,
             head_seq=result.head_seq,
             reason=result.reason,
+            note=result.note,
         )
-    return WitnessVerifyOut(**report.to_json(), signed=signed, witness=witness)
+    rotations = [
+        KeyRotationOut(
+            seq=r.seq,
+            statement=base64.b64encode(statement_message(r.action, r.details_object())).decode(),
+            old_signature=str(r.details_object().get("old_signature", "")),
+            new_signature=str(r.details_object().get("new_signature", "")),
+        )
+        for r in await platform.audit.key_rotations()
+    ]
+    return WitnessVerifyOut(
+        **report.to_json(), signed=signed, witness=witness, key_rotations=rotations
+    )
 
 
 @router.get("/audit/export")

@@ -23,6 +23,19 @@ class WitnessOut(BaseModel):
     checkpoint_seq: int
     head_seq: int
     reason: str
+    # When the log extends the checkpoint only because of a recorded restore: which one.
+    note: str = ""
+
+
+class KeyRotationOut(BaseModel):
+    """A recorded audit key rotation: what it states (base64 of the signed bytes: JSON naming
+    the old and the new public key) and the signatures of both keys over it, so a witness that
+    knows the old key can move to the new one without taking the platform's word for it."""
+
+    seq: int
+    statement: str
+    old_signature: str
+    new_signature: str
 
 
 class WitnessVerifyOut(VerifyOut):
@@ -31,3 +44,4 @@ class WitnessVerifyOut(VerifyOut):
 
     signed: CheckpointDocument | None
     witness: WitnessOut | None
+    key_rotations: list[KeyRotationOut] = []

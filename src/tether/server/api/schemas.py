@@ -178,6 +178,8 @@ class VerifyOut(BaseModel):
     checkpoint_seq: int | None
     first_bad_seq: int | None
     problem: str
+    # Genuine records that change how the log reads: a restore, a key rotation.
+    notes: list[str] = []
 
 
 class Problem(BaseModel):

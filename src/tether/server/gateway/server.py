@@ -203,6 +203,11 @@ def _peer(ws: ServerConnection) -> str:
     return f"{address[0]}:{address[1]}" if address else "unknown"
 
 
+# A host enrolled after the backup a platform was restored from is unknown to it, like one never
+# enrolled: either way, enrolling again is the way back. (A close reason fits in 123 bytes.)
+UNKNOWN_HOST = "This certificate does not belong to any enrolled host; enroll the agent again."
+
+
 def _peer_serial(ws: ServerConnection) -> str | None:
     ssl_object = ws.transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
@@ -316,7 +321,7 @@ class AgentGateway:
             await self._refuse(
                 ws,
                 CloseCode.UNKNOWN_CERTIFICATE,
-                "This certificate does not belong to any enrolled host.",
+                UNKNOWN_HOST,
                 target=f"cert:{serial}",
                 details={"cert_serial": serial},
             )

@@ -21,6 +21,12 @@ from sqlalchemy import Select, false, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.server.errors import Unavailable
+from tether.server.services.audit_statements import (
+    RESTORE,
+    ROTATE_KEY,
+    statement_note,
+    statement_problem,
+)
 from tether.server.services.checkpoints import Checkpoint, CheckpointSigner
 from tether.server.store.db import utcnow
 from tether.server.store.tables import audit_head, audit_records
@@ -171,9 +177,12 @@ class VerifyReport:
     checkpoint_seq: int | None
     first_bad_seq: int | None
     problem: str
+    # Plain sentences about genuine records that change how the log reads (a restore, a key
+    # rotation), oldest first.
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "notes": list(self.notes)}
 
 
 class AuditLog:
@@ -395,6 +404,7 @@ class AuditLog:
         expected = 1
         count = 0
         hash_at: dict[int, str] = {}
+        notes: list[str] = []
         checkpoint = self._signer.latest()
 
         def broken(seq: int | None, problem: str) -> VerifyReport:
@@ -416,6 +426,16 @@ class AuditLog:
             fields = {k: v for k, v in rec.__dict__.items() if k != "hash"}
             if record_hash(**fields) != rec.hash:
                 return broken(rec.seq, f"Record {rec.seq} was altered after it was written.")
+            if rec.action.startswith("platform."):
+                details = rec.details_object()
+                problem = statement_problem(
+                    self._signer, rec.seq, rec.prev_hash, rec.action, details
+                )
+                if problem is not None:
+                    return broken(rec.seq, problem)
+                note = statement_note(rec.seq, rec.action, details)
+                if note is not None:
+                    notes.append(note)
             if checkpoint is not None and rec.seq == checkpoint.seq:
                 hash_at[rec.seq] = rec.hash
             prev = rec.hash
@@ -453,7 +473,28 @@ class AuditLog:
             checkpoint_seq=checkpoint.seq if checkpoint else None,
             first_bad_seq=None,
             problem="",
+            notes=tuple(notes),
         )
+
+    async def restores(self) -> list[AuditRecord]:
+        """The restore records in the log, oldest first."""
+        return await self._of_action(RESTORE)
+
+    async def key_rotations(self) -> list[AuditRecord]:
+        """The audit key rotation records in the log, oldest first."""
+        found = await self._of_action(ROTATE_KEY)
+        return [r for r in found if r.details_object().get("key") == "audit"]
+
+    async def _of_action(self, action: str) -> list[AuditRecord]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(audit_records)
+                    .where(audit_records.c.action == action)
+                    .order_by(audit_records.c.seq)
+                )
+            ).all()
+        return [AuditRecord(**row._asdict()) for row in rows]
 
 
 class AuditTransaction:

@@ -9,9 +9,11 @@ here, record by record, without trusting the anchor file.
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from tether.server.services.audit import AuditLog
-from tether.server.services.checkpoints import Checkpoint, public_key_from_pem, signed_by
+from tether.server.services.audit_statements import restore_note
+from tether.server.services.checkpoints import Checkpoint, public_key_from_pem
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class WitnessReport:
     checkpoint_seq: int
     head_seq: int
     reason: str
+    # Set when the log extends the checkpoint only because a recorded restore cut it: the
+    # restore's sentence (the witness saw records that the restore took back).
+    note: str = ""
 
     def to_json(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -36,7 +41,9 @@ def foreign_key(public_key_pem: str, log: AuditLog) -> bool:
         given = public_key_from_pem(public_key_pem)
     except ValueError:
         return True
-    return given != log.signer.public_key
+    return given != log.signer.public_key and not any(
+        given == old for old in log.signer.keys_for(0)[1:]
+    )
 
 
 async def check_witness(log: AuditLog, checkpoint: Checkpoint, head_seq: int) -> WitnessReport:
@@ -46,18 +53,47 @@ async def check_witness(log: AuditLog, checkpoint: Checkpoint, head_seq: int) ->
     def report(reason: str, genuine: bool = True) -> WitnessReport:
         return WitnessReport(not reason, genuine, checkpoint.seq, head_seq, reason)
 
-    if not signed_by(log.signer.public_key, checkpoint):
+    if not log.signer.is_genuine(checkpoint):
         return report("it is not signed by this platform's audit key.", genuine=False)
     if checkpoint.seq == 0:
         return report("")
     if head_seq < checkpoint.seq:
-        return report(f"the log ends at record {head_seq}, before it; records were deleted.")
-    record = await log.record_at(checkpoint.seq)
-    if record is None:
-        return report(f"record {checkpoint.seq} is gone; records were deleted.")
-    if record.hash != checkpoint.hash:
-        return report(
-            f"record {checkpoint.seq} now has a different hash; records were rewritten or the "
-            "checkpoint was rolled back."
-        )
-    return report("")
+        reason = f"the log ends at record {head_seq}, before it; records were deleted."
+    else:
+        record = await log.record_at(checkpoint.seq)
+        if record is None:
+            reason = f"record {checkpoint.seq} is gone; records were deleted."
+        elif record.hash != checkpoint.hash:
+            reason = (
+                f"record {checkpoint.seq} now has a different hash; records were rewritten or "
+                "the checkpoint was rolled back."
+            )
+        else:
+            return report("")
+    note = await _explaining_restore(log, checkpoint)
+    if note:
+        return WitnessReport(True, True, checkpoint.seq, head_seq, "", note)
+    return report(reason)
+
+
+async def _explaining_restore(log: AuditLog, checkpoint: Checkpoint) -> str:
+    """The sentence of a restore that took back the witnessed record: a genuine restore record
+    (verify checks its signature) from a backup whose head is before the checkpoint, written
+    after the checkpoint was signed; "" when none explains it."""
+    signed = _moment(checkpoint.signed_at)
+    for record in await log.restores():
+        details = record.details_object()
+        head = details.get("head_seq")
+        restored = _moment(str(details.get("restored_at", "")))
+        if not isinstance(head, int) or head >= checkpoint.seq or signed is None:
+            continue
+        if restored is not None and restored >= signed:
+            return restore_note(record.seq, details)
+    return ""
+
+
+def _moment(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None

@@ -112,30 +112,84 @@ def checkpoint_document(checkpoint: Checkpoint, public_key_pem: str, platform: s
 
 
 CheckpointListener = Callable[[Checkpoint], None]
+RETIRED_KEYS_FILE = "audit-keys-retired.json"
+
+
+@dataclass(frozen=True)
+class RetiredKey:
+    """An audit key replaced by `tether server rotate-key audit`: it still vouches for
+    checkpoints up to `last_seq` (the head when it was retired) and for nothing later, so
+    whoever stole it cannot sign a head past the rotation."""
+
+    public_key_pem: str
+    last_seq: int
+    retired_at: str
+
+    def to_json(self) -> dict[str, str | int]:
+        return {
+            "public_key": self.public_key_pem,
+            "last_seq": self.last_seq,
+            "retired_at": self.retired_at,
+        }
+
+
+def load_retired(path: Path) -> list[RetiredKey]:
+    """The retired audit keys listed in `path` (none when it does not exist)."""
+    try:
+        entries = json.loads(path.read_text())
+        return [
+            RetiredKey(str(e["public_key"]), int(e["last_seq"]), str(e["retired_at"]))
+            for e in entries
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"Cannot read the retired audit keys in {path}.") from exc
+
+
+def public_pem(key: Ed25519PublicKey) -> str:
+    return (
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        .decode()
+        .strip()
+    )
 
 
 class CheckpointSigner:
     """Signs chain heads with the Ed25519 key and keeps the newest checkpoint in a file."""
 
-    def __init__(self, key_path: Path, anchor_path: Path, writer: str | None = None) -> None:
+    def __init__(
+        self,
+        key_path: Path,
+        anchor_path: Path,
+        writer: str | None = None,
+        *,
+        key: Ed25519PrivateKey | None = None,
+        retired: list[RetiredKey] | None = None,
+        staging: str | None = None,
+    ) -> None:
+        """The signer of the key in `key_path` (or `key`, given outright), knowing the retired
+        keys listed beside it (or `retired`).
+
+        Each writer prepares its checkpoint in a file of its own, so none moves another's
+        checkpoint into place before that one's records are committed (or after they were rolled
+        back): each process of a split platform names itself (`writer`, docs/adr/0044), and a
+        process other than the platform that appends beside it (a backup) gives its own
+        `staging` suffix."""
         self._anchor_path = anchor_path
-        # Each process of a split platform (docs/adr/0044) prepares in a file of its own: with
-        # one shared file, one process could move another's checkpoint into place before the
-        # records it covers were committed (or after they were rolled back).
-        suffix = f".{writer}.tmp" if writer else ".tmp"
+        suffix = staging if staging is not None else (f".{writer}.tmp" if writer else ".tmp")
         self._pending_path = anchor_path.with_name(anchor_path.name + suffix)
         # Held while publishing, so a slower process never puts an older checkpoint back over
         # a newer one.
         self._lock_path = anchor_path.with_name(anchor_path.name + ".lock")
         self._lock_fd: int | None = None
         self._listeners: list[CheckpointListener] = []
-        try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (OSError, ValueError) as exc:
-            raise ConfigurationError(f"Cannot load the audit signing key {key_path}.") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigurationError(f"The audit signing key {key_path} is not an Ed25519 key.")
-        self._key = key
+        self.retired = (
+            retired if retired is not None else load_retired(key_path.with_name(RETIRED_KEYS_FILE))
+        )
+        self._key = key if key is not None else load_signing_key(key_path)
 
     @contextmanager
     def _anchor_lock(self) -> Iterator[None]:
@@ -174,13 +228,38 @@ class CheckpointSigner:
         return self._key.public_key()
 
     def public_key_pem(self) -> str:
-        return (
-            self.public_key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-            .strip()
-        )
+        return public_pem(self.public_key)
+
+    def sign_statement(self, message: bytes) -> str:
+        """A signature (base64) by the current key over `message`: how a restore or a key
+        rotation record shows that the key's holder wrote it."""
+        return base64.b64encode(self._key.sign(message)).decode()
+
+    def keys_for(self, seq: int) -> list[Ed25519PublicKey]:
+        """The keys that may vouch for record `seq`: the current key, and every retired key
+        whose time covered it."""
+        keys = [self.public_key]
+        for old in self.retired:
+            if seq <= old.last_seq:
+                try:
+                    keys.append(public_key_from_pem(old.public_key_pem))
+                except ValueError:
+                    continue
+        return keys
+
+    def statement_genuine(self, message: bytes, signature: str, seq: int) -> bool:
+        """True when `signature` over `message` is by a key that vouched for record `seq`."""
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except ValueError:
+            return False
+        for key in self.keys_for(seq):
+            try:
+                key.verify(raw, message)
+            except InvalidSignature:
+                continue
+            return True
+        return False
 
     def add_listener(self, listener: CheckpointListener) -> None:
         """Call `listener` with every checkpoint once it is published. It must not block."""
@@ -249,4 +328,22 @@ class CheckpointSigner:
             return Checkpoint(seq=-1, hash="", signed_at="", signature="")
 
     def is_genuine(self, checkpoint: Checkpoint) -> bool:
-        return signed_by(self.public_key, checkpoint)
+        """Signed by the current key, or by a retired key for a head it was in charge of."""
+        return any(signed_by(key, checkpoint) for key in self.keys_for(checkpoint.seq))
+
+    def knows_key(self, public_key_pem: str) -> bool:
+        """True for the current key and every retired one."""
+        wanted = public_key_pem.strip()
+        return wanted == self.public_key_pem() or any(
+            old.public_key_pem.strip() == wanted for old in self.retired
+        )
+
+
+def load_signing_key(key_path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"Cannot load the audit signing key {key_path}.") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"The audit signing key {key_path} is not an Ed25519 key.")
+    return key

@@ -443,6 +443,13 @@ class Dispatcher:
         on_record: set[str] = set()
         for job_id, (host_id, status) in reports.items():
             row: Any = rows.get(job_id)
+            if row is None:
+                log.warning(
+                    "Host %s reported how job %s ended, a job this platform does not know (one "
+                    "from after the backup it was restored from, or a made-up id); refused.",
+                    host_id,
+                    job_id,
+                )
             if row is None or row.host_id != host_id:
                 # Only the agent a job was sent to may report on it.
                 await self._misbehaviour.note(host_id, JOB_STATUS, job_id)

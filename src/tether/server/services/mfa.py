@@ -61,8 +61,12 @@ def _enrollment(username: str, secret: bytes) -> Enrollment:
     return Enrollment(secret=to_base32(secret), uri=uri, qr_svg=svg)
 
 
-def _context(user_id: int) -> str:
+def sealing_context(user_id: int) -> str:
+    """What a user's TOTP secret is sealed for: a secret moved to another row does not open."""
     return f"user:{user_id}:totp"
+
+
+_context = sealing_context
 
 
 def matching_step(secret: bytes, code: str, now: datetime) -> int | None:

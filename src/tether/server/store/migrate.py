@@ -4,8 +4,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
+from tether.server.errors import ConfigurationError
 from tether.server.store.db import sync_url, tune_sync_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -31,7 +34,24 @@ def upgrade(url: str) -> None:
                 # platform, docs/adr/0044): one migrates, the others wait and find nothing to do.
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             config = alembic_config(url)
+            refuse_newer(MigrationContext.configure(connection).get_current_revision())
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+def known_revisions() -> set[str]:
+    """Every schema revision this Tether's migrations know."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return {script.revision for script in scripts.walk_revisions()}
+
+
+def refuse_newer(revision: str | None) -> None:
+    """One sentence when `revision` (a database's, or a backup's) comes from a newer Tether:
+    migrations only go forward, and this code cannot read a schema it has never seen."""
+    if revision and revision not in known_revisions():
+        raise ConfigurationError(
+            f"The database was made by a newer Tether (schema {revision}); run that version or "
+            "a newer one, since downgrades are not supported."
+        )
