@@ -113,8 +113,8 @@ def test_installing_the_agent_pulls_no_platform_library() -> None:
     pulled = _closure(core)
     assert pulled & PLATFORM_ONLY == set()
     assert {"pydantic", "websockets", "cryptography", "psutil"} <= pulled
-    # The review counted 13 packages for the agent; the platform's install is 49.
-    assert len(pulled) <= 25, sorted(pulled)
+    # 25 today (pydantic, websockets, cryptography, typer and httpx with theirs); the platform: 49+.
+    assert len(pulled) <= 30, sorted(pulled)
 
 
 def test_the_platform_extra_holds_the_platform() -> None:

@@ -30,9 +30,29 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == SCRIPT_CHILD:
         _script_child(sys.argv[2], sys.argv[3])
         return
-    from tether.agent.commands import agent_app
+    import typer
 
-    agent_app(prog_name="tether-agent")
+    from tether.agent.commands import agent_app
+    from tether.errors import TetherError
+
+    try:
+        status = agent_app(prog_name="tether-agent", standalone_mode=False)
+    except TetherError as exc:
+        # One sentence, as `tether agent ...` prints it; never a traceback.
+        typer.echo(f"tether-agent: {exc}", err=True)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # usage errors, as `tether.main` shows them
+        import click
+
+        if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
+            exc.show()
+            sys.exit(getattr(exc, "exit_code", 2))
+        raise
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ from tether.packaging.errors import PackagingError
 
 NAME = "tether-agent"
 # Bumped when the recipe below changes in a way the sources do not show.
-RECIPE = "3"
+RECIPE = "4"
 # The parts of tether that go into the bundle; tests pin that the rest stays out.
-FROZEN_PARTS = ("agent", "protocol", "script", "__init__.py", "errors.py", "logs.py")
+FROZEN_PARTS = ("agent", "protocol", "script", "__init__.py", "errors.py", "logs.py", "workers.py")
 # Libraries the agent imports (and their own dependencies): their versions enter the cache key.
 AGENT_DISTRIBUTIONS = (
     "pydantic",
@@ -73,7 +73,6 @@ EXCLUDED = (
     "tether.main",
     "tether.quickstart",
     "tether.packaging",
-    "tether.workers",
     "fastapi",
     "starlette",
     "uvicorn",

@@ -82,7 +82,7 @@ def build_deb(bundle: Path, token: str, output: Path, version: str) -> None:
         # dpkg runs postrm for remove and purge alike; both remove the state (see layout).
         _script(debian / "postrm", layout.PURGE)
         _run(
-            ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(output)],
+            ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(output)],
             "dpkg-deb",
         )
 
@@ -124,7 +124,7 @@ def build_rpm(bundle: Path, token: str, output: Path, version: str) -> None:
                 "--define",
                 f"_topdir {top / 'build'}",
                 "--define",
-                "_binary_payload w6.xzdio",
+                "_binary_payload w6.gzdio",
                 "--target",
                 "x86_64",
                 str(spec),
