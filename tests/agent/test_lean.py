@@ -81,7 +81,9 @@ def test_the_agent_process_imports_no_platform_library() -> None:
     loaded = set(json.loads(done.stdout))
     tops = {name.split(".")[0] for name in loaded}
     assert tops & PLATFORM_MODULES == set()
-    assert not any(n.startswith(("tether.server", "tether.cli", "tether.packaging")) for n in loaded)
+    assert not any(
+        n.startswith(("tether.server", "tether.cli", "tether.packaging")) for n in loaded
+    )
     assert "tether.agent.connection" in loaded  # the probe did import the agent
 
 

@@ -4,6 +4,7 @@ Builds go to $TETHER_BUNDLE_CACHE, else /var/cache/tether-tests/bundles (root) o
 so CI and developers pay for a build only when the agent's sources or libraries change.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -28,10 +29,10 @@ def bundle_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def agent_bundle() -> Bundle:
-    try:
-        import PyInstaller  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("PyInstaller") is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("PyInstaller is missing; CI=true: the bundle tests must run.", pytrace=False)
+            pytest.fail(
+                "PyInstaller is missing; CI=true: the bundle tests must run.", pytrace=False
+            )
         pytest.skip("the agent bundle needs PyInstaller (pip install tether[platform])")
     return build_bundle(bundle_cache())

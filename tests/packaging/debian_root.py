@@ -76,7 +76,14 @@ def fresh_root(scratch: Path) -> Iterator[Path]:
     upper, work, merged = scratch / "upper", scratch / "work", scratch / "root"
     for path in (upper, work, merged):
         path.mkdir(parents=True)
-    _mount("-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged))
+    _mount(
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        f"lowerdir={lower},upperdir={upper},workdir={work}",
+        str(merged),
+    )
     mounted = [merged]
     try:
         _mount("-t", "proc", "proc", str(merged / "proc"))

@@ -7,9 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.packaging.conftest import bundle_cache
 from tether.agent.script_child import EXIT_AGENT_GONE, GO
 from tether.packaging.bundle import Bundle, build_bundle
-from tests.packaging.conftest import bundle_cache
 
 SCRIPT = """
 import csv, importlib.util, json, sqlite3, ssl, sys, xml.etree.ElementTree
@@ -44,7 +44,8 @@ def test_a_script_runs_on_the_bundles_own_interpreter(agent_bundle: Bundle, tmp_
     seen = json.loads(done.stdout.splitlines()[0])
     assert seen["frozen"] is True
     assert Path(seen["executable"]) == agent_bundle.executable
-    assert seen["utf8"] == 1 and seen["write_through"] is True
+    assert seen["utf8"] == 1
+    assert seen["write_through"] is True
     assert seen["present"] == []
     assert seen["row"] is True
     # The traceback starts at the script, as in a venv agent (tether.script._launch).
@@ -92,5 +93,6 @@ def test_the_bundled_agent_imports_all_it_needs_and_says_what_is_missing(
         check=False,
     )
     assert done.returncode != 0
-    assert "Traceback" not in done.stderr and "ModuleNotFound" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "ModuleNotFound" not in done.stderr
     assert "enroll" in done.stderr.lower(), done.stderr

@@ -165,11 +165,12 @@ def test_the_deb_installs_into_a_root_without_python_and_leaves_no_trace(
 
     records = admin.json("audit", "list", "--limit", "1000")
     token_records = [r for r in records if r["action"] == "enrollment_token.create"]
-    assert token_records and token_records[-1]["actor"] == "platform host"
+    assert token_records
+    assert token_records[-1]["actor"] == "platform host"
     assert token_records[-1]["source"] == "tether agent package --format deb"
-    assert any(r["action"] == "host.enroll" and r["target"] == host_id for r in records) or any(
-        host_id in json.dumps(r) and "enroll" in r["action"] for r in records
-    )
+    enrolled = [r for r in records if r["action"] == "agent.enroll" and r["outcome"] == "success"]
+    assert enrolled[-1]["target"] == f"host:{host_id}"
+    assert enrolled[-1]["details"]["token_id"] == int(token_records[-1]["target"].split(":")[1])
     report = os.environ.get("TETHER_INSTALL_TIMING")
     if report:
         Path(report).write_text(json.dumps({"install_to_online_seconds": install_to_online}))

@@ -20,6 +20,7 @@ the same inputs copies nothing and returns at once.
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import shutil
@@ -198,9 +199,11 @@ def stdlib_modules() -> list[str]:
                 if any(p in {"test", "tests", "idle_test"} for p in parts):
                     continue
                 found.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-        elif (stdlib / f"{name}.py").is_file() or name in sys.builtin_module_names:
-            found.add(name)
-        elif any((stdlib / "lib-dynload").glob(f"{name}.*.so")):
+        elif (
+            (stdlib / f"{name}.py").is_file()
+            or name in sys.builtin_module_names
+            or any((stdlib / "lib-dynload").glob(f"{name}.*.so"))
+        ):
             found.add(name)
     return sorted(found)
 
@@ -244,12 +247,10 @@ def build_bundle(cache: Path | None = None, *, quiet: bool = True) -> Bundle:
     target = cache / key / NAME
     if (target / NAME).is_file():
         return Bundle(target, key, built_now=False, seconds=0.0)
-    try:
-        import PyInstaller  # noqa: F401
-    except ImportError as exc:
+    if importlib.util.find_spec("PyInstaller") is None:
         raise PackagingError(
             "Building the agent bundle needs PyInstaller; install tether[platform] on the platform host."
-        ) from exc
+        )
     cache.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     # Built beside the cache entry, then renamed into place: a half-built bundle is never found.

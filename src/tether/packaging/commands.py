@@ -57,7 +57,7 @@ def package(
 
     if fmt not in FORMATS:
         raise PackagingError(f"{fmt!r} is not a package format; choose deb, rpm or tar.")
-    missing = missing_tool(fmt)  # type: ignore[arg-type]
+    missing = missing_tool(fmt)
     if missing is not None:
         raise PackagingError(
             f"Building a {fmt} package needs {missing}; install it with the system's package manager."
@@ -71,7 +71,7 @@ def package(
     issued = issue_package_token(
         settings, segment=segment, uses=uses, lifetime=lifetime, package_format=fmt
     )
-    build_package(fmt, built.directory, issued.token, output)  # type: ignore[arg-type]
+    build_package(fmt, built.directory, issued.token, output)
     typer.echo(
         f"{output}: enrolls into segment {issued.segment} ({issued.max_uses} use(s), token "
         f"{issued.id} expires {issued.expires_at:%Y-%m-%d %H:%M} UTC)."

@@ -113,8 +113,8 @@ def build_rpm(bundle: Path, token: str, output: Path, version: str) -> None:
             f"{layout.PREFIX}\n"
             f"/usr/lib/systemd/system/{layout.UNIT_NAME}\n"
             f"%post\n{layout.INSTALL}\n"
-            f"%preun\nif [ \"$1\" = 0 ]; then\n{layout.REMOVE}\nfi\n"
-            f"%postun\nif [ \"$1\" = 0 ]; then\n{layout.PURGE}\nfi\n"
+            f'%preun\nif [ "$1" = 0 ]; then\n{layout.REMOVE}\nfi\n'
+            f'%postun\nif [ "$1" = 0 ]; then\n{layout.PURGE}\nfi\n'
         )
         _run(
             [
@@ -153,7 +153,8 @@ def build_tar(bundle: Path, token: str, output: Path, version: str) -> None:
             + f"rm -rf {layout.PREFIX} /etc/systemd/system/{layout.UNIT_NAME}\n"
             + layout.PURGE.split("\n", 1)[1],
         )
-        with tarfile.open(output, "w:gz") as archive:
+        # Level 6, as gzip(1) and dpkg-deb use: level 9 took 3x longer here for 1% less.
+        with tarfile.open(output, "w:gz", compresslevel=6) as archive:
             archive.add(top, arcname=top.name)
 
 
@@ -167,7 +168,9 @@ def build_package(fmt: Format, bundle: Path, token: str, output: Path) -> Path:
     if output.exists():
         raise PackagingError(f"{output} already exists; choose another output file.")
     if not output.parent.is_dir():
-        raise PackagingError(f"{output.parent} is not a directory; choose where to write the package.")
+        raise PackagingError(
+            f"{output.parent} is not a directory; choose where to write the package."
+        )
     partial = output.with_name(f".{output.name}.partial")
     builders = {"deb": build_deb, "rpm": build_rpm, "tar": build_tar}
     try:
