@@ -154,6 +154,12 @@ def test_the_deb_installs_into_a_root_without_python_and_leaves_no_trace(
     assert isolated.returncode == 0, isolated.stderr
     assert net.run(net.endpoint, "nft", "list", "table", "inet", TABLE, check=False).returncode == 0
 
+    # Installing the package again runs dpkg's upgrade path: identity and isolation stay.
+    again = _in_root(net, root, "dpkg", "-i", "/tmp/tether-agent.deb")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads((root / "var/lib/tether-agent/identity.json").read_text()) == identity
+    assert net.run(net.endpoint, "nft", "list", "table", "inet", TABLE, check=False).returncode == 0
+
     # What systemctl stop does, then what dpkg does on removal: release, remove, purge the state.
     agent.popen.send_signal(signal.SIGTERM)
     agent.wait(20)

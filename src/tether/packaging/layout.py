@@ -58,7 +58,9 @@ fi
 rm -f {TOKEN}
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
-  systemctl enable --now {UNIT_NAME}
+  systemctl enable {UNIT_NAME}
+  # restart, not start: after an upgrade the running agent is the old version.
+  systemctl restart {UNIT_NAME}
 else
   echo "tether-agent: systemd is not running; start the agent with '{EXECUTABLE} run --state-dir {STATE}'."
 fi

@@ -49,6 +49,12 @@ def _script(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
+def _when(cases: str, script: str) -> str:
+    """`script` (a #!/bin/sh text) run only when the maintainer script's $1 is one of `cases`."""
+    body = script.split("\n", 1)[1].replace("\nexit 0\n", "\n")
+    return f'#!/bin/sh\ncase "$1" in\n{cases})\n{body};;\nesac\nexit 0\n'
+
+
 def _run(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -77,10 +83,11 @@ def build_deb(bundle: Path, token: str, output: Path, version: str) -> None:
             " Enrolls with the platform named in its token at install, then keeps one\n"
             " mutual-TLS connection to it. Needs no Python on the endpoint.\n"
         )
-        _script(debian / "postinst", layout.INSTALL)
-        _script(debian / "prerm", layout.REMOVE)
-        # dpkg runs postrm for remove and purge alike; both remove the state (see layout).
-        _script(debian / "postrm", layout.PURGE)
+        _script(debian / "postinst", _when("configure", layout.INSTALL))
+        # dpkg also runs these around an upgrade ("upgrade", "failed-upgrade"): an upgrade must
+        # keep the identity and the isolation, so only a removal runs them.
+        _script(debian / "prerm", _when("remove|deconfigure", layout.REMOVE))
+        _script(debian / "postrm", _when("remove|purge", layout.PURGE))
         _run(
             ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(output)],
             "dpkg-deb",
