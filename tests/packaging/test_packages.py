@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -14,8 +15,10 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.e2e.harness import clean_env, tether_command
 from tests.packaging.conftest import bundle_cache
+from tether.errors import TetherError
 from tether.packaging import layout
 from tether.packaging.bundle import Bundle
+from tether.packaging.commands import package
 from tether.protocol import EnrollmentToken
 from tether.server.config import load_settings
 
@@ -118,28 +121,57 @@ def test_the_tar_carries_a_private_token_for_this_platform(
     assert token.ca_sha256 == ca.fingerprint(hashes.SHA256()).hex()
 
 
-@pytest.mark.parametrize(
-    ("args", "sentence"),
-    [
-        (("--format", "msi"), "'msi' is not a package format; choose deb, rpm or tar."),
-        (("--format", "tar", "--expires", "soon"), "'soon' is not a duration like 30m, 24h or 7d."),
-        (("--format", "tar", "--uses", "0"), "Uses must be between 1 and 100000."),
-    ],
-)
-def test_bad_requests_are_refused_in_one_sentence_with_nothing_written(
-    agent_bundle: Bundle,
-    platform_data: Path,
-    tmp_path: Path,
-    args: tuple[str, ...],
-    sentence: str,
+def test_a_bad_request_is_refused_in_one_line_with_nothing_written(
+    agent_bundle: Bundle, platform_data: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "agent.pkg"
     before = _tokens(platform_data)
-    done = _package(platform_data, "--segment", "linux", "--output", str(output), *args)
-    assert done.returncode != 0
-    assert sentence in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.count("\n") == 1
+    done = _package(platform_data, "--segment", "linux", "--output", str(output), "--format", "msi")
+    assert done.returncode == 1
+    assert done.stderr == "tether: 'msi' is not a package format; choose deb, rpm or tar.\n"
     assert not output.exists()
-    assert not list(tmp_path.glob(".agent.pkg*"))
     assert _tokens(platform_data) == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sentence"),
+    [
+        ({"expires": "soon"}, "'soon' is not a duration like 30m, 24h or 7d."),
+        ({"uses": 0}, "Uses must be between 1 and 100000."),
+        ({"segment": "ir;rm -rf /"}, "A segment name is 1 to 64 letters, digits, spaces, dots"),
+        ({"fmt": "tar", "output": "exists"}, "already exists; choose another output file."),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_is_written(
+    agent_bundle: Bundle,
+    platform_data: Path,
+    tmp_path: Path,
+    overrides: dict[str, object],
+    sentence: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TETHER_BUNDLE_CACHE", str(bundle_cache()))
+    output = tmp_path / "agent.pkg"
+    if overrides.get("output") == "exists":
+        output.write_bytes(b"an operator's file")
+    arguments: dict[str, Any] = {
+        "data": platform_data,
+        "fmt": "tar",
+        "segment": "linux",
+        "output": output,
+        "uses": 1,
+        "expires": "1h",
+    }
+    arguments.update({k: v for k, v in overrides.items() if k != "output"})
+    before = _tokens(platform_data)
+    with pytest.raises(TetherError) as refused:
+        package(**arguments)
+    assert sentence in str(refused.value)
+    assert str(refused.value).endswith(".")
+    assert "\n" not in str(refused.value)
+    assert _tokens(platform_data) == before
+    assert not list(tmp_path.glob(".agent.pkg*"))
+    if overrides.get("output") == "exists":
+        assert output.read_bytes() == b"an operator's file"
+    else:
+        assert not output.exists()
