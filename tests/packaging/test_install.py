@@ -14,6 +14,7 @@ import pytest
 
 from tests import netns
 from tests.e2e.harness import Children, Cli, tether_command, wait_for, wait_online
+from tests.e2e.test_actions import finished, output, run
 from tests.netns.world import TABLE, NamespacedPlatform
 from tests.packaging import debian_root
 from tests.packaging.conftest import bundle_cache
@@ -142,13 +143,18 @@ def test_the_deb_installs_into_a_root_without_python_and_leaves_no_trace(
     host = next(h for h in admin.json("hosts") if h["id"] == host_id)
     assert host["segment"] == "ir"
 
-    script = tmp_path / "where.py"
-    script.write_text(SCRIPT)
-    ran = admin.run("run", host_id, str(script), "--json", timeout=120)
-    assert ran.returncode == 0, ran.stderr
-    assert "ran on /opt/tether-agent/tether-agent" in ran.stdout
-    assert '"frozen": true' in ran.stdout.replace("True", "true")
-    assert "tether-agent" in ran.stdout
+    # Through the API, then the stored output: what the endpoint reported, not a live stream.
+    with admin.api() as api:
+        job_id = run(api, host_id, "script.run", {"source": SCRIPT, "params": {}})
+        job = finished(api, job_id, timeout=60)
+        assert job["state"] == "succeeded", job
+        pieces = output(api, job_id)
+    rows = [p["fields"] for p in pieces if p["stream"] == "row"]
+    assert rows == [
+        {"frozen": True, "executable": "/opt/tether-agent/tether-agent", "agent": "tether-agent"}
+    ]
+    stdout = "".join(p["text"] for p in pieces if p["stream"] == "stdout")
+    assert stdout == "ran on /opt/tether-agent/tether-agent\n"
 
     isolated = admin.run("isolate", host_id)
     assert isolated.returncode == 0, isolated.stderr
