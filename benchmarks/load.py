@@ -312,7 +312,7 @@ class Platform:
             # The first admin has a TOTP second factor; init wrote its secret next to the
             # password. Each code is accepted once, so a second login in the same 30 s uses
             # the next step's code (one step of drift is allowed).
-            from tether.protocol.totp import from_base32, time_step, totp
+            from tether.server.auth.totp import from_base32, time_step, totp
 
             mfa = json.loads((self.data.parent / "admin-password.mfa.json").read_text())
             step = time_step(time.time())

@@ -13,6 +13,6 @@ if [ ! -x "$root/.venv/bin/python" ]; then
 fi
 stamp="$root/.venv/.tether-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-  "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[dev]"
+  "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[platform,cli,dev]"
   touch "$stamp"
 fi

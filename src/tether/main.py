@@ -21,6 +21,7 @@ from tether.cli.sessions import sessions_app
 from tether.cli.settings import settings_app
 from tether.cli.users import role_app, user_app
 from tether.errors import TetherError
+from tether.packaging import commands as packaging
 from tether.quickstart import up
 from tether.server.commands import server_app
 
@@ -61,6 +62,9 @@ app.add_typer(mfa_app, name="mfa")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(settings_app, name="settings")
 app.add_typer(server_app, name="server")
+# The platform host's side of `tether agent`: the bundle and the packages (not in `tether-agent`).
+agent_app.command("bundle")(packaging.bundle)
+agent_app.command("package")(packaging.package)
 app.add_typer(agent_app, name="agent")
 
 

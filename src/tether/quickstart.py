@@ -25,7 +25,7 @@ from tether.cli import profile
 from tether.cli.client import Api
 from tether.cli.mfa import terminal_qr
 from tether.errors import TetherError
-from tether.protocol.totp import from_base32, totp
+from tether.server.auth.totp import from_base32, totp
 
 
 class QuickstartError(TetherError):

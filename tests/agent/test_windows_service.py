@@ -52,6 +52,14 @@ def test_the_command_line_is_quoted_so_no_other_program_runs() -> None:
     )
 
 
+def test_the_bundles_service_runs_its_own_executable_without_dash_m() -> None:
+    bundle = PureWindowsPath("C:/Program Files/Tether/tether-agent.exe")
+    assert service_command_line(str(bundle), STATE, frozen=True) == (
+        '"C:\\Program Files\\Tether\\tether-agent.exe" service run --state-dir '
+        "C:\\ProgramData\\Tether\\agent"
+    )
+
+
 def test_install_registers_localsystem_auto_start_with_crash_recovery_only() -> None:
     commands = install_commands(PYTHON, STATE)
     assert all(argv[0] == SC for argv in commands)

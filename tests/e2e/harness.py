@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
-from tether.protocol.totp import from_base32, time_step, totp
+from tether.server.auth.totp import from_base32, time_step, totp
 
 # What the platform answers a sensitive change from a session whose last code is too old.
 STEP_UP_SENTENCE = "This change needs a fresh second-factor code"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.protocol.totp import from_base32, time_step, totp
+from tether.server.auth.totp import from_base32, time_step, totp
 
 from .harness import Cli, Platform, tether_command
 from .test_cli_errors import one_line

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.protocol.totp import from_base32, totp
+from tether.server.auth.totp import from_base32, totp
 
 from .harness import Cli, Platform
 from .test_cli_errors import one_line

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tether.protocol.totp import from_base32, totp
+from tether.server.auth.totp import from_base32, totp
 
 from .harness import (
     Children,

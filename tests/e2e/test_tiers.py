@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tether.protocol import FINAL_STATES
-from tether.protocol.totp import from_base32, totp
 from tether.server.api.deps import NOT_FOR_SERVICES
+from tether.server.auth.totp import from_base32, totp
 
 from .harness import Agent, Children, Cli, Platform
 from .test_cli_errors import one_line

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from tether.protocol.totp import from_base32, totp
+from tether.server.auth.totp import from_base32, totp
 
 from .browser import browser_page, screenshot
 from .harness import Cli, Platform

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import CloseCode, Policy
-from tether.protocol.totp import from_base32, time_step, totp
+from tether.server.auth.totp import from_base32, time_step, totp
 from tether.server.services.segments import ensure_segment
 from tether.server.store.db import utcnow
 from tether.server.store.tables import hosts

@@ -11,7 +11,7 @@ from cryptography import x509
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from tether.protocol.totp import from_base32
+from tether.server.auth.totp import from_base32
 from tether.server.commands import mfa_file_for, server_app
 from tether.server.config import load_settings
 from tether.server.errors import ConfigurationError

@@ -24,6 +24,7 @@ import psutil
 
 import tether
 from tether.agent import job_object, script_process
+from tether.agent.entry import SCRIPT_CHILD
 from tether.agent.journal import ScriptProcess
 from tether.agent.script_channel import CallRefused, ChannelServer, Method
 from tether.script import channel
@@ -216,6 +217,28 @@ def _child_env(address: str, secret: str) -> dict[str, str]:
     return env
 
 
+def _child_argv(script_path: Path) -> list[str]:
+    """How to start the script's child on this agent's own interpreter.
+
+    A frozen bundle's executable is not a Python that takes `-c`: it has a script-child mode
+    of its own (`tether.agent.entry`), built unbuffered and in UTF-8 mode like the flags below.
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable, SCRIPT_CHILD, str(script_path), str(os.getpid())]
+    return [
+        sys.executable,
+        "-I",
+        "-u",
+        "-X",
+        "utf8",
+        "-c",
+        _BOOTSTRAP,
+        _tether_root(),
+        str(script_path),
+        str(os.getpid()),
+    ]
+
+
 def _tether_root() -> str:
     return str(Path(tether.__file__).resolve().parent.parent)
 
@@ -304,18 +327,7 @@ async def run_script(
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(source)
         address = await server.start(private_dir)
-        argv = [
-            sys.executable,
-            "-I",
-            "-u",
-            "-X",
-            "utf8",
-            "-c",
-            _BOOTSTRAP,
-            _tether_root(),
-            str(script_path),
-            str(os.getpid()),
-        ]
+        argv = _child_argv(script_path)
         try:
             process = await script_process.spawn(
                 argv, _child_env(address, secret), workdir or private_dir

@@ -60,10 +60,17 @@ def sc_exe() -> str:
     return system_program("sc.exe")
 
 
-def service_command_line(python: str, state_dir: PurePath) -> str:
+def service_command_line(python: str, state_dir: PurePath, *, frozen: bool | None = None) -> str:
     """The service's command line, every part quoted as Windows parses it (a path with a space
-    left unquoted would let `C:\\Program.exe` run as SYSTEM)."""
-    argv = [python, "-m", "tether", "agent", "service", "run", "--state-dir", str(state_dir)]
+    left unquoted would let `C:\\Program.exe` run as SYSTEM).
+
+    In the agent bundle `python` is `tether-agent.exe`, which takes the agent's commands
+    directly and no `-m` (docs/adr/0042); `frozen` defaults to whether this process is one.
+    """
+    if frozen is None:
+        frozen = bool(getattr(sys, "frozen", False))
+    command = ["service", "run"] if frozen else ["-m", "tether", "agent", "service", "run"]
+    argv = [python, *command, "--state-dir", str(state_dir)]
     return subprocess.list2cmdline(argv)
 
 

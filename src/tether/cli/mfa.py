@@ -3,7 +3,6 @@
 import io
 from typing import Annotated
 
-import segno
 import typer
 
 from tether.cli.client import Api
@@ -15,6 +14,11 @@ mfa_app = typer.Typer(help="Your second factor (TOTP authenticator app).", no_ar
 
 def terminal_qr(uri: str) -> str:
     """The URI as a QR code drawn with block characters, for scanning off the terminal."""
+    try:
+        # The `cli` extra: an agent-only install has no QR code library (docs/adr/0042).
+        import segno
+    except ImportError:
+        return "(Install tether[cli] to see a QR code here; enter the secret below instead.)\n"
     out = io.StringIO()
     segno.make(uri, error="m").terminal(out=out, compact=True)
     return out.getvalue()

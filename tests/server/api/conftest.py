@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from tether.protocol import Role
-from tether.protocol.totp import new_secret, to_base32
 from tether.server.app import create_app
+from tether.server.auth.totp import new_secret, to_base32
 from tether.server.config import Settings
 from tether.server.services.bootstrap import initialise
 from tether.server.services.platform import Platform

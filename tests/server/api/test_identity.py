@@ -7,7 +7,7 @@ import httpx
 from sqlalchemy import select
 
 from tether.protocol import Role
-from tether.protocol.totp import from_base32, totp
+from tether.server.auth.totp import from_base32, totp
 from tether.server.services.mfa import load_sealer
 from tether.server.services.platform import Platform, session_policy
 from tether.server.services.users import Users, enroll_first

@@ -4,7 +4,7 @@ import httpx
 from sqlalchemy import update
 
 from tether.protocol import Role
-from tether.protocol.totp import new_secret, to_base32
+from tether.server.auth.totp import new_secret, to_base32
 from tether.server.services.platform import Platform
 from tether.server.store.tables import segments
 

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import update
 
 from tether.protocol import Role, Tier
-from tether.protocol.totp import new_secret, to_base32
 from tether.server.app import create_app
+from tether.server.auth.totp import new_secret, to_base32
 from tether.server.services.platform import Platform
 from tether.server.services.users import User
 from tether.server.store.tables import segments

@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from tether.protocol import Role
-from tether.protocol.totp import new_secret, to_base32
+from tether.server.auth.totp import new_secret, to_base32
 from tether.server.services.access import NO_PERMISSION
 from tether.server.services.platform import Platform
 from tether.server.services.users import enroll_first

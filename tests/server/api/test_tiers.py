@@ -6,7 +6,7 @@ import httpx
 
 from tether.protocol import Role
 from tether.protocol.shell import cat_command, python_command
-from tether.protocol.totp import new_secret, to_base32
+from tether.server.auth.totp import new_secret, to_base32
 from tether.server.services.platform import Platform
 
 from .conftest import login

@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import Role
-from tether.protocol.totp import from_base32, to_base32, totp
 from tether.server.auth.tokens import token_hash
+from tether.server.auth.totp import from_base32, to_base32, totp
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from tether.server.services.audit import AuditLog
 from tether.server.services.enrollment_codes import CODE_NEEDED, NOT_FOR_YOURSELF

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from tether.protocol import Role
-from tether.protocol.totp import from_base32, new_secret, to_base32, totp
+from tether.server.auth.totp import from_base32, new_secret, to_base32, totp
 from tether.server.errors import Forbidden, StepUpRequired, Unauthenticated
 from tether.server.services.audit import AuditLog
 from tether.server.services.step_up import FRESH_CODE_NEEDED, TOO_MANY, StepUp

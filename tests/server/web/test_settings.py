@@ -15,7 +15,7 @@ from markupsafe import escape
 
 from tether.protocol import EnrollmentToken, Role
 from tether.protocol.isolation import AllowRule
-from tether.protocol.totp import new_secret, to_base32
+from tether.server.auth.totp import new_secret, to_base32
 from tether.server.services.audit import AuditRecord, AuditSearch
 from tether.server.services.platform import Platform
 

@@ -4,7 +4,7 @@ tiers and grants one in place of another."""
 import httpx
 
 from tether.protocol import Role
-from tether.protocol.totp import new_secret, to_base32
+from tether.server.auth.totp import new_secret, to_base32
 from tether.server.services.platform import Platform
 
 from ..support import add_host

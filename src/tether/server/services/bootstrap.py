@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.protocol import Role
-from tether.protocol.totp import new_secret, provisioning_uri, to_base32
 from tether.server.auth.passwords import generate_password
+from tether.server.auth.totp import new_secret, provisioning_uri, to_base32
 from tether.server.config import CONFIG_FILE, Settings, save_settings
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner

@@ -16,10 +16,10 @@ import segno
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tether.protocol.totp import new_secret as new_totp_secret
-from tether.protocol.totp import provisioning_uri, time_step, to_base32, totp
 from tether.server.auth.recovery import new_recovery_codes, recovery_hash
 from tether.server.auth.sealing import Sealer, new_key
+from tether.server.auth.totp import new_secret as new_totp_secret
+from tether.server.auth.totp import provisioning_uri, time_step, to_base32, totp
 from tether.server.errors import ConfigurationError, Conflict, Forbidden, Invalid
 from tether.server.services.audit import AuditLog
 from tether.server.services.enrollment_codes import EnrollmentCodes

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tether.protocol.totp import (
+from tether.server.auth.totp import (
     from_base32,
     hotp,
     new_secret,

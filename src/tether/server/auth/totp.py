@@ -1,8 +1,9 @@
 """RFC 6238 time-based one-time codes (and the RFC 4226 HOTP they are built on).
 
-Here rather than in the platform because both sides of a login compute them: the platform checks
-a code, while the quickstart and automation holding the secret file compute one. Standard library
-only. Which steps a verifier accepts, and that each is accepted once, is the platform's business.
+The platform checks a code; the quickstart (which runs the platform) and test automation holding a
+secret file compute one. It lives with the platform, not in `tether.protocol`, because no agent
+ever computes a code (docs/adr/0042). Standard library only. Which steps a verifier accepts, and
+that each is accepted once, is the platform's business.
 """
 
 import base64

@@ -1,0 +1,175 @@
+"""The agent as endpoints install it: bundle build time and size, idle memory, install to online.
+
+    .venv/bin/python benchmarks/agent_package.py            # needs root for the install figure
+
+- build: `build_bundle` into an empty cache (cold, the real PyInstaller run), then again (warm);
+- size: the bundle directory, as tar.gz, and as the deb `tether agent package` writes;
+- idle RSS: one platform, two agents enrolled into it: the bundle's `tether-agent run` and the
+  virtualenv's `tether agent run` (the same-run baseline), connected and idle, sampled a few
+  times 5 s apart; the figure is the median of the process tree's RSS;
+- install to online: tests/packaging/test_install.py run once, timing `dpkg -i` (which enrolls)
+  through the agent's start to the platform showing it online.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+from tests.e2e.harness import Children, Platform, tether_command, wait_online
+
+import sections
+from tether.packaging.bundle import Bundle, build_bundle
+from tether.packaging.packages import build_deb
+
+REPO = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+def tree_rss(pid: int) -> int:
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def sizes(bundle: Bundle, work: Path) -> dict[str, float]:
+    archive = work / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+        tar.add(bundle.directory, arcname="tether-agent")
+    deb = work / "agent.deb"
+    build_deb(bundle.directory, "placeholder-token", deb, "0.0.0")
+    return {
+        "dir_mib": directory_bytes(bundle.directory) / MIB,
+        "tgz_mib": archive.stat().st_size / MIB,
+        "deb_mib": deb.stat().st_size / MIB,
+    }
+
+
+def idle_rss(bundle: Bundle, work: Path, samples: int, idle_seconds: float) -> dict[str, float]:
+    children = Children(work / "logs")
+    try:
+        server = Platform(work / "platform", children)
+        server.init()
+        server.start()
+        admin = server.login(work / "admin")
+        pids: dict[str, int] = {}
+        hosts: dict[str, str] = {}
+        for kind, command in (
+            ("bundle", [str(bundle.executable)]),
+            ("venv", [*tether_command(), "agent"]),
+        ):
+            state = work / f"state-{kind}"
+            token = admin.json("enroll-token", "create", "--uses", "1")["token"]
+            subprocess.run(
+                [*command, "enroll", "--token", token, "--state-dir", str(state)],
+                check=True,
+                capture_output=True,
+                env=server.env,
+                timeout=60,
+            )
+            hosts[kind] = json.loads((state / "identity.json").read_text())["host_id"]
+            proc = children.spawn(
+                f"agent-{kind}", [*command, "run", "--state-dir", str(state)], server.env
+            )
+            pids[kind] = proc.pid
+        with admin.api() as api:
+            for host in hosts.values():
+                wait_online(api, host, timeout=60)
+        time.sleep(idle_seconds)
+        readings: dict[str, list[int]] = {kind: [] for kind in pids}
+        for _ in range(samples):
+            for kind, pid in pids.items():
+                readings[kind].append(tree_rss(pid))
+            time.sleep(5)
+        return {kind: statistics.median(values) / MIB for kind, values in readings.items()}
+    finally:
+        children.kill_all()
+
+
+def install_to_online(work: Path) -> float | None:
+    if os.geteuid() != 0:
+        return None
+    timing = work / "install.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={work / 'pytest'}",
+            "tests/packaging/test_install.py",
+        ],
+        cwd=REPO,
+        env={**os.environ, "TETHER_INSTALL_TIMING": str(timing)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not timing.exists():
+        print(done.stdout[-3000:], file=sys.stderr)
+        return None
+    seconds: float = json.loads(timing.read_text())["install_to_online_seconds"]
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
+        work = Path(scratch)
+        cold = build_bundle(work / "cache")
+        started = time.monotonic()
+        warm = build_bundle(work / "cache")
+        warm_seconds = time.monotonic() - started
+        assert cold.built_now
+        assert not warm.built_now
+        size = sizes(cold, work)
+        rss = idle_rss(cold, work, args.samples, args.idle_seconds)
+        online = install_to_online(work)
+    online_text = f"{online:.1f} s" if online is not None else "not measured (needs root)"
+    lines = [
+        "## The agent as endpoints install it (`benchmarks/agent_package.py`)",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}, PyInstaller onedir bundle, docs/adr/0042). Budget: "
+        "bundle <= 40 MB compressed, idle RSS <= 40 MiB.",
+        "",
+        "| what | figure |",
+        "|---|---|",
+        f"| bundle build, cold (PyInstaller) | {cold.seconds:.0f} s |",
+        f"| bundle build, warm (content-hash cache hit) | {warm_seconds:.2f} s |",
+        f"| bundle on disk | {size['dir_mib']:.1f} MiB |",
+        f"| bundle as tar.gz (level 6) | {size['tgz_mib']:.1f} MiB |",
+        f"| deb as `tether agent package` writes it (gzip) | {size['deb_mib']:.1f} MiB |",
+        f"| idle agent RSS, bundle (median of {args.samples}) | {rss['bundle']:.1f} MiB |",
+        f"| idle agent RSS, virtualenv agent, same run (baseline) | {rss['venv']:.1f} MiB |",
+        f"| ratio bundle / virtualenv | {rss['bundle'] / rss['venv']:.2f} |",
+        f"| install to online (`dpkg -i` with enrollment, start, online on the platform) | {online_text} |",
+        "",
+        f"Idle: both agents connected to one platform for {args.idle_seconds:.0f} s before the "
+        "first sample, samples 5 s apart; RSS of the agent's whole process tree.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    sections.write_section(args.report, "agent_package", text)
+
+
+if __name__ == "__main__":
+    main()
