@@ -76,6 +76,39 @@ def wait_for(
         time.sleep(interval)
 
 
+# Using the previous step's code needs the platform to still be in this step when it checks it;
+# a CLI call on a loaded two-core machine takes a few seconds, so leave it well inside the step.
+PREVIOUS_STEP_MARGIN_SECONDS = 10.0
+
+
+class Authenticator:
+    """The phone for one TOTP secret, spending each time step at most once.
+
+    The platform accepts a code once, only for a step later than the last one it accepted, and
+    within one step of drift either side. So up to three codes are available at once: the
+    previous step's (while enough of this step is left), this step's and the next one's. Only
+    when all three are spent does `code` wait for the clock to open the next step.
+    """
+
+    def __init__(self, secret: str, code_at: Callable[[str, int], str] | None = None) -> None:
+        self.secret = secret
+        self._code_at = code_at or (lambda secret, at: totp(from_base32(secret), at))
+        self._last: int | None = None
+
+    def code(self) -> str:
+        now = time.time()
+        current = time_step(now)
+        left_in_step = 30 - now % 30
+        earliest = current - 1 if left_in_step > PREVIOUS_STEP_MARGIN_SECONDS else current
+        step = earliest if self._last is None else max(earliest, self._last + 1)
+        if step > current + 1:
+            # All three spent: the next step's code becomes valid when the clock reaches it.
+            time.sleep(left_in_step + 0.1)
+            return self.code()
+        self._last = step
+        return self._code_at(self.secret, step * 30)
+
+
 @dataclass
 class Proc:
     """One child process whose stdout and stderr go to a log file."""
@@ -226,7 +259,7 @@ class Platform:
         self.mfa_file = root / "admin-password.mfa.json"
         self.proc: Proc | None = None
         self.runs = 0
-        self._last_step: int | None = None
+        self._phone: Authenticator | None = None
         # Where both ports listen, the name in the certificate, and extra addresses for it.
         self.listen_host = "127.0.0.1"
         self.hostname = "localhost"
@@ -256,16 +289,10 @@ class Platform:
         return data
 
     def admin_code(self) -> str:
-        """An admin TOTP code the platform has not accepted yet (each is accepted once): this
-        step's, or the next one's (one step of drift is allowed) when this one was used."""
-        current = time_step(time.time())
-        step = current if self._last_step is None or self._last_step < current else current + 1
-        if self._last_step is not None and step <= self._last_step:
-            # Both used: wait for the clock to reach the next step (rare: three logins in 30 s).
-            time.sleep(30 - time.time() % 30 + 0.1)
-            return self.admin_code()
-        self._last_step = step
-        return totp(from_base32(self.admin_mfa["secret"]), step * 30)
+        """An admin TOTP code the platform has not accepted yet (see `Authenticator`)."""
+        if self._phone is None:
+            self._phone = Authenticator(self.admin_mfa["secret"])
+        return self._phone.code()
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
