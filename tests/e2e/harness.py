@@ -77,8 +77,8 @@ def wait_for(
 
 
 # Using the previous step's code needs the platform to still be in this step when it checks it;
-# a CLI call on a loaded two-core machine takes a few seconds, so leave it well inside the step.
-PREVIOUS_STEP_MARGIN_SECONDS = 10.0
+# a login on a loaded two-core machine can take several seconds, so use it in the first half only.
+PREVIOUS_STEP_MARGIN_SECONDS = 15.0
 
 
 class Authenticator:
