@@ -24,8 +24,8 @@ from tether.protocol import IsolationReport, Welcome, parse_platform_message
 from tether.protocol.isolation import IsolationStatus
 
 from .conftest import enrolled_agent, running_agent
-from .harness import Agent, Children, Cli, Platform, host_by_id, wait_for
-from .test_platform import audit_records, close_of, connect_refusals, hello, open_raw
+from .harness import Agent, Children, Cli, Platform, audit_records, host_by_id, wait_for
+from .test_platform import close_of, connect_refusals, hello, open_raw
 
 pytestmark = pytest.mark.e2e
 
