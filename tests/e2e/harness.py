@@ -4,14 +4,17 @@ Every child is started in its own process group and registered with `Children`, 
 group and every descendant at teardown, whatever the test did.
 """
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -244,6 +247,25 @@ class Cli:
         )
 
 
+# What `tether server init` wrote, by everything it is given (hostname, certificate IPs, options,
+# TETHER_* environment), copied before the platform first ran. Each init costs a few seconds of CPU (keys, certificates, migrations)
+# and a run starts over twenty platforms; a copy is the same files, so every later platform with
+# the same options starts from one (its own database, ports and TOTP replay state; the CA, keys
+# and admin credentials are the same as the first one's, which no test tells apart). Tests of
+# init itself run it: options that fail never make a template.
+InitKey = tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
+_INIT_TEMPLATES: dict[InitKey, Path] = {}
+
+
+def _remember_init(key: InitKey, platform: "Platform") -> None:
+    template = Path(tempfile.mkdtemp(prefix="tether-init-template-"))
+    atexit.register(shutil.rmtree, template, True)
+    shutil.copytree(platform.data, template / "data")
+    shutil.copy2(platform.password_file, template / "admin-password")
+    shutil.copy2(platform.mfa_file, template / "admin-password.mfa.json")
+    _INIT_TEMPLATES[key] = template
+
+
 class Platform:
     """One platform data directory and its `tether server run` process."""
 
@@ -298,6 +320,22 @@ class Platform:
         return ssl.create_default_context(cafile=str(self.ca))
 
     def init(self) -> None:
+        """`tether server init`, or a copy of what it wrote for an earlier platform of this run
+        with the same options (see `_INIT_TEMPLATES`)."""
+        settings = tuple(sorted((k, v) for k, v in self.env.items() if k.startswith("TETHER_")))
+        key = (self.hostname, tuple(self.cert_ips), tuple(self.init_args), settings)
+        template = _INIT_TEMPLATES.get(key)
+        if template is not None:
+            shutil.copytree(template / "data", self.data)
+            shutil.copy2(template / "admin-password", self.password_file)
+            shutil.copy2(template / "admin-password.mfa.json", self.mfa_file)
+        else:
+            self._run_init()
+            _remember_init(key, self)
+        assert self.password_file.stat().st_mode & 0o077 == 0
+        assert self.mfa_file.stat().st_mode & 0o077 == 0
+
+    def _run_init(self) -> None:
         result = subprocess.run(
             [
                 *tether_command(),
@@ -319,8 +357,6 @@ class Platform:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        assert self.password_file.stat().st_mode & 0o077 == 0
-        assert self.mfa_file.stat().st_mode & 0o077 == 0
 
     def healthy(self) -> bool:
         try:
