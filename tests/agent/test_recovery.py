@@ -137,6 +137,8 @@ def test_a_script_dies_with_its_agent_and_a_job_never_started_runs_once_after(
     agent = host(1, slow, waiting)  # one slot: "waiting" stays delivered behind "slow"
     frames_file = tmp_path / "frames.jsonl"
     wait_until(lambda: "\n" in stdout_of(read_frames(frames_file), "slow"), 20, "the script")
+    # A surviving script writes its marker 3 s after it started, which was before this moment.
+    seen_running = time.monotonic()
     script_pid = int(stdout_of(read_frames(frames_file), "slow").split()[1])
     sent = read_frames(frames_file)
     assert [f["state"] for f in sent if f.get("job_id") == "waiting"] == ["delivered"]
@@ -145,7 +147,7 @@ def test_a_script_dies_with_its_agent_and_a_job_never_started_runs_once_after(
     agent.wait(10)
     # The script's child died with its agent, before it could do its work.
     wait_until(lambda: not psutil.pid_exists(script_pid), 5, "the script to die with its agent")
-    time.sleep(3.5)
+    time.sleep(max(0.0, seen_running + 3.5 - time.monotonic()))
     assert not marker.exists()
 
     async def restart() -> Wire:

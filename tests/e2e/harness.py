@@ -4,14 +4,17 @@ Every child is started in its own process group and registered with `Children`, 
 group and every descendant at teardown, whatever the test did.
 """
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +77,39 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"Timed out after {timeout:.1f} s waiting for {what}.")
         time.sleep(interval)
+
+
+# Using the previous step's code needs the platform to still be in this step when it checks it;
+# a login on a loaded two-core machine can take several seconds, so use it in the first half only.
+PREVIOUS_STEP_MARGIN_SECONDS = 15.0
+
+
+class Authenticator:
+    """The phone for one TOTP secret, spending each time step at most once.
+
+    The platform accepts a code once, only for a step later than the last one it accepted, and
+    within one step of drift either side. So up to three codes are available at once: the
+    previous step's (while enough of this step is left), this step's and the next one's. Only
+    when all three are spent does `code` wait for the clock to open the next step.
+    """
+
+    def __init__(self, secret: str, code_at: Callable[[str, int], str] | None = None) -> None:
+        self.secret = secret
+        self._code_at = code_at or (lambda secret, at: totp(from_base32(secret), at))
+        self._last: int | None = None
+
+    def code(self) -> str:
+        now = time.time()
+        current = time_step(now)
+        left_in_step = 30 - now % 30
+        earliest = current - 1 if left_in_step > PREVIOUS_STEP_MARGIN_SECONDS else current
+        step = earliest if self._last is None else max(earliest, self._last + 1)
+        if step > current + 1:
+            # All three spent: the next step's code becomes valid when the clock reaches it.
+            time.sleep(left_in_step + 0.1)
+            return self.code()
+        self._last = step
+        return self._code_at(self.secret, step * 30)
 
 
 @dataclass
@@ -211,6 +247,25 @@ class Cli:
         )
 
 
+# What `tether server init` wrote, by everything it is given (hostname, certificate IPs, options,
+# TETHER_* environment), copied before the platform first ran. Each init costs a few seconds of CPU (keys, certificates, migrations)
+# and a run starts over twenty platforms; a copy is the same files, so every later platform with
+# the same options starts from one (its own database, ports and TOTP replay state; the CA, keys
+# and admin credentials are the same as the first one's, which no test tells apart). Tests of
+# init itself run it: options that fail never make a template.
+InitKey = tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
+_INIT_TEMPLATES: dict[InitKey, Path] = {}
+
+
+def _remember_init(key: InitKey, platform: "Platform") -> None:
+    template = Path(tempfile.mkdtemp(prefix="tether-init-template-"))
+    atexit.register(shutil.rmtree, template, True)
+    shutil.copytree(platform.data, template / "data")
+    shutil.copy2(platform.password_file, template / "admin-password")
+    shutil.copy2(platform.mfa_file, template / "admin-password.mfa.json")
+    _INIT_TEMPLATES[key] = template
+
+
 class Platform:
     """One platform data directory and its `tether server run` process."""
 
@@ -226,7 +281,7 @@ class Platform:
         self.mfa_file = root / "admin-password.mfa.json"
         self.proc: Proc | None = None
         self.runs = 0
-        self._last_step: int | None = None
+        self._phone: Authenticator | None = None
         # Where both ports listen, the name in the certificate, and extra addresses for it.
         self.listen_host = "127.0.0.1"
         self.hostname = "localhost"
@@ -258,21 +313,31 @@ class Platform:
         return data
 
     def admin_code(self) -> str:
-        """An admin TOTP code the platform has not accepted yet (each is accepted once): this
-        step's, or the next one's (one step of drift is allowed) when this one was used."""
-        current = time_step(time.time())
-        step = current if self._last_step is None or self._last_step < current else current + 1
-        if self._last_step is not None and step <= self._last_step:
-            # Both used: wait for the clock to reach the next step (rare: three logins in 30 s).
-            time.sleep(30 - time.time() % 30 + 0.1)
-            return self.admin_code()
-        self._last_step = step
-        return totp(from_base32(self.admin_mfa["secret"]), step * 30)
+        """An admin TOTP code the platform has not accepted yet (see `Authenticator`)."""
+        if self._phone is None:
+            self._phone = Authenticator(self.admin_mfa["secret"])
+        return self._phone.code()
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
 
     def init(self) -> None:
+        """`tether server init`, or a copy of what it wrote for an earlier platform of this run
+        with the same options (see `_INIT_TEMPLATES`)."""
+        settings = tuple(sorted((k, v) for k, v in self.env.items() if k.startswith("TETHER_")))
+        key = (self.hostname, tuple(self.cert_ips), tuple(self.init_args), settings)
+        template = _INIT_TEMPLATES.get(key)
+        if template is not None:
+            shutil.copytree(template / "data", self.data)
+            shutil.copy2(template / "admin-password", self.password_file)
+            shutil.copy2(template / "admin-password.mfa.json", self.mfa_file)
+        else:
+            self._run_init()
+            _remember_init(key, self)
+        assert self.password_file.stat().st_mode & 0o077 == 0
+        assert self.mfa_file.stat().st_mode & 0o077 == 0
+
+    def _run_init(self) -> None:
         result = subprocess.run(
             [
                 *tether_command(),
@@ -294,8 +359,6 @@ class Platform:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        assert self.password_file.stat().st_mode & 0o077 == 0
-        assert self.mfa_file.stat().st_mode & 0o077 == 0
 
     def healthy(self) -> bool:
         try:
@@ -444,13 +507,20 @@ def log_events(text: str) -> list[dict[str, Any]]:
 
 
 def audit_records(admin: Cli) -> list[dict[str, Any]]:
-    """Every audit record in chain order, read page by page through the CLI."""
+    """Every audit record in chain order, read page by page from the API with `admin`'s session.
+
+    The API rather than `tether audit list --json` (which prints the same JSON): tests poll this
+    while they wait for a record, and each CLI run costs a Python start-up of most of a second.
+    """
     records: list[dict[str, Any]] = []
-    while True:
-        page = admin.json("audit", "list", "--after", str(len(records)), "--limit", "1000")
-        records += page
-        if len(page) < 1000:
-            return records
+    with admin.api() as api:
+        while True:
+            response = api.get("/audit", params={"after": len(records), "limit": 1000})
+            response.raise_for_status()
+            page: list[dict[str, Any]] = response.json()
+            records += page
+            if len(page) < 1000:
+                return records
 
 
 def restart(platform: Platform) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tether.server.auth.totp import from_base32, time_step, totp
+from tether.server.auth.totp import from_base32, totp
 
-from .harness import Cli, Platform, tether_command
+from .harness import Authenticator, Cli, Platform, tether_command
 from .test_cli_errors import one_line
 
 pytestmark = pytest.mark.e2e
@@ -44,24 +44,6 @@ FRESH_CODE_NEEDED = (
 )
 
 
-class Authenticator:
-    """The phone: codes for a secret, each time step used once (the platform accepts each code
-    once, and one step of drift, so the next step's code serves when this one is spent)."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret
-        self._last: int | None = None
-
-    def code(self) -> str:
-        current = time_step(time.time())
-        step = current if self._last is None or self._last < current else current + 1
-        if self._last is not None and step <= self._last:
-            time.sleep(30 - time.time() % 30 + 0.1)
-            return self.code()
-        self._last = step
-        return code_at(self.secret, step * 30)
-
-
 def code_at(secret: str, at: int) -> str:
     tool = shutil.which("oathtool")
     if tool is None:
@@ -74,6 +56,11 @@ def code_at(secret: str, at: int) -> str:
         timeout=10,
     )
     return out.stdout.strip()
+
+
+def phone_for(secret: str) -> Authenticator:
+    """The user's phone: codes computed by oathtool where it is installed."""
+    return Authenticator(secret, code_at)
 
 
 def login(platform: Platform, cli: Cli, name: str, *extra: str) -> str:
@@ -181,7 +168,7 @@ def test_with_the_admins_code_she_enrolls_but_never_changes_her_own_access(
     started = trent.json("mfa", "enroll", "--enrollment-code", issued["code"])
     # A second run from the same login shows the same secret: nothing scanned is lost.
     assert trent.json("mfa", "enroll")["secret"] == started["secret"]
-    phone = Authenticator(started["secret"])
+    phone = phone_for(started["secret"])
     recovery = trent.ok("mfa", "confirm", "--code", phone.code())
     assert "Recovery codes" in recovery
     assert trent.json("whoami")["mfa_verified"] is True
@@ -246,7 +233,7 @@ def test_sessions_are_listed_and_ended_and_break_glass_brings_an_account_back(
     laptop = Cli(tmp_path / "laptop", platform.env)
     login(platform, laptop, "victor")
     code = admin.json("user", "enrollment-code", "victor")["code"]
-    phone = Authenticator(laptop.json("mfa", "enroll", "--enrollment-code", code)["secret"])
+    phone = phone_for(laptop.json("mfa", "enroll", "--enrollment-code", code)["secret"])
     laptop.ok("mfa", "confirm", "--code", phone.code())
     desktop = Cli(tmp_path / "desktop", platform.env)
     login(platform, desktop, "victor", "--code", phone.code())
@@ -284,7 +271,7 @@ def test_sessions_are_listed_and_ended_and_break_glass_brings_an_account_back(
     told = login(platform, desktop, "victor")
     assert "Your role requires a second factor" in told
     new_phone = desktop.json("mfa", "enroll", "--enrollment-code", host_code)
-    desktop.ok("mfa", "confirm", "--code", Authenticator(new_phone["secret"]).code())
+    desktop.ok("mfa", "confirm", "--code", phone_for(new_phone["secret"]).code())
     assert desktop.json("whoami")["mfa_verified"] is True
 
     records = admin.json("audit", "list", "--limit", "1000")
@@ -347,7 +334,7 @@ def test_in_a_terminal_the_cli_asks_for_the_fresh_code_and_sends_the_change_agai
     olga = Cli(tmp_path / "olga", platform.env)
     login(platform, olga, "olga")
     code = admin.json("user", "enrollment-code", "olga")["code"]
-    phone = Authenticator(olga.json("mfa", "enroll", "--enrollment-code", code)["secret"])
+    phone = phone_for(olga.json("mfa", "enroll", "--enrollment-code", code)["secret"])
     olga.ok("mfa", "confirm", "--code", phone.code())
     make_stale(platform, "olga")
     status, shown = run_in_terminal(

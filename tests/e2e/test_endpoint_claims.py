@@ -27,9 +27,9 @@ from tether.protocol.transfer import (
 )
 
 from .conftest import enrolled_agent
-from .harness import Agent, Children, Cli, Platform
+from .harness import Agent, Children, Cli, Platform, audit_records
 from .test_actions import run
-from .test_platform import audit_records, hello, open_raw
+from .test_platform import hello, open_raw
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,8 @@ from tether.protocol import IsolationReport, Welcome, parse_platform_message
 from tether.protocol.isolation import IsolationStatus
 
 from .conftest import enrolled_agent, running_agent
-from .harness import Agent, Children, Cli, Platform, host_by_id, wait_for
-from .test_platform import audit_records, close_of, connect_refusals, hello, open_raw
+from .harness import Agent, Children, Cli, Platform, audit_records, host_by_id, wait_for
+from .test_platform import close_of, connect_refusals, hello, open_raw
 
 pytestmark = pytest.mark.e2e
 
@@ -196,7 +196,10 @@ async def test_a_text_flood_is_paced_not_served_faster(
     assert took >= 8, "a paced connection is not closed"
     assert max(times) < API_CEILING_SECONDS, times
     assert rss(platform) - before < RSS_GROWTH_CEILING
-    await ws.close()
+    # Dropped, not closed: a close handshake would first wait for the platform to read the
+    # megabytes still queued at 500 messages a second (over a minute), and proves nothing more
+    # than the open connection at the end of the flood already did.
+    ws.transport.abort()
     assert refusals(admin, hostile) == []
 
 

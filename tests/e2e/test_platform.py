@@ -32,6 +32,7 @@ from .harness import (
     Children,
     Cli,
     Platform,
+    audit_records,
     host_by_id,
     log_events,
     wait_for,
@@ -76,15 +77,6 @@ def raw_identity(
     return enrolled_agent(
         platform, admin, module_children, tmp_path_factory.mktemp("raw") / "state"
     )
-
-
-def audit_records(admin: Cli) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    while True:
-        page = admin.json("audit", "list", "--after", str(len(records)), "--limit", "1000")
-        records += page
-        if len(page) < 1000:
-            return records
 
 
 def still_serving(platform: Platform, admin: Cli, agent: Agent) -> None:

@@ -29,23 +29,19 @@ def enrolled(
     platform: Platform, admin: Cli, name: str, tier: str, folder: Path, *, fresh: bool = False
 ) -> Cli:
     """A user holding `tier`, logged in from `folder` with a second factor enrolled. With
-    `fresh`, the admin's session passed a code within the step-up window, so none is spent
-    (each further code in one 30-second step makes the harness wait for the next step)."""
-
+    `fresh`, the user is made through the API: the CLI's `user add` and `enrollment-code` are
+    covered by the other callers, and each CLI start costs seconds on a busy machine."""
     if fresh:
-        # Through the API: the CLI's `user add` and `enrollment-code` are covered above, and
-        # each CLI start costs seconds on a busy machine.
         with admin.api() as api:
             made = api.post(
                 "/users", json={"username": name, "password": PASSWORD, "roles": [tier]}
             )
             assert made.status_code == 201, made.text
     else:
-        # Admin changes ask for a fresh code (step-up): the harness's authenticator gives one.
-        admin.ok(
-            "user", "add", name, "--role", tier, "--password-stdin", "--code",
-            platform.admin_code(), stdin=PASSWORD + "\n",
-        )  # fmt: skip
+        # These admin changes need step-up (ADR 0034): the admin's login passed the second
+        # factor minutes ago, and a session older than 5 minutes is given a fresh code by the
+        # harness (`Cli.step_up`), so no code is spent on a change the window already allows.
+        admin.ok("user", "add", name, "--role", tier, "--password-stdin", stdin=PASSWORD + "\n")
     cli = Cli(folder, platform.env)
     cli.ok(
         "login",
@@ -64,7 +60,7 @@ def enrolled(
             assert answer.status_code in (200, 201), answer.text
             issued = answer.json()
     else:
-        issued = admin.json("user", "enrollment-code", name, "--code", platform.admin_code())
+        issued = admin.json("user", "enrollment-code", name)
     started = cli.json("mfa", "enroll", "--enrollment-code", issued["code"])
     cli.ok("mfa", "confirm", "--code", totp(from_base32(started["secret"]), time.time()))
     return cli
@@ -133,7 +129,7 @@ def test_lowering_a_tier_takes_effect_at_once(
     own = tmp_path / "own.py"
     own.write_text("print('mine')\n")
     assert "mine" in sam.ok("run", endpoint.host_id, str(own))
-    admin.ok("role", "grant", "sam", "collect", "--code", platform.admin_code())
+    admin.ok("role", "grant", "sam", "collect")
     users = {u["username"]: u for u in admin.json("user", "list")}
     assert users["sam"]["roles"] == ["collect"]
     # Lowering ended his sessions: he logs in again and now holds collect only.
@@ -145,20 +141,11 @@ def test_a_service_token_acts_only_in_its_segments_until_revoked(
 ) -> None:
     """A SOAR playbook's token: kills in its segment, is refused elsewhere, in a live session
     and after revocation; every call is in the chain under its name."""
-    platform, admin, _ = responding
+    _, admin, _ = responding
     admin.ok("segment", "create", "quarantine")
     create = ["service-token", "create", "--tier", "respond", "--expires", "1d"]
-    soar = admin.json(*create, "soar", "--segment", "ir", "--code", platform.admin_code())
-    elsewhere = admin.json(
-        *create,
-        "elsewhere",
-        "--segment",
-        "quarantine",
-        "--source",
-        "127.0.0.1",
-        "--code",
-        platform.admin_code(),
-    )
+    soar = admin.json(*create, "soar", "--segment", "ir")
+    elsewhere = admin.json(*create, "elsewhere", "--segment", "quarantine", "--source", "127.0.0.1")
     assert soar["token"].startswith("tts_")
     assert "token" not in admin.json("service-token", "list")[0]
 
