@@ -35,7 +35,8 @@ class PolicyOfVersion1(BaseModel):
 
 class FilePutArgsOfVersion1(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    sha256: str
+    size: int
     path: str
     overwrite: StrictBool = False
 
@@ -49,7 +50,7 @@ def policy() -> Policy:
 
 
 def put_job(mode: str | None) -> str:
-    args: dict[str, Any] = {"name": "fix.sh", "path": "/tmp/fix.sh", "overwrite": False}
+    args: dict[str, Any] = {"sha256": "0" * 64, "size": 3, "path": "/tmp/fix.sh"}
     args["mode"] = mode
     return JobRequest(job_id="j1", action="files.put", args=args).model_dump_json()
 

@@ -31,6 +31,9 @@ class Addition:
     dropped: Literal["always", "when_null"]
     action: str | None = None
     meaning: str = ""
+    # For `when_null`: why a job holding a value is not sent to an older agent, in the words of
+    # a job's failure ("Not sent: ...").
+    refusal: str = ""
 
 
 ADDITIONS: tuple[Addition, ...] = (
@@ -53,9 +56,11 @@ ADDITIONS: tuple[Addition, ...] = (
         field="mode",
         dropped="when_null",
         meaning=(
-            "A deploy without a mode reaches a version-1 agent as before; a deploy with a mode "
-            "is refused by an agent that cannot set it."
+            "A deploy without a mode reaches a version-1 agent as before; a deploy with one "
+            "(the CLI sends the local file's mode) is not sent to it, since it would be "
+            "written 0600 whatever was asked."
         ),
+        refusal="cannot set a deployed file's mode",
     ),
 )
 
@@ -63,6 +68,23 @@ ADDITIONS: tuple[Addition, ...] = (
 def speaks(version: int) -> bool:
     """True when the platform can serve an agent of protocol `version`."""
     return OLDEST_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION
+
+
+def unsendable(action: str, args: dict[str, Any], version: int) -> str | None:
+    """Why a job of `action` with `args` must not go to an agent of `version` (it asks for
+    something that version cannot do), or None when it may."""
+    for addition in ADDITIONS:
+        if (
+            addition.version > version
+            and addition.message == "job"
+            and addition.action == action
+            and args.get(addition.field) is not None
+        ):
+            return (
+                f"this host's agent speaks protocol version {version}, which "
+                f"{addition.refusal}; upgrade the agent first."
+            )
+    return None
 
 
 def frame_for(frame: str, version: int) -> str:

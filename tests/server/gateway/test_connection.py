@@ -32,7 +32,7 @@ POLICY = Policy(
 DEPLOY = JobRequest(
     job_id="j1",
     action="files.put",
-    args={"name": "fix.sh", "path": "/tmp/fix.sh", "overwrite": False, "mode": None},
+    args={"sha256": "0" * 64, "size": 3, "path": "/tmp/fix.sh", "overwrite": False, "mode": None},
 ).model_dump_json()
 
 
