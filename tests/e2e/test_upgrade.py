@@ -20,7 +20,7 @@ from tether.protocol import OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION
 from tether.server.store.migrate import alembic_config
 
 from .conftest import running_agent
-from .harness import Agent, Children, Cli, Platform, wait_online
+from .harness import Agent, Children, Cli, Platform, host_by_id, wait_online
 
 REPO = Path(__file__).resolve().parents[2]
 # The oldest schema an upgrade is promised from: the release line that first had 0008.
@@ -113,11 +113,11 @@ def test_the_agent_of_the_oldest_release_still_runs_jobs_on_the_current_platform
     assert agent.proc is not None
     with upgraded.admin.api() as api:
         wait_online(api, agent.host_id, timeout=30)
-    with sqlite3.connect(upgraded.platform.db) as db:
-        (version,) = db.execute(
-            "SELECT protocol_version FROM hosts WHERE id = ?", (agent.host_id,)
-        ).fetchone()
-    assert version == OLDEST_PROTOCOL_VERSION < PROTOCOL_VERSION
+        host = host_by_id(api, agent.host_id)
+    assert host is not None
+    assert host["protocol_version"] == OLDEST_PROTOCOL_VERSION < PROTOCOL_VERSION
+    # The hosts still to upgrade are visible in the inventory.
+    assert f"(protocol {OLDEST_PROTOCOL_VERSION})" in upgraded.admin.ok("hosts")
     listed = upgraded.admin.json("ps", agent.host_id)
     assert agent.proc.pid in {p["pid"] for p in listed["processes"]}
     # Served, not looping: the agent kept the one connection the job ran on.
