@@ -61,9 +61,15 @@ def agent(
     module_children: Children,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Agent:
-    """One agent that stays connected through the module (segment `lab`)."""
+    """One agent that stays connected through the module, in a segment of its own (`lab` is
+    test_segments.py's, which creates and deletes it on the same session platform)."""
+    admin.ok("segment", "create", "platform-lab")
     return running_agent(
-        platform, admin, module_children, tmp_path_factory.mktemp("agent-a") / "state", "lab"
+        platform,
+        admin,
+        module_children,
+        tmp_path_factory.mktemp("agent-a") / "state",
+        "platform-lab",
     )
 
 
@@ -107,7 +113,7 @@ def test_enrolled_agent_is_listed_online_and_answers_ping(admin: Cli, agent: Age
     assert host["os_name"] == expected.os.name
     assert host["os_version"] == expected.os.version
     assert host["addresses"] == expected.addresses
-    assert host["segment"] == "lab"
+    assert host["segment"] == "platform-lab"
     assert host["online"] is True
     assert host["revoked"] is False
     assert host["agent_version"] == __version__
