@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 import sections
-from tether.protocol import JobStatus
+from tether.protocol import PROTOCOL_VERSION, JobStatus
 from tether.server.services.access import ResponseAccess
 from tether.server.services.audit import AuditLog
 from tether.server.services.checkpoints import CheckpointSigner
@@ -51,6 +51,7 @@ class Link:
     def __init__(self, host_id: str) -> None:
         self.host_id = host_id
         self.connected_at = datetime.now(UTC)
+        self.protocol_version = PROTOCOL_VERSION
         self.acks = 0
 
     async def send_text(self, text: str) -> None:

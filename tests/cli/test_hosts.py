@@ -3,6 +3,9 @@
 import json
 import re
 
+from tether.cli.hosts import agent_column
+from tether.protocol import OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION
+
 from ..server.support import add_host
 from .conftest import Cli, Hosts
 
@@ -47,3 +50,11 @@ async def test_ping_prints_each_hosts_round_trip_and_who_did_not_answer(
     assert "offline" in offline
     report = json.loads((await cli("ping", "ws-1", "--json")).stdout)
     assert set(report["round_trip_ms"]) == {hosts.ids["ws-1"]}
+
+
+def test_the_agent_column_names_hosts_still_on_the_previous_protocol() -> None:
+    host = {"agent_version": "0.1.0", "protocol_version": OLDEST_PROTOCOL_VERSION}
+    assert agent_column(host) == f"0.1.0 (protocol {OLDEST_PROTOCOL_VERSION})"
+    assert agent_column({**host, "protocol_version": PROTOCOL_VERSION}) == "0.1.0"
+    # Never connected yet, or a platform older than this CLI: the version alone.
+    assert agent_column({"agent_version": ""}) == ""

@@ -5,6 +5,7 @@ chain written by all of them is intact, then cuts its newest record off and sees
 """
 
 import asyncio
+import json
 import signal
 import socket
 import sqlite3
@@ -21,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tether import __version__
 from tether.agent import sysinfo
-from tether.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, Welcome
+from tether.protocol import MAX_FRAME_BYTES, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, Welcome
 from tether.protocol.messages import parse_platform_message
 from tether.server.gateway.server import UNKNOWN_HOST
 
@@ -60,9 +61,15 @@ def agent(
     module_children: Children,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Agent:
-    """One agent that stays connected through the module (segment `lab`)."""
+    """One agent that stays connected through the module, in a segment of its own (`lab` is
+    test_segments.py's, which creates and deletes it on the same session platform)."""
+    admin.ok("segment", "create", "platform-lab")
     return running_agent(
-        platform, admin, module_children, tmp_path_factory.mktemp("agent-a") / "state", "lab"
+        platform,
+        admin,
+        module_children,
+        tmp_path_factory.mktemp("agent-a") / "state",
+        "platform-lab",
     )
 
 
@@ -106,7 +113,7 @@ def test_enrolled_agent_is_listed_online_and_answers_ping(admin: Cli, agent: Age
     assert host["os_name"] == expected.os.name
     assert host["os_version"] == expected.os.version
     assert host["addresses"] == expected.addresses
-    assert host["segment"] == "lab"
+    assert host["segment"] == "platform-lab"
     assert host["online"] is True
     assert host["revoked"] is False
     assert host["agent_version"] == __version__
@@ -395,19 +402,48 @@ async def test_oversized_frame_is_refused_and_audited(
     still_serving(platform, admin, agent)
 
 
+@pytest.mark.parametrize(
+    ("version", "upgrade"),
+    [(999, "upgrade the platform before its agents."), (0, "upgrade the agent.")],
+)
 async def test_unknown_protocol_version_is_refused_with_the_supported_one(
-    platform: Platform, admin: Cli, agent: Agent, raw_identity: Agent
+    platform: Platform,
+    admin: Cli,
+    agent: Agent,
+    raw_identity: Agent,
+    version: int,
+    upgrade: str,
 ) -> None:
     async with await open_raw(platform, raw_identity.cert, raw_identity.key) as ws:
-        await ws.send(hello(protocol_version=999))
+        await ws.send(hello(protocol_version=version))
         code, reason = await close_of(ws)
     assert code == 4002
     assert f"protocol version {PROTOCOL_VERSION}" in reason
-    assert "999" in reason
+    assert f"not {version};" in reason
+    assert reason.endswith(upgrade)
     record = connect_refusals(admin, f"host:{raw_identity.host_id}")[-1]
-    assert record["details"]["protocol_version"] == 999
+    assert record["details"]["protocol_version"] == version
     assert record["details"]["reason"] == reason
     still_serving(platform, admin, agent)
+
+
+@pytest.mark.parametrize("version", [OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION])
+async def test_the_previous_protocol_version_is_served_in_its_own_shape(
+    platform: Platform, raw_identity: Agent, version: int
+) -> None:
+    async with await open_raw(platform, raw_identity.cert, raw_identity.key) as ws:
+        await ws.send(hello(protocol_version=version))
+        welcome = parse_platform_message(await ws.recv())
+        assert isinstance(welcome, Welcome)
+        policy = json.loads(await ws.recv())
+    assert policy["type"] == "policy"
+    # Version 1 agents refused the allowlist field (docs/protocol.md, "Versions").
+    assert ("isolation_allow" in policy) is (version == PROTOCOL_VERSION)
+    with sqlite3.connect(platform.db) as db:
+        (recorded,) = db.execute(
+            "SELECT protocol_version FROM hosts WHERE id = ?", (raw_identity.host_id,)
+        ).fetchone()
+    assert recorded == version
 
 
 # 5. Enrollment tokens past their uses or expiry ----------------------------------------------

@@ -1,7 +1,7 @@
 """An upgrade from the oldest supported release: a data directory made and used by the code of
 the first commit with migrations 0001-0008 (there are no release tags yet), then served by the
 current code: migrations run, the chain verifies, the retrieved file's custody is still there.
-The older agent does not yet work with the current platform (the xfail below says why)."""
+The older agent, which speaks the previous protocol version, is served and runs a job."""
 
 import hashlib
 import os
@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 
+from tether.protocol import OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION
 from tether.server.store.migrate import alembic_config
 
 from .conftest import running_agent
-from .harness import Agent, Children, Cli, Platform, wait_online
+from .harness import Agent, Children, Cli, Platform, host_by_id, wait_online
 
 REPO = Path(__file__).resolve().parents[2]
 # The oldest schema an upgrade is promised from: the release line that first had 0008.
@@ -103,19 +104,21 @@ def test_the_current_code_migrates_the_oldest_release_and_the_chain_and_custody_
     assert kept[0]["sha256"] == hashlib.sha256(upgraded.evidence.read_bytes()).hexdigest()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(subprocess.TimeoutExpired, AssertionError),
-    reason="Known incompatibility found by this test: the platform's policy message gained "
-    "'isolation_allow' without a protocol version bump, and the oldest release's agent forbids "
-    "extra fields, so it reconnects every second and is neither served nor refused with the "
-    "version sentence (reported in issue 19's work; needs PROTOCOL_VERSION 2 and a refusal or "
-    "a version-1 policy).",
-)
 def test_the_agent_of_the_oldest_release_still_runs_jobs_on_the_current_platform(
     upgraded: Upgraded,
 ) -> None:
+    # The oldest release says protocol version 1; the platform serves it the policy without the
+    # allowlist field its models refuse (tether.protocol.compat), so it connects and runs a job.
+    agent = upgraded.agent
+    assert agent.proc is not None
     with upgraded.admin.api() as api:
-        wait_online(api, upgraded.agent.host_id, timeout=30)
-    listed = upgraded.admin.run("ps", upgraded.agent.host_id, timeout=10)
-    assert listed.returncode == 0, listed.stderr
+        wait_online(api, agent.host_id, timeout=30)
+        host = host_by_id(api, agent.host_id)
+    assert host is not None
+    assert host["protocol_version"] == OLDEST_PROTOCOL_VERSION < PROTOCOL_VERSION
+    # The hosts still to upgrade are visible in the inventory.
+    assert f"(protocol {OLDEST_PROTOCOL_VERSION})" in upgraded.admin.ok("hosts")
+    listed = upgraded.admin.json("ps", agent.host_id)
+    assert agent.proc.pid in {p["pid"] for p in listed["processes"]}
+    # Served, not looping: the agent kept the one connection the job ran on.
+    assert "Reconnecting" not in agent.proc.output().split("Connected to")[-1]

@@ -31,6 +31,7 @@ EXPECTED = [
     "MAX_SCRIPT_BYTES",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
+    "OLDEST_PROTOCOL_VERSION",
     "MFA_REQUIRED_ROLES",
     "ROLE_PERMISSIONS",
     "TIERS",
@@ -132,6 +133,8 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_version_and_limits() -> None:
-    assert tether.protocol.PROTOCOL_VERSION == 1
+    # Version 2: the policy gained isolation_allow and files.put its mode (docs/protocol.md).
+    assert tether.protocol.PROTOCOL_VERSION == 2
+    assert tether.protocol.OLDEST_PROTOCOL_VERSION == 1
     assert tether.protocol.MAX_FRAME_BYTES == 1024 * 1024
     assert tether.protocol.MAX_RESULT_BYTES < tether.protocol.MAX_FRAME_BYTES

@@ -11,7 +11,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol import CloseCode, Policy
+from tether.protocol import PROTOCOL_VERSION, CloseCode, Policy
 from tether.server.auth.totp import from_base32, time_step, totp
 from tether.server.services.segments import ensure_segment
 from tether.server.store.db import utcnow
@@ -79,9 +79,10 @@ async def add_host(
 class FakeLink:
     """An agent connection that records how it was closed."""
 
-    def __init__(self, host_id: str) -> None:
+    def __init__(self, host_id: str, protocol_version: int = PROTOCOL_VERSION) -> None:
         self.host_id = host_id
         self.connected_at = utcnow()
+        self.protocol_version = protocol_version
         self.closed: list[tuple[CloseCode, str]] = []
         self.aborted = False
         self.policies: list[Policy] = []

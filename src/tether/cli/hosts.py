@@ -9,6 +9,7 @@ from tether.cli.client import Api
 from tether.cli.isolation import isolation_column
 from tether.cli.output import console, emit_json, one_line, plain, table
 from tether.cli.times import short_time
+from tether.protocol import PROTOCOL_VERSION
 
 HOST_COLUMNS = [
     ("id", "ID"),
@@ -29,6 +30,15 @@ host_app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+def agent_column(host: dict[str, Any]) -> str:
+    """The agent's version, and its protocol version when older than this Tether's (an agent
+    still to upgrade: the platform serves it the previous version's messages)."""
+    version = host.get("protocol_version")
+    if isinstance(version, int) and version < PROTOCOL_VERSION:
+        return f"{host['agent_version']} (protocol {version})"
+    return str(host["agent_version"])
+
+
 def _row(host: dict[str, Any]) -> dict[str, Any]:
     state = "revoked" if host["revoked"] else host["online"]
     return {
@@ -36,6 +46,7 @@ def _row(host: dict[str, Any]) -> dict[str, Any]:
         "os": f"{host['os_name']} {host['os_version']}".strip(),
         "online": state,
         "last_seen": short_time(host.get("last_seen")),
+        "agent_version": agent_column(host),
         "isolation": isolation_column(host),
     }
 

@@ -124,7 +124,12 @@ from tether.protocol.transfer import (
     parse_transfer_message,
     transfer_id_for,
 )
-from tether.protocol.version import MAX_FRAME_BYTES, MAX_RESULT_BYTES, PROTOCOL_VERSION
+from tether.protocol.version import (
+    MAX_FRAME_BYTES,
+    MAX_RESULT_BYTES,
+    OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+)
 
 __all__ = [
     "ACTIONS",
@@ -145,6 +150,7 @@ __all__ = [
     "MAX_RESULT_BYTES",
     "MAX_SCRIPT_BYTES",
     "MFA_REQUIRED_ROLES",
+    "OLDEST_PROTOCOL_VERSION",
     "OPEN_STATES",
     "PROTOCOL_VERSION",
     "ROLE_PERMISSIONS",

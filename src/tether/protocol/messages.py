@@ -1,9 +1,12 @@
 """Control messages: JSON text frames, one pydantic model per message type.
 
 Every model forbids unknown fields and bounds its strings and lists: an agent may be compromised,
-and the platform must be able to reject what it sends without guessing.
+and the platform must be able to reject what it sends without guessing. The one exception is on
+the agent's side: a few platform messages tolerate unknown top-level fields from a newer platform
+(`TOLERANT_PLATFORM_MESSAGES`).
 """
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -226,12 +229,59 @@ def parse_agent_message(frame: str | bytes) -> AnyAgentMessage:
         raise ProtocolError(f"Malformed agent message ({problem}).", evidence=evidence) from exc
 
 
+# Messages only the platform sends, whose unknown top-level fields an agent ignores: a newer
+# platform that adds an optional field keeps working with older agents. Only where ignoring is
+# safe, because a field whose absence changes what an agent does comes with a protocol version
+# bump, and the platform leaves it out for older agents (tether.protocol.compat). Job arguments,
+# nested structures and transfer messages stay strict: an argument an agent skipped would run
+# another action than the one asked for.
+TOLERANT_PLATFORM_MESSAGES = frozenset({"welcome", "policy", "job", "job.cancel", "job.ack"})
+
+
 def parse_platform_message(frame: str | bytes) -> AnyPlatformMessage:
-    """Validate one text frame from the platform, raising ProtocolError with the first problem."""
+    """Validate one text frame from the platform, raising ProtocolError with the first problem.
+
+    Unknown top-level fields of `TOLERANT_PLATFORM_MESSAGES` are ignored (a newer platform's).
+    """
     if isinstance(frame, bytes):
         raise ProtocolError("A binary frame arrived where a JSON control message was expected.")
     try:
         return _platform_adapter.validate_json(frame)
     except ValidationError as exc:
+        unknown = _unknown_top_level_fields(exc)
+        if unknown:
+            return _without_fields(frame, unknown, exc)
         problem, evidence = first_error(exc)
+        raise ProtocolError(f"Malformed platform message ({problem}).", evidence=evidence) from exc
+
+
+def _unknown_top_level_fields(exc: ValidationError) -> frozenset[str]:
+    """The fields a frame may drop when every error is an unknown top-level field of a message
+    type that tolerates them; empty otherwise (the frame is refused as it is)."""
+    unknown: set[str] = set()
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        if (
+            err["type"] != "extra_forbidden"
+            or len(loc) != 2
+            or loc[0] not in TOLERANT_PLATFORM_MESSAGES
+        ):
+            return frozenset()
+        unknown.add(str(loc[1]))
+    return frozenset(unknown)
+
+
+def _without_fields(
+    frame: str, unknown: frozenset[str], exc: ValidationError
+) -> AnyPlatformMessage:
+    """`frame` validated again without its `unknown` top-level fields (the fast path, a frame
+    with none, never comes here)."""
+    message = json.loads(frame)
+    for name in unknown:
+        message.pop(name, None)
+    try:
+        # Back through JSON, so the fields left are read exactly as in the first attempt.
+        return _platform_adapter.validate_json(json.dumps(message))
+    except ValidationError as again:
+        problem, evidence = first_error(again)
         raise ProtocolError(f"Malformed platform message ({problem}).", evidence=evidence) from exc

@@ -159,6 +159,8 @@ async def test_record_hello_stores_what_the_agent_reports(
     assert view.addresses == ["10.0.0.7", "2001:db8::7"]
     assert view.boot_time == datetime(2030, 1, 1, tzinfo=UTC)
     assert view.last_seen is not None
+    # The hosts still on the previous protocol version during an upgrade.
+    assert view.protocol_version == 1
     async with engine.connect() as conn:
         stored = (await conn.execute(select(hosts_table.c.addresses))).scalar_one()
     assert json.loads(stored) == ["10.0.0.7", "2001:db8::7"]

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol import (
     ACTIONS,
+    OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
     ActionSpec,
     JobOutput,
     JobStatus,
@@ -85,8 +87,8 @@ class Harness:
                 update(segments).where(segments.c.name == segment).values(active_response=enabled)
             )
 
-    async def connect(self, host_id: str) -> FakeLink:
-        link = FakeLink(host_id)
+    async def connect(self, host_id: str, protocol_version: int = PROTOCOL_VERSION) -> FakeLink:
+        link = FakeLink(host_id, protocol_version)
         self.presence.attach(link)
         await self.dispatcher.host_connected(link)
         return link
@@ -240,6 +242,27 @@ async def test_a_queued_job_whose_host_left_the_enabled_segment_fails_unsent(h: 
     assert job.error == (
         "Not sent: Active Response is off in segment ir, so response actions on web-1 are refused."
     )
+
+
+async def test_an_agent_of_the_previous_version_is_not_sent_what_it_cannot_do(h: Harness) -> None:
+    host = await h.host("web-1")
+    link = await h.connect(host, OLDEST_PROTOCOL_VERSION)
+    put = {"sha256": "0" * 64, "size": 3, "path": "/usr/local/bin/fix.sh"}
+    plain = (await h.submit([host], "files.put", args=put)).jobs[0].id
+    with_mode = (await h.submit([host], "files.put", args={**put, "mode": "0755"})).jobs[0].id
+    # The deploy without a mode goes out, in the shape a version-1 agent reads (the gateway's
+    # connection leaves the null mode out); the one with a mode would be written 0600 there.
+    assert [f["job_id"] for f in frames(link, "job")] == [plain]
+    job = await h.jobs.get(with_mode)
+    assert job.state == "failed"
+    assert job.error == (
+        "Not sent: this host's agent speaks protocol version 1, which cannot set a deployed "
+        "file's mode; upgrade the agent first."
+    )
+    # A current agent of the same host is sent the mode.
+    current = await h.connect(host)
+    again = (await h.submit([host], "files.put", args={**put, "mode": "0755"})).jobs[0].id
+    assert again in [f["job_id"] for f in frames(current, "job")]
 
 
 async def test_pending_jobs_expire(h: Harness) -> None:

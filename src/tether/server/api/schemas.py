@@ -101,6 +101,7 @@ class HostOut(BaseModel):
     revoked: bool
     response_disabled_locally: bool
     isolation: IsolationOut
+    protocol_version: int | None = None
 
 
 SegmentName = Annotated[str, Field(min_length=1, max_length=64)]

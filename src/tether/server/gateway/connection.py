@@ -9,7 +9,8 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from tether.protocol import CloseCode, JobRequest, JobStatus, Policy
+from tether.protocol import PROTOCOL_VERSION, CloseCode, JobRequest, JobStatus, Policy
+from tether.protocol.compat import frame_for
 from tether.server.errors import PlatformError
 from tether.server.store.db import utcnow
 
@@ -25,10 +26,15 @@ class ActionFailed(PlatformError):
 class AgentConnection:
     """The gateway's side of one agent's WebSocket (an `AgentLink` for the services)."""
 
-    def __init__(self, host_id: str, websocket: ServerConnection) -> None:
+    def __init__(
+        self, host_id: str, websocket: ServerConnection, protocol_version: int = PROTOCOL_VERSION
+    ) -> None:
         self.host_id = host_id
         self.connected_at: datetime = utcnow()
         self._ws = websocket
+        # What the agent said in its hello (one the gateway speaks): every control frame goes
+        # out in the shape that version reads (tether.protocol.compat).
+        self.protocol_version = protocol_version
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -37,9 +43,12 @@ class AgentConnection:
         self._waiting[job_id] = future
         try:
             await self._ws.send(
-                JobRequest(
-                    job_id=job_id, action=action, args=args, ephemeral=True
-                ).model_dump_json()
+                frame_for(
+                    JobRequest(
+                        job_id=job_id, action=action, args=args, ephemeral=True
+                    ).model_dump_json(),
+                    self.protocol_version,
+                )
             )
             async with asyncio.timeout(timeout):
                 return await future
@@ -48,12 +57,12 @@ class AgentConnection:
 
     async def send_text(self, text: str) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await self._ws.send(text)
+            await self._ws.send(frame_for(text, self.protocol_version))
 
     async def send_policy(self, policy: Policy) -> None:
         # A closed connection needs no policy: the agent gets a fresh one when it reconnects.
         with contextlib.suppress(ConnectionClosed):
-            await self._ws.send(policy.model_dump_json())
+            await self._ws.send(frame_for(policy.model_dump_json(), self.protocol_version))
 
     def resolve(self, status: JobStatus) -> bool:
         """Hand a final status of a call to whoever waits for it; False if it is no call's."""
@@ -83,12 +92,15 @@ class AgentConnection:
 class TransferLink:
     """An agent's connection as the transfer engine sees it: a send on a closed link raises."""
 
-    def __init__(self, websocket: ServerConnection) -> None:
+    def __init__(
+        self, websocket: ServerConnection, protocol_version: int = PROTOCOL_VERSION
+    ) -> None:
         self._ws = websocket
+        self._protocol_version = protocol_version
 
     async def send_text(self, text: str) -> None:
         try:
-            await self._ws.send(text)
+            await self._ws.send(frame_for(text, self._protocol_version))
         except ConnectionClosed as exc:
             raise ConnectionResetError("The agent's connection closed.") from exc
 

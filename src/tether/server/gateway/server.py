@@ -19,7 +19,6 @@ from websockets.protocol import State
 
 from tether.protocol import (
     MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
     CloseCode,
     Heartbeat,
     Hello,
@@ -33,6 +32,7 @@ from tether.protocol import (
     retry_reason,
     safe_text,
 )
+from tether.protocol.compat import version_refusal
 from tether.protocol.transfer import AnyTransferMessage, TransferRequest
 from tether.server.gateway.budget import BudgetLimits
 from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, TransferLink
@@ -365,8 +365,8 @@ class AgentGateway:
         )
 
     async def _serve(self, ws: ServerConnection, status: CertificateStatus, hello: Hello) -> None:
-        link = AgentConnection(status.host_id, ws)
-        transfer_link = TransferLink(ws)
+        link = AgentConnection(status.host_id, ws, hello.protocol_version)
+        transfer_link = TransferLink(ws, hello.protocol_version)
         try:
             # Welcome goes out before the link is registered: a policy change published in
             # between must not reach the agent ahead of its welcome.
@@ -463,12 +463,12 @@ class AgentGateway:
                 details={},
             )
             return None
-        if message.protocol_version != PROTOCOL_VERSION:
+        refusal = version_refusal(message.protocol_version)
+        if refusal is not None:
             await self._refuse(
                 ws,
                 CloseCode.UNSUPPORTED_VERSION,
-                f"This platform speaks protocol version {PROTOCOL_VERSION}, "
-                f"not {message.protocol_version}; upgrade the agent.",
+                refusal,
                 target=target,
                 details={"protocol_version": message.protocol_version},
             )

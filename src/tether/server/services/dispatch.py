@@ -22,6 +22,7 @@ from tether.protocol import (
     ACTIONS,
     FINAL_AGENT_STATES,
     FINAL_STATES,
+    PROTOCOL_VERSION,
     UNFINISHED,
     JobAck,
     JobCancel,
@@ -30,6 +31,7 @@ from tether.protocol import (
     JobStatus,
     can_move,
 )
+from tether.protocol.compat import unsendable
 from tether.server.services.access import ResponseAccess
 from tether.server.services.audit import AuditLog, AuditTransaction
 from tether.server.services.batching import Coalesced
@@ -266,6 +268,14 @@ class Dispatcher:
         for row in queued:
             if row.id not in ended and _is_response(row.action) and row.host_id in refusals:
                 ended[row.id] = ("failed", f"Not sent: {refusals[row.host_id]}")
+        for row in queued:
+            link = self._presence.link(row.host_id)
+            # Only an agent of the previous protocol version can be asked what it cannot do.
+            if row.id in ended or link is None or link.protocol_version >= PROTOCOL_VERSION:
+                continue
+            reason = unsendable(row.action, json.loads(row.args), link.protocol_version)
+            if reason is not None:
+                ended[row.id] = ("failed", f"Not sent: {reason}")
         if ended:
             await self._end_queued(ended, now)
         to_send = [r for r in queued if r.id not in ended]

@@ -45,6 +45,9 @@ class HostView:
     # The agent said the endpoint owner switched response actions off (its word, shown as such).
     response_disabled_locally: bool
     isolation: IsolationView = NOT_ISOLATED
+    # The protocol version its agent said in its last hello (None before the first): during an
+    # upgrade, the hosts still on the previous version.
+    protocol_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class Hosts:
             revoked=row.revoked_at is not None,
             response_disabled_locally=bool(row.response_disabled_locally),
             isolation=isolation,
+            protocol_version=row.protocol_version,
         )
 
     def _query(self) -> Any:

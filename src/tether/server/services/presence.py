@@ -25,6 +25,8 @@ class AgentLink(Protocol):
 
     host_id: str
     connected_at: datetime
+    # The protocol version the agent said in its hello (tether.protocol.compat).
+    protocol_version: int
 
     async def call(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Run an action on the agent and return its result."""
