@@ -60,7 +60,7 @@ def test_switch_move_rename_and_delete_reach_the_agent(
 ) -> None:
     platform, admin, children = own
     out = admin.ok("segment", "create", "lab")
-    assert "Created. Segment lab: Active Response off, 0 host(s)." in out
+    assert "Created. Segment lab: Active Response off, approval off, 0 host(s)." in out
     agent = running_agent(platform, admin, children, tmp_path / "agent", "lab")
     wait_policy(agent, "Policy from the platform: segment lab, Active Response off")
 
