@@ -36,7 +36,7 @@ from tether.server.services.access import (
     host_refusal,
     user_refusal,
 )
-from tether.server.services.approvals import ApprovalView, read_approval
+from tether.server.services.approvals import ApprovalView, optional_reason, read_approval
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.job_events import JobEvents
@@ -287,10 +287,12 @@ class Jobs:
         from_library: bool = False,
         session_id: str | None = None,
         reserved: bool = False,
+        reason: str | None = None,
     ) -> BatchView:
         """Check, persist, audit, then send to online hosts; returns the batch.
 
-        `session_id` links the jobs to the live response session they are a command of.
+        `session_id` links the jobs to the live response session they are a command of;
+        `reason` is the requester's why (a ticket, a detection), kept in the submission's record.
         """
         spec = ACTIONS.get(action)
         if spec is None:
@@ -302,6 +304,7 @@ class Jobs:
         if action in self._reserved and not reserved:
             raise Invalid(self._reserved[action])
         clean_args = validate_args(spec, args)
+        stated = optional_reason(reason)
         needed: Tier | None = None
         if spec.response:
             needed = tier_needed(spec, clean_args, from_library=from_library)
@@ -453,6 +456,7 @@ class Jobs:
                     "timeout_seconds": timeout,
                     **({"session": session_id} if session_id is not None else {}),
                     **({"awaiting_approval": len(awaiting)} if awaiting else {}),
+                    **({"reason": stated} if stated is not None else {}),
                 },
             )
             if awaiting and needed is not None and deadline is not None:
