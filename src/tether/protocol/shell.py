@@ -115,13 +115,21 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cat_command(path: str) -> Command:
-    """`cat` as one command: a script printing the first 64 KiB of the file.
+    """`cat` as one command: a script printing the first 64 KiB of the file, or one sentence
+    on stderr (never a traceback) when the file cannot be read.
 
     The path travels as a Python string literal (`repr`), never as code."""
     source = (
         "import sys\n"
-        f"with open({path!r}, 'rb') as handle:\n"
-        f"    data = handle.read({CAT_LIMIT + 1})\n"
+        "try:\n"
+        f"    with open({path!r}, 'rb') as handle:\n"
+        f"        data = handle.read({CAT_LIMIT + 1})\n"
+        "except OSError as error:\n"
+        "    why = (error.strerror or str(error)).rstrip('.')\n"
+        # Concatenated, not an f-string: Python 3.11 allows no backslash (a Windows path's
+        # repr) inside an f-string's braces.
+        f"    sys.stderr.write('cat: cannot read ' + {path!r} + ': ' + why + '.\\n')\n"
+        "    raise SystemExit(1)\n"
         f"sys.stdout.write(data[:{CAT_LIMIT}].decode('utf-8', 'replace'))\n"
         f"if len(data) > {CAT_LIMIT}:\n"
         "    sys.stderr.write('\\n[only the first 64 KiB is shown]\\n')\n"
@@ -129,8 +137,10 @@ def cat_command(path: str) -> Command:
     return Command("script.run", {"source": source, "params": {}})
 
 
-_CAT_OPEN = "with open("
+_CAT_OPEN = "    with open("
 _CAT_MODE = ", 'rb') as handle:"
+# The line of the source that names the file (after "import sys" and "try:").
+_CAT_LINE = 2
 
 
 def is_cat_source(source: object) -> bool:
@@ -139,10 +149,13 @@ def is_cat_source(source: object) -> bool:
     if not isinstance(source, str):
         return False
     lines = source.split("\n")
-    if len(lines) < 2 or not (lines[1].startswith(_CAT_OPEN) and lines[1].endswith(_CAT_MODE)):
+    if len(lines) <= _CAT_LINE:
+        return False
+    opening = lines[_CAT_LINE]
+    if not (opening.startswith(_CAT_OPEN) and opening.endswith(_CAT_MODE)):
         return False
     try:
-        path = ast.literal_eval(lines[1][len(_CAT_OPEN) : -len(_CAT_MODE)])
+        path = ast.literal_eval(opening[len(_CAT_OPEN) : -len(_CAT_MODE)])
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return False
     # Rebuilt and compared whole: any other line, or a path that is not a plain string, fails.
@@ -150,17 +163,24 @@ def is_cat_source(source: object) -> bool:
 
 
 def python_command(code: str) -> Command:
-    """`py CODE`: an expression's value is printed, a statement is run as it is."""
+    """`py CODE`: an expression's value is printed, a statement is run as it is. An exception
+    ends it with one line (its type and message) on stderr, not a traceback through the lines
+    wrapped around CODE here."""
     source = (
         f"_code = {code!r}\n"
         "try:\n"
-        "    _compiled = compile(_code, '<py>', 'eval')\n"
-        "except SyntaxError:\n"
-        "    exec(compile(_code, '<py>', 'exec'))\n"
-        "else:\n"
-        "    _value = eval(_compiled)\n"
-        "    if _value is not None:\n"
-        "        print(repr(_value))\n"
+        "    try:\n"
+        "        _compiled = compile(_code, '<py>', 'eval')\n"
+        "    except SyntaxError:\n"
+        "        exec(compile(_code, '<py>', 'exec'))\n"
+        "    else:\n"
+        "        _value = eval(_compiled)\n"
+        "        if _value is not None:\n"
+        "            print(repr(_value))\n"
+        "except Exception as _error:\n"
+        "    import sys\n"
+        "    sys.stderr.write(f'{type(_error).__name__}: {_error}\\n')\n"
+        "    raise SystemExit(1) from None\n"
     )
     return Command("script.run", {"source": source, "params": {}})
 
