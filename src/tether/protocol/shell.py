@@ -146,20 +146,44 @@ _CAT_LINE = 2
 def is_cat_source(source: object) -> bool:
     """Whether `source` is exactly what `cat_command` builds for some path: a read of one file's
     first 64 KiB, which the collect tier may run (any other script needs the script tier)."""
+    return cat_path_of(source) is not None
+
+
+def cat_path_of(source: object) -> str | None:
+    """The path `source` reads when it is exactly what `cat_command` builds, else None."""
     if not isinstance(source, str):
-        return False
+        return None
     lines = source.split("\n")
     if len(lines) <= _CAT_LINE:
-        return False
+        return None
     opening = lines[_CAT_LINE]
     if not (opening.startswith(_CAT_OPEN) and opening.endswith(_CAT_MODE)):
-        return False
-    try:
-        path = ast.literal_eval(opening[len(_CAT_OPEN) : -len(_CAT_MODE)])
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return False
+        return None
+    path = _literal(opening[len(_CAT_OPEN) : -len(_CAT_MODE)])
     # Rebuilt and compared whole: any other line, or a path that is not a plain string, fails.
-    return isinstance(path, str) and cat_command(path).args["source"] == source
+    if isinstance(path, str) and cat_command(path).args["source"] == source:
+        return path
+    return None
+
+
+def python_code_of(source: object) -> str | None:
+    """The one-liner `source` runs when it is exactly what `python_command` builds, else None."""
+    if not isinstance(source, str) or not source.startswith(_PY_CODE):
+        return None
+    code = _literal(source[len(_PY_CODE) :].split("\n", 1)[0])
+    if isinstance(code, str) and python_command(code).args["source"] == source:
+        return code
+    return None
+
+
+def _literal(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+_PY_CODE = "_code = "
 
 
 def python_command(code: str) -> Command:

@@ -8,7 +8,7 @@ that are online (DESIGN.md section 3).
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +29,7 @@ from tether.protocol import (
     tier_refusal,
 )
 from tether.protocol.actions import refusal_name, tier_needed
+from tether.protocol.what_ran import what_ran
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import (
     ResponseAccess,
@@ -100,6 +101,8 @@ class JobView:
     waiting: str | None = None
     # The request for a second person's approval the job's batch needed, if any.
     approval: ApprovalView | None = None
+    # What ran, as the responder typed or chose it ("cat /etc/hosts", "script triage (n=2)").
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def validate_args(spec: ActionSpec, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _job_view(row: Any, *, full: bool = False) -> JobView:
+    args = json.loads(row.args)
     return JobView(
         id=row.id,
         batch_id=row.batch_id,
@@ -158,9 +162,10 @@ def _job_view(row: Any, *, full: bool = False) -> JobView:
         cancel_requested_by=row.cancel_requested_by,
         error=row.error,
         result=json.loads(row.result) if full and row.result else None,
-        args=json.loads(row.args) if full else None,
+        args=args if full else None,
         outcome_seq=row.outcome_seq,
         output_lost_bytes=int(row.output_lost_bytes or 0),
+        summary=what_ran(row.action, args),
     )
 
 
@@ -524,6 +529,18 @@ class Jobs:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [self._view(r) for r in rows]
+
+    async def batch_summaries(self, batch_ids: Collection[str]) -> dict[str, str]:
+        """What each batch ran ("cat /etc/hosts", "script triage (n=2)"), in one query: the
+        Session History names the batches its records are about."""
+        if not batch_ids:
+            return {}
+        query = select(batches.c.id, batches.c.action, batches.c.args).where(
+            batches.c.id.in_(list(batch_ids))
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {row.id: what_ran(row.action, json.loads(row.args)) for row in rows}
 
     async def batch(self, batch_id: str, *, limit: int = 1000) -> BatchView:
         async with self._engine.connect() as conn:
