@@ -44,7 +44,7 @@ SCHEMA = """{
   "required": ["greeting"]
 }"""
 # As long and unbroken as a process's command line: the pages wrap it, never widen (issue 18).
-GREETING = "from the browser " + "/opt/collector/bin/collector--config=/etc/collector/" * 40
+GREETING = "from the browser " + "/opt/collector/bin/collector_config=/etc/collector/" * 12
 VIEWPORT_WIDTH = 1280
 
 
