@@ -160,6 +160,7 @@ async def test_a_reason_with_control_characters_is_refused_in_one_sentence(
     )
     assert forged.status_code == 422
     assert "A reason is one line of text without control characters." in forged.text
+    assert 'id="isolation-confirm"' in forged.text  # asked again, not started over
     too_long = await _ask(admin_browser, {"host": host, "action": "unisolate"}, reason="x" * 501)
     assert too_long.status_code == 422
     assert "A reason is at most 500 characters." in too_long.text

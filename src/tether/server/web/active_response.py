@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from tether.protocol import Permission
 from tether.protocol.isolation import IsolationMode
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import NotFound, PlatformError
+from tether.server.errors import Invalid, NotFound, PlatformError
 from tether.server.services.hosts import HostView
 from tether.server.services.isolation import ISOLATE, RELEASE
 from tether.server.services.jobs import BatchView, Selection
@@ -192,6 +192,7 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
     elif not selected:
         error, status = PICK_HOSTS, 422
     else:
+        chosen: list[HostView] = []
         try:
             chosen = [await platform.hosts.get(ref) for ref in sorted(selected)]
             if not confirmed or not reason:
@@ -217,6 +218,13 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
                     outcome = await platform.isolation.isolate(
                         user, selection, mode, source=source_of(request), reason=reason
                     )
+        except Invalid as e:
+            # A reason the service refused (a second line, too long): asked again, as typed.
+            error, status = str(e), e.status_code
+            if chosen:
+                question = Confirmation(
+                    action, ACTIONS[action], CONFIRMS[action], chosen, reason[:500]
+                )
         except PlatformError as e:
             error, status = str(e), e.status_code
     if outcome is not None and not outcome.refused:
