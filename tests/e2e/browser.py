@@ -11,7 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Dialog, Page, expect, sync_playwright
+from playwright.sync_api import (
+    ConsoleMessage,
+    Dialog,
+    Page,
+    Response,
+    expect,
+    sync_playwright,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -36,6 +43,12 @@ def browser_page() -> Iterator[Page]:
     expect.set_options(timeout=25_000)
     dialogs: list[str] = []
     violations: list[str] = []
+    # A missing icon is a console error on every first page (issue 18): the pages name theirs.
+    missing_icons: list[str] = []
+
+    def on_response(response: Response) -> None:
+        if "favicon" in response.url and response.status >= 400:
+            missing_icons.append(response.url)
 
     def on_dialog(dialog: Dialog) -> None:
         dialogs.append(dialog.message)
@@ -58,11 +71,13 @@ def browser_page() -> Iterator[Page]:
             page.set_default_timeout(25_000)
             page.on("dialog", on_dialog)
             page.on("console", on_console)
+            page.on("response", on_response)
             yield page
         finally:
             browser.close()
     assert not dialogs, f"a dialog fired: {dialogs}"
     assert not violations, f"the Content-Security-Policy blocked something: {violations}"
+    assert not missing_icons, f"the page icon is missing: {missing_icons}"
 
 
 def screenshot(page: Page, name: str) -> None:

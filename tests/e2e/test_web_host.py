@@ -74,6 +74,13 @@ def test_a_responder_works_a_host_through_the_live_session(
         command.fill("kill abc")
         command.press("Enter")
         expect(page.locator("#console-error")).to_have_text("kill: 'abc' is not a process id.")
+        # A file that is not there: one sentence from the endpoint, no Python traceback; the
+        # jobs table names the command, not script.run.
+        command.fill("cat no-such-file")
+        command.press("Enter")
+        expect(terminal).to_contain_text("No such file or directory.", timeout=20_000)
+        expect(terminal).not_to_contain_text("Traceback")
+        expect(newest.locator("td.what-ran")).to_have_text(f"cat {workdir}/no-such-file")
 
         # Files: browse to the directory, see the hostile name as text, retrieve a file.
         page.locator("#live").get_by_role("link", name="Files").click()
@@ -130,6 +137,8 @@ def test_a_responder_works_a_host_through_the_live_session(
         assert victim.alive(), "asking must not kill"
         confirm.get_by_role("button", name=f"Kill process {victim.pid}").click()
         expect(page.locator("p.notice")).to_contain_text(f"{victim.pid} killed")
+        # Gone from the list without listing again.
+        expect(row).to_have_count(0)
         victim.wait(timeout=10)
         assert not victim.alive()
         _no_planted_image(page)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from .browser import browser_page, log_in, screenshot
 from .harness import Agent, Children, Cli, Platform
@@ -31,7 +31,7 @@ while not os.path.exists({GATE!r}) and time.monotonic() < deadline:
     time.sleep(0.1)
 for number in range(script.params["count"]):
     script.row(number=number, square=number * number)
-script.row(**{{"{HOSTILE}": "{HOSTILE}", "number": "=1+2"}})
+script.row(**{{"{HOSTILE}": "{HOSTILE}", "number": "=1+2", "square": script.params["greeting"]}})
 print("{HOSTILE}", flush=True)
 print("done", flush=True)
 """
@@ -43,6 +43,22 @@ SCHEMA = """{
   },
   "required": ["greeting"]
 }"""
+# As long and unbroken as a process's command line: the pages wrap it, never widen (issue 18).
+GREETING = "from the browser " + "/opt/collector/bin/collector_config=/etc/collector/" * 12
+VIEWPORT_WIDTH = 1280
+
+
+def _fits_the_viewport(page: Page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= VIEWPORT_WIDTH, f"{page.url} is {width} px wide"
+
+
+def _aligned_with_its_header(page: Page, table: str, column: int) -> None:
+    """A column's numbers sit under their header: both aligned the same way."""
+    align = "e => getComputedStyle(e).textAlign"
+    header = page.locator(f"{table} thead th").nth(column).evaluate(align)
+    cell = page.locator(f"{table} tbody tr").first.locator("td").nth(column).evaluate(align)
+    assert header == cell, (table, column, header, cell)
 
 
 def test_a_responder_writes_runs_and_exports_a_script(
@@ -82,9 +98,23 @@ def test_a_responder_writes_runs_and_exports_a_script(
         expect(page.locator(".chosen-hosts")).to_have_text(f"for {hostname}")
         page.get_by_label("Script").select_option(NAME)
         page.get_by_role("button", name="Choose").click()
-        expect(page.get_by_label(f"{hostname}")).to_be_checked()
+        box = page.get_by_label(f"{hostname}")
+        expect(box).to_be_checked()
+        # The form lines up: a host's box on its name's line, the segment list under its choice.
+        ticked, label = box.bounding_box(), page.locator("label.host").first.bounding_box()
+        assert ticked is not None
+        assert label is not None
+        assert ticked["width"] < 40, ticked
+        bottom = label["y"] + label["height"]
+        assert label["y"] <= ticked["y"], (ticked, label)
+        assert ticked["y"] + ticked["height"] <= bottom, (ticked, label)
+        chooser = page.locator('input[name="target"][value="segment"]').bounding_box()
+        segments = page.get_by_label("Segment", exact=True).bounding_box()
+        assert chooser is not None
+        assert segments is not None
+        assert segments["x"] > chooser["x"] + 10, (chooser, segments)
         expect(page.get_by_label("count")).to_have_value("2")
-        page.get_by_label("greeting").fill("from the browser")
+        page.get_by_label("greeting").fill(GREETING)
         page.get_by_role("button", name="Run", exact=True).click()
 
         # The results: output streams in while the job runs, then the rows table.
@@ -111,6 +141,9 @@ def test_a_responder_writes_runs_and_exports_a_script(
         expect(line.locator("td").nth(3)).to_have_text("3")
         expect(page.locator("#run-poll")).to_have_attribute("data-running", "no")
         expect(page.locator("#run-poll .run-counts")).to_contain_text("succeeded 1")
+        _aligned_with_its_header(page, "table.run-summary", 2)
+        _aligned_with_its_header(page, "table.run-summary", 3)
+        _fits_the_viewport(page)
         assert page.locator('img[src="x"]').count() == 0
         screenshot(page, "script-run-summary")
         page.goto(results)
@@ -121,7 +154,10 @@ def test_a_responder_writes_runs_and_exports_a_script(
         expect(rows.locator("thead th")).to_have_text(["number", "square", HOSTILE])
         expect(rows.locator("tbody tr")).to_have_count(3)
         expect(rows.locator("tbody tr").nth(1).locator("td")).to_have_text(["1", "1", ""])
-        expect(rows.locator("tbody tr").nth(2).locator("td")).to_have_text(["=1+2", "", HOSTILE])
+        expect(rows.locator("tbody tr").nth(2).locator("td")).to_have_text(
+            ["=1+2", GREETING, HOSTILE]
+        )
+        _fits_the_viewport(page)
         expect(section.locator("pre.output")).to_contain_text(HOSTILE)
         assert page.locator('img[src="x"]').count() == 0
         screenshot(page, "script-results")
@@ -137,7 +173,7 @@ def test_a_responder_writes_runs_and_exports_a_script(
             ["host", "number", "square", HOSTILE],
             [hostname, "0", "0", ""],
             [hostname, "1", "1", ""],
-            [hostname, "'=1+2", "", HOSTILE],
+            [hostname, "'=1+2", GREETING, HOSTILE],
         ]
 
         # Session History: the submission, with the whole script text that ran.

@@ -11,10 +11,18 @@ from tests.e2e.browser import browser_page, log_in, screenshot
 from tests.netns.world import TABLE, World
 
 
-def _act(page: Page, host_id: str, action: str) -> None:
-    page.locator(f'input[name="host"][value="{host_id}"]').check()
+def _act(page: Page, host_id: str, action: str, reason: str) -> None:
+    """Tick the host (by the header's select-all: it is the only one), press the action, then
+    confirm it with a reason: the first press only asks."""
+    page.get_by_label("Select all shown hosts").check()
+    expect(page.locator(f'input[name="host"][value="{host_id}"]')).to_be_checked()
     page.get_by_text("Actions", exact=True).click()
-    page.get_by_role("button", name=action).click()
+    page.get_by_role("button", name=action, exact=True).click()
+    page.wait_for_load_state()
+    question = page.locator("#isolation-confirm")
+    expect(question.get_by_role("alert")).to_contain_text("of 1 host(s)")
+    question.get_by_label("Reason (kept in the audit record)").fill(reason)
+    question.get_by_role("button", name=f"{action}, with this reason").click()
     page.wait_for_load_state()
 
 
@@ -30,7 +38,7 @@ def test_isolate_from_the_actions_button_pending_then_isolated_live(endpoint: Wo
         state = page.locator(f'tr[data-host="{w.host_id}"] .state')
         expect(state).to_have_text("not isolated")
 
-        _act(page, w.host_id, "Isolate (full)")
+        _act(page, w.host_id, "Isolate (full)", "IR-7: beacon to a known C2")
         expect(page.get_by_role("status")).to_contain_text("Isolation requested for 1 host(s)")
         expect(state).to_have_text("isolation pending")
         screenshot(page, "active-response-pending")
@@ -44,7 +52,7 @@ def test_isolate_from_the_actions_button_pending_then_isolated_live(endpoint: Wo
         assert net.run(net.endpoint, "nft", "list", "table", "inet", TABLE).returncode == 0
         screenshot(page, "active-response-isolated")
 
-        _act(page, w.host_id, "Unisolate")
+        _act(page, w.host_id, "Unisolate", "IR-7: reimaged")
         expect(state).to_have_text("not isolated", timeout=20_000)
         assert w.outbound_works(port)
 
@@ -57,3 +65,4 @@ def test_isolate_from_the_actions_button_pending_then_isolated_live(endpoint: Wo
         isolate.locator("summary").click()
         expect(isolate.locator("dl.record")).to_contain_text("isolation.isolate")
         expect(isolate.locator("dl.record")).to_contain_text(w.host_id)
+        expect(isolate.locator("dl.record")).to_contain_text("IR-7: beacon to a known C2")

@@ -1,8 +1,21 @@
 """The live shell's command language, shared by `tether shell` and the web console."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from tether.protocol.shell import Command, ShellInputError, help_text, read_line, resolve
+from tether.protocol.shell import (
+    Command,
+    ShellInputError,
+    cat_command,
+    help_text,
+    is_cat_source,
+    python_command,
+    read_line,
+    resolve,
+)
 
 
 def test_lines_become_the_endpoint_commands_with_paths_resolved() -> None:
@@ -28,6 +41,7 @@ def test_lines_become_the_endpoint_commands_with_paths_resolved() -> None:
     assert cat.command is not None
     # The path is a string literal in the script, never code.
     assert "open('/etc/passwd', 'rb')" in cat.command.args["source"]
+    assert is_cat_source(cat.command.args["source"])
     # Words a client completes itself carry no command.
     run = read_line("run triage depth=2", "/", windows=False)
     assert run is not None
@@ -58,3 +72,39 @@ def test_resolve_and_help() -> None:
     assert "ls [PATH]" in listed
     assert "put LOCAL" not in listed
     assert listed.endswith("\nbye")
+
+
+def _run(source: str) -> subprocess.CompletedProcess[str]:
+    """The generated script, run by a real Python as the agent's child would run it."""
+    return subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "sentence"),
+    [
+        (
+            cat_command("/no/such/dir/it's-missing"),
+            "cat: cannot read /no/such/dir/it's-missing: No such file or directory.",
+        ),
+        (cat_command("/"), "cat: cannot read /: Is a directory."),
+        (python_command("1 / 0"), "ZeroDivisionError: division by zero"),
+        (python_command("raise KeyError('x')"), "KeyError: 'x'"),
+        (python_command("if"), "SyntaxError: invalid syntax (<py>, line 1)"),
+    ],
+)
+def test_a_failing_shell_command_says_one_sentence_not_a_traceback(
+    command: Command, sentence: str
+) -> None:
+    ran = _run(command.args["source"])
+    assert ran.returncode == 1
+    assert ran.stderr == sentence + "\n"
+    assert ran.stdout == ""
+
+
+def test_cat_and_py_still_print_what_they_read(tmp_path: Path) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("hello\n")
+    assert _run(cat_command(str(target)).args["source"]).stdout == "hello\n"
+    assert _run(python_command("6 * 7").args["source"]).stdout == "42\n"

@@ -115,13 +115,21 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cat_command(path: str) -> Command:
-    """`cat` as one command: a script printing the first 64 KiB of the file.
+    """`cat` as one command: a script printing the first 64 KiB of the file, or one sentence
+    on stderr (never a traceback) when the file cannot be read.
 
     The path travels as a Python string literal (`repr`), never as code."""
     source = (
         "import sys\n"
-        f"with open({path!r}, 'rb') as handle:\n"
-        f"    data = handle.read({CAT_LIMIT + 1})\n"
+        "try:\n"
+        f"    with open({path!r}, 'rb') as handle:\n"
+        f"        data = handle.read({CAT_LIMIT + 1})\n"
+        "except OSError as error:\n"
+        "    why = (error.strerror or str(error)).rstrip('.')\n"
+        # Concatenated, not an f-string: Python 3.11 allows no backslash (a Windows path's
+        # repr) inside an f-string's braces.
+        f"    sys.stderr.write('cat: cannot read ' + {path!r} + ': ' + why + '.\\n')\n"
+        "    raise SystemExit(1)\n"
         f"sys.stdout.write(data[:{CAT_LIMIT}].decode('utf-8', 'replace'))\n"
         f"if len(data) > {CAT_LIMIT}:\n"
         "    sys.stderr.write('\\n[only the first 64 KiB is shown]\\n')\n"
@@ -129,38 +137,74 @@ def cat_command(path: str) -> Command:
     return Command("script.run", {"source": source, "params": {}})
 
 
-_CAT_OPEN = "with open("
+_CAT_OPEN = "    with open("
 _CAT_MODE = ", 'rb') as handle:"
+# The line of the source that names the file (after "import sys" and "try:").
+_CAT_LINE = 2
 
 
 def is_cat_source(source: object) -> bool:
     """Whether `source` is exactly what `cat_command` builds for some path: a read of one file's
     first 64 KiB, which the collect tier may run (any other script needs the script tier)."""
+    return cat_path_of(source) is not None
+
+
+def cat_path_of(source: object) -> str | None:
+    """The path `source` reads when it is exactly what `cat_command` builds, else None."""
     if not isinstance(source, str):
-        return False
+        return None
     lines = source.split("\n")
-    if len(lines) < 2 or not (lines[1].startswith(_CAT_OPEN) and lines[1].endswith(_CAT_MODE)):
-        return False
-    try:
-        path = ast.literal_eval(lines[1][len(_CAT_OPEN) : -len(_CAT_MODE)])
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return False
+    if len(lines) <= _CAT_LINE:
+        return None
+    opening = lines[_CAT_LINE]
+    if not (opening.startswith(_CAT_OPEN) and opening.endswith(_CAT_MODE)):
+        return None
+    path = _literal(opening[len(_CAT_OPEN) : -len(_CAT_MODE)])
     # Rebuilt and compared whole: any other line, or a path that is not a plain string, fails.
-    return isinstance(path, str) and cat_command(path).args["source"] == source
+    if isinstance(path, str) and cat_command(path).args["source"] == source:
+        return path
+    return None
+
+
+def python_code_of(source: object) -> str | None:
+    """The one-liner `source` runs when it is exactly what `python_command` builds, else None."""
+    if not isinstance(source, str) or not source.startswith(_PY_CODE):
+        return None
+    code = _literal(source[len(_PY_CODE) :].split("\n", 1)[0])
+    if isinstance(code, str) and python_command(code).args["source"] == source:
+        return code
+    return None
+
+
+def _literal(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+_PY_CODE = "_code = "
 
 
 def python_command(code: str) -> Command:
-    """`py CODE`: an expression's value is printed, a statement is run as it is."""
+    """`py CODE`: an expression's value is printed, a statement is run as it is. An exception
+    ends it with one line (its type and message) on stderr, not a traceback through the lines
+    wrapped around CODE here."""
     source = (
         f"_code = {code!r}\n"
         "try:\n"
-        "    _compiled = compile(_code, '<py>', 'eval')\n"
-        "except SyntaxError:\n"
-        "    exec(compile(_code, '<py>', 'exec'))\n"
-        "else:\n"
-        "    _value = eval(_compiled)\n"
-        "    if _value is not None:\n"
-        "        print(repr(_value))\n"
+        "    try:\n"
+        "        _compiled = compile(_code, '<py>', 'eval')\n"
+        "    except SyntaxError:\n"
+        "        exec(compile(_code, '<py>', 'exec'))\n"
+        "    else:\n"
+        "        _value = eval(_compiled)\n"
+        "        if _value is not None:\n"
+        "            print(repr(_value))\n"
+        "except Exception as _error:\n"
+        "    import sys\n"
+        "    sys.stderr.write(f'{type(_error).__name__}: {_error}\\n')\n"
+        "    raise SystemExit(1) from None\n"
     )
     return Command("script.run", {"source": source, "params": {}})
 

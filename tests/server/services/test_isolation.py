@@ -185,3 +185,30 @@ async def test_a_request_cancelled_before_it_was_sent_leaves_the_state_as_it_was
     await w.jobs.cancel(batch.jobs[0].id, RESPONDER, source="test")
     shown = await w.state(host)
     assert (shown.state, shown.failed) == ("not isolated", None)
+
+
+async def test_the_reason_given_goes_into_the_record_and_never_to_the_agent(
+    w: World, engine: AsyncEngine
+) -> None:
+    host = await w.host("web-1")
+    link = await w.connect(host)
+    with pytest.raises(Invalid, match=r"A reason is one line of text without control characters\."):
+        await w.isolation.release(
+            RESPONDER, Selection(host_ids=[host]), source="test", reason="ok\r\nforged"
+        )
+    await w.isolation.isolate(
+        RESPONDER,
+        Selection(host_ids=[host]),
+        IsolationMode.FULL,
+        source="test",
+        reason="  IR-7: beacon  ",
+    )
+    (sent,) = frames(link, "job")
+    assert "reason" not in sent["args"]
+    async with engine.connect() as conn:
+        details = (
+            await conn.execute(
+                select(audit_records.c.details).where(audit_records.c.action == "job.submit")
+            )
+        ).scalar_one()
+    assert json.loads(details)["reason"] == "IR-7: beacon"

@@ -1,11 +1,13 @@
 """The Active Response and Host pages: the table, its filters, and the isolation actions."""
 
+import json
+
 import httpx
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tether.protocol import Role
 from tether.server.services.platform import Platform
-from tether.server.store.tables import hosts, segments
+from tether.server.store.tables import audit_records, hosts, segments
 
 from ..support import add_host
 from .conftest import csrf_of, web_login
@@ -80,27 +82,63 @@ async def test_hosts_sharing_a_name_show_their_ids_and_a_revoked_one_is_gone(
     assert f'title="{second}"' not in rows  # the name is no longer shared
 
 
-async def test_isolating_an_offline_host_leaves_it_pending(
+async def _ask(
+    browser: httpx.AsyncClient, form: dict[str, str], **confirmation: str
+) -> httpx.Response:
+    """Press an Actions button, then (with `confirmation`) the confirmation's button."""
+    page = await browser.get("/active-response")
+    data = {**form, "csrf_token": csrf_of(page.text)}
+    asked = await browser.post("/active-response/actions", data=data)
+    if not confirmation:
+        return asked
+    return await browser.post(
+        "/active-response/actions", data={**data, "confirm": "yes", **confirmation}
+    )
+
+
+async def _submissions(platform: Platform) -> list[dict[str, object]]:
+    async with platform.engine.connect() as conn:
+        texts = (
+            await conn.execute(
+                select(audit_records.c.details).where(audit_records.c.action == "job.submit")
+            )
+        ).scalars()
+        return [json.loads(t) for t in texts]
+
+
+async def test_isolating_an_offline_host_asks_for_a_reason_then_leaves_it_pending(
     admin_browser: httpx.AsyncClient, platform: Platform
 ) -> None:
     host = await add_host(platform.engine, "web-offline", segment="ir")
     await _active_response(platform, "ir")
-    page = await admin_browser.get("/active-response")
-    response = await admin_browser.post(
-        "/active-response/actions",
-        data={
-            "host": host,
-            "action": "isolate-full",
-            "q": "web-offline",
-            "csrf_token": csrf_of(page.text),
-        },
+    form = {"host": host, "action": "isolate-full", "q": "web-offline"}
+    # The first press only asks: the hosts are named, a reason is asked for, nothing is sent.
+    asked = await _ask(admin_browser, form)
+    assert asked.status_code == 200, asked.text
+    assert "Isolation (full) of 1 host(s): web-offline?" in asked.text
+    assert 'name="reason"' in asked.text
+    assert '<button type="submit" class="danger">Isolate (full), with this reason</button>' in (
+        asked.text
     )
+    assert await _submissions(platform) == []
+    assert (await platform.hosts.get(host)).isolation.state == "not isolated"
+    # Confirmed without a reason: one sentence, the question again, still nothing sent.
+    blank = await _ask(admin_browser, form, reason="   ")
+    assert blank.status_code == 422
+    assert "Give a reason (a ticket, a detection): it goes into the audit record." in blank.text
+    assert 'id="isolation-confirm"' in blank.text
+    assert await _submissions(platform) == []
+
+    response = await _ask(admin_browser, form, reason="IR-7: beacon to a known C2")
     # Post/redirect/get, with the filters kept: a reload does not ask again.
     assert response.status_code == 303, response.text
     location = response.headers["location"]
     assert location.startswith("/active-response?q=web-offline&batch=")
     shown = await admin_browser.get(location)
     assert "Isolation requested for 1 host(s)" in shown.text
+    (record,) = await _submissions(platform)
+    assert record["action"] == "isolation.isolate"
+    assert record["reason"] == "IR-7: beacon to a known C2"
     view = (await platform.hosts.get(host)).isolation
     assert view.state == "isolation pending"
     assert view.mode == "full"
@@ -111,6 +149,39 @@ async def test_isolating_an_offline_host_leaves_it_pending(
     assert "queued" in host_page
 
 
+async def test_a_reason_with_control_characters_is_refused_in_one_sentence(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-forged", segment="ir")
+    await _active_response(platform, "ir")
+    # A forged second line would read as a record of its own in a plain-text export.
+    forged = await _ask(
+        admin_browser, {"host": host, "action": "isolate-outbound"}, reason="ok\nadmin: approved"
+    )
+    assert forged.status_code == 422
+    assert "A reason is one line of text without control characters." in forged.text
+    assert 'id="isolation-confirm"' in forged.text  # asked again, not started over
+    too_long = await _ask(admin_browser, {"host": host, "action": "unisolate"}, reason="x" * 501)
+    assert too_long.status_code == 422
+    assert "A reason is at most 500 characters." in too_long.text
+    assert await _submissions(platform) == []
+
+
+async def test_the_page_offers_select_all_and_marks_destructive_actions(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    await add_host(platform.engine, "web-many", segment="ir")
+    page = (await admin_browser.get("/active-response")).text
+    assert '<input type="checkbox" id="select-all" aria-label="Select all shown hosts">' in page
+    assert '<script src="/static/select-all.js" defer></script>' in page
+    assert 'value="isolate-full" class="danger"' in page
+    assert 'value="isolate-outbound" class="danger"' in page
+    assert 'value="unisolate">' in page  # releasing harms nothing: styled as the others
+    assert '<link rel="icon" href="/static/favicon.svg"' in page
+    for asset in ("/static/select-all.js", "/static/favicon.svg"):
+        assert (await admin_browser.get(asset)).status_code == 200, asset
+
+
 async def test_the_service_refusal_is_shown_in_its_own_words(
     browser: httpx.AsyncClient, platform: Platform
 ) -> None:
@@ -118,11 +189,7 @@ async def test_the_service_refusal_is_shown_in_its_own_words(
     host = await add_host(platform.engine, "web-refused", segment="ir")
     await _active_response(platform, "ir")
     await web_login(browser, platform, "reader", PASSWORD)
-    page = await browser.get("/active-response")
-    response = await browser.post(
-        "/active-response/actions",
-        data={"host": host, "action": "unisolate", "csrf_token": csrf_of(page.text)},
-    )
+    response = await _ask(browser, {"host": host, "action": "unisolate"}, reason="test")
     assert response.status_code == 403
     assert 'role="alert"' in response.text
     assert (await platform.hosts.get(host)).isolation.state == "not isolated"

@@ -116,7 +116,13 @@ async def test_an_isolation_from_the_active_response_page_says_it_awaits_approva
     page = await admin_browser.get("/active-response")
     asked = await admin_browser.post(
         "/active-response/actions",
-        data={"host": host, "action": "isolate-outbound", "csrf_token": csrf_of(page.text)},
+        data={
+            "host": host,
+            "action": "isolate-outbound",
+            "confirm": "yes",
+            "reason": "IR-9",
+            "csrf_token": csrf_of(page.text),
+        },
     )
     assert asked.status_code == 303, asked.text
     shown = await admin_browser.get(asked.headers["location"])

@@ -6,11 +6,14 @@ import httpx
 from sqlalchemy import select, update
 
 from tether.protocol import Role
+from tether.protocol.processes import KilledProcess, ProcessInfo, ProcessKillResult, ProcessList
+from tether.server.services.jobs import Selection
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records, jobs, live_sessions, segments
 
 from ..support import add_host
 from .conftest import csrf_of, web_login
+from .job_support import ADMIN, set_state, submit
 
 PASSWORD = "a long enough password"
 
@@ -217,3 +220,44 @@ async def test_a_kill_asks_first_on_the_page(
     assert "Kill process 4242 (&lt;img src=x onerror=alert(1)&gt;)" in asked.text
     assert "<img src=x" not in asked.text
     assert await _jobs(platform) == []
+
+
+async def test_a_killed_process_leaves_the_listing_without_listing_again(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    assert (await _start(admin_browser, host)).status_code == 303
+    listing = await submit(platform, host, "processes.list")
+    kill = (
+        await platform.jobs.submit(
+            ADMIN, "processes.kill", {"pid": 4242}, Selection(host_ids=[host]), source="test"
+        )
+    ).jobs[0]
+    listed = ProcessList(
+        processes=[
+            ProcessInfo(
+                pid=pid, ppid=1, name=name, user="root", command_line=name, started=None,
+                executable=None,
+            )
+            for pid, name in ((4242, "miner"), (4343, "sshd"))
+        ],
+        truncated=False,
+    )  # fmt: skip
+    ended = ProcessKillResult(
+        pid=4242, processes=[KilledProcess(pid=4242, name="miner", outcome="killed")]
+    )
+    for job, result in ((listing, listed), (kill, ended)):
+        await set_state(platform, job.id, "succeeded")
+        async with platform.engine.begin() as conn:
+            await conn.execute(
+                update(jobs).where(jobs.c.id == job.id).values(result=result.model_dump_json())
+            )
+    tab = f"/hosts/{host}/session/processes?job={listing.id}"
+    before = (await admin_browser.get(tab)).text
+    assert 'data-pid="4242"' in before
+    # Where the kill's redirect lands: the same listing, without the process the kill ended.
+    after = (await admin_browser.get(f"{tab}&killed={kill.id}")).text
+    assert "Kill of process 4242 finished: 4242 killed." in after
+    assert 'data-pid="4242"' not in after
+    assert 'data-pid="4343"' in after

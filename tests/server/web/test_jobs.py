@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from tether.protocol import JobOutput, JobStatus, Role
+from tether.protocol.shell import cat_command, python_command
 from tether.server.services.audit import AuditSearch
 from tether.server.services.jobs import Selection
 from tether.server.services.platform import Platform
@@ -414,3 +415,39 @@ async def test_a_job_page_says_when_its_stored_output_no_longer_matches_its_reco
         f"{ended.outcome_seq}: output was changed or deleted after the job ended. What this page "
         "shows is what is stored now, not what was recorded."
     ) in page
+
+
+async def test_the_jobs_and_host_pages_name_what_ran_not_script_run(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-ran", segment="ir")
+    await _switch_on(platform, "ir")
+    sent = [
+        (cat_command("/etc/missing").args, False),
+        (python_command("1 / 0").args, False),
+        ({"source": "print(1)\n", "params": {"depth": 2}, "name": "triage v3"}, True),
+        ({"source": HOSTILE, "params": {}}, False),
+    ]
+    for args, from_library in sent:
+        await platform.jobs.submit(
+            ADMIN,
+            "script.run",
+            args,
+            Selection(host_ids=[host]),
+            source="test",
+            from_library=from_library,
+        )
+    shown = {
+        "cat /etc/missing",
+        "py 1 / 0",
+        "script triage v3 (depth=2)",
+        "script (own source)",
+    }
+    for page in ("/jobs", f"/hosts/{host}"):
+        html = (await admin_browser.get(page)).text
+        cells = set(re.findall(r'<td class="what-ran" title="script.run">([^<]*)</td>', html))
+        assert cells == shown, page
+        assert "<th>What ran</th>" in html, page
+    # The API answers the same words, for the CLI and integrations.
+    (job,) = [j for j in await platform.jobs.find(host_id=host) if j.summary.startswith("cat")]
+    assert job.summary == "cat /etc/missing"

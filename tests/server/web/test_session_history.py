@@ -4,17 +4,22 @@ import json
 import re
 
 import httpx
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
 from tether.protocol import Role
+from tether.protocol.shell import cat_command
 from tether.server.services.audit_statements import RESTORE, statement_message
 from tether.server.services.checkpoints import key_fingerprint
+from tether.server.services.jobs import Selection
 from tether.server.services.platform import Platform
-from tether.server.store.tables import audit_records
+from tether.server.store.tables import audit_records, segments
+from tether.server.web import session_history
 
 from ..api.conftest import login
 from ..support import add_host
 from .conftest import web_login
+from .job_support import ADMIN
 
 PASSWORD = "a long enough password"
 SCRIPT = "import os\nprint('<b>not bold</b>')\n"
@@ -137,7 +142,7 @@ async def test_a_script_run_shows_its_full_script_as_text(
     )
     page = (await admin_browser.get("/session-history?kind=job")).text
     row = page.split('data-seq="', 2)[1]
-    assert "job.submit <small>script.run</small>" in row
+    assert "job.submit <small>script (own source) (n=1)</small>" in row
     shown = script.replace("'", "&#39;").replace("<", "&lt;").replace(">", "&gt;")
     assert f"<dt>script</dt><dd><pre>{shown}</pre></dd>" in row
     # The arguments keep everything but the source, which is shown once, as written.
@@ -252,3 +257,51 @@ async def test_an_analyst_cannot_export(browser: httpx.AsyncClient, platform: Pl
     response = await browser.get("/session-history/export")
     assert response.status_code == 403
     assert "jsonl" not in response.headers.get("content-disposition", "")
+
+
+async def test_times_read_to_the_second_and_targets_by_name(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host_id = await add_host(platform.engine, "web-db-8", segment="ir")
+    async with platform.engine.begin() as conn:
+        await conn.execute(
+            update(segments).where(segments.c.name == "ir").values(active_response=True)
+        )
+    await platform.audit.record("host.move", actor="someone", target=f"host:{host_id}")
+    batch = await platform.jobs.submit(
+        ADMIN, "script.run", cat_command("/etc/hosts").args, Selection(host_ids=[host_id]),
+        source="test",
+    )  # fmt: skip
+    page = (await admin_browser.get("/session-history")).text
+    assert f'<td class="target" title="host:{host_id}">host web-db-8</td>' in page
+    assert f'<td class="target" title="batch:{batch.id}">batch: cat /etc/hosts</td>' in page
+    assert "job.submit <small>cat /etc/hosts</small>" in page
+    times = re.findall(r'<td class="time" title="([^"]+)">([^<]+)</td>', page)
+    assert times
+    for raw, shown in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", shown), shown
+        assert raw.replace("T", " ").startswith(shown.removesuffix(" UTC"))
+    assert "From (UTC)" in page
+    assert "To (UTC)" in page
+
+
+async def test_paging_reaches_records_past_the_first_page(
+    admin_browser: httpx.AsyncClient, platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A short page: the paging is the same at 200, without writing 200 records first.
+    monkeypatch.setattr(session_history, "SHOWN", 4)
+    for n in range(4 + 3):
+        await platform.audit.record("test.page", actor="pager", target=f"item-{n}")
+    first = (await admin_browser.get("/session-history?action=test.")).text
+    assert len(re.findall(r'data-seq="', first)) == 4
+    assert "item-0<" not in first
+    (older,) = re.findall(r'<a href="(/session-history\?[^"]+)">Older records</a>', first)
+    assert "action=test." in older
+    second = (await admin_browser.get(older.replace("&amp;", "&"))).text
+    assert len(re.findall(r'data-seq="', second)) == 3
+    assert "item-0<" in second
+    assert "Older records" not in second
+    assert 'href="/session-history?action=test.">Newest records</a>' in second
+    bad = await admin_browser.get("/session-history?before=last")
+    assert bad.status_code == 422
+    assert "The page link is not valid; start again from the newest records." in bad.text

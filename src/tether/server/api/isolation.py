@@ -32,6 +32,7 @@ async def isolate(
         body.mode,
         source=source_of(request),
         not_after=body.not_after,
+        reason=body.reason,
     )
     return batch_out(batch)
 
@@ -49,6 +50,7 @@ async def release(
         await selection_of(platform, body),
         source=source_of(request),
         not_after=body.not_after,
+        reason=body.reason,
     )
     return batch_out(batch)
 

@@ -33,6 +33,8 @@ class IsolationRequest(HostSelection):
     mode: IsolationMode = IsolationMode.OUTBOUND
     # Never applied after this moment, even if the host comes back before.
     not_after: datetime | None = None
+    # Why (a ticket, a detection): kept in the request's audit record; one line, 500 at most.
+    reason: str | None = None
 
 
 class AllowlistIn(BaseModel):

@@ -112,6 +112,8 @@ class JobOut(BaseModel):
     integrity: str | None = None
     # Who asked, approved or rejected it and why, when its segment needed four eyes.
     approval: ApprovalOut | None = None
+    # What ran, as typed or chosen: "cat /etc/hosts", "script triage (depth=2)", not script.run.
+    summary: str = ""
 
 
 class BatchOut(BaseModel):

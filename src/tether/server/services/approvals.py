@@ -344,6 +344,11 @@ class Approvals:
         return ApprovalView(**{**approval.__dict__, "waiting": int(waiting)})
 
 
+def optional_reason(reason: str | None) -> str | None:
+    """A request's stated reason, checked as an approval's is: one line, bounded; None if blank."""
+    return _clean_reason(reason, required=False)
+
+
 def _clean_reason(reason: str | None, *, required: bool) -> str | None:
     text = (reason or "").strip()
     if required and not text:

@@ -352,9 +352,14 @@ class AuditLog:
     def signer(self) -> CheckpointSigner:
         return self._signer
 
-    async def newest(self, search: "AuditSearch", limit: int = 200) -> list[AuditRecord]:
-        """Records matching `search`, newest first (the Session History view)."""
+    async def newest(
+        self, search: "AuditSearch", limit: int = 200, *, before: int | None = None
+    ) -> list[AuditRecord]:
+        """Records matching `search`, newest first (the Session History view); with `before`,
+        only those older than that sequence number (the next page)."""
         query = _narrowed(select(audit_records), search)
+        if before is not None:
+            query = query.where(audit_records.c.seq < before)
         query = query.order_by(audit_records.c.seq.desc()).limit(limit)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()

@@ -244,16 +244,31 @@ class Isolation:
         *,
         source: str,
         not_after: datetime | None = None,
+        reason: str | None = None,
     ) -> BatchView:
+        """Isolate the hosts; `reason` (why, in the requester's words) goes into the record."""
         allow = [r.model_dump(mode="json") for r in await self.allowlist()]
         return await self._request(
-            user, ISOLATE, {"mode": mode.value, "allow": allow}, selection, source, not_after
+            user,
+            ISOLATE,
+            {"mode": mode.value, "allow": allow},
+            selection,
+            source,
+            not_after,
+            reason,
         )
 
     async def release(
-        self, user: User, selection: Selection, *, source: str, not_after: datetime | None = None
+        self,
+        user: User,
+        selection: Selection,
+        *,
+        source: str,
+        not_after: datetime | None = None,
+        reason: str | None = None,
     ) -> BatchView:
-        return await self._request(user, RELEASE, {}, selection, source, not_after)
+        """Release the hosts; `reason` goes into the record as for `isolate`."""
+        return await self._request(user, RELEASE, {}, selection, source, not_after, reason)
 
     async def _request(
         self,
@@ -263,6 +278,7 @@ class Isolation:
         selection: Selection,
         source: str,
         not_after: datetime | None,
+        reason: str | None,
     ) -> BatchView:
         # Pending until the host returns: as long as a job may wait.
         batch = await self._jobs.submit(
@@ -274,6 +290,7 @@ class Isolation:
             not_after=not_after,
             source=source,
             reserved=True,
+            reason=reason,
         )
         await self._withdraw_older(batch, user)
         return batch

@@ -8,7 +8,7 @@ that are online (DESIGN.md section 3).
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +29,7 @@ from tether.protocol import (
     tier_refusal,
 )
 from tether.protocol.actions import refusal_name, tier_needed
+from tether.protocol.what_ran import what_ran
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import (
     ResponseAccess,
@@ -36,7 +37,7 @@ from tether.server.services.access import (
     host_refusal,
     user_refusal,
 )
-from tether.server.services.approvals import ApprovalView, read_approval
+from tether.server.services.approvals import ApprovalView, optional_reason, read_approval
 from tether.server.services.audit import AuditLog
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.job_events import JobEvents
@@ -100,6 +101,8 @@ class JobView:
     waiting: str | None = None
     # The request for a second person's approval the job's batch needed, if any.
     approval: ApprovalView | None = None
+    # What ran, as the responder typed or chose it ("cat /etc/hosts", "script triage (n=2)").
+    summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def validate_args(spec: ActionSpec, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _job_view(row: Any, *, full: bool = False) -> JobView:
+    args = json.loads(row.args)
     return JobView(
         id=row.id,
         batch_id=row.batch_id,
@@ -158,9 +162,10 @@ def _job_view(row: Any, *, full: bool = False) -> JobView:
         cancel_requested_by=row.cancel_requested_by,
         error=row.error,
         result=json.loads(row.result) if full and row.result else None,
-        args=json.loads(row.args) if full else None,
+        args=args if full else None,
         outcome_seq=row.outcome_seq,
         output_lost_bytes=int(row.output_lost_bytes or 0),
+        summary=what_ran(row.action, args),
     )
 
 
@@ -287,10 +292,12 @@ class Jobs:
         from_library: bool = False,
         session_id: str | None = None,
         reserved: bool = False,
+        reason: str | None = None,
     ) -> BatchView:
         """Check, persist, audit, then send to online hosts; returns the batch.
 
-        `session_id` links the jobs to the live response session they are a command of.
+        `session_id` links the jobs to the live response session they are a command of;
+        `reason` is the requester's why (a ticket, a detection), kept in the submission's record.
         """
         spec = ACTIONS.get(action)
         if spec is None:
@@ -302,6 +309,7 @@ class Jobs:
         if action in self._reserved and not reserved:
             raise Invalid(self._reserved[action])
         clean_args = validate_args(spec, args)
+        stated = optional_reason(reason)
         needed: Tier | None = None
         if spec.response:
             needed = tier_needed(spec, clean_args, from_library=from_library)
@@ -453,6 +461,7 @@ class Jobs:
                     "timeout_seconds": timeout,
                     **({"session": session_id} if session_id is not None else {}),
                     **({"awaiting_approval": len(awaiting)} if awaiting else {}),
+                    **({"reason": stated} if stated is not None else {}),
                 },
             )
             if awaiting and needed is not None and deadline is not None:
@@ -520,6 +529,18 @@ class Jobs:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [self._view(r) for r in rows]
+
+    async def batch_summaries(self, batch_ids: Collection[str]) -> dict[str, str]:
+        """What each batch ran ("cat /etc/hosts", "script triage (n=2)"), in one query: the
+        Session History names the batches its records are about."""
+        if not batch_ids:
+            return {}
+        query = select(batches.c.id, batches.c.action, batches.c.args).where(
+            batches.c.id.in_(list(batch_ids))
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {row.id: what_ran(row.action, json.loads(row.args)) for row in rows}
 
     async def batch(self, batch_id: str, *, limit: int = 1000) -> BatchView:
         async with self._engine.connect() as conn:

@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 from tether.protocol import Permission
 from tether.protocol.isolation import IsolationMode
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import NotFound, PlatformError
+from tether.server.errors import Invalid, NotFound, PlatformError
 from tether.server.services.hosts import HostView
 from tether.server.services.isolation import ISOLATE, RELEASE
 from tether.server.services.jobs import BatchView, Selection
@@ -34,11 +34,29 @@ ACTIONS = {
     "isolate-full": "Isolation (full)",
     "unisolate": "Unisolation",
 }
+# What the confirmation's button says: the question names the hosts, the button the act.
+CONFIRMS = {
+    "isolate-outbound": "Isolate (outbound), with this reason",
+    "isolate-full": "Isolate (full), with this reason",
+    "unisolate": "Unisolate, with this reason",
+}
 # Not an isolation request: it opens the Run form with the ticked hosts.
 RUN_SCRIPT = "run-script"
 # What the confirmation after the redirect names each kind of request.
 REQUESTED = {ISOLATE: "Isolation", RELEASE: "Unisolation"}
 PICK_HOSTS = "Select at least one host first."
+GIVE_REASON = "Give a reason (a ticket, a detection): it goes into the audit record."
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The question an isolation action asks before anything is sent (docs/adr/0047)."""
+
+    action: str
+    requested: str
+    button: str
+    hosts: list[HostView]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -69,13 +87,16 @@ def _field(values: dict[str, str], name: str) -> str:
     return values.get(name, "")[:200]
 
 
-async def _read(request: Request) -> tuple[Filters, set[str], str]:
-    """Filters, selected hosts and the chosen action from the query string or the form."""
+async def _pairs(request: Request) -> list[tuple[str, str]]:
     if request.method == "POST":
         form = await request.form()
-        pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    else:
-        pairs = list(request.query_params.multi_items())
+        return [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    return list(request.query_params.multi_items())
+
+
+async def _read(request: Request) -> tuple[Filters, set[str], str]:
+    """Filters, selected hosts and the chosen action from the query string or the form."""
+    pairs = await _pairs(request)
     values = dict(pairs)
     filters = Filters(
         segment=_field(values, "segment"),
@@ -134,6 +155,7 @@ async def page(request: Request, platform: PlatformDep, user: Reader) -> Respons
         requested=requested,
         error=None,
         ping=None,
+        question=None,
         **table,
     )
 
@@ -148,10 +170,18 @@ async def hosts_fragment(request: Request, platform: PlatformDep, _user: Reader)
 
 @router.post("/active-response/actions")
 async def act(request: Request, platform: PlatformDep, user: Reader) -> Response:
-    """Isolate or release the selected hosts; the service decides who may, and says why not."""
+    """Isolate or release the selected hosts; the service decides who may, and says why not.
+
+    The first press only asks, on the page (no script dialog under the CSP), for a reason; the
+    second, with `confirm=yes` and the reason, sends the request with the reason in its record.
+    """
     filters, selected, action = await _read(request)
+    values = dict(await _pairs(request))
+    confirmed = values.get("confirm") == "yes"
+    reason = values.get("reason", "").strip()
     error: str | None = None
     outcome: BatchView | None = None
+    question: Confirmation | None = None
     status = 200
     if action == RUN_SCRIPT and selected:
         # The Run form takes the ticked hosts; the script is picked there.
@@ -162,17 +192,38 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
     elif not selected:
         error, status = PICK_HOSTS, 422
     else:
+        chosen: list[HostView] = []
         try:
-            ids = [(await platform.hosts.get(ref)).id for ref in sorted(selected)]
-            selection = Selection(host_ids=ids)
-            if action == "unisolate":
-                outcome = await platform.isolation.release(
-                    user, selection, source=source_of(request)
+            chosen = [await platform.hosts.get(ref) for ref in sorted(selected)]
+            if not confirmed or not reason:
+                question = Confirmation(
+                    action=action,
+                    requested=ACTIONS[action],
+                    button=CONFIRMS[action],
+                    hosts=chosen,
+                    reason=reason[:500],
                 )
+                if confirmed:
+                    error, status = GIVE_REASON, 422
             else:
-                mode = IsolationMode.FULL if action == "isolate-full" else IsolationMode.OUTBOUND
-                outcome = await platform.isolation.isolate(
-                    user, selection, mode, source=source_of(request)
+                selection = Selection(host_ids=[h.id for h in chosen])
+                if action == "unisolate":
+                    outcome = await platform.isolation.release(
+                        user, selection, source=source_of(request), reason=reason
+                    )
+                else:
+                    mode = (
+                        IsolationMode.FULL if action == "isolate-full" else IsolationMode.OUTBOUND
+                    )
+                    outcome = await platform.isolation.isolate(
+                        user, selection, mode, source=source_of(request), reason=reason
+                    )
+        except Invalid as e:
+            # A reason the service refused (a second line, too long): asked again, as typed.
+            error, status = str(e), e.status_code
+            if chosen:
+                question = Confirmation(
+                    action, ACTIONS[action], CONFIRMS[action], chosen, reason[:500]
                 )
         except PlatformError as e:
             error, status = str(e), e.status_code
@@ -180,7 +231,8 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
         # Post/redirect/get: reloading the page must not send the request again.
         query = {k: v for k, v in vars(filters).items() if v} | {"batch": outcome.id}
         return RedirectResponse(f"/active-response?{urlencode(query)}", status_code=303)
-    table = await _table(request, platform, filters, selected if error else set())
+    keep = selected if error or question else set()
+    table = await _table(request, platform, filters, keep)
     return render(
         request,
         "active_response.html",
@@ -189,6 +241,7 @@ async def act(request: Request, platform: PlatformDep, user: Reader) -> Response
         requested=ACTIONS.get(action, ""),
         error=error,
         ping=None,
+        question=question,
         **table,
     )
 
@@ -246,5 +299,6 @@ async def ping(request: Request, platform: PlatformDep, user: Pinger) -> Respons
         requested="",
         error=error,
         ping=result,
+        question=None,
         **table,
     )

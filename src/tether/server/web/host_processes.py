@@ -43,6 +43,7 @@ async def _show(
     error: str | None = None,
     notice: str | None = None,
     confirm: dict[str, str] | None = None,
+    ended: frozenset[int] = frozenset(),
 ) -> Response:
     job = await session_job(platform, host, job_id, ACTIONS)
     listing = job if job is not None and job.action == "processes.list" else None
@@ -57,6 +58,7 @@ async def _show(
         notice=notice,
         listing=listing,
         confirm=confirm,
+        ended=ended,
     )
 
 
@@ -71,11 +73,30 @@ async def processes_page(
 ) -> Response:
     host = await platform.hosts.get(ref)
     notice = None
+    ended: frozenset[int] = frozenset()
     if killed:
         outcome = await session_job(platform, host, killed[:64], ACTIONS)
         if outcome is not None and outcome.action == "processes.kill":
             notice = _kill_notice(outcome)
-    return await _show(request, platform, user, host, job[:64], notice=notice)
+            ended = _ended_pids(outcome)
+    return await _show(request, platform, user, host, job[:64], notice=notice, ended=ended)
+
+
+def _ended_pids(job: JobView) -> frozenset[int]:
+    """The processes a kill ended: the listing shown beside it drops them, so the responder
+    need not list again to see that the process is gone."""
+    if job.state != "succeeded" or not isinstance(job.result, dict):
+        return frozenset()
+    reported = job.result.get("processes")
+    if not isinstance(reported, list):
+        return frozenset()
+    return frozenset(
+        entry["pid"]
+        for entry in reported
+        if isinstance(entry, dict)
+        and isinstance(entry.get("pid"), int)
+        and entry.get("outcome") in ("killed", "gone")
+    )
 
 
 def _kill_notice(job: JobView) -> str:

@@ -4,6 +4,8 @@ Responders only; a refusal is audited under the same action as the API's (`audit
 """
 
 import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -11,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from tether.protocol import Permission
+from tether.protocol.what_ran import what_ran
 from tether.server.api.audit_filters import JSON_LINES, audit_search, export_stream, filter_fields
 from tether.server.api.deps import PlatformDep
 from tether.server.errors import Invalid
@@ -18,7 +21,8 @@ from tether.server.services.audit import AuditRecord
 from tether.server.services.checkpoints import key_fingerprint
 from tether.server.services.users import User
 from tether.server.web.access import page_require
-from tether.server.web.templating import render
+from tether.server.web.numbers import whole_number
+from tether.server.web.templating import render, when
 
 router = APIRouter()
 AuditReader = Annotated[
@@ -26,6 +30,7 @@ AuditReader = Annotated[
 ]
 SHOWN = 200
 EXPORT_NAME = "tether-audit.jsonl"
+BAD_PAGE = "The page link is not valid; start again from the newest records."
 
 
 def _details(record: AuditRecord) -> list[tuple[str, Any]]:
@@ -48,15 +53,53 @@ def _details(record: AuditRecord) -> list[tuple[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class Row:
+    """One record as the table shows it: its time to the second, its target by name."""
+
+    record: AuditRecord
+    time: str
+    target: str
+    details: list[tuple[str, Any]]
+    submitted: str
+
+
+def _time(ts: str) -> str:
+    """The record's ISO time, as the other pages print times (UTC, to the second)."""
+    try:
+        return when(datetime.fromisoformat(ts).astimezone(UTC))
+    except ValueError:
+        return ts
+
+
+async def _target_names(platform: PlatformDep, records: list[AuditRecord]) -> dict[str, str]:
+    """Names for the targets that are ids: a host by its hostname, a batch by what it ran."""
+    hostnames = {h.id: h.hostname for h in await platform.hosts.list()}
+    batch_ids = {r.target[6:] for r in records if r.target.startswith("batch:")}
+    batches = await platform.jobs.batch_summaries(batch_ids)
+    names: dict[str, str] = {}
+    for record in records:
+        kind, _, ident = record.target.partition(":")
+        if record.target in hostnames:
+            names[record.target] = hostnames[record.target]
+        elif kind == "host" and ident in hostnames:
+            names[record.target] = f"host {hostnames[ident]}"
+        elif kind == "batch" and ident in batches:
+            names[record.target] = f"batch: {batches[ident]}"
+    return names
+
+
 def _submitted(record: AuditRecord) -> str:
-    """For a job submission, the action it asked for ("script.run"); for a job's outcome, the
-    action and how it ended ("script.run: failed, exit code 3"); else nothing."""
+    """For a job submission, what it ran ("cat /etc/hosts"); for a job's outcome, the action
+    and how it ended ("script.run: failed, exit code 3"); else nothing."""
     details = record.details_object()
     asked = details.get("action") if record.action in ("job.submit", "job.outcome") else None
     if not isinstance(asked, str):
         return ""
     if record.action == "job.submit":
-        return asked
+        # What it ran, as typed or chosen ("cat /etc/hosts"), rather than "script.run".
+        args = details.get("args")
+        return what_ran(asked, args if isinstance(args, dict) else None)
     said = f"{asked}: {details.get('state')}"
     if isinstance(details.get("exit_code"), int):
         said += f", exit code {details['exit_code']}"
@@ -72,8 +115,19 @@ async def history(request: Request, platform: PlatformDep, _user: AuditReader) -
         search = await audit_search(platform, fields)
     except Invalid as e:
         error = str(e)
-    records = [] if error else await platform.audit.newest(search, limit=SHOWN)
-    rows = [(r, _details(r), _submitted(r)) for r in records]
+    asked_before = request.query_params.get("before", "")
+    before = whole_number(asked_before[:20])
+    if asked_before and before is None and error is None:
+        error = BAD_PAGE
+    records = [] if error else await platform.audit.newest(search, limit=SHOWN, before=before)
+    names = await _target_names(platform, records)
+    rows = [
+        Row(r, _time(r.ts), names.get(r.target, r.target), _details(r), _submitted(r))
+        for r in records
+    ]
+    filters = {k: v for k, v in fields.items() if v}
+    # A full page may have older records behind it: the next page starts below its last one.
+    older = urlencode(filters | {"before": records[-1].seq}) if len(records) == SHOWN else ""
     return render(
         request,
         "session_history.html",
@@ -83,7 +137,10 @@ async def history(request: Request, platform: PlatformDep, _user: AuditReader) -
         kinds=kinds,
         error=error,
         shown=SHOWN,
-        export_query=urlencode({k: v for k, v in fields.items() if v}),
+        paged=before is not None,
+        older=older,
+        newest=urlencode(filters),
+        export_query=urlencode(filters),
     )
 
 
