@@ -79,7 +79,15 @@ def test_the_rpm_holds_the_bundle_unit_and_scripts(
     rpm = tmp_path / "agent.rpm"
     before = len(_tokens(platform_data))
     done = _package(
-        platform_data, "--format", "rpm", "--segment", "linux", "--uses", "50", "--output", str(rpm)
+        platform_data,
+        "--format",
+        "rpm",
+        "--segment",
+        "default",
+        "--uses",
+        "50",
+        "--output",
+        str(rpm),
     )
     assert done.returncode == 0, done.stderr
     listed = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True)
@@ -102,7 +110,7 @@ def test_the_tar_carries_a_private_token_for_this_platform(
 ) -> None:
     archive = tmp_path / "agent.tar.gz"
     done = _package(
-        platform_data, "--format", "tar", "--segment", "linux", "--output", str(archive)
+        platform_data, "--format", "tar", "--segment", "default", "--output", str(archive)
     )
     assert done.returncode == 0, done.stderr
     with tarfile.open(archive) as tar:
@@ -126,7 +134,9 @@ def test_a_bad_request_is_refused_in_one_line_with_nothing_written(
 ) -> None:
     output = tmp_path / "agent.pkg"
     before = _tokens(platform_data)
-    done = _package(platform_data, "--segment", "linux", "--output", str(output), "--format", "msi")
+    done = _package(
+        platform_data, "--segment", "default", "--output", str(output), "--format", "msi"
+    )
     assert done.returncode == 1
     assert done.stderr == "tether: 'msi' is not a package format; choose deb, rpm or tar.\n"
     assert not output.exists()
@@ -157,7 +167,7 @@ def test_bad_requests_are_refused_before_anything_is_written(
     arguments: dict[str, Any] = {
         "data": platform_data,
         "fmt": "tar",
-        "segment": "linux",
+        "segment": "default",
         "output": output,
         "uses": 1,
         "expires": "1h",
