@@ -248,7 +248,7 @@ class Cli:
 
 
 # What `tether server init` wrote, by everything it is given (hostname, certificate IPs, options,
-# TETHER_* environment), copied before the platform first ran. Each init costs a few seconds of CPU (keys, certificates, migrations)
+# TETHER_* environment, PYTHONPATH), copied before the platform first ran. Each init costs a few seconds of CPU (keys, certificates, migrations)
 # and a run starts over twenty platforms; a copy is the same files, so every later platform with
 # the same options starts from one (its own database, ports and TOTP replay state; the CA, keys
 # and admin credentials are the same as the first one's, which no test tells apart). Tests of
@@ -324,7 +324,13 @@ class Platform:
     def init(self) -> None:
         """`tether server init`, or a copy of what it wrote for an earlier platform of this run
         with the same options (see `_INIT_TEMPLATES`)."""
-        settings = tuple(sorted((k, v) for k, v in self.env.items() if k.startswith("TETHER_")))
+        # PYTHONPATH too: a platform run from another release's source (tests/e2e/test_upgrade.py)
+        # writes that release's files, and the current code's would not start there.
+        settings = tuple(
+            sorted(
+                (k, v) for k, v in self.env.items() if k.startswith("TETHER_") or k == "PYTHONPATH"
+            )
+        )
         key = (self.hostname, tuple(self.cert_ips), tuple(self.init_args), settings)
         template = _INIT_TEMPLATES.get(key)
         if template is not None:
