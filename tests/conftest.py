@@ -23,6 +23,11 @@ from tether.server.store.db import create_engine, sqlite_url
 from tether.server.store.migrate import upgrade
 from tether.server.store.tables import audit_head, metadata
 
+# pytest-xdist's workers start with COLUMNS=80 in their environment, and rich fixes a console's
+# width from COLUMNS when the console is made (tether.cli.output's, at import): every CLI test in
+# that worker would then fold at 80 columns whatever width it asks for.
+os.environ.pop("COLUMNS", None)
+
 POSTGRES_ENV = "TETHER_TEST_POSTGRES"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
