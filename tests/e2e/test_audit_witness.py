@@ -297,8 +297,8 @@ def test_a_malformed_or_foreign_checkpoint_file_is_refused_in_one_sentence(
     foreign = tmp_path / "foreign.json"
     foreign.write_text(checkpoint_document(forged, other.public_key_pem(), "elsewhere"))
     done = admin.run("audit", "verify", "--checkpoint", str(foreign))
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stdout
     assert done.stderr.strip() == (
         f"tether: {foreign} was signed by another audit key than this platform's, so it cannot "
         "witness this log."
-    )
+    ), done.stdout
