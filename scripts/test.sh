@@ -14,4 +14,6 @@ echo "== mypy (strict)"; .venv/bin/mypy
 # The agent as Windows sees it: its win32-only branches are type-checked too (no Windows here).
 echo "== mypy (strict, the agent for Windows)"; .venv/bin/mypy --platform win32 src/tether/agent
 echo "== import rules"; .venv/bin/lint-imports
-echo "== pytest"; .venv/bin/pytest "$@"
+# Two workers, each taking whole files (--dist loadfile): a module's fixtures and its platform
+# stay on one worker. Arguments after the command override or add to these (e.g. `-n 0`).
+echo "== pytest"; .venv/bin/pytest -n 2 --dist loadfile "$@"
