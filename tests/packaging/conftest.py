@@ -4,8 +4,11 @@ Builds go to $TETHER_BUNDLE_CACHE, else /var/cache/tether-tests/bundles (root) o
 so CI and developers pay for a build only when the agent's sources or libraries change.
 """
 
+import contextlib
+import fcntl
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,17 @@ def tests_cache() -> Path:
     return Path.home() / ".cache" / "tether-tests"
 
 
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """One maker at a time across test workers (pytest-xdist): the second waits, then finds the
+    first's result in the cache instead of building the same thing beside it."""
+    cache = tests_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / f".{name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def bundle_cache() -> Path:
     return Path(os.environ.get("TETHER_BUNDLE_CACHE") or tests_cache() / "bundles")
 
@@ -35,4 +49,5 @@ def agent_bundle() -> Bundle:
                 "PyInstaller is missing; CI=true: the bundle tests must run.", pytrace=False
             )
         pytest.skip("the agent bundle needs PyInstaller (pip install tether[platform])")
-    return build_bundle(bundle_cache())
+    with cache_lock("bundle"):
+        return build_bundle(bundle_cache())

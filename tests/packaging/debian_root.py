@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import tests_cache
+from tests.packaging.conftest import cache_lock, tests_cache
 
 RELEASE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -44,6 +44,13 @@ def cached_root() -> Path:
     root = tests_cache() / f"{RELEASE}-minbase-{INCLUDE}"
     if (root / "usr" / "bin" / "dpkg").exists():
         return root
+    with cache_lock("debian-root"):
+        return _make_root(root)
+
+
+def _make_root(root: Path) -> Path:
+    if (root / "usr" / "bin" / "dpkg").exists():
+        return root  # another worker made it while this one waited for the lock
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
