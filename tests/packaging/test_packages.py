@@ -174,7 +174,7 @@ def test_a_bad_request_is_refused_in_one_line_with_nothing_written(
         platform_data, "--segment", "default", "--output", str(output), "--format", "msi"
     )
     assert done.returncode == 1
-    assert done.stderr == "tether: 'msi' is not a package format; choose deb, rpm or tar.\n"
+    assert done.stderr == "tether: 'msi' is not a package format; choose deb, rpm, tar or zip.\n"
     assert not output.exists()
     assert _tokens(platform_data) == before
 
