@@ -34,8 +34,10 @@ class FakeBuilder:
         self.bundle = bundle
         self.fail_build = False
         self.built: list[str] = []
+        self.prepared: list[str] = []
 
     def prepare(self, fmt: str) -> Path:
+        self.prepared.append(fmt)
         return self.bundle
 
     def build(self, fmt: str, bundle: Path, token: str, output: Path) -> None:
@@ -246,6 +248,10 @@ async def test_an_unknown_format_or_segment_is_refused_before_anything_is_built(
             actor="admin",
             source="ui",
         )
+    with pytest.raises(Invalid, match="Uses must be between 1 and 100000"):
+        await make(packages, uses=0)
+    # Refused before the bundle (minutes when cold) is even asked for.
+    assert builder.prepared == []
     assert builder.built == []
 
 

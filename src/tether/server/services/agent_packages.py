@@ -27,10 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.server.auth.tokens import token_hash
 from tether.server.errors import Gone, Invalid, NotFound, Unavailable
 from tether.server.services.audit import AuditLog
-from tether.server.services.enrollment import Enrollment
+from tether.server.services.enrollment import MAX_TOKEN_LIFETIME, MAX_TOKEN_USES, Enrollment
 from tether.server.services.install_commands import FILENAMES, install_command, public_key_pin
+from tether.server.services.segments import check_segment_name
 from tether.server.store.db import as_utc, utcnow
-from tether.server.store.tables import agent_package_links, enrollment_tokens
+from tether.server.store.tables import agent_package_links, enrollment_tokens, segments
 
 FORMATS = tuple(FILENAMES)
 # Downloads a link serves per enrollment use: a retry or two, never an open mirror.
@@ -151,6 +152,21 @@ class AgentPackages:
         """Issue a token, build the package around it and serve it; audited as built."""
         if fmt not in FORMATS:
             raise Invalid(f"{fmt!r} is not a package format; choose deb, rpm or tar.")
+        # What the token would refuse, refused before a build that may take minutes.
+        if not 1 <= uses <= MAX_TOKEN_USES:
+            raise Invalid(f"Uses must be between 1 and {MAX_TOKEN_USES}.")
+        if not timedelta(minutes=1) <= lifetime <= MAX_TOKEN_LIFETIME:
+            raise Invalid("An enrollment token must live between one minute and one year.")
+        check_segment_name(segment)
+        async with self._engine.connect() as conn:
+            known = (
+                await conn.execute(select(segments.c.id).where(segments.c.name == segment))
+            ).scalar()
+        if known is None:
+            raise NotFound(
+                f"No segment is named {segment!r}; create it first "
+                f"('tether segment create {segment}')."
+            )
         filename = FILENAMES[fmt]
         async with self._building:
             # The bundle first, as `tether agent package` does: a failed build leaves no token.
