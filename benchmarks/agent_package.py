@@ -57,7 +57,22 @@ def sizes(bundle: Bundle, work: Path) -> dict[str, float]:
     }
 
 
-def idle_rss(bundle: Bundle, work: Path, samples: int, idle_seconds: float) -> dict[str, float]:
+# The same virtualenv agent with what docs/adr/0052 made lazy imported up front, as before it:
+# the within-run baseline for that change (cryptography's bindings, Pygments via rich's
+# traceback renderer, every action module and the script machinery).
+EAGER = (
+    "import cryptography.x509, rich.traceback, pygments.lexers, "
+    "tether.agent.actions.scripts, tether.agent.actions.processes, tether.agent.actions.files, "
+    "tether.agent.actions.transfers, tether.agent.actions.isolation, tether.agent.actions.system; "
+    "from tether.agent.entry import main; main()"
+)
+# The bundle's entry point on the virtualenv's interpreter: the agent's command only.
+LAZY = "from tether.agent.entry import main; main()"
+
+
+def idle_rss(
+    bundle: Bundle, work: Path, samples: int, idle_seconds: float, *, eager: bool = False
+) -> dict[str, float]:
     children = Children(work / "logs")
     try:
         server = Platform(work / "platform", children)
@@ -66,10 +81,16 @@ def idle_rss(bundle: Bundle, work: Path, samples: int, idle_seconds: float) -> d
         admin = server.login(work / "admin")
         pids: dict[str, int] = {}
         hosts: dict[str, str] = {}
-        for kind, command in (
+        kinds = [
             ("bundle", [str(bundle.executable)]),
             ("venv", [*tether_command(), "agent"]),
-        ):
+        ]
+        if eager:
+            kinds += [
+                ("entry-lazy", [sys.executable, "-c", LAZY]),
+                ("entry-eager", [sys.executable, "-c", EAGER]),
+            ]
+        for kind, command in kinds:
             state = work / f"state-{kind}"
             token = admin.json("enroll-token", "create", "--uses", "1")["token"]
             subprocess.run(
@@ -131,7 +152,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
+    parser.add_argument(
+        "--idle-only",
+        action="store_true",
+        help="only the idle RSS, from the cached bundle, against the eager-import baseline",
+    )
     args = parser.parse_args()
+    if args.idle_only:
+        idle_only(args)
+        return
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
         work = Path(scratch)
         cold = build_bundle(work / "cache")
@@ -169,6 +198,46 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     sections.write_section(args.report, "agent_package", text)
+
+
+def idle_only(args: argparse.Namespace) -> None:
+    """Idle RSS of the bundle and of the virtualenv agent, lazy (as shipped) and eager (as before
+    docs/adr/0052), all in one run against one platform."""
+    cache = Path(os.environ.get("TETHER_BUNDLE_CACHE") or "/var/cache/tether-tests/bundles")
+    before = Path("/proc/loadavg").read_text().split()[:3]
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as scratch:
+        bundle = build_bundle(cache)
+        rss = idle_rss(bundle, Path(scratch), args.samples, args.idle_seconds, eager=True)
+    after = Path("/proc/loadavg").read_text().split()[:3]
+    lines = [
+        "## Idle agent memory after lazy imports (`benchmarks/agent_package.py --idle-only`)",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs "
+        f"shared with other work; load average {' '.join(before)} before, {' '.join(after)} "
+        f"after; Python {sys.version.split()[0]}). Budget: idle RSS <= 40 MiB (docs/adr/0052).",
+        "",
+        "| agent, idle and connected | RSS (median of "
+        f"{args.samples}) | ratio to the eager baseline |",
+        "|---|---|---|",
+        "| agent entry on the virtualenv's Python, importing as before (baseline, same run) | "
+        f"{rss['entry-eager']:.1f} MiB | 1.00 |",
+        f"| agent entry on the virtualenv's Python, lazy imports | {rss['entry-lazy']:.1f} MiB | "
+        f"{rss['entry-lazy'] / rss['entry-eager']:.2f} |",
+        f"| bundle (`tether-agent run`), lazy imports | {rss['bundle']:.1f} MiB | "
+        f"{rss['bundle'] / rss['entry-eager']:.2f} |",
+        f"| `tether agent run` (the whole CLI in a virtualenv, for reference) | "
+        f"{rss['venv']:.1f} MiB | {rss['venv'] / rss['entry-eager']:.2f} |",
+        "",
+        f"All connected to one platform for {args.idle_seconds:.0f} s before the first sample, "
+        "samples 5 s apart; RSS of each agent's process tree. The two entry rows run "
+        "`tether.agent.entry` (what the bundle freezes) on the virtualenv's interpreter; the "
+        "eager one first imports what this change made lazy (cryptography, rich.traceback and "
+        "Pygments, every action module). `tether agent run` loads the analyst CLI and the "
+        "platform's command modules too, so it gains nothing from the change.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    sections.write_section(args.report, "agent_idle_rss", text, script="agent_package")
 
 
 if __name__ == "__main__":

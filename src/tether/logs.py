@@ -9,6 +9,10 @@ import logging
 import os
 import sys
 
+# Before structlog, so that structlog comes without rich's traceback renderer (see there).
+import tether.lean_structlog  # noqa: F401
+
+# isort: split
 import structlog
 
 

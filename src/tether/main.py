@@ -10,7 +10,7 @@ from typing import NoReturn
 import typer
 
 from tether.agent.commands import agent_app
-from tether.cli import files, hosts, isolation, jobs, processes, run, session, shell
+from tether.cli import agent_packages, files, hosts, isolation, jobs, processes, run, session, shell
 from tether.cli.audit import audit_app
 from tether.cli.enrollment import token_app
 from tether.cli.mfa import mfa_app
@@ -65,6 +65,7 @@ app.add_typer(server_app, name="server")
 # The platform host's side of `tether agent`: the bundle and the packages (not in `tether-agent`).
 agent_app.command("bundle")(packaging.bundle)
 agent_app.command("package")(packaging.package)
+agent_app.command("install-command")(agent_packages.install_command)
 app.add_typer(agent_app, name="agent")
 
 

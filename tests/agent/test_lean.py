@@ -132,3 +132,34 @@ def test_the_platform_extra_holds_the_platform() -> None:
 def test_totp_is_the_platforms_not_the_protocols() -> None:
     assert importlib.util.find_spec("tether.protocol.totp") is None
     assert importlib.util.find_spec("tether.server.auth.totp") is not None
+
+
+# What a running, idle agent has imported: `tether-agent run` up to its connection.
+_IDLE_PROBE = """
+import json, sys
+import tether.agent.entry, tether.agent.commands, tether.agent.connection, tether.logs
+import tether.agent.isolation, tether.agent.state, uvloop
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_the_idle_agent_leaves_what_idle_does_not_need_unimported() -> None:
+    """Each of these cost the idle agent resident memory (docs/adr/0052): cryptography's
+    bindings ~9 MiB (only enrolling needs them), Pygments ~2 MiB (structlog's pretty
+    tracebacks), the action modules and the script machinery ~1 MiB (the first job loads them)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IDLE_PROBE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout))
+    assert "tether.agent.connection" in loaded
+    for lazy in (
+        "cryptography",
+        "pygments",
+        "rich.traceback",
+        "tether.agent.actions.scripts",
+        "tether.agent.actions.processes",
+        "tether.agent.actions.files",
+        "tether.agent.scripts",
+    ):
+        assert lazy not in loaded, f"{lazy} is imported by an idle agent"

@@ -87,7 +87,7 @@ def _enrollment_page(page: Page) -> str:
     page.get_by_role("link", name="Enrollment tokens").click()
     page.wait_for_url("**/settings/enrollment")
     # Chosen from the segments that exist: nothing to mistype into a new segment.
-    page.get_by_label("Segment").select_option("ir")
+    page.locator("form.new-token").get_by_label("Segment").select_option("ir")
     page.get_by_role("button", name="Create token").click()
     command = page.locator("#enroll-command")
     expect(command).to_contain_text(COMMAND)

@@ -72,7 +72,7 @@ def _need(tool: str) -> None:
         pytest.skip(f"this test needs {tool} (apt-get install rpm)")
 
 
-def test_the_rpm_holds_the_bundle_unit_and_scripts(
+def test_the_rpm_holds_the_bundle_unit_and_scripts_and_installs_into_a_scratch_root(
     agent_bundle: Bundle, platform_data: Path, tmp_path: Path
 ) -> None:
     _need("rpmbuild")
@@ -103,6 +103,42 @@ def test_the_rpm_holds_the_bundle_unit_and_scripts(
     tokens = _tokens(platform_data)
     assert len(tokens) == before + 1
     assert tokens[-1][1:] == (50, "platform host")
+    _installs_into_a_scratch_root(rpm, tmp_path / "scratch")
+
+
+def _installs_into_a_scratch_root(rpm: Path, root: Path) -> None:
+    """`rpm --root` into an empty directory: proves the payload unpacks where the layout says,
+    with its modes, that rpm's database records and erases exactly it, and that the unpacked
+    bundle runs. It does NOT run the scriptlets (the root has no shell, so --noscripts: the
+    enrolling %post is tested by the deb's install into a Debian root, which runs the same
+    layout.INSTALL text) and does NOT resolve glibc (--nodeps; an RPM-based distribution
+    with glibc >= 2.36 is the real target)."""
+
+    def rpm_in_root(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["rpm", "--root", str(root), *args], capture_output=True, text=True, check=False
+        )
+
+    root.mkdir()
+    assert rpm_in_root("--initdb").returncode == 0
+    done = rpm_in_root("-i", "--nodeps", "--noscripts", str(rpm))
+    assert done.returncode == 0, done.stderr
+    assert rpm_in_root("-q", "tether-agent").stdout.startswith("tether-agent-")
+    executable = root / layout.EXECUTABLE.lstrip("/")
+    token = root / layout.TOKEN.lstrip("/")
+    assert executable.stat().st_mode & 0o777 == 0o755
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert (root / "usr/lib/systemd/system" / layout.UNIT_NAME).read_text() == layout.UNIT
+    ran = subprocess.run(
+        [str(executable), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "enroll" in ran.stdout
+    erased = rpm_in_root("-e", "--noscripts", "tether-agent")
+    assert erased.returncode == 0, erased.stderr
+    assert not (root / layout.PREFIX.lstrip("/")).exists()
+    assert not (root / "usr/lib/systemd/system" / layout.UNIT_NAME).exists()
+    assert rpm_in_root("-q", "tether-agent").returncode != 0
 
 
 def test_the_tar_carries_a_private_token_for_this_platform(
@@ -138,7 +174,7 @@ def test_a_bad_request_is_refused_in_one_line_with_nothing_written(
         platform_data, "--segment", "default", "--output", str(output), "--format", "msi"
     )
     assert done.returncode == 1
-    assert done.stderr == "tether: 'msi' is not a package format; choose deb, rpm or tar.\n"
+    assert done.stderr == "tether: 'msi' is not a package format; choose deb, rpm, tar or zip.\n"
     assert not output.exists()
     assert _tokens(platform_data) == before
 

@@ -76,7 +76,7 @@ def _failed(job: JobRequest, error: str) -> JobStatus:
 
 async def run_action(
     job: JobRequest,
-    handlers: dict[str, Handler],
+    handlers: Mapping[str, Handler],
     gate: ResponseGate | None = None,
     actions: Mapping[str, ActionSpec] = ACTIONS,
 ) -> JobStatus:

@@ -65,7 +65,8 @@ class JobRunner:
         self._journal = journal
         self._transfers = transfers
         self._isolator = isolator
-        self._handlers = dict(handlers)
+        # Kept as given (not copied): the agent's handlers import their modules on first use.
+        self._handlers = handlers
         self._gate = gate
         self._actions = actions
         self._send: Send | None = None

@@ -42,10 +42,19 @@ def package(
     uses: Annotated[int, typer.Option(help="How many endpoints may enroll with it.")] = 1,
     expires: Annotated[str, typer.Option(help="Token lifetime: 30m, 24h, 7d.")] = "7d",
     cache: CacheOpt = None,
+    bundle_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="zip only: the Windows bundle directory built on a Windows host "
+            "(tether agent bundle there).",
+        ),
+    ] = None,
 ) -> None:
     """Build an agent package that enrolls into SEGMENT at install (a fresh, audited token)."""
     from tether.packaging.bundle import build_bundle
     from tether.packaging.packages import FORMATS, build_package, missing_tool
+    from tether.packaging.windows import build_zip, bundle_files
 
     try:
         from tether.server.config import load_settings
@@ -55,9 +64,16 @@ def package(
             "Packages are built on the platform host; install tether[platform] there."
         ) from exc
 
-    if fmt not in FORMATS:
-        raise PackagingError(f"{fmt!r} is not a package format; choose deb, rpm or tar.")
-    missing = missing_tool(fmt)
+    if fmt not in (*FORMATS, "zip"):
+        raise PackagingError(f"{fmt!r} is not a package format; choose deb, rpm, tar or zip.")
+    if (fmt == "zip") != (bundle_dir is not None):
+        raise PackagingError(
+            "A zip (Windows) package needs --bundle, the bundle built on a Windows host; "
+            "deb, rpm and tar packages are built from this host's bundle, without --bundle."
+        )
+    if bundle_dir is not None:
+        bundle_files(bundle_dir)
+    missing = None if fmt == "zip" else missing_tool(fmt)  # type: ignore[arg-type]
     if missing is not None:
         raise PackagingError(
             f"Building a {fmt} package needs {missing}; install it with the system's package manager."
@@ -67,11 +83,16 @@ def package(
     lifetime = timedelta(seconds=parse_duration(expires))
     settings = load_settings(data.resolve())
     # The bundle first: a failed build must not leave an unused token behind.
-    built = build_bundle(cache)
+    bundle = bundle_dir if bundle_dir is not None else build_bundle(cache).directory
     issued = issue_package_token(
         settings, segment=segment, uses=uses, lifetime=lifetime, package_format=fmt
     )
-    build_package(fmt, built.directory, issued.token, output)
+    if fmt == "zip":
+        import tether
+
+        build_zip(bundle, issued.token, output, tether.__version__)
+    else:
+        build_package(fmt, bundle, issued.token, output)  # type: ignore[arg-type]
     typer.echo(
         f"{output}: enrolls into segment {issued.segment} ({issued.max_uses} use(s), token "
         f"{issued.id} expires {issued.expires_at:%Y-%m-%d %H:%M} UTC)."

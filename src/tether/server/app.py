@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tether import __version__
 from tether.protocol.step_up import STEP_UP_HEADER
 from tether.server.api import (
+    agent_packages,
     audit,
     auth,
     enrollment,
@@ -46,6 +47,8 @@ PUBLIC_PATHS = frozenset(
         f"{API_PREFIX}/auth/login/mfa",
         f"{API_PREFIX}/enroll",
         f"{API_PREFIX}/enroll/ca",
+        # An agent package, to whoever holds its unguessable, expiring link (docs/adr/0052).
+        f"{API_PREFIX}/agent-packages/{{link}}/{{filename}}",
         f"{API_PREFIX}/openapi.json",
         f"{API_PREFIX}/docs",
         f"{API_PREFIX}/docs/oauth2-redirect",
@@ -87,10 +90,12 @@ def create_app(platform: Platform) -> FastAPI:
     public = APIRouter()
     public.include_router(auth.public)
     public.include_router(enrollment.public)
+    public.include_router(agent_packages.public)
     protected = APIRouter(dependencies=[Depends(current_user)])
     for module in (
         auth,
         enrollment,
+        agent_packages,
         hosts,
         segments,
         audit,

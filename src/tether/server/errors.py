@@ -25,6 +25,12 @@ class Forbidden(PlatformError):
     status_code = 403
 
 
+class Gone(PlatformError):
+    """Something that was there has expired or been used up, for good."""
+
+    status_code = 410
+
+
 class Invalid(PlatformError):
     status_code = 422
 

@@ -95,6 +95,8 @@ ROWS = [
     Row("GET", "/api/v1/docs/oauth2-redirect", ALL_200),
     Row("GET", "/api/v1/enroll/ca", ALL_200),
     Row("POST", "/api/v1/enroll", (422,) * 9, body={}),
+    # An agent package, to whoever holds its link (docs/adr/0052): a made-up one is unknown.
+    Row("GET", "/api/v1/agent-packages/{link}/{filename}", (404,) * 9, url="/api/v1/agent-packages/" + "x" * 43 + "/tether-agent.deb"),
     Row("POST", "/api/v1/auth/login", ALL_200, body={"username": "analyst", "password": PASSWORD}),
     Row("POST", "/api/v1/auth/login/mfa", (401,) * 9, body={"token": "x", "code": "123456"}),
     # The caller's own session and second factor.
@@ -158,6 +160,8 @@ ROWS = [
     # Enrollment tokens.
     Row("GET", "/api/v1/enrollment-tokens", ADMINS),
     Row("POST", "/api/v1/enrollment-tokens", (401, 403, 403, 403, 403, 403, 403, 201, 201), body={"segment": "default"}),
+    # A segment that does not exist: refused before anything is built.
+    Row("POST", "/api/v1/agent-packages", ADMINS_404, body={"format": "deb", "segment": "no-such-segment"}),
     Row("POST", "/api/v1/enrollment-tokens/revoke", ADMINS_404, body={"token": "999"}),
     # Session History: the Active Response role alone.
     Row("GET", "/api/v1/audit", RESPONDERS),
@@ -227,6 +231,7 @@ ROWS = [
     Row("GET", "/settings/enrollment", WEB_ADMINS),
     Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
     Row("POST", "/settings/enrollment/revoke", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/enrollment/package", WEB_CHANGE_BY_FORM),
     Row("GET", "/settings/service-tokens", WEB_ADMINS),
     Row("POST", "/settings/service-tokens", WEB_CHANGE_BY_FORM),
     Row("POST", "/settings/service-tokens/{name}/revoke", WEB_CHANGE_BY_FORM, url="/settings/service-tokens/ghost/revoke"),

@@ -4,10 +4,12 @@ Each change goes through the service the API uses, so it is checked against the 
 and the audit log; refusals show the service's sentence and change nothing.
 """
 
+import html
 import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from markupsafe import escape
 
 from tether.protocol import EnrollmentToken, Role
 from tether.protocol.isolation import AllowRule
+from tether.server.app import create_app
 from tether.server.auth.totp import new_secret, to_base32
 from tether.server.services.audit import AuditRecord, AuditSearch
 from tether.server.services.platform import Platform
@@ -574,3 +577,73 @@ async def test_what_users_typed_is_shown_as_text(
     page = (await admin_browser.get("/settings/team")).text
     assert "<img src=x" not in page
     assert str(escape(hostile)) in page
+
+
+class _PackageStandIn:
+    """Builds a small file where the platform would build a package (tests/packaging builds
+    the real ones); records what it was asked for."""
+
+    def __init__(self) -> None:
+        self.built: list[str] = []
+
+    def prepare(self, fmt: str) -> Path:
+        return Path("/nonexistent-bundle")
+
+    def build(self, fmt: str, bundle: Path, token: str, output: Path) -> None:
+        output.write_text(f"{fmt} holding {token}\n")
+        self.built.append(fmt)
+
+
+async def test_an_agent_package_is_built_and_its_install_line_shown_once(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    page = "/settings/enrollment"
+    stand_in = _PackageStandIn()
+    platform.agent_packages._builder = stand_in
+    await platform.segments.create("branch", actor="test", source="test")
+    response = await _post(
+        admin_browser,
+        page,
+        f"{page}/package",
+        {"segment": "branch", "format": "tar", "uses": "2", "hours": "3"},
+    )
+    assert response.status_code == 201, response.text
+    assert stand_in.built == ["tar"]
+    shown = response.text.split('id="install-command">', 1)[1].split("</pre>", 1)[0]
+    command = html.unescape(shown)
+    assert "--pinnedpubkey 'sha256//" in command
+    assert "sha256sum -c && tar -xzf" in command
+    url = re.search(r"'(https://[^']+/api/v1/agent-packages/[^']+)'", command)
+    assert url is not None
+    # The link serves the file without a session, to whoever holds it.
+    path = url.group(1).split("://", 1)[1].split("/", 1)[1]
+    transport = httpx.ASGITransport(app=create_app(platform))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tether.test") as nobody:
+        fetched = await nobody.get(f"/{path}")
+    assert fetched.status_code == 200
+    assert fetched.text.startswith("tar holding ")
+    [token] = await platform.enrollment.list_tokens()
+    assert (token.segment, token.max_uses) == ("branch", 2)
+    # Shown once: the page read again holds no link.
+    again = (await admin_browser.get(page)).text
+    assert "/api/v1/agent-packages/" not in again
+    [created] = await _records(platform, "agent_package.create")
+    assert created.actor == "admin"
+
+
+async def test_a_bad_package_request_is_refused_on_the_page_with_nothing_built(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    page = "/settings/enrollment"
+    stand_in = _PackageStandIn()
+    platform.agent_packages._builder = stand_in
+    for fields, status, sentence in [
+        ({"segment": "default", "format": "msi"}, 422, "'msi' is not a package format"),
+        ({"segment": "nope", "format": "deb"}, 404, "No segment is named 'nope'"),
+        ({"segment": "default", "format": "deb", "uses": "lots"}, 422, "Uses must be a whole"),
+    ]:
+        response = await _post(admin_browser, page, f"{page}/package", fields)
+        assert response.status_code == status, response.text
+        assert escape(sentence) in response.text
+    assert stand_in.built == []
+    assert await platform.enrollment.list_tokens() == []

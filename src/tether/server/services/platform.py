@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.server.config import Role, Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
+from tether.server.services.agent_packages import AgentPackages, BundlePackager
 from tether.server.services.approvals import Approvals
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
@@ -96,6 +97,8 @@ class Platform:
     misbehaviour: EndpointMisbehaviour
     # Wake-ups to the process holding an agent's connection (docs/adr/0044).
     bus: Bus
+    # Agent packages built for admins and served on the analyst port (docs/adr/0052).
+    agent_packages: AgentPackages
     # This process's row among the platform's processes (split roles only).
     nodes: Nodes | None = None
 
@@ -177,6 +180,18 @@ class Platform:
         approvals = Approvals(engine, audit, dispatcher, events)
         # The job sweeper also ends requests for approval nobody decided in time.
         dispatcher.on_sweep(approvals.expire_overdue)
+        enrollment = Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url)
+        server_cert = load_certificate(settings.server_cert)
+        agent_packages = AgentPackages(
+            engine,
+            audit,
+            enrollment,
+            directory=settings.data_dir / "packages",
+            analyst_url=settings.analyst_url,
+            ca_pem=ca.pem.decode(),
+            server_cert=server_cert,
+            builder=BundlePackager(),
+        )
         return cls(
             settings=settings,
             service_tokens=service_tokens,
@@ -188,7 +203,7 @@ class Platform:
             step_up=StepUp(engine, audit, users.mfa, users.now),
             user_sessions=UserSessions(engine, audit, users.now),
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
-            enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
+            enrollment=enrollment,
             presence=presence,
             hosts=hosts,
             reachability=reachability,
@@ -207,9 +222,10 @@ class Platform:
             faults=faults,
             witnesses=witnesses,
             tls_refusals=RefusalSummary(audit, TLS_REFUSALS),
-            certificate=CertificateWatch(load_certificate(settings.server_cert)),
+            certificate=CertificateWatch(server_cert),
             misbehaviour=misbehaviour,
             bus=bus,
+            agent_packages=agent_packages,
             nodes=nodes,
         )
 

@@ -187,6 +187,24 @@ enrollment_tokens = Table(
     Column("revoked_by", String(64), nullable=True),
 )
 
+# Agent packages served on the analyst port (docs/adr/0052): the link's secret only as a hash.
+agent_package_links = Table(
+    "agent_package_links",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("link_hash", String(64), nullable=False, unique=True),
+    Column("token_id", Integer, ForeignKey("enrollment_tokens.id"), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("filename", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("max_downloads", Integer, nullable=False),
+    Column("downloads", Integer, nullable=False, default=0, server_default="0"),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 hosts = Table(
     "hosts",
     metadata,

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Invalid, PlatformError
+from tether.server.services.agent_packages import FORMATS, ServedPackage
 from tether.server.services.enrollment import IssuedToken
 from tether.server.services.users import User
 from tether.server.web.access import page_require
@@ -27,6 +28,7 @@ EnrollmentAdmin = Annotated[User, Depends(page_require(Permission.ENROLLMENT_MAN
 PAGE = "/settings/enrollment"
 # The form's defaults, the API's (`TokenCreate`): one use, valid for a day.
 DEFAULTS = {"segment": "default", "uses": "1", "hours": "24"}
+PACKAGE_DEFAULTS = {"segment": "default", "format": "deb", "uses": "1", "hours": "24"}
 
 
 def _whole_number(text: str, what: str) -> int:
@@ -49,6 +51,9 @@ async def _page(
     error: str | None = None,
     entered: dict[str, str] | None = None,
     issued: IssuedToken | None = None,
+    package: ServedPackage | None = None,
+    package_entered: dict[str, str] | None = None,
+    package_error: str | None = None,
 ) -> Response:
     return show(
         request,
@@ -62,6 +67,10 @@ async def _page(
         entered=entered or DEFAULTS,
         issued=issued,
         command=enroll_command(issued.token) if issued else "",
+        package=package,
+        package_entered=package_entered or PACKAGE_DEFAULTS,
+        package_error=package_error,
+        formats=FORMATS,
     )
 
 
@@ -107,6 +116,43 @@ async def create_token(request: Request, platform: PlatformDep, user: Enrollment
     except PlatformError as e:
         return await _page(request, platform, user, e.status_code, str(e), entered)
     return await _page(request, platform, user, 201, issued=issued)
+
+
+def _hours(text: str) -> int:
+    hours = _whole_number(text, "Valid for (hours)")
+    # Bounded before timedelta sees it; the service words the real limit.
+    return min(hours, 24 * 366) if hours > 0 else 0
+
+
+@router.post(f"{PAGE}/package")
+async def create_package(
+    request: Request, platform: PlatformDep, user: EnrollmentAdmin
+) -> Response:
+    """Build an agent package around a fresh token, serve it, and show its install line once
+    (its link is as secret as the token, so no redirect, as for a token)."""
+    entered = dict(PACKAGE_DEFAULTS)
+    try:
+        fields = await form_fields(request)
+        entered |= {k: fields[k] for k in PACKAGE_DEFAULTS if k in fields}
+        await fresh(request, platform, user, "agent packages")
+        package = await platform.agent_packages.create(
+            fmt=entered["format"],
+            segment=entered["segment"].strip(),
+            uses=_whole_number(entered["uses"], "Uses"),
+            lifetime=timedelta(hours=_hours(entered["hours"])),
+            actor=user.actor,
+            source=source_of(request),
+        )
+    except PlatformError as e:
+        return await _page(
+            request,
+            platform,
+            user,
+            e.status_code,
+            package_entered=entered,
+            package_error=str(e),
+        )
+    return await _page(request, platform, user, 201, package=package, package_entered=entered)
 
 
 @router.post(f"{PAGE}/revoke")
