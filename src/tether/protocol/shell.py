@@ -16,6 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.protocol.action_names import (
+    FILES_GET,
+    FILES_LIST,
+    FILES_PUT,
+    PROCESSES_KILL,
+    PROCESSES_LIST,
+    SCRIPT_RUN,
+)
+
 CAT_LIMIT = 64 * 1024
 
 # Each command's usage and what it does, in the order `help` lists them.
@@ -134,7 +143,7 @@ def cat_command(path: str) -> Command:
         f"if len(data) > {CAT_LIMIT}:\n"
         "    sys.stderr.write('\\n[only the first 64 KiB is shown]\\n')\n"
     )
-    return Command("script.run", {"source": source, "params": {}})
+    return Command(SCRIPT_RUN, {"source": source, "params": {}})
 
 
 _CAT_OPEN = "    with open("
@@ -206,12 +215,12 @@ def python_command(code: str) -> Command:
         "    sys.stderr.write(f'{type(_error).__name__}: {_error}\\n')\n"
         "    raise SystemExit(1) from None\n"
     )
-    return Command("script.run", {"source": source, "params": {}})
+    return Command(SCRIPT_RUN, {"source": source, "params": {}})
 
 
 def script_command(words: Sequence[str]) -> Command:
     """`run NAME KEY=VALUE...`: library script NAME, which the platform looks up."""
-    return Command("script.run", {"params": parse_params(words[1:])}, script=words[0])
+    return Command(SCRIPT_RUN, {"params": parse_params(words[1:])}, script=words[0])
 
 
 def put_command(
@@ -233,7 +242,7 @@ def put_command(
     }
     if mode is not None:
         args["mode"] = mode
-    return Command("files.put", args)
+    return Command(FILES_PUT, args)
 
 
 def _arity(words: Sequence[str], least: int, most: int, usage: str) -> None:
@@ -259,11 +268,11 @@ def read_line(line: str, cwd: str, *, windows: bool) -> Step | None:
     if name in ("ls", "dir"):
         _arity(words, 0, 1, "ls [PATH]")
         path = resolve(cwd, words[0], windows=windows) if words else cwd
-        return Step(name, words, Command("files.list", {"path": path}))
+        return Step(name, words, Command(FILES_LIST, {"path": path}))
     if name == "cd":
         _arity(words, 1, 1, "cd PATH")
         path = resolve(cwd, words[0], windows=windows)
-        return Step(name, words, Command("files.list", {"path": path}), show=False, cd_to=path)
+        return Step(name, words, Command(FILES_LIST, {"path": path}), show=False, cd_to=path)
     if name == "cat":
         _arity(words, 1, 1, "cat PATH")
         return Step(
@@ -272,17 +281,17 @@ def read_line(line: str, cwd: str, *, windows: bool) -> Step | None:
     if name == "get":
         _arity(words, 1, 2, "get PATH [LOCAL]")
         path = resolve(cwd, words[0], windows=windows)
-        return Step(name, words, Command("files.get", {"path": path}))
+        return Step(name, words, Command(FILES_GET, {"path": path}))
     if name == "ps":
         _arity(words, 0, 0, "ps")
-        return Step(name, words, Command("processes.list", {}))
+        return Step(name, words, Command(PROCESSES_LIST, {}))
     if name == "kill":
         tree = "--tree" in words
         pids = [w for w in words if w != "--tree"]
         _arity(pids, 1, 1, "kill PID [--tree]")
         if not pids[0].isdigit():
             raise ShellInputError(f"{pids[0]!r} is not a process id.")
-        return Step(name, words, Command("processes.kill", {"pid": int(pids[0]), "tree": tree}))
+        return Step(name, words, Command(PROCESSES_KILL, {"pid": int(pids[0]), "tree": tree}))
     if name == "run":
         if not words:
             raise ShellInputError("usage: run NAME [KEY=VALUE ...]")
