@@ -12,7 +12,7 @@ import json
 import ntpath
 import posixpath
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +24,11 @@ from tether.protocol.action_names import (
     PROCESSES_LIST,
     SCRIPT_RUN,
 )
+from tether.protocol.scripts import exit_code_sentence
 
 CAT_LIMIT = 64 * 1024
+# What the generated `cat` and `py` exit with, once their one sentence is on stderr.
+SHELL_FAILURE_CODE = 1
 
 # Each command's usage and what it does, in the order `help` lists them.
 COMMANDS = (
@@ -138,7 +141,7 @@ def cat_command(path: str) -> Command:
         # Concatenated, not an f-string: Python 3.11 allows no backslash (a Windows path's
         # repr) inside an f-string's braces.
         f"    sys.stderr.write('cat: cannot read ' + {path!r} + ': ' + why + '.\\n')\n"
-        "    raise SystemExit(1)\n"
+        f"    raise SystemExit({SHELL_FAILURE_CODE})\n"
         f"sys.stdout.write(data[:{CAT_LIMIT}].decode('utf-8', 'replace'))\n"
         f"if len(data) > {CAT_LIMIT}:\n"
         "    sys.stderr.write('\\n[only the first 64 KiB is shown]\\n')\n"
@@ -185,6 +188,17 @@ def python_code_of(source: object) -> str | None:
     return None
 
 
+def said_why_it_failed(action: str, args: Mapping[str, Any] | None, error: str | None) -> bool:
+    """Whether a failed job is a shell-built `cat` or `py` that failed as they do: one sentence
+    of their own on stderr ("cat: cannot read /x: No such file or directory."), then exit code
+    1. A console that showed that stderr prints nothing after it, rather than the agent's "The
+    script exited with code 1." as a second line: one failure, one sentence."""
+    if action != SCRIPT_RUN or not args or error != exit_code_sentence(SHELL_FAILURE_CODE):
+        return False
+    source = args.get("source")
+    return cat_path_of(source) is not None or python_code_of(source) is not None
+
+
 def _literal(text: str) -> object:
     try:
         return ast.literal_eval(text)
@@ -213,7 +227,7 @@ def python_command(code: str) -> Command:
         "except Exception as _error:\n"
         "    import sys\n"
         "    sys.stderr.write(f'{type(_error).__name__}: {_error}\\n')\n"
-        "    raise SystemExit(1) from None\n"
+        f"    raise SystemExit({SHELL_FAILURE_CODE}) from None\n"
     )
     return Command(SCRIPT_RUN, {"source": source, "params": {}})
 

@@ -127,10 +127,12 @@ class SegmentChange(_In):
 class SegmentOut(ViewOut):
     name: str
     active_response: bool
+    # Live hosts; revoked ones still in the segment are counted apart.
     hosts: int
     created_at: datetime
     approval: str = "off"
     approval_timeout_seconds: int = 86400
+    revoked_hosts: int = 0
 
 
 class HostMove(_In):
