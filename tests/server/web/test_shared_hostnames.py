@@ -15,6 +15,7 @@ from tether.server.store.tables import segments
 from ..support import add_host
 from .conftest import csrf_of
 from .job_support import submit
+from .test_files import retrieved
 
 NAME = "Shared Name Sweep"
 
@@ -113,3 +114,20 @@ async def test_the_segments_page_counts_revoked_hosts_apart(
     refused = await platform.segments.list()
     (ir,) = [s for s in refused if s.name == "ir"]
     assert (ir.hosts, ir.revoked_hosts) == (2, 1)
+
+
+async def test_the_files_page_tells_apart_files_from_two_hosts_of_one_name(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    # Each retrieval here comes from a new host named web-files-host.
+    first = await retrieved(platform, "/etc/passwd")
+    second = await retrieved(platform, "/etc/shadow")
+    page = (await admin_browser.get("/files")).text
+    assert first.host_id is not None
+    assert second.host_id is not None
+    assert _badge(first.host_id) in page
+    assert _badge(second.host_id) in page
+    # One of them alone: its name is its own on the page.
+    alone = (await admin_browser.get("/files?name=shadow")).text
+    assert f'<a href="/hosts/{second.host_id}">web-files-host</a>' in alone
+    assert _badge(second.host_id) not in alone

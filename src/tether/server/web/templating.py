@@ -31,9 +31,12 @@ def when(value: datetime | None) -> str:
 
 
 def shared_hostnames_of(listed: Iterable[Any]) -> frozenset[str]:
-    """The hostnames more than one host carries among `listed` (jobs, or anything with a
-    `hostname` and a `host_id`): the rows whose id the page shows beside the name."""
-    return shared_hostnames((item.hostname, item.host_id) for item in listed)
+    """The hostnames more than one host carries among `listed` (jobs, retrieved files: anything
+    with a `hostname` and a `host_id`, either of which may be missing): the rows whose id the
+    page shows beside the name."""
+    return shared_hostnames(
+        (item.hostname, item.host_id) for item in listed if item.hostname and item.host_id
+    )
 
 
 def shown(value: Any) -> Any:
