@@ -247,3 +247,19 @@ async def test_job_show_follow_streams_until_the_job_ends(
     assert shown.stderr.endswith("ws-1: succeeded, exit code 2\n")
     refused = await cli("job", "show", job_id, "--follow", "--json")
     assert refused.code == 2
+
+
+async def test_jobs_shows_the_host_id_beside_a_name_two_listed_hosts_share(
+    cli: Cli, hosts: Hosts, tmp_path: Path
+) -> None:
+    first = hosts.ids["ws-1"]
+    twin = await add_host(hosts.platform.engine, "ws-1", segment="lab")  # re-imaged
+    await submit(cli, tmp_path, first, twin, "ws-2")
+    shown = await cli("jobs")
+    assert shown.code == 0, shown.stderr
+    assert f"ws-1 ({first[:8]})" in shown.stdout
+    assert f"ws-1 ({twin[:8]})" in shown.stdout
+    assert "ws-2 (" not in shown.stdout
+    # The short id names the host: `tether jobs --host` takes it back.
+    mine = json.loads((await cli("jobs", "--host", twin[:8], "--json")).stdout)
+    assert [j["host_id"] for j in mine] == [twin]

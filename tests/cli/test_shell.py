@@ -121,12 +121,21 @@ class LoopBridge(httpx.BaseTransport):
         return httpx.Response(status, headers=headers, content=body)
 
 
+EXITED_1 = "The script exited with code 1."
+
+
 def answer(action: str, args: dict[str, Any]) -> Reply:
     if action == "files.list":
         if args["path"] not in {"/", "/etc"}:
             return Reply("failed", error=f"No such directory: {args['path']}")
         entries = [{"name": "passwd", "size": 1234}, {"name": "hosts", "size": 99}]
         return Reply(result={"path": args["path"], "entries": entries})
+    if action == "script.run" and "'/missing'" in args["source"]:
+        # What the generated cat does when it cannot read: one sentence on stderr, exit code 1.
+        said = "cat: cannot read /missing: No such file or directory.\n"
+        return Reply("failed", error=EXITED_1, output=[("stderr", said)])
+    if action == "script.run" and "'quiet'" in args["source"]:
+        return Reply("failed", error=EXITED_1)
     if action == "script.run":
         return Reply(
             output=[("stdout", "root:x:0:0:\x1b[31mroot\x1b[0m\r\n"), ("stderr", "warn\n")],
@@ -247,6 +256,23 @@ async def test_a_failed_command_keeps_the_directory_and_makes_the_status_1(
     assert result.exit_code == 1
     assert "failed: No such directory: /nope" in result.stderr
     assert [job["args"] for job in setup.agent.jobs] == [{"path": "/nope"}, {"path": "/"}]
+
+
+async def test_a_failed_cat_prints_its_one_sentence_and_no_second_line(setup: Setup) -> None:
+    def between_start_and_stop(stderr: str) -> list[str]:
+        started, *said, stopped = stderr.splitlines()
+        assert started.startswith("Live session ")
+        assert stopped.endswith(" stopped.")
+        return said
+
+    result = await setup.shell("cat /missing")
+    assert result.exit_code == 1
+    said = between_start_and_stop(result.stderr)
+    assert said == ["cat: cannot read /missing: No such file or directory."]
+    # A shell command that failed without a sentence of its own still gets the agent's.
+    quiet = await setup.shell("py 'quiet'")
+    assert quiet.exit_code == 1
+    assert between_start_and_stop(quiet.stderr) == [f"failed: {EXITED_1}"]
 
 
 async def test_put_and_run_refusals_are_one_sentence(setup: Setup) -> None:

@@ -80,6 +80,11 @@ def test_a_responder_works_a_host_through_the_live_session(
         command.press("Enter")
         expect(terminal).to_contain_text("No such file or directory.", timeout=20_000)
         expect(terminal).not_to_contain_text("Traceback")
+        # That sentence is the whole story: once the command is done (the input is back), no
+        # second line says "failed: The script exited with code 1.".
+        expect(command).to_be_enabled(timeout=20_000)
+        expect(terminal).not_to_contain_text("exited with code")
+        expect(page.locator("#console-error")).to_be_hidden()
         expect(newest.locator("td.what-ran")).to_have_text(f"cat {workdir}/no-such-file")
 
         # Files: browse to the directory, see the hostile name as text, retrieve a file.

@@ -84,6 +84,11 @@ def test_an_admin_pings_moves_and_revokes_a_host_then_exports_the_record(
         assert endpoint.proc.wait(timeout=15) == EXIT_REFUSED
         assert "The platform refused this agent" in endpoint.proc.output()
 
+        # Settings -> Device Segments counts it apart from the live hosts, marked revoked.
+        page.goto(f"{platform.url}/settings/segments")
+        counted = page.locator('tr[data-segment="quarantine"] td.host-count')
+        expect(counted).to_have_text("0 + 1 revoked")
+
         # Session History -> Export: the download holds the revocation, as JSON lines.
         page.goto(f"{platform.url}/session-history?action=host.")
         with page.expect_download() as download_info:

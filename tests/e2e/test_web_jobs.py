@@ -126,6 +126,15 @@ def test_a_pending_job_and_a_running_script_are_cancelled_from_the_pages(
         expect(detail.get_by_role("button", name="Cancel")).to_have_count(0)
         _no_planted_image(page)
 
+        # Both agents run on this machine and report its hostname, as a re-imaged machine and its
+        # old record would: the Jobs page shows the start of each one's id beside the name.
+        assert offline_name == online_name
+        page.goto(f"{platform.url}/jobs")
+        for host_id in (offline.host_id, endpoint.host_id):
+            expect(page.locator(f'#job-rows small.host-id[title="{host_id}"]').first).to_have_text(
+                host_id[:8]
+            )
+
         # The list follows its jobs without a reload: two more jobs wait for the offline host; one
         # is cancelled elsewhere (the API) and its row changes in place, then the other is
         # cancelled from the refreshed rows, and with every shown job ended the polling stops.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tether.protocol.scripts import exit_code_sentence
 from tether.protocol.shell import (
     Command,
     ShellInputError,
@@ -15,6 +16,7 @@ from tether.protocol.shell import (
     python_command,
     read_line,
     resolve,
+    said_why_it_failed,
 )
 
 
@@ -108,3 +110,20 @@ def test_cat_and_py_still_print_what_they_read(tmp_path: Path) -> None:
     target.write_text("hello\n")
     assert _run(cat_command(str(target)).args["source"]).stdout == "hello\n"
     assert _run(python_command("6 * 7").args["source"]).stdout == "42\n"
+
+
+def test_only_a_shell_built_cat_or_py_ending_with_code_1_said_why_it_failed() -> None:
+    exited_1 = exit_code_sentence(1)
+    cat = cat_command("/missing").args
+    py = python_command("1 / 0").args
+    assert said_why_it_failed("script.run", cat, exited_1)
+    assert said_why_it_failed("script.run", py, exited_1)
+    # Another ending is news the console must still print.
+    assert not said_why_it_failed("script.run", cat, exit_code_sentence(2))
+    assert not said_why_it_failed("script.run", cat, "The script was cancelled and stopped.")
+    assert not said_why_it_failed("script.run", cat, None)
+    # A hand-written script that looks like a cat is not one; other actions never are.
+    posing = {"source": cat["source"].replace("sys.stdout", "print and sys.stdout"), "params": {}}
+    assert not said_why_it_failed("script.run", posing, exited_1)
+    assert not said_why_it_failed("files.list", {"path": "/"}, exited_1)
+    assert not said_why_it_failed("script.run", None, exited_1)

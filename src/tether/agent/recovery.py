@@ -23,11 +23,12 @@ from tether.agent import endings, script_process
 from tether.agent.journal import Journal
 from tether.agent.transfer import remove_leftover_partials
 from tether.protocol import JobStatus
+from tether.protocol.action_names import FILES_PUT, SCRIPT_RUN
 
 log = logging.getLogger("tether.agent.recovery")
 
-SCRIPT_ACTION = "script.run"
-PUT_ACTION = "files.put"
+SCRIPT_ACTION = SCRIPT_RUN
+PUT_ACTION = FILES_PUT
 
 
 @dataclass(frozen=True)

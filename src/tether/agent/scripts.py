@@ -27,6 +27,7 @@ from tether.agent import job_object, script_process
 from tether.agent.entry import SCRIPT_CHILD
 from tether.agent.journal import ScriptProcess
 from tether.agent.script_channel import CallRefused, ChannelServer, Method
+from tether.protocol.scripts import exit_code_sentence
 from tether.script import channel
 
 log = logging.getLogger("tether.agent.scripts")
@@ -262,7 +263,7 @@ def _finish_error(
     if exit_code is not None and exit_code < 0:
         return f"The script was ended by signal {-exit_code}."
     if exit_code:
-        return f"The script exited with code {exit_code}."
+        return exit_code_sentence(exit_code)
     return None
 
 

@@ -23,6 +23,7 @@ from tether.cli.errors import CliError, UsageError
 from tether.cli.follow import submit, wait_for_job
 from tether.cli.output import console, emit_json, errors, one_line, table
 from tether.cli.times import short_time
+from tether.protocol.action_names import FILES_GET, FILES_PUT
 
 files_app = typer.Typer(help="The file library: uploaded tools and retrieved files.")
 
@@ -173,7 +174,7 @@ def get(
     # Before the job: a typo in -o must not cost a retrieval, nor land as a file.
     target = destination(output)
     api = Api.from_profile()
-    batch = submit(api, "files.get", {"path": path}, hosts=[host])
+    batch = submit(api, FILES_GET, {"path": path}, hosts=[host])
     job = _finished(api, batch["jobs"][0]["id"], "The retrieval")
     entry = retrieved_by(api, job["id"])
     # Named after the path the analyst asked for, never after what the endpoint reported.
@@ -236,7 +237,7 @@ def put(
         "overwrite": overwrite,
         "mode": wanted,
     }
-    batch = submit(api, "files.put", args, hosts=[host])
+    batch = submit(api, FILES_PUT, args, hosts=[host])
     job = _finished(api, batch["jobs"][0]["id"], "The deployment")
     if json_output:
         emit_json({"file": entry, "job": job})

@@ -14,11 +14,14 @@ from tether.cli.follow import follow_jobs, job_path
 from tether.cli.output import console, emit_json, one_line, plain, table, terminal_text
 from tether.cli.times import short_time
 from tether.protocol import FINAL_STATES
+from tether.protocol.hostnames import shared_hostnames
 
 job_app = typer.Typer(help="One job: show it with its output, cancel it.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 SHORT_ID = 12
+# As much of a host id as `tether hosts` shows; any unique prefix of 4 or more names the host.
+SHORT_HOST_ID = 8
 # Job ids are 32 hex digits; a shorter hex prefix is looked up among the latest jobs.
 _FULL_ID = re.compile(r"^[0-9a-f]{32}$")
 _PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
@@ -51,10 +54,15 @@ JOB_COLUMNS = [
 ]
 
 
-def _row(job: dict[str, Any]) -> dict[str, Any]:
+def _row(job: dict[str, Any], shared: frozenset[str] = frozenset()) -> dict[str, Any]:
+    hostname = job["hostname"]
     return {
         **job,
         "id": job["id"][:SHORT_ID],
+        # Two hosts of the list with one name (a re-imaged machine): the id tells them apart.
+        "hostname": (
+            f"{hostname} ({job['host_id'][:SHORT_HOST_ID]})" if hostname in shared else hostname
+        ),
         "created_at": short_time(job.get("created_at")),
         "finished_at": short_time(job.get("finished_at")),
         "error": one_line(job["error"], 60) if job.get("error") else None,
@@ -110,7 +118,8 @@ def list_jobs(
             markup=False,
         )
     else:
-        table([_row(j) for j in jobs], JOB_COLUMNS, truncate={"error"})
+        shared = shared_hostnames((j["hostname"], j["host_id"]) for j in jobs)
+        table([_row(j, shared) for j in jobs], JOB_COLUMNS, truncate={"error"})
 
 
 def read_output(api: Api, job_id: str) -> list[dict[str, Any]]:

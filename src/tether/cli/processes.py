@@ -16,12 +16,13 @@ from tether.cli.jobs import pretty
 from tether.cli.output import console, emit_json, one_line, plain, table
 from tether.cli.run import StreamPrinter
 from tether.cli.times import short_time
+from tether.protocol.action_names import PROCESSES_KILL, PROCESSES_LIST
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 HostArg = Annotated[str, typer.Argument(metavar="HOST", help="Host id or hostname.")]
 
-LIST_ACTION = "processes.list"
-KILL_ACTION = "processes.kill"
+LIST_ACTION = PROCESSES_LIST
+KILL_ACTION = PROCESSES_KILL
 _PROCESS_KEYS = {"processes", "truncated"}
 
 

@@ -16,9 +16,10 @@ from tether.cli.jobs import print_rows
 from tether.cli.output import emit_json, one_line, plain, terminal_text
 from tether.cli.times import parse_duration, parse_instant
 from tether.protocol import AWAITING_APPROVAL
+from tether.protocol.action_names import SCRIPT_RUN
 from tether.protocol.row_csv import rows_csv
 
-SCRIPT_ACTION = "script.run"
+SCRIPT_ACTION = SCRIPT_RUN
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 # What FastAPI answers for a route that does not exist, as opposed to a script that does not.
 # Beyond this many jobs, Ctrl-C points at the batch rather than listing every job.

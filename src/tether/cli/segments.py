@@ -46,11 +46,16 @@ def _approval(segment: dict[str, object]) -> str:
     return f"{covered} need a second person's approval (within {hours:g} h)"
 
 
+def _revoked(segment: dict[str, object]) -> str:
+    revoked = segment.get("revoked_hosts") or 0
+    return f" and {revoked} revoked" if revoked else ""
+
+
 def _describe(segment: dict[str, object]) -> str:
     switch = _on_off(segment["active_response"])
     return (
         f"Segment {plain(segment['name'])}: Active Response {switch}, {_approval(segment)}, "
-        f"{segment['hosts']} host(s)."
+        f"{segment['hosts']} host(s){_revoked(segment)}."
     )
 
 
@@ -88,6 +93,7 @@ def list_segments(json_output: JsonOpt = False) -> None:
                 ("active_response", "Active Response"),
                 ("approval", "Approval"),
                 ("hosts", "Hosts"),
+                ("revoked_hosts", "Revoked"),
                 ("created_at", "Created"),
             ],
         )

@@ -32,6 +32,7 @@ from tether.protocol.shell import (
     read_line,
     resolve,
     root_directory,
+    said_why_it_failed,
     script_command,
 )
 
@@ -227,6 +228,7 @@ class Shell:
     def _follow(self, job: dict[str, Any], *, show: bool, show_result: bool) -> Outcome:
         cursor = 0
         rows: list[dict[str, Any]] = []
+        wrote_stderr = False
         while True:
             answer = self._api.get(
                 f"/jobs/{job['id']}/output",
@@ -238,6 +240,7 @@ class Shell:
                     rows.append(piece["fields"])
                 elif show and piece.get("text"):
                     _print_piece(piece["stream"], piece["text"])
+                    wrote_stderr = wrote_stderr or piece["stream"] == "stderr"
             cursor = answer["cursor"]
             if job["state"] in FINAL_STATES and not answer["output"]:
                 break
@@ -248,10 +251,17 @@ class Shell:
                 table(rows, _columns(rows))
             if ok and show_result:
                 render_result(job.get("result"))
-        if not ok:
+        if not ok and not (wrote_stderr and _said_why(job)):
             reason = terminal_text(str(job.get("error") or "no reason given"))
             errors.print(f"{job['state']}: {reason}", markup=False, highlight=False)
         return Outcome(ok=ok, job=job, rows=rows)
+
+
+def _said_why(job: dict[str, Any]) -> bool:
+    """A failed `cat` or `py` whose own sentence is already on the screen (stderr)."""
+    return job["state"] == "failed" and said_why_it_failed(
+        job["action"], job.get("args"), job.get("error")
+    )
 
 
 def _print_piece(stream: str, text: str) -> None:

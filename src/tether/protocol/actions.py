@@ -8,6 +8,19 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether.protocol.action_names import (
+    FILES_GET,
+    FILES_HASH,
+    FILES_LIST,
+    FILES_PUT,
+    ISOLATION_ISOLATE,
+    ISOLATION_RELEASE,
+    ISOLATION_STATUS,
+    PROCESSES_KILL,
+    PROCESSES_LIST,
+    SCRIPT_RUN,
+    SYSTEM_NOOP,
+)
 from tether.protocol.filesystem import (
     FileGetArgs,
     FileGetResult,
@@ -75,7 +88,7 @@ ACTIONS: dict[str, ActionSpec] = {
     spec.name: spec
     for spec in (
         ActionSpec(
-            name="system.noop",
+            name=SYSTEM_NOOP,
             args=NoopArgs,
             result=NoopResult,
             permission=Permission.HOSTS_MANAGE,
@@ -84,7 +97,7 @@ ACTIONS: dict[str, ActionSpec] = {
             response=False,
         ),
         ActionSpec(
-            name="processes.list",
+            name=PROCESSES_LIST,
             args=ProcessListArgs,
             result=ProcessList,
             permission=Permission.ACTIVE_RESPONSE,
@@ -95,7 +108,7 @@ ACTIONS: dict[str, ActionSpec] = {
             description="List the endpoint's processes, optionally filtered and with the SHA-256 of each executable.",
         ),
         ActionSpec(
-            name="processes.kill",
+            name=PROCESSES_KILL,
             args=ProcessKillArgs,
             result=ProcessKillResult,
             permission=Permission.ACTIVE_RESPONSE,
@@ -105,7 +118,7 @@ ACTIONS: dict[str, ActionSpec] = {
             description="Kill a process, or a process and all its descendants; never init or the agent itself.",
         ),
         ActionSpec(
-            name="files.list",
+            name=FILES_LIST,
             args=FileListArgs,
             result=FileList,
             permission=Permission.ACTIVE_RESPONSE,
@@ -115,7 +128,7 @@ ACTIONS: dict[str, ActionSpec] = {
             description="List a directory's entries with type, size, mode, owner and times; links are not followed.",
         ),
         ActionSpec(
-            name="files.hash",
+            name=FILES_HASH,
             args=FileHashArgs,
             result=FileHash,
             permission=Permission.ACTIVE_RESPONSE,
@@ -126,7 +139,7 @@ ACTIONS: dict[str, ActionSpec] = {
             description="Hash one file on the endpoint with SHA-256, SHA-1 and/or MD5.",
         ),
         ActionSpec(
-            name="files.get",
+            name=FILES_GET,
             args=FileGetArgs,
             result=FileGetResult,
             permission=Permission.ACTIVE_RESPONSE,
@@ -140,7 +153,7 @@ ACTIONS: dict[str, ActionSpec] = {
             ),
         ),
         ActionSpec(
-            name="files.put",
+            name=FILES_PUT,
             args=FilePutArgs,
             result=FilePutResult,
             permission=Permission.ACTIVE_RESPONSE,
@@ -153,7 +166,7 @@ ACTIONS: dict[str, ActionSpec] = {
             ),
         ),
         ActionSpec(
-            name="script.run",
+            name=SCRIPT_RUN,
             args=ScriptRunArgs,
             result=ScriptRunResult,
             permission=Permission.ACTIVE_RESPONSE,
@@ -168,7 +181,7 @@ ACTIONS: dict[str, ActionSpec] = {
             ),
         ),
         ActionSpec(
-            name="isolation.isolate",
+            name=ISOLATION_ISOLATE,
             args=IsolateArgs,
             result=IsolationStatus,
             permission=Permission.ACTIVE_RESPONSE,
@@ -183,7 +196,7 @@ ACTIONS: dict[str, ActionSpec] = {
             ),
         ),
         ActionSpec(
-            name="isolation.release",
+            name=ISOLATION_RELEASE,
             args=ReleaseArgs,
             result=IsolationStatus,
             permission=Permission.ACTIVE_RESPONSE,
@@ -193,7 +206,7 @@ ACTIONS: dict[str, ActionSpec] = {
             description="Release the host from isolation: the isolation rules are removed whole.",
         ),
         ActionSpec(
-            name="isolation.status",
+            name=ISOLATION_STATUS,
             args=ReleaseArgs,
             result=IsolationStatus,
             permission=Permission.HOSTS_READ,
@@ -213,7 +226,7 @@ def tier_needed(spec: ActionSpec, args: dict[str, object], *, from_library: bool
     """
     if from_library and spec.library_tier is not None:
         return spec.library_tier
-    if spec.name == "script.run" and is_cat_source(args.get("source")):
+    if spec.name == SCRIPT_RUN and is_cat_source(args.get("source")):
         return Tier.COLLECT
     return spec.tier
 

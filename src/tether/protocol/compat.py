@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tether.protocol.action_names import FILES_PUT
 from tether.protocol.version import OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 
@@ -52,7 +53,7 @@ ADDITIONS: tuple[Addition, ...] = (
     Addition(
         version=2,
         message="job",
-        action="files.put",
+        action=FILES_PUT,
         field="mode",
         dropped="when_null",
         meaning=(

@@ -7,6 +7,7 @@ control or bidirectional character, and names that look alike are found by one c
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -37,3 +38,19 @@ def hostname_key(name: str) -> str:
     format characters (zero-width joiners and the like), and without a trailing dot."""
     folded = unicodedata.normalize("NFKC", name).casefold()
     return "".join(c for c in folded if unicodedata.category(c) != "Cf").rstrip(".")
+
+
+def shared_hostnames(hosts: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Of (hostname, host id) pairs, the hostnames more than one host carries (names that read
+    alike count as one, by `hostname_key`): where a list shows the id beside the name, since the
+    name alone cannot tell a re-imaged machine from its old record, nor a clone from its source.
+    The same host listed twice (two of its jobs) does not make its name shared."""
+    ids: dict[str, set[str]] = {}
+    spellings: dict[str, set[str]] = {}
+    for hostname, host_id in hosts:
+        key = hostname_key(hostname)
+        ids.setdefault(key, set()).add(host_id)
+        spellings.setdefault(key, set()).add(hostname)
+    return frozenset(
+        name for key, names in spellings.items() if len(ids[key]) > 1 for name in names
+    )

@@ -35,3 +35,9 @@ class ScriptRunResult(_Model):
     output_truncated: bool = False
     rows_truncated: bool = False
     error: Annotated[str, Field(max_length=4096)] | None = None
+
+
+def exit_code_sentence(code: int) -> str:
+    """How the agent ends a job whose script exited with a non-zero `code` (and no other cause),
+    spelled once: the live consoles recognise it (`tether.protocol.shell.said_why_it_failed`)."""
+    return f"The script exited with code {code}."

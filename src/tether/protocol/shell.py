@@ -12,11 +12,23 @@ import json
 import ntpath
 import posixpath
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.protocol.action_names import (
+    FILES_GET,
+    FILES_LIST,
+    FILES_PUT,
+    PROCESSES_KILL,
+    PROCESSES_LIST,
+    SCRIPT_RUN,
+)
+from tether.protocol.scripts import exit_code_sentence
+
 CAT_LIMIT = 64 * 1024
+# What the generated `cat` and `py` exit with, once their one sentence is on stderr.
+SHELL_FAILURE_CODE = 1
 
 # Each command's usage and what it does, in the order `help` lists them.
 COMMANDS = (
@@ -129,12 +141,12 @@ def cat_command(path: str) -> Command:
         # Concatenated, not an f-string: Python 3.11 allows no backslash (a Windows path's
         # repr) inside an f-string's braces.
         f"    sys.stderr.write('cat: cannot read ' + {path!r} + ': ' + why + '.\\n')\n"
-        "    raise SystemExit(1)\n"
+        f"    raise SystemExit({SHELL_FAILURE_CODE})\n"
         f"sys.stdout.write(data[:{CAT_LIMIT}].decode('utf-8', 'replace'))\n"
         f"if len(data) > {CAT_LIMIT}:\n"
         "    sys.stderr.write('\\n[only the first 64 KiB is shown]\\n')\n"
     )
-    return Command("script.run", {"source": source, "params": {}})
+    return Command(SCRIPT_RUN, {"source": source, "params": {}})
 
 
 _CAT_OPEN = "    with open("
@@ -176,6 +188,17 @@ def python_code_of(source: object) -> str | None:
     return None
 
 
+def said_why_it_failed(action: str, args: Mapping[str, Any] | None, error: str | None) -> bool:
+    """Whether a failed job is a shell-built `cat` or `py` that failed as they do: one sentence
+    of their own on stderr ("cat: cannot read /x: No such file or directory."), then exit code
+    1. A console that showed that stderr prints nothing after it, rather than the agent's "The
+    script exited with code 1." as a second line: one failure, one sentence."""
+    if action != SCRIPT_RUN or not args or error != exit_code_sentence(SHELL_FAILURE_CODE):
+        return False
+    source = args.get("source")
+    return cat_path_of(source) is not None or python_code_of(source) is not None
+
+
 def _literal(text: str) -> object:
     try:
         return ast.literal_eval(text)
@@ -204,14 +227,14 @@ def python_command(code: str) -> Command:
         "except Exception as _error:\n"
         "    import sys\n"
         "    sys.stderr.write(f'{type(_error).__name__}: {_error}\\n')\n"
-        "    raise SystemExit(1) from None\n"
+        f"    raise SystemExit({SHELL_FAILURE_CODE}) from None\n"
     )
-    return Command("script.run", {"source": source, "params": {}})
+    return Command(SCRIPT_RUN, {"source": source, "params": {}})
 
 
 def script_command(words: Sequence[str]) -> Command:
     """`run NAME KEY=VALUE...`: library script NAME, which the platform looks up."""
-    return Command("script.run", {"params": parse_params(words[1:])}, script=words[0])
+    return Command(SCRIPT_RUN, {"params": parse_params(words[1:])}, script=words[0])
 
 
 def put_command(
@@ -233,7 +256,7 @@ def put_command(
     }
     if mode is not None:
         args["mode"] = mode
-    return Command("files.put", args)
+    return Command(FILES_PUT, args)
 
 
 def _arity(words: Sequence[str], least: int, most: int, usage: str) -> None:
@@ -259,11 +282,11 @@ def read_line(line: str, cwd: str, *, windows: bool) -> Step | None:
     if name in ("ls", "dir"):
         _arity(words, 0, 1, "ls [PATH]")
         path = resolve(cwd, words[0], windows=windows) if words else cwd
-        return Step(name, words, Command("files.list", {"path": path}))
+        return Step(name, words, Command(FILES_LIST, {"path": path}))
     if name == "cd":
         _arity(words, 1, 1, "cd PATH")
         path = resolve(cwd, words[0], windows=windows)
-        return Step(name, words, Command("files.list", {"path": path}), show=False, cd_to=path)
+        return Step(name, words, Command(FILES_LIST, {"path": path}), show=False, cd_to=path)
     if name == "cat":
         _arity(words, 1, 1, "cat PATH")
         return Step(
@@ -272,17 +295,17 @@ def read_line(line: str, cwd: str, *, windows: bool) -> Step | None:
     if name == "get":
         _arity(words, 1, 2, "get PATH [LOCAL]")
         path = resolve(cwd, words[0], windows=windows)
-        return Step(name, words, Command("files.get", {"path": path}))
+        return Step(name, words, Command(FILES_GET, {"path": path}))
     if name == "ps":
         _arity(words, 0, 0, "ps")
-        return Step(name, words, Command("processes.list", {}))
+        return Step(name, words, Command(PROCESSES_LIST, {}))
     if name == "kill":
         tree = "--tree" in words
         pids = [w for w in words if w != "--tree"]
         _arity(pids, 1, 1, "kill PID [--tree]")
         if not pids[0].isdigit():
             raise ShellInputError(f"{pids[0]!r} is not a process id.")
-        return Step(name, words, Command("processes.kill", {"pid": int(pids[0]), "tree": tree}))
+        return Step(name, words, Command(PROCESSES_KILL, {"pid": int(pids[0]), "tree": tree}))
     if name == "run":
         if not words:
             raise ShellInputError("usage: run NAME [KEY=VALUE ...]")

@@ -8,26 +8,36 @@ what the shell builds (protocol/shell.py), so a hand-written script cannot pose 
 from collections.abc import Mapping
 from typing import Any
 
+from tether.protocol.action_names import (
+    FILES_GET,
+    FILES_HASH,
+    FILES_LIST,
+    FILES_PUT,
+    ISOLATION_ISOLATE,
+    PROCESSES_KILL,
+    PROCESSES_LIST,
+    SCRIPT_RUN,
+)
 from tether.protocol.shell import cat_path_of, python_code_of
 
 # Long enough for a path or a one-liner, short enough for a table cell.
 MAX_CHARS = 160
 # The argument each action is best known by, after the action's name.
 _MAIN_ARGUMENT = {
-    "files.list": "path",
-    "files.get": "path",
-    "files.put": "path",
-    "files.hash": "path",
-    "processes.kill": "pid",
-    "processes.list": "name",
-    "isolation.isolate": "mode",
+    FILES_LIST: "path",
+    FILES_GET: "path",
+    FILES_PUT: "path",
+    FILES_HASH: "path",
+    PROCESSES_KILL: "pid",
+    PROCESSES_LIST: "name",
+    ISOLATION_ISOLATE: "mode",
 }
 
 
 def what_ran(action: str, args: Mapping[str, Any] | None) -> str:
     """One line naming what the job ran, at most MAX_CHARS characters."""
     args = args or {}
-    if action == "script.run":
+    if action == SCRIPT_RUN:
         text = _script(args)
     else:
         main = args.get(_MAIN_ARGUMENT.get(action, ""))

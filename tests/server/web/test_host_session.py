@@ -2,14 +2,17 @@
 sentence for input the shell or the services refuse. The browser test
 (tests/e2e/test_web_host.py) runs it against a real agent."""
 
+from typing import Any
+
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from tether.protocol import Role
 from tether.protocol.processes import KilledProcess, ProcessInfo, ProcessKillResult, ProcessList
 from tether.server.services.jobs import Selection
 from tether.server.services.platform import Platform
-from tether.server.store.tables import audit_records, jobs, live_sessions, segments
+from tether.server.store.db import utcnow
+from tether.server.store.tables import audit_records, job_output, jobs, live_sessions, segments
 
 from ..support import add_host
 from .conftest import csrf_of, web_login
@@ -261,3 +264,92 @@ async def test_a_killed_process_leaves_the_listing_without_listing_again(
     assert "Kill of process 4242 finished: 4242 killed." in after
     assert 'data-pid="4242"' not in after
     assert 'data-pid="4343"' in after
+
+
+async def _ended(
+    platform: Platform, job_id: str, error: str, stderr: str | None, state: str = "failed"
+) -> None:
+    """The job ended as an agent would end it, with `stderr` written first when given."""
+    await set_state(platform, job_id, state)
+    async with platform.engine.begin() as conn:
+        await conn.execute(update(jobs).where(jobs.c.id == job_id).values(error=error))
+        if stderr is not None:
+            await conn.execute(
+                insert(job_output).values(
+                    job_id=job_id, seq=1, stream="stderr", text=stderr, created_at=utcnow()
+                )
+            )
+
+
+async def _send(browser: httpx.AsyncClient, host: str, line: str) -> str:
+    token = csrf_of((await browser.get(f"/hosts/{host}")).text)
+    sent = await browser.post(
+        f"/hosts/{host}/session/commands",
+        data={"line": line, "cwd": "/"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert sent.status_code == 201, sent.text
+    return str(sent.json()["job_id"])
+
+
+async def _followed(browser: httpx.AsyncClient, host: str, job_id: str) -> tuple[list[str], Any]:
+    """What the console shows of an ended job: the text of its output, then its answer's error."""
+    url, cursor, texts = f"/hosts/{host}/session/jobs/{job_id}/output", 0, []
+    while True:
+        answer = (await browser.get(url, params={"after": cursor, "wait": 0})).json()
+        texts += [p["text"] for p in answer["output"]]
+        cursor = answer["cursor"]
+        if answer["done"]:
+            return texts, answer["error"]
+
+
+async def test_a_failed_cat_is_its_own_sentence_and_nothing_after_it(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    assert (await _start(admin_browser, host)).status_code == 303
+    said = "cat: cannot read /missing: No such file or directory.\n"
+
+    cat = await _send(admin_browser, host, "cat /missing")
+    await _ended(platform, cat, "The script exited with code 1.", said)
+    # The cat's own sentence, and no "failed: The script exited with code 1." after it.
+    assert await _followed(admin_browser, host, cat) == ([said], None)
+
+    # Any other way a cat ends keeps its sentence: here, it said nothing itself.
+    silent = await _send(admin_browser, host, "cat /other")
+    await _ended(platform, silent, "The script exited with code 1.", None)
+    assert await _followed(admin_browser, host, silent) == (
+        [],
+        "failed: The script exited with code 1.",
+    )
+    # A time limit is not the cat's own sentence, even after a line on stderr.
+    slow = await _send(admin_browser, host, "cat /slow")
+    await _ended(platform, slow, "The script ran too long.", said, state="timed_out")
+    assert await _followed(admin_browser, host, slow) == (
+        [said],
+        "timed_out: The script ran too long.",
+    )
+
+
+async def test_a_hand_written_script_posing_as_a_cat_keeps_the_agents_sentence(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await add_host(platform.engine, "web-1", segment="ir")
+    await _active_response(platform, "ir", True)
+    assert (await _start(admin_browser, host)).status_code == 303
+    source = "import sys\nsys.stderr.write('cat: cannot read /x: gone.\\n')\nraise SystemExit(1)\n"
+    posing = (
+        await platform.jobs.submit(
+            ADMIN,
+            "script.run",
+            {"source": source, "params": {}},
+            Selection(host_ids=[host]),
+            source="test",
+        )
+    ).jobs[0]
+    await _ended(platform, posing.id, "The script exited with code 1.", "cat: cannot read /x\n")
+    assert await _followed(admin_browser, host, posing.id) == (
+        ["cat: cannot read /x\n"],
+        "failed: The script exited with code 1.",
+    )

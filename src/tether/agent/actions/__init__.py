@@ -9,20 +9,33 @@ import importlib
 from collections.abc import Iterator, Mapping
 
 from tether.agent.action import Handler
+from tether.protocol.action_names import (
+    FILES_GET,
+    FILES_HASH,
+    FILES_LIST,
+    FILES_PUT,
+    ISOLATION_ISOLATE,
+    ISOLATION_RELEASE,
+    ISOLATION_STATUS,
+    PROCESSES_KILL,
+    PROCESSES_LIST,
+    SCRIPT_RUN,
+    SYSTEM_NOOP,
+)
 
 # Action name -> (module under tether.agent.actions, function).
 WHERE: dict[str, tuple[str, str]] = {
-    "system.noop": ("system", "noop"),
-    "processes.list": ("processes", "list_processes"),
-    "processes.kill": ("processes", "kill_processes"),
-    "files.list": ("files", "list_files"),
-    "files.hash": ("files", "hash_file"),
-    "files.get": ("transfers", "get_file"),
-    "files.put": ("transfers", "put_file"),
-    "script.run": ("scripts", "run"),
-    "isolation.isolate": ("isolation", "isolate"),
-    "isolation.release": ("isolation", "release"),
-    "isolation.status": ("isolation", "status"),
+    SYSTEM_NOOP: ("system", "noop"),
+    PROCESSES_LIST: ("processes", "list_processes"),
+    PROCESSES_KILL: ("processes", "kill_processes"),
+    FILES_LIST: ("files", "list_files"),
+    FILES_HASH: ("files", "hash_file"),
+    FILES_GET: ("transfers", "get_file"),
+    FILES_PUT: ("transfers", "put_file"),
+    SCRIPT_RUN: ("scripts", "run"),
+    ISOLATION_ISOLATE: ("isolation", "isolate"),
+    ISOLATION_RELEASE: ("isolation", "release"),
+    ISOLATION_STATUS: ("isolation", "status"),
 }
 
 

@@ -56,7 +56,7 @@ async def list_tokens(
     platform: PlatformDep,
     _user: Annotated[User, Depends(require(Permission.ENROLLMENT_MANAGE))],
 ) -> list[TokenOut]:
-    return [TokenOut(**t.__dict__) for t in await platform.enrollment.list_tokens()]
+    return [TokenOut.of(t) for t in await platform.enrollment.list_tokens()]
 
 
 @router.post("/enrollment-tokens/revoke", response_model=TokenOut)
@@ -71,4 +71,4 @@ async def revoke_token(
     revoked = await platform.enrollment.revoke_token(
         body.token, actor=user.actor, source=source_of(request)
     )
-    return TokenOut(**revoked.__dict__)
+    return TokenOut.of(revoked)

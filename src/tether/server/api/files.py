@@ -8,10 +8,10 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, require, source_of
+from tether.server.api.view_out import ViewOut
 from tether.server.errors import Forbidden
 from tether.server.services.access import user_refusal
 from tether.server.services.files import LibraryFile
@@ -23,7 +23,7 @@ router = APIRouter(tags=["files"])
 DOWNLOAD_CHUNK = 1024 * 1024
 
 
-class LibraryFileOut(BaseModel):
+class LibraryFileOut(ViewOut):
     id: str
     kind: str
     name: str
@@ -41,7 +41,7 @@ class LibraryFileOut(BaseModel):
 
 
 def _out(entry: LibraryFile) -> LibraryFileOut:
-    return LibraryFileOut(**entry.__dict__)
+    return LibraryFileOut.of(entry)
 
 
 Responder = Annotated[User, Depends(require(Permission.ACTIVE_RESPONSE))]

@@ -23,7 +23,7 @@ router = APIRouter(tags=["hosts"])
 async def list_hosts(
     platform: PlatformDep, _user: Annotated[User, Depends(require(Permission.HOSTS_READ))]
 ) -> list[HostOut]:
-    return [HostOut(**h.__dict__) for h in await platform.hosts.list()]
+    return [HostOut.of(h) for h in await platform.hosts.list()]
 
 
 @router.get("/hosts/{ref}", response_model=HostOut)
@@ -32,7 +32,7 @@ async def get_host(
     platform: PlatformDep,
     _user: Annotated[User, Depends(require(Permission.HOSTS_READ))],
 ) -> HostOut:
-    return HostOut(**(await platform.hosts.get(ref)).__dict__)
+    return HostOut.of(await platform.hosts.get(ref))
 
 
 @router.post("/hosts/{ref}/revoke", response_model=HostOut)
@@ -43,7 +43,7 @@ async def revoke_host(
     user: Annotated[User, Depends(require(Permission.HOSTS_MANAGE))],
 ) -> HostOut:
     host = await platform.hosts.revoke(ref, actor=user.actor, source=source_of(request))
-    return HostOut(**host.__dict__)
+    return HostOut.of(host)
 
 
 @router.post("/hosts/{ref}/move", response_model=HostOut)
@@ -59,7 +59,7 @@ async def move_host(
     await platform.segments.move_host(
         host.id, body.segment, actor=user.username, source=source_of(request)
     )
-    return HostOut(**(await platform.hosts.get(host.id)).__dict__)
+    return HostOut.of(await platform.hosts.get(host.id))
 
 
 @router.get("/hosts/{ref}/response-access", response_model=ResponseAccessOut)

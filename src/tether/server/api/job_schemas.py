@@ -5,6 +5,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tether.server.api.view_out import ViewOut
+
 
 class ScriptRef(BaseModel):
     """A library script to run, by name; without a version, the latest one."""
@@ -52,7 +54,7 @@ class JobSubmit(HostSelection):
     script: ScriptRef | None = None
 
 
-class ApprovalOut(BaseModel):
+class ApprovalOut(ViewOut):
     """A request for a second person's approval (docs/adr/0039) and what became of it."""
 
     batch_id: str
@@ -82,7 +84,7 @@ class ApprovalDecision(BaseModel):
     reason: Annotated[str, Field(max_length=500)] | None = None
 
 
-class JobOut(BaseModel):
+class JobOut(ViewOut):
     id: str
     batch_id: str
     host_id: str
@@ -132,7 +134,7 @@ class BatchOut(BaseModel):
     notice: str | None = None
 
 
-class OutputPieceOut(BaseModel):
+class OutputPieceOut(ViewOut):
     id: int
     seq: int
     stream: str

@@ -29,9 +29,9 @@ Reader = Annotated[User, Depends(require(Permission.RESULTS_READ))]
 
 
 def approval_out(view: ApprovalView) -> ApprovalOut:
-    # The requester's user id stays inside: the API names people by their username.
-    fields = {k: v for k, v in view.__dict__.items() if k != "requested_user_id"}
-    return ApprovalOut(**fields)
+    # The requester's user id stays inside (ApprovalOut does not declare it): the API names
+    # people by their username.
+    return ApprovalOut.of(view)
 
 
 def _maybe_approval(view: ApprovalView | None) -> ApprovalOut | None:
@@ -39,8 +39,7 @@ def _maybe_approval(view: ApprovalView | None) -> ApprovalOut | None:
 
 
 def _job(view: JobView) -> JobOut:
-    fields = {k: v for k, v in view.__dict__.items() if k != "approval"}
-    return JobOut(**fields, approval=_maybe_approval(view.approval))
+    return JobOut.of(view)
 
 
 async def selection_of(platform: Platform, body: HostSelection) -> Selection:
@@ -152,7 +151,7 @@ async def follow_job(
     job, pieces = await platform.jobs.follow(job_id, after=after, wait=wait)
     return JobFollowOut(
         job=_job(job),
-        output=[OutputPieceOut(**p.__dict__) for p in pieces],
+        output=[OutputPieceOut.of(p) for p in pieces],
         cursor=pieces[-1].id if pieces else after,
     )
 

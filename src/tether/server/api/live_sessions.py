@@ -102,7 +102,7 @@ async def send_command(
         timeout_seconds=body.timeout_seconds,
         from_library=body.script is not None,
     )
-    return JobOut(**job.__dict__)
+    return JobOut.of(job)
 
 
 @router.delete("/sessions/{session_id}", response_model=LiveSessionOut)

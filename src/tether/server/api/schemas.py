@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.protocol import Approval
 from tether.server.api.isolation_schemas import IsolationOut
+from tether.server.api.view_out import ViewOut
 
 
 class _In(BaseModel):
@@ -67,7 +68,7 @@ class TokenCreated(BaseModel):
     expires_at: datetime
 
 
-class TokenOut(BaseModel):
+class TokenOut(ViewOut):
     id: int
     segment: str
     max_uses: int
@@ -85,7 +86,7 @@ class TokenRevoke(_In):
     token: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-class HostOut(BaseModel):
+class HostOut(ViewOut):
     id: str
     hostname: str
     os_family: str
@@ -123,13 +124,15 @@ class SegmentChange(_In):
     approval_timeout_seconds: Annotated[int, Field(ge=300, le=7 * 86400)] | None = None
 
 
-class SegmentOut(BaseModel):
+class SegmentOut(ViewOut):
     name: str
     active_response: bool
+    # Live hosts; revoked ones still in the segment are counted apart.
     hosts: int
     created_at: datetime
     approval: str = "off"
     approval_timeout_seconds: int = 86400
+    revoked_hosts: int = 0
 
 
 class HostMove(_In):

@@ -5,6 +5,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether.server.api.view_out import ViewOut
+
 
 class ScriptSave(BaseModel):
     """A new version of a script. Without `parameters` the latest version's schema is kept."""
@@ -17,7 +19,7 @@ class ScriptSave(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-class ScriptSummaryOut(BaseModel):
+class ScriptSummaryOut(ViewOut):
     name: str
     version: int
     description: str

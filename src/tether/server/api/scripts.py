@@ -39,13 +39,13 @@ Editor = Annotated[User, Depends(_editor)]
 @router.get("/scripts", response_model=list[ScriptSummaryOut])
 async def list_scripts(platform: PlatformDep, _user: Reader) -> list[ScriptSummaryOut]:
     """The latest version of every script, without the source."""
-    return [ScriptSummaryOut(**s.__dict__) for s in await platform.scripts.list()]
+    return [ScriptSummaryOut.of(s) for s in await platform.scripts.list()]
 
 
 @router.get("/scripts/{name}", response_model=ScriptOut)
 async def get_script(name: str, platform: PlatformDep, _user: Reader) -> ScriptOut:
     """The latest version, with its source."""
-    return ScriptOut(**(await platform.scripts.get(name)).__dict__)
+    return ScriptOut.of(await platform.scripts.get(name))
 
 
 @router.get("/scripts/{name}/versions", response_model=list[ScriptVersionOut])
@@ -67,7 +67,7 @@ async def list_versions(name: str, platform: PlatformDep, _user: Reader) -> list
 async def get_version(
     name: str, version: Version, platform: PlatformDep, _user: Reader
 ) -> ScriptOut:
-    return ScriptOut(**(await platform.scripts.get(name, version)).__dict__)
+    return ScriptOut.of(await platform.scripts.get(name, version))
 
 
 @router.put(
@@ -95,7 +95,7 @@ async def save_script(
     )
     if not created:
         response.status_code = 200
-    return ScriptSavedOut(**saved.__dict__, new_version=created)
+    return ScriptSavedOut.of(saved, new_version=created)
 
 
 @router.delete("/scripts/{name}", status_code=204, response_class=Response)

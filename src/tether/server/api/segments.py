@@ -17,7 +17,7 @@ router = APIRouter(tags=["segments"])
 async def list_segments(
     platform: PlatformDep, _user: Annotated[User, Depends(require(Permission.HOSTS_READ))]
 ) -> list[SegmentOut]:
-    return [SegmentOut(**s.__dict__) for s in await platform.segments.list()]
+    return [SegmentOut.of(s) for s in await platform.segments.list()]
 
 
 @router.post("/segments", response_model=SegmentOut, status_code=201)
@@ -35,7 +35,7 @@ async def create_segment(
         actor=user.username,
         source=source_of(request),
     )
-    return SegmentOut(**created.__dict__)
+    return SegmentOut.of(created)
 
 
 @router.patch("/segments/{name}", response_model=SegmentOut)
@@ -73,7 +73,7 @@ async def change_segment(
             actor=user.username,
             source=source,
         )
-    return SegmentOut(**current.__dict__)
+    return SegmentOut.of(current)
 
 
 @router.delete("/segments/{name}", status_code=204, response_class=Response)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.protocol import Permission, Tier
 from tether.server.api.deps import PlatformDep, require, require_fresh, source_of
+from tether.server.api.view_out import ViewOut
 from tether.server.services.service_tokens import ServiceTokenView
 from tether.server.services.users import User
 
@@ -31,7 +32,7 @@ class ServiceTokenCreate(BaseModel):
     sources: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)] = []
 
 
-class ServiceTokenOut(BaseModel):
+class ServiceTokenOut(ViewOut):
     name: str
     tier: str
     segments: list[str]
@@ -51,7 +52,7 @@ class ServiceTokenIssued(ServiceTokenOut):
 
 
 def _out(view: ServiceTokenView) -> ServiceTokenOut:
-    return ServiceTokenOut(**view.__dict__)
+    return ServiceTokenOut.of(view)
 
 
 @router.post("/service-tokens", response_model=ServiceTokenIssued, status_code=201)
@@ -68,7 +69,7 @@ async def create_service_token(
         by=user,
         source=source_of(request),
     )
-    return ServiceTokenIssued(token=issued.token, **issued.view.__dict__)
+    return ServiceTokenIssued.of(issued.view, token=issued.token)
 
 
 @router.get("/service-tokens", response_model=list[ServiceTokenOut])

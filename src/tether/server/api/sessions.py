@@ -4,10 +4,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, UserDep, require, source_of
+from tether.server.api.view_out import ViewOut
 from tether.server.services.user_sessions import SessionInfo
 from tether.server.services.users import User
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["sessions"])
 Admin = Annotated[User, Depends(require(Permission.USERS_MANAGE))]
 
 
-class SessionOut(BaseModel):
+class SessionOut(ViewOut):
     id: str
     client: str
     source: str
@@ -27,7 +27,7 @@ class SessionOut(BaseModel):
 
 
 def _out(found: list[SessionInfo]) -> list[SessionOut]:
-    return [SessionOut(**s.__dict__) for s in found]
+    return [SessionOut.of(s) for s in found]
 
 
 @router.get("/auth/sessions", response_model=list[SessionOut])

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 
 from tether.protocol import Role
 from tether.server.api.schemas import _In
+from tether.server.api.view_out import ViewOut
 
 Organisation = Annotated[str, Field(min_length=1, max_length=60)]
 
@@ -29,7 +30,7 @@ class EnrollmentCodeRequest(_In):
     hours: Annotated[int, Field(ge=1, le=168)] = DEFAULT_CODE_HOURS
 
 
-class EnrollmentCodeOut(BaseModel):
+class EnrollmentCodeOut(ViewOut):
     username: str
     # Shown once: only its hash is kept.
     code: str
@@ -60,7 +61,7 @@ class ExternalUpdate(_In):
     access_expires_at: datetime | None = None
 
 
-class UserOut(BaseModel):
+class UserOut(ViewOut):
     username: str
     roles: list[str]
     disabled: bool
@@ -71,7 +72,7 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
-class SettingsOut(BaseModel):
+class SettingsOut(ViewOut):
     mfa_required_for_everyone: bool
     external_access_suspended: bool
 

@@ -37,7 +37,7 @@ AccessSettingsAdmin = Annotated[
 
 
 def _out(info: UserInfo) -> UserOut:
-    return UserOut(**info.__dict__)
+    return UserOut.of(info)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -128,7 +128,7 @@ async def set_external(
 
 @router.get("/settings", response_model=SettingsOut)
 async def get_settings(platform: PlatformDep, _user: SettingsAdmin) -> SettingsOut:
-    return SettingsOut(**(await platform.access_settings.get()).__dict__)
+    return SettingsOut.of(await platform.access_settings.get())
 
 
 @router.patch("/settings", response_model=SettingsOut)
@@ -139,7 +139,7 @@ async def update_settings(
     updated = await platform.access_settings.update(
         changes, actor=user.actor, source=source_of(request)
     )
-    return SettingsOut(**updated.__dict__)
+    return SettingsOut.of(updated)
 
 
 @router.post("/users/{username}/mfa/reset", response_model=EnrollmentCodeOut)
@@ -155,7 +155,7 @@ async def reset_mfa(
     issued = await platform.team.reset_mfa(
         username, by=user, source=source_of(request), lifetime=_lifetime(body)
     )
-    return EnrollmentCodeOut(**issued.__dict__)
+    return EnrollmentCodeOut.of(issued)
 
 
 @router.post("/users/{username}/enrollment-code", response_model=EnrollmentCodeOut)
@@ -174,7 +174,7 @@ async def issue_enrollment_code(
         source=source_of(request),
         lifetime=_lifetime(body),
     )
-    return EnrollmentCodeOut(**issued.__dict__)
+    return EnrollmentCodeOut.of(issued)
 
 
 def _lifetime(body: EnrollmentCodeRequest | None) -> timedelta:

@@ -17,6 +17,7 @@ from uuid import UUID
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.protocol.action_names import FILES_GET, FILES_PUT, SCRIPT_RUN
 from tether.protocol.transfer import (
     MAX_SCRIPT_TRANSFERS,
     AnyTransferMessage,
@@ -33,9 +34,9 @@ from tether.server.store.tables import jobs
 
 log = logging.getLogger(__name__)
 
-TRANSFER_ACTIONS = frozenset({"files.get", "files.put"})
+TRANSFER_ACTIONS = frozenset({FILES_GET, FILES_PUT})
 # Scripts move files through tether.script upload and download (services.script_files).
-SCRIPT_ACTION = "script.run"
+SCRIPT_ACTION = SCRIPT_RUN
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class FileTransfers:
         if action not in TRANSFER_ACTIONS:
             return
         transfer_id = transfer_id_for(job_id)
-        if action == "files.get":
+        if action == FILES_GET:
             # The job's own cap, not only the platform's: the endpoint sends what it likes.
             cap = min(int(args.get("max_bytes", self.max_file_bytes)), self.max_file_bytes)
             await self.receive(host_id, job_id, transfer_id, max_bytes=cap, on_done=None)

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.protocol.action_names import FILES_GET, FILES_PUT
 from tether.protocol.transfer import TransferDone, format_size, transfer_id_for
 from tether.server.errors import Invalid, NotFound
 from tether.server.services.audit import AuditLog, AuditRecord, AuditTransaction
@@ -77,7 +78,7 @@ class Retrieved:
     requested_by: str
     transfer_id: str
     # "files.get", or "script" for a script's tether.script.upload.
-    via: str = "files.get"
+    via: str = FILES_GET
 
 
 @dataclass(frozen=True)
@@ -316,13 +317,13 @@ class FileLibrary:
         What is recorded is what was asked (the job's arguments) and what the platform itself
         verified; the agent's own report is believed only where it matches.
         """
-        if job.action == "files.get":
+        if job.action == FILES_GET:
             # Recorded with the ending (record_in_commit); what this process verified is done.
             self._verified(job.job_id)
             return
         if job.state != "succeeded" or job.result is None:
             return
-        if job.action == "files.put":
+        if job.action == FILES_PUT:
             # Succeeded only if `deploy_problem` found none when the ending was recorded: a
             # deploy the platform did not stream and see confirmed ended failed instead.
             await self._audit.record(
@@ -375,7 +376,7 @@ class FileLibrary:
     async def record_in_commit(self, tx: AuditTransaction, job: FinishedJob) -> None:
         """A succeeded retrieval's library entry and its record, in the transaction of the job's
         ending (Dispatcher.on_ending_commit): whoever sees the job succeeded finds the file."""
-        if job.action != "files.get" or job.state != "succeeded" or job.result is None:
+        if job.action != FILES_GET or job.state != "succeeded" or job.result is None:
             return
         result = job.result
         blob = self._peek_verified(job.job_id)

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tether.protocol.action_names import ISOLATION_ISOLATE, ISOLATION_RELEASE
 from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule, IsolationMode, IsolationStatus
 from tether.server.errors import Invalid
 from tether.server.services.audit import AuditLog
@@ -32,8 +33,8 @@ from tether.server.services.users import User
 from tether.server.store.db import as_utc
 from tether.server.store.tables import batches, hosts, jobs
 
-ISOLATE = "isolation.isolate"
-RELEASE = "isolation.release"
+ISOLATE = ISOLATION_ISOLATE
+RELEASE = ISOLATION_RELEASE
 ACTIONS = (ISOLATE, RELEASE)
 # Awaiting approval counts as pending: the host's page says a request is under way.
 _UNFINISHED = ("awaiting_approval", "queued", "delivered", "running")

@@ -28,6 +28,7 @@ from tether.protocol import (
     approval_needed,
     tier_refusal,
 )
+from tether.protocol.action_names import SCRIPT_RUN
 from tether.protocol.actions import refusal_name, tier_needed
 from tether.protocol.what_ran import what_ran
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
@@ -324,7 +325,7 @@ class Jobs:
                     details={"reason": refusal, "tier": needed.value},
                 )
                 raise Forbidden(refusal)
-        if action == "script.run" and clean_args.get("name") and not from_library:
+        if action == SCRIPT_RUN and clean_args.get("name") and not from_library:
             # The name says "this is library script X, version N" in the audit log and on the
             # endpoint: only the platform may write it, after resolving the library script.
             raise Invalid(

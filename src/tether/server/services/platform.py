@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tether.protocol.action_names import FILES_GET, FILES_PUT
 from tether.server.config import Role, Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
@@ -156,14 +157,14 @@ class Platform:
             hosts.serve_agents(bus)
         dispatcher.on_finished(transfers.job_finished)
         dispatcher.on_finished(files.job_finished)
-        dispatcher.check_result("files.get", files.retrieval_problem)
-        dispatcher.check_result("files.put", files.deploy_problem)
+        dispatcher.check_result(FILES_GET, files.retrieval_problem)
+        dispatcher.check_result(FILES_PUT, files.deploy_problem)
         dispatcher.on_ending_commit(files.record_in_commit)
         script_files = ScriptFiles(engine, audit, transfers, files, misbehaviour)
         transfers.on_request_handler = script_files.on_request
         dispatcher.on_finished(script_files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
-        jobs.check_arguments("files.put", files.check_put)
+        jobs.check_arguments(FILES_PUT, files.check_put)
         isolation = Isolation(engine, audit, jobs, policies)
         live_sessions = LiveSessions(
             engine,

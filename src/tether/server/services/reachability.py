@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 from tether.protocol import NoopArgs, action
+from tether.protocol.action_names import SYSTEM_NOOP
 from tether.server.services.audit import AuditLog
 from tether.server.services.bus import Bus, Topic
 from tether.server.services.presence import Presence
 
-NOOP = action("system.noop")
+NOOP = action(SYSTEM_NOOP)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tether.protocol import Permission, Tier, tier_refusal
+from tether.protocol.action_names import SCRIPT_RUN
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
 from tether.server.services.access import user_refusal
 from tether.server.services.audit import AuditLog
@@ -32,7 +33,7 @@ MAX_NAME = 128
 MAX_SOURCE_BYTES = 1024 * 1024
 MAX_DESCRIPTION = 2000
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
-RUN_ACTION = "script.run"
+RUN_ACTION = SCRIPT_RUN
 
 NAME_RULE = (
     "A script name is 1 to 128 printable characters, with no slash, backslash or surrounding "

@@ -61,11 +61,14 @@ class SegmentView:
 
     name: str
     active_response: bool
+    # Live hosts; revoked ones still in the segment are counted apart (they answer to nothing,
+    # but deleting the segment waits until they are moved too).
     hosts: int
     created_at: datetime
     # Four-eyes approval: "off", "respond" or "script", and how long a request may wait.
     approval: str = Approval.OFF.value
     approval_timeout_seconds: int = 86400
+    revoked_hosts: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,21 +101,26 @@ class Segments:
         self._policies = policies
 
     async def list(self) -> list[SegmentView]:
-        """Every segment with its switch and how many hosts (revoked ones too) it holds."""
-        count = (
-            select(func.count(hosts.c.id))
-            .where(hosts.c.segment_id == segments.c.id)
-            .scalar_subquery()
-        )
+        """Every segment with its switch and how many live and how many revoked hosts it holds."""
+        in_segment = hosts.c.segment_id == segments.c.id
+        live = select(func.count(hosts.c.id)).where(in_segment, hosts.c.revoked_at.is_(None))
+        revoked = select(func.count(hosts.c.id)).where(in_segment, hosts.c.revoked_at.is_not(None))
         async with self._engine.connect() as conn:
             rows = (
-                await conn.execute(select(segments, count.label("hosts")).order_by(segments.c.name))
+                await conn.execute(
+                    select(
+                        segments,
+                        live.scalar_subquery().label("hosts"),
+                        revoked.scalar_subquery().label("revoked_hosts"),
+                    ).order_by(segments.c.name)
+                )
             ).all()
         return [
             SegmentView(
                 name=r.name,
                 active_response=bool(r.active_response),
                 hosts=int(r.hosts),
+                revoked_hosts=int(r.revoked_hosts),
                 created_at=as_utc(r.created_at),  # type: ignore[arg-type]
                 approval=r.approval,
                 approval_timeout_seconds=int(r.approval_timeout_seconds),
@@ -269,15 +277,20 @@ class Segments:
         async with self._audit.transaction() as tx:
             conn = tx.conn
             row = await _locked(conn, name)
-            count = (
+            # COUNT of a column counts its non-null values: the revoked hosts.
+            count, revoked = (
                 await conn.execute(
-                    select(func.count(hosts.c.id)).where(hosts.c.segment_id == row.id)
+                    select(func.count(hosts.c.id), func.count(hosts.c.revoked_at)).where(
+                        hosts.c.segment_id == row.id
+                    )
                 )
-            ).scalar_one()
+            ).one()
             if count:
                 noun = "host" if count == 1 else "hosts"
+                # The page counts revoked hosts apart; the refusal says they are among these.
+                note = f" ({revoked} revoked)" if revoked else ""
                 raise Conflict(
-                    f"Segment {name!r} still holds {count} {noun}; "
+                    f"Segment {name!r} still holds {count} {noun}{note}; "
                     "move them to another segment before deleting it."
                 )
             token_ids = list(

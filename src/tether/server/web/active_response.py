@@ -2,7 +2,6 @@
 for admins a ping of the ticked hosts."""
 
 import statistics
-from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -11,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tether.protocol import Permission
+from tether.protocol.hostnames import shared_hostnames
 from tether.protocol.isolation import IsolationMode
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Invalid, NotFound, PlatformError
@@ -115,11 +115,10 @@ async def _table(
     hosts = await platform.hosts.list()
     live = [h for h in hosts if not h.revoked]
     shown = [h for h in live if filters.admits(h)]
-    names = Counter(h.hostname for h in live)
     return {
         "hosts": shown,
         # Names two live hosts share (a re-imaged machine): their rows also show the id.
-        "shared_names": {name for name, count in names.items() if count > 1},
+        "shared_names": shared_hostnames((h.hostname, h.id) for h in live),
         "total": len([h for h in hosts if not h.revoked]),
         "selected": selected,
         "filters": filters,

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tether.protocol import Permission
+from tether.protocol.action_names import FILES_GET, FILES_LIST, FILES_PUT
 from tether.protocol.shell import root_directory
 from tether.server.api.deps import PlatformDep
 from tether.server.errors import Invalid, PlatformError
@@ -29,9 +30,9 @@ Responder = Annotated[User, Depends(page_require(Permission.ACTIVE_RESPONSE))]
 LIST_WAIT_SECONDS = 20.0
 DEPLOYABLE = 500
 # The jobs a Files tab URL may name.
-LISTING = frozenset({"files.list"})
+LISTING = frozenset({FILES_LIST})
 # The jobs the "started" confirmation may name.
-TRANSFERS = frozenset({"files.get", "files.put"})
+TRANSFERS = frozenset({FILES_GET, FILES_PUT})
 PathField = Annotated[str, Form(max_length=4096)]
 JobField = Annotated[str, Form(max_length=64)]
 
@@ -111,7 +112,7 @@ async def list_directory(
     """List `path` on the endpoint as a command of the user's session."""
     host = await platform.hosts.get(ref)
     try:
-        job = await send(platform, request, user, host, "files.list", {"path": path.strip()})
+        job = await send(platform, request, user, host, FILES_LIST, {"path": path.strip()})
     except PlatformError as e:
         return await _show(request, platform, user, host, status=e.status_code, error=str(e))
     await wait_for(platform, job.id, LIST_WAIT_SECONDS)
@@ -130,7 +131,7 @@ async def retrieve_file(
     """Collect one file into the library (files.get), as a command of the session."""
     host = await platform.hosts.get(ref)
     try:
-        job = await send(platform, request, user, host, "files.get", {"path": path})
+        job = await send(platform, request, user, host, FILES_GET, {"path": path})
     except PlatformError as e:
         return await _show(
             request, platform, user, host, listing, status=e.status_code, error=str(e)
@@ -163,7 +164,7 @@ async def deploy_file(
             "path": _join(host, directory, entry.name),
             "overwrite": overwrite == "yes",
         }
-        job = await send(platform, request, user, host, "files.put", args)
+        job = await send(platform, request, user, host, FILES_PUT, args)
     except PlatformError as e:
         return await _show(
             request, platform, user, host, listing, status=e.status_code, error=str(e)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tether.protocol import Permission
+from tether.protocol.action_names import PROCESSES_KILL, PROCESSES_LIST
 from tether.server.api.deps import PlatformDep
 from tether.server.errors import PlatformError
 from tether.server.services.hosts import HostView
@@ -27,7 +28,7 @@ LIST_WAIT_SECONDS = 20.0
 # A kill answers within the action's own 30 s limit; the page waits that long for the outcome.
 KILL_WAIT_SECONDS = 30.0
 # The jobs a Processes tab URL may name.
-ACTIONS = frozenset({"processes.list", "processes.kill"})
+ACTIONS = frozenset({PROCESSES_LIST, PROCESSES_KILL})
 NOT_A_PID = "A process id is a whole number greater than 0."
 JobField = Annotated[str, Form(max_length=64)]
 
@@ -46,7 +47,7 @@ async def _show(
     ended: frozenset[int] = frozenset(),
 ) -> Response:
     job = await session_job(platform, host, job_id, ACTIONS)
-    listing = job if job is not None and job.action == "processes.list" else None
+    listing = job if job is not None and job.action == PROCESSES_LIST else None
     return await render_host(
         request,
         platform,
@@ -76,7 +77,7 @@ async def processes_page(
     ended: frozenset[int] = frozenset()
     if killed:
         outcome = await session_job(platform, host, killed[:64], ACTIONS)
-        if outcome is not None and outcome.action == "processes.kill":
+        if outcome is not None and outcome.action == PROCESSES_KILL:
             notice = _kill_notice(outcome)
             ended = _ended_pids(outcome)
     return await _show(request, platform, user, host, job[:64], notice=notice, ended=ended)
@@ -129,7 +130,7 @@ async def list_processes(
     host = await platform.hosts.get(ref)
     args = {"name": name.strip()} if name.strip() else {}
     try:
-        job = await send(platform, request, user, host, "processes.list", args)
+        job = await send(platform, request, user, host, PROCESSES_LIST, args)
     except PlatformError as e:
         return await _show(request, platform, user, host, status=e.status_code, error=str(e))
     await wait_for(platform, job.id, LIST_WAIT_SECONDS)
@@ -156,7 +157,7 @@ async def kill_process(
         confirm = {"pid": pid, "name": name, "listing": listing}
         return await _show(request, platform, user, host, listing, confirm=confirm)
     try:
-        job = await send(platform, request, user, host, "processes.kill", {"pid": number})
+        job = await send(platform, request, user, host, PROCESSES_KILL, {"pid": number})
     except PlatformError as e:
         return await _show(
             request, platform, user, host, listing, status=e.status_code, error=str(e)

@@ -20,6 +20,7 @@ from tether.protocol.shell import (
     ShellInputError,
     help_text,
     read_line,
+    said_why_it_failed,
     script_command,
 )
 from tether.server.api.deps import PlatformDep, source_of
@@ -216,6 +217,14 @@ async def console_command(
     return JSONResponse(accepted.__dict__, status_code=201)
 
 
+async def _said_why(platform: Platform, job: JobView) -> bool:
+    """A failed `cat` or `py` that wrote its one sentence on stderr (read only for such a job;
+    their output is small: a `cat` shows at most 64 KiB)."""
+    if not said_why_it_failed(job.action, job.args, job.error):
+        return False
+    return any(p.stream == "stderr" for p in await platform.jobs.output(job.id, after=0))
+
+
 @router.get("/hosts/{ref}/session/jobs/{job_id}/output")
 async def console_output(
     ref: str,
@@ -250,5 +259,8 @@ async def console_output(
         answer["error"] = (
             None if job.state == "succeeded" else f"{job.state}: {job.error or 'no reason given'}"
         )
+        if job.state == "failed" and await _said_why(platform, job):
+            # Its own sentence is already on the console: no second line for one failure.
+            answer["error"] = None
         answer["result"] = result_text(job.result) if job.state == "succeeded" else ""
     return JSONResponse(answer)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
+from tether.protocol.hostnames import shared_hostnames
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.api.job_schemas import HostSelection
 from tether.server.api.jobs import selection_of
@@ -333,10 +334,13 @@ async def summary_poll(
 
 async def _all_rows(platform: Platform, batch: BatchView) -> list[tuple[str, dict[str, Any]]]:
     rows: list[tuple[str, dict[str, Any]]] = []
+    # As `tether run --csv` names them: a name two hosts of the run share carries the host's id.
+    shared = shared_hostnames((job.hostname, job.host_id) for job in batch.jobs)
     for job in sorted(batch.jobs, key=_by_host):
+        host = f"{job.hostname} ({job.host_id})" if job.hostname in shared else job.hostname
         after = 0
         while pieces := await platform.jobs.output(job.id, after=after):
-            rows += [(job.hostname, p.fields or {}) for p in pieces if p.stream == "row"]
+            rows += [(host, p.fields or {}) for p in pieces if p.stream == "row"]
             after = pieces[-1].id
     return rows
 

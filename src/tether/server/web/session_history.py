@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from tether.protocol import Permission
+from tether.protocol.hostnames import shared_hostnames
 from tether.protocol.what_ran import what_ran
 from tether.server.api.audit_filters import JSON_LINES, audit_search, export_stream, filter_fields
 from tether.server.api.deps import PlatformDep
@@ -74,7 +75,12 @@ def _time(ts: str) -> str:
 
 async def _target_names(platform: PlatformDep, records: list[AuditRecord]) -> dict[str, str]:
     """Names for the targets that are ids: a host by its hostname, a batch by what it ran."""
-    hostnames = {h.id: h.hostname for h in await platform.hosts.list()}
+    known = await platform.hosts.list()
+    # A name two hosts share (a re-imaged machine and its old record) carries the id's start.
+    shared = shared_hostnames((h.hostname, h.id) for h in known)
+    hostnames = {
+        h.id: f"{h.hostname} ({h.id[:8]})" if h.hostname in shared else h.hostname for h in known
+    }
     batch_ids = {r.target[6:] for r in records if r.target.startswith("batch:")}
     batches = await platform.jobs.batch_summaries(batch_ids)
     names: dict[str, str] = {}

@@ -1,5 +1,6 @@
 """The Jinja2 environment of the pages: autoescaping always on, templates from the package."""
 
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from tether.protocol.hostnames import shared_hostnames
 from tether.protocol.text import readable
 
 HERE = Path(__file__).parent
@@ -26,6 +28,15 @@ XTERM = {
 def when(value: datetime | None) -> str:
     """A timestamp as responders read it: UTC, to the second."""
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+def shared_hostnames_of(listed: Iterable[Any]) -> frozenset[str]:
+    """The hostnames more than one host carries among `listed` (jobs, retrieved files: anything
+    with a `hostname` and a `host_id`, either of which may be missing): the rows whose id the
+    page shows beside the name."""
+    return shared_hostnames(
+        (item.hostname, item.host_id) for item in listed if item.hostname and item.host_id
+    )
 
 
 def shown(value: Any) -> Any:
@@ -51,6 +62,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = when
+    env.filters["shared_hostnames"] = shared_hostnames_of
     env.globals["htmx"] = HTMX
     env.globals.update(XTERM)
     return env
