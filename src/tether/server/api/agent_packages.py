@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, require_fresh, source_of
+from tether.server.api.view_out import ViewOut
 from tether.server.services.users import User
 
 public = APIRouter(tags=["agent packages"])
@@ -31,7 +32,7 @@ class PackageCreate(BaseModel):
     expires_in_seconds: Annotated[int, Field(ge=60, le=365 * 86400)] = 86400
 
 
-class PackageCreated(BaseModel):
+class PackageCreated(ViewOut):
     id: int
     token_id: int
     format: str
@@ -61,7 +62,7 @@ async def create_package(
         actor=user.actor,
         source=source_of(request),
     )
-    return PackageCreated(**served.__dict__)
+    return PackageCreated.of(served)
 
 
 @public.get("/agent-packages/{link}/{filename}", response_class=FileResponse)
