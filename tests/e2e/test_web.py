@@ -6,7 +6,7 @@ tests/netns/test_web_isolation.py."""
 import sqlite3
 import time
 
-from playwright.sync_api import expect
+from playwright.sync_api import Route, expect
 
 from .browser import browser_page, log_in, screenshot
 from .harness import Agent, Children, Cli, Platform
@@ -67,3 +67,43 @@ def test_responder_logs_in_and_sees_the_host_as_text(
         expect(page.locator("#verify-result")).to_contain_text("Chain intact")
         screenshot(page, "session-history")
     print(f"browser test took {time.monotonic() - started:.1f} s")
+
+
+def test_a_tick_survives_a_table_refresh_that_was_already_on_its_way(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent
+) -> None:
+    """The 2-second poll answers with the rows as they were when it was sent: a host ticked while
+    that answer travels must stay ticked (under load it did not: the tick vanished)."""
+    platform, _admin, _ = responding
+    with browser_page() as page:
+        log_in(page, platform.url, platform.admin_password, platform.admin_code())
+        box = page.locator(f'input[name="host"][value="{endpoint.host_id}"]')
+        expect(box).not_to_be_checked()
+        held: list[Route] = []
+        holding = [True]
+
+        def hold(route: Route) -> None:
+            if holding[0]:
+                held.append(route)
+            else:
+                route.continue_()
+
+        page.route("**/active-response/hosts*", hold)
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert held, "the table's poll was not sent within 10 s"
+        assert "host=" not in held[0].request.url  # sent with nothing ticked
+
+        box.check()
+        holding[0] = False
+        with page.expect_response("**/active-response/hosts*"):
+            for route in held:
+                route.continue_()
+        page.wait_for_timeout(300)  # htmx swaps the stale rows in right after the answer
+        expect(box).to_be_checked()
+        # And the refresh after it, which carries the tick, keeps it too.
+        with page.expect_response("**/active-response/hosts*") as answer:
+            pass
+        assert f"host={endpoint.host_id}" in answer.value.request.url
+        expect(box).to_be_checked()
