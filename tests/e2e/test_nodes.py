@@ -313,16 +313,19 @@ def test_a_node_killed_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -
             cluster.on_b.host_id,
             "script.run",
             {
-                "source": "import time\nprint('up', flush=True)\ntime.sleep(4)\n"
+                "source": "import time\nprint('up', flush=True)\ntime.sleep(8)\n"
                 f"open({str(counter)!r}, 'a').write('ran\\n')\n"
             },
         )
+        # Started (a loaded machine may take a while to start the interpreter), not finished.
         wait_for(
-            lambda: any(p["text"] == "up\n" for p in output(api_b, in_flight)),
-            timeout=20,
+            lambda: "up" in "".join(p["text"] or "" for p in output(api_b, in_flight)),
+            timeout=60,
             what="the script to run",
         )
+        assert api_b.get(f"/jobs/{in_flight}").json()["state"] == "running"
     cluster.b.stop(signal.SIGKILL, timeout=10)
+    assert not counter.exists(), "the machine was too slow to kill the node mid-job"
     # The analyst who was on node B gets a plain sentence, not a traceback.
     lost = cluster.admin_b.run("hosts")
     assert lost.returncode != 0
