@@ -195,10 +195,8 @@ def test_each_node_lists_every_host_with_the_node_holding_it(cluster: Cluster) -
 
             def both_placed() -> bool:
                 hosts = _hosts(api)
-                return (
-                    hosts[cluster.on_a.host_id]["node"] == "node-a"
-                    and hosts[cluster.on_b.host_id]["node"] == "node-b"
-                )
+                placed = (hosts[cluster.on_a.host_id]["node"], hosts[cluster.on_b.host_id]["node"])
+                return placed == ("node-a", "node-b")
 
             wait_for(both_placed, timeout=10, what="both hosts online with their node")
             assert all(h["online"] for h in _hosts(api).values())
