@@ -1,7 +1,7 @@
-"""Several `--role all` nodes of one platform (docs/adr/0050): two real processes on one
-PostgreSQL database and one Redis bus, each with a data directory of its own (the second made by
-`tether server join` from a copy of the first's), one shared file store directory, and real
-agents on each.
+"""Several `--role all` nodes of one platform (docs/adr/0050): three real processes on one
+PostgreSQL database and one Redis bus, each with a data directory of its own (the others made by
+`tether server join` from a copy of the first's), one shared file store directory, and a real
+agent on each of the first two (the third holds none, so everything it does crosses).
 
 The job sweeper runs once a minute here, so what crosses within the assertions' seconds crossed
 on the bus. The last test kills a node with SIGKILL in the middle of a job: its agent comes back
@@ -98,8 +98,11 @@ class Forwarder:
 class Cluster:
     a: Platform
     b: Platform
+    # A third node holding no agent: everything it does crosses.
+    c: Platform
     admin_a: Cli
     admin_b: Cli
+    admin_c: Cli
     children: Children
     on_a: Agent
     on_b: Agent
@@ -145,27 +148,29 @@ def cluster(
         carried = root / "carried"
         shutil.copytree(a.data, carried)
         a.start()
-        # ...and makes the second node from the copy: one step, nothing over the network.
-        b = Platform(root / "b", children)
-        b.env = a.env
-        joined = subprocess.run(
-            [
-                *tether_command(),
-                *("server", "join", "--data", str(b.data), "--from", str(carried)),
-                *("--node-name", "node-b"),
-            ],
-            capture_output=True,
-            text=True,
-            env=b.env,
-            timeout=60,
-            check=False,
-        )
-        assert joined.returncode == 0, joined.stderr
-        assert "tether server run --data" in joined.stdout
-        assert (b.data / "ca.key").stat().st_mode & 0o077 == 0
-        b.start()
+        # ...and makes the other nodes from the copy: one step, nothing over the network.
+        b, c = Platform(root / "b", children), Platform(root / "c", children)
+        for node, name in ((b, "node-b"), (c, "node-c")):
+            node.env = a.env
+            joined = subprocess.run(
+                [
+                    *tether_command(),
+                    *("server", "join", "--data", str(node.data), "--from", str(carried)),
+                    *("--node-name", name),
+                ],
+                capture_output=True,
+                text=True,
+                env=node.env,
+                timeout=60,
+                check=False,
+            )
+            assert joined.returncode == 0, joined.stderr
+            assert "tether server run --data" in joined.stdout
+            assert (node.data / "ca.key").stat().st_mode & 0o077 == 0
+            node.start()
         admin_a = a.login(root / "admin-a")
         admin_b = _cli_on(admin_a, b, root / "admin-b")
+        admin_c = _cli_on(admin_a, c, root / "admin-c")
         admin_a.ok("segment", "create", "ir")
         admin_a.ok("segment", "set", "ir", "--active-response", "on")
         on_a = running_agent(a, admin_a, children, root / "agent-a", segment="ir")
@@ -178,7 +183,9 @@ def cluster(
         on_b.start()
         with admin_a.api() as api:
             wait_online(api, on_b.host_id, timeout=20)
-        yield Cluster(a, b, admin_a, admin_b, children, on_a, on_b, forwarder, shared_store)
+        yield Cluster(
+            a, b, c, admin_a, admin_b, admin_c, children, on_a, on_b, forwarder, shared_store
+        )
         forwarder.close()
     finally:
         children.kill_all()
@@ -220,6 +227,26 @@ def test_a_job_submitted_on_one_node_runs_on_an_agent_of_the_other(cluster: Clus
             ping = api.post("/hosts/ping", json={"timeout_seconds": 5})
             assert ping.status_code == 200, ping.text
             assert ping.json()["answered"] == 2, ping.json()
+
+
+def test_a_third_node_fans_out_to_agents_held_by_the_other_two(cluster: Cluster) -> None:
+    with cluster.admin_c.api() as api:
+        started = time.monotonic()
+        response = api.post(
+            "/jobs",
+            json={
+                "action": "system.noop",
+                "args": {"echo": "fan-out"},
+                "hosts": [cluster.on_a.host_id, cluster.on_b.host_id],
+            },
+        )
+        assert response.status_code == 201, response.text
+        ended = [finished(api, job["id"]) for job in response.json()["jobs"]]
+        took = time.monotonic() - started
+        assert [j["state"] for j in ended] == ["succeeded", "succeeded"]
+        assert took < 5, f"the fan-out took {took:.1f} s: it did not cross on the bus"
+        placed = {h["id"]: h["node"] for h in api.get("/hosts").json()}
+        assert placed == {cluster.on_a.host_id: "node-a", cluster.on_b.host_id: "node-b"}
 
 
 def test_a_live_session_on_node_a_drives_an_agent_on_node_b(
