@@ -32,7 +32,8 @@ def init(
     redis_url: Annotated[
         str | None,
         typer.Option(
-            help="Redis URL of the bus between platform processes (needed for --role api|gateway)."
+            help="Redis URL of the bus between platform processes: needed for --role api|gateway "
+            "and for several nodes (docs/operations.md, 'Several nodes')."
         ),
     ] = None,
     node_name: Annotated[
