@@ -208,7 +208,9 @@ def report(
         f"| RSS per connected agent, node A / node B | {per_agent[0]:.1f} / "
         f"{per_agent[1]:.1f} KiB | within 10% of single-node |",
         "",
-        f"{args.round_trips} interleaved round trips each way. Not measured here yet: 2 x 5,000 "
+        f"{args.round_trips} interleaved round trips each way. Compare only within one run: the "
+        "machine is shared, and at a load average far above its 2 cores the absolute times are "
+        "several times a quiet machine's. Not measured here yet: 2 x 5,000 "
         "agents, the single-node figure of the same run for memory, failover time after kill -9 "
         "and the restart storms (the `storm` work adds agent address lists for those).",
     ]
