@@ -147,7 +147,6 @@ def cluster(
         # The operator copies the first node's data directory to the new machine...
         carried = root / "carried"
         shutil.copytree(a.data, carried)
-        a.start()
         # ...and makes the other nodes from the copy: one step, nothing over the network.
         b, c = Platform(root / "b", children), Platform(root / "c", children)
         for node, name in ((b, "node-b"), (c, "node-c")):
@@ -167,7 +166,11 @@ def cluster(
             assert joined.returncode == 0, joined.stderr
             assert "tether server run --data" in joined.stdout
             assert (node.data / "ca.key").stat().st_mode & 0o077 == 0
-            node.start()
+        # All three start at once (migrations and start records take turns in the database).
+        for node in (a, b, c):
+            node.spawn()
+        for node in (a, b, c):
+            node.wait_healthy(timeout=60)
         admin_a = a.login(root / "admin-a")
         admin_b = _cli_on(admin_a, b, root / "admin-b")
         admin_c = _cli_on(admin_a, c, root / "admin-c")
