@@ -48,6 +48,9 @@ class Forwarder:
 
     def __init__(self, target: int) -> None:
         self.target = target
+        # Bytes per second from the agent to the platform (None: as fast as it goes), so a
+        # transfer is still in flight when the test kills its node.
+        self.upload_rate: float | None = None
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._open: set[socket.socket] = set()
@@ -68,13 +71,15 @@ class Forwarder:
             upstream.settimeout(None)
             with self._lock:
                 self._open |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, up), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, up: bool) -> None:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
+                if up and self.upload_rate:
+                    time.sleep(len(data) / self.upload_rate)
         except OSError:
             pass
         finally:
@@ -118,6 +123,15 @@ def _cli_on(admin: Cli, node: Platform, config_dir: Path) -> Cli:
     (config_dir / "profile.json").write_text(json.dumps(profile))
     os.chmod(config_dir / "profile.json", 0o600)
     return Cli(config_dir, admin.env, step_up=admin.step_up)
+
+
+def _largest(directory: Path) -> int:
+    """The size of the largest file in `directory` (0: none), racing its files' removal."""
+    sizes = [0]
+    for path in directory.glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            sizes.append(path.stat().st_size)
+    return max(sizes)
 
 
 def _hosts(api: Any) -> dict[str, dict[str, Any]]:
@@ -331,6 +345,9 @@ def test_a_revocation_on_node_a_closes_an_agent_on_node_b_within_a_second(
 
 def test_a_node_killed_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
     counter, queued_counter = tmp_path / "counter", tmp_path / "queued-counter"
+    evidence = tmp_path / "big-evidence.bin"
+    evidence.write_bytes(os.urandom(24 * 1024 * 1024))
+    partials = cluster.shared_store / "partial"
     with cluster.admin_b.api() as api_b:
         # A session opened on node B, and a job in flight on node B's agent.
         session = api_b.post("/sessions", json={"host": cluster.on_b.host_id})
@@ -341,7 +358,7 @@ def test_a_node_killed_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -
             cluster.on_b.host_id,
             "script.run",
             {
-                "source": "import time\nprint('up', flush=True)\ntime.sleep(8)\n"
+                "source": "import time\nprint('up', flush=True)\ntime.sleep(15)\n"
                 f"open({str(counter)!r}, 'a').write('ran\\n')\n"
             },
         )
@@ -351,9 +368,22 @@ def test_a_node_killed_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -
             timeout=60,
             what="the script to run",
         )
+        # And a retrieval in flight through node B, slowed to about 4 MB/s by the "load
+        # balancer" so that it is still under way at the kill.
+        cluster.forwarder.upload_rate = 4e6
+        retrieval = run(api_b, cluster.on_b.host_id, "files.get", {"path": str(evidence)})
+        wait_for(
+            lambda: _largest(partials) > 0,
+            timeout=15,
+            interval=0.02,
+            what="the retrieval's first bytes in the shared store",
+        )
         assert api_b.get(f"/jobs/{in_flight}").json()["state"] == "running"
     cluster.b.stop(signal.SIGKILL, timeout=10)
     assert not counter.exists(), "the machine was too slow to kill the node mid-job"
+    held = _largest(partials)
+    assert 0 < held < evidence.stat().st_size, "the retrieval was not in flight at the kill"
+    cluster.forwarder.upload_rate = None
     # A live session through node B ends with a plain sentence, not a traceback.
     lost = cluster.admin_b.run("shell", cluster.on_b.host_id, "--command", "ps")
     assert lost.returncode != 0
@@ -380,6 +410,10 @@ def test_a_node_killed_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -
         )
         assert finished(api, in_flight)["state"] == "succeeded"
         assert finished(api, queued)["state"] == "succeeded"
+        # The retrieval resumed on node A from the partial node B left in the shared store.
+        assert finished(api, retrieval, timeout=60)["state"] == "succeeded", api.get(
+            f"/jobs/{retrieval}"
+        ).json()
         # The session opened on node B goes on through node A.
         command = api.post(
             f"/sessions/{sid}/commands",
@@ -391,8 +425,18 @@ def test_a_node_killed_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -
     # Each job ran once and ended once.
     assert counter.read_text() == "ran\n"
     assert queued_counter.read_text() == "ran\n"
+    listed = [
+        f
+        for f in cluster.admin_a.json("files", "list", "--kind", "retrieved")
+        if f.get("job_id") == retrieval
+    ]
+    assert len(listed) == 1, listed
+    out = tmp_path / "out"
+    out.mkdir()
+    cluster.admin_a.ok("files", "download", listed[0]["id"], "-o", str(out / "copy.bin"))
+    assert (out / "copy.bin").read_bytes() == evidence.read_bytes()
     records = cluster.admin_a.json("audit", "list", "--limit", "1000")
-    for job_id in (in_flight, queued):
+    for job_id in (in_flight, queued, retrieval):
         endings = [r for r in records if r["action"] == "job.outcome" and job_id in r["target"]]
         assert len(endings) == 1, endings
     verify = cluster.admin_a.run("audit", "verify")
