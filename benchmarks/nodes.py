@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 import fleet
 import sections
 from gateway_flood import SplitDatabase, free_port
@@ -81,6 +83,15 @@ class Forwarder:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
+
+
+async def _connected(plat: Platform) -> int:
+    """The node's connected agents; -1 when the request failed (a kept-alive connection the
+    node closed just as it was reused), so a poll simply asks again."""
+    try:
+        return await plat.connected()
+    except httpx.HTTPError:
+        return -1
 
 
 def _host_ids(fleet_dir: Path, count: int) -> list[str]:
@@ -160,7 +171,7 @@ async def run(args: argparse.Namespace) -> str:
             sims.append(sim)
 
         async def all_connected() -> bool:
-            return all([await p.connected() == half for p in plats])
+            return all([await _connected(p) == half for p in plats])
 
         if await wait_for(all_connected, 300, 0.5) is None:
             raise RuntimeError("Not every agent connected within 300 s.")
@@ -191,7 +202,7 @@ async def run(args: argparse.Namespace) -> str:
         forwarder.target = ports[0].agent
 
         async def all_on_a() -> bool:
-            connected: int = await a.connected()
+            connected = await _connected(a)
             return connected == 2 * half
 
         back = await wait_for(all_on_a, 120, 0.2)
