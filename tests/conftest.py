@@ -73,6 +73,16 @@ def postgres_url() -> Iterator[str]:
 def fresh_postgres_url() -> Iterator[str]:
     """A database of this test's own on the PostgreSQL test server, empty (not migrated: the
     platform under test migrates it), dropped afterwards."""
+    yield from _fresh_postgres()
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """`fresh_postgres_url` for a whole module (a cluster of platform nodes it shares)."""
+    yield from _fresh_postgres()
+
+
+def _fresh_postgres() -> Iterator[str]:
     server = make_url(os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES)
     try:
         admin = psycopg.connect(_conninfo(str(server)), autocommit=True, connect_timeout=5)
@@ -149,7 +159,7 @@ REDIS_ENV = "TETHER_TEST_REDIS"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     """The Redis server for bus tests (TETHER_TEST_REDIS); skipped with the reason when it does
     not answer, except under CI=true, where that fails."""

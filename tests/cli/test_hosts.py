@@ -3,8 +3,12 @@
 import json
 import re
 
+from sqlalchemy import update
+
 from tether.cli.hosts import agent_column
 from tether.protocol import OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION
+from tether.server.services.nodes import ALIVE_WITHIN, Nodes
+from tether.server.store.tables import hosts as host_rows
 
 from ..server.support import add_host
 from .conftest import Cli, Hosts
@@ -58,3 +62,24 @@ def test_the_agent_column_names_hosts_still_on_the_previous_protocol() -> None:
     assert agent_column({**host, "protocol_version": PROTOCOL_VERSION}) == "0.1.0"
     # Never connected yet, or a platform older than this CLI: the version alone.
     assert agent_column({"agent_version": ""}) == ""
+
+
+async def test_the_hosts_table_has_a_node_column_only_on_a_platform_of_several_nodes(
+    cli: Cli, hosts: Hosts
+) -> None:
+    # docs/adr/0050: one process shows no Node column; several name the node holding each host.
+    single = await cli("hosts")
+    assert single.code == 0, single.stderr
+    assert "Node" not in single.stdout
+    other = Nodes(hosts.platform.engine, "all", name="node-b")
+    await other.join()
+    async with hosts.platform.engine.begin() as conn:
+        await conn.execute(
+            update(host_rows).where(host_rows.c.id == hosts.ids["ws-1"]).values(node_id=other.id)
+        )
+    await hosts.platform.presence.refresh_remote(ALIVE_WITHIN)
+    several = await cli("hosts")
+    assert several.code == 0, several.stderr
+    assert "Node" in several.stdout
+    (line,) = [row for row in several.stdout.splitlines() if "node-b" in row]
+    assert re.search(r"\bws-1\b", line), several.stdout

@@ -374,6 +374,13 @@ class Platform:
         return response.status_code == 200 and response.json() == {"status": "ok"}
 
     def start(self, timeout: float = 30) -> Proc:
+        proc = self.spawn()
+        self.wait_healthy(timeout)
+        return proc
+
+    def spawn(self) -> Proc:
+        """Start `tether server run` without waiting for it (see `wait_healthy`), so several
+        platforms can start at once."""
         assert self.proc is None or not self.proc.alive(), "the platform is already running"
         self.runs += 1
         self.proc = self.children.spawn(
@@ -392,14 +399,17 @@ class Platform:
             ],
             self.env,
         )
+        return self.proc
+
+    def wait_healthy(self, timeout: float = 30) -> None:
         proc = self.proc
+        assert proc is not None
 
         def up() -> bool:
             assert proc.alive(), f"the platform exited early:\n{proc.output()}"
             return self.healthy()
 
         wait_for(up, timeout=timeout, interval=0.1, what="the platform's /healthz")
-        return proc
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.proc is not None

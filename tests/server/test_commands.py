@@ -206,3 +206,18 @@ def test_a_split_role_without_its_shared_database_or_bus_is_refused_in_one_sente
         check_role(settings)
     # The single process needs neither.
     check_role(Settings(data_dir=tmp_path))
+
+
+def test_several_nodes_on_sqlite_are_refused_in_one_sentence(tmp_path: Path) -> None:
+    from tether.server.config import Settings
+    from tether.server.runner import check_role
+
+    with pytest.raises(ConfigurationError, match=r"^Several nodes on one Redis bus need a Post"):
+        check_role(Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:6379/0"))
+    check_role(
+        Settings(
+            data_dir=tmp_path,
+            redis_url="redis://127.0.0.1:6379/0",
+            database_url="postgresql+psycopg://postgres@127.0.0.1/x",
+        )
+    )

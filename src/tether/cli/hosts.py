@@ -24,6 +24,8 @@ HOST_COLUMNS = [
     ("isolation", "Isolation"),
 ]
 
+NODE_COLUMN = ("node", "Node")
+
 host_app = typer.Typer(
     help="One host: show, revoke, move to a segment, check response access.", no_args_is_help=True
 )
@@ -57,6 +59,10 @@ def list_hosts(json_output: JsonOpt = False) -> None:
     hosts = Api.from_profile().get("/hosts")
     if json_output:
         emit_json(hosts)
+    elif any(h.get("node") for h in hosts):
+        # A platform of several nodes: which one holds each agent.
+        at = HOST_COLUMNS.index(("online", "Online")) + 1
+        table([_row(h) for h in hosts], [*HOST_COLUMNS[:at], NODE_COLUMN, *HOST_COLUMNS[at:]])
     else:
         table([_row(h) for h in hosts], HOST_COLUMNS)
 

@@ -32,7 +32,19 @@ def init(
     redis_url: Annotated[
         str | None,
         typer.Option(
-            help="Redis URL of the bus between platform processes (needed for --role api|gateway)."
+            help="Redis URL of the bus between platform processes: needed for --role api|gateway "
+            "and for several nodes (docs/operations.md, 'Several nodes')."
+        ),
+    ] = None,
+    node_name: Annotated[
+        str | None,
+        typer.Option(help="The name the hosts list shows for this node (several nodes)."),
+    ] = None,
+    file_store_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory of the file store (default: files/ in the data directory); several "
+            "nodes on different machines share one, e.g. an NFS mount."
         ),
     ] = None,
     trusted_proxy: Annotated[
@@ -83,6 +95,8 @@ def init(
             agent_listen=agent_listen,
             database_url=database_url or "",
             redis_url=redis_url or "",
+            node_name=node_name or "",
+            file_store_dir=str(file_store_dir.resolve()) if file_store_dir else "",
             checkpoint_syslog=checkpoint_syslog,
             checkpoint_syslog_ca=str(checkpoint_syslog_ca.resolve())
             if checkpoint_syslog_ca
@@ -115,6 +129,47 @@ def init(
         typer.echo(f"Second factor (add to an authenticator app): {result.mfa_uri}")
         typer.echo(f"Recovery codes (each works once): {' '.join(result.recovery_codes)}")
         typer.echo("The password, secret and codes are shown once; store them now.")
+
+
+@server_app.command("join")
+def join(
+    data: DataOpt,
+    source: Annotated[
+        Path,
+        typer.Option(
+            "--from",
+            help="A copy of an existing node's data directory (or of the files "
+            "docs/operations.md names), brought over by the operator.",
+        ),
+    ],
+    listen: Annotated[str | None, typer.Option(help="This node's analyst port HOST:PORT.")] = None,
+    agent_listen: Annotated[
+        str | None, typer.Option(help="This node's agent port HOST:PORT.")
+    ] = None,
+    node_name: Annotated[
+        str | None,
+        typer.Option(help="The name the hosts list shows for this node (default: HOST:PORT)."),
+    ] = None,
+    file_store_dir: Annotated[
+        Path | None,
+        typer.Option(help="The file store directory all nodes share (e.g. an NFS mount)."),
+    ] = None,
+) -> None:
+    """Make DATA the data directory of one more node of a platform on PostgreSQL and Redis,
+    from a copy of another node's data directory; nothing is fetched over the network."""
+    from tether.server.services.joining import join as join_platform
+
+    joined = join_platform(
+        source,
+        data,
+        listen=listen,
+        agent_listen=agent_listen,
+        node_name=node_name,
+        file_store_dir=str(file_store_dir.resolve()) if file_store_dir else None,
+    )
+    typer.echo(f"Node data directory {joined.settings.data_dir} made from {source}")
+    typer.echo(f"Copied: {', '.join(joined.copied)}")
+    typer.echo(f"Start it with: tether server run --data {joined.settings.data_dir}")
 
 
 @server_app.command("renew-cert")

@@ -6,6 +6,7 @@ Sources, strongest first: command-line options, `TETHER_*` environment variables
 
 import ipaddress
 import json
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
     role: Role = Role.ALL
     redis_url: str = ""
     bus_prefix: str = Field(default="tether:", min_length=1, max_length=64)
+    # Several nodes (docs/adr/0050): the name the hosts list shows beside the agents this node
+    # holds (default: this machine's name and agent port), and the file store's directory, which
+    # several nodes on different machines must share (an NFS mount; default: the data
+    # directory's files/).
+    node_name: str = Field(default="", max_length=255)
+    file_store_dir: str = ""
     # Witnesses off the host (docs/adr/0032-audit-witnesses.md): every signed audit checkpoint
     # also goes to a syslog collector (tcp://HOST:PORT or tls://HOST:PORT, RFC 5424) and/or is
     # appended to a file as a JSON line; the CA file names who may serve tls:// (else the
@@ -88,6 +95,19 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or network") from None
         return value
+
+    @property
+    def several_nodes(self) -> bool:
+        """True when this process is one of several sharing the database and the Redis bus: a
+        split role, or `all` with a bus (docs/adr/0050)."""
+        return self.role is not Role.ALL or bool(self.redis_url)
+
+    @property
+    def node_label(self) -> str:
+        if self.node_name:
+            return self.node_name
+        port = split_hostport(self.agent_listen if self.role.holds_agents else self.listen)[1]
+        return f"{socket.gethostname()}:{port}"
 
     @property
     def db_url(self) -> str:
@@ -129,7 +149,7 @@ class Settings(BaseSettings):
     @property
     def file_store(self) -> Path:
         """Retrieved and uploaded files, content-addressed (tether.server.store.blobs)."""
-        return self.data_dir / "files"
+        return Path(self.file_store_dir) if self.file_store_dir else self.data_dir / "files"
 
     @property
     def mfa_key(self) -> Path:

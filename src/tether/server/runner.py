@@ -12,10 +12,11 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import uvicorn
+from sqlalchemy import text
 from websockets.asyncio.server import Server
 
 from tether.protocol import CloseCode
@@ -75,8 +76,14 @@ def _log_tls_failures(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
 
 
 def check_role(settings: Settings) -> None:
-    """A split role needs a database and a bus that several processes share; say so at once."""
+    """A split role, or several nodes, need a database and a bus the processes share; say so at
+    once."""
     if settings.role is Role.ALL:
+        if settings.redis_url and is_sqlite(settings.db_url):
+            raise ConfigurationError(
+                "Several nodes on one Redis bus need a PostgreSQL database they share; set "
+                "database_url, or remove redis_url to run one node on SQLite."
+            )
         return
     if is_sqlite(settings.db_url):
         raise ConfigurationError(
@@ -105,6 +112,27 @@ async def _prepare_records(platform: Platform) -> None:
             log.info("Example scripts added to the library: %s", ", ".join(loaded))
 
 
+@contextlib.asynccontextmanager
+async def _one_node_at_a_time(platform: Platform) -> AsyncIterator[None]:
+    """Several nodes starting together on PostgreSQL take turns (the once-per-upgrade records
+    and the shipped examples must not be written twice)."""
+    if is_sqlite(platform.settings.db_url):
+        yield
+        return
+    async with platform.engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _START_LOCK})
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _START_LOCK})
+            await conn.commit()
+
+
+# The advisory lock of the start records ("tethstrt" in ASCII).
+_START_LOCK = 0x7465746873747274
+
+
 def _api_server(settings: Settings, platform: Platform) -> _ApiServer:
     api_host, api_port = split_hostport(settings.listen)
     config = _ApiConfig(
@@ -131,9 +159,11 @@ def _api_server(settings: Settings, platform: Platform) -> _ApiServer:
 
 
 def _build(settings: Settings) -> Platform:
-    if settings.role is Role.ALL:
+    if not settings.several_nodes:
         return Platform.build(settings)
-    return Platform.build(settings, bus=RedisBus(settings.redis_url, prefix=settings.bus_prefix))
+    # A node of role all acts on its own wake-ups at once, like the single process (ADR 0050).
+    bus = RedisBus(settings.redis_url, prefix=settings.bus_prefix, inline=settings.role is Role.ALL)
+    return Platform.build(settings, bus=bus)
 
 
 async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
@@ -147,9 +177,18 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     platform = _build(settings)
     await platform.bus.start()
     if platform.nodes is not None:
-        await platform.nodes.join()
+        apart = await platform.nodes.join()
+        if apart:
+            log.warning(
+                "Node(s) %s use another file store than this node (%s): files one of them "
+                "retrieves cannot be downloaded through the other. Set file_store_dir on every "
+                "node to one shared directory.",
+                ", ".join(apart),
+                settings.file_store,
+            )
     if role.serves_analysts:
-        await _prepare_records(platform)
+        async with _one_node_at_a_time(platform):
+            await _prepare_records(platform)
     if role.holds_agents:
         swept = await platform.transfers.sweep_partials(platform.engine)
         if swept:
@@ -185,15 +224,16 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
             asyncio.create_task(platform.presence.run_flusher(settings.last_seen_flush_seconds)),
             asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds)),
         ]
-        if role is Role.GATEWAY:
+        if settings.several_nodes:
             # What wake-ups may have said while the bus was away (pub/sub keeps nothing for a
             # subscriber that is not connected): re-read it all once the bus is back.
             platform.bus.on_resync(platform.dispatcher.dispatch_waiting)
             platform.bus.on_resync(platform.dispatcher.cancel_waiting)
             platform.bus.on_resync(platform.policies.publish_everywhere)
             platform.bus.on_resync(platform.hosts.disconnect_all_revoked)
-            # And revocations whose wake-up was lost without a reconnect.
-            tasks.append(asyncio.create_task(_sweep_revoked(platform, settings.job_sweep_seconds)))
+            # And whatever a wake-up lost without a reconnect would have said (queued jobs are
+            # the job sweeper's): a lost message delays by a sweep period, never loses.
+            tasks.append(asyncio.create_task(_catch_up(platform, settings.job_sweep_seconds)))
     api_server: _ApiServer | None = None
     api_task: asyncio.Task[None] | None = None
     if role.serves_analysts:
@@ -206,13 +246,13 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
                 platform.live_sessions.run_sweeper(settings.live_session_sweep_seconds)
             ),
         ]
-        if role is Role.API:
-            # Which hosts the gateways hold, for listings and the jobs' waiting reasons.
-            tasks.append(
-                asyncio.create_task(
-                    platform.presence.run_remote_refresh(PRESENCE_REFRESH_SECONDS, ALIVE_WITHIN)
-                )
+    if role is Role.API or (settings.several_nodes and role is Role.ALL):
+        # Which hosts the other nodes hold, for listings, pings and the jobs' waiting reasons.
+        tasks.append(
+            asyncio.create_task(
+                platform.presence.run_remote_refresh(PRESENCE_REFRESH_SECONDS, ALIVE_WITHIN)
             )
+        )
     # Failed logins and agent-port TLS refusals, one audit record per source per minute.
     tasks += [
         asyncio.create_task(summary.run_flusher(REFUSAL_FLUSH_SECONDS))
@@ -237,11 +277,12 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
     if role is Role.ALL:
         api_host, api_port = split_hostport(settings.listen)
         log.info(
-            "Analyst port https://%s:%d, agent port %s:%d",
+            "Analyst port https://%s:%d, agent port %s:%d%s",
             api_host,
             api_port,
             agent_host,
             agent_port,
+            f" (node {platform.nodes.name})" if platform.nodes is not None else "",
         )
     elif role is Role.API:
         log.info("Role api: analyst port https://%s", settings.listen)
@@ -283,14 +324,21 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
         await platform.close()
 
 
-async def _sweep_revoked(platform: Platform, interval: float) -> None:
-    """Close connections of hosts revoked elsewhere whose wake-up never arrived."""
+async def _catch_up(platform: Platform, interval: float) -> None:
+    """Deliver to the agents connected here what a lost wake-up would have said: revocations,
+    cancellations not yet sent over their connection, and policies not yet delivered."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await platform.hosts.disconnect_all_revoked()
+            await catch_up_once(platform)
         except Exception:
-            log.exception("The revocation sweep failed; it will try again.")
+            log.exception("The catch-up sweep failed; it will try again.")
+
+
+async def catch_up_once(platform: Platform) -> None:
+    await platform.hosts.disconnect_all_revoked()
+    await platform.dispatcher.cancel_waiting(only_unsent=True)
+    await platform.policies.catch_up()
 
 
 # How often an api process reads which hosts the gateways hold.

@@ -163,3 +163,27 @@ async def test_a_question_is_answered_by_the_process_that_can(
     finally:
         for bus in (api, holder, other):
             await bus.close()
+
+
+async def test_a_node_of_several_acts_on_its_own_wake_ups_at_once_and_wakes_the_others(
+    redis_url: str, bus_prefix: str
+) -> None:
+    # Role all among several nodes (docs/adr/0050): its own agents are served in the caller's
+    # task, as in one process, and the other node hears the same message once.
+    a = RedisBus(redis_url, prefix=bus_prefix, inline=True)
+    b = RedisBus(redis_url, prefix=bus_prefix, inline=True)
+    at_a, at_b = Heard(), Heard()
+    a.subscribe(Topic.JOBS_READY, at_a)
+    b.subscribe(Topic.JOBS_READY, at_b)
+    await a.start()
+    await b.start()
+    try:
+        await a.publish(Topic.JOBS_READY, ["job-1"])
+        assert at_a.ids == [("job-1",)]  # already, before publish returned
+        assert await at_b.next() == ("job-1",)
+        await asyncio.sleep(0.1)
+        assert at_a.ids == [("job-1",)]  # its own message, coming back, is not acted on twice
+        assert at_b.ids == []
+    finally:
+        await a.close()
+        await b.close()

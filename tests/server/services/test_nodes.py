@@ -74,3 +74,31 @@ async def test_a_single_process_writes_no_holder(engine: AsyncEngine) -> None:
     await presence.flush()
     assert await holders(engine) == {host: None}
     assert presence.is_online(host)
+
+
+async def test_nodes_of_role_all_see_each_other_by_name_and_notice_another_file_store(
+    engine: AsyncEngine,
+) -> None:
+    # docs/adr/0050: every node holds agents and reads which the others hold.
+    a_host, b_host = await add_host(engine, "ws-a"), await add_host(engine, "ws-b")
+    node_a = Nodes(engine, "all", name="node-a", file_store="store-1")
+    node_b = Nodes(engine, "all", name="node-b", file_store="store-1")
+    node_c = Nodes(engine, "all", name="node-c", file_store="store-2")
+    assert await node_a.join() == []
+    assert await node_b.join() == []  # the same store: nothing to say
+    assert await node_c.join() == ["node-a", "node-b"]
+    on_a = Presence(engine, node_id=node_a.id, node_name="node-a")
+    on_b = Presence(engine, node_id=node_b.id, node_name="node-b")
+    on_a.attach(FakeLink(a_host))
+    on_b.attach(FakeLink(b_host))
+    await on_a.flush()
+    await on_b.flush()
+    # Each reads only the other's hosts from the database; its own are its connections.
+    assert await on_a.refresh_remote(ALIVE_WITHIN) == 1
+    assert (on_a.node_of(a_host), on_a.node_of(b_host)) == ("node-a", "node-b")
+    assert on_a.remote_ids() == [b_host]
+    assert on_a.online_ids() == [a_host]
+    assert on_a.is_online(b_host)
+    assert on_a.link(b_host) is None
+    # A single process names no node.
+    assert Presence(engine).node_of(a_host) is None

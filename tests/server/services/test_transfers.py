@@ -131,9 +131,12 @@ async def test_get_resumes_after_the_link_is_cut(tmp_path: Path, store: BlobStor
     assert second.chunk_bytes < size
 
 
+@pytest.mark.parametrize("successor", ["restarted", "another node"])
 async def test_get_finishes_on_a_restarted_platform_from_the_partial_on_disk(
-    tmp_path: Path, store: BlobStore
+    tmp_path: Path, store: BlobStore, successor: str
 ) -> None:
+    # "another node": the node holding the agent was killed and the agent came back to another
+    # node sharing the file store directory (docs/adr/0050): the same partial, resumed.
     source = tmp_path / "f"
     size = 20 * MiB
     sha = write_random_file(source, size)
@@ -149,7 +152,7 @@ async def test_get_finishes_on_a_restarted_platform_from_the_partial_on_disk(
     assert [p.name for p in partials(store)] == [str(tid)]
     held = partials(store)[0].stat().st_size
     assert held > 0
-    restarted = HostTransfers(BlobStore(store.root))
+    restarted = HostTransfers(BlobStore(store.root, several_nodes=successor == "another node"))
     # The agent reconnects first and re-opens at once; the job is registered again after.
     second = await Link(agent, restarted).start()
     await asyncio.sleep(0.05)

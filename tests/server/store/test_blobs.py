@@ -158,3 +158,19 @@ async def test_a_full_disk_is_one_sentence_and_leaves_no_partial(full_disk: Path
     with pytest.raises(StorageFull, match="out of disk space"):
         await fill()
     assert partials(store) == []
+
+
+async def test_a_node_of_several_says_which_store_lacks_a_file_and_stores_share_an_id(
+    tmp_path: Path,
+) -> None:
+    # docs/adr/0050: a file another node stored is not assumed to be on this node's disk.
+    missing = "ab" * 32
+    with pytest.raises(BlobNotFound, match="The file store holds no file"):
+        await BlobStore(tmp_path / "one").open_read(missing)
+    node = BlobStore(tmp_path / "own", several_nodes=True)
+    with pytest.raises(BlobNotFound, match=r"^This node's file store \(.*own\) holds no file .*"):
+        await node.open_read(missing)
+    # Two nodes on one shared directory report one store id; another directory, another id.
+    shared = tmp_path / "shared"
+    assert BlobStore(shared).identity() == BlobStore(shared).identity()
+    assert BlobStore(shared).identity() != node.identity()

@@ -6,6 +6,7 @@ import httpx
 from sqlalchemy import select, update
 
 from tether.protocol import Role
+from tether.server.services.nodes import ALIVE_WITHIN, Nodes
 from tether.server.services.platform import Platform
 from tether.server.store.tables import audit_records, hosts, segments
 
@@ -199,3 +200,21 @@ async def test_an_unknown_host_is_a_404_page(admin_browser: httpx.AsyncClient) -
     response = await admin_browser.get("/hosts/no-such-host")
     assert response.status_code == 404
     assert "No host has the id or hostname &#39;no-such-host&#39;." in response.text
+
+
+async def test_on_a_platform_of_several_nodes_the_table_names_the_node_holding_each_host(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    # docs/adr/0050. One process shows no Node column at all.
+    held = await add_host(platform.engine, "held-elsewhere", segment="ir")
+    assert "<th>Node</th>" not in (await admin_browser.get("/active-response")).text
+    other = Nodes(platform.engine, "all", name="node-b")
+    await other.join()
+    async with platform.engine.begin() as conn:
+        await conn.execute(update(hosts).where(hosts.c.id == held).values(node_id=other.id))
+    await platform.presence.refresh_remote(ALIVE_WITHIN)
+    platform.nodes = Nodes(platform.engine, "all", name="node-a")
+    page = (await admin_browser.get("/active-response")).text
+    assert "<th>Node</th>" in page
+    assert '<td class="node">node-b</td>' in page
+    assert "(node node-b)" in (await admin_browser.get(f"/hosts/{held}")).text

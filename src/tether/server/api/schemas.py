@@ -103,6 +103,8 @@ class HostOut(ViewOut):
     response_disabled_locally: bool
     isolation: IsolationOut
     protocol_version: int | None = None
+    # The platform node holding the agent's connection, on a platform of several nodes.
+    node: str | None = None
 
 
 SegmentName = Annotated[str, Field(min_length=1, max_length=64)]

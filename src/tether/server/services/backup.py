@@ -188,8 +188,8 @@ def _snapshot(source: Path, staged: Path, progress: Callable[[int], None]) -> tu
     return int(head[0]), str(head[1]), str(revision[0]) if revision else ""
 
 
-def _blobs(data: Path) -> list[tuple[str, Path]]:
-    root = data / "files" / "sha256"
+def _blobs(store: Path) -> list[tuple[str, Path]]:
+    root = store / "sha256"
     found: list[tuple[str, Path]] = []
     if root.is_dir():
         for prefix in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -211,7 +211,7 @@ def _write(
     data = settings.data_dir
     anchor = settings.audit_anchor.read_bytes() if settings.audit_anchor.is_file() else b""
     database = data / "tether.db"
-    blobs = _blobs(data)
+    blobs = _blobs(settings.file_store)
     # The snapshot and its streaming into the file each count the database once.
     total = 2 * database.stat().st_size + sum(p.stat().st_size for _, p in blobs)
     done = 0

@@ -80,7 +80,7 @@ def initialise(settings: Settings, ips: list[str]) -> InitResult:
         [
             *("hostname", "listen", "agent_listen", "public_url", "agent_public_url"),
             *("database_url", "checkpoint_syslog", "checkpoint_syslog_ca", "checkpoint_file"),
-            *("trusted_proxies", "redis_url"),
+            *("trusted_proxies", "redis_url", "node_name", "file_store_dir"),
         ],
     )
     return InitResult(

@@ -9,6 +9,7 @@ queued job whose host left an Active Response segment fails with that reason and
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -138,6 +139,10 @@ class Dispatcher:
         self._unfinished: Coalesced[None, dict[str, list[Any]]] = Coalesced(self._read_unfinished)
         # Endings reported together are recorded together: one transaction, one signed head.
         self._endings: Coalesced[tuple[str, JobStatus], set[str]] = Coalesced(self._record_endings)
+        # Cancellations sent over each connection: the catch-up sweep sends only the others.
+        self._cancels_sent: weakref.WeakKeyDictionary[AgentLink, set[str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def serve_agents(self, bus: Bus) -> None:
         """Send what `bus` says is ready or cancelled to the agents connected here."""
@@ -198,7 +203,8 @@ class Dispatcher:
                         self._job_query().where(jobs.c.id.in_(chunk), jobs.c.state == "queued")
                     )
                 ).all()
-        await self._send([r for r in rows if self._presence.is_online(r.host_id)])
+        # Only hosts connected here: with several nodes, another node's hosts are online too.
+        await self._send([r for r in rows if self._presence.link(r.host_id) is not None])
 
     async def dispatch_waiting(self) -> None:
         """Send queued jobs of hosts online here that no wake-up reached (another process
@@ -293,7 +299,7 @@ class Dispatcher:
                 # Unfinished jobs are sent again: the agent answers with the state it holds.
                 await link.send_text(job_request(row).model_dump_json())
             if row.cancel_requested_by is not None:
-                await link.send_text(JobCancel(job_id=row.id).model_dump_json())
+                await self._send_cancel_over(link, row.id)
 
     async def _end_queued(self, ended: dict[str, tuple[str, str]], now: datetime) -> None:
         await self._end(
@@ -350,7 +356,7 @@ class Dispatcher:
         cancellation is committed: an agent not reached now is asked when it reconnects)."""
         await self._bus.publish(Topic.JOBS_CANCEL, [job_id])
 
-    async def cancel_here(self, job_ids: Sequence[str]) -> None:
+    async def cancel_here(self, job_ids: Sequence[str], *, only_unsent: bool = False) -> None:
         """Ask the agents connected here to stop those of `job_ids` whose cancellation is on
         record and that have not ended."""
         wanted = list(job_ids)
@@ -368,12 +374,20 @@ class Dispatcher:
                 ).all()
         for row in rows:
             link = self._presence.link(row.host_id)
-            if link is not None:
-                await link.send_text(JobCancel(job_id=row.id).model_dump_json())
+            if link is not None and not (
+                only_unsent and row.id in self._cancels_sent.get(link, ())
+            ):
+                await self._send_cancel_over(link, row.id)
 
-    async def cancel_waiting(self) -> None:
+    async def _send_cancel_over(self, link: AgentLink, job_id: str) -> None:
+        await link.send_text(JobCancel(job_id=job_id).model_dump_json())
+        self._cancels_sent.setdefault(link, set()).add(job_id)
+
+    async def cancel_waiting(self, *, only_unsent: bool = False) -> None:
         """Ask again for every cancellation on record of a job on a host connected here: after
-        the bus was away, when a cancel wake-up may have been missed."""
+        the bus was away, when a cancel wake-up may have been missed. The periodic catch-up
+        (`only_unsent`) skips those already sent over the same connection, so a lost wake-up
+        costs a sweep period and a delivered one no second message (docs/adr/0050)."""
         online = self._presence.online_ids()
         ids: list[str] = []
         async with self._engine.connect() as conn:
@@ -388,7 +402,7 @@ class Dispatcher:
                     )
                 ).scalars()
         if ids:
-            await self.cancel_here(ids)
+            await self.cancel_here(ids, only_unsent=only_unsent)
 
     # -- what agents report --------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class HostView:
     # The protocol version its agent said in its last hello (None before the first): during an
     # upgrade, the hosts still on the previous version.
     protocol_version: int | None = None
+    # The name of the platform node holding its connection (several nodes, docs/adr/0050).
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ class Hosts:
             response_disabled_locally=bool(row.response_disabled_locally),
             isolation=isolation,
             protocol_version=row.protocol_version,
+            node=self._presence.node_of(row.id),
         )
 
     def _query(self) -> Any:

@@ -1,4 +1,4 @@
-"""The platform processes of a split platform, each beating in the database (docs/adr/0044).
+"""The processes of a platform of several, each beating in the database (docs/adr/0044, 0050).
 
 A gateway that stops beating (killed, or cut off from the database) has its hosts shown offline
 by the others after `ALIVE_WITHIN` seconds: `hosts.node_id` alone cannot say so, since a node
@@ -8,8 +8,9 @@ killed with -9 clears nothing.
 import asyncio
 import logging
 import uuid
+from datetime import timedelta
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.store.db import utcnow
@@ -25,19 +26,48 @@ ALIVE_WITHIN = 10.0
 class Nodes:
     """This process's row in `platform_nodes`."""
 
-    def __init__(self, engine: AsyncEngine, role: str, node_id: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        role: str,
+        node_id: str | None = None,
+        *,
+        name: str | None = None,
+        file_store: str | None = None,
+    ) -> None:
         self._engine = engine
         self.role = role
         self.id = node_id or str(uuid.uuid4())
+        self.name = name or self.id[:8]
+        # The id of the file store this node writes to (store-id in its directory).
+        self.file_store = file_store
 
-    async def join(self) -> None:
+    async def join(self) -> list[str]:
+        """Record this node; returns the names of live nodes whose file store is another one
+        (files they retrieve cannot be read here, docs/adr/0050)."""
         now = utcnow()
         async with self._engine.begin() as conn:
             await conn.execute(
                 insert(platform_nodes).values(
-                    id=self.id, role=self.role, started_at=now, heartbeat_at=now
+                    id=self.id,
+                    role=self.role,
+                    started_at=now,
+                    heartbeat_at=now,
+                    name=self.name,
+                    file_store=self.file_store,
                 )
             )
+            if self.file_store is None:
+                return []
+            since = now - timedelta(seconds=ALIVE_WITHIN)
+            rows = await conn.execute(
+                select(platform_nodes.c.name, platform_nodes.c.id).where(
+                    platform_nodes.c.heartbeat_at > since,
+                    platform_nodes.c.file_store.is_not(None),
+                    platform_nodes.c.file_store != self.file_store,
+                )
+            )
+            return [row.name or row.id[:8] for row in rows]
 
     async def beat(self) -> None:
         async with self._engine.begin() as conn:

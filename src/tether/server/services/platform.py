@@ -6,7 +6,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.protocol.action_names import FILES_GET, FILES_PUT
-from tether.server.config import Role, Settings
+from tether.server.config import Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
 from tether.server.services.agent_packages import AgentPackages, BundlePackager
@@ -112,7 +112,22 @@ class Platform:
         engine = engine or create_engine(settings.db_url)
         role = settings.role
         bus = bus or LocalBus()
-        nodes = Nodes(engine, role.value) if role is not Role.ALL else None
+        blobs = BlobStore(
+            settings.file_store,
+            max_bytes=settings.max_file_bytes,
+            several_nodes=settings.several_nodes,
+        )
+        # One of several processes (a split role, or role all among several nodes, ADR 0050).
+        nodes = (
+            Nodes(
+                engine,
+                role.value,
+                name=settings.node_label,
+                file_store=blobs.identity(),
+            )
+            if settings.several_nodes
+            else None
+        )
         ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
         signer = CheckpointSigner(
             settings.audit_key, settings.audit_anchor, writer=nodes.id if nodes else None
@@ -122,14 +137,17 @@ class Platform:
         bindings = ResultBindings(engine, audit)
         # `tether audit verify` also checks that stored results still match their records.
         audit.add_check(bindings.check_all)
-        # A gateway of a split platform writes which node holds each host; the api reads it.
-        presence = Presence(engine, node_id=nodes.id if nodes and role.holds_agents else None)
+        # A node holding agents among several writes which node holds each host; all read it.
+        presence = Presence(
+            engine,
+            node_id=nodes.id if nodes and role.holds_agents else None,
+            node_name=nodes.name if nodes and role.holds_agents else None,
+        )
         policies = PolicyDelivery(engine, presence, bus=bus)
         users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
         team = Team(engine, audit, users)
         access = ResponseAccess(engine)
         events = JobEvents(bus if bus.spans_processes else None)
-        blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
         transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
         files = FileLibrary(
             engine, audit, blobs, transfers.verified, transfers.verified_for, transfers.delivery

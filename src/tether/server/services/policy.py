@@ -56,6 +56,9 @@ class PolicyDelivery:
             weakref.WeakKeyDictionary()
         )
         self._reads: Coalesced[None, dict[str, Policy]] = Coalesced(self._read_policies)
+        # The last policy sent over each connection, so the catch-up sweep sends only a change
+        # whose wake-up never arrived (docs/adr/0050).
+        self._sent: weakref.WeakKeyDictionary[AgentLink, Policy] = weakref.WeakKeyDictionary()
 
     def serve_agents(self, bus: Bus) -> None:
         """Deliver the policy changes `bus` announces to the agents connected here."""
@@ -114,6 +117,7 @@ class PolicyDelivery:
             try:
                 async with asyncio.timeout(self._send_timeout):
                     await link.send_policy(policy)
+                self._sent[link] = policy
             except TimeoutError:
                 # An agent that cannot take a small frame may be holding a stale switch: make it
                 # reconnect, which delivers the current one.
@@ -136,6 +140,23 @@ class PolicyDelivery:
     async def publish_to_all(self) -> int:
         """Deliver the current policy to every host connected here."""
         return await self.publish_to_hosts(self._presence.online_ids())
+
+    async def catch_up(self) -> int:
+        """Deliver the policy to the hosts connected here whose last delivered one is not the
+        current one: a change whose wake-up was lost reaches them within a sweep period, and an
+        unchanged policy costs one batched read and no message. Returns how many were sent."""
+        links = [link for h in self._presence.online_ids() if (link := self._presence.link(h))]
+        if not links:
+            return 0
+        current = await self._read_policies(dict.fromkeys(link.host_id for link in links))
+        stale = [
+            link
+            for link in links
+            if link.host_id in current and self._sent.get(link) != current[link.host_id]
+        ]
+        if stale:
+            await self.publish_to_hosts([link.host_id for link in stale])
+        return len(stale)
 
     async def publish_everywhere(self) -> None:
         """`publish_to_all`, for a caller that wants no count (a bus resync)."""

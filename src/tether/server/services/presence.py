@@ -57,15 +57,20 @@ class Presence:
     flushes which node holds each host, and an api process, which holds no connection, reads
     that back (`refresh_remote`) so its listings say who is online."""
 
-    def __init__(self, engine: AsyncEngine, node_id: str | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, node_id: str | None = None, *, node_name: str | None = None
+    ) -> None:
         self._engine = engine
         self._node_id = node_id
+        # What the hosts list shows beside this node's agents (none on a single process).
+        self._node_name = node_name
         self._links: dict[str, AgentLink] = {}
         self._dirty: dict[str, datetime] = {}
         # Hosts whose holder changed since the last flush: this node, or None when it let go.
         self._holders: dict[str, str | None] = {}
-        # Hosts connected to another live process, as last read (api role only).
-        self._remote: frozenset[str] = frozenset()
+        # Hosts connected to another live process, as last read, with that node's name (api
+        # role, and every node of a platform of several).
+        self._remote: dict[str, str] = {}
 
     def attach(self, link: AgentLink) -> AgentLink | None:
         """Register a new connection; returns the one it replaces, which the caller closes."""
@@ -90,16 +95,22 @@ class Presence:
         return self._links.get(host_id)
 
     def is_online(self, host_id: str) -> bool:
-        """Connected here, or (api role) to another live process as last read."""
+        """Connected here, or to another live process as last read."""
         return host_id in self._links or host_id in self._remote
+
+    def node_of(self, host_id: str) -> str | None:
+        """The name of the node holding the host's connection (None: offline, or one process)."""
+        if host_id in self._links:
+            return self._node_name
+        return self._remote.get(host_id)
 
     def online_ids(self) -> list[str]:
         """The hosts connected to this process."""
         return list(self._links)
 
     def remote_ids(self) -> list[str]:
-        """The hosts other live processes hold, as last read (api role)."""
-        return list(self._remote)
+        """The hosts other live processes hold, as last read (without those connected here)."""
+        return [h for h in self._remote if h not in self._links]
 
     @property
     def count(self) -> int:
@@ -154,20 +165,19 @@ class Presence:
             )
 
     async def refresh_remote(self, alive_within: float) -> int:
-        """Read which hosts other live processes hold (api role); returns how many."""
+        """Read which hosts other live processes hold; returns how many. A node that stopped
+        beating (killed with -9) holds nothing any more, whatever `hosts.node_id` says."""
         since = utcnow() - timedelta(seconds=alive_within)
+        others = [platform_nodes.c.heartbeat_at > since, hosts.c.revoked_at.is_(None)]
+        if self._node_id is not None:
+            others.append(platform_nodes.c.id != self._node_id)
         async with self._engine.connect() as conn:
             rows = await conn.execute(
-                select(hosts.c.id)
+                select(hosts.c.id, platform_nodes.c.id.label("node"), platform_nodes.c.name)
                 .join(platform_nodes, platform_nodes.c.id == hosts.c.node_id)
-                .where(
-                    and_(
-                        platform_nodes.c.heartbeat_at > since,
-                        hosts.c.revoked_at.is_(None),
-                    )
-                )
+                .where(and_(*others))
             )
-            self._remote = frozenset(rows.scalars())
+            self._remote = {row.id: row.name or row.node[:8] for row in rows}
         return len(self._remote)
 
     async def run_remote_refresh(self, interval: float, alive_within: float) -> None:

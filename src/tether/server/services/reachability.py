@@ -58,16 +58,26 @@ class Reachability:
         self, host_ids: list[str] | None, *, timeout: float, actor: str, source: str
     ) -> PingReport:
         """Send `system.noop` to each online host (all when `host_ids` is None) and wait."""
-        if self._holds_agents:
-            wanted = self._presence.online_ids() if host_ids is None else host_ids
+        if host_ids is None:
+            wanted = self._presence.remote_ids()
+            if self._holds_agents:
+                wanted = self._presence.online_ids() + wanted
         else:
-            wanted = self._presence.remote_ids() if host_ids is None else host_ids
+            wanted = host_ids
         report = PingReport(asked=len(wanted), answered=0)
         started = time.perf_counter()
-        if self._holds_agents or self._bus is None:
+        if self._bus is None or not self._bus.spans_processes:
             outcomes = await self._round_trips(wanted, timeout)
         else:
-            outcomes = await self._round_trips_elsewhere(self._bus, wanted, timeout)
+            # Those connected here directly, the others through the node holding them (one of
+            # several nodes, docs/adr/0050; an api process holds none).
+            here = [h for h in wanted if self._presence.link(h) is not None]
+            elsewhere = [h for h in wanted if self._presence.link(h) is None]
+            near, far = await asyncio.gather(
+                self._round_trips(here, timeout),
+                self._round_trips_elsewhere(self._bus, elsewhere, timeout),
+            )
+            outcomes = {**far, **near}
         for host_id in wanted:
             outcome = outcomes.get(host_id, "no answer in time")
             if isinstance(outcome, float):

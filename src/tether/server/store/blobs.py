@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import stat
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -27,6 +28,7 @@ from tether.workers import ThreadWork
 DEFAULT_MAX_BLOB_BYTES = 4 * GiB
 HASH_CHUNK_BYTES = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+STORE_ID_FILE = "store-id"
 
 
 class BlobError(PlatformError):
@@ -82,11 +84,33 @@ def _fsync_directory(path: Path) -> None:
 class BlobStore:
     """Content-addressed files under `root`, with resumable partial uploads."""
 
-    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> None:
+    def __init__(
+        self, root: Path, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES, several_nodes: bool = False
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # Another node may have written a file this one lacks: say so rather than "no file".
+        self._several_nodes = several_nodes
         self._blobs = root / "sha256"
         self._partials = root / "partial"
+
+    def identity(self) -> str:
+        """The store's id, made at first use (`store-id` under the root): nodes that report the
+        same id see the same files, a shared directory (docs/adr/0050)."""
+        marker = self.root / STORE_ID_FILE
+        try:
+            return marker.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.root.mkdir(parents=True, exist_ok=True)
+        made = str(uuid.uuid4())
+        try:
+            # Exclusive: two nodes starting at once on one shared directory agree on one id.
+            with open(marker, "x") as out:
+                out.write(made + "\n")
+        except FileExistsError:
+            return marker.read_text().strip()
+        return made
 
     def path_of(self, sha256: str) -> Path:
         """Where the blob named `sha256` lives (whether or not it exists yet)."""
@@ -102,6 +126,12 @@ class BlobStore:
         try:
             fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
         except FileNotFoundError as exc:
+            if self._several_nodes:
+                raise BlobNotFound(
+                    f"This node's file store ({self.root}) holds no file with SHA-256 {sha256}; "
+                    "if another node stored it, set file_store_dir on every node to one shared "
+                    "directory."
+                ) from exc
             raise BlobNotFound(f"The file store holds no file with SHA-256 {sha256}.") from exc
         return BlobReader(sha256, fd, os.fstat(fd).st_size)
 

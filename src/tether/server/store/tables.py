@@ -232,7 +232,8 @@ hosts = Table(
     Column("isolation_reported", Text, nullable=True),
     Column("isolation_reported_at", DateTime(timezone=True), nullable=True),
     # The platform process (platform_nodes.id) holding the agent's connection, as last flushed;
-    # only gateway processes of a split platform write it (docs/adr/0044).
+    # nodes holding agents write it when the platform has several processes (docs/adr/0044,
+    # docs/adr/0050).
     Column("node_id", String(36), nullable=True),
 )
 
@@ -245,6 +246,11 @@ platform_nodes = Table(
     Column("role", String(16), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    # What the hosts list shows beside the agents the node holds (setting node_name).
+    Column("name", String(255), nullable=True),
+    # The id of the file store the node uses (store-id in its directory): nodes with different
+    # ids do not see each other's files (docs/adr/0050).
+    Column("file_store", String(36), nullable=True),
 )
 
 audit_records = Table(

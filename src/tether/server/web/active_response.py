@@ -125,6 +125,8 @@ async def _table(
         "segments": sorted({h.segment for h in hosts}),
         "oses": sorted({h.os_family for h in hosts}),
         "states": ISOLATION_STATES,
+        # A platform of several nodes shows which one holds each agent (docs/adr/0050).
+        "show_nodes": platform.nodes is not None,
     }
 
 

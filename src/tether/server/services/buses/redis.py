@@ -40,9 +40,15 @@ class RedisBus(Bus):
     """Publishes to one Redis channel per platform (`prefix` + "wake") and hands what the other
     processes publish to this process's subscribers."""
 
-    def __init__(self, url: str, *, prefix: str = "tether:", node: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "tether:", node: str | None = None, inline: bool = False
+    ) -> None:
         super().__init__()
         self._url = url
+        # A node of role all among several (docs/adr/0050) also acts on its own messages, at
+        # once and in the caller's task, as the single process's LocalBus does: its own agents
+        # and followers are served as before, the other nodes through Redis.
+        self._inline = inline
         self.channel = f"{prefix}wake"
         # Messages this process sent come back to it too; it has acted on them already.
         self.node = node or uuid.uuid4().hex
@@ -101,6 +107,10 @@ class RedisBus(Bus):
             log.warning(
                 "Could not publish %s on the bus (%s); receivers catch up later.", topic, exc
             )
+        if self._inline:
+            here = tuple(wanted)
+            for handler in self.handlers(topic):
+                await handler(here)
 
     async def ask(
         self,
