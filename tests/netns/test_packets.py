@@ -525,11 +525,17 @@ def test_the_agent_reasserts_isolation_at_start_and_while_it_runs(
         text=True,
     )
     try:
-        assert wait_for(scene.table), "the agent did not restore the isolation rules at start"
+        # Generous: a fresh interpreter importing the agent takes seconds on a loaded machine (seen
+        # past 5 s with two test workers at load 18); the order of events is asserted below.
+        assert wait_for(scene.table, seconds=45), (
+            "the agent did not restore the isolation rules at start"
+        )
         assert not scene.reaches_outside()
         # Someone flushes the firewall while the agent runs: the next check puts it back.
         net.run(net.endpoint, "nft", "flush ruleset")
-        assert wait_for(scene.table), "the running agent did not restore the isolation rules"
+        assert wait_for(scene.table, seconds=20), (
+            "the running agent did not restore the isolation rules"
+        )
         assert not scene.reaches_outside()
     finally:
         agent.terminate()
