@@ -121,7 +121,9 @@ class Platform:
         # A gateway of a split platform writes which node holds each host; the api reads it.
         presence = Presence(engine, node_id=nodes.id if nodes and role.holds_agents else None)
         policies = PolicyDelivery(engine, presence, bus=bus)
-        users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
+        users = Users(
+            engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key), bus=bus
+        )
         team = Team(engine, audit, users)
         access = ResponseAccess(engine)
         events = JobEvents(bus if bus.spans_processes else None)
@@ -185,9 +187,11 @@ class Platform:
             audit=audit,
             users=users,
             team=team,
-            step_up=StepUp(engine, audit, users.mfa, users.now),
-            user_sessions=UserSessions(engine, audit, users.now),
-            access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
+            step_up=StepUp(engine, audit, users.mfa, users.now, on_change=users.forget_user),
+            user_sessions=UserSessions(engine, audit, users.now, on_change=users.forget_user),
+            access_settings=AccessSettingsStore(
+                engine, audit, team.end_external_access, on_change=users.forget_everyone
+            ),
             enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
             presence=presence,
             hosts=hosts,
