@@ -241,6 +241,8 @@ class AuditLog:
         engine: AsyncEngine,
         signer: CheckpointSigner,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        group_limit: int = GROUP_LIMIT,
     ) -> None:
         self._engine = engine
         self._signer = signer
@@ -253,6 +255,7 @@ class AuditLog:
         # Records of `record` waiting for the next group commit, and the task writing groups.
         self._queue: list[_Queued] = []
         self._group_writer: asyncio.Task[None] | None = None
+        self._group_limit = max(1, group_limit)
         # Checks that what is stored outside the chain still matches it (services/bindings.py).
         self._checks: list[Callable[[], Awaitable[tuple[int | None, str] | None]]] = []
 
@@ -299,7 +302,8 @@ class AuditLog:
     async def _write_groups(self) -> None:
         """Commit the waiting records, a group at a time, until none wait."""
         while self._queue:
-            group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
+            limit = self._group_limit
+            group, self._queue = self._queue[:limit], self._queue[limit:]
             try:
                 async with self.transaction(checkpoint_required=False) as tx:
                     stored = [await tx.append(queued.entry) for queued in group]
