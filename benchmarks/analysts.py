@@ -272,6 +272,8 @@ async def start_profile(
         [
             str(Path(sys.executable).parent / "py-spy"),
             "record",
+            # Without it py-spy stops the platform for every sample: a slower platform.
+            "--nonblocking",
             "--pid",
             str(plat.proc.pid),
             "--format",
