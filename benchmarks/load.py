@@ -852,16 +852,21 @@ def rows(f: Figures) -> list[tuple[str, str, str, str, str]]:
     rtt_p99 = percentile(f.rtt_fleet_ms, 0.99)
     alone_p50 = percentile(f.rtt_alone_ms, 0.5)
     alone_p99 = percentile(f.rtt_alone_ms, 0.99)
+    # The budget is a ratio to HTTPS alone in the same run (DESIGN.md section 9, issue 17).
+    healthz = f.rtt_parts_ms.get("GET /healthz", [])
+    healthz_p50 = percentile(healthz, 0.5)
+    healthz_p99 = percentile(healthz, 0.99)
     round_trip = (
         f"Round trip of a trivial action, {f.agents} agents connected (analyst -> platform -> "
         f"agent -> analyst: POST /api/v1/hosts/ping naming one host, {len(f.rtt_fleet_ms)} "
         "sequential, at the client)",
-        "p50 <= 2 ms, p99 <= 10 ms",
+        "p50 <= 3x, p99 <= 5x the same run's GET /healthz",
         _rtt_summary(f.rtt_fleet_ms),
-        f"p50 {_fmt(rtt_p50 / 2, '.2f')}, p99 {_fmt(rtt_p99 / 10, '.2f')} of budget; "
+        f"{_fmt(rtt_p50 / healthz_p50, '.2f')}x (p50), {_fmt(rtt_p99 / healthz_p99, '.2f')}x "
+        f"(p99) /healthz ({_rtt_summary(healthz)}); "
         f"{_fmt(rtt_p50 / alone_p50, '.2f')}x (p50), {_fmt(rtt_p99 / alone_p99, '.2f')}x (p99) "
         f"same-run with only that agent connected ({_rtt_summary(f.rtt_alone_ms)})",
-        verdict(rtt_p50 <= 2 and rtt_p99 <= 10),
+        verdict(rtt_p50 <= 3 * healthz_p50 and rtt_p99 <= 5 * healthz_p99),
     )
     measured_rows = [
         (

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=4 * 1024**3, ge=1024)
     session_idle_minutes: int = Field(default=30, ge=1)
     session_lifetime_hours: int = Field(default=12, ge=1)
+    # How long a process trusts what it read of a session (docs/adr/0053): every change to an
+    # account, its roles or sessions is forgotten at once; this bounds a missed one. 0: off.
+    session_cache_seconds: float = Field(default=2.0, ge=0, le=30)
+    # The most audit records one group commit writes (docs/adr/0053); 1 writes each record in a
+    # transaction of its own, as before group commit (the benchmarks' same-run baseline).
+    audit_group_records: int = Field(default=500, ge=1, le=5000)
     # A live response session (`tether shell`) with no command for this long is ended.
     live_session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
     live_session_sweep_seconds: float = Field(default=30.0, gt=0)

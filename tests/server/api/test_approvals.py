@@ -97,6 +97,8 @@ async def test_asking_fewer_actions_to_wait_needs_a_fresh_code(
     # Stricter needs no code; weaker does once the login's code is older than the window.
     async with platform.engine.begin() as conn:
         await conn.execute(update(sessions).values(mfa_verified_at=None))
+    # Written behind the platform's back: forget what it cached (docs/adr/0053).
+    platform.users.cache.forget_all()
     weaker = await client.patch("/api/v1/segments/ir", json={"approval": "off"}, headers=admin)
     assert weaker.status_code == 403, weaker.text
     assert "needs a fresh second-factor code" in weaker.text

@@ -27,6 +27,9 @@ async def make_stale(platform: Platform, username: str) -> None:
         await conn.execute(
             update(sessions).where(sessions.c.user_id == user_id).values(mfa_verified_at=old)
         )
+    # Written behind the platform's back: what it cached of the sessions is forgotten, as the
+    # session cache's TTL would do a moment later (docs/adr/0053).
+    platform.users.cache.forget_user(user_id)
 
 
 SENSITIVE = [

@@ -33,7 +33,7 @@ async def test_a_fresh_session_passes_and_a_stale_one_needs_a_new_code(
     users: Users, clock: FakeClock, audit: AuditLog
 ) -> None:
     user, token, secret = await _admin(users, clock)
-    step_up = StepUp(users._engine, audit, users.mfa, clock)
+    step_up = StepUp(users._engine, audit, users.mfa, clock, on_change=users.forget_user)
     await step_up.require_fresh(user, None, what="roles", source="s")
     clock.advance(timedelta(minutes=5, seconds=1))
     user = await users.authenticate(token)
@@ -74,7 +74,7 @@ async def test_the_renewed_check_lasts_five_minutes(
     users: Users, clock: FakeClock, audit: AuditLog
 ) -> None:
     user, token, secret = await _admin(users, clock)
-    step_up = StepUp(users._engine, audit, users.mfa, clock)
+    step_up = StepUp(users._engine, audit, users.mfa, clock, on_change=users.forget_user)
     user = await _stale(users, token, clock)
     await step_up.require_fresh(
         user, totp(from_base32(secret), clock.now.timestamp()), what="roles", source="s"
@@ -87,7 +87,7 @@ async def test_five_wrong_codes_end_the_session(
     users: Users, clock: FakeClock, audit: AuditLog
 ) -> None:
     user, token, secret = await _admin(users, clock)
-    step_up = StepUp(users._engine, audit, users.mfa, clock)
+    step_up = StepUp(users._engine, audit, users.mfa, clock, on_change=users.forget_user)
     user = await _stale(users, token, clock)
     valid = {totp(from_base32(secret), clock.now.timestamp() + 30 * s) for s in (-1, 0, 1)}
     wrong = next(c for c in ("000000", "111111", "222222") if c not in valid)

@@ -41,8 +41,10 @@ def lost(users: Users) -> Recorder:
 
 
 @pytest.fixture
-def settings(engine: AsyncEngine, audit: AuditLog, team: Team) -> AccessSettingsStore:
-    return AccessSettingsStore(engine, audit, team.end_external_access)
+def settings(engine: AsyncEngine, audit: AuditLog, team: Team, users: Users) -> AccessSettingsStore:
+    return AccessSettingsStore(
+        engine, audit, team.end_external_access, on_change=users.forget_everyone
+    )
 
 
 async def test_responder_without_mfa_gets_an_enrollment_only_session(users: Users) -> None:

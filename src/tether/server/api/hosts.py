@@ -84,7 +84,7 @@ async def ping_hosts(
     """Round trip to each named host (all online hosts when none are named)."""
     ids = None
     if body.hosts is not None:
-        ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
+        ids = [await platform.hosts.resolve(ref) for ref in body.hosts]
     report = await platform.reachability.ping(
         ids, timeout=body.timeout_seconds, actor=user.actor, source=source_of(request)
     )

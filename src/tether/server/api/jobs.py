@@ -46,7 +46,7 @@ async def selection_of(platform: Platform, body: HostSelection) -> Selection:
     """The service's selection for a request's hosts (by id or hostname), segment or all."""
     host_ids = None
     if body.hosts is not None:
-        host_ids = [(await platform.hosts.get(ref)).id for ref in body.hosts]
+        host_ids = [await platform.hosts.resolve(ref) for ref in body.hosts]
     return Selection(host_ids=host_ids, segment=body.segment, everything=body.all)
 
 

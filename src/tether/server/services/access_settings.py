@@ -40,9 +40,12 @@ class AccessSettingsStore:
         engine: AsyncEngine,
         audit: AuditLog,
         on_external_suspended: Callable[[str, str], Awaitable[None]],
+        on_change: Callable[[], Awaitable[None]],
     ) -> None:
         self._engine = engine
         self._audit = audit
+        # Called after a change: authentication's cache forgets every session (ADR 0053).
+        self._on_change = on_change
         # Called with (actor, source) when external access is switched off, so live sessions and
         # live response sessions of external users end at once.
         self._on_external_suspended = on_external_suspended
@@ -67,6 +70,8 @@ class AccessSettingsStore:
             changed = {k: v for k, v in asdict(after).items() if asdict(before)[k] != v}
             if changed:
                 await tx.record("settings.change", actor=actor, source=source, details=changed)
+        if changed:
+            await self._on_change()
         if after.external_access_suspended and not before.external_access_suspended:
             await self._on_external_suspended(actor, source)
         return after

@@ -5,6 +5,11 @@ deleting any record breaks the chain at that point. A chain cannot show its newe
 nor a chain recomputed end to end by someone who can write the database; so after every append
 the platform signs the new head (sequence number and hash) with an Ed25519 key kept in the data
 directory, outside the database, and `verify` checks the chain against that signed checkpoint.
+
+Records written on their own (`AuditLog.record`) are committed in groups (docs/adr/0053): the
+records that arrive while one group is being written are written together in the next
+transaction, whose head is signed once; each caller still returns only once its own record is
+committed, so no action answers before its record is durable.
 """
 
 import asyncio
@@ -34,6 +39,9 @@ from tether.server.store.tables import audit_head, audit_records
 GENESIS_HASH = "0" * 64
 log = logging.getLogger(__name__)
 _PAGE = 1000
+# The most records one group commit writes; more wait for the next group (a burst of thousands
+# must not make one transaction, and one file of parameters, that large).
+GROUP_LIMIT = 500
 
 __all__ = [
     "GENESIS_HASH",
@@ -88,6 +96,46 @@ class AuditRecord:
 
 def canonical_details(details: dict[str, Any] | None) -> str:
     return json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """A record's own fields, bounded and encoded, before it has a place in the chain."""
+
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    source: str
+    details: str
+
+    @classmethod
+    def of(
+        cls,
+        action: str,
+        *,
+        actor: str,
+        target: str,
+        outcome: str,
+        source: str,
+        details: dict[str, Any] | None,
+    ) -> "PendingRecord":
+        return cls(
+            actor=actor[:128],
+            action=action[:64],
+            target=target[:255],
+            outcome=outcome[:16],
+            source=source[:128],
+            details=canonical_details(details),
+        )
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A record waiting for its group, and how its caller hears that it was committed."""
+
+    entry: PendingRecord
+    committed: "asyncio.Future[AuditRecord]"
 
 
 def record_hash(
@@ -193,6 +241,8 @@ class AuditLog:
         engine: AsyncEngine,
         signer: CheckpointSigner,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        group_limit: int = GROUP_LIMIT,
     ) -> None:
         self._engine = engine
         self._signer = signer
@@ -202,6 +252,10 @@ class AuditLog:
         self._lock = asyncio.Lock()
         self._for_update = engine.dialect.name == "postgresql"
         self._owner: asyncio.Task[Any] | None = None
+        # Records of `record` waiting for the next group commit, and the task writing groups.
+        self._queue: list[_Queued] = []
+        self._group_writer: asyncio.Task[None] | None = None
+        self._group_limit = max(1, group_limit)
         # Checks that what is stored outside the chain still matches it (services/bindings.py).
         self._checks: list[Callable[[], Awaitable[tuple[int | None, str] | None]]] = []
 
@@ -220,21 +274,53 @@ class AuditLog:
         source: str = "",
         details: dict[str, Any] | None = None,
     ) -> AuditRecord:
-        """Append one record on its own and sign the new head; returns the stored record.
+        """Append one record on its own; returns the stored record once it is committed.
 
         For a record that describes a state change, use `transaction` so both commit together.
-        A record written on its own describes something already done (or an attempt), so a
-        checkpoint that cannot be written does not stop it: the record is kept, and the next
-        append that can write the checkpoint signs it (the chain still extends the old one)."""
-        async with self.transaction(checkpoint_required=False) as tx:
-            return await tx.record(
-                action,
-                actor=actor,
-                target=target,
-                outcome=outcome,
-                source=source,
-                details=details,
-            )
+        Records written on their own are committed in groups: whatever arrives while a group is
+        being written goes into the next one, one transaction and one signed checkpoint for all
+        of them; each caller returns only when its own record is committed (or raises what
+        stopped its group). A record written on its own describes something already done (or an
+        attempt), so a checkpoint that cannot be written does not stop it: the record is kept,
+        and the next append that can write the checkpoint signs it (the chain still extends the
+        old one)."""
+        task = asyncio.current_task()
+        if task is not None and task is self._owner:
+            # Its group waits for the lock this task holds.
+            raise RuntimeError("An audit transaction is already open in this task.")
+        entry = PendingRecord.of(
+            action, actor=actor, target=target, outcome=outcome, source=source, details=details
+        )
+        committed: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(entry, committed))
+        if self._group_writer is None or self._group_writer.done():
+            self._group_writer = asyncio.create_task(self._write_groups())
+        # A caller that gives up (a client gone) does not take its record back: it is written
+        # with its group all the same.
+        return await asyncio.shield(committed)
+
+    async def _write_groups(self) -> None:
+        """Commit the waiting records, a group at a time, until none wait."""
+        while self._queue:
+            limit = self._group_limit
+            group, self._queue = self._queue[:limit], self._queue[limit:]
+            try:
+                async with self.transaction(checkpoint_required=False) as tx:
+                    stored = [await tx.append(queued.entry) for queued in group]
+            except Exception as exc:
+                for queued in group:
+                    if not queued.committed.done():
+                        queued.committed.set_exception(exc)
+                continue
+            except BaseException:
+                # Cancelled (the process stops): nobody is left to write these or the rest.
+                for queued in [*group, *self._queue]:
+                    queued.committed.cancel()
+                self._queue = []
+                raise
+            for queued, record in zip(group, stored, strict=True):
+                if not queued.committed.done():
+                    queued.committed.set_result(record)
 
     @asynccontextmanager
     async def transaction(
@@ -553,16 +639,24 @@ class AuditTransaction:
         details: dict[str, Any] | None = None,
     ) -> AuditRecord:
         """Append one record in this transaction (it commits with the transaction)."""
+        return await self.append(
+            PendingRecord.of(
+                action, actor=actor, target=target, outcome=outcome, source=source, details=details
+            )
+        )
+
+    async def append(self, entry: PendingRecord) -> AuditRecord:
+        """Give `entry` the next place in the chain (written at the flush before the commit)."""
         seq, head_hash = await self._current_head()
         fields: dict[str, Any] = {
             "seq": seq + 1,
             "ts": self._log.now().isoformat(),
-            "actor": actor[:128],
-            "action": action[:64],
-            "target": target[:255],
-            "outcome": outcome[:16],
-            "source": source[:128],
-            "details": canonical_details(details),
+            "actor": entry.actor,
+            "action": entry.action,
+            "target": entry.target,
+            "outcome": entry.outcome,
+            "source": entry.source,
+            "details": entry.details,
             "prev_hash": head_hash,
         }
         stored = AuditRecord(**fields, hash=record_hash(**fields))

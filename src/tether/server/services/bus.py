@@ -28,6 +28,9 @@ class Topic(StrEnum):
     HOSTS_REVOKED = "hosts.revoked"
     # Host ids whose policy changed (segment, switch); no ids means every host.
     POLICY_CHANGED = "policy.changed"
+    # User ids whose account, roles or sessions changed ("*": every user's, a platform-wide
+    # access setting): every process forgets what it cached of their sessions (ADR 0053).
+    SESSIONS_CHANGED = "sessions.changed"
     # A question (`ask`), not a wake-up: the time limit, then host ids to send the no-op to;
     # each process answers for the hosts it holds ("host TAB ms" or "host TAB TAB reason").
     PING = "hosts.ping"

@@ -112,6 +112,8 @@ def checkpoint_document(checkpoint: Checkpoint, public_key_pem: str, platform: s
 
 
 CheckpointListener = Callable[[Checkpoint], None]
+# How many checkpoints' verdicts a signer remembers (the anchor's few latest are all it meets).
+_VERDICTS_KEPT = 8
 RETIRED_KEYS_FILE = "audit-keys-retired.json"
 
 
@@ -190,6 +192,11 @@ class CheckpointSigner:
             retired if retired is not None else load_retired(key_path.with_name(RETIRED_KEYS_FILE))
         )
         self._key = key if key is not None else load_signing_key(key_path)
+        # Checkpoints already checked, with the verdict: every append reads the anchor back and
+        # asks whether it is genuine, and an Ed25519 verification costs more than the rest of a
+        # small append. A signer's keys never change (a rotation makes a new signer), so the
+        # verdict on one exact checkpoint never changes either.
+        self._verdicts: dict[Checkpoint, bool] = {}
 
     @contextmanager
     def _anchor_lock(self) -> Iterator[None]:
@@ -271,6 +278,8 @@ class CheckpointSigner:
         unsigned = Checkpoint(seq=seq, hash=head_hash, signed_at=now.isoformat(), signature="")
         signature = base64.b64encode(self._key.sign(unsigned.message())).decode()
         checkpoint = Checkpoint(seq, head_hash, unsigned.signed_at, signature)
+        # Signed here a moment ago: the next append reads it back from the anchor.
+        self._remember(checkpoint, True)
         try:
             # Written, not fsynced: a full disk refuses the write itself, and the database's
             # commit is not fsynced either (WAL, synchronous=NORMAL), so both survive a killed
@@ -329,7 +338,17 @@ class CheckpointSigner:
 
     def is_genuine(self, checkpoint: Checkpoint) -> bool:
         """Signed by the current key, or by a retired key for a head it was in charge of."""
-        return any(signed_by(key, checkpoint) for key in self.keys_for(checkpoint.seq))
+        known = self._verdicts.get(checkpoint)
+        if known is not None:
+            return known
+        verdict = any(signed_by(key, checkpoint) for key in self.keys_for(checkpoint.seq))
+        self._remember(checkpoint, verdict)
+        return verdict
+
+    def _remember(self, checkpoint: Checkpoint, verdict: bool) -> None:
+        if len(self._verdicts) >= _VERDICTS_KEPT:
+            self._verdicts.clear()
+        self._verdicts[checkpoint] = verdict
 
     def knows_key(self, public_key_pem: str) -> bool:
         """True for the current key and every retired one."""

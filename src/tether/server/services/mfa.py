@@ -6,7 +6,7 @@ older one) cannot be replayed; pyotp's verify() alone would not stop that (DESIG
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -85,11 +85,14 @@ class Mfa:
         audit: AuditLog,
         sealer: Sealer,
         clock: Callable[[], datetime],
+        on_change: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
         self._audit = audit
         self._sealer = sealer
         self._clock = clock
+        # Told the user id after a factor is enrolled: authentication's cache forgets the user.
+        self._on_change = on_change
         self.codes = EnrollmentCodes(engine, audit, clock)
 
     async def start_enrollment(
@@ -214,9 +217,14 @@ class Mfa:
                 .where(sessions.c.token_hash == session_hash)
                 .values(stage="full", mfa_verified=True, mfa_verified_at=now)
             )
+        await self._changed(user_id)
         await self.codes.retire_all(user_id)
         await self._audit.record("mfa.enroll", actor=actor, source=source)
         return codes
+
+    async def _changed(self, user_id: int) -> None:
+        if self._on_change is not None:
+            await self._on_change(user_id)
 
     async def _replace_recovery_codes(self, conn: AsyncConnection, user_id: int) -> list[str]:
         codes = new_recovery_codes()
@@ -298,4 +306,6 @@ class Mfa:
                 .where(users.c.id == user_id)
                 .values(mfa_secret=self._sealer.seal(secret, _context(user_id)))
             )
-            return await self._replace_recovery_codes(conn, user_id)
+            codes = await self._replace_recovery_codes(conn, user_id)
+        await self._changed(user_id)
+        return codes

@@ -38,6 +38,7 @@ from tether.server.services.scripts import ScriptLibrary
 from tether.server.services.segments import Segments
 from tether.server.services.server_certificate import CertificateWatch, load_certificate
 from tether.server.services.service_tokens import ServiceTokens
+from tether.server.services.session_cache import SessionCache
 from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
 from tether.server.services.user_sessions import UserSessions
@@ -133,7 +134,7 @@ class Platform:
             settings.audit_key, settings.audit_anchor, writer=nodes.id if nodes else None
         )
         witnesses = build_witnesses(settings, signer)
-        audit = AuditLog(engine, signer)
+        audit = AuditLog(engine, signer, group_limit=settings.audit_group_records)
         bindings = ResultBindings(engine, audit)
         # `tether audit verify` also checks that stored results still match their records.
         audit.add_check(bindings.check_all)
@@ -144,7 +145,14 @@ class Platform:
             node_name=nodes.name if nodes and role.holds_agents else None,
         )
         policies = PolicyDelivery(engine, presence, bus=bus)
-        users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
+        users = Users(
+            engine,
+            audit,
+            session_policy(settings),
+            sealer=load_sealer(settings.mfa_key),
+            cache=SessionCache(settings.session_cache_seconds),
+            bus=bus,
+        )
         team = Team(engine, audit, users)
         access = ResponseAccess(engine)
         events = JobEvents(bus if bus.spans_processes else None)
@@ -219,9 +227,11 @@ class Platform:
             audit=audit,
             users=users,
             team=team,
-            step_up=StepUp(engine, audit, users.mfa, users.now),
-            user_sessions=UserSessions(engine, audit, users.now),
-            access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
+            step_up=StepUp(engine, audit, users.mfa, users.now, on_change=users.forget_user),
+            user_sessions=UserSessions(engine, audit, users.now, on_change=users.forget_user),
+            access_settings=AccessSettingsStore(
+                engine, audit, team.end_external_access, on_change=users.forget_everyone
+            ),
             enrollment=enrollment,
             presence=presence,
             hosts=hosts,

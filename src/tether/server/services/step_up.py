@@ -7,7 +7,7 @@ must carry a fresh TOTP code, which then renews the check. A session left open o
 screen cannot hand out access. Every step-up, passed or failed, is audited (docs/adr/0034).
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
@@ -39,11 +39,14 @@ class StepUp:
         audit: AuditLog,
         mfa: Mfa,
         clock: Callable[[], datetime],
+        on_change: Callable[[int], Awaitable[None]],
     ) -> None:
         self._engine = engine
         self._audit = audit
         self._mfa = mfa
         self._clock = clock
+        # Told the user id when a session's step-up changed: authentication's cache forgets it.
+        self._on_change = on_change
 
     def is_fresh(self, user: User) -> bool:
         checked = user.mfa_verified_at
@@ -73,6 +76,7 @@ class StepUp:
                 .where(sessions.c.token_hash == user.session_hash)
                 .values(mfa_verified_at=now, failed_codes=0)
             )
+        await self._changed(user)
         await self._audit.record(
             "auth.step_up", actor=user.actor, source=source, details={"for": what}
         )
@@ -94,7 +98,12 @@ class StepUp:
                 )
                 .values(revoked_at=now)
             )
+        if ended.rowcount:
+            await self._changed(user)
         return bool(ended.rowcount)
+
+    async def _changed(self, user: User) -> None:
+        await self._on_change(user.id)
 
     async def _record(self, user: User, what: str, source: str, reason: str) -> None:
         await self._audit.record(

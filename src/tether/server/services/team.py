@@ -103,6 +103,8 @@ class Team:
                 target=username,
                 source=source,
             )
+        # The next request of the user's sessions reads the account again (docs/adr/0053).
+        await self._users.forget_user(user_id)
         if disabled:
             await self._users.end_access(user_id, "disabled")
         return await self.get(username)
@@ -161,6 +163,7 @@ class Team:
                     "role.grant", actor=actor, target=username, source=source, details=details
                 )
         if not held:
+            await self._users.forget_user(user_id)
             old_tier = tier_of(before)
             if (
                 old_tier is not None
@@ -191,6 +194,8 @@ class Team:
                     source=source,
                     details={"role": role.value},
                 )
+        if result.rowcount:
+            await self._users.forget_user(user_id)
         if result.rowcount and role in TIER_ROLES:
             await self._users.end_access(user_id, "active response role removed")
         return await self.get(username)
@@ -262,6 +267,7 @@ class Team:
                     ),
                 },
             )
+        await self._users.forget_user(user_id)
         if external and access_expires_at is not None and access_expires_at <= self._users.now():
             await self._users.end_access(user_id, "external access expired")
         return await self.get(username)

@@ -5,7 +5,7 @@ A session is named by the first 16 hex digits of its token's SHA-256: enough to 
 apart, and useless for logging in (the token itself is never stored).
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,10 +35,18 @@ class SessionInfo:
 
 
 class UserSessions:
-    def __init__(self, engine: AsyncEngine, audit: AuditLog, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        audit: AuditLog,
+        clock: Callable[[], datetime],
+        on_change: Callable[[int], Awaitable[None]],
+    ) -> None:
         self._engine = engine
         self._audit = audit
         self._clock = clock
+        # Told the user id when one of their sessions ended: authentication's cache forgets it.
+        self._on_change = on_change
 
     async def _user_id(self, username: str) -> int:
         async with self._engine.connect() as conn:
@@ -99,6 +107,7 @@ class UserSessions:
             )
         if result.rowcount != 1:
             raise NotFound(f"{username} has no open session {session_id}.")
+        await self._on_change(user_id)
         await self._audit.record(
             "session.end",
             actor=by.actor,

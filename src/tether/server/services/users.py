@@ -40,8 +40,10 @@ from tether.server.errors import (
 )
 from tether.server.services.access_settings import AccessSettings, read_access_settings
 from tether.server.services.audit import AuditLog
+from tether.server.services.bus import Bus, Topic
 from tether.server.services.mfa import CodeCheck, Mfa
 from tether.server.services.refusal_summary import RefusalSummary
+from tether.server.services.session_cache import SessionCache
 from tether.server.services.throttle import LoginThrottle, ThrottlePolicy
 from tether.server.store.db import as_utc, utcnow
 from tether.server.store.tables import sessions, user_roles, users
@@ -73,6 +75,8 @@ SECOND_STEP_LIFETIME = timedelta(minutes=5)
 SECOND_STEP_TRIES = 5
 
 AccessLostListener = Callable[[int, str], Awaitable[None]]
+# The id of a SESSIONS_CHANGED message that means every user.
+EVERYONE = "*"
 
 
 class Stage(StrEnum):
@@ -134,6 +138,21 @@ class SessionPolicy:
     lifetime: timedelta
 
 
+@dataclass(frozen=True)
+class CachedSession:
+    """What authentication read of a session: its row's fields, the account (without the
+    per-session fields) and the access settings."""
+
+    user_id: int
+    stage: str
+    last_used_at: datetime
+    expires_at: datetime
+    mfa_verified: bool
+    mfa_verified_at: datetime | None
+    user: User
+    settings: AccessSettings
+
+
 def mfa_required(roles: frozenset[str], settings: AccessSettings) -> bool:
     return settings.mfa_required_for_everyone or any(
         r in {m.value for m in MFA_REQUIRED_ROLES} for r in roles
@@ -171,6 +190,8 @@ class Users:
         *,
         sealer: Sealer,
         throttle: ThrottlePolicy | None = None,
+        cache: "SessionCache[CachedSession] | None" = None,
+        bus: Bus | None = None,
     ) -> None:
         self._engine = engine
         self._audit = audit
@@ -180,7 +201,37 @@ class Users:
         # Failed and throttled logins, one audit record per source per minute.
         self.login_failures = RefusalSummary(audit, LOGIN_FAILURES, clock)
         self._access_lost: list[AccessLostListener] = []
-        self.mfa = Mfa(engine, audit, sealer, clock)
+        # What authentication read, for a few seconds (docs/adr/0053); every change that can
+        # take access away forgets it here and, over the bus, in the other processes.
+        self.cache: SessionCache[CachedSession] = cache if cache is not None else SessionCache()
+        self._bus = bus
+        if bus is not None:
+            bus.subscribe(Topic.SESSIONS_CHANGED, self._sessions_changed)
+        self.mfa = Mfa(engine, audit, sealer, clock, on_change=self.forget_user)
+
+    # -- the session cache ---------------------------------------------------------------------
+
+    async def forget_user(self, user_id: int) -> None:
+        """Make the next request of each of `user_id`'s sessions read the database again, here
+        and in the other processes: call it after committing any change to the account, its
+        roles or its sessions."""
+        self.cache.forget_user(user_id)
+        if self._bus is not None and self._bus.spans_processes:
+            await self._bus.publish(Topic.SESSIONS_CHANGED, [str(user_id)])
+
+    async def forget_everyone(self) -> None:
+        """Like `forget_user` for every user (a platform-wide access setting changed)."""
+        self.cache.forget_all()
+        if self._bus is not None and self._bus.spans_processes:
+            await self._bus.publish(Topic.SESSIONS_CHANGED, [EVERYONE])
+
+    async def _sessions_changed(self, ids: tuple[str, ...]) -> None:
+        """Another process changed these users' access (or everyone's)."""
+        for ident in ids:
+            if ident == EVERYONE:
+                self.cache.forget_all()
+            elif ident.isdigit():
+                self.cache.forget_user(int(ident))
 
     # -- access lost ---------------------------------------------------------------------------
 
@@ -201,6 +252,7 @@ class Users:
                 .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock())
             )
+        await self.forget_user(user_id)
         for listener in list(self._access_lost):
             try:
                 await listener(user_id, reason)
@@ -492,6 +544,50 @@ class Users:
         """
         now = self._clock()
         digest = token_hash(token)
+        found = self.cache.get(digest)
+        if found is None:
+            found = await self._read_session(digest)
+        user = found.user
+        last_used = found.last_used_at
+        if now >= found.expires_at or now - last_used >= self._policy.idle:
+            raise Unauthenticated("Your session has expired; log in again.")
+        settings = found.settings
+        if user.disabled:
+            raise Unauthenticated("Your account is disabled.")
+        if user.external and settings.external_access_suspended:
+            raise Unauthenticated("Access for external users is suspended.")
+        if user.external and user.access_expires_at is not None and now >= user.access_expires_at:
+            raise Unauthenticated(
+                f"Your access ended on {user.access_expires_at:%Y-%m-%d %H:%M} UTC."
+            )
+        verified = found.mfa_verified
+        limited = found.stage == Stage.ENROLL.value or (
+            mfa_required(user.roles, settings) and not verified
+        )
+        # Refresh at most once a minute: one write per request would serialise SQLite.
+        if now - last_used > timedelta(minutes=1):
+            generation = self.cache.generation
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(sessions).where(sessions.c.token_hash == digest).values(last_used_at=now)
+                )
+            self.cache.put(digest, found.user_id, replace(found, last_used_at=now), generation)
+        if limited and not enrolling:
+            if user.mfa_enabled:
+                raise SecondFactorRequired(VERIFY_FIRST, enrolled=True)
+            raise SecondFactorRequired(enroll_first(user.username), enrolled=False)
+        return replace(
+            user,
+            mfa_verified=verified,
+            enrollment_only=limited,
+            mfa_verified_at=found.mfa_verified_at,
+            session_hash=digest,
+        )
+
+    async def _read_session(self, digest: str) -> CachedSession:
+        """What the database says of the session `digest` (kept in the cache unless something
+        changed meanwhile); Unauthenticated for a session that is gone, ended or half-done."""
+        generation = self.cache.generation
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(select(sessions).where(sessions.c.token_hash == digest))
@@ -502,41 +598,24 @@ class Users:
             expires = as_utc(row.expires_at)
             if last_used is None or expires is None:
                 raise Unauthenticated("Your session is not valid; log in again.")
-            if now >= expires or now - last_used >= self._policy.idle:
-                raise Unauthenticated("Your session has expired; log in again.")
             if row.stage == Stage.SECOND_FACTOR.value:
                 raise Unauthenticated("Finish logging in: send your second-factor code first.")
             user = await self._load(conn, int(row.user_id))
             settings = await read_access_settings(conn)
-        if user is None or user.disabled:
+        if user is None:
             raise Unauthenticated("Your account is disabled.")
-        if user.external and settings.external_access_suspended:
-            raise Unauthenticated("Access for external users is suspended.")
-        if user.external and user.access_expires_at is not None and now >= user.access_expires_at:
-            raise Unauthenticated(
-                f"Your access ended on {user.access_expires_at:%Y-%m-%d %H:%M} UTC."
-            )
-        verified = bool(row.mfa_verified)
-        limited = row.stage == Stage.ENROLL.value or (
-            mfa_required(user.roles, settings) and not verified
-        )
-        # Refresh at most once a minute: one write per request would serialise SQLite.
-        if now - last_used > timedelta(minutes=1):
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    update(sessions).where(sessions.c.token_hash == digest).values(last_used_at=now)
-                )
-        if limited and not enrolling:
-            if user.mfa_enabled:
-                raise SecondFactorRequired(VERIFY_FIRST, enrolled=True)
-            raise SecondFactorRequired(enroll_first(user.username), enrolled=False)
-        return replace(
-            user,
-            mfa_verified=verified,
-            enrollment_only=limited,
+        found = CachedSession(
+            user_id=user.id,
+            stage=str(row.stage),
+            last_used_at=last_used,
+            expires_at=expires,
+            mfa_verified=bool(row.mfa_verified),
             mfa_verified_at=as_utc(row.mfa_verified_at),
-            session_hash=digest,
+            user=user,
+            settings=settings,
         )
+        self.cache.put(digest, found.user_id, found, generation)
+        return found
 
     async def logout(self, token: str, user: User, *, source: str) -> None:
         async with self._engine.begin() as conn:
@@ -545,6 +624,7 @@ class Users:
                 .where(sessions.c.token_hash == token_hash(token))
                 .values(revoked_at=self._clock())
             )
+        await self.forget_user(user.id)
         await self._audit.record("auth.logout", actor=user.actor, source=source)
 
     async def run_purger(self, interval_seconds: float) -> None:

@@ -4,11 +4,10 @@ Every response outside the REST API carries the security headers (the API's Swag
 its own assets and keeps FastAPI's defaults).
 """
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.server.web import (
     active_response,
@@ -53,6 +52,44 @@ def is_page(path: str, api_prefix: str) -> bool:
     return not path.startswith(f"{api_prefix}/") and path not in SERVICE_PATHS
 
 
+class PageSecurityHeaders:
+    """Adds the security headers (and the caching rule) to every answer of a page.
+
+    A plain ASGI middleware rather than `@app.middleware("http")`: that one runs each request in
+    a task of its own with memory streams between, a cost every API request paid (the profile
+    in docs/performance.md) for headers only pages get."""
+
+    def __init__(self, app: ASGIApp, api_prefix: str) -> None:
+        self.app = app
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_page(scope["path"], self.api_prefix):
+            await self.app(scope, receive, send)
+            return
+        cache_control = _cache_control(scope["path"]).encode()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() != b"cache-control"
+                ]
+                present = {name.lower() for name, _ in headers}
+                for name, value in _SECURITY_HEADERS_RAW:
+                    if name not in present:
+                        headers.append((name, value))
+                headers.append((b"cache-control", cache_control))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_SECURITY_HEADERS_RAW = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+
 def _cache_control(path: str) -> str:
     if path.startswith(f"{STATIC_PATH}/vendor/"):
         return VENDOR_CACHE
@@ -93,17 +130,7 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     async def home() -> Response:
         return RedirectResponse("/active-response", status_code=303)
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        path = request.url.path
-        if is_page(path, api_prefix):
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-            response.headers["Cache-Control"] = _cache_control(path)
-        return response
+    app.add_middleware(PageSecurityHeaders, api_prefix=api_prefix)
 
     @app.exception_handler(LoginRequired)
     async def to_login(request: Request, _exc: LoginRequired) -> Response:
