@@ -67,11 +67,17 @@ def run(
     ] = False,
 ) -> None:
     """Connect to the platform and stay connected, reconnecting with backoff."""
+    from tether.agent.upgrade_trial import hand_off
+
+    # Before anything else: an upgraded bundle runs instead of this one (docs/adr/0051).
+    hand_off(state_dir or default_state_dir(), sys.argv)
+
     from tether.agent.connection import AgentConnection
     from tether.agent.errors import AgentRefused
     from tether.agent.isolation import check_seconds_from_environment
     from tether.agent.state import StateDir
     from tether.agent.state_guard import UnsafeStateDir
+    from tether.agent.upgrade import RestartForUpgrade, restart_into_trial
     from tether.logs import configure
 
     configure(log_level)
@@ -100,6 +106,9 @@ def run(
     except AgentRefused as exc:
         typer.echo(f"tether agent: {exc}", err=True)
         raise typer.Exit(EXIT_REFUSED) from exc
+    except RestartForUpgrade:
+        # Same process id: systemd (or whoever started the agent) keeps watching this process.
+        restart_into_trial(connection.upgrader.files.root.parent)
     except KeyboardInterrupt:
         typer.echo("tether agent: stopped.", err=True)
 

@@ -21,6 +21,7 @@ _MAIN_ARGUMENT = {
     "processes.kill": "pid",
     "processes.list": "name",
     "isolation.isolate": "mode",
+    "agent.upgrade": "version",
 }
 
 

@@ -23,6 +23,7 @@ from tether.server.api import (
     segments,
     service_tokens,
     sessions,
+    upgrades,
     users,
 )
 from tether.server.api.deps import current_user
@@ -46,6 +47,8 @@ PUBLIC_PATHS = frozenset(
         f"{API_PREFIX}/auth/login/mfa",
         f"{API_PREFIX}/enroll",
         f"{API_PREFIX}/enroll/ca",
+        # The public half of the upgrade-signing key, pinned by agents as they enroll.
+        f"{API_PREFIX}/enroll/upgrade-key",
         f"{API_PREFIX}/openapi.json",
         f"{API_PREFIX}/docs",
         f"{API_PREFIX}/docs/oauth2-redirect",
@@ -87,6 +90,7 @@ def create_app(platform: Platform) -> FastAPI:
     public = APIRouter()
     public.include_router(auth.public)
     public.include_router(enrollment.public)
+    public.include_router(upgrades.public)
     protected = APIRouter(dependencies=[Depends(current_user)])
     for module in (
         auth,
@@ -102,6 +106,7 @@ def create_app(platform: Platform) -> FastAPI:
         files,
         isolation,
         service_tokens,
+        upgrades,
     ):
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)

@@ -33,7 +33,8 @@ from tether.server.store.tables import jobs
 
 log = logging.getLogger(__name__)
 
-TRANSFER_ACTIONS = frozenset({"files.get", "files.put"})
+# agent.upgrade sends its bundle archive from the library as a files.put sends a file.
+TRANSFER_ACTIONS = frozenset({"files.get", "files.put", "agent.upgrade"})
 # Scripts move files through tether.script upload and download (services.script_files).
 SCRIPT_ACTION = "script.run"
 
@@ -152,9 +153,8 @@ class FileTransfers:
             await self.receive(host_id, job_id, transfer_id, max_bytes=cap, on_done=None)
         else:
             self._put_hosts[job_id] = host_id
-            await self.send(
-                host_id, job_id, transfer_id, str(args["sha256"]), str(args["path"]), on_done=None
-            )
+            path = str(args.get("path") or f"agent bundle {args.get('version', '')}".strip())
+            await self.send(host_id, job_id, transfer_id, str(args["sha256"]), path, on_done=None)
 
     async def receive(
         self,

@@ -38,6 +38,9 @@ from tether.server.services.server_certificate import CertificateWatch, load_cer
 from tether.server.services.service_tokens import ServiceTokens
 from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
+from tether.server.services.upgrade_key import UpgradeSigner
+from tether.server.services.upgrades import RESERVED as UPGRADE_RESERVED
+from tether.server.services.upgrades import Upgrades
 from tether.server.services.user_sessions import UserSessions
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
@@ -96,6 +99,8 @@ class Platform:
     misbehaviour: EndpointMisbehaviour
     # Wake-ups to the process holding an agent's connection (docs/adr/0044).
     bus: Bus
+    # Signed agent upgrades rolled out a few hosts at a time (docs/adr/0051).
+    upgrades: Upgrades
     # This process's row among the platform's processes (split roles only).
     nodes: Nodes | None = None
 
@@ -161,6 +166,10 @@ class Platform:
         dispatcher.on_finished(script_files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
         jobs.check_arguments("files.put", files.check_put)
+        # Only the upgrade service sends agent.upgrade: it signs what it sends.
+        jobs.reserve("agent.upgrade", UPGRADE_RESERVED)
+        upgrades = Upgrades(engine, audit, jobs, files, UpgradeSigner(settings.upgrade_key))
+        dispatcher.on_finished(upgrades.job_finished)
         isolation = Isolation(engine, audit, jobs, policies)
         live_sessions = LiveSessions(
             engine,
@@ -210,6 +219,7 @@ class Platform:
             certificate=CertificateWatch(load_certificate(settings.server_cert)),
             misbehaviour=misbehaviour,
             bus=bus,
+            upgrades=upgrades,
             nodes=nodes,
         )
 
