@@ -67,16 +67,21 @@ def run(
     ] = False,
 ) -> None:
     """Connect to the platform and stay connected, reconnecting with backoff."""
+    from tether.agent.state import StateDir
+    from tether.agent.state_guard import UnsafeStateDir
     from tether.agent.upgrade_trial import hand_off
 
-    # Before anything else: an upgraded bundle runs instead of this one (docs/adr/0051).
-    hand_off(state_dir or default_state_dir(), sys.argv)
+    root = state_dir or default_state_dir()
+    try:
+        # Before anything else: an upgraded bundle runs instead of this one (docs/adr/0051),
+        # named only by a state directory no other account can change.
+        hand_off(StateDir(root).secure(create=False).root, sys.argv)
+    except UnsafeStateDir:
+        pass  # refused below, in the agent's own words
 
     from tether.agent.connection import AgentConnection
     from tether.agent.errors import AgentRefused
     from tether.agent.isolation import check_seconds_from_environment
-    from tether.agent.state import StateDir
-    from tether.agent.state_guard import UnsafeStateDir
     from tether.agent.upgrade import RestartForUpgrade, restart_into_trial
     from tether.logs import configure
 
@@ -89,7 +94,7 @@ def run(
     try:
         # Refusing the state directory is not something a restart fixes either.
         connection = AgentConnection(
-            StateDir(state_dir or default_state_dir()),
+            StateDir(root),
             disable_response=no_active_response,
             isolation_check_seconds=check_seconds,
         )

@@ -76,7 +76,11 @@ class UpgradeFiles:
         """The upgraded bundle `current` names, if it is one; None runs the package's."""
         if not self.current.is_symlink():
             return None
-        executable = self.current.resolve() / EXECUTABLE
+        folder = self.current.resolve()
+        # Only a bundle this agent unpacked into its own upgrades folder runs from here.
+        if folder.parent != self.root.resolve():
+            return None
+        executable = folder / EXECUTABLE
         return executable if executable.is_file() else None
 
     def point_current_at(self, version: str | None) -> None:

@@ -159,7 +159,9 @@ def supervise(state_root: Path) -> int:
                 return 128 + stopping[0]
             break
         time.sleep(POLL_SECONDS)
-    # This process is the previous version: run it again, as the agent it was.
+    # This process is the previous version: run it again, as the agent it was, no longer on trial.
+    os.environ.pop(TRIAL_ENV, None)
+    os.environ.pop(HANDED_OFF_ENV, None)
     replace_process(sys.executable, [sys.executable, *trial.run_args])
 
 

@@ -94,6 +94,7 @@ ROWS = [
     Row("GET", "/api/v1/docs", ALL_200),
     Row("GET", "/api/v1/docs/oauth2-redirect", ALL_200),
     Row("GET", "/api/v1/enroll/ca", ALL_200),
+    Row("GET", "/api/v1/enroll/upgrade-key", ALL_200),
     Row("POST", "/api/v1/enroll", (422,) * 9, body={}),
     Row("POST", "/api/v1/auth/login", ALL_200, body={"username": "analyst", "password": PASSWORD}),
     Row("POST", "/api/v1/auth/login/mfa", (401,) * 9, body={"token": "x", "code": "123456"}),
@@ -151,6 +152,10 @@ ROWS = [
     Row("GET", "/api/v1/isolation/allowlist", READERS),
     Row("PUT", "/api/v1/isolation/allowlist", ADMINS, body={"rules": [{"cidr": "10.0.0.0/8"}]}),
     # Segments.
+    # Agent upgrades: admin AND the script tier (a plain admin is refused by the service).
+    Row("GET", "/api/v1/agent-upgrades", READERS),
+    Row("GET", "/api/v1/agent-upgrades/{rollout_id}", (401, 404, 404, 404, 404, 403, 403, 404, 404), url="/api/v1/agent-upgrades/ghost"),
+    Row("POST", "/api/v1/agent-upgrades", (401, 403, 403, 403, 403, 403, 403, 403, 404), body={"sha256": "0" * 64, "hosts": ["{host}"]}),
     Row("GET", "/api/v1/segments", READERS),
     Row("POST", "/api/v1/segments", (401, 403, 403, 403, 403, 403, 403, 422, 422), body={"name": "bad/name"}),
     Row("PATCH", "/api/v1/segments/{name}", ADMINS_404, url="/api/v1/segments/ghost", body={"active_response": True}),
