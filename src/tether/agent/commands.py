@@ -1,6 +1,7 @@
 """`tether agent enroll`, `run`, `isolation` and (Windows) `service`."""
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -72,12 +73,10 @@ def run(
     from tether.agent.upgrade_trial import hand_off
 
     root = state_dir or default_state_dir()
-    try:
-        # Before anything else: an upgraded bundle runs instead of this one (docs/adr/0051),
-        # named only by a state directory no other account can change.
+    # Before anything else: an upgraded bundle runs instead of this one (docs/adr/0051), named
+    # only by a state directory no other account can change (an unsafe one is refused below).
+    with contextlib.suppress(UnsafeStateDir):
         hand_off(StateDir(root).secure(create=False).root, sys.argv)
-    except UnsafeStateDir:
-        pass  # refused below, in the agent's own words
 
     from tether.agent.connection import AgentConnection
     from tether.agent.errors import AgentRefused
