@@ -147,7 +147,8 @@ def supervise(state_root: Path) -> int:
         signal.signal(signum, forward)
     deadline = time.monotonic() + trial.window_seconds
     while True:
-        if child is not None and files.upgraded() is not None:
+        if child is not None and not files.trial_file.exists():
+            # The new version claimed the trial (it connected): this supervisor only stays.
             return _stay_with(child)
         code = child.poll() if child is not None else None
         if child is None or code is not None or time.monotonic() >= deadline:
