@@ -193,6 +193,7 @@ ROWS = [
     Row("POST", "/active-response/ping", WEB_CHANGE_BY_FORM),
     Row("POST", "/hosts/{ref}/move", WEB_CHANGE_BY_FORM, url="/hosts/{host}/move"),
     Row("POST", "/hosts/{ref}/revoke", WEB_CHANGE_BY_FORM, url="/hosts/{host}/revoke"),
+    Row("POST", "/hosts/{ref}/upgrade", WEB_CHANGE_BY_FORM, url="/hosts/{host}/upgrade"),
     # The Host page's live session (docs/adr/0022). Without the CSRF header every change is 403;
     # a session that must first enroll a second factor is sent to enroll before that check.
     Row("POST", "/hosts/{ref}/session", WEB_SESSION_CHANGE, url="/hosts/{host}/session"),
