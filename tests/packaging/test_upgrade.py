@@ -113,7 +113,7 @@ def test_the_packaged_agent_upgrades_rolls_back_and_refuses_a_foreign_signature(
     host_id = json.loads((state / "identity.json").read_text())["host_id"]
     # The key it pinned at enrollment is the platform's.
     with admin.api() as api:
-        pinned = api.get("/api/v1/enroll/upgrade-key").text
+        pinned = api.get("/enroll/upgrade-key").text
     assert (state / "upgrade-key.pub").read_text().strip() == pinned
     unit = (root / "lib/systemd/system/tether-agent.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
