@@ -103,7 +103,8 @@ class UpgradeFiles:
 
     def write_trial(self, trial: Trial) -> None:
         staged = self.trial_file.with_suffix(".tmp")
-        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        descriptor = os.open(staged, flags, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             json.dump(asdict(trial), handle)
             handle.flush()
