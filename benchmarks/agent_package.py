@@ -1,6 +1,6 @@
 """The agent as endpoints install it: bundle build time and size, idle memory, install to online.
 
-    .venv/bin/python benchmarks/agent_package.py            # needs root for the install figure
+    PYTHONPATH=.:benchmarks .venv/bin/python benchmarks/agent_package.py   # root: install, upgrade
 
 - build: `build_bundle` into an empty cache (cold, the real PyInstaller run), then again (warm);
 - size: the bundle directory, as tar.gz, and as the deb `tether agent package` writes;
