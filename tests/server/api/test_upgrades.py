@@ -191,3 +191,23 @@ async def test_a_file_that_is_not_a_bundle_is_refused_before_anything_is_signed(
     assert response.status_code == 422
     assert "not an agent bundle archive" in response.json()["detail"]
     assert not platform.settings.upgrade_key.exists()
+
+
+async def test_a_host_the_jobs_refuse_ends_not_sent_and_its_slot_goes_to_the_next(
+    platform: Platform, client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    (fleet_host,) = await _hosts(platform, 1)
+    # Active Response is off in "default": the job service refuses that host.
+    closed = await add_host(platform.engine, "closed-1", segment="default")
+    sha256 = await _upload(client, admin, _archive("2.0"))
+    response = await client.post(
+        "/api/v1/agent-upgrades",
+        json={"sha256": sha256, "hosts": [closed, fleet_host], "max_parallel": 1},
+        headers=admin,
+    )
+    assert response.status_code == 201, response.text
+    by_host = {h["host_id"]: h for h in response.json()["hosts"]}
+    assert by_host[closed]["outcome"] == "not sent"
+    assert "Active Response" in by_host[closed]["error"]
+    assert by_host[fleet_host]["job_id"] is not None
+    assert by_host[fleet_host]["outcome"] is None

@@ -221,7 +221,10 @@ class Upgrades:
                 "size": rollout.size,
                 "signature": await self._signature(rollout_id),
             }
-            for host in waiting[: max(rollout.max_parallel - running, 0)]:
+            free = rollout.max_parallel - running
+            for host in waiting:
+                if free <= 0:
+                    break
                 try:
                     batch = await self._jobs.submit(
                         user,
@@ -233,8 +236,11 @@ class Upgrades:
                         reserved=True,
                     )
                 except PlatformError as exc:
+                    # Refused for this host (its segment, a service token's bounds): the slot
+                    # goes to the next host.
                     await self._end_host(rollout, host.host_id, "not sent", str(exc), None)
                     continue
+                free -= 1
                 job_id = batch.jobs[0].id if batch.jobs else None
                 early = self._ended_early.pop(job_id, None) if job_id else None
                 async with self._engine.begin() as conn:
