@@ -20,7 +20,8 @@ from tether.server.services.upgrades import bundle_version
 from tether.server.store.tables import jobs, segments
 
 from ..support import add_host
-from .conftest import PASSWORD, enrolled, login
+from .conftest import PASSWORD, enrolled, login, unused_code
+from .test_step_up_and_sessions import make_stale
 
 
 def _archive(version: str | None = "2.0", executable: bool = True) -> bytes:
@@ -211,3 +212,20 @@ async def test_a_host_the_jobs_refuse_ends_not_sent_and_its_slot_goes_to_the_nex
     assert "Active Response" in by_host[closed]["error"]
     assert by_host[fleet_host]["job_id"] is not None
     assert by_host[fleet_host]["outcome"] is None
+
+
+async def test_a_stale_session_needs_a_fresh_code_to_upgrade(
+    platform: Platform, client: httpx.AsyncClient, admin: dict[str, str], admin_secret: str
+) -> None:
+    await _hosts(platform, 1)
+    sha256 = await _upload(client, admin, _archive("2.0"))
+    await make_stale(platform, "admin")
+    body = {"sha256": sha256, "segment": "fleet"}
+    refused = await client.post("/api/v1/agent-upgrades", json=body, headers=admin)
+    assert refused.status_code == 403
+    assert refused.headers["x-tether-step-up"] == "required"
+    code = await unused_code(platform, "admin", admin_secret)
+    accepted = await client.post(
+        "/api/v1/agent-upgrades", json=body, headers={**admin, "X-Tether-Code": code}
+    )
+    assert accepted.status_code == 201, accepted.text
