@@ -102,3 +102,16 @@ async def test_a_plain_admin_is_refused_on_the_page_and_nothing_is_sent(
     async with platform.engine.connect() as conn:
         sent = (await conn.execute(select(jobs.c.id).where(jobs.c.host_id == host))).all()
     assert sent == []
+
+
+async def test_no_bundle_chosen_is_refused_in_one_sentence(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    host = await _host(platform)
+    page = (await admin_browser.get(f"/hosts/{host}")).text
+    assert "no .tar.gz in the file library" in page
+    response = await admin_browser.post(
+        f"/hosts/{host}/upgrade", data={"sha256": "", "csrf_token": csrf_of(page)}
+    )
+    assert response.status_code == 422
+    assert "Choose an agent bundle" in response.text

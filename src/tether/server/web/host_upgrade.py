@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, source_of
-from tether.server.errors import PlatformError
+from tether.server.errors import Invalid, PlatformError
 from tether.server.services.jobs import Selection
 from tether.server.services.users import User
 from tether.server.web.access import page_require
@@ -31,13 +31,19 @@ async def upgrade(ref: str, request: Request, platform: PlatformDep, user: HostA
     host = await platform.hosts.get(ref)
     try:
         fields = await form_fields(request)
+        sha256 = fields.get("sha256", "").strip().lower()
+        if not sha256:
+            raise Invalid(
+                "Choose an agent bundle: upload the archive 'tether agent upgrade-bundle' "
+                "wrote on the Files page first."
+            )
         code = fields.get("code", "").strip()[:16] or None
         await platform.step_up.require_fresh(
             user, code, what="upgrading agents", source=source_of(request)
         )
         rollout = await platform.upgrades.start(
             user,
-            sha256=fields.get("sha256", "").strip().lower(),
+            sha256=sha256,
             selection=Selection(host_ids=[host.id]),
             max_parallel=1,
             source=source_of(request),
