@@ -188,8 +188,12 @@ def main() -> None:
         ratio = f" ({upgrade['upgrade_seconds'] / online:.1f}x install to online)" if online else ""
         upgrade_text = f"{upgrade['upgrade_seconds']:.1f} s{ratio}"
         rollback_text = f"{upgrade['rollback_seconds']:.1f} s"
+        supervisor_text = (
+            f"{upgrade['supervisor_rss_mib']:.1f} MiB (the upgraded agent beside it: "
+            f"{upgrade['upgraded_agent_rss_mib']:.1f} MiB)"
+        )
     else:
-        upgrade_text = rollback_text = "not measured (needs root)"
+        upgrade_text = rollback_text = supervisor_text = "not measured (needs root)"
     lines = [
         "## The agent as endpoints install it (`benchmarks/agent_package.py`)",
         "",
@@ -210,6 +214,7 @@ def main() -> None:
         f"| install to online (`dpkg -i` with enrollment, start, online on the platform) | {online_text} |",
         f"| upgrade to a re-versioned bundle (`tether agent upgrade`, until the job ended upgraded) | {upgrade_text} |",
         f"| rollback from a bundle that exits at once (until the job ended rolled back) | {rollback_text} |",
+        f"| RSS of the trial supervisor that stays after an upgrade, until the next restart | {supervisor_text} |",
         "",
         f"Load average (1, 5, 15 min) before the install and upgrade runs: {load_before}; after: "
         f"{load_after}. The machine is shared; compare figures within one run only. Upgrade and "

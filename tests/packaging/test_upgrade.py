@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -152,6 +153,15 @@ def test_the_packaged_agent_upgrades_rolls_back_and_refuses_a_foreign_signature(
     _version_online(admin, host_id, REHEARSAL)
     assert agent.alive()
     assert os.readlink(state / "upgrades" / "current") == REHEARSAL
+    # The process started as the agent is now the trial's supervisor (same pid), the new
+    # version its child: what each holds in memory, for the benchmark.
+    supervisor = psutil.Process(agent.pid)
+    (upgraded,) = supervisor.children()
+    assert upgraded.exe().endswith(f"/upgrades/{REHEARSAL}/tether-agent")
+    memory = {
+        "supervisor_rss_mib": supervisor.memory_info().rss / 2**20,
+        "upgraded_agent_rss_mib": upgraded.memory_info().rss / 2**20,
+    }
 
     # 2. A bundle that exits at once: the agent rolls back by itself within the window.
     broken = tmp_path / "broken.tar.gz"
@@ -216,5 +226,11 @@ def test_the_packaged_agent_upgrades_rolls_back_and_refuses_a_foreign_signature(
     report = os.environ.get("TETHER_UPGRADE_TIMING")
     if report:
         Path(report).write_text(
-            json.dumps({"upgrade_seconds": upgrade_seconds, "rollback_seconds": rollback_seconds})
+            json.dumps(
+                {
+                    "upgrade_seconds": upgrade_seconds,
+                    "rollback_seconds": rollback_seconds,
+                    **memory,
+                }
+            )
         )
