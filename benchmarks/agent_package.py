@@ -1,6 +1,6 @@
 """The agent as endpoints install it: bundle build time and size, idle memory, install to online.
 
-    .venv/bin/python benchmarks/agent_package.py            # needs root for the install figure
+    PYTHONPATH=.:benchmarks .venv/bin/python benchmarks/agent_package.py   # root: install, upgrade
 
 - build: `build_bundle` into an empty cache (cold, the real PyInstaller run), then again (warm);
 - size: the bundle directory, as tar.gz, and as the deb `tether agent package` writes;
@@ -8,7 +8,11 @@
   virtualenv's `tether agent run` (the same-run baseline), connected and idle, sampled a few
   times 5 s apart; the figure is the median of the process tree's RSS;
 - install to online: tests/packaging/test_install.py run once, timing `dpkg -i` (which enrolls)
-  through the agent's start to the platform showing it online.
+  through the agent's start to the platform showing it online;
+- upgrade and rollback: tests/packaging/test_upgrade.py run once, timing `tether agent upgrade`
+  (upload, sign, send, verify, unpack, restart, connect, job ended) to a re-versioned bundle,
+  then to a bundle that exits at once (until the job ended "rolled back"); the install to online
+  of the same run is the baseline they are compared with.
 """
 
 import argparse
@@ -147,6 +151,39 @@ def install_to_online(work: Path) -> float | None:
     return seconds
 
 
+def upgrade_times(work: Path) -> dict[str, float] | None:
+    """Upgrade and rollback seconds from one run of the packaged agent's upgrade test."""
+    if os.geteuid() != 0:
+        return None
+    timing = work / "upgrade.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={work / 'pytest-upgrade'}",
+            "tests/packaging/test_upgrade.py",
+        ],
+        cwd=REPO,
+        env={**os.environ, "TETHER_UPGRADE_TIMING": str(timing)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not timing.exists():
+        print(done.stdout[-3000:], file=sys.stderr)
+        return None
+    figures: dict[str, float] = json.loads(timing.read_text())
+    return figures
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=5)
@@ -171,8 +208,21 @@ def main() -> None:
         assert not warm.built_now
         size = sizes(cold, work)
         rss = idle_rss(cold, work, args.samples, args.idle_seconds)
+        load_before = load_average()
         online = install_to_online(work)
+        upgrade = upgrade_times(work)
+        load_after = load_average()
     online_text = f"{online:.1f} s" if online is not None else "not measured (needs root)"
+    if upgrade is not None:
+        ratio = f" ({upgrade['upgrade_seconds'] / online:.1f}x install to online)" if online else ""
+        upgrade_text = f"{upgrade['upgrade_seconds']:.1f} s{ratio}"
+        rollback_text = f"{upgrade['rollback_seconds']:.1f} s"
+        supervisor_text = (
+            f"{upgrade['supervisor_rss_mib']:.1f} MiB (the upgraded agent beside it: "
+            f"{upgrade['upgraded_agent_rss_mib']:.1f} MiB)"
+        )
+    else:
+        upgrade_text = rollback_text = supervisor_text = "not measured (needs root)"
     lines = [
         "## The agent as endpoints install it (`benchmarks/agent_package.py`)",
         "",
@@ -191,6 +241,13 @@ def main() -> None:
         f"| idle agent RSS, virtualenv agent, same run (baseline) | {rss['venv']:.1f} MiB |",
         f"| ratio bundle / virtualenv | {rss['bundle'] / rss['venv']:.2f} |",
         f"| install to online (`dpkg -i` with enrollment, start, online on the platform) | {online_text} |",
+        f"| upgrade to a re-versioned bundle (`tether agent upgrade`, until the job ended upgraded) | {upgrade_text} |",
+        f"| rollback from a bundle that exits at once (until the job ended rolled back) | {rollback_text} |",
+        f"| RSS of the trial supervisor that stays after an upgrade, until the next restart | {supervisor_text} |",
+        "",
+        f"Load average (1, 5, 15 min) before the install and upgrade runs: {load_before}; after: "
+        f"{load_after}. The machine is shared; compare figures within one run only. Upgrade and "
+        "rollback are one run each of tests/packaging/test_upgrade.py (window 25 s).",
         "",
         f"Idle: both agents connected to one platform for {args.idle_seconds:.0f} s before the "
         "first sample, samples 5 s apart; RSS of the agent's whole process tree.",

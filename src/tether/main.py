@@ -19,9 +19,11 @@ from tether.cli.segments import segment_app
 from tether.cli.service_tokens import service_token_app
 from tether.cli.sessions import sessions_app
 from tether.cli.settings import settings_app
+from tether.cli.upgrades import upgrade as upgrade_agents
 from tether.cli.users import role_app, user_app
 from tether.errors import TetherError
 from tether.packaging import commands as packaging
+from tether.packaging.upgrade_bundle import upgrade_bundle
 from tether.quickstart import up
 from tether.server.commands import server_app
 
@@ -66,6 +68,9 @@ app.add_typer(server_app, name="server")
 agent_app.command("bundle")(packaging.bundle)
 agent_app.command("package")(packaging.package)
 agent_app.command("install-command")(agent_packages.install_command)
+# Signed self-upgrade (docs/adr/0051): the archive on the platform host, the rollout via the API.
+agent_app.command("upgrade-bundle")(upgrade_bundle)
+agent_app.command("upgrade")(upgrade_agents)
 app.add_typer(agent_app, name="agent")
 
 

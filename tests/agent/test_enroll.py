@@ -45,8 +45,17 @@ class FakePlatform:
         self.posted: list[EnrollRequest] = []
         self.status = 200
         self.sign_for_other_key = False
+        # The upgrade key's hex and status; 404 is a platform from before signed upgrades.
+        self.upgrade_key = "ab" * 32
+        self.upgrade_key_status = 200
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        if url == f"{SERVER}/api/v1/enroll/upgrade-key":
+            # Asked over the CA pinned from the token, never unverified.
+            assert kwargs["verify"] is not False
+            return httpx.Response(
+                self.upgrade_key_status, text=self.upgrade_key, request=httpx.Request("GET", url)
+            )
         assert url == f"{SERVER}/api/v1/enroll/ca"
         return httpx.Response(200, content=self.served_ca, request=httpx.Request("GET", url))
 
@@ -95,7 +104,8 @@ def test_enroll_writes_key_cert_ca_then_identity(
     monkeypatch.setattr(StateDir, "write_private", spy)
     identity = enroll(token_for(ca), state, hostname="ws-7")
     assert order[-1] == "identity.json"
-    assert set(order) == {"agent.key", "agent.pem", "ca.pem", "identity.json"}
+    assert set(order) == {"agent.key", "agent.pem", "ca.pem", "upgrade-key.pub", "identity.json"}
+    assert (state.root / "upgrade-key.pub").read_text() == "ab" * 32 + "\n"
     assert identity.host_id == "host-123"
     assert state.identity() == identity
     if sys.platform != "win32":
@@ -172,3 +182,24 @@ def test_unreachable_platform(
     monkeypatch.setattr(httpx_module, "get", refuse)
     with pytest.raises(EnrollmentFailed, match=f"Cannot reach the platform at {SERVER}"):
         enroll(token_for(ca), StateDir(tmp_path))
+
+
+def test_a_platform_without_an_upgrade_key_still_enrolls_the_agent_without_one(
+    tmp_path: Path, platform: FakePlatform, ca: CertificateAuthority
+) -> None:
+    platform.upgrade_key_status = 404
+    state = StateDir(tmp_path / "agent")
+    enroll(token_for(ca), state)
+    assert state.is_enrolled()
+    assert not (state.root / "upgrade-key.pub").exists()
+
+
+def test_a_damaged_upgrade_key_stops_enrollment_before_the_token_is_spent(
+    tmp_path: Path, platform: FakePlatform, ca: CertificateAuthority
+) -> None:
+    platform.upgrade_key = "not-a-key"
+    state = StateDir(tmp_path / "agent")
+    with pytest.raises(EnrollmentFailed, match="sent no valid upgrade key"):
+        enroll(token_for(ca), state)
+    assert platform.posted == []
+    assert not state.root.exists()

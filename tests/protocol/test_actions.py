@@ -92,4 +92,4 @@ def test_tier_additions_file_every_response_action_under_the_tier_it_declares() 
         filed = [tier for tier, labels in added.items() if spec.label in labels]
         assert filed == ([spec.tier] if spec.response else []), spec.name
     assert "a library script" in added[Tier.RESPOND]
-    assert added[Tier.SCRIPT] == ["an arbitrary script"]
+    assert added[Tier.SCRIPT] == ["an arbitrary script", "an agent upgrade"]

@@ -1,6 +1,7 @@
 """`tether agent enroll`, `run`, `isolation` and (Windows) `service`."""
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -67,11 +68,20 @@ def run(
     ] = False,
 ) -> None:
     """Connect to the platform and stay connected, reconnecting with backoff."""
+    from tether.agent.state import StateDir
+    from tether.agent.state_guard import UnsafeStateDir
+    from tether.agent.upgrade_trial import hand_off
+
+    root = state_dir or default_state_dir()
+    # Before anything else: an upgraded bundle runs instead of this one (docs/adr/0051), named
+    # only by a state directory no other account can change (an unsafe one is refused below).
+    with contextlib.suppress(UnsafeStateDir):
+        hand_off(StateDir(root).secure(create=False).root, sys.argv)
+
     from tether.agent.connection import AgentConnection
     from tether.agent.errors import AgentRefused
     from tether.agent.isolation import check_seconds_from_environment
-    from tether.agent.state import StateDir
-    from tether.agent.state_guard import UnsafeStateDir
+    from tether.agent.upgrade import RestartForUpgrade, restart_into_trial
     from tether.logs import configure
 
     configure(log_level)
@@ -83,7 +93,7 @@ def run(
     try:
         # Refusing the state directory is not something a restart fixes either.
         connection = AgentConnection(
-            StateDir(state_dir or default_state_dir()),
+            StateDir(root),
             disable_response=no_active_response,
             isolation_check_seconds=check_seconds,
         )
@@ -100,6 +110,9 @@ def run(
     except AgentRefused as exc:
         typer.echo(f"tether agent: {exc}", err=True)
         raise typer.Exit(EXIT_REFUSED) from exc
+    except RestartForUpgrade:
+        # Same process id: systemd (or whoever started the agent) keeps watching this process.
+        restart_into_trial(connection.upgrader.files.root.parent)
     except KeyboardInterrupt:
         typer.echo("tether agent: stopped.", err=True)
 

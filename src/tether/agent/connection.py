@@ -25,6 +25,7 @@ from tether.agent.jobs import JobRunner
 from tether.agent.journal import Journal
 from tether.agent.state import StateDir
 from tether.agent.transfer import AgentTransfers
+from tether.agent.upgrade import UPGRADE_ACTION, RestartForUpgrade, Upgrader
 from tether.protocol import (
     MAX_FRAME_BYTES,
     CloseCode,
@@ -124,10 +125,17 @@ class AgentConnection:
         self._state = state.secure()
         self._identity = state.identity()
         self._hello = hello
-        self._handlers = HANDLERS if handlers is None else handlers
+        # The upgrade handler needs this agent's state directory, so it is made here.
+        self.upgrader = Upgrader(self._state.root)
+        self._handlers = (
+            {**HANDLERS, UPGRADE_ACTION: self.upgrader.run} if handlers is None else handlers
+        )
         # Off by the command-line flag or by the file in the state directory, whichever is set.
         self.gate = ResponseGate(lambda: disable_response or state.response_disabled_locally())
         journal = journal or Journal(state.journal)
+        self._journal = journal
+        # Before the journal's recovery: an upgrade trial that ended, or this process's own.
+        on_trial = self.upgrader.settle(journal)
         self.transfers = AgentTransfers(partials=journal)
         self.isolator = isolator or Isolator(state, self._identity.agent_url)
         self.isolation = IsolationWatch(self.isolator)
@@ -138,6 +146,7 @@ class AgentConnection:
             self.gate,
             transfers=self.transfers,
             isolator=self.isolator,
+            keep_running=on_trial,
         )
         self._backoff = backoff or Backoff()
         # The last session's socket, for the close code and reason it ended with.
@@ -146,7 +155,8 @@ class AgentConnection:
         self.connected = asyncio.Event()
 
     async def run_forever(self) -> None:
-        """Connect, serve, reconnect; returns only by raising AgentRefused or being cancelled."""
+        """Connect, serve, reconnect; returns only by raising AgentRefused, RestartForUpgrade
+        (the agent replaces itself with a new version's trial) or being cancelled."""
         # Before the first connection: an isolated host that rebooted gets its rules back
         # before anything on it talks to the network through this agent (DESIGN.md section 5).
         outcome = await self.isolator.reassert()
@@ -154,12 +164,21 @@ class AgentConnection:
             log.info("Isolation at start: %s", outcome)
         checks = asyncio.create_task(self._keep_isolation())
         alive = asyncio.create_task(self.jobs.keep_alive())
+        serving = asyncio.create_task(self._reconnect_forever())
+        restart = asyncio.create_task(self.upgrader.restart.wait())
         try:
-            await self._reconnect_forever()
+            await asyncio.wait({serving, restart}, return_when=asyncio.FIRST_COMPLETED)
+            if not restart.done():
+                serving.result()
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            raise RestartForUpgrade("Restarting into the upgraded agent's trial.")
         finally:
-            for task in (checks, alive):
+            for task in (serving, restart, checks, alive):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # The serving task's own error (a refusal) is already on its way up.
+                with contextlib.suppress(asyncio.CancelledError, AgentRefused):
                     await task
             await self.jobs.stop()
 
@@ -266,6 +285,8 @@ class AgentConnection:
             await websocket.send(hello.model_dump_json())
             welcome = await self._welcome(websocket)
             log.info("Connected to %s as host %s", self._identity.agent_url, welcome.host_id)
+            # A version on trial has connected: its upgrade took (reported with the journal).
+            self.upgrader.connected(self._journal)
             self.connected.set()
             beats = asyncio.create_task(self._heartbeats(websocket, welcome.heartbeat_seconds))
 

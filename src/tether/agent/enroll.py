@@ -6,6 +6,7 @@ carried in the token; everything after that is verified against it.
 """
 
 import hashlib
+import re
 import socket
 import ssl
 
@@ -26,6 +27,9 @@ from tether.protocol import (
 )
 
 TIMEOUT = httpx.Timeout(15.0)
+_UPGRADE_KEY = re.compile(r"^[0-9a-f]{64}$")
+# Beside the identity: the key upgrades must be signed with (tether.agent.upgrade.KEY_FILE).
+UPGRADE_KEY_FILE = "upgrade-key.pub"
 
 
 def _fetch_ca(server_url: str, expected_sha256: str) -> bytes:
@@ -69,6 +73,27 @@ def _problem(response: httpx.Response) -> str:
     return str(detail) if detail else f"HTTP {response.status_code}"
 
 
+def _fetch_upgrade_key(server_url: str, context: ssl.SSLContext) -> bytes | None:
+    """The platform's upgrade key (hex of 32 bytes), over the CA pinned from the token; None
+    from a platform without one. An agent without it refuses every upgrade (docs/adr/0051)."""
+    try:
+        response = httpx.get(
+            f"{server_url}/api/v1/enroll/upgrade-key", verify=context, timeout=TIMEOUT
+        )
+    except httpx.HTTPError as exc:
+        raise EnrollmentFailed(
+            f"Cannot fetch the platform's upgrade key from {server_url}: {exc}."
+        ) from exc
+    if response.status_code == 404:
+        return None
+    text = response.text.strip()
+    if response.status_code != 200 or not _UPGRADE_KEY.match(text):
+        raise EnrollmentFailed(
+            f"The platform at {server_url} sent no valid upgrade key (HTTP {response.status_code})."
+        )
+    return text.encode() + b"\n"
+
+
 def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Identity:
     """Enroll this endpoint; on any failure the state directory is left as it was."""
     token = EnrollmentToken.decode(token_text)
@@ -87,6 +112,8 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
         secret=token.secret, csr_pem=_csr(key, name), hostname=safe_text(name, MAX_HOSTNAME)
     )
     context = ssl.create_default_context(cadata=ca_pem.decode())
+    # Before the token is spent: a failure here leaves the token usable for another try.
+    upgrade_key = _fetch_upgrade_key(token.server_url, context)
     try:
         response = httpx.post(
             f"{token.server_url}/api/v1/enroll",
@@ -117,6 +144,8 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
     )
     state.write_private(state.cert, answer.certificate_pem.encode())
     state.write_private(state.ca, ca_pem)
+    if upgrade_key is not None:
+        state.write_private(state.root / UPGRADE_KEY_FILE, upgrade_key)
     identity = Identity(
         host_id=answer.host_id, server_url=token.server_url, agent_url=answer.agent_url
     )

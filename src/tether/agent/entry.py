@@ -14,6 +14,8 @@ import sys
 
 # First argument that makes this executable a script's child process instead of the agent.
 SCRIPT_CHILD = "script-child"
+# First argument that makes it the supervisor of an upgraded version's trial (docs/adr/0051).
+UPGRADE_TRIAL = "upgrade-trial"
 
 
 def _script_child(script_path: str, agent_pid: str) -> None:
@@ -29,6 +31,12 @@ def main() -> None:
     """Run as a script's child (`script-child SCRIPT AGENT_PID`) or as the agent's command."""
     if len(sys.argv) == 4 and sys.argv[1] == SCRIPT_CHILD:
         _script_child(sys.argv[2], sys.argv[3])
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == UPGRADE_TRIAL:
+        # The supervisor of a new version's trial stays resident: nothing heavy is imported.
+        from tether.agent.upgrade_trial import main as supervise
+
+        supervise(sys.argv[2:])
         return
     import typer
 

@@ -61,6 +61,7 @@ class JobRunner:
         actions: Mapping[str, ActionSpec] = ACTIONS,
         transfers: AgentTransfers | None = None,
         isolator: Isolator | None = None,
+        keep_running: frozenset[str] = frozenset(),
     ) -> None:
         self._journal = journal
         self._transfers = transfers
@@ -75,7 +76,7 @@ class JobRunner:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_JOBS)
         # Acknowledged job ids are kept only as long as the platform could send a job again
         # (its longest time to live); after that they are forgotten.
-        recovered = recover(journal)
+        recovered = recover(journal, keep=keep_running)
         if recovered.ended or recovered.waiting or recovered.killed:
             log.warning(
                 "The last agent process stopped with jobs unfinished: %d ended, %d to run when "

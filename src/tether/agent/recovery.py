@@ -58,11 +58,14 @@ def _script_ending(
     return endings.script_ended_with_agent(stopped), 0
 
 
-def recover(journal: Journal, now: datetime | None = None) -> Recovery:
-    """End, or make ready to run, every job an earlier agent process left unfinished."""
+def recover(
+    journal: Journal, now: datetime | None = None, keep: frozenset[str] = frozenset()
+) -> Recovery:
+    """End, or make ready to run, every job an earlier agent process left unfinished, except
+    those in `keep` (an upgrade whose new version is on trial in this very process)."""
     now = now or datetime.now(UTC)
     stopped = journal.last_alive()
-    unfinished = journal.unfinished()
+    unfinished = [job for job in journal.unfinished() if job.job_id not in keep]
     running = [job for job in unfinished if job.state == "running"]
     waiting = len(unfinished) - len(running)
     # Scripts first: no process of a stopped agent's job works on while the rest is decided.

@@ -9,7 +9,7 @@ from typing import Literal
 
 import psutil
 
-from tether import __version__
+from tether.agent.version import running_version
 from tether.protocol import MAX_HOSTNAME, PROTOCOL_VERSION, Hello, OsInfo, safe_text
 
 OsFamily = Literal["linux", "windows", "darwin", "other"]
@@ -45,7 +45,7 @@ def addresses(limit: int = 64) -> list[str]:
 def hello(hostname: str | None = None) -> Hello:
     return Hello(
         protocol_version=PROTOCOL_VERSION,
-        agent_version=__version__,
+        agent_version=running_version(),
         # Escaped: the platform refuses a hostname with control or bidi characters in it.
         hostname=safe_text(hostname or socket.gethostname(), MAX_HOSTNAME) or "unknown",
         os=OsInfo(

@@ -56,6 +56,8 @@ if [ ! -f {STATE}/identity.json ]; then
 fi
 # The token may have uses left for other endpoints: keep no copy here.
 rm -f {TOKEN}
+# The package's version runs from now on, not a bundle an earlier self-upgrade left current.
+rm -f {STATE}/upgrades/current
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable {UNIT_NAME}

@@ -21,3 +21,5 @@ SCRIPT_RUN: Final = "script.run"
 ISOLATION_ISOLATE: Final = "isolation.isolate"
 ISOLATION_RELEASE: Final = "isolation.release"
 ISOLATION_STATUS: Final = "isolation.status"
+# Reserved: sent only by the upgrade service, which signs what it sends (docs/adr/0051).
+AGENT_UPGRADE: Final = "agent.upgrade"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.protocol.action_names import (
+    AGENT_UPGRADE,
     FILES_GET,
     FILES_HASH,
     FILES_LIST,
@@ -41,6 +42,7 @@ from tether.protocol.processes import (
 )
 from tether.protocol.scripts import ScriptRunArgs, ScriptRunResult
 from tether.protocol.shell import is_cat_source
+from tether.protocol.upgrade import UpgradeArgs, UpgradeResult
 
 
 class _Model(BaseModel):
@@ -213,6 +215,23 @@ ACTIONS: dict[str, ActionSpec] = {
             timeout_seconds=30.0,
             description="Report what the host's firewall holds for isolation; changes nothing.",
             response=False,
+        ),
+        ActionSpec(
+            name=AGENT_UPGRADE,
+            args=UpgradeArgs,
+            result=UpgradeResult,
+            # Code execution as root on every host of a rollout: an admin's permission AND the
+            # highest tier (and a fresh second factor at the route), never one of them alone.
+            permission=Permission.HOSTS_MANAGE,
+            tier=Tier.SCRIPT,
+            label="an agent upgrade",
+            # Fetch the bundle, restart, connect again: the agent's own window is 60 s.
+            timeout_seconds=1800.0,
+            description=(
+                "Replace the agent with a bundle signed by the platform: verified, unpacked "
+                "beside the current one, swapped, restarted, rolled back by the agent itself "
+                "if the new version does not connect in time."
+            ),
         ),
     )
 }

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tether.protocol.action_names import (
+    AGENT_UPGRADE,
     FILES_GET,
     FILES_HASH,
     FILES_LIST,
@@ -31,6 +32,7 @@ _MAIN_ARGUMENT = {
     PROCESSES_KILL: "pid",
     PROCESSES_LIST: "name",
     ISOLATION_ISOLATE: "mode",
+    AGENT_UPGRADE: "version",
 }
 
 

@@ -24,6 +24,7 @@ from tether.server.api import (
     segments,
     service_tokens,
     sessions,
+    upgrades,
     users,
 )
 from tether.server.api.deps import current_user
@@ -49,6 +50,8 @@ PUBLIC_PATHS = frozenset(
         f"{API_PREFIX}/enroll/ca",
         # An agent package, to whoever holds its unguessable, expiring link (docs/adr/0052).
         f"{API_PREFIX}/agent-packages/{{link}}/{{filename}}",
+        # The public half of the upgrade-signing key, pinned by agents as they enroll.
+        f"{API_PREFIX}/enroll/upgrade-key",
         f"{API_PREFIX}/openapi.json",
         f"{API_PREFIX}/docs",
         f"{API_PREFIX}/docs/oauth2-redirect",
@@ -91,6 +94,7 @@ def create_app(platform: Platform) -> FastAPI:
     public.include_router(auth.public)
     public.include_router(enrollment.public)
     public.include_router(agent_packages.public)
+    public.include_router(upgrades.public)
     protected = APIRouter(dependencies=[Depends(current_user)])
     for module in (
         auth,
@@ -107,6 +111,7 @@ def create_app(platform: Platform) -> FastAPI:
         files,
         isolation,
         service_tokens,
+        upgrades,
     ):
         protected.include_router(module.router)
     app.include_router(public, prefix=API_PREFIX)

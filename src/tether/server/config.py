@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         return self.data_dir / "audit-signing.key"
 
     @property
+    def upgrade_key(self) -> Path:
+        """The Ed25519 key that signs agent upgrades (docs/adr/0051); made at first use."""
+        return self.data_dir / "upgrade-signing.key"
+
+    @property
     def audit_anchor(self) -> Path:
         return self.data_dir / "audit-anchor.json"
 

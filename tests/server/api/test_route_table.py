@@ -94,6 +94,7 @@ ROWS = [
     Row("GET", "/api/v1/docs", ALL_200),
     Row("GET", "/api/v1/docs/oauth2-redirect", ALL_200),
     Row("GET", "/api/v1/enroll/ca", ALL_200),
+    Row("GET", "/api/v1/enroll/upgrade-key", ALL_200),
     Row("POST", "/api/v1/enroll", (422,) * 9, body={}),
     # An agent package, to whoever holds its link (docs/adr/0052): a made-up one is unknown.
     Row("GET", "/api/v1/agent-packages/{link}/{filename}", (404,) * 9, url="/api/v1/agent-packages/" + "x" * 43 + "/tether-agent.deb"),
@@ -153,6 +154,10 @@ ROWS = [
     Row("GET", "/api/v1/isolation/allowlist", READERS),
     Row("PUT", "/api/v1/isolation/allowlist", ADMINS, body={"rules": [{"cidr": "10.0.0.0/8"}]}),
     # Segments.
+    # Agent upgrades: admin AND the script tier (a plain admin is refused by the service).
+    Row("GET", "/api/v1/agent-upgrades", READERS),
+    Row("GET", "/api/v1/agent-upgrades/{rollout_id}", (401, 404, 404, 404, 404, 403, 403, 404, 404), url="/api/v1/agent-upgrades/ghost"),
+    Row("POST", "/api/v1/agent-upgrades", (401, 403, 403, 403, 403, 403, 403, 403, 404), body={"sha256": "0" * 64, "hosts": ["{host}"]}),
     Row("GET", "/api/v1/segments", READERS),
     Row("POST", "/api/v1/segments", (401, 403, 403, 403, 403, 403, 403, 422, 422), body={"name": "bad/name"}),
     Row("PATCH", "/api/v1/segments/{name}", ADMINS_404, url="/api/v1/segments/ghost", body={"active_response": True}),
@@ -192,6 +197,7 @@ ROWS = [
     Row("POST", "/active-response/ping", WEB_CHANGE_BY_FORM),
     Row("POST", "/hosts/{ref}/move", WEB_CHANGE_BY_FORM, url="/hosts/{host}/move"),
     Row("POST", "/hosts/{ref}/revoke", WEB_CHANGE_BY_FORM, url="/hosts/{host}/revoke"),
+    Row("POST", "/hosts/{ref}/upgrade", WEB_CHANGE_BY_FORM, url="/hosts/{host}/upgrade"),
     # The Host page's live session (docs/adr/0022). Without the CSRF header every change is 403;
     # a session that must first enroll a second factor is sent to enroll before that check.
     Row("POST", "/hosts/{ref}/session", WEB_SESSION_CHANGE, url="/hosts/{host}/session"),

@@ -17,7 +17,7 @@ from uuid import UUID
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol.action_names import FILES_GET, FILES_PUT, SCRIPT_RUN
+from tether.protocol.action_names import AGENT_UPGRADE, FILES_GET, FILES_PUT, SCRIPT_RUN
 from tether.protocol.transfer import (
     MAX_SCRIPT_TRANSFERS,
     AnyTransferMessage,
@@ -34,7 +34,8 @@ from tether.server.store.tables import jobs
 
 log = logging.getLogger(__name__)
 
-TRANSFER_ACTIONS = frozenset({FILES_GET, FILES_PUT})
+# agent.upgrade sends its bundle archive from the library as a files.put sends a file.
+TRANSFER_ACTIONS = frozenset({FILES_GET, FILES_PUT, AGENT_UPGRADE})
 # Scripts move files through tether.script upload and download (services.script_files).
 SCRIPT_ACTION = SCRIPT_RUN
 
@@ -153,9 +154,8 @@ class FileTransfers:
             await self.receive(host_id, job_id, transfer_id, max_bytes=cap, on_done=None)
         else:
             self._put_hosts[job_id] = host_id
-            await self.send(
-                host_id, job_id, transfer_id, str(args["sha256"]), str(args["path"]), on_done=None
-            )
+            path = str(args.get("path") or f"agent bundle {args.get('version', '')}".strip())
+            await self.send(host_id, job_id, transfer_id, str(args["sha256"]), path, on_done=None)
 
     async def receive(
         self,

@@ -255,6 +255,10 @@ class Jobs:
         """Run `check` on the validated arguments of every submission of `action`."""
         self._argument_checks[action] = check
 
+    async def resolve(self, selection: Selection) -> list[str]:
+        """The ids of the hosts `selection` names (NotFound, Invalid when it names none)."""
+        return await self._resolve(selection)
+
     async def _resolve(self, selection: Selection) -> list[str]:
         if selection.host_ids is not None:
             if not selection.host_ids:

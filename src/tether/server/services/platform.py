@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tether.protocol.action_names import FILES_GET, FILES_PUT
+from tether.protocol.action_names import AGENT_UPGRADE, FILES_GET, FILES_PUT
 from tether.server.config import Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
@@ -41,6 +41,9 @@ from tether.server.services.service_tokens import ServiceTokens
 from tether.server.services.session_cache import SessionCache
 from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
+from tether.server.services.upgrade_key import UpgradeSigner
+from tether.server.services.upgrades import RESERVED as UPGRADE_RESERVED
+from tether.server.services.upgrades import Upgrades
 from tether.server.services.user_sessions import UserSessions
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
@@ -101,6 +104,8 @@ class Platform:
     bus: Bus
     # Agent packages built for admins and served on the analyst port (docs/adr/0052).
     agent_packages: AgentPackages
+    # Signed agent upgrades rolled out a few hosts at a time (docs/adr/0051).
+    upgrades: Upgrades
     # This process's row among the platform's processes (split roles only).
     nodes: Nodes | None = None
 
@@ -191,6 +196,10 @@ class Platform:
         dispatcher.on_finished(script_files.job_finished)
         jobs = Jobs(engine, audit, access, dispatcher, events)
         jobs.check_arguments(FILES_PUT, files.check_put)
+        # Only the upgrade service sends agent.upgrade: it signs what it sends.
+        jobs.reserve(AGENT_UPGRADE, UPGRADE_RESERVED)
+        upgrades = Upgrades(engine, audit, jobs, files, UpgradeSigner(settings.upgrade_key))
+        dispatcher.on_finished(upgrades.job_finished)
         isolation = Isolation(engine, audit, jobs, policies)
         live_sessions = LiveSessions(
             engine,
@@ -255,6 +264,7 @@ class Platform:
             misbehaviour=misbehaviour,
             bus=bus,
             agent_packages=agent_packages,
+            upgrades=upgrades,
             nodes=nodes,
         )
 

@@ -451,3 +451,34 @@ library_files = Table(
     # The audit record that added it; its metadata must match that record (docs/adr/0030).
     Column("record_seq", BigInteger, nullable=True),
 )
+
+# A signed agent upgrade rolled out to hosts at most `max_parallel` at a time (docs/adr/0051).
+agent_upgrades = Table(
+    "agent_upgrades",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("version", String(64), nullable=False),
+    # The bundle archive, a file of the library, by content.
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    # Ed25519 over tether.protocol.upgrade.signed_statement, hex.
+    Column("signature", String(128), nullable=False),
+    Column("max_parallel", Integer, nullable=False),
+    Column("selection", String(128), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# Each host of a rollout, in the order it is upgraded; its job once sent, its outcome once ended.
+agent_upgrade_hosts = Table(
+    "agent_upgrade_hosts",
+    metadata,
+    Column("upgrade_id", String(36), ForeignKey("agent_upgrades.id"), primary_key=True),
+    Column("host_id", String(36), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("job_id", String(36), nullable=True, index=True),
+    # "upgraded", "rolled back", "refused", "failed" or "not sent"; None while waiting or running.
+    Column("outcome", String(16), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+)

@@ -76,6 +76,9 @@ async def render_host(
     session = await open_session(platform, user, host.id) if responder else None
     manager = Permission.HOSTS_MANAGE in user.permissions
     segments = [s.name for s in await platform.segments.list()] if manager else []
+    # The library's archives the administration section offers as agent bundles.
+    uploads = await platform.files.find(kind="upload", name=".tar.gz", limit=20) if manager else []
+    bundles = [(f.sha256, f"{f.name} ({f.sha256[:12]})") for f in uploads]
     return render(
         request,
         "host.html",
@@ -91,6 +94,7 @@ async def render_host(
         panel=panel,
         manager=manager,
         segments=segments,
+        bundles=bundles,
         admin_error=admin_error,
         admin_notice=admin_notice,
         confirm_revoke=confirm_revoke,

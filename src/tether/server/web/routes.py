@@ -16,6 +16,7 @@ from tether.server.web import (
     host_admin,
     host_files,
     host_processes,
+    host_upgrade,
     jobs,
     live_session,
     login,
@@ -113,6 +114,7 @@ def install(app: FastAPI, *, api_prefix: str) -> None:
     app.include_router(active_response.router)
     app.include_router(host.router)
     app.include_router(host_admin.router)
+    app.include_router(host_upgrade.router)
     app.include_router(live_session.router)
     app.include_router(host_files.router)
     app.include_router(host_processes.router)
