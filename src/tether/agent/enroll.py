@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from tether.agent.errors import EnrollmentFailed
 from tether.agent.state import Identity, StateDir
+from tether.agent.upgrade_files import UPGRADE_KEY_FILE
 from tether.protocol import (
     MAX_HOSTNAME,
     EnrollmentToken,
@@ -29,7 +30,6 @@ from tether.protocol import (
 TIMEOUT = httpx.Timeout(15.0)
 _UPGRADE_KEY = re.compile(r"^[0-9a-f]{64}$")
 # Beside the identity: the key upgrades must be signed with (tether.agent.upgrade.KEY_FILE).
-UPGRADE_KEY_FILE = "upgrade-key.pub"
 
 
 def _fetch_ca(server_url: str, expected_sha256: str) -> bytes:

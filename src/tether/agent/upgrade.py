@@ -24,15 +24,22 @@ import shutil
 import sys
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tether.agent.context import job_context
-from tether.agent.enroll import UPGRADE_KEY_FILE
 from tether.agent.errors import ActionError, AgentError
 from tether.agent.journal import Journal
-from tether.agent.upgrade_files import EXECUTABLE, TRIAL_ENV, WINDOW_ENV, Trial, UpgradeFiles
+from tether.agent.upgrade_files import (
+    EXECUTABLE,
+    TRIAL_ENV,
+    UPGRADE_KEY_FILE,
+    WINDOW_ENV,
+    Trial,
+    UpgradeFiles,
+)
 from tether.agent.upgrade_trial import TRIAL_COMMAND, replace_process
 from tether.agent.version import bundle_dir, running_version
 from tether.protocol import JobStatus
@@ -78,16 +85,21 @@ def window_from_environment() -> float:
     return min(max(seconds, 1.0), 3600.0)
 
 
-def load_key(path: Path) -> Ed25519PublicKey | None:
+def load_key(path: Path) -> "Ed25519PublicKey | None":
     """The upgrade key in `path` (hex of the raw 32 bytes), or None when there is none."""
+    # Imported here, not at the top: an idle agent never loads cryptography (docs/adr/0052).
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(path.read_text().strip()))
     except (OSError, ValueError):
         return None
 
 
-def verify_signature(key: Ed25519PublicKey, args: UpgradeArgs) -> None:
+def verify_signature(key: "Ed25519PublicKey", args: UpgradeArgs) -> None:
     """Refuse unless `args.signature` is the key's signature over what it names."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(
             bytes.fromhex(args.signature), signed_statement(args.version, args.sha256, args.size)

@@ -26,6 +26,8 @@ TRIAL_ENV = "TETHER_AGENT_TRIAL"
 HANDED_OFF_ENV = "TETHER_AGENT_HANDED_OFF"
 # How long a new version has to connect, in seconds (tests shorten it).
 WINDOW_ENV = "TETHER_AGENT_UPGRADE_WINDOW"
+# The platform's upgrade-signing public key, pinned at enrollment, in the state directory.
+UPGRADE_KEY_FILE = "upgrade-key.pub"
 EXECUTABLE = "tether-agent.exe" if sys.platform == "win32" else "tether-agent"
 
 

@@ -11,6 +11,7 @@ from tether.protocol import Permission
 from tether.server.api.deps import PlatformDep, require, require_fresh, source_of
 from tether.server.api.job_schemas import HostSelection
 from tether.server.api.jobs import selection_of
+from tether.server.api.view_out import ViewOut
 from tether.server.services.upgrades import MAX_PARALLEL, Rollout
 from tether.server.services.users import User
 
@@ -30,7 +31,7 @@ class UpgradeStart(HostSelection):
     max_parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] = 1
 
 
-class RolloutHostOut(BaseModel):
+class RolloutHostOut(ViewOut):
     host_id: str
     hostname: str
     position: int
@@ -64,7 +65,7 @@ def rollout_out(view: Rollout) -> RolloutOut:
         created_by=view.created_by,
         created_at=view.created_at,
         counts=view.counts,
-        hosts=[RolloutHostOut(**h.__dict__) for h in view.hosts],
+        hosts=[RolloutHostOut.of(h) for h in view.hosts],
     )
 
 
