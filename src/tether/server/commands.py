@@ -222,7 +222,8 @@ def backup(
         ),
     ] = False,
 ) -> None:
-    """Back up the platform while it runs: the database (SQLite online backup), the file
+    """Back up the platform while it runs: the database (SQLite online backup, or pg_dump of
+    one PostgreSQL snapshot), the file
     library, the signed checkpoint and the keys encrypted under a passphrase (or left out);
     audited."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -272,9 +273,18 @@ def restore(
             "--keys-from", help="A folder holding the key files (for a --without-keys backup)."
         ),
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="TETHER_DATABASE_URL",
+            help="A new, empty PostgreSQL database (for the backup of a PostgreSQL platform).",
+        ),
+    ] = None,
 ) -> None:
-    """Check every part of a backup, then restore it into a new data directory and put the
-    restore on the audit record; nothing is written when any check fails."""
+    """Check every part of a backup, then restore it into a new data directory (and, for a
+    PostgreSQL platform, a new empty database) and put the restore on the audit record; the
+    target is left as it was when any check fails."""
     from tether.server.services.restore import restore_backup
 
     result = restore_backup(
@@ -282,6 +292,7 @@ def restore(
         data.resolve(),
         passphrase=_passphrase(passphrase_file),
         keys_from=keys_from.resolve() if keys_from else None,
+        database_url=database_url or None,
     )
     typer.echo(
         f"Restored into {result.data} from the backup taken at {result.taken_at} (audit head "

@@ -36,6 +36,8 @@ MAGIC = b"TETHER-BACKUP 1\n"
 MANIFEST = "manifest.json"
 KEYS = "keys.enc"
 DATABASE = "tether.db"
+# A PostgreSQL platform's database: `pg_dump --format=custom` of one snapshot.
+POSTGRES_DUMP = "tether.pgdump"
 CHUNK_BYTES = 1024 * 1024
 FORMAT = 1
 # Plain files of the data directory a backup carries as they are (keys never: see KEY_FILES).
@@ -65,7 +67,7 @@ class BackupError(Invalid):
 def allowed_part(name: str) -> bool:
     """True for the part names a restore writes: the database, the plain files, the encrypted
     keys and blobs under their hash (nothing that could climb out of the directory)."""
-    return name in {DATABASE, KEYS, *PLAIN_FILES} or _BLOB.match(name) is not None
+    return name in {DATABASE, POSTGRES_DUMP, KEYS, *PLAIN_FILES} or _BLOB.match(name) is not None
 
 
 def blob_hash(name: str) -> str | None:
