@@ -39,6 +39,7 @@ from tether.server.services.backup_archive import (
     KEYS,
     PLAIN_FILES,
     ArchiveWriter,
+    blob_hash,
     seal_keys,
 )
 from tether.server.store.db import create_engine, is_sqlite, utcnow
@@ -279,11 +280,17 @@ def _write(
             for name, path in blobs:
                 try:
                     with open(path, "rb") as blob:
-                        writer.add_stream(name, blob)
+                        info = writer.add_stream(name, blob)
                 except FileNotFoundError:
                     # Deleted from the library since the snapshot; the manifest's count of
                     # blobs listed against the parts says so.
                     continue
+                if blob_hash(name) != info.sha256:
+                    # A restore refuses such a file: better said now than on the worst day.
+                    raise ConfigurationError(
+                        f"The library file {path} no longer holds what was stored under its "
+                        "SHA-256 (damaged on disk); move it out of the library and back up again."
+                    )
             if passphrase is not None:
                 files = {n: (data / n).read_bytes() for n in KEY_FILES if (data / n).is_file()}
                 writer.add_bytes(KEYS, seal_keys(files, passphrase))

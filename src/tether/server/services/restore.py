@@ -99,6 +99,7 @@ def restore_backup(
             write_private(work / name, content)
         (work / "files" / "partial").mkdir(parents=True, exist_ok=True)
         record_seq = asyncio.run(_append_restore_record(url, work, verified))
+        _sync_tree(work)
         _move_into_place(work, target)
     except OSError as exc:
         _undo(work, database_url if loaded else None)
@@ -232,7 +233,24 @@ async def _append_restore_record(url: str, work: Path, verified: Verified) -> in
         await engine.dispose()
 
 
+def _sync_tree(work: Path) -> None:
+    """Every restored file and folder on disk before the directory gets its name: once at the
+    end, so the kernel wrote most of it back while the rest was still being restored."""
+    for folder, _dirs, files in os.walk(work):
+        for name in [*files, "."]:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def _move_into_place(work: Path, target: Path) -> None:
     if target.exists():
         target.rmdir()  # empty, checked above; rename cannot replace a directory otherwise
     os.rename(work, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)
