@@ -418,3 +418,39 @@ def test_a_full_disk_during_a_backup_is_one_sentence_on_the_record_and_leaves_no
         ).fetchone()
     assert outcome == "failure"
     assert "No space left on device" in json.loads(details)["error"]
+
+
+def test_a_library_file_rotten_on_disk_stops_the_backup_instead_of_spoiling_it(
+    tmp_path: Path,
+) -> None:
+    """A blob that no longer matches its name would make the whole backup unrestorable; the
+    backup says so at once, names the file, and leaves nothing."""
+    settings = _init(tmp_path / "data")
+    digest = hashlib.sha256(BLOB).hexdigest()
+    blob = settings.data_dir / "files" / "sha256" / digest[:2] / digest[2:]
+    rotten = bytearray(blob.read_bytes())
+    rotten[100] ^= 0x01
+    blob.write_bytes(bytes(rotten))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigurationError, match=r"^The library file .* no longer holds what"):
+        take_backup(settings, out / "b.tbk", None)
+    assert list(out.iterdir()) == []
+    blob.write_bytes(BLOB)
+    made = take_backup(settings, out / "b.tbk", None)
+    assert made.path.is_file()
+
+
+def test_a_part_of_many_chunks_reads_back_whole(tmp_path: Path) -> None:
+    """Reads of several chunks are framed in chunks of at most CHUNK_BYTES and hash the same
+    as one pass over the bytes (the hashing thread keeps their order)."""
+    content = os.urandom(backup_archive.READ_BYTES + 3 * backup_archive.CHUNK_BYTES + 17)
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    info = writer.add_stream("tether.db", io.BytesIO(content))
+    writer.finish({})
+    assert info.sha256 == hashlib.sha256(content).hexdigest()
+    kept = _Kept()
+    verified = read_parts(io.BytesIO(out.getvalue()), "x", sink=lambda _name: kept)
+    assert kept.getvalue() == content
+    assert verified.parts[0].sha256 == info.sha256
