@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from tether.agent import sysinfo
 from tether.agent.action import Handler
 from tether.agent.actions import HANDLERS
+from tether.agent.ca_rollover import CaRollover, RolloverRefused
 from tether.agent.certificate import check_validity
 from tether.agent.errors import AgentRefused
 from tether.agent.gate import ResponseGate
@@ -39,6 +40,7 @@ from tether.protocol import (
     parse_platform_message,
     retry_after,
 )
+from tether.protocol.ca_rollover import CaCertificate
 from tether.protocol.isolation import AllowRule
 from tether.protocol.transfer import AnyTransferMessage, TransferGrant
 
@@ -142,8 +144,10 @@ class AgentConnection:
         self._backoff = backoff or Backoff()
         # The last session's socket, for the close code and reason it ended with.
         self._last_socket: ClientConnection | None = None
-        self._ssl = client_ssl_context(state)
         self.connected = asyncio.Event()
+        self.ca_rollover = CaRollover(self._state)
+        # The platform's certificate on the current connection (a CA rotation checks it).
+        self._server_der: bytes | None = None
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only by raising AgentRefused or being cancelled."""
@@ -235,7 +239,9 @@ class AgentConnection:
         try:
             websocket = await connect(
                 self._identity.agent_url,
-                ssl=self._ssl,
+                # Made again for each connection: a CA rotation changes the certificate and
+                # the pinned CAs (tether.agent.ca_rollover).
+                ssl=client_ssl_context(self._state),
                 compression=None,
                 max_size=MAX_FRAME_BYTES,
                 # The library's pings detect a dead platform and close the socket; the text
@@ -267,6 +273,7 @@ class AgentConnection:
             welcome = await self._welcome(websocket)
             log.info("Connected to %s as host %s", self._identity.agent_url, welcome.host_id)
             self.connected.set()
+            await self._check_ca(websocket)
             beats = asyncio.create_task(self._heartbeats(websocket, welcome.heartbeat_seconds))
 
             async def send(text: str) -> None:
@@ -285,6 +292,14 @@ class AgentConnection:
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beats
+
+    async def _check_ca(self, websocket: ClientConnection) -> None:
+        ssl_object = websocket.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self._server_der = der or None
+        ask = self.ca_rollover.connected(self._server_der)
+        if ask is not None:
+            await websocket.send(ask.model_dump_json())
 
     async def _welcome(self, websocket: ClientConnection) -> Welcome:
         try:
@@ -355,3 +370,10 @@ class AgentConnection:
                 spawn(self.jobs.on_cancel(message))
             elif isinstance(message, JobAck):
                 self.jobs.on_ack(message)
+            elif isinstance(message, CaCertificate):
+                try:
+                    self.ca_rollover.accept(message, self._server_der)
+                except RolloverRefused as exc:
+                    log.warning("Refused the platform's new certificate: %s", exc)
+                    continue
+                return  # reconnect with the new certificate

@@ -306,16 +306,24 @@ def restore(
 
 @server_app.command("rotate-key")
 def rotate_key(
-    which: Annotated[str, typer.Argument(help="audit or mfa")],
+    which: Annotated[str, typer.Argument(help="audit, mfa or ca")],
     data: DataOpt,
+    finish: Annotated[
+        bool,
+        typer.Option("--finish", help="ca: end the rotation once every host has moved."),
+    ] = False,
 ) -> None:
-    """Replace the audit signing key (older checkpoints still verify) or the MFA sealing key
-    (every TOTP secret sealed anew), in one audited step; the platform must be stopped."""
+    """Replace the audit signing key (older checkpoints still verify), the MFA sealing key
+    (every TOTP secret sealed anew) or the CA (agents move to the new one over their
+    connections; --finish ends it), each audited; the platform must be stopped."""
     from tether.server.config import load_settings
     from tether.server.errors import ConfigurationError
+    from tether.server.services.ca_rotation import finish_ca_rotation, rotate_ca
     from tether.server.services.key_rotation import rotate_audit_key, rotate_mfa_key
 
     settings = load_settings(data.resolve())
+    if finish and which != "ca":
+        raise ConfigurationError("--finish ends a CA rotation; give 'ca' with it.")
     if which == "audit":
         done = rotate_audit_key(settings)
         typer.echo(
@@ -328,9 +336,20 @@ def rotate_key(
             f"New MFA sealing key; {done.count} TOTP secrets sealed anew (record "
             f"{done.record_seq})."
         )
+    elif which == "ca" and finish:
+        ended = finish_ca_rotation(settings)
+        typer.echo(
+            f"The CA rotation is finished (record {ended.record_seq}): only the CA "
+            f"{ended.new_sha256[:16]}... is trusted now; start the platform again."
+        )
     elif which == "ca":
-        raise ConfigurationError(
-            "Rotating the CA is designed (docs/adr/0043) but not built yet; audit and mfa rotate."
+        started = rotate_ca(settings)
+        typer.echo(
+            f"New CA {started.new_sha256[:16]}... (record {started.record_seq}), cross-signed "
+            f"by the old one. Start the platform: connected agents move to it by themselves "
+            f"({started.hosts_to_move} to move). Then run 'tether server rotate-key ca "
+            "--finish' with the platform stopped. Enrollment tokens made before now name the "
+            "old CA: make new ones."
         )
     else:
-        raise ConfigurationError(f"{which!r} is not a key that rotates; give audit or mfa.")
+        raise ConfigurationError(f"{which!r} is not a key that rotates; give audit, mfa or ca.")

@@ -37,6 +37,7 @@ from tether.server.services.backup_archive import (
     DATABASE,
     KEY_FILES,
     KEYS,
+    OPTIONAL_KEY_FILES,
     PLAIN_FILES,
     ArchiveWriter,
     blob_hash,
@@ -70,7 +71,7 @@ def public_fingerprints(data: Path) -> dict[str, str]:
     """SHA-256 names of the keys in `data`, by file: what a restore with `--keys-from` checks the
     given key files against (the private keys' public halves; the MFA key's hash)."""
     prints: dict[str, str] = {}
-    for name in ("ca.key", "server.key", "audit-signing.key"):
+    for name in ("ca.key", "server.key", "audit-signing.key", "ca-next.key"):
         path = data / name
         if path.is_file():
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -292,7 +293,8 @@ def _write(
                         "SHA-256 (damaged on disk); move it out of the library and back up again."
                     )
             if passphrase is not None:
-                files = {n: (data / n).read_bytes() for n in KEY_FILES if (data / n).is_file()}
+                names = (*KEY_FILES, *OPTIONAL_KEY_FILES)
+                files = {n: (data / n).read_bytes() for n in names if (data / n).is_file()}
                 writer.add_bytes(KEYS, seal_keys(files, passphrase))
             manifest = {
                 "taken_at": taken_at,

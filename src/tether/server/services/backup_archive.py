@@ -51,8 +51,12 @@ PLAIN_FILES = (
     "server.pem",
     "audit-anchor.json",
     "audit-keys-retired.json",
+    # During a CA rotation (docs/adr/0048): the next CA.
+    "ca-next.pem",
 )
 KEY_FILES = ("ca.key", "server.key", "audit-signing.key", "mfa-sealing.key")
+# Keys only some platforms have: the next CA's, during a CA rotation (docs/adr/0048).
+OPTIONAL_KEY_FILES = ("ca-next.key",)
 _BLOB = re.compile(r"^files/sha256/([0-9a-f]{2})/([0-9a-f]{62})$")
 _HEADER_LIMIT = 4096
 _LENGTH = struct.Struct(">I")

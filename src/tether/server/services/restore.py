@@ -30,6 +30,7 @@ from tether.server.services.backup import public_fingerprints
 from tether.server.services.backup_archive import (
     KEY_FILES,
     KEYS,
+    OPTIONAL_KEY_FILES,
     POSTGRES_DUMP,
     BackupError,
     Verified,
@@ -158,6 +159,9 @@ def _keys(
         if missing:
             raise ConfigurationError(f"{keys_from} has no {missing[0]}; nothing was restored.")
         keys = {n: (keys_from / n).read_bytes() for n in KEY_FILES}
+        keys |= {
+            n: (keys_from / n).read_bytes() for n in OPTIONAL_KEY_FILES if (keys_from / n).is_file()
+        }
         where = str(keys_from)
     elif manifest.get("keys") != "encrypted" or verified.keys_blob is None:
         raise ConfigurationError(
