@@ -44,7 +44,7 @@ PASSPHRASE = "benchmark passphrase, long enough\n"
 Figure = tuple[float, int, float]
 
 
-def timed(args: list[str], work: Path) -> Figure:
+def timed(args: list[str], work: Path, env: dict[str, str] | None = None) -> Figure:
     """Run `args` under /usr/bin/time; (wall seconds, peak RSS in KiB, CPU seconds: user +
     system, all threads). A child's ru_maxrss seen from Python would include the benchmark's
     own memory copied at fork. Dirty pages left by the command before are written out first
@@ -56,6 +56,7 @@ def timed(args: list[str], work: Path) -> Figure:
         ["/usr/bin/time", "-f", "%M %U %S", "-o", str(stats), *args],
         capture_output=True,
         check=False,
+        env=env,
     )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
@@ -113,7 +114,7 @@ async def restored_intact(data: Path) -> bool:
         await engine.dispose()
 
 
-def one_run(work: Path, data: Path, blobs: int) -> dict[str, Figure]:
+def one_run(work: Path, data: Path, blobs: int, baseline: Path | None) -> dict[str, Figure]:
     results: dict[str, Figure] = {}
     passphrase = work / "passphrase"
     passphrase.write_text(PASSPHRASE)
@@ -140,7 +141,24 @@ def one_run(work: Path, data: Path, blobs: int) -> dict[str, Figure]:
          "--passphrase-file", str(passphrase)],
         work,
     )  # fmt: skip
-    for restored in (work / "r1", work / "r2"):
+    restored_dirs = [work / "r1", work / "r2"]
+    if baseline is not None:
+        # The same commands with another checkout's code (PYTHONPATH first on sys.path), in
+        # the same run: what this code changed, under the same load.
+        env = {**os.environ, "PYTHONPATH": str(baseline)}
+        before = work / "before.tbk"
+        results["backup --without-keys (baseline code)"] = timed(
+            [*TETHER, "server", "backup", "--data", str(data), "--output", str(before),
+             "--without-keys"],
+            work, env,
+        )  # fmt: skip
+        results["restore --keys-from (baseline code)"] = timed(
+            [*TETHER, "server", "restore", str(before), "--data", str(work / "r0"),
+             "--keys-from", str(data)],
+            work, env,
+        )  # fmt: skip
+        restored_dirs.append(work / "r0")
+    for restored in restored_dirs:
         if not asyncio.run(restored_intact(restored)):
             raise SystemExit(f"the audit log restored in {restored} does not verify")
         found = sum(1 for _ in (restored / "files" / "sha256").glob("*/*"))
@@ -154,6 +172,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--mib", type=int, default=2048)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="The src/ folder of another checkout (e.g. `git archive` of the commit before): "
+        "its backup and restore are timed in the same runs.",
+    )
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=REPO.parent) as scratch:
@@ -175,7 +199,7 @@ def main() -> None:
         for n in range(args.runs):
             work = root / f"run{n}"
             work.mkdir()
-            runs.append(one_run(work, data, blobs))
+            runs.append(one_run(work, data, blobs, args.baseline_src))
             shutil.rmtree(work)
             print(f"run {n + 1}: " + ", ".join(f"{k} {v[0]:.2f} s" for k, v in runs[-1].items()))
         load_after = Path("/proc/loadavg").read_text().split()[:3]
