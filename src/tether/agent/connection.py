@@ -297,7 +297,12 @@ class AgentConnection:
         ssl_object = websocket.transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         self._server_der = der or None
-        ask = self.ca_rollover.connected(self._server_der)
+        try:
+            ask = self.ca_rollover.connected(self._server_der)
+        except (OSError, ValueError) as exc:
+            # A CA rotation that cannot proceed must not cost the connection.
+            log.warning("Could not check the platform's CA rotation: %s", exc)
+            return
         if ask is not None:
             await websocket.send(ask.model_dump_json())
 

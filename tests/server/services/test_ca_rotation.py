@@ -18,7 +18,9 @@ from sqlalchemy.pool import NullPool
 from tether.agent.ca_rollover import next_ca
 from tether.server.config import Settings, load_settings
 from tether.server.errors import ConfigurationError, Invalid
+from tether.server.services import backup_archive
 from tether.server.services.audit import AuditLog, CheckpointSigner
+from tether.server.services.backup import take_backup
 from tether.server.services.bootstrap import initialise
 from tether.server.services.ca_rotation import (
     NEXT_CERT,
@@ -30,6 +32,7 @@ from tether.server.services.ca_rotation import (
 from tether.server.services.hosts import Hosts
 from tether.server.services.pki import CertificateAuthority, serial_hex
 from tether.server.services.presence import Presence
+from tether.server.services.restore import restore_backup
 from tether.server.store.db import sqlite_url
 
 
@@ -148,3 +151,25 @@ def test_a_rotation_names_the_next_ca_under_the_current_one_and_moves_hosts_one_
     assert "host.certificate" in actions
     assert "host.certificate_adopted" in actions
     asyncio.run(engine.dispose())
+
+
+def test_a_backup_during_a_rotation_carries_the_next_ca_and_its_key_only_encrypted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backup_archive, "SCRYPT_N", 2**14)
+    settings = _settings(tmp_path / "data")
+    rotate_ca(settings)
+    next_key = (settings.data_dir / "ca-next.key").read_bytes()
+    passphrase = b"correct horse battery staple"
+    made = take_backup(settings, tmp_path / "during.tbk", passphrase)
+    assert next_key not in made.path.read_bytes()
+    restored = restore_backup(
+        made.path, tmp_path / "sealed", passphrase=passphrase, keys_from=None
+    ).data
+    assert (restored / "ca-next.key").read_bytes() == next_key
+    assert (restored / NEXT_CERT).read_bytes() == (settings.data_dir / NEXT_CERT).read_bytes()
+    bare = take_backup(settings, tmp_path / "bare.tbk", None)
+    again = restore_backup(
+        bare.path, tmp_path / "bare", passphrase=None, keys_from=settings.data_dir
+    )
+    assert (again.data / "ca-next.key").read_bytes() == next_key
