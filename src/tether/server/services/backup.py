@@ -31,7 +31,6 @@ from sqlalchemy.exc import OperationalError
 from tether import __version__
 from tether.server.config import CONFIG_FILE, Settings
 from tether.server.errors import ConfigurationError
-from tether.server.services import backup_postgres
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.backup_archive import (
     DATABASE,
@@ -225,6 +224,9 @@ def _add_sqlite(
 
 
 def _add_postgres(writer: ArchiveWriter, url: str, counter: _Counter) -> tuple[int, str, str]:
+    # Imported here: psycopg takes half a second to import, which a SQLite platform never needs.
+    from tether.server.services import backup_postgres
+
     with backup_postgres.snapshot(url) as snap:
         # The custom format is compressed: the database's size is only an estimate.
         counter.total += snap.size

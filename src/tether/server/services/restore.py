@@ -23,7 +23,6 @@ from typing import IO, Any
 
 from tether.server.config import CONFIG_FILE
 from tether.server.errors import ConfigurationError
-from tether.server.services import backup_postgres
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.audit_statements import RESTORE, statement_message
 from tether.server.services.backup import public_fingerprints
@@ -72,6 +71,10 @@ def restore_backup(
     if archive.is_dir():
         raise ConfigurationError(f"{archive} is a folder, not a backup file.")
     if database_url is not None:
+        # Imported only here: psycopg takes half a second to import, which a SQLite restore
+        # never needs.
+        from tether.server.services import backup_postgres
+
         # Before reading gigabytes: a database that cannot be used is said at once.
         backup_postgres.check_empty(database_url)
     work = target.parent / f".{target.name}.restoring-{secrets.token_hex(4)}"
@@ -92,6 +95,8 @@ def restore_backup(
         keys = _keys(verified, label, passphrase, keys_from)
         url = _database(manifest, label, work, database_url)
         if database_url is not None:
+            from tether.server.services import backup_postgres
+
             backup_postgres.check_empty(database_url)
             loaded = True
             backup_postgres.load(database_url, work / POSTGRES_DUMP)
@@ -116,6 +121,8 @@ def restore_backup(
 def _undo(work: Path, database_url: str | None) -> None:
     shutil.rmtree(work, ignore_errors=True)
     if database_url is not None:
+        from tether.server.services import backup_postgres
+
         backup_postgres.empty_again(database_url)
 
 
