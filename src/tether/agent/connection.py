@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from tether.agent import sysinfo
 from tether.agent.action import Handler
 from tether.agent.actions import HANDLERS
+from tether.agent.ca_rollover import CaRollover, RolloverRefused
 from tether.agent.certificate import check_validity
 from tether.agent.errors import AgentRefused
 from tether.agent.gate import ResponseGate
@@ -40,6 +41,7 @@ from tether.protocol import (
     parse_platform_message,
     retry_after,
 )
+from tether.protocol.ca_rollover import CaCertificate
 from tether.protocol.isolation import AllowRule
 from tether.protocol.transfer import AnyTransferMessage, TransferGrant
 
@@ -151,8 +153,10 @@ class AgentConnection:
         self._backoff = backoff or Backoff()
         # The last session's socket, for the close code and reason it ended with.
         self._last_socket: ClientConnection | None = None
-        self._ssl = client_ssl_context(state)
         self.connected = asyncio.Event()
+        self.ca_rollover = CaRollover(self._state)
+        # The platform's certificate on the current connection (a CA rotation checks it).
+        self._server_der: bytes | None = None
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only by raising AgentRefused, RestartForUpgrade
@@ -254,7 +258,9 @@ class AgentConnection:
         try:
             websocket = await connect(
                 self._identity.agent_url,
-                ssl=self._ssl,
+                # Made again for each connection: a CA rotation changes the certificate and
+                # the pinned CAs (tether.agent.ca_rollover).
+                ssl=client_ssl_context(self._state),
                 compression=None,
                 max_size=MAX_FRAME_BYTES,
                 # The library's pings detect a dead platform and close the socket; the text
@@ -288,6 +294,7 @@ class AgentConnection:
             # A version on trial has connected: its upgrade took (reported with the journal).
             self.upgrader.connected(self._journal)
             self.connected.set()
+            await self._check_ca(websocket)
             beats = asyncio.create_task(self._heartbeats(websocket, welcome.heartbeat_seconds))
 
             async def send(text: str) -> None:
@@ -306,6 +313,19 @@ class AgentConnection:
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beats
+
+    async def _check_ca(self, websocket: ClientConnection) -> None:
+        ssl_object = websocket.transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self._server_der = der or None
+        try:
+            ask = self.ca_rollover.connected(self._server_der)
+        except (OSError, ValueError) as exc:
+            # A CA rotation that cannot proceed must not cost the connection.
+            log.warning("Could not check the platform's CA rotation: %s", exc)
+            return
+        if ask is not None:
+            await websocket.send(ask.model_dump_json())
 
     async def _welcome(self, websocket: ClientConnection) -> Welcome:
         try:
@@ -376,3 +396,10 @@ class AgentConnection:
                 spawn(self.jobs.on_cancel(message))
             elif isinstance(message, JobAck):
                 self.jobs.on_ack(message)
+            elif isinstance(message, CaCertificate):
+                try:
+                    self.ca_rollover.accept(message, self._server_der)
+                except RolloverRefused as exc:
+                    log.warning("Refused the platform's new certificate: %s", exc)
+                    continue
+                return  # reconnect with the new certificate

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
+from tether.protocol.ca_rollover import CaCertificate, CaRekey
 from tether.protocol.errors import ProtocolError
 from tether.protocol.hostnames import Hostname
 from tether.protocol.isolation import AllowList, IsolationStatus, ReportCause
@@ -196,6 +197,7 @@ AnyAgentMessage = (
     | TransferAbort
     | TransferRequest
     | IsolationReport
+    | CaRekey
 )
 AnyPlatformMessage = (
     Welcome
@@ -210,6 +212,7 @@ AnyPlatformMessage = (
     | TransferDone
     | TransferAbort
     | TransferGrant
+    | CaCertificate
 )
 AgentMessage = Annotated[AnyAgentMessage, Field(discriminator="type")]
 PlatformMessage = Annotated[AnyPlatformMessage, Field(discriminator="type")]

@@ -277,7 +277,8 @@ def backup(
         ),
     ] = False,
 ) -> None:
-    """Back up the platform while it runs: the database (SQLite online backup), the file
+    """Back up the platform while it runs: the database (SQLite online backup, or pg_dump of
+    one PostgreSQL snapshot), the file
     library, the signed checkpoint and the keys encrypted under a passphrase (or left out);
     audited."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -327,9 +328,18 @@ def restore(
             "--keys-from", help="A folder holding the key files (for a --without-keys backup)."
         ),
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="TETHER_DATABASE_URL",
+            help="A new, empty PostgreSQL database (for the backup of a PostgreSQL platform).",
+        ),
+    ] = None,
 ) -> None:
-    """Check every part of a backup, then restore it into a new data directory and put the
-    restore on the audit record; nothing is written when any check fails."""
+    """Check every part of a backup, then restore it into a new data directory (and, for a
+    PostgreSQL platform, a new empty database) and put the restore on the audit record; the
+    target is left as it was when any check fails."""
     from tether.server.services.restore import restore_backup
 
     result = restore_backup(
@@ -337,6 +347,7 @@ def restore(
         data.resolve(),
         passphrase=_passphrase(passphrase_file),
         keys_from=keys_from.resolve() if keys_from else None,
+        database_url=database_url or None,
     )
     typer.echo(
         f"Restored into {result.data} from the backup taken at {result.taken_at} (audit head "
@@ -350,16 +361,24 @@ def restore(
 
 @server_app.command("rotate-key")
 def rotate_key(
-    which: Annotated[str, typer.Argument(help="audit or mfa")],
+    which: Annotated[str, typer.Argument(help="audit, mfa or ca")],
     data: DataOpt,
+    finish: Annotated[
+        bool,
+        typer.Option("--finish", help="ca: end the rotation once every host has moved."),
+    ] = False,
 ) -> None:
-    """Replace the audit signing key (older checkpoints still verify) or the MFA sealing key
-    (every TOTP secret sealed anew), in one audited step; the platform must be stopped."""
+    """Replace the audit signing key (older checkpoints still verify), the MFA sealing key
+    (every TOTP secret sealed anew) or the CA (agents move to the new one over their
+    connections; --finish ends it), each audited; the platform must be stopped."""
     from tether.server.config import load_settings
     from tether.server.errors import ConfigurationError
+    from tether.server.services.ca_rotation import finish_ca_rotation, rotate_ca
     from tether.server.services.key_rotation import rotate_audit_key, rotate_mfa_key
 
     settings = load_settings(data.resolve())
+    if finish and which != "ca":
+        raise ConfigurationError("--finish ends a CA rotation; give 'ca' with it.")
     if which == "audit":
         done = rotate_audit_key(settings)
         typer.echo(
@@ -372,9 +391,20 @@ def rotate_key(
             f"New MFA sealing key; {done.count} TOTP secrets sealed anew (record "
             f"{done.record_seq})."
         )
+    elif which == "ca" and finish:
+        ended = finish_ca_rotation(settings)
+        typer.echo(
+            f"The CA rotation is finished (record {ended.record_seq}): only the CA "
+            f"{ended.new_sha256[:16]}... is trusted now; start the platform again."
+        )
     elif which == "ca":
-        raise ConfigurationError(
-            "Rotating the CA is designed (docs/adr/0043) but not built yet; audit and mfa rotate."
+        started = rotate_ca(settings)
+        typer.echo(
+            f"New CA {started.new_sha256[:16]}... (record {started.record_seq}), cross-signed "
+            f"by the old one. Start the platform: connected agents move to it by themselves "
+            f"({started.hosts_to_move} to move). Then run 'tether server rotate-key ca "
+            "--finish' with the platform stopped. Enrollment tokens made before now name the "
+            "old CA: make new ones."
         )
     else:
-        raise ConfigurationError(f"{which!r} is not a key that rotates; give audit or mfa.")
+        raise ConfigurationError(f"{which!r} is not a key that rotates; give audit, mfa or ca.")

@@ -25,6 +25,7 @@ from tether.server.config import Role, Settings, split_hostport
 from tether.server.errors import ConfigurationError
 from tether.server.gateway.server import AgentGateway, agent_ssl_context
 from tether.server.services.buses.redis import RedisBus
+from tether.server.services.ca_rotation import CaRollover, trusted_ca_files
 from tether.server.services.nodes import ALIVE_WITHIN
 from tether.server.services.platform import Platform
 from tether.server.services.script_examples import load_examples, shipped_examples
@@ -212,12 +213,16 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
             heartbeat_seconds=settings.heartbeat_seconds,
             hello_timeout=settings.hello_timeout_seconds,
             tls_refusals=platform.tls_refusals,
+            ca_rollover=CaRollover(settings, platform.hosts),
         )
         agent_server = await gateway.start(
             agent_host,
             agent_port,
             agent_ssl_context(
-                str(settings.ca_cert), str(settings.server_cert), str(settings.server_key)
+                str(settings.ca_cert),
+                str(settings.server_cert),
+                str(settings.server_key),
+                [str(path) for path in trusted_ca_files(settings)[1:]],
             ),
         )
         tasks += [

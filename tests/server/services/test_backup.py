@@ -39,6 +39,7 @@ from tether.server.services.backup_archive import (
 )
 from tether.server.services.bootstrap import initialise
 from tether.server.services.restore import restore_backup
+from tether.server.services.upgrade_key import UpgradeSigner
 from tether.server.store.db import sqlite_url, utcnow
 from tether.server.store.migrate import upgrade
 
@@ -418,3 +419,62 @@ def test_a_full_disk_during_a_backup_is_one_sentence_on_the_record_and_leaves_no
         ).fetchone()
     assert outcome == "failure"
     assert "No space left on device" in json.loads(details)["error"]
+
+
+def test_a_library_file_rotten_on_disk_stops_the_backup_instead_of_spoiling_it(
+    tmp_path: Path,
+) -> None:
+    """A blob that no longer matches its name would make the whole backup unrestorable; the
+    backup says so at once, names the file, and leaves nothing."""
+    settings = _init(tmp_path / "data")
+    digest = hashlib.sha256(BLOB).hexdigest()
+    blob = settings.data_dir / "files" / "sha256" / digest[:2] / digest[2:]
+    rotten = bytearray(blob.read_bytes())
+    rotten[100] ^= 0x01
+    blob.write_bytes(bytes(rotten))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigurationError, match=r"^The library file .* no longer holds what"):
+        take_backup(settings, out / "b.tbk", None)
+    assert list(out.iterdir()) == []
+    blob.write_bytes(BLOB)
+    made = take_backup(settings, out / "b.tbk", None)
+    assert made.path.is_file()
+
+
+def test_a_part_of_many_chunks_reads_back_whole(tmp_path: Path) -> None:
+    """Reads of several chunks are framed in chunks of at most CHUNK_BYTES and hash the same
+    as one pass over the bytes (the hashing thread keeps their order)."""
+    content = os.urandom(backup_archive.READ_BYTES + 3 * backup_archive.CHUNK_BYTES + 17)
+    out = io.BytesIO()
+    writer = ArchiveWriter(out)
+    info = writer.add_stream("tether.db", io.BytesIO(content))
+    writer.finish({})
+    assert info.sha256 == hashlib.sha256(content).hexdigest()
+    kept = _Kept()
+    verified = read_parts(io.BytesIO(out.getvalue()), "x", sink=lambda _name: kept)
+    assert kept.getvalue() == content
+    assert verified.parts[0].sha256 == info.sha256
+
+
+def test_the_upgrade_signing_key_goes_with_the_backup_so_agents_keep_accepting_upgrades(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents pin the upgrade key at enrollment: a restore that made a new one would leave every
+    agent refusing upgrades. The key travels like the others: encrypted, or from --keys-from."""
+    monkeypatch.setattr(backup_archive, "SCRYPT_N", 2**14)
+    settings = _init(tmp_path / "data")
+    pinned = UpgradeSigner(settings.upgrade_key).public_hex()  # made at first use
+    key = settings.upgrade_key.read_bytes()
+    sealed = take_backup(settings, tmp_path / "sealed.tbk", PASSPHRASE)
+    assert key not in sealed.path.read_bytes()
+    restored = restore_backup(
+        sealed.path, tmp_path / "restored", passphrase=PASSPHRASE, keys_from=None
+    ).data
+    assert UpgradeSigner(restored / settings.upgrade_key.name).public_hex() == pinned
+    assert (restored / settings.upgrade_key.name).stat().st_mode & 0o777 == 0o600
+    bare = take_backup(settings, tmp_path / "bare.tbk", None)
+    again = restore_backup(
+        bare.path, tmp_path / "again", passphrase=None, keys_from=settings.data_dir
+    )
+    assert UpgradeSigner(again.data / settings.upgrade_key.name).public_hex() == pinned

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Any, cast
 
 from cryptography import x509
@@ -32,14 +33,17 @@ from tether.protocol import (
     retry_reason,
     safe_text,
 )
+from tether.protocol.ca_rollover import CaRekey
 from tether.protocol.compat import version_refusal
 from tether.protocol.transfer import AnyTransferMessage, TransferRequest
+from tether.server.errors import Invalid
 from tether.server.gateway.budget import BudgetLimits
 from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, TransferLink
 from tether.server.gateway.metering import MeteredConnection, over_budget_reason
 from tether.server.gateway.pacing import REPORTS_PER_MINUTE, Pacing
 from tether.server.gateway.refusals import Penalties, RefusalRecords
 from tether.server.services.audit import AuditLog
+from tether.server.services.ca_rotation import CaRollover
 from tether.server.services.dispatch import Dispatcher
 from tether.server.services.file_transfers import FileTransfers
 from tether.server.services.hosts import CertificateStatus, Hosts
@@ -52,11 +56,16 @@ from tether.server.store.db import utcnow
 log = logging.getLogger(__name__)
 
 
-def agent_ssl_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
-    """TLS for the agent port: our server certificate, client certificates from our CA only."""
+def agent_ssl_context(
+    ca_file: str, cert_file: str, key_file: str, previous_ca_files: Sequence[str] = ()
+) -> ssl.SSLContext:
+    """TLS for the agent port: our server certificate, client certificates from our CA only
+    (and, while a CA rotation is under way, from the previous CA: docs/adr/0048)."""
     context = hardened(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     context.load_cert_chain(cert_file, key_file)
     context.load_verify_locations(cafile=ca_file)
+    for previous in previous_ca_files:
+        context.load_verify_locations(cafile=previous)
     context.verify_mode = ssl.CERT_REQUIRED
     # Agents never resume a TLS session (every connection is a full handshake with the client
     # certificate), so TLS 1.3 session tickets would be pure cost: with OpenSSL 3.0, issuing the
@@ -208,9 +217,14 @@ def _peer(ws: ServerConnection) -> str:
 UNKNOWN_HOST = "This certificate does not belong to any enrolled host; enroll the agent again."
 
 
-def _peer_serial(ws: ServerConnection) -> str | None:
+def _peer_der(ws: ServerConnection) -> bytes | None:
     ssl_object = ws.transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    return cast(bytes, der) if der else None
+
+
+def _peer_serial(ws: ServerConnection) -> str | None:
+    der = _peer_der(ws)
     if not der:
         return None
     return format(x509.load_der_x509_certificate(der).serial_number, "x")
@@ -232,8 +246,10 @@ class AgentGateway:
         hello_timeout: float,
         tls_refusals: RefusalSummary | None = None,
         budget: BudgetLimits = BudgetLimits(),
+        ca_rollover: CaRollover | None = None,
     ) -> None:
         self._hosts = hosts
+        self._ca_rollover = ca_rollover
         self._tls_refusals = tls_refusals
         self._presence = presence
         self._policies = policies
@@ -338,6 +354,10 @@ class AgentGateway:
         try:
             hello = await self._read_hello(ws, status)
             if hello is not None:
+                der = _peer_der(ws)
+                if status.next_certificate and self._ca_rollover is not None and der:
+                    # The host moved to the certificate the CA rotation gave it.
+                    await self._ca_rollover.adopted(status.host_id, der)
                 await self._note_hostname(ws, status, hello)
                 await self._hosts.record_hello(status.host_id, hello)
                 await self._serve(ws, status, hello)
@@ -524,6 +544,8 @@ class AgentGateway:
                     )
                     continue
                 await self._isolation_report(status.host_id, message)
+            elif isinstance(message, CaRekey):
+                await self._rekey(ws, status, message)
             else:
                 await self._refuse(
                     ws,
@@ -533,6 +555,20 @@ class AgentGateway:
                     details={},
                 )
                 return
+
+    async def _rekey(self, ws: ServerConnection, status: CertificateStatus, ask: CaRekey) -> None:
+        """A certificate under the new CA for an agent that asks during a CA rotation; any
+        other time the request is logged and left unanswered (the agent keeps its own)."""
+        der = _peer_der(ws)
+        if self._ca_rollover is None or der is None:
+            log.warning("Host %s asked for a new certificate; no CA rotation", status.host_id)
+            return
+        try:
+            answer = await self._ca_rollover.rekey(status.host_id, ask.csr, der)
+        except Invalid as exc:
+            log.warning("Host %s asked for a new certificate: %s", status.host_id, exc)
+            return
+        await ws.send(answer.model_dump_json())
 
     async def _isolation_report(self, host_id: str, report: IsolationReport) -> None:
         """Keep what the agent says its isolation is now, and put the change on record (as the

@@ -4,8 +4,9 @@ What goes in, in this order (docs/adr/0043-backup-restore-and-key-rotation.md):
 1. a `platform.backup` record, so the backup is itself on the chain and in the copy;
 2. the anchor (the signed checkpoint), read before the database, so the copy's chain holds
    every record the checkpoint covers;
-3. the SQLite database through SQLite's online backup API (a consistent snapshot while the
-   platform keeps writing), staged beside the output file and streamed in;
+3. the database: SQLite through its online backup API (a consistent snapshot while the
+   platform keeps writing), staged beside the output file and streamed in; PostgreSQL through
+   `pg_dump` of an exported snapshot, streamed in (`backup_postgres`);
 4. the public files, the file library's blobs (content-addressed, never changed in place), and
    the keys encrypted under a passphrase, or left out;
 5. the manifest (a SHA-256 per part, the head the copy ends at) and the trailer.
@@ -28,15 +29,17 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import OperationalError
 
 from tether import __version__
-from tether.server.config import Settings
+from tether.server.config import CONFIG_FILE, Settings
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.backup_archive import (
     DATABASE,
     KEY_FILES,
     KEYS,
+    OPTIONAL_KEY_FILES,
     PLAIN_FILES,
     ArchiveWriter,
+    blob_hash,
     seal_keys,
 )
 from tether.server.store.db import create_engine, is_sqlite, utcnow
@@ -67,7 +70,7 @@ def public_fingerprints(data: Path) -> dict[str, str]:
     """SHA-256 names of the keys in `data`, by file: what a restore with `--keys-from` checks the
     given key files against (the private keys' public halves; the MFA key's hash)."""
     prints: dict[str, str] = {}
-    for name in ("ca.key", "server.key", "audit-signing.key"):
+    for name in ("ca.key", "server.key", "audit-signing.key", "ca-next.key"):
         path = data / name
         if path.is_file():
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -89,11 +92,6 @@ def take_backup(
 ) -> BackupResult:
     """Back up the platform in `settings.data_dir` to `output` (keys sealed under `passphrase`,
     or left out when it is None); audited before and, on failure, after."""
-    if not is_sqlite(settings.db_url):
-        raise ConfigurationError(
-            "This platform keeps its data in PostgreSQL: take the database with 'pg_dump' as "
-            "docs/operations.md describes; 'tether server backup' covers SQLite platforms."
-        )
     if output.exists():
         raise ConfigurationError(f"{output} already exists; choose a new file name.")
     if not output.parent.is_dir():
@@ -199,6 +197,54 @@ def _blobs(store: Path) -> list[tuple[str, Path]]:
     return found
 
 
+class _Counter:
+    """Bytes done against an estimate of the whole, for the progress bar."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self._progress = progress
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self._progress is not None:
+            self._progress(min(self.done, self.total), max(self.total, 1))
+
+
+def _add_sqlite(
+    writer: ArchiveWriter, database: Path, staged: Path, counter: _Counter
+) -> tuple[int, str, str]:
+    # The snapshot and its streaming into the file each count the database once.
+    counter.total += 2 * database.stat().st_size
+    head = _snapshot(database, staged, counter.advance)
+    with open(staged, "rb") as db_file:
+        writer.add_stream(DATABASE, db_file)
+    staged.unlink()
+    return head
+
+
+def _add_postgres(writer: ArchiveWriter, url: str, counter: _Counter) -> tuple[int, str, str]:
+    # Imported here: psycopg takes half a second to import, which a SQLite platform never needs.
+    from tether.server.services import backup_postgres
+
+    with backup_postgres.snapshot(url) as snap:
+        # The custom format is compressed: the database's size is only an estimate.
+        counter.total += snap.size
+        with backup_postgres.dump(url, snap.id) as stream:
+            writer.add_stream(backup_postgres.DUMP, stream)
+    return snap.head_seq, snap.head_hash, snap.revision
+
+
+def _config_bytes(path: Path, postgres: bool) -> bytes:
+    """config.json as the backup carries it: without the database URL of a PostgreSQL platform
+    (it may hold a password, and the restore names its own database)."""
+    if not postgres:
+        return path.read_bytes()
+    config = json.loads(path.read_text())
+    config.pop("database_url", None)
+    return (json.dumps(config, indent=2) + "\n").encode()
+
+
 def _write(
     settings: Settings,
     output: Path,
@@ -209,51 +255,54 @@ def _write(
     backup_seq: int,
 ) -> BackupResult:
     data = settings.data_dir
+    postgres = not is_sqlite(settings.db_url)
     anchor = settings.audit_anchor.read_bytes() if settings.audit_anchor.is_file() else b""
-    database = data / "tether.db"
     blobs = _blobs(settings.file_store)
-    # The snapshot and its streaming into the file each count the database once.
-    total = 2 * database.stat().st_size + sum(p.stat().st_size for _, p in blobs)
-    done = 0
-
-    def advance(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress is not None:
-            progress(min(done, total), total)
-
+    counter = _Counter(sum(p.stat().st_size for _, p in blobs), progress)
     staged = output.with_name(f".{output.name}.db.partial")
     partial = output.with_name(f".{output.name}.partial")
     try:
-        head_seq, head_hash, revision = _snapshot(database, staged, advance)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            writer = ArchiveWriter(out, progress=advance)
-            with open(staged, "rb") as db_file:
-                writer.add_stream(DATABASE, db_file)
-            staged.unlink()
+            writer = ArchiveWriter(out, progress=counter.advance)
+            if postgres:
+                head_seq, head_hash, revision = _add_postgres(writer, settings.db_url, counter)
+            else:
+                head_seq, head_hash, revision = _add_sqlite(
+                    writer, data / "tether.db", staged, counter
+                )
             for name in PLAIN_FILES:
                 path = data / name
                 if name == "audit-anchor.json":
                     if anchor:
                         writer.add_bytes(name, anchor)
+                elif name == CONFIG_FILE and path.is_file():
+                    writer.add_bytes(name, _config_bytes(path, postgres))
                 elif path.is_file():
                     writer.add_bytes(name, path.read_bytes())
             for name, path in blobs:
                 try:
                     with open(path, "rb") as blob:
-                        writer.add_stream(name, blob)
+                        info = writer.add_stream(name, blob)
                 except FileNotFoundError:
                     # Deleted from the library since the snapshot; the manifest's count of
                     # blobs listed against the parts says so.
                     continue
+                if blob_hash(name) != info.sha256:
+                    # A restore refuses such a file: better said now than on the worst day.
+                    raise ConfigurationError(
+                        f"The library file {path} no longer holds what was stored under its "
+                        "SHA-256 (damaged on disk); move it out of the library and back up again."
+                    )
             if passphrase is not None:
-                files = {n: (data / n).read_bytes() for n in KEY_FILES if (data / n).is_file()}
+                names = (*KEY_FILES, *OPTIONAL_KEY_FILES)
+                files = {n: (data / n).read_bytes() for n in names if (data / n).is_file()}
                 writer.add_bytes(KEYS, seal_keys(files, passphrase))
             manifest = {
                 "taken_at": taken_at,
                 "tether_version": __version__,
                 "schema_revision": revision,
+                "database": "postgresql" if postgres else "sqlite",
                 "hostname": settings.hostname,
                 "head_seq": head_seq,
                 "head_hash": head_hash,

@@ -22,7 +22,9 @@ import json
 import re
 import secrets
 import struct
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -36,7 +38,11 @@ MAGIC = b"TETHER-BACKUP 1\n"
 MANIFEST = "manifest.json"
 KEYS = "keys.enc"
 DATABASE = "tether.db"
+# A PostgreSQL platform's database: `pg_dump --format=custom` of one snapshot.
+POSTGRES_DUMP = "tether.pgdump"
 CHUNK_BYTES = 1024 * 1024
+# What a backup reads from a part's source at once: several chunks, hashed in one call.
+READ_BYTES = 8 * CHUNK_BYTES
 FORMAT = 1
 # Plain files of the data directory a backup carries as they are (keys never: see KEY_FILES).
 PLAIN_FILES = (
@@ -45,8 +51,14 @@ PLAIN_FILES = (
     "server.pem",
     "audit-anchor.json",
     "audit-keys-retired.json",
+    # During a CA rotation (docs/adr/0048): the next CA.
+    "ca-next.pem",
 )
 KEY_FILES = ("ca.key", "server.key", "audit-signing.key", "mfa-sealing.key")
+# Keys only some platforms have: the next CA's, during a CA rotation (docs/adr/0048), and the
+# upgrade-signing key, made at the first agent upgrade (docs/adr/0051): without it a restored
+# platform would sign with a new key that every enrolled agent refuses.
+OPTIONAL_KEY_FILES = ("ca-next.key", "upgrade-signing.key")
 _BLOB = re.compile(r"^files/sha256/([0-9a-f]{2})/([0-9a-f]{62})$")
 _HEADER_LIMIT = 4096
 _LENGTH = struct.Struct(">I")
@@ -65,7 +77,7 @@ class BackupError(Invalid):
 def allowed_part(name: str) -> bool:
     """True for the part names a restore writes: the database, the plain files, the encrypted
     keys and blobs under their hash (nothing that could climb out of the directory)."""
-    return name in {DATABASE, KEYS, *PLAIN_FILES} or _BLOB.match(name) is not None
+    return name in {DATABASE, POSTGRES_DUMP, KEYS, *PLAIN_FILES} or _BLOB.match(name) is not None
 
 
 def blob_hash(name: str) -> str | None:
@@ -84,6 +96,38 @@ class PartInfo:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
 
 
+_pool: ThreadPoolExecutor | None = None
+
+
+def _hashing_pool() -> ThreadPoolExecutor:
+    global _pool  # one hashing thread for the process, made when first needed
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-sha256")
+    return _pool
+
+
+class BackgroundDigest:
+    """A SHA-256 fed on a thread of its own, so hashing a chunk overlaps reading the next and
+    writing this one (hashlib releases the GIL for large buffers; on this machine hashing
+    and the file I/O cost about the same). One thread, first in first out, so the chunks go
+    in in order; at most two are waiting, so memory stays bounded."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, data: bytes) -> None:
+        """Queue `data` (which must not change afterwards) for hashing."""
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(_hashing_pool().submit(self._digest.update, data))
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._digest.hexdigest()
+
+
 class _HashingWriter:
     """Writes to `out` and hashes every byte written (the trailer covers them all)."""
 
@@ -92,12 +136,12 @@ class _HashingWriter:
         self.digest = hashlib.sha256()
         self.written = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self._out.write(data)
         self.digest.update(data)
         self.written += len(data)
 
-    def write_covered(self, data: bytes) -> None:
+    def write_covered(self, data: bytes | memoryview) -> None:
         """Write bytes a part's own hash covers: the trailer covers that hash (in the
         manifest) instead of hashing them a second time."""
         self._out.write(data)
@@ -114,22 +158,25 @@ class ArchiveWriter:
         self.parts: list[PartInfo] = []
 
     def add_stream(self, name: str, source: IO[bytes]) -> PartInfo:
-        """Copy `source` to its end as part `name`, chunk by chunk."""
+        """Copy `source` to its end as part `name`, in chunks of at most CHUNK_BYTES."""
         if not allowed_part(name) and name != MANIFEST:
             raise ValueError(f"{name!r} is not a part a backup may hold")
         self._out.write(json.dumps({"part": name}).encode() + b"\n")
-        digest = hashlib.sha256()
+        digest = BackgroundDigest()
         size = 0
-        while chunk := source.read(CHUNK_BYTES):
-            self._out.write(_LENGTH.pack(len(chunk)))
-            if name == MANIFEST:
-                self._out.write(chunk)
-            else:
-                self._out.write_covered(chunk)
-            digest.update(chunk)
-            size += len(chunk)
+        while block := source.read(READ_BYTES):
+            digest.update(block)
+            view = memoryview(block)
+            for start in range(0, len(block), CHUNK_BYTES):
+                chunk = view[start : start + CHUNK_BYTES]
+                self._out.write(_LENGTH.pack(len(chunk)))
+                if name == MANIFEST:
+                    self._out.write(chunk)
+                else:
+                    self._out.write_covered(chunk)
+            size += len(block)
             if self._progress is not None:
-                self._progress(len(chunk))
+                self._progress(len(block))
         self._out.write(_LENGTH.pack(0))
         info = PartInfo(name, size, digest.hexdigest())
         if name != MANIFEST:
@@ -204,7 +251,7 @@ def read_parts(
             raise BackupError(f"{label} is damaged: a part follows its manifest.")
         names.add(name)
         writer = sink(name) if sink is not None and name != MANIFEST else None
-        part_digest = hashlib.sha256()
+        part_digest = BackgroundDigest()
         size = 0
         kept = bytearray()
         while True:
@@ -226,15 +273,16 @@ def read_parts(
                 writer.write(chunk)
         if writer is not None:
             writer.close()
+        part_hash = part_digest.hexdigest()
         expected_blob = blob_hash(name)
-        if expected_blob is not None and expected_blob != part_digest.hexdigest():
+        if expected_blob is not None and expected_blob != part_hash:
             raise BackupError(f"{label} is damaged: file {expected_blob} does not match its hash.")
         if name == MANIFEST:
             manifest_bytes = bytes(kept)
         else:
             if name == KEYS:
                 keys_blob = bytes(kept)
-            seen.append(PartInfo(name, size, part_digest.hexdigest()))
+            seen.append(PartInfo(name, size, part_hash))
     trailer = line.removeprefix(b"END ").strip().decode(errors="replace")
     if trailer != digest.hexdigest() or source.read(1):
         raise BackupError(

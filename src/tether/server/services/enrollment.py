@@ -216,6 +216,7 @@ class Enrollment:
                         segment_id=row.segment_id,
                         cert_serial=serial_hex(cert),
                         cert_sha256=fingerprint(cert),
+                        cert_ca=self._ca.sha256,
                         agent_version="",
                         enrolled_at=now,
                         enrollment_token_id=row.id,

@@ -59,6 +59,9 @@ class CertificateStatus:
     host_id: str
     hostname: str
     revoked: bool
+    # The certificate is the one the host was given during a CA rotation and has not connected
+    # with before: the gateway makes it the host's certificate (`adopt_next_certificate`).
+    next_certificate: bool = False
 
 
 # Serials looked up in one statement at most (SQLite's and PostgreSQL's parameter limits are far
@@ -229,16 +232,70 @@ class Hosts:
         found: dict[str, CertificateStatus] = {}
         async with self._engine.connect() as conn:
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
+                chunk = wanted[start : start + _LOOKUP_CHUNK]
                 rows = await conn.execute(
                     select(
-                        hosts.c.cert_serial, hosts.c.id, hosts.c.hostname, hosts.c.revoked_at
-                    ).where(hosts.c.cert_serial.in_(wanted[start : start + _LOOKUP_CHUNK]))
+                        hosts.c.cert_serial,
+                        hosts.c.next_cert_serial,
+                        hosts.c.id,
+                        hosts.c.hostname,
+                        hosts.c.revoked_at,
+                    ).where(
+                        or_(hosts.c.cert_serial.in_(chunk), hosts.c.next_cert_serial.in_(chunk))
+                    )
                 )
                 for row in rows:
-                    found[row.cert_serial] = CertificateStatus(
-                        row.id, row.hostname, row.revoked_at is not None
-                    )
+                    revoked = row.revoked_at is not None
+                    found[row.cert_serial] = CertificateStatus(row.id, row.hostname, revoked)
+                    if row.next_cert_serial is not None:
+                        found[row.next_cert_serial] = CertificateStatus(
+                            row.id, row.hostname, revoked, next_certificate=True
+                        )
         return found
+
+    async def give_next_certificate(
+        self, host_id: str, serial: str, cert_sha256: str, ca_sha256: str
+    ) -> None:
+        """Keep the certificate a host was just issued under the new CA (accepted beside its
+        current one until it connects with it), on the record."""
+        async with self._audit.transaction() as tx:
+            await tx.conn.execute(
+                update(hosts).where(hosts.c.id == host_id).values(next_cert_serial=serial)
+            )
+            await tx.record(
+                "host.certificate",
+                actor="platform",
+                target=f"host:{host_id}",
+                details={
+                    "reason": "ca rotation",
+                    "cert_serial": serial,
+                    "cert_sha256": cert_sha256,
+                    "ca_sha256": ca_sha256,
+                },
+            )
+
+    async def adopt_next_certificate(
+        self, host_id: str, serial: str, cert_sha256: str, ca_sha256: str
+    ) -> None:
+        """The host connected with the certificate it was given under the new CA: from now on
+        only that one is accepted (a copy of the old one is refused)."""
+        async with self._audit.transaction() as tx:
+            await tx.conn.execute(
+                update(hosts)
+                .where(hosts.c.id == host_id, hosts.c.next_cert_serial == serial)
+                .values(
+                    cert_serial=serial,
+                    next_cert_serial=None,
+                    cert_sha256=cert_sha256,
+                    cert_ca=ca_sha256,
+                )
+            )
+            await tx.record(
+                "host.certificate_adopted",
+                actor="endpoint",
+                target=f"host:{host_id}",
+                details={"cert_serial": serial, "ca_sha256": ca_sha256},
+            )
 
     async def named_like(self, hostname: str, *, other_than: str) -> "builtins.list[str]":
         """Ids of the other enrolled (not revoked) hosts whose name reads like `hostname`

@@ -65,7 +65,8 @@ def platform_running(settings: Settings) -> bool:
         return False
 
 
-def _refuse_if_running(settings: Settings) -> None:
+def refuse_if_running(settings: Settings) -> None:
+    """One sentence, and nothing changed, while the platform's analyst port answers."""
     if platform_running(settings):
         raise ConfigurationError(
             f"The platform is running (its analyst port {settings.listen} answers); stop it "
@@ -74,12 +75,12 @@ def _refuse_if_running(settings: Settings) -> None:
 
 
 def rotate_audit_key(settings: Settings) -> Rotation:
-    _refuse_if_running(settings)
+    refuse_if_running(settings)
     return asyncio.run(_rotate_audit(settings))
 
 
 def rotate_mfa_key(settings: Settings) -> Rotation:
-    _refuse_if_running(settings)
+    refuse_if_running(settings)
     return asyncio.run(_rotate_mfa(settings))
 
 

@@ -66,13 +66,19 @@ class CertificateAuthority:
 
     @classmethod
     def create(cls, name: str) -> "CertificateAuthority":
-        key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tether"),
                 x509.NameAttribute(NameOID.COMMON_NAME, f"Tether CA {name}"),
             ]
         )
+        return cls.create_named(subject, ec.generate_private_key(ec.SECP256R1()))
+
+    @classmethod
+    def create_named(
+        cls, subject: x509.Name, key: ec.EllipticCurvePrivateKey
+    ) -> "CertificateAuthority":
+        """A self-signed CA certificate for `key` under `subject`."""
         now = datetime.now(UTC)
         cert = (
             x509.CertificateBuilder()
@@ -139,9 +145,10 @@ class CertificateAuthority:
         )
 
     def issue_server(
-        self, hostname: str, ips: list[str]
+        self, hostname: str, ips: list[str], extra: x509.ExtensionType | None = None
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        """A server certificate for both ports, valid for `hostname` and each address."""
+        """A server certificate for both ports, valid for `hostname` and each address (with
+        `extra` as a non-critical extension: the next CA during a CA rotation)."""
         key = ec.generate_private_key(ec.SECP256R1())
         names: list[x509.GeneralName] = [x509.DNSName(hostname)]
         for ip in ips:
@@ -149,7 +156,7 @@ class CertificateAuthority:
                 names.append(x509.IPAddress(ipaddress.ip_address(ip)))
             except ValueError as exc:
                 raise Invalid(f"{ip!r} is not an IP address.") from exc
-        cert = (
+        builder = (
             self._builder(
                 x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]),
                 key.public_key(),
@@ -157,9 +164,10 @@ class CertificateAuthority:
             )
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
-        return cert, key
+        if extra is not None:
+            builder = builder.add_extension(extra, critical=False)
+        return builder.sign(self.key, hashes.SHA256()), key
 
     def sign_agent_csr(
         self, csr_pem: str, host_id: str, lifetime: timedelta = AGENT_LIFETIME

@@ -1,16 +1,18 @@
 """`tether server restore`: a backup file back into a new data directory, checked first.
 
-The file is read twice. The first read checks everything (framing, every part against the
-manifest, blobs against their names, the trailer, the keys' passphrase or the key files given)
-and writes nothing. The second writes into a temporary directory beside the target, checking
-again as it writes (the file may change between the reads). The restored audit log must
-verify; the restore appends a record signed by the audit key, "restored from the backup taken
-at T (head N)", and only then is the directory renamed into place. Any failure removes the
-temporary directory, so the target is never touched.
+The file is read once, into a hidden directory beside the target, checking as it writes
+(framing, every part against the manifest, blobs against their names, the trailer); then the
+keys (the passphrase, or the key files given against the manifest's fingerprints). Nothing in
+the hidden directory is used before all of that holds. A PostgreSQL platform's dump is then
+loaded into the empty database given, in one transaction. The restored audit log must verify;
+the restore appends a record signed by the audit key, "restored from the backup taken at T
+(head N)", and only then is the directory renamed into place. Any failure removes the hidden
+directory (and empties the database again), so the target is never touched.
 """
 
 import asyncio
 import getpass
+import json
 import os
 import secrets
 import shutil
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from tether.server.config import CONFIG_FILE
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.audit_statements import RESTORE, statement_message
@@ -26,6 +29,8 @@ from tether.server.services.backup import public_fingerprints
 from tether.server.services.backup_archive import (
     KEY_FILES,
     KEYS,
+    OPTIONAL_KEY_FILES,
+    POSTGRES_DUMP,
     BackupError,
     Verified,
     open_keys,
@@ -48,22 +53,30 @@ class RestoreResult:
 
 
 def restore_backup(
-    archive: Path, target: Path, *, passphrase: bytes | None, keys_from: Path | None
+    archive: Path,
+    target: Path,
+    *,
+    passphrase: bytes | None,
+    keys_from: Path | None,
+    database_url: str | None = None,
 ) -> RestoreResult:
     """Restore `archive` into `target` (absent or empty), with the keys opened by `passphrase`
-    or copied from `keys_from`. Raises BackupError or ConfigurationError (one sentence) and
-    leaves `target` as it was on any failure."""
+    or copied from `keys_from`; a PostgreSQL platform's database into the empty database named
+    by `database_url`. Raises BackupError or ConfigurationError (one sentence) and leaves
+    `target` (and the database) as it was on any failure."""
     label = archive.name
     _check_target(target)
-    try:
-        with open(archive, "rb") as source:
-            verified = read_parts(source, label)
-    except FileNotFoundError:
-        raise ConfigurationError(f"There is no file {archive}.") from None
-    except IsADirectoryError:
-        raise ConfigurationError(f"{archive} is a folder, not a backup file.") from None
-    refuse_newer(str(verified.manifest.get("schema_revision") or "") or None)
-    keys = _keys(verified, label, passphrase, keys_from)
+    if not archive.exists():
+        raise ConfigurationError(f"There is no file {archive}.")
+    if archive.is_dir():
+        raise ConfigurationError(f"{archive} is a folder, not a backup file.")
+    if database_url is not None:
+        # Imported only here: psycopg takes half a second to import, which a SQLite restore
+        # never needs.
+        from tether.server.services import backup_postgres
+
+        # Before reading gigabytes: a database that cannot be used is said at once.
+        backup_postgres.check_empty(database_url)
     work = target.parent / f".{target.name}.restoring-{secrets.token_hex(4)}"
     try:
         work.mkdir(mode=0o700)
@@ -71,26 +84,67 @@ def restore_backup(
         raise ConfigurationError(
             f"Cannot write in {target.parent} ({exc.strerror}); nothing was restored."
         ) from exc
+    loaded = False
     try:
+        # One read: every part is checked as it is written into the hidden directory, and
+        # nothing there is used (or moved into place) before the whole file has been checked.
         with open(archive, "rb") as source:
-            again = read_parts(source, label, sink=lambda name: _create(work, name))
-        if again.sha256 != verified.sha256:
-            raise BackupError(f"{label} changed while it was being restored; nothing was restored.")
+            verified = read_parts(source, label, sink=lambda name: _create(work, name))
+        manifest = verified.manifest
+        refuse_newer(str(manifest.get("schema_revision") or "") or None)
+        keys = _keys(verified, label, passphrase, keys_from)
+        url = _database(manifest, label, work, database_url)
+        if database_url is not None:
+            from tether.server.services import backup_postgres
+
+            backup_postgres.check_empty(database_url)
+            loaded = True
+            backup_postgres.load(database_url, work / POSTGRES_DUMP)
+            (work / POSTGRES_DUMP).unlink()
         for name, content in keys.items():
             write_private(work / name, content)
         (work / "files" / "partial").mkdir(parents=True, exist_ok=True)
-        record_seq = asyncio.run(_append_restore_record(work, verified))
+        record_seq = asyncio.run(_append_restore_record(url, work, verified))
+        _sync_tree(work)
         _move_into_place(work, target)
     except OSError as exc:
-        shutil.rmtree(work, ignore_errors=True)
+        _undo(work, database_url if loaded else None)
         raise ConfigurationError(
             f"The restore into {target} failed ({exc.strerror or exc}); nothing was restored."
         ) from exc
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        _undo(work, database_url if loaded else None)
         raise
-    manifest = verified.manifest
     return RestoreResult(target, str(manifest["taken_at"]), int(manifest["head_seq"]), record_seq)
+
+
+def _undo(work: Path, database_url: str | None) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    if database_url is not None:
+        from tether.server.services import backup_postgres
+
+        backup_postgres.empty_again(database_url)
+
+
+def _database(manifest: dict[str, Any], label: str, work: Path, database_url: str | None) -> str:
+    """The URL the restored platform's database will have; the restored config.json names it."""
+    if manifest.get("database", "sqlite") == "postgresql":
+        if database_url is None:
+            raise ConfigurationError(
+                f"{label} is the backup of a PostgreSQL platform; name a new, empty database "
+                "to restore it into with --database-url URL."
+            )
+        config_path = work / CONFIG_FILE
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config["database_url"] = database_url
+        write_private(config_path, (json.dumps(config, indent=2) + "\n").encode())
+        return database_url
+    if database_url is not None:
+        raise ConfigurationError(
+            f"{label} is the backup of a SQLite platform, which restores into its directory; "
+            "leave out --database-url."
+        )
+    return sqlite_url(str(work / "tether.db"))
 
 
 def _check_target(target: Path) -> None:
@@ -112,6 +166,9 @@ def _keys(
         if missing:
             raise ConfigurationError(f"{keys_from} has no {missing[0]}; nothing was restored.")
         keys = {n: (keys_from / n).read_bytes() for n in KEY_FILES}
+        keys |= {
+            n: (keys_from / n).read_bytes() for n in OPTIONAL_KEY_FILES if (keys_from / n).is_file()
+        }
         where = str(keys_from)
     elif manifest.get("keys") != "encrypted" or verified.keys_blob is None:
         raise ConfigurationError(
@@ -155,10 +212,10 @@ def _create(work: Path, name: str) -> IO[bytes] | None:
     return open(path, "xb")
 
 
-async def _append_restore_record(work: Path, verified: Verified) -> int:
+async def _append_restore_record(url: str, work: Path, verified: Verified) -> int:
     """Append the signed restore record to the restored log (which must verify first)."""
     manifest = verified.manifest
-    engine = create_engine(sqlite_url(str(work / "tether.db")))
+    engine = create_engine(url)
     try:
         audit = AuditLog(
             engine, CheckpointSigner(work / "audit-signing.key", work / "audit-anchor.json")
@@ -187,7 +244,24 @@ async def _append_restore_record(work: Path, verified: Verified) -> int:
         await engine.dispose()
 
 
+def _sync_tree(work: Path) -> None:
+    """Every restored file and folder on disk before the directory gets its name: once at the
+    end, so the kernel wrote most of it back while the rest was still being restored."""
+    for folder, _dirs, files in os.walk(work):
+        for name in [*files, "."]:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def _move_into_place(work: Path, target: Path) -> None:
     if target.exists():
         target.rmdir()  # empty, checked above; rename cannot replace a directory otherwise
     os.rename(work, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself
+    finally:
+        os.close(fd)

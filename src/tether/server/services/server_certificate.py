@@ -19,6 +19,7 @@ from cryptography import x509
 from tether.server.config import Settings
 from tether.server.errors import ConfigurationError
 from tether.server.services.audit import AuditLog, CheckpointSigner
+from tether.server.services.ca_rotation import next_ca_extension
 from tether.server.services.pki import CertificateAuthority, save_keypair, serial_hex, server_names
 from tether.server.store.db import create_engine, utcnow
 
@@ -81,7 +82,8 @@ def renew(settings: Settings) -> Renewal:
     current = load_certificate(settings.server_cert)
     hostname, addresses = server_names(current)
     ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
-    cert, key = ca.issue_server(hostname, addresses)
+    # During a CA rotation the server certificate goes on naming the next CA.
+    cert, key = ca.issue_server(hostname, addresses, extra=next_ca_extension(settings.data_dir))
     renewal = Renewal(serial_hex(cert), serial_hex(current), cert.not_valid_after_utc)
     asyncio.run(_audit(settings, hostname, renewal))
     save_keypair(cert, key, settings.server_cert, settings.server_key)

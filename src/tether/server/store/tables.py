@@ -218,6 +218,11 @@ hosts = Table(
     Column("segment_id", Integer, ForeignKey("segments.id"), nullable=False, index=True),
     Column("cert_serial", String(64), nullable=False, unique=True),
     Column("cert_sha256", String(64), nullable=False),
+    # SHA-256 of the CA certificate that issued cert_serial (NULL: issued before this was kept),
+    # and, during a CA rotation, the serial the host was given under the new CA: accepted too
+    # until the host connects with it, which makes it cert_serial (docs/adr/0048).
+    Column("cert_ca", String(64), nullable=True),
+    Column("next_cert_serial", String(64), nullable=True, index=True, unique=True),
     Column("agent_version", String(64), nullable=False, default=""),
     Column("protocol_version", Integer, nullable=True),
     Column("boot_time", DateTime(timezone=True), nullable=True),
