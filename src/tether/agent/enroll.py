@@ -84,7 +84,10 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
     key = ec.generate_private_key(ec.SECP256R1())
     name = hostname or socket.gethostname() or "unknown"
     request = EnrollRequest(
-        secret=token.secret, csr_pem=_csr(key, name), hostname=safe_text(name, MAX_HOSTNAME)
+        secret=token.secret,
+        csr_pem=_csr(key, name),
+        hostname=safe_text(name, MAX_HOSTNAME),
+        reads_agent_addresses=True,
     )
     context = ssl.create_default_context(cadata=ca_pem.decode())
     try:
@@ -117,6 +120,8 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
     )
     state.write_private(state.cert, answer.certificate_pem.encode())
     state.write_private(state.ca, ca_pem)
+    if answer.agent_addresses:
+        state.write_agent_addresses(list(answer.agent_addresses))
     identity = Identity(
         host_id=answer.host_id, server_url=token.server_url, agent_url=answer.agent_url
     )

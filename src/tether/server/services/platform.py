@@ -1,6 +1,6 @@
 """The platform's services wired together once, from the settings, for one process."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -8,6 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tether.server.config import Role, Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
+from tether.server.services.admission import Admission
+from tether.server.services.agent_addresses import AgentAddresses
 from tether.server.services.approvals import Approvals
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.bindings import ResultBindings
@@ -96,6 +98,10 @@ class Platform:
     misbehaviour: EndpointMisbehaviour
     # Wake-ups to the process holding an agent's connection (docs/adr/0044).
     bus: Bus
+    # The platform's agent ports handed to agents (docs/adr/0049).
+    agent_addresses: AgentAddresses
+    # Agent connections in their handshake, and those shed (docs/adr/0049).
+    admission: Admission = field(default_factory=Admission)
     # This process's row among the platform's processes (split roles only).
     nodes: Nodes | None = None
 
@@ -115,6 +121,7 @@ class Platform:
         )
         witnesses = build_witnesses(settings, signer)
         audit = AuditLog(engine, signer)
+        addresses = AgentAddresses(engine, audit, settings.agent_url)
         bindings = ResultBindings(engine, audit)
         # `tether audit verify` also checks that stored results still match their records.
         audit.add_check(bindings.check_all)
@@ -188,7 +195,10 @@ class Platform:
             step_up=StepUp(engine, audit, users.mfa, users.now),
             user_sessions=UserSessions(engine, audit, users.now),
             access_settings=AccessSettingsStore(engine, audit, team.end_external_access),
-            enrollment=Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url),
+            enrollment=Enrollment(
+                engine, audit, ca, settings.analyst_url, settings.agent_url, addresses
+            ),
+            agent_addresses=addresses,
             presence=presence,
             hosts=hosts,
             reachability=reachability,
@@ -210,6 +220,7 @@ class Platform:
             certificate=CertificateWatch(load_certificate(settings.server_cert)),
             misbehaviour=misbehaviour,
             bus=bus,
+            admission=Admission(limit=settings.agent_handshake_limit),
             nodes=nodes,
         )
 
