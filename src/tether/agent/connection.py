@@ -74,7 +74,10 @@ def busy_retry_after(exc: BaseException) -> float | None:
         return float(min(int(header), 300)) if header.isdigit() else 0.0
     if isinstance(exc, ConnectionResetError | ssl.SSLEOFError):
         return 0.0
-    if isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING":
+    if (
+        isinstance(exc, ssl.SSLError)
+        and getattr(exc, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"
+    ):
         return 0.0
     return None
 
