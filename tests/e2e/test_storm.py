@@ -93,6 +93,7 @@ def test_an_agent_comes_online_through_the_live_address_after_dead_ones(
     assert set(tried[:-1]) <= {f"wss://{a}" for a in storm.dead}
     # Refused addresses are skipped after a short jitter, not a growing backoff.
     assert took < 4 + len(tried), (took, tried)
+    assert agent.proc is not None
     assert "refused" in agent.proc.output().lower()
 
 
