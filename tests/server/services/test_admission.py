@@ -40,3 +40,40 @@ def test_stopping_drops_every_connection_still_in_its_handshake() -> None:
     assert admission.abort_all() == 2
     assert [c.aborted for c in held] == [False, True, True]
     assert admission.in_flight == 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_limit_follows_the_rate_handshakes_complete_at() -> None:
+    clock = Clock()
+    admission = Admission(limit=500, clock=clock)
+    # Nothing measured yet: a burst of MIN_LIMIT is let in.
+    assert admission.current_limit() == 32
+    # 100 handshakes completing a second: two seconds' worth, 200, may be in flight.
+    for _ in range(200):
+        held = Held()
+        admission.admit(held)
+        admission.release(held, completed=True)
+        clock.now += 0.01
+    assert 195 <= admission.current_limit() <= 200
+    # Failed handshakes do not count: a process that completes none is held to the minimum,
+    # so the few it lets in finish before their agents' open timeout.
+    clock.now += 3
+    for _ in range(50):
+        held = Held()
+        admission.admit(held)
+        admission.release(held)
+    assert admission.current_limit() == 32
+    # And never above the configured ceiling.
+    fast = Admission(limit=100, clock=clock)
+    for _ in range(1000):
+        held = Held()
+        fast.admit(held)
+        fast.release(held, completed=True)
+    assert fast.current_limit() == 100

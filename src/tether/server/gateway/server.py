@@ -103,11 +103,11 @@ class _TlsServerConnection(ServerConnection):
         self._admitted = True
         self._upgrade = self.loop.create_task(self._start_tls())
 
-    def release_admission(self) -> None:
+    def release_admission(self, *, completed: bool = False) -> None:
         """Give back this connection's admission place (its handshake is over, either way)."""
         if self._admitted:
             self._admitted = False
-            self.admission.release(self)
+            self.admission.release(self, completed=completed)
 
     def abort_handshake(self) -> None:
         """Drop a connection still in its TLS handshake or upgrade (the platform is stopping)."""
@@ -308,6 +308,31 @@ class AgentGateway:
             server_header=None,
         )
 
+    @staticmethod
+    def say_going_away(server: Server, reason: str) -> int:
+        """Put a close 1001 "going away" on the wire of every open session at once.
+
+        Nothing is awaited: `ServerConnection.close` per agent is a task and a wait each, and
+        for 10,000 agents on a busy core creating, running and cancelling those took longer
+        than the whole grace period (docs/performance.md). The frames are queued here in one
+        pass; the close handshakes complete as the agents answer. Returns how many were told.
+        """
+        told = 0
+        for connection in list(server.all_connections):
+            if connection.protocol.state is State.OPEN:
+                connection.protocol.send_close(int(CloseCode.GOING_AWAY), reason)
+                connection.send_data()
+                told += 1
+        return told
+
+    @staticmethod
+    def abort_sessions(server: Server) -> int:
+        """Drop every session still open (its agent has not finished closing in time)."""
+        left = list(server.all_connections)
+        for connection in left:
+            connection.transport.abort()
+        return len(left)
+
     def abort_handshakes(self) -> int:
         """Drop every connection not yet in a session (in its TLS handshake or upgrade): at
         shutdown they would only hold the process up. Returns how many were dropped."""
@@ -348,7 +373,7 @@ class AgentGateway:
         """One agent connection, start to end; nothing it sends makes this raise."""
         if isinstance(ws, _TlsServerConnection):
             # The handshake and upgrade are done: the connection leaves admission control.
-            ws.release_admission()
+            ws.release_admission(completed=True)
         try:
             await self._handle(ws)
         except Exception:
