@@ -252,7 +252,11 @@ class AgentConnection:
                 # said it is going away is given back its agents over a window (docs/adr/0049).
                 self.connected.clear()
                 self._schedule.welcomed()
-                going = _close_received(self._last_socket) == CloseCode.GOING_AWAY
+                # No close frame at all counts as going away too: a platform that stops drops
+                # the sessions still closing after 2 s, and a reset discards a close frame the
+                # agent had not read yet; a node that died takes its agents with it the same way.
+                code = _close_received(self._last_socket)
+                going = code is None or code == CloseCode.GOING_AWAY
                 ending = Ending.GOING_AWAY if going else Ending.LOST
                 self._rotation.start_round()
                 round_over = True

@@ -2,7 +2,9 @@
 
 Three kinds of endings call for three schedules:
 
-- **Going away** (close 1001: the platform is stopping or restarting). Every agent of the node
+- **Going away** (close 1001: the platform is stopping or restarting; or a session that ended
+  with no close frame at all, as the sessions a stopping platform aborts, or a dead node's, do).
+  Every agent of the node
   hears it in the same second, so each comes back at a random moment of a window
   (`GOING_AWAY_WINDOW`) instead of all at once; refusals for a while after it
   (`RESTART_GRACE`) are the restart itself and are retried on the short busy schedule, never
@@ -43,9 +45,9 @@ NEXT_ADDRESS_JITTER = 1.0
 class Ending(enum.Enum):
     """How a connection attempt or session ended, as far as the retry schedule cares."""
 
-    # A session that reached welcome ended (network loss, idle, replaced...).
+    # A session that reached welcome ended with another close code (idle, replaced...).
     LOST = "lost"
-    # The platform said it is going away (close 1001).
+    # The platform said it is going away (close 1001), or the session ended without a close.
     GOING_AWAY = "going away"
     # Closed before the TLS handshake (shed), or an HTTP 503: the platform is busy.
     BUSY = "busy"
