@@ -184,7 +184,7 @@ async def serve(settings: Settings, on_ready: Callable[[], None] | None = None) 
             ),
         )
         tasks += [
-            asyncio.create_task(platform.presence.run_flusher(settings.last_seen_flush_seconds)),
+            asyncio.create_task(_flush_presence(platform, settings.last_seen_flush_seconds)),
             asyncio.create_task(platform.dispatcher.run_sweeper(settings.job_sweep_seconds)),
         ]
         if role is Role.GATEWAY:
@@ -309,6 +309,23 @@ async def _close_agent_port(platform: Platform, gateway: AgentGateway, server: S
                 await server.wait_closed()
     await gateway.stop()
     log.info("Agent port closed in %.2f s.", time.monotonic() - started)
+
+
+async def _flush_presence(platform: Platform, interval: float) -> None:
+    """Write last-seen times every `interval` seconds; each write is shielded from the stop.
+
+    Cancelled mid-statement, aiosqlite's thread goes on and its connection keeps SQLite's write
+    lock, so the last flush of `Platform.close` waited the whole 10 s busy timeout and then
+    failed, the process exiting with a traceback (seen in restart storms, docs/adr/0049).
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.shield(platform.presence.flush())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Could not persist last-seen times; will retry.")
 
 
 async def _sweep_revoked(platform: Platform, interval: float) -> None:
