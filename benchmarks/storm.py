@@ -64,6 +64,7 @@ class Figures:
     first_errors: dict[str, int] = dataclasses.field(default_factory=dict)
     load_before: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     storms: list[Storm] = dataclasses.field(default_factory=list)
+    date: str = ""
 
     @property
     def first_rate(self) -> float:
@@ -127,6 +128,7 @@ async def run(args: argparse.Namespace) -> Figures:
     fleet_dir = args.work_dir / "fleet"
     simulators = args.simulators or max(1, min(8, math.ceil(args.agents / 2500)))
     figures = Figures(agents=args.agents, simulators=simulators, gate=args.gate)
+    figures.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     await load.ensure_fleet(args, data, fleet_dir, ports)
     if args.enroll_only:
         return figures
@@ -176,6 +178,10 @@ def _fmt(value: float, spec: str) -> str:
     return "n/a" if math.isnan(value) else format(value, spec)
 
 
+def _limit(limit: int) -> str:
+    return f"rate-following, at most {limit}" if limit else "none"
+
+
 def _median(values: list[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return statistics.median(values) if values else math.nan
@@ -188,7 +194,7 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
         "",
         "Written by `benchmarks/storm.py` from its latest real run.",
         "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- Date: {f.date} (start of the run)",
         f"- Machine: {info['cpus']} CPUs ({info['cpu']}), {info['memory']} memory, "
         f"{info['kernel']}; Python {info['python']}, {info['openssl']}",
         f"- Agents: {f.agents} real agent connections (`tether.agent.connection.AgentConnection`, "
@@ -212,7 +218,7 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
     for s in f.storms:
         ok = s.back_s <= BUDGET_S and s.gave_up == 0 and s.connected == f.agents
         lines.append(
-            f"| {s.limit or 'none'} | {_fmt(s.stop_s, '.2f')} s | {_fmt(s.ready_s, '.1f')} s | "
+            f"| {_limit(s.limit)} | {_fmt(s.stop_s, '.2f')} s | {_fmt(s.ready_s, '.1f')} s | "
             f"{_fmt(s.back_s, '.1f')} s ({s.connected}/{f.agents}) | "
             f"{'pass' if ok else '**MISS**'} | {s.shed} | {s.refused} | "
             f"{s.errors or 'none'} | {s.gave_up} | {_fmt(s.cpu_s, '.1f')} s | {s.load[0]:.2f} |"
@@ -220,16 +226,20 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
     lines += ["", "Medians by handshake limit, against the same run's standing start:", ""]
     for limit in args.limits:
         runs = [s for s in f.storms if s.limit == limit]
-        back = _median([s.back_s for s in runs])
+        finished = [s.back_s for s in runs if not math.isnan(s.back_s)]
+        back = _median(finished)
         stop = _median([s.stop_s for s in runs])
+        unfinished = len(runs) - len(finished)
         lines.append(
-            f"- limit {limit or 'none'}: all back in a median {_fmt(back, '.1f')} s "
-            f"({_fmt(f.agents / back, '.0f')} agents/s; "
-            f"{_fmt(back / BUDGET_S, '.2f')} of the 30 s budget), stop {_fmt(stop, '.2f')} s; "
+            f"- limit {_limit(limit)}: {len(finished)} of {len(runs)} storms had all agents back "
+            f"within {args.storm_timeout:.0f} s"
+            + (f" (the other {unfinished} had not: handshakes timing out)" if unfinished else "")
+            + f"; median of those {_fmt(back, '.1f')} s ({_fmt(f.agents / back, '.0f')} "
+            f"agents/s; {_fmt(back / BUDGET_S, '.2f')} of the 30 s budget), "
             f"{_fmt(back / f.first_connect_s, '.2f')}x the same run's first connection of all "
             f"{f.agents} from a standing start ({_fmt(f.first_connect_s, '.1f')} s, "
             f"{_fmt(f.first_rate, '.0f')}/s, simulators gated to {f.gate} first connections "
-            "in flight each)"
+            f"in flight each); median stop {_fmt(stop, '.2f')} s"
         )
     lines += [
         "",
@@ -243,11 +253,12 @@ def report(args: argparse.Namespace, f: Figures, command: str) -> str:
         'process listens; "shed" are connections the new process closed before their TLS '
         "handshake (admission control, `tether_agent_connections_shed_total`); both are "
         "expected and cheap. Any other failed attempt is listed.",
-        "- Agents: after 1001 each waits a random moment of 0-10 s; refusals and sheds during "
-        "the restart are retried after 1-5 s; their backoff does not grow (docs/adr/0049).",
-        "- The limit is the platform's `agent_handshake_limit` (env "
-        "`TETHER_AGENT_HANDSHAKE_LIMIT` for the restarted process); 0 turns admission control "
-        "off, the behaviour before it.",
+        "- Agents: after 1001 (or a session that ended without a close frame) each waits a "
+        "random moment of 0-10 s; refusals and sheds during the restart are retried after "
+        "1-5 s; their backoff does not grow (docs/adr/0049).",
+        "- The limit: handshakes in flight follow the completion rate (2 s worth, at least 32) "
+        "up to the platform's `agent_handshake_limit` (env `TETHER_AGENT_HANDSHAKE_LIMIT` for "
+        "the restarted process); none turns admission control off, the behaviour before it.",
         "- The simulators share the 2 cores with the platform and need about as much CPU per "
         "handshake as the platform does, so the figures are a floor for the platform alone.",
         "",
@@ -274,6 +285,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--storm-timeout", type=float, default=120.0)
     parser.add_argument("--enroll-only", action="store_true", help="enroll the fleet and stop")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
+    parser.add_argument("--section", default="storm", help="section of the report to write")
+    parser.add_argument(
+        "--rerender", type=Path, help="rewrite the report from a run's saved figures.json"
+    )
     return parser.parse_args()
 
 
@@ -285,14 +300,27 @@ def main() -> None:
     command = " ".join(
         shlex.quote(a) for a in [".venv/bin/python", "benchmarks/storm.py", *sys.argv[1:]]
     )
-    started = time.perf_counter()
-    figures = asyncio.run(run(args))
-    log(f"done in {time.perf_counter() - started:.0f} s")
-    if args.enroll_only:
-        return
-    data: dict[str, Any] = {**dataclasses.asdict(figures), "command": command}
-    (args.work_dir / "figures.json").write_text(json.dumps(data))
-    sections.write_section(args.report, "storm", report(args, figures, command))
+    if args.rerender:
+        stored = json.loads(args.rerender.read_text())
+        command = stored.pop("command")
+        storms = [Storm(**{**x, "load": tuple(x["load"])}) for x in stored.pop("storms")]
+        figures = Figures(**{**stored, "storms": storms})
+        if not figures.date:
+            mtime = args.rerender.stat().st_mtime
+            figures.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(mtime))
+        args.limits = list(dict.fromkeys(x.limit for x in storms))
+        given = re.search(r"--storm-timeout (\S+)", command)
+        if given:
+            args.storm_timeout = float(given.group(1))
+    else:
+        started = time.perf_counter()
+        figures = asyncio.run(run(args))
+        log(f"done in {time.perf_counter() - started:.0f} s")
+        if args.enroll_only:
+            return
+        data: dict[str, Any] = {**dataclasses.asdict(figures), "command": command}
+        (args.work_dir / "figures.json").write_text(json.dumps(data))
+    sections.write_section(args.report, args.section, report(args, figures, command), "storm")
     log(f"report written to {args.report}")
 
 
