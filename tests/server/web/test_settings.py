@@ -574,3 +574,46 @@ async def test_what_users_typed_is_shown_as_text(
     page = (await admin_browser.get("/settings/team")).text
     assert "<img src=x" not in page
     assert str(escape(hostile)) in page
+
+
+async def test_agent_addresses_are_saved_from_the_page_and_audited(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    page = "/settings/configuration"
+    await _confirmed(
+        admin_browser,
+        await _post(
+            admin_browser,
+            page,
+            "/settings/configuration/agent-addresses",
+            {"addresses": "node1.example.org:8444\n\n [2001:db8::2]:8444 \nnode1.example.org:8444"},
+        ),
+        "Agent addresses saved (2)",
+    )
+    assert await platform.agent_addresses.get() == ["node1.example.org:8444", "[2001:db8::2]:8444"]
+    assert await platform.agent_addresses.urls() == (
+        "wss://node1.example.org:8444",
+        "wss://[2001:db8::2]:8444",
+    )
+    changed = json.loads((await _records(platform, "settings.change"))[-1].details)
+    assert changed["agent_addresses"] == ["node1.example.org:8444", "[2001:db8::2]:8444"]
+    assert "Agents dial now: wss://node1.example.org:8444" in (await admin_browser.get(page)).text
+
+    # A bad line is named, what was typed stays, nothing is saved.
+    response = await _post(
+        admin_browser,
+        page,
+        "/settings/configuration/agent-addresses",
+        {"addresses": "node3.example.org:8444\nwss://evil.example/x"},
+    )
+    assert response.status_code == 422
+    assert "is not an agent address; write HOST:PORT" in response.text
+    assert "wss://evil.example/x" in response.text
+    assert await platform.agent_addresses.get() == ["node1.example.org:8444", "[2001:db8::2]:8444"]
+
+    await _confirmed(
+        admin_browser,
+        await _post(admin_browser, page, "/settings/configuration/agent-addresses", {}),
+        "Agent addresses cleared",
+    )
+    assert await platform.agent_addresses.get() == []
