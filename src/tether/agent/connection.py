@@ -261,6 +261,9 @@ class AgentConnection:
                 self._rotation.start_round()
                 round_over = True
             else:
+                if _close_received(self._last_socket) == CloseCode.GOING_AWAY:
+                    # Told "going away" between its upgrade and its welcome.
+                    ending = Ending.GOING_AWAY
                 round_over = self._rotation.move_on()
             # A platform that sent this agent away for overspending says when it may return.
             delay = max(
