@@ -64,16 +64,22 @@ def test_a_busy_platform_is_retried_soon_without_growing_the_backoff() -> None:
     retry.next_delay(Ending.FAILED)
     retry.next_delay(Ending.FAILED)
     grown = retry.failures
-    delays = [retry.next_delay(Ending.BUSY) for _ in range(20)]
-    assert all(1.0 <= d <= 5.0 for d in delays)
+    delays = [retry.next_delay(Ending.BUSY) for _ in range(8)]
+    # The window's high end widens by 5 s with each busy answer in a row, up to 30 s.
+    assert delays == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 30.0, 30.0]
     assert retry.failures == grown
+    low = RetrySchedule(Backoff(), rng=lambda: 0.0)
+    assert [low.next_delay(Ending.BUSY) for _ in range(8)] == [1.0] * 8
+    # A session resets the window.
+    retry.welcomed()
+    assert retry.next_delay(Ending.BUSY) == 5.0
 
 
 def test_endless_busy_answers_count_as_failures_after_a_while() -> None:
     # A load balancer with no live node accepts and closes, just like a shed.
     retry = schedule(Clock())
     for _ in range(20):
-        assert retry.next_delay(Ending.BUSY) <= 5.0
+        assert retry.next_delay(Ending.BUSY) <= 30.0
     assert [retry.next_delay(Ending.BUSY) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
 
 

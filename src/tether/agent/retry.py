@@ -11,7 +11,8 @@ Three kinds of endings call for three schedules:
   on a growing backoff that would keep agents away long after the new process listens.
 - **Busy** (the platform closed the connection before the TLS handshake: admission control shed
   it, or it answered 503). The platform is alive; come back soon, at a random moment of
-  `BUSY_RETRY`, without growing the backoff. A load balancer with no live node looks the same
+  `BUSY_RETRY` (a window that widens by 5 s with each busy answer in a row, up to 30 s), without
+  growing the backoff. A load balancer with no live node looks the same
   (it accepts, then closes), so after `MAX_BUSY_IN_A_ROW` of those they count as failures.
 - **Failure** (refused, timed out, a TLS or protocol error). Exponential backoff with full
   jitter, as before: what keeps a fleet from hammering a platform that is really down.
@@ -32,8 +33,10 @@ from dataclasses import dataclass
 # window; 10 s keeps the arrival rate (1,000/s) within what admission control sheds cheaply,
 # and the restart itself (2 s to stop, 2-4 s to start) falls inside it.
 GOING_AWAY_WINDOW = 10.0
-# Seconds (low, high) before trying again after a shed, or a refusal during a restart.
+# Seconds (low, high) before trying again after a shed, or a refusal during a restart; the
+# high end grows with each busy answer in a row, up to BUSY_RETRY_CEILING.
 BUSY_RETRY = (1.0, 5.0)
+BUSY_RETRY_CEILING = 30.0
 # For how long after "going away" a refused or failed attempt is taken as the restart.
 RESTART_GRACE = 60.0
 # Busy answers in a row after which they count as failures (a balancer with no live node).
@@ -131,7 +134,12 @@ class RetrySchedule:
     def _busy_or_next(self, round_over: bool) -> float:
         if not round_over:
             return self._uniform(0.0, self.next_address_jitter)
-        return self._uniform(*self.busy)
+        low, high = self.busy
+        # The window widens with each busy answer in a row (1-5 s, 1-10 s, ... up to 1-30 s):
+        # a fleet far larger than what the node admits a second would otherwise spend its
+        # time, and the node's accepts, knocking (measured: docs/performance.md).
+        widened = min(high * max(self._busy_in_a_row, 1), BUSY_RETRY_CEILING)
+        return self._uniform(low, max(widened, high))
 
     def welcomed(self) -> None:
         """A session reached welcome: whatever failed before is forgotten."""

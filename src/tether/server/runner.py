@@ -289,7 +289,10 @@ async def _close_agent_port(platform: Platform, gateway: AgentGateway, server: S
     deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECONDS
     server.close(close_connections=False)
     handshakes = gateway.abort_handshakes()
-    told = gateway.say_going_away(server, "The platform is restarting.")
+    # Half the grace at most for the close frames, the rest for the agents to answer them.
+    told = gateway.say_going_away(
+        server, "The platform is restarting.", until=deadline - SHUTDOWN_GRACE_SECONDS / 2
+    )
     # Returns once every session's handler has returned (its agent answered the close).
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout_at(deadline):
