@@ -7,8 +7,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from tether.agent.connection import AgentConnection, Backoff, asked_to_wait
+from tether.agent.connection import AgentConnection, asked_to_wait
 from tether.agent.errors import AgentRefused
+from tether.agent.retry import Backoff
 from tether.protocol import CloseCode, retry_reason
 
 

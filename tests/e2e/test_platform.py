@@ -262,7 +262,7 @@ def test_an_agent_whose_certificate_expired_stops_with_the_reason_instead_of_spi
     output = proc.output()
     assert "The agent certificate expired on" in output
     assert "enroll the agent again" in output
-    assert "Reconnecting in" not in output
+    assert "Reconnecting to" not in output
 
 
 def refused_handshake_logged(platform: Platform, local_port: int, reason: str) -> bool:

@@ -129,11 +129,53 @@ def test_other_frames_reach_the_previous_version_unchanged() -> None:
     other = JobRequest(
         job_id="j2", action="isolation.isolate", args={"mode": None, "allow": []}
     ).model_dump_json()
-    welcome = Welcome(
-        host_id="h", server_time=datetime(2030, 1, 1, tzinfo=UTC), heartbeat_seconds=20
-    ).model_dump_json()
-    for frame in (other, welcome, "[1, 2]", '"policy"'):
+    for frame in (other, "[1, 2]", '"policy"'):
         assert frame_for(frame, OLDEST_PROTOCOL_VERSION) == frame
+
+
+class WelcomeOfVersion1(BaseModel):
+    """The welcome as an agent of protocol version 1 declared it: unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["welcome"]
+    host_id: str
+    server_time: datetime
+    heartbeat_seconds: int
+
+
+def test_a_version_1_agent_gets_a_welcome_without_the_address_list() -> None:
+    welcome = Welcome(
+        host_id="h",
+        server_time=datetime(2030, 1, 1, tzinfo=UTC),
+        heartbeat_seconds=20,
+        agent_addresses=("wss://a.example:8444", "wss://[::1]:8444"),
+    ).model_dump_json()
+    with pytest.raises(ValueError, match="agent_addresses"):
+        WelcomeOfVersion1.model_validate_json(welcome)
+    old = WelcomeOfVersion1.model_validate_json(frame_for(welcome, OLDEST_PROTOCOL_VERSION))
+    assert old.host_id == "h"
+    # The current agent reads the list.
+    current = parse_platform_message(frame_for(welcome, PROTOCOL_VERSION))
+    assert isinstance(current, Welcome)
+    assert current.agent_addresses == ("wss://a.example:8444", "wss://[::1]:8444")
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["ws://a:8444", "wss://a", "wss://a:8444/path", "wss://user@a:8444", "wss://a b:1", ""],
+)
+def test_a_welcome_with_a_malformed_address_is_refused(address: str) -> None:
+    frame = json.dumps(
+        {
+            "type": "welcome",
+            "host_id": "h",
+            "server_time": "2030-01-01T00:00:00Z",
+            "heartbeat_seconds": 20,
+            "agent_addresses": [address],
+        }
+    )
+    with pytest.raises(ProtocolError):
+        parse_platform_message(frame)
 
 
 def test_every_addition_names_a_field_of_the_current_message_and_what_it_means() -> None:

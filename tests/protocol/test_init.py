@@ -3,6 +3,9 @@
 import tether.protocol
 
 EXPECTED = [
+    "AGENT_ADDRESS_PATTERN",
+    "MAX_AGENT_ADDRESSES",
+    "AgentAddresses",
     "MAX_CLOSE_REASON_BYTES",
     "close_reason",
     "retry_after",

@@ -221,3 +221,44 @@ def test_several_nodes_on_sqlite_are_refused_in_one_sentence(tmp_path: Path) -> 
             database_url="postgresql+psycopg://postgres@127.0.0.1/x",
         )
     )
+
+
+def test_init_stores_the_agent_addresses_for_every_node(tmp_path: Path) -> None:
+    import asyncio
+
+    from tether.server.services.agent_addresses import read_addresses
+    from tether.server.store.db import create_engine
+
+    data = tmp_path / "data"
+    result = CliRunner().invoke(
+        server_app,
+        ["init", "--data", str(data), "--hostname", "t.test",
+         "--agent-address", "node1.t.test:8444", "--agent-address", "[2001:db8::2]:8444"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    async def stored() -> list[str]:
+        engine = create_engine(load_settings(data).db_url)
+        try:
+            async with engine.connect() as conn:
+                return await read_addresses(conn)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(stored()) == ["node1.t.test:8444", "[2001:db8::2]:8444"]
+
+
+def test_init_refuses_an_agent_address_that_is_not_host_port_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    result = CliRunner().invoke(
+        server_app,
+        ["init", "--data", str(tmp_path / "data"), "--hostname", "t.test",
+         "--agent-address", "wss://node1:8444"],
+    )  # fmt: skip
+    assert isinstance(result.exception, ConfigurationError)
+    assert str(result.exception) == (
+        "'wss://node1:8444' is not an agent address; write HOST:PORT, e.g. "
+        "tether1.example.com:8444."
+    )
+    assert not (tmp_path / "data").exists()

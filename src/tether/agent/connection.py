@@ -3,14 +3,12 @@
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from tether.agent import sysinfo
 from tether.agent.action import Handler
@@ -24,6 +22,7 @@ from tether.agent.isolation.isolator import DEFAULT_CHECK_SECONDS
 from tether.agent.isolation_watch import IsolationWatch
 from tether.agent.jobs import JobRunner
 from tether.agent.journal import Journal
+from tether.agent.retry import AddressRotation, Backoff, Ending, RetrySchedule
 from tether.agent.state import StateDir
 from tether.agent.transfer import AgentTransfers
 from tether.agent.upgrade import UPGRADE_ACTION, RestartForUpgrade, Upgrader
@@ -56,21 +55,34 @@ def asked_to_wait(websocket: ClientConnection | None) -> float:
     return float(retry_after(websocket.close_reason or "") or 0)
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter, so a restarted platform is not hit all at once."""
+def _close_received(websocket: ClientConnection | None) -> int | None:
+    """The close code the platform sent on `websocket`, if a close frame arrived."""
+    if websocket is None:
+        return None
+    received = websocket.protocol.close_rcvd
+    return received.code if received is not None else None
 
-    initial: float = 1.0
-    maximum: float = 60.0
-    factor: float = 2.0
 
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        try:
-            ceiling = min(self.maximum, self.initial * self.factor ** max(attempt, 0))
-        except OverflowError:
-            # After ~1000 failed attempts (hours of outage) the power leaves the float range.
-            ceiling = self.maximum
-        return ceiling * (0.5 + rng() / 2)
+def busy_retry_after(exc: BaseException) -> float | None:
+    """When `exc` says the platform is alive but busy, the seconds it asked to wait (0 when it
+    named none); None for any other failure.
+
+    Busy is a connection closed before the TLS handshake finished (admission control sheds it
+    so, docs/adr/0049) or an HTTP 503 to the upgrade (with its Retry-After, capped at 5 min).
+    """
+    if isinstance(exc, InvalidStatus):
+        if exc.response.status_code != 503:
+            return None
+        header = exc.response.headers.get("Retry-After", "")
+        return float(min(int(header), 300)) if header.isdigit() else 0.0
+    if isinstance(exc, ConnectionResetError | ssl.SSLEOFError):
+        return 0.0
+    if (
+        isinstance(exc, ssl.SSLError)
+        and getattr(exc, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"
+    ):
+        return 0.0
+    return None
 
 
 def client_ssl_context(state: StateDir) -> ssl.SSLContext:
@@ -150,7 +162,9 @@ class AgentConnection:
             isolator=self.isolator,
             keep_running=on_trial,
         )
-        self._backoff = backoff or Backoff()
+        self._schedule = RetrySchedule(backoff)
+        # The platform's agent ports, tried in an order of this agent's own (docs/adr/0049).
+        self._rotation = AddressRotation(state.agent_addresses(self._identity))
         # The last session's socket, for the close code and reason it ended with.
         self._last_socket: ClientConnection | None = None
         self.connected = asyncio.Event()
@@ -216,14 +230,20 @@ class AgentConnection:
             )
         await self.isolation.allowlist_adopted(error)
 
+    @property
+    def url(self) -> str:
+        """The address the next (or current) attempt dials."""
+        return self._rotation.current
+
     async def _reconnect_forever(self) -> None:
-        attempt = 0
         while True:
             # Checked before every attempt: a long-running agent can outlive its certificate.
             check_validity(self._state.cert)
+            url = self.url
+            ending = Ending.FAILED
+            asked = 0.0
             try:
                 await self._session()
-                attempt = 0
             except AgentRefused:
                 raise
             except ssl.SSLError as exc:
@@ -232,7 +252,11 @@ class AgentConnection:
                         f"The platform refused this agent's certificate in the TLS handshake "
                         f"({exc.reason}); re-enroll the agent."
                     ) from exc
-                log.warning("TLS failure talking to %s: %s", self._identity.agent_url, exc)
+                busy = busy_retry_after(exc)
+                if busy is not None:
+                    ending = Ending.BUSY
+                else:
+                    log.warning("TLS failure talking to %s: %s", url, exc)
             except (
                 OSError,
                 InvalidHandshake,
@@ -240,24 +264,56 @@ class AgentConnection:
                 ConnectionClosed,
                 ProtocolError,
             ) as exc:
-                log.warning(
-                    "Connection to %s lost: %s", self._identity.agent_url, exc or type(exc).__name__
-                )
+                busy = busy_retry_after(exc)
+                if busy is not None and not self.connected.is_set():
+                    ending, asked = Ending.BUSY, busy
+                    log.info("%s is busy", url)
+                else:
+                    log.warning("Connection to %s lost: %s", url, exc or type(exc).__name__)
             if self.connected.is_set():
-                # The session had reached welcome: start the backoff over.
-                attempt = 0
+                # The session had reached welcome: the backoff starts over, and a platform that
+                # said it is going away is given back its agents over a window (docs/adr/0049).
                 self.connected.clear()
+                self._schedule.welcomed()
+                # No close frame at all counts as going away too: a platform that stops drops
+                # the sessions still closing after 2 s, and a reset discards a close frame the
+                # agent had not read yet; a node that died takes its agents with it the same way.
+                code = _close_received(self._last_socket)
+                going = code is None or code == CloseCode.GOING_AWAY
+                ending = Ending.GOING_AWAY if going else Ending.LOST
+                self._rotation.start_round()
+                round_over = True
+            else:
+                if _close_received(self._last_socket) == CloseCode.GOING_AWAY:
+                    # Told "going away" between its upgrade and its welcome.
+                    ending = Ending.GOING_AWAY
+                round_over = self._rotation.move_on()
             # A platform that sent this agent away for overspending says when it may return.
-            delay = max(self._backoff.delay(attempt), asked_to_wait(self._last_socket))
+            delay = max(
+                self._schedule.next_delay(ending, round_over=round_over),
+                asked,
+                asked_to_wait(self._last_socket),
+            )
             self._last_socket = None
-            attempt += 1
-            log.info("Reconnecting in %.1f s", delay)
+            log.info("Reconnecting to %s in %.1f s (%s)", self.url, delay, ending.value)
             await asyncio.sleep(delay)
+
+    def _adopt_addresses(self, addresses: tuple[str, ...]) -> None:
+        """Keep the platform's current list of agent ports (a welcome carries it), so a node
+        added later reaches agents enrolled before it."""
+        if not addresses or not self._rotation.replace(addresses):
+            return
+        log.info("The platform's agent addresses: %s", ", ".join(addresses))
+        try:
+            self._state.write_agent_addresses(list(addresses))
+        except OSError as exc:
+            # Kept in memory for this run; the next welcome tries again.
+            log.warning("Could not store the platform's addresses: %s", exc)
 
     async def _session(self) -> None:
         try:
             websocket = await connect(
-                self._identity.agent_url,
+                self.url,
                 # Made again for each connection: a CA rotation changes the certificate and
                 # the pinned CAs (tether.agent.ca_rollover).
                 ssl=client_ssl_context(self._state),
@@ -273,9 +329,7 @@ class AgentConnection:
                 user_agent_header=None,
             )
         except InvalidURI as exc:
-            raise AgentRefused(
-                f"The platform address {self._identity.agent_url} is not valid."
-            ) from exc
+            raise AgentRefused(f"The platform address {self.url} is not valid.") from exc
         self._last_socket = websocket
         async with websocket:
             self.gate.reset()
@@ -290,10 +344,11 @@ class AgentConnection:
             )
             await websocket.send(hello.model_dump_json())
             welcome = await self._welcome(websocket)
-            log.info("Connected to %s as host %s", self._identity.agent_url, welcome.host_id)
+            log.info("Connected to %s as host %s", self.url, welcome.host_id)
             # A version on trial has connected: its upgrade took (reported with the journal).
             self.upgrader.connected(self._journal)
             self.connected.set()
+            self._adopt_addresses(welcome.agent_addresses)
             await self._check_ca(websocket)
             beats = asyncio.create_task(self._heartbeats(websocket, welcome.heartbeat_seconds))
 

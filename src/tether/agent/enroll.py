@@ -109,7 +109,10 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
     key = ec.generate_private_key(ec.SECP256R1())
     name = hostname or socket.gethostname() or "unknown"
     request = EnrollRequest(
-        secret=token.secret, csr_pem=_csr(key, name), hostname=safe_text(name, MAX_HOSTNAME)
+        secret=token.secret,
+        csr_pem=_csr(key, name),
+        hostname=safe_text(name, MAX_HOSTNAME),
+        reads_agent_addresses=True,
     )
     context = ssl.create_default_context(cadata=ca_pem.decode())
     # Before the token is spent: a failure here leaves the token usable for another try.
@@ -146,6 +149,8 @@ def enroll(token_text: str, state: StateDir, hostname: str | None = None) -> Ide
     state.write_private(state.ca, ca_pem)
     if upgrade_key is not None:
         state.write_private(state.root / UPGRADE_KEY_FILE, upgrade_key)
+    if answer.agent_addresses:
+        state.write_agent_addresses(list(answer.agent_addresses))
     identity = Identity(
         host_id=answer.host_id, server_url=token.server_url, agent_url=answer.agent_url
     )

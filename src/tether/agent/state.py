@@ -104,5 +104,26 @@ class StateDir:
         create_exclusive(tmp, data)
         os.replace(tmp, path)
 
+    @property
+    def addresses_file(self) -> Path:
+        """The platform's agent addresses as it last listed them (docs/adr/0049)."""
+        return self.root / "platform-addresses.json"
+
+    def agent_addresses(self, identity: Identity | None = None) -> list[str]:
+        """The addresses to try, from enrollment or the latest welcome; the enrolled address
+        alone when no list was ever given (or the file is damaged: it is only a hint)."""
+        enrolled = (identity or self.identity()).agent_url
+        try:
+            stored = json.loads(self.addresses_file.read_text())
+        except (OSError, ValueError):
+            return [enrolled]
+        if not isinstance(stored, list) or not stored:
+            return [enrolled]
+        addresses = [a for a in stored if isinstance(a, str) and a.startswith("wss://")]
+        return addresses or [enrolled]
+
+    def write_agent_addresses(self, addresses: list[str]) -> None:
+        self.write_private(self.addresses_file, json.dumps(addresses, indent=2).encode())
+
     def write_identity(self, identity: Identity) -> None:
         self.write_private(self.identity_file, json.dumps(identity.__dict__, indent=2).encode())

@@ -47,3 +47,38 @@ def set_setting(
         emit_json(updated)
     else:
         _print(updated)
+
+
+@settings_app.command("agent-addresses")
+def agent_addresses(
+    addresses: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="HOST:PORT of each agent port agents may dial (each node, or one load "
+            "balancer). None given: show the list."
+        ),
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove the list: agents dial the agent port.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+    code: StepUpOpt = None,
+) -> None:
+    """Show or set the agent addresses handed to agents at enrollment and at each connection."""
+    if clear and addresses:
+        raise CliError("Give addresses or --clear, not both.")
+    if not addresses and not clear:
+        current = Api.from_profile().get("/settings/agent-addresses")
+    else:
+        current = Api.from_profile(step_up_code=code).put(
+            "/settings/agent-addresses", json={"addresses": addresses or []}
+        )
+    if json_output:
+        emit_json(current)
+        return
+    listed = current["addresses"]
+    console.print(
+        f"{'agent-addresses':28} {', '.join(listed) if listed else '(none: the agent port)'}",
+        markup=False,
+    )
+    console.print(f"{'agents dial':28} {', '.join(current['agents_dial'])}", markup=False)

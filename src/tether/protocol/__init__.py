@@ -51,7 +51,10 @@ from tether.protocol.job_states import (
     is_final,
 )
 from tether.protocol.messages import (
+    AGENT_ADDRESS_PATTERN,
+    MAX_AGENT_ADDRESSES,
     MAX_OUTPUT_TEXT,
+    AgentAddresses,
     AgentMessage,
     Heartbeat,
     Hello,
@@ -133,12 +136,14 @@ from tether.protocol.version import (
 
 __all__ = [
     "ACTIONS",
+    "AGENT_ADDRESS_PATTERN",
     "AWAITING_APPROVAL",
     "DEFAULT_LIST_LIMIT",
     "ENDPOINT_TEXT",
     "FINAL_AGENT_STATES",
     "FINAL_STATES",
     "HOSTNAME_RULE",
+    "MAX_AGENT_ADDRESSES",
     "MAX_CLOSE_REASON_BYTES",
     "MAX_COMMAND_LINE",
     "MAX_FRAME_BYTES",
@@ -160,6 +165,7 @@ __all__ = [
     "TRUNCATION_MARKER",
     "UNFINISHED",
     "ActionSpec",
+    "AgentAddresses",
     "AgentJobState",
     "AgentMessage",
     "Approval",

@@ -63,6 +63,18 @@ ADDITIONS: tuple[Addition, ...] = (
         ),
         refusal="cannot set a deployed file's mode",
     ),
+    Addition(
+        # Added within version 2 (docs/adr/0049): agents of version 2 built before it ignore
+        # an unknown top-level welcome field (ADR 0046), so no bump was needed.
+        version=2,
+        message="welcome",
+        field="agent_addresses",
+        dropped="always",
+        meaning=(
+            "A version-1 agent is not given the platform's list of agent addresses: it keeps "
+            "dialling the one address it was enrolled with."
+        ),
+    ),
 )
 
 

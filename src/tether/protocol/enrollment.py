@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tether.protocol.errors import ProtocolError
 from tether.protocol.hostnames import Hostname
+from tether.protocol.messages import AgentAddresses
 
 TOKEN_PREFIX = "tether-enroll-v1."
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -65,6 +66,9 @@ class EnrollRequest(BaseModel):
     secret: Annotated[str, Field(min_length=32, max_length=128)]
     csr_pem: Annotated[str, Field(min_length=100, max_length=8192)]
     hostname: Hostname
+    # Set by agents that read `agent_addresses` in the answer (docs/adr/0049); older agents
+    # refuse unknown fields there, so the platform sends the list only when this is true.
+    reads_agent_addresses: bool = False
 
 
 class EnrollResponse(BaseModel):
@@ -76,3 +80,5 @@ class EnrollResponse(BaseModel):
     certificate_pem: str
     ca_pem: str
     agent_url: str
+    # Every agent port of the platform (wss://HOST:PORT), when the request asked for them.
+    agent_addresses: AgentAddresses = ()

@@ -36,6 +36,11 @@ Name = Annotated[str, Field(min_length=1, max_length=255, pattern=PRINTABLE)]
 # What an endpoint says about itself is shown in tables and pages: no C1 or bidi either.
 Label = Annotated[str, Field(max_length=128, pattern=ENDPOINT_TEXT)]
 Address = Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[0-9A-Fa-f:.]+$")]
+# One of the platform's agent ports as the agent dials it: wss://HOST:PORT (docs/adr/0049).
+AGENT_ADDRESS_PATTERN = r"^wss://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}$"
+MAX_AGENT_ADDRESSES = 32
+AgentAddress = Annotated[str, Field(max_length=300, pattern=AGENT_ADDRESS_PATTERN)]
+AgentAddresses = Annotated[tuple[AgentAddress, ...], Field(max_length=MAX_AGENT_ADDRESSES)]
 
 
 class _Message(BaseModel):
@@ -119,6 +124,9 @@ class Welcome(_Message):
     host_id: str
     server_time: datetime
     heartbeat_seconds: int
+    # Every agent port of the platform, for the agent to keep and try in turn; empty from a
+    # platform that keeps no list (the agent keeps the one it has). Docs/adr/0049.
+    agent_addresses: AgentAddresses = ()
 
 
 class Policy(_Message):

@@ -77,6 +77,15 @@ def init(
         Path | None,
         typer.Option(help="Append every signed audit checkpoint to this file as a JSON line."),
     ] = None,
+    agent_address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-address",
+            help="An agent port HOST:PORT agents may dial (repeat for each node, or name one "
+            "load balancer); enrolled agents get the list and try it in turn. Default: the "
+            "agent port's own address.",
+        ),
+    ] = None,
 ) -> None:
     """Create the CA, the server certificate, the database and the first admin user."""
     import json
@@ -107,7 +116,14 @@ def init(
     except ValidationError as exc:
         raise settings_error(exc) from exc
     check_witness_options(settings)
-    result = initialise(settings, ip or [])
+    from tether.server.errors import ConfigurationError, Invalid
+    from tether.server.services.agent_addresses import check_addresses
+
+    try:
+        addresses = check_addresses(agent_address or [])
+    except Invalid as exc:
+        raise ConfigurationError(str(exc)) from exc
+    result = initialise(settings, ip or [], agent_addresses=addresses)
     typer.echo(f"Platform created in {settings.data_dir}")
     typer.echo(f"CA fingerprint (SHA-256): {result.ca_sha256}")
     mfa = {

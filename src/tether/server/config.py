@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     agent_public_url: str = ""
     heartbeat_seconds: int = Field(default=60, ge=5, le=3600)
     hello_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Agent connections in their TLS handshake or WebSocket upgrade at once; more are shed (closed
+    # before the handshake) and the agents retry soon (docs/adr/0049). 0: no limit.
+    agent_handshake_limit: int = Field(default=500, ge=0, le=100_000)
     last_seen_flush_seconds: float = Field(default=5.0, gt=0)
     # How often queued jobs are checked for expiry and for hosts another process woke.
     job_sweep_seconds: float = Field(default=5.0, gt=0)

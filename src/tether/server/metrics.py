@@ -4,9 +4,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tether.server.services.admission import Admission
 from tether.server.services.platform import Platform
 
 
@@ -25,6 +26,28 @@ class _ReasonCounter(Collector):
         yield family
 
 
+class _AdmissionCollector(Collector):
+    """Agent connections shed by admission control, and those in their handshake now."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        shed = CounterMetricFamily(
+            "tether_agent_connections_shed",
+            "Agent connections closed before their TLS handshake by this process because too "
+            "many handshakes were in flight (docs/adr/0049)",
+        )
+        shed.add_metric([], self._admission.shed)
+        yield shed
+        in_flight = GaugeMetricFamily(
+            "tether_agent_handshakes_in_flight",
+            "Agent connections in their TLS handshake or WebSocket upgrade in this process",
+        )
+        in_flight.add_metric([], self._admission.in_flight)
+        yield in_flight
+
+
 def register_access_metrics(registry: CollectorRegistry, platform: Platform) -> None:
     """The certificate's remaining life and the refusals of unauthenticated clients."""
     Gauge(
@@ -39,6 +62,7 @@ def register_access_metrics(registry: CollectorRegistry, platform: Platform) -> 
             lambda: platform.users.login_failures.totals,
         )
     )
+    registry.register(_AdmissionCollector(platform.admission))
     registry.register(
         _ReasonCounter(
             "tether_agent_tls_refusals",

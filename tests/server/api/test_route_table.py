@@ -234,6 +234,7 @@ ROWS = [
     Row("GET", "/settings/configuration", WEB_ADMINS),
     Row("POST", "/settings/configuration", WEB_CHANGE_BY_FORM),
     Row("POST", "/settings/configuration/allowlist", WEB_CHANGE_BY_FORM),
+    Row("POST", "/settings/configuration/agent-addresses", WEB_CHANGE_BY_FORM),
     Row("GET", "/settings/enrollment", WEB_ADMINS),
     Row("POST", "/settings/enrollment", WEB_CHANGE_BY_FORM),
     Row("POST", "/settings/enrollment/revoke", WEB_CHANGE_BY_FORM),
@@ -286,6 +287,8 @@ ROWS = [
     Row("DELETE", "/api/v1/service-tokens/{name}", ADMINS_404, url="/api/v1/service-tokens/ghost"),
     Row("GET", "/api/v1/settings", ADMINS),
     Row("PATCH", "/api/v1/settings", ADMINS, body={}),
+    Row("GET", "/api/v1/settings/agent-addresses", ADMINS),
+    Row("PUT", "/api/v1/settings/agent-addresses", ADMINS, body={"addresses": []}),
 ]  # fmt: skip
 
 

@@ -647,3 +647,46 @@ async def test_a_bad_package_request_is_refused_on_the_page_with_nothing_built(
         assert escape(sentence) in response.text
     assert stand_in.built == []
     assert await platform.enrollment.list_tokens() == []
+
+
+async def test_agent_addresses_are_saved_from_the_page_and_audited(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    page = "/settings/configuration"
+    await _confirmed(
+        admin_browser,
+        await _post(
+            admin_browser,
+            page,
+            "/settings/configuration/agent-addresses",
+            {"addresses": "node1.example.org:8444\n\n [2001:db8::2]:8444 \nnode1.example.org:8444"},
+        ),
+        "Agent addresses saved (2)",
+    )
+    assert await platform.agent_addresses.get() == ["node1.example.org:8444", "[2001:db8::2]:8444"]
+    assert await platform.agent_addresses.urls() == (
+        "wss://node1.example.org:8444",
+        "wss://[2001:db8::2]:8444",
+    )
+    changed = json.loads((await _records(platform, "settings.change"))[-1].details)
+    assert changed["agent_addresses"] == ["node1.example.org:8444", "[2001:db8::2]:8444"]
+    assert "Agents dial now: wss://node1.example.org:8444" in (await admin_browser.get(page)).text
+
+    # A bad line is named, what was typed stays, nothing is saved.
+    response = await _post(
+        admin_browser,
+        page,
+        "/settings/configuration/agent-addresses",
+        {"addresses": "node3.example.org:8444\nwss://evil.example/x"},
+    )
+    assert response.status_code == 422
+    assert "is not an agent address; write HOST:PORT" in response.text
+    assert "wss://evil.example/x" in response.text
+    assert await platform.agent_addresses.get() == ["node1.example.org:8444", "[2001:db8::2]:8444"]
+
+    await _confirmed(
+        admin_browser,
+        await _post(admin_browser, page, "/settings/configuration/agent-addresses", {}),
+        "Agent addresses cleared",
+    )
+    assert await platform.agent_addresses.get() == []

@@ -80,3 +80,16 @@ class SettingsOut(ViewOut):
 class SettingsUpdate(_In):
     mfa_required_for_everyone: bool | None = None
     external_access_suspended: bool | None = None
+
+
+class AgentAddressesBody(_In):
+    """The agent ports agents may dial, HOST:PORT each (docs/adr/0049); empty: the agent
+    port's own address."""
+
+    addresses: Annotated[list[Annotated[str, Field(max_length=300)]], Field(max_length=64)]
+
+
+class AgentAddressesOut(BaseModel):
+    addresses: list[str]
+    # What agents are told now: the list as URLs, or the agent port's own address.
+    agents_dial: list[str]

@@ -13,6 +13,8 @@ from tether.protocol import Permission, Role
 from tether.server.api.deps import PlatformDep, require, require_fresh, source_of
 from tether.server.api.user_schemas import (
     DEFAULT_CODE_HOURS,
+    AgentAddressesBody,
+    AgentAddressesOut,
     EnrollmentCodeOut,
     EnrollmentCodeRequest,
     ExternalUpdate,
@@ -21,6 +23,7 @@ from tether.server.api.user_schemas import (
     UserCreate,
     UserOut,
 )
+from tether.server.services.platform import Platform
 from tether.server.services.team import UserInfo
 from tether.server.services.users import User
 
@@ -33,6 +36,9 @@ UserAdmin = Annotated[User, Depends(require_fresh(Permission.USERS_MANAGE, "user
 FactorAdmin = Annotated[User, Depends(require_fresh(Permission.USERS_MANAGE, "second factor"))]
 AccessSettingsAdmin = Annotated[
     User, Depends(require_fresh(Permission.SETTINGS_MANAGE, "access settings"))
+]
+AddressesAdmin = Annotated[
+    User, Depends(require_fresh(Permission.SETTINGS_MANAGE, "agent addresses"))
 ]
 
 
@@ -140,6 +146,28 @@ async def update_settings(
         changes, actor=user.actor, source=source_of(request)
     )
     return SettingsOut.of(updated)
+
+
+async def _addresses_out(platform: Platform) -> AgentAddressesOut:
+    listed = await platform.agent_addresses.get()
+    return AgentAddressesOut(
+        addresses=listed, agents_dial=list(await platform.agent_addresses.urls())
+    )
+
+
+@router.get("/settings/agent-addresses", response_model=AgentAddressesOut)
+async def get_agent_addresses(platform: PlatformDep, _user: SettingsAdmin) -> AgentAddressesOut:
+    return await _addresses_out(platform)
+
+
+@router.put("/settings/agent-addresses", response_model=AgentAddressesOut)
+async def set_agent_addresses(
+    body: AgentAddressesBody, request: Request, platform: PlatformDep, user: AddressesAdmin
+) -> AgentAddressesOut:
+    await platform.agent_addresses.update(
+        body.addresses, actor=user.actor, source=source_of(request)
+    )
+    return await _addresses_out(platform)
 
 
 @router.post("/users/{username}/mfa/reset", response_model=EnrollmentCodeOut)

@@ -34,7 +34,7 @@ from tether.protocol import (
     safe_text,
 )
 from tether.protocol.ca_rollover import CaRekey
-from tether.protocol.compat import version_refusal
+from tether.protocol.compat import frame_for, version_refusal
 from tether.protocol.transfer import AnyTransferMessage, TransferRequest
 from tether.server.errors import Invalid
 from tether.server.gateway.budget import BudgetLimits
@@ -42,6 +42,8 @@ from tether.server.gateway.connection import CALL_PREFIX, AgentConnection, Trans
 from tether.server.gateway.metering import MeteredConnection, over_budget_reason
 from tether.server.gateway.pacing import REPORTS_PER_MINUTE, Pacing
 from tether.server.gateway.refusals import Penalties, RefusalRecords
+from tether.server.services.admission import Admission
+from tether.server.services.agent_addresses import AgentAddresses
 from tether.server.services.audit import AuditLog
 from tether.server.services.ca_rotation import CaRollover
 from tether.server.services.dispatch import Dispatcher
@@ -88,20 +90,45 @@ class _TlsServerConnection(ServerConnection):
     tls_timeout: float
     tls_shutdown_timeout: float
     tls_refusals: RefusalSummary | None
+    admission: Admission
 
     _raw: asyncio.Transport
     _early: bytearray
     _upgrade: "asyncio.Task[None] | None" = None
     _upgraded = False
+    # True while this connection holds one of the admission's places (accept to session start).
+    _admitted = False
+    _shed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = cast(asyncio.Transport, transport)
         self._early = bytearray()
+        if not self.admission.admit(self):
+            # Shed before any TLS work: the agent reads a close before the handshake as "busy,
+            # come back soon" (docs/adr/0049). Nothing is logged: in a storm that is thousands.
+            self._shed = True
+            self._raw.abort()
+            return
+        self._admitted = True
         self._upgrade = self.loop.create_task(self._start_tls())
+
+    def release_admission(self, *, completed: bool = False) -> None:
+        """Give back this connection's admission place (its handshake is over, either way)."""
+        if self._admitted:
+            self._admitted = False
+            self.admission.release(self, completed=completed)
+
+    def abort_handshake(self) -> None:
+        """Drop a connection still in its TLS handshake or upgrade (the platform is stopping)."""
+        if self._upgrade is not None:
+            self._upgrade.cancel()
+        self._raw.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded:
             super().data_received(data)
+            return
+        if self._shed:
             return
         # uvloop starts reading as soon as connection_made returns, before start_tls has taken
         # the transport over: keep what arrived (the ClientHello) for the TLS layer, stop reading.
@@ -114,6 +141,7 @@ class _TlsServerConnection(ServerConnection):
         # Before the upgrade, returning None lets the transport close itself.
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.release_admission()
         if self._upgraded:
             super().connection_lost(exc)
 
@@ -159,12 +187,14 @@ class _TlsServerConnection(ServerConnection):
             # scan) is no refusal: counting it would write a record a minute per load balancer.
             if self.tls_refusals is not None and isinstance(exc, ssl.SSLError | TimeoutError):
                 self.tls_refusals.note(address[0] if address else "unknown", refusal_reason(exc))
+            self.release_admission()
             raw.abort()
             return
         finally:
             self._upgrade = None
         if tls is None or tls.is_closing() or not self.server.is_serving():
             log.info("Connection from %s closed during the TLS handshake", peer)
+            self.release_admission()
             raw.abort()
             return
         self._upgraded = True
@@ -192,6 +222,7 @@ def _tls_connection_class(
     shutdown_timeout: float,
     refusals: RefusalSummary | None,
     limits: BudgetLimits,
+    admission: Admission,
 ) -> type[ServerConnection]:
     return type(
         "TlsServerConnection",
@@ -203,6 +234,7 @@ def _tls_connection_class(
             "tls_shutdown_timeout": shutdown_timeout,
             "tls_refusals": refusals,
             "budget_limits": limits,
+            "admission": admission,
         },
     )
 
@@ -247,9 +279,13 @@ class AgentGateway:
         tls_refusals: RefusalSummary | None = None,
         budget: BudgetLimits = BudgetLimits(),
         ca_rollover: CaRollover | None = None,
+        admission: Admission | None = None,
+        addresses: AgentAddresses | None = None,
     ) -> None:
         self._hosts = hosts
         self._ca_rollover = ca_rollover
+        self._addresses = addresses
+        self.admission = admission if admission is not None else Admission()
         self._tls_refusals = tls_refusals
         self._presence = presence
         self._policies = policies
@@ -276,6 +312,7 @@ class AgentGateway:
                 shutdown_timeout=2,
                 refusals=self._tls_refusals,
                 limits=self._budget,
+                admission=self.admission,
             ),
             compression=None,  # deflate made bulk transfer 20x slower (DESIGN.md section 4)
             max_size=MAX_FRAME_BYTES,
@@ -286,6 +323,41 @@ class AgentGateway:
             close_timeout=2,
             server_header=None,
         )
+
+    @staticmethod
+    def say_going_away(server: Server, reason: str, until: float) -> int:
+        """Put a close 1001 "going away" on the wire of every open session, in one pass that
+        stops at loop time `until` (those left are aborted with the rest; agents take a session
+        that ends without a close as going away too).
+
+        Nothing is awaited: `ServerConnection.close` per agent is a task and a wait each, and
+        for 10,000 agents on a busy core creating, running and cancelling those took longer
+        than the whole grace period (docs/performance.md). The pass itself measured 0.5-1.4 ms
+        per session on the shared machine, so it is bounded too. Returns how many were told.
+        """
+        loop = asyncio.get_running_loop()
+        told = 0
+        for connection in list(server.all_connections):
+            if told % 100 == 0 and loop.time() >= until:
+                break
+            if connection.protocol.state is State.OPEN:
+                connection.protocol.send_close(int(CloseCode.GOING_AWAY), reason)
+                connection.send_data()
+                told += 1
+        return told
+
+    @staticmethod
+    def abort_sessions(server: Server) -> int:
+        """Drop every session still open (its agent has not finished closing in time)."""
+        left = list(server.all_connections)
+        for connection in left:
+            connection.transport.abort()
+        return len(left)
+
+    def abort_handshakes(self) -> int:
+        """Drop every connection not yet in a session (in its TLS handshake or upgrade): at
+        shutdown they would only hold the process up. Returns how many were dropped."""
+        return self.admission.abort_all()
 
     async def stop(self) -> None:
         """Write the refusal summaries still open (after the agent port closed)."""
@@ -320,6 +392,9 @@ class AgentGateway:
 
     async def handle(self, ws: ServerConnection) -> None:
         """One agent connection, start to end; nothing it sends makes this raise."""
+        if isinstance(ws, _TlsServerConnection):
+            # The handshake and upgrade are done: the connection leaves admission control.
+            ws.release_admission(completed=True)
         try:
             await self._handle(ws)
         except Exception:
@@ -390,13 +465,13 @@ class AgentGateway:
         try:
             # Welcome goes out before the link is registered: a policy change published in
             # between must not reach the agent ahead of its welcome.
-            await ws.send(
-                Welcome(
-                    host_id=status.host_id,
-                    server_time=utcnow(),
-                    heartbeat_seconds=self._heartbeat,
-                ).model_dump_json()
+            welcome = Welcome(
+                host_id=status.host_id,
+                server_time=utcnow(),
+                heartbeat_seconds=self._heartbeat,
+                agent_addresses=await self._addresses.urls() if self._addresses else (),
             )
+            await ws.send(frame_for(welcome.model_dump_json(), hello.protocol_version))
             replaced = self._presence.attach(link)
             if replaced is not None:
                 await replaced.disconnect(CloseCode.REPLACED, "A newer connection from this host.")

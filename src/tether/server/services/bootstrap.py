@@ -15,6 +15,7 @@ from tether.server.auth.passwords import generate_password
 from tether.server.auth.totp import new_secret, provisioning_uri, to_base32
 from tether.server.config import CONFIG_FILE, Settings, save_settings
 from tether.server.errors import ConfigurationError
+from tether.server.services.agent_addresses import write_addresses
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.services.checkpoint_sinks.syslog import collector_context, parse_syslog_target
 from tether.server.services.mfa import load_sealer
@@ -55,7 +56,9 @@ def check_witness_options(settings: Settings) -> None:
         )
 
 
-def initialise(settings: Settings, ips: list[str]) -> InitResult:
+def initialise(
+    settings: Settings, ips: list[str], agent_addresses: list[str] | None = None
+) -> InitResult:
     """Create everything a platform needs in `settings.data_dir`; refuses an existing one."""
     data = settings.data_dir
     if (data / CONFIG_FILE).exists():
@@ -73,7 +76,7 @@ def initialise(settings: Settings, ips: list[str]) -> InitResult:
     upgrade(settings.db_url)
     password = generate_password()
     secret = new_secret()
-    codes = asyncio.run(_seed(settings, password, secret, ca.sha256))
+    codes = asyncio.run(_seed(settings, password, secret, ca.sha256, agent_addresses or []))
     # Written last: its presence marks a complete data directory.
     save_settings(
         settings,
@@ -93,12 +96,16 @@ def initialise(settings: Settings, ips: list[str]) -> InitResult:
     )
 
 
-async def _seed(settings: Settings, password: str, secret: bytes, ca_sha256: str) -> list[str]:
+async def _seed(
+    settings: Settings, password: str, secret: bytes, ca_sha256: str, agent_addresses: list[str]
+) -> list[str]:
     engine = create_engine(settings.db_url)
     try:
         audit = AuditLog(engine, CheckpointSigner(settings.audit_key, settings.audit_anchor))
         async with engine.begin() as conn:
             await ensure_segment(conn, DEFAULT_SEGMENT)
+            # Where enrolled agents may dial (docs/adr/0049); none: the agent port's address.
+            await write_addresses(conn, agent_addresses)
         users = Users(engine, audit, session_policy(settings), sealer=load_sealer(settings.mfa_key))
         admin = await users.create(ADMIN_USERNAME, password, {Role.ADMIN, Role.SCRIPT})
         codes = await users.mfa.enroll_directly(admin.id, secret)
@@ -110,6 +117,7 @@ async def _seed(settings: Settings, password: str, secret: bytes, ca_sha256: str
                 "admin": ADMIN_USERNAME,
                 "roles": ["admin", "script"],
                 "ca_sha256": ca_sha256,
+                **({"agent_addresses": agent_addresses} if agent_addresses else {}),
             },
         )
         return codes

@@ -17,6 +17,7 @@ from tether.protocol import (
 )
 from tether.server.auth.tokens import token_hash
 from tether.server.errors import Conflict, Forbidden, Invalid, NotFound
+from tether.server.services.agent_addresses import AgentAddresses
 from tether.server.services.audit import AuditLog
 from tether.server.services.pki import CertificateAuthority, cert_pem, fingerprint, serial_hex
 from tether.server.services.segments import check_segment_name
@@ -79,12 +80,15 @@ class Enrollment:
         ca: CertificateAuthority,
         server_url: str,
         agent_url: str,
+        addresses: AgentAddresses | None = None,
     ) -> None:
         self._engine = engine
         self._audit = audit
         self._ca = ca
         self._server_url = server_url
         self._agent_url = agent_url
+        # Handed to agents that can read them (docs/adr/0049).
+        self._addresses = addresses
 
     async def create_token(
         self, *, segment: str, uses: int, lifetime: timedelta, actor: str, source: str
@@ -243,9 +247,15 @@ class Enrollment:
                 "cert_sha256": fingerprint(cert),
             },
         )
+        listed = (
+            await self._addresses.urls()
+            if self._addresses is not None and request.reads_agent_addresses
+            else ()
+        )
         return EnrollResponse(
             host_id=host_id,
             certificate_pem=cert_pem(cert),
             ca_pem=self._ca.pem.decode(),
             agent_url=self._agent_url,
+            agent_addresses=listed,
         )

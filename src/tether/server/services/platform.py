@@ -1,6 +1,6 @@
 """The platform's services wired together once, from the settings, for one process."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -9,6 +9,8 @@ from tether.protocol.action_names import AGENT_UPGRADE, FILES_GET, FILES_PUT
 from tether.server.config import Settings
 from tether.server.services.access import ResponseAccess
 from tether.server.services.access_settings import AccessSettingsStore
+from tether.server.services.admission import Admission
+from tether.server.services.agent_addresses import AgentAddresses
 from tether.server.services.agent_packages import AgentPackages, BundlePackager
 from tether.server.services.approvals import Approvals
 from tether.server.services.audit import AuditLog, CheckpointSigner
@@ -106,6 +108,10 @@ class Platform:
     agent_packages: AgentPackages
     # Signed agent upgrades rolled out a few hosts at a time (docs/adr/0051).
     upgrades: Upgrades
+    # The platform's agent ports handed to agents (docs/adr/0049).
+    agent_addresses: AgentAddresses
+    # Agent connections in their handshake, and those shed (docs/adr/0049).
+    admission: Admission = field(default_factory=Admission)
     # This process's row among the platform's processes (split roles only).
     nodes: Nodes | None = None
 
@@ -140,6 +146,7 @@ class Platform:
         )
         witnesses = build_witnesses(settings, signer)
         audit = AuditLog(engine, signer, group_limit=settings.audit_group_records)
+        addresses = AgentAddresses(engine, audit, settings.agent_url)
         bindings = ResultBindings(engine, audit)
         # `tether audit verify` also checks that stored results still match their records.
         audit.add_check(bindings.check_all)
@@ -216,7 +223,9 @@ class Platform:
         approvals = Approvals(engine, audit, dispatcher, events)
         # The job sweeper also ends requests for approval nobody decided in time.
         dispatcher.on_sweep(approvals.expire_overdue)
-        enrollment = Enrollment(engine, audit, ca, settings.analyst_url, settings.agent_url)
+        enrollment = Enrollment(
+            engine, audit, ca, settings.analyst_url, settings.agent_url, addresses
+        )
         server_cert = load_certificate(settings.server_cert)
         agent_packages = AgentPackages(
             engine,
@@ -242,6 +251,7 @@ class Platform:
                 engine, audit, team.end_external_access, on_change=users.forget_everyone
             ),
             enrollment=enrollment,
+            agent_addresses=addresses,
             presence=presence,
             hosts=hosts,
             reachability=reachability,
@@ -265,6 +275,7 @@ class Platform:
             bus=bus,
             agent_packages=agent_packages,
             upgrades=upgrades,
+            admission=Admission(limit=settings.agent_handshake_limit),
             nodes=nodes,
         )
 

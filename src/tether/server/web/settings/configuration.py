@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from tether.protocol import Permission
+from tether.protocol import MAX_AGENT_ADDRESSES, Permission
 from tether.protocol.isolation import MAX_ALLOW_RULES, AllowRule
 from tether.server.api.deps import PlatformDep, source_of
 from tether.server.errors import Invalid
@@ -74,6 +74,7 @@ async def _page(
     status_code: int = 200,
     error: str | None = None,
     typed_allowlist: str | None = None,
+    typed_addresses: str | None = None,
 ) -> Response:
     switches = Permission.SEGMENTS_MANAGE in user.permissions
     if typed_allowlist is None:
@@ -91,10 +92,30 @@ async def _page(
         # The switches post to the segments' route, which needs segments.manage.
         segments=await platform.segments.list() if switches else [],
         switch_back="configuration",
+        agent_addresses="\n".join(await platform.agent_addresses.get())
+        if typed_addresses is None
+        else typed_addresses,
+        agents_dial=await platform.agent_addresses.urls(),
     )
 
 
 _change = changes_on(PAGE, _page)
+
+
+async def _addresses_page(
+    request: Request,
+    platform: PlatformDep,
+    user: User,
+    status_code: int = 200,
+    error: str | None = None,
+    typed: str | None = None,
+) -> Response:
+    return await _page(request, platform, user, status_code, error, typed_addresses=typed)
+
+
+_change_addresses = changes_on(PAGE, _addresses_page)
+# Room for MAX_AGENT_ADDRESSES lines of a long host name.
+ADDRESSES_LIMIT = MAX_AGENT_ADDRESSES * 300
 
 
 @router.get(PAGE)
@@ -135,3 +156,28 @@ async def save_allowlist(request: Request, platform: PlatformDep, user: Settings
         )
 
     return await _change(request, platform, user, change, typed_text)
+
+
+@router.post(PAGE + "/agent-addresses")
+async def save_agent_addresses(
+    request: Request, platform: PlatformDep, user: SettingsAdmin
+) -> Response:
+    """One HOST:PORT a line; an empty box means agents dial the agent port (docs/adr/0049)."""
+    typed = (await request.form()).get("addresses")
+    typed_text = typed[:ADDRESSES_LIMIT] if isinstance(typed, str) else ""
+
+    async def change() -> str:
+        fields = await form_fields(request, limit=ADDRESSES_LIMIT)
+        lines = [line.strip() for line in fields.get("addresses", "").splitlines()]
+        await fresh(request, platform, user, "agent addresses")
+        saved = await platform.agent_addresses.update(
+            [line for line in lines if line], actor=user.actor, source=source_of(request)
+        )
+        if not saved:
+            return "Agent addresses cleared: agents dial the agent port."
+        return (
+            f"Agent addresses saved ({len(saved)}); connected agents get them at their next "
+            "connection, new agents at enrollment."
+        )
+
+    return await _change_addresses(request, platform, user, change, typed_text)
