@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
+from tests.ports import free_port as free_port  # re-exported: e2e tests take it from here
 from tether.server.auth.totp import from_base32, time_step, totp
 
 # What the platform answers a sensitive change from a session whose last code is too old.
@@ -52,12 +52,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(PLATFORM_ENV)
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from tests.ports import free_port
 from tether.cli.witness import walk_rotations
 from tether.server.auth.sealing import Sealer
 from tether.server.config import Settings, load_settings
@@ -39,18 +40,12 @@ def data(tmp_path: Path) -> Settings:
     for name in list(os.environ):
         if name.startswith("TETHER_"):
             del os.environ[name]
-    port = _free_port()
+    port = free_port()
     initialise(
         Settings(data_dir=tmp_path / "data", hostname="rotate.test", listen=f"127.0.0.1:{port}"),
         [],
     )
     return load_settings(tmp_path / "data")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _log(settings: Settings) -> AuditLog:
