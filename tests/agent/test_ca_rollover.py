@@ -10,7 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tether.agent.ca_rollover import NEXT_KEY, CaRollover, RolloverRefused, next_ca
+from tether.agent.ca_rollover import NEXT_KEY, CaRollover, next_ca
+from tether.agent.ca_watch import CaWatch, RolloverRefused, oid_content
 from tether.agent.state import Identity, StateDir
 from tether.protocol.ca_rollover import NEXT_CA_OID, CaCertificate
 from tether.server.services.pki import CertificateAuthority, cert_pem, fingerprint
@@ -134,3 +135,30 @@ def test_a_ca_the_platform_does_not_name_or_a_certificate_for_another_key_change
     with pytest.raises(RolloverRefused):
         rollover.accept(CaCertificate(certificate=cert_pem(impostor), ca=new.pem.decode()), during)
     assert (state.cert.read_bytes(), state.key.read_bytes(), state.ca.read_bytes()) == before
+
+
+def test_the_watch_knows_an_identifier_by_its_der_bytes(
+    old: CertificateAuthority, new: CertificateAuthority
+) -> None:
+    """The idle agent looks for the next-CA extension by its identifier's DER bytes, without
+    parsing the certificate: known encodings (X.690), and the one in a real certificate."""
+    assert oid_content("1.2.840.10045.4.3.2") == bytes.fromhex("2a8648ce3d040302")
+    assert oid_content("2.5.29.17") == bytes.fromhex("551d11")
+    content = oid_content(NEXT_CA_OID)
+    der = _server(old, new)
+    at = der.index(content)
+    assert der[at - 2 : at] == bytes([0x06, len(content)])  # tag OBJECT IDENTIFIER, length
+    assert content not in _server(old, None)
+
+
+def test_the_watch_passes_a_certificate_without_a_rotation_by_and_sees_one(
+    state: StateDir, old: CertificateAuthority, new: CertificateAuthority
+) -> None:
+    watch = CaWatch(state)
+    assert not watch.under_way(_server(old, None))
+    assert watch.connected(_server(old, None)) is None
+    naming = _server(old, new)
+    assert watch.under_way(naming)
+    asked = watch.connected(naming)
+    assert asked is not None
+    assert "BEGIN CERTIFICATE REQUEST" in asked.csr

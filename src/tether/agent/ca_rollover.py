@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tether.agent.ca_watch import MARKER, RolloverRefused
 from tether.agent.state import StateDir
 from tether.protocol.ca_rollover import NEXT_CA_OID, CaCertificate, CaRekey
 
@@ -29,12 +30,6 @@ log = logging.getLogger(__name__)
 NEXT_KEY = "agent-next.key"
 PREVIOUS_CERT = "agent-previous.pem"
 PREVIOUS_KEY = "agent-previous.key"
-# Written when a new certificate was taken: the CA to keep once connected with it.
-MARKER = "ca-rollover.json"
-
-
-class RolloverRefused(Exception):
-    """A `ca.certificate` this agent will not take; the message is one sentence."""
 
 
 def _pem(cert: x509.Certificate) -> bytes:

@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from tether.agent import sysinfo
 from tether.agent.action import Handler
 from tether.agent.actions import HANDLERS
-from tether.agent.ca_rollover import CaRollover, RolloverRefused
+from tether.agent.ca_watch import CaWatch, RolloverRefused
 from tether.agent.certificate import check_validity
 from tether.agent.errors import AgentRefused
 from tether.agent.gate import ResponseGate
@@ -168,7 +168,7 @@ class AgentConnection:
         # The last session's socket, for the close code and reason it ended with.
         self._last_socket: ClientConnection | None = None
         self.connected = asyncio.Event()
-        self.ca_rollover = CaRollover(self._state)
+        self.ca_rollover = CaWatch(self._state)
         # The platform's certificate on the current connection (a CA rotation checks it).
         self._server_der: bytes | None = None
 
