@@ -1,9 +1,17 @@
 """Checking the agent address list an admin sets (docs/adr/0049)."""
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tether.server.errors import Invalid
-from tether.server.services.agent_addresses import as_url, check_address, check_addresses
+from tether.server.services.agent_addresses import (
+    AgentAddresses,
+    as_url,
+    check_address,
+    check_addresses,
+    write_addresses,
+)
+from tether.server.services.audit import AuditLog
 
 
 @pytest.mark.parametrize(
@@ -52,3 +60,18 @@ def test_agents_are_told_wss_urls_their_protocol_accepts() -> None:
         }
     )
     assert welcome.agent_addresses == urls
+
+
+async def test_without_a_list_agents_are_told_nothing_and_keep_what_they_dial(
+    engine: AsyncEngine, audit: AuditLog
+) -> None:
+    """Behind a load balancer with no list set, the welcome must not name the node the agent
+    happened to reach: the agent would dial it directly from then on and stay on a dead node."""
+    addresses = AgentAddresses(engine, audit, "wss://node-b.internal:8444")
+    assert await addresses.listed_urls() == ()
+    assert await addresses.urls() == ("wss://node-b.internal:8444",)  # what the page shows
+    async with engine.begin() as conn:
+        await write_addresses(conn, ["lb.example.org:8444"])
+    fresh = AgentAddresses(engine, audit, "wss://node-b.internal:8444")
+    assert await fresh.listed_urls() == ("wss://lb.example.org:8444",)
+    assert await fresh.urls() == ("wss://lb.example.org:8444",)

@@ -469,7 +469,7 @@ class AgentGateway:
                 host_id=status.host_id,
                 server_time=utcnow(),
                 heartbeat_seconds=self._heartbeat,
-                agent_addresses=await self._addresses.urls() if self._addresses else (),
+                agent_addresses=await self._addresses.listed_urls() if self._addresses else (),
             )
             await ws.send(frame_for(welcome.model_dump_json(), hello.protocol_version))
             replaced = self._presence.attach(link)

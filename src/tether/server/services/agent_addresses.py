@@ -84,11 +84,17 @@ class AgentAddresses:
             return await read_addresses(conn)
 
     async def urls(self) -> tuple[str, ...]:
-        """What agents are told to dial: the list as wss:// URLs, or the enrolled address."""
+        """What agents dial: the list as wss:// URLs, or the enrolled address."""
+        return await self.listed_urls() or (self._enrolled_url,)
+
+    async def listed_urls(self) -> tuple[str, ...]:
+        """The list as wss:// URLs, empty when none is set: what enrollment and every welcome
+        hand to agents. Never this node's own address in its place: behind a load balancer that
+        would send every agent past the balancer to the node it happened to reach, and leave
+        it there when that node dies (seen in the failover test)."""
         now = time.monotonic()
         if self._cached is None or now - self._read_at > CACHE_SECONDS:
-            listed = await self.get()
-            self._cached = tuple(as_url(a) for a in listed) or (self._enrolled_url,)
+            self._cached = tuple(as_url(a) for a in await self.get())
             self._read_at = now
         return self._cached
 

@@ -248,7 +248,7 @@ class Enrollment:
             },
         )
         listed = (
-            await self._addresses.urls()
+            await self._addresses.listed_urls()
             if self._addresses is not None and request.reads_agent_addresses
             else ()
         )
