@@ -330,8 +330,8 @@ class Recorder:
     async def send_text(self, text: str) -> None:
         self.sent.append(text)
 
-    async def send_binary(self, frame: bytes) -> None:
-        self.sent.append(frame)
+    async def send_binary(self, frame: bytes | memoryview) -> None:
+        self.sent.append(bytes(frame))
 
     def messages(self) -> list[object]:
         return [parse_transfer_message(m) for m in self.sent if isinstance(m, str)]
