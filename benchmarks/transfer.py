@@ -281,9 +281,37 @@ class Bench:
         if await load.wait_for(online, 60, 0.1) is None:
             raise RuntimeError(f"The agent did not come online; see {self.logs}")
 
-    async def retrieve(self, path: Path, size: int, expected: str) -> Retrieval:
-        """files.get of `path`: timed from submission to `succeeded`, memory sampled."""
+    async def retrieve(
+        self, path: Path, size: int, expected: str, *, profile: Path | None = None
+    ) -> Retrieval:
+        """files.get of `path`: timed from submission to `succeeded`, memory sampled; with
+        `profile`, py-spy samples the platform and the agent meanwhile (collapsed stacks)."""
         assert self.agent is not None
+        spies = []
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            for name, pid in (("platform", self.platform.proc.pid), ("agent", self.agent.pid)):
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            str(Path(load.PYTHON).parent / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--rate",
+                            "250",
+                            "--threads",
+                            "--native",
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(profile / f"{name}.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            await asyncio.sleep(1.0)  # py-spy attached before the clock starts
         http = self.platform.http
         plat_ps, agent_ps = self.platform.proc.ps, self.agent.ps
         platform_rss = [tree_rss(plat_ps)]
@@ -321,6 +349,10 @@ class Bench:
             seconds = time.perf_counter() - started
         finally:
             sampler.cancel()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+            for spy in spies:
+                await asyncio.to_thread(spy.wait, 30)
         cpu1 = (tree_cpu(plat_ps), tree_cpu(agent_ps))
         platform_rss.append(tree_rss(plat_ps))
         agent_rss.append(tree_rss(agent_ps))
@@ -473,7 +505,9 @@ async def run(args: argparse.Namespace) -> Figures:
                 raise RuntimeError("The baseline copy's hash does not match the file's")
             figures.copy_s.append(copy["seconds"])
             figures.disk_s.append(await asyncio.to_thread(disk_seconds, sink, size))
-            got = await bench.retrieve(source, size, expected)
+            got = await bench.retrieve(
+                source, size, expected, profile=args.profile if n == 0 else None
+            )
             figures.get_s.append(got.seconds)
             figures.platform_cpu_s.append(got.platform_cpu_s)
             figures.agent_cpu_s.append(got.agent_cpu_s)
@@ -660,6 +694,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where the temporary files go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy both processes during the first run's files.get, into this folder",
+    )
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "performance.md")
     parser.add_argument("--no-report", action="store_true", help="print only (trial runs)")
     parser.add_argument(

@@ -58,8 +58,9 @@ class Pipe:
         self.queue.put_nowait(text)
         await asyncio.sleep(0)
 
-    async def send_binary(self, frame: bytes) -> None:
-        self.queue.put_nowait(frame)
+    async def send_binary(self, frame: bytes | memoryview) -> None:
+        # A copy, as a WebSocket frames it: the sender reuses its buffer once this returns.
+        self.queue.put_nowait(bytes(frame))
         await asyncio.sleep(0)
 
 

@@ -38,6 +38,7 @@ from tether.server.services.server_certificate import CertificateWatch, load_cer
 from tether.server.services.service_tokens import ServiceTokens
 from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
+from tether.server.services.transfer_progress import TransferProgress
 from tether.server.services.user_sessions import UserSessions
 from tether.server.services.users import SessionPolicy, Users
 from tether.server.store.blobs import BlobStore
@@ -126,7 +127,9 @@ class Platform:
         access = ResponseAccess(engine)
         events = JobEvents(bus if bus.spans_processes else None)
         blobs = BlobStore(settings.file_store, max_bytes=settings.max_file_bytes)
-        transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
+        transfers = FileTransfers(
+            blobs, max_file_bytes=settings.max_file_bytes, progress=TransferProgress(engine)
+        )
         files = FileLibrary(
             engine, audit, blobs, transfers.verified, transfers.verified_for, transfers.delivery
         )

@@ -10,6 +10,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from tether.protocol.text import readable
+from tether.protocol.transfer import format_size
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -26,6 +27,18 @@ XTERM = {
 def when(value: datetime | None) -> str:
     """A timestamp as responders read it: UTC, to the second."""
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "-"
+
+
+def transfer(job: Any) -> str:
+    """How far a job's file transfer is, as a sentence fragment ("1.5 GiB of 3.0 GiB (50%),
+    180.2 MiB/s"); empty before any byte moved."""
+    done, size = job.transfer_bytes, job.transfer_size
+    if done is None or size is None:
+        return ""
+    share = f" ({done * 100 // size}%)" if size else ""
+    rate = job.transfer_rate
+    pace = f", {format_size(int(rate))}/s" if rate else ""
+    return f"{format_size(done)} of {format_size(size)}{share}{pace}"
 
 
 def shown(value: Any) -> Any:
@@ -51,6 +64,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = when
+    env.filters["transfer"] = transfer
     env.globals["htmx"] = HTMX
     env.globals.update(XTERM)
     return env
