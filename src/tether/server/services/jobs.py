@@ -173,7 +173,13 @@ def _job_view(row: Any, *, full: bool = False) -> JobView:
         outcome_seq=row.outcome_seq,
         output_lost_bytes=int(row.output_lost_bytes or 0),
         summary=what_ran(row.action, args),
-        transfer_bytes=row.transfer_bytes,
+        # A job that succeeded moved its file whole (verified at the end), even when the last
+        # progress write lost the race with its ending.
+        transfer_bytes=(
+            row.transfer_size
+            if row.state == "succeeded" and row.transfer_size is not None
+            else row.transfer_bytes
+        ),
         transfer_size=row.transfer_size,
         transfer_rate=row.transfer_rate,
         transfer_at=as_utc(row.transfer_at),

@@ -36,12 +36,16 @@ class TransferProgress:
         """The transfer of `job_id` is at `progress` (called from the engine, never blocks)."""
         self._pending[job_id] = (progress.done, progress.size, progress.rate)
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_soon(), name="transfer progress")
+            # The last bytes are written at once: the job's ending follows them closely.
+            first = 0.0 if progress.done == progress.size else self._interval
+            self._writer = asyncio.create_task(self._write_soon(first), name="transfer progress")
 
-    async def _write_soon(self) -> None:
+    async def _write_soon(self, first: float) -> None:
+        delay = first
         while self._pending:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(delay)
             await self.flush()
+            delay = self._interval
 
     async def flush(self) -> None:
         """Write what is pending now."""
