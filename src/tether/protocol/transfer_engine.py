@@ -426,8 +426,10 @@ class Receiver(Generic[R]):
             self._sync_task = asyncio.create_task(self._sync_and_ack())
 
     async def _written(self) -> None:
-        """Wait for the write in flight; TransferFailed if it failed."""
-        write, self._write = self._write, None
+        """Wait for the last write started; TransferFailed if it failed. The task stays: a sync
+        waiting for it and the next chunk waiting for it both see it end, so two writes never
+        run at once, whatever the sink does."""
+        write = self._write
         if write is not None:
             await write
 
