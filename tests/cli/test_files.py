@@ -170,7 +170,7 @@ def test_the_bar_follows_the_endpoint_leg_to_the_end() -> None:
             real_update(task, **kw)
             seen.append(bar.tasks[0].completed)
 
-        bar.update = update  # type: ignore[method-assign]
+        bar.update = update  # type: ignore[method-assign,assignment]
         job = _finished(api, "j1", "The retrieval", bar=bar, label="ws-1 -> platform")  # type: ignore[arg-type]
         (task,) = bar.tasks
     assert job["state"] == "succeeded"

@@ -8,6 +8,7 @@ import uuid
 from tether.protocol.transfer import (
     MIN_WINDOW_BYTES,
     ReceiverFlow,
+    TransferAck,
     TransferEnd,
     TransferOpen,
     decode_chunk,
@@ -91,6 +92,6 @@ async def test_writes_never_overlap_and_syncs_wait_for_them() -> None:
     said = [parse_transfer_message(text) for text in transport.sent]
     kinds = [m.type for m in said]
     assert (kinds[0], kinds[-1]) == ("transfer.accept", "transfer.done")
-    acked = [m.offset for m in said if m.type == "transfer.ack"]  # type: ignore[union-attr]
+    acked = [m.offset for m in said if isinstance(m, TransferAck)]
     assert acked == sorted(acked)
     assert 0 < acked[0] <= acked[-1] <= size

@@ -430,8 +430,10 @@ class Receiver(Generic[R]):
         waiting for it and the next chunk waiting for it both see it end, so two writes never
         run at once, whatever the sink does."""
         write = self._write
-        if write is not None:
-            await write
+        if write is None or write.cancelled():
+            return
+        # Shielded: a connection lost while its reader waits here does not stop the write.
+        await asyncio.shield(write)
 
     async def _sync_and_ack(self) -> None:
         try:
