@@ -37,9 +37,11 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-# 512 KiB keeps per-frame overhead (a thread hop, a syscall, a WebSocket frame) well under 1% of
-# the time the bytes take, while staying half a frame below the 1 MiB limit.
-DEFAULT_CHUNK_BYTES = 512 * KiB
+# The largest page-aligned payload in one 1 MiB frame (255 pages): every chunk costs a fixed
+# amount (a hand-off to a worker thread, a WebSocket frame and its copies, an allocation in the
+# WebSocket library), and halving their number took a third off the CPU of a files.get through
+# both engines (benchmarks/transfer_engine.py --chunk-kib 512 / 1020, docs/performance.md).
+DEFAULT_CHUNK_BYTES = 1020 * KiB
 DEFAULT_WINDOW_BYTES = 8 * MiB
 # The window is the receiver's choice, within these bounds: at least two full chunks so a sender
 # is never stuck below one chunk of credit; at most what one connection should ever buffer.

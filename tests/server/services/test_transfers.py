@@ -142,7 +142,9 @@ async def test_flow_control_holds_with_the_smallest_window(
     )
     await link.close()
     assert blob.sha256 == sha
-    assert link.stats[tid].max_in_flight == MIN_WINDOW_BYTES  # used fully, never exceeded
+    # Never exceeded; and used: the sender is not held far below its credit (how close it gets
+    # depends on when acknowledgements arrive while the next chunk is read ahead).
+    assert MIN_WINDOW_BYTES // 2 < link.stats[tid].max_in_flight <= MIN_WINDOW_BYTES
 
 
 async def test_get_resumes_after_the_link_is_cut(tmp_path: Path, store: BlobStore) -> None:
