@@ -36,6 +36,8 @@ from tether.server.store.blobs import BlobStore
 
 MiB = 1024 * 1024
 CHUNK = [DEFAULT_CHUNK_BYTES]  # set from --chunk-kib
+# CPU seconds of this process (both engines, all threads) per transfer, in order.
+CPU: list[float] = []
 
 
 class Engine(Protocol):
@@ -58,8 +60,9 @@ class Pipe:
         self.queue.put_nowait(text)
         await asyncio.sleep(0)
 
-    async def send_binary(self, frame: bytes) -> None:
-        self.queue.put_nowait(frame)
+    async def send_binary(self, frame: bytes | memoryview) -> None:
+        # A copy, as a WebSocket frames it: the sender reuses its buffer once this returns.
+        self.queue.put_nowait(bytes(frame))
         await asyncio.sleep(0)
 
 
@@ -130,7 +133,9 @@ async def measure_get(source: Path, store: BlobStore, sha: str, run: int) -> flo
         if blob.sha256 != sha:
             raise SystemExit("get: wrong hash")
 
+    cpu = time.process_time()
     seconds = await linked(agent, platform, work)
+    CPU.append(time.process_time() - cpu)
     store.path_of(sha).unlink()
     return seconds
 
@@ -145,7 +150,9 @@ async def measure_put(store: BlobStore, sha: str, size: int, target: Path, run: 
             agent.receive_file(tid, f"bench-put-{run}", target, size=size, sha256=sha),
         )
 
+    cpu = time.process_time()
     seconds = await linked(agent, platform, work)
+    CPU.append(time.process_time() - cpu)
     target.unlink()
     return seconds
 
@@ -169,7 +176,11 @@ async def main_async(args: argparse.Namespace, directory: Path) -> None:
         baseline.append(rate(size, seconds))
         print(f"run {run + 1}: copy+sha256 {baseline[-1]:.0f} MB/s", flush=True)
         gets.append(rate(size, await measure_get(source, store, sha, run)))
-        print(f"run {run + 1}: files.get engine {gets[-1]:.0f} MB/s", flush=True)
+        print(
+            f"run {run + 1}: files.get engine {gets[-1]:.0f} MB/s, CPU both ends "
+            f"{CPU[-1] / size * 1e9:.2f} s per GB; load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
     # The library blob for the put direction.
     partial = await store.open_partial(transfer_id_for("bench-library"))
@@ -179,7 +190,11 @@ async def main_async(args: argparse.Namespace, directory: Path) -> None:
     await partial.commit(sha, size)
     for run in range(args.runs):
         puts.append(rate(size, await measure_put(store, sha, size, target, run)))
-        print(f"run {run + 1}: files.put engine {puts[-1]:.0f} MB/s", flush=True)
+        print(
+            f"run {run + 1}: files.put engine {puts[-1]:.0f} MB/s, CPU both ends "
+            f"{CPU[-1] / size * 1e9:.2f} s per GB; load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
     base = statistics.median(baseline)
     get = statistics.median(gets)

@@ -61,8 +61,10 @@ class Pipe:
         self.queue.put_nowait(text)
         await asyncio.sleep(0)
 
-    async def send_binary(self, frame: bytes) -> None:
+    async def send_binary(self, frame: bytes | memoryview) -> None:
         self._link.check_open()
+        # A copy: the sender reuses its buffer once this returns, as a real connection allows.
+        frame = bytes(frame)
         self._link.count_chunk(frame)
         self.queue.put_nowait(frame)
         await asyncio.sleep(0)

@@ -258,7 +258,7 @@ async def test_the_platform_sending_out_of_turn_is_a_protocol_error() -> None:
         async def send_text(self, text: str) -> None:
             pass
 
-        async def send_binary(self, frame: bytes) -> None:
+        async def send_binary(self, frame: bytes | memoryview) -> None:
             pass
 
     await agent.attach(Silent())

@@ -1,12 +1,17 @@
-"""Where the CLI saves a file whose name an endpoint chose."""
+"""Where the CLI saves a file whose name an endpoint chose, the mode it deploys with, and the\nprogress bar of a transfer."""
 
 import asyncio
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
+from rich.progress import Progress, TaskID
 
-from tether.cli.errors import UsageError
-from tether.cli.files import deploy_mode, local_name
+from tether.cli.errors import CliError, UsageError
+from tether.cli.files import PROGRESS_POLL_SECONDS, _finished, deploy_mode, local_name
+from tether.cli.follow import LONG_POLL_SECONDS
 
 from .conftest import Cli, Hosts
 
@@ -124,3 +129,70 @@ async def test_put_asks_for_the_mode_and_the_job_records_it(
     assert refused.code == 2
     assert "setuid, setgid and sticky bits are not deployed" in refused.stderr
     assert len(await hosts.platform.jobs.find(host_id=hosts.ids["ws-1"])) == 1
+
+
+# The bar of `tether get` and `tether put` covers the endpoint's leg too (issue 17, item 6).
+
+
+class _Polls:
+    """An Api whose job output poll answers with the given jobs, one per call."""
+
+    def __init__(self, *jobs: dict[str, object]) -> None:
+        self.jobs = list(jobs)
+        self.waits: list[float] = []
+
+    def get(self, path: str, params: dict[str, float] | None = None) -> dict[str, object]:
+        assert path.endswith("/output")
+        self.waits.append(float((params or {})["wait"]))
+        return {"job": self.jobs.pop(0), "output": [], "cursor": 0}
+
+
+def _job(state: str, moved: int | None, size: int | None = 4 << 20) -> dict[str, object]:
+    return {"id": "j1", "state": state, "transfer_bytes": moved, "transfer_size": size}
+
+
+def _terminal_bar() -> Progress:
+    return Progress(console=Console(file=io.StringIO(), force_terminal=True, width=100))
+
+
+def test_the_bar_follows_the_endpoint_leg_to_the_end() -> None:
+    api = _Polls(
+        _job("delivered", None, None),
+        _job("running", 1 << 20),
+        _job("running", 3 << 20),
+        _job("succeeded", 4 << 20),
+    )
+    seen: list[float] = []
+    with _terminal_bar() as bar:
+        real_update = bar.update
+
+        def update(task: TaskID, **kw: Any) -> None:
+            real_update(task, **kw)
+            seen.append(bar.tasks[0].completed)
+
+        bar.update = update  # type: ignore[method-assign,assignment]
+        job = _finished(api, "j1", "The retrieval", bar=bar, label="ws-1 -> platform")  # type: ignore[arg-type]
+        (task,) = bar.tasks
+    assert job["state"] == "succeeded"
+    assert task.description == "ws-1 -> platform"
+    assert (task.completed, task.total) == (4 << 20, 4 << 20)
+    assert seen[:2] == [1 << 20, 3 << 20]
+    # Short polls while a bar is drawn: the platform writes progress about once a second.
+    assert api.waits == [PROGRESS_POLL_SECONDS] * 4
+
+
+def test_a_failed_transfer_ends_the_bar_with_the_reason() -> None:
+    failed = {**_job("failed", 2 << 20), "error": "The endpoint's disk is full."}
+    with (
+        _terminal_bar() as bar,
+        pytest.raises(CliError, match="The retrieval failed: The endpoint"),
+    ):
+        _finished(_Polls(failed), "j1", "The retrieval", bar=bar, label="x")  # type: ignore[arg-type]
+    assert bar.tasks[0].completed == 2 << 20
+
+
+def test_without_a_terminal_the_job_is_followed_with_the_long_poll() -> None:
+    api = _Polls(_job("succeeded", 4 << 20))
+    bar = Progress(console=Console(file=io.StringIO(), force_terminal=False), disable=True)
+    _finished(api, "j1", "The retrieval", bar=bar, label="x")  # type: ignore[arg-type]
+    assert api.waits == [LONG_POLL_SECONDS]

@@ -1,5 +1,6 @@
 """Files end to end: retrieve and deploy through the CLI with a real agent, bad paths, a full
-disk on the endpoint, and a 1 GiB retrieval surviving a platform SIGKILL."""
+disk on the endpoint, a 1 GiB retrieval surviving a platform SIGKILL, and a retrieval's bytes
+and rate shown live on the job page and the Host page in a real browser."""
 
 import hashlib
 import os
@@ -9,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
+from .browser import browser_page, log_in
 from .harness import Agent, Children, Cli, Platform, wait_for, wait_online
 
 pytestmark = pytest.mark.e2e
@@ -167,3 +170,62 @@ def test_a_1_gib_retrieval_survives_a_platform_sigkill(
     stored = platform.data / "files" / "sha256" / expected[:2] / expected[2:]
     assert sha256_of(stored) == expected
     assert list(partials.glob("*")) == []
+
+
+def test_the_job_and_host_pages_show_a_retrieval_moving(
+    responding: tuple[Platform, Cli, Children], endpoint: Agent, tmp_path: Path
+) -> None:
+    platform, admin, _ = responding
+    assert endpoint.proc is not None
+    size = 512 * 1024 * 1024
+    big = tmp_path / "moving.bin"
+    with big.open("wb") as handle:
+        block = os.urandom(1024 * 1024)
+        for n in range(size // len(block)):
+            handle.write(block[n:] + block[:n])
+    partials = platform.data / "files" / "partial"
+    with admin.api() as api:
+        submitted = api.post(
+            "/jobs",
+            json={"action": "files.get", "args": {"path": str(big)}, "hosts": [endpoint.host_id]},
+        ).json()
+        job_id = submitted["jobs"][0]["id"]
+
+        def under_way() -> bool:
+            sizes = [p.stat().st_size for p in partials.glob("*")] if partials.is_dir() else []
+            return any(s > 16 * 1024 * 1024 for s in sizes)
+
+        wait_for(under_way, timeout=60, interval=0.02, what="the retrieval to be under way")
+        # The agent frozen mid-transfer: the pages must show the bytes moved so far, not 0 or
+        # the end, whatever the speed of this machine.
+        os.kill(endpoint.proc.pid, signal.SIGSTOP)
+        try:
+            seen: dict[str, Any] = {}
+
+            def reported() -> bool:
+                seen.update(api.get(f"/jobs/{job_id}").json())
+                return bool(seen.get("transfer_bytes"))
+
+            wait_for(reported, timeout=10, interval=0.2, what="the job to report its progress")
+            assert seen["transfer_size"] == size
+            assert 0 < seen["transfer_bytes"] < size
+            with browser_page() as page:
+                log_in(page, platform.url, platform.admin_password, platform.admin_code())
+                page.goto(f"{platform.url}/hosts/{endpoint.host_id}")
+                row = page.locator(f'tr[data-job="{job_id}"]')
+                expect(row.locator(".transfer-progress")).to_contain_text(" of 512.0 MiB (")
+                page.goto(f"{platform.url}/jobs/{job_id}")
+                moving = page.locator("#job-detail .transfer-progress")
+                expect(moving).to_contain_text("Moving ")
+                expect(moving).to_contain_text(" of 512.0 MiB (")
+                shown = int(moving.get_attribute("data-bytes") or "0")
+                assert 0 < shown < size
+                # Thawed, the same page follows the transfer to its end without a reload.
+                os.kill(endpoint.proc.pid, signal.SIGCONT)
+                expect(page.locator("#job-detail")).to_have_attribute(
+                    "data-state", "succeeded", timeout=120_000
+                )
+                expect(moving).to_contain_text("Moved 512.0 MiB of 512.0 MiB (100%)")
+                assert page.locator("#job-detail progress").get_attribute("value") == str(size)
+        finally:
+            os.kill(endpoint.proc.pid, signal.SIGCONT)

@@ -113,7 +113,7 @@ class _TransferLink:
         except ConnectionClosed as exc:
             raise ConnectionResetError("The connection to the platform closed.") from exc
 
-    async def send_binary(self, frame: bytes) -> None:
+    async def send_binary(self, frame: bytes | memoryview) -> None:
         try:
             await self._ws.send(frame)
         except ConnectionClosed as exc:

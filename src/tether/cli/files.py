@@ -5,6 +5,7 @@ the library (once per content) and runs `files.put`. Downloads land in a tempora
 the destination, are checked against the library's SHA-256, then renamed into place.
 """
 
+import contextlib
 import hashlib
 import os
 import re
@@ -73,7 +74,14 @@ def local_name(name: str, sha256: str) -> str:
     return base
 
 
-def download(api: Api, entry: dict[str, Any], dest: Path, name: str | None = None) -> Path:
+def download(
+    api: Api,
+    entry: dict[str, Any],
+    dest: Path,
+    name: str | None = None,
+    *,
+    bar: Progress | None = None,
+) -> Path:
     """Save a library file at `dest` (a directory means `name`, or the library's, inside it),
     verified against the library's SHA-256. An existing file is never replaced, and nothing is
     left behind if anything fails."""
@@ -86,8 +94,10 @@ def download(api: Api, entry: dict[str, Any], dest: Path, name: str | None = Non
         raise CliError(f"Cannot write in {directory}: {exc.strerror or exc}.") from exc
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, _progress() as bar:
-            task = bar.add_task(f"download {target.name}", total=int(entry["size"]))
+        with os.fdopen(fd, "wb") as out, contextlib.ExitStack() as stack:
+            if bar is None:
+                bar = stack.enter_context(_progress())
+            task = bar.add_task(f"platform -> {target.name}", total=int(entry["size"]))
 
             def sink(chunk: bytes) -> None:
                 out.write(chunk)
@@ -150,8 +160,29 @@ def retrieved_by(api: Api, job_id: str) -> dict[str, Any]:
     return entry
 
 
-def _finished(api: Api, job_id: str, what: str) -> dict[str, Any]:
-    job = wait_for_job(api, job_id)
+# How often a transfer's progress is asked for while the bar is drawn (the platform writes it
+# about once a second); without a terminal, the job is followed with the usual long poll.
+PROGRESS_POLL_SECONDS = 1.0
+
+
+def _finished(
+    api: Api, job_id: str, what: str, *, bar: Progress | None = None, label: str = ""
+) -> dict[str, Any]:
+    """Wait for the job to end, showing its transfer's bytes and rate on `bar`; the job."""
+    if bar is None or bar.disable:
+        job = wait_for_job(api, job_id)
+    else:
+        task = bar.add_task(label, total=None)
+
+        def show(seen: dict[str, Any]) -> None:
+            # The endpoint's side of the transfer: bytes durable on the receiving side.
+            done, size = seen.get("transfer_bytes"), seen.get("transfer_size")
+            if done is not None and size is not None:
+                bar.update(task, completed=done, total=size)
+
+        job = wait_for_job(api, job_id, on_poll=show, wait=PROGRESS_POLL_SECONDS)
+        if job["state"] == "succeeded" and job.get("transfer_size") is not None:
+            bar.update(task, completed=job["transfer_size"], total=job["transfer_size"])
     if job["state"] != "succeeded":
         raise CliError(f"{what} {job['state']}: {one_line(job.get('error') or 'no reason given')}")
     return dict(job)
@@ -175,10 +206,13 @@ def get(
     target = destination(output)
     api = Api.from_profile()
     batch = submit(api, FILES_GET, {"path": path}, hosts=[host])
-    job = _finished(api, batch["jobs"][0]["id"], "The retrieval")
-    entry = retrieved_by(api, job["id"])
-    # Named after the path the analyst asked for, never after what the endpoint reported.
-    saved = download(api, entry, target, name=path)
+    # One bar for the whole transfer: endpoint -> platform, then platform -> the local file.
+    with _progress() as bar:
+        label = f"{one_line(batch['jobs'][0]['hostname'])} -> platform"
+        job = _finished(api, batch["jobs"][0]["id"], "The retrieval", bar=bar, label=label)
+        entry = retrieved_by(api, job["id"])
+        # Named after the path the analyst asked for, never after what the endpoint reported.
+        saved = download(api, entry, target, name=path, bar=bar)
     if json_output:
         emit_json({"file": entry, "saved": str(saved)})
         return
@@ -238,7 +272,9 @@ def put(
         "mode": wanted,
     }
     batch = submit(api, FILES_PUT, args, hosts=[host])
-    job = _finished(api, batch["jobs"][0]["id"], "The deployment")
+    with _progress() as bar:
+        label = f"platform -> {one_line(batch['jobs'][0]['hostname'])}"
+        job = _finished(api, batch["jobs"][0]["id"], "The deployment", bar=bar, label=label)
     if json_output:
         emit_json({"file": entry, "job": job})
         return

@@ -147,12 +147,22 @@ def poll(
         return Poll(answer["job"], answer["output"], answer["cursor"])
 
 
-def wait_for_job(api: Api, job_id: str, on_output: OnOutput | None = None) -> Job:
-    """Follow one job to its end, handing each piece of output to `on_output`; returns the
+def wait_for_job(
+    api: Api,
+    job_id: str,
+    on_output: OnOutput | None = None,
+    *,
+    on_poll: Callable[[Job], None] | None = None,
+    wait: float = LONG_POLL_SECONDS,
+) -> Job:
+    """Follow one job to its end, handing each piece of output to `on_output` and the job as
+    each poll sees it to `on_poll` (a progress bar polls with a short `wait`); returns the
     final job."""
     cursor = 0
     while True:
-        answer = poll(api, job_id, cursor)
+        answer = poll(api, job_id, cursor, wait)
+        if on_poll is not None:
+            on_poll(answer.job)
         if on_output is not None:
             for piece in answer.output:
                 on_output(answer.job, piece)

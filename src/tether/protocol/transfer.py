@@ -37,9 +37,11 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-# 512 KiB keeps per-frame overhead (a thread hop, a syscall, a WebSocket frame) well under 1% of
-# the time the bytes take, while staying half a frame below the 1 MiB limit.
-DEFAULT_CHUNK_BYTES = 512 * KiB
+# The largest page-aligned payload in one 1 MiB frame (255 pages): every chunk costs a fixed
+# amount (a hand-off to a worker thread, a WebSocket frame and its copies, an allocation in the
+# WebSocket library), and halving their number took a third off the CPU of a files.get through
+# both engines (benchmarks/transfer_engine.py --chunk-kib 512 / 1020, docs/performance.md).
+DEFAULT_CHUNK_BYTES = 1020 * KiB
 DEFAULT_WINDOW_BYTES = 8 * MiB
 # The window is the receiver's choice, within these bounds: at least two full chunks so a sender
 # is never stuck below one chunk of credit; at most what one connection should ever buffer.
@@ -77,6 +79,17 @@ def encode_chunk(transfer_id: UUID, offset: int, payload: bytes | bytearray | me
     if not 0 <= offset < 1 << 64:
         raise ValueError(f"Chunk offset {offset} is out of range.")
     return _HEADER.pack(CHUNK_FORMAT_VERSION, ChunkKind.DATA, transfer_id.bytes, offset) + payload
+
+
+def pack_chunk_header(frame: bytearray | memoryview, transfer_id: UUID, offset: int) -> None:
+    """Write the header of a chunk at `offset` into the first bytes of `frame`, in place: a
+    sender reads the payload into the rest of the same buffer, so no chunk is copied to be framed.
+    """
+    if not 0 <= offset < 1 << 64:
+        raise ValueError(f"Chunk offset {offset} is out of range.")
+    if len(frame) - CHUNK_HEADER_BYTES > MAX_CHUNK_PAYLOAD:
+        raise ValueError(f"A chunk carries at most {MAX_CHUNK_PAYLOAD} bytes.")
+    _HEADER.pack_into(frame, 0, CHUNK_FORMAT_VERSION, ChunkKind.DATA, transfer_id.bytes, offset)
 
 
 def decode_chunk(frame: bytes | bytearray | memoryview) -> tuple[ChunkHeader, memoryview]:
@@ -260,11 +273,16 @@ def parse_transfer_message(frame: str | bytes) -> AnyTransferMessage:
 
 
 class Transport(Protocol):
-    """What a transfer engine needs of a connection; sends raise ConnectionError once it is gone."""
+    """What a transfer engine needs of a connection; sends raise ConnectionError once it is gone.
+
+    `send_binary` may be given a view of a buffer the sender reuses for its next chunk: the
+    frame must be framed (copied into the connection's output) before the call returns, as
+    the websockets library does, or copied by a transport that keeps it.
+    """
 
     async def send_text(self, text: str) -> None: ...
 
-    async def send_binary(self, frame: bytes) -> None: ...
+    async def send_binary(self, frame: bytes | memoryview) -> None: ...
 
 
 # ---- state machines --------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tether.protocol.transfer import (
     parse_transfer_message,
     transfer_id_for,
 )
+from tether.protocol.transfer_engine import Progress
 from tether.server.services.transfers import HostTransfers
 from tether.server.store.blobs import Blob, BlobStore
 
@@ -70,6 +71,42 @@ async def test_get_brings_a_file_into_the_store_within_the_window(
     assert link.errors == []
 
 
+async def test_both_directions_report_their_progress_to_the_end(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    seen: list[tuple[uuid.UUID, str, int, int]] = []
+
+    def watch(progress: Progress) -> None:
+        seen.append((progress.transfer_id, progress.direction, progress.done, progress.size))
+
+    source = tmp_path / "evidence.bin"
+    write_random_file(source, 6 * MiB + 7)
+    data = os.urandom(3 * MiB + 5)
+    blob = await store_blob(store, data)
+    agent, platform = AgentTransfers(), HostTransfers(store, progress=watch)
+    link = await Link(agent, platform).start()
+    get_id, put_id = transfer_id_for("job-get-progress"), transfer_id_for("job-put-progress")
+    destination = tmp_path / "tool"
+    await asyncio.gather(
+        platform.receive_file(get_id, "job-get-progress"),
+        agent.send_file(get_id, "job-get-progress", source),
+        platform.send_blob(put_id, "job-put-progress", blob.sha256),
+        agent.receive_file(
+            put_id, "job-put-progress", destination, size=len(data), sha256=blob.sha256
+        ),
+    )
+    await link.close()
+    for tid, direction, size in ((get_id, "get", 6 * MiB + 7), (put_id, "put", 3 * MiB + 5)):
+        moved = [(d, n, s) for t, d, n, s in seen if t == tid]
+        # Acknowledged bytes as they grow (never backwards, never past the size), then the end.
+        assert len(moved) >= 3, moved
+        assert all(d == direction and s == size for d, _, s in moved)
+        counts = [n for _, n, _ in moved]
+        assert counts == sorted(counts)
+        assert 0 < counts[0] < size
+        assert counts[-1] == size
+
+
 async def test_put_sends_a_library_blob_to_an_endpoint_path(
     tmp_path: Path, store: BlobStore
 ) -> None:
@@ -105,7 +142,9 @@ async def test_flow_control_holds_with_the_smallest_window(
     )
     await link.close()
     assert blob.sha256 == sha
-    assert link.stats[tid].max_in_flight == MIN_WINDOW_BYTES  # used fully, never exceeded
+    # Never exceeded; and used: the sender is not held far below its credit (how close it gets
+    # depends on when acknowledgements arrive while the next chunk is read ahead).
+    assert MIN_WINDOW_BYTES // 2 < link.stats[tid].max_in_flight <= MIN_WINDOW_BYTES
 
 
 async def test_get_resumes_after_the_link_is_cut(tmp_path: Path, store: BlobStore) -> None:
@@ -333,8 +372,8 @@ class Recorder:
     async def send_text(self, text: str) -> None:
         self.sent.append(text)
 
-    async def send_binary(self, frame: bytes) -> None:
-        self.sent.append(frame)
+    async def send_binary(self, frame: bytes | memoryview) -> None:
+        self.sent.append(bytes(frame))
 
     def messages(self) -> list[object]:
         return [parse_transfer_message(m) for m in self.sent if isinstance(m, str)]

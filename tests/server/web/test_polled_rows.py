@@ -184,3 +184,33 @@ async def test_the_polled_rows_are_for_results_readers_and_offer_cancel_to_respo
         assert rows.status_code == 200, path
         assert f'<tr data-job="{job.id}" data-state="queued">' in rows.text
         assert "cancel-job" not in rows.text
+
+
+async def test_a_moving_transfer_changes_the_rows_and_the_job_page(
+    admin_browser: httpx.AsyncClient, platform: Platform
+) -> None:
+    """Bytes and rate written by the platform (once a second) reach the Host page's rows, whose
+    poll answers again as they change, and the job page's polled detail."""
+    host = await add_host(platform.engine, "ws-transfer")
+    job = await submit(platform, host)
+    await set_state(platform, job.id, "running")
+    poll = _poll((await admin_browser.get(f"/hosts/{host}")).text, "host-job-rows")
+    assert poll is not None
+    assert (await admin_browser.get(poll)).status_code == 204
+    async with platform.engine.begin() as conn:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id)
+            .values(transfer_bytes=3 << 30 >> 1, transfer_size=3 << 30, transfer_rate=180 << 20)
+        )
+    moved = await admin_browser.get(poll)
+    assert moved.status_code == 200
+    assert "1.5 GiB of 3.0 GiB (50%), 180.0 MiB/s" in moved.text
+    detail = (await admin_browser.get(f"/jobs/{job.id}/detail")).text
+    assert f'<progress max="{3 << 30}" value="{3 << 30 >> 1}"' in detail
+    assert "Moving 1.5 GiB of 3.0 GiB (50%), 180.0 MiB/s" in detail
+    # Ended: the job page says what moved, without the live "Moving".
+    await set_state(platform, job.id, "failed")
+    ended = (await admin_browser.get(f"/jobs/{job.id}/detail")).text
+    assert "Moved 1.5 GiB of 3.0 GiB (50%)" in ended
+    assert "Moving" not in ended

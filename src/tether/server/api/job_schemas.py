@@ -116,6 +116,12 @@ class JobOut(ViewOut):
     approval: ApprovalOut | None = None
     # What ran, as typed or chosen: "cat /etc/hosts", "script triage (depth=2)", not script.run.
     summary: str = ""
+    # How far its file transfer is: bytes on the receiving side's disk of the file's size, the
+    # recent rate in bytes per second, and when that was measured (None before any byte).
+    transfer_bytes: int | None = None
+    transfer_size: int | None = None
+    transfer_rate: float | None = None
+    transfer_at: datetime | None = None
 
 
 class BatchOut(BaseModel):

@@ -104,7 +104,7 @@ class TransferLink:
         except ConnectionClosed as exc:
             raise ConnectionResetError("The agent's connection closed.") from exc
 
-    async def send_binary(self, frame: bytes) -> None:
+    async def send_binary(self, frame: bytes | memoryview) -> None:
         try:
             await self._ws.send(frame)
         except ConnectionClosed as exc:

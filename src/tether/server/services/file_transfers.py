@@ -28,6 +28,8 @@ from tether.protocol.transfer import (
     Transport,
     transfer_id_for,
 )
+from tether.protocol.transfer_engine import Progress
+from tether.server.services.transfer_progress import TransferProgress
 from tether.server.services.transfers import HostTransfers
 from tether.server.store.blobs import Blob, BlobError, BlobStore
 from tether.server.store.tables import jobs
@@ -60,9 +62,18 @@ Finished = Callable[[Any], Awaitable[None]]
 
 
 class FileTransfers:
-    def __init__(self, store: BlobStore, *, max_file_bytes: int) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        *,
+        max_file_bytes: int,
+        progress: TransferProgress | None = None,
+    ) -> None:
         self.store = store
         self.max_file_bytes = max_file_bytes
+        # Where bytes and rate go for people to watch (the jobs table), by the job moving them.
+        self._progress = progress
+        self._job_of: dict[UUID, str] = {}
         self._engines: dict[str, HostTransfers] = {}
         self._links: dict[str, Transport] = {}
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
@@ -95,8 +106,13 @@ class FileTransfers:
     def _engine(self, host_id: str) -> HostTransfers:
         engine = self._engines.get(host_id)
         if engine is None:
-            engine = self._engines[host_id] = HostTransfers(self.store)
+            engine = self._engines[host_id] = HostTransfers(self.store, progress=self._moved)
         return engine
+
+    def _moved(self, progress: Progress) -> None:
+        job_id = self._job_of.get(progress.transfer_id)
+        if job_id is not None and self._progress is not None:
+            self._progress.note(job_id, progress)
 
     async def connected(self, host_id: str, link: Transport) -> None:
         self._links[host_id] = link
@@ -198,7 +214,13 @@ class FileTransfers:
         task = asyncio.create_task(work, name=f"transfer {job_id}")
         self._tasks[transfer_id] = task
         self._by_job.setdefault(job_id, set()).add(transfer_id)
-        task.add_done_callback(lambda _t: self._tasks.pop(transfer_id, None))
+        self._job_of[transfer_id] = job_id
+
+        def forget(_task: "asyncio.Task[None]") -> None:
+            self._tasks.pop(transfer_id, None)
+            self._job_of.pop(transfer_id, None)
+
+        task.add_done_callback(forget)
 
     async def _run(self, work: Awaitable[Any], job_id: str, on_done: Finished | None) -> None:
         try:
@@ -273,3 +295,5 @@ class FileTransfers:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._progress is not None:
+            await self._progress.close()

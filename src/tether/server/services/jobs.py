@@ -104,6 +104,13 @@ class JobView:
     approval: ApprovalView | None = None
     # What ran, as the responder typed or chose it ("cat /etc/hosts", "script triage (n=2)").
     summary: str = ""
+    # How far its file transfer is (files.get, files.put, a script's upload or download):
+    # bytes durable on the receiving side of `transfer_size`, at `transfer_rate` bytes per
+    # second, as of `transfer_at`; None before any byte moved (docs/adr/0054).
+    transfer_bytes: int | None = None
+    transfer_size: int | None = None
+    transfer_rate: float | None = None
+    transfer_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,16 @@ def _job_view(row: Any, *, full: bool = False) -> JobView:
         outcome_seq=row.outcome_seq,
         output_lost_bytes=int(row.output_lost_bytes or 0),
         summary=what_ran(row.action, args),
+        # A job that succeeded moved its file whole (verified at the end), even when the last
+        # progress write lost the race with its ending.
+        transfer_bytes=(
+            row.transfer_size
+            if row.state == "succeeded" and row.transfer_size is not None
+            else row.transfer_bytes
+        ),
+        transfer_size=row.transfer_size,
+        transfer_rate=row.transfer_rate,
+        transfer_at=as_utc(row.transfer_at),
     )
 
 

@@ -43,6 +43,7 @@ from tether.server.services.service_tokens import ServiceTokens
 from tether.server.services.session_cache import SessionCache
 from tether.server.services.step_up import StepUp
 from tether.server.services.team import Team
+from tether.server.services.transfer_progress import TransferProgress
 from tether.server.services.upgrade_key import UpgradeSigner
 from tether.server.services.upgrades import RESERVED as UPGRADE_RESERVED
 from tether.server.services.upgrades import Upgrades
@@ -168,7 +169,9 @@ class Platform:
         team = Team(engine, audit, users)
         access = ResponseAccess(engine)
         events = JobEvents(bus if bus.spans_processes else None)
-        transfers = FileTransfers(blobs, max_file_bytes=settings.max_file_bytes)
+        transfers = FileTransfers(
+            blobs, max_file_bytes=settings.max_file_bytes, progress=TransferProgress(engine)
+        )
         files = FileLibrary(
             engine, audit, blobs, transfers.verified, transfers.verified_for, transfers.delivery
         )

@@ -227,6 +227,19 @@ class BlobReader:
         """For callers already in a worker thread."""
         return os.pread(self._fd, length, offset)
 
+    def read_into_blocking(self, buffer: memoryview, offset: int) -> int:
+        """Fill `buffer` from `offset` (short only at the end of the blob); the bytes read.
+
+        Into the caller's buffer, so a sender reuses one buffer instead of a new one per chunk.
+        """
+        filled = 0
+        while filled < len(buffer):
+            count = os.preadv(self._fd, [buffer[filled:]], offset + filled)
+            if count == 0:
+                break
+            filled += count
+        return filled
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

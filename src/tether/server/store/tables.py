@@ -355,6 +355,13 @@ jobs = Table(
     Column("outcome_seq", BigInteger, nullable=True),
     # Output the platform could not store (its disk or database was full), in bytes.
     Column("output_lost_bytes", BigInteger, nullable=False, default=0, server_default="0"),
+    # How far its file transfer is (docs/adr/0054): bytes durable on the receiving side, of
+    # the file's size, at a recent rate in bytes per second, as of `transfer_at`. Written about
+    # once a second by the process moving the bytes, so every process's pages can show it.
+    Column("transfer_bytes", BigInteger, nullable=True),
+    Column("transfer_size", BigInteger, nullable=True),
+    Column("transfer_rate", Float, nullable=True),
+    Column("transfer_at", DateTime(timezone=True), nullable=True),
     # The dispatcher reads a host's unfinished jobs at every connect.
     Index("ix_jobs_host_state", "host_id", "state"),
     Index("ix_jobs_state_expires", "state", "expires_at"),

@@ -21,8 +21,13 @@ SEEN = "seen"
 
 def digest(jobs: Sequence[JobView]) -> str:
     """What the rows show that can change, in 16 hex digits (a change detector, not a secret)."""
+    # A transfer's progress changes its row too.
     shown = [
-        (j.id, j.state, j.cancel_requested_by, j.error, j.hostname, j.finished_at) for j in jobs
+        (
+            *(j.id, j.state, j.cancel_requested_by, j.error, j.hostname, j.finished_at),
+            *(j.transfer_bytes, j.transfer_rate),
+        )
+        for j in jobs
     ]
     return hashlib.sha256(repr(shown).encode()).hexdigest()[:16]
 

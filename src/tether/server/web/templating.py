@@ -12,6 +12,7 @@ from markupsafe import Markup
 
 from tether.protocol.hostnames import shared_hostnames
 from tether.protocol.text import readable
+from tether.protocol.transfer import format_size
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -39,6 +40,18 @@ def shared_hostnames_of(listed: Iterable[Any]) -> frozenset[str]:
     )
 
 
+def transfer(job: Any) -> str:
+    """How far a job's file transfer is, as a sentence fragment ("1.5 GiB of 3.0 GiB (50%),
+    180.2 MiB/s"); empty before any byte moved."""
+    done, size = job.transfer_bytes, job.transfer_size
+    if done is None or size is None:
+        return ""
+    share = f" ({done * 100 // size}%)" if size else ""
+    rate = job.transfer_rate
+    pace = f", {format_size(int(rate))}/s" if rate else ""
+    return f"{format_size(done)} of {format_size(size)}{share}{pace}"
+
+
 def shown(value: Any) -> Any:
     """Every value a page prints: control characters and bidirectional overrides (which an
     endpoint can put in a hostname, an error, a row or its output) are shown as visible
@@ -63,6 +76,8 @@ def _environment() -> Environment:
     )
     env.filters["when"] = when
     env.filters["shared_hostnames"] = shared_hostnames_of
+
+    env.filters["transfer"] = transfer
     env.globals["htmx"] = HTMX
     env.globals.update(XTERM)
     return env
