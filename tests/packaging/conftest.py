@@ -8,11 +8,13 @@ import contextlib
 import fcntl
 import importlib.util
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.harness import clean_env, tether_command
 from tether.packaging.bundle import Bundle, build_bundle
 
 
@@ -51,3 +53,29 @@ def agent_bundle() -> Bundle:
         pytest.skip("the agent bundle needs PyInstaller (pip install tether[platform])")
     with cache_lock("bundle"):
         return build_bundle(bundle_cache())
+
+
+@pytest.fixture(scope="module")
+def platform_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised platform data directory; packages need no running platform."""
+    root = tmp_path_factory.mktemp("package-platform")
+    done = subprocess.run(
+        [
+            *tether_command(),
+            "server",
+            "init",
+            "--data",
+            str(root / "data"),
+            "--hostname",
+            "platform.example",
+            "--admin-password-file",
+            str(root / "admin-password"),
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return root / "data"

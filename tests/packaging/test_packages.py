@@ -23,32 +23,6 @@ from tether.protocol import EnrollmentToken
 from tether.server.config import load_settings
 
 
-@pytest.fixture(scope="module")
-def platform_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialised platform data directory; packages need no running platform."""
-    root = tmp_path_factory.mktemp("package-platform")
-    done = subprocess.run(
-        [
-            *tether_command(),
-            "server",
-            "init",
-            "--data",
-            str(root / "data"),
-            "--hostname",
-            "platform.example",
-            "--admin-password-file",
-            str(root / "admin-password"),
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return root / "data"
-
-
 def _package(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*tether_command(), "agent", "package", "--data", str(data), *args],

@@ -147,31 +147,6 @@ def test_the_windows_recipe_has_no_uvloop_and_no_strip(tmp_path: Path) -> None:
     assert "strip=True" in linux
 
 
-@pytest.fixture(scope="module")
-def platform_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("zip-platform")
-    done = subprocess.run(
-        [
-            *tether_command(),
-            "server",
-            "init",
-            "--data",
-            str(root / "data"),
-            "--hostname",
-            "platform.example",
-            "--admin-password-file",
-            str(root / "admin-password"),
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return root / "data"
-
-
 def _package(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*tether_command(), "agent", "package", "--data", str(data), *args],
