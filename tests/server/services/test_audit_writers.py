@@ -12,11 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from tether.server.services.audit import AuditLog, CheckpointSigner
 from tether.server.store.db import create_engine
-from tether.server.store.tables import audit_records
 
 APPENDS = 80
 
@@ -31,9 +29,19 @@ async def _appends(db_url: str, data: str, writer: str) -> None:
     async def one(i: int) -> None:
         await audit.record("test.event", actor=writer, target=f"n:{i}")
 
-    # Several appends in flight at once in each process, as a busy platform has.
+    # Both writers start together: each says it is ready, then waits for the word. Waiting for
+    # the other's first record instead let a fast writer finish all of its appends before the
+    # other began (group commit made appends that fast), and nothing interleaved.
+    (Path(data) / f"ready-{writer}").touch()
+    for _ in range(6000):
+        if (Path(data) / "go").exists():
+            break
+        await asyncio.sleep(0.01)
+    # Several appends in flight at once in each process, as a busy platform has, paced a little
+    # so that the two processes' appends overlap in time.
     for start in range(0, APPENDS, 4):
         await asyncio.gather(*(one(i) for i in range(start, start + 4)))
+        await asyncio.sleep(0.01)
     signer.close()
     await engine.dispose()
 
@@ -85,16 +93,12 @@ async def test_two_processes_append_one_chain_and_the_anchor_stays_newest(
         target=_append, args=(db_url, str(tmp_path), "gw")
     )
     gateway.start()
-    engine = create_engine(db_url)
-    try:
-        # Start once the other process appends (its interpreter takes seconds to start).
-        for _ in range(600):
-            async with engine.connect() as conn:
-                if await conn.scalar(select(audit_records.c.seq).limit(1)) is not None:
-                    break
-            await asyncio.sleep(0.1)
-    finally:
-        await engine.dispose()
+    # Its interpreter takes seconds to start: the word is given once it is ready.
+    for _ in range(600):
+        if (tmp_path / "ready-gw").exists():
+            break
+        await asyncio.sleep(0.1)
+    (tmp_path / "go").touch()
     await _appends(db_url, str(tmp_path), "api")
     await asyncio.to_thread(gateway.join, 120)
     assert gateway.exitcode == 0
